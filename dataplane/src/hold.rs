@@ -1,0 +1,1004 @@
+//! The Hold/Release core: what the SFF keeps for each VNF, when it lets go,
+//! and what it replays after a failure. No I/O: every method is an event fed
+//! in (`handle_*`) or a question asked (`poll_*`), with time passed in.
+//!
+//! # Per hop
+//!
+//! A [`Hop`] is one VNF's place on the chain. It owns:
+//!
+//! - a [`BufferRx`]: packets for the VNF. Each gets a hop-local *input index*
+//!   (0, 1, 2, ...). Packets are *pending* until delivered and *held* from
+//!   delivery until a checkpoint that includes them commits; only then are
+//!   they released. Capacity counts both; when full, [`Hop::handle_input`]
+//!   hands the packet back ([`Backpressure`]) and nothing is dropped.
+//! - a [`BufferTx`]: what the VNF sent back, waiting to move on. Each output
+//!   of the VNF gets a hop-local *output index* in the order the VNF emitted
+//!   it. A deterministic FIFO VNF restored to a checkpoint taken after it had
+//!   emitted `k` outputs emits output `k` next, so an output whose index is
+//!   below the number already accepted is a replay and is suppressed
+//!   (DESIGN.md invariant 3). Using the output index rather than the chain
+//!   sequence number keeps this exact when a VNF drops packets or emits
+//!   several per input.
+//!
+//! # What a checkpoint includes
+//!
+//! DESIGN.md rejects the paper's rule ("release up to the last packet seen in
+//! buffer_tx"): a packet the VNF consumed and dropped never appears in
+//! buffer_tx, yet the checkpoint holds its effect. NHAM defines the content
+//! of a checkpoint by what the VNF *consumed* before it was frozen:
+//!
+//! 1. [`Hop::begin_checkpoint`]: stop delivering (phase `Draining`).
+//! 2. The I/O layer waits until the VNF has consumed everything delivered and
+//!    every output it made has reached the SFF, then reports
+//!    [`Hop::handle_quiesced`]. The core records the [`Mark`]: inputs
+//!    consumed and outputs emitted at that instant. The VNF is frozen and
+//!    dumped (phase `Dumping`).
+//! 3. [`Hop::handle_checkpoint_complete`]: the image is durable. Held packets
+//!    below the mark are released; the mark becomes the restore point;
+//!    delivery resumes. A failed dump ([`Hop::handle_checkpoint_failed`]) or
+//!    a VNF failure meanwhile releases nothing.
+//!
+//! [`ReleaseRule::LastEmitted`] implements the paper's rule only so that the
+//! model tests can show it losing exactly-once; never use it in production.
+//!
+//! # Failure and recovery
+//!
+//! [`Hop::handle_failure`] stops delivery and forwarding for the hop (chain
+//! state `recovering`, DESIGN.md invariant 4), aborts any checkpoint, bumps
+//! the hop's *epoch* and names the checkpoint to restore. Outputs still in
+//! flight from the failed incarnation carry the old epoch and are discarded
+//! as stale: everything they could contain after the restore point will be
+//! produced again by the replay. [`Hop::handle_restored`] rewinds delivery to
+//! the mark's input index and the output counter to its output index, so
+//! every held packet after the checkpoint is delivered again, in order
+//! (invariant 2).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+/// Identifies a checkpoint of one hop; increasing, never reused.
+pub type CheckpointId = u64;
+
+/// Misuse of the state machine by the caller (an I/O layer bug or a race it
+/// must handle, such as a dump finishing after the VNF failed).
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum HoldError {
+    /// A checkpoint is already under way.
+    #[error("checkpoint {0} is already in progress")]
+    CheckpointInProgress(CheckpointId),
+    /// The hop is recovering; it cannot be checkpointed.
+    #[error("the hop is recovering")]
+    Recovering,
+    /// The hop is running; there is nothing to restore.
+    #[error("the hop is not recovering")]
+    NotRecovering,
+    /// The event names a checkpoint that is not the one in this phase.
+    #[error("checkpoint {0} is not in the phase this event needs")]
+    WrongCheckpoint(CheckpointId),
+    /// A chain needs at least one hop.
+    #[error("a chain needs at least one hop")]
+    EmptyChain,
+    /// A capacity of zero would block the chain forever.
+    #[error("buffer capacity must be at least 1")]
+    ZeroCapacity,
+}
+
+/// A packet handed back because the buffer it was meant for is full. The
+/// caller keeps it (upstream buffer, NIC ring) and tries again later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backpressure<P>(pub P);
+
+/// Which rule decides what a checkpoint includes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReleaseRule {
+    /// NHAM's rule: everything the VNF consumed before it was frozen.
+    #[default]
+    Consumed,
+    /// The paper's rule: up to the last packet seen in buffer_tx. Wrong for
+    /// VNFs that drop packets; kept only to demonstrate that in tests.
+    LastEmitted,
+}
+
+/// Sizing and policy of one hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HopConfig {
+    /// Packets `buffer_rx` can hold, pending and held together.
+    pub rx_capacity: usize,
+    /// Delivery to the VNF pauses while `buffer_tx` holds this many packets
+    /// (outputs already in flight are still accepted, so the buffer may
+    /// exceed it by the VNF's in-flight outputs; `tx_peak` shows by how much).
+    pub tx_capacity: usize,
+    /// What a checkpoint includes.
+    pub release_rule: ReleaseRule,
+}
+
+impl Default for HopConfig {
+    fn default() -> Self {
+        Self {
+            rx_capacity: 4096,
+            tx_capacity: 1024,
+            release_rule: ReleaseRule::Consumed,
+        }
+    }
+}
+
+/// The packets for one VNF, pending and held, in input-index order.
+#[derive(Debug, Clone)]
+pub struct BufferRx<P> {
+    entries: VecDeque<(u64, P)>,
+    /// Input index of `entries[0]`.
+    base: u64,
+    /// Input index of the next packet to deliver.
+    next_deliver: u64,
+    capacity: usize,
+}
+
+impl<P> BufferRx<P> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            entries: VecDeque::with_capacity(capacity),
+            base: 0,
+            next_deliver: 0,
+            capacity,
+        }
+    }
+
+    /// Packets in the buffer, pending and held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when the buffer holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// True when one more packet would be refused.
+    pub fn is_full(&self) -> bool {
+        self.entries.len() >= self.capacity
+    }
+
+    /// Delivered and not yet released.
+    pub fn held(&self) -> usize {
+        (self.next_deliver - self.base) as usize
+    }
+
+    /// Not yet delivered (or to be delivered again).
+    pub fn pending(&self) -> usize {
+        self.entries.len() - self.held()
+    }
+
+    /// Input index of the oldest packet still in the buffer.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// Input index of the next packet to deliver.
+    pub fn next_deliver(&self) -> u64 {
+        self.next_deliver
+    }
+
+    fn end(&self) -> u64 {
+        self.base + self.entries.len() as u64
+    }
+
+    fn push(&mut self, seq: u64, packet: P) -> Result<(), Backpressure<P>> {
+        if self.is_full() {
+            return Err(Backpressure(packet));
+        }
+        self.entries.push_back((seq, packet));
+        Ok(())
+    }
+
+    fn release_before(&mut self, index: u64) -> u64 {
+        let index = index.min(self.next_deliver);
+        let n = index.saturating_sub(self.base);
+        for _ in 0..n {
+            self.entries.pop_front();
+        }
+        self.base += n;
+        n
+    }
+
+    /// Input index just past the delivered packets whose sequence number is
+    /// at most `seq` (the paper's rule).
+    fn index_after_seq(&self, seq: Option<u64>) -> u64 {
+        let Some(seq) = seq else { return self.base };
+        let delivered = self.held();
+        let n = self
+            .entries
+            .iter()
+            .take(delivered)
+            .take_while(|(s, _)| *s <= seq)
+            .count();
+        self.base + n as u64
+    }
+}
+
+/// What one VNF sent back, in output-index order, waiting to move on.
+#[derive(Debug, Clone)]
+pub struct BufferTx<P> {
+    entries: VecDeque<(u64, P)>,
+    /// Output index the current incarnation's next output gets.
+    next_output: u64,
+    /// Outputs with an index below this were accepted (queued or passed on).
+    accepted: u64,
+    capacity: usize,
+    last_output_seq: Option<u64>,
+    peak: usize,
+}
+
+impl<P> BufferTx<P> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            entries: VecDeque::with_capacity(capacity * 2),
+            next_output: 0,
+            accepted: 0,
+            capacity,
+            last_output_seq: None,
+            peak: 0,
+        }
+    }
+
+    /// Packets waiting to move on.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Outputs accepted from this hop so far (the duplicate-suppression mark).
+    pub fn accepted(&self) -> u64 {
+        self.accepted
+    }
+
+    /// The most packets this buffer has held at once.
+    pub fn peak(&self) -> usize {
+        self.peak
+    }
+}
+
+/// Whether the hop's VNF is serving traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HopState {
+    /// Traffic flows through the hop.
+    Running,
+    /// The VNF failed; it is being brought back. Nothing is delivered to it
+    /// and nothing advances past it.
+    Recovering {
+        /// When the failure was handled.
+        since: Instant,
+    },
+}
+
+/// The position in a VNF's input and output streams a checkpoint captures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Mark {
+    /// Inputs with an index below this were consumed before the freeze.
+    pub consumed: u64,
+    /// Outputs with an index below this were emitted before the freeze.
+    pub emitted: u64,
+}
+
+/// A committed checkpoint: the restore point of a hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CommittedCheckpoint {
+    /// Its identifier.
+    pub id: CheckpointId,
+    /// What it includes.
+    pub mark: Mark,
+}
+
+/// The checkpoint protocol's phase for one hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointPhase {
+    /// No checkpoint under way.
+    Idle,
+    /// Delivery stopped; waiting for the VNF to consume what it was given.
+    Draining {
+        /// The checkpoint.
+        id: CheckpointId,
+        /// When it began.
+        started: Instant,
+    },
+    /// The VNF is frozen and being dumped; `mark` is what the image includes.
+    Dumping {
+        /// The checkpoint.
+        id: CheckpointId,
+        /// When it began.
+        started: Instant,
+        /// What it includes.
+        mark: Mark,
+    },
+}
+
+/// What a delivery hands the I/O layer: send this packet to the VNF,
+/// stamped with this epoch.
+#[derive(Debug)]
+pub struct Delivery<'a, P> {
+    /// Per-chain sequence number.
+    pub seq: u64,
+    /// Epoch to stamp (the VNF copies it to its outputs).
+    pub epoch: u32,
+    /// Hop-local input index.
+    pub index: u64,
+    /// True if this packet was delivered before (a replay).
+    pub replay: bool,
+    /// The packet.
+    pub packet: &'a P,
+}
+
+/// What became of an output the VNF sent back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputDisposition {
+    /// New output; queued in `buffer_tx`.
+    Accepted,
+    /// A replay of an output already accepted; suppressed.
+    Duplicate,
+    /// From an incarnation that has since failed; discarded.
+    Stale,
+}
+
+/// What to restore after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestorePlan {
+    /// The checkpoint to restore; `None` means the VNF's initial state.
+    pub checkpoint: Option<CheckpointId>,
+    /// The epoch the restored incarnation runs in.
+    pub epoch: u32,
+}
+
+/// Outcome of a committed checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointReport {
+    /// The checkpoint.
+    pub id: CheckpointId,
+    /// Packets released from `buffer_rx`.
+    pub released: u64,
+    /// Time delivery was paused (begin to complete).
+    pub pause: Duration,
+}
+
+/// Outcome of a completed recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Packets that will be delivered again.
+    pub replay: u64,
+    /// Failure handled to restored.
+    pub duration: Duration,
+}
+
+/// Counters of one hop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HopStats {
+    /// Packets delivered to the VNF, replays included.
+    pub delivered: u64,
+    /// Of which replays.
+    pub redelivered: u64,
+    /// Outputs accepted into `buffer_tx`.
+    pub accepted: u64,
+    /// Replayed outputs suppressed.
+    pub duplicates: u64,
+    /// Outputs of failed incarnations discarded.
+    pub stale: u64,
+    /// Packets released from `buffer_rx`.
+    pub released: u64,
+    /// Packets refused because `buffer_rx` was full.
+    pub rx_backpressure: u64,
+    /// Checkpoints committed.
+    pub checkpoints: u64,
+    /// Checkpoints that failed or were aborted.
+    pub checkpoint_failures: u64,
+    /// Failures handled.
+    pub failures: u64,
+    /// Recoveries completed.
+    pub recoveries: u64,
+}
+
+/// One VNF's place on the chain: its buffers, checkpoint protocol and
+/// recovery state.
+#[derive(Debug, Clone)]
+pub struct Hop<P> {
+    rx: BufferRx<P>,
+    tx: BufferTx<P>,
+    state: HopState,
+    phase: CheckpointPhase,
+    committed: Option<CommittedCheckpoint>,
+    epoch: u32,
+    next_checkpoint: CheckpointId,
+    delivered_high: u64,
+    rule: ReleaseRule,
+    stats: HopStats,
+}
+
+impl<P> Hop<P> {
+    /// A hop whose VNF starts in its initial state, running.
+    pub fn new(config: HopConfig) -> Result<Self, HoldError> {
+        if config.rx_capacity == 0 || config.tx_capacity == 0 {
+            return Err(HoldError::ZeroCapacity);
+        }
+        Ok(Self {
+            rx: BufferRx::new(config.rx_capacity),
+            tx: BufferTx::new(config.tx_capacity),
+            state: HopState::Running,
+            phase: CheckpointPhase::Idle,
+            committed: None,
+            epoch: 0,
+            next_checkpoint: 1,
+            delivered_high: 0,
+            rule: config.release_rule,
+            stats: HopStats::default(),
+        })
+    }
+
+    /// The packets for the VNF.
+    pub fn rx(&self) -> &BufferRx<P> {
+        &self.rx
+    }
+
+    /// What the VNF sent back.
+    pub fn tx(&self) -> &BufferTx<P> {
+        &self.tx
+    }
+
+    /// Running or recovering.
+    pub fn state(&self) -> HopState {
+        self.state
+    }
+
+    /// The checkpoint protocol's phase.
+    pub fn checkpoint_phase(&self) -> CheckpointPhase {
+        self.phase
+    }
+
+    /// The restore point (`None`: the initial state).
+    pub fn committed(&self) -> Option<CommittedCheckpoint> {
+        self.committed
+    }
+
+    /// The current incarnation's epoch.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> HopStats {
+        self.stats
+    }
+
+    /// A packet arrives for this hop's VNF (from the classifier or the
+    /// previous hop). Refused, and handed back, when `buffer_rx` is full.
+    pub fn handle_input(&mut self, seq: u64, packet: P) -> Result<(), Backpressure<P>> {
+        let r = self.rx.push(seq, packet);
+        if r.is_err() {
+            self.stats.rx_backpressure += 1;
+        }
+        r
+    }
+
+    /// True when [`handle_input`](Self::handle_input) would accept a packet.
+    pub fn can_accept_input(&self) -> bool {
+        !self.rx.is_full()
+    }
+
+    /// The next packet to send to the VNF, if the hop may deliver now: it is
+    /// running, no checkpoint is draining or dumping, and `buffer_tx` has
+    /// room. The packet stays held in `buffer_rx`.
+    pub fn poll_delivery(&mut self) -> Option<Delivery<'_, P>> {
+        if !matches!(self.state, HopState::Running)
+            || !matches!(self.phase, CheckpointPhase::Idle)
+            || self.tx.entries.len() >= self.tx.capacity
+            || self.rx.next_deliver >= self.rx.end()
+        {
+            return None;
+        }
+        let index = self.rx.next_deliver;
+        self.rx.next_deliver += 1;
+        let replay = index < self.delivered_high;
+        if replay {
+            self.stats.redelivered += 1;
+        } else {
+            self.delivered_high = index + 1;
+        }
+        self.stats.delivered += 1;
+        let (seq, packet) = &self.rx.entries[(index - self.rx.base) as usize];
+        Some(Delivery {
+            seq: *seq,
+            epoch: self.epoch,
+            index,
+            replay,
+            packet,
+        })
+    }
+
+    /// The VNF sent a packet back, stamped with `epoch` and chain sequence
+    /// number `seq` (as copied from the input that caused it).
+    pub fn handle_output(&mut self, epoch: u32, seq: u64, packet: P) -> OutputDisposition {
+        if epoch != self.epoch || !matches!(self.state, HopState::Running) {
+            self.stats.stale += 1;
+            return OutputDisposition::Stale;
+        }
+        let index = self.tx.next_output;
+        self.tx.next_output += 1;
+        self.tx.last_output_seq = Some(seq);
+        // DESIGN.md invariant 3: only outputs past the last one accepted from
+        // this hop move on; replays of earlier ones stop here.
+        if index < self.tx.accepted {
+            self.stats.duplicates += 1;
+            return OutputDisposition::Duplicate;
+        }
+        self.tx.accepted = index + 1;
+        self.tx.entries.push_back((seq, packet));
+        self.tx.peak = self.tx.peak.max(self.tx.entries.len());
+        self.stats.accepted += 1;
+        OutputDisposition::Accepted
+    }
+
+    /// The next output that may move on, without taking it. `None` while the
+    /// hop is recovering (invariant 4) or when nothing waits.
+    pub fn peek_forward(&self) -> Option<(u64, &P)> {
+        if !matches!(self.state, HopState::Running) {
+            return None;
+        }
+        self.tx.entries.front().map(|(s, p)| (*s, p))
+    }
+
+    /// Takes the output [`peek_forward`](Self::peek_forward) showed.
+    pub fn poll_forward(&mut self) -> Option<(u64, P)> {
+        if !matches!(self.state, HopState::Running) {
+            return None;
+        }
+        self.tx.entries.pop_front()
+    }
+
+    /// Starts a checkpoint: delivery stops until it completes or fails.
+    pub fn begin_checkpoint(&mut self, now: Instant) -> Result<CheckpointId, HoldError> {
+        if !matches!(self.state, HopState::Running) {
+            return Err(HoldError::Recovering);
+        }
+        match self.phase {
+            CheckpointPhase::Idle => {}
+            CheckpointPhase::Draining { id, .. } | CheckpointPhase::Dumping { id, .. } => {
+                return Err(HoldError::CheckpointInProgress(id))
+            }
+        }
+        let id = self.next_checkpoint;
+        self.next_checkpoint += 1;
+        self.phase = CheckpointPhase::Draining { id, started: now };
+        Ok(id)
+    }
+
+    /// The I/O layer saw the VNF consume everything delivered to it and
+    /// received every output it made: freeze and dump now. Returns what the
+    /// image will include.
+    pub fn handle_quiesced(&mut self, id: CheckpointId) -> Result<Mark, HoldError> {
+        let CheckpointPhase::Draining {
+            id: current,
+            started,
+        } = self.phase
+        else {
+            return Err(HoldError::WrongCheckpoint(id));
+        };
+        if current != id {
+            return Err(HoldError::WrongCheckpoint(id));
+        }
+        let consumed = match self.rule {
+            ReleaseRule::Consumed => self.rx.next_deliver,
+            ReleaseRule::LastEmitted => self.rx.index_after_seq(self.tx.last_output_seq),
+        };
+        let mark = Mark {
+            consumed,
+            emitted: self.tx.next_output,
+        };
+        self.phase = CheckpointPhase::Dumping { id, started, mark };
+        Ok(mark)
+    }
+
+    /// The image of checkpoint `id` is durable: release what it includes and
+    /// make it the restore point.
+    pub fn handle_checkpoint_complete(
+        &mut self,
+        id: CheckpointId,
+        now: Instant,
+    ) -> Result<CheckpointReport, HoldError> {
+        let CheckpointPhase::Dumping {
+            id: current,
+            started,
+            mark,
+        } = self.phase
+        else {
+            return Err(HoldError::WrongCheckpoint(id));
+        };
+        if current != id {
+            return Err(HoldError::WrongCheckpoint(id));
+        }
+        // DESIGN.md invariant 1: a packet is released only once a checkpoint
+        // is known to include its effect.
+        let released = self.rx.release_before(mark.consumed);
+        self.stats.released += released;
+        self.stats.checkpoints += 1;
+        self.committed = Some(CommittedCheckpoint { id, mark });
+        self.phase = CheckpointPhase::Idle;
+        Ok(CheckpointReport {
+            id,
+            released,
+            pause: now.saturating_duration_since(started),
+        })
+    }
+
+    /// Checkpoint `id` failed (dump error, storage error): nothing is
+    /// released, the previous restore point stays, delivery resumes.
+    pub fn handle_checkpoint_failed(&mut self, id: CheckpointId) -> Result<(), HoldError> {
+        match self.phase {
+            CheckpointPhase::Draining { id: current, .. }
+            | CheckpointPhase::Dumping { id: current, .. }
+                if current == id =>
+            {
+                self.phase = CheckpointPhase::Idle;
+                self.stats.checkpoint_failures += 1;
+                Ok(())
+            }
+            _ => Err(HoldError::WrongCheckpoint(id)),
+        }
+    }
+
+    /// The VNF failed (crashed, hung or cut off). Stops the hop, aborts any
+    /// checkpoint, and says what to restore. Calling it again while
+    /// recovering (a failure during recovery) is allowed and returns the same
+    /// restore point with a new epoch.
+    pub fn handle_failure(&mut self, now: Instant) -> RestorePlan {
+        if !matches!(self.phase, CheckpointPhase::Idle) {
+            self.phase = CheckpointPhase::Idle;
+            self.stats.checkpoint_failures += 1;
+        }
+        if matches!(self.state, HopState::Running) {
+            self.state = HopState::Recovering { since: now };
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        self.stats.failures += 1;
+        RestorePlan {
+            checkpoint: self.committed.map(|c| c.id),
+            epoch: self.epoch,
+        }
+    }
+
+    /// The VNF runs again from the restore point. Every held packet after it
+    /// will be delivered again, in order (invariant 2).
+    pub fn handle_restored(&mut self, now: Instant) -> Result<RecoveryReport, HoldError> {
+        let HopState::Recovering { since } = self.state else {
+            return Err(HoldError::NotRecovering);
+        };
+        let mark = self.committed.map(|c| c.mark).unwrap_or_default();
+        debug_assert!(mark.consumed >= self.rx.base);
+        self.rx.next_deliver = mark.consumed.max(self.rx.base);
+        self.tx.next_output = mark.emitted;
+        self.state = HopState::Running;
+        self.stats.recoveries += 1;
+        Ok(RecoveryReport {
+            replay: self.rx.end() - self.rx.next_deliver,
+            duration: now.saturating_duration_since(since),
+        })
+    }
+}
+
+/// Whether the whole chain is serving traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainState {
+    /// Every hop is running.
+    Running,
+    /// These hops are recovering.
+    Recovering(Vec<usize>),
+}
+
+/// What [`Chain::poll_advance`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advance {
+    /// A packet moved to the next hop.
+    Moved,
+    /// The next hop's `buffer_rx` is full (backpressure).
+    Blocked,
+    /// Nothing to move (empty, or the hop is recovering).
+    Idle,
+}
+
+/// A Service Function Path: its sequence numbers and its hops in order.
+#[derive(Debug, Clone)]
+pub struct Chain<P> {
+    spi: u32,
+    next_seq: u64,
+    hops: Vec<Hop<P>>,
+}
+
+impl<P> Chain<P> {
+    /// A chain of `hops` VNFs, each configured alike.
+    pub fn new(spi: u32, hops: usize, config: HopConfig) -> Result<Self, HoldError> {
+        if hops == 0 {
+            return Err(HoldError::EmptyChain);
+        }
+        Ok(Self {
+            spi,
+            next_seq: 0,
+            hops: (0..hops)
+                .map(|_| Hop::new(config))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The chain's SPI.
+    pub fn spi(&self) -> u32 {
+        self.spi
+    }
+
+    /// The sequence number the next admitted packet gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Number of hops.
+    pub fn len(&self) -> usize {
+        self.hops.len()
+    }
+
+    /// Never true: a chain has at least one hop.
+    pub fn is_empty(&self) -> bool {
+        self.hops.is_empty()
+    }
+
+    /// Hop `i`.
+    pub fn hop(&self, i: usize) -> &Hop<P> {
+        &self.hops[i]
+    }
+
+    /// Hop `i`, to feed it events.
+    pub fn hop_mut(&mut self, i: usize) -> &mut Hop<P> {
+        &mut self.hops[i]
+    }
+
+    /// All hops.
+    pub fn hops(&self) -> &[Hop<P>] {
+        &self.hops
+    }
+
+    /// Running, or which hops are recovering.
+    pub fn state(&self) -> ChainState {
+        let recovering: Vec<usize> = self
+            .hops
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| matches!(h.state, HopState::Recovering { .. }))
+            .map(|(i, _)| i)
+            .collect();
+        if recovering.is_empty() {
+            ChainState::Running
+        } else {
+            ChainState::Recovering(recovering)
+        }
+    }
+
+    /// Admits a classified packet: assigns the next sequence number, lets
+    /// `make` build the packet with it (for example, write the NSH header),
+    /// and holds it in the first hop's `buffer_rx`. When that buffer is full
+    /// nothing is assigned and `Err(())` tells the caller to keep the frame
+    /// and retry (backpressure; the frame is not dropped here).
+    #[allow(clippy::result_unit_err)]
+    pub fn try_ingress(&mut self, make: impl FnOnce(u64) -> P) -> Result<u64, ()> {
+        let first = &mut self.hops[0];
+        if !first.can_accept_input() {
+            first.stats.rx_backpressure += 1;
+            return Err(());
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let accepted = first.handle_input(seq, make(seq));
+        debug_assert!(accepted.is_ok());
+        Ok(seq)
+    }
+
+    /// Moves one output of hop `i` into hop `i + 1`'s `buffer_rx`. For the
+    /// last hop use [`poll_egress`](Self::poll_egress).
+    pub fn poll_advance(&mut self, i: usize) -> Advance {
+        if i + 1 >= self.hops.len() {
+            return Advance::Idle;
+        }
+        let (left, right) = self.hops.split_at_mut(i + 1);
+        let (from, to) = (&mut left[i], &mut right[0]);
+        if from.peek_forward().is_none() {
+            return Advance::Idle;
+        }
+        if !to.can_accept_input() {
+            to.stats.rx_backpressure += 1;
+            return Advance::Blocked;
+        }
+        match from.poll_forward() {
+            Some((seq, packet)) => {
+                let accepted = to.handle_input(seq, packet);
+                debug_assert!(accepted.is_ok());
+                Advance::Moved
+            }
+            None => Advance::Idle,
+        }
+    }
+
+    /// Takes the next packet leaving the chain (output of the last hop).
+    pub fn poll_egress(&mut self) -> Option<(u64, P)> {
+        self.hops.last_mut().and_then(Hop::poll_forward)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hop() -> Hop<u32> {
+        Hop::new(HopConfig {
+            rx_capacity: 4,
+            tx_capacity: 4,
+            release_rule: ReleaseRule::Consumed,
+        })
+        .unwrap()
+    }
+
+    fn deliver(h: &mut Hop<u32>) -> Option<(u64, u32, u32)> {
+        h.poll_delivery().map(|d| (d.seq, d.epoch, *d.packet))
+    }
+
+    #[test]
+    fn backpressure_hands_packet_back() {
+        let mut h = hop();
+        for i in 0..4 {
+            h.handle_input(i, i as u32).unwrap();
+        }
+        assert_eq!(h.handle_input(4, 4), Err(Backpressure(4)));
+        assert_eq!(h.stats().rx_backpressure, 1);
+    }
+
+    #[test]
+    fn held_until_checkpoint_completes() {
+        let t = Instant::now();
+        let mut h = hop();
+        h.handle_input(0, 10).unwrap();
+        h.handle_input(1, 11).unwrap();
+        assert_eq!(deliver(&mut h), Some((0, 0, 10)));
+        assert_eq!(h.rx().held(), 1);
+        let id = h.begin_checkpoint(t).unwrap();
+        assert!(h.poll_delivery().is_none(), "no delivery while draining");
+        let mark = h.handle_quiesced(id).unwrap();
+        assert_eq!(
+            mark,
+            Mark {
+                consumed: 1,
+                emitted: 0
+            }
+        );
+        assert_eq!(
+            h.rx().len(),
+            2,
+            "nothing released before the image is durable"
+        );
+        let r = h
+            .handle_checkpoint_complete(id, t + Duration::from_millis(5))
+            .unwrap();
+        assert_eq!(r.released, 1);
+        assert_eq!(r.pause, Duration::from_millis(5));
+        assert_eq!(h.rx().len(), 1);
+        assert_eq!(deliver(&mut h), Some((1, 0, 11)));
+    }
+
+    #[test]
+    fn failure_replays_from_checkpoint_and_suppresses_duplicates() {
+        let t = Instant::now();
+        let mut h = hop();
+        for i in 0..3 {
+            h.handle_input(i, i as u32).unwrap();
+        }
+        // Deliver and echo packet 0, checkpoint, then deliver and echo 1.
+        deliver(&mut h).unwrap();
+        assert_eq!(h.handle_output(0, 0, 100), OutputDisposition::Accepted);
+        let id = h.begin_checkpoint(t).unwrap();
+        h.handle_quiesced(id).unwrap();
+        h.handle_checkpoint_complete(id, t).unwrap();
+        deliver(&mut h).unwrap();
+        assert_eq!(h.handle_output(0, 1, 101), OutputDisposition::Accepted);
+        deliver(&mut h).unwrap(); // 2 delivered, lost in the crash
+        let plan = h.handle_failure(t);
+        assert_eq!(
+            plan,
+            RestorePlan {
+                checkpoint: Some(id),
+                epoch: 1
+            }
+        );
+        assert!(
+            h.peek_forward().is_none(),
+            "nothing advances while recovering"
+        );
+        assert!(h.poll_delivery().is_none());
+        assert_eq!(h.handle_output(0, 2, 102), OutputDisposition::Stale);
+        let r = h.handle_restored(t + Duration::from_millis(3)).unwrap();
+        assert_eq!(r.replay, 2);
+        let d = h.poll_delivery().unwrap();
+        assert_eq!((d.seq, d.epoch, d.replay), (1, 1, true));
+        assert_eq!(h.handle_output(1, 1, 101), OutputDisposition::Duplicate);
+        let d = h.poll_delivery().unwrap();
+        assert_eq!((d.seq, d.replay), (2, true));
+        assert_eq!(h.handle_output(1, 2, 102), OutputDisposition::Accepted);
+        let out: Vec<_> = std::iter::from_fn(|| h.poll_forward()).collect();
+        assert_eq!(out, vec![(0, 100), (1, 101), (2, 102)]);
+    }
+
+    #[test]
+    fn failure_during_checkpoint_releases_nothing() {
+        let t = Instant::now();
+        let mut h = hop();
+        h.handle_input(0, 0).unwrap();
+        deliver(&mut h).unwrap();
+        let id = h.begin_checkpoint(t).unwrap();
+        h.handle_quiesced(id).unwrap();
+        h.handle_failure(t);
+        assert_eq!(
+            h.handle_checkpoint_complete(id, t),
+            Err(HoldError::WrongCheckpoint(id))
+        );
+        assert_eq!(h.rx().len(), 1);
+        h.handle_restored(t).unwrap();
+        assert!(h.poll_delivery().unwrap().replay);
+    }
+
+    #[test]
+    fn misuse_is_refused() {
+        let t = Instant::now();
+        let mut h = hop();
+        assert_eq!(h.handle_restored(t), Err(HoldError::NotRecovering));
+        let id = h.begin_checkpoint(t).unwrap();
+        assert_eq!(
+            h.begin_checkpoint(t),
+            Err(HoldError::CheckpointInProgress(id))
+        );
+        assert_eq!(
+            h.handle_checkpoint_complete(id, t),
+            Err(HoldError::WrongCheckpoint(id))
+        );
+        h.handle_checkpoint_failed(id).unwrap();
+        h.handle_failure(t);
+        assert_eq!(h.begin_checkpoint(t), Err(HoldError::Recovering));
+        assert!(Hop::<u8>::new(HopConfig {
+            rx_capacity: 0,
+            ..HopConfig::default()
+        })
+        .is_err());
+        assert!(Chain::<u8>::new(1, 0, HopConfig::default()).is_err());
+    }
+
+    #[test]
+    fn chain_moves_packets_and_blocks_on_full_hop() {
+        let mut c: Chain<u32> = Chain::new(
+            1,
+            2,
+            HopConfig {
+                rx_capacity: 1,
+                tx_capacity: 4,
+                ..HopConfig::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.try_ingress(|s| s as u32), Ok(0));
+        assert_eq!(c.try_ingress(|s| s as u32), Err(()));
+        let d = c
+            .hop_mut(0)
+            .poll_delivery()
+            .map(|d| (d.epoch, d.seq, *d.packet))
+            .unwrap();
+        c.hop_mut(0).handle_output(d.0, d.1, d.2);
+        c.hop_mut(0).handle_output(d.0, d.1, d.2 + 1); // a VNF that emits two
+        assert_eq!(c.poll_advance(0), Advance::Moved);
+        assert_eq!(c.poll_advance(0), Advance::Blocked);
+        assert_eq!(c.state(), ChainState::Running);
+        c.hop_mut(1).handle_failure(Instant::now());
+        assert_eq!(c.state(), ChainState::Recovering(vec![1]));
+    }
+}

@@ -1,0 +1,91 @@
+//! NHAM's two entry points for a fresh machine, as the README gives them:
+//!
+//! - `cargo xtask demo [ARGS]`: installs what is missing, then runs the main
+//!   job (today the in-memory chain model with failures injected; ARGS go to
+//!   `nham-bench model`).
+//! - `cargo xtask test`: installs what is missing, then runs exactly what CI
+//!   runs: `cargo fmt --check`, `cargo clippy -D warnings`, `cargo test`.
+//!
+//! `cargo xtask setup` runs only the installation (`scripts/setup.sh`).
+//! Every step prints what it runs; the first failure stops the task with its
+//! exit code.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{exit, Command};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn run(program: &str, args: &[&str]) {
+    eprintln!("+ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(repo_root())
+        .status()
+        .unwrap_or_else(|e| {
+            eprintln!("xtask: cannot start {program}: {e}");
+            exit(127)
+        });
+    if !status.success() {
+        eprintln!("xtask: {program} {} failed: {status}", args.join(" "));
+        exit(status.code().unwrap_or(1));
+    }
+}
+
+fn setup() {
+    run("bash", &["scripts/setup.sh"]);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    match args.first().map(String::as_str) {
+        Some("setup") => setup(),
+        Some("demo") => {
+            setup();
+            let mut cmd = vec![
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "nham-bench",
+                "--",
+                "model",
+            ];
+            cmd.extend(rest);
+            run("cargo", &cmd);
+        }
+        Some("test") => {
+            setup();
+            run("cargo", &["fmt", "--all", "--check"]);
+            run(
+                "cargo",
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            );
+            let mut cmd = vec!["test", "--workspace", "--release"];
+            cmd.extend(rest);
+            run("cargo", &cmd);
+        }
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <demo|test|setup> [ARGS]\n\
+                 \n  demo   install what is missing, then run the main job\
+                 \n  test   install what is missing, then fmt, clippy and every test\
+                 \n  setup  install what is missing (root)"
+            );
+            exit(2);
+        }
+    }
+}
