@@ -64,7 +64,79 @@ pub struct FlowKey {
 
 impl FlowKey {
     /// Extracts the 5-tuple from an Ethernet frame (VLAN tags allowed).
+    ///
+    /// The common case (untagged or single-tagged IPv4, unfragmented, a
+    /// complete UDP or TCP header) takes a fast path that reads fixed
+    /// offsets; everything else goes through etherparse. The fuzz target
+    /// `ethernet_frame` asserts that both agree wherever the fast path
+    /// answers.
+    #[inline]
     pub fn from_ethernet(frame: &[u8]) -> Result<Self, ClassifyError> {
+        match Self::from_ethernet_fast(frame) {
+            Some(key) => Ok(key),
+            None => Self::from_ethernet_general(frame),
+        }
+    }
+
+    /// The fast path: `None` means "not the common case", not "malformed".
+    #[inline]
+    pub fn from_ethernet_fast(frame: &[u8]) -> Option<Self> {
+        let be16 = |at: usize| {
+            frame
+                .get(at..at + 2)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]))
+        };
+        let mut ip = 14;
+        let mut ethertype = be16(12)?;
+        if ethertype == 0x8100 || ethertype == 0x88A8 {
+            ethertype = be16(16)?;
+            ip = 18;
+        }
+        if ethertype != 0x0800 {
+            return None;
+        }
+        let h = frame.get(ip..ip + 20)?;
+        let ihl = usize::from(h[0] & 0x0F) * 4;
+        let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+        let fragmented = u16::from_be_bytes([h[6], h[7]]) & 0x3FFF != 0;
+        if h[0] >> 4 != 4 || ihl < 20 || total < ihl || ip + total > frame.len() || fragmented {
+            return None;
+        }
+        let proto = h[9];
+        let l4 = ip + ihl;
+        let l4_len = total - ihl;
+        let ports = |min: usize| {
+            (l4_len >= min).then(|| (be16(l4).unwrap_or(0), be16(l4 + 2).unwrap_or(0)))
+        };
+        let (src_port, dst_port) = match proto {
+            proto::UDP => {
+                let udp_len = usize::from(be16(l4 + 4)?);
+                if udp_len < 8 || udp_len > l4_len {
+                    return None;
+                }
+                ports(8)?
+            }
+            proto::TCP => {
+                let offset = usize::from(frame.get(l4 + 12)? >> 4) * 4;
+                if offset < 20 {
+                    return None;
+                }
+                ports(offset)?
+            }
+            _ => return None,
+        };
+        Some(Self {
+            src: IpAddr::V4([h[12], h[13], h[14], h[15]].into()),
+            dst: IpAddr::V4([h[16], h[17], h[18], h[19]].into()),
+            proto,
+            src_port,
+            dst_port,
+        })
+    }
+
+    /// The general path, through etherparse.
+    #[inline(never)]
+    pub fn from_ethernet_general(frame: &[u8]) -> Result<Self, ClassifyError> {
         let sliced = SlicedPacket::from_ethernet(frame)
             .map_err(|e| ClassifyError::Malformed(e.to_string()))?;
         let (src, dst, proto) = match &sliced.net {
@@ -130,19 +202,74 @@ impl Rule {
             spi,
         }
     }
+}
+
+/// A prefix as integers, so that matching is a mask and a compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prefix {
+    Any,
+    V4 { net: u32, mask: u32 },
+    V6 { net: u128, mask: u128 },
+}
+
+impl Prefix {
+    fn new(net: Option<IpNet>) -> Self {
+        match net {
+            None => Self::Any,
+            Some(IpNet::V4(n)) => Self::V4 {
+                net: u32::from(n.network()),
+                mask: u32::from(n.netmask()),
+            },
+            Some(IpNet::V6(n)) => Self::V6 {
+                net: u128::from(n.network()),
+                mask: u128::from(n.netmask()),
+            },
+        }
+    }
+
+    fn contains(self, addr: IpAddr) -> bool {
+        match (self, addr) {
+            (Self::Any, _) => true,
+            (Self::V4 { net, mask }, IpAddr::V4(a)) => u32::from(a) & mask == net,
+            (Self::V6 { net, mask }, IpAddr::V6(a)) => u128::from(a) & mask == net,
+            _ => false,
+        }
+    }
+}
+
+/// A rule compiled for matching: prefixes as integers, absent fields as
+/// ranges that match everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CompiledRule {
+    src: Prefix,
+    dst: Prefix,
+    proto: Option<u8>,
+    src_ports: (u16, u16),
+    dst_ports: (u16, u16),
+    spi: u32,
+}
+
+impl CompiledRule {
+    fn new(r: &Rule) -> Self {
+        let range = |p: &Option<RangeInclusive<u16>>| {
+            p.as_ref().map_or((0, u16::MAX), |r| (*r.start(), *r.end()))
+        };
+        Self {
+            src: Prefix::new(r.src),
+            dst: Prefix::new(r.dst),
+            proto: r.proto,
+            src_ports: range(&r.src_ports),
+            dst_ports: range(&r.dst_ports),
+            spi: r.spi,
+        }
+    }
 
     fn matches(&self, k: &FlowKey) -> bool {
-        self.src.is_none_or(|n| n.contains(&k.src))
-            && self.dst.is_none_or(|n| n.contains(&k.dst))
-            && self.proto.is_none_or(|p| p == k.proto)
-            && self
-                .src_ports
-                .as_ref()
-                .is_none_or(|r| r.contains(&k.src_port))
-            && self
-                .dst_ports
-                .as_ref()
-                .is_none_or(|r| r.contains(&k.dst_port))
+        self.proto.is_none_or(|p| p == k.proto)
+            && (self.dst_ports.0..=self.dst_ports.1).contains(&k.dst_port)
+            && (self.src_ports.0..=self.src_ports.1).contains(&k.src_port)
+            && self.src.contains(k.src)
+            && self.dst.contains(k.dst)
     }
 }
 
@@ -160,7 +287,7 @@ pub struct ClassifierStats {
 /// An ordered list of rules; the first match wins.
 #[derive(Debug, Clone, Default)]
 pub struct Classifier {
-    rules: Vec<Rule>,
+    rules: Vec<CompiledRule>,
     stats: ClassifierStats,
 }
 
@@ -171,7 +298,7 @@ impl Classifier {
             return Err(ClassifyError::SpiRange(r.spi));
         }
         Ok(Self {
-            rules,
+            rules: rules.iter().map(CompiledRule::new).collect(),
             stats: ClassifierStats::default(),
         })
     }
@@ -305,6 +432,45 @@ mod tests {
                 malformed: 1
             }
         );
+    }
+
+    proptest::proptest! {
+        /// Fast and general 5-tuple extraction agree on valid frames and on
+        /// frames with a few bytes corrupted anywhere.
+        #[test]
+        fn fast_path_agrees_with_etherparse(
+            src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, tcp: bool, vlan: bool,
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            flips in proptest::collection::vec((0usize..80, proptest::prelude::any::<u8>()), 0..3),
+            cut in 0usize..100,
+        ) {
+            let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+            let ip = if vlan {
+                eth.single_vlan(7.try_into().unwrap()).ipv4(src, dst, 64)
+            } else {
+                eth.ipv4(src, dst, 64)
+            };
+            let mut frame = Vec::new();
+            if tcp {
+                let b = ip.tcp(sport, dport, 1, 1000);
+                b.write(&mut frame, &payload).unwrap();
+            } else {
+                let b = ip.udp(sport, dport);
+                b.write(&mut frame, &payload).unwrap();
+            }
+            let clean = FlowKey::from_ethernet_fast(&frame);
+            proptest::prop_assert!(clean.is_some());
+            proptest::prop_assert_eq!(FlowKey::from_ethernet_general(&frame), Ok(clean.unwrap()));
+            for (at, v) in flips {
+                if let Some(b) = frame.get_mut(at) {
+                    *b = v;
+                }
+            }
+            frame.truncate(frame.len().saturating_sub(cut % 8));
+            if let Some(fast) = FlowKey::from_ethernet_fast(&frame) {
+                proptest::prop_assert_eq!(FlowKey::from_ethernet_general(&frame), Ok(fast));
+            }
+        }
     }
 
     #[test]

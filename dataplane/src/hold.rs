@@ -184,6 +184,7 @@ impl<P> BufferRx<P> {
         self.base + self.entries.len() as u64
     }
 
+    #[inline]
     fn push(&mut self, seq: u64, packet: P) -> Result<(), Backpressure<P>> {
         if self.is_full() {
             return Err(Backpressure(packet));
@@ -195,9 +196,7 @@ impl<P> BufferRx<P> {
     fn release_before(&mut self, index: u64) -> u64 {
         let index = index.min(self.next_deliver);
         let n = index.saturating_sub(self.base);
-        for _ in 0..n {
-            self.entries.pop_front();
-        }
+        self.entries.drain(..n as usize);
         self.base += n;
         n
     }
@@ -473,6 +472,7 @@ impl<P> Hop<P> {
 
     /// A packet arrives for this hop's VNF (from the classifier or the
     /// previous hop). Refused, and handed back, when `buffer_rx` is full.
+    #[inline]
     pub fn handle_input(&mut self, seq: u64, packet: P) -> Result<(), Backpressure<P>> {
         let r = self.rx.push(seq, packet);
         if r.is_err() {
@@ -516,8 +516,47 @@ impl<P> Hop<P> {
         })
     }
 
+    /// Delivers up to `max` packets at once (the burst form of
+    /// [`poll_delivery`](Self::poll_delivery), with the same conditions),
+    /// calling `deliver` for each in order; returns how many.
+    #[inline]
+    pub fn poll_delivery_burst(
+        &mut self,
+        max: usize,
+        mut deliver: impl FnMut(Delivery<'_, P>),
+    ) -> usize {
+        if !matches!(self.state, HopState::Running) || !matches!(self.phase, CheckpointPhase::Idle)
+        {
+            return 0;
+        }
+        let tx_room = self.tx.capacity.saturating_sub(self.tx.entries.len());
+        let pending = (self.rx.end() - self.rx.next_deliver) as usize;
+        let n = max.min(tx_room).min(pending);
+        let first = self.rx.next_deliver;
+        let start = (first - self.rx.base) as usize;
+        let epoch = self.epoch;
+        let high = self.delivered_high;
+        for (k, (seq, packet)) in self.rx.entries.range(start..start + n).enumerate() {
+            let index = first + k as u64;
+            deliver(Delivery {
+                seq: *seq,
+                epoch,
+                index,
+                replay: index < high,
+                packet,
+            });
+        }
+        let end = first + n as u64;
+        self.rx.next_deliver = end;
+        self.stats.delivered += n as u64;
+        self.stats.redelivered += high.min(end).saturating_sub(first);
+        self.delivered_high = high.max(end);
+        n
+    }
+
     /// The VNF sent a packet back, stamped with `epoch` and chain sequence
     /// number `seq` (as copied from the input that caused it).
+    #[inline]
     pub fn handle_output(&mut self, epoch: u32, seq: u64, packet: P) -> OutputDisposition {
         if epoch != self.epoch || !matches!(self.state, HopState::Running) {
             self.stats.stale += 1;
@@ -549,6 +588,7 @@ impl<P> Hop<P> {
     }
 
     /// Takes the output [`peek_forward`](Self::peek_forward) showed.
+    #[inline]
     pub fn poll_forward(&mut self) -> Option<(u64, P)> {
         if !matches!(self.state, HopState::Running) {
             return None;
@@ -786,6 +826,7 @@ impl<P> Chain<P> {
     /// nothing is assigned and `Err(())` tells the caller to keep the frame
     /// and retry (backpressure; the frame is not dropped here).
     #[allow(clippy::result_unit_err)]
+    #[inline]
     pub fn try_ingress(&mut self, make: impl FnOnce(u64) -> P) -> Result<u64, ()> {
         let first = &mut self.hops[0];
         if !first.can_accept_input() {
@@ -824,7 +865,30 @@ impl<P> Chain<P> {
         }
     }
 
+    /// Moves up to `max` outputs of hop `i` into hop `i + 1`'s `buffer_rx`,
+    /// as many as it has room for; returns how many moved. The burst form of
+    /// [`poll_advance`](Self::poll_advance).
+    #[inline]
+    pub fn poll_advance_burst(&mut self, i: usize, max: usize) -> usize {
+        if i + 1 >= self.hops.len() {
+            return 0;
+        }
+        let (left, right) = self.hops.split_at_mut(i + 1);
+        let (from, to) = (&mut left[i], &mut right[0]);
+        if !matches!(from.state, HopState::Running) {
+            return 0;
+        }
+        let room = to.rx.capacity - to.rx.entries.len();
+        let n = max.min(from.tx.entries.len()).min(room);
+        if n < max.min(from.tx.entries.len()) {
+            to.stats.rx_backpressure += 1;
+        }
+        to.rx.entries.extend(from.tx.entries.drain(..n));
+        n
+    }
+
     /// Takes the next packet leaving the chain (output of the last hop).
+    #[inline]
     pub fn poll_egress(&mut self) -> Option<(u64, P)> {
         self.hops.last_mut().and_then(Hop::poll_forward)
     }

@@ -231,7 +231,11 @@ impl<T: AsRef<[u8]>> NshPacket<T> {
                 have: data.len(),
             });
         }
-        if md_type == MD_TYPE_2 {
+        if md_type == MD_TYPE_2
+            && !(header_len == NHAM_HEADER_LEN && self.leading_nham_tlv().is_some())
+        {
+            // (The header NHAM emits, one NHAM TLV filling it exactly, is
+            // known to be well formed and skips the walk.)
             let mut offset = BASE_LEN;
             while offset < header_len {
                 if header_len - offset < TLV_HEADER_LEN {
@@ -333,7 +337,27 @@ impl<T: AsRef<[u8]>> NshPacket<T> {
     /// The NHAM metadata, if this header carries it (fast path: NHAM puts its
     /// TLV first, so it is found without iterating).
     pub fn nham_metadata(&self) -> Option<NhamMetadata> {
+        if let Some(range) = self.leading_nham_tlv() {
+            return NhamMetadata::from_bytes(&self.buffer.as_ref()[range]);
+        }
         self.tlvs().find_map(|tlv| NhamMetadata::from_tlv(&tlv))
+    }
+
+    /// The NHAM TLV's value range when it is the first context header, as
+    /// NHAM emits it.
+    fn leading_nham_tlv(&self) -> Option<core::ops::Range<usize>> {
+        const LEADING: [u8; 4] = [
+            (NHAM_MD_CLASS >> 8) as u8,
+            NHAM_MD_CLASS as u8,
+            NHAM_TLV_TYPE,
+            NHAM_TLV_VALUE_LEN as u8,
+        ];
+        let d = self.buffer.as_ref();
+        let range = BASE_LEN + TLV_HEADER_LEN..NHAM_HEADER_LEN;
+        (self.md_type() == MD_TYPE_2
+            && self.header_len() >= NHAM_HEADER_LEN
+            && d.get(BASE_LEN..BASE_LEN + TLV_HEADER_LEN) == Some(&LEADING[..]))
+        .then_some(range)
     }
 }
 
@@ -366,6 +390,10 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> NshPacket<T> {
     /// Rewrites the NHAM metadata in place. Returns false if the header
     /// carries no NHAM TLV.
     pub fn set_nham_metadata(&mut self, meta: NhamMetadata) -> bool {
+        if let Some(range) = self.leading_nham_tlv() {
+            meta.write_value(&mut self.buffer.as_mut()[range]);
+            return true;
+        }
         if self.md_type() != MD_TYPE_2 {
             return false;
         }
@@ -459,7 +487,11 @@ impl NhamMetadata {
         if tlv.class != NHAM_MD_CLASS || tlv.tlv_type != NHAM_TLV_TYPE {
             return None;
         }
-        let v: &[u8; NHAM_TLV_VALUE_LEN] = tlv.value.try_into().ok()?;
+        Self::from_bytes(tlv.value)
+    }
+
+    fn from_bytes(value: &[u8]) -> Option<Self> {
+        let v: &[u8; NHAM_TLV_VALUE_LEN] = value.try_into().ok()?;
         Some(Self {
             seq: u64::from_be_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]),
             epoch: u32::from_be_bytes([v[8], v[9], v[10], v[11]]),
