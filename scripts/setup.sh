@@ -85,7 +85,9 @@ debian_uri() {
 fetch_criu_tarball() {
   local dest="$1" uri apt_dir
   uri="$(debian_uri)"
-  if [ -n "$uri" ]; then
+  # NHAM_CRIU_FROM_VENDOR=1 skips the registry (air-gapped hosts, or to test
+  # the fallback).
+  if [ -n "$uri" ] && [ "${NHAM_CRIU_FROM_VENDOR:-0}" != 1 ]; then
     apt_dir="$(mktemp -d)"
     mkdir -p "$apt_dir/lists/partial"
     printf 'deb-src [trusted=yes] %s sid main\n' "$uri" >"$apt_dir/sources.list"
@@ -101,7 +103,7 @@ fetch_criu_tarball() {
     local vendor
     for vendor in "$repo/../shared/vendor" "$repo/shared/vendor"; do
       if [ -f "$vendor/$CRIU_TARBALL" ]; then
-        log "registry did not serve $CRIU_TARBALL; using $vendor"
+        log "using the vendored $CRIU_TARBALL from $vendor"
         cp "$vendor/$CRIU_TARBALL" "$dest/"
         break
       fi

@@ -679,6 +679,17 @@ impl NshRepr {
 /// Writes the 24-byte NHAM header (MD type 2 with one NHAM TLV) at the start
 /// of `out`. This is the classifier's hot path: no allocation, no branches on
 /// metadata. `out` must be at least [`NHAM_HEADER_LEN`] bytes.
+///
+/// ```
+/// use nham_dataplane::nsh::{emit_nham_header, NextProtocol, NhamMetadata, NshPacket};
+///
+/// let mut buf = [0u8; 24];
+/// let meta = NhamMetadata { seq: 7, epoch: 1 };
+/// emit_nham_header(&mut buf, 42, 255, 63, NextProtocol::Ethernet, meta).unwrap();
+/// let packet = NshPacket::new_checked(&buf[..]).unwrap();
+/// assert_eq!((packet.spi(), packet.si(), packet.ttl()), (42, 255, 63));
+/// assert_eq!(packet.nham_metadata(), Some(meta));
+/// ```
 pub fn emit_nham_header(
     out: &mut [u8],
     spi: u32,

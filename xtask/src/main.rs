@@ -74,7 +74,7 @@ fn main() {
                     "warnings",
                 ],
             );
-            let mut cmd = vec!["test", "--workspace", "--release"];
+            let mut cmd = vec!["test", "--workspace"];
             cmd.extend(rest);
             run("cargo", &cmd);
         }
