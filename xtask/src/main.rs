@@ -48,7 +48,7 @@ fn main() {
         Some("setup") => setup(),
         Some("demo") => {
             setup();
-            let mut cmd = vec![
+            let base = [
                 "run",
                 "--release",
                 "--quiet",
@@ -57,8 +57,18 @@ fn main() {
                 "--",
                 "model",
             ];
-            cmd.extend(rest);
-            run("cargo", &cmd);
+            if rest.is_empty() {
+                // One failure at a time on 4 VNFs; 3 of 8 at once; all 8 at once.
+                for extra in [
+                    &["--vnfs", "4", "--failures", "10"][..],
+                    &["--vnfs", "8", "--failures", "10", "--simultaneous", "3"],
+                    &["--vnfs", "8", "--failures", "5", "--simultaneous", "8"],
+                ] {
+                    run("cargo", &[&base[..], extra].concat());
+                }
+            } else {
+                run("cargo", &[&base[..], &rest].concat());
+            }
         }
         Some("test") => {
             setup();
