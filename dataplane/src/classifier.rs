@@ -304,6 +304,7 @@ impl Classifier {
     }
 
     /// The SPI for this frame, `Ok(None)` on a miss.
+    #[inline]
     pub fn classify(&mut self, frame: &[u8]) -> Result<Option<u32>, ClassifyError> {
         let key = match FlowKey::from_ethernet(frame) {
             Ok(k) => k,
@@ -368,6 +369,7 @@ pub fn encapsulate(
 
 /// Removes the outer Ethernet and NSH headers of an encapsulated frame and
 /// returns the inner frame. Used at the egress of the SFC domain.
+#[inline]
 pub fn decapsulate(frame: &[u8]) -> Result<(nsh::NshPacket<&[u8]>, &[u8]), nsh::Error> {
     let ethertype = frame.get(12..14).ok_or(nsh::Error::Truncated {
         need: 14,

@@ -690,6 +690,7 @@ impl NshRepr {
 /// assert_eq!((packet.spi(), packet.si(), packet.ttl()), (42, 255, 63));
 /// assert_eq!(packet.nham_metadata(), Some(meta));
 /// ```
+#[inline]
 pub fn emit_nham_header(
     out: &mut [u8],
     spi: u32,
@@ -734,6 +735,7 @@ pub enum TtlVerdict {
 /// forwarding lookup. Decrementing by 1 from an incoming value of 0 shall
 /// result in a TTL value of 63. The packet MUST NOT be forwarded if TTL is,
 /// after decrement, 0."
+#[inline]
 pub fn decrement_ttl(ttl: u8) -> TtlVerdict {
     match ttl & MAX_TTL {
         0 => TtlVerdict::Forward(MAX_TTL),
