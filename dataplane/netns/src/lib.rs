@@ -1,0 +1,365 @@
+//! Network namespaces and veth links for NHAM topologies, made through
+//! rtnetlink (no `ip` commands).
+//!
+//! - [`Netns`] is a named network namespace (`/run/netns/<name>`) that is
+//!   deleted when the value is dropped, also during a panic's unwinding, so a
+//!   failing test leaves nothing behind. Names come from [`unique_name`], so
+//!   parallel tests never collide.
+//! - [`veth_pair`] joins two namespaces with a veth pair that has exactly one
+//!   rx and one tx queue on each side (with more, frames can land on a queue
+//!   no AF_XDP socket serves) and brings both ends and `lo` up.
+//! - [`Netns::run`] runs a closure on a thread that has entered the
+//!   namespace; [`Netns::enter`] moves the calling thread. Namespace
+//!   membership is per thread, so the rest of the process is untouched.
+//!
+//! Interface names live inside their namespace, so they only need to be
+//! unique within it.
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use futures::TryStreamExt;
+use nix::sched::{setns, CloneFlags};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::{LinkUnspec, LinkVeth, NetworkNamespace};
+use thiserror::Error;
+
+/// Errors of namespace and link management.
+#[derive(Debug, Error)]
+pub enum NetnsError {
+    /// A netlink request failed.
+    #[error("netlink: {0}")]
+    Netlink(String),
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Sys {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A link was not found after creation.
+    #[error("link {0} not found")]
+    NoLink(String),
+    /// An interface name longer than the kernel's 15 characters.
+    #[error("interface name {0:?} is longer than 15 characters")]
+    NameTooLong(String),
+    /// The worker thread panicked.
+    #[error("worker thread in namespace {0} panicked")]
+    Panicked(String),
+}
+
+fn sys(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetnsError {
+    let what = what.into();
+    move |source| NetnsError::Sys { what, source }
+}
+
+fn netlink(e: impl std::fmt::Display) -> NetnsError {
+    NetnsError::Netlink(e.to_string())
+}
+
+/// A name unique to this process and call: `<prefix><pid>x<n>`.
+pub fn unique_name(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn block_on<T>(
+    fut: impl std::future::Future<Output = Result<T, NetnsError>>,
+) -> Result<T, NetnsError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(sys("starting a tokio runtime"))?
+        .block_on(fut)
+}
+
+/// A named network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `/run/netns/<name>` (like `ip netns add`).
+    pub fn create(name: &str) -> Result<Self, NetnsError> {
+        let name = name.to_string();
+        // NetworkNamespace::add forks; do it from a fresh thread so the
+        // caller's thread state does not matter.
+        let n = name.clone();
+        std::thread::spawn(move || {
+            block_on(async { NetworkNamespace::add(n).await.map_err(netlink) })
+        })
+        .join()
+        .map_err(|_| NetnsError::Panicked(name.clone()))??;
+        let ns = Self { name };
+        ns.run(|| set_up("lo"))??;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The namespace's file.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Moves the calling thread into this namespace.
+    pub fn enter(&self) -> Result<(), NetnsError> {
+        let file =
+            File::open(self.path()).map_err(sys(format!("opening {}", self.path().display())))?;
+        setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Sys {
+            what: format!("entering namespace {}", self.name),
+            source: e.into(),
+        })
+    }
+
+    /// Runs `f` on a new thread inside this namespace and returns its result.
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, NetnsError> {
+        let path = self.path();
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            let file = File::open(&path).map_err(sys(format!("opening {}", path.display())))?;
+            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Sys {
+                what: format!("entering namespace {}", path.display()),
+                source: e.into(),
+            })?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| NetnsError::Panicked(name))?
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            block_on(async { NetworkNamespace::del(name).await.map_err(netlink) })
+        })
+        .join();
+    }
+}
+
+/// One end of a veth pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethEnd {
+    /// The namespace it lives in.
+    pub netns: String,
+    /// Interface name.
+    pub name: String,
+    /// Interface index (in its namespace).
+    pub ifindex: u32,
+    /// MAC address.
+    pub mac: [u8; 6],
+}
+
+async fn link_by_name(handle: &rtnetlink::Handle, name: &str) -> Result<LinkMessage, NetnsError> {
+    handle
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+        .map_err(netlink)?
+        .ok_or_else(|| NetnsError::NoLink(name.to_string()))
+}
+
+fn describe(netns: &str, name: &str, msg: &LinkMessage) -> VethEnd {
+    let mac = msg
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(m) if m.len() == 6 => Some([m[0], m[1], m[2], m[3], m[4], m[5]]),
+            _ => None,
+        })
+        .unwrap_or_default();
+    VethEnd {
+        netns: netns.to_string(),
+        name: name.to_string(),
+        ifindex: msg.header.index,
+        mac,
+    }
+}
+
+/// Brings interface `name` of the calling thread's namespace up.
+pub fn set_up(name: &str) -> Result<(), NetnsError> {
+    let name = name.to_string();
+    block_on(async move {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
+        tokio::spawn(conn);
+        let link = link_by_name(&handle, &name).await?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(link.header.index).up().build())
+            .execute()
+            .await
+            .map_err(netlink)
+    })
+}
+
+/// The number of rx and tx queues of interface `name` in the calling
+/// thread's namespace.
+pub fn queue_counts(name: &str) -> Result<(u32, u32), NetnsError> {
+    let name = name.to_string();
+    block_on(async move {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
+        tokio::spawn(conn);
+        let link = link_by_name(&handle, &name).await?;
+        let get = |want: fn(&LinkAttribute) -> Option<u32>| {
+            link.attributes.iter().find_map(want).unwrap_or(0)
+        };
+        Ok((
+            get(|a| match a {
+                LinkAttribute::NumRxQueues(n) => Some(*n),
+                _ => None,
+            }),
+            get(|a| match a {
+                LinkAttribute::NumTxQueues(n) => Some(*n),
+                _ => None,
+            }),
+        ))
+    })
+}
+
+/// Sets interface `name` of the calling thread's namespace down (to cut a
+/// VNF off the network in fault drills).
+pub fn set_down(name: &str) -> Result<(), NetnsError> {
+    let name = name.to_string();
+    block_on(async move {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
+        tokio::spawn(conn);
+        let link = link_by_name(&handle, &name).await?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(link.header.index).down().build())
+            .execute()
+            .await
+            .map_err(netlink)
+    })
+}
+
+/// Creates a veth pair `a_name` (in `a`) <-> `b_name` (in `b`), one rx and
+/// one tx queue each, both up.
+pub fn veth_pair(
+    a: &Netns,
+    a_name: &str,
+    b: &Netns,
+    b_name: &str,
+) -> Result<(VethEnd, VethEnd), NetnsError> {
+    for n in [a_name, b_name] {
+        if n.len() > 15 {
+            return Err(NetnsError::NameTooLong(n.to_string()));
+        }
+    }
+    let (an, bn) = (a_name.to_string(), b_name.to_string());
+    let b_path = b.path();
+    let a_ns = a.name().to_string();
+    let a_end = a.run(move || {
+        block_on(async move {
+            let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
+            tokio::spawn(conn);
+            let queues = [LinkAttribute::NumRxQueues(1), LinkAttribute::NumTxQueues(1)];
+            let mut peer = LinkUnspec::new_with_name(&bn);
+            for q in queues.iter().cloned() {
+                peer = peer.append_extra_attribute(q);
+            }
+            let mut veth =
+                LinkVeth::new(&an, &bn).set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
+            for q in queues {
+                veth = veth.append_extra_attribute(q);
+            }
+            handle
+                .link()
+                .add(veth.build())
+                .execute()
+                .await
+                .map_err(netlink)?;
+            let peer = link_by_name(&handle, &bn).await?;
+            let b_file =
+                File::open(&b_path).map_err(sys(format!("opening {}", b_path.display())))?;
+            handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(peer.header.index)
+                        .setns_by_fd(b_file.as_raw_fd())
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(netlink)?;
+            let link = link_by_name(&handle, &an).await?;
+            handle
+                .link()
+                .set(LinkUnspec::new_with_index(link.header.index).up().build())
+                .execute()
+                .await
+                .map_err(netlink)?;
+            Ok(describe(&a_ns, &an, &link))
+        })
+    })??;
+    let bn = b_name.to_string();
+    let b_ns = b.name().to_string();
+    let b_end = b.run(move || {
+        block_on(async move {
+            let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
+            tokio::spawn(conn);
+            let link = link_by_name(&handle, &bn).await?;
+            handle
+                .link()
+                .set(LinkUnspec::new_with_index(link.header.index).up().build())
+                .execute()
+                .await
+                .map_err(netlink)?;
+            Ok(describe(&b_ns, &bn, &link))
+        })
+    })??;
+    Ok((a_end, b_end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    #[test]
+    fn namespaces_and_veth_are_made_and_removed() {
+        assert!(is_root(), "this test needs root (CI runs as root)");
+        let a_name = unique_name("nhta");
+        let path;
+        {
+            let a = Netns::create(&a_name).unwrap();
+            let b = Netns::create(&unique_name("nhtb")).unwrap();
+            path = a.path();
+            assert!(path.exists());
+            let (ea, eb) = veth_pair(&a, "left", &b, "right").unwrap();
+            assert_eq!(ea.name, "left");
+            assert_eq!(eb.netns, b.name());
+            assert_ne!(ea.mac, [0; 6]);
+            // The peer lives in b with one queue each way; a cannot see it.
+            assert_eq!(b.run(|| queue_counts("right")).unwrap().unwrap(), (1, 1));
+            assert_eq!(a.run(|| queue_counts("left")).unwrap().unwrap(), (1, 1));
+            assert!(a.run(|| queue_counts("right")).unwrap().is_err());
+            b.run(|| set_down("right")).unwrap().unwrap();
+        }
+        assert!(!path.exists(), "namespace file removed on drop");
+    }
+}
