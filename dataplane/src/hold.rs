@@ -193,10 +193,12 @@ impl<P> BufferRx<P> {
         Ok(())
     }
 
-    fn release_before(&mut self, index: u64) -> u64 {
+    fn release_before(&mut self, index: u64, mut release: impl FnMut(P)) -> u64 {
         let index = index.min(self.next_deliver);
         let n = index.saturating_sub(self.base);
-        self.entries.drain(..n as usize);
+        for (_, p) in self.entries.drain(..n as usize) {
+            release(p);
+        }
         self.base += n;
         n
     }
@@ -558,6 +560,18 @@ impl<P> Hop<P> {
     /// number `seq` (as copied from the input that caused it).
     #[inline]
     pub fn handle_output(&mut self, epoch: u32, seq: u64, packet: P) -> OutputDisposition {
+        self.handle_output_with(epoch, seq, || packet)
+    }
+
+    /// [`handle_output`](Self::handle_output) that builds the packet only if
+    /// it is accepted (the SFF copies a frame out of its rx ring only then).
+    #[inline]
+    pub fn handle_output_with(
+        &mut self,
+        epoch: u32,
+        seq: u64,
+        packet: impl FnOnce() -> P,
+    ) -> OutputDisposition {
         if epoch != self.epoch || !matches!(self.state, HopState::Running) {
             self.stats.stale += 1;
             return OutputDisposition::Stale;
@@ -572,7 +586,7 @@ impl<P> Hop<P> {
             return OutputDisposition::Duplicate;
         }
         self.tx.accepted = index + 1;
-        self.tx.entries.push_back((seq, packet));
+        self.tx.entries.push_back((seq, packet()));
         self.tx.peak = self.tx.peak.max(self.tx.entries.len());
         self.stats.accepted += 1;
         OutputDisposition::Accepted
@@ -646,6 +660,17 @@ impl<P> Hop<P> {
         id: CheckpointId,
         now: Instant,
     ) -> Result<CheckpointReport, HoldError> {
+        self.handle_checkpoint_complete_with(id, now, drop)
+    }
+
+    /// [`handle_checkpoint_complete`](Self::handle_checkpoint_complete),
+    /// handing each released packet to `release` (to free its buffer).
+    pub fn handle_checkpoint_complete_with(
+        &mut self,
+        id: CheckpointId,
+        now: Instant,
+        release: impl FnMut(P),
+    ) -> Result<CheckpointReport, HoldError> {
         let CheckpointPhase::Dumping {
             id: current,
             started,
@@ -659,7 +684,7 @@ impl<P> Hop<P> {
         }
         // DESIGN.md invariant 1: a packet is released only once a checkpoint
         // is known to include its effect.
-        let released = self.rx.release_before(mark.consumed);
+        let released = self.rx.release_before(mark.consumed, release);
         self.stats.released += released;
         self.stats.checkpoints += 1;
         self.committed = Some(CommittedCheckpoint { id, mark });
@@ -669,6 +694,29 @@ impl<P> Hop<P> {
             released,
             pause: now.saturating_duration_since(started),
         })
+    }
+
+    /// For a hop whose VNF is *not protected* (no checkpoints): releases
+    /// every delivered packet at once, handing each to `release`. Every
+    /// delivery becomes the restore point, so a restart of such a VNF
+    /// resumes with whatever state it has and replays nothing: no
+    /// exactly-once guarantee, by choice of the operator.
+    pub fn release_delivered(&mut self, release: impl FnMut(P)) -> u64 {
+        if !matches!(self.phase, CheckpointPhase::Idle) {
+            return 0;
+        }
+        let released = self.rx.release_before(self.rx.next_deliver, release);
+        self.stats.released += released;
+        if released > 0 {
+            self.committed = Some(CommittedCheckpoint {
+                id: 0,
+                mark: Mark {
+                    consumed: self.rx.next_deliver,
+                    emitted: self.tx.next_output,
+                },
+            });
+        }
+        released
     }
 
     /// Checkpoint `id` failed (dump error, storage error): nothing is

@@ -27,7 +27,9 @@ fn frames_cross_a_veth_between_afxdp_ports() {
             let mut seen = Vec::new();
             let deadline = Instant::now() + Duration::from_secs(10);
             while seen.len() < N && Instant::now() < deadline {
-                port.recv_burst(64, |f| seen.push(u32::from_be_bytes([f[14], f[15], f[16], f[17]])));
+                port.recv_burst(64, |f| {
+                    seen.push(u32::from_be_bytes([f[14], f[15], f[16], f[17]]))
+                });
                 let _ = port.wait_rx(10);
             }
             seen
@@ -41,7 +43,8 @@ fn frames_cross_a_veth_between_afxdp_ports() {
             let mut next = 0u32;
             while (next as usize) < N {
                 let n = port.send_burst(32.min(N - next as usize), |i, buf| {
-                    buf[..12].copy_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1]);
+                    buf[..12]
+                        .copy_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1]);
                     buf[12..14].copy_from_slice(&0x88B5u16.to_be_bytes()); // local experimental
                     buf[14..18].copy_from_slice(&(next + i as u32).to_be_bytes());
                     buf[18..60].fill(0);
@@ -58,5 +61,9 @@ fn frames_cross_a_veth_between_afxdp_ports() {
         .unwrap();
     let seen = receiver.join().unwrap();
     assert_eq!(sent as usize, N);
-    assert_eq!(seen, (0..N as u32).collect::<Vec<_>>(), "every frame, in order");
+    assert_eq!(
+        seen,
+        (0..N as u32).collect::<Vec<_>>(),
+        "every frame, in order"
+    );
 }

@@ -1,0 +1,90 @@
+//! `nham-vnf`: one sample VNF as a plain process. It reads NSH frames from
+//! its interface through an AF_PACKET socket (so CRIU can checkpoint it),
+//! applies its function and sends the outputs back with SI decremented.
+//!
+//! Signals: SIGUSR1 writes the full state as JSON to `--state` (atomically:
+//! a temporary file renamed into place); SIGTERM/SIGINT write it and exit.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use nham_vnf::{nsh_step, Kind, State};
+use pnet_datalink::Channel;
+
+#[derive(Parser, Debug)]
+#[command(name = "nham-vnf", version, about = "NHAM sample NSH-aware VNF")]
+struct Args {
+    /// monitor, firewall, nat or emitter.
+    #[arg(long)]
+    kind: Kind,
+    /// Interface to serve (in the current network namespace).
+    #[arg(long, env = "NHAM_IFACE")]
+    iface: String,
+    /// Where SIGUSR1 writes the state.
+    #[arg(long)]
+    state: Option<PathBuf>,
+}
+
+fn dump(state: &State, path: &Option<PathBuf>) -> anyhow::Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let iface = pnet_datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == args.iface)
+        .with_context(|| format!("no interface {} in this namespace", args.iface))?;
+    let config = pnet_datalink::Config {
+        read_timeout: Some(Duration::from_millis(50)),
+        read_buffer_size: 65536,
+        write_buffer_size: 65536,
+        ..Default::default()
+    };
+    let (mut tx, mut rx) = match pnet_datalink::channel(&iface, config)? {
+        Channel::Ethernet(tx, rx) => (tx, rx),
+        _ => bail!("unexpected channel type"),
+    };
+    let usr1 = Arc::new(AtomicBool::new(false));
+    let term = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, usr1.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, term.clone())?;
+    let mut state = State::new(args.kind);
+    let mut scratch = Vec::new();
+    loop {
+        if usr1.swap(false, Ordering::Relaxed) {
+            dump(&state, &args.state)?;
+        }
+        if term.load(Ordering::Relaxed) {
+            dump(&state, &args.state)?;
+            return Ok(());
+        }
+        match rx.next() {
+            Ok(frame) => {
+                for out in nsh_step(&mut state, frame, &mut scratch) {
+                    if let Some(Err(e)) = tx.send_to(&out, None) {
+                        eprintln!("nham-vnf: send failed: {e}");
+                    }
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e).context("reading the interface"),
+        }
+    }
+}

@@ -1,0 +1,729 @@
+//! The NHAM Service Function Forwarder (SFF) on real interfaces.
+//!
+//! One thread, optionally pinned to a core, serves every port of one SFP:
+//!
+//! ```text
+//! ingress ─classify─encap(seq)─▶ BufferRx(0) ─deliver─▶ hop port 0 ─▶ VNF 0
+//!                                     VNF 0 ─▶ hop port 0 ─check─▶ BufferTx(0) ─advance─▶ BufferRx(1) …
+//!                                                   … BufferTx(n-1) ─decap─▶ egress
+//! ```
+//!
+//! Each port is an AF_XDP socket ([`nham_afxdp::Port`]) fed by the XDP
+//! redirect program ([`nham_ebpf::XdpRedirect`]). Frames are copied into
+//! [`pool::Pool`] slots; the Hold/Release core ([`nham_dataplane::hold`])
+//! moves slot handles and decides delivery, release, duplicate suppression
+//! and backpressure. What the core decides, this crate only carries out.
+//!
+//! Per RFC 8300 the SFF checks what a VNF sends back: an Ethernet frame with
+//! EtherType 0x894F, a valid NSH header for this SPI whose SI is one less
+//! than it was on delivery ("The Service Index MUST be decremented by a value
+//! of 1 by Service Functions"), carrying NHAM metadata; it decrements the TTL
+//! ("Each SFF involved in forwarding an NSH packet MUST decrement the TTL
+//! value by 1 prior to NSH forwarding lookup") and drops the packet when it
+//! reaches 0. Anything else is counted and dropped; other traffic is not
+//! affected.
+//!
+//! Bursts are sized before frames leave a ring (pool room, `BufferRx` room,
+//! tx ring room), so nothing taken off a ring is ever dropped for lack of
+//! space: the backpressure stays in the rings and the Hold/Release buffers,
+//! where it is counted.
+//!
+//! Polling is adaptive: the thread spins while there is work and for
+//! [`PollPolicy::spin`] empty rounds after, then sleeps
+//! [`PollPolicy::sleep`] per round, so tests on a 2-core machine do not
+//! starve.
+#![forbid(unsafe_code)]
+
+pub mod pool;
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nham_afxdp::{AfXdpError, Port, PortConfig};
+use nham_dataplane::classifier::{Classifier, ClassifyError, Rule};
+use nham_dataplane::hold::{Chain, HoldError, HopConfig};
+use nham_dataplane::nsh::{self, NhamMetadata, NshPacket, TtlVerdict};
+use nham_ebpf::{EbpfError, XdpRedirect};
+use thiserror::Error;
+
+use pool::{Pool, SLOT};
+
+const ETH: usize = 14;
+
+/// Errors of starting or running the SFF.
+#[derive(Debug, Error)]
+pub enum SffError {
+    /// An AF_XDP port failed.
+    #[error(transparent)]
+    AfXdp(#[from] AfXdpError),
+    /// The XDP program failed.
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+    /// The classifier rules are invalid.
+    #[error(transparent)]
+    Classifier(#[from] ClassifyError),
+    /// The Hold/Release configuration is invalid.
+    #[error(transparent)]
+    Hold(#[from] HoldError),
+    /// Entering the SFF's namespace failed.
+    #[error("entering namespace {path}: {reason}")]
+    Netns {
+        /// Namespace file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The SFF thread panicked.
+    #[error("the SFF thread panicked")]
+    Panicked,
+    /// The SFF thread stopped before it was ready.
+    #[error("the SFF thread stopped during start-up")]
+    StartFailed,
+}
+
+/// One interface the SFF serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    /// Interface name (in the SFF's namespace).
+    pub iface: String,
+    /// Its index.
+    pub ifindex: u32,
+    /// Its MAC address (source of frames sent on it).
+    pub mac: [u8; 6],
+    /// MAC of the device on the other end (destination of frames sent on it).
+    pub peer_mac: [u8; 6],
+}
+
+/// How the polling thread behaves when idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollPolicy {
+    /// Empty rounds spent spinning before sleeping.
+    pub spin: u32,
+    /// Sleep per empty round after that.
+    pub sleep: Duration,
+}
+
+impl Default for PollPolicy {
+    fn default() -> Self {
+        Self {
+            spin: 2000,
+            sleep: Duration::from_micros(50),
+        }
+    }
+}
+
+/// What the SFF serves and how.
+#[derive(Debug, Clone)]
+pub struct SffConfig {
+    /// Where traffic enters.
+    pub ingress: PortSpec,
+    /// Where traffic leaves (decapsulated).
+    pub egress: PortSpec,
+    /// One port per VNF, in chain order.
+    pub hops: Vec<PortSpec>,
+    /// Classifier rules; traffic for other SPIs is a miss.
+    pub rules: Vec<Rule>,
+    /// The SPI of the chain served.
+    pub spi: u32,
+    /// Hold/Release sizing.
+    pub hop: HopConfig,
+    /// False: VNFs are not checkpointed yet, so packets are released as
+    /// soon as they are delivered (no exactly-once across VNF failures).
+    pub protect: bool,
+    /// Packet buffers.
+    pub pool_slots: usize,
+    /// Frames moved per step.
+    pub burst: usize,
+    /// Idle behaviour.
+    pub poll: PollPolicy,
+    /// Core to pin the thread to.
+    pub core: Option<usize>,
+    /// AF_XDP port sizing.
+    pub port: PortConfig,
+}
+
+/// Counters, readable while the SFF runs.
+#[derive(Debug, Default)]
+pub struct SffCounters {
+    /// Frames read on ingress.
+    pub ingress: AtomicU64,
+    /// Classified and admitted into the chain.
+    pub classified: AtomicU64,
+    /// Well-formed frames no rule (for this SPI) matched; dropped.
+    pub classifier_miss: AtomicU64,
+    /// Ingress frames that are not Ethernet/IP; dropped.
+    pub malformed_ingress: AtomicU64,
+    /// Ingress frames too large for a buffer; dropped.
+    pub oversize: AtomicU64,
+    /// Frames sent to VNFs.
+    pub delivered: AtomicU64,
+    /// Frames from VNFs that are not valid NSH for this chain; dropped.
+    pub malformed_from_vnf: AtomicU64,
+    /// Frames from a VNF whose SI was not decremented by one; dropped.
+    pub si_mismatch: AtomicU64,
+    /// Frames whose TTL expired; dropped.
+    pub ttl_expired: AtomicU64,
+    /// VNF outputs accepted.
+    pub accepted: AtomicU64,
+    /// Replayed outputs suppressed.
+    pub duplicates: AtomicU64,
+    /// Outputs of failed incarnations discarded.
+    pub stale: AtomicU64,
+    /// Frames sent on egress.
+    pub egress: AtomicU64,
+    /// Frames the core marked delivered that the tx ring refused (sizing
+    /// bug if ever non-zero).
+    pub tx_refused: AtomicU64,
+}
+
+impl SffCounters {
+    fn add(c: &AtomicU64, n: u64) {
+        if n > 0 {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// A plain snapshot.
+    pub fn snapshot(&self) -> SffStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        SffStats {
+            ingress: g(&self.ingress),
+            classified: g(&self.classified),
+            classifier_miss: g(&self.classifier_miss),
+            malformed_ingress: g(&self.malformed_ingress),
+            oversize: g(&self.oversize),
+            delivered: g(&self.delivered),
+            malformed_from_vnf: g(&self.malformed_from_vnf),
+            si_mismatch: g(&self.si_mismatch),
+            ttl_expired: g(&self.ttl_expired),
+            accepted: g(&self.accepted),
+            duplicates: g(&self.duplicates),
+            stale: g(&self.stale),
+            egress: g(&self.egress),
+            tx_refused: g(&self.tx_refused),
+        }
+    }
+}
+
+/// A snapshot of [`SffCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct SffStats {
+    pub ingress: u64,
+    pub classified: u64,
+    pub classifier_miss: u64,
+    pub malformed_ingress: u64,
+    pub oversize: u64,
+    pub delivered: u64,
+    pub malformed_from_vnf: u64,
+    pub si_mismatch: u64,
+    pub ttl_expired: u64,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub stale: u64,
+    pub egress: u64,
+    pub tx_refused: u64,
+}
+
+/// A running SFF thread.
+#[derive(Debug)]
+pub struct SffHandle {
+    stop: Arc<AtomicBool>,
+    counters: Arc<SffCounters>,
+    thread: Option<JoinHandle<Result<(), SffError>>>,
+}
+
+impl SffHandle {
+    /// Live counters.
+    pub fn counters(&self) -> &SffCounters {
+        &self.counters
+    }
+
+    /// Stops the thread and waits for it; ports and XDP programs are
+    /// released on its way out.
+    pub fn stop(mut self) -> Result<SffStats, SffError> {
+        self.stop.store(true, Ordering::Relaxed);
+        let r = self.thread.take().map(|t| t.join());
+        match r {
+            Some(Ok(Ok(()))) | None => Ok(self.counters.snapshot()),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(_)) => Err(SffError::Panicked),
+        }
+    }
+}
+
+impl Drop for SffHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn enter_netns(path: &PathBuf) -> Result<(), SffError> {
+    let err = |reason: String| SffError::Netns {
+        path: path.display().to_string(),
+        reason,
+    };
+    let f = File::open(path).map_err(|e| err(e.to_string()))?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| err(e.to_string()))
+}
+
+/// An AF_XDP port with the XDP program steering its interface to it.
+struct Attached {
+    port: Port,
+    _xdp: XdpRedirect,
+}
+
+fn attach(spec: &PortSpec, config: PortConfig) -> Result<Attached, SffError> {
+    let xdp = XdpRedirect::attach(spec.ifindex)?;
+    let port = Port::open(&spec.iface, 0, config)?;
+    xdp.register_socket(0, port.fd())?;
+    Ok(Attached { port, _xdp: xdp })
+}
+
+/// Starts an SFF thread in the network namespace at `netns` (or the
+/// caller's, if `None`) and returns once its ports are open.
+pub fn spawn(netns: Option<PathBuf>, config: SffConfig) -> Result<SffHandle, SffError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new(SffCounters::default());
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let thread = {
+        let stop = stop.clone();
+        let counters = counters.clone();
+        std::thread::Builder::new()
+            .name("nham-sff".into())
+            .spawn(move || -> Result<(), SffError> {
+                let started = (|| {
+                    if let Some(path) = &netns {
+                        enter_netns(path)?;
+                    }
+                    if let Some(core) = config.core {
+                        core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                    }
+                    Engine::new(config, counters)
+                })();
+                match started {
+                    Ok(mut engine) => {
+                        let _ = ready_tx.send(Ok(()));
+                        engine.run(&stop);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        let _ = ready_tx.send(Err(msg));
+                        Err(e)
+                    }
+                }
+            })
+            .map_err(|_| SffError::StartFailed)?
+    };
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(SffHandle {
+            stop,
+            counters,
+            thread: Some(thread),
+        }),
+        _ => match thread.join() {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Err(SffError::StartFailed),
+            Err(_) => Err(SffError::Panicked),
+        },
+    }
+}
+
+struct Engine {
+    config: SffConfig,
+    counters: Arc<SffCounters>,
+    ingress: Attached,
+    egress: Attached,
+    hops: Vec<Attached>,
+    classifier: Classifier,
+    /// `None` when the chain has no VNF: packets go straight to egress.
+    chain: Option<Chain<u32>>,
+    direct: std::collections::VecDeque<u32>,
+    next_seq: u64,
+    pool: Pool,
+    scratch: Vec<(u32, u64, u32)>,
+    slots: Vec<u32>,
+}
+
+impl Engine {
+    fn new(config: SffConfig, counters: Arc<SffCounters>) -> Result<Self, SffError> {
+        let classifier = Classifier::new(config.rules.clone())?;
+        let chain = if config.hops.is_empty() {
+            None
+        } else {
+            Some(Chain::new(config.spi, config.hops.len(), config.hop)?)
+        };
+        let ingress = attach(&config.ingress, config.port)?;
+        let egress = attach(&config.egress, config.port)?;
+        let hops = config
+            .hops
+            .iter()
+            .map(|h| attach(h, config.port))
+            .collect::<Result<Vec<_>, _>>()?;
+        let burst = config.burst.max(1);
+        Ok(Self {
+            pool: Pool::new(config.pool_slots),
+            config,
+            counters,
+            ingress,
+            egress,
+            hops,
+            classifier,
+            chain,
+            direct: std::collections::VecDeque::new(),
+            next_seq: 0,
+            scratch: Vec::with_capacity(burst),
+            slots: Vec::with_capacity(burst),
+        })
+    }
+
+    fn run(&mut self, stop: &AtomicBool) {
+        let mut idle = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            let work = self.step();
+            if work > 0 {
+                idle = 0;
+            } else {
+                idle = idle.saturating_add(1);
+                if idle > self.config.poll.spin {
+                    std::thread::sleep(self.config.poll.sleep);
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+    }
+
+    /// One round over every port; returns frames moved.
+    fn step(&mut self) -> usize {
+        let mut work = self.ingress_step();
+        for i in 0..self.hops.len() {
+            work += self.deliver_step(i);
+            work += self.vnf_output_step(i);
+        }
+        if let Some(chain) = &mut self.chain {
+            for i in 0..self.hops.len().saturating_sub(1) {
+                work += chain.poll_advance_burst(i, self.config.burst);
+            }
+        }
+        work + self.egress_step()
+    }
+
+    fn ingress_step(&mut self) -> usize {
+        let burst = self.config.burst;
+        let room = match &self.chain {
+            Some(c) => {
+                let first = c.hop(0).rx();
+                // Capacity minus occupancy of the first hop's buffer_rx.
+                first_room(first.len(), self.config.hop.rx_capacity)
+            }
+            None => burst.saturating_sub(self.direct.len()),
+        };
+        let max = burst.min(room).min(self.pool.available());
+        if max == 0 {
+            return 0;
+        }
+        let (spi, hop0) = (
+            self.config.spi,
+            self.config
+                .hops
+                .first()
+                .cloned()
+                .unwrap_or_else(|| self.config.egress.clone()),
+        );
+        let Self {
+            ingress,
+            classifier,
+            chain,
+            pool,
+            counters,
+            direct,
+            next_seq,
+            ..
+        } = self;
+        ingress.port.recv_burst(max, |frame| {
+            SffCounters::add(&counters.ingress, 1);
+            match classifier.classify(frame) {
+                Err(_) => SffCounters::add(&counters.malformed_ingress, 1),
+                Ok(Some(s)) if s == spi => {
+                    if frame.len() + ETH + nsh::NHAM_HEADER_LEN > SLOT {
+                        SffCounters::add(&counters.oversize, 1);
+                        return;
+                    }
+                    let Some(slot) = pool.alloc() else { return };
+                    let encap = |seq: u64, pool: &mut Pool| {
+                        let n = nham_dataplane::classifier::encapsulate(
+                            pool.buffer_mut(slot),
+                            hop0.peer_mac,
+                            hop0.mac,
+                            spi,
+                            NhamMetadata { seq, epoch: 0 },
+                            frame,
+                        )
+                        .unwrap_or(0);
+                        pool.set_len(slot, n);
+                    };
+                    match chain {
+                        Some(c) => {
+                            let admitted = c.try_ingress(|seq| {
+                                encap(seq, pool);
+                                slot
+                            });
+                            if admitted.is_err() {
+                                pool.release(slot);
+                                return;
+                            }
+                        }
+                        None => {
+                            encap(*next_seq, pool);
+                            *next_seq += 1;
+                            direct.push_back(slot);
+                        }
+                    }
+                    SffCounters::add(&counters.classified, 1);
+                }
+                Ok(_) => SffCounters::add(&counters.classifier_miss, 1),
+            }
+        })
+    }
+
+    fn deliver_step(&mut self, i: usize) -> usize {
+        let Some(chain) = &mut self.chain else {
+            return 0;
+        };
+        let port = &mut self.hops[i].port;
+        port.reclaim();
+        let n = self.config.burst.min(port.tx_room());
+        if n == 0 {
+            return 0;
+        }
+        self.scratch.clear();
+        let scratch = &mut self.scratch;
+        let hop = chain.hop_mut(i);
+        hop.poll_delivery_burst(n, |d| scratch.push((*d.packet, d.seq, d.epoch)));
+        if scratch.is_empty() {
+            return 0;
+        }
+        let spec = &self.config.hops[i];
+        let pool = &self.pool;
+        let sent = port.send_burst(scratch.len(), |k, out| {
+            let (slot, seq, epoch) = scratch[k];
+            let frame = pool.frame(slot);
+            let len = frame.len().min(out.len());
+            out[..len].copy_from_slice(&frame[..len]);
+            out[0..6].copy_from_slice(&spec.peer_mac);
+            out[6..12].copy_from_slice(&spec.mac);
+            NshPacket::new_unchecked(&mut out[ETH..len])
+                .set_nham_metadata(NhamMetadata { seq, epoch });
+            len
+        });
+        SffCounters::add(&self.counters.delivered, sent as u64);
+        SffCounters::add(&self.counters.tx_refused, (scratch.len() - sent) as u64);
+        if !self.config.protect {
+            let pool = &mut self.pool;
+            chain
+                .hop_mut(i)
+                .release_delivered(|slot| pool.release(slot));
+        }
+        sent
+    }
+
+    fn vnf_output_step(&mut self, i: usize) -> usize {
+        let Some(chain) = &mut self.chain else {
+            return 0;
+        };
+        let max = self.config.burst.min(self.pool.available());
+        if max == 0 {
+            return 0;
+        }
+        // "The Service Index MUST be decremented by a value of 1 by Service
+        // Functions": after VNF i the SI is 255 - (i + 1).
+        let expected_si = nsh::DEFAULT_INITIAL_SI.wrapping_sub(i as u8 + 1);
+        let spi = self.config.spi;
+        let next_mac = self.config.hops.get(i + 1).map(|h| (h.peer_mac, h.mac));
+        let (pool, counters) = (&mut self.pool, &self.counters);
+        let hop = chain.hop_mut(i);
+        self.hops[i].port.recv_burst(max, |frame| {
+            let Some(view) = frame
+                .get(12..14)
+                .filter(|t| u16::from_be_bytes([t[0], t[1]]) == nsh::ETHERTYPE_NSH)
+                .and_then(|_| NshPacket::new_checked(&frame[ETH..]).ok())
+            else {
+                SffCounters::add(&counters.malformed_from_vnf, 1);
+                return;
+            };
+            let Some(meta) = view.nham_metadata().filter(|_| view.spi() == spi) else {
+                SffCounters::add(&counters.malformed_from_vnf, 1);
+                return;
+            };
+            if view.si() != expected_si {
+                SffCounters::add(&counters.si_mismatch, 1);
+                return;
+            }
+            let ttl = match nsh::decrement_ttl(view.ttl()) {
+                TtlVerdict::Forward(t) => t,
+                TtlVerdict::Expired => {
+                    SffCounters::add(&counters.ttl_expired, 1);
+                    return;
+                }
+            };
+            let disposition = hop.handle_output_with(meta.epoch, meta.seq, || {
+                let slot = pool.alloc().expect("burst sized by pool room");
+                let buf = pool.buffer_mut(slot);
+                buf[..frame.len()].copy_from_slice(frame);
+                if let Some((dst, src)) = next_mac {
+                    buf[0..6].copy_from_slice(&dst);
+                    buf[6..12].copy_from_slice(&src);
+                }
+                NshPacket::new_unchecked(&mut buf[ETH..frame.len()]).set_ttl(ttl);
+                pool.set_len(slot, frame.len());
+                slot
+            });
+            let c = match disposition {
+                nham_dataplane::hold::OutputDisposition::Accepted => &counters.accepted,
+                nham_dataplane::hold::OutputDisposition::Duplicate => &counters.duplicates,
+                nham_dataplane::hold::OutputDisposition::Stale => &counters.stale,
+            };
+            SffCounters::add(c, 1);
+        })
+    }
+
+    fn egress_step(&mut self) -> usize {
+        let port = &mut self.egress.port;
+        port.reclaim();
+        let n = self.config.burst.min(port.tx_room());
+        self.slots.clear();
+        while self.slots.len() < n {
+            let next = match &mut self.chain {
+                Some(c) => c.poll_egress().map(|(_, slot)| slot),
+                None => self.direct.pop_front(),
+            };
+            match next {
+                Some(slot) => self.slots.push(slot),
+                None => break,
+            }
+        }
+        if self.slots.is_empty() {
+            return 0;
+        }
+        let (slots, pool) = (&self.slots, &self.pool);
+        let sent = port.send_burst(slots.len(), |k, out| {
+            // Decapsulate: strip outer Ethernet and NSH.
+            match nham_dataplane::classifier::decapsulate(pool.frame(slots[k])) {
+                Ok((_, inner)) => {
+                    let len = inner.len().min(out.len());
+                    out[..len].copy_from_slice(&inner[..len]);
+                    len
+                }
+                Err(_) => 0,
+            }
+        });
+        SffCounters::add(&self.counters.egress, sent as u64);
+        SffCounters::add(&self.counters.tx_refused, (slots.len() - sent) as u64);
+        for &slot in &self.slots {
+            self.pool.release(slot);
+        }
+        sent
+    }
+}
+
+fn first_room(len: usize, capacity: usize) -> usize {
+    capacity.saturating_sub(len)
+}
+
+/// A plain AF_XDP L2 forwarder (ingress to egress, frames copied as they
+/// are): the baseline the SFF is measured against in the same run.
+pub fn spawn_l2_forwarder(
+    netns: Option<PathBuf>,
+    ingress: PortSpec,
+    egress: PortSpec,
+    burst: usize,
+    poll: PollPolicy,
+    core: Option<usize>,
+    port_config: PortConfig,
+) -> Result<SffHandle, SffError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new(SffCounters::default());
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let thread = {
+        let (stop, counters) = (stop.clone(), counters.clone());
+        std::thread::Builder::new()
+            .name("nham-l2fwd".into())
+            .spawn(move || -> Result<(), SffError> {
+                let opened = (|| {
+                    if let Some(path) = &netns {
+                        enter_netns(path)?;
+                    }
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                    }
+                    Ok::<_, SffError>((
+                        attach(&ingress, port_config)?,
+                        attach(&egress, port_config)?,
+                    ))
+                })();
+                let (mut rx, mut tx) = match opened {
+                    Ok(p) => {
+                        let _ = ready_tx.send(Ok(()));
+                        p
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return Err(e);
+                    }
+                };
+                let mut buf = vec![0u8; burst * SLOT];
+                let mut lens = vec![0usize; burst];
+                let mut idle = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    tx.port.reclaim();
+                    let room = burst.min(tx.port.tx_room());
+                    let mut k = 0;
+                    let n = rx.port.recv_burst(room, |f| {
+                        let len = f.len().min(SLOT);
+                        buf[k * SLOT..k * SLOT + len].copy_from_slice(&f[..len]);
+                        lens[k] = len;
+                        k += 1;
+                    });
+                    if n > 0 {
+                        let sent = tx.port.send_burst(n, |j, out| {
+                            let len = lens[j].min(out.len());
+                            out[..len].copy_from_slice(&buf[j * SLOT..j * SLOT + len]);
+                            len
+                        });
+                        SffCounters::add(&counters.ingress, n as u64);
+                        SffCounters::add(&counters.egress, sent as u64);
+                        SffCounters::add(&counters.tx_refused, (n - sent) as u64);
+                        idle = 0;
+                    } else {
+                        idle = idle.saturating_add(1);
+                        if idle > poll.spin {
+                            std::thread::sleep(poll.sleep);
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|_| SffError::StartFailed)?
+    };
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(SffHandle {
+            stop,
+            counters,
+            thread: Some(thread),
+        }),
+        _ => match thread.join() {
+            Ok(Err(e)) => Err(e),
+            _ => Err(SffError::StartFailed),
+        },
+    }
+}
