@@ -101,7 +101,14 @@ impl Netns {
         .join()
         .map_err(|_| NetnsError::Panicked(name.clone()))??;
         let ns = Self { name };
-        ns.run(|| set_up("lo"))??;
+        ns.run(|| {
+            // No IPv6 autoconfiguration chatter (router solicitations, MLD)
+            // on test links: only the traffic the test sends is on the wire.
+            for conf in ["all", "default"] {
+                let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1");
+            }
+            set_up("lo")
+        })??;
         Ok(ns)
     }
 

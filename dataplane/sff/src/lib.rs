@@ -145,6 +145,13 @@ pub struct SffConfig {
     pub core: Option<usize>,
     /// AF_XDP port sizing.
     pub port: PortConfig,
+    /// Frames a VNF may have been sent but not yet answered (its socket
+    /// receive queue must hold this many, or the kernel drops them).
+    pub vnf_window: usize,
+    /// After this long without output from a VNF, frames still in flight to
+    /// it are taken as consumed (a VNF that drops packets never answers
+    /// them).
+    pub vnf_window_timeout: Duration,
 }
 
 /// Counters, readable while the SFF runs.
@@ -352,6 +359,10 @@ struct Engine {
     pool: Pool,
     scratch: Vec<(u32, u64, u32)>,
     slots: Vec<u32>,
+    /// Per hop: sequence numbers delivered and not yet answered, in order.
+    in_flight: Vec<std::collections::VecDeque<u64>>,
+    /// Per hop: when the VNF last sent something back.
+    last_output: Vec<std::time::Instant>,
 }
 
 impl Engine {
@@ -370,6 +381,7 @@ impl Engine {
             .map(|h| attach(h, config.port))
             .collect::<Result<Vec<_>, _>>()?;
         let burst = config.burst.max(1);
+        let hops_len = config.hops.len();
         Ok(Self {
             pool: Pool::new(config.pool_slots),
             config,
@@ -383,6 +395,8 @@ impl Engine {
             next_seq: 0,
             scratch: Vec::with_capacity(burst),
             slots: Vec::with_capacity(burst),
+            in_flight: vec![std::collections::VecDeque::new(); hops_len],
+            last_output: vec![std::time::Instant::now(); hops_len],
         })
     }
 
@@ -502,9 +516,21 @@ impl Engine {
         };
         let port = &mut self.hops[i].port;
         port.reclaim();
-        let n = self.config.burst.min(port.tx_room());
+        // Flow control towards the VNF: never more than `vnf_window` frames
+        // unanswered, so its socket queue cannot overflow. A VNF's output
+        // with sequence number s answers every input up to s (VNFs are
+        // FIFO); silence for `vnf_window_timeout` answers the rest.
+        let in_flight = &mut self.in_flight[i];
+        if !in_flight.is_empty() && self.last_output[i].elapsed() > self.config.vnf_window_timeout {
+            in_flight.clear();
+        }
+        let window = self.config.vnf_window.saturating_sub(in_flight.len());
+        let n = self.config.burst.min(port.tx_room()).min(window);
         if n == 0 {
             return 0;
+        }
+        if in_flight.is_empty() {
+            self.last_output[i] = std::time::Instant::now();
         }
         self.scratch.clear();
         let scratch = &mut self.scratch;
@@ -526,6 +552,7 @@ impl Engine {
                 .set_nham_metadata(NhamMetadata { seq, epoch });
             len
         });
+        self.in_flight[i].extend(scratch[..sent].iter().map(|&(_, seq, _)| seq));
         SffCounters::add(&self.counters.delivered, sent as u64);
         SffCounters::add(&self.counters.tx_refused, (scratch.len() - sent) as u64);
         if !self.config.protect {
@@ -552,7 +579,8 @@ impl Engine {
         let next_mac = self.config.hops.get(i + 1).map(|h| (h.peer_mac, h.mac));
         let (pool, counters) = (&mut self.pool, &self.counters);
         let hop = chain.hop_mut(i);
-        self.hops[i].port.recv_burst(max, |frame| {
+        let mut answered: Option<u64> = None;
+        let n = self.hops[i].port.recv_burst(max, |frame| {
             let Some(view) = frame
                 .get(12..14)
                 .filter(|t| u16::from_be_bytes([t[0], t[1]]) == nsh::ETHERTYPE_NSH)
@@ -576,6 +604,7 @@ impl Engine {
                     return;
                 }
             };
+            answered = Some(answered.map_or(meta.seq, |a| a.max(meta.seq)));
             let disposition = hop.handle_output_with(meta.epoch, meta.seq, || {
                 let slot = pool.alloc().expect("burst sized by pool room");
                 let buf = pool.buffer_mut(slot);
@@ -594,7 +623,17 @@ impl Engine {
                 nham_dataplane::hold::OutputDisposition::Stale => &counters.stale,
             };
             SffCounters::add(c, 1);
-        })
+        });
+        if n > 0 {
+            self.last_output[i] = std::time::Instant::now();
+        }
+        if let Some(seq) = answered {
+            let q = &mut self.in_flight[i];
+            while q.front().is_some_and(|&s| s <= seq) {
+                q.pop_front();
+            }
+        }
+        n
     }
 
     fn egress_step(&mut self) -> usize {

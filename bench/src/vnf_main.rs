@@ -1,6 +1,8 @@
-//! `nham-vnf`: one sample VNF as a plain process. It reads NSH frames from
+//! `nham-vnf`: one sample VNF (crate `nham-vnf`) as a plain process. It reads NSH frames from
 //! its interface through an AF_PACKET socket (so CRIU can checkpoint it),
 //! applies its function and sends the outputs back with SI decremented.
+//!
+//! It prints `ready` on stdout once its socket is open.
 //!
 //! Signals: SIGUSR1 writes the full state as JSON to `--state` (atomically:
 //! a temporary file renamed into place); SIGTERM/SIGINT write it and exit.
@@ -60,6 +62,9 @@ fn main() -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, term.clone())?;
     let mut state = State::new(args.kind);
+    // Tell whoever started us that the socket is open.
+    println!("ready");
+    std::io::Write::flush(&mut std::io::stdout())?;
     let mut scratch = Vec::new();
     loop {
         if usr1.swap(false, Ordering::Relaxed) {

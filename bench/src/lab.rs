@@ -1,0 +1,341 @@
+//! A chain lab: the namespaces, links and processes of one NHAM chain on
+//! this machine, and trials of traffic through it.
+//!
+//! ```text
+//!  [src ns] gen0 ══ in0 ┐                     ┌ out0 ══ sink0 [sink ns]
+//!                       [sff ns: SFF thread]
+//!               v0 ══ eth0 [vnf0 ns: nham-vnf] … vN-1 ══ eth0 [vnfN-1 ns]
+//! ```
+//!
+//! Everything is torn down when the [`Lab`] is dropped, also on panic: VNF
+//! processes are killed and reaped, then the namespaces (and with them every
+//! veth) are deleted. Namespace names are unique per process and call.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nham_afxdp::{Port, PortConfig};
+use nham_dataplane::classifier::{proto, Rule};
+use nham_dataplane::hold::HopConfig;
+use nham_ebpf::XdpRedirect;
+use nham_netns::{unique_name, veth_pair, Netns, VethEnd};
+use nham_sff::{PollPolicy, PortSpec, SffConfig, SffHandle, SffStats};
+use nham_traffic::{Checker, Received, TrafficSpec, Verdict};
+use nham_vnf::{Kind, State};
+
+/// The SPI of the lab's chain.
+pub const SPI: u32 = 100;
+
+/// A running VNF process.
+#[derive(Debug)]
+struct VnfProcess {
+    child: Child,
+    state_file: PathBuf,
+}
+
+/// One chain's namespaces, links and VNF processes.
+#[derive(Debug)]
+pub struct Lab {
+    kinds: Vec<Kind>,
+    vnfs: Vec<VnfProcess>,
+    src: Netns,
+    sink: Netns,
+    sff: Netns,
+    vnf_ns: Vec<Netns>,
+    ingress: PortSpec,
+    egress: PortSpec,
+    hops: Vec<PortSpec>,
+    state_dir: PathBuf,
+}
+
+fn spec(sff_side: &VethEnd, other: &VethEnd) -> PortSpec {
+    PortSpec {
+        iface: sff_side.name.clone(),
+        ifindex: sff_side.ifindex,
+        mac: sff_side.mac,
+        peer_mac: other.mac,
+    }
+}
+
+/// Sizing and policy for the SFF in a trial.
+#[derive(Debug, Clone, Copy)]
+pub struct LabSff {
+    /// Pin the SFF to this core.
+    pub core: Option<usize>,
+    /// Idle behaviour.
+    pub poll: PollPolicy,
+    /// Frames per step.
+    pub burst: usize,
+}
+
+impl Default for LabSff {
+    fn default() -> Self {
+        Self {
+            core: None,
+            poll: PollPolicy::default(),
+            burst: 32,
+        }
+    }
+}
+
+/// What one trial measured.
+#[derive(Debug, Clone)]
+pub struct Trial {
+    /// Frames the generator sent.
+    pub sent: u64,
+    /// Offered rate achieved by the generator (frames/s).
+    pub offered_pps: f64,
+    /// Rate at which frames left the SFF (frames received / send time).
+    pub delivered_pps: f64,
+    /// Against the expected output.
+    pub verdict: Verdict,
+    /// What the sink got.
+    pub received: Received,
+    /// SFF counters (zero for the baseline forwarder's NSH fields).
+    pub sff: SffStats,
+}
+
+impl Lab {
+    /// Builds the namespaces and links for a chain of `kinds` and starts one
+    /// `nham-vnf` process (binary `vnf_bin`) per VNF.
+    pub fn new(kinds: &[Kind], vnf_bin: &Path) -> Result<Self> {
+        let sff = Netns::create(&unique_name("nhsff"))?;
+        let src = Netns::create(&unique_name("nhsrc"))?;
+        let sink = Netns::create(&unique_name("nhsnk"))?;
+        let (in0, gen0) = veth_pair(&sff, "in0", &src, "gen0")?;
+        let (out0, sink0) = veth_pair(&sff, "out0", &sink, "sink0")?;
+        let mut vnf_ns = Vec::new();
+        let mut hops = Vec::new();
+        for i in 0..kinds.len() {
+            let ns = Netns::create(&unique_name(&format!("nhv{i}")))?;
+            let (v, eth) = veth_pair(&sff, &format!("v{i}"), &ns, "eth0")?;
+            hops.push(spec(&v, &eth));
+            vnf_ns.push(ns);
+        }
+        let state_dir = std::env::temp_dir().join(unique_name("nham-lab-"));
+        std::fs::create_dir_all(&state_dir)?;
+        let mut lab = Self {
+            kinds: kinds.to_vec(),
+            vnfs: Vec::new(),
+            src,
+            sink,
+            ingress: spec(&in0, &gen0),
+            egress: spec(&out0, &sink0),
+            sff,
+            vnf_ns,
+            hops,
+            state_dir,
+        };
+        lab.start_vnfs(vnf_bin)?;
+        Ok(lab)
+    }
+
+    fn start_vnfs(&mut self, vnf_bin: &Path) -> Result<()> {
+        for (i, (kind, ns)) in self.kinds.iter().zip(&self.vnf_ns).enumerate() {
+            let state_file = self.state_dir.join(format!("vnf{i}.json"));
+            let (bin, sf) = (vnf_bin.to_path_buf(), state_file.clone());
+            let kind_name = format!("{kind:?}").to_lowercase();
+            // The child inherits the namespace of the thread that forks it.
+            let mut child = ns.run(move || {
+                Command::new(bin)
+                    .args(["--kind", &kind_name, "--iface", "eth0", "--state"])
+                    .arg(sf)
+                    .stdout(Stdio::piped())
+                    .spawn()
+            })??;
+            let stdout = child.stdout.take().context("VNF stdout")?;
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line)?;
+            if line.trim() != "ready" {
+                let _ = child.kill();
+                bail!("VNF {i} did not start: {line:?}");
+            }
+            self.vnfs.push(VnfProcess { child, state_file });
+        }
+        Ok(())
+    }
+
+    /// The kinds in chain order.
+    pub fn kinds(&self) -> &[Kind] {
+        &self.kinds
+    }
+
+    /// The SFF configuration for this lab.
+    pub fn sff_config(&self, s: LabSff) -> SffConfig {
+        SffConfig {
+            ingress: self.ingress.clone(),
+            egress: self.egress.clone(),
+            hops: self.hops.clone(),
+            rules: vec![Rule {
+                proto: Some(proto::UDP),
+                ..Rule::any(SPI)
+            }],
+            spi: SPI,
+            hop: HopConfig {
+                rx_capacity: 4096,
+                tx_capacity: 1024,
+                ..HopConfig::default()
+            },
+            protect: false,
+            pool_slots: 16384,
+            burst: s.burst,
+            poll: s.poll,
+            core: s.core,
+            port: PortConfig::default(),
+            vnf_window: 128,
+            vnf_window_timeout: Duration::from_millis(2),
+        }
+    }
+
+    /// Starts the SFF in the lab's SFF namespace.
+    pub fn start_sff(&self, s: LabSff) -> Result<SffHandle> {
+        Ok(nham_sff::spawn(Some(self.sff.path()), self.sff_config(s))?)
+    }
+
+    /// Starts the plain L2 forwarder (in0 -> out0) instead: the baseline.
+    pub fn start_baseline(&self, s: LabSff) -> Result<SffHandle> {
+        Ok(nham_sff::spawn_l2_forwarder(
+            Some(self.sff.path()),
+            self.ingress.clone(),
+            self.egress.clone(),
+            s.burst,
+            s.poll,
+            s.core,
+            PortConfig::default(),
+        )?)
+    }
+
+    /// Sends `spec` from the source namespace and checks what reaches the
+    /// sink against `expected` (the reference output). The forwarder (SFF
+    /// or baseline) must be running.
+    pub fn trial(
+        &self,
+        spec: &TrafficSpec,
+        expected: &[Vec<u8>],
+        fwd: &SffHandle,
+    ) -> Result<Trial> {
+        let frames = spec.frames();
+        let base = Instant::now();
+        let sink_if = self.egress_peer_ifindex()?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let gen_done = Arc::new(AtomicBool::new(false));
+        let expected_len = expected.len();
+        let sink_path = self.sink.path();
+        let done = gen_done.clone();
+        let sink = std::thread::spawn(move || -> Result<Received> {
+            enter(&sink_path)?;
+            let xdp = XdpRedirect::attach(sink_if)?;
+            let mut port = Port::open("sink0", 0, PortConfig::default())?;
+            xdp.register_socket(0, port.fd())?;
+            ready_tx.send(()).ok();
+            let mut done_at: Option<Instant> = None;
+            Ok(nham_traffic::sink(
+                &mut port,
+                expected_len,
+                Duration::from_secs(30),
+                base,
+                || {
+                    if done.load(Ordering::Relaxed) {
+                        let t = *done_at.get_or_insert_with(Instant::now);
+                        return t.elapsed() > Duration::from_millis(500);
+                    }
+                    false
+                },
+            ))
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("sink did not start")?;
+        let rate = spec.rate;
+        let sent = self.src.run(move || -> Result<nham_traffic::Sent> {
+            let mut port = Port::open("gen0", 0, PortConfig::default())?;
+            Ok(nham_traffic::generate(&mut port, &frames, rate, base, 32))
+        })??;
+        gen_done.store(true, Ordering::Relaxed);
+        let received = sink
+            .join()
+            .map_err(|_| anyhow::anyhow!("sink panicked"))??;
+        let verdict = Checker::check(expected, &received);
+        let secs = sent.elapsed.as_secs_f64().max(1e-9);
+        Ok(Trial {
+            sent: sent.frames,
+            offered_pps: sent.frames as f64 / secs,
+            delivered_pps: received.seqs.len() as f64 / secs,
+            verdict,
+            received,
+            sff: fwd.counters().snapshot(),
+        })
+    }
+
+    fn egress_peer_ifindex(&self) -> Result<u32> {
+        // sink0's index, looked up inside the sink namespace.
+        let idx = self.sink.run(|| {
+            pnet_datalink::interfaces()
+                .into_iter()
+                .find(|i| i.name == "sink0")
+                .map(|i| i.index)
+        })?;
+        idx.context("sink0 not found")
+    }
+
+    /// Asks every VNF for its state (SIGUSR1) and reads it back.
+    pub fn vnf_states(&self) -> Result<Vec<State>> {
+        let mut out = Vec::new();
+        for v in &self.vnfs {
+            let _ = std::fs::remove_file(&v.state_file);
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(v.child.id() as i32),
+                nix::sys::signal::Signal::SIGUSR1,
+            )?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                if let Ok(bytes) = std::fs::read(&v.state_file) {
+                    out.push(serde_json::from_slice(&bytes)?);
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("VNF did not write {}", v.state_file.display());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The netns of VNF `i` (for fault drills and captures).
+    pub fn vnf_netns(&self, i: usize) -> &Netns {
+        &self.vnf_ns[i]
+    }
+
+    /// The SFF namespace.
+    pub fn sff_netns(&self) -> &Netns {
+        &self.sff
+    }
+
+    /// The source namespace.
+    pub fn src_netns(&self) -> &Netns {
+        &self.src
+    }
+}
+
+fn enter(path: &Path) -> Result<()> {
+    let f = std::fs::File::open(path)?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+    Ok(())
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for v in &mut self.vnfs {
+            let _ = v.child.kill();
+            let _ = v.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+        // The namespaces (and every veth in them) go with their Netns values.
+    }
+}

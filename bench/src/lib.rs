@@ -1,0 +1,6 @@
+//! Library side of `nham-bench`: the chain lab (namespaces, links, VNF
+//! processes, SFF, traffic trials) shared by the `nham-bench` binary and the
+//! data-path integration tests in `bench/tests/`.
+#![forbid(unsafe_code)]
+
+pub mod lab;
