@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod model;
+mod throughput;
 
 use clap::{Parser, Subcommand};
 
@@ -26,10 +27,14 @@ struct Cli {
 enum Command {
     /// In-memory chain model with failures injected, checked for exactly-once.
     Model(model::ModelArgs),
+    /// Zero-loss forwarding rate of the SFF (with N VNFs) against a plain
+    /// AF_XDP forwarder, on a topology of network namespaces (root).
+    Throughput(throughput::ThroughputArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Model(args) => model::run(&args),
+        Command::Throughput(args) => throughput::run(&args),
     }
 }
