@@ -90,7 +90,7 @@ pub struct Trial {
     pub sent: u64,
     /// Offered rate achieved by the generator (frames/s).
     pub offered_pps: f64,
-    /// Rate at which frames left the SFF (frames received / send time).
+    /// Input frames per second the chain carried (measured at the sink).
     pub delivered_pps: f64,
     /// Against the expected output.
     pub verdict: Verdict,
@@ -262,10 +262,16 @@ impl Lab {
             .map_err(|_| anyhow::anyhow!("sink panicked"))??;
         let verdict = Checker::check(expected, &received);
         let secs = sent.elapsed.as_secs_f64().max(1e-9);
+        // Input frames per second the chain carried, judged at the sink:
+        // output frames scaled back to input frames (VNFs drop and
+        // multiply) over the time the sink was receiving.
+        let per_input = expected.len().max(1) as f64 / sent.frames.max(1) as f64;
+        let delivered_pps =
+            received.seqs.len() as f64 / per_input / received.span.as_secs_f64().max(secs);
         Ok(Trial {
             sent: sent.frames,
             offered_pps: sent.frames as f64 / secs,
-            delivered_pps: received.seqs.len() as f64 / secs,
+            delivered_pps,
             verdict,
             received,
             sff: fwd.counters().snapshot(),

@@ -61,3 +61,4 @@ fn forwards_through_one_to_four_vnfs() {
     run_chain(&[Kind::Monitor, Kind::Firewall], 2000);
     run_chain(&Kind::ALL, 2000);
 }
+

@@ -225,6 +225,8 @@ pub struct Received {
     pub latency_us: Histogram<u64>,
     /// Frames without our marker.
     pub foreign: u64,
+    /// Time between the first and the last frame received.
+    pub span: Duration,
 }
 
 /// Receives on `port` until `expected` frames arrived or nothing arrived
@@ -241,8 +243,10 @@ pub fn sink(
         digest: 0xcbf2_9ce4_8422_2325,
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
         foreign: 0,
+        span: Duration::ZERO,
     };
     let mut last = Instant::now();
+    let mut first: Option<Instant> = None;
     loop {
         let n = port.recv_burst(64, |f| match read_stamp(f) {
             Some((seq, ts)) => {
@@ -255,6 +259,8 @@ pub fn sink(
         });
         if n > 0 {
             last = Instant::now();
+            let f = *first.get_or_insert(last);
+            r.span = last - f;
         } else {
             if r.seqs.len() >= expected && expected > 0 || last.elapsed() > quiet || stop() {
                 return r;
@@ -349,6 +355,7 @@ mod tests {
             digest: 0,
             latency_us: Histogram::new(3).unwrap(),
             foreign: 0,
+            span: Duration::ZERO,
         };
         let v = Checker::check(&expected, &got);
         assert_eq!(

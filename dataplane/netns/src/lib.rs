@@ -261,8 +261,13 @@ pub fn set_down(name: &str) -> Result<(), NetnsError> {
     })
 }
 
+/// MTU of the veths [`veth_pair`] makes: room for NSH (24 bytes) and an
+/// outer Ethernet header around a full 1500-byte frame, well under the
+/// limit native XDP on veth accepts (about 3.5 KB).
+pub const MTU: u32 = 1600;
+
 /// Creates a veth pair `a_name` (in `a`) <-> `b_name` (in `b`), one rx and
-/// one tx queue each, both up.
+/// one tx queue each, MTU [`MTU`], both up.
 pub fn veth_pair(
     a: &Netns,
     a_name: &str,
@@ -282,12 +287,12 @@ pub fn veth_pair(
             let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
             tokio::spawn(conn);
             let queues = [LinkAttribute::NumRxQueues(1), LinkAttribute::NumTxQueues(1)];
-            let mut peer = LinkUnspec::new_with_name(&bn);
+            let mut peer = LinkUnspec::new_with_name(&bn).mtu(MTU);
             for q in queues.iter().cloned() {
                 peer = peer.append_extra_attribute(q);
             }
             let mut veth =
-                LinkVeth::new(&an, &bn).set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
+                LinkVeth::new(&an, &bn).mtu(MTU).set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
             for q in queues {
                 veth = veth.append_extra_attribute(q);
             }
