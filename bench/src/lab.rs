@@ -104,6 +104,11 @@ impl Lab {
     /// Builds the namespaces and links for a chain of `kinds` and starts one
     /// `nham-vnf` process (binary `vnf_bin`) per VNF.
     pub fn new(kinds: &[Kind], vnf_bin: &Path) -> Result<Self> {
+        Self::with_vnf_args(kinds, vnf_bin, &[])
+    }
+
+    /// [`Lab::new`], passing `extra` to every `nham-vnf` (fault injection).
+    pub fn with_vnf_args(kinds: &[Kind], vnf_bin: &Path, extra: &[&str]) -> Result<Self> {
         let sff = Netns::create(&unique_name("nhsff"))?;
         let src = Netns::create(&unique_name("nhsrc"))?;
         let sink = Netns::create(&unique_name("nhsnk"))?;
@@ -131,20 +136,23 @@ impl Lab {
             hops,
             state_dir,
         };
-        lab.start_vnfs(vnf_bin)?;
+        lab.start_vnfs(vnf_bin, extra)?;
         Ok(lab)
     }
 
-    fn start_vnfs(&mut self, vnf_bin: &Path) -> Result<()> {
+    fn start_vnfs(&mut self, vnf_bin: &Path, extra: &[&str]) -> Result<()> {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         for (i, (kind, ns)) in self.kinds.iter().zip(&self.vnf_ns).enumerate() {
             let state_file = self.state_dir.join(format!("vnf{i}.json"));
             let (bin, sf) = (vnf_bin.to_path_buf(), state_file.clone());
             let kind_name = format!("{kind:?}").to_lowercase();
+            let extra = extra.clone();
             // The child inherits the namespace of the thread that forks it.
             let mut child = ns.run(move || {
                 Command::new(bin)
                     .args(["--kind", &kind_name, "--iface", "eth0", "--state"])
                     .arg(sf)
+                    .args(extra)
                     .stdout(Stdio::piped())
                     .spawn()
             })??;
@@ -219,7 +227,17 @@ impl Lab {
         expected: &[Vec<u8>],
         fwd: &SffHandle,
     ) -> Result<Trial> {
-        let frames = spec.frames();
+        self.trial_frames(spec.frames(), spec.rate, expected, fwd)
+    }
+
+    /// [`Lab::trial`] with frames of the caller's making.
+    pub fn trial_frames(
+        &self,
+        frames: Vec<Vec<u8>>,
+        rate: Option<f64>,
+        expected: &[Vec<u8>],
+        fwd: &SffHandle,
+    ) -> Result<Trial> {
         let base = Instant::now();
         let sink_if = self.egress_peer_ifindex()?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -251,7 +269,6 @@ impl Lab {
         ready_rx
             .recv_timeout(Duration::from_secs(10))
             .context("sink did not start")?;
-        let rate = spec.rate;
         let sent = self.src.run(move || -> Result<nham_traffic::Sent> {
             let mut port = Port::open("gen0", 0, PortConfig::default())?;
             Ok(nham_traffic::generate(&mut port, &frames, rate, base, 32))

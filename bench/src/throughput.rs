@@ -81,7 +81,10 @@ fn vnf_binary() -> Result<PathBuf> {
     let me = std::env::current_exe()?;
     let bin = me.with_file_name("nham-vnf");
     if !bin.exists() {
-        bail!("{} not found: build it with `cargo build --release -p nham-bench`", bin.display());
+        bail!(
+            "{} not found: build it with `cargo build --release -p nham-bench`",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -141,7 +144,11 @@ fn search(kinds: &[Kind], baseline: bool, args: &ThroughputArgs, budget: Duratio
     }
     let mut hi = probe.offered_pps.max(probe.delivered_pps);
     let mut lo = best.rate;
-    let mut rate = if best.rate > 0.0 { hi } else { probe.delivered_pps * 0.95 };
+    let mut rate = if best.rate > 0.0 {
+        hi
+    } else {
+        probe.delivered_pps * 0.95
+    };
     if best.rate > 0.0 {
         best.trial = Some(probe);
     }
@@ -210,7 +217,11 @@ pub(crate) fn run(args: &ThroughputArgs) -> Result<()> {
         },
         sff_pps: sff.rate,
         baseline_pps: base.rate,
-        ratio: if base.rate > 0.0 { sff.rate / base.rate } else { 0.0 },
+        ratio: if base.rate > 0.0 {
+            sff.rate / base.rate
+        } else {
+            0.0
+        },
         offered_pps: sff.trial.as_ref().map_or(0.0, |t| t.offered_pps),
         lost: v.lost,
         duplicated: v.duplicated,
@@ -222,9 +233,7 @@ pub(crate) fn run(args: &ThroughputArgs) -> Result<()> {
     };
     println!(
         "chain of {} VNF(s) {:?}, frames {}",
-        args.vnfs,
-        kinds,
-        report.frame_size
+        args.vnfs, kinds, report.frame_size
     );
     println!(
         "  baseline (plain AF_XDP L2 forwarder): {:>10.0} pps zero-loss ({} trials), latency p50 {} us p99 {} us",

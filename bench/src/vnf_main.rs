@@ -30,6 +30,22 @@ struct Args {
     /// Where SIGUSR1 writes the state.
     #[arg(long)]
     state: Option<PathBuf>,
+    /// Misbehave on purpose, for tests and drills: `garbage` also sends a
+    /// frame that is not NSH, `no-si` leaves the SI undecremented, `ttl1`
+    /// sets the NSH TTL to 1 (the SFF's decrement then expires it).
+    #[arg(long, default_value = "none")]
+    inject: Inject,
+    /// Misbehave on every Nth input (1-based: inputs N, 2N, ...).
+    #[arg(long, default_value_t = 10)]
+    inject_every: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Inject {
+    None,
+    Garbage,
+    NoSi,
+    Ttl1,
 }
 
 fn dump(state: &State, path: &Option<PathBuf>) -> anyhow::Result<()> {
@@ -66,6 +82,7 @@ fn main() -> anyhow::Result<()> {
     println!("ready");
     std::io::Write::flush(&mut std::io::stdout())?;
     let mut scratch = Vec::new();
+    let mut inputs = 0u64;
     loop {
         if usr1.swap(false, Ordering::Relaxed) {
             dump(&state, &args.state)?;
@@ -76,7 +93,32 @@ fn main() -> anyhow::Result<()> {
         }
         match rx.next() {
             Ok(frame) => {
-                for out in nsh_step(&mut state, frame, &mut scratch) {
+                inputs += 1;
+                let misbehave =
+                    args.inject != Inject::None && inputs % args.inject_every.max(1) == 0;
+                let mut outs = nsh_step(&mut state, frame, &mut scratch);
+                if misbehave {
+                    match args.inject {
+                        Inject::Garbage => outs.push(vec![0x5A; 60]),
+                        Inject::NoSi | Inject::Ttl1 => {
+                            for out in &mut outs {
+                                if out.len() > 14 + 8 {
+                                    let mut p = nham_dataplane::nsh::NshPacket::new_unchecked(
+                                        &mut out[14..],
+                                    );
+                                    if args.inject == Inject::NoSi {
+                                        let si = p.si();
+                                        p.set_si(si.wrapping_add(1));
+                                    } else {
+                                        p.set_ttl(1);
+                                    }
+                                }
+                            }
+                        }
+                        Inject::None => {}
+                    }
+                }
+                for out in outs {
                     if let Some(Err(e)) = tx.send_to(&out, None) {
                         eprintln!("nham-vnf: send failed: {e}");
                     }

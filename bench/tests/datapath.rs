@@ -62,3 +62,173 @@ fn forwards_through_one_to_four_vnfs() {
     run_chain(&Kind::ALL, 2000);
 }
 
+/// Runs 1000 frames through one monitor VNF started with `inject`, and
+/// returns (verdict, SFF counters).
+fn with_injected(inject: &str) -> (nham_traffic::Verdict, nham_sff::SffStats) {
+    let kinds = [Kind::Monitor];
+    let lab = Lab::with_vnf_args(
+        &kinds,
+        vnf_bin(),
+        &["--inject", inject, "--inject-every", "10"],
+    )
+    .expect("building the lab");
+    let sff = lab.start_sff(LabSff::default()).expect("starting the SFF");
+    let spec = spec(1000);
+    let (expected, _) = nham_vnf::reference(&kinds, &spec.frames());
+    let trial = lab.trial(&spec, &expected, &sff).expect("trial");
+    (trial.verdict, sff.stop().expect("SFF ran"))
+}
+
+#[test]
+fn non_nsh_frames_from_a_vnf_are_counted_and_dropped() {
+    // Every 10th input the VNF also sends a frame that is not NSH.
+    let (v, stats) = with_injected("garbage");
+    assert_eq!(stats.malformed_from_vnf, 100, "{stats:?}");
+    assert_eq!(
+        (v.lost, v.duplicated, v.reordered, v.digest_equal),
+        (0, 0, 0, true),
+        "other traffic unharmed"
+    );
+}
+
+#[test]
+fn si_not_decremented_is_dropped() {
+    // "The Service Index MUST be decremented by a value of 1 by Service
+    // Functions": every 10th output keeps its SI and must not go on.
+    let (v, stats) = with_injected("no-si");
+    assert_eq!(stats.si_mismatch, 100, "{stats:?}");
+    assert_eq!((v.lost, v.duplicated, v.reordered), (100, 0, 0));
+}
+
+#[test]
+fn ttl_expiry_is_dropped() {
+    // A TTL of 1 becomes 0 at the SFF's decrement: "The packet MUST NOT be
+    // forwarded if TTL is, after decrement, 0."
+    let (v, stats) = with_injected("ttl1");
+    assert_eq!(stats.ttl_expired, 100, "{stats:?}");
+    assert_eq!((v.lost, v.duplicated, v.reordered), (100, 0, 0));
+}
+
+#[test]
+fn classifier_miss_and_malformed_ingress_are_counted() {
+    let kinds = [Kind::Monitor];
+    let lab = Lab::new(&kinds, vnf_bin()).expect("building the lab");
+    let sff = lab.start_sff(LabSff::default()).expect("starting the SFF");
+    let udp = spec(500).frames();
+    let mut frames = Vec::new();
+    for (i, f) in udp.iter().enumerate() {
+        frames.push(f.clone());
+        if i % 5 == 0 {
+            // TCP: no rule for it (the lab's chain takes UDP).
+            let b = etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+                .ipv4([10, 0, 0, 1], [192, 0, 2, 1], 64)
+                .tcp(1000, 80, 1, 1000);
+            let mut t = Vec::new();
+            b.write(&mut t, &[0; 10]).unwrap();
+            frames.push(t);
+            // Not IP at all.
+            let mut junk = vec![0u8; 60];
+            junk[12..14].copy_from_slice(&0x88B5u16.to_be_bytes());
+            frames.push(junk);
+        }
+    }
+    let (expected, _) = nham_vnf::reference(&kinds, &udp);
+    let trial = lab
+        .trial_frames(frames, Some(5_000.0), &expected, &sff)
+        .expect("trial");
+    let stats = sff.stop().expect("SFF ran");
+    assert_eq!(
+        (stats.classifier_miss, stats.malformed_ingress),
+        (100, 100),
+        "{stats:?}"
+    );
+    let v = trial.verdict;
+    assert_eq!(
+        (v.lost, v.duplicated, v.reordered, v.digest_equal),
+        (0, 0, 0, true)
+    );
+}
+
+#[test]
+fn frames_on_a_vnf_veth_dissect_as_nsh() {
+    // Capture inside the VNF's namespace what crosses its interface, and
+    // let tshark (installed by scripts/setup.sh) dissect it.
+    let kinds = [Kind::Monitor];
+    let lab = Lab::new(&kinds, vnf_bin()).expect("building the lab");
+    let sff = lab.start_sff(LabSff::default()).expect("starting the SFF");
+    let pcap = std::env::temp_dir().join(nham_netns::unique_name("nham-cap-") + ".pcap");
+    let path = pcap.clone();
+    let mut capture = lab
+        .vnf_netns(0)
+        .run(move || {
+            std::process::Command::new("tshark")
+                .args(["-i", "eth0", "-f", "ether proto 0x894f", "-c", "40", "-w"])
+                .arg(&path)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+        })
+        .unwrap()
+        .expect("starting tshark");
+    // Wait until dumpcap says it is capturing.
+    let mut err = std::io::BufReader::new(capture.stderr.take().unwrap());
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0
+        && !line.contains("Capturing on")
+    {
+        line.clear();
+    }
+    let spec = spec(20);
+    let (expected, _) = nham_vnf::reference(&kinds, &spec.frames());
+    lab.trial(&spec, &expected, &sff).expect("trial");
+    assert!(capture.wait().unwrap().success());
+    let out = std::process::Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(&pcap)
+        .args([
+            "-T",
+            "fields",
+            "-E",
+            "separator=;",
+            "-e",
+            "nsh.spi",
+            "-e",
+            "nsh.si",
+            "-e",
+            "nsh.metadata",
+            "-e",
+            "_ws.malformed",
+        ])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&pcap);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split(';').collect()).collect();
+    assert_eq!(rows.len(), 40, "{text}");
+    let num = |v: &str| match v.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).unwrap(),
+        None => v.parse().unwrap(),
+    };
+    let mut to_vnf = Vec::new();
+    let mut from_vnf = Vec::new();
+    for r in &rows {
+        assert_eq!(num(r[0]), u64::from(nham_bench::lab::SPI));
+        assert!(r[3].is_empty(), "malformed: {r:?}");
+        let meta: String = r[2].chars().filter(|c| *c != ':').collect();
+        let seq = u64::from_str_radix(&meta[..16], 16).unwrap();
+        match num(r[1]) {
+            255 => to_vnf.push(seq),
+            254 => from_vnf.push(seq),
+            si => panic!("unexpected SI {si}"),
+        }
+    }
+    assert_eq!(
+        to_vnf,
+        (0..20).collect::<Vec<_>>(),
+        "sequence numbers 0.. delivered with SI 255"
+    );
+    assert_eq!(
+        from_vnf,
+        (0..20).collect::<Vec<_>>(),
+        "and returned with SI 254"
+    );
+}

@@ -291,8 +291,9 @@ pub fn veth_pair(
             for q in queues.iter().cloned() {
                 peer = peer.append_extra_attribute(q);
             }
-            let mut veth =
-                LinkVeth::new(&an, &bn).mtu(MTU).set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
+            let mut veth = LinkVeth::new(&an, &bn)
+                .mtu(MTU)
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
             for q in queues {
                 veth = veth.append_extra_attribute(q);
             }
