@@ -1,12 +1,15 @@
 //! `nham-bench`: NHAM's experiments.
 //!
-//! `nham-bench model` runs the in-memory chain model: deterministic VNF
-//! models (monitor, firewall, NAT, emitter) driven through the Hold/Release
-//! core with crashes injected, checked against a failure-free run. No
-//! network, no processes, no CRIU: it verifies the core's logic, and says so
-//! in its output. The live data path arrives with the AF_XDP SFF.
+//! - `nham-bench chain`: a live chain (SFF on AF_XDP, `nham-vnf` processes
+//!   in network namespaces), traffic checked end to end at the sink.
+//! - `nham-bench throughput`: zero-loss rate of the SFF against a plain
+//!   AF_XDP forwarder, same topology, same run.
+//! - `nham-bench model`: the in-memory chain model (Hold/Release core and
+//!   VNF models) with crashes injected; no network, no processes, no CRIU,
+//!   and it says so in its output.
 #![forbid(unsafe_code)]
 
+mod chain;
 mod model;
 mod throughput;
 
@@ -25,6 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// A live chain in network namespaces, checked end to end (root).
+    Chain(chain::ChainArgs),
     /// In-memory chain model with failures injected, checked for exactly-once.
     Model(model::ModelArgs),
     /// Zero-loss forwarding rate of the SFF (with N VNFs) against a plain
@@ -34,6 +39,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Chain(args) => chain::run(&args),
         Command::Model(args) => model::run(&args),
         Command::Throughput(args) => throughput::run(&args),
     }

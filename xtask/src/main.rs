@@ -1,8 +1,9 @@
 //! NHAM's two entry points for a fresh machine, as the README gives them:
 //!
 //! - `cargo xtask demo [ARGS]`: installs what is missing, then runs the main
-//!   job (today the in-memory chain model with failures injected; ARGS go to
-//!   `nham-bench model`).
+//!   job: a live 4-VNF chain in network namespaces (`nham-bench chain`), then
+//!   the in-memory chain model with failures injected (`nham-bench model`;
+//!   ARGS, if any, go to it instead).
 //! - `cargo xtask test`: installs what is missing, then runs exactly what CI
 //!   runs: `cargo fmt --check`, `cargo clippy -D warnings`, `cargo test`.
 //!
@@ -58,6 +59,25 @@ fn main() {
                 "model",
             ];
             if rest.is_empty() {
+                // The live chain: 4 VNF processes in namespaces, real traffic.
+                run(
+                    "cargo",
+                    &[
+                        "run",
+                        "--release",
+                        "--quiet",
+                        "-p",
+                        "nham-bench",
+                        "--bin",
+                        "nham-bench",
+                        "--",
+                        "chain",
+                        "--vnfs",
+                        "4",
+                    ],
+                );
+                // Failures: still in the in-memory model (the control plane
+                // that checkpoints and restores real VNFs comes next).
                 // One failure at a time on 4 VNFs; 3 of 8 at once; all 8 at once.
                 for extra in [
                     &["--vnfs", "4", "--failures", "10"][..],
