@@ -27,6 +27,9 @@ pub(crate) struct ChainArgs {
     /// Flows in the traffic.
     #[arg(long, default_value_t = 64)]
     flows: u32,
+    /// Replay this pcap trace (Ethernet) instead of generated frames.
+    #[arg(long)]
+    pcap: Option<std::path::PathBuf>,
 }
 
 /// Runs the chain and prints what was verified; fails on any mismatch.
@@ -46,8 +49,12 @@ pub(crate) fn run(args: &ChainArgs) -> Result<()> {
         count: args.packets,
         rate: Some(args.rate),
     };
-    let (expected, states) = nham_vnf::reference(&kinds, &spec.frames());
-    let trial = lab.trial(&spec, &expected, &sff)?;
+    let frames = match &args.pcap {
+        Some(path) => nham_traffic::frames_from_pcap(path).map_err(anyhow::Error::msg)?,
+        None => spec.frames(),
+    };
+    let (expected, states) = nham_vnf::reference(&kinds, &frames);
+    let trial = lab.trial_frames(frames, spec.rate, &expected, &sff)?;
     let stats = sff.stop()?;
     let got_states = lab.vnf_states()?;
     println!(

@@ -51,6 +51,7 @@ pub struct Lab {
     egress: PortSpec,
     hops: Vec<PortSpec>,
     state_dir: PathBuf,
+    traffic_core: Option<usize>,
 }
 
 fn spec(sff_side: &VethEnd, other: &VethEnd) -> PortSpec {
@@ -71,6 +72,8 @@ pub struct LabSff {
     pub poll: PollPolicy,
     /// Frames per step.
     pub burst: usize,
+    /// Pin the generator and sink threads to this core.
+    pub traffic_core: Option<usize>,
 }
 
 impl Default for LabSff {
@@ -79,6 +82,7 @@ impl Default for LabSff {
             core: None,
             poll: PollPolicy::default(),
             burst: 32,
+            traffic_core: None,
         }
     }
 }
@@ -135,6 +139,7 @@ impl Lab {
             vnf_ns,
             hops,
             state_dir,
+            traffic_core: None,
         };
         lab.start_vnfs(vnf_bin, extra)?;
         Ok(lab)
@@ -230,6 +235,11 @@ impl Lab {
         self.trial_frames(spec.frames(), spec.rate, expected, fwd)
     }
 
+    /// Pins the generator and sink of later trials to `core`.
+    pub fn set_traffic_core(&mut self, core: Option<usize>) {
+        self.traffic_core = core;
+    }
+
     /// [`Lab::trial`] with frames of the caller's making.
     pub fn trial_frames(
         &self,
@@ -245,8 +255,12 @@ impl Lab {
         let expected_len = expected.len();
         let sink_path = self.sink.path();
         let done = gen_done.clone();
+        let pin = self.traffic_core;
         let sink = std::thread::spawn(move || -> Result<Received> {
             enter(&sink_path)?;
+            if let Some(id) = pin {
+                core_affinity::set_for_current(core_affinity::CoreId { id });
+            }
             let xdp = XdpRedirect::attach(sink_if)?;
             let mut port = Port::open("sink0", 0, PortConfig::default())?;
             xdp.register_socket(0, port.fd())?;
@@ -270,6 +284,9 @@ impl Lab {
             .recv_timeout(Duration::from_secs(10))
             .context("sink did not start")?;
         let sent = self.src.run(move || -> Result<nham_traffic::Sent> {
+            if let Some(id) = pin {
+                core_affinity::set_for_current(core_affinity::CoreId { id });
+            }
             let mut port = Port::open("gen0", 0, PortConfig::default())?;
             Ok(nham_traffic::generate(&mut port, &frames, rate, base, 32))
         })??;

@@ -159,6 +159,33 @@ impl TrafficSpec {
     }
 }
 
+/// Frames of a pcap trace (Ethernet link type), for replay. Frames long
+/// enough to carry a stamp (IPv4 without options, UDP, at least 60 bytes)
+/// get the replay position as sequence number, so the sink can check them;
+/// the others are sent as they are and counted as foreign at the sink.
+pub fn frames_from_pcap(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut reader =
+        pcap_file::pcap::PcapReader::new(file).map_err(|e| format!("{}: {e}", path.display()))?;
+    if reader.header().datalink != pcap_file::DataLink::ETHERNET {
+        return Err(format!("{}: not an Ethernet capture", path.display()));
+    }
+    let mut frames = Vec::new();
+    while let Some(packet) = reader.next_packet() {
+        let packet = packet.map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut f = packet.data.into_owned();
+        let stampable = f.len() >= MIN_FRAME
+            && f.get(12..14) == Some(&[0x08, 0x00])
+            && f[14] == 0x45
+            && f[23] == 17;
+        if stampable {
+            stamp(&mut f, frames.len() as u64, 0);
+        }
+        frames.push(f);
+    }
+    Ok(frames)
+}
+
 /// Result of the generator.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sent {
@@ -345,6 +372,43 @@ mod tests {
         }
         assert_eq!("64".parse::<FrameSize>(), Ok(FrameSize::Fixed(64)));
         assert!("63".parse::<FrameSize>().is_err());
+    }
+
+    #[test]
+    fn pcap_replay_reads_and_stamps() {
+        let path = std::env::temp_dir().join(format!("nham-replay-{}.pcap", std::process::id()));
+        {
+            let header = pcap_file::pcap::PcapHeader {
+                datalink: pcap_file::DataLink::ETHERNET,
+                ..Default::default()
+            };
+            let mut w = pcap_file::pcap::PcapWriter::with_header(
+                std::fs::File::create(&path).unwrap(),
+                header,
+            )
+            .unwrap();
+            for i in 0..3u64 {
+                let f = make_frame(100 + i, 1, 64);
+                w.write_packet(&pcap_file::pcap::PcapPacket::new(
+                    Duration::ZERO,
+                    f.len() as u32,
+                    &f,
+                ))
+                .unwrap();
+            }
+            let arp = [0u8; 42];
+            w.write_packet(&pcap_file::pcap::PcapPacket::new(Duration::ZERO, 42, &arp))
+                .unwrap();
+        }
+        let frames = frames_from_pcap(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(frames.len(), 4);
+        assert_eq!(
+            read_stamp(&frames[2]),
+            Some((2, 0)),
+            "replay position as sequence number"
+        );
+        assert_eq!(read_stamp(&frames[3]), None);
     }
 
     #[test]
