@@ -113,6 +113,9 @@ impl Lab {
 
     /// [`Lab::new`], passing `extra` to every `nham-vnf` (fault injection).
     pub fn with_vnf_args(kinds: &[Kind], vnf_bin: &Path, extra: &[&str]) -> Result<Self> {
+        // Namespaces of earlier runs that were killed before they could
+        // clean up.
+        nham_netns::sweep_stale();
         let sff = Netns::create(&unique_name("nhsff"))?;
         let src = Netns::create(&unique_name("nhsrc"))?;
         let sink = Netns::create(&unique_name("nhsnk"))?;
@@ -199,8 +202,13 @@ impl Lab {
             burst: s.burst,
             poll: s.poll,
             core: s.core,
-            port: PortConfig::default(),
-            vnf_window: 128,
+            port: PortConfig {
+                rx_frames: 4096,
+                tx_frames: 4096,
+                frame_size: 2048,
+                ring_size: 4096,
+            },
+            vnf_window: 512,
             vnf_window_timeout: Duration::from_millis(2),
         }
     }

@@ -82,6 +82,39 @@ fn block_on<T>(
         .block_on(fut)
 }
 
+/// Deletes namespaces made by [`unique_name`] (`<prefix><pid>x<n>`, prefix
+/// starting with `nh`) whose process no longer exists: what a killed test or
+/// benchmark could not remove itself. Returns how many were deleted.
+pub fn sweep_stale() -> usize {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(rest) = name.strip_prefix("nh") else {
+            continue;
+        };
+        let digits: String = rest
+            .chars()
+            .skip_while(|c| !c.is_ascii_digit())
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        let after = rest.split_once(&digits).map(|(_, a)| a).unwrap_or("");
+        let Ok(pid) = digits.parse::<u32>() else {
+            continue;
+        };
+        if !after.starts_with('x') || pid == std::process::id() {
+            continue;
+        }
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            drop(Netns { name });
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// A named network namespace, deleted on drop.
 #[derive(Debug)]
 pub struct Netns {
