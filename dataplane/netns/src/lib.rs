@@ -277,6 +277,17 @@ pub fn queue_counts(name: &str) -> Result<(u32, u32), NetnsError> {
     })
 }
 
+/// Index and MAC of interface `name` in the calling thread's namespace.
+pub fn link(name: &str) -> Result<VethEnd, NetnsError> {
+    let name = name.to_string();
+    block_on(async move {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
+        tokio::spawn(conn);
+        let link = link_by_name(&handle, &name).await?;
+        Ok(describe("", &name, &link))
+    })
+}
+
 /// Sets interface `name` of the calling thread's namespace down (to cut a
 /// VNF off the network in fault drills).
 pub fn set_down(name: &str) -> Result<(), NetnsError> {
@@ -307,6 +318,25 @@ pub fn veth_pair(
     b: &Netns,
     b_name: &str,
 ) -> Result<(VethEnd, VethEnd), NetnsError> {
+    veth_pair_in(Some(a), a_name, b, b_name)
+}
+
+/// [`veth_pair`] whose first end stays in the calling thread's namespace
+/// (a daemon's own namespace, for instance).
+pub fn veth_pair_here(
+    a_name: &str,
+    b: &Netns,
+    b_name: &str,
+) -> Result<(VethEnd, VethEnd), NetnsError> {
+    veth_pair_in(None, a_name, b, b_name)
+}
+
+fn veth_pair_in(
+    a: Option<&Netns>,
+    a_name: &str,
+    b: &Netns,
+    b_name: &str,
+) -> Result<(VethEnd, VethEnd), NetnsError> {
     for n in [a_name, b_name] {
         if n.len() > 15 {
             return Err(NetnsError::NameTooLong(n.to_string()));
@@ -314,8 +344,8 @@ pub fn veth_pair(
     }
     let (an, bn) = (a_name.to_string(), b_name.to_string());
     let b_path = b.path();
-    let a_ns = a.name().to_string();
-    let a_end = a.run(move || {
+    let a_ns = a.map_or_else(String::new, |a| a.name().to_string());
+    let make_a = move || {
         block_on(async move {
             let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
             tokio::spawn(conn);
@@ -358,7 +388,14 @@ pub fn veth_pair(
                 .map_err(netlink)?;
             Ok(describe(&a_ns, &an, &link))
         })
-    })??;
+    };
+    let a_end = match a {
+        Some(a) => a.run(make_a)??,
+        // A new thread inherits the calling thread's namespace.
+        None => std::thread::spawn(make_a)
+            .join()
+            .map_err(|_| NetnsError::Panicked("current".into()))??,
+    };
     let bn = b_name.to_string();
     let b_ns = b.name().to_string();
     let b_end = b.run(move || {

@@ -36,6 +36,8 @@
 
 pub mod pool;
 
+pub use nham_afxdp::PortConfig;
+
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,7 +46,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use nham_afxdp::{AfXdpError, Port, PortConfig};
+use nham_afxdp::{AfXdpError, Port};
 use nham_dataplane::classifier::{Classifier, ClassifyError, Rule};
 use nham_dataplane::hold::{Chain, HoldError, HopConfig};
 use nham_dataplane::nsh::{self, NhamMetadata, NshPacket, TtlVerdict};

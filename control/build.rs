@@ -1,0 +1,13 @@
+//! Generates the gRPC code for `proto/nham/v1/nham.proto` (protoc is
+//! installed by scripts/setup.sh) and the descriptor set for reflection.
+
+fn main() {
+    let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("nham_v1_descriptor.bin"))
+        .compile_protos(&["../proto/nham/v1/nham.proto"], &["../proto"])
+        .unwrap_or_else(|e| {
+            panic!("compiling nham.proto: {e} (is protobuf-compiler installed? scripts/setup.sh)")
+        });
+    println!("cargo:rerun-if-changed=../proto/nham/v1/nham.proto");
+}

@@ -1,0 +1,238 @@
+//! `nhamctl`: the command line for `nhamd`'s gRPC API.
+#![forbid(unsafe_code)]
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use nham_control::api::{
+    self, chain_service_client::ChainServiceClient, event_service_client::EventServiceClient,
+    vnf_service_client::VnfServiceClient,
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "nhamctl", version, about = "Command line for the NHAM daemon")]
+struct Args {
+    /// Daemon address: `http://host:port` or `unix:/path`.
+    #[arg(long, default_value = "http://127.0.0.1:50051", env = "NHAM_ADDR")]
+    addr: String,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a chain.
+    Create {
+        /// Chain name.
+        #[arg(long)]
+        name: String,
+        /// Service Path Identifier.
+        #[arg(long)]
+        spi: u32,
+        /// A VNF as `NAME=MECHANISM:COMMAND ...` (mechanism none, 0r,
+        /// 1r-as, 1r-aa, mr-aa); `{iface}` in the command is its interface.
+        /// Repeat for each VNF, in order.
+        #[arg(long = "vnf", required = true)]
+        vnfs: Vec<String>,
+        /// IP protocol number the chain takes (0: any).
+        #[arg(long, default_value_t = 0)]
+        protocol: u32,
+        /// Ingress interface.
+        #[arg(long)]
+        ingress: String,
+        /// Egress interface.
+        #[arg(long)]
+        egress: String,
+    },
+    /// Show a chain.
+    Get { name: String },
+    /// List chains.
+    List,
+    /// Delete a chain.
+    Delete { name: String },
+    /// Inject a fault: crash, hang or cut-off.
+    Inject {
+        chain: String,
+        vnf: String,
+        fault: String,
+    },
+    /// Heal a VNF (restart it).
+    Heal { chain: String, vnf: String },
+    /// Change a VNF's mechanism.
+    SetMechanism {
+        chain: String,
+        vnf: String,
+        mechanism: String,
+    },
+    /// Checkpoint a VNF now.
+    Checkpoint { chain: String, vnf: String },
+    /// Print events as they happen.
+    Watch {
+        /// Only this chain.
+        #[arg(long, default_value = "")]
+        chain: String,
+    },
+    /// Data-path counters of a chain.
+    Stats { chain: String },
+}
+
+fn mechanism(s: &str) -> anyhow::Result<api::Mechanism> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "none" => api::Mechanism::None,
+        "0r" => api::Mechanism::Mechanism0r,
+        "1r-as" => api::Mechanism::Mechanism1rAs,
+        "1r-aa" => api::Mechanism::Mechanism1rAa,
+        "mr-aa" => api::Mechanism::MrAa,
+        other => bail!("unknown mechanism {other:?} (none, 0r, 1r-as, 1r-aa, mr-aa)"),
+    })
+}
+
+fn vnf_spec(s: &str) -> anyhow::Result<api::VnfSpec> {
+    let (name, rest) = s.split_once('=').context("--vnf NAME=MECHANISM:COMMAND")?;
+    let (mech, cmd) = rest
+        .split_once(':')
+        .context("--vnf NAME=MECHANISM:COMMAND")?;
+    Ok(api::VnfSpec {
+        name: name.to_string(),
+        command: cmd.split_whitespace().map(str::to_string).collect(),
+        mechanism: mechanism(mech)? as i32,
+        ..Default::default()
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let channel = nham_control::connect(&args.addr)
+        .await
+        .with_context(|| format!("connecting to nhamd at {}", args.addr))?;
+    let mut chains = ChainServiceClient::new(channel.clone());
+    let mut vnfs = VnfServiceClient::new(channel.clone());
+    let mut events = EventServiceClient::new(channel);
+    match args.command {
+        Cmd::Create {
+            name,
+            spi,
+            vnfs: specs,
+            protocol,
+            ingress,
+            egress,
+        } => {
+            let spec = api::ChainSpec {
+                name,
+                spi,
+                vnfs: specs
+                    .iter()
+                    .map(|s| vnf_spec(s))
+                    .collect::<Result<_, _>>()?,
+                rules: vec![api::ClassifierRule {
+                    protocol,
+                    ..Default::default()
+                }],
+                ingress_interface: ingress,
+                egress_interface: egress,
+            };
+            let r = chains
+                .create_chain(api::CreateChainRequest { spec: Some(spec) })
+                .await?;
+            println!("{:#?}", r.into_inner().chain);
+        }
+        Cmd::Get { name } => println!(
+            "{:#?}",
+            chains
+                .get_chain(api::GetChainRequest { name })
+                .await?
+                .into_inner()
+                .chain
+        ),
+        Cmd::List => {
+            for c in chains
+                .list_chains(api::ListChainsRequest {})
+                .await?
+                .into_inner()
+                .chains
+            {
+                let spec = c.spec.unwrap_or_default();
+                println!(
+                    "{} spi={} state={:?} vnfs={}",
+                    spec.name,
+                    spec.spi,
+                    api::ChainState::try_from(c.state).unwrap_or_default(),
+                    c.vnfs.len()
+                );
+            }
+        }
+        Cmd::Delete { name } => {
+            chains
+                .delete_chain(api::DeleteChainRequest { name })
+                .await?;
+        }
+        Cmd::Inject { chain, vnf, fault } => {
+            let fault = match fault.as_str() {
+                "crash" => api::Fault::Crash,
+                "hang" => api::Fault::Hang,
+                "cut-off" => api::Fault::CutOff,
+                other => bail!("unknown fault {other:?} (crash, hang, cut-off)"),
+            };
+            vnfs.inject_fault(api::InjectFaultRequest {
+                chain,
+                vnf,
+                fault: fault as i32,
+            })
+            .await?;
+        }
+        Cmd::Heal { chain, vnf } => {
+            let r = vnfs
+                .heal_vnf(api::HealVnfRequest {
+                    chain,
+                    vnf,
+                    cause: api::HealCause::Maintenance as i32,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            println!("healed in {:.2} ms: {:?}", r.recovery_ms, r.vnf);
+        }
+        Cmd::SetMechanism {
+            chain,
+            vnf,
+            mechanism: m,
+        } => {
+            let r = vnfs
+                .set_mechanism(api::SetMechanismRequest {
+                    chain,
+                    vnf,
+                    mechanism: mechanism(&m)? as i32,
+                    replicas: 0,
+                })
+                .await?;
+            println!("{:?}", r.into_inner().vnf);
+        }
+        Cmd::Checkpoint { chain, vnf } => {
+            let r = vnfs
+                .checkpoint(api::CheckpointRequest { chain, vnf })
+                .await?
+                .into_inner();
+            println!(
+                "checkpoint {} ({} bytes, paused {:.2} ms)",
+                r.checkpoint_id, r.size_bytes, r.pause_ms
+            );
+        }
+        Cmd::Watch { chain } => {
+            let mut stream = events
+                .watch_events(api::WatchEventsRequest { chain })
+                .await?
+                .into_inner();
+            while let Some(e) = stream.message().await? {
+                println!("{} {} {} {:?}", e.time_unix_nanos, e.chain, e.vnf, e.event);
+            }
+        }
+        Cmd::Stats { chain } => println!(
+            "{:#?}",
+            events
+                .get_stats(api::GetStatsRequest { chain })
+                .await?
+                .into_inner()
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! `nhamd`: the NHAM daemon. Serves the `nham.v1` gRPC API (plus
+//! `grpc.health.v1` and reflection) on localhost or a Unix socket.
+//!
+//! Configuration: a TOML file (`--config`, unknown keys refused) whose
+//! values the command-line flags override.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use nham_control::api::{chain_service_server, event_service_server, vnf_service_server};
+use nham_control::runtime::SffOptions;
+use nham_control::service::{ChainSvc, Daemon, EventSvc, VnfSvc};
+use serde::Deserialize;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nhamd",
+    version,
+    about = "NHAM daemon: high availability for service function chains"
+)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// TCP address to listen on (default 127.0.0.1:50051).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Listen on this Unix socket instead of TCP.
+    #[arg(long)]
+    unix: Option<PathBuf>,
+    /// Pin SFF threads to this core.
+    #[arg(long)]
+    sff_core: Option<usize>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    listen: Option<SocketAddr>,
+    unix: Option<PathBuf>,
+    sff_core: Option<usize>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config: Config = match &args.config {
+        Some(path) => toml::from_str(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", path.display()))?,
+        None => Config::default(),
+    };
+    let listen = args
+        .listen
+        .or(config.listen)
+        .unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid address"));
+    let unix = args.unix.or(config.unix);
+    let sff = SffOptions {
+        core: args.sff_core.or(config.sff_core),
+        ..SffOptions::default()
+    };
+    nham_netns::sweep_stale();
+    let daemon = Daemon::new(sff);
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<chain_service_server::ChainServiceServer<ChainSvc>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(nham_control::api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let router = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(chain_service_server::ChainServiceServer::new(ChainSvc(
+            daemon.clone(),
+        )))
+        .add_service(vnf_service_server::VnfServiceServer::new(VnfSvc(
+            daemon.clone(),
+        )))
+        .add_service(event_service_server::EventServiceServer::new(EventSvc(
+            daemon.clone(),
+        )));
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    match unix {
+        Some(path) => {
+            let _ = std::fs::remove_file(&path);
+            let listener = tokio::net::UnixListener::bind(&path)
+                .with_context(|| format!("binding {}", path.display()))?;
+            tracing::info!("nhamd listening on unix:{}", path.display());
+            eprintln!("nhamd listening on unix:{}", path.display());
+            router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    shutdown,
+                )
+                .await?;
+        }
+        None => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            let addr = listener.local_addr()?;
+            eprintln!("nhamd listening on {addr}");
+            router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    shutdown,
+                )
+                .await?;
+        }
+    }
+    // Chains (SFF threads, VNF processes, namespaces) go with the daemon.
+    drop(daemon);
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! Checks requests and turns them into the daemon's own types. Every
+//! refusal is a [`ControlError::InvalidArgument`] naming the field and why.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::IpNet;
+use nham_dataplane::classifier::Rule;
+
+use crate::api;
+use crate::error::ControlError;
+
+/// Most VNFs a chain may have.
+pub const MAX_VNFS: usize = 8;
+
+/// A validated VNF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VnfPlan {
+    /// Name, unique in the chain.
+    pub name: String,
+    /// argv, placeholders not yet replaced.
+    pub command: Vec<String>,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// Resilience mechanism.
+    pub mechanism: api::Mechanism,
+}
+
+/// A validated chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainPlan {
+    /// Name.
+    pub name: String,
+    /// SPI.
+    pub spi: u32,
+    /// VNFs in order.
+    pub vnfs: Vec<VnfPlan>,
+    /// Classifier rules, all for this SPI.
+    pub rules: Vec<Rule>,
+    /// Ingress interface.
+    pub ingress: String,
+    /// Egress interface.
+    pub egress: String,
+}
+
+fn invalid(msg: impl Into<String>) -> ControlError {
+    ControlError::InvalidArgument(msg.into())
+}
+
+/// Checks a chain or VNF name: 1 to 32 of `[a-z0-9-]`, not starting or
+/// ending with `-`.
+pub fn name(field: &str, value: &str) -> Result<(), ControlError> {
+    let ok_chars = value
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if value.is_empty()
+        || value.len() > 32
+        || !ok_chars
+        || value.starts_with('-')
+        || value.ends_with('-')
+    {
+        return Err(invalid(format!(
+            "{field} {value:?} is not a valid name: use 1 to 32 characters a-z, 0-9 and '-', not at either end"
+        )));
+    }
+    Ok(())
+}
+
+fn interface(field: &str, value: &str) -> Result<(), ControlError> {
+    if value.is_empty() || value.len() > 15 || value.contains(['/', ' ', '\0']) {
+        return Err(invalid(format!(
+            "{field} {value:?} is not a valid interface name (1 to 15 characters, no '/' or spaces)"
+        )));
+    }
+    Ok(())
+}
+
+fn port_range(
+    field: &str,
+    min: u32,
+    max: u32,
+) -> Result<Option<std::ops::RangeInclusive<u16>>, ControlError> {
+    if min == 0 && max == 0 {
+        return Ok(None);
+    }
+    if max > 65535 || min > max {
+        return Err(invalid(format!(
+            "{field}: port range {min}..={max} is invalid (0 to 65535, min <= max; 0..0 = any)"
+        )));
+    }
+    Ok(Some(min as u16..=max as u16))
+}
+
+fn prefix(field: &str, value: &str) -> Result<Option<IpNet>, ControlError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse::<IpNet>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map(Some)
+        .map_err(|_| {
+            invalid(format!(
+                "{field} {value:?} is not an IP prefix (like 10.0.0.0/8)"
+            ))
+        })
+}
+
+/// Validates a chain specification.
+pub fn chain(spec: Option<&api::ChainSpec>) -> Result<ChainPlan, ControlError> {
+    let spec = spec.ok_or_else(|| invalid("spec is required"))?;
+    name("spec.name", &spec.name)?;
+    if spec.spi == 0 || spec.spi > 0x00FF_FFFF {
+        return Err(invalid(format!(
+            "spec.spi {} must be 1 to 16777215 (24 bits)",
+            spec.spi
+        )));
+    }
+    if spec.vnfs.is_empty() || spec.vnfs.len() > MAX_VNFS {
+        return Err(invalid(format!(
+            "spec.vnfs has {} entries; a chain has 1 to {MAX_VNFS} VNFs",
+            spec.vnfs.len()
+        )));
+    }
+    let mut seen = BTreeSet::new();
+    let mut vnfs = Vec::new();
+    for (i, v) in spec.vnfs.iter().enumerate() {
+        name(&format!("spec.vnfs[{i}].name"), &v.name)?;
+        if !seen.insert(v.name.clone()) {
+            return Err(invalid(format!(
+                "spec.vnfs[{i}].name {:?} is used twice",
+                v.name
+            )));
+        }
+        if v.command.is_empty() || v.command[0].is_empty() {
+            return Err(invalid(format!("spec.vnfs[{i}].command is empty")));
+        }
+        let mechanism = api::Mechanism::try_from(v.mechanism).map_err(|_| {
+            invalid(format!(
+                "spec.vnfs[{i}].mechanism {} is unknown",
+                v.mechanism
+            ))
+        })?;
+        if mechanism == api::Mechanism::Unspecified {
+            return Err(invalid(format!(
+                "spec.vnfs[{i}].mechanism must be set (MECHANISM_NONE, _0R, _1R_AS, _1R_AA or _MR_AA)"
+            )));
+        }
+        if mechanism == api::Mechanism::MrAa && v.replicas != 0 && !(2..=8).contains(&v.replicas) {
+            return Err(invalid(format!(
+                "spec.vnfs[{i}].replicas {} must be 2 to 8",
+                v.replicas
+            )));
+        }
+        vnfs.push(VnfPlan {
+            name: v.name.clone(),
+            command: v.command.clone(),
+            env: v.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            mechanism,
+        });
+    }
+    if spec.rules.is_empty() {
+        return Err(invalid(
+            "spec.rules is empty: at least one classifier rule selects the chain's traffic",
+        ));
+    }
+    let mut rules = Vec::new();
+    for (i, r) in spec.rules.iter().enumerate() {
+        if r.protocol > 255 {
+            return Err(invalid(format!(
+                "spec.rules[{i}].protocol {} is not an IP protocol number",
+                r.protocol
+            )));
+        }
+        rules.push(Rule {
+            src: prefix(&format!("spec.rules[{i}].src_prefix"), &r.src_prefix)?,
+            dst: prefix(&format!("spec.rules[{i}].dst_prefix"), &r.dst_prefix)?,
+            proto: (r.protocol != 0).then_some(r.protocol as u8),
+            src_ports: port_range(
+                &format!("spec.rules[{i}] source ports"),
+                r.src_port_min,
+                r.src_port_max,
+            )?,
+            dst_ports: port_range(
+                &format!("spec.rules[{i}] destination ports"),
+                r.dst_port_min,
+                r.dst_port_max,
+            )?,
+            spi: spec.spi,
+        });
+    }
+    interface("spec.ingress_interface", &spec.ingress_interface)?;
+    interface("spec.egress_interface", &spec.egress_interface)?;
+    if spec.ingress_interface == spec.egress_interface {
+        return Err(invalid(
+            "spec.ingress_interface and spec.egress_interface must differ",
+        ));
+    }
+    Ok(ChainPlan {
+        name: spec.name.clone(),
+        spi: spec.spi,
+        vnfs,
+        rules,
+        ingress: spec.ingress_interface.clone(),
+        egress: spec.egress_interface.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> api::ChainSpec {
+        api::ChainSpec {
+            name: "web".into(),
+            spi: 10,
+            vnfs: vec![api::VnfSpec {
+                name: "fw".into(),
+                command: vec!["/bin/true".into()],
+                mechanism: api::Mechanism::None as i32,
+                ..Default::default()
+            }],
+            rules: vec![api::ClassifierRule {
+                protocol: 17,
+                ..Default::default()
+            }],
+            ingress_interface: "in0".into(),
+            egress_interface: "out0".into(),
+        }
+    }
+
+    fn reason(spec: api::ChainSpec) -> String {
+        match chain(Some(&spec)) {
+            Err(ControlError::InvalidArgument(r)) => r,
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_a_good_spec() {
+        let plan = chain(Some(&good())).unwrap();
+        assert_eq!(plan.rules[0].proto, Some(17));
+        assert_eq!(plan.rules[0].spi, 10);
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        assert!(
+            matches!(chain(None), Err(ControlError::InvalidArgument(r)) if r.contains("spec is required"))
+        );
+        let mut s = good();
+        s.name = "Bad Name".into();
+        assert!(reason(s).contains("spec.name"));
+        let mut s = good();
+        s.spi = 1 << 24;
+        assert!(reason(s).contains("24 bits"));
+        let mut s = good();
+        s.vnfs.clear();
+        assert!(reason(s).contains("1 to 8 VNFs"));
+        let mut s = good();
+        s.vnfs.push(s.vnfs[0].clone());
+        assert!(reason(s).contains("used twice"));
+        let mut s = good();
+        s.vnfs[0].command.clear();
+        assert!(reason(s).contains("command is empty"));
+        let mut s = good();
+        s.vnfs[0].mechanism = 0;
+        assert!(reason(s).contains("mechanism must be set"));
+        let mut s = good();
+        s.vnfs[0].mechanism = 99;
+        assert!(reason(s).contains("unknown"));
+        let mut s = good();
+        s.rules[0].src_prefix = "10.0.0.0/33".into();
+        assert!(reason(s).contains("src_prefix"));
+        let mut s = good();
+        s.rules[0].dst_port_min = 10;
+        s.rules[0].dst_port_max = 5;
+        assert!(reason(s).contains("destination ports"));
+        let mut s = good();
+        s.rules.clear();
+        assert!(reason(s).contains("rules is empty"));
+        let mut s = good();
+        s.egress_interface = "in0".into();
+        assert!(reason(s).contains("must differ"));
+        let mut s = good();
+        s.ingress_interface = "a-very-long-interface".into();
+        assert!(reason(s).contains("ingress_interface"));
+    }
+}

@@ -1,0 +1,317 @@
+//! nhamd's gRPC API end to end, in-process: the daemon runs inside a network
+//! namespace of its own (so its links never touch the host's), a client
+//! talks to it over TCP on localhost. Needs root (CI runs as root).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nham_control::api::{
+    self, chain_service_client::ChainServiceClient, event_service_client::EventServiceClient,
+    vnf_service_client::VnfServiceClient,
+};
+use nham_control::runtime::SffOptions;
+use nham_control::service::{ChainSvc, Daemon, EventSvc, VnfSvc};
+use nham_netns::{unique_name, veth_pair, Netns};
+use tonic::Code;
+
+/// A daemon in its own namespace with links `in0` and `out0`.
+struct Harness {
+    addr: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _peers: Netns,
+    _daemon_ns: Netns,
+}
+
+impl Harness {
+    fn start() -> Self {
+        nham_netns::sweep_stale();
+        let daemon_ns = Netns::create(&unique_name("nhd")).unwrap();
+        let peers = Netns::create(&unique_name("nhp")).unwrap();
+        veth_pair(&daemon_ns, "in0", &peers, "gen0").unwrap();
+        veth_pair(&daemon_ns, "out0", &peers, "sink0").unwrap();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let path = daemon_ns.path();
+        let thread = std::thread::spawn(move || {
+            let f = std::fs::File::open(path).unwrap();
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            // Worker threads are spawned from here and inherit the namespace.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let daemon: Arc<Daemon> = Daemon::new(SffOptions::default());
+                // A Unix socket: reachable from the test's namespace, unlike
+                // the daemon namespace's loopback.
+                let sock = std::env::temp_dir().join(unique_name("nhamd-") + ".sock");
+                let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+                addr_tx.send(format!("unix:{}", sock.display())).unwrap();
+                tonic::transport::Server::builder()
+                    .add_service(api::chain_service_server::ChainServiceServer::new(
+                        ChainSvc(daemon.clone()),
+                    ))
+                    .add_service(api::vnf_service_server::VnfServiceServer::new(VnfSvc(
+                        daemon.clone(),
+                    )))
+                    .add_service(api::event_service_server::EventServiceServer::new(
+                        EventSvc(daemon.clone()),
+                    ))
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::UnixListenerStream::new(listener),
+                        async {
+                            let _ = stop_rx.await;
+                        },
+                    )
+                    .await
+                    .unwrap();
+                // Tear the chains down before the runtime goes.
+                let names: Vec<String> = {
+                    let c = ChainSvc(daemon.clone());
+                    let r = api::chain_service_server::ChainService::list_chains(
+                        &c,
+                        tonic::Request::new(api::ListChainsRequest {}),
+                    )
+                    .await
+                    .unwrap();
+                    r.into_inner()
+                        .chains
+                        .into_iter()
+                        .filter_map(|c| c.spec.map(|s| s.name))
+                        .collect()
+                };
+                for n in names {
+                    let _ = daemon.delete(&n).await;
+                }
+            });
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        Self {
+            addr,
+            _stop: stop_tx,
+            thread: Some(thread),
+            _peers: peers,
+            _daemon_ns: daemon_ns,
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        // Dropping `_stop` ends the server; wait for its teardown.
+        let (tx, _) = tokio::sync::oneshot::channel();
+        let _ = std::mem::replace(&mut self._stop, tx);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn spec(name: &str, spi: u32, vnfs: &[&str], mechanism: api::Mechanism) -> api::ChainSpec {
+    api::ChainSpec {
+        name: name.into(),
+        spi,
+        vnfs: vnfs
+            .iter()
+            .map(|n| api::VnfSpec {
+                name: (*n).into(),
+                // Any command will do for the control plane: it only has to
+                // run until it is killed.
+                command: vec!["sleep".into(), "600".into()],
+                mechanism: mechanism as i32,
+                ..Default::default()
+            })
+            .collect(),
+        rules: vec![api::ClassifierRule {
+            protocol: 17,
+            ..Default::default()
+        }],
+        ingress_interface: "in0".into(),
+        egress_interface: "out0".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_requests_get_invalid_argument_and_unknown_names_not_found() {
+    let h = tokio::task::spawn_blocking(Harness::start).await.unwrap();
+    let mut chains = ChainServiceClient::new(nham_control::connect(&h.addr).await.unwrap());
+    let mut vnfs = VnfServiceClient::new(nham_control::connect(&h.addr).await.unwrap());
+
+    let bad = [
+        api::ChainSpec::default(),
+        spec("UPPER", 1, &["a"], api::Mechanism::None),
+        spec("c", 0, &["a"], api::Mechanism::None),
+        spec("c", 1, &[], api::Mechanism::None),
+        spec("c", 1, &["a", "a"], api::Mechanism::None),
+        spec("c", 1, &["a"], api::Mechanism::Unspecified),
+    ];
+    for s in bad {
+        let e = chains
+            .create_chain(api::CreateChainRequest {
+                spec: Some(s.clone()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{s:?}: {e:?}");
+        assert!(!e.message().is_empty(), "the reason is given");
+    }
+    let e = chains
+        .create_chain(api::CreateChainRequest { spec: None })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::InvalidArgument, "spec is required")
+    );
+
+    let e = chains
+        .get_chain(api::GetChainRequest {
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = chains
+        .delete_chain(api::DeleteChainRequest {
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = vnfs
+        .inject_fault(api::InjectFaultRequest {
+            chain: "nope".into(),
+            vnf: "a".into(),
+            fault: api::Fault::Crash as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = vnfs
+        .inject_fault(api::InjectFaultRequest {
+            chain: "nope".into(),
+            vnf: "a".into(),
+            fault: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    // Mechanisms that need checkpoints are refused honestly, for now.
+    let e = chains
+        .create_chain(api::CreateChainRequest {
+            spec: Some(spec("c", 1, &["a"], api::Mechanism::Mechanism0r)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    // Clients go first: the server's graceful shutdown waits for them.
+    drop((chains, vnfs));
+    drop(h);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_is_detected_through_the_pidfd_and_the_vnf_restarted() {
+    let h = tokio::task::spawn_blocking(Harness::start).await.unwrap();
+    let mut chains = ChainServiceClient::new(nham_control::connect(&h.addr).await.unwrap());
+    let mut vnfs = VnfServiceClient::new(nham_control::connect(&h.addr).await.unwrap());
+    let mut events = EventServiceClient::new(nham_control::connect(&h.addr).await.unwrap());
+    let mut stream = events
+        .watch_events(api::WatchEventsRequest {
+            chain: "web".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let created = chains
+        .create_chain(api::CreateChainRequest {
+            spec: Some(spec("web", 7, &["fw", "nat"], api::Mechanism::None)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .chain
+        .unwrap();
+    assert_eq!(created.state, api::ChainState::Running as i32);
+    let old_pid = created.vnfs[1].pid;
+    assert!(old_pid > 0);
+    let e = chains
+        .create_chain(api::CreateChainRequest {
+            spec: Some(spec("web", 8, &["fw"], api::Mechanism::None)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+
+    vnfs.inject_fault(api::InjectFaultRequest {
+        chain: "web".into(),
+        vnf: "nat".into(),
+        fault: api::Fault::Crash as i32,
+    })
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let e = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push(e);
+    }
+    use api::watch_events_response::Event;
+    assert!(matches!(seen[0].event, Some(Event::ChainCreated(_))));
+    match &seen[1].event {
+        Some(Event::FailureDetected(f)) => {
+            assert_eq!(seen[1].vnf, "nat");
+            assert!(
+                f.detection_ms < 100.0,
+                "pidfd detection took {} ms",
+                f.detection_ms
+            );
+            eprintln!("crash detected {:.3} ms after the kill", f.detection_ms);
+        }
+        other => panic!("expected FailureDetected, got {other:?}"),
+    }
+    assert!(matches!(seen[2].event, Some(Event::RecoveryStarted(_))));
+    assert!(matches!(seen[3].event, Some(Event::RecoveryFinished(_))));
+
+    let chain = chains
+        .get_chain(api::GetChainRequest { name: "web".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .chain
+        .unwrap();
+    let nat = &chain.vnfs[1];
+    assert_eq!(
+        (nat.failures, nat.recoveries, nat.state),
+        (1, 1, api::VnfState::Running as i32)
+    );
+    assert_ne!(nat.pid, old_pid);
+    let listed = chains
+        .list_chains(api::ListChainsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .chains;
+    assert_eq!(listed.len(), 1);
+
+    chains
+        .delete_chain(api::DeleteChainRequest { name: "web".into() })
+        .await
+        .unwrap();
+    let e = chains
+        .get_chain(api::GetChainRequest { name: "web".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // The VNF's namespace is gone with the chain.
+    assert!(!std::path::Path::new(&format!("/run/netns/{}", nat.netns)).exists());
+    // Clients go first: the server's graceful shutdown waits for them.
+    drop((stream, events, chains, vnfs));
+    drop(h);
+}
