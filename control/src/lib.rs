@@ -1,6 +1,7 @@
 //! NHAM control plane.
 //!
 //! - [`api`]: the generated `nham.v1` gRPC types and services.
+//! - [`criu`]: dump and restore of one VNF process with CRIU.
 //! - [`error`]: the one error enum of the control plane and its single
 //!   conversion to `tonic::Status`.
 //! - [`validate`]: checks a `ChainSpec` and turns it into the daemon's own
@@ -16,6 +17,7 @@
 //! a mechanism other than `MECHANISM_NONE` are refused with UNIMPLEMENTED.
 #![forbid(unsafe_code)]
 
+pub mod criu;
 pub mod error;
 pub mod runtime;
 pub mod service;

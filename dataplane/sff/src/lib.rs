@@ -48,7 +48,9 @@ use std::time::Duration;
 
 use nham_afxdp::{AfXdpError, Port};
 use nham_dataplane::classifier::{Classifier, ClassifyError, Rule};
-use nham_dataplane::hold::{Chain, HoldError, HopConfig};
+use nham_dataplane::hold::{
+    Chain, CheckpointId, CheckpointReport, HoldError, HopConfig, Mark, RecoveryReport, RestorePlan,
+};
 use nham_dataplane::nsh::{self, NhamMetadata, NshPacket, TtlVerdict};
 use nham_ebpf::{EbpfError, XdpRedirect};
 use thiserror::Error;
@@ -86,6 +88,15 @@ pub enum SffError {
     /// The SFF thread stopped before it was ready.
     #[error("the SFF thread stopped during start-up")]
     StartFailed,
+    /// The SFF thread is gone.
+    #[error("the SFF thread has stopped")]
+    Stopped,
+    /// This forwarder takes no commands (the L2 baseline).
+    #[error("this forwarder takes no commands")]
+    NoCommands,
+    /// A command named a hop the chain does not have.
+    #[error("no hop {0}")]
+    NoHop(usize),
 }
 
 /// One interface the SFF serves.
@@ -245,12 +256,70 @@ pub struct SffHandle {
     stop: Arc<AtomicBool>,
     counters: Arc<SffCounters>,
     thread: Option<JoinHandle<Result<(), SffError>>>,
+    commands: Option<mpsc::Sender<Command>>,
+}
+
+/// Events for one hop's Hold/Release state machine, sent to the SFF thread
+/// by the control plane (checkpoints and recoveries). Each carries the
+/// channel its answer goes back on.
+#[derive(Debug)]
+#[allow(missing_docs)]
+pub enum Command {
+    /// `Hop::begin_checkpoint`: stop delivering to the VNF.
+    BeginCheckpoint {
+        hop: usize,
+        reply: mpsc::Sender<Result<CheckpointId, HoldError>>,
+    },
+    /// `Hop::handle_quiesced`: the VNF consumed everything; freeze and dump.
+    Quiesced {
+        hop: usize,
+        id: CheckpointId,
+        reply: mpsc::Sender<Result<Mark, HoldError>>,
+    },
+    /// `Hop::handle_checkpoint_complete`: the image is durable; release.
+    CheckpointDone {
+        hop: usize,
+        id: CheckpointId,
+        reply: mpsc::Sender<Result<CheckpointReport, HoldError>>,
+    },
+    /// `Hop::handle_checkpoint_failed`.
+    CheckpointFailed {
+        hop: usize,
+        id: CheckpointId,
+        reply: mpsc::Sender<Result<(), HoldError>>,
+    },
+    /// `Hop::handle_failure`: the VNF failed.
+    Failure {
+        hop: usize,
+        reply: mpsc::Sender<RestorePlan>,
+    },
+    /// `Hop::handle_restored`: the VNF runs again; replay.
+    Restored {
+        hop: usize,
+        reply: mpsc::Sender<Result<RecoveryReport, HoldError>>,
+    },
+    /// How many frames the VNF has not answered yet.
+    InFlight {
+        hop: usize,
+        reply: mpsc::Sender<usize>,
+    },
 }
 
 impl SffHandle {
     /// Live counters.
     pub fn counters(&self) -> &SffCounters {
         &self.counters
+    }
+
+    /// Sends a command to the SFF thread and waits for its answer.
+    pub fn command<T>(&self, make: impl FnOnce(mpsc::Sender<T>) -> Command) -> Result<T, SffError> {
+        let (tx, rx) = mpsc::channel();
+        self.commands
+            .as_ref()
+            .ok_or(SffError::NoCommands)?
+            .send(make(tx))
+            .map_err(|_| SffError::Stopped)?;
+        rx.recv().map_err(|_| SffError::Stopped)
     }
 
     /// Stops the thread and waits for it; ports and XDP programs are
@@ -303,6 +372,7 @@ pub fn spawn(netns: Option<PathBuf>, config: SffConfig) -> Result<SffHandle, Sff
     let stop = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(SffCounters::default());
     let (ready_tx, ready_rx) = mpsc::channel();
+    let (command_tx, command_rx) = mpsc::channel();
     let thread = {
         let stop = stop.clone();
         let counters = counters.clone();
@@ -316,7 +386,7 @@ pub fn spawn(netns: Option<PathBuf>, config: SffConfig) -> Result<SffHandle, Sff
                     if let Some(core) = config.core {
                         core_affinity::set_for_current(core_affinity::CoreId { id: core });
                     }
-                    Engine::new(config, counters)
+                    Engine::new(config, counters, command_rx)
                 })();
                 match started {
                     Ok(mut engine) => {
@@ -338,6 +408,7 @@ pub fn spawn(netns: Option<PathBuf>, config: SffConfig) -> Result<SffHandle, Sff
             stop,
             counters,
             thread: Some(thread),
+            commands: Some(command_tx),
         }),
         _ => match thread.join() {
             Ok(Err(e)) => Err(e),
@@ -365,10 +436,15 @@ struct Engine {
     in_flight: Vec<std::collections::VecDeque<u64>>,
     /// Per hop: when the VNF last sent something back.
     last_output: Vec<std::time::Instant>,
+    commands: mpsc::Receiver<Command>,
 }
 
 impl Engine {
-    fn new(config: SffConfig, counters: Arc<SffCounters>) -> Result<Self, SffError> {
+    fn new(
+        config: SffConfig,
+        counters: Arc<SffCounters>,
+        commands: mpsc::Receiver<Command>,
+    ) -> Result<Self, SffError> {
         let classifier = Classifier::new(config.rules.clone())?;
         let chain = if config.hops.is_empty() {
             None
@@ -399,6 +475,7 @@ impl Engine {
             slots: Vec::with_capacity(burst),
             in_flight: vec![std::collections::VecDeque::new(); hops_len],
             last_output: vec![std::time::Instant::now(); hops_len],
+            commands,
         })
     }
 
@@ -419,9 +496,56 @@ impl Engine {
         }
     }
 
+    /// Carries out the control plane's commands.
+    fn commands_step(&mut self) -> usize {
+        let mut n = 0;
+        while let Ok(cmd) = self.commands.try_recv() {
+            n += 1;
+            let now = std::time::Instant::now();
+            let hops = self.hops.len();
+            let Some(chain) = self.chain.as_mut() else {
+                continue;
+            };
+            let hop_ok = |h: usize| h < hops;
+            match cmd {
+                Command::BeginCheckpoint { hop, reply } if hop_ok(hop) => {
+                    let _ = reply.send(chain.hop_mut(hop).begin_checkpoint(now));
+                }
+                Command::Quiesced { hop, id, reply } if hop_ok(hop) => {
+                    let _ = reply.send(chain.hop_mut(hop).handle_quiesced(id));
+                }
+                Command::CheckpointDone { hop, id, reply } if hop_ok(hop) => {
+                    let pool = &mut self.pool;
+                    let r = chain
+                        .hop_mut(hop)
+                        .handle_checkpoint_complete_with(id, now, |slot| pool.release(slot));
+                    let _ = reply.send(r);
+                }
+                Command::CheckpointFailed { hop, id, reply } if hop_ok(hop) => {
+                    let _ = reply.send(chain.hop_mut(hop).handle_checkpoint_failed(id));
+                }
+                Command::Failure { hop, reply } if hop_ok(hop) => {
+                    self.in_flight[hop].clear();
+                    let _ = reply.send(chain.hop_mut(hop).handle_failure(now));
+                }
+                Command::Restored { hop, reply } if hop_ok(hop) => {
+                    self.in_flight[hop].clear();
+                    let _ = reply.send(chain.hop_mut(hop).handle_restored(now));
+                }
+                Command::InFlight { hop, reply } if hop_ok(hop) => {
+                    let _ = reply.send(self.in_flight[hop].len());
+                }
+                // A hop that does not exist: dropping the reply channel
+                // makes the caller's recv fail (SffError::Stopped).
+                _ => {}
+            }
+        }
+        n
+    }
+
     /// One round over every port; returns frames moved.
     fn step(&mut self) -> usize {
-        let mut work = self.ingress_step();
+        let mut work = self.commands_step() + self.ingress_step();
         for i in 0..self.hops.len() {
             work += self.deliver_step(i);
             work += self.vnf_output_step(i);
@@ -761,6 +885,7 @@ pub fn spawn_l2_forwarder(
             stop,
             counters,
             thread: Some(thread),
+            commands: None,
         }),
         _ => match thread.join() {
             Ok(Err(e)) => Err(e),
