@@ -8,6 +8,14 @@ use nham_bench::lab::{Lab, LabSff};
 use nham_traffic::{FrameSize, TrafficSpec};
 use nham_vnf::Kind;
 
+/// The tests share two cores with their SFF threads, VNF processes,
+/// generators and sinks: run them one at a time, or they starve each other
+/// and measure the machine instead of NHAM.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn vnf_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_nham-vnf"))
 }
@@ -22,6 +30,7 @@ fn spec(count: u64) -> TrafficSpec {
 }
 
 fn run_chain(kinds: &[Kind], count: u64) {
+    let _serial = serial();
     let lab = Lab::new(kinds, vnf_bin()).expect("building the lab");
     let sff = lab.start_sff(LabSff::default()).expect("starting the SFF");
     let spec = spec(count);
@@ -65,6 +74,7 @@ fn forwards_through_one_to_four_vnfs() {
 /// Runs 1000 frames through one monitor VNF started with `inject`, and
 /// returns (verdict, SFF counters).
 fn with_injected(inject: &str) -> (nham_traffic::Verdict, nham_sff::SffStats) {
+    let _serial = serial();
     let kinds = [Kind::Monitor];
     let lab = Lab::with_vnf_args(
         &kinds,
@@ -111,6 +121,7 @@ fn ttl_expiry_is_dropped() {
 
 #[test]
 fn classifier_miss_and_malformed_ingress_are_counted() {
+    let _serial = serial();
     let kinds = [Kind::Monitor];
     let lab = Lab::new(&kinds, vnf_bin()).expect("building the lab");
     let sff = lab.start_sff(LabSff::default()).expect("starting the SFF");
@@ -151,36 +162,67 @@ fn classifier_miss_and_malformed_ingress_are_counted() {
 
 #[test]
 fn frames_on_a_vnf_veth_dissect_as_nsh() {
-    // Capture inside the VNF's namespace what crosses its interface, and
-    // let tshark (installed by scripts/setup.sh) dissect it.
+    let _serial = serial();
+    // Capture inside the VNF's namespace what crosses its interface (an
+    // AF_PACKET socket of our own, open before any traffic, sees both
+    // directions), write it to a pcap and let tshark (installed by
+    // scripts/setup.sh) dissect it.
     let kinds = [Kind::Monitor];
     let lab = Lab::new(&kinds, vnf_bin()).expect("building the lab");
     let sff = lab.start_sff(LabSff::default()).expect("starting the SFF");
     let pcap = std::env::temp_dir().join(nham_netns::unique_name("nham-cap-") + ".pcap");
-    let path = pcap.clone();
-    let mut capture = lab
-        .vnf_netns(0)
-        .run(move || {
-            std::process::Command::new("tshark")
-                .args(["-i", "eth0", "-f", "ether proto 0x894f", "-c", "40", "-w"])
-                .arg(&path)
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-        })
-        .unwrap()
-        .expect("starting tshark");
-    // Wait until dumpcap says it is capturing.
-    let mut err = std::io::BufReader::new(capture.stderr.take().unwrap());
-    let mut line = String::new();
-    while std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0
-        && !line.contains("Capturing on")
-    {
-        line.clear();
-    }
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let ns_path = lab.vnf_netns(0).path();
+    let capture = std::thread::spawn(move || -> Vec<Vec<u8>> {
+        let f = std::fs::File::open(ns_path).unwrap();
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let iface = pnet_datalink::interfaces()
+            .into_iter()
+            .find(|i| i.name == "eth0")
+            .unwrap();
+        let config = pnet_datalink::Config {
+            read_timeout: Some(std::time::Duration::from_millis(50)),
+            ..Default::default()
+        };
+        let pnet_datalink::Channel::Ethernet(_, mut rx) =
+            pnet_datalink::channel(&iface, config).unwrap()
+        else {
+            panic!("not an Ethernet channel")
+        };
+        ready_tx.send(()).unwrap();
+        let mut frames = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while frames.len() < 40 && std::time::Instant::now() < deadline {
+            if let Ok(f) = rx.next() {
+                if f.get(12..14) == Some(&[0x89, 0x4f]) {
+                    frames.push(f.to_vec());
+                }
+            }
+        }
+        frames
+    });
+    ready_rx.recv().unwrap();
     let spec = spec(20);
     let (expected, _) = nham_vnf::reference(&kinds, &spec.frames());
     lab.trial(&spec, &expected, &sff).expect("trial");
-    assert!(capture.wait().unwrap().success());
+    let frames = capture.join().unwrap();
+    {
+        let header = pcap_file::pcap::PcapHeader {
+            datalink: pcap_file::DataLink::ETHERNET,
+            ..Default::default()
+        };
+        let mut w =
+            pcap_file::pcap::PcapWriter::with_header(std::fs::File::create(&pcap).unwrap(), header)
+                .unwrap();
+        for f in &frames {
+            w.write_packet(&pcap_file::pcap::PcapPacket::new(
+                std::time::Duration::ZERO,
+                f.len() as u32,
+                f,
+            ))
+            .unwrap();
+        }
+    }
     let out = std::process::Command::new("tshark")
         .args(["-n", "-r"])
         .arg(&pcap)
