@@ -11,7 +11,6 @@
 //! processes are killed and reaped, then the namespaces (and with them every
 //! veth) are deleted. Namespace names are unique per process and call.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,11 +30,13 @@ use nham_vnf::{Kind, State};
 /// The SPI of the lab's chain.
 pub const SPI: u32 = 100;
 
-/// A running VNF process.
+/// A running VNF process (after a CRIU restore it is no child of ours).
 #[derive(Debug)]
 struct VnfProcess {
-    child: Child,
+    child: Option<Child>,
+    pid: u32,
     state_file: PathBuf,
+    command: Vec<String>,
 }
 
 /// One chain's namespaces, links and VNF processes.
@@ -74,6 +75,9 @@ pub struct LabSff {
     pub burst: usize,
     /// Pin the generator and sink threads to this core.
     pub traffic_core: Option<usize>,
+    /// Hold packets until checkpoints include them (VNFs protected);
+    /// false releases them on delivery.
+    pub protect: bool,
 }
 
 impl Default for LabSff {
@@ -83,6 +87,7 @@ impl Default for LabSff {
             poll: PollPolicy::default(),
             burst: 32,
             traffic_core: None,
+            protect: false,
         }
     }
 }
@@ -156,22 +161,51 @@ impl Lab {
             let kind_name = format!("{kind:?}").to_lowercase();
             let extra = extra.clone();
             // The child inherits the namespace of the thread that forks it.
+            // `setsid`: each VNF leads a session of its own, as CRIU wants of
+            // the root of a tree it dumps (it execs in place: same pid).
+            let mut command: Vec<String> = vec![
+                "setsid".into(),
+                bin.display().to_string(),
+                "--kind".into(),
+                kind_name,
+                "--iface".into(),
+                "eth0".into(),
+                "--state".into(),
+                sf.display().to_string(),
+            ];
+            command.extend(extra);
+            let argv = command.clone();
+            // Output to a file, input from /dev/null: CRIU can dump and
+            // restore those (a pipe to us it could not).
+            let log = self.state_dir.join(format!("vnf{i}.log"));
+            let out = std::fs::File::create(&log)?;
+            let err = out.try_clone()?;
             let mut child = ns.run(move || {
-                Command::new(bin)
-                    .args(["--kind", &kind_name, "--iface", "eth0", "--state"])
-                    .arg(sf)
-                    .args(extra)
-                    .stdout(Stdio::piped())
+                Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .stdin(Stdio::null())
+                    .stdout(out)
+                    .stderr(err)
                     .spawn()
             })??;
-            let stdout = child.stdout.take().context("VNF stdout")?;
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line)?;
-            if line.trim() != "ready" {
-                let _ = child.kill();
-                bail!("VNF {i} did not start: {line:?}");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.lines().any(|l| l.trim() == "ready") {
+                    break;
+                }
+                if Instant::now() > deadline || child.try_wait()?.is_some() {
+                    let _ = child.kill();
+                    bail!("VNF {i} did not start: {text:?}");
+                }
+                std::thread::sleep(Duration::from_millis(2));
             }
-            self.vnfs.push(VnfProcess { child, state_file });
+            self.vnfs.push(VnfProcess {
+                pid: child.id(),
+                child: Some(child),
+                state_file,
+                command,
+            });
         }
         Ok(())
     }
@@ -197,7 +231,7 @@ impl Lab {
                 tx_capacity: 1024,
                 ..HopConfig::default()
             },
-            protect: false,
+            protect: s.protect,
             pool_slots: 16384,
             burst: s.burst,
             poll: s.poll,
@@ -270,22 +304,29 @@ impl Lab {
                 core_affinity::set_for_current(core_affinity::CoreId { id });
             }
             let xdp = XdpRedirect::attach(sink_if)?;
-            let mut port = Port::open("sink0", 0, PortConfig::default())?;
+            // A deep receive ring: after a recovery the SFF flushes what it
+            // held at full speed, faster than this (debug-built, checking)
+            // sink drains it.
+            let mut port = Port::open(
+                "sink0",
+                0,
+                PortConfig {
+                    rx_frames: 16384,
+                    tx_frames: 64,
+                    frame_size: 2048,
+                    ring_size: 16384,
+                },
+            )?;
             xdp.register_socket(0, port.fd())?;
             ready_tx.send(()).ok();
-            let mut done_at: Option<Instant> = None;
             Ok(nham_traffic::sink(
                 &mut port,
                 expected_len,
-                Duration::from_secs(30),
+                // Once the generator is done, stop after 2 s without a frame
+                // (recoveries and replays may still be draining).
+                Duration::from_secs(2),
                 base,
-                || {
-                    if done.load(Ordering::Relaxed) {
-                        let t = *done_at.get_or_insert_with(Instant::now);
-                        return t.elapsed() > Duration::from_millis(500);
-                    }
-                    false
-                },
+                || done.load(Ordering::Relaxed),
             ))
         });
         ready_rx
@@ -337,7 +378,7 @@ impl Lab {
         for v in &self.vnfs {
             let _ = std::fs::remove_file(&v.state_file);
             nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(v.child.id() as i32),
+                nix::unistd::Pid::from_raw(v.pid as i32),
                 nix::sys::signal::Signal::SIGUSR1,
             )?;
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -353,6 +394,37 @@ impl Lab {
             }
         }
         Ok(out)
+    }
+
+    /// Process id of VNF `i`.
+    pub fn vnf_pid(&self, i: usize) -> u32 {
+        self.vnfs[i].pid
+    }
+
+    /// VNF `i` now runs as `pid` (after a restore).
+    pub fn set_vnf_pid(&mut self, i: usize, pid: u32) {
+        let v = &mut self.vnfs[i];
+        if v.pid == pid {
+            return;
+        }
+        // The old process is gone (and reaped by whoever killed it).
+        if let Some(mut c) = v.child.take() {
+            let _ = c.try_wait();
+        }
+        v.pid = pid;
+    }
+
+    /// The command line VNF `i` was started with.
+    pub fn vnf_command(&self, i: usize) -> Vec<String> {
+        self.vnfs[i].command.clone()
+    }
+
+    /// Reaps VNF `i` if it is a child of ours that exited.
+    pub fn reap_vnf(&mut self, i: usize) {
+        if let Some(c) = self.vnfs[i].child.as_mut() {
+            let _ = c.wait();
+        }
+        self.vnfs[i].child = None;
     }
 
     /// The netns of VNF `i` (for fault drills and captures).
@@ -380,8 +452,13 @@ fn enter(path: &Path) -> Result<()> {
 impl Drop for Lab {
     fn drop(&mut self) {
         for v in &mut self.vnfs {
-            let _ = v.child.kill();
-            let _ = v.child.wait();
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(v.pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            if let Some(c) = v.child.as_mut() {
+                let _ = c.wait();
+            }
         }
         let _ = std::fs::remove_dir_all(&self.state_dir);
         // The namespaces (and every veth in them) go with their Netns values.

@@ -134,6 +134,7 @@ fn search(kinds: &[Kind], baseline: bool, args: &ThroughputArgs, budget: Duratio
         burst: 32,
         // Generator and sink on the first core, away from the forwarder.
         traffic_core: core.map(|_| 0),
+        protect: false,
     };
     let trial_secs = args.trial_ms as f64 / 1000.0;
     // Capacity probes: as fast as the generator goes. If the forwarder

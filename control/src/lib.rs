@@ -2,6 +2,8 @@
 //!
 //! - [`api`]: the generated `nham.v1` gRPC types and services.
 //! - [`criu`]: dump and restore of one VNF process with CRIU.
+//! - [`protect`]: the checkpoint protocol (Hold/Release + CRIU) and 0R
+//!   recovery for one VNF.
 //! - [`error`]: the one error enum of the control plane and its single
 //!   conversion to `tonic::Status`.
 //! - [`validate`]: checks a `ChainSpec` and turns it into the daemon's own
@@ -19,6 +21,7 @@
 
 pub mod criu;
 pub mod error;
+pub mod protect;
 pub mod runtime;
 pub mod service;
 pub mod validate;

@@ -256,8 +256,8 @@ pub struct Received {
     pub span: Duration,
 }
 
-/// Receives on `port` until `expected` frames arrived or nothing arrived
-/// for `quiet`, or `stop()` says so.
+/// Receives on `port` until `expected` frames arrived, or until `stop()`
+/// says no more is coming and nothing arrived for `quiet`.
 pub fn sink(
     port: &mut nham_afxdp::Port,
     expected: usize,
@@ -289,7 +289,9 @@ pub fn sink(
             let f = *first.get_or_insert(last);
             r.span = last - f;
         } else {
-            if r.seqs.len() >= expected && expected > 0 || last.elapsed() > quiet || stop() {
+            // Done when everything expected arrived, or when the caller says
+            // no more is coming and nothing arrived for `quiet`.
+            if r.seqs.len() >= expected && expected > 0 || last.elapsed() > quiet && stop() {
                 return r;
             }
             let _ = port.wait_rx(1);

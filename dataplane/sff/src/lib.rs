@@ -512,6 +512,14 @@ impl Engine {
                     let _ = reply.send(chain.hop_mut(hop).begin_checkpoint(now));
                 }
                 Command::Quiesced { hop, id, reply } if hop_ok(hop) => {
+                    // Every output the (now stopped) VNF emitted must be
+                    // counted before the mark: take what waits in the port's
+                    // ring first. Otherwise a restore would renumber those
+                    // outputs' successors as duplicates of them.
+                    while self.vnf_output_step(hop) > 0 {}
+                    let Some(chain) = self.chain.as_mut() else {
+                        continue;
+                    };
                     let _ = reply.send(chain.hop_mut(hop).handle_quiesced(id));
                 }
                 Command::CheckpointDone { hop, id, reply } if hop_ok(hop) => {
