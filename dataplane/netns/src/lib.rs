@@ -237,72 +237,61 @@ fn describe(netns: &str, name: &str, msg: &LinkMessage) -> VethEnd {
     }
 }
 
-/// Brings interface `name` of the calling thread's namespace up.
-pub fn set_up(name: &str) -> Result<(), NetnsError> {
+/// The link message of interface `name` in the calling thread's namespace.
+fn get_link(name: &str) -> Result<LinkMessage, NetnsError> {
     let name = name.to_string();
     block_on(async move {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
         tokio::spawn(conn);
-        let link = link_by_name(&handle, &name).await?;
+        link_by_name(&handle, &name).await
+    })
+}
+
+/// Sets interface index `index` of the calling thread's namespace up or down.
+fn set_state(index: u32, up: bool) -> Result<(), NetnsError> {
+    block_on(async move {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
+        tokio::spawn(conn);
+        let msg = LinkUnspec::new_with_index(index);
+        let msg = if up { msg.up() } else { msg.down() };
         handle
             .link()
-            .set(LinkUnspec::new_with_index(link.header.index).up().build())
+            .set(msg.build())
             .execute()
             .await
             .map_err(netlink)
     })
 }
 
-/// The number of rx and tx queues of interface `name` in the calling
-/// thread's namespace.
-pub fn queue_counts(name: &str) -> Result<(u32, u32), NetnsError> {
-    let name = name.to_string();
-    block_on(async move {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
-        tokio::spawn(conn);
-        let link = link_by_name(&handle, &name).await?;
-        let get = |want: fn(&LinkAttribute) -> Option<u32>| {
-            link.attributes.iter().find_map(want).unwrap_or(0)
-        };
-        Ok((
-            get(|a| match a {
-                LinkAttribute::NumRxQueues(n) => Some(*n),
-                _ => None,
-            }),
-            get(|a| match a {
-                LinkAttribute::NumTxQueues(n) => Some(*n),
-                _ => None,
-            }),
-        ))
-    })
-}
-
-/// Index and MAC of interface `name` in the calling thread's namespace.
-pub fn link(name: &str) -> Result<VethEnd, NetnsError> {
-    let name = name.to_string();
-    block_on(async move {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
-        tokio::spawn(conn);
-        let link = link_by_name(&handle, &name).await?;
-        Ok(describe("", &name, &link))
-    })
+/// Brings interface `name` of the calling thread's namespace up.
+pub fn set_up(name: &str) -> Result<(), NetnsError> {
+    set_state(get_link(name)?.header.index, true)
 }
 
 /// Sets interface `name` of the calling thread's namespace down (to cut a
 /// VNF off the network in fault drills).
 pub fn set_down(name: &str) -> Result<(), NetnsError> {
-    let name = name.to_string();
-    block_on(async move {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
-        tokio::spawn(conn);
-        let link = link_by_name(&handle, &name).await?;
-        handle
-            .link()
-            .set(LinkUnspec::new_with_index(link.header.index).down().build())
-            .execute()
-            .await
-            .map_err(netlink)
-    })
+    set_state(get_link(name)?.header.index, false)
+}
+
+/// The number of rx and tx queues of interface `name` in the calling
+/// thread's namespace.
+pub fn queue_counts(name: &str) -> Result<(u32, u32), NetnsError> {
+    let link = get_link(name)?;
+    let (mut rx, mut tx) = (0, 0);
+    for a in &link.attributes {
+        match a {
+            LinkAttribute::NumRxQueues(n) => rx = *n,
+            LinkAttribute::NumTxQueues(n) => tx = *n,
+            _ => {}
+        }
+    }
+    Ok((rx, tx))
+}
+
+/// Index and MAC of interface `name` in the calling thread's namespace.
+pub fn link(name: &str) -> Result<VethEnd, NetnsError> {
+    Ok(describe("", name, &get_link(name)?))
 }
 
 /// MTU of the veths [`veth_pair`] makes: room for NSH (24 bytes) and an
