@@ -116,6 +116,11 @@ fn zero_r_recovers_crashed_vnfs_exactly_once() {
         stats.stale
     );
     let v = trial.verdict;
+    eprintln!(
+        "sink: {} frames, kernel drops {}",
+        trial.received.seqs.len(),
+        trial.received.kernel_drops
+    );
     assert!(
         recoveries >= 3,
         "the test crashed VNFs ({recoveries} recoveries)"

@@ -254,6 +254,8 @@ pub struct Received {
     pub foreign: u64,
     /// Time between the first and the last frame received.
     pub span: Duration,
+    /// Frames the kernel dropped because this sink was too slow.
+    pub kernel_drops: u64,
 }
 
 /// Receives on `port` until `expected` frames arrived, or until `stop()`
@@ -271,6 +273,7 @@ pub fn sink(
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
         foreign: 0,
         span: Duration::ZERO,
+        kernel_drops: 0,
     };
     let mut last = Instant::now();
     let mut first: Option<Instant> = None;
@@ -292,6 +295,7 @@ pub fn sink(
             // Done when everything expected arrived, or when the caller says
             // no more is coming and nothing arrived for `quiet`.
             if r.seqs.len() >= expected && expected > 0 || last.elapsed() > quiet && stop() {
+                r.kernel_drops = port.kernel_rx_drops();
                 return r;
             }
             let _ = port.wait_rx(1);
@@ -422,6 +426,7 @@ mod tests {
             latency_us: Histogram::new(3).unwrap(),
             foreign: 0,
             span: Duration::ZERO,
+            kernel_drops: 0,
         };
         let v = Checker::check(&expected, &got);
         assert_eq!(

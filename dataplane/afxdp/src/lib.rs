@@ -350,6 +350,15 @@ impl Port {
         queued
     }
 
+    /// Frames the kernel dropped on this socket's receive side (rx ring
+    /// full, or no fill-ring frame): a receiver too slow for its traffic.
+    pub fn kernel_rx_drops(&self) -> u64 {
+        self.rx
+            .fd()
+            .xdp_statistics()
+            .map_or(0, |s| s.rx_dropped() + s.rx_ring_full())
+    }
+
     /// Waits up to `timeout_ms` for frames to arrive.
     pub fn wait_rx(&mut self, timeout_ms: i32) -> Result<bool, AfXdpError> {
         Ok(self.rx.poll(timeout_ms)?)
