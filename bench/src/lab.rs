@@ -53,6 +53,7 @@ pub struct Lab {
     hops: Vec<PortSpec>,
     state_dir: PathBuf,
     traffic_core: Option<usize>,
+    sink_quiet: Duration,
 }
 
 fn spec(sff_side: &VethEnd, other: &VethEnd) -> PortSpec {
@@ -148,6 +149,7 @@ impl Lab {
             hops,
             state_dir,
             traffic_core: None,
+            sink_quiet: Duration::from_secs(2),
         };
         lab.start_vnfs(vnf_bin, extra)?;
         Ok(lab)
@@ -277,6 +279,12 @@ impl Lab {
         self.trial_frames(spec.frames(), spec.rate, expected, fwd)
     }
 
+    /// How long the sink waits without a frame, once the generator is done,
+    /// before it ends a trial (default 2 s; recoveries can pause a chain).
+    pub fn set_sink_quiet(&mut self, quiet: Duration) {
+        self.sink_quiet = quiet;
+    }
+
     /// Pins the generator and sink of later trials to `core`.
     pub fn set_traffic_core(&mut self, core: Option<usize>) {
         self.traffic_core = core;
@@ -298,6 +306,7 @@ impl Lab {
         let sink_path = self.sink.path();
         let done = gen_done.clone();
         let pin = self.traffic_core;
+        let quiet = self.sink_quiet;
         let sink = std::thread::spawn(move || -> Result<Received> {
             enter(&sink_path)?;
             if let Some(id) = pin {
@@ -322,9 +331,9 @@ impl Lab {
             Ok(nham_traffic::sink(
                 &mut port,
                 expected_len,
-                // Once the generator is done, stop after 2 s without a frame
-                // (recoveries and replays may still be draining).
-                Duration::from_secs(2),
+                // Once the generator is done, stop after `quiet` without a
+                // frame (recoveries and replays may still be draining).
+                quiet,
                 base,
                 || done.load(Ordering::Relaxed),
             ))
