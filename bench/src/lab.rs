@@ -473,3 +473,138 @@ impl Drop for Lab {
         // The namespaces (and every veth in them) go with their Netns values.
     }
 }
+
+/// What a trial under crashes measured.
+#[derive(Debug, Clone)]
+pub struct ProtectedRun {
+    /// The traffic trial.
+    pub trial: Trial,
+    /// Checkpoints taken.
+    pub checkpoints: usize,
+    /// Recoveries done (each a CRIU restore, or a fresh start before the
+    /// first checkpoint).
+    pub recoveries: usize,
+    /// Of which from an image.
+    pub restored: usize,
+    /// Delivery pause of each checkpoint, ms, sorted.
+    pub pause_ms: Vec<f64>,
+    /// Duration of each recovery, ms, sorted.
+    pub recovery_ms: Vec<f64>,
+}
+
+/// Kills process `pid` and waits until it is gone (reaped if it is ours).
+pub fn kill_and_wait(pid: u32) {
+    let p = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+    if nix::sys::wait::waitpid(p, None).is_err() {
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Runs `frames` through a protected chain (the SFF must hold packets:
+/// [`LabSff::protect`]) while every VNF is checkpointed in turn with CRIU
+/// and VNFs are crashed with SIGKILL — round 1 one VNF, round 2 two at once,
+/// round 3 none, and so on — and recovered with 0R. Returns when the sink
+/// has everything and deliveries have settled; VNF pids in the lab are
+/// updated, so [`Lab::vnf_states`] reads the live processes.
+pub fn protected_trial(
+    lab: &mut Lab,
+    sff: &SffHandle,
+    frames: Vec<Vec<u8>>,
+    rate: Option<f64>,
+    expected: &[Vec<u8>],
+    images: &Path,
+) -> Result<ProtectedRun> {
+    use nham_control::protect::ProtectedVnf;
+    let n = lab.kinds().len();
+    let mut vnfs: Vec<ProtectedVnf> = (0..n)
+        .map(|i| {
+            ProtectedVnf::new(
+                i,
+                lab.vnf_pid(i),
+                &lab.vnf_netns(i).path(),
+                &images.join(format!("vnf{i}")),
+                lab.vnf_command(i),
+            )
+        })
+        .collect();
+    let done = AtomicBool::new(false);
+    let (mut checkpoints, mut recoveries, mut restored) = (0, 0, 0);
+    let (mut pause_ms, mut recovery_ms) = (Vec::new(), Vec::new());
+    let trial = std::thread::scope(|s| -> Result<Trial> {
+        let lab_ref = &*lab;
+        let done = &done;
+        let t = s.spawn(move || {
+            let r = lab_ref.trial_frames(frames, rate, expected, sff);
+            done.store(true, Ordering::Relaxed);
+            r
+        });
+        let mut round = 0usize;
+        let mut failure = None;
+        while !done.load(Ordering::Relaxed) && failure.is_none() {
+            for v in vnfs.iter_mut() {
+                match v.checkpoint(sff) {
+                    Ok(c) => {
+                        checkpoints += 1;
+                        pause_ms.push(c.pause.as_secs_f64() * 1e3);
+                    }
+                    Err(e) => failure = Some(anyhow::anyhow!("checkpoint of VNF {}: {e}", v.hop)),
+                }
+            }
+            round += 1;
+            let victims: Vec<usize> = match round % 3 {
+                1 => vec![round % n],
+                2 if n > 1 => vec![(round + 1) % n, (round + 2) % n],
+                _ => vec![],
+            };
+            // Let traffic flow past the checkpoint, so that replay has work.
+            std::thread::sleep(Duration::from_millis(40));
+            for &i in &victims {
+                kill_and_wait(vnfs[i].pid);
+            }
+            for &i in &victims {
+                match vnfs[i].recover(sff) {
+                    Ok(r) => {
+                        recoveries += 1;
+                        restored += usize::from(r.restored);
+                        recovery_ms.push(r.duration.as_secs_f64() * 1e3);
+                    }
+                    Err(e) => failure = Some(anyhow::anyhow!("recovery of VNF {i}: {e}")),
+                }
+            }
+        }
+        let trial = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("trial thread panicked"))??;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(trial),
+        }
+    })?;
+    for (i, v) in vnfs.iter().enumerate() {
+        lab.set_vnf_pid(i, v.pid);
+    }
+    // The sink can be complete while a VNF restored at the end still
+    // replays (its outputs are all duplicates): let deliveries settle.
+    let mut last = sff.counters().snapshot().delivered;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = sff.counters().snapshot().delivered;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    pause_ms.sort_by(f64::total_cmp);
+    recovery_ms.sort_by(f64::total_cmp);
+    Ok(ProtectedRun {
+        trial,
+        checkpoints,
+        recoveries,
+        restored,
+        pause_ms,
+        recovery_ms,
+    })
+}

@@ -74,6 +74,11 @@ fn main() {
                         "chain",
                         "--vnfs",
                         "4",
+                        "--crash",
+                        "--packets",
+                        "6000",
+                        "--rate",
+                        "3000",
                     ],
                 );
                 // Failures: still in the in-memory model (the control plane
