@@ -335,7 +335,9 @@ fn veth_pair_in(
     let b_path = b.path();
     let a_ns = a.map_or_else(String::new, |a| a.name().to_string());
     let make_a = move || {
+        let (an_async, bn) = (an.clone(), bn);
         block_on(async move {
+            let (an, bn) = (an_async, bn);
             let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
             tokio::spawn(conn);
             let queues = [LinkAttribute::NumRxQueues(1), LinkAttribute::NumTxQueues(1)];
@@ -368,14 +370,13 @@ fn veth_pair_in(
                 .execute()
                 .await
                 .map_err(netlink)?;
-            let link = link_by_name(&handle, &an).await?;
-            handle
-                .link()
-                .set(LinkUnspec::new_with_index(link.header.index).up().build())
-                .execute()
-                .await
-                .map_err(netlink)?;
-            Ok(describe(&a_ns, &an, &link))
+            Ok::<(), NetnsError>(())
+        })?;
+        // Out of the runtime: these helpers run their own.
+        set_up(&an)?;
+        Ok(VethEnd {
+            netns: a_ns,
+            ..link(&an)?
         })
     };
     let a_end = match a {
@@ -387,18 +388,11 @@ fn veth_pair_in(
     };
     let bn = b_name.to_string();
     let b_ns = b.name().to_string();
-    let b_end = b.run(move || {
-        block_on(async move {
-            let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
-            tokio::spawn(conn);
-            let link = link_by_name(&handle, &bn).await?;
-            handle
-                .link()
-                .set(LinkUnspec::new_with_index(link.header.index).up().build())
-                .execute()
-                .await
-                .map_err(netlink)?;
-            Ok(describe(&b_ns, &bn, &link))
+    let b_end = b.run(move || -> Result<VethEnd, NetnsError> {
+        set_up(&bn)?;
+        Ok(VethEnd {
+            netns: b_ns,
+            ..link(&bn)?
         })
     })??;
     Ok((a_end, b_end))

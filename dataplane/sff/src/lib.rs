@@ -366,6 +366,30 @@ fn attach(spec: &PortSpec, config: PortConfig) -> Result<Attached, SffError> {
     Ok(Attached { port, _xdp: xdp })
 }
 
+/// Waits for a forwarder thread to report that its ports are open, and
+/// returns its handle; if it failed instead, returns its error.
+fn await_ready(
+    ready: &mpsc::Receiver<Result<(), String>>,
+    stop: Arc<AtomicBool>,
+    counters: Arc<SffCounters>,
+    thread: JoinHandle<Result<(), SffError>>,
+    commands: Option<mpsc::Sender<Command>>,
+) -> Result<SffHandle, SffError> {
+    match ready.recv() {
+        Ok(Ok(())) => Ok(SffHandle {
+            stop,
+            counters,
+            thread: Some(thread),
+            commands,
+        }),
+        _ => match thread.join() {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Err(SffError::StartFailed),
+            Err(_) => Err(SffError::Panicked),
+        },
+    }
+}
+
 /// Starts an SFF thread in the network namespace at `netns` (or the
 /// caller's, if `None`) and returns once its ports are open.
 pub fn spawn(netns: Option<PathBuf>, config: SffConfig) -> Result<SffHandle, SffError> {
@@ -403,19 +427,7 @@ pub fn spawn(netns: Option<PathBuf>, config: SffConfig) -> Result<SffHandle, Sff
             })
             .map_err(|_| SffError::StartFailed)?
     };
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok(SffHandle {
-            stop,
-            counters,
-            thread: Some(thread),
-            commands: Some(command_tx),
-        }),
-        _ => match thread.join() {
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(())) => Err(SffError::StartFailed),
-            Err(_) => Err(SffError::Panicked),
-        },
-    }
+    await_ready(&ready_rx, stop, counters, thread, Some(command_tx))
 }
 
 struct Engine {
@@ -888,16 +900,5 @@ pub fn spawn_l2_forwarder(
             })
             .map_err(|_| SffError::StartFailed)?
     };
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok(SffHandle {
-            stop,
-            counters,
-            thread: Some(thread),
-            commands: None,
-        }),
-        _ => match thread.join() {
-            Ok(Err(e)) => Err(e),
-            _ => Err(SffError::StartFailed),
-        },
-    }
+    await_ready(&ready_rx, stop, counters, thread, None)
 }
