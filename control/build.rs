@@ -1,5 +1,6 @@
 //! Generates the gRPC code for `proto/nham/v1/nham.proto` (protoc is
-//! installed by scripts/setup.sh) and the descriptor set for reflection.
+//! installed by scripts/setup.sh) and the descriptor set for reflection,
+//! and the prost messages of CRIU's RPC (`proto/criu/rpc.proto`).
 
 fn main() {
     let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -9,5 +10,11 @@ fn main() {
         .unwrap_or_else(|e| {
             panic!("compiling nham.proto: {e} (is protobuf-compiler installed? scripts/setup.sh)")
         });
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .compile_protos(&["../proto/criu/rpc.proto"], &["../proto/criu"])
+        .unwrap_or_else(|e| panic!("compiling CRIU's rpc.proto: {e}"));
     println!("cargo:rerun-if-changed=../proto/nham/v1/nham.proto");
+    println!("cargo:rerun-if-changed=../proto/criu/rpc.proto");
 }

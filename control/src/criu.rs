@@ -1,32 +1,43 @@
-//! Checkpoint and restore of one VNF process with CRIU (>= 4.2, installed
-//! by `scripts/setup.sh`).
+//! Checkpoint and restore of one VNF process through CRIU's RPC
+//! (`criu swrk`, CRIU >= 4.2, installed by `scripts/setup.sh`).
+//!
+//! Each operation talks to a `criu swrk` child over a `SOCK_SEQPACKET`
+//! socket pair: one `criu_req` message in, one `criu_resp` out (messages of
+//! `proto/criu/rpc.proto`, vendored from CRIU). A [`Swrk`] can be started
+//! ahead of time, so a dump or a restore does not wait for `criu` to start:
+//! this is how a 1R-AS standby is kept ready.
 //!
 //! A VNF lives in a network namespace of its own that NHAM keeps; CRIU is
-//! told to treat it as external: `--external net[<inode>]:vnfnet` on dump,
-//! and on restore the namespace file is handed to CRIU as an inherited fd
-//! (`--inherit-fd fd[N]:vnfnet`). `--network-lock skip`: the SFF already
-//! stopped delivering, and locking would touch the namespace's firewall.
-//!
-//! This module runs the `criu` binary once per dump or restore. The
-//! issue asks for CRIU's RPC (`criu swrk`) instead, to save the process
-//! start; that is still to do.
+//! told to treat it as external: `net[<inode>]:vnfnet` on dump, and on
+//! restore the namespace file is an fd the `criu swrk` child inherited
+//! (`inherit_fd {key: vnfnet, fd: 7}`). `network_lock = SKIP`: the SFF
+//! already stopped delivering, and locking would touch the namespace's
+//! firewall. Restored processes are our children (`rst_sibling`), so the
+//! daemon watches and reaps them like the ones it started.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use command_fds::{CommandFdExt, FdMapping};
+use prost::Message;
 use thiserror::Error;
+
+/// CRIU's RPC messages (`proto/criu/rpc.proto`).
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod rpc {
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
+}
 
 /// Errors of CRIU runs.
 #[derive(Debug, Error)]
 pub enum CriuError {
     /// `criu` could not be started.
-    #[error("starting criu: {0}")]
+    #[error("starting criu swrk: {0}")]
     Spawn(#[source] std::io::Error),
-    /// A file or directory operation failed.
+    /// A file, directory or socket operation failed.
     #[error("{what}: {source}")]
     Io {
         /// What was being done.
@@ -35,12 +46,15 @@ pub enum CriuError {
         #[source]
         source: std::io::Error,
     },
-    /// CRIU reported failure; the text is the end of its log.
+    /// CRIU's answer could not be decoded.
+    #[error("criu answered something that is not a criu_resp: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// CRIU reported failure; the text is its message and the end of its log.
     #[error("criu {action} failed: {log}")]
     Failed {
         /// dump or restore.
         action: &'static str,
-        /// The last lines of its log.
+        /// The last error lines of its log.
         log: String,
     },
 }
@@ -52,8 +66,12 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CriuError {
 
 /// The key CRIU uses for the VNF's (external) network namespace.
 const NET_KEY: &str = "vnfnet";
-/// The fd number the namespace file gets in the restoring `criu`.
+/// The fd number of the RPC socket in the `criu swrk` child.
+const SOCK_FD: i32 = 3;
+/// The fd number the namespace file gets in the `criu swrk` child.
 const NET_FD: i32 = 7;
+/// Largest message CRIU sends back.
+const MAX_MSG: usize = 64 * 1024;
 
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -66,6 +84,115 @@ fn tail(path: &Path) -> String {
     pick.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
+/// A `criu swrk` process waiting for one request.
+#[derive(Debug)]
+pub struct Swrk {
+    child: Child,
+    sock: OwnedFd,
+}
+
+impl Swrk {
+    /// Starts `criu swrk`. With `netns`, the child inherits that namespace
+    /// file, so it can restore into it.
+    pub fn spawn(netns: Option<&Path>) -> Result<Self, CriuError> {
+        use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+        let (ours, theirs) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| io("socketpair for criu swrk")(e.into()))?;
+        let mut fds = vec![FdMapping {
+            parent_fd: theirs,
+            child_fd: SOCK_FD,
+        }];
+        if let Some(ns) = netns {
+            let f = std::fs::File::open(ns).map_err(io(format!("opening {}", ns.display())))?;
+            fds.push(FdMapping {
+                parent_fd: f.into(),
+                child_fd: NET_FD,
+            });
+        }
+        let mut cmd = Command::new("criu");
+        cmd.arg("swrk")
+            .arg(SOCK_FD.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        cmd.fd_mappings(fds).map_err(|e| CriuError::Io {
+            what: "mapping fds for criu swrk".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let child = cmd.spawn().map_err(CriuError::Spawn)?;
+        // `cmd` holds the child's ends; they close when it goes.
+        drop(cmd);
+        Ok(Self { child, sock: ours })
+    }
+
+    /// Sends `req` and returns CRIU's answer; the `criu swrk` process ends
+    /// (it is reaped on a thread of its own, off the caller's path).
+    pub fn call(self, req: &rpc::CriuReq) -> Result<rpc::CriuResp, CriuError> {
+        let Self { mut child, sock } = self;
+        let result = exchange(&sock, req);
+        drop(sock);
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        result
+    }
+}
+
+fn exchange(sock: &OwnedFd, req: &rpc::CriuReq) -> Result<rpc::CriuResp, CriuError> {
+    use rustix::net::{recv, send, RecvFlags, SendFlags};
+    send(sock.as_fd(), &req.encode_to_vec(), SendFlags::empty())
+        .map_err(|e| io("sending to criu swrk")(e.into()))?;
+    let mut buf = vec![0u8; MAX_MSG];
+    loop {
+        let (n, _) = recv(sock.as_fd(), &mut buf[..], RecvFlags::empty())
+            .map_err(|e| io("receiving from criu swrk")(e.into()))?;
+        if n == 0 {
+            return Err(CriuError::Io {
+                what: "criu swrk".into(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed the socket without an answer",
+                ),
+            });
+        }
+        let resp = rpc::CriuResp::decode(&buf[..n])?;
+        if resp.r#type() == rpc::CriuReqType::Notify {
+            // We ask for no scripts, but a notification must be answered.
+            let ack = rpc::CriuReq {
+                r#type: rpc::CriuReqType::Notify as i32,
+                notify_success: Some(true),
+                ..Default::default()
+            };
+            send(sock.as_fd(), &ack.encode_to_vec(), SendFlags::empty())
+                .map_err(|e| io("answering criu swrk")(e.into()))?;
+            continue;
+        }
+        return Ok(resp);
+    }
+}
+
+fn failed(action: &'static str, resp: &rpc::CriuResp, log: &Path) -> CriuError {
+    let mut text = tail(log);
+    if let Some(msg) = resp.cr_errmsg.as_deref().filter(|m| !m.is_empty()) {
+        text = format!("{msg} | {text}");
+    }
+    CriuError::Failed { action, log: text }
+}
+
+fn base_opts(images: &Path, log_file: &str) -> rpc::CriuOpts {
+    rpc::CriuOpts {
+        images_dir_fd: -1,
+        images_dir: Some(images.display().to_string()),
+        log_level: Some(2),
+        log_file: Some(log_file.into()),
+        ..Default::default()
+    }
+}
+
 /// What a dump took.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DumpReport {
@@ -76,31 +203,38 @@ pub struct DumpReport {
 }
 
 /// Dumps process `pid` (and its children) into `images`, leaving it
-/// running. `netns` is the file of its network namespace.
-pub fn dump(pid: u32, netns: &Path, images: &Path) -> Result<DumpReport, CriuError> {
+/// running, through `swrk` (or a new `criu swrk` when `None`). `netns` is
+/// the file of its network namespace.
+pub fn dump(
+    swrk: Option<Swrk>,
+    pid: u32,
+    netns: &Path,
+    images: &Path,
+) -> Result<DumpReport, CriuError> {
     std::fs::create_dir_all(images).map_err(io(format!("creating {}", images.display())))?;
     let inode = std::fs::metadata(netns)
         .map_err(io(format!("reading {}", netns.display())))?
         .ino();
+    let swrk = match swrk {
+        Some(s) => s,
+        None => Swrk::spawn(None)?,
+    };
     let started = Instant::now();
-    let status = Command::new("criu")
-        .arg("dump")
-        .arg("-t")
-        .arg(pid.to_string())
-        .arg("-D")
-        .arg(images)
-        .arg("--leave-running")
-        .arg("--external")
-        .arg(format!("net[{inode}]:{NET_KEY}"))
-        .args(["--network-lock", "skip", "-o", "dump.log", "-v2"])
-        .status()
-        .map_err(CriuError::Spawn)?;
+    let opts = rpc::CriuOpts {
+        pid: Some(pid as i32),
+        leave_running: Some(true),
+        external: vec![format!("net[{inode}]:{NET_KEY}")],
+        network_lock: Some(rpc::CriuNetworkLockMethod::Skip as i32),
+        ..base_opts(images, "dump.log")
+    };
+    let resp = swrk.call(&rpc::CriuReq {
+        r#type: rpc::CriuReqType::Dump as i32,
+        opts: Some(opts),
+        ..Default::default()
+    })?;
     let duration = started.elapsed();
-    if !status.success() {
-        return Err(CriuError::Failed {
-            action: "dump",
-            log: tail(&images.join("dump.log")),
-        });
+    if !resp.success {
+        return Err(failed("dump", &resp, &images.join("dump.log")));
     }
     let size = std::fs::read_dir(images)
         .map_err(io(format!("listing {}", images.display())))?
@@ -111,50 +245,45 @@ pub fn dump(pid: u32, netns: &Path, images: &Path) -> Result<DumpReport, CriuErr
     Ok(DumpReport { duration, size })
 }
 
-/// Restores the process in `images` into the network namespace `netns`,
-/// detached from this process; returns its pid and the time taken.
-pub fn restore(images: &Path, netns: &Path) -> Result<(u32, Duration), CriuError> {
-    let ns = std::fs::File::open(netns).map_err(io(format!("opening {}", netns.display())))?;
-    let pidfile: PathBuf = images.join("restored.pid");
-    let _ = std::fs::remove_file(&pidfile);
+/// Restores the process in `images` into the network namespace the
+/// `swrk` was started with (or `netns`, through a new `criu swrk`); the
+/// process becomes a child of ours. Returns its pid and the time taken.
+pub fn restore(
+    swrk: Option<Swrk>,
+    images: &Path,
+    netns: &Path,
+) -> Result<(u32, Duration), CriuError> {
     let started = Instant::now();
-    let mut cmd = Command::new("criu");
-    cmd.arg("restore")
-        .arg("-D")
-        .arg(images)
-        .arg("--inherit-fd")
-        .arg(format!("fd[{NET_FD}]:{NET_KEY}"))
-        .args(["--restore-detached", "--pidfile"])
-        .arg(&pidfile)
-        .args(["-o", "restore.log", "-v2"]);
-    cmd.fd_mappings(vec![FdMapping {
-        parent_fd: ns
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(io("duplicating the namespace fd"))?,
-        child_fd: NET_FD,
-    }])
-    .map_err(|e| CriuError::Io {
-        what: "mapping the namespace fd".into(),
-        source: std::io::Error::other(e.to_string()),
+    let swrk = match swrk {
+        Some(s) => s,
+        None => Swrk::spawn(Some(netns))?,
+    };
+    let opts = rpc::CriuOpts {
+        inherit_fd: vec![rpc::InheritFd {
+            key: NET_KEY.into(),
+            fd: NET_FD,
+        }],
+        rst_sibling: Some(true),
+        ..base_opts(images, "restore.log")
+    };
+    let resp = swrk.call(&rpc::CriuReq {
+        r#type: rpc::CriuReqType::Restore as i32,
+        opts: Some(opts),
+        ..Default::default()
     })?;
-    let status = cmd.status().map_err(CriuError::Spawn)?;
     let duration = started.elapsed();
-    if !status.success() {
-        return Err(CriuError::Failed {
-            action: "restore",
-            log: tail(&images.join("restore.log")),
-        });
+    if !resp.success {
+        return Err(failed("restore", &resp, &images.join("restore.log")));
     }
-    let pid = std::fs::read_to_string(&pidfile)
-        .map_err(io(format!("reading {}", pidfile.display())))?
-        .trim()
-        .parse()
-        .map_err(|_| CriuError::Failed {
+    let pid = resp
+        .restore
+        .map(|r| r.pid)
+        .filter(|&p| p > 0)
+        .ok_or(CriuError::Failed {
             action: "restore",
-            log: "pidfile holds no pid".into(),
+            log: "criu answered success without a pid".into(),
         })?;
-    Ok((pid, duration))
+    Ok((pid as u32, duration))
 }
 
 #[cfg(test)]
@@ -163,7 +292,7 @@ mod tests {
     use nham_netns::{unique_name, Netns};
 
     #[test]
-    fn a_process_in_its_own_netns_dumps_and_restores() {
+    fn a_process_in_its_own_netns_dumps_and_restores_over_rpc() {
         nham_netns::sweep_stale();
         let ns = Netns::create(&unique_name("nhcr")).unwrap();
         // One process, no children (a child would keep its pid busy after
@@ -174,45 +303,62 @@ mod tests {
             .run(|| {
                 Command::new("setsid")
                     .args(["sleep", "600"])
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
                     .spawn()
             })
             .unwrap()
             .unwrap();
-        let mut child = scopeguard(child);
+        let mut child = Guard(child);
         std::thread::sleep(Duration::from_millis(100));
         let images = dir.join("ckpt");
-        let d = dump(child.0.id(), &ns.path(), &images).expect("dump");
+        // A worker started ahead of time, as the daemon keeps them.
+        let warm = Swrk::spawn(None).unwrap();
+        let d = dump(Some(warm), child.0.id(), &ns.path(), &images).expect("dump");
         assert!(d.size > 0);
         child.0.kill().unwrap();
         child.0.wait().unwrap();
-        let (pid, took) = restore(&images, &ns.path()).expect("restore");
+        let standby = Swrk::spawn(Some(&ns.path())).unwrap();
+        let (pid, took) = restore(Some(standby), &images, &ns.path()).expect("restore");
         assert!(
-            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            Path::new(&format!("/proc/{pid}")).exists(),
             "restored process runs"
         );
+        let mine = nix::unistd::getpid().as_raw();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let ppid: i32 = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .unwrap();
+        assert_eq!(ppid, mine, "restored as our child (rst_sibling)");
         eprintln!(
             "dump {:?} ({} bytes), restore {:?}",
             d.duration, d.size, took
         );
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        let p = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(p, None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_dump_says_why() {
+        let dir = std::env::temp_dir().join(unique_name("nham-criu-"));
+        // No such process: CRIU must refuse and the error must carry its words.
+        let e = dump(None, 999_999_999, Path::new("/proc/self/ns/net"), &dir).unwrap_err();
+        assert!(matches!(e, CriuError::Failed { .. }), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Kills the child if the test panics.
-    struct Guard(std::process::Child);
+    struct Guard(Child);
     impl Drop for Guard {
         fn drop(&mut self) {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
-    }
-    fn scopeguard(c: std::process::Child) -> Guard {
-        Guard(c)
     }
 }

@@ -201,7 +201,7 @@ impl ProtectedVnf {
         }
         // 5. Dump, resume.
         let dir = self.images.join(format!("ckpt-{id}"));
-        let dumped = criu::dump(self.pid, &self.netns, &dir);
+        let dumped = criu::dump(None, self.pid, &self.netns, &dir);
         let _ = resume(self.pid);
         let frozen = frozen_at.elapsed();
         let report = match dumped {
@@ -242,7 +242,7 @@ impl ProtectedVnf {
         let restored = image.is_some();
         self.pid = match image {
             Some(dir) => {
-                let pid = criu::restore(&dir, &self.netns)?.0;
+                let pid = criu::restore(None, &dir, &self.netns)?.0;
                 // It was dumped while stopped (step 3) and comes back stopped.
                 signal(pid, nix::sys::signal::Signal::SIGCONT)?;
                 pid

@@ -33,10 +33,15 @@
 //!    [`Hop::handle_quiesced`]. The core records the [`Mark`]: inputs
 //!    consumed and outputs emitted at that instant. The VNF is frozen and
 //!    dumped (phase `Dumping`).
-//! 3. [`Hop::handle_checkpoint_complete`]: the image is durable. Held packets
+//! 3. Optionally [`Hop::handle_dumped`]: the image is taken and the VNF runs
+//!    again, but the image is not durable yet (it is being compressed and
+//!    stored; phase `Storing`). Delivery resumes: packets delivered now are
+//!    after the mark and stay held; nothing is released.
+//! 4. [`Hop::handle_checkpoint_complete`]: the image is durable. Held packets
 //!    below the mark are released; the mark becomes the restore point;
-//!    delivery resumes. A failed dump ([`Hop::handle_checkpoint_failed`]) or
-//!    a VNF failure meanwhile releases nothing.
+//!    delivery resumes. A failed dump or store
+//!    ([`Hop::handle_checkpoint_failed`]) or a VNF failure meanwhile releases
+//!    nothing.
 //!
 //! [`ReleaseRule::LastEmitted`] implements the paper's rule only so that the
 //! model tests can show it losing exactly-once; never use it in production.
@@ -316,6 +321,34 @@ pub enum CheckpointPhase {
         /// What it includes.
         mark: Mark,
     },
+    /// The image is taken and the VNF runs again; the image is being made
+    /// durable. Delivery goes on; nothing is released until it completes.
+    Storing {
+        /// The checkpoint.
+        id: CheckpointId,
+        /// When it began.
+        started: Instant,
+        /// What it includes.
+        mark: Mark,
+    },
+}
+
+impl CheckpointPhase {
+    /// Whether delivery to the VNF is stopped by this phase.
+    #[inline]
+    pub fn blocks_delivery(&self) -> bool {
+        matches!(self, Self::Draining { .. } | Self::Dumping { .. })
+    }
+
+    /// The checkpoint under way, if any.
+    pub fn id(&self) -> Option<CheckpointId> {
+        match *self {
+            Self::Idle => None,
+            Self::Draining { id, .. } | Self::Dumping { id, .. } | Self::Storing { id, .. } => {
+                Some(id)
+            }
+        }
+    }
 }
 
 /// What a delivery hands the I/O layer: send this packet to the VNF,
@@ -493,7 +526,7 @@ impl<P> Hop<P> {
     /// room. The packet stays held in `buffer_rx`.
     pub fn poll_delivery(&mut self) -> Option<Delivery<'_, P>> {
         if !matches!(self.state, HopState::Running)
-            || !matches!(self.phase, CheckpointPhase::Idle)
+            || self.phase.blocks_delivery()
             || self.tx.entries.len() >= self.tx.capacity
             || self.rx.next_deliver >= self.rx.end()
         {
@@ -527,7 +560,7 @@ impl<P> Hop<P> {
         max: usize,
         mut deliver: impl FnMut(Delivery<'_, P>),
     ) -> usize {
-        if !matches!(self.state, HopState::Running) || !matches!(self.phase, CheckpointPhase::Idle)
+        if !matches!(self.state, HopState::Running) || self.phase.blocks_delivery()
         {
             return 0;
         }
@@ -615,11 +648,8 @@ impl<P> Hop<P> {
         if !matches!(self.state, HopState::Running) {
             return Err(HoldError::Recovering);
         }
-        match self.phase {
-            CheckpointPhase::Idle => {}
-            CheckpointPhase::Draining { id, .. } | CheckpointPhase::Dumping { id, .. } => {
-                return Err(HoldError::CheckpointInProgress(id))
-            }
+        if let Some(id) = self.phase.id() {
+            return Err(HoldError::CheckpointInProgress(id));
         }
         let id = self.next_checkpoint;
         self.next_checkpoint += 1;
@@ -653,6 +683,22 @@ impl<P> Hop<P> {
         Ok(mark)
     }
 
+    /// The image of checkpoint `id` is taken and the VNF runs again, but the
+    /// image is not durable yet: delivery resumes, nothing is released.
+    pub fn handle_dumped(&mut self, id: CheckpointId) -> Result<Mark, HoldError> {
+        match self.phase {
+            CheckpointPhase::Dumping {
+                id: current,
+                started,
+                mark,
+            } if current == id => {
+                self.phase = CheckpointPhase::Storing { id, started, mark };
+                Ok(mark)
+            }
+            _ => Err(HoldError::WrongCheckpoint(id)),
+        }
+    }
+
     /// The image of checkpoint `id` is durable: release what it includes and
     /// make it the restore point.
     pub fn handle_checkpoint_complete(
@@ -671,11 +717,16 @@ impl<P> Hop<P> {
         now: Instant,
         release: impl FnMut(P),
     ) -> Result<CheckpointReport, HoldError> {
-        let CheckpointPhase::Dumping {
+        let (CheckpointPhase::Dumping {
             id: current,
             started,
             mark,
-        } = self.phase
+        }
+        | CheckpointPhase::Storing {
+            id: current,
+            started,
+            mark,
+        }) = self.phase
         else {
             return Err(HoldError::WrongCheckpoint(id));
         };
@@ -722,11 +773,8 @@ impl<P> Hop<P> {
     /// Checkpoint `id` failed (dump error, storage error): nothing is
     /// released, the previous restore point stays, delivery resumes.
     pub fn handle_checkpoint_failed(&mut self, id: CheckpointId) -> Result<(), HoldError> {
-        match self.phase {
-            CheckpointPhase::Draining { id: current, .. }
-            | CheckpointPhase::Dumping { id: current, .. }
-                if current == id =>
-            {
+        match self.phase.id() {
+            Some(current) if current == id => {
                 self.phase = CheckpointPhase::Idle;
                 self.stats.checkpoint_failures += 1;
                 Ok(())

@@ -181,7 +181,8 @@ pub enum Op {
     Advance(usize),
     /// Start a checkpoint of hop `i`.
     BeginCheckpoint(usize),
-    /// Advance hop `i`'s checkpoint: quiesced -> dump, dumped -> commit.
+    /// Advance hop `i`'s checkpoint: quiesced -> dump, dumped -> store,
+    /// stored -> commit.
     StepCheckpoint(usize),
     /// Hop `i`'s dump fails (storage error).
     FailCheckpoint(usize),
@@ -456,7 +457,16 @@ impl Sim {
                 vnf.pending_image = Some((id, vnf.state.clone()));
                 true
             }
+            // The dump is taken and the VNF thawed; the image is stored
+            // while traffic flows again (and the VNF may crash meanwhile).
             CheckpointPhase::Dumping { id, .. } => {
+                if vnf.pending_image.as_ref().map(|(k, _)| *k) != Some(id) {
+                    return false;
+                }
+                hop.handle_dumped(id).expect("dumping checkpoint accepts dumped");
+                true
+            }
+            CheckpointPhase::Storing { id, .. } => {
                 let Some((image_id, image)) = vnf.pending_image.take() else {
                     return false;
                 };
@@ -476,12 +486,12 @@ impl Sim {
 
     fn fail_checkpoint(&mut self, i: usize) -> bool {
         let hop = self.chain.hop_mut(i);
-        match hop.checkpoint_phase() {
-            CheckpointPhase::Draining { id, .. } | CheckpointPhase::Dumping { id, .. } => {
+        match hop.checkpoint_phase().id() {
+            Some(id) => {
                 self.vnfs[i].pending_image = None;
                 hop.handle_checkpoint_failed(id).is_ok()
             }
-            CheckpointPhase::Idle => false,
+            None => false,
         }
     }
 

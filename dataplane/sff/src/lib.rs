@@ -145,8 +145,10 @@ pub struct SffConfig {
     pub spi: u32,
     /// Hold/Release sizing.
     pub hop: HopConfig,
-    /// False: VNFs are not checkpointed yet, so packets are released as
-    /// soon as they are delivered (no exactly-once across VNF failures).
+    /// Whether hops start protected. An unprotected hop's VNF is not
+    /// checkpointed, so packets are released as soon as they are delivered
+    /// (no exactly-once across its failures). [`Command::SetProtected`]
+    /// changes it per hop at runtime.
     pub protect: bool,
     /// Packet buffers.
     pub pool_slots: usize,
@@ -275,6 +277,21 @@ pub enum Command {
         hop: usize,
         id: CheckpointId,
         reply: mpsc::Sender<Result<Mark, HoldError>>,
+    },
+    /// `Hop::handle_dumped`: the image is taken and the VNF thawed;
+    /// delivery resumes while the image is stored.
+    CheckpointDumped {
+        hop: usize,
+        id: CheckpointId,
+        reply: mpsc::Sender<Result<Mark, HoldError>>,
+    },
+    /// Hold packets for this hop until checkpoints include them (true), or
+    /// release them on delivery (false: the VNF is not protected). Answers
+    /// with the packets released by the change.
+    SetProtected {
+        hop: usize,
+        protected: bool,
+        reply: mpsc::Sender<u64>,
     },
     /// `Hop::handle_checkpoint_complete`: the image is durable; release.
     CheckpointDone {
@@ -448,6 +465,8 @@ struct Engine {
     in_flight: Vec<std::collections::VecDeque<u64>>,
     /// Per hop: when the VNF last sent something back.
     last_output: Vec<std::time::Instant>,
+    /// Per hop: packets held until a checkpoint includes them.
+    protected: Vec<bool>,
     commands: mpsc::Receiver<Command>,
 }
 
@@ -472,6 +491,7 @@ impl Engine {
             .collect::<Result<Vec<_>, _>>()?;
         let burst = config.burst.max(1);
         let hops_len = config.hops.len();
+        let protected = vec![config.protect; hops_len];
         Ok(Self {
             pool: Pool::new(config.pool_slots),
             config,
@@ -487,6 +507,7 @@ impl Engine {
             slots: Vec::with_capacity(burst),
             in_flight: vec![std::collections::VecDeque::new(); hops_len],
             last_output: vec![std::time::Instant::now(); hops_len],
+            protected,
             commands,
         })
     }
@@ -533,6 +554,25 @@ impl Engine {
                         continue;
                     };
                     let _ = reply.send(chain.hop_mut(hop).handle_quiesced(id));
+                }
+                Command::CheckpointDumped { hop, id, reply } if hop_ok(hop) => {
+                    let _ = reply.send(chain.hop_mut(hop).handle_dumped(id));
+                }
+                Command::SetProtected {
+                    hop,
+                    protected,
+                    reply,
+                } if hop_ok(hop) => {
+                    self.protected[hop] = protected;
+                    let pool = &mut self.pool;
+                    let released = if protected {
+                        0
+                    } else {
+                        chain
+                            .hop_mut(hop)
+                            .release_delivered(|slot| pool.release(slot))
+                    };
+                    let _ = reply.send(released);
                 }
                 Command::CheckpointDone { hop, id, reply } if hop_ok(hop) => {
                     let pool = &mut self.pool;
@@ -701,7 +741,7 @@ impl Engine {
         self.in_flight[i].extend(scratch[..sent].iter().map(|&(_, seq, _)| seq));
         SffCounters::add(&self.counters.delivered, sent as u64);
         SffCounters::add(&self.counters.tx_refused, (scratch.len() - sent) as u64);
-        if !self.config.protect {
+        if !self.protected[i] {
             let pool = &mut self.pool;
             chain
                 .hop_mut(i)
