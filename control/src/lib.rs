@@ -24,6 +24,7 @@ pub mod error;
 pub mod protect;
 pub mod runtime;
 pub mod service;
+pub mod store;
 pub mod validate;
 
 /// Connects to `nhamd` at `addr`: `unix:/path/to/socket` or an
