@@ -404,8 +404,10 @@ fn dropped_packet_is_applied_twice_under_paper_rule_only() {
                 s.apply(op);
             }
             let dropped = s.accepted_log(0).len() == before;
+            // Quiesced, dumped (VNF thawed), stored (committed).
             for op in [
                 Op::BeginCheckpoint(0),
+                Op::StepCheckpoint(0),
                 Op::StepCheckpoint(0),
                 Op::StepCheckpoint(0),
             ] {
