@@ -233,7 +233,7 @@ impl Lab {
                 tx_capacity: 1024,
                 ..HopConfig::default()
             },
-            protect: s.protect,
+            protect: vec![s.protect; self.hops.len()],
             pool_slots: 16384,
             burst: s.burst,
             poll: s.poll,
@@ -517,19 +517,26 @@ pub fn protected_trial(
     expected: &[Vec<u8>],
     images: &Path,
 ) -> Result<ProtectedRun> {
-    use nham_control::protect::ProtectedVnf;
+    use nham_control::protect::{Mechanism, ProtectedVnf, StoreSlot};
     let n = lab.kinds().len();
+    let store = Arc::new(nham_control::store::Store::open(&images.join("state"))?);
     let mut vnfs: Vec<ProtectedVnf> = (0..n)
         .map(|i| {
             ProtectedVnf::new(
                 i,
                 lab.vnf_pid(i),
                 &lab.vnf_netns(i).path(),
-                &images.join(format!("vnf{i}")),
                 lab.vnf_command(i),
+                StoreSlot {
+                    store: store.clone(),
+                    chain: "lab".into(),
+                    vnf: format!("vnf{i}"),
+                    scratch: images.join(format!("vnf{i}")),
+                },
+                Mechanism::NoReplica,
             )
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let done = AtomicBool::new(false);
     let (mut checkpoints, mut recoveries, mut restored) = (0, 0, 0);
     let (mut pause_ms, mut recovery_ms) = (Vec::new(), Vec::new());

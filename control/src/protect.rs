@@ -1,5 +1,6 @@
-//! The checkpoint protocol and 0R recovery for one VNF, tying CRIU to the
-//! Hold/Release core in the SFF thread (through [`nham_sff::Command`]).
+//! The State Synchronizer of one VNF: the checkpoint protocol (Hold/Release
+//! in the SFF thread, through [`nham_sff::Command`], plus CRIU and the state
+//! database) and recovery by mechanism (0R, 1R-AS).
 //!
 //! # Checkpoint (what the image includes is what the VNF consumed)
 //!
@@ -19,32 +20,48 @@
 //!    both sides of the mark agree, because the image holds the half-done
 //!    work and the VNF will emit those outputs next, whether it resumes or
 //!    is restored.
-//! 5. `criu dump --leave-running`, then SIGCONT.
-//! 6. `CheckpointDone`: held packets before the mark are released. Any
-//!    error on the way: `CheckpointFailed`, SIGCONT; nothing is released.
+//! 5. CRIU dump (`leave_running`) through a `criu swrk` worker started
+//!    ahead of time, then SIGCONT and `CheckpointDumped`: delivery resumes.
+//!    The delivery pause ends here.
+//! 6. The image is compressed, hashed and synced into the [`Store`], then
+//!    `CheckpointDone`: held packets before the mark are released. Any error
+//!    on the way: `CheckpointFailed`, SIGCONT; nothing is released.
 //!
-//! # Recovery (0R)
+//! # Recovery
 //!
-//! `Failure` (the SFF stops the hop and names the checkpoint), restore the
-//! image into the VNF's namespace (or start the command afresh when there is
-//! no checkpoint yet), `Restored` (the SFF replays every held packet after
-//! the mark, in order).
+//! `Failure` (the SFF stops the hop, bumps its epoch and names the committed
+//! checkpoint), bring the VNF back, `Restored` (the SFF replays every held
+//! packet after the mark, in order).
+//!
+//! - [`Mechanism::NoReplica`] (0R): a new instance: read the checkpoint from
+//!   the store, check it (a corrupt one is never restored), unpack it, start
+//!   `criu swrk`, restore.
+//! - [`Mechanism::ActiveStandby`] (1R-AS): the standby is prepared in
+//!   advance: a `criu swrk` process already running with the VNF's namespace
+//!   in hand, and the latest committed image already checked and unpacked.
+//!   On failure it imports the image at once.
+//!
+//! Before the first checkpoint there is no image: the command starts afresh
+//! and every held packet is replayed from the start.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nham_dataplane::hold::CheckpointId;
 use nham_sff::{Command as SffCommand, SffHandle};
 use thiserror::Error;
 
-use crate::criu;
+use crate::criu::{self, Swrk};
+use crate::store::{Store, StoreError};
 
 /// How long a stopped VNF's last outputs get to reach the SFF.
 pub const OUTPUT_SETTLE: Duration = Duration::from_millis(3);
 /// How long a VNF gets to drain its socket before the checkpoint is given up.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+/// Checkpoints kept per VNF in the store.
+pub const KEEP_CHECKPOINTS: usize = 2;
 
 /// Errors of the protocol.
 #[derive(Debug, Error)]
@@ -55,6 +72,9 @@ pub enum ProtectError {
     /// CRIU failed.
     #[error(transparent)]
     Criu(#[from] criu::CriuError),
+    /// The state database failed, or the checkpoint is corrupt.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The VNF did not drain its socket in time.
     #[error("VNF {pid} still had {rmem} bytes queued after {DRAIN_TIMEOUT:?}")]
     NotDrained {
@@ -89,6 +109,36 @@ fn signal(pid: u32, s: nix::sys::signal::Signal) -> Result<(), ProtectError> {
         .map_err(|e| ProtectError::Process(format!("{s} to {pid}: {e}")))
 }
 
+/// How a protected VNF is brought back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    /// 0R: a new instance, restored from the store.
+    NoReplica,
+    /// 1R-AS: a standby prepared in advance imports the latest image.
+    ActiveStandby,
+}
+
+/// A 1R-AS standby: a `criu swrk` with the VNF's namespace, and the image of
+/// checkpoint `id`, checked and unpacked in `dir`.
+#[derive(Debug)]
+struct Standby {
+    swrk: Option<Swrk>,
+    staged: Option<(CheckpointId, PathBuf)>,
+}
+
+/// Where one VNF's checkpoints go in the store, and its scratch space.
+#[derive(Debug, Clone)]
+pub struct StoreSlot {
+    /// The state database.
+    pub store: Arc<Store>,
+    /// Chain name (store key).
+    pub chain: String,
+    /// VNF name (store key).
+    pub vnf: String,
+    /// Scratch directory for images being dumped or restored (tmpfs is best).
+    pub scratch: PathBuf,
+}
+
 /// One protected VNF.
 #[derive(Debug)]
 pub struct ProtectedVnf {
@@ -98,12 +148,13 @@ pub struct ProtectedVnf {
     pub pid: u32,
     /// Its network namespace file.
     pub netns: PathBuf,
-    /// Where its images go (one directory per checkpoint).
-    pub images: PathBuf,
     /// Its command, to start it afresh when no checkpoint exists yet.
     pub command: Vec<String>,
-    /// Committed images by checkpoint id (only the latest is kept).
-    committed: BTreeMap<CheckpointId, PathBuf>,
+    slot: StoreSlot,
+    mechanism: Mechanism,
+    /// A `criu swrk` ready for the next dump.
+    dump_worker: Option<Swrk>,
+    standby: Standby,
 }
 
 /// What a checkpoint took.
@@ -111,12 +162,16 @@ pub struct ProtectedVnf {
 pub struct CheckpointStats {
     /// The checkpoint.
     pub id: CheckpointId,
-    /// Delivery paused (begin to done).
+    /// Delivery paused (begin to dumped).
     pub pause: Duration,
     /// The VNF stopped (SIGSTOP to SIGCONT).
     pub frozen: Duration,
-    /// Image bytes.
+    /// Begin to durable and released.
+    pub total: Duration,
+    /// Image bytes (CRIU's).
     pub size: u64,
+    /// Bytes in the store (compressed).
+    pub stored: u64,
     /// Packets released.
     pub released: u64,
 }
@@ -130,19 +185,71 @@ pub struct RecoveryStats {
     pub replay: u64,
     /// Whether an image was restored (false: started afresh).
     pub restored: bool,
+    /// Its new process.
+    pub pid: u32,
 }
 
 impl ProtectedVnf {
-    /// A VNF at `hop`, running as `pid` in `netns`.
-    pub fn new(hop: usize, pid: u32, netns: &Path, images: &Path, command: Vec<String>) -> Self {
-        Self {
+    /// A VNF at `hop`, running as `pid` in `netns`, checkpointed into `slot`.
+    pub fn new(
+        hop: usize,
+        pid: u32,
+        netns: &Path,
+        command: Vec<String>,
+        slot: StoreSlot,
+        mechanism: Mechanism,
+    ) -> Result<Self, ProtectError> {
+        std::fs::create_dir_all(&slot.scratch).map_err(|e| {
+            ProtectError::Process(format!("creating {}: {e}", slot.scratch.display()))
+        })?;
+        let mut v = Self {
             hop,
             pid,
             netns: netns.to_path_buf(),
-            images: images.to_path_buf(),
             command,
-            committed: BTreeMap::new(),
+            slot,
+            mechanism: Mechanism::NoReplica,
+            dump_worker: None,
+            standby: Standby {
+                swrk: None,
+                staged: None,
+            },
+        };
+        v.set_mechanism(mechanism)?;
+        Ok(v)
+    }
+
+    /// The mechanism.
+    pub fn mechanism(&self) -> Mechanism {
+        self.mechanism
+    }
+
+    /// Changes the mechanism: a 1R-AS standby is prepared now (from the
+    /// latest checkpoint in the store, if any), a 0R VNF lets it go.
+    pub fn set_mechanism(&mut self, m: Mechanism) -> Result<(), ProtectError> {
+        self.mechanism = m;
+        match m {
+            Mechanism::NoReplica => {
+                self.standby.swrk = None;
+                if let Some((_, dir)) = self.standby.staged.take() {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+            Mechanism::ActiveStandby => {
+                if self.standby.swrk.is_none() {
+                    self.standby.swrk = Some(Swrk::spawn(Some(&self.netns))?);
+                }
+                if self.standby.staged.is_none() {
+                    let s = &self.slot;
+                    if let Some(meta) = s.store.list(&s.chain, &s.vnf)?.pop() {
+                        let dir = s.scratch.join("standby");
+                        s.store.unpack(&meta, &dir)?;
+                        self.standby.staged = Some((meta.id, dir));
+                    }
+                }
+            }
         }
+        Ok(())
     }
 
     /// Runs the checkpoint protocol once.
@@ -199,11 +306,14 @@ impl ProtectedVnf {
             let _ = resume(self.pid);
             return Err(fail(sff, e));
         }
-        // 5. Dump, resume.
-        let dir = self.images.join(format!("ckpt-{id}"));
-        let dumped = criu::dump(None, self.pid, &self.netns, &dir);
+        // 5. Dump with the worker started ahead of time, resume, deliver.
+        let dir = self.slot.scratch.join(format!("ckpt-{id}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let dumped = criu::dump(self.dump_worker.take(), self.pid, &self.netns, &dir);
         let _ = resume(self.pid);
         let frozen = frozen_at.elapsed();
+        // The next dump's worker starts now, off the pause.
+        self.dump_worker = Swrk::spawn(None).ok();
         let report = match dumped {
             Ok(r) => r,
             Err(e) => {
@@ -211,38 +321,67 @@ impl ProtectedVnf {
                 return Err(fail(sff, e.into()));
             }
         };
-        // 6. Commit and release.
+        if let Err(e) = sff
+            .command(|reply| SffCommand::CheckpointDumped { hop, id, reply })
+            .map_err(sff_err)
+            .and_then(|r| r.map_err(sff_err))
+        {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(fail(sff, e));
+        }
+        let pause = started.elapsed();
+        // 6. Durable, then commit and release.
+        let s = &self.slot;
+        let meta = match s.store.put(&s.chain, &s.vnf, id, &dir) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(fail(sff, e.into()));
+            }
+        };
         let done = sff
             .command(|reply| SffCommand::CheckpointDone { hop, id, reply })
             .map_err(sff_err)?
             .map_err(sff_err)?;
-        for (_, old) in std::mem::take(&mut self.committed) {
-            let _ = std::fs::remove_dir_all(old);
+        let _ = s.store.gc(&s.chain, &s.vnf, KEEP_CHECKPOINTS);
+        // The standby takes the image it will import; 0R keeps only the
+        // store's copy.
+        match self.mechanism {
+            Mechanism::ActiveStandby => {
+                let staged = s.scratch.join("standby");
+                let _ = std::fs::remove_dir_all(&staged);
+                std::fs::rename(&dir, &staged).map_err(|e| {
+                    ProtectError::Process(format!("staging {}: {e}", staged.display()))
+                })?;
+                self.standby.staged = Some((id, staged));
+            }
+            Mechanism::NoReplica => {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
         }
-        self.committed.insert(id, dir);
         Ok(CheckpointStats {
             id,
-            pause: started.elapsed(),
+            pause,
             frozen,
+            total: started.elapsed(),
             size: report.size,
+            stored: meta.stored_bytes,
             released: done.released,
         })
     }
 
-    /// The VNF process is gone: restore it (0R) and let the SFF replay.
+    /// The VNF process is gone: bring it back by its mechanism and let the
+    /// SFF replay.
     pub fn recover(&mut self, sff: &SffHandle) -> Result<RecoveryStats, ProtectError> {
         let started = Instant::now();
         let hop = self.hop;
         let plan = sff
             .command(|reply| SffCommand::Failure { hop, reply })
             .map_err(sff_err)?;
-        let image = plan
-            .checkpoint
-            .and_then(|id| self.committed.get(&id).cloned());
-        let restored = image.is_some();
-        self.pid = match image {
-            Some(dir) => {
-                let pid = criu::restore(None, &dir, &self.netns)?.0;
+        let restored = plan.checkpoint.is_some();
+        self.pid = match plan.checkpoint {
+            Some(id) => {
+                let pid = self.restore(id)?;
                 // It was dumped while stopped (step 3) and comes back stopped.
                 signal(pid, nix::sys::signal::Signal::SIGCONT)?;
                 pid
@@ -253,11 +392,44 @@ impl ProtectedVnf {
             .command(|reply| SffCommand::Restored { hop, reply })
             .map_err(sff_err)?
             .map_err(sff_err)?;
+        let duration = started.elapsed();
+        // Prepare the next standby, off the recovery path.
+        if self.mechanism == Mechanism::ActiveStandby && self.standby.swrk.is_none() {
+            self.standby.swrk = Swrk::spawn(Some(&self.netns)).ok();
+        }
         Ok(RecoveryStats {
-            duration: started.elapsed(),
+            duration,
             replay: r.replay,
             restored,
+            pid: self.pid,
         })
+    }
+
+    /// Restores checkpoint `id`: from the standby when it holds that image,
+    /// else from the store (checked before anything is handed to CRIU).
+    fn restore(&mut self, id: CheckpointId) -> Result<u32, ProtectError> {
+        if self.mechanism == Mechanism::ActiveStandby {
+            if let Some((staged, dir)) = &self.standby.staged {
+                if *staged == id {
+                    let dir = dir.clone();
+                    return Ok(criu::restore(self.standby.swrk.take(), &dir, &self.netns)?.0);
+                }
+            }
+        }
+        let s = &self.slot;
+        let meta = s
+            .store
+            .get(&s.chain, &s.vnf, id)?
+            .ok_or(StoreError::Missing {
+                chain: s.chain.clone(),
+                vnf: s.vnf.clone(),
+                id,
+            })?;
+        let dir = s.scratch.join(format!("restore-{id}"));
+        s.store.unpack(&meta, &dir)?;
+        let r = criu::restore(None, &dir, &self.netns);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(r?.0)
     }
 
     fn start_fresh(&self) -> Result<u32, ProtectError> {
@@ -278,24 +450,37 @@ impl ProtectedVnf {
         .map_err(|_| ProtectError::Process("spawn thread panicked".into()))?
         .map_err(|e| ProtectError::Process(format!("starting {:?}: {e}", self.command)))?;
         let pid = child.id();
-        // Replay must not start before the VNF has its socket open, or the
-        // first frames would go nowhere: wait for a packet socket to appear
-        // in its namespace.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let sockets = std::fs::read_to_string(format!("/proc/{pid}/net/packet"))
-                .map(|t| t.lines().count().saturating_sub(1))
-                .unwrap_or(0);
-            if sockets > 0 {
-                return Ok(pid);
-            }
-            if Instant::now() > deadline {
-                return Err(ProtectError::Process(format!(
-                    "{:?} opened no packet socket in 5 s",
-                    self.command
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        // The Child is dropped without a wait: whoever watches the VNF
+        // (pidfd) reaps it.
+        drop(child);
+        wait_for_packet_socket(pid, &self.command)?;
+        Ok(pid)
+    }
+}
+
+/// Waits until process `pid` has a packet socket open in its namespace:
+/// replay must not start before the VNF listens, or the first frames would
+/// go nowhere.
+pub fn wait_for_packet_socket(pid: u32, what: &[String]) -> Result<(), ProtectError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let sockets = std::fs::read_to_string(format!("/proc/{pid}/net/packet"))
+            .map(|t| t.lines().count().saturating_sub(1))
+            .unwrap_or(0);
+        if sockets > 0 {
+            return Ok(());
         }
+        if Instant::now() > deadline {
+            return Err(ProtectError::Process(format!(
+                "{what:?} opened no packet socket in 5 s"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+impl Drop for ProtectedVnf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.slot.scratch);
     }
 }

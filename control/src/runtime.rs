@@ -4,23 +4,47 @@
 //! end (`n<chain>v<i>`) stays in the daemon's namespace, where the SFF serves
 //! it. The VNF's command starts in its namespace by forking from a thread
 //! that entered it with `setns` (nsenter-style: no extra mount namespace, so
-//! CRIU can dump it later). Every VNF process is watched through a pidfd: its
-//! exit is seen the moment it happens.
+//! CRIU can dump it later). It runs under `setsid` (CRIU dumps trees whose
+//! root leads its own session) with stdout and stderr on a log file (CRIU
+//! restores files, not pipes to the daemon). Every VNF process is watched
+//! through a pidfd: its exit is seen the moment it happens. A protected VNF
+//! (0R, 1R-AS) has a [`ProtectedVnf`] agent, its State Synchronizer.
 //!
 //! Invariant: dropping a [`ChainRuntime`] stops the SFF, kills and reaps
 //! every VNF process and deletes every namespace (and so every veth) it made.
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
-use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nham_netns::{unique_name, veth_pair_here, Netns};
 use nham_sff::{PollPolicy, PortSpec, SffConfig, SffHandle};
 
 use crate::api;
 use crate::error::ControlError;
+use crate::protect::{self, ProtectedVnf, StoreSlot};
+use crate::store::Store;
 use crate::validate::{ChainPlan, VnfPlan};
+
+/// A protected VNF's agent, shared by its checkpoint schedule and recovery.
+pub type Agent = Arc<Mutex<ProtectedVnf>>;
+
+/// The agent's mechanism for an API mechanism, if it is one the daemon
+/// protects with checkpoints (`None` for MECHANISM_NONE).
+pub fn protection(m: api::Mechanism) -> Result<Option<protect::Mechanism>, ControlError> {
+    match m {
+        api::Mechanism::None => Ok(None),
+        api::Mechanism::Mechanism0r => Ok(Some(protect::Mechanism::NoReplica)),
+        api::Mechanism::Mechanism1rAs => Ok(Some(protect::Mechanism::ActiveStandby)),
+        other => Err(ControlError::Unimplemented(format!(
+            "{} is not implemented yet (0R and 1R-AS are); use MECHANISM_NONE, MECHANISM_0R or MECHANISM_1R_AS",
+            other.as_str_name()
+        ))),
+    }
+}
 
 /// One VNF's runtime.
 #[derive(Debug)]
@@ -29,8 +53,16 @@ pub struct VnfRuntime {
     pub plan: VnfPlan,
     /// Its namespace.
     pub netns: Netns,
-    /// The process, while it runs.
-    pub child: Option<Child>,
+    /// The process, while it runs (started by us or restored as our child).
+    pub pid: Option<u32>,
+    /// Its command line, placeholders replaced, as it is started.
+    pub argv: Vec<String>,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
+    /// Its State Synchronizer, when protected.
+    pub agent: Option<Agent>,
+    /// Checkpoints taken.
+    pub checkpoints: u64,
     /// Its state.
     pub state: api::VnfState,
     /// Failures seen.
@@ -44,35 +76,34 @@ pub struct VnfRuntime {
 }
 
 impl VnfRuntime {
-    /// Its process id, if running.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
     /// Its status as the API shows it.
     pub fn status(&self) -> api::VnfStatus {
         api::VnfStatus {
             name: self.plan.name.clone(),
             state: self.state as i32,
-            pid: self.pid().unwrap_or(0),
+            pid: self.pid.unwrap_or(0),
             netns: self.netns.name().to_string(),
             mechanism: self.plan.mechanism as i32,
             failures: self.failures,
             recoveries: self.recoveries,
-            checkpoints: 0,
+            checkpoints: self.checkpoints,
         }
     }
 
-    /// Starts the VNF's command in its namespace; returns a pidfd to watch.
+    /// Starts the VNF's command in its namespace, waits until it listens on
+    /// a packet socket, and returns a pidfd to watch.
     pub fn start(&mut self) -> Result<OwnedFd, ControlError> {
         let ns = self.netns.name().to_string();
-        let argv: Vec<String> = self
-            .plan
-            .command
-            .iter()
-            .map(|a| a.replace("{iface}", VNF_IFACE).replace("{netns}", &ns))
-            .collect();
+        let argv = self.argv.clone();
         let env = self.plan.env.clone();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| ControlError::Process(format!("{}: {e}", self.log.display())))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| ControlError::Process(format!("{}: {e}", self.log.display())))?;
         let child = self
             .netns
             .run(move || {
@@ -82,30 +113,46 @@ impl VnfRuntime {
                     .env("NHAM_IFACE", VNF_IFACE)
                     .env("NHAM_NETNS", &ns)
                     .stdin(Stdio::null())
-                    .stdout(Stdio::null())
+                    .stdout(out)
+                    .stderr(err)
                     .spawn()
             })?
             .map_err(|e| ControlError::Process(format!("starting {:?}: {e}", self.plan.command)))?;
-        let pid = rustix::process::Pid::from_raw(child.id() as i32)
-            .ok_or_else(|| ControlError::Process("child has pid 0".into()))?;
-        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
-            .map_err(|e| ControlError::Process(format!("pidfd_open({pid:?}): {e}")))?;
-        self.child = Some(child);
-        self.state = api::VnfState::Running;
+        let pid = child.id();
+        // The Child handle goes; the pidfd watcher reaps the process.
+        drop(child);
+        self.adopt(pid)
+    }
+
+    /// Takes `pid` (started or restored) as the VNF's process: waits until it
+    /// listens on a packet socket and returns a pidfd to watch.
+    pub fn adopt(&mut self, pid: u32) -> Result<OwnedFd, ControlError> {
+        let pidfd = pidfd(pid)?;
+        self.pid = Some(pid);
         self.incarnation += 1;
+        // A VNF that never opens a packet socket (an AF_XDP one, say) is
+        // taken as ready after the wait; frames sent before it listens would
+        // be lost to it, so say so.
+        if let Err(e) = protect::wait_for_packet_socket(pid, &self.plan.command) {
+            tracing::warn!(vnf = self.plan.name, "{e}; taking it as ready");
+        }
+        self.state = api::VnfState::Running;
         Ok(pidfd)
     }
 
     /// Reaps the process after its pidfd said it exited.
-    pub fn reap(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.wait();
-        }
+    pub fn reap(&mut self, pidfd: &OwnedFd) {
+        use std::os::fd::AsFd;
+        let _ = rustix::process::waitid(
+            rustix::process::WaitId::PidFd(pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOHANG,
+        );
+        self.pid = None;
     }
 
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), ControlError> {
-        let pid = self.pid().ok_or_else(|| {
+        let pid = self.pid.ok_or_else(|| {
             ControlError::FailedPrecondition(format!("VNF {} is not running", self.plan.name))
         })?;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
@@ -113,11 +160,20 @@ impl VnfRuntime {
     }
 }
 
+fn pidfd(pid: u32) -> Result<OwnedFd, ControlError> {
+    let p = rustix::process::Pid::from_raw(pid as i32)
+        .ok_or_else(|| ControlError::Process("process has pid 0".into()))?;
+    rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+        .map_err(|e| ControlError::Process(format!("pidfd_open({pid}): {e}")))
+}
+
 impl Drop for VnfRuntime {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        self.agent = None;
+        if let Some(pid) = self.pid.take() {
+            let p = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(p, None);
         }
     }
 }
@@ -133,7 +189,22 @@ pub struct ChainRuntime {
     /// VNFs in order.
     pub vnfs: Vec<VnfRuntime>,
     /// The SFF thread (stopped before the VNFs go).
-    pub sff: Option<SffHandle>,
+    pub sff: Option<Arc<SffHandle>>,
+    /// Where this chain's VNF logs and scratch images live.
+    pub work: PathBuf,
+}
+
+/// Where the daemon keeps state.
+#[derive(Debug, Clone)]
+pub struct StateOptions {
+    /// The state database.
+    pub store: Arc<Store>,
+    /// VNF logs (`<dir>/<chain>/<vnf>.log`).
+    pub logs: PathBuf,
+    /// Scratch space for images being dumped and restored (tmpfs is best).
+    pub scratch: PathBuf,
+    /// Checkpoint period for VNFs that do not set one.
+    pub checkpoint_interval: Duration,
 }
 
 /// How the daemon runs SFFs.
@@ -162,9 +233,16 @@ impl ChainRuntime {
         id: u32,
         plan: ChainPlan,
         sff: SffOptions,
+        state: &StateOptions,
     ) -> Result<(Self, Vec<OwnedFd>), ControlError> {
         let mut vnfs = Vec::new();
         let mut hops = Vec::new();
+        let work = state.scratch.join(&plan.name);
+        let logs = state.logs.join(&plan.name);
+        for dir in [&work, &logs] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ControlError::Process(format!("{}: {e}", dir.display())))?;
+        }
         for (i, v) in plan.vnfs.iter().enumerate() {
             let netns = Netns::create(&unique_name("nhc"))?;
             let (here, there) = veth_pair_here(&format!("n{id:x}v{i}"), &netns, VNF_IFACE)?;
@@ -174,10 +252,24 @@ impl ChainRuntime {
                 mac: here.mac,
                 peer_mac: there.mac,
             });
+            let ns = netns.name().to_string();
+            // `setsid` execs in place (same pid): the VNF leads a session of
+            // its own, as CRIU wants of the root of a tree it dumps.
+            let argv = std::iter::once("setsid".to_string())
+                .chain(
+                    v.command
+                        .iter()
+                        .map(|a| a.replace("{iface}", VNF_IFACE).replace("{netns}", &ns)),
+                )
+                .collect();
             vnfs.push(VnfRuntime {
                 plan: v.clone(),
                 netns,
-                child: None,
+                pid: None,
+                argv,
+                log: logs.join(format!("{}.log", v.name)),
+                agent: None,
+                checkpoints: 0,
                 state: api::VnfState::Unspecified,
                 failures: 0,
                 recoveries: 0,
@@ -189,12 +281,17 @@ impl ChainRuntime {
             plan,
             vnfs,
             sff: None,
+            work,
         };
         let pidfds = runtime
             .vnfs
             .iter_mut()
             .map(VnfRuntime::start)
             .collect::<Result<Vec<_>, _>>()?;
+        let mut protect = Vec::new();
+        for v in &runtime.vnfs {
+            protect.push(protection(v.plan.mechanism)?.is_some());
+        }
         let config = SffConfig {
             ingress: port_spec(&runtime.plan.ingress)?,
             egress: port_spec(&runtime.plan.egress)?,
@@ -206,7 +303,7 @@ impl ChainRuntime {
                 tx_capacity: 1024,
                 ..Default::default()
             },
-            protect: false,
+            protect,
             pool_slots: 16384,
             burst: 32,
             poll: sff.poll,
@@ -215,8 +312,71 @@ impl ChainRuntime {
             vnf_window: 512,
             vnf_window_timeout: std::time::Duration::from_millis(2),
         };
-        runtime.sff = Some(nham_sff::spawn(None, config)?);
+        runtime.sff = Some(Arc::new(nham_sff::spawn(None, config)?));
+        for hop in 0..runtime.vnfs.len() {
+            let m = runtime.vnfs[hop].plan.mechanism;
+            runtime.protect(hop, m, state)?;
+        }
         Ok((runtime, pidfds))
+    }
+
+    /// Gives VNF `hop` mechanism `m`: makes, changes or drops its agent and
+    /// tells the SFF whether to hold its packets.
+    pub fn protect(
+        &mut self,
+        hop: usize,
+        m: api::Mechanism,
+        state: &StateOptions,
+    ) -> Result<(), ControlError> {
+        let wanted = protection(m)?;
+        let sff = self.sff.clone().ok_or_else(|| {
+            ControlError::FailedPrecondition("the chain's SFF is not running".into())
+        })?;
+        let chain = self.plan.name.clone();
+        let v = &mut self.vnfs[hop];
+        match (wanted, v.agent.clone()) {
+            (None, None) => {}
+            (None, Some(_)) => {
+                v.agent = None;
+                sff.command(|reply| nham_sff::Command::SetProtected {
+                    hop,
+                    protected: false,
+                    reply,
+                })?;
+            }
+            (Some(mech), Some(agent)) => agent
+                .lock()
+                .expect("agent lock")
+                .set_mechanism(mech)
+                .map_err(|e| ControlError::Process(e.to_string()))?,
+            (Some(mech), None) => {
+                let pid = v.pid.ok_or_else(|| {
+                    ControlError::FailedPrecondition(format!("VNF {} is not running", v.plan.name))
+                })?;
+                let agent = ProtectedVnf::new(
+                    hop,
+                    pid,
+                    &v.netns.path(),
+                    v.argv.clone(),
+                    StoreSlot {
+                        store: state.store.clone(),
+                        chain,
+                        vnf: v.plan.name.clone(),
+                        scratch: self.work.join(&v.plan.name),
+                    },
+                    mech,
+                )
+                .map_err(|e| ControlError::Process(e.to_string()))?;
+                sff.command(|reply| nham_sff::Command::SetProtected {
+                    hop,
+                    protected: true,
+                    reply,
+                })?;
+                v.agent = Some(Arc::new(Mutex::new(agent)));
+            }
+        }
+        v.plan.mechanism = m;
+        Ok(())
     }
 
     /// The chain's state.
@@ -235,6 +395,16 @@ impl ChainRuntime {
             state: self.state() as i32,
             vnfs: self.vnfs.iter().map(VnfRuntime::status).collect(),
         }
+    }
+
+    /// The index of the VNF called `name`.
+    pub fn vnf_index(&self, name: &str) -> Result<usize, ControlError> {
+        self.vnfs
+            .iter()
+            .position(|v| v.plan.name == name)
+            .ok_or_else(|| {
+                ControlError::NotFound(format!("chain {:?} has no VNF {name:?}", self.plan.name))
+            })
     }
 
     /// The VNF called `name`.
@@ -257,10 +427,22 @@ impl ChainRuntime {
 
 impl Drop for ChainRuntime {
     fn drop(&mut self) {
-        // Stop the SFF first: it holds the ports on the VNF links.
-        if let Some(s) = self.sff.take() {
-            let _ = s.stop();
+        // Agents first (they hold the SFF), then the SFF: it holds the ports
+        // on the VNF links.
+        for v in &mut self.vnfs {
+            v.agent = None;
         }
+        if let Some(s) = self.sff.take() {
+            match Arc::try_unwrap(s) {
+                Ok(s) => {
+                    let _ = s.stop();
+                }
+                // A checkpoint or recovery still holds it; it stops when
+                // that lets go.
+                Err(s) => drop(s),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.work);
     }
 }
 

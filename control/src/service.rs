@@ -1,17 +1,22 @@
 //! The gRPC services of `nhamd` over one registry of chains.
 //!
 //! Chain creation and deletion run on blocking threads (namespaces, links,
-//! processes); a watcher task per VNF process waits on its pidfd and, when
-//! the process exits, records the failure, emits `FailureDetected`, and —
-//! for `MECHANISM_NONE`, the only mechanism this build implements — starts
-//! the VNF again (`RecoveryStarted`, `RecoveryFinished`). Mechanisms that
-//! need checkpoints are refused with UNIMPLEMENTED until CRIU is wired in.
+//! processes). A watcher task per VNF process waits on its pidfd and, when
+//! the process exits, records the failure and emits `FailureDetected`; then
+//! the Failure Recovery brings the VNF back: a protected VNF (0R, 1R-AS)
+//! through its agent on a blocking thread of its own (so several failed
+//! VNFs recover in parallel), a `MECHANISM_NONE` VNF by starting it again
+//! without state. A checkpoint task per protected VNF runs the checkpoint
+//! protocol every interval. 1R-AA and MR-AA are refused with UNIMPLEMENTED.
+//!
+//! Locking: the registry lock is never held across a checkpoint or a
+//! recovery; those hold only their VNF's agent lock.
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{broadcast, Mutex};
 use tokio_stream::{Stream, StreamExt};
@@ -19,7 +24,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::{self, chain_service_server, event_service_server, vnf_service_server};
 use crate::error::ControlError;
-use crate::runtime::{ChainRuntime, SffOptions};
+use crate::runtime::{Agent, ChainRuntime, SffOptions, StateOptions};
 use crate::validate;
 
 struct Entry {
@@ -33,6 +38,7 @@ pub struct Daemon {
     events: broadcast::Sender<api::WatchEventsResponse>,
     next_id: std::sync::atomic::AtomicU32,
     sff: SffOptions,
+    state: StateOptions,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -58,13 +64,14 @@ fn event(chain: &str, vnf: &str, e: api::watch_events_response::Event) -> api::W
 
 impl Daemon {
     /// A daemon with no chains.
-    pub fn new(sff: SffOptions) -> Arc<Self> {
-        let (events, _) = broadcast::channel(1024);
+    pub fn new(sff: SffOptions, state: StateOptions) -> Arc<Self> {
+        let (events, _) = broadcast::channel(4096);
         Arc::new(Self {
             chains: Mutex::new(BTreeMap::new()),
             events,
             next_id: std::sync::atomic::AtomicU32::new(1),
             sff,
+            state,
         })
     }
 
@@ -85,31 +92,33 @@ impl Daemon {
                     rustix::event::PollFlags::IN,
                 )];
                 match rustix::event::poll(&mut fds, None) {
-                    Ok(n) if n > 0 => return true,
+                    Ok(n) if n > 0 => return Some(pidfd),
                     Ok(_) | Err(rustix::io::Errno::INTR) => continue,
-                    Err(_) => return false,
+                    Err(_) => return None,
                 }
             })
             .await;
-            if exited.unwrap_or(false) {
-                daemon.on_exit(&chain, &vnf, incarnation).await;
+            if let Ok(Some(pidfd)) = exited {
+                daemon.on_exit(&chain, &vnf, incarnation, pidfd).await;
             }
         });
     }
 
-    async fn on_exit(self: &Arc<Self>, chain: &str, vnf: &str, incarnation: u64) {
+    async fn on_exit(self: &Arc<Self>, chain: &str, vnf: &str, incarnation: u64, pidfd: OwnedFd) {
+        use api::watch_events_response::Event;
         let detected = Instant::now();
         let mut chains = self.chains.lock().await;
         let Some(entry) = chains.get_mut(chain) else {
             return;
         };
+        let sff = entry.runtime.sff.clone();
         let Ok(v) = entry.runtime.vnf_mut(vnf) else {
             return;
         };
         if v.incarnation != incarnation {
             return; // an old process, already replaced
         }
-        v.reap();
+        v.reap(&pidfd);
         v.failures += 1;
         v.state = api::VnfState::Failed;
         let detection_ms = v
@@ -119,36 +128,207 @@ impl Daemon {
         self.emit(event(
             chain,
             vnf,
-            api::watch_events_response::Event::FailureDetected(api::FailureDetected {
+            Event::FailureDetected(api::FailureDetected {
                 cause: "process exited".into(),
                 detection_ms,
             }),
         ));
-        if v.plan.mechanism != api::Mechanism::None {
-            return;
-        }
-        // MECHANISM_NONE: start it again, without state.
         self.emit(event(
             chain,
             vnf,
-            api::watch_events_response::Event::RecoveryStarted(api::RecoveryStarted {}),
+            Event::RecoveryStarted(api::RecoveryStarted {}),
         ));
         v.state = api::VnfState::Recovering;
-        match v.start() {
-            Ok(pidfd) => {
+        let (agent, sff) = match (v.agent.clone(), sff) {
+            (Some(a), Some(s)) => (a, s),
+            _ => {
+                // MECHANISM_NONE: start it again, without state.
+                let started = v.start();
+                self.finish_recovery(
+                    &mut chains,
+                    chain,
+                    vnf,
+                    detected,
+                    started.map(|fd| (fd, 0, false)),
+                );
+                return;
+            }
+        };
+        drop(chains);
+        // The agent lock waits for a checkpoint under way to fail (its VNF is
+        // gone); the registry stays free meanwhile.
+        let recovered = tokio::task::spawn_blocking(move || {
+            agent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .recover(&sff)
+        })
+        .await
+        .map_err(|e| ControlError::Process(format!("recovery panicked: {e}")))
+        .and_then(|r| r.map_err(|e| ControlError::Process(e.to_string())));
+        let mut chains = self.chains.lock().await;
+        let adopted = recovered.and_then(|r| {
+            let v = chains
+                .get_mut(chain)
+                .ok_or_else(|| ControlError::NotFound(format!("chain {chain:?} is gone")))?
+                .runtime
+                .vnf_mut(vnf)?;
+            v.adopt(r.pid).map(|fd| (fd, r.replay, r.restored))
+        });
+        self.finish_recovery(&mut chains, chain, vnf, detected, adopted);
+    }
+
+    fn finish_recovery(
+        self: &Arc<Self>,
+        chains: &mut BTreeMap<String, Entry>,
+        chain: &str,
+        vnf: &str,
+        detected: Instant,
+        outcome: Result<(OwnedFd, u64, bool), ControlError>,
+    ) {
+        use api::watch_events_response::Event;
+        let Some(v) = chains
+            .get_mut(chain)
+            .and_then(|e| e.runtime.vnf_mut(vnf).ok())
+        else {
+            return;
+        };
+        match outcome {
+            Ok((pidfd, replayed, restored)) => {
                 v.recoveries += 1;
-                let inc = v.incarnation;
                 self.emit(event(
                     chain,
                     vnf,
-                    api::watch_events_response::Event::RecoveryFinished(api::RecoveryFinished {
+                    Event::RecoveryFinished(api::RecoveryFinished {
                         recovery_ms: detected.elapsed().as_secs_f64() * 1e3,
-                        replayed: 0,
+                        replayed,
+                        restored,
                     }),
                 ));
-                self.watch(chain.to_string(), vnf.to_string(), inc, pidfd);
+                self.watch(chain.to_string(), vnf.to_string(), v.incarnation, pidfd);
             }
-            Err(e) => tracing::error!(chain, vnf, "restart failed: {e}"),
+            Err(e) => {
+                v.state = api::VnfState::Failed;
+                tracing::error!(chain, vnf, "recovery failed: {e}");
+                self.emit(event(
+                    chain,
+                    vnf,
+                    Event::RecoveryFailed(api::RecoveryFailed {
+                        reason: e.to_string(),
+                    }),
+                ));
+            }
+        }
+    }
+
+    /// Checkpoints VNF `vnf` of `chain` every `interval` while it has the
+    /// agent `agent` (the task ends when the agent or the SFF goes).
+    fn schedule_checkpoints(
+        self: &Arc<Self>,
+        chain: String,
+        vnf: String,
+        agent: Weak<std::sync::Mutex<crate::protect::ProtectedVnf>>,
+        sff: Weak<nham_sff::SffHandle>,
+        interval: Duration,
+    ) {
+        let daemon = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let (Some(d), Some(a), Some(s)) =
+                    (daemon.upgrade(), agent.upgrade(), sff.upgrade())
+                else {
+                    return;
+                };
+                let r = d.checkpoint_now(&chain, &vnf, a, s).await;
+                if let Err(e) = r {
+                    tracing::debug!(chain, vnf, "scheduled checkpoint: {e}");
+                }
+            }
+        });
+    }
+
+    /// Runs the checkpoint protocol for one VNF now, on a blocking thread.
+    async fn checkpoint_now(
+        &self,
+        chain: &str,
+        vnf: &str,
+        agent: Agent,
+        sff: Arc<nham_sff::SffHandle>,
+    ) -> Result<crate::protect::CheckpointStats, ControlError> {
+        use api::watch_events_response::Event;
+        let r = tokio::task::spawn_blocking(move || {
+            agent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .checkpoint(&sff)
+        })
+        .await
+        .map_err(|e| ControlError::Process(format!("checkpoint panicked: {e}")))?;
+        match r {
+            Ok(c) => {
+                if let Some(v) = self
+                    .chains
+                    .lock()
+                    .await
+                    .get_mut(chain)
+                    .and_then(|e| e.runtime.vnf_mut(vnf).ok())
+                {
+                    v.checkpoints += 1;
+                }
+                self.emit(event(
+                    chain,
+                    vnf,
+                    Event::CheckpointTaken(api::CheckpointTaken {
+                        checkpoint_id: c.id,
+                        size_bytes: c.size,
+                        pause_ms: c.pause.as_secs_f64() * 1e3,
+                        stored_bytes: c.stored,
+                        released: c.released,
+                    }),
+                ));
+                Ok(c)
+            }
+            Err(e) => {
+                self.emit(event(
+                    chain,
+                    vnf,
+                    Event::CheckpointFailed(api::CheckpointFailed {
+                        reason: e.to_string(),
+                    }),
+                ));
+                Err(ControlError::FailedPrecondition(format!(
+                    "checkpoint of {chain}/{vnf} failed: {e}"
+                )))
+            }
+        }
+    }
+
+    /// Starts the checkpoint task of every protected VNF of `runtime`.
+    fn schedule_all(self: &Arc<Self>, runtime: &ChainRuntime) {
+        for hop in 0..runtime.vnfs.len() {
+            self.schedule_hop(runtime, hop);
+        }
+    }
+
+    /// Starts the checkpoint task of VNF `hop`, if it is protected.
+    fn schedule_hop(self: &Arc<Self>, runtime: &ChainRuntime, hop: usize) {
+        let (Some(sff), Some(v)) = (runtime.sff.as_ref(), runtime.vnfs.get(hop)) else {
+            return;
+        };
+        if let Some(agent) = &v.agent {
+            self.schedule_checkpoints(
+                runtime.plan.name.clone(),
+                v.plan.name.clone(),
+                Arc::downgrade(agent),
+                Arc::downgrade(sff),
+                v.plan
+                    .checkpoint_interval
+                    .unwrap_or(self.state.checkpoint_interval),
+            );
         }
     }
 
@@ -159,16 +339,9 @@ impl Daemon {
     ) -> Result<api::Chain, ControlError> {
         let plan = validate::chain(spec.as_ref())?;
         let spec = spec.unwrap_or_default();
-        if let Some(v) = plan
-            .vnfs
-            .iter()
-            .find(|v| v.mechanism != api::Mechanism::None)
-        {
-            return Err(ControlError::Unimplemented(format!(
-                "VNF {:?} asks for {}: mechanisms with checkpoints (0R, 1R-AS, 1R-AA, MR-AA) are not implemented yet; use MECHANISM_NONE",
-                v.name,
-                v.mechanism.as_str_name()
-            )));
+        for v in &plan.vnfs {
+            crate::runtime::protection(v.mechanism)
+                .map_err(|e| ControlError::Unimplemented(format!("VNF {:?}: {e}", v.name)))?;
         }
         let mut chains = self.chains.lock().await;
         if chains.contains_key(&plan.name) {
@@ -187,14 +360,22 @@ impl Daemon {
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let sff = self.sff;
+        let state = self.state.clone();
         let (runtime, pidfds) =
-            tokio::task::spawn_blocking(move || ChainRuntime::start(id, plan, sff))
+            tokio::task::spawn_blocking(move || ChainRuntime::start(id, plan, sff, &state))
                 .await
                 .map_err(|e| ControlError::Process(format!("chain start panicked: {e}")))??;
         let name = runtime.plan.name.clone();
+        {
+            use prost::Message;
+            if let Err(e) = self.state.store.put_chain(&name, &spec.encode_to_vec()) {
+                tracing::warn!(chain = name, "recording the chain spec: {e}");
+            }
+        }
         for (v, fd) in runtime.vnfs.iter().zip(pidfds) {
             self.watch(name.clone(), v.plan.name.clone(), v.incarnation, fd);
         }
+        self.schedule_all(&runtime);
         let chain = runtime.to_api(&spec);
         chains.insert(name.clone(), Entry { spec, runtime });
         self.emit(event(
@@ -230,6 +411,9 @@ impl Daemon {
         tokio::task::spawn_blocking(move || drop(entry))
             .await
             .map_err(|e| ControlError::Process(format!("teardown panicked: {e}")))?;
+        if let Err(e) = self.state.store.remove_chain(name) {
+            tracing::warn!(chain = name, "removing the chain's checkpoints: {e}");
+        }
         self.emit(event(
             name,
             "",
@@ -289,13 +473,6 @@ impl chain_service_server::ChainService for ChainSvc {
 #[derive(Debug, Clone)]
 pub struct VnfSvc(pub Arc<Daemon>);
 
-fn not_yet(what: &str) -> Status {
-    ControlError::Unimplemented(format!(
-        "{what} needs CRIU checkpoints, which are not implemented yet"
-    ))
-    .into()
-}
-
 #[tonic::async_trait]
 impl vnf_service_server::VnfService for VnfSvc {
     async fn set_mechanism(
@@ -312,22 +489,30 @@ impl vnf_service_server::VnfService for VnfSvc {
                     r.mechanism
                 ))
             })?;
-        let status = self
-            .0
-            .with_chain(&r.chain, |e| {
-                let v = e.runtime.vnf_mut(&r.vnf)?;
-                if mechanism != api::Mechanism::None {
-                    return Err(ControlError::Unimplemented(format!(
-                        "{} needs CRIU checkpoints, which are not implemented yet",
-                        mechanism.as_str_name()
-                    )));
-                }
-                v.plan.mechanism = mechanism;
-                Ok(v.status())
-            })
-            .await?;
+        if mechanism == api::Mechanism::MrAa && r.replicas != 0 && !(2..=8).contains(&r.replicas) {
+            return Err(Status::invalid_argument(format!(
+                "replicas {} must be 2 to 8",
+                r.replicas
+            )));
+        }
+        let daemon = &self.0;
+        validate::name("chain", &r.chain)?;
+        validate::name("vnf", &r.vnf)?;
+        let mut chains = daemon.chains.lock().await;
+        let entry = chains
+            .get_mut(&r.chain)
+            .ok_or_else(|| ControlError::NotFound(format!("no chain {:?}", r.chain)))?;
+        let hop = entry.runtime.vnf_index(&r.vnf)?;
+        let had_agent = entry.runtime.vnfs[hop].agent.is_some();
+        let state = daemon.state.clone();
+        // Protecting starts a CRIU worker and may unpack a standby image:
+        // blocking work, but short, and the chain must not change meanwhile.
+        tokio::task::block_in_place(|| entry.runtime.protect(hop, mechanism, &state))?;
+        if !had_agent {
+            daemon.schedule_hop(&entry.runtime, hop);
+        }
         Ok(Response::new(api::SetMechanismResponse {
-            vnf: Some(status),
+            vnf: Some(entry.runtime.vnfs[hop].status()),
         }))
     }
 
@@ -336,10 +521,26 @@ impl vnf_service_server::VnfService for VnfSvc {
         r: Request<api::CheckpointRequest>,
     ) -> Result2<api::CheckpointResponse> {
         let r = r.into_inner();
-        self.0
-            .with_chain(&r.chain, |e| e.runtime.vnf_mut(&r.vnf).map(|_| ()))
+        let (agent, sff) = self
+            .0
+            .with_chain(&r.chain, |e| {
+                let sff = e.runtime.sff.clone();
+                let v = e.runtime.vnf_mut(&r.vnf)?;
+                match (v.agent.clone(), sff) {
+                    (Some(a), Some(s)) => Ok((a, s)),
+                    _ => Err(ControlError::FailedPrecondition(format!(
+                        "VNF {:?} is not protected (MECHANISM_NONE): it has no checkpoints",
+                        r.vnf
+                    ))),
+                }
+            })
             .await?;
-        Err(not_yet("a checkpoint"))
+        let c = self.0.checkpoint_now(&r.chain, &r.vnf, agent, sff).await?;
+        Ok(Response::new(api::CheckpointResponse {
+            checkpoint_id: c.id,
+            size_bytes: c.size,
+            pause_ms: c.pause.as_secs_f64() * 1e3,
+        }))
     }
 
     async fn heal_vnf(&self, r: Request<api::HealVnfRequest>) -> Result2<api::HealVnfResponse> {
@@ -350,12 +551,14 @@ impl vnf_service_server::VnfService for VnfSvc {
             ));
         }
         let started = Instant::now();
-        // Killing the process hands the restart to its watcher, which
+        // Killing the process hands the recovery to its watcher, which
         // emits the failure and recovery events.
-        self.0
+        let before = self
+            .0
             .with_chain(&r.chain, |e| {
                 let v = e.runtime.vnf_mut(&r.vnf)?;
-                v.signal(nix::sys::signal::Signal::SIGKILL)
+                v.signal(nix::sys::signal::Signal::SIGKILL)?;
+                Ok(v.recoveries)
             })
             .await?;
         let deadline = Instant::now() + std::time::Duration::from_secs(10);
@@ -364,7 +567,7 @@ impl vnf_service_server::VnfService for VnfSvc {
                 .0
                 .with_chain(&r.chain, |e| Ok(e.runtime.vnf_mut(&r.vnf)?.status()))
                 .await?;
-            if status.recoveries > 0 && status.state == api::VnfState::Running as i32 {
+            if status.recoveries > before && status.state == api::VnfState::Running as i32 {
                 return Ok(Response::new(api::HealVnfResponse {
                     vnf: Some(status),
                     recovery_ms: started.elapsed().as_secs_f64() * 1e3,

@@ -167,8 +167,7 @@ impl Store {
             .collect::<Result<_, _>>()
             .map_err(io(format!("listing {}", images.display())))?;
         entries.sort_by_key(|e| e.file_name());
-        let mut enc = zstd::Encoder::new(Vec::new(), ZSTD_LEVEL)
-            .map_err(io("starting zstd"))?;
+        let mut enc = zstd::Encoder::new(Vec::new(), ZSTD_LEVEL).map_err(io("starting zstd"))?;
         let mut image_bytes = 0u64;
         for e in entries {
             let name = e.file_name();
@@ -192,8 +191,8 @@ impl Store {
         std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
         let tmp = path.with_extension("tmp");
         {
-            let mut f = std::fs::File::create(&tmp)
-                .map_err(io(format!("creating {}", tmp.display())))?;
+            let mut f =
+                std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
             f.write_all(MAGIC)
                 .and_then(|()| f.write_all(&FORMAT_VERSION.to_le_bytes()))
                 .and_then(|()| f.write_all(hash.as_bytes()))
@@ -227,7 +226,12 @@ impl Store {
     }
 
     /// Checkpoint `id` of `chain`/`vnf`, if indexed.
-    pub fn get(&self, chain: &str, vnf: &str, id: u64) -> Result<Option<CheckpointMeta>, StoreError> {
+    pub fn get(
+        &self,
+        chain: &str,
+        vnf: &str,
+        id: u64,
+    ) -> Result<Option<CheckpointMeta>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(CHECKPOINTS).map_err(db)?;
         let v = t.get(key(chain, vnf, id).as_str()).map_err(db)?;
@@ -261,7 +265,8 @@ impl Store {
             why,
         };
         let path = self.dir.join(&meta.file);
-        let bytes = std::fs::read(&path).map_err(|e| corrupt(format!("{}: {e}", path.display())))?;
+        let bytes =
+            std::fs::read(&path).map_err(|e| corrupt(format!("{}: {e}", path.display())))?;
         if bytes.len() < HEADER || &bytes[..8] != MAGIC {
             return Err(corrupt("not a checkpoint file (bad magic)".into()));
         }
@@ -275,7 +280,9 @@ impl Store {
         let payload = &bytes[HEADER..];
         let hash = blake3::hash(payload);
         if hash.as_bytes() != &bytes[12..HEADER] {
-            return Err(corrupt("payload does not match the hash in its header".into()));
+            return Err(corrupt(
+                "payload does not match the hash in its header".into(),
+            ));
         }
         if hash.to_hex().as_str() != meta.blake3 {
             return Err(corrupt("hash differs from the index".into()));
@@ -325,7 +332,10 @@ impl Store {
         };
         self.remove(&metas)?;
         let tx = self.db.begin_write().map_err(db)?;
-        tx.open_table(CHAINS).map_err(db)?.remove(chain).map_err(db)?;
+        tx.open_table(CHAINS)
+            .map_err(db)?
+            .remove(chain)
+            .map_err(db)?;
         tx.commit().map_err(db)?;
         let _ = std::fs::remove_dir_all(self.dir.join("images").join(chain));
         Ok(())
@@ -441,11 +451,16 @@ mod tests {
         s.put("c", "nat", 7, &a).unwrap();
         assert_eq!(s.list("c", "fw").unwrap().len(), 2);
         let out = dir.join("out");
-        s.unpack(&s.get("c", "fw", 2).unwrap().unwrap(), &out).unwrap();
+        s.unpack(&s.get("c", "fw", 2).unwrap().unwrap(), &out)
+            .unwrap();
         same_dirs(&b, &out);
         assert_eq!(s.gc("c", "fw", 1).unwrap(), 1);
         assert_eq!(
-            s.list("c", "fw").unwrap().iter().map(|m| m.id).collect::<Vec<_>>(),
+            s.list("c", "fw")
+                .unwrap()
+                .iter()
+                .map(|m| m.id)
+                .collect::<Vec<_>>(),
             vec![2]
         );
         assert!(!dir.join("state").join(&m1.file).exists());
@@ -453,7 +468,10 @@ mod tests {
         drop(s);
         let s = Store::open(&dir.join("state")).unwrap();
         assert_eq!(s.list("c", "nat").unwrap().len(), 1);
-        assert_eq!(s.chains().unwrap(), vec![("c".to_string(), b"spec".to_vec())]);
+        assert_eq!(
+            s.chains().unwrap(),
+            vec![("c".to_string(), b"spec".to_vec())]
+        );
         s.remove_chain("c").unwrap();
         assert!(s.list("c", "nat").unwrap().is_empty());
         assert!(s.chains().unwrap().is_empty());
@@ -482,14 +500,23 @@ mod tests {
         }
         // Truncated, and missing.
         std::fs::write(&file, &good[..good.len() / 2]).unwrap();
-        assert!(matches!(s.unpack(&m, &out), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            s.unpack(&m, &out),
+            Err(StoreError::Corrupt { .. })
+        ));
         std::fs::remove_file(&file).unwrap();
-        assert!(matches!(s.unpack(&m, &out), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            s.unpack(&m, &out),
+            Err(StoreError::Corrupt { .. })
+        ));
         // An index entry that disagrees with a good file.
         std::fs::write(&file, &good).unwrap();
         let mut lying = m.clone();
         lying.blake3 = "00".repeat(32);
-        assert!(matches!(s.unpack(&lying, &out), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            s.unpack(&lying, &out),
+            Err(StoreError::Corrupt { .. })
+        ));
         s.unpack(&m, &out).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }

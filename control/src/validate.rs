@@ -23,6 +23,8 @@ pub struct VnfPlan {
     pub env: BTreeMap<String, String>,
     /// Resilience mechanism.
     pub mechanism: api::Mechanism,
+    /// Checkpoint period (`None`: the daemon's default).
+    pub checkpoint_interval: Option<std::time::Duration>,
 }
 
 /// A validated chain.
@@ -151,11 +153,19 @@ pub fn chain(spec: Option<&api::ChainSpec>) -> Result<ChainPlan, ControlError> {
                 v.replicas
             )));
         }
+        if v.checkpoint_interval_ms != 0 && !(10..=3_600_000).contains(&v.checkpoint_interval_ms) {
+            return Err(invalid(format!(
+                "spec.vnfs[{i}].checkpoint_interval_ms {} must be 0 (daemon default) or 10 to 3600000",
+                v.checkpoint_interval_ms
+            )));
+        }
         vnfs.push(VnfPlan {
             name: v.name.clone(),
             command: v.command.clone(),
             env: v.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             mechanism,
+            checkpoint_interval: (v.checkpoint_interval_ms != 0)
+                .then(|| std::time::Duration::from_millis(v.checkpoint_interval_ms.into())),
         });
     }
     if spec.rules.is_empty() {

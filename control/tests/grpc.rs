@@ -9,8 +9,9 @@ use nham_control::api::{
     self, chain_service_client::ChainServiceClient, event_service_client::EventServiceClient,
     vnf_service_client::VnfServiceClient,
 };
-use nham_control::runtime::SffOptions;
+use nham_control::runtime::{SffOptions, StateOptions};
 use nham_control::service::{ChainSvc, Daemon, EventSvc, VnfSvc};
+use nham_control::store::Store;
 use nham_netns::{unique_name, veth_pair, Netns};
 use tonic::Code;
 
@@ -43,7 +44,14 @@ impl Harness {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let daemon: Arc<Daemon> = Daemon::new(SffOptions::default());
+                let dir = std::env::temp_dir().join(unique_name("nhamd-state-"));
+                let state = StateOptions {
+                    store: Arc::new(Store::open(&dir).unwrap()),
+                    logs: dir.join("logs"),
+                    scratch: dir.join("scratch"),
+                    checkpoint_interval: Duration::from_millis(500),
+                };
+                let daemon: Arc<Daemon> = Daemon::new(SffOptions::default(), state);
                 // A Unix socket: reachable from the test's namespace, unlike
                 // the daemon namespace's loopback.
                 let sock = std::env::temp_dir().join(unique_name("nhamd-") + ".sock");
@@ -118,8 +126,13 @@ fn spec(name: &str, spi: u32, vnfs: &[&str], mechanism: api::Mechanism) -> api::
             .map(|n| api::VnfSpec {
                 name: (*n).into(),
                 // Any command will do for the control plane: it only has to
-                // run until it is killed.
-                command: vec!["sleep".into(), "600".into()],
+                // listen on a packet socket (the daemon waits for that before
+                // it sends traffic) and run until it is killed.
+                command: vec![
+                    "python3".into(),
+                    "-c".into(),
+                    "import socket, time; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); time.sleep(600)".into(),
+                ],
                 mechanism: mechanism as i32,
                 ..Default::default()
             })
@@ -199,14 +212,22 @@ async fn invalid_requests_get_invalid_argument_and_unknown_names_not_found() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 
-    // Mechanisms that need checkpoints are refused honestly, for now.
+    // Active-active mechanisms are refused honestly, for now.
     let e = chains
         .create_chain(api::CreateChainRequest {
-            spec: Some(spec("c", 1, &["a"], api::Mechanism::Mechanism0r)),
+            spec: Some(spec("c", 1, &["a"], api::Mechanism::Mechanism1rAa)),
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    let mut bad = spec("c", 1, &["a"], api::Mechanism::Mechanism0r);
+    bad.vnfs[0].checkpoint_interval_ms = 1;
+    let e = chains
+        .create_chain(api::CreateChainRequest { spec: Some(bad) })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("checkpoint_interval_ms"), "{e:?}");
     // Clients go first: the server's graceful shutdown waits for them.
     drop((chains, vnfs));
     drop(h);

@@ -560,8 +560,7 @@ impl<P> Hop<P> {
         max: usize,
         mut deliver: impl FnMut(Delivery<'_, P>),
     ) -> usize {
-        if !matches!(self.state, HopState::Running) || self.phase.blocks_delivery()
-        {
+        if !matches!(self.state, HopState::Running) || self.phase.blocks_delivery() {
             return 0;
         }
         let tx_room = self.tx.capacity.saturating_sub(self.tx.entries.len());

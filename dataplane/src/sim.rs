@@ -463,7 +463,8 @@ impl Sim {
                 if vnf.pending_image.as_ref().map(|(k, _)| *k) != Some(id) {
                     return false;
                 }
-                hop.handle_dumped(id).expect("dumping checkpoint accepts dumped");
+                hop.handle_dumped(id)
+                    .expect("dumping checkpoint accepts dumped");
                 true
             }
             CheckpointPhase::Storing { id, .. } => {

@@ -256,6 +256,8 @@ pub struct Received {
     pub span: Duration,
     /// Frames the kernel dropped because this sink was too slow.
     pub kernel_drops: u64,
+    /// Arrival time of each frame in `seqs`, microseconds after `base`.
+    pub arrival_us: Vec<u64>,
 }
 
 /// Receives on `port` until `expected` frames arrived, or until `stop()`
@@ -274,6 +276,7 @@ pub fn sink(
         foreign: 0,
         span: Duration::ZERO,
         kernel_drops: 0,
+        arrival_us: Vec::with_capacity(expected),
     };
     let mut last = Instant::now();
     let mut first: Option<Instant> = None;
@@ -283,6 +286,7 @@ pub fn sink(
                 r.seqs.push(seq);
                 r.digest = (r.digest ^ frame_digest(f)).wrapping_mul(0x0100_0000_01b3);
                 let now = base.elapsed().as_nanos() as u64;
+                r.arrival_us.push(now / 1000);
                 let _ = r.latency_us.record((now.saturating_sub(ts) / 1000).max(1));
             }
             None => r.foreign += 1,
@@ -427,6 +431,7 @@ mod tests {
             foreign: 0,
             span: Duration::ZERO,
             kernel_drops: 0,
+            arrival_us: Vec::new(),
         };
         let v = Checker::check(&expected, &got);
         assert_eq!(

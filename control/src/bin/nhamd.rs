@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use nham_control::api::{chain_service_server, event_service_server, vnf_service_server};
-use nham_control::runtime::SffOptions;
+use nham_control::runtime::{SffOptions, StateOptions};
 use nham_control::service::{ChainSvc, Daemon, EventSvc, VnfSvc};
 use serde::Deserialize;
 
@@ -34,6 +34,17 @@ struct Args {
     /// Pin SFF threads to this core.
     #[arg(long)]
     sff_core: Option<usize>,
+    /// State directory: checkpoint database and images, VNF logs
+    /// (default /var/lib/nham).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Scratch space for images being dumped and restored; tmpfs is best
+    /// (default /dev/shm/nham-<pid>).
+    #[arg(long)]
+    scratch_dir: Option<PathBuf>,
+    /// Checkpoint period of VNFs that do not set one, ms (default 1000).
+    #[arg(long)]
+    checkpoint_interval_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -42,6 +53,9 @@ struct Config {
     listen: Option<SocketAddr>,
     unix: Option<PathBuf>,
     sff_core: Option<usize>,
+    state_dir: Option<PathBuf>,
+    scratch_dir: Option<PathBuf>,
+    checkpoint_interval_ms: Option<u64>,
 }
 
 #[tokio::main]
@@ -67,8 +81,32 @@ async fn main() -> anyhow::Result<()> {
         core: args.sff_core.or(config.sff_core),
         ..SffOptions::default()
     };
+    let state_dir = args
+        .state_dir
+        .or(config.state_dir)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/nham"));
+    let scratch = args
+        .scratch_dir
+        .or(config.scratch_dir)
+        .unwrap_or_else(|| PathBuf::from(format!("/dev/shm/nham-{}", std::process::id())));
+    let interval = args
+        .checkpoint_interval_ms
+        .or(config.checkpoint_interval_ms)
+        .unwrap_or(1000);
+    anyhow::ensure!(
+        (10..=3_600_000).contains(&interval),
+        "checkpoint_interval_ms {interval} must be 10 to 3600000"
+    );
+    let store = nham_control::store::Store::open(&state_dir)
+        .with_context(|| format!("opening the state database in {}", state_dir.display()))?;
+    let state = StateOptions {
+        store: std::sync::Arc::new(store),
+        logs: state_dir.join("logs"),
+        scratch: scratch.clone(),
+        checkpoint_interval: std::time::Duration::from_millis(interval),
+    };
     nham_netns::sweep_stale();
-    let daemon = Daemon::new(sff);
+    let daemon = Daemon::new(sff, state);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<chain_service_server::ChainServiceServer<ChainSvc>>()
@@ -127,5 +165,6 @@ async fn main() -> anyhow::Result<()> {
     }
     // Chains (SFF threads, VNF processes, namespaces) go with the daemon.
     drop(daemon);
+    let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }

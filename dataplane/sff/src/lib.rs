@@ -145,11 +145,11 @@ pub struct SffConfig {
     pub spi: u32,
     /// Hold/Release sizing.
     pub hop: HopConfig,
-    /// Whether hops start protected. An unprotected hop's VNF is not
-    /// checkpointed, so packets are released as soon as they are delivered
-    /// (no exactly-once across its failures). [`Command::SetProtected`]
-    /// changes it per hop at runtime.
-    pub protect: bool,
+    /// Per hop, whether it starts protected (missing entries: not). An
+    /// unprotected hop's VNF is not checkpointed, so packets are released as
+    /// soon as they are delivered (no exactly-once across its failures).
+    /// [`Command::SetProtected`] changes it at runtime.
+    pub protect: Vec<bool>,
     /// Packet buffers.
     pub pool_slots: usize,
     /// Frames moved per step.
@@ -491,7 +491,9 @@ impl Engine {
             .collect::<Result<Vec<_>, _>>()?;
         let burst = config.burst.max(1);
         let hops_len = config.hops.len();
-        let protected = vec![config.protect; hops_len];
+        let protected = (0..hops_len)
+            .map(|i| config.protect.get(i).copied().unwrap_or(false))
+            .collect();
         Ok(Self {
             pool: Pool::new(config.pool_slots),
             config,
