@@ -106,8 +106,11 @@ pub struct Trial {
     pub verdict: Verdict,
     /// What the sink got.
     pub received: Received,
-    /// SFF counters (zero for the baseline forwarder's NSH fields).
+    /// SFF counters (zero for the baseline forwarder's NSH fields, and when
+    /// the SFF runs elsewhere, inside `nhamd`).
     pub sff: SffStats,
+    /// The instant the sink's arrival times count from.
+    pub base: Instant,
 }
 
 impl Lab {
@@ -298,6 +301,18 @@ impl Lab {
         expected: &[Vec<u8>],
         fwd: &SffHandle,
     ) -> Result<Trial> {
+        self.trial_through(frames, rate, expected, Some(fwd))
+    }
+
+    /// [`Lab::trial_frames`] through whatever forwards from `in0` to `out0`
+    /// in the SFF namespace (`fwd`, or an SFF run by `nhamd` there).
+    pub fn trial_through(
+        &self,
+        frames: Vec<Vec<u8>>,
+        rate: Option<f64>,
+        expected: &[Vec<u8>],
+        fwd: Option<&SffHandle>,
+    ) -> Result<Trial> {
         let base = Instant::now();
         let sink_if = self.egress_peer_ifindex()?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -366,7 +381,8 @@ impl Lab {
             delivered_pps,
             verdict,
             received,
-            sff: fwd.counters().snapshot(),
+            sff: fwd.map(|f| f.counters().snapshot()).unwrap_or_default(),
+            base,
         })
     }
 

@@ -3,4 +3,5 @@
 //! data-path integration tests in `bench/tests/`.
 #![forbid(unsafe_code)]
 
+pub mod ha;
 pub mod lab;

@@ -4,6 +4,9 @@
 //!   in network namespaces), traffic checked end to end at the sink.
 //! - `nham-bench throughput`: zero-loss rate of the SFF against a plain
 //!   AF_XDP forwarder, same topology, same run.
+//! - `nham-bench recovery`: a chain protected by `nhamd` (0R, 1R-AS) with
+//!   failures injected under traffic: detection, recovery, downtime,
+//!   checkpoint pauses, exactly-once and VNF states.
 //! - `nham-bench model`: the in-memory chain model (Hold/Release core and
 //!   VNF models) with crashes injected; no network, no processes, no CRIU,
 //!   and it says so in its output.
@@ -11,6 +14,7 @@
 
 mod chain;
 mod model;
+mod recovery;
 mod throughput;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +39,9 @@ enum Command {
     /// Zero-loss forwarding rate of the SFF (with N VNFs) against a plain
     /// AF_XDP forwarder, on a topology of network namespaces (root).
     Throughput(throughput::ThroughputArgs),
+    /// Recovery of a chain protected by nhamd, failures injected under
+    /// traffic (root, CRIU).
+    Recovery(recovery::RecoveryArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,5 +49,6 @@ fn main() -> anyhow::Result<()> {
         Command::Chain(args) => chain::run(&args),
         Command::Model(args) => model::run(&args),
         Command::Throughput(args) => throughput::run(&args),
+        Command::Recovery(args) => recovery::run(&args),
     }
 }

@@ -1,0 +1,602 @@
+//! High-availability trials through the real daemon: `nhamd` runs in the
+//! lab's SFF namespace (a process of its own, driven over gRPC on a Unix
+//! socket); it builds a chain of sample VNFs (and, optionally, a Python VNF)
+//! with a resilience mechanism, checkpoints them and recovers them while
+//! traffic flows from the source namespace to the sink. Failures are
+//! injected through the API (`InjectFault`, SIGKILL) in rounds of one or
+//! more VNFs at once.
+//!
+//! What a trial checks and measures:
+//! - the sink against the failure-free reference output (lost, duplicated,
+//!   reordered, digest), and every VNF's final state against its reference
+//!   state;
+//! - detection (fault injected to failure detected), recovery (detection to
+//!   the VNF running again and replaying) from the daemon's events;
+//! - downtime per round: the longest gap between frames reaching the sink,
+//!   from the last frame before the failure to the first after the
+//!   recovery;
+//! - checkpoint pauses (delivery stopped) from the daemon's events.
+//!
+//! Everything is torn down on the way out, also on error: the chain is
+//! deleted, `nhamd` stopped (SIGTERM, then SIGKILL), the lab's namespaces
+//! removed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nham_control::api;
+use nham_traffic::{FrameSize, TrafficSpec, Verdict};
+use nham_vnf::Kind;
+use serde::Serialize;
+use tokio_stream::StreamExt;
+
+use crate::lab::{Lab, SPI};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct HaSpec {
+    /// The mechanism of every VNF.
+    pub mechanism: api::Mechanism,
+    /// Sample VNFs, in chain order.
+    pub kinds: Vec<Kind>,
+    /// A Python VNF (`bench/vnf/python/nsh_counter.py`) appended last.
+    pub python_vnf: Option<PathBuf>,
+    /// Per round, how many VNFs crash at once.
+    pub rounds: Vec<usize>,
+    /// Offered rate, frames per second.
+    pub rate: f64,
+    /// Traffic between rounds.
+    pub gap: Duration,
+    /// Checkpoint period of every VNF.
+    pub checkpoint_interval_ms: u32,
+    /// Flows in the traffic.
+    pub flows: u32,
+    /// The `nhamd` binary.
+    pub nhamd: PathBuf,
+    /// The `nham-vnf` binary.
+    pub vnf_bin: PathBuf,
+}
+
+/// Median, 99th percentile and maximum of a sample, in ms.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Summary {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+    /// Sample size.
+    pub n: usize,
+}
+
+impl Summary {
+    /// Of `v` (any order).
+    pub fn of(v: &[f64]) -> Self {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        let q = |q: f64| {
+            if v.is_empty() {
+                0.0
+            } else {
+                v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
+            }
+        };
+        Self {
+            p50: q(0.5),
+            p99: q(0.99),
+            max: v.last().copied().unwrap_or(0.0),
+            n: v.len(),
+        }
+    }
+}
+
+/// What a trial found.
+#[derive(Debug, Clone, Serialize)]
+pub struct HaReport {
+    /// Mechanism name.
+    pub mechanism: String,
+    /// VNFs in the chain.
+    pub vnfs: usize,
+    /// Failure rounds.
+    pub rounds: usize,
+    /// VNF failures injected in all.
+    pub failures: usize,
+    /// Fault injected to failure detected.
+    pub detection_ms: Summary,
+    /// Failure detected to the VNF running again (replay started).
+    pub recovery_ms: Summary,
+    /// Longest sink silence around each round.
+    pub downtime_ms: Summary,
+    /// Delivery pause of each checkpoint.
+    pub checkpoint_pause_ms: Summary,
+    /// Checkpoints taken.
+    pub checkpoints: usize,
+    /// Recoveries that restored an image (the rest started afresh).
+    pub restored: usize,
+    /// Recoveries that failed.
+    pub recovery_failures: usize,
+    /// Expected frames that never arrived.
+    pub lost: u64,
+    /// Frames that arrived twice.
+    pub duplicated: u64,
+    /// Frames out of order.
+    pub reordered: u64,
+    /// Whether the sink's stream equals the reference stream.
+    pub digest_equal: bool,
+    /// VNFs whose final state differs from the failure-free run.
+    pub state_mismatches: usize,
+    /// Which, and how.
+    pub mismatch_detail: Vec<String>,
+    /// Frames sent.
+    pub sent: u64,
+    /// Frames the sink expected.
+    pub expected: usize,
+    /// Frames the sink got.
+    pub received: usize,
+    /// Offered rate.
+    pub rate: f64,
+    /// Replayed outputs the SFF suppressed as duplicates.
+    pub duplicates_suppressed: u64,
+}
+
+impl HaReport {
+    /// Exactly-once held: nothing lost, duplicated or reordered, the same
+    /// stream, every state equal, every recovery done.
+    pub fn is_exact(&self) -> bool {
+        self.lost == 0
+            && self.duplicated == 0
+            && self.reordered == 0
+            && self.digest_equal
+            && self.state_mismatches == 0
+            && self.recovery_failures == 0
+    }
+}
+
+/// Finds a sibling binary of the running one (`name`, next to it or one
+/// directory up, where test binaries live), or `$env`.
+pub fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent();
+    while let Some(d) = dir {
+        let p = d.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+        if d.file_name().is_some_and(|n| n != "deps") {
+            break;
+        }
+        dir = d.parent();
+    }
+    bail!(
+        "{name} not found next to {} (build it: cargo build -p nham-control, or set {env})",
+        exe.display()
+    )
+}
+
+/// `nhamd` running in the lab's SFF namespace.
+struct Nhamd {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Nhamd {
+    fn start(lab: &Lab, bin: &Path, dir: &Path, interval_ms: u32) -> Result<Self> {
+        let sock = dir.join("nhamd.sock");
+        let log = dir.join("nhamd.log");
+        let out = std::fs::File::create(&log)?;
+        let err = out.try_clone()?;
+        let argv = [
+            "--unix".to_string(),
+            sock.display().to_string(),
+            "--state-dir".into(),
+            dir.join("state").display().to_string(),
+            "--scratch-dir".into(),
+            dir.join("scratch").display().to_string(),
+            "--checkpoint-interval-ms".into(),
+            interval_ms.to_string(),
+        ];
+        let bin = bin.to_path_buf();
+        let child = lab.sff_netns().run(move || {
+            Command::new(&bin)
+                .args(argv)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+        })??;
+        let mut d = Self {
+            child,
+            addr: format!("unix:{}", sock.display()),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            if Instant::now() > deadline || d.child.try_wait()?.is_some() {
+                bail!("nhamd did not start: {}", d.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(d)
+    }
+
+    fn log_tail(&self) -> String {
+        let t = std::fs::read_to_string(&self.log).unwrap_or_default();
+        t.lines().rev().take(10).collect::<Vec<_>>().join(" | ")
+    }
+}
+
+impl Drop for Nhamd {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+type EventLog = Arc<Mutex<Vec<(Instant, api::WatchEventsResponse)>>>;
+
+fn vnf_name(i: usize) -> String {
+    format!("vnf{i}")
+}
+
+/// The state a Python counter VNF placed last must end with.
+fn python_reference(expected: &[Vec<u8>]) -> serde_json::Value {
+    serde_json::json!({
+        "packets": expected.len(),
+        "bytes": expected.iter().map(Vec::len).sum::<usize>(),
+    })
+}
+
+/// Runs one trial.
+pub fn run(spec: &HaSpec) -> Result<HaReport> {
+    let n = spec.kinds.len() + usize::from(spec.python_vnf.is_some());
+    if n == 0 || n > 8 {
+        bail!("a chain has 1 to 8 VNFs, not {n}");
+    }
+    let mut lab = Lab::new(&[], &spec.vnf_bin).context("building the lab's namespaces")?;
+    lab.set_sink_quiet(Duration::from_secs(10));
+    let dir = std::env::temp_dir().join(nham_netns::unique_name("nham-ha-"));
+    std::fs::create_dir_all(&dir)?;
+    let result = (|| {
+        let daemon = Nhamd::start(&lab, &spec.nhamd, &dir, spec.checkpoint_interval_ms)?;
+        let r = trial(spec, &lab, &daemon, &dir, n);
+        if r.is_err() {
+            eprintln!("nhamd log: {}", daemon.log_tail());
+        }
+        r
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Result<HaReport> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let channel = rt.block_on(nham_control::connect(&daemon.addr))?;
+    let mut chains = api::chain_service_client::ChainServiceClient::new(channel.clone());
+    let mut vnfs = api::vnf_service_client::VnfServiceClient::new(channel.clone());
+    let mut events = api::event_service_client::EventServiceClient::new(channel);
+    let log: EventLog = Arc::default();
+    let mut stream = rt
+        .block_on(events.watch_events(api::WatchEventsRequest {
+            chain: "ha".into(),
+        }))?
+        .into_inner();
+    let sink = log.clone();
+    rt.spawn(async move {
+        while let Some(Ok(e)) = stream.next().await {
+            sink.lock().expect("event log").push((Instant::now(), e));
+        }
+    });
+    let mut vnf_specs: Vec<api::VnfSpec> = spec
+        .kinds
+        .iter()
+        .enumerate()
+        .map(|(i, k)| api::VnfSpec {
+            name: vnf_name(i),
+            command: vec![
+                spec.vnf_bin.display().to_string(),
+                "--kind".into(),
+                format!("{k:?}").to_lowercase(),
+                "--iface".into(),
+                "{iface}".into(),
+                "--state".into(),
+                dir.join(format!("{}.json", vnf_name(i))).display().to_string(),
+            ],
+            mechanism: spec.mechanism as i32,
+            checkpoint_interval_ms: spec.checkpoint_interval_ms,
+            ..Default::default()
+        })
+        .collect();
+    if let Some(py) = &spec.python_vnf {
+        let i = spec.kinds.len();
+        vnf_specs.push(api::VnfSpec {
+            name: vnf_name(i),
+            command: vec![
+                "python3".into(),
+                py.display().to_string(),
+                dir.join(format!("{}.json", vnf_name(i))).display().to_string(),
+            ],
+            mechanism: spec.mechanism as i32,
+            checkpoint_interval_ms: spec.checkpoint_interval_ms,
+            ..Default::default()
+        });
+    }
+    let chain_spec = api::ChainSpec {
+        name: "ha".into(),
+        spi: SPI,
+        vnfs: vnf_specs,
+        rules: vec![api::ClassifierRule {
+            protocol: 17,
+            ..Default::default()
+        }],
+        ingress_interface: "in0".into(),
+        egress_interface: "out0".into(),
+    };
+    rt.block_on(chains.create_chain(api::CreateChainRequest {
+        spec: Some(chain_spec),
+    }))
+    .context("CreateChain")?;
+    let protected = spec.mechanism != api::Mechanism::None;
+    // Let every protected VNF take a first checkpoint, so failures restore
+    // images (a failure before it starts the VNF afresh, which is exact too).
+    if protected {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let done = (0..n).all(|i| {
+                log.lock().expect("event log").iter().any(|(_, e)| {
+                    e.vnf == vnf_name(i)
+                        && matches!(
+                            e.event,
+                            Some(api::watch_events_response::Event::CheckpointTaken(_))
+                        )
+                })
+            });
+            if done {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("not every VNF was checkpointed within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // Traffic long enough for every round.
+    let per_round = spec.gap + Duration::from_millis(300);
+    let duration = per_round * spec.rounds.len() as u32 + Duration::from_millis(1500);
+    let traffic = TrafficSpec {
+        size: FrameSize::Fixed(64),
+        flows: spec.flows,
+        count: (spec.rate * duration.as_secs_f64()) as u64,
+        rate: Some(spec.rate),
+    };
+    let frames = traffic.frames();
+    let (expected, states) = nham_vnf::reference(&spec.kinds, &frames);
+    let mut rounds_at: Vec<(Instant, Instant)> = Vec::new();
+    let mut failures = 0;
+    let trial = std::thread::scope(|s| -> Result<crate::lab::Trial> {
+        let t = s.spawn(|| lab.trial_through(frames, traffic.rate, &expected, None));
+        std::thread::sleep(Duration::from_millis(300));
+        for (r, &k) in spec.rounds.iter().enumerate() {
+            std::thread::sleep(spec.gap);
+            let k = k.clamp(1, n);
+            let start = (r * 3) % n;
+            let victims: Vec<usize> = (0..k).map(|j| (start + j) % n).collect();
+            let t0 = Instant::now();
+            for &v in &victims {
+                rt.block_on(vnfs.inject_fault(api::InjectFaultRequest {
+                    chain: "ha".into(),
+                    vnf: vnf_name(v),
+                    fault: api::Fault::Crash as i32,
+                }))
+                .with_context(|| format!("InjectFault on {}", vnf_name(v)))?;
+            }
+            failures += victims.len();
+            // Wait until every victim is back (or its recovery failed).
+            let deadline = t0 + Duration::from_secs(20);
+            let back = loop {
+                let events = log.lock().expect("event log");
+                let done: Vec<Option<Instant>> = victims
+                    .iter()
+                    .map(|&v| {
+                        events.iter().find_map(|(at, e)| {
+                            (*at >= t0
+                                && e.vnf == vnf_name(v)
+                                && matches!(
+                                    e.event,
+                                    Some(
+                                        api::watch_events_response::Event::RecoveryFinished(_)
+                                            | api::watch_events_response::Event::RecoveryFailed(_)
+                                    )
+                                ))
+                            .then_some(*at)
+                        })
+                    })
+                    .collect();
+                drop(events);
+                if done.iter().all(Option::is_some) {
+                    break done.into_iter().flatten().max().unwrap_or(t0);
+                }
+                if Instant::now() > deadline {
+                    bail!("round {r}: VNFs {victims:?} not recovered within 20 s");
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            rounds_at.push((t0, back));
+        }
+        t.join()
+            .map_err(|_| anyhow::anyhow!("traffic thread panicked"))?
+    })?;
+    // Let replays of VNFs restored at the end settle before reading states.
+    let mut last = u64::MAX;
+    loop {
+        let s = rt
+            .block_on(events.get_stats(api::GetStatsRequest {
+                chain: "ha".into(),
+            }))?
+            .into_inner();
+        if s.delivered == last {
+            break;
+        }
+        last = s.delivered;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let stats = rt
+        .block_on(events.get_stats(api::GetStatsRequest {
+            chain: "ha".into(),
+        }))?
+        .into_inner();
+    let chain = rt
+        .block_on(chains.get_chain(api::GetChainRequest { name: "ha".into() }))?
+        .into_inner()
+        .chain
+        .context("GetChain answered no chain")?;
+    let mut mismatch_detail = Vec::new();
+    for (i, status) in chain.vnfs.iter().enumerate() {
+        let path = dir.join(format!("{}.json", vnf_name(i)));
+        let _ = std::fs::remove_file(&path);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(status.pid as i32),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .with_context(|| format!("SIGUSR1 to {} (pid {})", status.name, status.pid))?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let bytes = loop {
+            if let Ok(b) = std::fs::read(&path) {
+                break b;
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not write its state", status.name);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        match spec.kinds.get(i) {
+            Some(kind) => {
+                let got: nham_vnf::State = serde_json::from_slice(&bytes)?;
+                if got != states[i] {
+                    mismatch_detail.push(format!(
+                        "{} ({kind:?}): {} flows, want {}",
+                        status.name,
+                        got.flows.len(),
+                        states[i].flows.len()
+                    ));
+                }
+            }
+            None => {
+                let got: serde_json::Value = serde_json::from_slice(&bytes)?;
+                let want = python_reference(&expected);
+                if got != want {
+                    mismatch_detail.push(format!("{} (python): {got} want {want}", status.name));
+                }
+            }
+        }
+    }
+    rt.block_on(chains.delete_chain(api::DeleteChainRequest { name: "ha".into() }))
+        .context("DeleteChain")?;
+    // Metrics from the events.
+    let events = log.lock().expect("event log").clone();
+    use api::watch_events_response::Event;
+    let mut detection = Vec::new();
+    let mut recovery = Vec::new();
+    let mut pauses = Vec::new();
+    let (mut restored, mut recovery_failures) = (0, 0);
+    for (_, e) in &events {
+        match &e.event {
+            Some(Event::FailureDetected(f)) => detection.push(f.detection_ms),
+            Some(Event::RecoveryFinished(f)) => {
+                recovery.push(f.recovery_ms);
+                restored += usize::from(f.restored);
+            }
+            Some(Event::RecoveryFailed(_)) => recovery_failures += 1,
+            Some(Event::CheckpointTaken(c)) => pauses.push(c.pause_ms),
+            _ => {}
+        }
+    }
+    let downtime = downtimes(&trial.received.arrival_us, trial.base, &rounds_at);
+    let v: Verdict = trial.verdict;
+    Ok(HaReport {
+        mechanism: spec.mechanism.as_str_name().to_string(),
+        vnfs: n,
+        rounds: spec.rounds.len(),
+        failures,
+        detection_ms: Summary::of(&detection),
+        recovery_ms: Summary::of(&recovery),
+        downtime_ms: Summary::of(&downtime),
+        checkpoint_pause_ms: Summary::of(&pauses),
+        checkpoints: pauses.len(),
+        restored,
+        recovery_failures,
+        lost: v.lost,
+        duplicated: v.duplicated,
+        reordered: v.reordered,
+        digest_equal: v.digest_equal,
+        state_mismatches: mismatch_detail.len(),
+        mismatch_detail,
+        sent: trial.sent,
+        expected: expected.len(),
+        received: trial.received.seqs.len(),
+        rate: spec.rate,
+        duplicates_suppressed: stats.duplicates_suppressed,
+    })
+}
+
+/// Per round: the longest gap between consecutive sink arrivals from the
+/// last arrival before the failure to the first after the recovery, ms.
+fn downtimes(arrival_us: &[u64], base: Instant, rounds: &[(Instant, Instant)]) -> Vec<f64> {
+    let us = |t: Instant| t.saturating_duration_since(base).as_micros() as u64;
+    rounds
+        .iter()
+        .filter_map(|&(fail, back)| {
+            let (fail, back) = (us(fail), us(back));
+            let first = arrival_us.partition_point(|&a| a <= fail).checked_sub(1)?;
+            let after = arrival_us.partition_point(|&a| a <= back);
+            if after >= arrival_us.len() {
+                return None;
+            }
+            arrival_us[first..=after]
+                .windows(2)
+                .map(|w| (w[1] - w[0]) as f64 / 1e3)
+                .reduce(f64::max)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downtime_is_the_longest_gap_across_the_failure() {
+        let base = Instant::now();
+        let at = |ms: u64| base + Duration::from_millis(ms);
+        let arrivals: Vec<u64> = [0u64, 1, 2, 3, 50, 51, 52, 90, 91]
+            .iter()
+            .map(|m| m * 1000)
+            .collect();
+        // Fails at 3.5 ms, back at 40 ms: silence from 3 to 50.
+        assert_eq!(downtimes(&arrivals, base, &[(at(3) + Duration::from_micros(500), at(40))]), vec![47.0]);
+        // Nothing arrives after the recovery: no figure.
+        assert!(downtimes(&arrivals, base, &[(at(60), at(95))]).is_empty());
+        let s = Summary::of(&[3.0, 1.0, 2.0]);
+        assert_eq!((s.p50, s.p99, s.max, s.n), (2.0, 3.0, 3.0, 3));
+    }
+}

@@ -1,0 +1,129 @@
+//! `nham-bench recovery`: recovery time, downtime and exactly-once of a
+//! chain protected by `nhamd`, with failures injected under traffic (see
+//! `nham_bench::ha`).
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use nham_bench::ha::{self, HaSpec};
+use nham_control::api;
+use nham_vnf::Kind;
+
+/// The mechanisms `nhamd` implements.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum MechanismArg {
+    /// No replica: a new instance restored from the state database.
+    #[value(name = "0r")]
+    ZeroR,
+    /// A standby prepared in advance imports the latest checkpoint.
+    #[value(name = "1r-as")]
+    OneRAs,
+}
+
+impl MechanismArg {
+    fn api(self) -> api::Mechanism {
+        match self {
+            Self::ZeroR => api::Mechanism::Mechanism0r,
+            Self::OneRAs => api::Mechanism::Mechanism1rAs,
+        }
+    }
+}
+
+/// Arguments of `nham-bench recovery`.
+#[derive(Args, Debug)]
+pub(crate) struct RecoveryArgs {
+    /// Resilience mechanism of every VNF.
+    #[arg(long, value_enum)]
+    mechanism: MechanismArg,
+    /// VNFs in the chain (1 to 8), cycling monitor, firewall, NAT, emitter.
+    #[arg(long, default_value_t = 4)]
+    vnfs: usize,
+    /// Failure rounds.
+    #[arg(long, default_value_t = 10)]
+    failures: usize,
+    /// VNFs crashed at once in each round.
+    #[arg(long, default_value_t = 1)]
+    simultaneous: usize,
+    /// Offered rate, frames per second.
+    #[arg(long, default_value_t = 4000.0)]
+    rate: f64,
+    /// Traffic between failure rounds, ms.
+    #[arg(long, default_value_t = 400)]
+    gap_ms: u64,
+    /// Checkpoint period of every VNF, ms.
+    #[arg(long, default_value_t = 200)]
+    checkpoint_interval_ms: u32,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
+    if !(1..=8).contains(&args.vnfs) {
+        bail!("--vnfs must be 1 to 8, got {}", args.vnfs);
+    }
+    if !(1..=args.vnfs).contains(&args.simultaneous) {
+        bail!(
+            "--simultaneous must be 1 to --vnfs ({}), got {}",
+            args.vnfs,
+            args.simultaneous
+        );
+    }
+    if args.failures == 0 {
+        bail!("--failures must be at least 1");
+    }
+    let spec = HaSpec {
+        mechanism: args.mechanism.api(),
+        kinds: (0..args.vnfs).map(|i| Kind::ALL[i % 4]).collect(),
+        python_vnf: None,
+        rounds: vec![args.simultaneous; args.failures],
+        rate: args.rate,
+        gap: std::time::Duration::from_millis(args.gap_ms),
+        checkpoint_interval_ms: args.checkpoint_interval_ms,
+        flows: 64,
+        nhamd: ha::sibling_binary("nhamd", "NHAM_NHAMD")?,
+        vnf_bin: ha::sibling_binary("nham-vnf", "NHAM_VNF")?,
+    };
+    let r = ha::run(&spec)?;
+    let row = |name: &str, s: &ha::Summary| {
+        println!(
+            "  {name:<22} p50 {:>8.2} ms   p99 {:>8.2} ms   max {:>8.2} ms   (n = {})",
+            s.p50, s.p99, s.max, s.n
+        )
+    };
+    println!(
+        "nham-bench recovery: {} on {} VNFs, {} rounds of {} (live chain under nhamd, real CRIU, {} pps)",
+        r.mechanism, r.vnfs, r.rounds, args.simultaneous, r.rate
+    );
+    row("detection", &r.detection_ms);
+    row("recovery", &r.recovery_ms);
+    row("downtime", &r.downtime_ms);
+    row("checkpoint pause", &r.checkpoint_pause_ms);
+    println!(
+        "  {} failures, {} recoveries from an image, {} recovery failures, {} checkpoints",
+        r.failures,
+        r.restored,
+        r.recovery_failures,
+        r.checkpoints
+    );
+    println!(
+        "  sink: {} of {} expected frames; lost {}, duplicated {}, reordered {}, stream {}; {} replayed outputs suppressed",
+        r.received,
+        r.expected,
+        r.lost,
+        r.duplicated,
+        r.reordered,
+        if r.digest_equal { "equal" } else { "DIFFERENT" },
+        r.duplicates_suppressed
+    );
+    println!(
+        "  VNF states against the failure-free run: {} mismatches {:?}",
+        r.state_mismatches, r.mismatch_detail
+    );
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    }
+    if !r.is_exact() {
+        bail!("exactly-once violated");
+    }
+    Ok(())
+}

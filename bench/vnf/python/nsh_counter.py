@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""A small NSH-aware VNF written without NHAM's libraries: it shows that an
+arbitrary, unmodified third-party process is protected like the samples.
+
+It reads NSH frames (EtherType 0x894F) on $NHAM_IFACE through an AF_PACKET
+socket, counts them and their inner frames' bytes (its state), and sends each one
+back to the SFF with the MAC addresses swapped and the Service Index
+decremented by one (RFC 8300, section 2.3: "Service Index (SI): Identifies
+the location of the packet within a Service Function Path ... It is
+decremented by Service Functions"). Everything else it ignores.
+
+SIGUSR1 writes the state as JSON to the path given as the first argument
+(a temporary file renamed into place). It prints "ready" once listening.
+"""
+import json
+import os
+import signal
+import socket
+import sys
+
+ETH_P_NSH = 0x894F
+SO_RCVBUFFORCE = 33
+PACKET_OUTGOING = 4
+
+state_path = sys.argv[1]
+iface = os.environ["NHAM_IFACE"]
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_NSH))
+sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
+sock.bind((iface, ETH_P_NSH))
+state = {"packets": 0, "bytes": 0}
+
+
+def dump(_signum, _frame):
+    tmp = state_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(state, f)
+    os.rename(tmp, state_path)
+
+
+signal.signal(signal.SIGUSR1, dump)
+print("ready", flush=True)
+while True:
+    frame, addr = sock.recvfrom(65536)
+    if addr[2] == PACKET_OUTGOING or len(frame) < 14 + 8:
+        continue
+    si = frame[14 + 7]
+    if si == 0:
+        continue
+    # NSH Length: the low 6 bits of the base header's second byte, in
+    # 4-byte words; what follows is the inner Ethernet frame.
+    nsh_len = 4 * (frame[15] & 0x3F)
+    state["packets"] += 1
+    state["bytes"] += len(frame) - 14 - nsh_len
+    out = bytearray(frame)
+    out[0:6], out[6:12] = frame[6:12], frame[0:6]
+    out[14 + 7] = si - 1
+    sock.send(bytes(out))
