@@ -61,7 +61,24 @@ criu_ok() {
   local v
   v="$(criu --version 2>/dev/null | sed -n 's/^Version: *//p' | head -n1)"
   [ -n "$v" ] && version_ge "$v" "$CRIU_MIN" || return 1
-  criu check 2>&1 | grep -q "Looks good"
+  criu check 2>&1 | grep -q "Looks good" || return 1
+  kdat_cache_ok
+}
+
+# CRIU probes the kernel (~25 ms) on every run unless it can keep its cache
+# (criu.kdat) on a tmpfs in its RUNDIR, /run by default. Where /run is no
+# tmpfs (some containers and VMs), every dump and restore pays that again,
+# so CRIU is built with RUNDIR=/dev/shm there.
+criu_rundir() {
+  if [ "$(stat -f -c %T /run 2>/dev/null)" = tmpfs ]; then echo /run; else echo /dev/shm; fi
+}
+kdat_cache_ok() {
+  local dir
+  dir="$(criu_rundir)"
+  # A stale temporary file (a criu killed while writing) blocks the cache.
+  [ -s "$dir/criu.kdat.tmp" ] || rm -f "$dir/criu.kdat.tmp"
+  criu check >/dev/null 2>&1 || true
+  [ -s "$dir/criu.kdat" ]
 }
 
 # The URI of the machine's own Debian archive, read from its apt sources, so
@@ -118,7 +135,7 @@ install_criu() {
     log "criu $(criu --version | sed -n 's/^Version: *//p') present, criu check: Looks good"
     return 0
   fi
-  log "CRIU >= $CRIU_MIN missing: building $CRIU_VERSION from source"
+  log "CRIU >= $CRIU_MIN (with a kernel-probe cache on tmpfs) missing: building $CRIU_VERSION from source"
   apt_install "${CRIU_BUILD_PKGS[@]}"
   local work
   work="$(mktemp -d /tmp/nham-criu.XXXXXX)"
@@ -127,8 +144,10 @@ install_criu() {
   local src
   src="$(find "$work" -maxdepth 1 -mindepth 1 -type d -name 'criu*' | head -n1)"
   [ -n "$src" ] || die "unpacked tarball has no criu directory"
-  log "make criu (about a minute)"
-  make -C "$src" -j"$(nproc)" criu >"$work/build.log" 2>&1 || { tail -n 40 "$work/build.log" >&2; die "CRIU build failed (log: $work/build.log)"; }
+  local rundir
+  rundir="$(criu_rundir)"
+  log "make criu RUNDIR=$rundir (about a minute)"
+  make -C "$src" -j"$(nproc)" RUNDIR="$rundir" criu >"$work/build.log" 2>&1 || { tail -n 40 "$work/build.log" >&2; die "CRIU build failed (log: $work/build.log)"; }
   install -m 0755 "$src/criu/criu" /usr/local/sbin/criu
   hash -r
   rm -rf "$work"

@@ -113,6 +113,12 @@ pub struct HaReport {
     pub downtime_ms: Summary,
     /// Delivery pause of each checkpoint.
     pub checkpoint_pause_ms: Summary,
+    /// Of the pause: draining, frozen, CRIU's dump.
+    pub checkpoint_drain_ms: Summary,
+    /// The VNF stopped.
+    pub checkpoint_frozen_ms: Summary,
+    /// CRIU's dump.
+    pub checkpoint_dump_ms: Summary,
     /// Checkpoints taken.
     pub checkpoints: usize,
     /// Recoveries that restored an image (the rest started afresh).
@@ -141,6 +147,26 @@ pub struct HaReport {
     pub rate: f64,
     /// Replayed outputs the SFF suppressed as duplicates.
     pub duplicates_suppressed: u64,
+    /// Frames the sink's own socket dropped because the sink (not NHAM)
+    /// was too slow: a loss of the measurement, counted apart.
+    pub sink_kernel_drops: u64,
+    /// SFF counters at the end.
+    pub stats: SffCounters,
+}
+
+/// The SFF's counters, as `GetStats` gives them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SffCounters {
+    /// Frames in.
+    pub ingress: u64,
+    /// Delivered to VNFs (replays included).
+    pub delivered: u64,
+    /// Frames out.
+    pub egress: u64,
+    /// Outputs of failed incarnations discarded.
+    pub stale_discarded: u64,
+    /// Malformed, SI or TTL errors.
+    pub malformed: u64,
 }
 
 impl HaReport {
@@ -297,9 +323,7 @@ fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Resu
     let mut events = api::event_service_client::EventServiceClient::new(channel);
     let log: EventLog = Arc::default();
     let mut stream = rt
-        .block_on(events.watch_events(api::WatchEventsRequest {
-            chain: "ha".into(),
-        }))?
+        .block_on(events.watch_events(api::WatchEventsRequest { chain: "ha".into() }))?
         .into_inner();
     let sink = log.clone();
     rt.spawn(async move {
@@ -320,7 +344,9 @@ fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Resu
                 "--iface".into(),
                 "{iface}".into(),
                 "--state".into(),
-                dir.join(format!("{}.json", vnf_name(i))).display().to_string(),
+                dir.join(format!("{}.json", vnf_name(i)))
+                    .display()
+                    .to_string(),
             ],
             mechanism: spec.mechanism as i32,
             checkpoint_interval_ms: spec.checkpoint_interval_ms,
@@ -334,7 +360,9 @@ fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Resu
             command: vec![
                 "python3".into(),
                 py.display().to_string(),
-                dir.join(format!("{}.json", vnf_name(i))).display().to_string(),
+                dir.join(format!("{}.json", vnf_name(i)))
+                    .display()
+                    .to_string(),
             ],
             mechanism: spec.mechanism as i32,
             checkpoint_interval_ms: spec.checkpoint_interval_ms,
@@ -450,9 +478,7 @@ fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Resu
     let mut last = u64::MAX;
     loop {
         let s = rt
-            .block_on(events.get_stats(api::GetStatsRequest {
-                chain: "ha".into(),
-            }))?
+            .block_on(events.get_stats(api::GetStatsRequest { chain: "ha".into() }))?
             .into_inner();
         if s.delivered == last {
             break;
@@ -461,9 +487,7 @@ fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Resu
         std::thread::sleep(Duration::from_millis(300));
     }
     let stats = rt
-        .block_on(events.get_stats(api::GetStatsRequest {
-            chain: "ha".into(),
-        }))?
+        .block_on(events.get_stats(api::GetStatsRequest { chain: "ha".into() }))?
         .into_inner();
     let chain = rt
         .block_on(chains.get_chain(api::GetChainRequest { name: "ha".into() }))?
@@ -518,6 +542,7 @@ fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Resu
     let mut detection = Vec::new();
     let mut recovery = Vec::new();
     let mut pauses = Vec::new();
+    let (mut drains, mut frozen, mut dumps) = (Vec::new(), Vec::new(), Vec::new());
     let (mut restored, mut recovery_failures) = (0, 0);
     for (_, e) in &events {
         match &e.event {
@@ -527,7 +552,12 @@ fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Resu
                 restored += usize::from(f.restored);
             }
             Some(Event::RecoveryFailed(_)) => recovery_failures += 1,
-            Some(Event::CheckpointTaken(c)) => pauses.push(c.pause_ms),
+            Some(Event::CheckpointTaken(c)) => {
+                pauses.push(c.pause_ms);
+                drains.push(c.drain_ms);
+                frozen.push(c.frozen_ms);
+                dumps.push(c.dump_ms);
+            }
             _ => {}
         }
     }
@@ -542,6 +572,9 @@ fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Resu
         recovery_ms: Summary::of(&recovery),
         downtime_ms: Summary::of(&downtime),
         checkpoint_pause_ms: Summary::of(&pauses),
+        checkpoint_drain_ms: Summary::of(&drains),
+        checkpoint_frozen_ms: Summary::of(&frozen),
+        checkpoint_dump_ms: Summary::of(&dumps),
         checkpoints: pauses.len(),
         restored,
         recovery_failures,
@@ -556,6 +589,14 @@ fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Resu
         received: trial.received.seqs.len(),
         rate: spec.rate,
         duplicates_suppressed: stats.duplicates_suppressed,
+        sink_kernel_drops: trial.received.kernel_drops,
+        stats: SffCounters {
+            ingress: stats.ingress,
+            delivered: stats.delivered,
+            egress: stats.egress,
+            stale_discarded: stats.stale_discarded,
+            malformed: stats.malformed,
+        },
     })
 }
 
@@ -593,7 +634,14 @@ mod tests {
             .map(|m| m * 1000)
             .collect();
         // Fails at 3.5 ms, back at 40 ms: silence from 3 to 50.
-        assert_eq!(downtimes(&arrivals, base, &[(at(3) + Duration::from_micros(500), at(40))]), vec![47.0]);
+        assert_eq!(
+            downtimes(
+                &arrivals,
+                base,
+                &[(at(3) + Duration::from_micros(500), at(40))]
+            ),
+            vec![47.0]
+        );
         // Nothing arrives after the recovery: no figure.
         assert!(downtimes(&arrivals, base, &[(at(60), at(95))]).is_empty());
         let s = Summary::of(&[3.0, 1.0, 2.0]);

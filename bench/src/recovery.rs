@@ -98,12 +98,12 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
     row("recovery", &r.recovery_ms);
     row("downtime", &r.downtime_ms);
     row("checkpoint pause", &r.checkpoint_pause_ms);
+    row("  of which draining", &r.checkpoint_drain_ms);
+    row("  of which frozen", &r.checkpoint_frozen_ms);
+    row("    of which dump", &r.checkpoint_dump_ms);
     println!(
         "  {} failures, {} recoveries from an image, {} recovery failures, {} checkpoints",
-        r.failures,
-        r.restored,
-        r.recovery_failures,
-        r.checkpoints
+        r.failures, r.restored, r.recovery_failures, r.checkpoints
     );
     println!(
         "  sink: {} of {} expected frames; lost {}, duplicated {}, reordered {}, stream {}; {} replayed outputs suppressed",
@@ -114,6 +114,15 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
         r.reordered,
         if r.digest_equal { "equal" } else { "DIFFERENT" },
         r.duplicates_suppressed
+    );
+    println!(
+        "  SFF: {} in, {} out, {} delivered to VNFs, {} stale discarded, {} malformed; sink socket drops {}",
+        r.stats.ingress,
+        r.stats.egress,
+        r.stats.delivered,
+        r.stats.stale_discarded,
+        r.stats.malformed,
+        r.sink_kernel_drops
     );
     println!(
         "  VNF states against the failure-free run: {} mismatches {:?}",

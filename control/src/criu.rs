@@ -7,16 +7,19 @@
 //! ahead of time, so a dump or a restore does not wait for `criu` to start:
 //! this is how a 1R-AS standby is kept ready.
 //!
-//! A VNF lives in a network namespace of its own that NHAM keeps; CRIU is
-//! told to treat it as external: `net[<inode>]:vnfnet` on dump, and on
-//! restore the namespace file is an fd the `criu swrk` child inherited
-//! (`inherit_fd {key: vnfnet, fd: 7}`). `network_lock = SKIP`: the SFF
-//! already stopped delivering, and locking would touch the namespace's
-//! firewall. Restored processes are our children (`rst_sibling`), so the
-//! daemon watches and reaps them like the ones it started.
+//! A VNF lives in a network namespace of its own that NHAM keeps. The
+//! `criu swrk` process runs *in that namespace* (it is started from a thread
+//! that entered it): the VNF then shares CRIU's network namespace, so CRIU
+//! neither dumps nor recreates a namespace, and restores the VNF's sockets
+//! into the namespace it runs in. (Run from the host's namespace with the
+//! VNF's as `--external`, CRIU still dumps the host's whole conntrack table
+//! on every dump: 10 ms idle, several times that under load.)
+//! `network_lock = SKIP`: the SFF already stopped delivering, and locking
+//! would touch the namespace's firewall. Restored processes are our
+//! children (`rst_sibling`), so the daemon watches and reaps them like the
+//! ones it started.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,12 +67,8 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CriuError {
     move |source| CriuError::Io { what, source }
 }
 
-/// The key CRIU uses for the VNF's (external) network namespace.
-const NET_KEY: &str = "vnfnet";
 /// The fd number of the RPC socket in the `criu swrk` child.
 const SOCK_FD: i32 = 3;
-/// The fd number the namespace file gets in the `criu swrk` child.
-const NET_FD: i32 = 7;
 /// Largest message CRIU sends back.
 const MAX_MSG: usize = 64 * 1024;
 
@@ -92,9 +91,8 @@ pub struct Swrk {
 }
 
 impl Swrk {
-    /// Starts `criu swrk`. With `netns`, the child inherits that namespace
-    /// file, so it can restore into it.
-    pub fn spawn(netns: Option<&Path>) -> Result<Self, CriuError> {
+    /// Starts `criu swrk` in the network namespace `netns` (the VNF's).
+    pub fn spawn(netns: &Path) -> Result<Self, CriuError> {
         use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
         let (ours, theirs) = socketpair(
             AddressFamily::UNIX,
@@ -103,29 +101,30 @@ impl Swrk {
             None,
         )
         .map_err(|e| io("socketpair for criu swrk")(e.into()))?;
-        let mut fds = vec![FdMapping {
-            parent_fd: theirs,
-            child_fd: SOCK_FD,
-        }];
-        if let Some(ns) = netns {
-            let f = std::fs::File::open(ns).map_err(io(format!("opening {}", ns.display())))?;
-            fds.push(FdMapping {
-                parent_fd: f.into(),
-                child_fd: NET_FD,
-            });
-        }
-        let mut cmd = Command::new("criu");
-        cmd.arg("swrk")
-            .arg(SOCK_FD.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        cmd.fd_mappings(fds).map_err(|e| CriuError::Io {
-            what: "mapping fds for criu swrk".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let child = cmd.spawn().map_err(CriuError::Spawn)?;
-        // `cmd` holds the child's ends; they close when it goes.
-        drop(cmd);
+        let ns = std::fs::File::open(netns).map_err(io(format!("opening {}", netns.display())))?;
+        // A child inherits the network namespace of the thread that forks
+        // it: fork from a thread that entered the VNF's.
+        let child = std::thread::spawn(move || -> Result<Child, CriuError> {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| io("entering the VNF's network namespace")(e.into()))?;
+            let mut cmd = Command::new("criu");
+            cmd.arg("swrk")
+                .arg(SOCK_FD.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
+            cmd.fd_mappings(vec![FdMapping {
+                parent_fd: theirs,
+                child_fd: SOCK_FD,
+            }])
+            .map_err(|e| CriuError::Io {
+                what: "mapping fds for criu swrk".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            // `cmd` holds the child's end; it closes when `cmd` goes.
+            cmd.spawn().map_err(CriuError::Spawn)
+        })
+        .join()
+        .map_err(|_| CriuError::Spawn(std::io::Error::other("spawn thread panicked")))??;
         Ok(Self { child, sock: ours })
     }
 
@@ -203,7 +202,7 @@ pub struct DumpReport {
 }
 
 /// Dumps process `pid` (and its children) into `images`, leaving it
-/// running, through `swrk` (or a new `criu swrk` when `None`). `netns` is
+/// running, through `swrk` (or a new `criu swrk` when `None`); `netns` is
 /// the file of its network namespace.
 pub fn dump(
     swrk: Option<Swrk>,
@@ -212,18 +211,14 @@ pub fn dump(
     images: &Path,
 ) -> Result<DumpReport, CriuError> {
     std::fs::create_dir_all(images).map_err(io(format!("creating {}", images.display())))?;
-    let inode = std::fs::metadata(netns)
-        .map_err(io(format!("reading {}", netns.display())))?
-        .ino();
     let swrk = match swrk {
         Some(s) => s,
-        None => Swrk::spawn(None)?,
+        None => Swrk::spawn(netns)?,
     };
     let started = Instant::now();
     let opts = rpc::CriuOpts {
         pid: Some(pid as i32),
         leave_running: Some(true),
-        external: vec![format!("net[{inode}]:{NET_KEY}")],
         network_lock: Some(rpc::CriuNetworkLockMethod::Skip as i32),
         ..base_opts(images, "dump.log")
     };
@@ -246,8 +241,8 @@ pub fn dump(
 }
 
 /// Restores the process in `images` into the network namespace the
-/// `swrk` was started with (or `netns`, through a new `criu swrk`); the
-/// process becomes a child of ours. Returns its pid and the time taken.
+/// `swrk` runs in (or `netns`, through a new `criu swrk`); the process
+/// becomes a child of ours. Returns its pid and the time taken.
 pub fn restore(
     swrk: Option<Swrk>,
     images: &Path,
@@ -256,13 +251,9 @@ pub fn restore(
     let started = Instant::now();
     let swrk = match swrk {
         Some(s) => s,
-        None => Swrk::spawn(Some(netns))?,
+        None => Swrk::spawn(netns)?,
     };
     let opts = rpc::CriuOpts {
-        inherit_fd: vec![rpc::InheritFd {
-            key: NET_KEY.into(),
-            fd: NET_FD,
-        }],
         rst_sibling: Some(true),
         ..base_opts(images, "restore.log")
     };
@@ -314,12 +305,12 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         let images = dir.join("ckpt");
         // A worker started ahead of time, as the daemon keeps them.
-        let warm = Swrk::spawn(None).unwrap();
+        let warm = Swrk::spawn(&ns.path()).unwrap();
         let d = dump(Some(warm), child.0.id(), &ns.path(), &images).expect("dump");
         assert!(d.size > 0);
         child.0.kill().unwrap();
         child.0.wait().unwrap();
-        let standby = Swrk::spawn(Some(&ns.path())).unwrap();
+        let standby = Swrk::spawn(&ns.path()).unwrap();
         let (pid, took) = restore(Some(standby), &images, &ns.path()).expect("restore");
         assert!(
             Path::new(&format!("/proc/{pid}")).exists(),
@@ -334,6 +325,14 @@ mod tests {
             .and_then(|p| p.parse().ok())
             .unwrap();
         assert_eq!(ppid, mine, "restored as our child (rst_sibling)");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .unwrap()
+                .ino(),
+            std::fs::metadata(ns.path()).unwrap().ino(),
+            "restored into the VNF's namespace"
+        );
         eprintln!(
             "dump {:?} ({} bytes), restore {:?}",
             d.duration, d.size, took

@@ -164,8 +164,12 @@ pub struct CheckpointStats {
     pub id: CheckpointId,
     /// Delivery paused (begin to dumped).
     pub pause: Duration,
+    /// Waiting for the VNF to drain its socket (begin to SIGSTOP).
+    pub drain: Duration,
     /// The VNF stopped (SIGSTOP to SIGCONT).
     pub frozen: Duration,
+    /// CRIU's dump, within `frozen`.
+    pub dump: Duration,
     /// Begin to durable and released.
     pub total: Duration,
     /// Image bytes (CRIU's).
@@ -209,7 +213,7 @@ impl ProtectedVnf {
             command,
             slot,
             mechanism: Mechanism::NoReplica,
-            dump_worker: None,
+            dump_worker: Swrk::spawn(netns).ok(),
             standby: Standby {
                 swrk: None,
                 staged: None,
@@ -237,7 +241,7 @@ impl ProtectedVnf {
             }
             Mechanism::ActiveStandby => {
                 if self.standby.swrk.is_none() {
-                    self.standby.swrk = Some(Swrk::spawn(Some(&self.netns))?);
+                    self.standby.swrk = Some(Swrk::spawn(&self.netns)?);
                 }
                 if self.standby.staged.is_none() {
                     let s = &self.slot;
@@ -313,7 +317,8 @@ impl ProtectedVnf {
         let _ = resume(self.pid);
         let frozen = frozen_at.elapsed();
         // The next dump's worker starts now, off the pause.
-        self.dump_worker = Swrk::spawn(None).ok();
+        self.dump_worker = Swrk::spawn(&self.netns).ok();
+        let drain = frozen_at.duration_since(started);
         let report = match dumped {
             Ok(r) => r,
             Err(e) => {
@@ -362,7 +367,9 @@ impl ProtectedVnf {
         Ok(CheckpointStats {
             id,
             pause,
+            drain,
             frozen,
+            dump: report.duration,
             total: started.elapsed(),
             size: report.size,
             stored: meta.stored_bytes,
@@ -395,7 +402,7 @@ impl ProtectedVnf {
         let duration = started.elapsed();
         // Prepare the next standby, off the recovery path.
         if self.mechanism == Mechanism::ActiveStandby && self.standby.swrk.is_none() {
-            self.standby.swrk = Swrk::spawn(Some(&self.netns)).ok();
+            self.standby.swrk = Swrk::spawn(&self.netns).ok();
         }
         Ok(RecoveryStats {
             duration,

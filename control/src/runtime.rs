@@ -140,16 +140,6 @@ impl VnfRuntime {
         Ok(pidfd)
     }
 
-    /// Reaps the process after its pidfd said it exited.
-    pub fn reap(&mut self, pidfd: &OwnedFd) {
-        use std::os::fd::AsFd;
-        let _ = rustix::process::waitid(
-            rustix::process::WaitId::PidFd(pidfd.as_fd()),
-            rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOHANG,
-        );
-        self.pid = None;
-    }
-
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), ControlError> {
         let pid = self.pid.ok_or_else(|| {
@@ -157,6 +147,21 @@ impl VnfRuntime {
         })?;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
             .map_err(|e| ControlError::Process(format!("signal {signal} to {pid}: {e}")))
+    }
+}
+
+/// Reaps the process of `pidfd` once it has exited (blocks until then).
+pub fn reap(pidfd: &OwnedFd) {
+    use std::os::fd::AsFd;
+    loop {
+        match rustix::process::waitid(
+            rustix::process::WaitId::PidFd(pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            // Reaped, or not ours to reap (ECHILD).
+            _ => return,
+        }
     }
 }
 

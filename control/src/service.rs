@@ -92,21 +92,38 @@ impl Daemon {
                     rustix::event::PollFlags::IN,
                 )];
                 match rustix::event::poll(&mut fds, None) {
-                    Ok(n) if n > 0 => return Some(pidfd),
+                    Ok(n) if n > 0 => {
+                        let detected = Instant::now();
+                        // Reap it here, waiting if need be: a VNF killed
+                        // while CRIU had it seized stays a zombie of CRIU's
+                        // until the failed dump lets go of it, and its pid
+                        // must be free before it can be restored.
+                        crate::runtime::reap(&pidfd);
+                        return Some((pidfd, detected));
+                    }
                     Ok(_) | Err(rustix::io::Errno::INTR) => continue,
                     Err(_) => return None,
                 }
             })
             .await;
-            if let Ok(Some(pidfd)) = exited {
-                daemon.on_exit(&chain, &vnf, incarnation, pidfd).await;
+            if let Ok(Some((pidfd, detected))) = exited {
+                daemon
+                    .on_exit(&chain, &vnf, incarnation, pidfd, detected)
+                    .await;
             }
         });
     }
 
-    async fn on_exit(self: &Arc<Self>, chain: &str, vnf: &str, incarnation: u64, pidfd: OwnedFd) {
+    /// VNF `vnf` of `chain` exited (its pidfd became readable at `detected`).
+    async fn on_exit(
+        self: &Arc<Self>,
+        chain: &str,
+        vnf: &str,
+        incarnation: u64,
+        pidfd: OwnedFd,
+        detected: Instant,
+    ) {
         use api::watch_events_response::Event;
-        let detected = Instant::now();
         let mut chains = self.chains.lock().await;
         let Some(entry) = chains.get_mut(chain) else {
             return;
@@ -118,7 +135,8 @@ impl Daemon {
         if v.incarnation != incarnation {
             return; // an old process, already replaced
         }
-        v.reap(&pidfd);
+        drop(pidfd);
+        v.pid = None;
         v.failures += 1;
         v.state = api::VnfState::Failed;
         let detection_ms = v
@@ -288,6 +306,9 @@ impl Daemon {
                         pause_ms: c.pause.as_secs_f64() * 1e3,
                         stored_bytes: c.stored,
                         released: c.released,
+                        drain_ms: c.drain.as_secs_f64() * 1e3,
+                        frozen_ms: c.frozen.as_secs_f64() * 1e3,
+                        dump_ms: c.dump.as_secs_f64() * 1e3,
                     }),
                 ));
                 Ok(c)

@@ -1,0 +1,104 @@
+//! Exactly-once through real crashes, driven by the real daemon: `nhamd`
+//! (its own process, in the lab's SFF namespace) protects a chain of the
+//! stateful sample VNFs with 0R and with 1R-AS while traffic flows; VNFs
+//! are crashed through the gRPC API (SIGKILL) ten times per mechanism, one
+//! at a time, then two at once, then four at once. The sink must get
+//! exactly the failure-free output and every VNF must end in its
+//! failure-free state. A Python NSH-aware VNF, written for the test and
+//! started as an arbitrary command, is protected the same way.
+//! Needs root and CRIU >= 4.2 (scripts/setup.sh), and the `nhamd` binary
+//! (built by `cargo test --workspace`; alone: `cargo build -p nham-control`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nham_bench::ha::{self, HaSpec};
+use nham_control::api::Mechanism;
+use nham_vnf::Kind;
+
+fn spec(mechanism: Mechanism, kinds: Vec<Kind>, rounds: Vec<usize>) -> HaSpec {
+    HaSpec {
+        mechanism,
+        kinds,
+        python_vnf: None,
+        rounds,
+        rate: 3000.0,
+        gap: Duration::from_millis(300),
+        checkpoint_interval_ms: 200,
+        flows: 32,
+        nhamd: ha::sibling_binary("nhamd", "NHAM_NHAMD").expect("nhamd binary"),
+        vnf_bin: PathBuf::from(env!("CARGO_BIN_EXE_nham-vnf")),
+    }
+}
+
+fn check(r: &ha::HaReport) {
+    eprintln!(
+        "{}: {} failures, recovery p50 {:.1} ms (max {:.1}), detection p50 {:.2} ms, downtime p50 {:.1} ms, checkpoint pause p50 {:.1} ms over {} checkpoints, {} replayed outputs suppressed",
+        r.mechanism,
+        r.failures,
+        r.recovery_ms.p50,
+        r.recovery_ms.max,
+        r.detection_ms.p50,
+        r.downtime_ms.p50,
+        r.checkpoint_pause_ms.p50,
+        r.checkpoints,
+        r.duplicates_suppressed
+    );
+    assert_eq!(r.failures, 10, "ten crashes injected");
+    assert_eq!(r.recovery_ms.n, 10, "ten recoveries: {r:?}");
+    assert_eq!(
+        r.restored, 10,
+        "every recovery restored a checkpoint: {r:?}"
+    );
+    assert_eq!((r.lost, r.duplicated, r.reordered), (0, 0, 0), "{r:?}");
+    assert!(r.digest_equal, "output differs from the failure-free run");
+    assert_eq!(r.state_mismatches, 0, "{:?}", r.mismatch_detail);
+    assert!(r.is_exact());
+}
+
+/// 1, 1, 1, 1, then 2 at once, then 4 at once: ten crashes.
+const ROUNDS: [usize; 6] = [1, 1, 1, 1, 2, 4];
+
+#[test]
+fn zero_r_through_nhamd_survives_ten_crashes_exactly_once() {
+    let r = ha::run(&spec(
+        Mechanism::Mechanism0r,
+        Kind::ALL.to_vec(),
+        ROUNDS.to_vec(),
+    ))
+    .expect("trial");
+    check(&r);
+}
+
+#[test]
+fn one_r_as_through_nhamd_survives_ten_crashes_exactly_once() {
+    let r = ha::run(&spec(
+        Mechanism::Mechanism1rAs,
+        Kind::ALL.to_vec(),
+        ROUNDS.to_vec(),
+    ))
+    .expect("trial");
+    check(&r);
+}
+
+#[test]
+fn an_arbitrary_python_vnf_is_protected_the_same_way() {
+    let mut s = spec(
+        Mechanism::Mechanism0r,
+        vec![Kind::Firewall],
+        vec![1, 1, 2, 1],
+    );
+    s.python_vnf = Some(PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/vnf/python/nsh_counter.py"
+    )));
+    let r = ha::run(&s).expect("trial");
+    eprintln!(
+        "python chain: {} failures, recovery p50 {:.1} ms, checkpoint pause p50 {:.1} ms",
+        r.failures, r.recovery_ms.p50, r.checkpoint_pause_ms.p50
+    );
+    assert_eq!(r.vnfs, 2);
+    assert_eq!(r.failures, 5);
+    assert!(r.restored >= 5, "{r:?}");
+    assert!(r.is_exact(), "{r:?}");
+}
