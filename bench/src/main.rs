@@ -1,5 +1,7 @@
 //! `nham-bench`: NHAM's experiments.
 //!
+//! - `nham-bench demo`: the main job (README): `nhamd` protects a live
+//!   4-VNF chain with 0R and with 1R-AS while VNFs crash; a summary table.
 //! - `nham-bench chain`: a live chain (SFF on AF_XDP, `nham-vnf` processes
 //!   in network namespaces), traffic checked end to end at the sink.
 //! - `nham-bench throughput`: zero-loss rate of the SFF against a plain
@@ -13,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod chain;
+mod demo;
 mod model;
 mod recovery;
 mod throughput;
@@ -32,6 +35,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job: nhamd protects a live 4-VNF chain with each mechanism
+    /// while VNFs crash; prints a summary table (root, CRIU).
+    Demo,
     /// A live chain in network namespaces, checked end to end (root).
     Chain(chain::ChainArgs),
     /// In-memory chain model with failures injected, checked for exactly-once.
@@ -46,6 +52,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Demo => demo::run(),
         Command::Chain(args) => chain::run(&args),
         Command::Model(args) => model::run(&args),
         Command::Throughput(args) => throughput::run(&args),

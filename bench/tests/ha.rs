@@ -16,6 +16,12 @@ use nham_bench::ha::{self, HaSpec};
 use nham_control::api::Mechanism;
 use nham_vnf::Kind;
 
+/// One trial at a time: each wants both cores.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn spec(mechanism: Mechanism, kinds: Vec<Kind>, rounds: Vec<usize>) -> HaSpec {
     HaSpec {
         mechanism,
@@ -61,6 +67,7 @@ const ROUNDS: [usize; 6] = [1, 1, 1, 1, 2, 4];
 
 #[test]
 fn zero_r_through_nhamd_survives_ten_crashes_exactly_once() {
+    let _serial = serial();
     let r = ha::run(&spec(
         Mechanism::Mechanism0r,
         Kind::ALL.to_vec(),
@@ -72,6 +79,7 @@ fn zero_r_through_nhamd_survives_ten_crashes_exactly_once() {
 
 #[test]
 fn one_r_as_through_nhamd_survives_ten_crashes_exactly_once() {
+    let _serial = serial();
     let r = ha::run(&spec(
         Mechanism::Mechanism1rAs,
         Kind::ALL.to_vec(),
@@ -83,6 +91,7 @@ fn one_r_as_through_nhamd_survives_ten_crashes_exactly_once() {
 
 #[test]
 fn an_arbitrary_python_vnf_is_protected_the_same_way() {
+    let _serial = serial();
     let mut s = spec(
         Mechanism::Mechanism0r,
         vec![Kind::Firewall],

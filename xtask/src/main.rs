@@ -59,34 +59,27 @@ fn main() {
                 "model",
             ];
             if rest.is_empty() {
-                // The live chain: 4 VNF processes in namespaces, real traffic.
+                // The main job: nhamd protects a live 4-VNF chain with each
+                // mechanism while VNFs crash (needs the nhamd and nham-vnf
+                // binaries next to nham-bench).
                 run(
                     "cargo",
                     &[
-                        "run",
+                        "build",
                         "--release",
                         "--quiet",
                         "-p",
                         "nham-bench",
-                        "--bin",
-                        "nham-bench",
-                        "--",
-                        "chain",
-                        "--vnfs",
-                        "4",
-                        "--crash",
-                        "--packets",
-                        "6000",
-                        "--rate",
-                        "3000",
+                        "-p",
+                        "nham-control",
                     ],
                 );
-                // Failures: still in the in-memory model (the control plane
-                // that checkpoints and restores real VNFs comes next).
-                // One failure at a time on 4 VNFs; 3 of 8 at once; all 8 at once.
+                let bench = repo_root().join("target/release/nham-bench");
+                run(&bench.display().to_string(), &["demo"]);
+                // Larger failure patterns (8 VNFs, all at once) on the
+                // in-memory model of the same Hold/Release core.
                 for extra in [
-                    &["--vnfs", "4", "--failures", "10"][..],
-                    &["--vnfs", "8", "--failures", "10", "--simultaneous", "3"],
+                    &["--vnfs", "8", "--failures", "10", "--simultaneous", "3"][..],
                     &["--vnfs", "8", "--failures", "5", "--simultaneous", "8"],
                 ] {
                     run("cargo", &[&base[..], extra].concat());
