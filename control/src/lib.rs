@@ -1,9 +1,10 @@
 //! NHAM control plane.
 //!
 //! - [`api`]: the generated `nham.v1` gRPC types and services.
-//! - [`criu`]: dump and restore of one VNF process with CRIU.
-//! - [`protect`]: the checkpoint protocol (Hold/Release + CRIU) and 0R
-//!   recovery for one VNF.
+//! - [`criu`]: dump and restore of one VNF process through CRIU's RPC
+//!   (`criu swrk`).
+//! - [`protect`]: the State Synchronizer of one VNF: the checkpoint
+//!   protocol (Hold/Release + CRIU + store) and recovery (0R, 1R-AS).
 //! - [`error`]: the one error enum of the control plane and its single
 //!   conversion to `tonic::Status`.
 //! - [`validate`]: checks a `ChainSpec` and turns it into the daemon's own
@@ -14,9 +15,11 @@
 //! - [`service`]: the tonic services over a registry of chains, and the
 //!   event stream.
 //!
-//! What is not here yet (see the control-plane issue): CRIU checkpoints,
-//! the state database and recovery by mechanism. Chains whose VNFs ask for
-//! a mechanism other than `MECHANISM_NONE` are refused with UNIMPLEMENTED.
+//! - [`store`]: the VNF State Database (redb index, zstd images with a
+//!   format version and checksum).
+//!
+//! Mechanisms: `MECHANISM_NONE`, `0R` and `1R-AS` are served; `1R-AA` and
+//! `MR-AA` are refused with UNIMPLEMENTED.
 #![forbid(unsafe_code)]
 
 pub mod criu;
@@ -51,6 +54,35 @@ pub async fn connect(addr: &str) -> Result<tonic::transport::Channel, tonic::tra
                 .await
         }
     }
+}
+
+/// The gRPC services a server offers, by reflection (v1): what `grpcurl
+/// list` shows.
+pub async fn list_services(
+    channel: tonic::transport::Channel,
+) -> Result<Vec<String>, tonic::Status> {
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(r) = stream.message().await? {
+        if let Some(MessageResponse::ListServicesResponse(l)) = r.message_response {
+            out.extend(l.service.into_iter().map(|s| s.name));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// The generated `nham.v1` API.

@@ -444,6 +444,39 @@ impl Daemon {
     }
 }
 
+/// Every service `nhamd` serves over `daemon`: `nham.v1` (chains, VNFs,
+/// events), `grpc.health.v1` and server reflection (v1).
+pub async fn router(
+    daemon: Arc<Daemon>,
+) -> std::result::Result<tonic::transport::server::Router, tonic_reflection::server::Error> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<chain_service_server::ChainServiceServer<ChainSvc>>()
+        .await;
+    health_reporter
+        .set_serving::<vnf_service_server::VnfServiceServer<VnfSvc>>()
+        .await;
+    health_reporter
+        .set_serving::<event_service_server::EventServiceServer<EventSvc>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    Ok(tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(chain_service_server::ChainServiceServer::new(ChainSvc(
+            daemon.clone(),
+        )))
+        .add_service(vnf_service_server::VnfServiceServer::new(VnfSvc(
+            daemon.clone(),
+        )))
+        .add_service(event_service_server::EventServiceServer::new(EventSvc(
+            daemon,
+        ))))
+}
+
 type Result2<T> = std::result::Result<Response<T>, Status>;
 
 /// `ChainService` over a [`Daemon`].

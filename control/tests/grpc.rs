@@ -10,7 +10,7 @@ use nham_control::api::{
     vnf_service_client::VnfServiceClient,
 };
 use nham_control::runtime::{SffOptions, StateOptions};
-use nham_control::service::{ChainSvc, Daemon, EventSvc, VnfSvc};
+use nham_control::service::{ChainSvc, Daemon};
 use nham_control::store::Store;
 use nham_netns::{unique_name, veth_pair, Netns};
 use tonic::Code;
@@ -57,16 +57,9 @@ impl Harness {
                 let sock = std::env::temp_dir().join(unique_name("nhamd-") + ".sock");
                 let listener = tokio::net::UnixListener::bind(&sock).unwrap();
                 addr_tx.send(format!("unix:{}", sock.display())).unwrap();
-                tonic::transport::Server::builder()
-                    .add_service(api::chain_service_server::ChainServiceServer::new(
-                        ChainSvc(daemon.clone()),
-                    ))
-                    .add_service(api::vnf_service_server::VnfServiceServer::new(VnfSvc(
-                        daemon.clone(),
-                    )))
-                    .add_service(api::event_service_server::EventServiceServer::new(
-                        EventSvc(daemon.clone()),
-                    ))
+                nham_control::service::router(daemon.clone())
+                    .await
+                    .unwrap()
                     .serve_with_incoming_shutdown(
                         tokio_stream::wrappers::UnixListenerStream::new(listener),
                         async {
@@ -334,5 +327,123 @@ async fn a_crash_is_detected_through_the_pidfd_and_the_vnf_restarted() {
     assert!(!std::path::Path::new(&format!("/run/netns/{}", nat.netns)).exists());
     // Clients go first: the server's graceful shutdown waits for them.
     drop((stream, events, chains, vnfs));
+    drop(h);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_services_and_health_says_serving() {
+    let h = tokio::task::spawn_blocking(Harness::start).await.unwrap();
+    let channel = nham_control::connect(&h.addr).await.unwrap();
+    let services = nham_control::list_services(channel.clone()).await.unwrap();
+    for want in [
+        "grpc.health.v1.Health",
+        "nham.v1.ChainService",
+        "nham.v1.EventService",
+        "nham.v1.VnfService",
+    ] {
+        assert!(services.iter().any(|s| s == want), "{want} in {services:?}");
+    }
+    let status = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "nham.v1.ChainService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    drop(channel);
+    drop(h);
+}
+
+/// A VNF created unprotected is given 0R at runtime, checkpointed on
+/// request, healed (restored from that checkpoint: same state, new
+/// process), switched to 1R-AS and back to none; mechanisms not built yet
+/// and checkpoints of unprotected VNFs are refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
+    let h = tokio::task::spawn_blocking(Harness::start).await.unwrap();
+    let channel = nham_control::connect(&h.addr).await.unwrap();
+    let mut chains = ChainServiceClient::new(channel.clone());
+    let mut vnfs = VnfServiceClient::new(channel.clone());
+    chains
+        .create_chain(api::CreateChainRequest {
+            spec: Some(spec("rt", 9, &["mon"], api::Mechanism::None)),
+        })
+        .await
+        .unwrap();
+    let req = || api::CheckpointRequest {
+        chain: "rt".into(),
+        vnf: "mon".into(),
+    };
+    let e = vnfs.checkpoint(req()).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let set = |m: api::Mechanism| api::SetMechanismRequest {
+        chain: "rt".into(),
+        vnf: "mon".into(),
+        mechanism: m as i32,
+        replicas: 0,
+    };
+    let e = vnfs
+        .set_mechanism(set(api::Mechanism::MrAa))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    let e = vnfs
+        .set_mechanism(set(api::Mechanism::Unspecified))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let v = vnfs
+        .set_mechanism(set(api::Mechanism::Mechanism0r))
+        .await
+        .unwrap()
+        .into_inner()
+        .vnf
+        .unwrap();
+    assert_eq!(v.mechanism, api::Mechanism::Mechanism0r as i32);
+    let c = vnfs.checkpoint(req()).await.unwrap().into_inner();
+    assert!(c.size_bytes > 0 && c.pause_ms > 0.0, "{c:?}");
+    eprintln!(
+        "checkpoint {} of {} bytes, pause {:.1} ms",
+        c.checkpoint_id, c.size_bytes, c.pause_ms
+    );
+    let healed = vnfs
+        .heal_vnf(api::HealVnfRequest {
+            chain: "rt".into(),
+            vnf: "mon".into(),
+            cause: api::HealCause::Maintenance as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let after = healed.vnf.unwrap();
+    assert_eq!(
+        (after.recoveries, after.state),
+        (1, api::VnfState::Running as i32)
+    );
+    // A CRIU restore brings the process back with its pid.
+    assert_eq!(
+        after.pid, v.pid,
+        "restored from the checkpoint, not restarted"
+    );
+    eprintln!("healed from the checkpoint in {:.1} ms", healed.recovery_ms);
+    vnfs.set_mechanism(set(api::Mechanism::Mechanism1rAs))
+        .await
+        .unwrap();
+    let c2 = vnfs.checkpoint(req()).await.unwrap().into_inner();
+    assert!(c2.checkpoint_id > c.checkpoint_id);
+    vnfs.set_mechanism(set(api::Mechanism::None)).await.unwrap();
+    let e = vnfs.checkpoint(req()).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    chains
+        .delete_chain(api::DeleteChainRequest { name: "rt".into() })
+        .await
+        .unwrap();
+    drop((chains, vnfs, channel));
     drop(h);
 }

@@ -42,6 +42,9 @@ enum Cmd {
         /// Egress interface.
         #[arg(long)]
         egress: String,
+        /// Checkpoint period of every VNF, ms (0: the daemon's default).
+        #[arg(long, default_value_t = 0)]
+        checkpoint_interval_ms: u32,
     },
     /// Show a chain.
     Get { name: String },
@@ -55,13 +58,23 @@ enum Cmd {
         vnf: String,
         fault: String,
     },
-    /// Heal a VNF (restart it).
-    Heal { chain: String, vnf: String },
-    /// Change a VNF's mechanism.
+    /// Heal a VNF: restart it from its latest checkpoint (protected VNFs)
+    /// or afresh (MECHANISM_NONE).
+    Heal {
+        chain: String,
+        vnf: String,
+        /// failure or maintenance.
+        #[arg(long, default_value = "maintenance")]
+        cause: String,
+    },
+    /// Change a VNF's mechanism (none, 0r, 1r-as, 1r-aa, mr-aa).
     SetMechanism {
         chain: String,
         vnf: String,
         mechanism: String,
+        /// Replicas, for mr-aa.
+        #[arg(long, default_value_t = 0)]
+        replicas: u32,
     },
     /// Checkpoint a VNF now.
     Checkpoint { chain: String, vnf: String },
@@ -73,6 +86,13 @@ enum Cmd {
     },
     /// Data-path counters of a chain.
     Stats { chain: String },
+    /// The gRPC services the daemon offers (server reflection).
+    Services,
+    /// The daemon's health (grpc.health.v1), overall or of one service.
+    Health {
+        #[arg(default_value = "")]
+        service: String,
+    },
 }
 
 fn mechanism(s: &str) -> anyhow::Result<api::Mechanism> {
@@ -107,7 +127,8 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("connecting to nhamd at {}", args.addr))?;
     let mut chains = ChainServiceClient::new(channel.clone());
     let mut vnfs = VnfServiceClient::new(channel.clone());
-    let mut events = EventServiceClient::new(channel);
+    let mut events = EventServiceClient::new(channel.clone());
+    let health_channel = channel;
     match args.command {
         Cmd::Create {
             name,
@@ -116,13 +137,19 @@ async fn main() -> anyhow::Result<()> {
             protocol,
             ingress,
             egress,
+            checkpoint_interval_ms,
         } => {
             let spec = api::ChainSpec {
                 name,
                 spi,
                 vnfs: specs
                     .iter()
-                    .map(|s| vnf_spec(s))
+                    .map(|s| {
+                        vnf_spec(s).map(|v| api::VnfSpec {
+                            checkpoint_interval_ms,
+                            ..v
+                        })
+                    })
                     .collect::<Result<_, _>>()?,
                 rules: vec![api::ClassifierRule {
                     protocol,
@@ -180,12 +207,17 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
         }
-        Cmd::Heal { chain, vnf } => {
+        Cmd::Heal { chain, vnf, cause } => {
+            let cause = match cause.as_str() {
+                "failure" => api::HealCause::Failure,
+                "maintenance" => api::HealCause::Maintenance,
+                other => bail!("unknown cause {other:?} (failure, maintenance)"),
+            };
             let r = vnfs
                 .heal_vnf(api::HealVnfRequest {
                     chain,
                     vnf,
-                    cause: api::HealCause::Maintenance as i32,
+                    cause: cause as i32,
                     ..Default::default()
                 })
                 .await?
@@ -196,13 +228,14 @@ async fn main() -> anyhow::Result<()> {
             chain,
             vnf,
             mechanism: m,
+            replicas,
         } => {
             let r = vnfs
                 .set_mechanism(api::SetMechanismRequest {
                     chain,
                     vnf,
                     mechanism: mechanism(&m)? as i32,
-                    replicas: 0,
+                    replicas,
                 })
                 .await?;
             println!("{:?}", r.into_inner().vnf);
@@ -233,6 +266,22 @@ async fn main() -> anyhow::Result<()> {
                 .await?
                 .into_inner()
         ),
+        Cmd::Services => {
+            for s in nham_control::list_services(health_channel).await? {
+                println!("{s}");
+            }
+        }
+        Cmd::Health { service } => {
+            let r = tonic_health::pb::health_client::HealthClient::new(health_channel)
+                .check(tonic_health::pb::HealthCheckRequest { service })
+                .await?
+                .into_inner();
+            println!(
+                "{}",
+                tonic_health::pb::health_check_response::ServingStatus::try_from(r.status)
+                    .map_or("UNKNOWN", |s| s.as_str_name())
+            );
+        }
     }
     Ok(())
 }

@@ -10,9 +10,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use nham_control::api::{chain_service_server, event_service_server, vnf_service_server};
 use nham_control::runtime::{SffOptions, StateOptions};
-use nham_control::service::{ChainSvc, Daemon, EventSvc, VnfSvc};
+use nham_control::service::Daemon;
 use serde::Deserialize;
 
 #[derive(Parser, Debug)]
@@ -107,26 +106,7 @@ async fn main() -> anyhow::Result<()> {
     };
     nham_netns::sweep_stale();
     let daemon = Daemon::new(sff, state);
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<chain_service_server::ChainServiceServer<ChainSvc>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(nham_control::api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let router = tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(chain_service_server::ChainServiceServer::new(ChainSvc(
-            daemon.clone(),
-        )))
-        .add_service(vnf_service_server::VnfServiceServer::new(VnfSvc(
-            daemon.clone(),
-        )))
-        .add_service(event_service_server::EventServiceServer::new(EventSvc(
-            daemon.clone(),
-        )));
+    let router = nham_control::service::router(daemon.clone()).await?;
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
