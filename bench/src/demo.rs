@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Result};
 use nham_bench::ha::{self, HaSpec};
-use nham_control::api::Mechanism;
+use nham_control::api::{self, Mechanism};
 use nham_vnf::Kind;
 
 pub(crate) fn run() -> Result<()> {
@@ -27,6 +27,7 @@ pub(crate) fn run() -> Result<()> {
             mechanism,
             kinds: Kind::ALL.to_vec(),
             python_vnf: None,
+            fault: api::Fault::Crash,
             rounds: rounds.clone(),
             rate: 4000.0,
             gap: std::time::Duration::from_millis(400),

@@ -3,8 +3,9 @@
 //! socket); it builds a chain of sample VNFs (and, optionally, a Python VNF)
 //! with a resilience mechanism, checkpoints them and recovers them while
 //! traffic flows from the source namespace to the sink. Failures are
-//! injected through the API (`InjectFault`, SIGKILL) in rounds of one or
-//! more VNFs at once.
+//! injected through the API (`InjectFault`: a crash is SIGKILL, a hang
+//! SIGSTOP, a cut-off the VNF's link down) in rounds of one or more VNFs at
+//! once.
 //!
 //! What a trial checks and measures:
 //! - the sink against the failure-free reference output (lost, duplicated,
@@ -44,8 +45,10 @@ pub struct HaSpec {
     pub kinds: Vec<Kind>,
     /// A Python VNF (`bench/vnf/python/nsh_counter.py`) appended last.
     pub python_vnf: Option<PathBuf>,
-    /// Per round, how many VNFs crash at once.
+    /// Per round, how many VNFs fail at once.
     pub rounds: Vec<usize>,
+    /// How they fail (crash, hang, cut-off).
+    pub fault: api::Fault,
     /// Offered rate, frames per second.
     pub rate: f64,
     /// Traffic between rounds.
@@ -434,7 +437,7 @@ fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Resu
                 rt.block_on(vnfs.inject_fault(api::InjectFaultRequest {
                     chain: "ha".into(),
                     vnf: vnf_name(v),
-                    fault: api::Fault::Crash as i32,
+                    fault: spec.fault as i32,
                 }))
                 .with_context(|| format!("InjectFault on {}", vnf_name(v)))?;
             }
@@ -498,6 +501,11 @@ fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Resu
     for (i, status) in chain.vnfs.iter().enumerate() {
         let path = dir.join(format!("{}.json", vnf_name(i)));
         let _ = std::fs::remove_file(&path);
+        if status.pid == 0 {
+            // (kill(0, …) would signal our own process group.)
+            mismatch_detail.push(format!("{} is not running: {status:?}", status.name));
+            continue;
+        }
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(status.pid as i32),
             nix::sys::signal::Signal::SIGUSR1,
@@ -517,11 +525,17 @@ fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Resu
             Some(kind) => {
                 let got: nham_vnf::State = serde_json::from_slice(&bytes)?;
                 if got != states[i] {
+                    let packets =
+                        |s: &nham_vnf::State| -> u64 { s.flows.values().map(|c| c.packets).sum() };
                     mismatch_detail.push(format!(
-                        "{} ({kind:?}): {} flows, want {}",
+                        "{} ({kind:?}): {} flows / {} packets / {} invalid, want {} / {} / {}",
                         status.name,
                         got.flows.len(),
-                        states[i].flows.len()
+                        packets(&got),
+                        got.invalid,
+                        states[i].flows.len(),
+                        packets(&states[i]),
+                        states[i].invalid
                     ));
                 }
             }
@@ -538,6 +552,20 @@ fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Resu
         .context("DeleteChain")?;
     // Metrics from the events.
     let events = log.lock().expect("event log").clone();
+    if let Some(path) = std::env::var_os("NHAM_HA_EVENTS") {
+        let text: String = events
+            .iter()
+            .map(|(at, e)| {
+                format!(
+                    "{:>10.3} {} {:?}\n",
+                    at.saturating_duration_since(trial.base).as_secs_f64() * 1e3,
+                    e.vnf,
+                    e.event
+                )
+            })
+            .collect();
+        let _ = std::fs::write(path, text);
+    }
     use api::watch_events_response::Event;
     let mut detection = Vec::new();
     let mut recovery = Vec::new();

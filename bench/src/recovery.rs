@@ -28,6 +28,17 @@ impl MechanismArg {
     }
 }
 
+/// How VNFs fail.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum FaultArg {
+    /// SIGKILL.
+    Crash,
+    /// SIGSTOP (judged from data-path probes).
+    Hang,
+    /// Its link down (judged from the carrier).
+    CutOff,
+}
+
 /// Arguments of `nham-bench recovery`.
 #[derive(Args, Debug)]
 pub(crate) struct RecoveryArgs {
@@ -52,6 +63,9 @@ pub(crate) struct RecoveryArgs {
     /// Checkpoint period of every VNF, ms.
     #[arg(long, default_value_t = 200)]
     checkpoint_interval_ms: u32,
+    /// How VNFs fail.
+    #[arg(long, value_enum, default_value = "crash")]
+    fault: FaultArg,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -75,6 +89,11 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
         mechanism: args.mechanism.api(),
         kinds: (0..args.vnfs).map(|i| Kind::ALL[i % 4]).collect(),
         python_vnf: None,
+        fault: match args.fault {
+            FaultArg::Crash => api::Fault::Crash,
+            FaultArg::Hang => api::Fault::Hang,
+            FaultArg::CutOff => api::Fault::CutOff,
+        },
         rounds: vec![args.simultaneous; args.failures],
         rate: args.rate,
         gap: std::time::Duration::from_millis(args.gap_ms),

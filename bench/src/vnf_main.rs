@@ -146,7 +146,12 @@ fn main() -> anyhow::Result<()> {
                         | std::io::ErrorKind::WouldBlock
                         | std::io::ErrorKind::Interrupted
                 ) => {}
-            Err(e) => return Err(e).context("reading the interface"),
+            // The link went down (cut off): the socket reports it once;
+            // wait for the link to come back, as a network function would.
+            Err(e) => {
+                eprintln!("nham-vnf: reading the interface: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 }

@@ -28,6 +28,7 @@ fn spec(mechanism: Mechanism, kinds: Vec<Kind>, rounds: Vec<usize>) -> HaSpec {
         kinds,
         python_vnf: None,
         rounds,
+        fault: nham_control::api::Fault::Crash,
         rate: 3000.0,
         gap: Duration::from_millis(300),
         checkpoint_interval_ms: 200,
@@ -110,4 +111,31 @@ fn an_arbitrary_python_vnf_is_protected_the_same_way() {
     assert_eq!(r.failures, 5);
     assert!(r.restored >= 5, "{r:?}");
     assert!(r.is_exact(), "{r:?}");
+}
+
+/// Hangs (SIGSTOP) and cut-offs (the VNF's link down) have no exit to see:
+/// the Failure Detector judges them from data-path probes (frames queued
+/// and never read; no carrier), kills the VNF and recovers it.
+#[test]
+fn hangs_and_cut_offs_are_detected_and_recovered_exactly_once() {
+    let _serial = serial();
+    for fault in [
+        nham_control::api::Fault::Hang,
+        nham_control::api::Fault::CutOff,
+    ] {
+        let mut s = spec(Mechanism::Mechanism0r, Kind::ALL.to_vec(), vec![1, 1, 2]);
+        s.fault = fault;
+        let r = ha::run(&s).expect("trial");
+        eprintln!(
+            "{}: detection p50 {:.1} ms, max {:.1} ms; recovery p50 {:.1} ms",
+            fault.as_str_name(),
+            r.detection_ms.p50,
+            r.detection_ms.max,
+            r.recovery_ms.p50
+        );
+        assert_eq!(r.failures, 4, "{fault:?}");
+        assert_eq!(r.recovery_ms.n, 4, "{fault:?}: {r:?}");
+        assert!(r.detection_ms.max < 2000.0, "{fault:?}: {r:?}");
+        assert!(r.is_exact(), "{fault:?}: {r:?}");
+    }
 }

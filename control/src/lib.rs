@@ -5,6 +5,8 @@
 //!   (`criu swrk`).
 //! - [`protect`]: the State Synchronizer of one VNF: the checkpoint
 //!   protocol (Hold/Release + CRIU + store) and recovery (0R, 1R-AS).
+//! - [`detect`]: the Failure Detector's judgement of hangs and cut-offs from
+//!   data-path probes (a state machine; crashes come from pidfds).
 //! - [`error`]: the one error enum of the control plane and its single
 //!   conversion to `tonic::Status`.
 //! - [`validate`]: checks a `ChainSpec` and turns it into the daemon's own
@@ -23,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod criu;
+pub mod detect;
 pub mod error;
 pub mod protect;
 pub mod runtime;

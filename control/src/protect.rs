@@ -86,6 +86,20 @@ pub enum ProtectError {
     /// Signalling or starting the process failed.
     #[error("process: {0}")]
     Process(String),
+    /// Frames sent to the VNF were lost on its link since the last
+    /// checkpoint (it was cut off): a checkpoint now would count them as
+    /// consumed. The VNF must be recovered, which replays them.
+    #[error("{dropped} frames to the VNF were lost on its link (carrier {carrier}) since the last checkpoint: it must be recovered")]
+    LinkLoss {
+        /// Frames dropped since the last checkpoint.
+        dropped: u64,
+        /// Carrier now.
+        carrier: bool,
+    },
+    /// Someone else stopped the VNF (it is hung, as far as the chain can
+    /// tell): it is not checkpointed, and not resumed either.
+    #[error("VNF {0} is stopped by someone else: not checkpointed")]
+    Stopped(u32),
 }
 
 fn sff_err(e: impl std::fmt::Display) -> ProtectError {
@@ -102,6 +116,20 @@ pub fn packet_rmem(pid: u32) -> Result<u64, ProtectError> {
         .skip(1)
         .filter_map(|l| l.split_whitespace().nth(6)?.parse::<u64>().ok())
         .sum())
+}
+
+/// Whether process `pid` is stopped (state `T` in `/proc/<pid>/stat`).
+pub fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()?
+                .split_whitespace()
+                .next()
+                .map(|st| st == "T")
+        })
+        .unwrap_or(false)
 }
 
 fn signal(pid: u32, s: nix::sys::signal::Signal) -> Result<(), ProtectError> {
@@ -155,6 +183,9 @@ pub struct ProtectedVnf {
     /// A `criu swrk` ready for the next dump.
     dump_worker: Option<Swrk>,
     standby: Standby,
+    /// The SFF's end of the VNF's link, in the caller's namespace, and its
+    /// transmit drops when the restore point was made.
+    link: Option<(String, u64)>,
 }
 
 /// What a checkpoint took.
@@ -218,9 +249,37 @@ impl ProtectedVnf {
                 swrk: None,
                 staged: None,
             },
+            link: None,
         };
         v.set_mechanism(mechanism)?;
         Ok(v)
+    }
+
+    /// Watches the SFF's end of the VNF's link, `iface` (in the caller's
+    /// network namespace): a checkpoint is refused while frames sent to the
+    /// VNF have been lost on it since the restore point.
+    pub fn watch_link(&mut self, iface: &str) -> Result<(), ProtectError> {
+        let dropped = nham_netns::tx_dropped(iface)
+            .map_err(|e| ProtectError::Process(format!("{iface}: {e}")))?;
+        self.link = Some((iface.to_string(), dropped));
+        Ok(())
+    }
+
+    /// `Some(now)` if the link lost nothing since the restore point.
+    fn link_intact(&self) -> Result<Option<u64>, ProtectError> {
+        let Some((iface, base)) = &self.link else {
+            return Ok(None);
+        };
+        let err = |e: nham_netns::NetnsError| ProtectError::Process(format!("{iface}: {e}"));
+        let dropped = nham_netns::tx_dropped(iface).map_err(err)?;
+        let carrier = nham_netns::has_carrier(iface).map_err(err)?;
+        if dropped != *base || !carrier {
+            return Err(ProtectError::LinkLoss {
+                dropped: dropped.saturating_sub(*base),
+                carrier,
+            });
+        }
+        Ok(Some(dropped))
     }
 
     /// The mechanism.
@@ -274,6 +333,11 @@ impl ProtectedVnf {
         // must be empty while the VNF is stopped.)
         let resume = |pid| signal(pid, nix::sys::signal::Signal::SIGCONT);
         let frozen_at = loop {
+            // A VNF stopped by someone else must stay stopped: our SIGCONT
+            // would end a hang the Failure Detector is about to judge.
+            if is_stopped(self.pid) {
+                return Err(fail(sff, ProtectError::Stopped(self.pid)));
+            }
             let rmem = packet_rmem(self.pid).map_err(|e| fail(sff, e))?;
             if rmem == 0 {
                 signal(self.pid, nix::sys::signal::Signal::SIGSTOP).map_err(|e| fail(sff, e))?;
@@ -299,6 +363,15 @@ impl ProtectedVnf {
                 ));
             } else {
                 std::thread::sleep(Duration::from_micros(200));
+            }
+        };
+        // Every frame delivered must have reached the VNF: a frame lost on
+        // its link (cut off) would be counted as consumed.
+        let link_now = match self.link_intact() {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = resume(self.pid);
+                return Err(fail(sff, e));
             }
         };
         // 4. Mark.
@@ -349,6 +422,9 @@ impl ProtectedVnf {
             .map_err(sff_err)?
             .map_err(sff_err)?;
         let _ = s.store.gc(&s.chain, &s.vnf, KEEP_CHECKPOINTS);
+        if let (Some((_, base)), Some(now)) = (self.link.as_mut(), link_now) {
+            *base = now;
+        }
         // The standby takes the image it will import; 0R keeps only the
         // store's copy.
         match self.mechanism {
@@ -395,6 +471,12 @@ impl ProtectedVnf {
             }
             None => self.start_fresh()?,
         };
+        // Whatever the link lost before is replayed now.
+        if let Some((iface, base)) = self.link.as_mut() {
+            if let Ok(now) = nham_netns::tx_dropped(iface) {
+                *base = now;
+            }
+        }
         let r = sff
             .command(|reply| SffCommand::Restored { hop, reply })
             .map_err(sff_err)?

@@ -63,6 +63,11 @@ pub struct VnfRuntime {
     pub agent: Option<Agent>,
     /// Checkpoints taken.
     pub checkpoints: u64,
+    /// The SFF's end of its veth (in the daemon's namespace).
+    pub sff_iface: String,
+    /// A failure the detector judged (hang, cut-off) before it killed the
+    /// process: the cause and when it was judged.
+    pub judged: Option<(&'static str, Instant)>,
     /// Its state.
     pub state: api::VnfState,
     /// Failures seen.
@@ -121,21 +126,28 @@ impl VnfRuntime {
         let pid = child.id();
         // The Child handle goes; the pidfd watcher reaps the process.
         drop(child);
-        self.adopt(pid)
-    }
-
-    /// Takes `pid` (started or restored) as the VNF's process: waits until it
-    /// listens on a packet socket and returns a pidfd to watch.
-    pub fn adopt(&mut self, pid: u32) -> Result<OwnedFd, ControlError> {
-        let pidfd = pidfd(pid)?;
-        self.pid = Some(pid);
-        self.incarnation += 1;
         // A VNF that never opens a packet socket (an AF_XDP one, say) is
         // taken as ready after the wait; frames sent before it listens would
         // be lost to it, so say so.
         if let Err(e) = protect::wait_for_packet_socket(pid, &self.plan.command) {
             tracing::warn!(vnf = self.plan.name, "{e}; taking it as ready");
         }
+        self.adopt(pid)
+    }
+
+    /// Brings the VNF's link up (a failed VNF may have been cut off; the
+    /// one brought back needs its link).
+    pub fn reconnect(&self) -> Result<(), ControlError> {
+        self.netns.run(|| nham_netns::set_up(VNF_IFACE))??;
+        Ok(())
+    }
+
+    /// Takes `pid` (started, or restored with its sockets) as the VNF's
+    /// process; returns a pidfd to watch.
+    pub fn adopt(&mut self, pid: u32) -> Result<OwnedFd, ControlError> {
+        let pidfd = pidfd(pid)?;
+        self.pid = Some(pid);
+        self.incarnation += 1;
         self.state = api::VnfState::Running;
         Ok(pidfd)
     }
@@ -199,9 +211,14 @@ pub struct ChainRuntime {
     pub work: PathBuf,
 }
 
-/// Where the daemon keeps state.
+/// Where the daemon keeps state, and how it watches VNFs.
 #[derive(Debug, Clone)]
 pub struct StateOptions {
+    /// How often the Failure Detector probes each VNF for hangs and
+    /// cut-offs.
+    pub probe_interval: Duration,
+    /// Consecutive bad probes that make a failure.
+    pub probe_threshold: u32,
     /// The state database.
     pub store: Arc<Store>,
     /// VNF logs (`<dir>/<chain>/<vnf>.log`).
@@ -275,6 +292,8 @@ impl ChainRuntime {
                 log: logs.join(format!("{}.log", v.name)),
                 agent: None,
                 checkpoints: 0,
+                sff_iface: here.name.clone(),
+                judged: None,
                 state: api::VnfState::Unspecified,
                 failures: 0,
                 recoveries: 0,
@@ -371,6 +390,7 @@ impl ChainRuntime {
                     },
                     mech,
                 )
+                .and_then(|mut a| a.watch_link(&v.sff_iface).map(|()| a))
                 .map_err(|e| ControlError::Process(e.to_string()))?;
                 sff.command(|reply| nham_sff::Command::SetProtected {
                     hop,

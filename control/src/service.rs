@@ -139,15 +139,17 @@ impl Daemon {
         v.pid = None;
         v.failures += 1;
         v.state = api::VnfState::Failed;
-        let detection_ms = v
-            .fault_at
-            .take()
-            .map_or(0.0, |t| detected.duration_since(t).as_secs_f64() * 1e3);
+        // A hang or cut-off the detector judged (and killed the process for)
+        // was detected then, not at the exit.
+        let (cause, detected) = v.judged.take().unwrap_or(("process exited", detected));
+        let detection_ms = v.fault_at.take().map_or(0.0, |t| {
+            detected.saturating_duration_since(t).as_secs_f64() * 1e3
+        });
         self.emit(event(
             chain,
             vnf,
             Event::FailureDetected(api::FailureDetected {
-                cause: "process exited".into(),
+                cause: cause.into(),
                 detection_ms,
             }),
         ));
@@ -157,6 +159,9 @@ impl Daemon {
             Event::RecoveryStarted(api::RecoveryStarted {}),
         ));
         v.state = api::VnfState::Recovering;
+        if let Err(e) = v.reconnect() {
+            tracing::error!(chain, vnf, "bringing its link up: {e}");
+        }
         let (agent, sff) = match (v.agent.clone(), sff) {
             (Some(a), Some(s)) => (a, s),
             _ => {
@@ -321,10 +326,109 @@ impl Daemon {
                         reason: e.to_string(),
                     }),
                 ));
+                // Frames lost on its link: only a recovery (which replays
+                // them) makes the VNF whole again.
+                if matches!(e, crate::protect::ProtectError::LinkLoss { .. }) {
+                    let inc = self
+                        .chains
+                        .lock()
+                        .await
+                        .get_mut(chain)
+                        .and_then(|e| e.runtime.vnf_mut(vnf).ok())
+                        .map(|v| v.incarnation);
+                    if let Some(inc) = inc {
+                        self.judge(chain, vnf, inc, crate::detect::Verdict::CutOff)
+                            .await;
+                    }
+                }
                 Err(ControlError::FailedPrecondition(format!(
                     "checkpoint of {chain}/{vnf} failed: {e}"
                 )))
             }
+        }
+    }
+
+    /// Probes every VNF of `chain` each probe interval for hangs and
+    /// cut-offs (see [`crate::detect`]); a VNF judged failed is killed, so
+    /// that its pidfd hands it to recovery like a crash, with the cause and
+    /// time of the judgement. The task ends with the chain.
+    fn watch_data_path(self: &Arc<Self>, chain: String) {
+        use crate::detect::{Detector, Probe, Verdict};
+        let daemon = Arc::downgrade(self);
+        let (interval, threshold) = (self.state.probe_interval, self.state.probe_threshold);
+        tokio::spawn(async move {
+            let mut detectors: BTreeMap<String, (u64, Detector)> = BTreeMap::new();
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(d) = daemon.upgrade() else { return };
+                // What to probe: running VNFs, by incarnation.
+                let targets: Vec<(String, u64, u32, String)> = {
+                    let chains = d.chains.lock().await;
+                    let Some(e) = chains.get(&chain) else { return };
+                    e.runtime
+                        .vnfs
+                        .iter()
+                        .filter(|v| v.state == api::VnfState::Running && v.judged.is_none())
+                        .filter_map(|v| {
+                            Some((
+                                v.plan.name.clone(),
+                                v.incarnation,
+                                v.pid?,
+                                v.sff_iface.clone(),
+                            ))
+                        })
+                        .collect()
+                };
+                let probes = tokio::task::spawn_blocking(move || {
+                    targets
+                        .into_iter()
+                        .map(|(name, inc, pid, iface)| {
+                            let rmem = crate::protect::packet_rmem(pid).unwrap_or(0);
+                            let carrier = nham_netns::has_carrier(&iface).unwrap_or(true);
+                            (name, inc, Probe { rmem, carrier })
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+                for (name, inc, probe) in probes {
+                    let entry = detectors
+                        .entry(name.clone())
+                        .or_insert_with(|| (inc, Detector::new(threshold)));
+                    if entry.0 != inc {
+                        *entry = (inc, Detector::new(threshold));
+                    }
+                    let verdict = entry.1.handle_probe(probe);
+                    if verdict != Verdict::Healthy {
+                        d.judge(&chain, &name, inc, verdict).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// The detector judged VNF `vnf` (incarnation `inc`) failed: record why
+    /// and kill it; recovery takes it from there (and brings a cut-off link
+    /// up again).
+    async fn judge(&self, chain: &str, vnf: &str, inc: u64, verdict: crate::detect::Verdict) {
+        let at = Instant::now();
+        let mut chains = self.chains.lock().await;
+        let Some(v) = chains
+            .get_mut(chain)
+            .and_then(|e| e.runtime.vnf_mut(vnf).ok())
+        else {
+            return;
+        };
+        if v.incarnation != inc || v.state != api::VnfState::Running {
+            return;
+        }
+        tracing::warn!(chain, vnf, "failure detected: {}", verdict.cause());
+        v.judged = Some((verdict.cause(), at));
+        // Recovery brings a cut-off link up again.
+        if let Err(e) = v.signal(nix::sys::signal::Signal::SIGKILL) {
+            tracing::error!(chain, vnf, "killing it: {e}");
         }
     }
 
@@ -397,6 +501,7 @@ impl Daemon {
             self.watch(name.clone(), v.plan.name.clone(), v.incarnation, fd);
         }
         self.schedule_all(&runtime);
+        self.watch_data_path(name.clone());
         let chain = runtime.to_api(&spec);
         chains.insert(name.clone(), Entry { spec, runtime });
         self.emit(event(
@@ -647,6 +752,36 @@ impl vnf_service_server::VnfService for VnfSvc {
             .ok_or_else(|| {
                 Status::invalid_argument("fault must be FAULT_CRASH, FAULT_HANG or FAULT_CUT_OFF")
             })?;
+        // A hang of a protected VNF waits for a checkpoint under way to
+        // finish: the checkpoint stops and resumes the VNF itself, and would
+        // end the hang. (Later checkpoints see it stopped and leave it.)
+        // Lock order: never the registry while holding an agent.
+        let agent = self
+            .0
+            .with_chain(&r.chain, |e| Ok(e.runtime.vnf_mut(&r.vnf)?.agent.clone()))
+            .await?;
+        if let (api::Fault::Hang, Some(agent)) = (fault, agent) {
+            let at = tokio::task::spawn_blocking(move || {
+                let a = agent
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(a.pid as i32),
+                    nix::sys::signal::Signal::SIGSTOP,
+                )
+                .map(|()| Instant::now())
+                .map_err(|e| ControlError::Process(format!("SIGSTOP to {}: {e}", a.pid)))
+            })
+            .await
+            .map_err(|e| ControlError::Process(format!("fault injection panicked: {e}")))??;
+            self.0
+                .with_chain(&r.chain, |e| {
+                    e.runtime.vnf_mut(&r.vnf)?.fault_at = Some(at);
+                    Ok(())
+                })
+                .await?;
+            return Ok(Response::new(api::InjectFaultResponse {}));
+        }
         self.0
             .with_chain(&r.chain, |e| {
                 let v = e.runtime.vnf_mut(&r.vnf)?;

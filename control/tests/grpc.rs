@@ -50,6 +50,8 @@ impl Harness {
                     logs: dir.join("logs"),
                     scratch: dir.join("scratch"),
                     checkpoint_interval: Duration::from_millis(500),
+                    probe_interval: Duration::from_millis(50),
+                    probe_threshold: 3,
                 };
                 let daemon: Arc<Daemon> = Daemon::new(SffOptions::default(), state);
                 // A Unix socket: reachable from the test's namespace, unlike

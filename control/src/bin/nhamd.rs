@@ -44,6 +44,13 @@ struct Args {
     /// Checkpoint period of VNFs that do not set one, ms (default 1000).
     #[arg(long)]
     checkpoint_interval_ms: Option<u64>,
+    /// How often the Failure Detector probes VNFs for hangs and cut-offs,
+    /// ms (default 50).
+    #[arg(long)]
+    probe_interval_ms: Option<u64>,
+    /// Consecutive bad probes that make a hang or cut-off (default 3).
+    #[arg(long)]
+    probe_threshold: Option<u32>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -55,6 +62,8 @@ struct Config {
     state_dir: Option<PathBuf>,
     scratch_dir: Option<PathBuf>,
     checkpoint_interval_ms: Option<u64>,
+    probe_interval_ms: Option<u64>,
+    probe_threshold: Option<u32>,
 }
 
 #[tokio::main]
@@ -96,6 +105,19 @@ async fn main() -> anyhow::Result<()> {
         (10..=3_600_000).contains(&interval),
         "checkpoint_interval_ms {interval} must be 10 to 3600000"
     );
+    let probe_interval = args
+        .probe_interval_ms
+        .or(config.probe_interval_ms)
+        .unwrap_or(50);
+    anyhow::ensure!(
+        (5..=60_000).contains(&probe_interval),
+        "probe_interval_ms {probe_interval} must be 5 to 60000"
+    );
+    let probe_threshold = args.probe_threshold.or(config.probe_threshold).unwrap_or(3);
+    anyhow::ensure!(
+        (1..=1000).contains(&probe_threshold),
+        "probe_threshold {probe_threshold} must be 1 to 1000"
+    );
     let store = nham_control::store::Store::open(&state_dir)
         .with_context(|| format!("opening the state database in {}", state_dir.display()))?;
     let state = StateOptions {
@@ -103,6 +125,8 @@ async fn main() -> anyhow::Result<()> {
         logs: state_dir.join("logs"),
         scratch: scratch.clone(),
         checkpoint_interval: std::time::Duration::from_millis(interval),
+        probe_interval: std::time::Duration::from_millis(probe_interval),
+        probe_threshold,
     };
     nham_netns::sweep_stale();
     let daemon = Daemon::new(sff, state);

@@ -104,6 +104,8 @@ pub struct Port {
     rx: RxQueue,
     /// Transmit frames not in flight.
     free_tx: Vec<FrameDesc>,
+    /// All transmit frames of this port.
+    tx_total: usize,
     /// Scratch for descriptors coming back from the rx or completion ring.
     scratch: Vec<FrameDesc>,
     frame_size: usize,
@@ -192,6 +194,7 @@ impl Port {
             cq,
             tx,
             rx,
+            tx_total: free_tx.len(),
             free_tx,
             scratch: descs,
             frame_size: config.frame_size as usize,
@@ -294,6 +297,22 @@ impl Port {
             self.free_tx.extend_from_slice(&self.scratch[..n]);
             total += n;
         }
+    }
+
+    /// Frames handed to the kernel for sending and not yet completed: in
+    /// the tx ring (a driver that could not send them keeps them there for
+    /// the next wakeup) or awaiting completion. Reclaims first.
+    pub fn tx_outstanding(&mut self) -> usize {
+        self.reclaim();
+        self.tx_total - self.free_tx.len()
+    }
+
+    /// Asks the kernel to send what waits in the tx ring now (even when it
+    /// did not ask for a wakeup), then reclaims; returns what is still
+    /// outstanding.
+    pub fn kick_tx(&mut self) -> usize {
+        let _ = self.tx.wakeup();
+        self.tx_outstanding()
     }
 
     /// Frames that can be sent right now.

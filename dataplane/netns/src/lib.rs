@@ -289,6 +289,29 @@ pub fn queue_counts(name: &str) -> Result<(u32, u32), NetnsError> {
     Ok((rx, tx))
 }
 
+/// Whether interface `name` of the calling thread's namespace has carrier
+/// (for a veth: both ends are up). Not callable from inside a tokio runtime.
+pub fn has_carrier(name: &str) -> Result<bool, NetnsError> {
+    Ok(get_link(name)?
+        .attributes
+        .iter()
+        .any(|a| matches!(a, LinkAttribute::Carrier(c) if *c != 0)))
+}
+
+/// Frames interface `name` of the calling thread's namespace dropped on
+/// transmit (`tx_dropped`; a veth drops what it sends while its peer is
+/// down). Not callable from inside a tokio runtime.
+pub fn tx_dropped(name: &str) -> Result<u64, NetnsError> {
+    Ok(get_link(name)?
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Stats64(s) => Some(s.tx_dropped),
+            _ => None,
+        })
+        .unwrap_or(0))
+}
+
 /// Index and MAC of interface `name` in the calling thread's namespace.
 pub fn link(name: &str) -> Result<VethEnd, NetnsError> {
     Ok(describe("", name, &get_link(name)?))

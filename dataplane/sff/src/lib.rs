@@ -201,6 +201,9 @@ pub struct SffCounters {
     /// Frames the core marked delivered that the tx ring refused (sizing
     /// bug if ever non-zero).
     pub tx_refused: AtomicU64,
+    /// Frames for a failed VNF that could not leave its port's tx ring and
+    /// were discarded with the socket (never delivered to its successor).
+    pub tx_discarded: AtomicU64,
 }
 
 impl SffCounters {
@@ -228,6 +231,7 @@ impl SffCounters {
             stale: g(&self.stale),
             egress: g(&self.egress),
             tx_refused: g(&self.tx_refused),
+            tx_discarded: g(&self.tx_discarded),
         }
     }
 }
@@ -250,6 +254,8 @@ pub struct SffStats {
     pub stale: u64,
     pub egress: u64,
     pub tx_refused: u64,
+    /// See [`SffCounters::tx_discarded`].
+    pub tx_discarded: u64,
 }
 
 /// A running SFF thread.
@@ -433,7 +439,7 @@ pub fn spawn(netns: Option<PathBuf>, config: SffConfig) -> Result<SffHandle, Sff
                     Ok(mut engine) => {
                         let _ = ready_tx.send(Ok(()));
                         engine.run(&stop);
-                        Ok(())
+                        engine.fatal.take().map_or(Ok(()), Err)
                     }
                     Err(e) => {
                         let msg = e.to_string();
@@ -467,6 +473,8 @@ struct Engine {
     last_output: Vec<std::time::Instant>,
     /// Per hop: packets held until a checkpoint includes them.
     protected: Vec<bool>,
+    /// An error that stops the thread (a port that could not be reopened).
+    fatal: Option<SffError>,
     commands: mpsc::Receiver<Command>,
 }
 
@@ -510,13 +518,14 @@ impl Engine {
             in_flight: vec![std::collections::VecDeque::new(); hops_len],
             last_output: vec![std::time::Instant::now(); hops_len],
             protected,
+            fatal: None,
             commands,
         })
     }
 
     fn run(&mut self, stop: &AtomicBool) {
         let mut idle = 0u32;
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.load(Ordering::Relaxed) && self.fatal.is_none() {
             let work = self.step();
             if work > 0 {
                 idle = 0;
@@ -588,7 +597,9 @@ impl Engine {
                 }
                 Command::Failure { hop, reply } if hop_ok(hop) => {
                     self.in_flight[hop].clear();
-                    let _ = reply.send(chain.hop_mut(hop).handle_failure(now));
+                    let plan = chain.hop_mut(hop).handle_failure(now);
+                    self.flush_hop(hop);
+                    let _ = reply.send(plan);
                 }
                 Command::Restored { hop, reply } if hop_ok(hop) => {
                     self.in_flight[hop].clear();
@@ -603,6 +614,44 @@ impl Engine {
             }
         }
         n
+    }
+
+    /// A hop's VNF failed: nothing sent to the failed incarnation may reach
+    /// the next one. Frames the kernel still holds in the port's tx ring (a
+    /// veth without carrier keeps them there) would go out at the next
+    /// wakeup, after the restore, to the new process, which would apply
+    /// them before its replay. So send them now, while no VNF listens
+    /// (the control plane reconnects the link first), and if they cannot
+    /// leave, reopen the port: a closed socket's ring is discarded.
+    fn flush_hop(&mut self, hop: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_millis(20);
+        while self.hops[hop].port.kick_tx() > 0 {
+            if std::time::Instant::now() > deadline {
+                let left = self.hops[hop].port.tx_outstanding();
+                let spec = self.config.hops[hop].clone();
+                // The old socket (and its ring) must be gone before the XDP
+                // program and a new socket take the link.
+                drop(self.hops.remove(hop));
+                let mut tries = 0;
+                let fresh = loop {
+                    match attach(&spec, self.config.port) {
+                        Ok(f) => break f,
+                        Err(e) if tries >= 5 => {
+                            self.fatal = Some(e);
+                            return;
+                        }
+                        Err(_) => {
+                            tries += 1;
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                    }
+                };
+                self.hops.insert(hop, fresh);
+                SffCounters::add(&self.counters.tx_discarded, left as u64);
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     /// One round over every port; returns frames moved.
