@@ -128,6 +128,8 @@ pub struct HaReport {
     pub restored: usize,
     /// Recoveries that failed.
     pub recovery_failures: usize,
+    /// Why they failed.
+    pub recovery_failure_reasons: Vec<String>,
     /// Expected frames that never arrived.
     pub lost: u64,
     /// Frames that arrived twice.
@@ -571,7 +573,8 @@ fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Resu
     let mut recovery = Vec::new();
     let mut pauses = Vec::new();
     let (mut drains, mut frozen, mut dumps) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut restored, mut recovery_failures) = (0, 0);
+    let mut restored = 0;
+    let mut recovery_failure_reasons = Vec::new();
     for (_, e) in &events {
         match &e.event {
             Some(Event::FailureDetected(f)) => detection.push(f.detection_ms),
@@ -579,7 +582,9 @@ fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Resu
                 recovery.push(f.recovery_ms);
                 restored += usize::from(f.restored);
             }
-            Some(Event::RecoveryFailed(_)) => recovery_failures += 1,
+            Some(Event::RecoveryFailed(f)) => {
+                recovery_failure_reasons.push(format!("{}: {}", e.vnf, f.reason))
+            }
             Some(Event::CheckpointTaken(c)) => {
                 pauses.push(c.pause_ms);
                 drains.push(c.drain_ms);
@@ -605,7 +610,8 @@ fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Resu
         checkpoint_dump_ms: Summary::of(&dumps),
         checkpoints: pauses.len(),
         restored,
-        recovery_failures,
+        recovery_failures: recovery_failure_reasons.len(),
+        recovery_failure_reasons,
         lost: v.lost,
         duplicated: v.duplicated,
         reordered: v.reordered,

@@ -177,10 +177,18 @@ impl Daemon {
                 return;
             }
         };
+        let sff_iface = v.sff_iface.clone();
         drop(chains);
         // The agent lock waits for a checkpoint under way to fail (its VNF is
         // gone); the registry stays free meanwhile.
         let recovered = tokio::task::spawn_blocking(move || {
+            // After a cut-off the link transmits again only once the kernel's
+            // link watcher has seen the carrier back (up to a second): wait,
+            // so the SFF can flush what the failed incarnation was sent.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !nham_netns::is_oper_up(&sff_iface).unwrap_or(true) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             agent
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -298,6 +298,19 @@ pub fn has_carrier(name: &str) -> Result<bool, NetnsError> {
         .any(|a| matches!(a, LinkAttribute::Carrier(c) if *c != 0)))
 }
 
+/// Whether interface `name` of the calling thread's namespace is
+/// operationally up (the kernel's link watcher has seen its carrier: only
+/// then does it transmit again after a carrier loss). Not callable from
+/// inside a tokio runtime.
+pub fn is_oper_up(name: &str) -> Result<bool, NetnsError> {
+    Ok(get_link(name)?.attributes.iter().any(|a| {
+        matches!(
+            a,
+            LinkAttribute::OperState(rtnetlink::packet_route::link::State::Up)
+        )
+    }))
+}
+
 /// Frames interface `name` of the calling thread's namespace dropped on
 /// transmit (`tx_dropped`; a veth drops what it sends while its peer is
 /// down). Not callable from inside a tokio runtime.

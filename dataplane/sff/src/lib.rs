@@ -636,7 +636,9 @@ impl Engine {
                 let fresh = loop {
                     match attach(&spec, self.config.port) {
                         Ok(f) => break f,
-                        Err(e) if tries >= 5 => {
+                        // A closed AF_XDP socket lets go of its queue a
+                        // little later (deferred work): try for 500 ms.
+                        Err(e) if tries >= 250 => {
                             self.fatal = Some(e);
                             return;
                         }
