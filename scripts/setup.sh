@@ -24,7 +24,7 @@ CRIU_MIN="4.2"
 # Packages the project itself needs (build of the eBPF program and AF_XDP
 # crates, gRPC code generation, namespaces, and tshark for the dissection test).
 PROJECT_PKGS=(clang llvm libbpf-dev libelf-dev zlib1g-dev m4 make pkg-config
-  protobuf-compiler iproute2 tshark python3 xz-utils ca-certificates)
+  protobuf-compiler iproute2 tshark python3 xz-utils ca-certificates openssl)
 # What building CRIU from source needs.
 CRIU_BUILD_PKGS=(gcc make pkg-config libprotobuf-c-dev protobuf-c-compiler
   libprotobuf-dev protobuf-compiler libnl-3-dev libnet1-dev libcap-dev libaio-dev

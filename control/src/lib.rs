@@ -36,6 +36,14 @@ pub mod validate;
 /// Connects to `nhamd` at `addr`: `unix:/path/to/socket` or an
 /// `http://host:port` URI.
 pub async fn connect(addr: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    connect_with(addr, None).await
+}
+
+/// [`connect`], over TLS when `tls` is given (`https://host:port`).
+pub async fn connect_with(
+    addr: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     match addr.strip_prefix("unix:") {
         Some(path) => {
             let path = std::path::PathBuf::from(path);
@@ -52,11 +60,25 @@ pub async fn connect(addr: &str) -> Result<tonic::transport::Channel, tonic::tra
                 .await
         }
         None => {
-            tonic::transport::Endpoint::from_shared(addr.to_string())?
-                .connect()
-                .await
+            let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())?;
+            if let Some(tls) = tls {
+                endpoint = endpoint.tls_config(tls)?;
+            }
+            endpoint.connect().await
         }
     }
+}
+
+/// Reads PEM files for TLS: a server's (or client's) identity from `cert`
+/// and `key`.
+pub fn tls_identity(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> std::io::Result<tonic::transport::Identity> {
+    Ok(tonic::transport::Identity::from_pem(
+        std::fs::read(cert)?,
+        std::fs::read(key)?,
+    ))
 }
 
 /// The gRPC services a server offers, by reflection (v1): what `grpcurl

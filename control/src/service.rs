@@ -558,10 +558,12 @@ impl Daemon {
 }
 
 /// Every service `nhamd` serves over `daemon`: `nham.v1` (chains, VNFs,
-/// events), `grpc.health.v1` and server reflection (v1).
+/// events), `grpc.health.v1` and server reflection (v1); with `tls`, only
+/// over TLS.
 pub async fn router(
     daemon: Arc<Daemon>,
-) -> std::result::Result<tonic::transport::server::Router, tonic_reflection::server::Error> {
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Result<tonic::transport::server::Router, ControlError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<chain_service_server::ChainServiceServer<ChainSvc>>()
@@ -575,8 +577,15 @@ pub async fn router(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    Ok(tonic::transport::Server::builder()
+        .build_v1()
+        .map_err(|e| ControlError::Process(format!("reflection: {e}")))?;
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls)
+            .map_err(|e| ControlError::InvalidArgument(format!("TLS configuration: {e}")))?;
+    }
+    Ok(server
         .add_service(health)
         .add_service(reflection)
         .add_service(chain_service_server::ChainServiceServer::new(ChainSvc(

@@ -59,7 +59,7 @@ impl Harness {
                 let sock = std::env::temp_dir().join(unique_name("nhamd-") + ".sock");
                 let listener = tokio::net::UnixListener::bind(&sock).unwrap();
                 addr_tx.send(format!("unix:{}", sock.display())).unwrap();
-                nham_control::service::router(daemon.clone())
+                nham_control::service::router(daemon.clone(), None)
                     .await
                     .unwrap()
                     .serve_with_incoming_shutdown(
@@ -448,4 +448,152 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
         .unwrap();
     drop((chains, vnfs, channel));
     drop(h);
+}
+
+/// With a certificate and key, the API is served over TLS only: a client
+/// that trusts the CA gets answers, a plain-text one does not; with a
+/// client CA, a client without a certificate is turned away (mutual TLS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_when_configured() {
+    let dir = std::env::temp_dir().join(unique_name("nham-tls-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("openssl (scripts/setup.sh installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // A CA, and a server and a client certificate it signs.
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=nham test CA",
+    ]);
+    for (name, ext) in [
+        ("server", "subjectAltName=DNS:localhost"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ] {
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ]);
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "1",
+            "-extfile",
+            &format!("{name}.ext"),
+        ]);
+    }
+    let ca = tonic::transport::Certificate::from_pem(std::fs::read(dir.join("ca.pem")).unwrap());
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(
+            nham_control::tls_identity(&dir.join("server.pem"), &dir.join("server.key")).unwrap(),
+        )
+        .client_ca_root(ca.clone());
+    let state = StateOptions {
+        store: Arc::new(Store::open(&dir.join("state")).unwrap()),
+        logs: dir.join("logs"),
+        scratch: dir.join("scratch"),
+        checkpoint_interval: Duration::from_millis(500),
+        probe_interval: Duration::from_millis(50),
+        probe_threshold: 3,
+    };
+    let daemon = Daemon::new(SffOptions::default(), state);
+    let router = nham_control::service::router(daemon, Some(tls))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let client_tls = |with_cert: bool| {
+        let t = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(ca.clone())
+            .domain_name("localhost");
+        if with_cert {
+            t.identity(
+                nham_control::tls_identity(&dir.join("client.pem"), &dir.join("client.key"))
+                    .unwrap(),
+            )
+        } else {
+            t
+        }
+    };
+    let ok =
+        nham_control::connect_with(&format!("https://localhost:{port}"), Some(client_tls(true)))
+            .await
+            .unwrap();
+    let listed = ChainServiceClient::new(ok.clone())
+        .list_chains(api::ListChainsRequest {})
+        .await
+        .unwrap();
+    assert!(listed.into_inner().chains.is_empty());
+    // Plain text to a TLS port: no answer.
+    if let Ok(plain) = nham_control::connect(&format!("http://127.0.0.1:{port}")).await {
+        assert!(ChainServiceClient::new(plain)
+            .list_chains(api::ListChainsRequest {})
+            .await
+            .is_err());
+    }
+    // No client certificate: refused.
+    if let Ok(anon) = nham_control::connect_with(
+        &format!("https://localhost:{port}"),
+        Some(client_tls(false)),
+    )
+    .await
+    {
+        assert!(ChainServiceClient::new(anon)
+            .list_chains(api::ListChainsRequest {})
+            .await
+            .is_err());
+    }
+    drop(ok);
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

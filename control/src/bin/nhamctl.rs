@@ -14,6 +14,19 @@ struct Args {
     /// Daemon address: `http://host:port` or `unix:/path`.
     #[arg(long, default_value = "http://127.0.0.1:50051", env = "NHAM_ADDR")]
     addr: String,
+    /// Verify the daemon's TLS certificate against this CA (PEM); use an
+    /// `https://` address.
+    #[arg(long, env = "NHAM_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for daemons that require one.
+    #[arg(long, env = "NHAM_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Client key (PEM).
+    #[arg(long, env = "NHAM_TLS_KEY")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Name the daemon's certificate carries, if not the address's host.
+    #[arg(long)]
+    tls_domain: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -122,7 +135,24 @@ fn vnf_spec(s: &str) -> anyhow::Result<api::VnfSpec> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let channel = nham_control::connect(&args.addr)
+    let tls = match &args.tls_ca {
+        Some(ca) => {
+            let mut tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
+                tonic::transport::Certificate::from_pem(
+                    std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?,
+                ),
+            );
+            if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+                tls = tls.identity(nham_control::tls_identity(cert, key)?);
+            }
+            if let Some(d) = &args.tls_domain {
+                tls = tls.domain_name(d.clone());
+            }
+            Some(tls)
+        }
+        None => None,
+    };
+    let channel = nham_control::connect_with(&args.addr, tls)
         .await
         .with_context(|| format!("connecting to nhamd at {}", args.addr))?;
     let mut chains = ChainServiceClient::new(channel.clone());

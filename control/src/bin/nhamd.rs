@@ -51,6 +51,16 @@ struct Args {
     /// Consecutive bad probes that make a hang or cut-off (default 3).
     #[arg(long)]
     probe_threshold: Option<u32>,
+    /// Serve TCP over TLS with this certificate chain (PEM); needs
+    /// --tls-key.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -64,6 +74,9 @@ struct Config {
     checkpoint_interval_ms: Option<u64>,
     probe_interval_ms: Option<u64>,
     probe_threshold: Option<u32>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -130,7 +143,30 @@ async fn main() -> anyhow::Result<()> {
     };
     nham_netns::sweep_stale();
     let daemon = Daemon::new(sff, state);
-    let router = nham_control::service::router(daemon.clone()).await?;
+    let tls = match (
+        args.tls_cert.or(config.tls_cert),
+        args.tls_key.or(config.tls_key),
+    ) {
+        (Some(cert), Some(key)) => {
+            anyhow::ensure!(
+                unix.is_none(),
+                "TLS is served on TCP; a Unix socket is protected by its file mode"
+            );
+            let mut tls = tonic::transport::ServerTlsConfig::new()
+                .identity(nham_control::tls_identity(&cert, &key).with_context(|| {
+                    format!("reading {} and {}", cert.display(), key.display())
+                })?);
+            if let Some(ca) = args.tls_client_ca.or(config.tls_client_ca) {
+                tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(
+                    std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?,
+                ));
+            }
+            Some(tls)
+        }
+        (None, None) => None,
+        _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
+    };
+    let router = nham_control::service::router(daemon.clone(), tls).await?;
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
