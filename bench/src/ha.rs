@@ -187,6 +187,23 @@ impl HaReport {
     }
 }
 
+/// A chain of `n` sample VNFs: monitor, firewall, NAT, emitter, then
+/// monitor, emitter, monitor, monitor. (Cycling the first four again would
+/// put a second firewall behind the NAT, which drops everything: the
+/// translated traffic comes from outside and answers no connection.)
+pub fn sample_chain(n: usize) -> Vec<Kind> {
+    const TAIL: [Kind; 4] = [Kind::Monitor, Kind::Emitter, Kind::Monitor, Kind::Monitor];
+    (0..n)
+        .map(|i| {
+            if i < 4 {
+                Kind::ALL[i]
+            } else {
+                TAIL[(i - 4) % 4]
+            }
+        })
+        .collect()
+}
+
 /// Finds a sibling binary of the running one (`name`, next to it or one
 /// directory up, where test binaries live), or `$env`.
 pub fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
@@ -336,43 +353,43 @@ fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Resu
             sink.lock().expect("event log").push((Instant::now(), e));
         }
     });
+    let state_file = |i: usize| {
+        dir.join(format!("{}.json", vnf_name(i)))
+            .display()
+            .to_string()
+    };
+    let vnf_spec = |i: usize, command: Vec<String>| api::VnfSpec {
+        name: vnf_name(i),
+        command,
+        mechanism: spec.mechanism as i32,
+        checkpoint_interval_ms: spec.checkpoint_interval_ms,
+        ..Default::default()
+    };
     let mut vnf_specs: Vec<api::VnfSpec> = spec
         .kinds
         .iter()
         .enumerate()
-        .map(|(i, k)| api::VnfSpec {
-            name: vnf_name(i),
-            command: vec![
-                spec.vnf_bin.display().to_string(),
-                "--kind".into(),
-                format!("{k:?}").to_lowercase(),
-                "--iface".into(),
-                "{iface}".into(),
-                "--state".into(),
-                dir.join(format!("{}.json", vnf_name(i)))
-                    .display()
-                    .to_string(),
-            ],
-            mechanism: spec.mechanism as i32,
-            checkpoint_interval_ms: spec.checkpoint_interval_ms,
-            ..Default::default()
+        .map(|(i, k)| {
+            vnf_spec(
+                i,
+                vec![
+                    spec.vnf_bin.display().to_string(),
+                    "--kind".into(),
+                    format!("{k:?}").to_lowercase(),
+                    "--iface".into(),
+                    "{iface}".into(),
+                    "--state".into(),
+                    state_file(i),
+                ],
+            )
         })
         .collect();
     if let Some(py) = &spec.python_vnf {
         let i = spec.kinds.len();
-        vnf_specs.push(api::VnfSpec {
-            name: vnf_name(i),
-            command: vec![
-                "python3".into(),
-                py.display().to_string(),
-                dir.join(format!("{}.json", vnf_name(i)))
-                    .display()
-                    .to_string(),
-            ],
-            mechanism: spec.mechanism as i32,
-            checkpoint_interval_ms: spec.checkpoint_interval_ms,
-            ..Default::default()
-        });
+        vnf_specs.push(vnf_spec(
+            i,
+            vec!["python3".into(), py.display().to_string(), state_file(i)],
+        ));
     }
     let chain_spec = api::ChainSpec {
         name: "ha".into(),

@@ -6,7 +6,6 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use nham_bench::ha::{self, HaSpec};
 use nham_control::api;
-use nham_vnf::Kind;
 
 /// The mechanisms `nhamd` implements.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -45,7 +44,8 @@ pub(crate) struct RecoveryArgs {
     /// Resilience mechanism of every VNF.
     #[arg(long, value_enum)]
     mechanism: MechanismArg,
-    /// VNFs in the chain (1 to 8), cycling monitor, firewall, NAT, emitter.
+    /// VNFs in the chain (1 to 8): monitor, firewall, NAT, emitter, then
+    /// monitor, emitter, monitor, monitor.
     #[arg(long, default_value_t = 4)]
     vnfs: usize,
     /// Failure rounds.
@@ -87,7 +87,7 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
     }
     let spec = HaSpec {
         mechanism: args.mechanism.api(),
-        kinds: (0..args.vnfs).map(|i| Kind::ALL[i % 4]).collect(),
+        kinds: ha::sample_chain(args.vnfs),
         python_vnf: None,
         fault: match args.fault {
             FaultArg::Crash => api::Fault::Crash,

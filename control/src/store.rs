@@ -241,13 +241,17 @@ impl Store {
 
     /// Every indexed checkpoint of `chain`/`vnf`, oldest first.
     pub fn list(&self, chain: &str, vnf: &str) -> Result<Vec<CheckpointMeta>, StoreError> {
-        let p = prefix(chain, vnf);
+        self.scan(&prefix(chain, vnf))
+    }
+
+    /// Every indexed checkpoint whose key starts with `p`, in key order.
+    fn scan(&self, p: &str) -> Result<Vec<CheckpointMeta>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(CHECKPOINTS).map_err(db)?;
         let mut out = Vec::new();
-        for item in t.range(p.as_str()..).map_err(db)? {
+        for item in t.range(p..).map_err(db)? {
             let (k, v) = item.map_err(db)?;
-            if !k.value().starts_with(&p) {
+            if !k.value().starts_with(p) {
                 break;
             }
             out.push(serde_json::from_slice(v.value()).map_err(db)?);
@@ -316,20 +320,7 @@ impl Store {
 
     /// Deletes every checkpoint of `chain` and its spec.
     pub fn remove_chain(&self, chain: &str) -> Result<(), StoreError> {
-        let p = format!("{chain}/");
-        let metas: Vec<CheckpointMeta> = {
-            let tx = self.db.begin_read().map_err(db)?;
-            let t = tx.open_table(CHECKPOINTS).map_err(db)?;
-            let mut out = Vec::new();
-            for item in t.range(p.as_str()..).map_err(db)? {
-                let (k, v) = item.map_err(db)?;
-                if !k.value().starts_with(&p) {
-                    break;
-                }
-                out.push(serde_json::from_slice(v.value()).map_err(db)?);
-            }
-            out
-        };
+        let metas = self.scan(&format!("{chain}/"))?;
         self.remove(&metas)?;
         let tx = self.db.begin_write().map_err(db)?;
         tx.open_table(CHAINS)
