@@ -111,7 +111,9 @@ impl Swrk {
             cmd.arg("swrk")
                 .arg(SOCK_FD.to_string())
                 .stdin(Stdio::null())
-                .stdout(Stdio::null());
+                .stdout(Stdio::null())
+                // Its errors go to the log file each request names.
+                .stderr(Stdio::null());
             cmd.fd_mappings(vec![FdMapping {
                 parent_fd: theirs,
                 child_fd: SOCK_FD,

@@ -65,6 +65,10 @@ pub struct VnfRuntime {
     pub checkpoints: u64,
     /// The SFF's end of its veth (in the daemon's namespace).
     pub sff_iface: String,
+    /// Recoveries that failed, and why the last one did.
+    pub recovery_failures: u64,
+    /// See `recovery_failures`.
+    pub last_error: Option<String>,
     /// A failure the detector judged (hang, cut-off) before it killed the
     /// process: the cause and when it was judged.
     pub judged: Option<(&'static str, Instant)>,
@@ -294,6 +298,8 @@ impl ChainRuntime {
                 checkpoints: 0,
                 sff_iface: here.name.clone(),
                 judged: None,
+                recovery_failures: 0,
+                last_error: None,
                 state: api::VnfState::Unspecified,
                 failures: 0,
                 recoveries: 0,

@@ -227,6 +227,7 @@ impl Daemon {
         match outcome {
             Ok((pidfd, replayed, restored)) => {
                 v.recoveries += 1;
+                v.last_error = None;
                 self.emit(event(
                     chain,
                     vnf,
@@ -240,6 +241,8 @@ impl Daemon {
             }
             Err(e) => {
                 v.state = api::VnfState::Failed;
+                v.recovery_failures += 1;
+                v.last_error = Some(e.to_string());
                 tracing::error!(chain, vnf, "recovery failed: {e}");
                 self.emit(event(
                     chain,
@@ -734,16 +737,25 @@ impl vnf_service_server::VnfService for VnfSvc {
             .with_chain(&r.chain, |e| {
                 let v = e.runtime.vnf_mut(&r.vnf)?;
                 v.signal(nix::sys::signal::Signal::SIGKILL)?;
-                Ok(v.recoveries)
+                Ok((v.recoveries, v.recovery_failures))
             })
             .await?;
         let deadline = Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            let status = self
+            let (status, failures, error) = self
                 .0
-                .with_chain(&r.chain, |e| Ok(e.runtime.vnf_mut(&r.vnf)?.status()))
+                .with_chain(&r.chain, |e| {
+                    let v = e.runtime.vnf_mut(&r.vnf)?;
+                    Ok((v.status(), v.recovery_failures, v.last_error.clone()))
+                })
                 .await?;
-            if status.recoveries > before && status.state == api::VnfState::Running as i32 {
+            if failures > before.1 {
+                return Err(Status::failed_precondition(format!(
+                    "the VNF could not be brought back: {}",
+                    error.unwrap_or_default()
+                )));
+            }
+            if status.recoveries > before.0 && status.state == api::VnfState::Running as i32 {
                 return Ok(Response::new(api::HealVnfResponse {
                     vnf: Some(status),
                     recovery_ms: started.elapsed().as_secs_f64() * 1e3,

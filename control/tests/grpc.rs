@@ -18,6 +18,7 @@ use tonic::Code;
 /// A daemon in its own namespace with links `in0` and `out0`.
 struct Harness {
     addr: String,
+    state_dir: std::path::PathBuf,
     _stop: tokio::sync::oneshot::Sender<()>,
     thread: Option<std::thread::JoinHandle<()>>,
     _peers: Netns,
@@ -31,6 +32,8 @@ impl Harness {
         let peers = Netns::create(&unique_name("nhp")).unwrap();
         veth_pair(&daemon_ns, "in0", &peers, "gen0").unwrap();
         veth_pair(&daemon_ns, "out0", &peers, "sink0").unwrap();
+        let state_dir = std::env::temp_dir().join(unique_name("nhamd-state-"));
+        let dir = state_dir.clone();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let path = daemon_ns.path();
@@ -44,7 +47,6 @@ impl Harness {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let dir = std::env::temp_dir().join(unique_name("nhamd-state-"));
                 let state = StateOptions {
                     store: Arc::new(Store::open(&dir).unwrap()),
                     logs: dir.join("logs"),
@@ -93,6 +95,7 @@ impl Harness {
         let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
         Self {
             addr,
+            state_dir,
             _stop: stop_tx,
             thread: Some(thread),
             _peers: peers,
@@ -109,6 +112,7 @@ impl Drop for Harness {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 
@@ -442,6 +446,45 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
     vnfs.set_mechanism(set(api::Mechanism::None)).await.unwrap();
     let e = vnfs.checkpoint(req()).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+
+    // A corrupt checkpoint is detected and never restored: flip one byte
+    // of every stored image, then heal with 0R.
+    vnfs.set_mechanism(set(api::Mechanism::Mechanism0r))
+        .await
+        .unwrap();
+    vnfs.checkpoint(req()).await.unwrap();
+    let images = h.state_dir.join("images/rt/mon");
+    let mut flipped = 0;
+    for f in std::fs::read_dir(&images).unwrap() {
+        let path = f.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x01;
+        std::fs::write(&path, bytes).unwrap();
+        flipped += 1;
+    }
+    assert!(flipped > 0, "checkpoints in {}", images.display());
+    let e = vnfs
+        .heal_vnf(api::HealVnfRequest {
+            chain: "rt".into(),
+            vnf: "mon".into(),
+            cause: api::HealCause::Failure as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("corrupt"), "{e:?}");
+    let status = chains
+        .get_chain(api::GetChainRequest { name: "rt".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .chain
+        .unwrap()
+        .vnfs
+        .remove(0);
+    assert_eq!(status.state, api::VnfState::Failed as i32, "not restored");
     chains
         .delete_chain(api::DeleteChainRequest { name: "rt".into() })
         .await
