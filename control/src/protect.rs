@@ -96,6 +96,9 @@ pub enum ProtectError {
         /// Carrier now.
         carrier: bool,
     },
+    /// The agent was taken off its VNF.
+    #[error("this agent no longer protects the VNF")]
+    Retired,
     /// Someone else stopped the VNF (it is hung, as far as the chain can
     /// tell): it is not checkpointed, and not resumed either.
     #[error("VNF {0} is stopped by someone else: not checkpointed")]
@@ -186,6 +189,8 @@ pub struct ProtectedVnf {
     /// The SFF's end of the VNF's link, in the caller's namespace, and its
     /// transmit drops when the restore point was made.
     link: Option<(String, u64)>,
+    /// No longer the VNF's agent: it neither checkpoints nor recovers.
+    retired: bool,
 }
 
 /// What a checkpoint took.
@@ -250,6 +255,7 @@ impl ProtectedVnf {
                 staged: None,
             },
             link: None,
+            retired: false,
         };
         v.set_mechanism(mechanism)?;
         Ok(v)
@@ -280,6 +286,12 @@ impl ProtectedVnf {
             });
         }
         Ok(Some(dropped))
+    }
+
+    /// Takes this agent off its VNF (the VNF is no longer protected, or
+    /// another agent takes over): later calls do nothing.
+    pub fn retire(&mut self) {
+        self.retired = true;
     }
 
     /// The mechanism.
@@ -317,6 +329,9 @@ impl ProtectedVnf {
 
     /// Runs the checkpoint protocol once.
     pub fn checkpoint(&mut self, sff: &SffHandle) -> Result<CheckpointStats, ProtectError> {
+        if self.retired {
+            return Err(ProtectError::Retired);
+        }
         let started = Instant::now();
         let hop = self.hop;
         let id = sff
@@ -456,6 +471,9 @@ impl ProtectedVnf {
     /// The VNF process is gone: bring it back by its mechanism and let the
     /// SFF replay.
     pub fn recover(&mut self, sff: &SffHandle) -> Result<RecoveryStats, ProtectError> {
+        if self.retired {
+            return Err(ProtectError::Retired);
+        }
         let started = Instant::now();
         let hop = self.hop;
         let plan = sff

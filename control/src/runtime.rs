@@ -366,7 +366,13 @@ impl ChainRuntime {
         let v = &mut self.vnfs[hop];
         match (wanted, v.agent.clone()) {
             (None, None) => {}
-            (None, Some(_)) => {
+            (None, Some(agent)) => {
+                // A checkpoint under way finishes first (it holds the
+                // agent): a new agent must find the hop idle.
+                agent
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .retire();
                 v.agent = None;
                 sff.command(|reply| nham_sff::Command::SetProtected {
                     hop,
@@ -392,7 +398,8 @@ impl ChainRuntime {
                         store: state.store.clone(),
                         chain,
                         vnf: v.plan.name.clone(),
-                        scratch: self.work.join(&v.plan.name),
+                        // Its own: a retired agent removes its scratch when it goes.
+                        scratch: self.work.join(unique_name(&v.plan.name)),
                     },
                     mech,
                 )
