@@ -128,7 +128,6 @@ impl Daemon {
         let Some(entry) = chains.get_mut(chain) else {
             return;
         };
-        let sff = entry.runtime.sff.clone();
         let Ok(v) = entry.runtime.vnf_mut(vnf) else {
             return;
         };
@@ -153,6 +152,29 @@ impl Daemon {
                 detection_ms,
             }),
         ));
+        self.recover(chains, chain, vnf, detected).await;
+    }
+
+    /// Failure Recovery of VNF `vnf` of `chain` (failed, no process): by its
+    /// mechanism, with the registry lock `chains` let go across the restore.
+    async fn recover(
+        self: &Arc<Self>,
+        mut chains: tokio::sync::MutexGuard<'_, BTreeMap<String, Entry>>,
+        chain: &str,
+        vnf: &str,
+        detected: Instant,
+    ) {
+        use api::watch_events_response::Event;
+        let Some(entry) = chains.get_mut(chain) else {
+            return;
+        };
+        let sff = entry.runtime.sff.clone();
+        let Ok(v) = entry.runtime.vnf_mut(vnf) else {
+            return;
+        };
+        if v.pid.is_some() || v.state == api::VnfState::Recovering {
+            return; // running, or already being recovered
+        }
         self.emit(event(
             chain,
             vnf,
@@ -732,14 +754,26 @@ impl vnf_service_server::VnfService for VnfSvc {
         let started = Instant::now();
         // Killing the process hands the recovery to its watcher, which
         // emits the failure and recovery events.
-        let before = self
+        // A VNF whose recovery failed has no process: recover it again.
+        let (before, retry) = self
             .0
             .with_chain(&r.chain, |e| {
                 let v = e.runtime.vnf_mut(&r.vnf)?;
-                v.signal(nix::sys::signal::Signal::SIGKILL)?;
-                Ok((v.recoveries, v.recovery_failures))
+                let retry = v.pid.is_none() && v.state == api::VnfState::Failed;
+                if !retry {
+                    v.signal(nix::sys::signal::Signal::SIGKILL)?;
+                }
+                Ok(((v.recoveries, v.recovery_failures), retry))
             })
             .await?;
+        if retry {
+            let d = self.0.clone();
+            let (chain, vnf) = (r.chain.clone(), r.vnf.clone());
+            tokio::spawn(async move {
+                let chains = d.chains.lock().await;
+                d.recover(chains, &chain, &vnf, Instant::now()).await;
+            });
+        }
         let deadline = Instant::now() + std::time::Duration::from_secs(10);
         loop {
             let (status, failures, error) = self

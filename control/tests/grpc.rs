@@ -485,6 +485,17 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
         .vnfs
         .remove(0);
     assert_eq!(status.state, api::VnfState::Failed as i32, "not restored");
+    // Healing it again tries again, and says why it fails again.
+    let e = vnfs
+        .heal_vnf(api::HealVnfRequest {
+            chain: "rt".into(),
+            vnf: "mon".into(),
+            cause: api::HealCause::Failure as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("corrupt"), "{e:?}");
     chains
         .delete_chain(api::DeleteChainRequest { name: "rt".into() })
         .await
