@@ -624,10 +624,14 @@ impl Engine {
     /// (the control plane reconnects the link first), and if they cannot
     /// leave, reopen the port: a closed socket's ring is discarded.
     fn flush_hop(&mut self, hop: usize) {
-        let deadline = std::time::Instant::now() + Duration::from_millis(20);
+        let deadline = std::time::Instant::now() + Duration::from_millis(200);
         while self.hops[hop].port.kick_tx() > 0 {
             if std::time::Instant::now() > deadline {
                 let left = self.hops[hop].port.tx_outstanding();
+                eprintln!(
+                    "nham-sff: {left} frames for the failed VNF stuck in {}'s tx ring: reopening the port",
+                    self.config.hops[hop].iface
+                );
                 let spec = self.config.hops[hop].clone();
                 // The old socket (and its ring) must be gone before the XDP
                 // program and a new socket take the link.
@@ -637,8 +641,10 @@ impl Engine {
                     match attach(&spec, self.config.port) {
                         Ok(f) => break f,
                         // A closed AF_XDP socket lets go of its queue a
-                        // little later (deferred work): try for 500 ms.
-                        Err(e) if tries >= 250 => {
+                        // little later (deferred kernel work, slow on a
+                        // loaded machine): try for 3 s.
+                        Err(e) if tries >= 1500 => {
+                            eprintln!("nham-sff: reopening {} failed for good: {e}", spec.iface);
                             self.fatal = Some(e);
                             return;
                         }
