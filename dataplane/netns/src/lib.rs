@@ -83,8 +83,10 @@ fn block_on<T>(
 }
 
 /// Deletes namespaces made by [`unique_name`] (`<prefix><pid>x<n>`, prefix
-/// starting with `nh`) whose process no longer exists: what a killed test or
-/// benchmark could not remove itself. Returns how many were deleted.
+/// starting with `nh`) whose process no longer exists: what a killed test,
+/// benchmark or daemon could not remove itself. Processes still running in
+/// such a namespace (VNFs orphaned by a killed daemon) are killed first.
+/// Returns how many namespaces were deleted.
 pub fn sweep_stale() -> usize {
     let Ok(dir) = std::fs::read_dir("/run/netns") else {
         return 0;
@@ -108,11 +110,37 @@ pub fn sweep_stale() -> usize {
             continue;
         }
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            kill_processes_in(&entry.path());
             drop(Netns { name });
             removed += 1;
         }
     }
     removed
+}
+
+/// SIGKILLs every process whose network namespace is the one bound at `ns`.
+fn kill_processes_in(ns: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(target) = std::fs::metadata(ns).map(|m| (m.dev(), m.ino())) else {
+        return;
+    };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let same = std::fs::metadata(p.path().join("ns/net"))
+            .map(|m| (m.dev(), m.ino()) == target)
+            .unwrap_or(false);
+        if same {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 /// A named network namespace, deleted on drop.
@@ -436,6 +464,26 @@ fn veth_pair_in(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sweep_kills_what_runs_in_a_stale_namespace_and_deletes_it() {
+        // A pid that no longer exists names the namespace as a dead run's.
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        dead.wait().unwrap();
+        let ns = Netns::create(&format!("nhst{dead_pid}x0")).unwrap();
+        let path = ns.path();
+        let mut orphan = ns
+            .run(|| std::process::Command::new("sleep").arg("600").spawn())
+            .unwrap()
+            .unwrap();
+        // The sweep deletes it; our value must not delete it again.
+        std::mem::forget(ns);
+        assert!(sweep_stale() >= 1);
+        let status = orphan.wait().unwrap();
+        assert!(!status.success(), "the orphan was killed: {status:?}");
+        assert!(!path.exists(), "the namespace is gone");
+    }
+
     use super::*;
 
     fn is_root() -> bool {
