@@ -184,14 +184,40 @@ fn failed(action: &'static str, resp: &rpc::CriuResp, log: &Path) -> CriuError {
     CriuError::Failed { action, log: text }
 }
 
-fn base_opts(images: &Path, log_file: &str) -> rpc::CriuOpts {
-    rpc::CriuOpts {
-        images_dir_fd: -1,
-        images_dir: Some(images.display().to_string()),
-        log_level: Some(2),
-        log_file: Some(log_file.into()),
+/// Sends one `action` request (`dump` or `restore`) for the images in
+/// `images` through `swrk` (or a new `criu swrk` in `netns`), with `opts`
+/// on top of the common ones; a failure carries CRIU's message and log.
+fn request(
+    swrk: Option<Swrk>,
+    netns: &Path,
+    kind: rpc::CriuReqType,
+    images: &Path,
+    opts: rpc::CriuOpts,
+) -> Result<rpc::CriuResp, CriuError> {
+    let action = match kind {
+        rpc::CriuReqType::Dump => "dump",
+        _ => "restore",
+    };
+    let log_file = format!("{action}.log");
+    let swrk = match swrk {
+        Some(s) => s,
+        None => Swrk::spawn(netns)?,
+    };
+    let resp = swrk.call(&rpc::CriuReq {
+        r#type: kind as i32,
+        opts: Some(rpc::CriuOpts {
+            images_dir_fd: -1,
+            images_dir: Some(images.display().to_string()),
+            log_level: Some(2),
+            log_file: Some(log_file.clone()),
+            ..opts
+        }),
         ..Default::default()
+    })?;
+    if !resp.success {
+        return Err(failed(action, &resp, &images.join(log_file)));
     }
+    Ok(resp)
 }
 
 /// What a dump took.
@@ -213,26 +239,15 @@ pub fn dump(
     images: &Path,
 ) -> Result<DumpReport, CriuError> {
     std::fs::create_dir_all(images).map_err(io(format!("creating {}", images.display())))?;
-    let swrk = match swrk {
-        Some(s) => s,
-        None => Swrk::spawn(netns)?,
-    };
     let started = Instant::now();
     let opts = rpc::CriuOpts {
         pid: Some(pid as i32),
         leave_running: Some(true),
         network_lock: Some(rpc::CriuNetworkLockMethod::Skip as i32),
-        ..base_opts(images, "dump.log")
-    };
-    let resp = swrk.call(&rpc::CriuReq {
-        r#type: rpc::CriuReqType::Dump as i32,
-        opts: Some(opts),
         ..Default::default()
-    })?;
+    };
+    request(swrk, netns, rpc::CriuReqType::Dump, images, opts)?;
     let duration = started.elapsed();
-    if !resp.success {
-        return Err(failed("dump", &resp, &images.join("dump.log")));
-    }
     let size = std::fs::read_dir(images)
         .map_err(io(format!("listing {}", images.display())))?
         .flatten()
@@ -251,23 +266,12 @@ pub fn restore(
     netns: &Path,
 ) -> Result<(u32, Duration), CriuError> {
     let started = Instant::now();
-    let swrk = match swrk {
-        Some(s) => s,
-        None => Swrk::spawn(netns)?,
-    };
     let opts = rpc::CriuOpts {
         rst_sibling: Some(true),
-        ..base_opts(images, "restore.log")
-    };
-    let resp = swrk.call(&rpc::CriuReq {
-        r#type: rpc::CriuReqType::Restore as i32,
-        opts: Some(opts),
         ..Default::default()
-    })?;
+    };
+    let resp = request(swrk, netns, rpc::CriuReqType::Restore, images, opts)?;
     let duration = started.elapsed();
-    if !resp.success {
-        return Err(failed("restore", &resp, &images.join("restore.log")));
-    }
     let pid = resp
         .restore
         .map(|r| r.pid)
