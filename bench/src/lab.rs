@@ -553,6 +553,7 @@ pub fn protected_trial(
             )
         })
         .collect::<Result<_, _>>()?;
+    let client = nham_sff::remote::SffClient::local(sff)?;
     let done = AtomicBool::new(false);
     let (mut checkpoints, mut recoveries, mut restored) = (0, 0, 0);
     let (mut pause_ms, mut recovery_ms) = (Vec::new(), Vec::new());
@@ -568,7 +569,7 @@ pub fn protected_trial(
         let mut failure = None;
         while !done.load(Ordering::Relaxed) && failure.is_none() {
             for v in vnfs.iter_mut() {
-                match v.checkpoint(sff) {
+                match v.checkpoint(&client) {
                     Ok(c) => {
                         checkpoints += 1;
                         pause_ms.push(c.pause.as_secs_f64() * 1e3);
@@ -588,7 +589,7 @@ pub fn protected_trial(
                 kill_and_wait(vnfs[i].pid);
             }
             for &i in &victims {
-                match vnfs[i].recover(sff) {
+                match vnfs[i].recover(&client) {
                     Ok(r) => {
                         recoveries += 1;
                         restored += usize::from(r.restored);

@@ -1,5 +1,5 @@
 //! The State Synchronizer of one VNF: the checkpoint protocol (Hold/Release
-//! in the SFF thread, through [`nham_sff::Command`], plus CRIU and the state
+//! in the SFF process, through [`SffClient`], plus CRIU and the state
 //! database) and recovery by mechanism (0R, 1R-AS).
 //!
 //! # Checkpoint (what the image includes is what the VNF consumed)
@@ -50,7 +50,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nham_dataplane::hold::CheckpointId;
-use nham_sff::{Command as SffCommand, SffHandle};
+use nham_sff::remote::SffClient;
 use thiserror::Error;
 
 use crate::criu::{self, Swrk};
@@ -107,6 +107,38 @@ pub enum ProtectError {
 
 fn sff_err(e: impl std::fmt::Display) -> ProtectError {
     ProtectError::Sff(e.to_string())
+}
+
+/// How long a recovery waits for the failed process's pid to be free.
+pub const PID_FREE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Waits until no process (not even a zombie) has `pid`: CRIU restores a
+/// process with the pid it was dumped with. The daemon reaps the VNFs it
+/// started or restored itself; a VNF adopted from an earlier daemon is
+/// reaped by whoever inherited it (init, or a subreaper), a little later.
+pub fn wait_pid_free(pid: u32, timeout: Duration) -> Result<(), ProtectError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return Ok(()),
+            Ok(s) => s,
+        };
+        if Instant::now() >= deadline {
+            // "pid (comm) S ppid ...": the fields after the last ')'.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let mut f = rest.split_whitespace();
+            let (state, ppid) = (f.next().unwrap_or("?"), f.next().unwrap_or("?"));
+            return Err(ProtectError::Process(if state == "Z" {
+                format!(
+                    "pid {pid} is still held by a zombie whose parent (pid {ppid}) does not reap it: \
+                     run nhamd under an init that reaps orphans (systemd, tini -s)"
+                )
+            } else {
+                format!("pid {pid} is taken by another process (state {state}, parent {ppid})")
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Bytes queued on the packet sockets of process `pid`'s network namespace
@@ -328,18 +360,15 @@ impl ProtectedVnf {
     }
 
     /// Runs the checkpoint protocol once.
-    pub fn checkpoint(&mut self, sff: &SffHandle) -> Result<CheckpointStats, ProtectError> {
+    pub fn checkpoint(&mut self, sff: &SffClient) -> Result<CheckpointStats, ProtectError> {
         if self.retired {
             return Err(ProtectError::Retired);
         }
         let started = Instant::now();
         let hop = self.hop;
-        let id = sff
-            .command(|reply| SffCommand::BeginCheckpoint { hop, reply })
-            .map_err(sff_err)?
-            .map_err(sff_err)?;
-        let fail = |sff: &SffHandle, e: ProtectError| {
-            let _ = sff.command(|reply| SffCommand::CheckpointFailed { hop, id, reply });
+        let id = sff.begin_checkpoint(hop).map_err(sff_err)?;
+        let fail = |sff: &SffClient, e: ProtectError| {
+            let _ = sff.checkpoint_failed(hop, id);
             e
         };
         // 2. Drained? 3. Stop it; let its last outputs arrive; still
@@ -390,11 +419,7 @@ impl ProtectedVnf {
             }
         };
         // 4. Mark.
-        if let Err(e) = sff
-            .command(|reply| SffCommand::Quiesced { hop, id, reply })
-            .map_err(sff_err)
-            .and_then(|r| r.map_err(sff_err))
-        {
+        if let Err(e) = sff.quiesced(hop, id).map_err(sff_err) {
             let _ = resume(self.pid);
             return Err(fail(sff, e));
         }
@@ -414,11 +439,7 @@ impl ProtectedVnf {
                 return Err(fail(sff, e.into()));
             }
         };
-        if let Err(e) = sff
-            .command(|reply| SffCommand::CheckpointDumped { hop, id, reply })
-            .map_err(sff_err)
-            .and_then(|r| r.map_err(sff_err))
-        {
+        if let Err(e) = sff.checkpoint_dumped(hop, id).map_err(sff_err) {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(fail(sff, e));
         }
@@ -432,10 +453,7 @@ impl ProtectedVnf {
                 return Err(fail(sff, e.into()));
             }
         };
-        let done = sff
-            .command(|reply| SffCommand::CheckpointDone { hop, id, reply })
-            .map_err(sff_err)?
-            .map_err(sff_err)?;
+        let done = sff.checkpoint_done(hop, id).map_err(sff_err)?;
         let _ = s.store.gc(&s.chain, &s.vnf, KEEP_CHECKPOINTS);
         if let (Some((_, base)), Some(now)) = (self.link.as_mut(), link_now) {
             *base = now;
@@ -470,18 +488,17 @@ impl ProtectedVnf {
 
     /// The VNF process is gone: bring it back by its mechanism and let the
     /// SFF replay.
-    pub fn recover(&mut self, sff: &SffHandle) -> Result<RecoveryStats, ProtectError> {
+    pub fn recover(&mut self, sff: &SffClient) -> Result<RecoveryStats, ProtectError> {
         if self.retired {
             return Err(ProtectError::Retired);
         }
         let started = Instant::now();
         let hop = self.hop;
-        let plan = sff
-            .command(|reply| SffCommand::Failure { hop, reply })
-            .map_err(sff_err)?;
+        let plan = sff.failure(hop).map_err(sff_err)?;
         let restored = plan.checkpoint.is_some();
         self.pid = match plan.checkpoint {
             Some(id) => {
+                wait_pid_free(self.pid, PID_FREE_TIMEOUT)?;
                 let pid = self.restore(id)?;
                 // It was dumped while stopped (step 3) and comes back stopped.
                 signal(pid, nix::sys::signal::Signal::SIGCONT)?;
@@ -495,10 +512,7 @@ impl ProtectedVnf {
                 *base = now;
             }
         }
-        let r = sff
-            .command(|reply| SffCommand::Restored { hop, reply })
-            .map_err(sff_err)?
-            .map_err(sff_err)?;
+        let r = sff.restored(hop).map_err(sff_err)?;
         let duration = started.elapsed();
         // Prepare the next standby, off the recovery path.
         if self.mechanism == Mechanism::ActiveStandby && self.standby.swrk.is_none() {

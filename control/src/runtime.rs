@@ -10,18 +10,29 @@
 //! through a pidfd: its exit is seen the moment it happens. A protected VNF
 //! (0R, 1R-AS) has a [`ProtectedVnf`] agent, its State Synchronizer.
 //!
+//! The SFF runs as a process of its own (`nham-sff`, see
+//! [`nham_sff::remote`]), so the packets it holds outlive the daemon. What
+//! runs for a chain (SFF pid and socket, namespaces, VNF pids) is written to
+//! the state database as a [`ChainRecord`]; a restarted daemon
+//! [re-attaches](ChainRuntime::reattach) to it.
+//!
 //! Invariant: dropping a [`ChainRuntime`] stops the SFF, kills and reaps
-//! every VNF process and deletes every namespace (and so every veth) it made.
+//! every VNF process and deletes every namespace (and so every veth) it made
+//! — unless it was [detached](ChainRuntime::detach), in which case all of
+//! them keep running for the next daemon.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nham_netns::{unique_name, veth_pair_here, Netns};
-use nham_sff::{PollPolicy, PortSpec, SffConfig, SffHandle};
+use nham_sff::remote::SffClient;
+use nham_sff::{PhaseStatus, PollPolicy, PortSpec, SffConfig};
+use serde::{Deserialize, Serialize};
 
 use crate::api;
 use crate::error::ControlError;
@@ -202,17 +213,99 @@ impl Drop for VnfRuntime {
 /// The VNF's interface name inside its namespace.
 pub const VNF_IFACE: &str = "eth0";
 
+/// What runs for a chain, as the state database keeps it for a restarted
+/// daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainRecord {
+    /// The daemon's number for the chain (interface and namespace names).
+    pub id: u32,
+    /// The SFF process.
+    pub sff_pid: u32,
+    /// Its control socket.
+    pub sff_socket: PathBuf,
+    /// The VNFs, in chain order.
+    pub vnfs: Vec<VnfRecord>,
+}
+
+/// One VNF of a [`ChainRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VnfRecord {
+    /// Its name.
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// The SFF's end of its link.
+    pub sff_iface: String,
+    /// Its process when the record was written.
+    pub pid: Option<u32>,
+    /// Its command line as started.
+    pub argv: Vec<String>,
+    /// Its log file.
+    pub log: PathBuf,
+    /// Counters, carried over.
+    pub failures: u64,
+    /// See `failures`.
+    pub recoveries: u64,
+    /// See `failures`.
+    pub checkpoints: u64,
+}
+
+/// The chain's SFF process.
+#[derive(Debug)]
+pub struct SffProcess {
+    /// Its pid.
+    pub pid: u32,
+    /// Its control socket.
+    pub socket: PathBuf,
+    /// The child handle, when this daemon started it (to reap it).
+    child: Option<std::process::Child>,
+}
+
+impl SffProcess {
+    /// Stops it: `Shutdown` over its socket, then SIGKILL if it is still
+    /// there after `grace`.
+    fn stop(&mut self, client: Option<&SffClient>, grace: Duration) {
+        if let Some(c) = client {
+            let _ = c.shutdown();
+        }
+        let deadline = Instant::now() + grace;
+        let gone = |p: &mut Self| match p.child.as_mut() {
+            Some(c) => c.try_wait().map(|s| s.is_some()).unwrap_or(true),
+            None => !std::path::Path::new(&format!("/proc/{}", p.pid)).exists(),
+        };
+        while !gone(self) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if !gone(self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            if let Some(c) = self.child.as_mut() {
+                let _ = c.wait();
+            }
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
 /// A chain with its VNFs and SFF.
 #[derive(Debug)]
 pub struct ChainRuntime {
+    /// The daemon's number for it.
+    pub id: u32,
     /// Its plan.
     pub plan: ChainPlan,
     /// VNFs in order.
     pub vnfs: Vec<VnfRuntime>,
-    /// The SFF thread (stopped before the VNFs go).
-    pub sff: Option<Arc<SffHandle>>,
+    /// The SFF's control client (dropped before the VNFs go).
+    pub sff: Option<Arc<SffClient>>,
+    /// The SFF process.
+    pub sff_process: Option<SffProcess>,
     /// Where this chain's VNF logs and scratch images live.
     pub work: PathBuf,
+    /// Left running on drop, for the next daemon.
+    detached: bool,
 }
 
 /// Where the daemon keeps state, and how it watches VNFs.
@@ -233,13 +326,57 @@ pub struct StateOptions {
     pub checkpoint_interval: Duration,
 }
 
+impl StateOptions {
+    /// The prefix of this daemon's namespace names: the same for every run
+    /// on one state database (so a restarted daemon finds its namespaces),
+    /// different between databases (so daemons do not collide).
+    pub fn netns_prefix(&self) -> String {
+        format!("nhamd-{}-", state_tag(self.store.dir()))
+    }
+
+    /// Where chain `id`'s SFF listens.
+    fn sff_socket(&self, id: u32) -> PathBuf {
+        self.store.dir().join("sff").join(format!("{id:x}.sock"))
+    }
+}
+
+/// A short name for the state database in `dir` (8 hex digits of a hash of
+/// its path): the same for every daemon run on it.
+pub fn state_tag(dir: &Path) -> String {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    blake3::hash(dir.as_os_str().as_encoded_bytes()).to_hex()[..8].to_string()
+}
+
 /// How the daemon runs SFFs.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SffOptions {
     /// Core to pin SFF threads to.
     pub core: Option<usize>,
     /// Idle behaviour.
     pub poll: PollPolicy,
+    /// The `nham-sff` executable (default: next to this program's, then
+    /// `PATH`).
+    pub binary: Option<PathBuf>,
+}
+
+impl SffOptions {
+    /// The `nham-sff` executable to run.
+    pub fn binary(&self) -> PathBuf {
+        if let Some(b) = &self.binary {
+            return b.clone();
+        }
+        let exe = std::env::current_exe().ok();
+        // Next to us, or one up (a test binary lives in target/*/deps).
+        let near = exe.iter().flat_map(|e| {
+            e.parent()
+                .into_iter()
+                .chain(e.parent().and_then(Path::parent))
+                .map(|d| d.join("nham-sff"))
+        });
+        near.into_iter()
+            .find(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("nham-sff"))
+    }
 }
 
 fn port_spec(iface: &str) -> Result<PortSpec, ControlError> {
@@ -252,13 +389,79 @@ fn port_spec(iface: &str) -> Result<PortSpec, ControlError> {
     })
 }
 
+/// Starts `nham-sff` on `config`, listening on `socket`, logging to `log`;
+/// returns once it says it is ready.
+fn spawn_sff(
+    opts: &SffOptions,
+    config: &SffConfig,
+    socket: &Path,
+    log: &Path,
+) -> Result<SffProcess, ControlError> {
+    let err = |what: String| ControlError::Process(format!("starting the SFF: {what}"));
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+    }
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| err(format!("{}: {e}", log.display())))?;
+    let bin = opts.binary();
+    // `setsid` execs in place: the SFF leads a session of its own, out of
+    // reach of signals meant for the daemon (Ctrl-C on its terminal).
+    let mut child = Command::new("setsid")
+        .arg(&bin)
+        .arg("--socket")
+        .arg(socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(out)
+        .spawn()
+        .map_err(|e| err(format!("setsid {}: {e}", bin.display())))?;
+    let json = serde_json::to_vec(config).map_err(|e| err(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(&json)
+            .map_err(|e| err(format!("writing its configuration: {e}")))?;
+    }
+    let stdout = child.stdout.take();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        if let Some(o) = stdout {
+            let _ = std::io::BufReader::new(o).read_line(&mut line);
+        }
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+    match line.trim().strip_prefix("ready ") {
+        Some(_) => Ok(SffProcess {
+            pid: child.id(),
+            socket: socket.to_path_buf(),
+            child: Some(child),
+        }),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+            Err(err(format!(
+                "{} did not become ready: {}",
+                bin.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            )))
+        }
+    }
+}
+
 impl ChainRuntime {
     /// Builds namespaces and links, starts the VNFs (returning their pidfds,
-    /// in order) and the SFF. `id` makes interface names unique per daemon.
+    /// in order) and the SFF process. `id` makes interface and namespace
+    /// names unique per daemon.
     pub fn start(
         id: u32,
         plan: ChainPlan,
-        sff: SffOptions,
+        sff: &SffOptions,
         state: &StateOptions,
     ) -> Result<(Self, Vec<OwnedFd>), ControlError> {
         let mut vnfs = Vec::new();
@@ -269,8 +472,9 @@ impl ChainRuntime {
             std::fs::create_dir_all(dir)
                 .map_err(|e| ControlError::Process(format!("{}: {e}", dir.display())))?;
         }
+        let prefix = state.netns_prefix();
         for (i, v) in plan.vnfs.iter().enumerate() {
-            let netns = Netns::create(&unique_name("nhc"))?;
+            let netns = Netns::create(&format!("{prefix}{id:x}-{i}"))?;
             let (here, there) = veth_pair_here(&format!("n{id:x}v{i}"), &netns, VNF_IFACE)?;
             hops.push(PortSpec {
                 iface: here.name.clone(),
@@ -308,10 +512,13 @@ impl ChainRuntime {
             });
         }
         let mut runtime = Self {
+            id,
             plan,
             vnfs,
             sff: None,
+            sff_process: None,
             work,
+            detached: false,
         };
         let pidfds = runtime
             .vnfs
@@ -329,12 +536,14 @@ impl ChainRuntime {
             rules: runtime.plan.rules.clone(),
             spi: runtime.plan.spi,
             hop: nham_dataplane::hold::HopConfig {
-                rx_capacity: 4096,
+                // Room to hold a few seconds of traffic while no daemon
+                // checkpoints (one restarting).
+                rx_capacity: 8192,
                 tx_capacity: 1024,
                 ..Default::default()
             },
             protect,
-            pool_slots: 16384,
+            pool_slots: 32768,
             burst: 32,
             poll: sff.poll,
             core: sff.core,
@@ -342,12 +551,183 @@ impl ChainRuntime {
             vnf_window: 512,
             vnf_window_timeout: std::time::Duration::from_millis(2),
         };
-        runtime.sff = Some(Arc::new(nham_sff::spawn(None, config)?));
+        let socket = state.sff_socket(id);
+        let process = spawn_sff(sff, &config, &socket, &logs.join("sff.log"))?;
+        runtime.sff_process = Some(process);
+        runtime.sff = Some(Arc::new(
+            SffClient::connect(&socket).map_err(|e| ControlError::Process(e.to_string()))?,
+        ));
         for hop in 0..runtime.vnfs.len() {
             let m = runtime.vnfs[hop].plan.mechanism;
             runtime.protect(hop, m, state)?;
         }
         Ok((runtime, pidfds))
+    }
+
+    /// Attaches to what an earlier daemon left running for chain `plan`
+    /// (`record`): the SFF process with the packets it holds, the
+    /// namespaces, the VNF processes still alive. A checkpoint that daemon
+    /// left half-done is settled (committed if the store has its image,
+    /// failed otherwise; a VNF it froze is thawed). Returns the runtime and,
+    /// per VNF, a pidfd if its process was adopted, or `None` if it must be
+    /// recovered (it died meanwhile, or was being recovered).
+    ///
+    /// Fails (and leaves everything as it was) if the SFF process or a
+    /// namespace is gone.
+    pub fn reattach(
+        record: &ChainRecord,
+        plan: ChainPlan,
+        state: &StateOptions,
+    ) -> Result<(Self, Vec<Option<OwnedFd>>), ControlError> {
+        let gone = |what: String| ControlError::FailedPrecondition(what);
+        if record.vnfs.len() != plan.vnfs.len() {
+            return Err(gone("the record does not match the spec".into()));
+        }
+        let client = SffClient::connect(&record.sff_socket)
+            .map_err(|e| gone(format!("its SFF does not answer: {e}")))?;
+        let status = client
+            .status()
+            .map_err(|e| gone(format!("its SFF does not answer: {e}")))?;
+        if status.pid != record.sff_pid || status.hops.len() != plan.vnfs.len() {
+            return Err(gone(format!(
+                "the SFF on {} is not the chain's (pid {}, {} hops)",
+                record.sff_socket.display(),
+                status.pid,
+                status.hops.len()
+            )));
+        }
+        let work = state.scratch.join(&plan.name);
+        std::fs::create_dir_all(&work)
+            .map_err(|e| ControlError::Process(format!("{}: {e}", work.display())))?;
+        let mut vnfs = Vec::new();
+        for (v, r) in plan.vnfs.iter().zip(&record.vnfs) {
+            let mut netns = Netns::adopt(&r.netns)?;
+            // Until this runtime is complete, a failure must not delete it.
+            netns.keep();
+            vnfs.push(VnfRuntime {
+                plan: v.clone(),
+                netns,
+                pid: None,
+                argv: r.argv.clone(),
+                log: r.log.clone(),
+                agent: None,
+                checkpoints: r.checkpoints,
+                sff_iface: r.sff_iface.clone(),
+                judged: None,
+                recovery_failures: 0,
+                last_error: None,
+                state: api::VnfState::Failed,
+                failures: r.failures,
+                recoveries: r.recoveries,
+                fault_at: None,
+                incarnation: 0,
+            });
+        }
+        let mut runtime = Self {
+            id: record.id,
+            plan,
+            vnfs,
+            sff: Some(Arc::new(client)),
+            sff_process: Some(SffProcess {
+                pid: record.sff_pid,
+                socket: record.sff_socket.clone(),
+                child: None,
+            }),
+            work,
+            detached: true,
+        };
+        let sff = runtime.sff.clone().expect("set above");
+        let mut pidfds = Vec::new();
+        for (hop, (v, r)) in runtime.vnfs.iter_mut().zip(&record.vnfs).enumerate() {
+            let h = status.hops[hop];
+            let alive = r.pid.filter(|&p| nham_netns::pid_in(p, &v.netns.path()));
+            // A checkpoint the last daemon left: its image counts only if
+            // the store committed it.
+            let settle = match h.phase {
+                PhaseStatus::Idle => Ok(()),
+                PhaseStatus::Storing(id) => {
+                    let committed = state.store.get(&runtime.plan.name, &v.plan.name, id);
+                    if matches!(committed, Ok(Some(_))) {
+                        sff.checkpoint_done(hop, id).map(|_| ())
+                    } else {
+                        sff.checkpoint_failed(hop, id)
+                    }
+                }
+                PhaseStatus::Draining(id) | PhaseStatus::Dumping(id) => {
+                    // The checkpoint protocol may have left it stopped.
+                    if let Some(p) = alive {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(p as i32),
+                            nix::sys::signal::Signal::SIGCONT,
+                        );
+                    }
+                    sff.checkpoint_failed(hop, id)
+                }
+            };
+            settle.map_err(|e| ControlError::Process(format!("settling a checkpoint: {e}")))?;
+            match alive.filter(|_| !h.recovering) {
+                Some(p) => pidfds.push(Some(v.adopt(p)?)),
+                None => {
+                    // Dead, or caught in the middle of its recovery (the
+                    // process there is of unknown state): recover afresh.
+                    nham_netns::kill_processes_in(&v.netns.path());
+                    v.pid = None;
+                    pidfds.push(None);
+                }
+            }
+        }
+        for hop in 0..runtime.vnfs.len() {
+            let m = runtime.vnfs[hop].plan.mechanism;
+            // The agent's pid is that of the process it protects, or of the
+            // one whose image it restores (CRIU keeps pids).
+            let old = record.vnfs[hop].pid;
+            let v = &mut runtime.vnfs[hop];
+            if v.pid.is_none() {
+                v.pid = old;
+            }
+            let r = runtime.protect(hop, m, state);
+            let v = &mut runtime.vnfs[hop];
+            if v.state != api::VnfState::Running {
+                v.pid = None;
+            }
+            r?;
+        }
+        runtime.detached = false;
+        for v in &mut runtime.vnfs {
+            v.netns.unkeep();
+        }
+        Ok((runtime, pidfds))
+    }
+
+    /// What runs for this chain, for the state database.
+    pub fn record(&self) -> Option<ChainRecord> {
+        let p = self.sff_process.as_ref()?;
+        Some(ChainRecord {
+            id: self.id,
+            sff_pid: p.pid,
+            sff_socket: p.socket.clone(),
+            vnfs: self
+                .vnfs
+                .iter()
+                .map(|v| VnfRecord {
+                    name: v.plan.name.clone(),
+                    netns: v.netns.name().to_string(),
+                    sff_iface: v.sff_iface.clone(),
+                    pid: v.pid,
+                    argv: v.argv.clone(),
+                    log: v.log.clone(),
+                    failures: v.failures,
+                    recoveries: v.recoveries,
+                    checkpoints: v.checkpoints,
+                })
+                .collect(),
+        })
+    }
+
+    /// Leaves the SFF, the VNFs and the namespaces running when this is
+    /// dropped, for a restarted daemon to attach to.
+    pub fn detach(&mut self) {
+        self.detached = true;
     }
 
     /// Gives VNF `hop` mechanism `m`: makes, changes or drops its agent and
@@ -362,10 +742,13 @@ impl ChainRuntime {
         let sff = self.sff.clone().ok_or_else(|| {
             ControlError::FailedPrecondition("the chain's SFF is not running".into())
         })?;
+        let sff_err = |e: nham_sff::remote::RemoteError| ControlError::Process(e.to_string());
         let chain = self.plan.name.clone();
         let v = &mut self.vnfs[hop];
         match (wanted, v.agent.clone()) {
-            (None, None) => {}
+            (None, None) => {
+                sff.set_protected(hop, false).map_err(sff_err)?;
+            }
             (None, Some(agent)) => {
                 // A checkpoint under way finishes first (it holds the
                 // agent): a new agent must find the hop idle.
@@ -374,11 +757,7 @@ impl ChainRuntime {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .retire();
                 v.agent = None;
-                sff.command(|reply| nham_sff::Command::SetProtected {
-                    hop,
-                    protected: false,
-                    reply,
-                })?;
+                sff.set_protected(hop, false).map_err(sff_err)?;
             }
             (Some(mech), Some(agent)) => agent
                 .lock()
@@ -405,11 +784,7 @@ impl ChainRuntime {
                 )
                 .and_then(|mut a| a.watch_link(&v.sff_iface).map(|()| a))
                 .map_err(|e| ControlError::Process(e.to_string()))?;
-                sff.command(|reply| nham_sff::Command::SetProtected {
-                    hop,
-                    protected: true,
-                    reply,
-                })?;
+                sff.set_protected(hop, true).map_err(sff_err)?;
                 v.agent = Some(Arc::new(Mutex::new(agent)));
             }
         }
@@ -463,22 +838,46 @@ impl ChainRuntime {
     }
 }
 
+/// Stops what an earlier daemon left for a chain it could not be attached
+/// to: its SFF process (if that still runs `nham-sff`), every process in its
+/// namespaces, the namespaces.
+pub fn tear_down_record(record: &ChainRecord) {
+    let comm =
+        std::fs::read_to_string(format!("/proc/{}/comm", record.sff_pid)).unwrap_or_default();
+    if comm.trim() == "nham-sff" {
+        let mut p = SffProcess {
+            pid: record.sff_pid,
+            socket: record.sff_socket.clone(),
+            child: None,
+        };
+        let client = SffClient::connect(&record.sff_socket).ok();
+        p.stop(client.as_ref(), Duration::from_secs(2));
+    }
+    for v in &record.vnfs {
+        if let Ok(ns) = Netns::adopt(&v.netns) {
+            nham_netns::kill_processes_in(&ns.path());
+        }
+    }
+}
+
 impl Drop for ChainRuntime {
     fn drop(&mut self) {
-        // Agents first (they hold the SFF), then the SFF: it holds the ports
-        // on the VNF links.
+        // Agents first (their CRIU workers go with them).
         for v in &mut self.vnfs {
             v.agent = None;
         }
-        if let Some(s) = self.sff.take() {
-            match Arc::try_unwrap(s) {
-                Ok(s) => {
-                    let _ = s.stop();
-                }
-                // A checkpoint or recovery still holds it; it stops when
-                // that lets go.
-                Err(s) => drop(s),
+        if self.detached {
+            for v in &mut self.vnfs {
+                v.pid = None;
+                v.netns.keep();
             }
+            return;
+        }
+        // Then the SFF (it holds the ports on the VNF links), then the VNFs
+        // and namespaces (dropped with `vnfs`).
+        let client = self.sff.take();
+        if let Some(p) = self.sff_process.as_mut() {
+            p.stop(client.as_deref(), Duration::from_secs(3));
         }
         let _ = std::fs::remove_dir_all(&self.work);
     }

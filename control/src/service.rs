@@ -24,7 +24,24 @@ use tonic::{Request, Response, Status};
 
 use crate::api::{self, chain_service_server, event_service_server, vnf_service_server};
 use crate::error::ControlError;
-use crate::runtime::{Agent, ChainRuntime, SffOptions, StateOptions};
+use crate::runtime::{
+    tear_down_record, Agent, ChainRecord, ChainRuntime, SffOptions, StateOptions,
+};
+
+/// What [`Daemon::restore_chains`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Chains re-attached to (SFF and packets kept).
+    pub attached: usize,
+    /// Chains started afresh (their SFF was gone).
+    pub restarted: usize,
+    /// Chains that could not be started.
+    pub failed: usize,
+    /// VNFs found dead and being recovered.
+    pub recovering: usize,
+    /// Namespaces no chain claimed, deleted.
+    pub swept: usize,
+}
 use crate::validate;
 
 struct Entry {
@@ -39,6 +56,83 @@ pub struct Daemon {
     next_id: std::sync::atomic::AtomicU32,
     sff: SffOptions,
     state: StateOptions,
+    records: RecordWriter,
+}
+
+/// A change to the chain records in the state database.
+enum RecordOp {
+    /// Write the chain's spec and runtime record.
+    Put {
+        name: String,
+        spec: Option<Vec<u8>>,
+        record: Option<Vec<u8>>,
+    },
+    /// Forget the chain: spec, record, checkpoints.
+    Remove { name: String },
+}
+
+/// Writes chain records in the order they were made, off the registry lock
+/// (each write is a durable database commit), on one thread of its own.
+struct RecordWriter {
+    ops: std::sync::Mutex<std::sync::mpsc::Sender<(RecordOp, Option<std::sync::mpsc::Sender<()>>)>>,
+}
+
+impl RecordWriter {
+    fn new(store: Arc<crate::store::Store>) -> Self {
+        let (tx, rx) =
+            std::sync::mpsc::channel::<(RecordOp, Option<std::sync::mpsc::Sender<()>>)>();
+        std::thread::Builder::new()
+            .name("nhamd-records".into())
+            .spawn(move || {
+                for (op, ack) in rx {
+                    let r = match &op {
+                        RecordOp::Put { name, spec, record } => spec
+                            .as_ref()
+                            .map_or(Ok(()), |s| store.put_chain(name, s))
+                            .and_then(|()| {
+                                record
+                                    .as_ref()
+                                    .map_or(Ok(()), |r| store.put_runtime(name, r))
+                            }),
+                        RecordOp::Remove { name } => store.remove_chain(name),
+                    };
+                    if let Err(e) = r {
+                        tracing::warn!("recording chains in the state database: {e}");
+                    }
+                    if let Some(a) = ack {
+                        let _ = a.send(());
+                    }
+                }
+            })
+            .expect("spawning the record writer");
+        Self {
+            ops: std::sync::Mutex::new(tx),
+        }
+    }
+
+    fn send(&self, op: RecordOp) -> std::sync::mpsc::Receiver<()> {
+        let (ack, done) = std::sync::mpsc::channel();
+        let _ = self
+            .ops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .send((op, Some(ack)));
+        done
+    }
+
+    /// Records `runtime` (and `spec`, when it changed).
+    fn put(
+        &self,
+        runtime: &ChainRuntime,
+        spec: Option<&api::ChainSpec>,
+    ) -> std::sync::mpsc::Receiver<()> {
+        use prost::Message;
+        self.send(RecordOp::Put {
+            name: runtime.plan.name.clone(),
+            spec: spec.map(Message::encode_to_vec),
+            record: runtime.record().and_then(|r| serde_json::to_vec(&r).ok()),
+        })
+    }
 }
 
 impl std::fmt::Debug for Daemon {
@@ -71,6 +165,7 @@ impl Daemon {
             events,
             next_id: std::sync::atomic::AtomicU32::new(1),
             sff,
+            records: RecordWriter::new(state.store.clone()),
             state,
         })
     }
@@ -260,6 +355,11 @@ impl Daemon {
                     }),
                 ));
                 self.watch(chain.to_string(), vnf.to_string(), v.incarnation, pidfd);
+                // The new pid (after a fresh start) and counters, for a
+                // restarted daemon; not waited for.
+                if let Some(e) = chains.get(chain) {
+                    drop(self.records.put(&e.runtime, None));
+                }
             }
             Err(e) => {
                 v.state = api::VnfState::Failed;
@@ -284,7 +384,7 @@ impl Daemon {
         chain: String,
         vnf: String,
         agent: Weak<std::sync::Mutex<crate::protect::ProtectedVnf>>,
-        sff: Weak<nham_sff::SffHandle>,
+        sff: Weak<nham_sff::remote::SffClient>,
         interval: Duration,
     ) {
         let daemon = Arc::downgrade(self);
@@ -313,7 +413,7 @@ impl Daemon {
         chain: &str,
         vnf: &str,
         agent: Agent,
-        sff: Arc<nham_sff::SffHandle>,
+        sff: Arc<nham_sff::remote::SffClient>,
     ) -> Result<crate::protect::CheckpointStats, ControlError> {
         use api::watch_events_response::Event;
         let r = tokio::task::spawn_blocking(move || {
@@ -517,19 +617,16 @@ impl Daemon {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let sff = self.sff;
+        let sff = self.sff.clone();
         let state = self.state.clone();
         let (runtime, pidfds) =
-            tokio::task::spawn_blocking(move || ChainRuntime::start(id, plan, sff, &state))
+            tokio::task::spawn_blocking(move || ChainRuntime::start(id, plan, &sff, &state))
                 .await
                 .map_err(|e| ControlError::Process(format!("chain start panicked: {e}")))??;
         let name = runtime.plan.name.clone();
-        {
-            use prost::Message;
-            if let Err(e) = self.state.store.put_chain(&name, &spec.encode_to_vec()) {
-                tracing::warn!(chain = name, "recording the chain spec: {e}");
-            }
-        }
+        // Durable before the chain is announced: a daemon restarted from
+        // here on finds it.
+        let _ = self.records.put(&runtime, Some(&spec)).recv();
         for (v, fd) in runtime.vnfs.iter().zip(pidfds) {
             self.watch(name.clone(), v.plan.name.clone(), v.incarnation, fd);
         }
@@ -558,6 +655,171 @@ impl Daemon {
         f(entry)
     }
 
+    /// Takes back the chains recorded in the state database (a restarted
+    /// daemon): attaches to what still runs ([`ChainRuntime::reattach`]) and
+    /// recovers, by their mechanisms, the VNFs that died meanwhile. A chain
+    /// whose SFF (or a namespace) is gone is started afresh from its spec,
+    /// and says so: the packets its SFF held went with it. Namespaces of
+    /// this state database that no chain claims are deleted.
+    pub async fn restore_chains(self: &Arc<Self>) -> Result<RestoreReport, ControlError> {
+        use prost::Message;
+        let store = self.state.store.clone();
+        let (specs, records) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((store.chains()?, store.runtimes()?))
+        })
+        .await
+        .map_err(|e| ControlError::Process(format!("reading the state database: {e}")))?
+        .map_err(|e| ControlError::Process(e.to_string()))?;
+        let records: BTreeMap<String, ChainRecord> = records
+            .into_iter()
+            .filter_map(|(n, b)| Some((n, serde_json::from_slice(&b).ok()?)))
+            .collect();
+        if let Some(max) = records.values().map(|r| r.id).max() {
+            self.next_id
+                .fetch_max(max + 1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut report = RestoreReport::default();
+        let mut keep = std::collections::BTreeSet::new();
+        let named: std::collections::BTreeSet<String> =
+            specs.iter().map(|(n, _)| n.clone()).collect();
+        for (name, rec) in &records {
+            if !named.contains(name) {
+                let rec = rec.clone();
+                let _ = tokio::task::spawn_blocking(move || tear_down_record(&rec)).await;
+            }
+        }
+        for (name, bytes) in specs {
+            let Some((spec, plan)) = api::ChainSpec::decode(bytes.as_slice())
+                .ok()
+                .and_then(|spec| Some((spec.clone(), validate::chain(Some(&spec)).ok()?)))
+            else {
+                tracing::error!(chain = name, "its recorded spec is unreadable; skipped");
+                continue;
+            };
+            let record = records.get(&name).cloned();
+            let attached = match record.clone() {
+                Some(rec) => {
+                    let (plan, state) = (plan.clone(), self.state.clone());
+                    tokio::task::spawn_blocking(move || ChainRuntime::reattach(&rec, plan, &state))
+                        .await
+                        .map_err(|e| ControlError::Process(format!("re-attaching panicked: {e}")))
+                        .and_then(|r| r)
+                }
+                None => Err(ControlError::FailedPrecondition(
+                    "nothing was recorded as running for it".into(),
+                )),
+            };
+            let (runtime, pidfds) = match attached {
+                Ok(r) => {
+                    report.attached += 1;
+                    r
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        chain = name,
+                        "cannot re-attach ({e}): starting it afresh from its spec; \
+                         packets its SFF held are lost"
+                    );
+                    let (sff, state) = (self.sff.clone(), self.state.clone());
+                    let id = self
+                        .next_id
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let started = tokio::task::spawn_blocking(move || {
+                        if let Some(rec) = &record {
+                            tear_down_record(rec);
+                        }
+                        let _ = state.store.remove_checkpoints(&plan.name);
+                        ChainRuntime::start(id, plan, &sff, &state)
+                    })
+                    .await
+                    .map_err(|e| ControlError::Process(format!("chain start panicked: {e}")))
+                    .and_then(|r| r);
+                    match started {
+                        Ok((rt, fds)) => {
+                            report.restarted += 1;
+                            (rt, fds.into_iter().map(Some).collect())
+                        }
+                        Err(e) => {
+                            tracing::error!(chain = name, "starting it afresh failed: {e}");
+                            report.failed += 1;
+                            continue;
+                        }
+                    }
+                }
+            };
+            keep.extend(runtime.vnfs.iter().map(|v| v.netns.name().to_string()));
+            let mut lost = Vec::new();
+            for (v, fd) in runtime.vnfs.iter().zip(pidfds) {
+                match fd {
+                    Some(fd) => self.watch(name.clone(), v.plan.name.clone(), v.incarnation, fd),
+                    None => lost.push(v.plan.name.clone()),
+                }
+            }
+            self.schedule_all(&runtime);
+            self.watch_data_path(name.clone());
+            let _ = self.records.put(&runtime, None).recv();
+            self.chains
+                .lock()
+                .await
+                .insert(name.clone(), Entry { spec, runtime });
+            for vnf in lost {
+                report.recovering += 1;
+                self.emit(event(
+                    &name,
+                    &vnf,
+                    api::watch_events_response::Event::FailureDetected(api::FailureDetected {
+                        cause: "process gone while no daemon watched it".into(),
+                        detection_ms: 0.0,
+                    }),
+                ));
+                let mut chains = self.chains.lock().await;
+                if let Some(v) = chains
+                    .get_mut(&name)
+                    .and_then(|e| e.runtime.vnf_mut(&vnf).ok())
+                {
+                    v.failures += 1;
+                }
+                let (d, chain) = (self.clone(), name.clone());
+                drop(chains);
+                tokio::spawn(async move {
+                    let chains = d.chains.lock().await;
+                    d.recover(chains, &chain, &vnf, Instant::now()).await;
+                });
+            }
+        }
+        let prefix = self.state.netns_prefix();
+        report.swept =
+            tokio::task::spawn_blocking(move || nham_netns::sweep_prefix(&prefix, &keep))
+                .await
+                .unwrap_or(0);
+        Ok(report)
+    }
+
+    /// Leaves every chain running (SFF, VNFs, namespaces), recorded in the
+    /// state database for the next daemon, and empties the registry.
+    pub async fn detach_all(&self) {
+        let entries = std::mem::take(&mut *self.chains.lock().await);
+        for (_, mut e) in entries {
+            e.runtime.detach();
+            let done = self.records.put(&e.runtime, None);
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = done.recv();
+                drop(e);
+            })
+            .await;
+        }
+    }
+
+    /// Deletes every chain (as `DeleteChain` does).
+    pub async fn delete_all(&self) {
+        let names: Vec<String> = self.chains.lock().await.keys().cloned().collect();
+        for n in names {
+            if let Err(e) = self.delete(&n).await {
+                tracing::warn!(chain = n, "deleting: {e}");
+            }
+        }
+    }
+
     /// Deletes a chain: SFF stopped, VNFs killed, namespaces removed.
     pub async fn delete(&self, name: &str) -> Result<(), ControlError> {
         validate::name("name", name)?;
@@ -570,9 +832,10 @@ impl Daemon {
         tokio::task::spawn_blocking(move || drop(entry))
             .await
             .map_err(|e| ControlError::Process(format!("teardown panicked: {e}")))?;
-        if let Err(e) = self.state.store.remove_chain(name) {
-            tracing::warn!(chain = name, "removing the chain's checkpoints: {e}");
-        }
+        let done = self.records.send(RecordOp::Remove {
+            name: name.to_string(),
+        });
+        let _ = tokio::task::spawn_blocking(move || done.recv()).await;
         self.emit(event(
             name,
             "",
@@ -712,6 +975,12 @@ impl vnf_service_server::VnfService for VnfSvc {
         if !had_agent {
             daemon.schedule_hop(&entry.runtime, hop);
         }
+        // A restarted daemon protects it the same way.
+        if let Some(v) = entry.spec.vnfs.get_mut(hop) {
+            v.mechanism = mechanism as i32;
+            v.replicas = r.replicas;
+        }
+        drop(daemon.records.put(&entry.runtime, Some(&entry.spec)));
         Ok(Response::new(api::SetMechanismResponse {
             vnf: Some(entry.runtime.vnfs[hop].status()),
         }))
@@ -897,16 +1166,17 @@ impl event_service_server::EventService for EventSvc {
 
     async fn get_stats(&self, r: Request<api::GetStatsRequest>) -> Result2<api::GetStatsResponse> {
         let name = r.into_inner().chain;
-        let s = self
+        let sff = self
             .0
-            .with_chain(&name, |e| {
-                Ok(e.runtime
-                    .sff
-                    .as_ref()
-                    .map(|s| s.counters().snapshot())
-                    .unwrap_or_default())
-            })
+            .with_chain(&name, |e| Ok(e.runtime.sff.clone()))
             .await?;
+        let s = match sff {
+            Some(sff) => tokio::task::spawn_blocking(move || sff.stats())
+                .await
+                .map_err(|e| ControlError::Process(format!("stats panicked: {e}")))?
+                .map_err(|e| ControlError::Process(e.to_string()))?,
+            None => nham_sff::SffStats::default(),
+        };
         Ok(Response::new(api::GetStatsResponse {
             ingress: s.ingress,
             classified: s.classified,

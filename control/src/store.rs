@@ -39,6 +39,9 @@ const MAX_IMAGE_BYTES: u64 = 8 << 30;
 
 const CHECKPOINTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("checkpoints");
 const CHAINS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("chains");
+/// What runs for each chain (SFF process, namespaces, VNF pids), so that a
+/// restarted daemon can attach to it again.
+const RUNTIME: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("runtime");
 
 /// Errors of the state database.
 #[derive(Debug, Error)]
@@ -141,6 +144,7 @@ impl Store {
         let tx = database.begin_write().map_err(db)?;
         tx.open_table(CHECKPOINTS).map_err(db)?;
         tx.open_table(CHAINS).map_err(db)?;
+        tx.open_table(RUNTIME).map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -318,16 +322,25 @@ impl Store {
         Ok(old.len())
     }
 
-    /// Deletes every checkpoint of `chain` and its spec.
+    /// Deletes every checkpoint of `chain`, its spec and its runtime record.
     pub fn remove_chain(&self, chain: &str) -> Result<(), StoreError> {
+        self.remove_checkpoints(chain)?;
+        let tx = self.db.begin_write().map_err(db)?;
+        for table in [CHAINS, RUNTIME] {
+            tx.open_table(table)
+                .map_err(db)?
+                .remove(chain)
+                .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(())
+    }
+
+    /// Deletes every checkpoint of `chain` (its SFF started afresh: their
+    /// identifiers and marks mean nothing to the new one).
+    pub fn remove_checkpoints(&self, chain: &str) -> Result<(), StoreError> {
         let metas = self.scan(&format!("{chain}/"))?;
         self.remove(&metas)?;
-        let tx = self.db.begin_write().map_err(db)?;
-        tx.open_table(CHAINS)
-            .map_err(db)?
-            .remove(chain)
-            .map_err(db)?;
-        tx.commit().map_err(db)?;
         let _ = std::fs::remove_dir_all(self.dir.join("images").join(chain));
         Ok(())
     }
@@ -354,18 +367,44 @@ impl Store {
 
     /// Records a chain's spec (protobuf bytes) so a restarted daemon finds it.
     pub fn put_chain(&self, name: &str, spec: &[u8]) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db)?;
-        tx.open_table(CHAINS)
-            .map_err(db)?
-            .insert(name, spec)
-            .map_err(db)?;
-        tx.commit().map_err(db)
+        self.put_row(CHAINS, name, spec)
     }
 
     /// Every recorded chain spec, by name.
     pub fn chains(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.rows(CHAINS)
+    }
+
+    /// Records what runs for a chain (opaque bytes; the runtime's record).
+    pub fn put_runtime(&self, name: &str, record: &[u8]) -> Result<(), StoreError> {
+        self.put_row(RUNTIME, name, record)
+    }
+
+    /// Every chain's runtime record, by name.
+    pub fn runtimes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.rows(RUNTIME)
+    }
+
+    fn put_row(
+        &self,
+        table: TableDefinition<'_, &str, &[u8]>,
+        name: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        tx.open_table(table)
+            .map_err(db)?
+            .insert(name, value)
+            .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    fn rows(
+        &self,
+        table: TableDefinition<'_, &str, &[u8]>,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
-        let t = tx.open_table(CHAINS).map_err(db)?;
+        let t = tx.open_table(table).map_err(db)?;
         let mut out = Vec::new();
         for item in t.iter().map_err(db)? {
             let (k, v) = item.map_err(db)?;

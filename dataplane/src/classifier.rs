@@ -174,7 +174,7 @@ impl FlowKey {
 }
 
 /// One classification rule; `None` fields match anything.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rule {
     /// Source prefix.
     pub src: Option<IpNet>,

@@ -96,7 +96,7 @@ pub enum HoldError {
 pub struct Backpressure<P>(pub P);
 
 /// Which rule decides what a checkpoint includes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum ReleaseRule {
     /// NHAM's rule: everything the VNF consumed before it was frozen.
     #[default]
@@ -107,7 +107,7 @@ pub enum ReleaseRule {
 }
 
 /// Sizing and policy of one hop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HopConfig {
     /// Packets `buffer_rx` can hold, pending and held together.
     pub rx_capacity: usize,
@@ -283,7 +283,9 @@ pub enum HopState {
 }
 
 /// The position in a VNF's input and output streams a checkpoint captures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Mark {
     /// Inputs with an index below this were consumed before the freeze.
     pub consumed: u64,
@@ -379,7 +381,7 @@ pub enum OutputDisposition {
 }
 
 /// What to restore after a failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RestorePlan {
     /// The checkpoint to restore; `None` means the VNF's initial state.
     pub checkpoint: Option<CheckpointId>,
@@ -388,7 +390,7 @@ pub struct RestorePlan {
 }
 
 /// Outcome of a committed checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CheckpointReport {
     /// The checkpoint.
     pub id: CheckpointId,
@@ -399,7 +401,7 @@ pub struct CheckpointReport {
 }
 
 /// Outcome of a completed recovery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RecoveryReport {
     /// Packets that will be delivered again.
     pub replay: u64,

@@ -61,6 +61,24 @@ struct Args {
     /// Require client certificates signed by this CA (PEM): mutual TLS.
     #[arg(long)]
     tls_client_ca: Option<PathBuf>,
+    /// What becomes of the chains when nhamd stops: `keep` (default: they
+    /// go on forwarding, and the next nhamd on this state directory
+    /// re-attaches to them, losing no held packet) or `stop` (deleted).
+    #[arg(long, value_enum)]
+    on_exit: Option<OnExit>,
+    /// The `nham-sff` executable (default: next to nhamd, then PATH).
+    #[arg(long)]
+    sff_bin: Option<PathBuf>,
+}
+
+/// What becomes of the chains when nhamd stops.
+#[derive(clap::ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum OnExit {
+    /// Leave them running for the next nhamd.
+    Keep,
+    /// Delete them.
+    Stop,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -77,6 +95,8 @@ struct Config {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
+    on_exit: Option<OnExit>,
+    sff_bin: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -100,16 +120,26 @@ async fn main() -> anyhow::Result<()> {
     let unix = args.unix.or(config.unix);
     let sff = SffOptions {
         core: args.sff_core.or(config.sff_core),
+        binary: args.sff_bin.or(config.sff_bin),
         ..SffOptions::default()
     };
+    let on_exit = args.on_exit.or(config.on_exit).unwrap_or(OnExit::Keep);
     let state_dir = args
         .state_dir
         .or(config.state_dir)
         .unwrap_or_else(|| PathBuf::from("/var/lib/nham"));
-    let scratch = args
-        .scratch_dir
-        .or(config.scratch_dir)
-        .unwrap_or_else(|| PathBuf::from(format!("/dev/shm/nham-{}", std::process::id())));
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let scratch = args.scratch_dir.or(config.scratch_dir).unwrap_or_else(|| {
+        // Named after the state directory: a restarted daemon clears
+        // what the last one left.
+        let scratch = PathBuf::from(format!(
+            "/dev/shm/nham-{}",
+            nham_control::runtime::state_tag(&state_dir)
+        ));
+        let _ = std::fs::remove_dir_all(&scratch);
+        scratch
+    });
     let interval = args
         .checkpoint_interval_ms
         .or(config.checkpoint_interval_ms)
@@ -143,6 +173,13 @@ async fn main() -> anyhow::Result<()> {
     };
     nham_netns::sweep_stale();
     let daemon = Daemon::new(sff, state);
+    let restored = daemon
+        .restore_chains()
+        .await
+        .context("taking back the recorded chains")?;
+    if restored != Default::default() {
+        eprintln!("nhamd: recorded chains: {restored:?}");
+    }
     let tls = match (
         args.tls_cert.or(config.tls_cert),
         args.tls_key.or(config.tls_key),
@@ -203,7 +240,13 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
         }
     }
-    // Chains (SFF threads, VNF processes, namespaces) go with the daemon.
+    match on_exit {
+        OnExit::Keep => {
+            daemon.detach_all().await;
+            eprintln!("nhamd: stopped; chains left running for the next nhamd");
+        }
+        OnExit::Stop => daemon.delete_all().await,
+    }
     drop(daemon);
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())

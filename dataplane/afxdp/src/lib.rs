@@ -59,7 +59,7 @@ pub enum AfXdpError {
 }
 
 /// Sizing of a port. Ring sizes must be powers of two.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct PortConfig {
     /// Frames for receiving (given to the fill ring).
     pub rx_frames: u32,

@@ -94,32 +94,74 @@ pub fn sweep_stale() -> usize {
     let mut removed = 0;
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        let Some(rest) = name.strip_prefix("nh") else {
+        let Some(pid) = unique_name_pid(&name) else {
             continue;
         };
-        let digits: String = rest
-            .chars()
-            .skip_while(|c| !c.is_ascii_digit())
-            .take_while(|c| c.is_ascii_digit())
-            .collect();
-        let after = rest.split_once(&digits).map(|(_, a)| a).unwrap_or("");
-        let Ok(pid) = digits.parse::<u32>() else {
-            continue;
-        };
-        if !after.starts_with('x') || pid == std::process::id() {
+        if pid == std::process::id() {
             continue;
         }
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             kill_processes_in(&entry.path());
-            drop(Netns { name });
+            drop(Netns { name, kept: false });
             removed += 1;
         }
     }
     removed
 }
 
+/// The pid in a name made by [`unique_name`] with a prefix of `nh` and
+/// letters (`nhc1234x5`), or `None` for any other name.
+fn unique_name_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("nh")?;
+    let rest = rest.trim_start_matches(|c: char| c.is_ascii_lowercase());
+    let (pid, n) = rest.split_once('x')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(n) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Deletes every namespace whose name starts with `prefix` and is not in
+/// `keep`, killing the processes still running in it first: what a daemon
+/// that names its namespaces after its state (not its pid) left behind.
+pub fn sweep_prefix(prefix: &str, keep: &std::collections::BTreeSet<String>) -> usize {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with(prefix) && !keep.contains(&name) {
+            kill_processes_in(&entry.path());
+            drop(Netns { name, kept: false });
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Whether process `pid` exists, is not a zombie, and runs in the network
+/// namespace bound at `ns`.
+pub fn pid_in(pid: u32, ns: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(target) = std::fs::metadata(ns).map(|m| (m.dev(), m.ino())) else {
+        return false;
+    };
+    let same = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .map(|m| (m.dev(), m.ino()) == target)
+        .unwrap_or(false);
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true);
+    same && !zombie
+}
+
 /// SIGKILLs every process whose network namespace is the one bound at `ns`.
-fn kill_processes_in(ns: &std::path::Path) {
+pub fn kill_processes_in(ns: &std::path::Path) {
     use std::os::unix::fs::MetadataExt;
     let Ok(target) = std::fs::metadata(ns).map(|m| (m.dev(), m.ino())) else {
         return;
@@ -147,6 +189,8 @@ fn kill_processes_in(ns: &std::path::Path) {
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    /// Left in place on drop (see [`Netns::keep`]).
+    kept: bool,
 }
 
 impl Netns {
@@ -161,7 +205,7 @@ impl Netns {
         })
         .join()
         .map_err(|_| NetnsError::Panicked(name.clone()))??;
-        let ns = Self { name };
+        let ns = Self { name, kept: false };
         ns.run(|| {
             // No IPv6 autoconfiguration chatter (router solicitations, MLD)
             // on test links: only the traffic the test sends is on the wire.
@@ -171,6 +215,28 @@ impl Netns {
             set_up("lo")
         })??;
         Ok(ns)
+    }
+
+    /// Takes the existing namespace `/run/netns/<name>` (made by an earlier
+    /// run of this program) as this one: deleted on drop like one made here.
+    pub fn adopt(name: &str) -> Result<Self, NetnsError> {
+        let ns = Self {
+            name: name.to_string(),
+            kept: false,
+        };
+        std::fs::metadata(ns.path()).map_err(sys(format!("opening {}", ns.path().display())))?;
+        Ok(ns)
+    }
+
+    /// Leaves the namespace in place when this value is dropped (what runs
+    /// in it outlives this process).
+    pub fn keep(&mut self) {
+        self.kept = true;
+    }
+
+    /// Undoes [`Netns::keep`]: deleted on drop again.
+    pub fn unkeep(&mut self) {
+        self.kept = false;
     }
 
     /// The namespace's name.
@@ -215,6 +281,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
         let name = self.name.clone();
         let _ = std::thread::spawn(move || {
             block_on(async { NetworkNamespace::del(name).await.map_err(netlink) })

@@ -35,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 pub mod pool;
+pub mod remote;
 
 pub use nham_afxdp::PortConfig;
 
@@ -49,7 +50,8 @@ use std::time::Duration;
 use nham_afxdp::{AfXdpError, Port};
 use nham_dataplane::classifier::{Classifier, ClassifyError, Rule};
 use nham_dataplane::hold::{
-    Chain, CheckpointId, CheckpointReport, HoldError, HopConfig, Mark, RecoveryReport, RestorePlan,
+    Chain, CheckpointId, CheckpointPhase, CheckpointReport, HoldError, HopConfig, HopState, Mark,
+    RecoveryReport, RestorePlan,
 };
 use nham_dataplane::nsh::{self, NhamMetadata, NshPacket, TtlVerdict};
 use nham_ebpf::{EbpfError, XdpRedirect};
@@ -94,13 +96,16 @@ pub enum SffError {
     /// This forwarder takes no commands (the L2 baseline).
     #[error("this forwarder takes no commands")]
     NoCommands,
+    /// The control socket failed.
+    #[error("control socket: {0}")]
+    Socket(std::io::Error),
     /// A command named a hop the chain does not have.
     #[error("no hop {0}")]
     NoHop(usize),
 }
 
 /// One interface the SFF serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PortSpec {
     /// Interface name (in the SFF's namespace).
     pub iface: String,
@@ -113,7 +118,7 @@ pub struct PortSpec {
 }
 
 /// How the polling thread behaves when idle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PollPolicy {
     /// Empty rounds spent spinning before sleeping.
     pub spin: u32,
@@ -131,7 +136,7 @@ impl Default for PollPolicy {
 }
 
 /// What the SFF serves and how.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SffConfig {
     /// Where traffic enters.
     pub ingress: PortSpec,
@@ -237,7 +242,7 @@ impl SffCounters {
 }
 
 /// A snapshot of [`SffCounters`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[allow(missing_docs)]
 pub struct SffStats {
     pub ingress: u64,
@@ -326,6 +331,64 @@ pub enum Command {
         hop: usize,
         reply: mpsc::Sender<usize>,
     },
+    /// Every hop's Hold/Release state, for a control plane that (re)attaches.
+    Status { reply: mpsc::Sender<Vec<HopStatus>> },
+}
+
+/// Where a hop's checkpoint protocol stands, as a control plane that
+/// attaches to a running SFF needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PhaseStatus {
+    /// No checkpoint under way.
+    Idle,
+    /// Delivery stopped, waiting for the VNF to drain (not frozen yet).
+    Draining(CheckpointId),
+    /// The VNF was frozen and is being dumped.
+    Dumping(CheckpointId),
+    /// The image is taken; it is being stored.
+    Storing(CheckpointId),
+}
+
+/// One hop's Hold/Release state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HopStatus {
+    /// The checkpoint protocol's phase.
+    pub phase: PhaseStatus,
+    /// The VNF failed and has not been restored yet.
+    pub recovering: bool,
+    /// The current incarnation's epoch.
+    pub epoch: u32,
+    /// The restore point (`None`: the initial state).
+    pub committed: Option<CheckpointId>,
+    /// Packets held in `buffer_rx` until a checkpoint includes them.
+    pub held: usize,
+    /// Packets waiting in `buffer_rx` for delivery.
+    pub pending: usize,
+    /// Whether packets are held for this hop.
+    pub protected: bool,
+}
+
+/// Commands and counters of an SFF thread in this process.
+#[derive(Debug, Clone)]
+pub struct LocalSff {
+    commands: mpsc::Sender<Command>,
+    counters: Arc<SffCounters>,
+}
+
+impl LocalSff {
+    /// Sends a command to the SFF thread and waits for its answer.
+    pub fn command<T>(&self, make: impl FnOnce(mpsc::Sender<T>) -> Command) -> Result<T, SffError> {
+        let (tx, rx) = mpsc::channel();
+        self.commands
+            .send(make(tx))
+            .map_err(|_| SffError::Stopped)?;
+        rx.recv().map_err(|_| SffError::Stopped)
+    }
+
+    /// Live counters.
+    pub fn counters(&self) -> &SffCounters {
+        &self.counters
+    }
 }
 
 impl SffHandle {
@@ -336,13 +399,26 @@ impl SffHandle {
 
     /// Sends a command to the SFF thread and waits for its answer.
     pub fn command<T>(&self, make: impl FnOnce(mpsc::Sender<T>) -> Command) -> Result<T, SffError> {
-        let (tx, rx) = mpsc::channel();
-        self.commands
-            .as_ref()
-            .ok_or(SffError::NoCommands)?
-            .send(make(tx))
-            .map_err(|_| SffError::Stopped)?;
-        rx.recv().map_err(|_| SffError::Stopped)
+        self.local()?.command(make)
+    }
+
+    /// A way to command the thread that does not borrow this handle (for
+    /// [`remote::SffClient::local`]).
+    pub fn local(&self) -> Result<LocalSff, SffError> {
+        Ok(LocalSff {
+            commands: self.commands.clone().ok_or(SffError::NoCommands)?,
+            counters: self.counters.clone(),
+        })
+    }
+
+    /// Asks the thread to stop, without waiting for it.
+    pub fn halt(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the thread has stopped (asked to, or by a fatal error).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
     /// Stops the thread and waits for it; ports and XDP programs are
@@ -607,6 +683,30 @@ impl Engine {
                 }
                 Command::InFlight { hop, reply } if hop_ok(hop) => {
                     let _ = reply.send(self.in_flight[hop].len());
+                }
+                Command::Status { reply } => {
+                    let status = (0..hops)
+                        .map(|i| {
+                            let h = chain.hop(i);
+                            HopStatus {
+                                phase: match h.checkpoint_phase() {
+                                    CheckpointPhase::Idle => PhaseStatus::Idle,
+                                    CheckpointPhase::Draining { id, .. } => {
+                                        PhaseStatus::Draining(id)
+                                    }
+                                    CheckpointPhase::Dumping { id, .. } => PhaseStatus::Dumping(id),
+                                    CheckpointPhase::Storing { id, .. } => PhaseStatus::Storing(id),
+                                },
+                                recovering: matches!(h.state(), HopState::Recovering { .. }),
+                                epoch: h.epoch(),
+                                committed: h.committed().map(|c| c.id),
+                                held: h.rx().held(),
+                                pending: h.rx().pending(),
+                                protected: self.protected[i],
+                            }
+                        })
+                        .collect();
+                    let _ = reply.send(status);
                 }
                 // A hop that does not exist: dropping the reply channel
                 // makes the caller's recv fail (SffError::Stopped).

@@ -1,0 +1,491 @@
+//! The SFF as a process of its own, driven over a Unix socket.
+//!
+//! The packets an SFF holds (its Hold/Release buffers, its packet pool, its
+//! AF_XDP ports) must outlive the control plane: a restarted `nhamd` attaches
+//! to the running SFF again instead of losing them. So the daemon runs each
+//! chain's SFF as a process (`nham-sff`), and talks to it here.
+//!
+//! Protocol: a stream socket; each message is one line of JSON. The client
+//! sends a [`Request`], the server answers with one [`Response`]. Requests on
+//! one connection are answered in order; connections are independent, and
+//! every request is carried out by the SFF thread between two forwarding
+//! rounds, as the in-process [`Command`]s are.
+//!
+//! Invariant: the server never exits because a client went away; only
+//! [`Request::Shutdown`], SIGTERM (handled by the binary) or a fatal error
+//! of the forwarding thread stop it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use nham_dataplane::hold::{CheckpointId, CheckpointReport, Mark, RecoveryReport, RestorePlan};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::{Command, HopStatus, LocalSff, SffError, SffHandle, SffStats};
+
+/// Errors of talking to an SFF process.
+#[derive(Debug, Error)]
+pub enum RemoteError {
+    /// The socket failed (the SFF process is gone, or not there yet).
+    #[error("SFF at {path}: {source}")]
+    Io {
+        /// Its socket.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A message could not be encoded or decoded.
+    #[error("SFF at {path}: bad message: {reason}")]
+    Protocol {
+        /// Its socket.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The SFF refused the request (the Hold/Release state machine said no,
+    /// or there is no such hop).
+    #[error("SFF refused: {0}")]
+    Refused(String),
+}
+
+/// What a client asks of the SFF. Hops are numbered from 0 in chain order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum Request {
+    BeginCheckpoint {
+        hop: usize,
+    },
+    Quiesced {
+        hop: usize,
+        id: CheckpointId,
+    },
+    CheckpointDumped {
+        hop: usize,
+        id: CheckpointId,
+    },
+    CheckpointDone {
+        hop: usize,
+        id: CheckpointId,
+    },
+    CheckpointFailed {
+        hop: usize,
+        id: CheckpointId,
+    },
+    Failure {
+        hop: usize,
+    },
+    Restored {
+        hop: usize,
+    },
+    InFlight {
+        hop: usize,
+    },
+    SetProtected {
+        hop: usize,
+        protected: bool,
+    },
+    /// Counters.
+    Stats,
+    /// The process and every hop's state.
+    Status,
+    /// Stop forwarding and exit.
+    Shutdown,
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum Response {
+    Checkpoint(CheckpointId),
+    Mark(Mark),
+    Done(CheckpointReport),
+    Plan(RestorePlan),
+    Recovered(RecoveryReport),
+    Count(u64),
+    Stats(SffStats),
+    Status(SffStatus),
+    Ok,
+    /// Refused, and why.
+    Refused(String),
+}
+
+/// A running SFF process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SffStatus {
+    /// Its process id.
+    pub pid: u32,
+    /// Each hop's state, in chain order.
+    pub hops: Vec<HopStatus>,
+}
+
+fn refused(e: impl std::fmt::Display) -> Response {
+    Response::Refused(e.to_string())
+}
+
+/// Carries out one request on the SFF thread behind `sff`.
+fn execute(sff: &LocalSff, request: Request, shutdown: &AtomicBool) -> Response {
+    fn ask<T>(
+        sff: &LocalSff,
+        make: impl FnOnce(mpsc::Sender<T>) -> Command,
+        then: impl FnOnce(T) -> Response,
+    ) -> Response {
+        match sff.command(make) {
+            Ok(t) => then(t),
+            // A hop that does not exist drops the reply: say which.
+            Err(SffError::Stopped) => refused("no such hop, or the SFF thread has stopped"),
+            Err(e) => refused(e),
+        }
+    }
+    let or_refused = |r: Result<Response, nham_dataplane::hold::HoldError>| match r {
+        Ok(r) => r,
+        Err(e) => refused(e),
+    };
+    match request {
+        Request::BeginCheckpoint { hop } => ask(
+            sff,
+            |reply| Command::BeginCheckpoint { hop, reply },
+            |r| or_refused(r.map(Response::Checkpoint)),
+        ),
+        Request::Quiesced { hop, id } => ask(
+            sff,
+            |reply| Command::Quiesced { hop, id, reply },
+            |r| or_refused(r.map(Response::Mark)),
+        ),
+        Request::CheckpointDumped { hop, id } => ask(
+            sff,
+            |reply| Command::CheckpointDumped { hop, id, reply },
+            |r| or_refused(r.map(Response::Mark)),
+        ),
+        Request::CheckpointDone { hop, id } => ask(
+            sff,
+            |reply| Command::CheckpointDone { hop, id, reply },
+            |r| or_refused(r.map(Response::Done)),
+        ),
+        Request::CheckpointFailed { hop, id } => ask(
+            sff,
+            |reply| Command::CheckpointFailed { hop, id, reply },
+            |r| or_refused(r.map(|()| Response::Ok)),
+        ),
+        Request::Failure { hop } => {
+            ask(sff, |reply| Command::Failure { hop, reply }, Response::Plan)
+        }
+        Request::Restored { hop } => ask(
+            sff,
+            |reply| Command::Restored { hop, reply },
+            |r| or_refused(r.map(Response::Recovered)),
+        ),
+        Request::InFlight { hop } => ask(
+            sff,
+            |reply| Command::InFlight { hop, reply },
+            |n| Response::Count(n as u64),
+        ),
+        Request::SetProtected { hop, protected } => ask(
+            sff,
+            |reply| Command::SetProtected {
+                hop,
+                protected,
+                reply,
+            },
+            Response::Count,
+        ),
+        Request::Stats => Response::Stats(sff.counters().snapshot()),
+        Request::Status => ask(
+            sff,
+            |reply| Command::Status { reply },
+            |hops| {
+                Response::Status(SffStatus {
+                    pid: std::process::id(),
+                    hops,
+                })
+            },
+        ),
+        Request::Shutdown => {
+            shutdown.store(true, Ordering::Relaxed);
+            Response::Ok
+        }
+    }
+}
+
+fn serve_connection(sff: &LocalSff, stream: UnixStream, shutdown: &AtomicBool) {
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(r) => execute(sff, r, shutdown),
+            Err(e) => refused(format!("malformed request: {e}")),
+        };
+        let Ok(mut out) = serde_json::to_string(&response) else {
+            return;
+        };
+        out.push('\n');
+        if writer.write_all(out.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves the SFF thread `sff` on `listener` until a [`Request::Shutdown`],
+/// `stop` becoming true (a signal handler's flag), or the thread stopping by
+/// itself; then stops the thread and returns its final counters (or its
+/// error).
+pub fn serve(
+    sff: SffHandle,
+    listener: UnixListener,
+    stop: Arc<AtomicBool>,
+) -> Result<SffStats, SffError> {
+    let local = sff.local()?;
+    listener.set_nonblocking(true).map_err(SffError::Socket)?;
+    while !stop.load(Ordering::Relaxed) && !sff.is_finished() {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let _ = stream.set_nonblocking(false);
+                let (sff, stop) = (local.clone(), stop.clone());
+                std::thread::Builder::new()
+                    .name("nham-sff-ctl".into())
+                    .spawn(move || serve_connection(&sff, stream, &stop))
+                    .map_err(|_| SffError::StartFailed)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    sff.stop()
+}
+
+/// A client of an SFF: a process, over its socket, or (for tests and the
+/// lab) a thread of this process. Cheap to share: each request to a process
+/// takes an idle connection (or opens one) and gives it back.
+#[derive(Debug)]
+pub struct SffClient {
+    transport: Transport,
+}
+
+#[derive(Debug)]
+enum Transport {
+    Socket {
+        path: PathBuf,
+        idle: Mutex<Vec<BufReader<UnixStream>>>,
+        timeout: Duration,
+    },
+    Local(LocalSff),
+}
+
+impl SffClient {
+    /// A client of the SFF listening at `path`; checks that it answers.
+    pub fn connect(path: &Path) -> Result<Self, RemoteError> {
+        let c = Self {
+            transport: Transport::Socket {
+                path: path.to_path_buf(),
+                idle: Mutex::new(Vec::new()),
+                // A failed hop's flush may take the SFF thread up to a few
+                // seconds (see `Engine::flush_hop`).
+                timeout: Duration::from_secs(30),
+            },
+        };
+        c.status()?;
+        Ok(c)
+    }
+
+    /// A client of the SFF thread `sff` in this process (`Shutdown` does
+    /// nothing: its owner stops it).
+    pub fn local(sff: &SffHandle) -> Result<Self, SffError> {
+        Ok(Self {
+            transport: Transport::Local(sff.local()?),
+        })
+    }
+
+    /// Its socket (empty for a thread in this process).
+    pub fn path(&self) -> &Path {
+        match &self.transport {
+            Transport::Socket { path, .. } => path,
+            Transport::Local(_) => Path::new(""),
+        }
+    }
+
+    fn io(&self, source: std::io::Error) -> RemoteError {
+        RemoteError::Io {
+            path: self.path().display().to_string(),
+            source,
+        }
+    }
+
+    fn protocol(&self, reason: impl std::fmt::Display) -> RemoteError {
+        RemoteError::Protocol {
+            path: self.path().display().to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Sends one request and waits for its answer. A connection that fails
+    /// is dropped, never reused.
+    pub fn request(&self, request: Request) -> Result<Response, RemoteError> {
+        let response = match &self.transport {
+            Transport::Local(sff) => execute(sff, request, &AtomicBool::new(false)),
+            Transport::Socket {
+                path,
+                idle,
+                timeout,
+            } => {
+                let pooled = idle
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .pop();
+                let mut conn = match pooled {
+                    Some(c) => c,
+                    None => {
+                        let s = UnixStream::connect(path).map_err(|e| self.io(e))?;
+                        s.set_read_timeout(Some(*timeout)).map_err(|e| self.io(e))?;
+                        BufReader::new(s)
+                    }
+                };
+                let mut msg = serde_json::to_string(&request).map_err(|e| self.protocol(e))?;
+                msg.push('\n');
+                conn.get_mut()
+                    .write_all(msg.as_bytes())
+                    .map_err(|e| self.io(e))?;
+                let mut line = String::new();
+                match conn.read_line(&mut line) {
+                    Ok(0) => {
+                        return Err(self.io(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the SFF closed the connection",
+                        )))
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(self.io(e)),
+                }
+                let response: Response =
+                    serde_json::from_str(&line).map_err(|e| self.protocol(e))?;
+                idle.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(conn);
+                response
+            }
+        };
+        match response {
+            Response::Refused(why) => Err(RemoteError::Refused(why)),
+            r => Ok(r),
+        }
+    }
+
+    fn unexpected<T>(&self, r: Response) -> Result<T, RemoteError> {
+        Err(self.protocol(format!("unexpected answer {r:?}")))
+    }
+
+    /// `Hop::begin_checkpoint`: stop delivering to the VNF.
+    pub fn begin_checkpoint(&self, hop: usize) -> Result<CheckpointId, RemoteError> {
+        match self.request(Request::BeginCheckpoint { hop })? {
+            Response::Checkpoint(id) => Ok(id),
+            r => self.unexpected(r),
+        }
+    }
+
+    /// `Hop::handle_quiesced`: the VNF is frozen, having consumed
+    /// everything.
+    pub fn quiesced(&self, hop: usize, id: CheckpointId) -> Result<Mark, RemoteError> {
+        match self.request(Request::Quiesced { hop, id })? {
+            Response::Mark(m) => Ok(m),
+            r => self.unexpected(r),
+        }
+    }
+
+    /// `Hop::handle_dumped`: the image is taken; delivery resumes.
+    pub fn checkpoint_dumped(&self, hop: usize, id: CheckpointId) -> Result<Mark, RemoteError> {
+        match self.request(Request::CheckpointDumped { hop, id })? {
+            Response::Mark(m) => Ok(m),
+            r => self.unexpected(r),
+        }
+    }
+
+    /// `Hop::handle_checkpoint_complete`: durable; release.
+    pub fn checkpoint_done(
+        &self,
+        hop: usize,
+        id: CheckpointId,
+    ) -> Result<CheckpointReport, RemoteError> {
+        match self.request(Request::CheckpointDone { hop, id })? {
+            Response::Done(d) => Ok(d),
+            r => self.unexpected(r),
+        }
+    }
+
+    /// `Hop::handle_checkpoint_failed`.
+    pub fn checkpoint_failed(&self, hop: usize, id: CheckpointId) -> Result<(), RemoteError> {
+        match self.request(Request::CheckpointFailed { hop, id })? {
+            Response::Ok => Ok(()),
+            r => self.unexpected(r),
+        }
+    }
+
+    /// `Hop::handle_failure`: the VNF failed.
+    pub fn failure(&self, hop: usize) -> Result<RestorePlan, RemoteError> {
+        match self.request(Request::Failure { hop })? {
+            Response::Plan(p) => Ok(p),
+            r => self.unexpected(r),
+        }
+    }
+
+    /// `Hop::handle_restored`: the VNF runs again; replay.
+    pub fn restored(&self, hop: usize) -> Result<RecoveryReport, RemoteError> {
+        match self.request(Request::Restored { hop })? {
+            Response::Recovered(r) => Ok(r),
+            r => self.unexpected(r),
+        }
+    }
+
+    /// Frames the VNF has not answered yet.
+    pub fn in_flight(&self, hop: usize) -> Result<u64, RemoteError> {
+        match self.request(Request::InFlight { hop })? {
+            Response::Count(n) => Ok(n),
+            r => self.unexpected(r),
+        }
+    }
+
+    /// Holds packets for `hop` until checkpoints include them, or not;
+    /// returns the packets released by the change.
+    pub fn set_protected(&self, hop: usize, protected: bool) -> Result<u64, RemoteError> {
+        match self.request(Request::SetProtected { hop, protected })? {
+            Response::Count(n) => Ok(n),
+            r => self.unexpected(r),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Result<SffStats, RemoteError> {
+        match self.request(Request::Stats)? {
+            Response::Stats(s) => Ok(s),
+            r => self.unexpected(r),
+        }
+    }
+
+    /// The process and every hop's state.
+    pub fn status(&self) -> Result<SffStatus, RemoteError> {
+        match self.request(Request::Status)? {
+            Response::Status(s) => Ok(s),
+            r => self.unexpected(r),
+        }
+    }
+
+    /// Asks the SFF to stop forwarding and exit.
+    pub fn shutdown(&self) -> Result<(), RemoteError> {
+        match self.request(Request::Shutdown)? {
+            Response::Ok => Ok(()),
+            r => self.unexpected(r),
+        }
+    }
+}
