@@ -35,6 +35,7 @@ pub(crate) fn run() -> Result<()> {
             flows: 64,
             nhamd: nhamd.clone(),
             vnf_bin: vnf_bin.clone(),
+            restarts: Vec::new(),
         })?;
         rows.push(r);
     }

@@ -61,6 +61,12 @@ pub struct HaSpec {
     pub nhamd: PathBuf,
     /// The `nham-vnf` binary.
     pub vnf_bin: PathBuf,
+    /// Rounds (indices into `rounds`) that restart `nhamd` under traffic:
+    /// it is killed (SIGKILL), that round's VNFs are killed while no
+    /// daemon watches them, and a new `nhamd` on the same state directory
+    /// must re-attach to the chain (its SFF still holding packets), adopt
+    /// the live VNFs and recover the dead ones.
+    pub restarts: Vec<usize>,
 }
 
 /// Median, 99th percentile and maximum of a sample, in ms.
@@ -233,13 +239,20 @@ struct Nhamd {
     child: Child,
     addr: String,
     log: PathBuf,
+    bin: PathBuf,
+    dir: PathBuf,
+    interval_ms: u32,
 }
 
 impl Nhamd {
     fn start(lab: &Lab, bin: &Path, dir: &Path, interval_ms: u32) -> Result<Self> {
         let sock = dir.join("nhamd.sock");
+        let _ = std::fs::remove_file(&sock);
         let log = dir.join("nhamd.log");
-        let out = std::fs::File::create(&log)?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let err = out.try_clone()?;
         let argv = [
             "--unix".to_string(),
@@ -250,10 +263,14 @@ impl Nhamd {
             dir.join("scratch").display().to_string(),
             "--checkpoint-interval-ms".into(),
             interval_ms.to_string(),
+            // Stopped (SIGTERM, at the end or on error), it deletes the
+            // chain; killed (SIGKILL, a restart round), it leaves it.
+            "--on-exit".into(),
+            "stop".into(),
         ];
-        let bin = bin.to_path_buf();
+        let exe = bin.to_path_buf();
         let child = lab.sff_netns().run(move || {
-            Command::new(&bin)
+            Command::new(&exe)
                 .args(argv)
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
@@ -265,6 +282,9 @@ impl Nhamd {
             child,
             addr: format!("unix:{}", sock.display()),
             log,
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            interval_ms,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !sock.exists() {
@@ -276,6 +296,24 @@ impl Nhamd {
         Ok(d)
     }
 
+    /// Kills the daemon with SIGKILL (no clean-up of its own), handing
+    /// what it started to `reaper`.
+    fn restart_kill(&mut self, reaper: &Reaper) {
+        let pid = self.child.id();
+        let p = nix::unistd::Pid::from_raw(pid as i32);
+        // Frozen, it starts nothing new while we list what it started.
+        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGSTOP);
+        reaper.adopt(children_of(pid));
+        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// Starts a new daemon on the same state directory.
+    fn restart_start(&mut self, lab: &Lab) -> Result<()> {
+        *self = Self::start(lab, &self.bin, &self.dir, self.interval_ms)?;
+        Ok(())
+    }
+
     fn log_tail(&self) -> String {
         let t = std::fs::read_to_string(&self.log).unwrap_or_default();
         t.lines().rev().take(10).collect::<Vec<_>>().join(" | ")
@@ -284,6 +322,9 @@ impl Nhamd {
 
 impl Drop for Nhamd {
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return; // gone (and reaped: its pid may be someone else's now)
+        }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -295,6 +336,88 @@ impl Drop for Nhamd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Pids of the children of process `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s.rsplit_once(')')?.1.to_string();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// Plays init for what a killed `nhamd` leaves: this process becomes a
+/// child subreaper, so the daemon's orphans (VNFs, its SFF, CRIU workers)
+/// become its children, and a thread reaps those it was told of when they
+/// exit — as the host's init does (this sandbox's pid 1 reaps nothing). A
+/// restarted daemon needs that: CRIU restores a VNF with its old pid, which
+/// a zombie would still hold.
+struct Reaper {
+    pids: Arc<Mutex<std::collections::BTreeSet<u32>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reaper {
+    fn new() -> Result<Self> {
+        nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
+        let pids: Arc<Mutex<std::collections::BTreeSet<u32>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (pids, stop) = (pids.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut last_round = false;
+                loop {
+                    let set: Vec<u32> = pids.lock().expect("reaper").iter().copied().collect();
+                    for pid in set {
+                        let p = nix::unistd::Pid::from_raw(pid as i32);
+                        let reaped = matches!(
+                            nix::sys::wait::waitpid(p, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+                            Ok(nix::sys::wait::WaitStatus::Exited(..))
+                                | Ok(nix::sys::wait::WaitStatus::Signaled(..))
+                        );
+                        if reaped || !Path::new(&format!("/proc/{pid}")).exists() {
+                            pids.lock().expect("reaper").remove(&pid);
+                        }
+                    }
+                    if last_round {
+                        return;
+                    }
+                    last_round = stop.load(std::sync::atomic::Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        Ok(Self {
+            pids,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn adopt(&self, pids: impl IntoIterator<Item = u32>) {
+        self.pids.lock().expect("reaper").extend(pids);
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -323,27 +446,46 @@ pub fn run(spec: &HaSpec) -> Result<HaReport> {
     let dir = std::env::temp_dir().join(nham_netns::unique_name("nham-ha-"));
     std::fs::create_dir_all(&dir)?;
     let result = (|| {
-        let daemon = Nhamd::start(&lab, &spec.nhamd, &dir, spec.checkpoint_interval_ms)?;
-        let r = trial(spec, &lab, &daemon, &dir, n);
+        let reaper = Reaper::new()?;
+        let mut daemon = Nhamd::start(&lab, &spec.nhamd, &dir, spec.checkpoint_interval_ms)?;
+        let r = trial(spec, &lab, &mut daemon, &reaper, &dir, n);
         if r.as_ref().map_or(true, |r| !r.is_exact()) {
             eprintln!("nhamd log: {}", daemon.log_tail());
         }
         r
     })();
-    let _ = std::fs::remove_dir_all(&dir);
+    // NHAM_HA_KEEP keeps the daemon's directory (logs, state) to look at.
+    if std::env::var_os("NHAM_HA_KEEP").is_some() {
+        eprintln!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     result
 }
 
-fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Result<HaReport> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let channel = rt.block_on(nham_control::connect(&daemon.addr))?;
-    let mut chains = api::chain_service_client::ChainServiceClient::new(channel.clone());
-    let mut vnfs = api::vnf_service_client::VnfServiceClient::new(channel.clone());
-    let mut events = api::event_service_client::EventServiceClient::new(channel);
-    let log: EventLog = Arc::default();
+type ChainClient = api::chain_service_client::ChainServiceClient<tonic::transport::Channel>;
+type VnfClient = api::vnf_service_client::VnfServiceClient<tonic::transport::Channel>;
+type EventClient = api::event_service_client::EventServiceClient<tonic::transport::Channel>;
+
+/// Clients of the daemon at `addr`, its events of chain "ha" appended to
+/// `log` as they come.
+fn clients(
+    rt: &tokio::runtime::Runtime,
+    addr: &str,
+    log: &EventLog,
+) -> Result<(ChainClient, VnfClient, EventClient)> {
+    // The socket file appears at bind(), a moment before listen().
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let channel = loop {
+        match rt.block_on(nham_control::connect(addr)) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    let chains = ChainClient::new(channel.clone());
+    let vnfs = VnfClient::new(channel.clone());
+    let mut events = EventClient::new(channel);
     let mut stream = rt
         .block_on(events.watch_events(api::WatchEventsRequest { chain: "ha".into() }))?
         .into_inner();
@@ -353,6 +495,23 @@ fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Resu
             sink.lock().expect("event log").push((Instant::now(), e));
         }
     });
+    Ok((chains, vnfs, events))
+}
+
+fn trial(
+    spec: &HaSpec,
+    lab: &Lab,
+    daemon: &mut Nhamd,
+    reaper: &Reaper,
+    dir: &Path,
+    n: usize,
+) -> Result<HaReport> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let log: EventLog = Arc::default();
+    let (mut chains, mut vnfs, mut events) = clients(&rt, &daemon.addr, &log)?;
     let state_file = |i: usize| {
         dir.join(format!("{}.json", vnf_name(i)))
             .display()
@@ -432,7 +591,9 @@ fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Resu
     }
     // Traffic long enough for every round.
     let per_round = spec.gap + Duration::from_millis(300);
-    let duration = per_round * spec.rounds.len() as u32 + Duration::from_millis(1500);
+    let duration = per_round * spec.rounds.len() as u32
+        + Duration::from_millis(1500)
+        + Duration::from_millis(1000) * spec.restarts.len() as u32;
     let traffic = TrafficSpec {
         size: FrameSize::Fixed(64),
         flows: spec.flows,
@@ -448,21 +609,73 @@ fn trial(spec: &HaSpec, lab: &Lab, daemon: &Nhamd, dir: &Path, n: usize) -> Resu
         std::thread::sleep(Duration::from_millis(300));
         for (r, &k) in spec.rounds.iter().enumerate() {
             std::thread::sleep(spec.gap);
-            let k = k.clamp(1, n);
+            let restart = spec.restarts.contains(&r);
+            // A restart round may kill no VNF (the daemon alone restarts).
+            let k = if restart { k.min(n) } else { k.clamp(1, n) };
             let start = (r * 3) % n;
             let victims: Vec<usize> = (0..k).map(|j| (start + j) % n).collect();
             let t0 = Instant::now();
-            for &v in &victims {
-                rt.block_on(vnfs.inject_fault(api::InjectFaultRequest {
-                    chain: "ha".into(),
-                    vnf: vnf_name(v),
-                    fault: spec.fault as i32,
-                }))
-                .with_context(|| format!("InjectFault on {}", vnf_name(v)))?;
+            if restart {
+                let pids: Vec<u32> = rt
+                    .block_on(chains.get_chain(api::GetChainRequest { name: "ha".into() }))?
+                    .into_inner()
+                    .chain
+                    .context("GetChain answered no chain")?
+                    .vnfs
+                    .iter()
+                    .map(|v| v.pid)
+                    .collect();
+                daemon.restart_kill(reaper);
+                // While no daemon watches: the SFF goes on forwarding and
+                // holding; the victims die unseen.
+                for &v in &victims {
+                    if let Some(&pid) = pids.get(v).filter(|&&p| p != 0) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                daemon.restart_start(lab)?;
+                (chains, vnfs, events) = clients(&rt, &daemon.addr, &log)?;
+            } else {
+                for &v in &victims {
+                    rt.block_on(vnfs.inject_fault(api::InjectFaultRequest {
+                        chain: "ha".into(),
+                        vnf: vnf_name(v),
+                        fault: spec.fault as i32,
+                    }))
+                    .with_context(|| format!("InjectFault on {}", vnf_name(v)))?;
+                }
             }
             failures += victims.len();
             // Wait until every victim is back (or its recovery failed).
             let deadline = t0 + Duration::from_secs(20);
+            if restart {
+                // The new daemon recovers the dead VNFs before its API
+                // serves (no events to see): ask for the chain instead.
+                let back = loop {
+                    let chain = rt
+                        .block_on(chains.get_chain(api::GetChainRequest { name: "ha".into() }))?
+                        .into_inner()
+                        .chain
+                        .context("GetChain answered no chain")?;
+                    let running = chain
+                        .vnfs
+                        .iter()
+                        .all(|v| v.state == api::VnfState::Running as i32);
+                    if running {
+                        break Instant::now();
+                    }
+                    if Instant::now() > deadline {
+                        bail!("round {r}: the restarted daemon did not bring the chain back within 20 s: {chain:?}");
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                };
+                rounds_at.push((t0, back));
+                continue;
+            }
             let back = loop {
                 let events = log.lock().expect("event log");
                 let done: Vec<Option<Instant>> = victims

@@ -101,6 +101,7 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
         flows: 64,
         nhamd: ha::sibling_binary("nhamd", "NHAM_NHAMD")?,
         vnf_bin: ha::sibling_binary("nham-vnf", "NHAM_VNF")?,
+        restarts: Vec::new(),
     };
     let r = ha::run(&spec)?;
     let row = |name: &str, s: &ha::Summary| {

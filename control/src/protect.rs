@@ -429,8 +429,6 @@ impl ProtectedVnf {
         let dumped = criu::dump(self.dump_worker.take(), self.pid, &self.netns, &dir);
         let _ = resume(self.pid);
         let frozen = frozen_at.elapsed();
-        // The next dump's worker starts now, off the pause.
-        self.dump_worker = Swrk::spawn(&self.netns).ok();
         let drain = frozen_at.duration_since(started);
         let report = match dumped {
             Ok(r) => r,
@@ -444,6 +442,8 @@ impl ProtectedVnf {
             return Err(fail(sff, e));
         }
         let pause = started.elapsed();
+        // The next dump's worker starts now, off the pause.
+        self.dump_worker = Swrk::spawn(&self.netns).ok();
         // 6. Durable, then commit and release.
         let s = &self.slot;
         let meta = match s.store.put(&s.chain, &s.vnf, id, &dir) {

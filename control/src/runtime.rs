@@ -271,7 +271,11 @@ impl SffProcess {
         let deadline = Instant::now() + grace;
         let gone = |p: &mut Self| match p.child.as_mut() {
             Some(c) => c.try_wait().map(|s| s.is_some()).unwrap_or(true),
-            None => !std::path::Path::new(&format!("/proc/{}", p.pid)).exists(),
+            // Not ours to reap: gone once it is a zombie.
+            None => std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).map_or(true, |s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            }),
         };
         while !gone(self) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));

@@ -17,6 +17,9 @@ pub struct Pool {
     bytes: Vec<u8>,
     lens: Vec<u16>,
     free: Vec<u32>,
+    /// Per slot, whether it is handed out (an O(1) double-free check; a
+    /// search of the free list made every release O(slots)).
+    in_use: Vec<bool>,
 }
 
 impl Pool {
@@ -26,6 +29,7 @@ impl Pool {
             bytes: vec![0; slots * SLOT],
             lens: vec![0; slots],
             free: (0..slots as u32).rev().collect(),
+            in_use: vec![false; slots],
         }
     }
 
@@ -41,14 +45,18 @@ impl Pool {
 
     /// Takes a free slot.
     pub fn alloc(&mut self) -> Option<u32> {
-        self.free.pop()
+        let slot = self.free.pop()?;
+        self.in_use[slot as usize] = true;
+        Some(slot)
     }
 
     /// Returns a slot to the pool.
     pub fn release(&mut self, slot: u32) {
-        debug_assert!((slot as usize) < self.lens.len());
-        debug_assert!(!self.free.contains(&slot), "double free of slot {slot}");
-        self.free.push(slot);
+        let used = std::mem::replace(&mut self.in_use[slot as usize], false);
+        debug_assert!(used, "double free of slot {slot}");
+        if used {
+            self.free.push(slot);
+        }
     }
 
     /// The frame in `slot`.
