@@ -24,6 +24,7 @@
 //! `MR-AA` are refused with UNIMPLEMENTED.
 #![forbid(unsafe_code)]
 
+pub mod cgroup;
 pub mod criu;
 pub mod detect;
 pub mod error;

@@ -35,6 +35,7 @@ use nham_sff::{PhaseStatus, PollPolicy, PortSpec, SffConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::api;
+use crate::cgroup::Cgroup;
 use crate::error::ControlError;
 use crate::protect::{self, ProtectedVnf, StoreSlot};
 use crate::store::Store;
@@ -93,6 +94,8 @@ pub struct VnfRuntime {
     pub fault_at: Option<Instant>,
     /// Incarnation counter, to tell watchers of old processes apart.
     pub incarnation: u64,
+    /// Its cgroup (none where the host has no cgroup2 hierarchy).
+    pub cgroup: Option<Cgroup>,
 }
 
 impl VnfRuntime {
@@ -139,6 +142,12 @@ impl VnfRuntime {
             })?
             .map_err(|e| ControlError::Process(format!("starting {:?}: {e}", self.plan.command)))?;
         let pid = child.id();
+        // In its group at once, before it can fork much.
+        if let Some(cg) = &self.cgroup {
+            if let Err(e) = cg.add(pid) {
+                tracing::warn!(vnf = self.plan.name, "{e}");
+            }
+        }
         // The Child handle goes; the pidfd watcher reaps the process.
         drop(child);
         // A VNF that never opens a packet socket (an AF_XDP one, say) is
@@ -161,6 +170,11 @@ impl VnfRuntime {
     /// process; returns a pidfd to watch.
     pub fn adopt(&mut self, pid: u32) -> Result<OwnedFd, ControlError> {
         let pidfd = pidfd(pid)?;
+        if let Some(cg) = &self.cgroup {
+            if let Err(e) = cg.add(pid) {
+                tracing::warn!(vnf = self.plan.name, "{e}");
+            }
+        }
         self.pid = Some(pid);
         self.incarnation += 1;
         self.state = api::VnfState::Running;
@@ -338,6 +352,20 @@ impl StateOptions {
         format!("nhamd-{}-", state_tag(self.store.dir()))
     }
 
+    /// Where this daemon's cgroups go (`None`: no cgroup2 hierarchy).
+    pub fn cgroup_dir(&self) -> Option<PathBuf> {
+        Some(crate::cgroup::cgroup2_root()?.join(format!("nham-{}", state_tag(self.store.dir()))))
+    }
+
+    /// VNF `vnf` of chain `chain`'s cgroup, made if need be; `None` (with a
+    /// warning) where there is no cgroup2 hierarchy or it cannot be made.
+    fn vnf_cgroup(&self, chain: &str, vnf: &str) -> Option<Cgroup> {
+        let path = self.cgroup_dir()?.join(chain).join(vnf);
+        Cgroup::create(&path)
+            .map_err(|e| tracing::warn!(chain, vnf, "no cgroup: {e}"))
+            .ok()
+    }
+
     /// Where chain `id`'s SFF listens.
     fn sff_socket(&self, id: u32) -> PathBuf {
         self.store.dir().join("sff").join(format!("{id:x}.sock"))
@@ -502,6 +530,7 @@ impl ChainRuntime {
                 pid: None,
                 argv,
                 log: logs.join(format!("{}.log", v.name)),
+                cgroup: state.vnf_cgroup(&plan.name, &v.name),
                 agent: None,
                 checkpoints: 0,
                 sff_iface: here.name.clone(),
@@ -614,6 +643,11 @@ impl ChainRuntime {
                 pid: None,
                 argv: r.argv.clone(),
                 log: r.log.clone(),
+                cgroup: state.vnf_cgroup(&plan.name, &v.name).map(|mut c| {
+                    // Until this runtime is complete, as the namespace.
+                    c.keep();
+                    c
+                }),
                 agent: None,
                 checkpoints: r.checkpoints,
                 sff_iface: r.sff_iface.clone(),
@@ -699,6 +733,9 @@ impl ChainRuntime {
         runtime.detached = false;
         for v in &mut runtime.vnfs {
             v.netns.unkeep();
+            if let Some(c) = v.cgroup.as_mut() {
+                c.unkeep();
+            }
         }
         Ok((runtime, pidfds))
     }
@@ -874,14 +911,29 @@ impl Drop for ChainRuntime {
             for v in &mut self.vnfs {
                 v.pid = None;
                 v.netns.keep();
+                if let Some(c) = v.cgroup.as_mut() {
+                    c.keep();
+                }
             }
             return;
         }
         // Then the SFF (it holds the ports on the VNF links), then the VNFs
-        // and namespaces (dropped with `vnfs`).
+        // (with their cgroups) and namespaces.
         let client = self.sff.take();
         if let Some(p) = self.sff_process.as_mut() {
             p.stop(client.as_deref(), Duration::from_secs(3));
+        }
+        let cgroups = self
+            .vnfs
+            .iter()
+            .find_map(|v| Some(v.cgroup.as_ref()?.path().parent()?.to_path_buf()));
+        self.vnfs.clear();
+        if let Some(dir) = cgroups {
+            crate::cgroup::remove_tree(&dir);
+            // The daemon's own group, if this was its last chain.
+            if let Some(daemon) = dir.parent() {
+                let _ = std::fs::remove_dir(daemon);
+            }
         }
         let _ = std::fs::remove_dir_all(&self.work);
     }

@@ -116,6 +116,15 @@ impl Drop for Harness {
     }
 }
 
+/// The cgroup2 path of process `pid` ("" without a cgroup2 hierarchy).
+fn cgroup_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        .unwrap_or_default()
+}
+
 fn spec(name: &str, spi: u32, vnfs: &[&str], mechanism: api::Mechanism) -> api::ChainSpec {
     api::ChainSpec {
         name: name.into(),
@@ -258,6 +267,12 @@ async fn a_crash_is_detected_through_the_pidfd_and_the_vnf_restarted() {
     assert_eq!(created.state, api::ChainState::Running as i32);
     let old_pid = created.vnfs[1].pid;
     assert!(old_pid > 0);
+    // Each VNF runs in a cgroup of its own.
+    let group = cgroup_of(old_pid);
+    assert!(
+        group.starts_with("/nham-") && group.ends_with("/web/nat"),
+        "{group}"
+    );
     let e = chains
         .create_chain(api::CreateChainRequest {
             spec: Some(spec("web", 8, &["fw"], api::Mechanism::None)),
@@ -312,6 +327,11 @@ async fn a_crash_is_detected_through_the_pidfd_and_the_vnf_restarted() {
         (1, 1, api::VnfState::Running as i32)
     );
     assert_ne!(nat.pid, old_pid);
+    assert_eq!(
+        cgroup_of(nat.pid),
+        group,
+        "the new process is in the VNF's group"
+    );
     let listed = chains
         .list_chains(api::ListChainsRequest {})
         .await
@@ -329,8 +349,13 @@ async fn a_crash_is_detected_through_the_pidfd_and_the_vnf_restarted() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    // The VNF's namespace is gone with the chain.
+    // The VNF's namespace is gone with the chain, and so are its groups.
     assert!(!std::path::Path::new(&format!("/run/netns/{}", nat.netns)).exists());
+    if let Some(root) = nham_control::cgroup::cgroup2_root() {
+        let chain_group = root.join(group.trim_start_matches('/'));
+        assert!(!chain_group.exists(), "{} left", chain_group.display());
+        assert!(!chain_group.parent().unwrap().exists());
+    }
     // Clients go first: the server's graceful shutdown waits for them.
     drop((stream, events, chains, vnfs));
     drop(h);
@@ -436,6 +461,11 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
     assert_eq!(
         after.pid, v.pid,
         "restored from the checkpoint, not restarted"
+    );
+    assert!(
+        cgroup_of(after.pid).ends_with("/rt/mon"),
+        "the restored process is in the VNF's group: {}",
+        cgroup_of(after.pid)
     );
     eprintln!("healed from the checkpoint in {:.1} ms", healed.recovery_ms);
     vnfs.set_mechanism(set(api::Mechanism::Mechanism1rAs))
