@@ -163,7 +163,7 @@ impl Lab {
         for (i, (kind, ns)) in self.kinds.iter().zip(&self.vnf_ns).enumerate() {
             let state_file = self.state_dir.join(format!("vnf{i}.json"));
             let (bin, sf) = (vnf_bin.to_path_buf(), state_file.clone());
-            let kind_name = format!("{kind:?}").to_lowercase();
+            let kind_name = kind.name().to_string();
             let extra = extra.clone();
             // The child inherits the namespace of the thread that forks it.
             // `setsid`: each VNF leads a session of its own, as CRIU wants of

@@ -62,6 +62,10 @@ fn check(r: &ha::HaReport) {
     assert!(r.digest_equal, "output differs from the failure-free run");
     assert_eq!(r.state_mismatches, 0, "{:?}", r.mismatch_detail);
     assert!(r.is_exact());
+    assert_eq!(
+        r.nondeterministic_outputs, 0,
+        "deterministic VNFs replay the same outputs: {r:?}"
+    );
 }
 
 /// 1, 1, 1, 1, then 2 at once, then 4 at once: ten crashes.
@@ -161,4 +165,35 @@ fn nhamd_restarted_under_traffic_loses_nothing() {
         assert_eq!(r.failures, 5, "{r:?}");
         assert!(r.is_exact(), "{r:?}");
     }
+}
+
+/// A NAT that picks a random port for each new flow is not deterministic:
+/// after its crash the replay translates the same packets differently. The
+/// SFF keeps a digest of each output a restore may make the VNF emit again,
+/// sees the replayed outputs differ, reports it (`NonDeterminismDetected`
+/// event, `nondeterministic_outputs` counter) and never forwards the second,
+/// different copy: the sink still gets each packet once, in order.
+#[test]
+fn a_non_deterministic_vnf_is_detected_and_never_forwards_a_second_copy() {
+    let _serial = serial();
+    let mut s = spec(
+        Mechanism::Mechanism0r,
+        vec![Kind::NatRandom, Kind::Monitor],
+        vec![1, 1],
+    );
+    // Every frame a new flow: every replayed packet gets a new random port.
+    s.flows = 100_000;
+    let r = ha::run(&s).expect("trial");
+    eprintln!(
+        "non-deterministic NAT: {} replayed outputs differed, events {:?}",
+        r.nondeterministic_outputs, r.nondeterminism_events
+    );
+    assert!(r.nondeterministic_outputs > 0, "{r:?}");
+    assert!(
+        r.nondeterminism_events
+            .iter()
+            .any(|e| e.starts_with("vnf0:")),
+        "{r:?}"
+    );
+    assert_eq!((r.lost, r.duplicated, r.reordered), (0, 0, 0), "{r:?}");
 }

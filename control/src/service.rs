@@ -28,6 +28,9 @@ use crate::runtime::{
     tear_down_record, Agent, ChainRecord, ChainRuntime, SffOptions, StateOptions,
 };
 
+/// A running VNF to probe: name, incarnation, pid, the SFF's end of its link.
+type ProbeTarget = (String, u64, u32, String);
+
 /// What [`Daemon::restore_chains`] found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RestoreReport {
@@ -491,16 +494,21 @@ impl Daemon {
         let (interval, threshold) = (self.state.probe_interval, self.state.probe_threshold);
         tokio::spawn(async move {
             let mut detectors: BTreeMap<String, (u64, Detector)> = BTreeMap::new();
+            // Per hop, divergent replays already reported.
+            let mut divergent_seen: Vec<u64> = Vec::new();
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(d) = daemon.upgrade() else { return };
-                // What to probe: running VNFs, by incarnation.
-                let targets: Vec<(String, u64, u32, String)> = {
+                // What to probe: running VNFs, by incarnation; and the SFF,
+                // for replays that differed (non-deterministic VNFs).
+                let (names, sff, targets): (Vec<String>, _, Vec<ProbeTarget>) = {
                     let chains = d.chains.lock().await;
                     let Some(e) = chains.get(&chain) else { return };
-                    e.runtime
+                    let names = e.runtime.vnfs.iter().map(|v| v.plan.name.clone()).collect();
+                    let targets = e
+                        .runtime
                         .vnfs
                         .iter()
                         .filter(|v| v.state == api::VnfState::Running && v.judged.is_none())
@@ -512,20 +520,47 @@ impl Daemon {
                                 v.sff_iface.clone(),
                             ))
                         })
-                        .collect()
+                        .collect();
+                    (names, e.runtime.sff.clone(), targets)
                 };
-                let probes = tokio::task::spawn_blocking(move || {
-                    targets
+                let (probes, status) = tokio::task::spawn_blocking(move || {
+                    let probes = targets
                         .into_iter()
                         .map(|(name, inc, pid, iface)| {
                             let rmem = crate::protect::packet_rmem(pid).unwrap_or(0);
                             let carrier = nham_netns::has_carrier(&iface).unwrap_or(true);
                             (name, inc, Probe { rmem, carrier })
                         })
-                        .collect::<Vec<_>>()
+                        .collect::<Vec<_>>();
+                    (probes, sff.and_then(|s| s.status().ok()))
                 })
                 .await
                 .unwrap_or_default();
+                if let Some(status) = status {
+                    divergent_seen.resize(status.hops.len(), 0);
+                    for (hop, h) in status.hops.iter().enumerate() {
+                        let new = h.divergent.saturating_sub(divergent_seen[hop]);
+                        if new > 0 {
+                            divergent_seen[hop] = h.divergent;
+                            let vnf = names.get(hop).cloned().unwrap_or_default();
+                            tracing::warn!(
+                                chain,
+                                vnf,
+                                "non-deterministic VNF: {new} replayed outputs differed from the originals"
+                            );
+                            d.emit(event(
+                                &chain,
+                                &vnf,
+                                api::watch_events_response::Event::NonDeterminismDetected(
+                                    api::NonDeterminismDetected {
+                                        outputs: new,
+                                        total: h.divergent,
+                                    },
+                                ),
+                            ));
+                        }
+                    }
+                }
                 for (name, inc, probe) in probes {
                     let entry = detectors
                         .entry(name.clone())
@@ -1186,6 +1221,7 @@ impl event_service_server::EventService for EventSvc {
             duplicates_suppressed: s.duplicates,
             stale_discarded: s.stale,
             malformed: s.malformed_ingress + s.malformed_from_vnf + s.si_mismatch + s.ttl_expired,
+            nondeterministic_outputs: s.divergent,
         }))
     }
 }

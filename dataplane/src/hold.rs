@@ -234,6 +234,11 @@ pub struct BufferTx<P> {
     capacity: usize,
     last_output_seq: Option<u64>,
     peak: usize,
+    /// Digest of each accepted output from index `digest_base` on: those a
+    /// restore may make the VNF emit again (everything from the committed
+    /// mark), to tell a replay that differs from the original.
+    digests: VecDeque<u64>,
+    digest_base: u64,
 }
 
 impl<P> BufferTx<P> {
@@ -245,7 +250,19 @@ impl<P> BufferTx<P> {
             capacity,
             last_output_seq: None,
             peak: 0,
+            digests: VecDeque::new(),
+            digest_base: 0,
         }
+    }
+
+    /// Forgets the digests of outputs below `index` (no restore can make the
+    /// VNF emit them again).
+    fn trim_digests(&mut self, index: u64) {
+        let n = index
+            .saturating_sub(self.digest_base)
+            .min(self.digests.len() as u64);
+        self.digests.drain(..n as usize);
+        self.digest_base += n;
     }
 
     /// Packets waiting to move on.
@@ -378,6 +395,10 @@ pub enum OutputDisposition {
     Duplicate,
     /// From an incarnation that has since failed; discarded.
     Stale,
+    /// A replay of an output already accepted, but different from it: the
+    /// VNF is not deterministic. Suppressed like a duplicate (the first copy
+    /// stands; a second, different one is never passed on) and counted.
+    Divergent,
 }
 
 /// What to restore after a failure.
@@ -420,6 +441,9 @@ pub struct HopStats {
     pub accepted: u64,
     /// Replayed outputs suppressed.
     pub duplicates: u64,
+    /// Of the replayed outputs, those that differed from the original
+    /// (non-determinism); suppressed too.
+    pub divergent: u64,
     /// Outputs of failed incarnations discarded.
     pub stale: u64,
     /// Packets released from `buffer_rx`.
@@ -594,16 +618,19 @@ impl<P> Hop<P> {
     /// number `seq` (as copied from the input that caused it).
     #[inline]
     pub fn handle_output(&mut self, epoch: u32, seq: u64, packet: P) -> OutputDisposition {
-        self.handle_output_with(epoch, seq, || packet)
+        self.handle_output_with(epoch, seq, 0, || packet)
     }
 
     /// [`handle_output`](Self::handle_output) that builds the packet only if
-    /// it is accepted (the SFF copies a frame out of its rx ring only then).
+    /// it is accepted (the SFF copies a frame out of its rx ring only then),
+    /// with `digest`, a hash of the output's content: a replayed output whose
+    /// digest differs from the original's is [`OutputDisposition::Divergent`].
     #[inline]
     pub fn handle_output_with(
         &mut self,
         epoch: u32,
         seq: u64,
+        digest: u64,
         packet: impl FnOnce() -> P,
     ) -> OutputDisposition {
         if epoch != self.epoch || !matches!(self.state, HopState::Running) {
@@ -617,9 +644,17 @@ impl<P> Hop<P> {
         // this hop move on; replays of earlier ones stop here.
         if index < self.tx.accepted {
             self.stats.duplicates += 1;
+            let original = index
+                .checked_sub(self.tx.digest_base)
+                .and_then(|i| self.tx.digests.get(i as usize));
+            if original.is_some_and(|&d| d != digest) {
+                self.stats.divergent += 1;
+                return OutputDisposition::Divergent;
+            }
             return OutputDisposition::Duplicate;
         }
         self.tx.accepted = index + 1;
+        self.tx.digests.push_back(digest);
         self.tx.entries.push_back((seq, packet()));
         self.tx.peak = self.tx.peak.max(self.tx.entries.len());
         self.stats.accepted += 1;
@@ -737,6 +772,7 @@ impl<P> Hop<P> {
         // DESIGN.md invariant 1: a packet is released only once a checkpoint
         // is known to include its effect.
         let released = self.rx.release_before(mark.consumed, release);
+        self.tx.trim_digests(mark.emitted);
         self.stats.released += released;
         self.stats.checkpoints += 1;
         self.committed = Some(CommittedCheckpoint { id, mark });
@@ -758,6 +794,7 @@ impl<P> Hop<P> {
             return 0;
         }
         let released = self.rx.release_before(self.rx.next_deliver, release);
+        self.tx.trim_digests(self.tx.next_output);
         self.stats.released += released;
         if released > 0 {
             self.committed = Some(CommittedCheckpoint {
@@ -1016,6 +1053,42 @@ mod tests {
         }
         assert_eq!(h.handle_input(4, 4), Err(Backpressure(4)));
         assert_eq!(h.stats().rx_backpressure, 1);
+    }
+
+    #[test]
+    fn a_replay_that_differs_is_divergent_and_suppressed() {
+        let t = Instant::now();
+        let mut h = hop();
+        for seq in 0..3 {
+            h.handle_input(seq, seq as u32).unwrap();
+            h.poll_delivery().unwrap();
+            let d = h.handle_output_with(0, seq, 100 + seq, || seq as u32);
+            assert_eq!(d, OutputDisposition::Accepted);
+        }
+        // Checkpoint after the first input and output.
+        let id = h.begin_checkpoint(t).unwrap();
+        // (marks come from the quiesced VNF: here everything is consumed)
+        h.handle_quiesced(id).unwrap();
+        h.handle_checkpoint_complete(id, t).unwrap();
+        h.handle_input(3, 3).unwrap();
+        h.poll_delivery().unwrap();
+        assert_eq!(
+            h.handle_output_with(0, 3, 103, || 3),
+            OutputDisposition::Accepted
+        );
+        while h.poll_forward().is_some() {}
+        let plan = h.handle_failure(t);
+        h.handle_restored(t).unwrap();
+        // The restored VNF emits output 3 again, differently.
+        h.poll_delivery().unwrap();
+        assert_eq!(
+            h.handle_output_with(plan.epoch, 3, 999, || 3),
+            OutputDisposition::Divergent
+        );
+        assert_eq!((h.stats().duplicates, h.stats().divergent), (1, 1));
+        // Digests before the committed mark are gone: nothing kept forever.
+        assert_eq!(h.tx.digest_base, 3);
+        assert_eq!(h.tx.digests.len(), 1);
     }
 
     #[test]

@@ -418,7 +418,9 @@ impl Sim {
         };
         match self.chain.hop_mut(i).handle_output(p.epoch, p.seq, p) {
             OutputDisposition::Accepted => self.vnfs[i].accepted_log.push(p),
-            OutputDisposition::Duplicate => self.stats.duplicates_suppressed += 1,
+            OutputDisposition::Duplicate | OutputDisposition::Divergent => {
+                self.stats.duplicates_suppressed += 1
+            }
             OutputDisposition::Stale => self.stats.stale_discarded += 1,
         }
         true

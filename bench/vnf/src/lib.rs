@@ -11,6 +11,8 @@
 //!   allocated deterministically (20000, 20001, … in order of first sight);
 //!   replies to allocated ports are translated back.
 //! - [`Kind::Emitter`]: every third packet of a flow is sent twice.
+//! - [`Kind::NatRandom`]: the NAT with a random port per new flow; the one
+//!   sample that is *not* deterministic.
 //!
 //! [`nsh_step`] is what the `nham-vnf` process does per frame: check the NSH
 //! header, apply the function to the inner frame, and send each output with
@@ -37,6 +39,11 @@ pub enum Kind {
     Nat,
     /// Sends every third packet of a flow twice.
     Emitter,
+    /// Source NAT like [`Kind::Nat`], but each new flow gets a random port:
+    /// not deterministic, so a replay can differ from the original run (to
+    /// show NHAM detecting that).
+    #[serde(rename = "nat-random")]
+    NatRandom,
 }
 
 impl std::str::FromStr for Kind {
@@ -47,8 +54,9 @@ impl std::str::FromStr for Kind {
             "firewall" => Ok(Self::Firewall),
             "nat" => Ok(Self::Nat),
             "emitter" => Ok(Self::Emitter),
+            "nat-random" => Ok(Self::NatRandom),
             other => Err(format!(
-                "unknown VNF kind {other:?} (monitor, firewall, nat, emitter)"
+                "unknown VNF kind {other:?} (monitor, firewall, nat, emitter, nat-random)"
             )),
         }
     }
@@ -57,6 +65,38 @@ impl std::str::FromStr for Kind {
 impl Kind {
     /// All kinds, in chain order used by the demos.
     pub const ALL: [Kind; 4] = [Kind::Monitor, Kind::Firewall, Kind::Nat, Kind::Emitter];
+
+    /// Its name on the command line (`--kind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Monitor => "monitor",
+            Self::Firewall => "firewall",
+            Self::Nat => "nat",
+            Self::Emitter => "emitter",
+            Self::NatRandom => "nat-random",
+        }
+    }
+
+    /// Whether the same input always gives the same output and state.
+    pub fn is_deterministic(self) -> bool {
+        self != Self::NatRandom
+    }
+}
+
+/// A random port in 1024..=65535 (collisions between flows are possible and
+/// left alone: this sample exists to be non-deterministic, not to be a NAT
+/// one would deploy).
+fn random_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    // The clock makes it differ between a run and its replay: a generator
+    // kept in memory alone (RandomState's keys) would be restored by CRIU
+    // with the rest of the process, and replay the same numbers.
+    let mut h = std::hash::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(now);
+    1024 + (h.finish() % (65536 - 1024)) as u16
 }
 
 /// Per-flow counters.
@@ -169,15 +209,25 @@ impl State {
                     self.dropped += 1;
                 }
             }
-            Kind::Nat => {
+            Kind::Nat | Kind::NatRandom => {
                 let mut f = frame.to_vec();
                 if let (Some(ip), IpAddr::V4(_)) = (ipv4_offset(&f), k.src) {
                     let l4 = ip + usize::from(f[ip] & 0x0F) * 4;
                     let ports = matches!(k.proto, 6 | 17) && f.len() >= l4 + 4;
                     if inside(k.src) && ports {
                         let inside_key = format!("{}:{}/{}", k.src, k.src_port, k.proto);
-                        let next = NAT_FIRST_PORT.wrapping_add(self.nat.len() as u16);
-                        let port = *self.nat.entry(inside_key).or_insert(next);
+                        let port = match self.nat.get(&inside_key) {
+                            Some(&p) => p,
+                            None => {
+                                let p = if kind == Kind::NatRandom {
+                                    random_port()
+                                } else {
+                                    NAT_FIRST_PORT.wrapping_add(self.nat.len() as u16)
+                                };
+                                self.nat.insert(inside_key, p);
+                                p
+                            }
+                        };
                         f[ip + 12..ip + 16].copy_from_slice(&NAT_PUBLIC.octets());
                         f[l4..l4 + 2].copy_from_slice(&port.to_be_bytes());
                         if k.proto == 17 && f.len() >= l4 + 8 {

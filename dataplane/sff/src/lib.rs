@@ -199,6 +199,9 @@ pub struct SffCounters {
     pub accepted: AtomicU64,
     /// Replayed outputs suppressed.
     pub duplicates: AtomicU64,
+    /// Of those, replays that differed from the original output (the VNF
+    /// is not deterministic); the first copy stands.
+    pub divergent: AtomicU64,
     /// Outputs of failed incarnations discarded.
     pub stale: AtomicU64,
     /// Frames sent on egress.
@@ -233,6 +236,7 @@ impl SffCounters {
             ttl_expired: g(&self.ttl_expired),
             accepted: g(&self.accepted),
             duplicates: g(&self.duplicates),
+            divergent: g(&self.divergent),
             stale: g(&self.stale),
             egress: g(&self.egress),
             tx_refused: g(&self.tx_refused),
@@ -256,6 +260,8 @@ pub struct SffStats {
     pub ttl_expired: u64,
     pub accepted: u64,
     pub duplicates: u64,
+    /// See [`SffCounters::divergent`].
+    pub divergent: u64,
     pub stale: u64,
     pub egress: u64,
     pub tx_refused: u64,
@@ -366,6 +372,8 @@ pub struct HopStatus {
     pub pending: usize,
     /// Whether packets are held for this hop.
     pub protected: bool,
+    /// Replayed outputs of this hop that differed from the originals.
+    pub divergent: u64,
 }
 
 /// Commands and counters of an SFF thread in this process.
@@ -703,6 +711,7 @@ impl Engine {
                                 held: h.rx().held(),
                                 pending: h.rx().pending(),
                                 protected: self.protected[i],
+                                divergent: h.stats().divergent,
                             }
                         })
                         .collect();
@@ -950,7 +959,15 @@ impl Engine {
                 }
             };
             answered = Some(answered.map_or(meta.seq, |a| a.max(meta.seq)));
-            let disposition = hop.handle_output_with(meta.epoch, meta.seq, || {
+            // What the VNF made of the packet (the inner frame; NSH metadata
+            // and MACs aside), to tell a replay that differs.
+            let digest = {
+                use std::hash::Hasher;
+                let mut h = std::hash::DefaultHasher::new();
+                h.write(frame.get(ETH + view.header_len()..).unwrap_or_default());
+                h.finish()
+            };
+            let disposition = hop.handle_output_with(meta.epoch, meta.seq, digest, || {
                 let slot = pool.alloc().expect("burst sized by pool room");
                 let buf = pool.buffer_mut(slot);
                 buf[..frame.len()].copy_from_slice(frame);
@@ -966,6 +983,10 @@ impl Engine {
                 nham_dataplane::hold::OutputDisposition::Accepted => &counters.accepted,
                 nham_dataplane::hold::OutputDisposition::Duplicate => &counters.duplicates,
                 nham_dataplane::hold::OutputDisposition::Stale => &counters.stale,
+                nham_dataplane::hold::OutputDisposition::Divergent => {
+                    SffCounters::add(&counters.divergent, 1);
+                    &counters.duplicates
+                }
             };
             SffCounters::add(c, 1);
         });
