@@ -88,6 +88,13 @@ pub enum HoldError {
     /// A capacity of zero would block the chain forever.
     #[error("buffer capacity must be at least 1")]
     ZeroCapacity,
+    /// An output of the VNF arrived while it was frozen for checkpoint
+    /// `id`: it was emitted before the freeze but reached the SFF after the
+    /// mark was taken, so the mark undercounts the outputs the image has
+    /// already made. The checkpoint must fail (a restore from it would
+    /// renumber the next output onto this one and suppress it).
+    #[error("an output of the VNF arrived after checkpoint {0}'s mark: the mark is wrong")]
+    OutputAfterMark(CheckpointId),
 }
 
 /// A packet handed back because the buffer it was meant for is full. The
@@ -474,6 +481,9 @@ pub struct Hop<P> {
     delivered_high: u64,
     rule: ReleaseRule,
     stats: HopStats,
+    /// An output arrived while the VNF was frozen for the checkpoint under
+    /// way (see [`HoldError::OutputAfterMark`]).
+    late_output: bool,
 }
 
 impl<P> Hop<P> {
@@ -493,6 +503,7 @@ impl<P> Hop<P> {
             delivered_high: 0,
             rule: config.release_rule,
             stats: HopStats::default(),
+            late_output: false,
         })
     }
 
@@ -637,6 +648,9 @@ impl<P> Hop<P> {
             self.stats.stale += 1;
             return OutputDisposition::Stale;
         }
+        if matches!(self.phase, CheckpointPhase::Dumping { .. }) {
+            self.late_output = true;
+        }
         let index = self.tx.next_output;
         self.tx.next_output += 1;
         self.tx.last_output_seq = Some(seq);
@@ -690,6 +704,7 @@ impl<P> Hop<P> {
         let id = self.next_checkpoint;
         self.next_checkpoint += 1;
         self.phase = CheckpointPhase::Draining { id, started: now };
+        self.late_output = false;
         Ok(id)
     }
 
@@ -728,6 +743,9 @@ impl<P> Hop<P> {
                 started,
                 mark,
             } if current == id => {
+                if self.late_output {
+                    return Err(HoldError::OutputAfterMark(id));
+                }
                 self.phase = CheckpointPhase::Storing { id, started, mark };
                 Ok(mark)
             }
@@ -768,6 +786,9 @@ impl<P> Hop<P> {
         };
         if current != id {
             return Err(HoldError::WrongCheckpoint(id));
+        }
+        if self.late_output && matches!(self.phase, CheckpointPhase::Dumping { .. }) {
+            return Err(HoldError::OutputAfterMark(id));
         }
         // DESIGN.md invariant 1: a packet is released only once a checkpoint
         // is known to include its effect.
@@ -1053,6 +1074,29 @@ mod tests {
         }
         assert_eq!(h.handle_input(4, 4), Err(Backpressure(4)));
         assert_eq!(h.stats().rx_backpressure, 1);
+    }
+
+    #[test]
+    fn an_output_arriving_while_frozen_fails_the_checkpoint() {
+        let t = Instant::now();
+        let mut h = hop();
+        h.handle_input(0, 0).unwrap();
+        h.poll_delivery().unwrap();
+        let id = h.begin_checkpoint(t).unwrap();
+        let mark = h.handle_quiesced(id).unwrap();
+        assert_eq!(mark.emitted, 0);
+        // Emitted before the freeze, arrived after the mark.
+        assert_eq!(h.handle_output(0, 0, 100), OutputDisposition::Accepted);
+        assert_eq!(h.handle_dumped(id), Err(HoldError::OutputAfterMark(id)));
+        h.handle_checkpoint_failed(id).unwrap();
+        assert_eq!(h.committed(), None, "nothing committed, nothing released");
+        assert_eq!(h.rx().held(), 1);
+        // The next checkpoint counts it.
+        let id = h.begin_checkpoint(t).unwrap();
+        assert_eq!(h.handle_quiesced(id).unwrap().emitted, 1);
+        h.handle_dumped(id).unwrap();
+        h.handle_checkpoint_complete(id, t).unwrap();
+        assert_eq!(h.rx().held(), 0);
     }
 
     #[test]
