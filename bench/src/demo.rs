@@ -36,6 +36,7 @@ pub(crate) fn run() -> Result<()> {
             nhamd: nhamd.clone(),
             vnf_bin: vnf_bin.clone(),
             restarts: Vec::new(),
+            corrupt_newest: false,
         })?;
         rows.push(r);
     }

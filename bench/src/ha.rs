@@ -67,6 +67,10 @@ pub struct HaSpec {
     /// must re-attach to the chain (its SFF still holding packets), adopt
     /// the live VNFs and recover the dead ones.
     pub restarts: Vec<usize>,
+    /// Before each round, checkpoint the victims now and corrupt that
+    /// newest checkpoint's file on disk: recovery must detect it and restore
+    /// the one before (0R) or the standby's own copy (1R-AS).
+    pub corrupt_newest: bool,
 }
 
 /// Median, 99th percentile and maximum of a sample, in ms.
@@ -163,6 +167,9 @@ pub struct HaReport {
     pub nondeterministic_outputs: u64,
     /// `NonDeterminismDetected` events seen, by VNF.
     pub nondeterminism_events: Vec<String>,
+    /// Recoveries that restored an older checkpoint because the newest was
+    /// unusable, and why.
+    pub fallbacks: Vec<String>,
     /// Frames the sink's own socket dropped because the sink (not NHAM)
     /// was too slow: a loss of the measurement, counted apart.
     pub sink_kernel_drops: u64,
@@ -645,6 +652,27 @@ fn trial(
                 daemon.restart_start(lab)?;
                 (chains, vnfs, events) = clients(&rt, &daemon.addr, &log)?;
             } else {
+                if spec.corrupt_newest {
+                    for &v in &victims {
+                        let c = rt
+                            .block_on(vnfs.checkpoint(api::CheckpointRequest {
+                                chain: "ha".into(),
+                                vnf: vnf_name(v),
+                            }))
+                            .with_context(|| format!("Checkpoint of {}", vnf_name(v)))?
+                            .into_inner();
+                        let file = dir.join(format!(
+                            "state/images/ha/{}/{}.ckpt",
+                            vnf_name(v),
+                            c.checkpoint_id
+                        ));
+                        let mut bytes = std::fs::read(&file)
+                            .with_context(|| format!("reading {}", file.display()))?;
+                        let at = bytes.len() / 2;
+                        bytes[at] ^= 0xFF;
+                        std::fs::write(&file, bytes)?;
+                    }
+                }
                 for &v in &victims {
                     rt.block_on(vnfs.inject_fault(api::InjectFaultRequest {
                         chain: "ha".into(),
@@ -821,8 +849,14 @@ fn trial(
     let mut restored = 0;
     let mut recovery_failure_reasons = Vec::new();
     let mut nondeterminism_events = Vec::new();
+    let mut fallbacks = Vec::new();
     for (_, e) in &events {
         match &e.event {
+            Some(Event::RecoveryFinished(f)) if !f.fallback_reason.is_empty() => {
+                recovery.push(f.recovery_ms);
+                restored += usize::from(f.restored);
+                fallbacks.push(format!("{}: {}", e.vnf, f.fallback_reason));
+            }
             Some(Event::NonDeterminismDetected(n)) => {
                 nondeterminism_events.push(format!("{}: {} outputs", e.vnf, n.outputs))
             }
@@ -874,6 +908,7 @@ fn trial(
         duplicates_suppressed: stats.duplicates_suppressed,
         nondeterministic_outputs: stats.nondeterministic_outputs,
         nondeterminism_events,
+        fallbacks,
         sink_kernel_drops: trial.received.kernel_drops,
         stats: SffCounters {
             ingress: stats.ingress,

@@ -99,6 +99,7 @@ pub(crate) fn run(args: &ModelArgs) -> anyhow::Result<()> {
             rx_capacity: 256,
             tx_capacity: 64,
             release_rule: rule,
+            keep_fallback: false,
         },
         inbox_capacity: 32,
     };

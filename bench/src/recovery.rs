@@ -102,6 +102,7 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
         nhamd: ha::sibling_binary("nhamd", "NHAM_NHAMD")?,
         vnf_bin: ha::sibling_binary("nham-vnf", "NHAM_VNF")?,
         restarts: Vec::new(),
+        corrupt_newest: false,
     };
     let r = ha::run(&spec)?;
     let row = |name: &str, s: &ha::Summary| {

@@ -36,6 +36,7 @@ fn spec(mechanism: Mechanism, kinds: Vec<Kind>, rounds: Vec<usize>) -> HaSpec {
         nhamd: ha::sibling_binary("nhamd", "NHAM_NHAMD").expect("nhamd binary"),
         vnf_bin: PathBuf::from(env!("CARGO_BIN_EXE_nham-vnf")),
         restarts: Vec::new(),
+        corrupt_newest: false,
     }
 }
 
@@ -196,4 +197,28 @@ fn a_non_deterministic_vnf_is_detected_and_never_forwards_a_second_copy() {
         "{r:?}"
     );
     assert_eq!((r.lost, r.duplicated, r.reordered), (0, 0, 0), "{r:?}");
+}
+
+/// Before each crash the victim's newest checkpoint is taken and then
+/// corrupted on disk. The State Manager detects it (format, BLAKE3) and
+/// never restores it: 0R restores the checkpoint before it (the SFF kept
+/// the packets since that one), 1R-AS its standby's own staged copy. Either
+/// way the output and the states are exactly those of a failure-free run.
+#[test]
+fn a_corrupt_checkpoint_is_never_restored_and_an_older_one_or_the_standby_is_used() {
+    let _serial = serial();
+    for mechanism in [Mechanism::Mechanism0r, Mechanism::Mechanism1rAs] {
+        let mut s = spec(mechanism, Kind::ALL.to_vec(), vec![1, 1, 2]);
+        s.corrupt_newest = true;
+        let r = ha::run(&s).expect("trial");
+        eprintln!(
+            "{} with corrupt newest checkpoints: {} failures, fallbacks {:?}",
+            r.mechanism, r.failures, r.fallbacks
+        );
+        assert!(r.is_exact(), "{r:?}");
+        assert_eq!(r.recovery_ms.n, 4, "{r:?}");
+        if mechanism == Mechanism::Mechanism0r {
+            assert!(!r.fallbacks.is_empty(), "{r:?}");
+        }
+    }
 }

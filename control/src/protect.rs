@@ -249,7 +249,7 @@ pub struct CheckpointStats {
 }
 
 /// What a recovery took.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RecoveryStats {
     /// From the call to the VNF running again (replay starting).
     pub duration: Duration,
@@ -259,6 +259,10 @@ pub struct RecoveryStats {
     pub restored: bool,
     /// Its new process.
     pub pid: u32,
+    /// The checkpoint restored.
+    pub checkpoint: Option<CheckpointId>,
+    /// Why the committed checkpoint was not used, when an older one was.
+    pub fallback_reason: Option<String>,
 }
 
 impl ProtectedVnf {
@@ -496,23 +500,43 @@ impl ProtectedVnf {
         let hop = self.hop;
         let plan = sff.failure(hop).map_err(sff_err)?;
         let restored = plan.checkpoint.is_some();
-        self.pid = match plan.checkpoint {
+        let mut fallback_reason = None;
+        let (pid, from) = match plan.checkpoint {
             Some(id) => {
                 wait_pid_free(self.pid, PID_FREE_TIMEOUT)?;
-                let pid = self.restore(id)?;
+                let (pid, from) = match (self.restore(id), plan.fallback) {
+                    (Ok(pid), _) => (pid, id),
+                    // A committed image that is corrupt or gone is never
+                    // restored; the older one the SFF kept packets for is.
+                    (
+                        Err(
+                            e @ ProtectError::Store(
+                                StoreError::Corrupt { .. } | StoreError::Missing { .. },
+                            ),
+                        ),
+                        Some(older),
+                    ) => {
+                        let s = &self.slot;
+                        let _ = s.store.remove_checkpoint(&s.chain, &s.vnf, id);
+                        fallback_reason = Some(e.to_string());
+                        (self.restore(older)?, older)
+                    }
+                    (Err(e), _) => return Err(e),
+                };
                 // It was dumped while stopped (step 3) and comes back stopped.
                 signal(pid, nix::sys::signal::Signal::SIGCONT)?;
-                pid
+                (pid, Some(from))
             }
-            None => self.start_fresh()?,
+            None => (self.start_fresh()?, None),
         };
+        self.pid = pid;
         // Whatever the link lost before is replayed now.
         if let Some((iface, base)) = self.link.as_mut() {
             if let Ok(now) = nham_netns::tx_dropped(iface) {
                 *base = now;
             }
         }
-        let r = sff.restored(hop).map_err(sff_err)?;
+        let r = sff.restored(hop, from).map_err(sff_err)?;
         let duration = started.elapsed();
         // Prepare the next standby, off the recovery path.
         if self.mechanism == Mechanism::ActiveStandby && self.standby.swrk.is_none() {
@@ -523,6 +547,8 @@ impl ProtectedVnf {
             replay: r.replay,
             restored,
             pid: self.pid,
+            checkpoint: from,
+            fallback_reason,
         })
     }
 

@@ -573,6 +573,9 @@ impl ChainRuntime {
                 // checkpoints (one restarting).
                 rx_capacity: 8192,
                 tx_capacity: 1024,
+                // A committed image found corrupt at restore time is
+                // replaced by the one before it.
+                keep_fallback: true,
                 ..Default::default()
             },
             protect,

@@ -28,6 +28,15 @@ use crate::runtime::{
     tear_down_record, Agent, ChainRecord, ChainRuntime, SffOptions, StateOptions,
 };
 
+/// What a recovery brought back, for its event.
+#[derive(Debug, Default)]
+struct Recovered {
+    replayed: u64,
+    restored: bool,
+    checkpoint: u64,
+    fallback_reason: String,
+}
+
 /// A running VNF to probe: name, incarnation, pid, the SFF's end of its link.
 type ProbeTarget = (String, u64, u32, String);
 
@@ -292,7 +301,7 @@ impl Daemon {
                     chain,
                     vnf,
                     detected,
-                    started.map(|fd| (fd, 0, false)),
+                    started.map(|fd| (fd, Recovered::default())),
                 );
                 return;
             }
@@ -324,7 +333,20 @@ impl Daemon {
                 .ok_or_else(|| ControlError::NotFound(format!("chain {chain:?} is gone")))?
                 .runtime
                 .vnf_mut(vnf)?;
-            v.adopt(r.pid).map(|fd| (fd, r.replay, r.restored))
+            if let Some(why) = &r.fallback_reason {
+                tracing::warn!(chain, vnf, "restored an older checkpoint: {why}");
+            }
+            v.adopt(r.pid).map(|fd| {
+                (
+                    fd,
+                    Recovered {
+                        replayed: r.replay,
+                        restored: r.restored,
+                        checkpoint: r.checkpoint.unwrap_or(0),
+                        fallback_reason: r.fallback_reason.unwrap_or_default(),
+                    },
+                )
+            })
         });
         self.finish_recovery(&mut chains, chain, vnf, detected, adopted);
     }
@@ -335,7 +357,7 @@ impl Daemon {
         chain: &str,
         vnf: &str,
         detected: Instant,
-        outcome: Result<(OwnedFd, u64, bool), ControlError>,
+        outcome: Result<(OwnedFd, Recovered), ControlError>,
     ) {
         use api::watch_events_response::Event;
         let Some(v) = chains
@@ -345,7 +367,7 @@ impl Daemon {
             return;
         };
         match outcome {
-            Ok((pidfd, replayed, restored)) => {
+            Ok((pidfd, r)) => {
                 v.recoveries += 1;
                 v.last_error = None;
                 self.emit(event(
@@ -353,8 +375,10 @@ impl Daemon {
                     vnf,
                     Event::RecoveryFinished(api::RecoveryFinished {
                         recovery_ms: detected.elapsed().as_secs_f64() * 1e3,
-                        replayed,
-                        restored,
+                        replayed: r.replayed,
+                        restored: r.restored,
+                        checkpoint_id: r.checkpoint,
+                        fallback_reason: r.fallback_reason,
                     }),
                 ));
                 self.watch(chain.to_string(), vnf.to_string(), v.incarnation, pidfd);

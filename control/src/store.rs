@@ -345,6 +345,17 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes checkpoint `id` of `chain`/`vnf` (one found corrupt: never
+    /// to be tried again, and not to be counted among the kept ones).
+    pub fn remove_checkpoint(&self, chain: &str, vnf: &str, id: u64) -> Result<(), StoreError> {
+        let metas: Vec<CheckpointMeta> = self
+            .list(chain, vnf)?
+            .into_iter()
+            .filter(|m| m.id == id)
+            .collect();
+        self.remove(&metas)
+    }
+
     fn remove(&self, metas: &[CheckpointMeta]) -> Result<(), StoreError> {
         if metas.is_empty() {
             return Ok(());

@@ -477,13 +477,45 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
     let e = vnfs.checkpoint(req()).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
 
-    // A corrupt checkpoint is detected and never restored: flip one byte
-    // of every stored image, then heal with 0R.
+    // A corrupt committed checkpoint is detected and never restored: the
+    // one before it (the SFF kept its packets) is restored instead.
     vnfs.set_mechanism(set(api::Mechanism::Mechanism0r))
         .await
         .unwrap();
-    vnfs.checkpoint(req()).await.unwrap();
+    let older = vnfs.checkpoint(req()).await.unwrap().into_inner();
+    let newer = vnfs.checkpoint(req()).await.unwrap().into_inner();
     let images = h.state_dir.join("images/rt/mon");
+    let newest = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .find(|p| p.file_stem().and_then(|s| s.to_str()) == Some(&newer.checkpoint_id.to_string()))
+        .expect("the newest checkpoint's file");
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&newest, bytes).unwrap();
+    let healed = vnfs
+        .heal_vnf(api::HealVnfRequest {
+            chain: "rt".into(),
+            vnf: "mon".into(),
+            cause: api::HealCause::Failure as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("healed from the older checkpoint");
+    assert_eq!(
+        healed.into_inner().vnf.unwrap().state,
+        api::VnfState::Running as i32
+    );
+    assert!(!newest.exists(), "the corrupt checkpoint is removed");
+    eprintln!(
+        "checkpoint {} corrupt: restored {} instead",
+        newer.checkpoint_id, older.checkpoint_id
+    );
+
+    // With every stored image corrupt, nothing is restored: flip one byte
+    // of each, then heal with 0R.
+    vnfs.checkpoint(req()).await.unwrap();
     let mut flipped = 0;
     for f in std::fs::read_dir(&images).unwrap() {
         let path = f.unwrap().path();

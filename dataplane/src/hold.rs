@@ -124,6 +124,12 @@ pub struct HopConfig {
     pub tx_capacity: usize,
     /// What a checkpoint includes.
     pub release_rule: ReleaseRule,
+    /// Keep the checkpoint before the committed one restorable too: packets
+    /// are released only up to *its* mark, so that a committed image found
+    /// corrupt at restore time can be replaced by the older one, with a
+    /// longer replay. Costs the packets of one more checkpoint interval.
+    #[serde(default)]
+    pub keep_fallback: bool,
 }
 
 impl Default for HopConfig {
@@ -132,6 +138,7 @@ impl Default for HopConfig {
             rx_capacity: 4096,
             tx_capacity: 1024,
             release_rule: ReleaseRule::Consumed,
+            keep_fallback: false,
         }
     }
 }
@@ -413,6 +420,10 @@ pub enum OutputDisposition {
 pub struct RestorePlan {
     /// The checkpoint to restore; `None` means the VNF's initial state.
     pub checkpoint: Option<CheckpointId>,
+    /// An older checkpoint that may be restored instead if `checkpoint`'s
+    /// image turns out unusable (see [`HopConfig::keep_fallback`]).
+    #[serde(default)]
+    pub fallback: Option<CheckpointId>,
     /// The epoch the restored incarnation runs in.
     pub epoch: u32,
 }
@@ -476,6 +487,10 @@ pub struct Hop<P> {
     state: HopState,
     phase: CheckpointPhase,
     committed: Option<CommittedCheckpoint>,
+    /// The checkpoint committed before `committed`, still restorable
+    /// ([`HopConfig::keep_fallback`]).
+    fallback: Option<CommittedCheckpoint>,
+    keep_fallback: bool,
     epoch: u32,
     next_checkpoint: CheckpointId,
     delivered_high: u64,
@@ -498,6 +513,8 @@ impl<P> Hop<P> {
             state: HopState::Running,
             phase: CheckpointPhase::Idle,
             committed: None,
+            fallback: None,
+            keep_fallback: config.keep_fallback,
             epoch: 0,
             next_checkpoint: 1,
             delivered_high: 0,
@@ -530,6 +547,12 @@ impl<P> Hop<P> {
     /// The restore point (`None`: the initial state).
     pub fn committed(&self) -> Option<CommittedCheckpoint> {
         self.committed
+    }
+
+    /// The older restorable checkpoint, when one is kept
+    /// ([`HopConfig::keep_fallback`]).
+    pub fn fallback(&self) -> Option<CommittedCheckpoint> {
+        self.fallback
     }
 
     /// The current incarnation's epoch.
@@ -791,12 +814,24 @@ impl<P> Hop<P> {
             return Err(HoldError::OutputAfterMark(id));
         }
         // DESIGN.md invariant 1: a packet is released only once a checkpoint
-        // is known to include its effect.
-        let released = self.rx.release_before(mark.consumed, release);
-        self.tx.trim_digests(mark.emitted);
+        // is known to include its effect — with a fallback kept, only once
+        // the older restorable checkpoint includes it.
+        let new = CommittedCheckpoint { id, mark };
+        let release_to = if self.keep_fallback {
+            // (Id 0 is the restore point of an unprotected hop, not an image.)
+            self.fallback = self.committed.filter(|c| c.id != 0);
+            self.fallback.map(|c| c.mark).unwrap_or(Mark {
+                consumed: self.rx.base,
+                emitted: self.tx.digest_base,
+            })
+        } else {
+            mark
+        };
+        let released = self.rx.release_before(release_to.consumed, release);
+        self.tx.trim_digests(release_to.emitted);
         self.stats.released += released;
         self.stats.checkpoints += 1;
-        self.committed = Some(CommittedCheckpoint { id, mark });
+        self.committed = Some(new);
         self.phase = CheckpointPhase::Idle;
         Ok(CheckpointReport {
             id,
@@ -817,6 +852,7 @@ impl<P> Hop<P> {
         let released = self.rx.release_before(self.rx.next_deliver, release);
         self.tx.trim_digests(self.tx.next_output);
         self.stats.released += released;
+        self.fallback = None;
         if released > 0 {
             self.committed = Some(CommittedCheckpoint {
                 id: 0,
@@ -858,8 +894,33 @@ impl<P> Hop<P> {
         self.stats.failures += 1;
         RestorePlan {
             checkpoint: self.committed.map(|c| c.id),
+            fallback: self.fallback.map(|c| c.id),
             epoch: self.epoch,
         }
+    }
+
+    /// The VNF runs again, restored from checkpoint `from`: the committed
+    /// one (as [`handle_restored`](Self::handle_restored)), or the fallback
+    /// the [`RestorePlan`] named (the committed image was unusable; the
+    /// fallback becomes the restore point and more is replayed).
+    pub fn handle_restored_from(
+        &mut self,
+        from: Option<CheckpointId>,
+        now: Instant,
+    ) -> Result<RecoveryReport, HoldError> {
+        if !matches!(self.state, HopState::Recovering { .. }) {
+            return Err(HoldError::NotRecovering);
+        }
+        if from != self.committed.map(|c| c.id) {
+            match self.fallback {
+                Some(f) if Some(f.id) == from => {
+                    self.committed = Some(f);
+                    self.fallback = None;
+                }
+                _ => return Err(HoldError::WrongCheckpoint(from.unwrap_or(0))),
+            }
+        }
+        self.handle_restored(now)
     }
 
     /// The VNF runs again from the restore point. Every held packet after it
@@ -1058,6 +1119,7 @@ mod tests {
             rx_capacity: 4,
             tx_capacity: 4,
             release_rule: ReleaseRule::Consumed,
+            keep_fallback: false,
         })
         .unwrap()
     }
@@ -1074,6 +1136,61 @@ mod tests {
         }
         assert_eq!(h.handle_input(4, 4), Err(Backpressure(4)));
         assert_eq!(h.stats().rx_backpressure, 1);
+    }
+
+    #[test]
+    fn a_fallback_checkpoint_stays_restorable() {
+        let t = Instant::now();
+        let mut h = Hop::new(HopConfig {
+            rx_capacity: 16,
+            tx_capacity: 16,
+            keep_fallback: true,
+            ..HopConfig::default()
+        })
+        .unwrap();
+        let step = |h: &mut Hop<u32>, seq: u64| {
+            h.handle_input(seq, seq as u32).unwrap();
+            h.poll_delivery().unwrap();
+            h.handle_output(h.epoch(), seq, seq as u32);
+            while h.poll_forward().is_some() {}
+        };
+        let checkpoint = |h: &mut Hop<u32>| {
+            let id = h.begin_checkpoint(t).unwrap();
+            h.handle_quiesced(id).unwrap();
+            h.handle_dumped(id).unwrap();
+            h.handle_checkpoint_complete(id, t).unwrap();
+            id
+        };
+        step(&mut h, 0);
+        step(&mut h, 1);
+        let first = checkpoint(&mut h);
+        assert_eq!(
+            h.rx().held(),
+            2,
+            "nothing released before a fallback exists"
+        );
+        step(&mut h, 2);
+        let second = checkpoint(&mut h);
+        assert_eq!(
+            h.rx().held(),
+            1,
+            "released up to the first checkpoint's mark"
+        );
+        step(&mut h, 3);
+        let plan = h.handle_failure(t);
+        assert_eq!(
+            (plan.checkpoint, plan.fallback),
+            (Some(second), Some(first))
+        );
+        // The second image is corrupt: restore the first, replay from its mark.
+        let r = h.handle_restored_from(Some(first), t).unwrap();
+        assert_eq!(r.replay, 2);
+        assert_eq!(h.committed().map(|c| c.id), Some(first));
+        assert_eq!(h.handle_failure(t).fallback, None);
+        assert_eq!(
+            h.handle_restored_from(Some(second), t),
+            Err(HoldError::WrongCheckpoint(second))
+        );
     }
 
     #[test]
@@ -1188,6 +1305,7 @@ mod tests {
             plan,
             RestorePlan {
                 checkpoint: Some(id),
+                fallback: None,
                 epoch: 1
             }
         );

@@ -735,5 +735,6 @@ pub fn small_hop_config(rule: ReleaseRule) -> HopConfig {
         rx_capacity: 16,
         tx_capacity: 4,
         release_rule: rule,
+        keep_fallback: false,
     }
 }

@@ -30,6 +30,8 @@ struct Case {
     tx_capacity: usize,
     inbox_capacity: usize,
     ops: Vec<Op>,
+    /// Release only up to the checkpoint before the committed one.
+    keep_fallback: bool,
 }
 
 fn arb_kind() -> impl Strategy<Value = VnfKind> {
@@ -70,10 +72,11 @@ fn arb_case() -> impl Strategy<Value = Case> {
                 1usize..=4,
                 1usize..=4,
                 prop::collection::vec(arb_op(), 0..400),
+                any::<bool>(),
             )
         })
         .prop_map(
-            |(mut kinds, fw, em, packets, flows, seed, rx, tx, inbox, ops)| {
+            |(mut kinds, fw, em, packets, flows, seed, rx, tx, inbox, ops, keep_fallback)| {
                 // Every chain of two or more has a dropping and a multiplying VNF.
                 if kinds.len() >= 2 {
                     let em = if em == fw { (fw + 1) % kinds.len() } else { em };
@@ -87,6 +90,7 @@ fn arb_case() -> impl Strategy<Value = Case> {
                     tx_capacity: tx,
                     inbox_capacity: inbox,
                     ops,
+                    keep_fallback,
                 }
             },
         )
@@ -104,6 +108,7 @@ fn check_case(case: &Case, rule: ReleaseRule) -> Result<SimStats, TestCaseError>
             rx_capacity: case.rx_capacity,
             tx_capacity: case.tx_capacity,
             release_rule: rule,
+            keep_fallback: case.keep_fallback,
         },
         inbox_capacity: case.inbox_capacity,
     };
@@ -144,7 +149,13 @@ fn check_case(case: &Case, rule: ReleaseRule) -> Result<SimStats, TestCaseError>
                 "step {step}: after {op:?} hop {i} accepted an output the failure-free run never makes"
             );
             let hop = sim.chain().hop(i);
-            let restore_point = hop.committed().map(|c| c.mark.consumed).unwrap_or(0);
+            // Released up to the oldest restorable checkpoint's mark.
+            let oldest = if case.keep_fallback {
+                hop.fallback()
+            } else {
+                hop.committed()
+            };
+            let restore_point = oldest.map(|c| c.mark.consumed).unwrap_or(0);
             prop_assert_eq!(
                 hop.rx().base(),
                 restore_point,
@@ -266,6 +277,7 @@ fn scenario(kinds: &[VnfKind], packets: usize, ops: &[Op]) -> SimStats {
         tx_capacity: 8,
         inbox_capacity: 4,
         ops: ops.to_vec(),
+        keep_fallback: false,
     };
     check_case(&case, ReleaseRule::Consumed).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -387,6 +399,7 @@ fn dropped_packet_is_applied_twice_under_paper_rule_only() {
                 rx_capacity: 64,
                 tx_capacity: 8,
                 release_rule: rule,
+                keep_fallback: false,
             },
             inbox_capacity: 4,
         };

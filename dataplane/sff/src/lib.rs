@@ -327,9 +327,11 @@ pub enum Command {
         hop: usize,
         reply: mpsc::Sender<RestorePlan>,
     },
-    /// `Hop::handle_restored`: the VNF runs again; replay.
+    /// `Hop::handle_restored_from`: the VNF runs again, restored from
+    /// checkpoint `from` (the committed one or the plan's fallback); replay.
     Restored {
         hop: usize,
+        from: Option<CheckpointId>,
         reply: mpsc::Sender<Result<RecoveryReport, HoldError>>,
     },
     /// How many frames the VNF has not answered yet.
@@ -685,9 +687,9 @@ impl Engine {
                     self.flush_hop(hop);
                     let _ = reply.send(plan);
                 }
-                Command::Restored { hop, reply } if hop_ok(hop) => {
+                Command::Restored { hop, from, reply } if hop_ok(hop) => {
                     self.in_flight[hop].clear();
-                    let _ = reply.send(chain.hop_mut(hop).handle_restored(now));
+                    let _ = reply.send(chain.hop_mut(hop).handle_restored_from(from, now));
                 }
                 Command::InFlight { hop, reply } if hop_ok(hop) => {
                     let _ = reply.send(self.in_flight[hop].len());

@@ -81,6 +81,7 @@ pub enum Request {
     },
     Restored {
         hop: usize,
+        from: Option<CheckpointId>,
     },
     InFlight {
         hop: usize,
@@ -174,9 +175,9 @@ fn execute(sff: &LocalSff, request: Request, shutdown: &AtomicBool) -> Response 
         Request::Failure { hop } => {
             ask(sff, |reply| Command::Failure { hop, reply }, Response::Plan)
         }
-        Request::Restored { hop } => ask(
+        Request::Restored { hop, from } => ask(
             sff,
-            |reply| Command::Restored { hop, reply },
+            |reply| Command::Restored { hop, from, reply },
             |r| or_refused(r.map(Response::Recovered)),
         ),
         Request::InFlight { hop } => ask(
@@ -440,9 +441,14 @@ impl SffClient {
         }
     }
 
-    /// `Hop::handle_restored`: the VNF runs again; replay.
-    pub fn restored(&self, hop: usize) -> Result<RecoveryReport, RemoteError> {
-        match self.request(Request::Restored { hop })? {
+    /// `Hop::handle_restored_from`: the VNF runs again, restored from
+    /// checkpoint `from`; replay.
+    pub fn restored(
+        &self,
+        hop: usize,
+        from: Option<CheckpointId>,
+    ) -> Result<RecoveryReport, RemoteError> {
+        match self.request(Request::Restored { hop, from })? {
             Response::Recovered(r) => Ok(r),
             r => self.unexpected(r),
         }
