@@ -37,6 +37,9 @@ pub(crate) fn run() -> Result<()> {
             vnf_bin: vnf_bin.clone(),
             restarts: Vec::new(),
             corrupt_newest: false,
+            during_checkpoint: false,
+            same_victim: None,
+            second_failure: false,
         })?;
         rows.push(r);
     }

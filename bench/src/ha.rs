@@ -71,6 +71,14 @@ pub struct HaSpec {
     /// newest checkpoint's file on disk: recovery must detect it and restore
     /// the one before (0R) or the standby's own copy (1R-AS).
     pub corrupt_newest: bool,
+    /// Every fault lands while its VNF is frozen for a checkpoint
+    /// (`InjectFault` with `during_checkpoint`; crashes only).
+    pub during_checkpoint: bool,
+    /// Every round fails this VNF (one at a time), not a rotating set.
+    pub same_victim: Option<usize>,
+    /// In each round, once the first victim's recovery has started, the
+    /// next VNF is crashed too: a second failure during a recovery.
+    pub second_failure: bool,
 }
 
 /// Median, 99th percentile and maximum of a sample, in ms.
@@ -625,7 +633,10 @@ fn trial(
             // A restart round may kill no VNF (the daemon alone restarts).
             let k = if restart { k.min(n) } else { k.clamp(1, n) };
             let start = (r * 3) % n;
-            let victims: Vec<usize> = (0..k).map(|j| (start + j) % n).collect();
+            let mut victims: Vec<usize> = match spec.same_victim {
+                Some(v) => vec![v % n],
+                None => (0..k).map(|j| (start + j) % n).collect(),
+            };
             let t0 = Instant::now();
             if restart {
                 let pids: Vec<u32> = rt
@@ -678,11 +689,50 @@ fn trial(
                         chain: "ha".into(),
                         vnf: vnf_name(v),
                         fault: spec.fault as i32,
+                        during_checkpoint: spec.during_checkpoint,
                     }))
                     .with_context(|| format!("InjectFault on {}", vnf_name(v)))?;
                 }
             }
             failures += victims.len();
+            if spec.second_failure && !restart && n > 1 {
+                // Once the first victim's recovery has started, crash the
+                // next VNF.
+                let first = victims[0];
+                let deadline = t0 + Duration::from_secs(10);
+                loop {
+                    let started = log.lock().expect("event log").iter().any(|(at, e)| {
+                        *at >= t0
+                            && e.vnf == vnf_name(first)
+                            && matches!(
+                                e.event,
+                                Some(api::watch_events_response::Event::RecoveryStarted(_))
+                            )
+                    });
+                    if started {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        bail!(
+                            "round {r}: the recovery of {} did not start",
+                            vnf_name(first)
+                        );
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                let second = (first + 1) % n;
+                if !victims.contains(&second) {
+                    rt.block_on(vnfs.inject_fault(api::InjectFaultRequest {
+                        chain: "ha".into(),
+                        vnf: vnf_name(second),
+                        fault: api::Fault::Crash as i32,
+                        during_checkpoint: false,
+                    }))
+                    .with_context(|| format!("InjectFault on {}", vnf_name(second)))?;
+                    victims.push(second);
+                    failures += 1;
+                }
+            }
             // Wait until every victim is back (or its recovery failed).
             let deadline = t0 + Duration::from_secs(20);
             if restart {

@@ -103,6 +103,9 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
         vnf_bin: ha::sibling_binary("nham-vnf", "NHAM_VNF")?,
         restarts: Vec::new(),
         corrupt_newest: false,
+        during_checkpoint: false,
+        same_victim: None,
+        second_failure: false,
     };
     let r = ha::run(&spec)?;
     let row = |name: &str, s: &ha::Summary| {

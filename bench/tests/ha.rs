@@ -37,6 +37,9 @@ fn spec(mechanism: Mechanism, kinds: Vec<Kind>, rounds: Vec<usize>) -> HaSpec {
         vnf_bin: PathBuf::from(env!("CARGO_BIN_EXE_nham-vnf")),
         restarts: Vec::new(),
         corrupt_newest: false,
+        during_checkpoint: false,
+        same_victim: None,
+        second_failure: false,
     }
 }
 
@@ -220,5 +223,66 @@ fn a_corrupt_checkpoint_is_never_restored_and_an_older_one_or_the_standby_is_use
         if mechanism == Mechanism::Mechanism0r {
             assert!(!r.fallbacks.is_empty(), "{r:?}");
         }
+    }
+}
+
+fn exact_with(r: &ha::HaReport, failures: usize) {
+    eprintln!(
+        "{}: {} failures, {} recoveries, recovery p50 {:.1} ms max {:.1} ms, downtime p50 {:.1} ms",
+        r.mechanism,
+        r.failures,
+        r.recovery_ms.n,
+        r.recovery_ms.p50,
+        r.recovery_ms.max,
+        r.downtime_ms.p50
+    );
+    assert_eq!(r.failures, failures, "{r:?}");
+    assert!(
+        r.recovery_ms.n >= failures,
+        "every failure recovered: {r:?}"
+    );
+    assert!(r.is_exact(), "{r:?}");
+}
+
+/// Fault matrix: each crash lands while its VNF is frozen and CRIU is
+/// dumping it (the checkpoint fails, nothing is released, the VNF is
+/// restored from the previous checkpoint).
+#[test]
+fn a_crash_during_a_checkpoint_loses_nothing() {
+    let _serial = serial();
+    for mechanism in [Mechanism::Mechanism0r, Mechanism::Mechanism1rAs] {
+        let mut s = spec(mechanism, Kind::ALL.to_vec(), vec![1, 1, 1, 1]);
+        s.during_checkpoint = true;
+        exact_with(&ha::run(&s).expect("trial"), 4);
+    }
+}
+
+/// Fault matrix: while one VNF is being recovered, the next one crashes.
+#[test]
+fn a_second_failure_during_a_recovery_loses_nothing() {
+    let _serial = serial();
+    for mechanism in [Mechanism::Mechanism0r, Mechanism::Mechanism1rAs] {
+        let mut s = spec(mechanism, Kind::ALL.to_vec(), vec![1, 1, 1]);
+        s.second_failure = true;
+        exact_with(&ha::run(&s).expect("trial"), 6);
+    }
+}
+
+/// Fault matrix: the same VNF (the NAT) fails six times in a row.
+#[test]
+fn the_same_vnf_failing_repeatedly_loses_nothing() {
+    let _serial = serial();
+    let mut s = spec(Mechanism::Mechanism0r, Kind::ALL.to_vec(), vec![1; 6]);
+    s.same_victim = Some(2);
+    exact_with(&ha::run(&s).expect("trial"), 6);
+}
+
+/// Fault matrix: every VNF of an 8-VNF chain crashes at once, twice.
+#[test]
+fn every_vnf_of_an_eight_vnf_chain_at_once_loses_nothing() {
+    let _serial = serial();
+    for mechanism in [Mechanism::Mechanism0r, Mechanism::Mechanism1rAs] {
+        let s = spec(mechanism, ha::sample_chain(8), vec![8, 8]);
+        exact_with(&ha::run(&s).expect("trial"), 16);
     }
 }

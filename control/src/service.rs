@@ -879,6 +879,68 @@ impl Daemon {
         }
     }
 
+    /// Fault injection: starts a checkpoint of VNF `vnf` and SIGKILLs the
+    /// VNF once the SFF reports that checkpoint dumping (the VNF frozen,
+    /// CRIU at work), so the crash lands in the middle of it.
+    async fn crash_during_checkpoint(
+        self: &Arc<Self>,
+        chain: &str,
+        vnf: &str,
+    ) -> Result<(), ControlError> {
+        let (agent, sff, hop) = self
+            .with_chain(chain, |e| {
+                let hop = e.runtime.vnf_index(vnf)?;
+                let agent = e.runtime.vnfs[hop].agent.clone().ok_or_else(|| {
+                    ControlError::FailedPrecondition(format!(
+                        "VNF {vnf:?} is not protected: it has no checkpoints to crash in"
+                    ))
+                })?;
+                let sff = e.runtime.sff.clone().ok_or_else(|| {
+                    ControlError::FailedPrecondition("the chain's SFF is not running".into())
+                })?;
+                Ok((agent, sff, hop))
+            })
+            .await?;
+        {
+            let (d, chain, vnf, sff) = (
+                self.clone(),
+                chain.to_string(),
+                vnf.to_string(),
+                sff.clone(),
+            );
+            tokio::spawn(async move {
+                // It fails, the VNF dying under it: that is the point.
+                let _ = d.checkpoint_now(&chain, &vnf, agent, sff).await;
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let s = sff.clone();
+            let status = tokio::task::spawn_blocking(move || s.status())
+                .await
+                .map_err(|e| ControlError::Process(format!("status panicked: {e}")))?
+                .map_err(|e| ControlError::Process(e.to_string()))?;
+            if matches!(
+                status.hops.get(hop).map(|h| h.phase),
+                Some(nham_sff::PhaseStatus::Dumping(_))
+            ) {
+                return self
+                    .with_chain(chain, |e| {
+                        let v = e.runtime.vnf_mut(vnf)?;
+                        v.fault_at = Some(Instant::now());
+                        v.signal(nix::sys::signal::Signal::SIGKILL)
+                    })
+                    .await;
+            }
+            if Instant::now() > deadline {
+                return Err(ControlError::FailedPrecondition(format!(
+                    "no checkpoint of {chain}/{vnf} reached its dump within 3 s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+
     /// Deletes a chain: SFF stopped, VNFs killed, namespaces removed.
     pub async fn delete(&self, name: &str) -> Result<(), ControlError> {
         validate::name("name", name)?;
@@ -1143,6 +1205,15 @@ impl vnf_service_server::VnfService for VnfSvc {
             .ok_or_else(|| {
                 Status::invalid_argument("fault must be FAULT_CRASH, FAULT_HANG or FAULT_CUT_OFF")
             })?;
+        if r.during_checkpoint {
+            if fault != api::Fault::Crash {
+                return Err(Status::invalid_argument(
+                    "during_checkpoint is for FAULT_CRASH only",
+                ));
+            }
+            self.0.crash_during_checkpoint(&r.chain, &r.vnf).await?;
+            return Ok(Response::new(api::InjectFaultResponse {}));
+        }
         // A hang of a protected VNF waits for a checkpoint under way to
         // finish: the checkpoint stops and resumes the VNF itself, and would
         // end the hang. (Later checkpoints see it stopped and leave it.)

@@ -206,6 +206,7 @@ async fn invalid_requests_get_invalid_argument_and_unknown_names_not_found() {
             chain: "nope".into(),
             vnf: "a".into(),
             fault: api::Fault::Crash as i32,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -215,10 +216,22 @@ async fn invalid_requests_get_invalid_argument_and_unknown_names_not_found() {
             chain: "nope".into(),
             vnf: "a".into(),
             fault: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
+    let e = vnfs
+        .inject_fault(api::InjectFaultRequest {
+            chain: "nope".into(),
+            vnf: "a".into(),
+            fault: api::Fault::Hang as i32,
+            during_checkpoint: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("during_checkpoint"), "{e:?}");
 
     // Active-active mechanisms are refused honestly, for now.
     let e = chains
@@ -285,6 +298,7 @@ async fn a_crash_is_detected_through_the_pidfd_and_the_vnf_restarted() {
         chain: "web".into(),
         vnf: "nat".into(),
         fault: api::Fault::Crash as i32,
+        ..Default::default()
     })
     .await
     .unwrap();

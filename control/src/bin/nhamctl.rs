@@ -70,6 +70,9 @@ enum Cmd {
         chain: String,
         vnf: String,
         fault: String,
+        /// Land it while the VNF is frozen for a checkpoint.
+        #[arg(long)]
+        during_checkpoint: bool,
     },
     /// Heal a VNF: restart it from its latest checkpoint (protected VNFs)
     /// or afresh (MECHANISM_NONE).
@@ -223,7 +226,12 @@ async fn main() -> anyhow::Result<()> {
                 .delete_chain(api::DeleteChainRequest { name })
                 .await?;
         }
-        Cmd::Inject { chain, vnf, fault } => {
+        Cmd::Inject {
+            chain,
+            vnf,
+            fault,
+            during_checkpoint,
+        } => {
             let fault = match fault.as_str() {
                 "crash" => api::Fault::Crash,
                 "hang" => api::Fault::Hang,
@@ -234,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
                 chain,
                 vnf,
                 fault: fault as i32,
+                during_checkpoint,
             })
             .await?;
         }
