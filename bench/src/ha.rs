@@ -381,9 +381,8 @@ fn children_of(parent: u32) -> Vec<u32> {
 /// Plays init for what a killed `nhamd` leaves: this process becomes a
 /// child subreaper, so the daemon's orphans (VNFs, its SFF, CRIU workers)
 /// become its children, and a thread reaps those it was told of when they
-/// exit — as the host's init does (this sandbox's pid 1 reaps nothing). A
-/// restarted daemon needs that: CRIU restores a VNF with its old pid, which
-/// a zombie would still hold.
+/// exit — as the host's init does (this sandbox's pid 1 reaps nothing), so
+/// restart trials leave no zombies behind.
 struct Reaper {
     pids: Arc<Mutex<std::collections::BTreeSet<u32>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,

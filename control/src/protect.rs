@@ -109,38 +109,6 @@ fn sff_err(e: impl std::fmt::Display) -> ProtectError {
     ProtectError::Sff(e.to_string())
 }
 
-/// How long a recovery waits for the failed process's pid to be free.
-pub const PID_FREE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Waits until no process (not even a zombie) has `pid`: CRIU restores a
-/// process with the pid it was dumped with. The daemon reaps the VNFs it
-/// started or restored itself; a VNF adopted from an earlier daemon is
-/// reaped by whoever inherited it (init, or a subreaper), a little later.
-pub fn wait_pid_free(pid: u32, timeout: Duration) -> Result<(), ProtectError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => return Ok(()),
-            Ok(s) => s,
-        };
-        if Instant::now() >= deadline {
-            // "pid (comm) S ppid ...": the fields after the last ')'.
-            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-            let mut f = rest.split_whitespace();
-            let (state, ppid) = (f.next().unwrap_or("?"), f.next().unwrap_or("?"));
-            return Err(ProtectError::Process(if state == "Z" {
-                format!(
-                    "pid {pid} is still held by a zombie whose parent (pid {ppid}) does not reap it: \
-                     run nhamd under an init that reaps orphans (systemd, tini -s)"
-                )
-            } else {
-                format!("pid {pid} is taken by another process (state {state}, parent {ppid})")
-            }));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// Bytes queued on the packet sockets of process `pid`'s network namespace
 /// (`/proc/<pid>/net/packet`, column Rmem).
 pub fn packet_rmem(pid: u32) -> Result<u64, ProtectError> {
@@ -503,7 +471,6 @@ impl ProtectedVnf {
         let mut fallback_reason = None;
         let (pid, from) = match plan.checkpoint {
             Some(id) => {
-                wait_pid_free(self.pid, PID_FREE_TIMEOUT)?;
                 let (pid, from) = match (self.restore(id), plan.fallback) {
                     (Ok(pid), _) => (pid, id),
                     // A committed image that is corrupt or gone is never
@@ -586,6 +553,7 @@ impl ProtectedVnf {
         let child = std::thread::spawn(move || -> std::io::Result<std::process::Child> {
             nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(std::io::Error::from)?;
+            own_pid_namespace_for_children()?;
             Command::new(&argv[0])
                 .args(&argv[1..])
                 .stdin(std::process::Stdio::null())
@@ -603,6 +571,15 @@ impl ProtectedVnf {
         wait_for_packet_socket(pid, &self.command)?;
         Ok(pid)
     }
+}
+
+/// Makes the calling thread's next child the first process (pid 1) of a
+/// new PID namespace. Every VNF runs so: CRIU then dumps and restores the
+/// namespace with it, and a restored VNF gets a pid of its own instead of
+/// needing the old one free (no clash with a zombie or a second copy).
+/// The thread is a throw-away one (`pid_ns_for_children` is per thread).
+pub fn own_pid_namespace_for_children() -> std::io::Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(std::io::Error::from)
 }
 
 /// Waits until process `pid` has a packet socket open in its namespace:

@@ -130,6 +130,9 @@ impl VnfRuntime {
         let child = self
             .netns
             .run(move || {
+                // Pid 1 of a PID namespace of its own (see
+                // `protect::own_pid_namespace_for_children`).
+                protect::own_pid_namespace_for_children()?;
                 Command::new(&argv[0])
                     .args(&argv[1..])
                     .envs(env)

@@ -414,6 +414,11 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
     let channel = nham_control::connect(&h.addr).await.unwrap();
     let mut chains = ChainServiceClient::new(channel.clone());
     let mut vnfs = VnfServiceClient::new(channel.clone());
+    let mut events = EventServiceClient::new(channel.clone())
+        .watch_events(api::WatchEventsRequest { chain: "rt".into() })
+        .await
+        .unwrap()
+        .into_inner();
     chains
         .create_chain(api::CreateChainRequest {
             spec: Some(spec("rt", 9, &["mon"], api::Mechanism::None)),
@@ -471,11 +476,24 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
         (after.recoveries, after.state),
         (1, api::VnfState::Running as i32)
     );
-    // A CRIU restore brings the process back with its pid.
-    assert_eq!(
-        after.pid, v.pid,
-        "restored from the checkpoint, not restarted"
-    );
+    // Restored from the checkpoint, not restarted: the event says so.
+    let finished = loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(api::watch_events_response::Event::RecoveryFinished(f)) = e.event {
+            break f;
+        }
+    };
+    assert!(finished.restored, "{finished:?}");
+    assert_eq!(finished.checkpoint_id, c.checkpoint_id);
+    // The VNF is the first process of a PID namespace of its own (so its
+    // restore needs no particular host pid).
+    let nspid = std::fs::read_to_string(format!("/proc/{}/status", after.pid)).unwrap();
+    let nspid = nspid.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert!(nspid.ends_with("\t1"), "{nspid}");
     assert!(
         cgroup_of(after.pid).ends_with("/rt/mon"),
         "the restored process is in the VNF's group: {}",
@@ -576,7 +594,7 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
         .delete_chain(api::DeleteChainRequest { name: "rt".into() })
         .await
         .unwrap();
-    drop((chains, vnfs, channel));
+    drop((chains, vnfs, channel, events));
     drop(h);
 }
 
