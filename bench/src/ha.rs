@@ -603,7 +603,19 @@ fn trial(
                 break;
             }
             if Instant::now() > deadline {
-                bail!("not every VNF was checkpointed within 10 s");
+                let why: Vec<String> = log
+                    .lock()
+                    .expect("event log")
+                    .iter()
+                    .filter_map(|(_, e)| match &e.event {
+                        Some(api::watch_events_response::Event::CheckpointFailed(f)) => {
+                            Some(format!("{}: {}", e.vnf, f.reason))
+                        }
+                        _ => None,
+                    })
+                    .take(8)
+                    .collect();
+                bail!("not every VNF was checkpointed within 10 s; failures: {why:?}");
             }
             std::thread::sleep(Duration::from_millis(10));
         }

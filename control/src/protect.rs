@@ -191,6 +191,9 @@ pub struct ProtectedVnf {
     link: Option<(String, u64)>,
     /// No longer the VNF's agent: it neither checkpoints nor recovers.
     retired: bool,
+    /// Working directory of a fresh start (its first one's, by default
+    /// ours).
+    cwd: Option<PathBuf>,
 }
 
 /// What a checkpoint took.
@@ -260,6 +263,7 @@ impl ProtectedVnf {
             },
             link: None,
             retired: false,
+            cwd: None,
         };
         v.set_mechanism(mechanism)?;
         Ok(v)
@@ -290,6 +294,13 @@ impl ProtectedVnf {
             });
         }
         Ok(Some(dropped))
+    }
+
+    /// Starts the VNF afresh (no checkpoint yet) in `dir`, as it was first
+    /// started.
+    pub fn with_cwd(mut self, dir: &Path) -> Self {
+        self.cwd = Some(dir.to_path_buf());
+        self
     }
 
     /// Takes this agent off its VNF (the VNF is no longer protected, or
@@ -396,6 +407,7 @@ impl ProtectedVnf {
             return Err(fail(sff, e));
         }
         // 5. Dump with the worker started ahead of time, resume, deliver.
+        clear_stale_proc_dir(self.pid);
         let dir = self.slot.scratch.join(format!("ckpt-{id}"));
         let _ = std::fs::remove_dir_all(&dir);
         let dumped = criu::dump(self.dump_worker.take(), self.pid, &self.netns, &dir);
@@ -550,12 +562,16 @@ impl ProtectedVnf {
         let f = std::fs::File::open(&self.netns)
             .map_err(|e| ProtectError::Process(format!("{}: {e}", self.netns.display())))?;
         let argv = self.command.clone();
+        let cwd = self.cwd.clone();
         let child = std::thread::spawn(move || -> std::io::Result<std::process::Child> {
             nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(std::io::Error::from)?;
             own_pid_namespace_for_children()?;
-            Command::new(&argv[0])
-                .args(&argv[1..])
+            let mut cmd = Command::new(&argv[0]);
+            if let Some(dir) = cwd {
+                cmd.current_dir(dir);
+            }
+            cmd.args(&argv[1..])
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
@@ -570,6 +586,23 @@ impl ProtectedVnf {
         drop(child);
         wait_for_packet_socket(pid, &self.command)?;
         Ok(pid)
+    }
+}
+
+/// Removes what a dump cut short may have left in process `pid`'s working
+/// directory: CRIU's parasite mounts a proc for the VNF's PID namespace on
+/// `<cwd>/proc.crtools` for the dump and removes it after; a left-over one
+/// makes every later dump fail ("Can't get proc fd").
+fn clear_stale_proc_dir(pid: u32) {
+    let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
+        return;
+    };
+    let stale = cwd.join("proc.crtools");
+    if stale.exists() {
+        let _ = nix::mount::umount2(&stale, nix::mount::MntFlags::MNT_DETACH);
+        if let Err(e) = std::fs::remove_dir(&stale) {
+            tracing::warn!("removing {}: {e}", stale.display());
+        }
     }
 }
 

@@ -71,6 +71,12 @@ pub struct VnfRuntime {
     pub argv: Vec<String>,
     /// Where its stdout and stderr go.
     pub log: PathBuf,
+    /// Its working directory, its own: CRIU's parasite makes a scratch
+    /// directory (`proc.crtools`) in the working directory of a process it
+    /// dumps in a PID namespace of its own, so VNFs dumped at the same time
+    /// must not share one. Under the state directory, so it outlives the
+    /// daemon (a restore needs it).
+    pub cwd: PathBuf,
     /// Its State Synchronizer, when protected.
     pub agent: Option<Agent>,
     /// Checkpoints taken.
@@ -118,6 +124,7 @@ impl VnfRuntime {
     pub fn start(&mut self) -> Result<OwnedFd, ControlError> {
         let ns = self.netns.name().to_string();
         let argv = self.argv.clone();
+        let cwd = self.cwd.clone();
         let env = self.plan.env.clone();
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -141,6 +148,7 @@ impl VnfRuntime {
                     .stdin(Stdio::null())
                     .stdout(out)
                     .stderr(err)
+                    .current_dir(&cwd)
                     .spawn()
             })?
             .map_err(|e| ControlError::Process(format!("starting {:?}: {e}", self.plan.command)))?;
@@ -369,6 +377,14 @@ impl StateOptions {
             .ok()
     }
 
+    /// VNF `vnf` of chain `chain`'s working directory, made if need be.
+    fn vnf_cwd(&self, chain: &str, vnf: &str) -> Result<PathBuf, ControlError> {
+        let dir = self.store.dir().join("run").join(chain).join(vnf);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ControlError::Process(format!("{}: {e}", dir.display())))?;
+        Ok(dir)
+    }
+
     /// Where chain `id`'s SFF listens.
     fn sff_socket(&self, id: u32) -> PathBuf {
         self.store.dir().join("sff").join(format!("{id:x}.sock"))
@@ -533,6 +549,7 @@ impl ChainRuntime {
                 pid: None,
                 argv,
                 log: logs.join(format!("{}.log", v.name)),
+                cwd: state.vnf_cwd(&plan.name, &v.name)?,
                 cgroup: state.vnf_cgroup(&plan.name, &v.name),
                 agent: None,
                 checkpoints: 0,
@@ -649,6 +666,7 @@ impl ChainRuntime {
                 pid: None,
                 argv: r.argv.clone(),
                 log: r.log.clone(),
+                cwd: state.vnf_cwd(&plan.name, &v.name)?,
                 cgroup: state.vnf_cgroup(&plan.name, &v.name).map(|mut c| {
                     // Until this runtime is complete, as the namespace.
                     c.keep();
@@ -829,7 +847,7 @@ impl ChainRuntime {
                     },
                     mech,
                 )
-                .and_then(|mut a| a.watch_link(&v.sff_iface).map(|()| a))
+                .and_then(|mut a| a.watch_link(&v.sff_iface).map(|()| a.with_cwd(&v.cwd)))
                 .map_err(|e| ControlError::Process(e.to_string()))?;
                 sff.set_protected(hop, true).map_err(sff_err)?;
                 v.agent = Some(Arc::new(Mutex::new(agent)));
@@ -933,7 +951,15 @@ impl Drop for ChainRuntime {
             .vnfs
             .iter()
             .find_map(|v| Some(v.cgroup.as_ref()?.path().parent()?.to_path_buf()));
+        let cwds = self
+            .vnfs
+            .first()
+            .and_then(|v| v.cwd.parent())
+            .map(Path::to_path_buf);
         self.vnfs.clear();
+        if let Some(dir) = cwds {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         if let Some(dir) = cgroups {
             crate::cgroup::remove_tree(&dir);
             // The daemon's own group, if this was its last chain.

@@ -360,6 +360,22 @@ fn set_state(index: u32, up: bool) -> Result<(), NetnsError> {
     })
 }
 
+/// Renames interface `index` of the calling thread's namespace (it must be
+/// down).
+fn rename(index: u32, name: &str) -> Result<(), NetnsError> {
+    let name = name.to_string();
+    block_on(async move {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
+        tokio::spawn(conn);
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).name(name).build())
+            .execute()
+            .await
+            .map_err(netlink)
+    })
+}
+
 /// Brings interface `name` of the calling thread's namespace up.
 pub fn set_up(name: &str) -> Result<(), NetnsError> {
     set_state(get_link(name)?.header.index, true)
@@ -464,7 +480,16 @@ fn veth_pair_in(
             return Err(NetnsError::NameTooLong(n.to_string()));
         }
     }
-    let (an, bn) = (a_name.to_string(), b_name.to_string());
+    // The peer is made in `a`'s namespace and moved to `b`: under a
+    // temporary name, since `b_name` (a VNF's `eth0`) may well exist in
+    // `a`'s (the host's own `eth0`); it is renamed once in `b`.
+    static TMP: AtomicU32 = AtomicU32::new(0);
+    let tmp = format!(
+        "nhp{}x{}",
+        std::process::id() % 100_000,
+        TMP.fetch_add(1, Ordering::Relaxed) % 1000
+    );
+    let (an, bn) = (a_name.to_string(), tmp.clone());
     let b_path = b.path();
     let a_ns = a.map_or_else(String::new, |a| a.name().to_string());
     let make_a = move || {
@@ -522,6 +547,7 @@ fn veth_pair_in(
     let bn = b_name.to_string();
     let b_ns = b.name().to_string();
     let b_end = b.run(move || -> Result<VethEnd, NetnsError> {
+        rename(get_link(&tmp)?.header.index, &bn)?;
         set_up(&bn)?;
         Ok(VethEnd {
             netns: b_ns,
@@ -580,5 +606,24 @@ mod tests {
             b.run(|| set_down("right")).unwrap().unwrap();
         }
         assert!(!path.exists(), "namespace file removed on drop");
+    }
+
+    /// The host has an `eth0` of its own; a VNF's `eth0` must still be made
+    /// from the host's namespace.
+    #[test]
+    fn the_peer_name_may_exist_where_the_pair_is_made() {
+        assert!(is_root(), "this test needs root (CI runs as root)");
+        let a = Netns::create(&unique_name("nhta")).unwrap();
+        let b = Netns::create(&unique_name("nhtb")).unwrap();
+        let c = Netns::create(&unique_name("nhtc")).unwrap();
+        // "eth0" exists in a (as on a host): one end of another pair.
+        veth_pair(&a, "eth0", &c, "other").unwrap();
+        let (_, eb) = veth_pair(&a, "left", &b, "eth0").unwrap();
+        assert_eq!(eb.name, "eth0");
+        assert_eq!(b.run(|| queue_counts("eth0")).unwrap().unwrap(), (1, 1));
+        assert!(
+            a.run(|| link("eth0")).unwrap().is_ok(),
+            "a's own eth0 untouched"
+        );
     }
 }
