@@ -237,6 +237,7 @@ impl Lab {
                 ..HopConfig::default()
             },
             protect: vec![s.protect; self.hops.len()],
+            standby: Vec::new(),
             pool_slots: 16384,
             burst: s.burst,
             poll: s.poll,
@@ -399,26 +400,27 @@ impl Lab {
 
     /// Asks every VNF for its state (SIGUSR1) and reads it back.
     pub fn vnf_states(&self) -> Result<Vec<State>> {
-        let mut out = Vec::new();
-        for v in &self.vnfs {
-            let _ = std::fs::remove_file(&v.state_file);
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(v.pid as i32),
-                nix::sys::signal::Signal::SIGUSR1,
-            )?;
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                if let Ok(bytes) = std::fs::read(&v.state_file) {
-                    out.push(serde_json::from_slice(&bytes)?);
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!("VNF did not write {}", v.state_file.display());
-                }
-                std::thread::sleep(Duration::from_millis(10));
+        (0..self.vnfs.len()).map(|i| self.vnf_state(i)).collect()
+    }
+
+    /// Asks VNF `i` for its state (SIGUSR1) and reads it back.
+    pub fn vnf_state(&self, i: usize) -> Result<State> {
+        let v = &self.vnfs[i];
+        let _ = std::fs::remove_file(&v.state_file);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(v.pid as i32),
+            nix::sys::signal::Signal::SIGUSR1,
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(bytes) = std::fs::read(&v.state_file) {
+                return Ok(serde_json::from_slice(&bytes)?);
             }
+            if Instant::now() > deadline {
+                bail!("VNF did not write {}", v.state_file.display());
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        Ok(out)
     }
 
     /// Process id of VNF `i`.

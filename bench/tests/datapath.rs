@@ -274,3 +274,53 @@ fn frames_on_a_vnf_veth_dissect_as_nsh() {
         "and returned with SI 254"
     );
 }
+
+/// Failover to a standby port, the SFF's part of an active replica: a
+/// one-hop chain whose hop has a standby port on a second VNF's link (a
+/// second monitor, started afresh: a replica at the initial state). Half way
+/// through the traffic the first VNF is killed; `Failure`, `SwitchPort` and
+/// `Restored` (no checkpoint: replay from the start) move the hop to the
+/// replica, which gets every held packet replayed. The sink sees each frame
+/// once, in order, and the replica ends in the failure-free state.
+#[test]
+fn a_hop_fails_over_to_its_standby_port() {
+    let _serial = serial();
+    let lab = Lab::new(&[Kind::Monitor, Kind::Monitor], vnf_bin()).expect("building the lab");
+    let mut config = lab.sff_config(LabSff {
+        protect: true,
+        ..LabSff::default()
+    });
+    let replica = config.hops.pop();
+    config.standby = vec![replica];
+    config.protect = vec![true];
+    let sff = nham_sff::spawn(Some(lab.sff_netns().path()), config).expect("starting the SFF");
+    let client = nham_sff::remote::SffClient::local(&sff).expect("client");
+    // Not while it runs: there would be frames in flight on the old port.
+    assert!(client.switch_port(0).is_err());
+    let spec = spec(3000);
+    let frames = spec.frames();
+    let (expected, states) = nham_vnf::reference(&[Kind::Monitor], &frames);
+    let trial = std::thread::scope(|s| {
+        let t = s.spawn(|| lab.trial_frames(frames, spec.rate, &expected, &sff));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        nham_bench::lab::kill_and_wait(lab.vnf_pid(0));
+        client.failure(0).expect("failure");
+        client.switch_port(0).expect("switch");
+        let r = client.restored(0, None).expect("restored");
+        assert!(r.replay > 0, "everything held is replayed: {r:?}");
+        t.join().expect("trial thread")
+    })
+    .expect("trial");
+    let v = trial.verdict;
+    assert_eq!(
+        (v.lost, v.duplicated, v.reordered, v.digest_equal),
+        (0, 0, 0, true),
+        "{v:?}"
+    );
+    assert_eq!(lab.vnf_state(1).expect("replica state"), states[0]);
+    let stats = sff.stop().expect("SFF ran");
+    assert!(
+        stats.duplicates > 0,
+        "replayed outputs suppressed: {stats:?}"
+    );
+}

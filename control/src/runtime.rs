@@ -599,6 +599,7 @@ impl ChainRuntime {
                 ..Default::default()
             },
             protect,
+            standby: Vec::new(),
             pool_slots: 32768,
             burst: 32,
             poll: sff.poll,

@@ -155,6 +155,12 @@ pub struct SffConfig {
     /// soon as they are delivered (no exactly-once across its failures).
     /// [`Command::SetProtected`] changes it at runtime.
     pub protect: Vec<bool>,
+    /// Per hop, a standby port (missing entries: none): the link of a
+    /// replica of the hop's VNF. Nothing is sent on it until
+    /// [`Command::SwitchPort`] makes it the hop's port (failover to an
+    /// active replica); the old port becomes the standby.
+    #[serde(default)]
+    pub standby: Vec<Option<PortSpec>>,
     /// Packet buffers.
     pub pool_slots: usize,
     /// Frames moved per step.
@@ -341,6 +347,19 @@ pub enum Command {
     },
     /// Every hop's Hold/Release state, for a control plane that (re)attaches.
     Status { reply: mpsc::Sender<Vec<HopStatus>> },
+    /// Makes hop `hop`'s standby port its port, and the old port the
+    /// standby (failover to a replica). Only while the hop recovers (after
+    /// `Failure`, before `Restored`), so nothing is in flight on either.
+    SwitchPort {
+        hop: usize,
+        reply: mpsc::Sender<Result<(), String>>,
+    },
+    /// Opens `spec` as hop `hop`'s standby port (replacing any).
+    AttachStandby {
+        hop: usize,
+        spec: PortSpec,
+        reply: mpsc::Sender<Result<(), String>>,
+    },
 }
 
 /// Where a hop's checkpoint protocol stands, as a control plane that
@@ -545,6 +564,8 @@ struct Engine {
     ingress: Attached,
     egress: Attached,
     hops: Vec<Attached>,
+    /// Per hop, the standby port (see [`SffConfig::standby`]).
+    standby: Vec<Option<(PortSpec, Attached)>>,
     classifier: Classifier,
     /// `None` when the chain has no VNF: packets go straight to egress.
     chain: Option<Chain<u32>>,
@@ -583,6 +604,12 @@ impl Engine {
             .iter()
             .map(|h| attach(h, config.port))
             .collect::<Result<Vec<_>, _>>()?;
+        let standby = (0..config.hops.len())
+            .map(|i| match config.standby.get(i).cloned().flatten() {
+                Some(spec) => attach(&spec, config.port).map(|a| Some((spec, a))),
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let burst = config.burst.max(1);
         let hops_len = config.hops.len();
         let protected = (0..hops_len)
@@ -595,6 +622,7 @@ impl Engine {
             ingress,
             egress,
             hops,
+            standby,
             classifier,
             chain,
             direct: std::collections::VecDeque::new(),
@@ -693,6 +721,28 @@ impl Engine {
                 }
                 Command::InFlight { hop, reply } if hop_ok(hop) => {
                     let _ = reply.send(self.in_flight[hop].len());
+                }
+                Command::SwitchPort { hop, reply } if hop_ok(hop) => {
+                    let r = if !matches!(chain.hop(hop).state(), HopState::Recovering { .. }) {
+                        Err("a hop's port is switched only while it recovers".to_string())
+                    } else if let Some((spec, port)) = self.standby[hop].take() {
+                        let old_port = std::mem::replace(&mut self.hops[hop], port);
+                        let old_spec = std::mem::replace(&mut self.config.hops[hop], spec);
+                        self.standby[hop] = Some((old_spec, old_port));
+                        self.in_flight[hop].clear();
+                        self.last_output[hop] = now;
+                        Ok(())
+                    } else {
+                        Err(format!("hop {hop} has no standby port"))
+                    };
+                    let _ = reply.send(r);
+                }
+                Command::AttachStandby { hop, spec, reply } if hop_ok(hop) => {
+                    self.standby[hop] = None;
+                    let r = attach(&spec, self.config.port)
+                        .map(|a| self.standby[hop] = Some((spec, a)))
+                        .map_err(|e| e.to_string());
+                    let _ = reply.send(r);
                 }
                 Command::Status { reply } => {
                     let status = (0..hops)

@@ -54,7 +54,7 @@ pub enum RemoteError {
 }
 
 /// What a client asks of the SFF. Hops are numbered from 0 in chain order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub enum Request {
     BeginCheckpoint {
@@ -89,6 +89,15 @@ pub enum Request {
     SetProtected {
         hop: usize,
         protected: bool,
+    },
+    /// Make the hop's standby port its port (failover to a replica).
+    SwitchPort {
+        hop: usize,
+    },
+    /// Open a standby port for the hop.
+    AttachStandby {
+        hop: usize,
+        spec: crate::PortSpec,
     },
     /// Counters.
     Stats,
@@ -193,6 +202,22 @@ fn execute(sff: &LocalSff, request: Request, shutdown: &AtomicBool) -> Response 
                 reply,
             },
             Response::Count,
+        ),
+        Request::SwitchPort { hop } => ask(
+            sff,
+            |reply| Command::SwitchPort { hop, reply },
+            |r| match r {
+                Ok(()) => Response::Ok,
+                Err(e) => refused(e),
+            },
+        ),
+        Request::AttachStandby { hop, spec } => ask(
+            sff,
+            |reply| Command::AttachStandby { hop, spec, reply },
+            |r| match r {
+                Ok(()) => Response::Ok,
+                Err(e) => refused(e),
+            },
         ),
         Request::Stats => Response::Stats(sff.counters().snapshot()),
         Request::Status => ask(
@@ -467,6 +492,22 @@ impl SffClient {
     pub fn set_protected(&self, hop: usize, protected: bool) -> Result<u64, RemoteError> {
         match self.request(Request::SetProtected { hop, protected })? {
             Response::Count(n) => Ok(n),
+            r => self.unexpected(r),
+        }
+    }
+
+    /// Makes hop `hop`'s standby port its port (only while it recovers).
+    pub fn switch_port(&self, hop: usize) -> Result<(), RemoteError> {
+        match self.request(Request::SwitchPort { hop })? {
+            Response::Ok => Ok(()),
+            r => self.unexpected(r),
+        }
+    }
+
+    /// Opens `spec` as hop `hop`'s standby port.
+    pub fn attach_standby(&self, hop: usize, spec: crate::PortSpec) -> Result<(), RemoteError> {
+        match self.request(Request::AttachStandby { hop, spec })? {
+            Response::Ok => Ok(()),
             r => self.unexpected(r),
         }
     }
