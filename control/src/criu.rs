@@ -354,6 +354,65 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// The ground 1R-AA stands on: a VNF with a packet socket, pid 1 of its
+    /// own PID namespace, is dumped while it runs, and its image restored
+    /// into a second namespace whose `eth0` has the primary's interface
+    /// index, next to the running original: no pid clash, the socket bound.
+    #[test]
+    fn a_replica_restores_next_to_the_running_vnf_in_a_second_namespace() {
+        nham_netns::sweep_stale();
+        let primary = Netns::create(&unique_name("nhcp")).unwrap();
+        let replica = Netns::create(&unique_name("nhcq")).unwrap();
+        let tag = std::process::id() % 100_000;
+        let (_, eth0) = nham_netns::veth_pair_here(&format!("crp{tag}"), &primary, "eth0").unwrap();
+        let (_, reth0) = nham_netns::veth_pair_here_with_index(
+            &format!("crq{tag}"),
+            &replica,
+            "eth0",
+            eth0.ifindex,
+        )
+        .unwrap();
+        assert_eq!(reth0.ifindex, eth0.ifindex);
+        let script = "import socket,time\n\
+                      s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW,socket.htons(0x894F))\n\
+                      s.bind(('eth0',0))\n\
+                      time.sleep(600)\n";
+        let child = primary
+            .run(move || {
+                crate::protect::own_pid_namespace_for_children()?;
+                Command::new("setsid")
+                    .args(["python3", "-c", script])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+            })
+            .unwrap()
+            .unwrap();
+        let mut child = Guard(child);
+        let pid = child.0.id();
+        crate::protect::wait_for_packet_socket(pid, &["python3".into()]).unwrap();
+        let dir = std::env::temp_dir().join(unique_name("nham-criu-"));
+        let images = dir.join("ckpt");
+        dump(None, pid, &primary.path(), &images).expect("dump");
+        let (copy, took) = restore(None, &images, &replica.path()).expect("restore");
+        let alive = |p: u32| nham_netns::pid_in(p, &primary.path());
+        assert!(alive(pid), "the original runs on");
+        assert!(
+            nham_netns::pid_in(copy, &replica.path()),
+            "the copy runs in the second namespace"
+        );
+        let sockets = std::fs::read_to_string(format!("/proc/{copy}/net/packet")).unwrap();
+        assert_eq!(sockets.lines().count(), 2, "its packet socket: {sockets}");
+        eprintln!("replica restored beside the original in {took:?}");
+        let p = nix::unistd::Pid::from_raw(copy as i32);
+        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(p, None);
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_failed_dump_says_why() {
         let dir = std::env::temp_dir().join(unique_name("nham-criu-"));

@@ -456,7 +456,7 @@ pub fn veth_pair(
     b: &Netns,
     b_name: &str,
 ) -> Result<(VethEnd, VethEnd), NetnsError> {
-    veth_pair_in(Some(a), a_name, b, b_name)
+    veth_pair_in(Some(a), a_name, b, b_name, None)
 }
 
 /// [`veth_pair`] whose first end stays in the calling thread's namespace
@@ -466,7 +466,19 @@ pub fn veth_pair_here(
     b: &Netns,
     b_name: &str,
 ) -> Result<(VethEnd, VethEnd), NetnsError> {
-    veth_pair_in(None, a_name, b, b_name)
+    veth_pair_in(None, a_name, b, b_name, None)
+}
+
+/// [`veth_pair_here`] whose end in `b` gets interface index `b_index`
+/// (free in both namespaces). A replica of a VNF needs its `eth0` under the
+/// primary's index: CRIU restores a packet socket bound by index.
+pub fn veth_pair_here_with_index(
+    a_name: &str,
+    b: &Netns,
+    b_name: &str,
+    b_index: u32,
+) -> Result<(VethEnd, VethEnd), NetnsError> {
+    veth_pair_in(None, a_name, b, b_name, Some(b_index))
 }
 
 fn veth_pair_in(
@@ -474,6 +486,7 @@ fn veth_pair_in(
     a_name: &str,
     b: &Netns,
     b_name: &str,
+    b_index: Option<u32>,
 ) -> Result<(VethEnd, VethEnd), NetnsError> {
     for n in [a_name, b_name] {
         if n.len() > 15 {
@@ -500,12 +513,21 @@ fn veth_pair_in(
             tokio::spawn(conn);
             let queues = [LinkAttribute::NumRxQueues(1), LinkAttribute::NumTxQueues(1)];
             let mut peer = LinkUnspec::new_with_name(&bn).mtu(MTU);
+            // The kernel takes the peer's index only when the device's own
+            // is given too: it gets one far above those the kernel hands out.
+            let own_index = b_index.map(|i| i.saturating_add(1 << 24));
+            if let Some(i) = b_index {
+                peer = peer.index(i);
+            }
             for q in queues.iter().cloned() {
                 peer = peer.append_extra_attribute(q);
             }
             let mut veth = LinkVeth::new(&an, &bn)
                 .mtu(MTU)
                 .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
+            if let Some(i) = own_index {
+                veth = veth.index(i);
+            }
             for q in queues {
                 veth = veth.append_extra_attribute(q);
             }
