@@ -178,6 +178,9 @@ pub struct HaReport {
     /// Recoveries that restored an older checkpoint because the newest was
     /// unusable, and why.
     pub fallbacks: Vec<String>,
+    /// 1R-AA recoveries that failed over to the replica (the rest restored
+    /// from the store, the replica not being current).
+    pub switched: usize,
     /// Frames the sink's own socket dropped because the sink (not NHAM)
     /// was too slow: a loss of the measurement, counted apart.
     pub sink_kernel_drops: u64,
@@ -911,6 +914,7 @@ fn trial(
     let mut recovery_failure_reasons = Vec::new();
     let mut nondeterminism_events = Vec::new();
     let mut fallbacks = Vec::new();
+    let mut switched = 0;
     for (_, e) in &events {
         match &e.event {
             Some(Event::RecoveryFinished(f)) if !f.fallback_reason.is_empty() => {
@@ -923,6 +927,7 @@ fn trial(
             }
             Some(Event::FailureDetected(f)) => detection.push(f.detection_ms),
             Some(Event::RecoveryFinished(f)) => {
+                switched += usize::from(f.switched);
                 recovery.push(f.recovery_ms);
                 restored += usize::from(f.restored);
             }
@@ -970,6 +975,7 @@ fn trial(
         nondeterministic_outputs: stats.nondeterministic_outputs,
         nondeterminism_events,
         fallbacks,
+        switched,
         sink_kernel_drops: trial.received.kernel_drops,
         stats: SffCounters {
             ingress: stats.ingress,

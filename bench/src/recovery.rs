@@ -16,6 +16,10 @@ pub(crate) enum MechanismArg {
     /// A standby prepared in advance imports the latest checkpoint.
     #[value(name = "1r-as")]
     OneRAs,
+    /// An active replica restored from every checkpoint, stopped; failover
+    /// switches the hop to it.
+    #[value(name = "1r-aa")]
+    OneRAa,
 }
 
 impl MechanismArg {
@@ -23,6 +27,7 @@ impl MechanismArg {
         match self {
             Self::ZeroR => api::Mechanism::Mechanism0r,
             Self::OneRAs => api::Mechanism::Mechanism1rAs,
+            Self::OneRAa => api::Mechanism::Mechanism1rAa,
         }
     }
 }

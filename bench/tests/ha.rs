@@ -286,3 +286,22 @@ fn every_vnf_of_an_eight_vnf_chain_at_once_loses_nothing() {
         exact_with(&ha::run(&s).expect("trial"), 16);
     }
 }
+
+/// 1R-AA: a stopped replica is restored from every checkpoint in a
+/// namespace of its own behind the hop's standby port; a crash is a switch
+/// of port, SIGCONT and the replay. Ten crashes (1, 1, 1, 1, 2, 4 at once).
+#[test]
+fn one_r_aa_through_nhamd_survives_ten_crashes_exactly_once() {
+    let _serial = serial();
+    let r = ha::run(&spec(
+        Mechanism::Mechanism1rAa,
+        Kind::ALL.to_vec(),
+        ROUNDS.to_vec(),
+    ))
+    .expect("trial");
+    eprintln!(
+        "1R-AA: {} of {} recoveries switched to the replica",
+        r.switched, r.recovery_ms.n
+    );
+    check(&r);
+}

@@ -147,6 +147,37 @@ pub enum Mechanism {
     NoReplica,
     /// 1R-AS: a standby prepared in advance imports the latest image.
     ActiveStandby,
+    /// 1R-AA: an active replica, restored (and kept stopped) from every
+    /// committed checkpoint in a namespace of its own behind the hop's
+    /// standby port; failover is a switch of port, SIGCONT and the replay.
+    ActiveActive,
+}
+
+/// A 1R-AA replica's place: its namespace (its `eth0` has the primary's
+/// interface index), the SFF's end of its link, and the stopped copy
+/// restored there from checkpoint `image`.
+#[derive(Debug)]
+struct Replica {
+    netns: PathBuf,
+    sff_iface: String,
+    copy: Option<(u32, CheckpointId)>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
+
+impl Replica {
+    /// Kills the stopped copy (our child: reaped here).
+    fn discard(&mut self) {
+        if let Some((pid, _)) = self.copy.take() {
+            let p = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(p, None);
+        }
+    }
 }
 
 /// A 1R-AS standby: a `criu swrk` with the VNF's namespace, and the image of
@@ -194,6 +225,8 @@ pub struct ProtectedVnf {
     /// Working directory of a fresh start (its first one's, by default
     /// ours).
     cwd: Option<PathBuf>,
+    /// The 1R-AA replica's place, when the VNF has one.
+    replica: Option<Replica>,
 }
 
 /// What a checkpoint took.
@@ -234,6 +267,9 @@ pub struct RecoveryStats {
     pub checkpoint: Option<CheckpointId>,
     /// Why the committed checkpoint was not used, when an older one was.
     pub fallback_reason: Option<String>,
+    /// 1R-AA: the VNF now runs in its replica's namespace, behind the port
+    /// that was the standby (the two swapped roles).
+    pub switched: bool,
 }
 
 impl ProtectedVnf {
@@ -264,6 +300,7 @@ impl ProtectedVnf {
             link: None,
             retired: false,
             cwd: None,
+            replica: None,
         };
         v.set_mechanism(mechanism)?;
         Ok(v)
@@ -296,6 +333,23 @@ impl ProtectedVnf {
         Ok(Some(dropped))
     }
 
+    /// Gives the VNF a place for a 1R-AA replica: namespace file `netns`
+    /// (whose `eth0` has the primary's interface index) behind the SFF's
+    /// interface `sff_iface` (the hop's standby port).
+    pub fn with_replica(mut self, netns: &Path, sff_iface: &str) -> Self {
+        self.replica = Some(Replica {
+            netns: netns.to_path_buf(),
+            sff_iface: sff_iface.to_string(),
+            copy: None,
+        });
+        self
+    }
+
+    /// Whether the VNF has a place for a 1R-AA replica.
+    pub fn has_replica_place(&self) -> bool {
+        self.replica.is_some()
+    }
+
     /// Starts the VNF afresh (no checkpoint yet) in `dir`, as it was first
     /// started.
     pub fn with_cwd(mut self, dir: &Path) -> Self {
@@ -317,9 +371,19 @@ impl ProtectedVnf {
     /// Changes the mechanism: a 1R-AS standby is prepared now (from the
     /// latest checkpoint in the store, if any), a 0R VNF lets it go.
     pub fn set_mechanism(&mut self, m: Mechanism) -> Result<(), ProtectError> {
+        if m == Mechanism::ActiveActive && self.replica.is_none() {
+            return Err(ProtectError::Process(
+                "1R-AA needs a replica namespace and standby port, made when the chain is created with 1R-AA".into(),
+            ));
+        }
+        if m != Mechanism::ActiveActive {
+            if let Some(r) = self.replica.as_mut() {
+                r.discard();
+            }
+        }
         self.mechanism = m;
         match m {
-            Mechanism::NoReplica => {
+            Mechanism::NoReplica | Mechanism::ActiveActive => {
                 self.standby.swrk = None;
                 if let Some((_, dir)) = self.standby.staged.take() {
                     let _ = std::fs::remove_dir_all(dir);
@@ -456,6 +520,20 @@ impl ProtectedVnf {
             Mechanism::NoReplica => {
                 let _ = std::fs::remove_dir_all(&dir);
             }
+            // The replica becomes this checkpoint: the old copy goes, the
+            // image is restored (stopped: it was dumped stopped) in the
+            // replica's namespace. Off the pause; a failure meanwhile waits
+            // for it (the agent lock) and then fails over to it.
+            Mechanism::ActiveActive => {
+                if let Some(r) = self.replica.as_mut() {
+                    r.discard();
+                    match criu::restore(None, &dir, &r.netns) {
+                        Ok((pid, _)) => r.copy = Some((pid, id)),
+                        Err(e) => tracing::warn!("restoring the 1R-AA replica: {e}"),
+                    }
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+            }
         }
         Ok(CheckpointStats {
             id,
@@ -479,6 +557,11 @@ impl ProtectedVnf {
         let started = Instant::now();
         let hop = self.hop;
         let plan = sff.failure(hop).map_err(sff_err)?;
+        if self.mechanism == Mechanism::ActiveActive {
+            if let Some(stats) = self.fail_over(sff, plan.checkpoint, started)? {
+                return Ok(stats);
+            }
+        }
         let restored = plan.checkpoint.is_some();
         let mut fallback_reason = None;
         let (pid, from) = match plan.checkpoint {
@@ -528,7 +611,64 @@ impl ProtectedVnf {
             pid: self.pid,
             checkpoint: from,
             fallback_reason,
+            switched: false,
         })
+    }
+
+    /// 1R-AA failover: if the replica holds checkpoint `want` (the restore
+    /// point), the SFF switches the hop to the replica's port, the replica
+    /// resumes and the SFF replays. The namespaces swap roles: the failed
+    /// one is emptied and takes the next replica. `None` when there is no
+    /// current replica (the caller restores as 0R does).
+    fn fail_over(
+        &mut self,
+        sff: &SffClient,
+        want: Option<CheckpointId>,
+        started: Instant,
+    ) -> Result<Option<RecoveryStats>, ProtectError> {
+        let Some(r) = self.replica.as_mut() else {
+            return Ok(None);
+        };
+        let ready = match r.copy {
+            Some((pid, id)) if Some(id) == want && is_alive(pid) => pid,
+            _ => {
+                r.discard();
+                return Ok(None);
+            }
+        };
+        sff.switch_port(self.hop).map_err(sff_err)?;
+        r.copy = None;
+        signal(ready, nix::sys::signal::Signal::SIGCONT)?;
+        // Roles swap: the replica's namespace and port are the VNF's now.
+        std::mem::swap(&mut self.netns, &mut r.netns);
+        let old_iface = std::mem::replace(&mut r.sff_iface, String::new());
+        let new_iface = match self.link.as_mut() {
+            Some((iface, _)) => std::mem::replace(iface, old_iface),
+            None => old_iface,
+        };
+        r.sff_iface = new_iface;
+        // What the failed incarnation left in its namespace (CRIU workers,
+        // stray children) goes; the dump worker must run in the new one.
+        nham_netns::kill_processes_in(&r.netns);
+        self.dump_worker = None;
+        self.pid = ready;
+        if let Some((iface, base)) = self.link.as_mut() {
+            if let Ok(now) = nham_netns::tx_dropped(iface) {
+                *base = now;
+            }
+        }
+        let rr = sff.restored(self.hop, want).map_err(sff_err)?;
+        let duration = started.elapsed();
+        self.dump_worker = Swrk::spawn(&self.netns).ok();
+        Ok(Some(RecoveryStats {
+            duration,
+            replay: rr.replay,
+            restored: true,
+            pid: ready,
+            checkpoint: want,
+            fallback_reason: None,
+            switched: true,
+        }))
     }
 
     /// Restores checkpoint `id`: from the standby when it holds that image,
@@ -587,6 +727,16 @@ impl ProtectedVnf {
         wait_for_packet_socket(pid, &self.command)?;
         Ok(pid)
     }
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
 
 /// Removes what a dump cut short may have left in process `pid`'s working

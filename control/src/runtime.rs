@@ -51,8 +51,9 @@ pub fn protection(m: api::Mechanism) -> Result<Option<protect::Mechanism>, Contr
         api::Mechanism::None => Ok(None),
         api::Mechanism::Mechanism0r => Ok(Some(protect::Mechanism::NoReplica)),
         api::Mechanism::Mechanism1rAs => Ok(Some(protect::Mechanism::ActiveStandby)),
+        api::Mechanism::Mechanism1rAa => Ok(Some(protect::Mechanism::ActiveActive)),
         other => Err(ControlError::Unimplemented(format!(
-            "{} is not implemented yet (0R and 1R-AS are); use MECHANISM_NONE, MECHANISM_0R or MECHANISM_1R_AS",
+            "{} is not implemented yet (0R, 1R-AS and 1R-AA are); use MECHANISM_NONE, MECHANISM_0R, MECHANISM_1R_AS or MECHANISM_1R_AA",
             other.as_str_name()
         ))),
     }
@@ -102,6 +103,19 @@ pub struct VnfRuntime {
     pub incarnation: u64,
     /// Its cgroup (none where the host has no cgroup2 hierarchy).
     pub cgroup: Option<Cgroup>,
+    /// The place of its 1R-AA replica (made when the chain is created with
+    /// 1R-AA for it): a namespace whose `eth0` has the index of the VNF's,
+    /// behind the hop's standby port. Swaps with `netns` on failover.
+    pub replica: Option<ReplicaPlace>,
+}
+
+/// Where a 1R-AA replica runs.
+#[derive(Debug)]
+pub struct ReplicaPlace {
+    /// Its namespace.
+    pub netns: Netns,
+    /// The SFF's end of its link (the hop's standby port).
+    pub sff_iface: String,
 }
 
 impl VnfRuntime {
@@ -192,6 +206,15 @@ impl VnfRuntime {
         Ok(pidfd)
     }
 
+    /// After a 1R-AA failover: the replica's namespace and link are the
+    /// VNF's now, and the old ones the replica's.
+    pub fn swap_replica(&mut self) {
+        if let Some(r) = self.replica.as_mut() {
+            std::mem::swap(&mut self.netns, &mut r.netns);
+            std::mem::swap(&mut self.sff_iface, &mut r.sff_iface);
+        }
+    }
+
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), ControlError> {
         let pid = self.pid.ok_or_else(|| {
@@ -273,6 +296,12 @@ pub struct VnfRecord {
     pub recoveries: u64,
     /// See `failures`.
     pub checkpoints: u64,
+    /// 1R-AA: the replica's namespace.
+    #[serde(default)]
+    pub replica_netns: Option<String>,
+    /// 1R-AA: the SFF's end of the replica's link.
+    #[serde(default)]
+    pub replica_sff_iface: Option<String>,
 }
 
 /// The chain's SFF process.
@@ -517,6 +546,7 @@ impl ChainRuntime {
     ) -> Result<(Self, Vec<OwnedFd>), ControlError> {
         let mut vnfs = Vec::new();
         let mut hops = Vec::new();
+        let mut standby = Vec::new();
         let work = state.scratch.join(&plan.name);
         let logs = state.logs.join(&plan.name);
         for dir in [&work, &logs] {
@@ -533,6 +563,29 @@ impl ChainRuntime {
                 mac: here.mac,
                 peer_mac: there.mac,
             });
+            // 1R-AA: the replica's place, its eth0 under the same index.
+            let replica = if v.mechanism == api::Mechanism::Mechanism1rAa {
+                let rns = Netns::create(&format!("{prefix}{id:x}-{i}r"))?;
+                let (rhere, rthere) = nham_netns::veth_pair_here_with_index(
+                    &format!("n{id:x}r{i}"),
+                    &rns,
+                    VNF_IFACE,
+                    there.ifindex,
+                )?;
+                standby.push(Some(PortSpec {
+                    iface: rhere.name.clone(),
+                    ifindex: rhere.ifindex,
+                    mac: rhere.mac,
+                    peer_mac: rthere.mac,
+                }));
+                Some(ReplicaPlace {
+                    netns: rns,
+                    sff_iface: rhere.name,
+                })
+            } else {
+                standby.push(None);
+                None
+            };
             let ns = netns.name().to_string();
             // `setsid` execs in place (same pid): the VNF leads a session of
             // its own, as CRIU wants of the root of a tree it dumps.
@@ -551,6 +604,7 @@ impl ChainRuntime {
                 log: logs.join(format!("{}.log", v.name)),
                 cwd: state.vnf_cwd(&plan.name, &v.name)?,
                 cgroup: state.vnf_cgroup(&plan.name, &v.name),
+                replica,
                 agent: None,
                 checkpoints: 0,
                 sff_iface: here.name.clone(),
@@ -599,7 +653,7 @@ impl ChainRuntime {
                 ..Default::default()
             },
             protect,
-            standby: Vec::new(),
+            standby,
             pool_slots: 32768,
             burst: 32,
             poll: sff.poll,
@@ -673,6 +727,19 @@ impl ChainRuntime {
                     c.keep();
                     c
                 }),
+                replica: match (&r.replica_netns, &r.replica_sff_iface) {
+                    (Some(n), Some(iface)) => Some(ReplicaPlace {
+                        netns: Netns::adopt(n).map(|mut ns| {
+                            ns.keep();
+                            // The last daemon's stopped copy: the next
+                            // checkpoint makes a new one.
+                            nham_netns::kill_processes_in(&ns.path());
+                            ns
+                        })?,
+                        sff_iface: iface.clone(),
+                    }),
+                    _ => None,
+                },
                 agent: None,
                 checkpoints: r.checkpoints,
                 sff_iface: r.sff_iface.clone(),
@@ -761,6 +828,9 @@ impl ChainRuntime {
             if let Some(c) = v.cgroup.as_mut() {
                 c.unkeep();
             }
+            if let Some(r) = v.replica.as_mut() {
+                r.netns.unkeep();
+            }
         }
         Ok((runtime, pidfds))
     }
@@ -785,6 +855,8 @@ impl ChainRuntime {
                     failures: v.failures,
                     recoveries: v.recoveries,
                     checkpoints: v.checkpoints,
+                    replica_netns: v.replica.as_ref().map(|r| r.netns.name().to_string()),
+                    replica_sff_iface: v.replica.as_ref().map(|r| r.sff_iface.clone()),
                 })
                 .collect(),
         })
@@ -834,6 +906,7 @@ impl ChainRuntime {
                 let pid = v.pid.ok_or_else(|| {
                     ControlError::FailedPrecondition(format!("VNF {} is not running", v.plan.name))
                 })?;
+                let aa = mech == protect::Mechanism::ActiveActive;
                 let agent = ProtectedVnf::new(
                     hop,
                     pid,
@@ -846,9 +919,24 @@ impl ChainRuntime {
                         // Its own: a retired agent removes its scratch when it goes.
                         scratch: self.work.join(unique_name(&v.plan.name)),
                     },
-                    mech,
+                    // 1R-AA once the replica's place is known.
+                    if aa {
+                        protect::Mechanism::NoReplica
+                    } else {
+                        mech
+                    },
                 )
                 .and_then(|mut a| a.watch_link(&v.sff_iface).map(|()| a.with_cwd(&v.cwd)))
+                .map(|a| match &v.replica {
+                    Some(r) => a.with_replica(&r.netns.path(), &r.sff_iface),
+                    None => a,
+                })
+                .and_then(|mut a| {
+                    if aa {
+                        a.set_mechanism(mech)?;
+                    }
+                    Ok(a)
+                })
                 .map_err(|e| ControlError::Process(e.to_string()))?;
                 sff.set_protected(hop, true).map_err(sff_err)?;
                 v.agent = Some(Arc::new(Mutex::new(agent)));
@@ -938,6 +1026,9 @@ impl Drop for ChainRuntime {
                 v.netns.keep();
                 if let Some(c) = v.cgroup.as_mut() {
                     c.keep();
+                }
+                if let Some(r) = v.replica.as_mut() {
+                    r.netns.keep();
                 }
             }
             return;

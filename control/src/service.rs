@@ -35,6 +35,7 @@ struct Recovered {
     restored: bool,
     checkpoint: u64,
     fallback_reason: String,
+    switched: bool,
 }
 
 /// A running VNF to probe: name, incarnation, pid, the SFF's end of its link.
@@ -336,6 +337,9 @@ impl Daemon {
             if let Some(why) = &r.fallback_reason {
                 tracing::warn!(chain, vnf, "restored an older checkpoint: {why}");
             }
+            if r.switched {
+                v.swap_replica();
+            }
             v.adopt(r.pid).map(|fd| {
                 (
                     fd,
@@ -344,6 +348,7 @@ impl Daemon {
                         restored: r.restored,
                         checkpoint: r.checkpoint.unwrap_or(0),
                         fallback_reason: r.fallback_reason.unwrap_or_default(),
+                        switched: r.switched,
                     },
                 )
             })
@@ -379,6 +384,7 @@ impl Daemon {
                         restored: r.restored,
                         checkpoint_id: r.checkpoint,
                         fallback_reason: r.fallback_reason,
+                        switched: r.switched,
                     }),
                 ));
                 self.watch(chain.to_string(), vnf.to_string(), v.incarnation, pidfd);
@@ -807,6 +813,12 @@ impl Daemon {
                 }
             };
             keep.extend(runtime.vnfs.iter().map(|v| v.netns.name().to_string()));
+            keep.extend(
+                runtime
+                    .vnfs
+                    .iter()
+                    .filter_map(|v| Some(v.replica.as_ref()?.netns.name().to_string())),
+            );
             let mut lost = Vec::new();
             for (v, fd) in runtime.vnfs.iter().zip(pidfds) {
                 match fd {

@@ -233,10 +233,10 @@ async fn invalid_requests_get_invalid_argument_and_unknown_names_not_found() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("during_checkpoint"), "{e:?}");
 
-    // Active-active mechanisms are refused honestly, for now.
+    // MR-AA is refused honestly, for now.
     let e = chains
         .create_chain(api::CreateChainRequest {
-            spec: Some(spec("c", 1, &["a"], api::Mechanism::Mechanism1rAa)),
+            spec: Some(spec("c", 1, &["a"], api::Mechanism::MrAa)),
         })
         .await
         .unwrap_err();
