@@ -641,7 +641,7 @@ impl ProtectedVnf {
         signal(ready, nix::sys::signal::Signal::SIGCONT)?;
         // Roles swap: the replica's namespace and port are the VNF's now.
         std::mem::swap(&mut self.netns, &mut r.netns);
-        let old_iface = std::mem::replace(&mut r.sff_iface, String::new());
+        let old_iface = std::mem::take(&mut r.sff_iface);
         let new_iface = match self.link.as_mut() {
             Some((iface, _)) => std::mem::replace(iface, old_iface),
             None => old_iface,
