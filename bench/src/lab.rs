@@ -238,7 +238,7 @@ impl Lab {
             },
             protect: vec![s.protect; self.hops.len()],
             standby: Vec::new(),
-            pool_slots: 16384,
+            pool_slots: 32768,
             burst: s.burst,
             poll: s.poll,
             core: s.core,

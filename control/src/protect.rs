@@ -160,7 +160,26 @@ pub enum Mechanism {
 struct Replica {
     netns: PathBuf,
     sff_iface: String,
-    copy: Option<(u32, CheckpointId)>,
+    /// The stopped copy, replaced by a worker thread (a CRIU restore takes
+    /// tens of ms: the agent lock is not held meanwhile, so a failure fails
+    /// over at once, to the copy there is).
+    copies: Arc<std::sync::Mutex<Copies>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The replica's current copy, and a generation that a failover bumps so
+/// that a refresh finishing later throws its copy away.
+#[derive(Debug, Default)]
+struct Copies {
+    current: Option<(u32, CheckpointId)>,
+    generation: u64,
+}
+
+/// Kills a stopped copy (our child: reaped here).
+fn kill_copy(pid: u32) {
+    let p = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(p, None);
 }
 
 impl Drop for Replica {
@@ -170,12 +189,75 @@ impl Drop for Replica {
 }
 
 impl Replica {
-    /// Kills the stopped copy (our child: reaped here).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Copies> {
+        self.copies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits for a refresh under way, then kills the copy.
     fn discard(&mut self) {
-        if let Some((pid, _)) = self.copy.take() {
-            let p = nix::unistd::Pid::from_raw(pid as i32);
-            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(p, None);
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+        let mut c = self.lock();
+        c.generation += 1;
+        if let Some((pid, _)) = c.current.take() {
+            kill_copy(pid);
+        }
+    }
+
+    /// Restores checkpoint `id` (its images in `dir`, which the worker
+    /// removes) as the new copy, on a thread of its own; the old copy stays
+    /// until the new one is ready.
+    fn refresh(&mut self, id: CheckpointId, dir: PathBuf) {
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+        let (copies, netns) = (self.copies.clone(), self.netns.clone());
+        let generation = self.lock().generation;
+        self.worker = std::thread::Builder::new()
+            .name("nham-replica".into())
+            .spawn(move || {
+                let restored = criu::restore(None, &dir, &netns);
+                let _ = std::fs::remove_dir_all(&dir);
+                let mut c = copies
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match restored {
+                    Ok((pid, _)) if c.generation == generation => {
+                        if let Some((old, _)) = c.current.replace((pid, id)) {
+                            kill_copy(old);
+                        }
+                    }
+                    // A failover happened meanwhile: this copy is for a
+                    // namespace that is the VNF's own now.
+                    Ok((pid, _)) => kill_copy(pid),
+                    Err(e) => tracing::warn!("restoring the 1R-AA replica: {e}"),
+                }
+            })
+            .ok();
+    }
+
+    /// Takes the copy if it holds checkpoint `want` or `fallback`; any
+    /// refresh under way is made obsolete.
+    fn take_for(
+        &mut self,
+        want: Option<CheckpointId>,
+        fallback: Option<CheckpointId>,
+    ) -> Option<(u32, CheckpointId)> {
+        let mut c = self.lock();
+        c.generation += 1;
+        let taken = c.current.take();
+        match taken {
+            Some((pid, id)) if (Some(id) == want || Some(id) == fallback) && is_alive(pid) => {
+                Some((pid, id))
+            }
+            Some((pid, _)) => {
+                kill_copy(pid);
+                None
+            }
+            None => None,
         }
     }
 }
@@ -340,7 +422,8 @@ impl ProtectedVnf {
         self.replica = Some(Replica {
             netns: netns.to_path_buf(),
             sff_iface: sff_iface.to_string(),
-            copy: None,
+            copies: Arc::default(),
+            worker: None,
         });
         self
     }
@@ -524,16 +607,12 @@ impl ProtectedVnf {
             // image is restored (stopped: it was dumped stopped) in the
             // replica's namespace. Off the pause; a failure meanwhile waits
             // for it (the agent lock) and then fails over to it.
-            Mechanism::ActiveActive => {
-                if let Some(r) = self.replica.as_mut() {
-                    r.discard();
-                    match criu::restore(None, &dir, &r.netns) {
-                        Ok((pid, _)) => r.copy = Some((pid, id)),
-                        Err(e) => tracing::warn!("restoring the 1R-AA replica: {e}"),
-                    }
+            Mechanism::ActiveActive => match self.replica.as_mut() {
+                Some(r) => r.refresh(id, dir),
+                None => {
+                    let _ = std::fs::remove_dir_all(&dir);
                 }
-                let _ = std::fs::remove_dir_all(&dir);
-            }
+            },
         }
         Ok(CheckpointStats {
             id,
@@ -558,7 +637,7 @@ impl ProtectedVnf {
         let hop = self.hop;
         let plan = sff.failure(hop).map_err(sff_err)?;
         if self.mechanism == Mechanism::ActiveActive {
-            if let Some(stats) = self.fail_over(sff, plan.checkpoint, started)? {
+            if let Some(stats) = self.fail_over(sff, plan.checkpoint, plan.fallback, started)? {
                 return Ok(stats);
             }
         }
@@ -600,10 +679,6 @@ impl ProtectedVnf {
         }
         let r = sff.restored(hop, from).map_err(sff_err)?;
         let duration = started.elapsed();
-        // Prepare the next standby, off the recovery path.
-        if self.mechanism == Mechanism::ActiveStandby && self.standby.swrk.is_none() {
-            self.standby.swrk = Swrk::spawn(&self.netns).ok();
-        }
         Ok(RecoveryStats {
             duration,
             replay: r.replay,
@@ -624,20 +699,19 @@ impl ProtectedVnf {
         &mut self,
         sff: &SffClient,
         want: Option<CheckpointId>,
+        fallback: Option<CheckpointId>,
         started: Instant,
     ) -> Result<Option<RecoveryStats>, ProtectError> {
         let Some(r) = self.replica.as_mut() else {
             return Ok(None);
         };
-        let ready = match r.copy {
-            Some((pid, id)) if Some(id) == want && is_alive(pid) => pid,
-            _ => {
-                r.discard();
-                return Ok(None);
-            }
+        // The copy of the restore point, or of the one before it (a refresh
+        // still under way): the SFF kept the packets since either.
+        let Some((ready, from)) = r.take_for(want, fallback) else {
+            return Ok(None);
         };
+        let want = Some(from);
         sff.switch_port(self.hop).map_err(sff_err)?;
-        r.copy = None;
         signal(ready, nix::sys::signal::Signal::SIGCONT)?;
         // Roles swap: the replica's namespace and port are the VNF's now.
         std::mem::swap(&mut self.netns, &mut r.netns);
@@ -659,7 +733,6 @@ impl ProtectedVnf {
         }
         let rr = sff.restored(self.hop, want).map_err(sff_err)?;
         let duration = started.elapsed();
-        self.dump_worker = Swrk::spawn(&self.netns).ok();
         Ok(Some(RecoveryStats {
             duration,
             replay: rr.replay,
@@ -669,6 +742,18 @@ impl ProtectedVnf {
             fallback_reason: None,
             switched: true,
         }))
+    }
+
+    /// After a recovery, off its path: the CRIU workers the next checkpoint
+    /// and (1R-AS) the next failure want, started ahead of time in the
+    /// VNF's (possibly new) namespace.
+    pub fn prepare(&mut self) {
+        if self.dump_worker.is_none() {
+            self.dump_worker = Swrk::spawn(&self.netns).ok();
+        }
+        if self.mechanism == Mechanism::ActiveStandby && self.standby.swrk.is_none() {
+            self.standby.swrk = Swrk::spawn(&self.netns).ok();
+        }
     }
 
     /// Restores checkpoint `id`: from the standby when it holds that image,

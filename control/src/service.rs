@@ -327,6 +327,23 @@ impl Daemon {
         .await
         .map_err(|e| ControlError::Process(format!("recovery panicked: {e}")))
         .and_then(|r| r.map_err(|e| ControlError::Process(e.to_string())));
+        // The workers for the next checkpoint (and standby), off the path.
+        {
+            let chains = self.chains.lock().await;
+            let agent = chains
+                .get(chain)
+                .and_then(|e| e.runtime.vnfs.iter().find(|v| v.plan.name == vnf))
+                .and_then(|v| v.agent.clone());
+            drop(chains);
+            if let Some(agent) = agent {
+                tokio::task::spawn_blocking(move || {
+                    agent
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .prepare();
+                });
+            }
+        }
         let mut chains = self.chains.lock().await;
         let adopted = recovered.and_then(|r| {
             let v = chains

@@ -580,6 +580,11 @@ struct Engine {
     last_output: Vec<std::time::Instant>,
     /// Per hop: packets held until a checkpoint includes them.
     protected: Vec<bool>,
+    /// Pool slots ingress leaves to VNF outputs: per hop, what its
+    /// `buffer_tx` may hold plus what its VNF may answer to the frames in
+    /// flight to it (twice the window: a VNF may emit more than one output
+    /// per input).
+    output_reserve: usize,
     /// An error that stops the thread (a port that could not be reopened).
     fatal: Option<SffError>,
     commands: mpsc::Receiver<Command>,
@@ -612,6 +617,8 @@ impl Engine {
             .collect::<Result<Vec<_>, _>>()?;
         let burst = config.burst.max(1);
         let hops_len = config.hops.len();
+        let output_reserve = ((config.hop.tx_capacity + 2 * config.vnf_window) * hops_len + burst)
+            .min(config.pool_slots / 2);
         let protected = (0..hops_len)
             .map(|i| config.protect.get(i).copied().unwrap_or(false))
             .collect();
@@ -623,6 +630,7 @@ impl Engine {
             egress,
             hops,
             standby,
+            output_reserve,
             classifier,
             chain,
             direct: std::collections::VecDeque::new(),
@@ -848,7 +856,12 @@ impl Engine {
             }
             None => burst.saturating_sub(self.direct.len()),
         };
-        let max = burst.min(room).min(self.pool.available());
+        // Ingress never takes the buffers VNF outputs need: with the pool
+        // empty, outputs would stay in (and overflow) the hops' rx rings and
+        // a checkpoint's mark would miss them. Overload backs up at ingress.
+        let max = burst
+            .min(room)
+            .min(self.pool.available().saturating_sub(self.output_reserve));
         if max == 0 {
             return 0;
         }
