@@ -877,6 +877,12 @@ impl ChainRuntime {
         state: &StateOptions,
     ) -> Result<(), ControlError> {
         let wanted = protection(m)?;
+        if m == api::Mechanism::Mechanism1rAa && self.vnfs[hop].replica.is_none() {
+            return Err(ControlError::FailedPrecondition(format!(
+                "VNF {:?} has no replica namespace and standby port: 1R-AA is chosen when the chain is created",
+                self.vnfs[hop].plan.name
+            )));
+        }
         let sff = self.sff.clone().ok_or_else(|| {
             ControlError::FailedPrecondition("the chain's SFF is not running".into())
         })?;

@@ -455,6 +455,13 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
         .vnf
         .unwrap();
     assert_eq!(v.mechanism, api::Mechanism::Mechanism0r as i32);
+    // 1R-AA needs a replica place, made only when the chain is created.
+    let e = vnfs
+        .set_mechanism(set(api::Mechanism::Mechanism1rAa))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("replica"), "{e:?}");
     let c = vnfs.checkpoint(req()).await.unwrap().into_inner();
     assert!(c.size_bytes > 0 && c.pause_ms > 0.0, "{c:?}");
     eprintln!(
