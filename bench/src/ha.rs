@@ -239,22 +239,12 @@ pub fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os(env) {
         return Ok(PathBuf::from(p));
     }
-    let exe = std::env::current_exe()?;
-    let mut dir = exe.parent();
-    while let Some(d) = dir {
-        let p = d.join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-        if d.file_name().is_some_and(|n| n != "deps") {
-            break;
-        }
-        dir = d.parent();
-    }
-    bail!(
-        "{name} not found next to {} (build it: cargo build -p nham-control, or set {env})",
-        exe.display()
-    )
+    nham_control::sibling_binary(name).with_context(|| {
+        format!(
+            "{name} not found next to {} (build it: cargo build -p nham-control, or set {env})",
+            std::env::current_exe().unwrap_or_default().display()
+        )
+    })
 }
 
 /// `nhamd` running in the lab's SFF namespace.
@@ -369,15 +359,7 @@ fn children_of(parent: u32) -> Vec<u32> {
     };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let rest = s.rsplit_once(')')?.1.to_string();
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(parent)
-        })
+        .filter(|&pid| nham_netns::process_state(pid).is_some_and(|(_, ppid)| ppid == parent))
         .collect()
 }
 

@@ -327,15 +327,12 @@ mod tests {
             Path::new(&format!("/proc/{pid}")).exists(),
             "restored process runs"
         );
-        let mine = nix::unistd::getpid().as_raw();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let ppid: i32 = stat
-            .rsplit(')')
-            .next()
-            .and_then(|s| s.split_whitespace().nth(1))
-            .and_then(|p| p.parse().ok())
-            .unwrap();
-        assert_eq!(ppid, mine, "restored as our child (rst_sibling)");
+        let (_, ppid) = nham_netns::process_state(pid).unwrap();
+        assert_eq!(
+            ppid,
+            std::process::id(),
+            "restored as our child (rst_sibling)"
+        );
         use std::os::unix::fs::MetadataExt;
         assert_eq!(
             std::fs::metadata(format!("/proc/{pid}/ns/net"))

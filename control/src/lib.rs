@@ -120,3 +120,16 @@ pub mod api {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("nham_v1_descriptor");
 }
+
+/// The executable `name` installed beside the running one: in the same
+/// directory, or one up when the running one is a test binary in
+/// `target/*/deps`.
+pub fn sibling_binary(name: &str) -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    let mut candidates = vec![dir.join(name)];
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        candidates.extend(dir.parent().map(|d| d.join(name)));
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}

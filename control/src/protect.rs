@@ -123,16 +123,7 @@ pub fn packet_rmem(pid: u32) -> Result<u64, ProtectError> {
 
 /// Whether process `pid` is stopped (state `T` in `/proc/<pid>/stat`).
 pub fn is_stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit(')')
-                .next()?
-                .split_whitespace()
-                .next()
-                .map(|st| st == "T")
-        })
-        .unwrap_or(false)
+    nham_netns::process_state(pid).is_some_and(|(state, _)| state == 'T')
 }
 
 fn signal(pid: u32, s: nix::sys::signal::Signal) -> Result<(), ProtectError> {
@@ -335,7 +326,7 @@ pub struct CheckpointStats {
 }
 
 /// What a recovery took.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RecoveryStats {
     /// From the call to the VNF running again (replay starting).
     pub duration: Duration,
@@ -426,11 +417,6 @@ impl ProtectedVnf {
             worker: None,
         });
         self
-    }
-
-    /// Whether the VNF has a place for a 1R-AA replica.
-    pub fn has_replica_place(&self) -> bool {
-        self.replica.is_some()
     }
 
     /// Starts the VNF afresh (no checkpoint yet) in `dir`, as it was first
@@ -816,12 +802,7 @@ impl ProtectedVnf {
 
 /// Whether process `pid` exists and is not a zombie.
 fn is_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    nham_netns::process_state(pid).is_some_and(|(state, _)| state != 'Z')
 }
 
 /// Removes what a dump cut short may have left in process `pid`'s working

@@ -326,10 +326,7 @@ impl SffProcess {
         let gone = |p: &mut Self| match p.child.as_mut() {
             Some(c) => c.try_wait().map(|s| s.is_some()).unwrap_or(true),
             // Not ours to reap: gone once it is a zombie.
-            None => std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).map_or(true, |s| {
-                s.rsplit_once(')')
-                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-            }),
+            None => nham_netns::process_state(p.pid).is_none_or(|(state, _)| state == 'Z'),
         };
         while !gone(self) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
@@ -445,17 +442,7 @@ impl SffOptions {
         if let Some(b) = &self.binary {
             return b.clone();
         }
-        let exe = std::env::current_exe().ok();
-        // Next to us, or one up (a test binary lives in target/*/deps).
-        let near = exe.iter().flat_map(|e| {
-            e.parent()
-                .into_iter()
-                .chain(e.parent().and_then(Path::parent))
-                .map(|d| d.join("nham-sff"))
-        });
-        near.into_iter()
-            .find(|p| p.exists())
-            .unwrap_or_else(|| PathBuf::from("nham-sff"))
+        crate::sibling_binary("nham-sff").unwrap_or_else(|| PathBuf::from("nham-sff"))
     }
 }
 

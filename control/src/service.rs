@@ -24,19 +24,10 @@ use tonic::{Request, Response, Status};
 
 use crate::api::{self, chain_service_server, event_service_server, vnf_service_server};
 use crate::error::ControlError;
+use crate::protect::RecoveryStats;
 use crate::runtime::{
     tear_down_record, Agent, ChainRecord, ChainRuntime, SffOptions, StateOptions,
 };
-
-/// What a recovery brought back, for its event.
-#[derive(Debug, Default)]
-struct Recovered {
-    replayed: u64,
-    restored: bool,
-    checkpoint: u64,
-    fallback_reason: String,
-    switched: bool,
-}
 
 /// A running VNF to probe: name, incarnation, pid, the SFF's end of its link.
 type ProbeTarget = (String, u64, u32, String);
@@ -302,7 +293,7 @@ impl Daemon {
                     chain,
                     vnf,
                     detected,
-                    started.map(|fd| (fd, Recovered::default())),
+                    started.map(|fd| (fd, RecoveryStats::default())),
                 );
                 return;
             }
@@ -357,18 +348,7 @@ impl Daemon {
             if r.switched {
                 v.swap_replica();
             }
-            v.adopt(r.pid).map(|fd| {
-                (
-                    fd,
-                    Recovered {
-                        replayed: r.replay,
-                        restored: r.restored,
-                        checkpoint: r.checkpoint.unwrap_or(0),
-                        fallback_reason: r.fallback_reason.unwrap_or_default(),
-                        switched: r.switched,
-                    },
-                )
-            })
+            v.adopt(r.pid).map(|fd| (fd, r))
         });
         self.finish_recovery(&mut chains, chain, vnf, detected, adopted);
     }
@@ -379,7 +359,7 @@ impl Daemon {
         chain: &str,
         vnf: &str,
         detected: Instant,
-        outcome: Result<(OwnedFd, Recovered), ControlError>,
+        outcome: Result<(OwnedFd, RecoveryStats), ControlError>,
     ) {
         use api::watch_events_response::Event;
         let Some(v) = chains
@@ -397,10 +377,10 @@ impl Daemon {
                     vnf,
                     Event::RecoveryFinished(api::RecoveryFinished {
                         recovery_ms: detected.elapsed().as_secs_f64() * 1e3,
-                        replayed: r.replayed,
+                        replayed: r.replay,
                         restored: r.restored,
-                        checkpoint_id: r.checkpoint,
-                        fallback_reason: r.fallback_reason,
+                        checkpoint_id: r.checkpoint.unwrap_or(0),
+                        fallback_reason: r.fallback_reason.unwrap_or_default(),
                         switched: r.switched,
                     }),
                 ));

@@ -151,13 +151,18 @@ pub fn pid_in(pid: u32, ns: &std::path::Path) -> bool {
     let same = std::fs::metadata(format!("/proc/{pid}/ns/net"))
         .map(|m| (m.dev(), m.ino()) == target)
         .unwrap_or(false);
-    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true);
-    same && !zombie
+    same && process_state(pid).is_some_and(|(state, _)| state != 'Z')
+}
+
+/// Process `pid`'s state letter and parent pid from `/proc/<pid>/stat`
+/// (`None`: no such process). The command name may hold spaces and
+/// parentheses, so the fields are read after the last `)`.
+pub fn process_state(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
 }
 
 /// SIGKILLs every process whose network namespace is the one bound at `ns`.
