@@ -661,13 +661,27 @@ fn trial(
             } else {
                 if spec.corrupt_newest {
                     for &v in &victims {
-                        let c = rt
-                            .block_on(vnfs.checkpoint(api::CheckpointRequest {
+                        // A checkpoint may fail, safely (a late output, a
+                        // scheduled one under way): try a few times.
+                        let mut tries = 0;
+                        let c = loop {
+                            let r = rt.block_on(vnfs.checkpoint(api::CheckpointRequest {
                                 chain: "ha".into(),
                                 vnf: vnf_name(v),
-                            }))
-                            .with_context(|| format!("Checkpoint of {}", vnf_name(v)))?
-                            .into_inner();
+                            }));
+                            match r {
+                                Ok(c) => break c.into_inner(),
+                                Err(e) if tries < 10 => {
+                                    tries += 1;
+                                    eprintln!("checkpoint of {} failed, again: {e}", vnf_name(v));
+                                    std::thread::sleep(Duration::from_millis(20));
+                                }
+                                Err(e) => {
+                                    return Err(e)
+                                        .with_context(|| format!("Checkpoint of {}", vnf_name(v)))
+                                }
+                            }
+                        };
                         let file = dir.join(format!(
                             "state/images/ha/{}/{}.ckpt",
                             vnf_name(v),
