@@ -499,6 +499,9 @@ pub struct ProtectedRun {
     pub trial: Trial,
     /// Checkpoints taken.
     pub checkpoints: usize,
+    /// Checkpoints that failed safely (the SFF aborted them and the VNF
+    /// went on from the previous one, as nhamd's agents do), with why.
+    pub failed_checkpoints: Vec<String>,
     /// Recoveries done (each a CRIU restore, or a fresh start before the
     /// first checkpoint).
     pub recoveries: usize,
@@ -558,6 +561,7 @@ pub fn protected_trial(
     let client = nham_sff::remote::SffClient::local(sff)?;
     let done = AtomicBool::new(false);
     let (mut checkpoints, mut recoveries, mut restored) = (0, 0, 0);
+    let mut failed_checkpoints = Vec::new();
     let (mut pause_ms, mut recovery_ms) = (Vec::new(), Vec::new());
     let trial = std::thread::scope(|s| -> Result<Trial> {
         let lab_ref = &*lab;
@@ -576,7 +580,10 @@ pub fn protected_trial(
                         checkpoints += 1;
                         pause_ms.push(c.pause.as_secs_f64() * 1e3);
                     }
-                    Err(e) => failure = Some(anyhow::anyhow!("checkpoint of VNF {}: {e}", v.hop)),
+                    // A checkpoint that fails is aborted in the SFF (nothing
+                    // is released on its account) and the VNF resumed: the
+                    // chain goes on from the previous one, as in nhamd.
+                    Err(e) => failed_checkpoints.push(format!("VNF {}: {e}", v.hop)),
                 }
             }
             round += 1;
@@ -604,6 +611,9 @@ pub fn protected_trial(
         let trial = t
             .join()
             .map_err(|_| anyhow::anyhow!("trial thread panicked"))??;
+        if checkpoints == 0 && !failed_checkpoints.is_empty() {
+            anyhow::bail!("no checkpoint succeeded: {failed_checkpoints:?}");
+        }
         match failure {
             Some(e) => Err(e),
             None => Ok(trial),
@@ -628,6 +638,7 @@ pub fn protected_trial(
     Ok(ProtectedRun {
         trial,
         checkpoints,
+        failed_checkpoints,
         recoveries,
         restored,
         pause_ms,

@@ -39,9 +39,10 @@ fn zero_r_recovers_crashed_vnfs_exactly_once() {
     let stats = sff.counters().snapshot();
     let got_states = lab.vnf_states().expect("VNF states");
     eprintln!(
-        "{} checkpoints (pause p50 {:.1} ms), {} recoveries ({} from an image, p50 {:.1} ms), duplicates suppressed {}, stale {}",
+        "{} checkpoints (pause p50 {:.1} ms; failed safely: {:?}), {} recoveries ({} from an image, p50 {:.1} ms), duplicates suppressed {}, stale {}",
         run.checkpoints,
         run.pause_ms.get(run.pause_ms.len() / 2).copied().unwrap_or(0.0),
+        run.failed_checkpoints,
         run.recoveries,
         run.restored,
         run.recovery_ms.get(run.recovery_ms.len() / 2).copied().unwrap_or(0.0),
