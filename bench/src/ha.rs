@@ -201,6 +201,12 @@ pub struct SffCounters {
     pub stale_discarded: u64,
     /// Malformed, SI or TTL errors.
     pub malformed: u64,
+    /// Frames the kernel dropped at ingress (chain overloaded): the sink
+    /// cannot be compared with a reference that assumes every frame sent
+    /// entered the chain.
+    pub ingress_overflow: u64,
+    /// VNF outputs the kernel dropped before the SFF read them (must be 0).
+    pub vnf_outputs_lost: u64,
 }
 
 impl HaReport {
@@ -255,10 +261,17 @@ struct Nhamd {
     bin: PathBuf,
     dir: PathBuf,
     interval_ms: u32,
+    hold_packets: usize,
 }
 
 impl Nhamd {
-    fn start(lab: &Lab, bin: &Path, dir: &Path, interval_ms: u32) -> Result<Self> {
+    fn start(
+        lab: &Lab,
+        bin: &Path,
+        dir: &Path,
+        interval_ms: u32,
+        hold_packets: usize,
+    ) -> Result<Self> {
         let sock = dir.join("nhamd.sock");
         let _ = std::fs::remove_file(&sock);
         let log = dir.join("nhamd.log");
@@ -276,6 +289,8 @@ impl Nhamd {
             dir.join("scratch").display().to_string(),
             "--checkpoint-interval-ms".into(),
             interval_ms.to_string(),
+            "--hold-packets".into(),
+            hold_packets.to_string(),
             // Stopped (SIGTERM, at the end or on error), it deletes the
             // chain; killed (SIGKILL, a restart round), it leaves it.
             "--on-exit".into(),
@@ -298,6 +313,7 @@ impl Nhamd {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
             interval_ms,
+            hold_packets,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !sock.exists() {
@@ -323,7 +339,13 @@ impl Nhamd {
 
     /// Starts a new daemon on the same state directory.
     fn restart_start(&mut self, lab: &Lab) -> Result<()> {
-        *self = Self::start(lab, &self.bin, &self.dir, self.interval_ms)?;
+        *self = Self::start(
+            lab,
+            &self.bin,
+            &self.dir,
+            self.interval_ms,
+            self.hold_packets,
+        )?;
         Ok(())
     }
 
@@ -451,7 +473,20 @@ pub fn run(spec: &HaSpec) -> Result<HaReport> {
     std::fs::create_dir_all(&dir)?;
     let result = (|| {
         let reaper = Reaper::new()?;
-        let mut daemon = Nhamd::start(&lab, &spec.nhamd, &dir, spec.checkpoint_interval_ms)?;
+        // Packets are released once the checkpoint before the newest holds
+        // them: room for two intervals and then some at the offered rate,
+        // times 1.8 (the sample emitters multiply the traffic of the hops
+        // after them), and at least nhamd's default.
+        let hold_packets = ((4.0 * spec.rate * f64::from(spec.checkpoint_interval_ms) / 1e3)
+            as usize)
+            .max(nham_control::runtime::DEFAULT_HOLD_PACKETS);
+        let mut daemon = Nhamd::start(
+            &lab,
+            &spec.nhamd,
+            &dir,
+            spec.checkpoint_interval_ms,
+            hold_packets,
+        )?;
         let r = trial(spec, &lab, &mut daemon, &reaper, &dir, n);
         if r.as_ref().map_or(true, |r| !r.is_exact()) {
             eprintln!("nhamd log: {}", daemon.log_tail());
@@ -979,6 +1014,8 @@ fn trial(
             egress: stats.egress,
             stale_discarded: stats.stale_discarded,
             malformed: stats.malformed,
+            ingress_overflow: stats.ingress_overflow,
+            vnf_outputs_lost: stats.vnf_outputs_lost,
         },
     })
 }

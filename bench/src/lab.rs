@@ -222,7 +222,7 @@ impl Lab {
 
     /// The SFF configuration for this lab.
     pub fn sff_config(&self, s: LabSff) -> SffConfig {
-        SffConfig {
+        let mut config = SffConfig {
             ingress: self.ingress.clone(),
             egress: self.egress.clone(),
             hops: self.hops.clone(),
@@ -238,7 +238,7 @@ impl Lab {
             },
             protect: vec![s.protect; self.hops.len()],
             standby: Vec::new(),
-            pool_slots: 32768,
+            pool_slots: 0,
             burst: s.burst,
             poll: s.poll,
             core: s.core,
@@ -250,7 +250,9 @@ impl Lab {
             },
             vnf_window: 512,
             vnf_window_timeout: Duration::from_millis(2),
-        }
+        };
+        config.pool_slots = config.pool_slots_needed().max(32768);
+        config
     }
 
     /// Starts the SFF in the lab's SFF namespace.

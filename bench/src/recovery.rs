@@ -145,20 +145,30 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
         r.duplicates_suppressed
     );
     println!(
-        "  SFF: {} in, {} out, {} delivered to VNFs, {} stale discarded, {} malformed; sink socket drops {}",
+        "  SFF: {} in, {} out, {} delivered to VNFs, {} stale discarded, {} malformed, {} VNF outputs lost; sink socket drops {}",
         r.stats.ingress,
         r.stats.egress,
         r.stats.delivered,
         r.stats.stale_discarded,
         r.stats.malformed,
+        r.stats.vnf_outputs_lost,
         r.sink_kernel_drops
     );
+    if r.stats.ingress_overflow > 0 {
+        println!(
+            "  OVERLOADED: the kernel dropped {} frames at the chain's ingress (hold buffers full: give nhamd more --hold-packets, or checkpoint more often); the sink is compared with all frames sent, so it shows them lost and what depends on them changed",
+            r.stats.ingress_overflow
+        );
+    }
     println!(
         "  VNF states against the failure-free run: {} mismatches {:?}",
         r.state_mismatches, r.mismatch_detail
     );
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
+    }
+    if r.stats.ingress_overflow > 0 {
+        bail!("overloaded: no exactly-once verdict");
     }
     if !r.is_exact() {
         bail!("exactly-once violated");

@@ -325,6 +325,48 @@ pub struct CheckpointStats {
     pub released: u64,
 }
 
+/// A checkpoint dumped, not durable yet (see [`ProtectedVnf::dump`]).
+#[derive(Debug)]
+pub struct Dumped {
+    id: CheckpointId,
+    hop: usize,
+    dir: PathBuf,
+    slot: StoreSlot,
+    link_now: Option<u64>,
+    started: Instant,
+    pause: Duration,
+    drain: Duration,
+    frozen: Duration,
+    dump: Duration,
+    size: u64,
+}
+
+/// A checkpoint durable in the store, not committed yet.
+#[derive(Debug)]
+pub struct Stored {
+    dumped: Dumped,
+    stored: u64,
+}
+
+impl Dumped {
+    /// Compresses the image into the store (step 6's first half). On
+    /// failure the checkpoint is aborted in the SFF.
+    pub fn store(self, sff: &SffClient) -> Result<Stored, ProtectError> {
+        let s = &self.slot;
+        match s.store.put(&s.chain, &s.vnf, self.id, &self.dir) {
+            Ok(meta) => Ok(Stored {
+                stored: meta.stored_bytes,
+                dumped: self,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&self.dir);
+                let _ = sff.checkpoint_failed(self.hop, self.id);
+                Err(e.into())
+            }
+        }
+    }
+}
+
 /// What a recovery took.
 #[derive(Debug, Clone, Default)]
 pub struct RecoveryStats {
@@ -475,8 +517,19 @@ impl ProtectedVnf {
         Ok(())
     }
 
-    /// Runs the checkpoint protocol once.
+    /// Runs the checkpoint protocol once: [`dump`](Self::dump),
+    /// [`Dumped::store`], [`commit`](Self::commit).
     pub fn checkpoint(&mut self, sff: &SffClient) -> Result<CheckpointStats, ProtectError> {
+        let dumped = self.dump(sff)?;
+        let stored = dumped.store(sff)?;
+        self.commit(sff, stored)
+    }
+
+    /// Steps 1 to 5 of the checkpoint protocol: stop delivery, let the VNF
+    /// drain, freeze, mark, dump, thaw; delivery resumes. The image is not
+    /// durable yet: [`Dumped::store`] makes it so, without this agent (so a
+    /// failure meanwhile is not kept waiting), then [`commit`](Self::commit).
+    pub fn dump(&mut self, sff: &SffClient) -> Result<Dumped, ProtectError> {
         if self.retired {
             return Err(ProtectError::Retired);
         }
@@ -561,16 +614,50 @@ impl ProtectedVnf {
         let pause = started.elapsed();
         // The next dump's worker starts now, off the pause.
         self.dump_worker = Swrk::spawn(&self.netns).ok();
-        // 6. Durable, then commit and release.
-        let s = &self.slot;
-        let meta = match s.store.put(&s.chain, &s.vnf, id, &dir) {
-            Ok(m) => m,
+        Ok(Dumped {
+            id,
+            hop,
+            dir,
+            slot: self.slot.clone(),
+            link_now,
+            started,
+            pause,
+            drain,
+            frozen,
+            dump: report.duration,
+            size: report.size,
+        })
+    }
+
+    /// Step 6: the image is durable; release what it includes, and hand it
+    /// to the standby or replica. Fails if the VNF failed meanwhile (the
+    /// SFF aborted the checkpoint): the image is then never restored.
+    pub fn commit(
+        &mut self,
+        sff: &SffClient,
+        stored: Stored,
+    ) -> Result<CheckpointStats, ProtectError> {
+        let Stored { dumped, stored } = stored;
+        let Dumped {
+            id,
+            hop,
+            dir,
+            link_now,
+            started,
+            ..
+        } = dumped;
+        if self.retired || hop != self.hop {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(ProtectError::Retired);
+        }
+        let done = match sff.checkpoint_done(hop, id).map_err(sff_err) {
+            Ok(d) => d,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(fail(sff, e.into()));
+                return Err(e);
             }
         };
-        let done = sff.checkpoint_done(hop, id).map_err(sff_err)?;
+        let s = &self.slot;
         let _ = s.store.gc(&s.chain, &s.vnf, KEEP_CHECKPOINTS);
         if let (Some((_, base)), Some(now)) = (self.link.as_mut(), link_now) {
             *base = now;
@@ -602,13 +689,13 @@ impl ProtectedVnf {
         }
         Ok(CheckpointStats {
             id,
-            pause,
-            drain,
-            frozen,
-            dump: report.duration,
+            pause: dumped.pause,
+            drain: dumped.drain,
+            frozen: dumped.frozen,
+            dump: dumped.dump,
             total: started.elapsed(),
-            size: report.size,
-            stored: meta.stored_bytes,
+            size: dumped.size,
+            stored,
             released: done.released,
         })
     }
@@ -707,9 +794,6 @@ impl ProtectedVnf {
             None => old_iface,
         };
         r.sff_iface = new_iface;
-        // What the failed incarnation left in its namespace (CRIU workers,
-        // stray children) goes; the dump worker must run in the new one.
-        nham_netns::kill_processes_in(&r.netns);
         self.dump_worker = None;
         self.pid = ready;
         if let Some((iface, base)) = self.link.as_mut() {
@@ -719,6 +803,11 @@ impl ProtectedVnf {
         }
         let rr = sff.restored(self.hop, want).map_err(sff_err)?;
         let duration = started.elapsed();
+        // What the failed incarnation left in its namespace (CRIU workers,
+        // stray children) goes, after the chain runs again: a scan of
+        // every process on the host. (The dump worker must run in the new
+        // namespace: it is started afresh by `prepare`.)
+        nham_netns::kill_processes_in(&r.netns);
         Ok(Some(RecoveryStats {
             duration,
             replay: rr.replay,

@@ -425,16 +425,35 @@ pub fn state_tag(dir: &Path) -> String {
 }
 
 /// How the daemon runs SFFs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SffOptions {
     /// Core to pin SFF threads to.
     pub core: Option<usize>,
+    /// Packets each hop may hold (`buffer_rx`): at least two checkpoint
+    /// intervals at the chain's rate, since packets are released only once
+    /// the checkpoint before the newest includes them. When full, the
+    /// chain backs up to its ingress (counted, never dropped by the SFF).
+    pub hold_packets: usize,
     /// Idle behaviour.
     pub poll: PollPolicy,
     /// The `nham-sff` executable (default: next to this program's, then
     /// `PATH`).
     pub binary: Option<PathBuf>,
 }
+
+impl Default for SffOptions {
+    fn default() -> Self {
+        Self {
+            core: None,
+            hold_packets: DEFAULT_HOLD_PACKETS,
+            poll: PollPolicy::default(),
+            binary: None,
+        }
+    }
+}
+
+/// Default of [`SffOptions::hold_packets`]: two seconds at 4000 packets/s.
+pub const DEFAULT_HOLD_PACKETS: usize = 8192;
 
 impl SffOptions {
     /// The `nham-sff` executable to run.
@@ -623,16 +642,16 @@ impl ChainRuntime {
         for v in &runtime.vnfs {
             protect.push(protection(v.plan.mechanism)?.is_some());
         }
-        let config = SffConfig {
+        let mut config = SffConfig {
             ingress: port_spec(&runtime.plan.ingress)?,
             egress: port_spec(&runtime.plan.egress)?,
             hops,
             rules: runtime.plan.rules.clone(),
             spi: runtime.plan.spi,
             hop: nham_dataplane::hold::HopConfig {
-                // Room to hold a few seconds of traffic while no daemon
-                // checkpoints (one restarting).
-                rx_capacity: 8192,
+                // Two checkpoint intervals of traffic (the fallback is
+                // kept), and what arrives while no daemon checkpoints.
+                rx_capacity: sff.hold_packets,
                 tx_capacity: 1024,
                 // A committed image found corrupt at restore time is
                 // replaced by the one before it.
@@ -641,7 +660,7 @@ impl ChainRuntime {
             },
             protect,
             standby,
-            pool_slots: 32768,
+            pool_slots: 0,
             burst: 32,
             poll: sff.poll,
             core: sff.core,
@@ -649,6 +668,9 @@ impl ChainRuntime {
             vnf_window: 512,
             vnf_window_timeout: std::time::Duration::from_millis(2),
         };
+        // Every packet the hops may hold has a buffer: outputs never wait
+        // on a full ring (see SffConfig::pool_slots_needed).
+        config.pool_slots = config.pool_slots_needed();
         let socket = state.sff_socket(id);
         let process = spawn_sff(sff, &config, &socket, &logs.join("sff.log"))?;
         runtime.sff_process = Some(process);

@@ -292,8 +292,7 @@ impl Daemon {
                     &mut chains,
                     chain,
                     vnf,
-                    detected,
-                    started.map(|fd| (fd, RecoveryStats::default())),
+                    started.map(|fd| (fd, RecoveryStats::default(), detected.elapsed())),
                 );
                 return;
             }
@@ -310,10 +309,13 @@ impl Daemon {
             while !nham_netns::is_oper_up(&sff_iface).unwrap_or(true) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            agent
+            let r = agent
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .recover(&sff)
+                .recover(&sff);
+            // The chain runs again: the SFF replays to the VNF. What
+            // follows is bookkeeping.
+            r.map(|r| (r, detected.elapsed()))
         })
         .await
         .map_err(|e| ControlError::Process(format!("recovery panicked: {e}")))
@@ -342,24 +344,26 @@ impl Daemon {
                 .ok_or_else(|| ControlError::NotFound(format!("chain {chain:?} is gone")))?
                 .runtime
                 .vnf_mut(vnf)?;
-            if let Some(why) = &r.fallback_reason {
+            if let Some(why) = &r.0.fallback_reason {
                 tracing::warn!(chain, vnf, "restored an older checkpoint: {why}");
             }
-            if r.switched {
+            if r.0.switched {
                 v.swap_replica();
             }
-            v.adopt(r.pid).map(|fd| (fd, r))
+            v.adopt(r.0.pid).map(|fd| (fd, r.0, r.1))
         });
-        self.finish_recovery(&mut chains, chain, vnf, detected, adopted);
+        self.finish_recovery(&mut chains, chain, vnf, adopted);
     }
 
+    /// Records a recovery's outcome: on success the new process's pidfd,
+    /// what was done, and the time from detection to the chain running
+    /// again.
     fn finish_recovery(
         self: &Arc<Self>,
         chains: &mut BTreeMap<String, Entry>,
         chain: &str,
         vnf: &str,
-        detected: Instant,
-        outcome: Result<(OwnedFd, RecoveryStats), ControlError>,
+        outcome: Result<(OwnedFd, RecoveryStats, Duration), ControlError>,
     ) {
         use api::watch_events_response::Event;
         let Some(v) = chains
@@ -369,14 +373,14 @@ impl Daemon {
             return;
         };
         match outcome {
-            Ok((pidfd, r)) => {
+            Ok((pidfd, r, recovery)) => {
                 v.recoveries += 1;
                 v.last_error = None;
                 self.emit(event(
                     chain,
                     vnf,
                     Event::RecoveryFinished(api::RecoveryFinished {
-                        recovery_ms: detected.elapsed().as_secs_f64() * 1e3,
+                        recovery_ms: recovery.as_secs_f64() * 1e3,
                         replayed: r.replay,
                         restored: r.restored,
                         checkpoint_id: r.checkpoint.unwrap_or(0),
@@ -447,10 +451,16 @@ impl Daemon {
     ) -> Result<crate::protect::CheckpointStats, ControlError> {
         use api::watch_events_response::Event;
         let r = tokio::task::spawn_blocking(move || {
-            agent
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .checkpoint(&sff)
+            let lock = || {
+                agent
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            };
+            let dumped = lock().dump(&sff)?;
+            // Compressed and stored without the agent: a failure of the VNF
+            // meanwhile is recovered at once (and this checkpoint aborted).
+            let stored = dumped.store(&sff)?;
+            lock().commit(&sff, stored)
         })
         .await
         .map_err(|e| ControlError::Process(format!("checkpoint panicked: {e}")))?;
@@ -1326,6 +1336,8 @@ impl event_service_server::EventService for EventSvc {
             stale_discarded: s.stale,
             malformed: s.malformed_ingress + s.malformed_from_vnf + s.si_mismatch + s.ttl_expired,
             nondeterministic_outputs: s.divergent,
+            ingress_overflow: s.ingress_kernel_drops,
+            vnf_outputs_lost: s.vnf_output_kernel_drops,
         }))
     }
 }

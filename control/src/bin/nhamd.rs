@@ -33,6 +33,11 @@ struct Args {
     /// Pin SFF threads to this core.
     #[arg(long)]
     sff_core: Option<usize>,
+    /// Packets each hop of a chain may hold until checkpoints include them
+    /// (default 8192): at least two checkpoint intervals at the chain's
+    /// packet rate. Each takes a 2 KiB buffer.
+    #[arg(long)]
+    hold_packets: Option<usize>,
     /// State directory: checkpoint database and images, VNF logs
     /// (default /var/lib/nham).
     #[arg(long)]
@@ -87,6 +92,7 @@ struct Config {
     listen: Option<SocketAddr>,
     unix: Option<PathBuf>,
     sff_core: Option<usize>,
+    hold_packets: Option<usize>,
     state_dir: Option<PathBuf>,
     scratch_dir: Option<PathBuf>,
     checkpoint_interval_ms: Option<u64>,
@@ -121,6 +127,10 @@ async fn main() -> anyhow::Result<()> {
     let sff = SffOptions {
         core: args.sff_core.or(config.sff_core),
         binary: args.sff_bin.or(config.sff_bin),
+        hold_packets: args
+            .hold_packets
+            .or(config.hold_packets)
+            .unwrap_or(nham_control::runtime::DEFAULT_HOLD_PACKETS),
         ..SffOptions::default()
     };
     let on_exit = args.on_exit.or(config.on_exit).unwrap_or(OnExit::Keep);

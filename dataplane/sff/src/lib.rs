@@ -102,6 +102,17 @@ pub enum SffError {
     /// A command named a hop the chain does not have.
     #[error("no hop {0}")]
     NoHop(usize),
+    /// The pool cannot hold what the hops may hold at once: with it empty,
+    /// VNF outputs could not be taken off their rings and would be lost.
+    #[error("{have} packet buffers cannot hold what the hops may hold at once: {need} needed ({hops} hops)")]
+    PoolTooSmall {
+        /// Configured.
+        have: usize,
+        /// Needed ([`SffConfig::pool_slots_needed`]).
+        need: usize,
+        /// Hops.
+        hops: usize,
+    },
 }
 
 /// One interface the SFF serves.
@@ -180,6 +191,20 @@ pub struct SffConfig {
     pub vnf_window_timeout: Duration,
 }
 
+impl SffConfig {
+    /// Packet buffers the chain may occupy at once, the least
+    /// [`pool_slots`](Self::pool_slots) may be: per hop, a full `buffer_rx`
+    /// plus a `buffer_tx` with what its VNF may answer to the frames in
+    /// flight to it (twice the window: a VNF may emit more than one output
+    /// per input); plus a burst at ingress and one at egress. With fewer,
+    /// an empty pool would leave VNF outputs on their rings, where the
+    /// kernel drops them once full: outputs lost, numbering broken.
+    pub fn pool_slots_needed(&self) -> usize {
+        let per_hop = self.hop.rx_capacity + self.hop.tx_capacity + 2 * self.vnf_window;
+        per_hop * self.hops.len() + 2 * self.burst.max(1)
+    }
+}
+
 /// Counters, readable while the SFF runs.
 #[derive(Debug, Default)]
 pub struct SffCounters {
@@ -218,6 +243,14 @@ pub struct SffCounters {
     /// Frames for a failed VNF that could not leave its port's tx ring and
     /// were discarded with the socket (never delivered to its successor).
     pub tx_discarded: AtomicU64,
+    /// Frames the kernel dropped before the SFF read them on ingress (its
+    /// ring full: the chain was overloaded and backpressure reached the
+    /// wire). Sampled.
+    pub ingress_kernel_drops: AtomicU64,
+    /// VNF outputs the kernel dropped before the SFF read them (a hop
+    /// port's ring full). Must stay 0: a lost output breaks exactly-once
+    /// for its hop. Sampled.
+    pub vnf_output_kernel_drops: AtomicU64,
 }
 
 impl SffCounters {
@@ -247,6 +280,8 @@ impl SffCounters {
             egress: g(&self.egress),
             tx_refused: g(&self.tx_refused),
             tx_discarded: g(&self.tx_discarded),
+            ingress_kernel_drops: g(&self.ingress_kernel_drops),
+            vnf_output_kernel_drops: g(&self.vnf_output_kernel_drops),
         }
     }
 }
@@ -273,6 +308,12 @@ pub struct SffStats {
     pub tx_refused: u64,
     /// See [`SffCounters::tx_discarded`].
     pub tx_discarded: u64,
+    /// See [`SffCounters::ingress_kernel_drops`].
+    #[serde(default)]
+    pub ingress_kernel_drops: u64,
+    /// See [`SffCounters::vnf_output_kernel_drops`].
+    #[serde(default)]
+    pub vnf_output_kernel_drops: u64,
 }
 
 /// A running SFF thread.
@@ -588,6 +629,8 @@ struct Engine {
     /// An error that stops the thread (a port that could not be reopened).
     fatal: Option<SffError>,
     commands: mpsc::Receiver<Command>,
+    /// Kernel receive drops last sampled: when, ingress, per hop port.
+    drops: (std::time::Instant, u64, Vec<u64>),
 }
 
 impl Engine {
@@ -596,6 +639,14 @@ impl Engine {
         counters: Arc<SffCounters>,
         commands: mpsc::Receiver<Command>,
     ) -> Result<Self, SffError> {
+        let need = config.pool_slots_needed();
+        if config.pool_slots < need {
+            return Err(SffError::PoolTooSmall {
+                have: config.pool_slots,
+                need,
+                hops: config.hops.len(),
+            });
+        }
         let classifier = Classifier::new(config.rules.clone())?;
         let chain = if config.hops.is_empty() {
             None
@@ -642,12 +693,46 @@ impl Engine {
             protected,
             fatal: None,
             commands,
+            drops: (std::time::Instant::now(), 0, vec![0; hops_len]),
         })
+    }
+
+    /// Adds what the kernel dropped on the ingress and hop rings since the
+    /// last sample to the counters (every 100 ms; a socket reopened or
+    /// switched starts again from 0).
+    fn sample_kernel_drops(&mut self) {
+        let now = std::time::Instant::now();
+        if now.duration_since(self.drops.0) < Duration::from_millis(100) {
+            return;
+        }
+        self.drops.0 = now;
+        let delta = |last: &mut u64, current: u64| {
+            let d = if current >= *last {
+                current - *last
+            } else {
+                current
+            };
+            *last = current;
+            d
+        };
+        let ingress = delta(&mut self.drops.1, self.ingress.port.kernel_rx_drops());
+        SffCounters::add(&self.counters.ingress_kernel_drops, ingress);
+        for (i, hop) in self.hops.iter().enumerate() {
+            let d = delta(&mut self.drops.2[i], hop.port.kernel_rx_drops());
+            if d > 0 {
+                eprintln!(
+                    "nham-sff: the kernel dropped {d} outputs of the VNF on {}: exactly-once is broken for this hop",
+                    self.config.hops[i].iface
+                );
+            }
+            SffCounters::add(&self.counters.vnf_output_kernel_drops, d);
+        }
     }
 
     fn run(&mut self, stop: &AtomicBool) {
         let mut idle = 0u32;
         while !stop.load(Ordering::Relaxed) && self.fatal.is_none() {
+            self.sample_kernel_drops();
             let work = self.step();
             if work > 0 {
                 idle = 0;
@@ -1186,4 +1271,61 @@ pub fn spawn_l2_forwarder(
             .map_err(|_| SffError::StartFailed)?
     };
     await_ready(&ready_rx, stop, counters, thread, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(n: u8) -> PortSpec {
+        PortSpec {
+            iface: format!("p{n}"),
+            ifindex: u32::from(n) + 1,
+            mac: [2, 0, 0, 0, 0, n],
+            peer_mac: [2, 0, 0, 0, 1, n],
+        }
+    }
+
+    fn config(hops: usize, pool_slots: usize) -> SffConfig {
+        SffConfig {
+            ingress: port(100),
+            egress: port(101),
+            hops: (0..hops).map(|i| port(i as u8)).collect(),
+            rules: Vec::new(),
+            spi: 1,
+            hop: HopConfig {
+                rx_capacity: 4096,
+                tx_capacity: 1024,
+                ..HopConfig::default()
+            },
+            protect: Vec::new(),
+            standby: Vec::new(),
+            pool_slots,
+            burst: 32,
+            poll: PollPolicy::default(),
+            core: None,
+            port: PortConfig::default(),
+            vnf_window: 512,
+            vnf_window_timeout: Duration::from_millis(2),
+        }
+    }
+
+    #[test]
+    fn the_pool_holds_what_every_hop_may_hold_at_once() {
+        let c = config(8, 0);
+        assert_eq!(c.pool_slots_needed(), 8 * (4096 + 1024 + 1024) + 64);
+        // Refused before any port is opened: an empty pool would leave VNF
+        // outputs on rings the kernel drops from.
+        let need = c.pool_slots_needed();
+        match spawn(None, config(8, need - 1)) {
+            Err(SffError::PoolTooSmall {
+                have,
+                need: n,
+                hops,
+            }) => {
+                assert_eq!((have, n, hops), (need - 1, need, 8));
+            }
+            other => panic!("want PoolTooSmall, got {other:?}"),
+        }
+    }
 }
