@@ -57,6 +57,21 @@
 //! the mark's input index and the output counter to its output index, so
 //! every held packet after the checkpoint is delivered again, in order
 //! (invariant 2).
+//!
+//! # MR-AA members
+//!
+//! A hop may have M *members* ([`Hop::set_members`]): copies of its VNF, fed
+//! the same ordered input, each numbering its own outputs. The first copy of
+//! each output index moves on; later ones are duplicates (or `Divergent`).
+//! A member's failure ([`Hop::handle_member_failed`]) stops nothing while
+//! another member is alive; it is restored from the committed (or fallback)
+//! checkpoint and *catches up* ([`Hop::poll_catch_up`]): it is sent the held
+//! packets from that checkpoint's mark until it reaches the others, then is
+//! live again. Checkpoints dump one live member; the mark is valid for all,
+//! since all live members must be in step ([`HoldError::MembersOutOfStep`]),
+//! and none may be catching up ([`HoldError::MemberCatchingUp`]); release
+//! never passes what a catching-up member still needs. Only when the last
+//! member fails does the hop fail and recover as any other.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -68,7 +83,7 @@ pub type CheckpointId = u64;
 
 /// Misuse of the state machine by the caller (an I/O layer bug or a race it
 /// must handle, such as a dump finishing after the VNF failed).
-#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum HoldError {
     /// A checkpoint is already under way.
     #[error("checkpoint {0} is already in progress")]
@@ -95,6 +110,21 @@ pub enum HoldError {
     /// renumber the next output onto this one and suppress it).
     #[error("an output of the VNF arrived after checkpoint {0}'s mark: the mark is wrong")]
     OutputAfterMark(CheckpointId),
+    /// An MR-AA member is being sent what it missed: a checkpoint now
+    /// could release packets it still needs.
+    #[error("member {0} is catching up: no checkpoint until it has")]
+    MemberCatchingUp(usize),
+    /// The live MR-AA members have not all sent the same number of outputs
+    /// yet (one lags, or failed and is not reported yet): the mark would be
+    /// wrong for some of them.
+    #[error("the live members are not in step (outputs {0:?})")]
+    MembersOutOfStep(Vec<u64>),
+    /// No such member, or it is in the wrong state for the event.
+    #[error("member {0} does not exist or is not in a state for this")]
+    NoMember(usize),
+    /// Members are set before anything is delivered.
+    #[error("members must be set before the first delivery")]
+    MembersAfterStart,
 }
 
 /// A packet handed back because the buffer it was meant for is full. The
@@ -415,6 +445,38 @@ pub enum OutputDisposition {
     Divergent,
 }
 
+/// Where one MR-AA member stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MemberState {
+    /// Gets every delivery; its outputs count.
+    Live,
+    /// Restored from a checkpoint; being sent the held packets from input
+    /// index `cursor` on, until it reaches the others.
+    CatchingUp {
+        /// Input index of the next packet to send it.
+        cursor: u64,
+    },
+    /// Failed: nothing is sent to it; its outputs are stale.
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    state: MemberState,
+    /// Output index its next output gets.
+    next_output: u64,
+}
+
+/// What a member's failure did to its hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MemberFailure {
+    /// Another member is alive: the hop goes on; restore this one and let
+    /// it catch up.
+    Continues,
+    /// It was the last: the hop failed (as [`Hop::handle_failure`]).
+    HopFailed(RestorePlan),
+}
+
 /// What to restore after a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RestorePlan {
@@ -499,6 +561,8 @@ pub struct Hop<P> {
     /// An output arrived while the VNF was frozen for the checkpoint under
     /// way (see [`HoldError::OutputAfterMark`]).
     late_output: bool,
+    /// MR-AA members (empty: one VNF, numbered by `tx.next_output`).
+    members: Vec<Member>,
 }
 
 impl<P> Hop<P> {
@@ -521,7 +585,166 @@ impl<P> Hop<P> {
             rule: config.release_rule,
             stats: HopStats::default(),
             late_output: false,
+            members: Vec::new(),
         })
+    }
+
+    /// Makes this an MR-AA hop of `m` members, all live and in their
+    /// initial state (`m` < 2: an ordinary hop). Only before the first
+    /// delivery.
+    pub fn set_members(&mut self, m: usize) -> Result<(), HoldError> {
+        if self.delivered_high > 0 || self.tx.next_output > 0 {
+            return Err(HoldError::MembersAfterStart);
+        }
+        let member = Member {
+            state: MemberState::Live,
+            next_output: 0,
+        };
+        self.members = if m >= 2 { vec![member; m] } else { Vec::new() };
+        Ok(())
+    }
+
+    /// MR-AA members (none for an ordinary hop).
+    pub fn members(&self) -> impl ExactSizeIterator<Item = MemberState> + '_ {
+        self.members.iter().map(|m| m.state)
+    }
+
+    /// Member `k`'s state.
+    pub fn member(&self, k: usize) -> Option<MemberState> {
+        self.members.get(k).map(|m| m.state)
+    }
+
+    fn member_alive(m: &Member) -> bool {
+        !matches!(m.state, MemberState::Failed)
+    }
+
+    /// Member `k` failed. The hop goes on while another member is alive;
+    /// after the last, the hop fails.
+    pub fn handle_member_failed(
+        &mut self,
+        k: usize,
+        now: Instant,
+    ) -> Result<MemberFailure, HoldError> {
+        let m = self.members.get_mut(k).ok_or(HoldError::NoMember(k))?;
+        m.state = MemberState::Failed;
+        if self.members.iter().any(Self::member_alive) {
+            Ok(MemberFailure::Continues)
+        } else {
+            Ok(MemberFailure::HopFailed(self.handle_failure(now)))
+        }
+    }
+
+    /// Member `k` (failed) runs again, restored from checkpoint `from`
+    /// (the committed one or the fallback; `None`: the initial state, only
+    /// while nothing was released). If the hop had failed, it recovers
+    /// with this member (as [`handle_restored_from`](Self::handle_restored_from));
+    /// otherwise the member catches up from `from`'s mark.
+    pub fn handle_member_restored(
+        &mut self,
+        k: usize,
+        from: Option<CheckpointId>,
+        now: Instant,
+    ) -> Result<RecoveryReport, HoldError> {
+        match self.members.get(k) {
+            Some(m) if m.state == MemberState::Failed => {}
+            _ => return Err(HoldError::NoMember(k)),
+        }
+        if matches!(self.state, HopState::Recovering { .. }) {
+            let report = self.handle_restored_from(from, now)?;
+            self.members[k] = Member {
+                state: MemberState::Live,
+                next_output: self.tx.next_output,
+            };
+            return Ok(report);
+        }
+        let mark = match from {
+            None if self.rx.base == 0 && self.tx.digest_base == 0 => Mark::default(),
+            None => return Err(HoldError::WrongCheckpoint(0)),
+            Some(id) => [self.committed, self.fallback]
+                .into_iter()
+                .flatten()
+                .find(|c| c.id == id && c.id != 0)
+                .map(|c| c.mark)
+                .ok_or(HoldError::WrongCheckpoint(id))?,
+        };
+        if mark.consumed < self.rx.base {
+            return Err(HoldError::WrongCheckpoint(from.unwrap_or(0)));
+        }
+        let state = if mark.consumed >= self.rx.next_deliver {
+            MemberState::Live
+        } else {
+            MemberState::CatchingUp {
+                cursor: mark.consumed,
+            }
+        };
+        self.members[k] = Member {
+            state,
+            next_output: mark.emitted,
+        };
+        self.stats.recoveries += 1;
+        Ok(RecoveryReport {
+            replay: self.rx.next_deliver - mark.consumed,
+            duration: Duration::ZERO,
+        })
+    }
+
+    /// Sends catching-up member `k` up to `max` of the packets it missed,
+    /// in order, calling `deliver` for each; once it has them all it is
+    /// live (and gets every delivery from then on). Returns how many.
+    pub fn poll_catch_up(
+        &mut self,
+        k: usize,
+        max: usize,
+        mut deliver: impl FnMut(Delivery<'_, P>),
+    ) -> usize {
+        if !matches!(self.state, HopState::Running) || self.phase.blocks_delivery() {
+            return 0;
+        }
+        let Some(MemberState::CatchingUp { cursor }) = self.member(k) else {
+            return 0;
+        };
+        let n = max.min((self.rx.next_deliver - cursor) as usize);
+        let start = (cursor - self.rx.base) as usize;
+        for (i, (seq, packet)) in self.rx.entries.range(start..start + n).enumerate() {
+            deliver(Delivery {
+                seq: *seq,
+                epoch: self.epoch,
+                index: cursor + i as u64,
+                replay: true,
+                packet,
+            });
+        }
+        let cursor = cursor + n as u64;
+        self.members[k].state = if cursor >= self.rx.next_deliver {
+            MemberState::Live
+        } else {
+            MemberState::CatchingUp { cursor }
+        };
+        self.stats.redelivered += n as u64;
+        self.stats.delivered += n as u64;
+        n
+    }
+
+    /// Member `k` sent a packet back (see
+    /// [`handle_output_with`](Self::handle_output_with)); it is numbered
+    /// in the member's own output stream.
+    pub fn handle_member_output(
+        &mut self,
+        k: usize,
+        epoch: u32,
+        seq: u64,
+        digest: u64,
+        packet: impl FnOnce() -> P,
+    ) -> OutputDisposition {
+        let alive = self.members.get(k).is_some_and(Self::member_alive);
+        if !alive || epoch != self.epoch || !matches!(self.state, HopState::Running) {
+            self.stats.stale += 1;
+            return OutputDisposition::Stale;
+        }
+        let index = self.members[k].next_output;
+        self.members[k].next_output += 1;
+        self.tx.next_output = self.tx.next_output.max(index + 1);
+        self.accept_output(index, seq, digest, packet)
     }
 
     /// The packets for the VNF.
@@ -587,6 +810,8 @@ impl<P> Hop<P> {
     pub fn poll_delivery(&mut self) -> Option<Delivery<'_, P>> {
         if !matches!(self.state, HopState::Running)
             || self.phase.blocks_delivery()
+            || (!self.members.is_empty()
+                && !self.members.iter().any(|m| m.state == MemberState::Live))
             || self.tx.entries.len() >= self.tx.capacity
             || self.rx.next_deliver >= self.rx.end()
         {
@@ -621,6 +846,11 @@ impl<P> Hop<P> {
         mut deliver: impl FnMut(Delivery<'_, P>),
     ) -> usize {
         if !matches!(self.state, HopState::Running) || self.phase.blocks_delivery() {
+            return 0;
+        }
+        // MR-AA: a delivery goes to every live member; with none live (one
+        // catching up), the packets wait for it.
+        if !self.members.is_empty() && !self.members.iter().any(|m| m.state == MemberState::Live) {
             return 0;
         }
         let tx_room = self.tx.capacity.saturating_sub(self.tx.entries.len());
@@ -671,11 +901,24 @@ impl<P> Hop<P> {
             self.stats.stale += 1;
             return OutputDisposition::Stale;
         }
+        let index = self.tx.next_output;
+        self.tx.next_output += 1;
+        self.accept_output(index, seq, digest, packet)
+    }
+
+    /// The output numbered `index` in its VNF's (or member's) stream: the
+    /// first copy of an index moves on, later ones are duplicates.
+    #[inline]
+    fn accept_output(
+        &mut self,
+        index: u64,
+        seq: u64,
+        digest: u64,
+        packet: impl FnOnce() -> P,
+    ) -> OutputDisposition {
         if matches!(self.phase, CheckpointPhase::Dumping { .. }) {
             self.late_output = true;
         }
-        let index = self.tx.next_output;
-        self.tx.next_output += 1;
         self.tx.last_output_seq = Some(seq);
         // DESIGN.md invariant 3: only outputs past the last one accepted from
         // this hop move on; replays of earlier ones stop here.
@@ -724,6 +967,13 @@ impl<P> Hop<P> {
         if let Some(id) = self.phase.id() {
             return Err(HoldError::CheckpointInProgress(id));
         }
+        if let Some(k) = self
+            .members
+            .iter()
+            .position(|m| matches!(m.state, MemberState::CatchingUp { .. }))
+        {
+            return Err(HoldError::MemberCatchingUp(k));
+        }
         let id = self.next_checkpoint;
         self.next_checkpoint += 1;
         self.phase = CheckpointPhase::Draining { id, started: now };
@@ -744,6 +994,23 @@ impl<P> Hop<P> {
         };
         if current != id {
             return Err(HoldError::WrongCheckpoint(id));
+        }
+        // MR-AA: the image of any live member must stand for all of them.
+        if !self.members.is_empty() {
+            let outputs: Vec<u64> = self
+                .members
+                .iter()
+                .filter(|m| Self::member_alive(m))
+                .map(|m| m.next_output)
+                .collect();
+            if outputs.iter().any(|&o| o != self.tx.next_output)
+                || self
+                    .members
+                    .iter()
+                    .any(|m| matches!(m.state, MemberState::CatchingUp { .. }))
+            {
+                return Err(HoldError::MembersOutOfStep(outputs));
+            }
         }
         let consumed = match self.rule {
             ReleaseRule::Consumed => self.rx.next_deliver,
@@ -827,8 +1094,16 @@ impl<P> Hop<P> {
         } else {
             mark
         };
-        let released = self.rx.release_before(release_to.consumed, release);
-        self.tx.trim_digests(release_to.emitted);
+        // Never what a catching-up member still needs (or its digests).
+        let (mut consumed, mut emitted) = (release_to.consumed, release_to.emitted);
+        for m in &self.members {
+            if let MemberState::CatchingUp { cursor } = m.state {
+                consumed = consumed.min(cursor);
+                emitted = emitted.min(m.next_output);
+            }
+        }
+        let released = self.rx.release_before(consumed, release);
+        self.tx.trim_digests(emitted);
         self.stats.released += released;
         self.stats.checkpoints += 1;
         self.committed = Some(new);
@@ -889,6 +1164,9 @@ impl<P> Hop<P> {
         }
         if matches!(self.state, HopState::Running) {
             self.state = HopState::Recovering { since: now };
+        }
+        for m in &mut self.members {
+            m.state = MemberState::Failed;
         }
         self.epoch = self.epoch.wrapping_add(1);
         self.stats.failures += 1;
@@ -1109,6 +1387,9 @@ impl<P> Chain<P> {
         self.hops.last_mut().and_then(Hop::poll_forward)
     }
 }
+
+#[cfg(test)]
+mod members_model;
 
 #[cfg(test)]
 mod tests {

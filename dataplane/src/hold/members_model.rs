@@ -1,0 +1,368 @@
+//! Model test of MR-AA members: one hop of M copies of a deterministic,
+//! stateful VNF (it drops some packets and doubles others), driven through
+//! [`Hop`]'s member API by any schedule of deliveries, consumption, output
+//! arrivals, checkpoints, crashes, detections and restores. Whatever the
+//! schedule, what leaves the hop equals what a single VNF that never failed
+//! produces, and every member ends in that VNF's state.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// The VNF: a running sum; drops inputs divisible by 5, emits two outputs
+/// for inputs divisible by 7.
+fn process(state: &mut u64, payload: u64, out: &mut Vec<u64>) {
+    *state = state.wrapping_mul(31).wrapping_add(payload + 1);
+    if payload % 5 == 0 {
+        return;
+    }
+    out.push(*state);
+    if payload % 7 == 0 {
+        out.push(*state ^ 0xff);
+    }
+}
+
+fn reference(n: u64) -> (Vec<u64>, u64) {
+    let (mut state, mut out) = (0, Vec::new());
+    for p in 0..n {
+        process(&mut state, p, &mut out);
+    }
+    (out, state)
+}
+
+/// One member process as the model sees it.
+#[derive(Debug, Clone, Default)]
+struct Proc {
+    /// Its socket queue: (seq, epoch, payload). Lost with the process.
+    inbox: VecDeque<(u64, u32, u64)>,
+    /// Outputs on their way to the SFF: (seq, epoch, value). They survive
+    /// the process.
+    link: VecDeque<(u64, u32, u64)>,
+    state: u64,
+    /// Crashed (dead until restored).
+    dead: bool,
+    /// Its failure was reported to the hop.
+    reported: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Ingress,
+    Deliver,
+    Consume(usize),
+    Arrive(usize),
+    Forward,
+    Checkpoint(usize),
+    Crash(usize),
+    Detect(usize),
+    Restore(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => Just(Op::Ingress),
+        4 => Just(Op::Deliver),
+        6 => (0usize..4).prop_map(Op::Consume),
+        6 => (0usize..4).prop_map(Op::Arrive),
+        3 => Just(Op::Forward),
+        1 => (0usize..4).prop_map(Op::Checkpoint),
+        1 => (0usize..4).prop_map(Op::Crash),
+        1 => (0usize..4).prop_map(Op::Detect),
+        1 => (0usize..4).prop_map(Op::Restore),
+    ]
+}
+
+struct Model {
+    hop: Hop<u64>,
+    procs: Vec<Proc>,
+    /// Image (VNF state) of each committed checkpoint, by id.
+    images: Vec<(CheckpointId, u64)>,
+    next_input: u64,
+    inputs: u64,
+    sink: Vec<u64>,
+    now: Instant,
+}
+
+impl Model {
+    fn new(m: usize, inputs: u64, keep_fallback: bool) -> Self {
+        let mut hop = Hop::new(HopConfig {
+            rx_capacity: 64,
+            tx_capacity: 16,
+            keep_fallback,
+            ..HopConfig::default()
+        })
+        .unwrap();
+        hop.set_members(m).unwrap();
+        Self {
+            hop,
+            procs: vec![Proc::default(); m],
+            images: Vec::new(),
+            next_input: 0,
+            inputs,
+            sink: Vec::new(),
+            now: Instant::now(),
+        }
+    }
+
+    fn apply(&mut self, op: Op) {
+        let m = self.procs.len();
+        match op {
+            Op::Ingress => {
+                if self.next_input < self.inputs
+                    && self
+                        .hop
+                        .handle_input(self.next_input, self.next_input)
+                        .is_ok()
+                {
+                    self.next_input += 1;
+                }
+            }
+            Op::Deliver => self.deliver(),
+            Op::Consume(k) => self.consume(k % m),
+            Op::Arrive(k) => self.arrive(k % m),
+            Op::Forward => {
+                if let Some((_, v)) = self.hop.poll_forward() {
+                    self.sink.push(v);
+                }
+            }
+            Op::Checkpoint(k) => self.checkpoint(k % m),
+            Op::Crash(k) => {
+                let p = &mut self.procs[k % m];
+                if !p.dead {
+                    p.dead = true;
+                    p.inbox.clear();
+                }
+            }
+            Op::Detect(k) => self.detect(k % m),
+            Op::Restore(k) => self.restore(k % m),
+        }
+    }
+
+    /// The SFF's delivery step: catch-up members first, then one delivery
+    /// to every live member.
+    fn deliver(&mut self) {
+        for k in 0..self.procs.len() {
+            let procs = &mut self.procs;
+            self.hop.poll_catch_up(k, 1, |d| {
+                if !procs[k].dead {
+                    procs[k].inbox.push_back((d.seq, d.epoch, *d.packet));
+                }
+            });
+        }
+        let live: Vec<usize> = (0..self.procs.len())
+            .filter(|&k| self.hop.member(k) == Some(MemberState::Live))
+            .collect();
+        let procs = &mut self.procs;
+        self.hop.poll_delivery_burst(1, |d| {
+            for &k in &live {
+                if !procs[k].dead {
+                    procs[k].inbox.push_back((d.seq, d.epoch, *d.packet));
+                }
+            }
+        });
+    }
+
+    fn consume(&mut self, k: usize) {
+        let p = &mut self.procs[k];
+        if p.dead {
+            return;
+        }
+        if let Some((seq, epoch, payload)) = p.inbox.pop_front() {
+            let mut out = Vec::new();
+            process(&mut p.state, payload, &mut out);
+            p.link.extend(out.into_iter().map(|v| (seq, epoch, v)));
+        }
+    }
+
+    fn arrive(&mut self, k: usize) {
+        if let Some((seq, epoch, v)) = self.procs[k].link.pop_front() {
+            self.hop.handle_member_output(k, epoch, seq, v, || v);
+        }
+    }
+
+    /// The whole protocol at once, dumping member `k`: every member still
+    /// running drains (its inbox consumed, its outputs arrived) first.
+    fn checkpoint(&mut self, k: usize) {
+        let Ok(id) = self.hop.begin_checkpoint(self.now) else {
+            return;
+        };
+        for j in 0..self.procs.len() {
+            while !self.procs[j].dead && !self.procs[j].inbox.is_empty() {
+                self.consume(j);
+            }
+            if !self.procs[j].dead {
+                while !self.procs[j].link.is_empty() {
+                    self.arrive(j);
+                }
+            }
+        }
+        if self.procs[k].dead || self.hop.member(k) != Some(MemberState::Live) {
+            self.hop.handle_checkpoint_failed(id).unwrap();
+            return;
+        }
+        if self.hop.handle_quiesced(id).is_err() {
+            self.hop.handle_checkpoint_failed(id).unwrap();
+            return;
+        }
+        let image = self.procs[k].state;
+        self.hop.handle_dumped(id).unwrap();
+        self.hop.handle_checkpoint_complete(id, self.now).unwrap();
+        self.images.push((id, image));
+    }
+
+    fn detect(&mut self, k: usize) {
+        let p = &mut self.procs[k];
+        if p.dead && !p.reported {
+            p.reported = true;
+            self.hop.handle_member_failed(k, self.now).unwrap();
+        }
+    }
+
+    /// Restores member `k` from the hop's restore point (the SFF discards
+    /// what the old process still had on the link).
+    fn restore(&mut self, k: usize) {
+        if !self.procs[k].reported || self.hop.member(k) != Some(MemberState::Failed) {
+            return;
+        }
+        let from = self.hop.committed().map(|c| c.id).filter(|&id| id != 0);
+        let state = match from {
+            None => 0,
+            Some(id) => self.images.iter().find(|(i, _)| *i == id).unwrap().1,
+        };
+        self.hop
+            .handle_member_restored(k, from, self.now)
+            .expect("restore point");
+        self.procs[k] = Proc {
+            state,
+            ..Proc::default()
+        };
+    }
+
+    /// Heals every member and runs until nothing moves.
+    fn finish(&mut self) {
+        for k in 0..self.procs.len() {
+            self.detect(k);
+            self.restore(k);
+        }
+        loop {
+            let before = (
+                self.sink.len(),
+                self.next_input,
+                self.hop.rx().next_deliver(),
+                self.procs
+                    .iter()
+                    .map(|p| p.inbox.len() + p.link.len())
+                    .sum::<usize>(),
+                self.hop.members().collect::<Vec<_>>(),
+            );
+            self.apply(Op::Ingress);
+            self.deliver();
+            for k in 0..self.procs.len() {
+                self.consume(k);
+                while !self.procs[k].link.is_empty() {
+                    self.arrive(k);
+                }
+            }
+            while let Some((_, v)) = self.hop.poll_forward() {
+                self.sink.push(v);
+            }
+            if self.hop.rx().len() > 32 {
+                self.checkpoint(0);
+            }
+            let after = (
+                self.sink.len(),
+                self.next_input,
+                self.hop.rx().next_deliver(),
+                self.procs
+                    .iter()
+                    .map(|p| p.inbox.len() + p.link.len())
+                    .sum::<usize>(),
+                self.hop.members().collect::<Vec<_>>(),
+            );
+            if before == after {
+                break;
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn members_lose_and_duplicate_nothing(
+        m in 2usize..=4,
+        keep_fallback in any::<bool>(),
+        ops in proptest::collection::vec(op(), 0..300),
+    ) {
+        let inputs = 40;
+        let mut model = Model::new(m, inputs, keep_fallback);
+        for op in ops {
+            model.apply(op);
+        }
+        model.finish();
+        let (want, state) = reference(inputs);
+        prop_assert_eq!(&model.sink, &want);
+        for (k, p) in model.procs.iter().enumerate() {
+            prop_assert_eq!(p.state, state, "member {} state", k);
+        }
+        prop_assert_eq!(model.hop.stats().divergent, 0);
+    }
+}
+
+#[test]
+fn a_failed_member_stops_nothing_and_catches_up() {
+    let mut model = Model::new(3, 20, true);
+    for _ in 0..6 {
+        model.apply(Op::Ingress);
+        model.apply(Op::Deliver);
+    }
+    model.apply(Op::Checkpoint(0));
+    model.apply(Op::Crash(1));
+    model.apply(Op::Detect(1));
+    // The others go on: deliveries and outputs flow.
+    for _ in 0..6 {
+        model.apply(Op::Ingress);
+        model.apply(Op::Deliver);
+        for k in 0..3 {
+            model.apply(Op::Consume(k));
+            model.apply(Op::Arrive(k));
+        }
+        model.apply(Op::Forward);
+    }
+    assert!(!model.sink.is_empty());
+    assert_eq!(model.hop.state(), HopState::Running);
+    // No checkpoint while a member catches up.
+    model.apply(Op::Restore(1));
+    assert!(matches!(
+        model.hop.member(1),
+        Some(MemberState::CatchingUp { .. })
+    ));
+    assert_eq!(
+        model.hop.begin_checkpoint(model.now),
+        Err(HoldError::MemberCatchingUp(1))
+    );
+    model.finish();
+    assert_eq!(model.hop.member(1), Some(MemberState::Live));
+    assert_eq!(model.sink, reference(20).0);
+}
+
+#[test]
+fn the_last_member_failing_fails_the_hop() {
+    let mut model = Model::new(2, 10, false);
+    for _ in 0..4 {
+        model.apply(Op::Ingress);
+        model.apply(Op::Deliver);
+    }
+    model.apply(Op::Crash(0));
+    model.apply(Op::Crash(1));
+    model.apply(Op::Detect(0));
+    assert_eq!(model.hop.state(), HopState::Running);
+    model.apply(Op::Detect(1));
+    assert!(matches!(model.hop.state(), HopState::Recovering { .. }));
+    model.finish();
+    assert_eq!(model.sink, reference(10).0);
+}
