@@ -40,6 +40,7 @@ pub(crate) fn run() -> Result<()> {
             during_checkpoint: false,
             same_victim: None,
             second_failure: false,
+            members: Vec::new(),
         })?;
         rows.push(r);
     }

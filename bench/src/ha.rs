@@ -79,6 +79,9 @@ pub struct HaSpec {
     /// In each round, once the first victim's recovery has started, the
     /// next VNF is crashed too: a second failure during a recovery.
     pub second_failure: bool,
+    /// MR-AA: the members of each victim to crash at once (empty: member
+    /// 0, the VNF's own process). All of them: the hop fails and replays.
+    pub members: Vec<u32>,
 }
 
 /// Median, 99th percentile and maximum of a sample, in ms.
@@ -132,6 +135,10 @@ pub struct HaReport {
     pub recovery_ms: Summary,
     /// Longest sink silence around each round.
     pub downtime_ms: Summary,
+    /// The same measure with no failure: per round, the longest silence in
+    /// a window as long, ending 50 ms before the failure (the noise floor
+    /// of a loaded host: scheduling, other hops' checkpoints).
+    pub downtime_baseline_ms: Summary,
     /// Delivery pause of each checkpoint.
     pub checkpoint_pause_ms: Summary,
     /// Of the pause: draining, frozen, CRIU's dump.
@@ -654,6 +661,11 @@ fn trial(
     let frames = traffic.frames();
     let (expected, states) = nham_vnf::reference(&spec.kinds, &frames);
     let mut rounds_at: Vec<(Instant, Instant)> = Vec::new();
+    let members: &[u32] = if spec.members.is_empty() {
+        &[0]
+    } else {
+        &spec.members
+    };
     let mut failures = 0;
     let trial = std::thread::scope(|s| -> Result<crate::lab::Trial> {
         let t = s.spawn(|| lab.trial_through(frames, traffic.rate, &expected, None));
@@ -730,13 +742,18 @@ fn trial(
                     }
                 }
                 for &v in &victims {
-                    rt.block_on(vnfs.inject_fault(api::InjectFaultRequest {
-                        chain: "ha".into(),
-                        vnf: vnf_name(v),
-                        fault: spec.fault as i32,
-                        during_checkpoint: spec.during_checkpoint,
-                    }))
-                    .with_context(|| format!("InjectFault on {}", vnf_name(v)))?;
+                    for &member in members {
+                        rt.block_on(vnfs.inject_fault(api::InjectFaultRequest {
+                            chain: "ha".into(),
+                            vnf: vnf_name(v),
+                            fault: spec.fault as i32,
+                            during_checkpoint: spec.during_checkpoint,
+                            member,
+                        }))
+                        .with_context(|| {
+                            format!("InjectFault on {} member {member}", vnf_name(v))
+                        })?;
+                    }
                 }
             }
             failures += victims.len();
@@ -772,6 +789,7 @@ fn trial(
                         vnf: vnf_name(second),
                         fault: api::Fault::Crash as i32,
                         during_checkpoint: false,
+                        member: 0,
                     }))
                     .with_context(|| format!("InjectFault on {}", vnf_name(second)))?;
                     victims.push(second);
@@ -809,18 +827,24 @@ fn trial(
                 let done: Vec<Option<Instant>> = victims
                     .iter()
                     .map(|&v| {
-                        events.iter().find_map(|(at, e)| {
-                            (*at >= t0
-                                && e.vnf == vnf_name(v)
-                                && matches!(
-                                    e.event,
-                                    Some(
-                                        api::watch_events_response::Event::RecoveryFinished(_)
-                                            | api::watch_events_response::Event::RecoveryFailed(_)
+                        // One recovery per member crashed.
+                        events
+                            .iter()
+                            .filter(|(at, e)| {
+                                *at >= t0
+                                    && e.vnf == vnf_name(v)
+                                    && matches!(
+                                        e.event,
+                                        Some(
+                                            api::watch_events_response::Event::RecoveryFinished(_)
+                                                | api::watch_events_response::Event::RecoveryFailed(
+                                                    _
+                                                )
+                                        )
                                     )
-                                ))
-                            .then_some(*at)
-                        })
+                            })
+                            .map(|(at, _)| *at)
+                            .nth(members.len() - 1)
                     })
                     .collect();
                 drop(events);
@@ -975,6 +999,15 @@ fn trial(
         }
     }
     let downtime = downtimes(&trial.received.arrival_us, trial.base, &rounds_at);
+    let before: Vec<(Instant, Instant)> = rounds_at
+        .iter()
+        .filter_map(|&(fail, back)| {
+            let end = fail.checked_sub(Duration::from_millis(50))?;
+            Some((end.checked_sub(back.saturating_duration_since(fail))?, end))
+        })
+        .filter(|&(start, _)| start > trial.base)
+        .collect();
+    let baseline = downtimes(&trial.received.arrival_us, trial.base, &before);
     let v: Verdict = trial.verdict;
     Ok(HaReport {
         mechanism: spec.mechanism.as_str_name().to_string(),
@@ -984,6 +1017,7 @@ fn trial(
         detection_ms: Summary::of(&detection),
         recovery_ms: Summary::of(&recovery),
         downtime_ms: Summary::of(&downtime),
+        downtime_baseline_ms: Summary::of(&baseline),
         checkpoint_pause_ms: Summary::of(&pauses),
         checkpoint_drain_ms: Summary::of(&drains),
         checkpoint_frozen_ms: Summary::of(&frozen),

@@ -238,6 +238,7 @@ impl Lab {
             },
             protect: vec![s.protect; self.hops.len()],
             standby: Vec::new(),
+            members: Vec::new(),
             pool_slots: 0,
             burst: s.burst,
             poll: s.poll,

@@ -20,6 +20,11 @@ pub(crate) enum MechanismArg {
     /// switches the hop to it.
     #[value(name = "1r-aa")]
     OneRAa,
+    /// Three active members fed the same input; the first copy of each
+    /// output moves on; a failed member is restored and catches up while
+    /// the others serve (member 0, the checkpointed one, is the one crashed).
+    #[value(name = "mr-aa")]
+    MrAa,
 }
 
 impl MechanismArg {
@@ -28,6 +33,7 @@ impl MechanismArg {
             Self::ZeroR => api::Mechanism::Mechanism0r,
             Self::OneRAs => api::Mechanism::Mechanism1rAs,
             Self::OneRAa => api::Mechanism::Mechanism1rAa,
+            Self::MrAa => api::Mechanism::MrAa,
         }
     }
 }
@@ -111,6 +117,7 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
         during_checkpoint: false,
         same_victim: None,
         second_failure: false,
+        members: Vec::new(),
     };
     let r = ha::run(&spec)?;
     let row = |name: &str, s: &ha::Summary| {
@@ -126,6 +133,7 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
     row("detection", &r.detection_ms);
     row("recovery", &r.recovery_ms);
     row("downtime", &r.downtime_ms);
+    row("  same, no failure", &r.downtime_baseline_ms);
     row("checkpoint pause", &r.checkpoint_pause_ms);
     row("  of which draining", &r.checkpoint_drain_ms);
     row("  of which frozen", &r.checkpoint_frozen_ms);

@@ -142,6 +142,23 @@ pub enum Mechanism {
     /// committed checkpoint in a namespace of its own behind the hop's
     /// standby port; failover is a switch of port, SIGCONT and the replay.
     ActiveActive,
+    /// MR-AA: M members, all active, each in a namespace of its own behind
+    /// a member port of the hop; the SFF feeds them the same input and
+    /// passes on the first copy of each output. Member 0 is the one
+    /// checkpointed. A failed member is restored from the restore point and
+    /// catches up; the others serve meanwhile.
+    MultiActive,
+}
+
+/// An MR-AA member other than member 0: its namespace (its `eth0` has
+/// member 0's interface index, so images restore in any member's place)
+/// and process.
+#[derive(Debug, Clone)]
+pub struct MemberSlot {
+    /// Its namespace file.
+    pub netns: PathBuf,
+    /// Its process, while it runs.
+    pub pid: Option<u32>,
 }
 
 /// A 1R-AA replica's place: its namespace (its `eth0` has the primary's
@@ -300,6 +317,8 @@ pub struct ProtectedVnf {
     cwd: Option<PathBuf>,
     /// The 1R-AA replica's place, when the VNF has one.
     replica: Option<Replica>,
+    /// MR-AA members 1 to M-1 (member 0 is `pid` in `netns`).
+    members: Vec<MemberSlot>,
 }
 
 /// What a checkpoint took.
@@ -416,8 +435,13 @@ impl ProtectedVnf {
             retired: false,
             cwd: None,
             replica: None,
+            members: Vec::new(),
         };
-        v.set_mechanism(mechanism)?;
+        if mechanism == Mechanism::MultiActive {
+            v.mechanism = mechanism;
+        } else {
+            v.set_mechanism(mechanism)?;
+        }
         Ok(v)
     }
 
@@ -461,6 +485,20 @@ impl ProtectedVnf {
         self
     }
 
+    /// Gives the VNF MR-AA members 1 to M-1 (running, in their places).
+    pub fn with_members(mut self, members: Vec<MemberSlot>) -> Self {
+        self.members = members;
+        self
+    }
+
+    /// MR-AA member `k`'s process (member 0: the VNF's).
+    pub fn member_pid(&self, k: usize) -> Option<u32> {
+        match k {
+            0 => Some(self.pid),
+            _ => self.members.get(k - 1).and_then(|m| m.pid),
+        }
+    }
+
     /// Starts the VNF afresh (no checkpoint yet) in `dir`, as it was first
     /// started.
     pub fn with_cwd(mut self, dir: &Path) -> Self {
@@ -482,6 +520,13 @@ impl ProtectedVnf {
     /// Changes the mechanism: a 1R-AS standby is prepared now (from the
     /// latest checkpoint in the store, if any), a 0R VNF lets it go.
     pub fn set_mechanism(&mut self, m: Mechanism) -> Result<(), ProtectError> {
+        if m != self.mechanism
+            && (m == Mechanism::MultiActive || self.mechanism == Mechanism::MultiActive)
+        {
+            return Err(ProtectError::Process(
+                "MR-AA is chosen when the chain is created (its members need places and SFF ports), and kept".into(),
+            ));
+        }
         if m == Mechanism::ActiveActive && self.replica.is_none() {
             return Err(ProtectError::Process(
                 "1R-AA needs a replica namespace and standby port, made when the chain is created with 1R-AA".into(),
@@ -494,7 +539,7 @@ impl ProtectedVnf {
         }
         self.mechanism = m;
         match m {
-            Mechanism::NoReplica | Mechanism::ActiveActive => {
+            Mechanism::NoReplica | Mechanism::ActiveActive | Mechanism::MultiActive => {
                 self.standby.swrk = None;
                 if let Some((_, dir)) = self.standby.staged.take() {
                     let _ = std::fs::remove_dir_all(dir);
@@ -545,6 +590,8 @@ impl ProtectedVnf {
         // socket after a first look: its queue is not in the image, so it
         // must be empty while the VNF is stopped.)
         let resume = |pid| signal(pid, nix::sys::signal::Signal::SIGCONT);
+        // MR-AA: member 0 is the one dumped, and the SFF pauses only it;
+        // the other members go on serving.
         let frozen_at = loop {
             // A VNF stopped by someone else must stay stopped: our SIGCONT
             // would end a hang the Failure Detector is about to judge.
@@ -673,7 +720,8 @@ impl ProtectedVnf {
                 })?;
                 self.standby.staged = Some((id, staged));
             }
-            Mechanism::NoReplica => {
+            // MR-AA members are restored from the store when one fails.
+            Mechanism::NoReplica | Mechanism::MultiActive => {
                 let _ = std::fs::remove_dir_all(&dir);
             }
             // The replica becomes this checkpoint: the old copy goes, the
@@ -705,6 +753,9 @@ impl ProtectedVnf {
     pub fn recover(&mut self, sff: &SffClient) -> Result<RecoveryStats, ProtectError> {
         if self.retired {
             return Err(ProtectError::Retired);
+        }
+        if self.mechanism == Mechanism::MultiActive {
+            return self.recover_member(sff, 0);
         }
         let started = Instant::now();
         let hop = self.hop;
@@ -831,6 +882,106 @@ impl ProtectedVnf {
         }
     }
 
+    /// MR-AA: member `k`'s process is gone. The SFF stops sending to it;
+    /// while another member is alive the chain goes on, and this one is
+    /// restored from the restore point (in its own place) and catches up.
+    /// If it was the last, the hop failed and recovers with it (replay).
+    pub fn recover_member(
+        &mut self,
+        sff: &SffClient,
+        k: usize,
+    ) -> Result<RecoveryStats, ProtectError> {
+        if self.retired {
+            return Err(ProtectError::Retired);
+        }
+        let started = Instant::now();
+        let hop = self.hop;
+        let netns = match k {
+            0 => self.netns.clone(),
+            _ => self
+                .members
+                .get(k - 1)
+                .map(|m| m.netns.clone())
+                .ok_or_else(|| ProtectError::Process(format!("no member {k}")))?,
+        };
+        if k > 0 {
+            self.members[k - 1].pid = None;
+        }
+        let (checkpoint, fallback) = match sff.member_failed(hop, k).map_err(sff_err)? {
+            nham_dataplane::hold::MemberFailure::Continues => {
+                let st = sff.status().map_err(sff_err)?;
+                let h = st
+                    .hops
+                    .get(hop)
+                    .ok_or_else(|| ProtectError::Sff(format!("no hop {hop}")))?;
+                (h.committed.filter(|&id| id != 0), None)
+            }
+            nham_dataplane::hold::MemberFailure::HopFailed(plan) => {
+                (plan.checkpoint, plan.fallback)
+            }
+        };
+        let mut fallback_reason = None;
+        let (pid, from) = match checkpoint {
+            None => (self.start_fresh_in(&netns)?, None),
+            Some(id) => match (self.restore_in(id, &netns), fallback) {
+                (Ok(pid), _) => (pid, Some(id)),
+                (Err(e @ ProtectError::Store(_)), Some(older)) => {
+                    fallback_reason = Some(e.to_string());
+                    let s = &self.slot;
+                    let _ = s.store.remove_checkpoint(&s.chain, &s.vnf, id);
+                    (self.restore_in(older, &netns)?, Some(older))
+                }
+                (Err(e), _) => return Err(e),
+            },
+        };
+        let rr = match sff.member_restored(hop, k, from).map_err(sff_err) {
+            Ok(rr) => rr,
+            Err(e) => {
+                let _ = signal(pid, nix::sys::signal::Signal::SIGKILL);
+                return Err(e);
+            }
+        };
+        signal(pid, nix::sys::signal::Signal::SIGCONT)?;
+        let duration = started.elapsed();
+        if k == 0 {
+            self.pid = pid;
+            self.dump_worker = None;
+        } else {
+            self.members[k - 1].pid = Some(pid);
+        }
+        Ok(RecoveryStats {
+            duration,
+            replay: rr.replay,
+            restored: from.is_some(),
+            pid,
+            checkpoint: from,
+            fallback_reason,
+            switched: false,
+        })
+    }
+
+    /// Restores checkpoint `id` from the store into namespace `netns`
+    /// (stopped, as it was dumped).
+    fn restore_in(&self, id: CheckpointId, netns: &Path) -> Result<u32, ProtectError> {
+        let s = &self.slot;
+        let meta = s
+            .store
+            .get(&s.chain, &s.vnf, id)?
+            .ok_or(StoreError::Missing {
+                chain: s.chain.clone(),
+                vnf: s.vnf.clone(),
+                id,
+            })?;
+        // Members restore at once: each its own unpacked copy.
+        let dir = s
+            .scratch
+            .join(nham_netns::unique_name(&format!("restore-{id}-")));
+        s.store.unpack(&meta, &dir)?;
+        let r = criu::restore(None, &dir, netns);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(r?.0)
+    }
+
     /// Restores checkpoint `id`: from the standby when it holds that image,
     /// else from the store (checked before anything is handed to CRIU).
     fn restore(&mut self, id: CheckpointId) -> Result<u32, ProtectError> {
@@ -842,25 +993,17 @@ impl ProtectedVnf {
                 }
             }
         }
-        let s = &self.slot;
-        let meta = s
-            .store
-            .get(&s.chain, &s.vnf, id)?
-            .ok_or(StoreError::Missing {
-                chain: s.chain.clone(),
-                vnf: s.vnf.clone(),
-                id,
-            })?;
-        let dir = s.scratch.join(format!("restore-{id}"));
-        s.store.unpack(&meta, &dir)?;
-        let r = criu::restore(None, &dir, &self.netns);
-        let _ = std::fs::remove_dir_all(&dir);
-        Ok(r?.0)
+        self.restore_in(id, &self.netns)
     }
 
     fn start_fresh(&self) -> Result<u32, ProtectError> {
-        let f = std::fs::File::open(&self.netns)
-            .map_err(|e| ProtectError::Process(format!("{}: {e}", self.netns.display())))?;
+        self.start_fresh_in(&self.netns)
+    }
+
+    /// Starts the command afresh in namespace `netns` (running).
+    fn start_fresh_in(&self, netns: &Path) -> Result<u32, ProtectError> {
+        let f = std::fs::File::open(netns)
+            .map_err(|e| ProtectError::Process(format!("{}: {e}", netns.display())))?;
         let argv = self.command.clone();
         let cwd = self.cwd.clone();
         let child = std::thread::spawn(move || -> std::io::Result<std::process::Child> {

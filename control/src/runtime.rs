@@ -52,10 +52,10 @@ pub fn protection(m: api::Mechanism) -> Result<Option<protect::Mechanism>, Contr
         api::Mechanism::Mechanism0r => Ok(Some(protect::Mechanism::NoReplica)),
         api::Mechanism::Mechanism1rAs => Ok(Some(protect::Mechanism::ActiveStandby)),
         api::Mechanism::Mechanism1rAa => Ok(Some(protect::Mechanism::ActiveActive)),
-        other => Err(ControlError::Unimplemented(format!(
-            "{} is not implemented yet (0R, 1R-AS and 1R-AA are); use MECHANISM_NONE, MECHANISM_0R, MECHANISM_1R_AS or MECHANISM_1R_AA",
-            other.as_str_name()
-        ))),
+        api::Mechanism::MrAa => Ok(Some(protect::Mechanism::MultiActive)),
+        api::Mechanism::Unspecified => Err(ControlError::InvalidArgument(
+            "mechanism must be set".into(),
+        )),
     }
 }
 
@@ -107,6 +107,23 @@ pub struct VnfRuntime {
     /// 1R-AA for it): a namespace whose `eth0` has the index of the VNF's,
     /// behind the hop's standby port. Swaps with `netns` on failover.
     pub replica: Option<ReplicaPlace>,
+    /// MR-AA members 1 to M-1 (member 0 is this VNF's process and place).
+    pub members: Vec<MemberPlace>,
+}
+
+/// Where an MR-AA member other than member 0 runs, and its process.
+#[derive(Debug)]
+pub struct MemberPlace {
+    /// Its namespace (its `eth0` has member 0's interface index).
+    pub netns: Netns,
+    /// The SFF's end of its link (a member port of the hop).
+    pub sff_iface: String,
+    /// Its process, while it runs.
+    pub pid: Option<u32>,
+    /// Incarnation counter, to tell watchers of old processes apart.
+    pub incarnation: u64,
+    /// Its working directory.
+    pub cwd: PathBuf,
 }
 
 /// Where a 1R-AA replica runs.
@@ -136,9 +153,44 @@ impl VnfRuntime {
     /// Starts the VNF's command in its namespace, waits until it listens on
     /// a packet socket, and returns a pidfd to watch.
     pub fn start(&mut self) -> Result<OwnedFd, ControlError> {
-        let ns = self.netns.name().to_string();
+        let pid = self.spawn_in(&self.netns, &self.cwd)?;
+        self.adopt(pid)
+    }
+
+    /// Starts MR-AA member `k` (1 or more) afresh in its place; returns a
+    /// pidfd to watch.
+    pub fn start_member(&mut self, k: usize) -> Result<OwnedFd, ControlError> {
+        let m = self
+            .members
+            .get(k - 1)
+            .ok_or_else(|| ControlError::Process(format!("no member {k}")))?;
+        let pid = self.spawn_in(&m.netns, &m.cwd)?;
+        self.adopt_member(k, pid)
+    }
+
+    /// Takes `pid` as MR-AA member `k`'s process (1 or more).
+    pub fn adopt_member(&mut self, k: usize, pid: u32) -> Result<OwnedFd, ControlError> {
+        let pidfd = pidfd(pid)?;
+        if let Some(cg) = &self.cgroup {
+            if let Err(e) = cg.add(pid) {
+                tracing::warn!(vnf = self.plan.name, "{e}");
+            }
+        }
+        let m = self
+            .members
+            .get_mut(k - 1)
+            .ok_or_else(|| ControlError::Process(format!("no member {k}")))?;
+        m.pid = Some(pid);
+        m.incarnation += 1;
+        Ok(pidfd)
+    }
+
+    /// Starts the VNF's command in `netns` with working directory `cwd`,
+    /// waits until it listens on a packet socket; returns its pid.
+    fn spawn_in(&self, netns: &Netns, cwd: &Path) -> Result<u32, ControlError> {
+        let ns = netns.name().to_string();
         let argv = self.argv.clone();
-        let cwd = self.cwd.clone();
+        let cwd = cwd.to_path_buf();
         let env = self.plan.env.clone();
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -148,8 +200,7 @@ impl VnfRuntime {
         let err = out
             .try_clone()
             .map_err(|e| ControlError::Process(format!("{}: {e}", self.log.display())))?;
-        let child = self
-            .netns
+        let child = netns
             .run(move || {
                 // Pid 1 of a PID namespace of its own (see
                 // `protect::own_pid_namespace_for_children`).
@@ -181,7 +232,7 @@ impl VnfRuntime {
         if let Err(e) = protect::wait_for_packet_socket(pid, &self.plan.command) {
             tracing::warn!(vnf = self.plan.name, "{e}; taking it as ready");
         }
-        self.adopt(pid)
+        Ok(pid)
     }
 
     /// Brings the VNF's link up (a failed VNF may have been cut off; the
@@ -250,7 +301,8 @@ fn pidfd(pid: u32) -> Result<OwnedFd, ControlError> {
 impl Drop for VnfRuntime {
     fn drop(&mut self) {
         self.agent = None;
-        if let Some(pid) = self.pid.take() {
+        let members = self.members.iter_mut().filter_map(|m| m.pid.take());
+        for pid in self.pid.take().into_iter().chain(members) {
             let p = nix::unistd::Pid::from_raw(pid as i32);
             let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(p, None);
@@ -361,6 +413,9 @@ pub struct ChainRuntime {
     pub work: PathBuf,
     /// Left running on drop, for the next daemon.
     detached: bool,
+    /// MR-AA members started with the chain, (hop, member, pidfd), for the
+    /// daemon to watch (taken by it).
+    pub member_pidfds: Vec<(usize, usize, OwnedFd)>,
 }
 
 /// Where the daemon keeps state, and how it watches VNFs.
@@ -553,6 +608,7 @@ impl ChainRuntime {
         let mut vnfs = Vec::new();
         let mut hops = Vec::new();
         let mut standby = Vec::new();
+        let mut members = Vec::new();
         let work = state.scratch.join(&plan.name);
         let logs = state.logs.join(&plan.name);
         for dir in [&work, &logs] {
@@ -592,6 +648,33 @@ impl ChainRuntime {
                 standby.push(None);
                 None
             };
+            // MR-AA: members 1 to M-1, each in a place like the replica's.
+            let mut places = Vec::new();
+            let mut member_ports = Vec::new();
+            for k in 1..v.replicas as usize {
+                let mns = Netns::create(&format!("{prefix}{id:x}-{i}m{k}"))?;
+                let (mhere, mthere) = nham_netns::veth_pair_here_with_index(
+                    &format!("n{id:x}m{i}k{k}"),
+                    &mns,
+                    VNF_IFACE,
+                    there.ifindex,
+                )?;
+                member_ports.push(PortSpec {
+                    iface: mhere.name.clone(),
+                    ifindex: mhere.ifindex,
+                    mac: mhere.mac,
+                    peer_mac: mthere.mac,
+                });
+                let cwd = state.vnf_cwd(&plan.name, &format!("{}.m{k}", v.name))?;
+                places.push(MemberPlace {
+                    netns: mns,
+                    sff_iface: mhere.name,
+                    pid: None,
+                    incarnation: 0,
+                    cwd,
+                });
+            }
+            members.push(member_ports);
             let ns = netns.name().to_string();
             // `setsid` execs in place (same pid): the VNF leads a session of
             // its own, as CRIU wants of the root of a tree it dumps.
@@ -611,6 +694,7 @@ impl ChainRuntime {
                 cwd: state.vnf_cwd(&plan.name, &v.name)?,
                 cgroup: state.vnf_cgroup(&plan.name, &v.name),
                 replica,
+                members: places,
                 agent: None,
                 checkpoints: 0,
                 sff_iface: here.name.clone(),
@@ -632,12 +716,21 @@ impl ChainRuntime {
             sff_process: None,
             work,
             detached: false,
+            member_pidfds: Vec::new(),
         };
         let pidfds = runtime
             .vnfs
             .iter_mut()
             .map(VnfRuntime::start)
             .collect::<Result<Vec<_>, _>>()?;
+        // MR-AA members start with member 0, all in the initial state.
+        let mut member_pidfds = Vec::new();
+        for (i, v) in runtime.vnfs.iter_mut().enumerate() {
+            for k in 1..=v.members.len() {
+                member_pidfds.push((i, k, v.start_member(k)?));
+            }
+        }
+        runtime.member_pidfds = member_pidfds;
         let mut protect = Vec::new();
         for v in &runtime.vnfs {
             protect.push(protection(v.plan.mechanism)?.is_some());
@@ -660,6 +753,7 @@ impl ChainRuntime {
             },
             protect,
             standby,
+            members,
             pool_slots: 0,
             burst: 32,
             poll: sff.poll,
@@ -702,6 +796,15 @@ impl ChainRuntime {
         let gone = |what: String| ControlError::FailedPrecondition(what);
         if record.vnfs.len() != plan.vnfs.len() {
             return Err(gone("the record does not match the spec".into()));
+        }
+        if plan
+            .vnfs
+            .iter()
+            .any(|v| v.mechanism == api::Mechanism::MrAa)
+        {
+            return Err(gone(
+                "MR-AA chains are not re-attached (their members are not recorded yet)".into(),
+            ));
         }
         let client = SffClient::connect(&record.sff_socket)
             .map_err(|e| gone(format!("its SFF does not answer: {e}")))?;
@@ -749,6 +852,7 @@ impl ChainRuntime {
                     }),
                     _ => None,
                 },
+                members: Vec::new(),
                 agent: None,
                 checkpoints: r.checkpoints,
                 sff_iface: r.sff_iface.clone(),
@@ -774,11 +878,12 @@ impl ChainRuntime {
             }),
             work,
             detached: true,
+            member_pidfds: Vec::new(),
         };
         let sff = runtime.sff.clone().expect("set above");
         let mut pidfds = Vec::new();
         for (hop, (v, r)) in runtime.vnfs.iter_mut().zip(&record.vnfs).enumerate() {
-            let h = status.hops[hop];
+            let h = status.hops[hop].clone();
             let alive = r.pid.filter(|&p| nham_netns::pid_in(p, &v.netns.path()));
             // A checkpoint the last daemon left: its image counts only if
             // the store committed it.
@@ -886,6 +991,13 @@ impl ChainRuntime {
         state: &StateOptions,
     ) -> Result<(), ControlError> {
         let wanted = protection(m)?;
+        let has_members = !self.vnfs[hop].members.is_empty();
+        if (m == api::Mechanism::MrAa) != has_members {
+            return Err(ControlError::FailedPrecondition(format!(
+                "VNF {:?}: MR-AA is chosen when the chain is created (its members need places and SFF ports) and kept",
+                self.vnfs[hop].plan.name
+            )));
+        }
         if m == api::Mechanism::Mechanism1rAa && self.vnfs[hop].replica.is_none() {
             return Err(ControlError::FailedPrecondition(format!(
                 "VNF {:?} has no replica namespace and standby port: 1R-AA is chosen when the chain is created",
@@ -945,6 +1057,17 @@ impl ChainRuntime {
                 .map(|a| match &v.replica {
                     Some(r) => a.with_replica(&r.netns.path(), &r.sff_iface),
                     None => a,
+                })
+                .map(|a| {
+                    a.with_members(
+                        v.members
+                            .iter()
+                            .map(|m| protect::MemberSlot {
+                                netns: m.netns.path(),
+                                pid: m.pid,
+                            })
+                            .collect(),
+                    )
                 })
                 .and_then(|mut a| {
                     if aa {
@@ -1044,6 +1167,10 @@ impl Drop for ChainRuntime {
                 }
                 if let Some(r) = v.replica.as_mut() {
                     r.netns.keep();
+                }
+                for m in &mut v.members {
+                    m.pid = None;
+                    m.netns.keep();
                 }
             }
             return;

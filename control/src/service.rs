@@ -151,6 +151,28 @@ fn now_nanos() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// The event of a finished recovery: `r` done, `took` from detection to
+/// the chain (or member) running again.
+fn recovery_finished(
+    chain: &str,
+    vnf: &str,
+    r: RecoveryStats,
+    took: Duration,
+) -> api::WatchEventsResponse {
+    event(
+        chain,
+        vnf,
+        api::watch_events_response::Event::RecoveryFinished(api::RecoveryFinished {
+            recovery_ms: took.as_secs_f64() * 1e3,
+            replayed: r.replay,
+            restored: r.restored,
+            checkpoint_id: r.checkpoint.unwrap_or(0),
+            fallback_reason: r.fallback_reason.unwrap_or_default(),
+            switched: r.switched,
+        }),
+    )
+}
+
 fn event(chain: &str, vnf: &str, e: api::watch_events_response::Event) -> api::WatchEventsResponse {
     api::WatchEventsResponse {
         time_unix_nanos: now_nanos(),
@@ -181,6 +203,19 @@ impl Daemon {
     /// Watches VNF `vnf` of `chain` (incarnation `incarnation`) through its
     /// pidfd.
     fn watch(self: &Arc<Self>, chain: String, vnf: String, incarnation: u64, pidfd: OwnedFd) {
+        self.watch_member(chain, vnf, 0, incarnation, pidfd);
+    }
+
+    /// Watches MR-AA member `member` of VNF `vnf` (0: the VNF's own
+    /// process, as [`watch`](Self::watch)).
+    fn watch_member(
+        self: &Arc<Self>,
+        chain: String,
+        vnf: String,
+        member: usize,
+        incarnation: u64,
+        pidfd: OwnedFd,
+    ) {
         let daemon = self.clone();
         tokio::spawn(async move {
             // A pidfd becomes readable when the process exits; wait for it
@@ -205,12 +240,114 @@ impl Daemon {
                 }
             })
             .await;
-            if let Ok(Some((pidfd, detected))) = exited {
-                daemon
-                    .on_exit(&chain, &vnf, incarnation, pidfd, detected)
-                    .await;
+            match exited {
+                Ok(Some((pidfd, detected))) if member == 0 => {
+                    daemon
+                        .on_exit(&chain, &vnf, incarnation, pidfd, detected)
+                        .await;
+                }
+                Ok(Some((_, detected))) => {
+                    daemon
+                        .on_member_exit(&chain, &vnf, member, incarnation, detected)
+                        .await;
+                }
+                _ => {}
             }
         });
+    }
+
+    /// Watches the MR-AA members a chain started with.
+    fn watch_members(self: &Arc<Self>, runtime: &mut ChainRuntime) {
+        for (hop, k, fd) in std::mem::take(&mut runtime.member_pidfds) {
+            let v = &runtime.vnfs[hop];
+            let inc = v.members[k - 1].incarnation;
+            self.watch_member(runtime.plan.name.clone(), v.plan.name.clone(), k, inc, fd);
+        }
+    }
+
+    /// MR-AA member `k` (1 or more) of VNF `vnf` exited: the chain goes on
+    /// with the others; the member is restored and catches up.
+    async fn on_member_exit(
+        self: &Arc<Self>,
+        chain: &str,
+        vnf: &str,
+        k: usize,
+        incarnation: u64,
+        detected: Instant,
+    ) {
+        use api::watch_events_response::Event;
+        let (agent, sff) = {
+            let mut chains = self.chains.lock().await;
+            let Some(entry) = chains.get_mut(chain) else {
+                return;
+            };
+            let sff = entry.runtime.sff.clone();
+            let Ok(v) = entry.runtime.vnf_mut(vnf) else {
+                return;
+            };
+            match v.members.get_mut(k - 1) {
+                Some(m) if m.incarnation == incarnation => m.pid = None,
+                _ => return,
+            }
+            v.failures += 1;
+            let detection_ms = v.fault_at.take().map_or(0.0, |t| {
+                detected.saturating_duration_since(t).as_secs_f64() * 1e3
+            });
+            self.emit(event(
+                chain,
+                vnf,
+                Event::FailureDetected(api::FailureDetected {
+                    cause: format!("MR-AA member {k} exited"),
+                    detection_ms,
+                }),
+            ));
+            self.emit(event(
+                chain,
+                vnf,
+                Event::RecoveryStarted(api::RecoveryStarted {}),
+            ));
+            match (v.agent.clone(), sff) {
+                (Some(a), Some(s)) => (a, s),
+                _ => return,
+            }
+        };
+        let recovered = tokio::task::spawn_blocking(move || {
+            agent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .recover_member(&sff, k)
+                .map(|r| (r, detected.elapsed()))
+        })
+        .await
+        .map_err(|e| ControlError::Process(format!("recovery panicked: {e}")))
+        .and_then(|r| r.map_err(|e| ControlError::Process(e.to_string())));
+        let mut chains = self.chains.lock().await;
+        let Some(v) = chains
+            .get_mut(chain)
+            .and_then(|e| e.runtime.vnf_mut(vnf).ok())
+        else {
+            return;
+        };
+        match recovered.and_then(|(r, took)| v.adopt_member(k, r.pid).map(|fd| (fd, r, took))) {
+            Ok((pidfd, r, took)) => {
+                v.recoveries += 1;
+                let inc = v.members[k - 1].incarnation;
+                self.emit(recovery_finished(chain, vnf, r, took));
+                self.watch_member(chain.to_string(), vnf.to_string(), k, inc, pidfd);
+            }
+            Err(e) => {
+                v.recovery_failures += 1;
+                v.last_error = Some(format!("member {k}: {e}"));
+                tracing::error!(chain, vnf, "recovery of MR-AA member {k} failed: {e}");
+                self.emit(event(
+                    chain,
+                    vnf,
+                    Event::RecoveryFailed(api::RecoveryFailed {
+                        reason: format!("member {k}: {e}"),
+                    }),
+                ));
+            }
+        }
     }
 
     /// VNF `vnf` of `chain` exited (its pidfd became readable at `detected`).
@@ -376,18 +513,7 @@ impl Daemon {
             Ok((pidfd, r, recovery)) => {
                 v.recoveries += 1;
                 v.last_error = None;
-                self.emit(event(
-                    chain,
-                    vnf,
-                    Event::RecoveryFinished(api::RecoveryFinished {
-                        recovery_ms: recovery.as_secs_f64() * 1e3,
-                        replayed: r.replay,
-                        restored: r.restored,
-                        checkpoint_id: r.checkpoint.unwrap_or(0),
-                        fallback_reason: r.fallback_reason.unwrap_or_default(),
-                        switched: r.switched,
-                    }),
-                ));
+                self.emit(recovery_finished(chain, vnf, r, recovery));
                 self.watch(chain.to_string(), vnf.to_string(), v.incarnation, pidfd);
                 // The new pid (after a fresh start) and counters, for a
                 // restarted daemon; not waited for.
@@ -702,6 +828,8 @@ impl Daemon {
         for (v, fd) in runtime.vnfs.iter().zip(pidfds) {
             self.watch(name.clone(), v.plan.name.clone(), v.incarnation, fd);
         }
+        let mut runtime = runtime;
+        self.watch_members(&mut runtime);
         self.schedule_all(&runtime);
         self.watch_data_path(name.clone());
         let chain = runtime.to_api(&spec);
@@ -826,6 +954,14 @@ impl Daemon {
                     .iter()
                     .filter_map(|v| Some(v.replica.as_ref()?.netns.name().to_string())),
             );
+            keep.extend(
+                runtime
+                    .vnfs
+                    .iter()
+                    .flat_map(|v| v.members.iter().map(|m| m.netns.name().to_string())),
+            );
+            let mut runtime = runtime;
+            self.watch_members(&mut runtime);
             let mut lost = Vec::new();
             for (v, fd) in runtime.vnfs.iter().zip(pidfds) {
                 match fd {
@@ -1224,6 +1360,41 @@ impl vnf_service_server::VnfService for VnfSvc {
             .ok_or_else(|| {
                 Status::invalid_argument("fault must be FAULT_CRASH, FAULT_HANG or FAULT_CUT_OFF")
             })?;
+        if r.member > 0 {
+            if fault != api::Fault::Crash || r.during_checkpoint {
+                return Err(Status::invalid_argument(
+                    "member > 0 takes FAULT_CRASH only, not during_checkpoint",
+                ));
+            }
+            let k = r.member as usize;
+            self.0
+                .with_chain(&r.chain, |e| {
+                    let v = e.runtime.vnf_mut(&r.vnf)?;
+                    let pid = match v.members.get(k - 1) {
+                        None => {
+                            return Err(ControlError::InvalidArgument(format!(
+                                "VNF {:?} has no MR-AA member {k} (it has {})",
+                                r.vnf,
+                                v.members.len() + 1
+                            )))
+                        }
+                        Some(m) => m.pid.ok_or_else(|| {
+                            ControlError::FailedPrecondition(format!(
+                                "member {k} of VNF {:?} is not running",
+                                r.vnf
+                            ))
+                        })?,
+                    };
+                    v.fault_at = Some(Instant::now());
+                    nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    )
+                    .map_err(|e| ControlError::Process(format!("SIGKILL to {pid}: {e}")))
+                })
+                .await?;
+            return Ok(Response::new(api::InjectFaultResponse {}));
+        }
         if r.during_checkpoint {
             if fault != api::Fault::Crash {
                 return Err(Status::invalid_argument(

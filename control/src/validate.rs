@@ -25,7 +25,12 @@ pub struct VnfPlan {
     pub mechanism: api::Mechanism,
     /// Checkpoint period (`None`: the daemon's default).
     pub checkpoint_interval: Option<std::time::Duration>,
+    /// MR-AA: members (M, 2 to 8; 3 when not given). 1 otherwise.
+    pub replicas: u32,
 }
+
+/// MR-AA members when the spec does not say.
+pub const DEFAULT_REPLICAS: u32 = 3;
 
 /// A validated chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +171,11 @@ pub fn chain(spec: Option<&api::ChainSpec>) -> Result<ChainPlan, ControlError> {
             mechanism,
             checkpoint_interval: (v.checkpoint_interval_ms != 0)
                 .then(|| std::time::Duration::from_millis(v.checkpoint_interval_ms.into())),
+            replicas: match (mechanism, v.replicas) {
+                (api::Mechanism::MrAa, 0) => DEFAULT_REPLICAS,
+                (api::Mechanism::MrAa, m) => m,
+                _ => 1,
+            },
         });
     }
     if spec.rules.is_empty() {

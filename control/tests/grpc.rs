@@ -227,20 +227,22 @@ async fn invalid_requests_get_invalid_argument_and_unknown_names_not_found() {
             vnf: "a".into(),
             fault: api::Fault::Hang as i32,
             during_checkpoint: true,
+            member: 0,
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("during_checkpoint"), "{e:?}");
 
-    // MR-AA is refused honestly, for now.
+    // MR-AA takes 2 to 8 members.
+    let mut bad = spec("c", 1, &["a"], api::Mechanism::MrAa);
+    bad.vnfs[0].replicas = 9;
     let e = chains
-        .create_chain(api::CreateChainRequest {
-            spec: Some(spec("c", 1, &["a"], api::Mechanism::MrAa)),
-        })
+        .create_chain(api::CreateChainRequest { spec: Some(bad) })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("replicas"), "{e:?}");
     let mut bad = spec("c", 1, &["a"], api::Mechanism::Mechanism0r);
     bad.vnfs[0].checkpoint_interval_ms = 1;
     let e = chains
@@ -437,11 +439,13 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
         mechanism: m as i32,
         replicas: 0,
     };
+    // MR-AA's members are made with the chain.
     let e = vnfs
         .set_mechanism(set(api::Mechanism::MrAa))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("MR-AA"), "{e:?}");
     let e = vnfs
         .set_mechanism(set(api::Mechanism::Unspecified))
         .await

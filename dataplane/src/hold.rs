@@ -67,11 +67,14 @@
 //! another member is alive; it is restored from the committed (or fallback)
 //! checkpoint and *catches up* ([`Hop::poll_catch_up`]): it is sent the held
 //! packets from that checkpoint's mark until it reaches the others, then is
-//! live again. Checkpoints dump one live member; the mark is valid for all,
-//! since all live members must be in step ([`HoldError::MembersOutOfStep`]),
-//! and none may be catching up ([`HoldError::MemberCatchingUp`]); release
-//! never passes what a catching-up member still needs. Only when the last
-//! member fails does the hop fail and recover as any other.
+//! live again. A checkpoint dumps member 0 and pauses *only it*: it is
+//! [`MemberState::Paused`] (sent nothing) while it drains and is dumped,
+//! the others go on serving, and after the dump it catches up like a
+//! restored member. The mark is member 0's (its cursor and output count);
+//! the members are deterministic copies, so it is the mark of any member
+//! restored from that image. Release never passes what a catching-up member
+//! still needs. Only when the last member fails does the hop fail and
+//! recover as any other.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -110,15 +113,6 @@ pub enum HoldError {
     /// renumber the next output onto this one and suppress it).
     #[error("an output of the VNF arrived after checkpoint {0}'s mark: the mark is wrong")]
     OutputAfterMark(CheckpointId),
-    /// An MR-AA member is being sent what it missed: a checkpoint now
-    /// could release packets it still needs.
-    #[error("member {0} is catching up: no checkpoint until it has")]
-    MemberCatchingUp(usize),
-    /// The live MR-AA members have not all sent the same number of outputs
-    /// yet (one lags, or failed and is not reported yet): the mark would be
-    /// wrong for some of them.
-    #[error("the live members are not in step (outputs {0:?})")]
-    MembersOutOfStep(Vec<u64>),
     /// No such member, or it is in the wrong state for the event.
     #[error("member {0} does not exist or is not in a state for this")]
     NoMember(usize),
@@ -456,6 +450,12 @@ pub enum MemberState {
         /// Input index of the next packet to send it.
         cursor: u64,
     },
+    /// Member 0 during a checkpoint (draining, dumped): nothing is sent to
+    /// it; it resumes from input index `cursor`.
+    Paused {
+        /// Input index of the next packet to send it.
+        cursor: u64,
+    },
     /// Failed: nothing is sent to it; its outputs are stale.
     Failed,
 }
@@ -604,6 +604,13 @@ impl<P> Hop<P> {
         Ok(())
     }
 
+    /// Whether the checkpoint under way stops delivery to the hop: for an
+    /// ordinary hop while it drains and is dumped; for an MR-AA hop never
+    /// (only member 0 is paused).
+    fn delivery_paused(&self) -> bool {
+        self.members.is_empty() && self.phase.blocks_delivery()
+    }
+
     /// MR-AA members (none for an ordinary hop).
     pub fn members(&self) -> impl ExactSizeIterator<Item = MemberState> + '_ {
         self.members.iter().map(|m| m.state)
@@ -627,6 +634,11 @@ impl<P> Hop<P> {
     ) -> Result<MemberFailure, HoldError> {
         let m = self.members.get_mut(k).ok_or(HoldError::NoMember(k))?;
         m.state = MemberState::Failed;
+        // Member 0 is the one a checkpoint dumps: it is void.
+        if k == 0 && !matches!(self.phase, CheckpointPhase::Idle) {
+            self.phase = CheckpointPhase::Idle;
+            self.stats.checkpoint_failures += 1;
+        }
         if self.members.iter().any(Self::member_alive) {
             Ok(MemberFailure::Continues)
         } else {
@@ -697,7 +709,7 @@ impl<P> Hop<P> {
         max: usize,
         mut deliver: impl FnMut(Delivery<'_, P>),
     ) -> usize {
-        if !matches!(self.state, HopState::Running) || self.phase.blocks_delivery() {
+        if !matches!(self.state, HopState::Running) || self.delivery_paused() {
             return 0;
         }
         let Some(MemberState::CatchingUp { cursor }) = self.member(k) else {
@@ -744,6 +756,11 @@ impl<P> Hop<P> {
         let index = self.members[k].next_output;
         self.members[k].next_output += 1;
         self.tx.next_output = self.tx.next_output.max(index + 1);
+        // Only member 0 is frozen for a checkpoint: an output of its after
+        // the mark makes the mark wrong; the others' are business as usual.
+        if k == 0 && matches!(self.phase, CheckpointPhase::Dumping { .. }) {
+            self.late_output = true;
+        }
         self.accept_output(index, seq, digest, packet)
     }
 
@@ -809,7 +826,7 @@ impl<P> Hop<P> {
     /// room. The packet stays held in `buffer_rx`.
     pub fn poll_delivery(&mut self) -> Option<Delivery<'_, P>> {
         if !matches!(self.state, HopState::Running)
-            || self.phase.blocks_delivery()
+            || self.delivery_paused()
             || (!self.members.is_empty()
                 && !self.members.iter().any(|m| m.state == MemberState::Live))
             || self.tx.entries.len() >= self.tx.capacity
@@ -845,7 +862,7 @@ impl<P> Hop<P> {
         max: usize,
         mut deliver: impl FnMut(Delivery<'_, P>),
     ) -> usize {
-        if !matches!(self.state, HopState::Running) || self.phase.blocks_delivery() {
+        if !matches!(self.state, HopState::Running) || self.delivery_paused() {
             return 0;
         }
         // MR-AA: a delivery goes to every live member; with none live (one
@@ -916,7 +933,7 @@ impl<P> Hop<P> {
         digest: u64,
         packet: impl FnOnce() -> P,
     ) -> OutputDisposition {
-        if matches!(self.phase, CheckpointPhase::Dumping { .. }) {
+        if self.members.is_empty() && matches!(self.phase, CheckpointPhase::Dumping { .. }) {
             self.late_output = true;
         }
         self.tx.last_output_seq = Some(seq);
@@ -967,12 +984,16 @@ impl<P> Hop<P> {
         if let Some(id) = self.phase.id() {
             return Err(HoldError::CheckpointInProgress(id));
         }
-        if let Some(k) = self
-            .members
-            .iter()
-            .position(|m| matches!(m.state, MemberState::CatchingUp { .. }))
-        {
-            return Err(HoldError::MemberCatchingUp(k));
+        // MR-AA: member 0 is the one dumped; only it pauses, where it is.
+        if let Some(m) = self.members.first_mut() {
+            let cursor = match m.state {
+                MemberState::Live => self.rx.next_deliver,
+                MemberState::CatchingUp { cursor } => cursor,
+                MemberState::Paused { .. } | MemberState::Failed => {
+                    return Err(HoldError::NoMember(0));
+                }
+            };
+            m.state = MemberState::Paused { cursor };
         }
         let id = self.next_checkpoint;
         self.next_checkpoint += 1;
@@ -995,22 +1016,17 @@ impl<P> Hop<P> {
         if current != id {
             return Err(HoldError::WrongCheckpoint(id));
         }
-        // MR-AA: the image of any live member must stand for all of them.
-        if !self.members.is_empty() {
-            let outputs: Vec<u64> = self
-                .members
-                .iter()
-                .filter(|m| Self::member_alive(m))
-                .map(|m| m.next_output)
-                .collect();
-            if outputs.iter().any(|&o| o != self.tx.next_output)
-                || self
-                    .members
-                    .iter()
-                    .any(|m| matches!(m.state, MemberState::CatchingUp { .. }))
-            {
-                return Err(HoldError::MembersOutOfStep(outputs));
-            }
+        // MR-AA: member 0's own position.
+        if let Some(m) = self.members.first() {
+            let MemberState::Paused { cursor } = m.state else {
+                return Err(HoldError::NoMember(0));
+            };
+            let mark = Mark {
+                consumed: cursor,
+                emitted: m.next_output,
+            };
+            self.phase = CheckpointPhase::Dumping { id, started, mark };
+            return Ok(mark);
         }
         let consumed = match self.rule {
             ReleaseRule::Consumed => self.rx.next_deliver,
@@ -1037,6 +1053,7 @@ impl<P> Hop<P> {
                     return Err(HoldError::OutputAfterMark(id));
                 }
                 self.phase = CheckpointPhase::Storing { id, started, mark };
+                self.resume_member_0();
                 Ok(mark)
             }
             _ => Err(HoldError::WrongCheckpoint(id)),
@@ -1080,6 +1097,7 @@ impl<P> Hop<P> {
         if self.late_output && matches!(self.phase, CheckpointPhase::Dumping { .. }) {
             return Err(HoldError::OutputAfterMark(id));
         }
+        self.resume_member_0();
         // DESIGN.md invariant 1: a packet is released only once a checkpoint
         // is known to include its effect — with a fallback kept, only once
         // the older restorable checkpoint includes it.
@@ -1140,11 +1158,26 @@ impl<P> Hop<P> {
         released
     }
 
+    /// MR-AA: member 0, paused for a checkpoint, catches up from where it
+    /// stopped.
+    fn resume_member_0(&mut self) {
+        if let Some(m) = self.members.first_mut() {
+            if let MemberState::Paused { cursor } = m.state {
+                m.state = if cursor >= self.rx.next_deliver {
+                    MemberState::Live
+                } else {
+                    MemberState::CatchingUp { cursor }
+                };
+            }
+        }
+    }
+
     /// Checkpoint `id` failed (dump error, storage error): nothing is
     /// released, the previous restore point stays, delivery resumes.
     pub fn handle_checkpoint_failed(&mut self, id: CheckpointId) -> Result<(), HoldError> {
         match self.phase.id() {
             Some(current) if current == id => {
+                self.resume_member_0();
                 self.phase = CheckpointPhase::Idle;
                 self.stats.checkpoint_failures += 1;
                 Ok(())

@@ -73,6 +73,9 @@ enum Cmd {
         /// Land it while the VNF is frozen for a checkpoint.
         #[arg(long)]
         during_checkpoint: bool,
+        /// MR-AA: crash this member (0: the VNF's own process).
+        #[arg(long, default_value_t = 0)]
+        member: u32,
     },
     /// Heal a VNF: restart it from its latest checkpoint (protected VNFs)
     /// or afresh (MECHANISM_NONE).
@@ -231,6 +234,7 @@ async fn main() -> anyhow::Result<()> {
             vnf,
             fault,
             during_checkpoint,
+            member,
         } => {
             let fault = match fault.as_str() {
                 "crash" => api::Fault::Crash,
@@ -243,6 +247,7 @@ async fn main() -> anyhow::Result<()> {
                 vnf,
                 fault: fault as i32,
                 during_checkpoint,
+                member,
             })
             .await?;
         }

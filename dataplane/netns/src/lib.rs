@@ -517,31 +517,45 @@ fn veth_pair_in(
             let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
             tokio::spawn(conn);
             let queues = [LinkAttribute::NumRxQueues(1), LinkAttribute::NumTxQueues(1)];
-            let mut peer = LinkUnspec::new_with_name(&bn).mtu(MTU);
             // The kernel takes the peer's index only when the device's own
-            // is given too: it gets one far above those the kernel hands out.
-            let own_index = b_index.map(|i| i.saturating_add(1 << 24));
-            if let Some(i) = b_index {
-                peer = peer.index(i);
+            // is given too: one far above those the kernel hands out, and
+            // another if that one is taken (several peers with the same
+            // index, each in its own namespace, have several own ends here).
+            static OWN: AtomicU32 = AtomicU32::new(0);
+            let mut attempts = 0;
+            loop {
+                let own_index = b_index.map(|i| {
+                    i.saturating_add(1 << 24)
+                        .saturating_add(OWN.fetch_add(1, Ordering::Relaxed) % (1 << 20))
+                });
+                let mut peer = LinkUnspec::new_with_name(&bn).mtu(MTU);
+                if let Some(i) = b_index {
+                    peer = peer.index(i);
+                }
+                for q in queues.iter().cloned() {
+                    peer = peer.append_extra_attribute(q);
+                }
+                let mut veth = LinkVeth::new(&an, &bn)
+                    .mtu(MTU)
+                    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
+                if let Some(i) = own_index {
+                    veth = veth.index(i);
+                }
+                for q in queues.iter().cloned() {
+                    veth = veth.append_extra_attribute(q);
+                }
+                match handle.link().add(veth.build()).execute().await {
+                    Ok(()) => break,
+                    Err(e)
+                        if b_index.is_some()
+                            && attempts < 16
+                            && e.to_string().contains("File exists") =>
+                    {
+                        attempts += 1;
+                    }
+                    Err(e) => return Err(netlink(e)),
+                }
             }
-            for q in queues.iter().cloned() {
-                peer = peer.append_extra_attribute(q);
-            }
-            let mut veth = LinkVeth::new(&an, &bn)
-                .mtu(MTU)
-                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
-            if let Some(i) = own_index {
-                veth = veth.index(i);
-            }
-            for q in queues {
-                veth = veth.append_extra_attribute(q);
-            }
-            handle
-                .link()
-                .add(veth.build())
-                .execute()
-                .await
-                .map_err(netlink)?;
             let peer = link_by_name(&handle, &bn).await?;
             let b_file =
                 File::open(&b_path).map_err(sys(format!("opening {}", b_path.display())))?;

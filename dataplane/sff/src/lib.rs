@@ -51,7 +51,7 @@ use nham_afxdp::{AfXdpError, Port};
 use nham_dataplane::classifier::{Classifier, ClassifyError, Rule};
 use nham_dataplane::hold::{
     Chain, CheckpointId, CheckpointPhase, CheckpointReport, HoldError, HopConfig, HopState, Mark,
-    RecoveryReport, RestorePlan,
+    MemberFailure, MemberState, RecoveryReport, RestorePlan,
 };
 use nham_dataplane::nsh::{self, NhamMetadata, NshPacket, TtlVerdict};
 use nham_ebpf::{EbpfError, XdpRedirect};
@@ -172,6 +172,12 @@ pub struct SffConfig {
     /// active replica); the old port becomes the standby.
     #[serde(default)]
     pub standby: Vec<Option<PortSpec>>,
+    /// Per hop, the ports of its other MR-AA members (missing or empty: an
+    /// ordinary hop). Member 0 is the hop's port in [`hops`](Self::hops);
+    /// member `k` is behind `members[hop][k - 1]`. Every delivery goes to
+    /// every live member; the first copy of each output moves on.
+    #[serde(default)]
+    pub members: Vec<Vec<PortSpec>>,
     /// Packet buffers.
     pub pool_slots: usize,
     /// Frames moved per step.
@@ -201,7 +207,8 @@ impl SffConfig {
     /// kernel drops them once full: outputs lost, numbering broken.
     pub fn pool_slots_needed(&self) -> usize {
         let per_hop = self.hop.rx_capacity + self.hop.tx_capacity + 2 * self.vnf_window;
-        per_hop * self.hops.len() + 2 * self.burst.max(1)
+        let member_ports: usize = self.members.iter().map(Vec::len).sum();
+        per_hop * self.hops.len() + 2 * self.vnf_window * member_ports + 2 * self.burst.max(1)
     }
 }
 
@@ -401,6 +408,22 @@ pub enum Command {
         spec: PortSpec,
         reply: mpsc::Sender<Result<(), String>>,
     },
+    /// `Hop::handle_member_failed`: MR-AA member `member` of hop `hop`
+    /// failed. Nothing more is sent to it.
+    MemberFailed {
+        hop: usize,
+        member: usize,
+        reply: mpsc::Sender<Result<MemberFailure, HoldError>>,
+    },
+    /// `Hop::handle_member_restored`: the member runs again (restored
+    /// stopped, not resumed yet) from checkpoint `from`. What its failed
+    /// incarnation left on the link is discarded first.
+    MemberRestored {
+        hop: usize,
+        member: usize,
+        from: Option<CheckpointId>,
+        reply: mpsc::Sender<Result<RecoveryReport, HoldError>>,
+    },
 }
 
 /// Where a hop's checkpoint protocol stands, as a control plane that
@@ -418,7 +441,7 @@ pub enum PhaseStatus {
 }
 
 /// One hop's Hold/Release state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HopStatus {
     /// The checkpoint protocol's phase.
     pub phase: PhaseStatus,
@@ -436,6 +459,9 @@ pub struct HopStatus {
     pub protected: bool,
     /// Replayed outputs of this hop that differed from the originals.
     pub divergent: u64,
+    /// MR-AA members (empty: an ordinary hop).
+    #[serde(default)]
+    pub members: Vec<MemberState>,
 }
 
 /// Commands and counters of an SFF thread in this process.
@@ -604,7 +630,8 @@ struct Engine {
     counters: Arc<SffCounters>,
     ingress: Attached,
     egress: Attached,
-    hops: Vec<Attached>,
+    /// Per hop, its member ports (one for an ordinary hop).
+    hops: Vec<Vec<Attached>>,
     /// Per hop, the standby port (see [`SffConfig::standby`]).
     standby: Vec<Option<(PortSpec, Attached)>>,
     classifier: Classifier,
@@ -615,10 +642,11 @@ struct Engine {
     pool: Pool,
     scratch: Vec<(u32, u64, u32)>,
     slots: Vec<u32>,
-    /// Per hop: sequence numbers delivered and not yet answered, in order.
-    in_flight: Vec<std::collections::VecDeque<u64>>,
-    /// Per hop: when the VNF last sent something back.
-    last_output: Vec<std::time::Instant>,
+    /// Per hop and member: sequence numbers delivered and not yet
+    /// answered, in order.
+    in_flight: Vec<Vec<std::collections::VecDeque<u64>>>,
+    /// Per hop and member: when the VNF last sent something back.
+    last_output: Vec<Vec<std::time::Instant>>,
     /// Per hop: packets held until a checkpoint includes them.
     protected: Vec<bool>,
     /// Pool slots ingress leaves to VNF outputs: per hop, what its
@@ -629,8 +657,9 @@ struct Engine {
     /// An error that stops the thread (a port that could not be reopened).
     fatal: Option<SffError>,
     commands: mpsc::Receiver<Command>,
-    /// Kernel receive drops last sampled: when, ingress, per hop port.
-    drops: (std::time::Instant, u64, Vec<u64>),
+    /// Kernel receive drops last sampled: when, ingress, per hop and
+    /// member port.
+    drops: (std::time::Instant, u64, Vec<Vec<u64>>),
 }
 
 impl Engine {
@@ -658,8 +687,33 @@ impl Engine {
         let hops = config
             .hops
             .iter()
-            .map(|h| attach(h, config.port))
+            .enumerate()
+            .map(|(i, h)| {
+                std::iter::once(h)
+                    .chain(config.members.get(i).into_iter().flatten())
+                    .map(|spec| attach(spec, config.port))
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .collect::<Result<Vec<_>, _>>()?;
+        let mut chain = chain;
+        if let Some(c) = chain.as_mut() {
+            for (i, ports) in hops.iter().enumerate() {
+                c.hop_mut(i).set_members(ports.len())?;
+            }
+        }
+        let in_flight = hops
+            .iter()
+            .map(|p| vec![std::collections::VecDeque::new(); p.len()])
+            .collect();
+        let last_output = hops
+            .iter()
+            .map(|p| vec![std::time::Instant::now(); p.len()])
+            .collect();
+        let drops = (
+            std::time::Instant::now(),
+            0,
+            hops.iter().map(|p| vec![0; p.len()]).collect(),
+        );
         let standby = (0..config.hops.len())
             .map(|i| match config.standby.get(i).cloned().flatten() {
                 Some(spec) => attach(&spec, config.port).map(|a| Some((spec, a))),
@@ -688,12 +742,12 @@ impl Engine {
             next_seq: 0,
             scratch: Vec::with_capacity(burst),
             slots: Vec::with_capacity(burst),
-            in_flight: vec![std::collections::VecDeque::new(); hops_len],
-            last_output: vec![std::time::Instant::now(); hops_len],
+            in_flight,
+            last_output,
             protected,
             fatal: None,
             commands,
-            drops: (std::time::Instant::now(), 0, vec![0; hops_len]),
+            drops,
         })
     }
 
@@ -717,15 +771,16 @@ impl Engine {
         };
         let ingress = delta(&mut self.drops.1, self.ingress.port.kernel_rx_drops());
         SffCounters::add(&self.counters.ingress_kernel_drops, ingress);
-        for (i, hop) in self.hops.iter().enumerate() {
-            let d = delta(&mut self.drops.2[i], hop.port.kernel_rx_drops());
-            if d > 0 {
-                eprintln!(
-                    "nham-sff: the kernel dropped {d} outputs of the VNF on {}: exactly-once is broken for this hop",
-                    self.config.hops[i].iface
-                );
+        for (i, ports) in self.hops.iter().enumerate() {
+            for (k, member) in ports.iter().enumerate() {
+                let d = delta(&mut self.drops.2[i][k], member.port.kernel_rx_drops());
+                if d > 0 {
+                    eprintln!(
+                        "nham-sff: the kernel dropped {d} outputs of hop {i}'s VNF (member {k}): exactly-once is broken for this hop"
+                    );
+                }
+                SffCounters::add(&self.counters.vnf_output_kernel_drops, d);
             }
-            SffCounters::add(&self.counters.vnf_output_kernel_drops, d);
         }
     }
 
@@ -803,27 +858,69 @@ impl Engine {
                     let _ = reply.send(chain.hop_mut(hop).handle_checkpoint_failed(id));
                 }
                 Command::Failure { hop, reply } if hop_ok(hop) => {
-                    self.in_flight[hop].clear();
+                    self.in_flight[hop].iter_mut().for_each(|q| q.clear());
                     let plan = chain.hop_mut(hop).handle_failure(now);
-                    self.flush_hop(hop);
+                    for k in 0..self.hops[hop].len() {
+                        self.flush_port(hop, k);
+                    }
                     let _ = reply.send(plan);
                 }
                 Command::Restored { hop, from, reply } if hop_ok(hop) => {
-                    self.in_flight[hop].clear();
-                    let _ = reply.send(chain.hop_mut(hop).handle_restored_from(from, now));
+                    self.in_flight[hop].iter_mut().for_each(|q| q.clear());
+                    let r = if self.hops[hop].len() > 1 {
+                        chain.hop_mut(hop).handle_member_restored(0, from, now)
+                    } else {
+                        chain.hop_mut(hop).handle_restored_from(from, now)
+                    };
+                    let _ = reply.send(r);
                 }
                 Command::InFlight { hop, reply } if hop_ok(hop) => {
-                    let _ = reply.send(self.in_flight[hop].len());
+                    let _ = reply.send(
+                        self.in_flight[hop]
+                            .iter()
+                            .map(|q| q.len())
+                            .max()
+                            .unwrap_or(0),
+                    );
+                }
+                Command::MemberFailed { hop, member, reply }
+                    if hop_ok(hop) && member < self.hops[hop].len() =>
+                {
+                    self.in_flight[hop][member].clear();
+                    let r = chain.hop_mut(hop).handle_member_failed(member, now);
+                    // What is still on its way to the dead member must not
+                    // reach the copy restored in its place.
+                    self.flush_port(hop, member);
+                    let _ = reply.send(r);
+                }
+                Command::MemberRestored {
+                    hop,
+                    member,
+                    from,
+                    reply,
+                } if hop_ok(hop) && member < self.hops[hop].len() => {
+                    // Outputs of the failed incarnation still on the ring
+                    // would be numbered as the new one's.
+                    let port = &mut self.hops[hop][member].port;
+                    while port.recv_burst(64, |_| {}) > 0 {}
+                    self.in_flight[hop][member].clear();
+                    self.last_output[hop][member] = now;
+                    let Some(chain) = self.chain.as_mut() else {
+                        continue;
+                    };
+                    let _ =
+                        reply.send(chain.hop_mut(hop).handle_member_restored(member, from, now));
                 }
                 Command::SwitchPort { hop, reply } if hop_ok(hop) => {
                     let r = if !matches!(chain.hop(hop).state(), HopState::Recovering { .. }) {
                         Err("a hop's port is switched only while it recovers".to_string())
                     } else if let Some((spec, port)) = self.standby[hop].take() {
-                        let old_port = std::mem::replace(&mut self.hops[hop], port);
+                        let old_port = std::mem::replace(&mut self.hops[hop][0], port);
                         let old_spec = std::mem::replace(&mut self.config.hops[hop], spec);
                         self.standby[hop] = Some((old_spec, old_port));
-                        self.in_flight[hop].clear();
-                        self.last_output[hop] = now;
+                        self.in_flight[hop][0].clear();
+                        self.last_output[hop][0] = now;
+                        self.drops.2[hop][0] = 0;
                         Ok(())
                     } else {
                         Err(format!("hop {hop} has no standby port"))
@@ -856,6 +953,7 @@ impl Engine {
                                 held: h.rx().held(),
                                 pending: h.rx().pending(),
                                 protected: self.protected[i],
+                                members: h.members().collect(),
                                 divergent: h.stats().divergent,
                             }
                         })
@@ -877,19 +975,31 @@ impl Engine {
     /// them before its replay. So send them now, while no VNF listens
     /// (the control plane reconnects the link first), and if they cannot
     /// leave, reopen the port: a closed socket's ring is discarded.
-    fn flush_hop(&mut self, hop: usize) {
+    /// The spec of member `k`'s port of hop `hop`.
+    fn port_spec(&self, hop: usize, k: usize) -> &PortSpec {
+        match k {
+            0 => &self.config.hops[hop],
+            _ => &self.config.members[hop][k - 1],
+        }
+    }
+
+    /// Sends what waits in the tx ring of member `k` of hop `hop` (its VNF
+    /// failed: the frames go to nobody), so that none reaches the next
+    /// process behind that port; a ring that does not drain in 200 ms is
+    /// discarded with its socket, and the port reopened.
+    fn flush_port(&mut self, hop: usize, k: usize) {
         let deadline = std::time::Instant::now() + Duration::from_millis(200);
-        while self.hops[hop].port.kick_tx() > 0 {
+        while self.hops[hop][k].port.kick_tx() > 0 {
             if std::time::Instant::now() > deadline {
-                let left = self.hops[hop].port.tx_outstanding();
+                let left = self.hops[hop][k].port.tx_outstanding();
+                let spec = self.port_spec(hop, k).clone();
                 eprintln!(
                     "nham-sff: {left} frames for the failed VNF stuck in {}'s tx ring: reopening the port",
-                    self.config.hops[hop].iface
+                    spec.iface
                 );
-                let spec = self.config.hops[hop].clone();
                 // The old socket (and its ring) must be gone before the XDP
                 // program and a new socket take the link.
-                drop(self.hops.remove(hop));
+                drop(self.hops[hop].remove(k));
                 let mut tries = 0;
                 let fresh = loop {
                     match attach(&spec, self.config.port) {
@@ -908,7 +1018,8 @@ impl Engine {
                         }
                     }
                 };
-                self.hops.insert(hop, fresh);
+                self.hops[hop].insert(k, fresh);
+                self.drops.2[hop][k] = 0;
                 SffCounters::add(&self.counters.tx_discarded, left as u64);
                 return;
             }
@@ -1015,60 +1126,127 @@ impl Engine {
     }
 
     fn deliver_step(&mut self, i: usize) -> usize {
+        let Some(chain) = &self.chain else {
+            return 0;
+        };
+        let members = self.hops[i].len();
+        if members == 1 {
+            return self.deliver_burst(i, &[0], false);
+        }
+        // MR-AA: members catching up first (one that reaches the others is
+        // live for the delivery that follows), then one burst to every
+        // live member.
+        let states: Vec<MemberState> = chain.hop(i).members().collect();
+        let mut work = 0;
+        for (k, state) in states.iter().enumerate() {
+            if matches!(state, MemberState::CatchingUp { .. }) {
+                work += self.deliver_burst(i, &[k], true);
+            }
+        }
+        let Some(chain) = &self.chain else {
+            return work;
+        };
+        let live: Vec<usize> = chain
+            .hop(i)
+            .members()
+            .enumerate()
+            .filter(|(_, m)| *m == MemberState::Live)
+            .map(|(k, _)| k)
+            .collect();
+        work + self.deliver_burst(i, &live, false)
+    }
+
+    /// Delivers one burst of hop `i` to its member ports `ports` (the
+    /// same frames to each), or (`catch_up`) the next frames member
+    /// `ports[0]` missed. Sized by the room and window of every port.
+    fn deliver_burst(&mut self, i: usize, ports: &[usize], catch_up: bool) -> usize {
         let Some(chain) = &mut self.chain else {
             return 0;
         };
-        let port = &mut self.hops[i].port;
-        port.reclaim();
+        if ports.is_empty() {
+            return 0;
+        }
         // Flow control towards the VNF: never more than `vnf_window` frames
         // unanswered, so its socket queue cannot overflow. A VNF's output
         // with sequence number s answers every input up to s (VNFs are
         // FIFO); silence for `vnf_window_timeout` answers the rest.
-        let in_flight = &mut self.in_flight[i];
-        if !in_flight.is_empty() && self.last_output[i].elapsed() > self.config.vnf_window_timeout {
-            in_flight.clear();
+        let mut n = self.config.burst;
+        for &k in ports {
+            let port = &mut self.hops[i][k].port;
+            port.reclaim();
+            let in_flight = &mut self.in_flight[i][k];
+            if !in_flight.is_empty()
+                && self.last_output[i][k].elapsed() > self.config.vnf_window_timeout
+            {
+                in_flight.clear();
+            }
+            let window = self.config.vnf_window.saturating_sub(in_flight.len());
+            n = n.min(port.tx_room()).min(window);
         }
-        let window = self.config.vnf_window.saturating_sub(in_flight.len());
-        let n = self.config.burst.min(port.tx_room()).min(window);
         if n == 0 {
             return 0;
         }
-        if in_flight.is_empty() {
-            self.last_output[i] = std::time::Instant::now();
+        for &k in ports {
+            if self.in_flight[i][k].is_empty() {
+                self.last_output[i][k] = std::time::Instant::now();
+            }
         }
         self.scratch.clear();
         let scratch = &mut self.scratch;
         let hop = chain.hop_mut(i);
-        hop.poll_delivery_burst(n, |d| scratch.push((*d.packet, d.seq, d.epoch)));
-        if scratch.is_empty() {
+        let push = |d: nham_dataplane::hold::Delivery<'_, u32>| {
+            scratch.push((*d.packet, d.seq, d.epoch));
+        };
+        if catch_up {
+            hop.poll_catch_up(ports[0], n, push);
+        } else {
+            hop.poll_delivery_burst(n, push);
+        }
+        if self.scratch.is_empty() {
             return 0;
         }
-        let spec = &self.config.hops[i];
-        let pool = &self.pool;
-        let sent = port.send_burst(scratch.len(), |k, out| {
-            let (slot, seq, epoch) = scratch[k];
-            let frame = pool.frame(slot);
-            let len = frame.len().min(out.len());
-            out[..len].copy_from_slice(&frame[..len]);
-            out[0..6].copy_from_slice(&spec.peer_mac);
-            out[6..12].copy_from_slice(&spec.mac);
-            NshPacket::new_unchecked(&mut out[ETH..len])
-                .set_nham_metadata(NhamMetadata { seq, epoch });
-            len
-        });
-        self.in_flight[i].extend(scratch[..sent].iter().map(|&(_, seq, _)| seq));
-        SffCounters::add(&self.counters.delivered, sent as u64);
-        SffCounters::add(&self.counters.tx_refused, (scratch.len() - sent) as u64);
-        if !self.protected[i] {
-            let pool = &mut self.pool;
-            chain
-                .hop_mut(i)
-                .release_delivered(|slot| pool.release(slot));
+        for &k in ports {
+            let spec = match k {
+                0 => &self.config.hops[i],
+                _ => &self.config.members[i][k - 1],
+            };
+            let (pool, scratch) = (&self.pool, &self.scratch);
+            let sent = self.hops[i][k].port.send_burst(scratch.len(), |j, out| {
+                let (slot, seq, epoch) = scratch[j];
+                let frame = pool.frame(slot);
+                let len = frame.len().min(out.len());
+                out[..len].copy_from_slice(&frame[..len]);
+                out[0..6].copy_from_slice(&spec.peer_mac);
+                out[6..12].copy_from_slice(&spec.mac);
+                NshPacket::new_unchecked(&mut out[ETH..len])
+                    .set_nham_metadata(NhamMetadata { seq, epoch });
+                len
+            });
+            self.in_flight[i][k].extend(scratch[..sent].iter().map(|&(_, seq, _)| seq));
+            SffCounters::add(&self.counters.delivered, sent as u64);
+            SffCounters::add(&self.counters.tx_refused, (scratch.len() - sent) as u64);
         }
-        sent
+        if !self.protected[i] {
+            if let Some(chain) = &mut self.chain {
+                let pool = &mut self.pool;
+                chain
+                    .hop_mut(i)
+                    .release_delivered(|slot| pool.release(slot));
+            }
+        }
+        self.scratch.len()
     }
 
     fn vnf_output_step(&mut self, i: usize) -> usize {
+        (0..self.hops[i].len())
+            .map(|k| self.vnf_output_port(i, k))
+            .sum()
+    }
+
+    /// Takes what member `k` of hop `i` sent back (an ordinary hop has
+    /// member 0 only).
+    fn vnf_output_port(&mut self, i: usize, k: usize) -> usize {
+        let members = self.hops[i].len() > 1;
         let Some(chain) = &mut self.chain else {
             return 0;
         };
@@ -1084,7 +1262,7 @@ impl Engine {
         let (pool, counters) = (&mut self.pool, &self.counters);
         let hop = chain.hop_mut(i);
         let mut answered: Option<u64> = None;
-        let n = self.hops[i].port.recv_burst(max, |frame| {
+        let n = self.hops[i][k].port.recv_burst(max, |frame| {
             let Some(view) = frame
                 .get(12..14)
                 .filter(|t| u16::from_be_bytes([t[0], t[1]]) == nsh::ETHERTYPE_NSH)
@@ -1117,7 +1295,7 @@ impl Engine {
                 h.write(frame.get(ETH + view.header_len()..).unwrap_or_default());
                 h.finish()
             };
-            let disposition = hop.handle_output_with(meta.epoch, meta.seq, digest, || {
+            let copy = || {
                 let slot = pool.alloc().expect("burst sized by pool room");
                 let buf = pool.buffer_mut(slot);
                 buf[..frame.len()].copy_from_slice(frame);
@@ -1128,7 +1306,12 @@ impl Engine {
                 NshPacket::new_unchecked(&mut buf[ETH..frame.len()]).set_ttl(ttl);
                 pool.set_len(slot, frame.len());
                 slot
-            });
+            };
+            let disposition = if members {
+                hop.handle_member_output(k, meta.epoch, meta.seq, digest, copy)
+            } else {
+                hop.handle_output_with(meta.epoch, meta.seq, digest, copy)
+            };
             let c = match disposition {
                 nham_dataplane::hold::OutputDisposition::Accepted => &counters.accepted,
                 nham_dataplane::hold::OutputDisposition::Duplicate => &counters.duplicates,
@@ -1141,10 +1324,10 @@ impl Engine {
             SffCounters::add(c, 1);
         });
         if n > 0 {
-            self.last_output[i] = std::time::Instant::now();
+            self.last_output[i][k] = std::time::Instant::now();
         }
         if let Some(seq) = answered {
-            let q = &mut self.in_flight[i];
+            let q = &mut self.in_flight[i][k];
             while q.front().is_some_and(|&s| s <= seq) {
                 q.pop_front();
             }
@@ -1300,6 +1483,7 @@ mod tests {
             },
             protect: Vec::new(),
             standby: Vec::new(),
+            members: Vec::new(),
             pool_slots,
             burst: 32,
             poll: PollPolicy::default(),

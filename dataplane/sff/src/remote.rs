@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use nham_dataplane::hold::{CheckpointId, CheckpointReport, Mark, RecoveryReport, RestorePlan};
+use nham_dataplane::hold::{
+    CheckpointId, CheckpointReport, Mark, MemberFailure, RecoveryReport, RestorePlan,
+};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -99,6 +101,17 @@ pub enum Request {
         hop: usize,
         spec: crate::PortSpec,
     },
+    /// An MR-AA member failed.
+    MemberFailed {
+        hop: usize,
+        member: usize,
+    },
+    /// An MR-AA member was restored from `from`.
+    MemberRestored {
+        hop: usize,
+        member: usize,
+        from: Option<CheckpointId>,
+    },
     /// Counters.
     Stats,
     /// The process and every hop's state.
@@ -115,6 +128,7 @@ pub enum Response {
     Mark(Mark),
     Done(CheckpointReport),
     Plan(RestorePlan),
+    MemberFailure(MemberFailure),
     Recovered(RecoveryReport),
     Count(u64),
     Stats(SffStats),
@@ -216,6 +230,27 @@ fn execute(sff: &LocalSff, request: Request, shutdown: &AtomicBool) -> Response 
             |reply| Command::AttachStandby { hop, spec, reply },
             |r| match r {
                 Ok(()) => Response::Ok,
+                Err(e) => refused(e),
+            },
+        ),
+        Request::MemberFailed { hop, member } => ask(
+            sff,
+            |reply| Command::MemberFailed { hop, member, reply },
+            |r| match r {
+                Ok(f) => Response::MemberFailure(f),
+                Err(e) => refused(e),
+            },
+        ),
+        Request::MemberRestored { hop, member, from } => ask(
+            sff,
+            |reply| Command::MemberRestored {
+                hop,
+                member,
+                from,
+                reply,
+            },
+            |r| match r {
+                Ok(r) => Response::Recovered(r),
                 Err(e) => refused(e),
             },
         ),
@@ -508,6 +543,29 @@ impl SffClient {
     pub fn attach_standby(&self, hop: usize, spec: crate::PortSpec) -> Result<(), RemoteError> {
         match self.request(Request::AttachStandby { hop, spec })? {
             Response::Ok => Ok(()),
+            r => self.unexpected(r),
+        }
+    }
+
+    /// MR-AA member `member` of hop `hop` failed: whether the hop goes on
+    /// or failed with it (the last member).
+    pub fn member_failed(&self, hop: usize, member: usize) -> Result<MemberFailure, RemoteError> {
+        match self.request(Request::MemberFailed { hop, member })? {
+            Response::MemberFailure(f) => Ok(f),
+            r => self.unexpected(r),
+        }
+    }
+
+    /// MR-AA member `member` of hop `hop` was restored from `from`
+    /// (stopped); it catches up, or brings the failed hop back.
+    pub fn member_restored(
+        &self,
+        hop: usize,
+        member: usize,
+        from: Option<CheckpointId>,
+    ) -> Result<RecoveryReport, RemoteError> {
+        match self.request(Request::MemberRestored { hop, member, from })? {
+            Response::Recovered(r) => Ok(r),
             r => self.unexpected(r),
         }
     }
