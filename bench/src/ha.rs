@@ -476,6 +476,9 @@ pub fn run(spec: &HaSpec) -> Result<HaReport> {
     }
     let mut lab = Lab::new(&[], &spec.vnf_bin).context("building the lab's namespaces")?;
     lab.set_sink_quiet(Duration::from_secs(10));
+    // Generator and sink stand for other hosts: as nhamd's SFF (nice -10),
+    // they do not wait behind VNFs and CRIU for one of the two CPUs.
+    lab.set_traffic_nice(-10);
     let dir = std::env::temp_dir().join(nham_netns::unique_name("nham-ha-"));
     std::fs::create_dir_all(&dir)?;
     let result = (|| {

@@ -53,6 +53,7 @@ pub struct Lab {
     hops: Vec<PortSpec>,
     state_dir: PathBuf,
     traffic_core: Option<usize>,
+    traffic_nice: i32,
     sink_quiet: Duration,
 }
 
@@ -152,6 +153,7 @@ impl Lab {
             hops,
             state_dir,
             traffic_core: None,
+            traffic_nice: 0,
             sink_quiet: Duration::from_secs(2),
         };
         lab.start_vnfs(vnf_bin, extra)?;
@@ -297,6 +299,13 @@ impl Lab {
         self.traffic_core = core;
     }
 
+    /// Runs the generator and sink threads of later trials at nice value
+    /// `nice`: they stand for other hosts, which on a small test host
+    /// would otherwise wait behind the VNFs and CRIU for a CPU.
+    pub fn set_traffic_nice(&mut self, nice: i32) {
+        self.traffic_nice = nice;
+    }
+
     /// [`Lab::trial`] with frames of the caller's making.
     pub fn trial_frames(
         &self,
@@ -325,9 +334,17 @@ impl Lab {
         let sink_path = self.sink.path();
         let done = gen_done.clone();
         let pin = self.traffic_core;
+        let nice = self.traffic_nice;
+        // Per thread (Linux): only the calling one.
+        let prioritise = move || {
+            if nice != 0 {
+                let _ = rustix::process::setpriority_process(None, nice);
+            }
+        };
         let quiet = self.sink_quiet;
         let sink = std::thread::spawn(move || -> Result<Received> {
             enter(&sink_path)?;
+            prioritise();
             if let Some(id) = pin {
                 core_affinity::set_for_current(core_affinity::CoreId { id });
             }
@@ -361,6 +378,7 @@ impl Lab {
             .recv_timeout(Duration::from_secs(10))
             .context("sink did not start")?;
         let sent = self.src.run(move || -> Result<nham_traffic::Sent> {
+            prioritise();
             if let Some(id) = pin {
                 core_affinity::set_for_current(core_affinity::CoreId { id });
             }

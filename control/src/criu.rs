@@ -91,6 +91,14 @@ pub struct Swrk {
 }
 
 impl Swrk {
+    /// Runs the worker at nice value `nice` (MR-AA: its dumps are
+    /// background work, the other members serve meanwhile).
+    pub fn renice(&self, nice: i32) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::setpriority_process(Some(pid), nice);
+        }
+    }
+
     /// Starts `criu swrk` in the network namespace `netns` (the VNF's).
     pub fn spawn(netns: &Path) -> Result<Self, CriuError> {
         use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};

@@ -4,7 +4,8 @@
 //! - [`criu`]: dump and restore of one VNF process through CRIU's RPC
 //!   (`criu swrk`).
 //! - [`protect`]: the State Synchronizer of one VNF: the checkpoint
-//!   protocol (Hold/Release + CRIU + store) and recovery (0R, 1R-AS).
+//!   protocol (Hold/Release + CRIU + store) and recovery (0R, 1R-AS, 1R-AA,
+//!   MR-AA members).
 //! - [`detect`]: the Failure Detector's judgement of hangs and cut-offs from
 //!   data-path probes (a state machine; crashes come from pidfds).
 //! - [`error`]: the one error enum of the control plane and its single
@@ -20,8 +21,9 @@
 //! - [`store`]: the VNF State Database (redb index, zstd images with a
 //!   format version and checksum).
 //!
-//! Mechanisms: `MECHANISM_NONE`, `0R` and `1R-AS` are served; `1R-AA` and
-//! `MR-AA` are refused with UNIMPLEMENTED.
+//! Mechanisms: `MECHANISM_NONE`, `0R`, `1R-AS`, `1R-AA` and `MR-AA` (the
+//! last two chosen when the chain is created: their places and SFF ports
+//! are made then).
 #![forbid(unsafe_code)]
 
 pub mod cgroup;

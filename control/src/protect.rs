@@ -161,6 +161,32 @@ pub struct MemberSlot {
     pub pid: Option<u32>,
 }
 
+/// Nice value of CRIU work off the service path (MR-AA dumps and member
+/// restores).
+const BACKGROUND_NICE: i32 = 10;
+
+/// Runs the calling thread (and what it starts) at another nice value
+/// until dropped (Linux: the value is per thread).
+struct Niceness(Option<i32>);
+
+impl Niceness {
+    fn for_this_thread(nice: i32) -> Self {
+        let before = rustix::process::getpriority_process(None).ok();
+        match rustix::process::setpriority_process(None, nice) {
+            Ok(()) => Self(before),
+            Err(_) => Self(None),
+        }
+    }
+}
+
+impl Drop for Niceness {
+    fn drop(&mut self) {
+        if let Some(n) = self.0 {
+            let _ = rustix::process::setpriority_process(None, n);
+        }
+    }
+}
+
 /// A 1R-AA replica's place: its namespace (its `eth0` has the primary's
 /// interface index), the SFF's end of its link, and the stopped copy
 /// restored there from checkpoint `image`.
@@ -641,6 +667,14 @@ impl ProtectedVnf {
         }
         // 5. Dump with the worker started ahead of time, resume, deliver.
         clear_stale_proc_dir(self.pid);
+        // MR-AA: only member 0 is paused, the others serve: the dump is
+        // background work and must not take the CPU from them.
+        let _background = (self.mechanism == Mechanism::MultiActive).then(|| {
+            if let Some(w) = &self.dump_worker {
+                w.renice(BACKGROUND_NICE);
+            }
+            Niceness::for_this_thread(BACKGROUND_NICE)
+        });
         let dir = self.slot.scratch.join(format!("ckpt-{id}"));
         let _ = std::fs::remove_dir_all(&dir);
         let dumped = criu::dump(self.dump_worker.take(), self.pid, &self.netns, &dir);
@@ -907,8 +941,13 @@ impl ProtectedVnf {
         if k > 0 {
             self.members[k - 1].pid = None;
         }
+        let mut _background = None;
         let (checkpoint, fallback) = match sff.member_failed(hop, k).map_err(sff_err)? {
             nham_dataplane::hold::MemberFailure::Continues => {
+                // The chain is served meanwhile: the restore (CRIU runs as
+                // a child of this thread) must not take the CPU from it.
+                // CRIU gives the restored process its own nice value back.
+                _background = Some(Niceness::for_this_thread(BACKGROUND_NICE));
                 let st = sff.status().map_err(sff_err)?;
                 let h = st
                     .hops

@@ -489,6 +489,8 @@ pub struct SffOptions {
     /// the checkpoint before the newest includes them. When full, the
     /// chain backs up to its ingress (counted, never dropped by the SFF).
     pub hold_packets: usize,
+    /// Nice value of the SFF processes (`nham-sff --nice`).
+    pub nice: i32,
     /// Idle behaviour.
     pub poll: PollPolicy,
     /// The `nham-sff` executable (default: next to this program's, then
@@ -501,6 +503,7 @@ impl Default for SffOptions {
         Self {
             core: None,
             hold_packets: DEFAULT_HOLD_PACKETS,
+            nice: DEFAULT_SFF_NICE,
             poll: PollPolicy::default(),
             binary: None,
         }
@@ -509,6 +512,9 @@ impl Default for SffOptions {
 
 /// Default of [`SffOptions::hold_packets`]: two seconds at 4000 packets/s.
 pub const DEFAULT_HOLD_PACKETS: usize = 8192;
+
+/// Default of [`SffOptions::nice`]: the forwarder before VNFs and CRIU.
+pub const DEFAULT_SFF_NICE: i32 = -10;
 
 impl SffOptions {
     /// The `nham-sff` executable to run.
@@ -554,6 +560,7 @@ fn spawn_sff(
         .arg(&bin)
         .arg("--socket")
         .arg(socket)
+        .arg(format!("--nice={}", opts.nice))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(out)

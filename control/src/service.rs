@@ -3,11 +3,14 @@
 //! Chain creation and deletion run on blocking threads (namespaces, links,
 //! processes). A watcher task per VNF process waits on its pidfd and, when
 //! the process exits, records the failure and emits `FailureDetected`; then
-//! the Failure Recovery brings the VNF back: a protected VNF (0R, 1R-AS)
-//! through its agent on a blocking thread of its own (so several failed
-//! VNFs recover in parallel), a `MECHANISM_NONE` VNF by starting it again
-//! without state. A checkpoint task per protected VNF runs the checkpoint
-//! protocol every interval. 1R-AA and MR-AA are refused with UNIMPLEMENTED.
+//! the Failure Recovery brings the VNF back: a protected VNF (0R, 1R-AS,
+//! 1R-AA, MR-AA) through its agent on a blocking thread of its own (so
+//! several failed VNFs recover in parallel), a `MECHANISM_NONE` VNF by
+//! starting it again without state. MR-AA members other than member 0 have
+//! watchers of their own: their failure stops nothing; the member is
+//! restored and catches up. A checkpoint task per protected VNF runs the
+//! checkpoint protocol every interval; the image is stored without the
+//! agent lock, so a failure meanwhile is recovered at once.
 //!
 //! Locking: the registry lock is never held across a checkpoint or a
 //! recovery; those hold only their VNF's agent lock.

@@ -38,6 +38,10 @@ struct Args {
     /// packet rate. Each takes a 2 KiB buffer.
     #[arg(long)]
     hold_packets: Option<usize>,
+    /// Nice value of the SFF processes (default -10: the forwarder wins the
+    /// CPU over VNFs and checkpoint work; it sleeps when idle).
+    #[arg(long, allow_negative_numbers = true)]
+    sff_nice: Option<i32>,
     /// State directory: checkpoint database and images, VNF logs
     /// (default /var/lib/nham).
     #[arg(long)]
@@ -93,6 +97,7 @@ struct Config {
     unix: Option<PathBuf>,
     sff_core: Option<usize>,
     hold_packets: Option<usize>,
+    sff_nice: Option<i32>,
     state_dir: Option<PathBuf>,
     scratch_dir: Option<PathBuf>,
     checkpoint_interval_ms: Option<u64>,
@@ -131,6 +136,10 @@ async fn main() -> anyhow::Result<()> {
             .hold_packets
             .or(config.hold_packets)
             .unwrap_or(nham_control::runtime::DEFAULT_HOLD_PACKETS),
+        nice: args
+            .sff_nice
+            .or(config.sff_nice)
+            .unwrap_or(nham_control::runtime::DEFAULT_SFF_NICE),
         ..SffOptions::default()
     };
     let on_exit = args.on_exit.or(config.on_exit).unwrap_or(OnExit::Keep);
