@@ -61,6 +61,10 @@ use pool::{Pool, SLOT};
 
 const ETH: usize = 14;
 
+/// Frames a catching-up MR-AA member is sent per round, when the hop's
+/// live members had nothing new.
+const CATCH_UP_BURST: usize = 8;
+
 /// Errors of starting or running the SFF.
 #[derive(Debug, Error)]
 pub enum SffError {
@@ -1130,22 +1134,14 @@ impl Engine {
             return 0;
         };
         let members = self.hops[i].len();
+        let burst = self.config.burst;
         if members == 1 {
-            return self.deliver_burst(i, &[0], false);
+            return self.deliver_burst(i, &[0], false, burst);
         }
-        // MR-AA: members catching up first (one that reaches the others is
-        // live for the delivery that follows), then one burst to every
-        // live member.
-        let states: Vec<MemberState> = chain.hop(i).members().collect();
-        let mut work = 0;
-        for (k, state) in states.iter().enumerate() {
-            if matches!(state, MemberState::CatchingUp { .. }) {
-                work += self.deliver_burst(i, &[k], true);
-            }
-        }
-        let Some(chain) = &self.chain else {
-            return work;
-        };
+        // MR-AA: one burst to every live member; then, only if the hop had
+        // nothing new for them, a few of the frames a catching-up member
+        // missed. Catch-up is background work: the live members (and the
+        // CPU they need) come first.
         let live: Vec<usize> = chain
             .hop(i)
             .members()
@@ -1153,13 +1149,30 @@ impl Engine {
             .filter(|(_, m)| *m == MemberState::Live)
             .map(|(k, _)| k)
             .collect();
-        work + self.deliver_burst(i, &live, false)
+        let work = self.deliver_burst(i, &live, false, burst);
+        if work > 0 {
+            return work;
+        }
+        let Some(chain) = &self.chain else {
+            return work;
+        };
+        let catching_up: Vec<usize> = chain
+            .hop(i)
+            .members()
+            .enumerate()
+            .filter(|(_, m)| matches!(m, MemberState::CatchingUp { .. }))
+            .map(|(k, _)| k)
+            .collect();
+        catching_up
+            .into_iter()
+            .map(|k| self.deliver_burst(i, &[k], true, CATCH_UP_BURST))
+            .sum()
     }
 
     /// Delivers one burst of hop `i` to its member ports `ports` (the
     /// same frames to each), or (`catch_up`) the next frames member
     /// `ports[0]` missed. Sized by the room and window of every port.
-    fn deliver_burst(&mut self, i: usize, ports: &[usize], catch_up: bool) -> usize {
+    fn deliver_burst(&mut self, i: usize, ports: &[usize], catch_up: bool, max: usize) -> usize {
         let Some(chain) = &mut self.chain else {
             return 0;
         };
@@ -1167,20 +1180,18 @@ impl Engine {
             return 0;
         }
         // Flow control towards the VNF: never more than `vnf_window` frames
-        // unanswered, so its socket queue cannot overflow. A VNF's output
-        // with sequence number s answers every input up to s (VNFs are
-        // FIFO); silence for `vnf_window_timeout` answers the rest.
-        let mut n = self.config.burst;
+        // unanswered, so neither its socket queue nor (with what it sends
+        // back) our ring can overflow. A VNF's output with sequence number s
+        // answers every input up to s (VNFs are FIFO); silence for
+        // `vnf_window_timeout` answers the rest (see `vnf_output_port`).
+        let mut n = max;
         for &k in ports {
             let port = &mut self.hops[i][k].port;
             port.reclaim();
-            let in_flight = &mut self.in_flight[i][k];
-            if !in_flight.is_empty()
-                && self.last_output[i][k].elapsed() > self.config.vnf_window_timeout
-            {
-                in_flight.clear();
-            }
-            let window = self.config.vnf_window.saturating_sub(in_flight.len());
+            let window = self
+                .config
+                .vnf_window
+                .saturating_sub(self.in_flight[i][k].len());
             n = n.min(port.tx_room()).min(window);
         }
         if n == 0 {
@@ -1325,6 +1336,13 @@ impl Engine {
         });
         if n > 0 {
             self.last_output[i][k] = std::time::Instant::now();
+        } else if self.last_output[i][k].elapsed() > self.config.vnf_window_timeout {
+            // Silence, judged only with the ring empty: a VNF that drops
+            // packets never answers them. (Judged by time alone, an SFF
+            // that was itself descheduled for a while would take outputs
+            // still waiting on the ring for silence, open the window, and
+            // let the ring overflow.)
+            self.in_flight[i][k].clear();
         }
         if let Some(seq) = answered {
             let q = &mut self.in_flight[i][k];
