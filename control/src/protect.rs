@@ -162,8 +162,11 @@ pub struct MemberSlot {
 }
 
 /// Nice value of CRIU work off the service path (MR-AA dumps and member
-/// restores).
+/// restores, 1R-AA replica refreshes).
 const BACKGROUND_NICE: i32 = 10;
+
+/// Nice value of a recovery on the service path.
+const URGENT_NICE: i32 = -10;
 
 /// Runs the calling thread (and what it starts) at another nice value
 /// until dropped (Linux: the value is per thread).
@@ -253,6 +256,8 @@ impl Replica {
         self.worker = std::thread::Builder::new()
             .name("nham-replica".into())
             .spawn(move || {
+                // Background work: the chain (and recoveries) come first.
+                let _background = Niceness::for_this_thread(BACKGROUND_NICE);
                 let restored = criu::restore(None, &dir, &netns);
                 let _ = std::fs::remove_dir_all(&dir);
                 let mut c = copies
@@ -788,6 +793,13 @@ impl ProtectedVnf {
         if self.retired {
             return Err(ProtectError::Retired);
         }
+        // The recovery path (and the CRIU restore it starts) before VNFs
+        // and background CRIU work; CRIU gives the restored process its own
+        // nice value back.
+        let _urgent = Niceness::for_this_thread(URGENT_NICE);
+        if let Some(w) = &self.standby.swrk {
+            w.renice(URGENT_NICE);
+        }
         if self.mechanism == Mechanism::MultiActive {
             return self.recover_member(sff, 0);
         }
@@ -1046,6 +1058,8 @@ impl ProtectedVnf {
         let argv = self.command.clone();
         let cwd = self.cwd.clone();
         let child = std::thread::spawn(move || -> std::io::Result<std::process::Child> {
+            // The VNF at the ordinary priority, whatever ours.
+            let _ = rustix::process::setpriority_process(None, 0);
             nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(std::io::Error::from)?;
             own_pid_namespace_for_children()?;
