@@ -154,6 +154,28 @@ fn now_nanos() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// The event of a detected failure: `cause`, and the time from the fault
+/// (when one was injected at `fault_at`) to `detected`.
+fn failure_detected(
+    chain: &str,
+    vnf: &str,
+    cause: String,
+    fault_at: Option<Instant>,
+    detected: Instant,
+) -> api::WatchEventsResponse {
+    let detection_ms = fault_at.map_or(0.0, |t| {
+        detected.saturating_duration_since(t).as_secs_f64() * 1e3
+    });
+    event(
+        chain,
+        vnf,
+        api::watch_events_response::Event::FailureDetected(api::FailureDetected {
+            cause,
+            detection_ms,
+        }),
+    )
+}
+
 /// The event of a finished recovery: `r` done, `took` from detection to
 /// the chain (or member) running again.
 fn recovery_finished(
@@ -293,16 +315,12 @@ impl Daemon {
                 _ => return,
             }
             v.failures += 1;
-            let detection_ms = v.fault_at.take().map_or(0.0, |t| {
-                detected.saturating_duration_since(t).as_secs_f64() * 1e3
-            });
-            self.emit(event(
+            self.emit(failure_detected(
                 chain,
                 vnf,
-                Event::FailureDetected(api::FailureDetected {
-                    cause: format!("MR-AA member {k} exited"),
-                    detection_ms,
-                }),
+                format!("MR-AA member {k} exited"),
+                v.fault_at.take(),
+                detected,
             ));
             self.emit(event(
                 chain,
@@ -362,7 +380,6 @@ impl Daemon {
         pidfd: OwnedFd,
         detected: Instant,
     ) {
-        use api::watch_events_response::Event;
         let mut chains = self.chains.lock().await;
         let Some(entry) = chains.get_mut(chain) else {
             return;
@@ -380,16 +397,12 @@ impl Daemon {
         // A hang or cut-off the detector judged (and killed the process for)
         // was detected then, not at the exit.
         let (cause, detected) = v.judged.take().unwrap_or(("process exited", detected));
-        let detection_ms = v.fault_at.take().map_or(0.0, |t| {
-            detected.saturating_duration_since(t).as_secs_f64() * 1e3
-        });
-        self.emit(event(
+        self.emit(failure_detected(
             chain,
             vnf,
-            Event::FailureDetected(api::FailureDetected {
-                cause: cause.into(),
-                detection_ms,
-            }),
+            cause.into(),
+            v.fault_at.take(),
+            detected,
         ));
         self.recover(chains, chain, vnf, detected).await;
     }

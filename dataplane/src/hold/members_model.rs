@@ -246,6 +246,20 @@ impl Model {
         };
     }
 
+    /// Where the run stands, to tell when nothing moves any more.
+    fn progress(&self) -> (usize, u64, u64, usize, Vec<MemberState>) {
+        (
+            self.sink.len(),
+            self.next_input,
+            self.hop.rx().next_deliver(),
+            self.procs
+                .iter()
+                .map(|p| p.inbox.len() + p.link.len())
+                .sum(),
+            self.hop.members().collect(),
+        )
+    }
+
     /// Heals every member and runs until nothing moves.
     fn finish(&mut self) {
         for k in 0..self.procs.len() {
@@ -256,16 +270,7 @@ impl Model {
             self.checkpoint(false);
         }
         loop {
-            let before = (
-                self.sink.len(),
-                self.next_input,
-                self.hop.rx().next_deliver(),
-                self.procs
-                    .iter()
-                    .map(|p| p.inbox.len() + p.link.len())
-                    .sum::<usize>(),
-                self.hop.members().collect::<Vec<_>>(),
-            );
+            let before = self.progress();
             self.apply(Op::Ingress);
             self.deliver();
             for k in 0..self.procs.len() {
@@ -280,16 +285,7 @@ impl Model {
             if self.hop.rx().len() > 32 {
                 self.checkpoint(false);
             }
-            let after = (
-                self.sink.len(),
-                self.next_input,
-                self.hop.rx().next_deliver(),
-                self.procs
-                    .iter()
-                    .map(|p| p.inbox.len() + p.link.len())
-                    .sum::<usize>(),
-                self.hop.members().collect::<Vec<_>>(),
-            );
+            let after = self.progress();
             if before == after {
                 break;
             }
