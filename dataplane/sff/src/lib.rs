@@ -661,6 +661,8 @@ struct Engine {
     /// An error that stops the thread (a port that could not be reopened).
     fatal: Option<SffError>,
     commands: mpsc::Receiver<Command>,
+    /// MR-AA: the live members of the hop being served (reused).
+    member_scratch: Vec<usize>,
     /// Kernel receive drops last sampled: when, ingress, per hop and
     /// member port.
     drops: (std::time::Instant, u64, Vec<Vec<u64>>),
@@ -751,6 +753,7 @@ impl Engine {
             protected,
             fatal: None,
             commands,
+            member_scratch: Vec::new(),
             drops,
         })
     }
@@ -1142,31 +1145,30 @@ impl Engine {
         // nothing new for them, a few of the frames a catching-up member
         // missed. Catch-up is background work: the live members (and the
         // CPU they need) come first.
-        let live: Vec<usize> = chain
-            .hop(i)
-            .members()
-            .enumerate()
-            .filter(|(_, m)| *m == MemberState::Live)
-            .map(|(k, _)| k)
-            .collect();
-        let work = self.deliver_burst(i, &live, false, burst);
-        if work > 0 {
-            return work;
+        // (A buffer reused every round: no allocation on this path.)
+        let mut live = std::mem::take(&mut self.member_scratch);
+        live.clear();
+        live.extend(
+            chain
+                .hop(i)
+                .members()
+                .enumerate()
+                .filter(|(_, m)| *m == MemberState::Live)
+                .map(|(k, _)| k),
+        );
+        let mut work = self.deliver_burst(i, &live, false, burst);
+        if work == 0 {
+            for k in 0..members {
+                let catching_up = self.chain.as_ref().is_some_and(|c| {
+                    matches!(c.hop(i).member(k), Some(MemberState::CatchingUp { .. }))
+                });
+                if catching_up {
+                    work += self.deliver_burst(i, &[k], true, CATCH_UP_BURST);
+                }
+            }
         }
-        let Some(chain) = &self.chain else {
-            return work;
-        };
-        let catching_up: Vec<usize> = chain
-            .hop(i)
-            .members()
-            .enumerate()
-            .filter(|(_, m)| matches!(m, MemberState::CatchingUp { .. }))
-            .map(|(k, _)| k)
-            .collect();
-        catching_up
-            .into_iter()
-            .map(|k| self.deliver_burst(i, &[k], true, CATCH_UP_BURST))
-            .sum()
+        self.member_scratch = live;
+        work
     }
 
     /// Delivers one burst of hop `i` to its member ports `ports` (the
