@@ -139,6 +139,9 @@ pub struct HaReport {
     /// a window as long, ending 50 ms before the failure (the noise floor
     /// of a loaded host: scheduling, other hops' checkpoints).
     pub downtime_baseline_ms: Summary,
+    /// One-way latency, generator to sink, of every frame received
+    /// (replays and recoveries included).
+    pub latency_ms: Summary,
     /// Delivery pause of each checkpoint.
     pub checkpoint_pause_ms: Summary,
     /// Of the pause: draining, frozen, CRIU's dump.
@@ -484,11 +487,16 @@ pub fn run(spec: &HaSpec) -> Result<HaReport> {
     let result = (|| {
         let reaper = Reaper::new()?;
         // Packets are released once the checkpoint before the newest holds
-        // them: room for two intervals and then some at the offered rate,
-        // times 1.8 (the sample emitters multiply the traffic of the hops
-        // after them), and at least nhamd's default.
-        let hold_packets = ((4.0 * spec.rate * f64::from(spec.checkpoint_interval_ms) / 1e3)
-            as usize)
+        // them: room for two checkpoint periods at the offered rate, times
+        // 2.5 (the sample emitters multiply the traffic of the hops after
+        // them), and some more; at least nhamd's default. nhamd dumps one
+        // VNF at a time on this host: with n VNFs a VNF's period is the
+        // interval or n dumps (about 50 ms each under load), whichever is
+        // longer.
+        let n_protected = spec.kinds.len() + usize::from(spec.python_vnf.is_some());
+        let hold_period = Duration::from_millis(u64::from(spec.checkpoint_interval_ms))
+            .max(Duration::from_millis(50) * n_protected as u32);
+        let hold_packets = ((8.0 * spec.rate * hold_period.as_secs_f64()) as usize)
             .max(nham_control::runtime::DEFAULT_HOLD_PACKETS);
         let mut daemon = Nhamd::start(
             &lab,
@@ -949,6 +957,8 @@ fn trial(
         .context("DeleteChain")?;
     // Metrics from the events.
     let events = log.lock().expect("event log").clone();
+    // NHAM_HA_EVENTS=<file>: the events, and every gap of more than 3 ms
+    // at the sink with the latency of the frame that ended it, by time.
     if let Some(path) = std::env::var_os("NHAM_HA_EVENTS") {
         let text: String = events
             .iter()
@@ -961,7 +971,22 @@ fn trial(
                 )
             })
             .collect();
-        let _ = std::fs::write(path, text);
+        let gaps: String = trial
+            .received
+            .arrival_us
+            .windows(2)
+            .enumerate()
+            .filter(|(_, w)| w[1] - w[0] > 3000)
+            .map(|(i, w)| {
+                format!(
+                    "{:>10.3} GAP {:.3} ms latency after {:.3}\n",
+                    w[0] as f64 / 1e3,
+                    (w[1] - w[0]) as f64 / 1e3,
+                    (w[1] as f64 - trial.received.sent_us[i + 1] as f64) / 1e3
+                )
+            })
+            .collect();
+        let _ = std::fs::write(path, text + &gaps);
     }
     use api::watch_events_response::Event;
     let mut detection = Vec::new();
@@ -1011,6 +1036,10 @@ fn trial(
         .filter(|&(start, _)| start > trial.base)
         .collect();
     let baseline = downtimes(&trial.received.arrival_us, trial.base, &before);
+    let latency: Vec<f64> = (trial.received.arrival_us.iter())
+        .zip(&trial.received.sent_us)
+        .map(|(&a, &s)| a.saturating_sub(s) as f64 / 1e3)
+        .collect();
     let v: Verdict = trial.verdict;
     Ok(HaReport {
         mechanism: spec.mechanism.as_str_name().to_string(),
@@ -1021,6 +1050,7 @@ fn trial(
         recovery_ms: Summary::of(&recovery),
         downtime_ms: Summary::of(&downtime),
         downtime_baseline_ms: Summary::of(&baseline),
+        latency_ms: Summary::of(&latency),
         checkpoint_pause_ms: Summary::of(&pauses),
         checkpoint_drain_ms: Summary::of(&drains),
         checkpoint_frozen_ms: Summary::of(&frozen),

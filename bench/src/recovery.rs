@@ -134,6 +134,7 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
     row("recovery", &r.recovery_ms);
     row("downtime", &r.downtime_ms);
     row("  same, no failure", &r.downtime_baseline_ms);
+    row("latency (every frame)", &r.latency_ms);
     row("checkpoint pause", &r.checkpoint_pause_ms);
     row("  of which draining", &r.checkpoint_drain_ms);
     row("  of which frozen", &r.checkpoint_frozen_ms);

@@ -49,8 +49,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nham_dataplane::hold::CheckpointId;
-use nham_sff::remote::SffClient;
+use nham_dataplane::hold::{CheckpointId, RestorePlan};
+use nham_sff::remote::{FailOverOutcome, SffClient};
 use thiserror::Error;
 
 use crate::criu::{self, Swrk};
@@ -247,15 +247,19 @@ impl Replica {
     /// Restores checkpoint `id` (its images in `dir`, which the worker
     /// removes) as the new copy, on a thread of its own; the old copy stays
     /// until the new one is ready.
-    fn refresh(&mut self, id: CheckpointId, dir: PathBuf) {
+    /// The receiver returned hears (a disconnection) when the worker is
+    /// done.
+    fn refresh(&mut self, id: CheckpointId, dir: PathBuf) -> std::sync::mpsc::Receiver<()> {
         if let Some(w) = self.worker.take() {
             let _ = w.join();
         }
         let (copies, netns) = (self.copies.clone(), self.netns.clone());
         let generation = self.lock().generation;
+        let (done, finished) = std::sync::mpsc::channel::<()>();
         self.worker = std::thread::Builder::new()
             .name("nham-replica".into())
             .spawn(move || {
+                let _done = done;
                 // Background work: the chain (and recoveries) come first.
                 let _background = Niceness::for_this_thread(BACKGROUND_NICE);
                 let restored = criu::restore(None, &dir, &netns);
@@ -276,22 +280,16 @@ impl Replica {
                 }
             })
             .ok();
+        finished
     }
 
-    /// Takes the copy if it holds checkpoint `want` or `fallback`; any
-    /// refresh under way is made obsolete.
-    fn take_for(
-        &mut self,
-        want: Option<CheckpointId>,
-        fallback: Option<CheckpointId>,
-    ) -> Option<(u32, CheckpointId)> {
+    /// Takes the current copy (if it still runs) and the checkpoint it
+    /// holds; any refresh under way is made obsolete.
+    fn take_current(&mut self) -> Option<(u32, CheckpointId)> {
         let mut c = self.lock();
         c.generation += 1;
-        let taken = c.current.take();
-        match taken {
-            Some((pid, id)) if (Some(id) == want || Some(id) == fallback) && is_alive(pid) => {
-                Some((pid, id))
-            }
+        match c.current.take() {
+            Some((pid, id)) if is_alive(pid) => Some((pid, id)),
             Some((pid, _)) => {
                 kill_copy(pid);
                 None
@@ -299,6 +297,14 @@ impl Replica {
             None => None,
         }
     }
+}
+
+/// What a 1R-AA failover attempt came to.
+enum FailOver {
+    /// The replica took over.
+    Done(RecoveryStats),
+    /// It could not; the SFF's plan if the hop was marked failed.
+    Refused(Option<RestorePlan>),
 }
 
 /// A 1R-AS standby: a `criu swrk` with the VNF's namespace, and the image of
@@ -348,6 +354,8 @@ pub struct ProtectedVnf {
     cwd: Option<PathBuf>,
     /// The 1R-AA replica's place, when the VNF has one.
     replica: Option<Replica>,
+    /// Hears when the replica refresh the last commit started is done.
+    refreshing: Option<std::sync::mpsc::Receiver<()>>,
     /// MR-AA members 1 to M-1 (member 0 is `pid` in `netns`).
     members: Vec<MemberSlot>,
 }
@@ -422,6 +430,9 @@ impl Dumped {
 pub struct RecoveryStats {
     /// From the call to the VNF running again (replay starting).
     pub duration: Duration,
+    /// When the VNF ran again (the end of the failover path; what follows
+    /// is bookkeeping).
+    pub resumed_at: Option<Instant>,
     /// Packets to be delivered again.
     pub replay: u64,
     /// Whether an image was restored (false: started afresh).
@@ -435,6 +446,16 @@ pub struct RecoveryStats {
     /// 1R-AA: the VNF now runs in its replica's namespace, behind the port
     /// that was the standby (the two swapped roles).
     pub switched: bool,
+}
+
+impl RecoveryStats {
+    /// From `detected` to the VNF running again (now, if not known).
+    pub fn since(&self, detected: Instant) -> Duration {
+        self.resumed_at.map_or_else(
+            || detected.elapsed(),
+            |t| t.saturating_duration_since(detected),
+        )
+    }
 }
 
 impl ProtectedVnf {
@@ -466,6 +487,7 @@ impl ProtectedVnf {
             retired: false,
             cwd: None,
             replica: None,
+            refreshing: None,
             members: Vec::new(),
         };
         if mechanism == Mechanism::MultiActive {
@@ -733,7 +755,10 @@ impl ProtectedVnf {
             ..
         } = dumped;
         if self.retired || hop != self.hop {
+            // Its agent changed meanwhile (unprotected, moved): the SFF's
+            // hop must not wait for this checkpoint for ever.
             let _ = std::fs::remove_dir_all(&dir);
+            let _ = sff.checkpoint_failed(hop, id);
             return Err(ProtectError::Retired);
         }
         let done = match sff.checkpoint_done(hop, id).map_err(sff_err) {
@@ -768,7 +793,7 @@ impl ProtectedVnf {
             // replica's namespace. Off the pause; a failure meanwhile waits
             // for it (the agent lock) and then fails over to it.
             Mechanism::ActiveActive => match self.replica.as_mut() {
-                Some(r) => r.refresh(id, dir),
+                Some(r) => self.refreshing = Some(r.refresh(id, dir)),
                 None => {
                     let _ = std::fs::remove_dir_all(&dir);
                 }
@@ -785,6 +810,12 @@ impl ProtectedVnf {
             stored,
             released: done.released,
         })
+    }
+
+    /// After a commit: what hears when the 1R-AA replica restored from it
+    /// is ready (or failed), to wait for without the agent lock.
+    pub fn replica_refresh(&mut self) -> Option<std::sync::mpsc::Receiver<()>> {
+        self.refreshing.take()
     }
 
     /// The VNF process is gone: bring it back by its mechanism and let the
@@ -805,12 +836,17 @@ impl ProtectedVnf {
         }
         let started = Instant::now();
         let hop = self.hop;
-        let plan = sff.failure(hop).map_err(sff_err)?;
+        let mut plan = None;
         if self.mechanism == Mechanism::ActiveActive {
-            if let Some(stats) = self.fail_over(sff, plan.checkpoint, plan.fallback, started)? {
-                return Ok(stats);
+            match self.fail_over(sff, started)? {
+                FailOver::Done(stats) => return Ok(stats),
+                FailOver::Refused(p) => plan = p,
             }
         }
+        let plan = match plan {
+            Some(p) => p,
+            None => sff.failure(hop).map_err(sff_err)?,
+        };
         let restored = plan.checkpoint.is_some();
         let mut fallback_reason = None;
         let (pid, from) = match plan.checkpoint {
@@ -851,6 +887,7 @@ impl ProtectedVnf {
         let duration = started.elapsed();
         Ok(RecoveryStats {
             duration,
+            resumed_at: Some(started + duration),
             replay: r.replay,
             restored,
             pid: self.pid,
@@ -860,30 +897,35 @@ impl ProtectedVnf {
         })
     }
 
-    /// 1R-AA failover: if the replica holds checkpoint `want` (the restore
-    /// point), the SFF switches the hop to the replica's port, the replica
-    /// resumes and the SFF replays. The namespaces swap roles: the failed
-    /// one is emptied and takes the next replica. `None` when there is no
-    /// current replica (the caller restores as 0R does).
-    fn fail_over(
-        &mut self,
-        sff: &SffClient,
-        want: Option<CheckpointId>,
-        fallback: Option<CheckpointId>,
-        started: Instant,
-    ) -> Result<Option<RecoveryStats>, ProtectError> {
+    /// 1R-AA failover: the replica's stopped copy resumes and the SFF, in
+    /// one exchange, marks the hop failed, switches it to the replica's
+    /// port and replays, if it kept the packets since the copy's
+    /// checkpoint (the restore point, or the one before it while a refresh
+    /// is under way). The namespaces swap roles: the failed one is emptied
+    /// and takes the next replica. `Refused` when there is no copy (the
+    /// caller restores as 0R does), with the SFF's plan if it marked the
+    /// hop failed already.
+    fn fail_over(&mut self, sff: &SffClient, started: Instant) -> Result<FailOver, ProtectError> {
         let Some(r) = self.replica.as_mut() else {
-            return Ok(None);
+            return Ok(FailOver::Refused(None));
         };
-        // The copy of the restore point, or of the one before it (a refresh
-        // still under way): the SFF kept the packets since either.
-        let Some((ready, from)) = r.take_for(want, fallback) else {
-            return Ok(None);
+        let Some((ready, from)) = r.take_current() else {
+            return Ok(FailOver::Refused(None));
         };
-        let want = Some(from);
-        sff.switch_port(self.hop).map_err(sff_err)?;
+        // Resumed first: it waits for input on its own link (the standby
+        // port, which sends it nothing until the switch).
         signal(ready, nix::sys::signal::Signal::SIGCONT)?;
-        // Roles swap: the replica's namespace and port are the VNF's now.
+        let rr = match sff.fail_over(self.hop, from).map_err(sff_err)? {
+            FailOverOutcome::Switched(rr) => rr,
+            FailOverOutcome::NotSwitched { plan, why } => {
+                tracing::warn!(hop = self.hop, "no failover to the replica: {why}");
+                kill_copy(ready);
+                return Ok(FailOver::Refused(Some(plan)));
+            }
+        };
+        let duration = started.elapsed();
+        // The chain runs again; what follows is bookkeeping. Roles swap:
+        // the replica's namespace and port are the VNF's now.
         std::mem::swap(&mut self.netns, &mut r.netns);
         let old_iface = std::mem::take(&mut r.sff_iface);
         let new_iface = match self.link.as_mut() {
@@ -893,24 +935,24 @@ impl ProtectedVnf {
         r.sff_iface = new_iface;
         self.dump_worker = None;
         self.pid = ready;
+        // Drops the new link counted before now are not the new VNF's.
         if let Some((iface, base)) = self.link.as_mut() {
             if let Ok(now) = nham_netns::tx_dropped(iface) {
                 *base = now;
             }
         }
-        let rr = sff.restored(self.hop, want).map_err(sff_err)?;
-        let duration = started.elapsed();
         // What the failed incarnation left in its namespace (CRIU workers,
-        // stray children) goes, after the chain runs again: a scan of
-        // every process on the host. (The dump worker must run in the new
-        // namespace: it is started afresh by `prepare`.)
+        // stray children) goes: a scan of every process on the host. (The
+        // dump worker must run in the new namespace: it is started afresh
+        // by `prepare`.)
         nham_netns::kill_processes_in(&r.netns);
-        Ok(Some(RecoveryStats {
+        Ok(FailOver::Done(RecoveryStats {
             duration,
+            resumed_at: Some(started + duration),
             replay: rr.replay,
             restored: true,
             pid: ready,
-            checkpoint: want,
+            checkpoint: Some(from),
             fallback_reason: None,
             switched: true,
         }))
@@ -1002,6 +1044,7 @@ impl ProtectedVnf {
         }
         Ok(RecoveryStats {
             duration,
+            resumed_at: Some(started + duration),
             replay: rr.replay,
             restored: from.is_some(),
             pid,

@@ -89,8 +89,8 @@ pub struct VnfRuntime {
     /// See `recovery_failures`.
     pub last_error: Option<String>,
     /// A failure the detector judged (hang, cut-off) before it killed the
-    /// process: the cause and when it was judged.
-    pub judged: Option<(&'static str, Instant)>,
+    /// process: the verdict and when it was judged.
+    pub judged: Option<(crate::detect::Verdict, Instant)>,
     /// Its state.
     pub state: api::VnfState,
     /// Failures seen.
@@ -434,6 +434,17 @@ pub struct StateOptions {
     pub scratch: PathBuf,
     /// Checkpoint period for VNFs that do not set one.
     pub checkpoint_interval: Duration,
+    /// Checkpoints (CRIU dump, store, commit) under way at once on this
+    /// host; others wait their turn, so checkpoint work never takes every
+    /// core from the chains (see [`default_checkpoint_concurrency`]). With
+    /// N protected VNFs a VNF's checkpoints come every interval or every
+    /// N / concurrency dumps, whichever is longer: size the hold for that.
+    pub checkpoint_concurrency: usize,
+}
+
+/// One checkpoint at a time per two cores (at least one).
+pub fn default_checkpoint_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 impl StateOptions {
@@ -1022,8 +1033,10 @@ impl ChainRuntime {
                 sff.set_protected(hop, false).map_err(sff_err)?;
             }
             (None, Some(agent)) => {
-                // A checkpoint under way finishes first (it holds the
-                // agent): a new agent must find the hop idle.
+                // A checkpoint under way finishes its dump first (it holds
+                // the agent); one being stored aborts at its commit (a
+                // retired agent tells the SFF), within its turn, so a new
+                // agent's first checkpoint finds the hop idle.
                 agent
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)

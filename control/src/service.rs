@@ -64,6 +64,8 @@ pub struct Daemon {
     sff: SffOptions,
     state: StateOptions,
     records: RecordWriter,
+    /// Turns for checkpoints ([`StateOptions::checkpoint_concurrency`]).
+    checkpoint_turns: Arc<tokio::sync::Semaphore>,
 }
 
 /// A change to the chain records in the state database.
@@ -217,6 +219,9 @@ impl Daemon {
             next_id: std::sync::atomic::AtomicU32::new(1),
             sff,
             records: RecordWriter::new(state.store.clone()),
+            checkpoint_turns: Arc::new(tokio::sync::Semaphore::new(
+                state.checkpoint_concurrency.max(1),
+            )),
             state,
         })
     }
@@ -337,7 +342,10 @@ impl Daemon {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .recover_member(&sff, k)
-                .map(|r| (r, detected.elapsed()))
+                .map(|r| {
+                    let took = r.since(detected);
+                    (r, took)
+                })
         })
         .await
         .map_err(|e| ControlError::Process(format!("recovery panicked: {e}")))
@@ -396,7 +404,11 @@ impl Daemon {
         v.state = api::VnfState::Failed;
         // A hang or cut-off the detector judged (and killed the process for)
         // was detected then, not at the exit.
-        let (cause, detected) = v.judged.take().unwrap_or(("process exited", detected));
+        let judged = v.judged.take();
+        let cut_off = matches!(judged, Some((crate::detect::Verdict::CutOff, _)));
+        let (cause, detected) = judged
+            .map(|(verdict, at)| (verdict.cause(), at))
+            .unwrap_or(("process exited", detected));
         self.emit(failure_detected(
             chain,
             vnf,
@@ -404,17 +416,21 @@ impl Daemon {
             v.fault_at.take(),
             detected,
         ));
-        self.recover(chains, chain, vnf, detected).await;
+        self.recover(chains, chain, vnf, detected, cut_off).await;
     }
 
     /// Failure Recovery of VNF `vnf` of `chain` (failed, no process): by its
     /// mechanism, with the registry lock `chains` let go across the restore.
+    /// `link_down`: the VNF's link may be down (a cut-off, or not known),
+    /// so it is brought up before the SFF flushes what it was sending the
+    /// failed incarnation; otherwise that is done after, off the path.
     async fn recover(
         self: &Arc<Self>,
         mut chains: tokio::sync::MutexGuard<'_, BTreeMap<String, Entry>>,
         chain: &str,
         vnf: &str,
         detected: Instant,
+        link_down: bool,
     ) {
         use api::watch_events_response::Event;
         let Some(entry) = chains.get_mut(chain) else {
@@ -433,8 +449,10 @@ impl Daemon {
             Event::RecoveryStarted(api::RecoveryStarted {}),
         ));
         v.state = api::VnfState::Recovering;
-        if let Err(e) = v.reconnect() {
-            tracing::error!(chain, vnf, "bringing its link up: {e}");
+        if link_down {
+            if let Err(e) = v.reconnect() {
+                tracing::error!(chain, vnf, "bringing its link up: {e}");
+            }
         }
         let (agent, sff) = match (v.agent.clone(), sff) {
             (Some(a), Some(s)) => (a, s),
@@ -459,7 +477,10 @@ impl Daemon {
             // link watcher has seen the carrier back (up to a second): wait,
             // so the SFF can flush what the failed incarnation was sent.
             let deadline = Instant::now() + Duration::from_secs(2);
-            while !nham_netns::is_oper_up(&sff_iface).unwrap_or(true) && Instant::now() < deadline {
+            while link_down
+                && !nham_netns::is_oper_up(&sff_iface).unwrap_or(true)
+                && Instant::now() < deadline
+            {
                 std::thread::sleep(Duration::from_millis(1));
             }
             let r = agent
@@ -468,7 +489,11 @@ impl Daemon {
                 .recover(&sff);
             // The chain runs again: the SFF replays to the VNF. What
             // follows is bookkeeping.
-            r.map(|r| (r, detected.elapsed()))
+            // Detection to the VNF running again (not the bookkeeping after).
+            r.map(|r| {
+                let took = r.since(detected);
+                (r, took)
+            })
         })
         .await
         .map_err(|e| ControlError::Process(format!("recovery panicked: {e}")))
@@ -592,6 +617,14 @@ impl Daemon {
         sff: Arc<nham_sff::remote::SffClient>,
     ) -> Result<crate::protect::CheckpointStats, ControlError> {
         use api::watch_events_response::Event;
+        // Its turn (FIFO): the dumps of every chain share the host's
+        // turns, so their CRIU work leaves the chains CPU.
+        let turn = self
+            .checkpoint_turns
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ControlError::Process(format!("checkpoint turns: {e}")))?;
         let r = tokio::task::spawn_blocking(move || {
             let lock = || {
                 agent
@@ -602,7 +635,17 @@ impl Daemon {
             // Compressed and stored without the agent: a failure of the VNF
             // meanwhile is recovered at once (and this checkpoint aborted).
             let stored = dumped.store(&sff)?;
-            lock().commit(&sff, stored)
+            let stats = lock().commit(&sff, stored)?;
+            drop(turn);
+            // The 1R-AA replica is restored from it in the background; the
+            // next checkpoint of this VNF waits for that, so the replica is
+            // never more than one checkpoint behind (the SFF keeps the
+            // packets since the one before the restore point).
+            let refreshed = lock().replica_refresh();
+            if let Some(done) = refreshed {
+                let _ = done.recv_timeout(Duration::from_secs(30));
+            }
+            Ok::<_, crate::protect::ProtectError>(stats)
         })
         .await
         .map_err(|e| ControlError::Process(format!("checkpoint panicked: {e}")))?;
@@ -772,7 +815,7 @@ impl Daemon {
             return;
         }
         tracing::warn!(chain, vnf, "failure detected: {}", verdict.cause());
-        v.judged = Some((verdict.cause(), at));
+        v.judged = Some((verdict, at));
         // Recovery brings a cut-off link up again.
         if let Err(e) = v.signal(nix::sys::signal::Signal::SIGKILL) {
             tracing::error!(chain, vnf, "killing it: {e}");
@@ -1013,7 +1056,7 @@ impl Daemon {
                 drop(chains);
                 tokio::spawn(async move {
                     let chains = d.chains.lock().await;
-                    d.recover(chains, &chain, &vnf, Instant::now()).await;
+                    d.recover(chains, &chain, &vnf, Instant::now(), true).await;
                 });
             }
         }
@@ -1332,7 +1375,7 @@ impl vnf_service_server::VnfService for VnfSvc {
             let (chain, vnf) = (r.chain.clone(), r.vnf.clone());
             tokio::spawn(async move {
                 let chains = d.chains.lock().await;
-                d.recover(chains, &chain, &vnf, Instant::now()).await;
+                d.recover(chains, &chain, &vnf, Instant::now(), true).await;
             });
         }
         let deadline = Instant::now() + std::time::Duration::from_secs(10);

@@ -258,6 +258,9 @@ pub struct Received {
     pub kernel_drops: u64,
     /// Arrival time of each frame in `seqs`, microseconds after `base`.
     pub arrival_us: Vec<u64>,
+    /// Send time (the generator's stamp) of each frame in `seqs`,
+    /// microseconds after `base`.
+    pub sent_us: Vec<u64>,
 }
 
 /// Receives on `port` until `expected` frames arrived, or until `stop()`
@@ -277,6 +280,7 @@ pub fn sink(
         span: Duration::ZERO,
         kernel_drops: 0,
         arrival_us: Vec::with_capacity(expected),
+        sent_us: Vec::with_capacity(expected),
     };
     let mut last = Instant::now();
     let mut first: Option<Instant> = None;
@@ -287,6 +291,7 @@ pub fn sink(
                 r.digest = (r.digest ^ frame_digest(f)).wrapping_mul(0x0100_0000_01b3);
                 let now = base.elapsed().as_nanos() as u64;
                 r.arrival_us.push(now / 1000);
+                r.sent_us.push(ts / 1000);
                 let _ = r.latency_us.record((now.saturating_sub(ts) / 1000).max(1));
             }
             None => r.foreign += 1,
@@ -432,6 +437,7 @@ mod tests {
             span: Duration::ZERO,
             kernel_drops: 0,
             arrival_us: Vec::new(),
+            sent_us: Vec::new(),
         };
         let v = Checker::check(&expected, &got);
         assert_eq!(

@@ -53,6 +53,11 @@ struct Args {
     /// Checkpoint period of VNFs that do not set one, ms (default 1000).
     #[arg(long)]
     checkpoint_interval_ms: Option<u64>,
+    /// Checkpoints under way at once on this host (default: one per two
+    /// cores); the others wait their turn, so checkpoint work leaves the
+    /// chains CPU. A VNF is checkpointed at most once per interval.
+    #[arg(long)]
+    checkpoint_concurrency: Option<usize>,
     /// How often the Failure Detector probes VNFs for hangs and cut-offs,
     /// ms (default 50).
     #[arg(long)]
@@ -101,6 +106,7 @@ struct Config {
     state_dir: Option<PathBuf>,
     scratch_dir: Option<PathBuf>,
     checkpoint_interval_ms: Option<u64>,
+    checkpoint_concurrency: Option<usize>,
     probe_interval_ms: Option<u64>,
     probe_threshold: Option<u32>,
     tls_cert: Option<PathBuf>,
@@ -167,6 +173,14 @@ async fn main() -> anyhow::Result<()> {
         (10..=3_600_000).contains(&interval),
         "checkpoint_interval_ms {interval} must be 10 to 3600000"
     );
+    let checkpoint_concurrency = args
+        .checkpoint_concurrency
+        .or(config.checkpoint_concurrency)
+        .unwrap_or_else(nham_control::runtime::default_checkpoint_concurrency);
+    anyhow::ensure!(
+        (1..=1024).contains(&checkpoint_concurrency),
+        "checkpoint_concurrency {checkpoint_concurrency} must be 1 to 1024"
+    );
     let probe_interval = args
         .probe_interval_ms
         .or(config.probe_interval_ms)
@@ -187,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
         logs: state_dir.join("logs"),
         scratch: scratch.clone(),
         checkpoint_interval: std::time::Duration::from_millis(interval),
+        checkpoint_concurrency,
         probe_interval: std::time::Duration::from_millis(probe_interval),
         probe_threshold,
     };

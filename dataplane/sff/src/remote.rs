@@ -96,6 +96,15 @@ pub enum Request {
     SwitchPort {
         hop: usize,
     },
+    /// 1R-AA failover in one exchange: the hop's VNF failed
+    /// (`Failure`); if the SFF kept the packets since checkpoint `to` (the
+    /// replica's), the standby port becomes the hop's port (`SwitchPort`)
+    /// and the replica, restored from `to`, gets the replay (`Restored`).
+    /// Otherwise the hop stays failed and the answer carries its plan.
+    FailOver {
+        hop: usize,
+        to: CheckpointId,
+    },
     /// Open a standby port for the hop.
     AttachStandby {
         hop: usize,
@@ -128,6 +137,7 @@ pub enum Response {
     Mark(Mark),
     Done(CheckpointReport),
     Plan(RestorePlan),
+    FailOver(FailOverOutcome),
     MemberFailure(MemberFailure),
     Recovered(RecoveryReport),
     Count(u64),
@@ -136,6 +146,20 @@ pub enum Response {
     Ok,
     /// Refused, and why.
     Refused(String),
+}
+
+/// What [`Request::FailOver`] did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FailOverOutcome {
+    /// The hop runs on the replica's port; the report of its replay.
+    Switched(RecoveryReport),
+    /// The hop failed and stays failed: restore by `plan` instead.
+    NotSwitched {
+        /// What to restore (the answer to `Failure`).
+        plan: RestorePlan,
+        /// Why the replica could not take over.
+        why: String,
+    },
 }
 
 /// A running SFF process.
@@ -203,6 +227,7 @@ fn execute(sff: &LocalSff, request: Request, shutdown: &AtomicBool) -> Response 
             |reply| Command::Restored { hop, from, reply },
             |r| or_refused(r.map(Response::Recovered)),
         ),
+        Request::FailOver { hop, to } => fail_over(sff, hop, to),
         Request::InFlight { hop } => ask(
             sff,
             |reply| Command::InFlight { hop, reply },
@@ -269,6 +294,39 @@ fn execute(sff: &LocalSff, request: Request, shutdown: &AtomicBool) -> Response 
             shutdown.store(true, Ordering::Relaxed);
             Response::Ok
         }
+    }
+}
+
+/// [`Request::FailOver`]: three commands to the SFF thread, one exchange
+/// with the client (the failover path crosses the socket once).
+fn fail_over(sff: &LocalSff, hop: usize, to: CheckpointId) -> Response {
+    let plan = match sff.command(|reply| Command::Failure { hop, reply }) {
+        Ok(plan) => plan,
+        Err(SffError::Stopped) => return refused("no such hop, or the SFF thread has stopped"),
+        Err(e) => return refused(e),
+    };
+    let not_switched = |why: String| Response::FailOver(FailOverOutcome::NotSwitched { plan, why });
+    // The SFF keeps the packets since the restore point and, while the
+    // replica is refreshed, since the one before it.
+    if plan.checkpoint != Some(to) && plan.fallback != Some(to) {
+        return not_switched(format!(
+            "the replica holds checkpoint {to}; the restore point is {:?} (fallback {:?})",
+            plan.checkpoint, plan.fallback
+        ));
+    }
+    match sff.command(|reply| Command::SwitchPort { hop, reply }) {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => return not_switched(why),
+        Err(e) => return not_switched(e.to_string()),
+    }
+    match sff.command(|reply| Command::Restored {
+        hop,
+        from: Some(to),
+        reply,
+    }) {
+        Ok(Ok(r)) => Response::FailOver(FailOverOutcome::Switched(r)),
+        Ok(Err(e)) => refused(e),
+        Err(e) => refused(e),
     }
 }
 
@@ -535,6 +593,15 @@ impl SffClient {
     pub fn switch_port(&self, hop: usize) -> Result<(), RemoteError> {
         match self.request(Request::SwitchPort { hop })? {
             Response::Ok => Ok(()),
+            r => self.unexpected(r),
+        }
+    }
+
+    /// 1R-AA failover to a replica restored from checkpoint `to`, in one
+    /// exchange (see [`Request::FailOver`]).
+    pub fn fail_over(&self, hop: usize, to: CheckpointId) -> Result<FailOverOutcome, RemoteError> {
+        match self.request(Request::FailOver { hop, to })? {
+            Response::FailOver(o) => Ok(o),
             r => self.unexpected(r),
         }
     }
