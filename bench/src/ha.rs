@@ -306,10 +306,17 @@ impl Nhamd {
             "--on-exit".into(),
             "stop".into(),
         ];
+        // NHAM_HA_NHAMD_ARGS: more nhamd flags (tuning experiments).
+        let extra: Vec<String> = std::env::var("NHAM_HA_NHAMD_ARGS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(String::from)
+            .collect();
         let exe = bin.to_path_buf();
         let child = lab.sff_netns().run(move || {
             Command::new(&exe)
                 .args(argv)
+                .args(extra)
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
                 .stdout(out)

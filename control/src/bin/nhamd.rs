@@ -42,6 +42,10 @@ struct Args {
     /// CPU over VNFs and checkpoint work; it sleeps when idle).
     #[arg(long, allow_negative_numbers = true)]
     sff_nice: Option<i32>,
+    /// Empty polling rounds an SFF spins before it sleeps 50 µs a round
+    /// (default 2000: lowest latency; fewer leave more CPU to VNFs).
+    #[arg(long)]
+    sff_spin: Option<u32>,
     /// State directory: checkpoint database and images, VNF logs
     /// (default /var/lib/nham).
     #[arg(long)]
@@ -103,6 +107,7 @@ struct Config {
     sff_core: Option<usize>,
     hold_packets: Option<usize>,
     sff_nice: Option<i32>,
+    sff_spin: Option<u32>,
     state_dir: Option<PathBuf>,
     scratch_dir: Option<PathBuf>,
     checkpoint_interval_ms: Option<u64>,
@@ -146,6 +151,13 @@ async fn main() -> anyhow::Result<()> {
             .sff_nice
             .or(config.sff_nice)
             .unwrap_or(nham_control::runtime::DEFAULT_SFF_NICE),
+        poll: nham_sff::PollPolicy {
+            spin: args
+                .sff_spin
+                .or(config.sff_spin)
+                .unwrap_or(nham_sff::PollPolicy::default().spin),
+            ..nham_sff::PollPolicy::default()
+        },
         ..SffOptions::default()
     };
     let on_exit = args.on_exit.or(config.on_exit).unwrap_or(OnExit::Keep);
