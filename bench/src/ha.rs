@@ -39,6 +39,9 @@ use crate::lab::{Lab, SPI};
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct HaSpec {
+    /// Run `nhamd --expedite-rcu` (host tuning: expedited RCU grace
+    /// periods while it runs).
+    pub expedite_rcu: bool,
     /// The mechanism of every VNF.
     pub mechanism: api::Mechanism,
     /// Sample VNFs, in chain order.
@@ -129,6 +132,9 @@ pub struct HaReport {
     pub rounds: usize,
     /// VNF failures injected in all.
     pub failures: usize,
+    /// Whether the host ran with expedited RCU grace periods
+    /// (`nhamd --expedite-rcu`).
+    pub rcu_expedited: bool,
     /// Fault injected to failure detected.
     pub detection_ms: Summary,
     /// Failure detected to the VNF running again (replay started).
@@ -272,6 +278,7 @@ struct Nhamd {
     dir: PathBuf,
     interval_ms: u32,
     hold_packets: usize,
+    expedite_rcu: bool,
 }
 
 impl Nhamd {
@@ -281,6 +288,7 @@ impl Nhamd {
         dir: &Path,
         interval_ms: u32,
         hold_packets: usize,
+        expedite_rcu: bool,
     ) -> Result<Self> {
         let sock = dir.join("nhamd.sock");
         let _ = std::fs::remove_file(&sock);
@@ -306,6 +314,10 @@ impl Nhamd {
             "--on-exit".into(),
             "stop".into(),
         ];
+        let argv: Vec<String> = argv
+            .into_iter()
+            .chain(expedite_rcu.then(|| "--expedite-rcu".to_string()))
+            .collect();
         // NHAM_HA_NHAMD_ARGS: more nhamd flags (tuning experiments).
         let extra: Vec<String> = std::env::var("NHAM_HA_NHAMD_ARGS")
             .unwrap_or_default()
@@ -331,6 +343,7 @@ impl Nhamd {
             dir: dir.to_path_buf(),
             interval_ms,
             hold_packets,
+            expedite_rcu,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !sock.exists() {
@@ -362,6 +375,7 @@ impl Nhamd {
             &self.dir,
             self.interval_ms,
             self.hold_packets,
+            self.expedite_rcu,
         )?;
         Ok(())
     }
@@ -491,6 +505,9 @@ pub fn run(spec: &HaSpec) -> Result<HaReport> {
     lab.set_traffic_nice(-10);
     let dir = std::env::temp_dir().join(nham_netns::unique_name("nham-ha-"));
     std::fs::create_dir_all(&dir)?;
+    // The host's RCU setting, put back at the end (a daemon killed in a
+    // restart round cannot).
+    let rcu_before = std::fs::read_to_string(RCU_EXPEDITED).ok();
     let result = (|| {
         let reaper = Reaper::new()?;
         // Packets are released once the checkpoint before the newest holds
@@ -511,6 +528,7 @@ pub fn run(spec: &HaSpec) -> Result<HaReport> {
             &dir,
             spec.checkpoint_interval_ms,
             hold_packets,
+            spec.expedite_rcu,
         )?;
         let r = trial(spec, &lab, &mut daemon, &reaper, &dir, n);
         if r.as_ref().map_or(true, |r| !r.is_exact()) {
@@ -524,8 +542,14 @@ pub fn run(spec: &HaSpec) -> Result<HaReport> {
     } else {
         let _ = std::fs::remove_dir_all(&dir);
     }
+    if let Some(before) = rcu_before {
+        let _ = std::fs::write(RCU_EXPEDITED, before.trim());
+    }
     result
 }
+
+/// The kernel's RCU knob `nhamd --expedite-rcu` sets.
+const RCU_EXPEDITED: &str = "/sys/kernel/rcu_expedited";
 
 type ChainClient = api::chain_service_client::ChainServiceClient<tonic::transport::Channel>;
 type VnfClient = api::vnf_service_client::VnfServiceClient<tonic::transport::Channel>;
@@ -963,6 +987,7 @@ fn trial(
     rt.block_on(chains.delete_chain(api::DeleteChainRequest { name: "ha".into() }))
         .context("DeleteChain")?;
     // Metrics from the events.
+    let rcu_expedited = std::fs::read_to_string(RCU_EXPEDITED).is_ok_and(|v| v.trim() == "1");
     let events = log.lock().expect("event log").clone();
     // NHAM_HA_EVENTS=<file>: the events, and every gap of more than 3 ms
     // at the sink with the latency of the frame that ended it, by time.
@@ -1053,6 +1078,7 @@ fn trial(
         vnfs: n,
         rounds: spec.rounds.len(),
         failures,
+        rcu_expedited,
         detection_ms: Summary::of(&detection),
         recovery_ms: Summary::of(&recovery),
         downtime_ms: Summary::of(&downtime),

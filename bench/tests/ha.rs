@@ -40,6 +40,7 @@ fn spec(mechanism: Mechanism, kinds: Vec<Kind>, rounds: Vec<usize>) -> HaSpec {
         during_checkpoint: false,
         same_victim: None,
         second_failure: false,
+        expedite_rcu: false,
         members: Vec::new(),
     }
 }
