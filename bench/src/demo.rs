@@ -45,7 +45,7 @@ pub(crate) fn run() -> Result<()> {
             during_checkpoint: false,
             same_victim: None,
             second_failure: false,
-        expedite_rcu: false,
+            expedite_rcu: false,
             members: Vec::new(),
         })?;
         rows.push(r);
