@@ -724,20 +724,30 @@ fn trial(
             };
             let t0 = Instant::now();
             if restart {
-                let pids: Vec<u32> = rt
+                // Per VNF, the pid of each member crashed (member 0: the
+                // VNF's own process).
+                let pids: Vec<Vec<u32>> = rt
                     .block_on(chains.get_chain(api::GetChainRequest { name: "ha".into() }))?
                     .into_inner()
                     .chain
                     .context("GetChain answered no chain")?
                     .vnfs
                     .iter()
-                    .map(|v| v.pid)
+                    .map(|v| {
+                        members
+                            .iter()
+                            .filter_map(|&k| match k {
+                                0 => Some(v.pid),
+                                k => v.member_pids.get(k as usize - 1).copied(),
+                            })
+                            .collect()
+                    })
                     .collect();
                 daemon.restart_kill(reaper);
                 // While no daemon watches: the SFF goes on forwarding and
                 // holding; the victims die unseen.
                 for &v in &victims {
-                    if let Some(&pid) = pids.get(v).filter(|&&p| p != 0) {
+                    for &pid in pids.get(v).into_iter().flatten().filter(|&&p| p != 0) {
                         let _ = nix::sys::signal::kill(
                             nix::unistd::Pid::from_raw(pid as i32),
                             nix::sys::signal::Signal::SIGKILL,

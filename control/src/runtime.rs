@@ -147,6 +147,7 @@ impl VnfRuntime {
             failures: self.failures,
             recoveries: self.recoveries,
             checkpoints: self.checkpoints,
+            member_pids: self.members.iter().map(|m| m.pid.unwrap_or(0)).collect(),
         }
     }
 
@@ -354,6 +355,20 @@ pub struct VnfRecord {
     /// 1R-AA: the SFF's end of the replica's link.
     #[serde(default)]
     pub replica_sff_iface: Option<String>,
+    /// MR-AA: members 1 to M-1.
+    #[serde(default)]
+    pub members: Vec<MemberRecord>,
+}
+
+/// Where an MR-AA member ran, for a restarted daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// Its network namespace.
+    pub netns: String,
+    /// The SFF's end of its link (a member port of the hop).
+    pub sff_iface: String,
+    /// Its process when the record was written.
+    pub pid: Option<u32>,
 }
 
 /// The chain's SFF process.
@@ -416,6 +431,8 @@ pub struct ChainRuntime {
     /// MR-AA members started with the chain, (hop, member, pidfd), for the
     /// daemon to watch (taken by it).
     pub member_pidfds: Vec<(usize, usize, OwnedFd)>,
+    /// MR-AA members (hop, member) found dead by a re-attach, to recover.
+    pub lost_members: Vec<(usize, usize)>,
 }
 
 /// Where the daemon keeps state, and how it watches VNFs.
@@ -735,6 +752,7 @@ impl ChainRuntime {
             work,
             detached: false,
             member_pidfds: Vec::new(),
+            lost_members: Vec::new(),
         };
         let pidfds = runtime
             .vnfs
@@ -818,10 +836,11 @@ impl ChainRuntime {
         if plan
             .vnfs
             .iter()
-            .any(|v| v.mechanism == api::Mechanism::MrAa)
+            .zip(&record.vnfs)
+            .any(|(v, r)| (v.mechanism == api::Mechanism::MrAa) == r.members.is_empty())
         {
             return Err(gone(
-                "MR-AA chains are not re-attached (their members are not recorded yet)".into(),
+                "an MR-AA VNF's members are not recorded (a record of an older nhamd)".into(),
             ));
         }
         let client = SffClient::connect(&record.sff_socket)
@@ -870,7 +889,22 @@ impl ChainRuntime {
                     }),
                     _ => None,
                 },
-                members: Vec::new(),
+                members: r
+                    .members
+                    .iter()
+                    .enumerate()
+                    .map(|(k, m)| {
+                        let mut netns = Netns::adopt(&m.netns)?;
+                        netns.keep();
+                        Ok(MemberPlace {
+                            netns,
+                            sff_iface: m.sff_iface.clone(),
+                            pid: None,
+                            incarnation: 0,
+                            cwd: state.vnf_cwd(&plan.name, &format!("{}.m{}", v.name, k + 1))?,
+                        })
+                    })
+                    .collect::<Result<_, ControlError>>()?,
                 agent: None,
                 checkpoints: r.checkpoints,
                 sff_iface: r.sff_iface.clone(),
@@ -897,6 +931,7 @@ impl ChainRuntime {
             work,
             detached: true,
             member_pidfds: Vec::new(),
+            lost_members: Vec::new(),
         };
         let sff = runtime.sff.clone().expect("set above");
         let mut pidfds = Vec::new();
@@ -927,7 +962,13 @@ impl ChainRuntime {
                 }
             };
             settle.map_err(|e| ControlError::Process(format!("settling a checkpoint: {e}")))?;
-            match alive.filter(|_| !h.recovering) {
+            // (An MR-AA member 0 the SFF counts as failed is being
+            // recovered: its process, if any, is of unknown state.)
+            let member_0_failed = matches!(
+                h.members.first(),
+                Some(nham_dataplane::hold::MemberState::Failed)
+            );
+            match alive.filter(|_| !h.recovering && !member_0_failed) {
                 Some(p) => pidfds.push(Some(v.adopt(p)?)),
                 None => {
                     // Dead, or caught in the middle of its recovery (the
@@ -935,6 +976,29 @@ impl ChainRuntime {
                     nham_netns::kill_processes_in(&v.netns.path());
                     v.pid = None;
                     pidfds.push(None);
+                }
+            }
+            // MR-AA members 1 to M-1: adopted if alive and serving (live or
+            // catching up in the SFF); otherwise recovered like a member
+            // that exits (the SFF is told it failed first).
+            for k in 1..=v.members.len() {
+                let m = &v.members[k - 1];
+                let serving = h
+                    .members
+                    .get(k)
+                    .is_some_and(|s| !matches!(s, nham_dataplane::hold::MemberState::Failed));
+                let alive = r.members[k - 1]
+                    .pid
+                    .filter(|&p| serving && nham_netns::pid_in(p, &m.netns.path()));
+                match alive {
+                    Some(p) => {
+                        let fd = v.adopt_member(k, p)?;
+                        runtime.member_pidfds.push((hop, k, fd));
+                    }
+                    None => {
+                        nham_netns::kill_processes_in(&m.netns.path());
+                        runtime.lost_members.push((hop, k));
+                    }
                 }
             }
         }
@@ -963,6 +1027,9 @@ impl ChainRuntime {
             if let Some(r) = v.replica.as_mut() {
                 r.netns.unkeep();
             }
+            for m in &mut v.members {
+                m.netns.unkeep();
+            }
         }
         Ok((runtime, pidfds))
     }
@@ -989,6 +1056,15 @@ impl ChainRuntime {
                     checkpoints: v.checkpoints,
                     replica_netns: v.replica.as_ref().map(|r| r.netns.name().to_string()),
                     replica_sff_iface: v.replica.as_ref().map(|r| r.sff_iface.clone()),
+                    members: v
+                        .members
+                        .iter()
+                        .map(|m| MemberRecord {
+                            netns: m.netns.name().to_string(),
+                            sff_iface: m.sff_iface.clone(),
+                            pid: m.pid,
+                        })
+                        .collect(),
                 })
                 .collect(),
         })

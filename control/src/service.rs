@@ -363,6 +363,10 @@ impl Daemon {
                 let inc = v.members[k - 1].incarnation;
                 self.emit(recovery_finished(chain, vnf, r, took));
                 self.watch_member(chain.to_string(), vnf.to_string(), k, inc, pidfd);
+                // The member's new pid, for a restarted daemon.
+                if let Some(e) = chains.get(chain) {
+                    drop(self.records.put(&e.runtime, None));
+                }
             }
             Err(e) => {
                 v.recovery_failures += 1;
@@ -1021,6 +1025,10 @@ impl Daemon {
             );
             let mut runtime = runtime;
             self.watch_members(&mut runtime);
+            let lost_members: Vec<(String, usize)> = std::mem::take(&mut runtime.lost_members)
+                .into_iter()
+                .filter_map(|(hop, k)| Some((runtime.vnfs.get(hop)?.plan.name.clone(), k)))
+                .collect();
             let mut lost = Vec::new();
             for (v, fd) in runtime.vnfs.iter().zip(pidfds) {
                 match fd {
@@ -1057,6 +1065,15 @@ impl Daemon {
                 tokio::spawn(async move {
                     let chains = d.chains.lock().await;
                     d.recover(chains, &chain, &vnf, Instant::now(), true).await;
+                });
+            }
+            // MR-AA members that died unseen: as if their exit was seen now
+            // (never adopted, they are incarnation 0).
+            for (vnf, k) in lost_members {
+                report.recovering += 1;
+                let (d, chain) = (self.clone(), name.clone());
+                tokio::spawn(async move {
+                    d.on_member_exit(&chain, &vnf, k, 0, Instant::now()).await;
                 });
             }
         }
