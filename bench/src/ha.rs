@@ -934,12 +934,25 @@ fn trial(
         .chain
         .context("GetChain answered no chain")?;
     let mut mismatch_detail = Vec::new();
-    for (i, status) in chain.vnfs.iter().enumerate() {
+    // Every VNF's state, and (MR-AA) every member's: the members were fed
+    // the same input and must all end in the failure-free state. (They share
+    // the VNF's command line, so its state file: one asked at a time.)
+    let processes = chain.vnfs.iter().enumerate().flat_map(|(i, status)| {
+        std::iter::once((i, status.name.clone(), status.pid)).chain(
+            status
+                .member_pids
+                .iter()
+                .enumerate()
+                .map(move |(k, &pid)| (i, format!("{} member {}", status.name, k + 1), pid)),
+        )
+    });
+    for (i, name, pid) in processes {
+        let status = &chain.vnfs[i];
         let path = dir.join(format!("{}.json", vnf_name(i)));
         let _ = std::fs::remove_file(&path);
-        if status.pid == 0 {
+        if pid == 0 {
             // (kill(0, …) would signal our own process group.)
-            mismatch_detail.push(format!("{} is not running: {status:?}", status.name));
+            mismatch_detail.push(format!("{name} is not running: {status:?}"));
             continue;
         }
         // Ask again every half second: a signal that lands while CRIU has
@@ -950,17 +963,17 @@ fn trial(
         let bytes = loop {
             if asked.elapsed() >= Duration::from_millis(500) {
                 nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(status.pid as i32),
+                    nix::unistd::Pid::from_raw(pid as i32),
                     nix::sys::signal::Signal::SIGUSR1,
                 )
-                .with_context(|| format!("SIGUSR1 to {} (pid {})", status.name, status.pid))?;
+                .with_context(|| format!("SIGUSR1 to {name} (pid {pid})"))?;
                 asked = Instant::now();
             }
             if let Ok(b) = std::fs::read(&path) {
                 break b;
             }
             if Instant::now() > deadline {
-                bail!("{} did not write its state", status.name);
+                bail!("{name} did not write its state");
             }
             std::thread::sleep(Duration::from_millis(5));
         };
@@ -974,8 +987,7 @@ fn trial(
                     let packets =
                         |s: &nham_vnf::State| -> u64 { s.flows.values().map(|c| c.packets).sum() };
                     mismatch_detail.push(format!(
-                        "{} ({kind:?}): {} flows / {} packets / {} invalid, want {} / {} / {}",
-                        status.name,
+                        "{name} ({kind:?}): {} flows / {} packets / {} invalid, want {} / {} / {}",
                         got.flows.len(),
                         packets(&got),
                         got.invalid,
@@ -989,7 +1001,7 @@ fn trial(
                 let got: serde_json::Value = serde_json::from_slice(&bytes)?;
                 let want = python_reference(&expected);
                 if got != want {
-                    mismatch_detail.push(format!("{} (python): {got} want {want}", status.name));
+                    mismatch_detail.push(format!("{name} (python): {got} want {want}"));
                 }
             }
         }

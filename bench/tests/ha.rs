@@ -151,6 +151,39 @@ fn hangs_and_cut_offs_are_detected_and_recovered_exactly_once() {
     }
 }
 
+/// MR-AA members hang and are cut off (members 0 and 1 of a VNF at once,
+/// member 2 serving): the detector probes every member, kills the judged
+/// ones (bringing a cut-off link up again), and they are restored and
+/// catch up: nothing lost.
+#[test]
+fn mr_aa_member_hangs_and_cut_offs_are_detected_and_recovered() {
+    let _serial = serial();
+    for fault in [
+        nham_control::api::Fault::Hang,
+        nham_control::api::Fault::CutOff,
+    ] {
+        let mut s = spec(Mechanism::MrAa, Kind::ALL.to_vec(), vec![1, 1]);
+        s.fault = fault;
+        s.members = vec![0, 1];
+        let r = ha::run(&s).expect("trial");
+        eprintln!(
+            "MR-AA {}: detection p50 {:.1} ms, max {:.1} ms; downtime p50 {:.1} ms",
+            fault.as_str_name(),
+            r.detection_ms.p50,
+            r.detection_ms.max,
+            r.downtime_ms.p50
+        );
+        assert_eq!(
+            r.recovery_ms.n, 4,
+            "{fault:?}: a recovery per member: {r:?}"
+        );
+        assert_eq!(r.detection_ms.n, 4, "{fault:?}: {r:?}");
+        assert!(r.detection_ms.max < 2000.0, "{fault:?}: {r:?}");
+        assert!(r.is_exact(), "{fault:?}: {r:?}");
+        assert_eq!(r.nondeterministic_outputs, 0, "{fault:?}: {r:?}");
+    }
+}
+
 /// `nhamd` killed (SIGKILL) and started again under traffic, three times:
 /// once alone, once with a VNF killed while no daemon watched, once with
 /// two; then crashes through the new daemon of VNFs it adopted. The SFF

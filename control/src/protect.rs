@@ -1039,6 +1039,14 @@ impl ProtectedVnf {
         if k == 0 {
             self.pid = pid;
             self.dump_worker = None;
+            // What its link dropped before is caught up now: the next
+            // checkpoint counts drops from here (else it would take them
+            // for a loss on the new process's link, for ever).
+            if let Some((iface, base)) = self.link.as_mut() {
+                if let Ok(now) = nham_netns::tx_dropped(iface) {
+                    *base = now;
+                }
+            }
         } else {
             self.members[k - 1].pid = Some(pid);
         }

@@ -124,6 +124,10 @@ pub struct MemberPlace {
     pub incarnation: u64,
     /// Its working directory.
     pub cwd: PathBuf,
+    /// A hang or cut-off the detector judged before it killed the process.
+    pub judged: Option<(crate::detect::Verdict, Instant)>,
+    /// When a fault was injected into it, to measure detection.
+    pub fault_at: Option<Instant>,
 }
 
 /// Where a 1R-AA replica runs.
@@ -707,6 +711,8 @@ impl ChainRuntime {
                     pid: None,
                     incarnation: 0,
                     cwd,
+                    judged: None,
+                    fault_at: None,
                 });
             }
             members.push(member_ports);
@@ -902,6 +908,8 @@ impl ChainRuntime {
                             pid: None,
                             incarnation: 0,
                             cwd: state.vnf_cwd(&plan.name, &format!("{}.m{}", v.name, k + 1))?,
+                            judged: None,
+                            fault_at: None,
                         })
                     })
                     .collect::<Result<_, ControlError>>()?,

@@ -33,7 +33,9 @@ use crate::runtime::{
 };
 
 /// A running VNF to probe: name, incarnation, pid, the SFF's end of its link.
-type ProbeTarget = (String, u64, u32, String);
+/// What the detector probes: VNF name, MR-AA member (0: the VNF's own
+/// process), incarnation, pid, the SFF's end of its link.
+type ProbeTarget = (String, usize, u64, u32, String);
 
 /// What [`Daemon::restore_chains`] found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -315,18 +317,20 @@ impl Daemon {
             let Ok(v) = entry.runtime.vnf_mut(vnf) else {
                 return;
             };
-            match v.members.get_mut(k - 1) {
-                Some(m) if m.incarnation == incarnation => m.pid = None,
+            let (judged, fault_at) = match v.members.get_mut(k - 1) {
+                Some(m) if m.incarnation == incarnation => {
+                    m.pid = None;
+                    (m.judged.take(), m.fault_at.take())
+                }
                 _ => return,
-            }
+            };
             v.failures += 1;
-            self.emit(failure_detected(
-                chain,
-                vnf,
-                format!("MR-AA member {k} exited"),
-                v.fault_at.take(),
-                detected,
-            ));
+            // A hang or cut-off the detector judged was detected then.
+            let (cause, detected) = match judged {
+                Some((verdict, at)) => (format!("MR-AA member {k}: {}", verdict.cause()), at),
+                None => (format!("MR-AA member {k} exited"), detected),
+            };
+            self.emit(failure_detected(chain, vnf, cause, fault_at, detected));
             self.emit(event(
                 chain,
                 vnf,
@@ -420,14 +424,23 @@ impl Daemon {
             v.fault_at.take(),
             detected,
         ));
-        self.recover(chains, chain, vnf, detected, cut_off).await;
+        // A VNF restored in its own namespace waits until its link is up
+        // (a few ms of netlink). Without that wait, 1R-AS lost one output
+        // (discarded as stale, never regenerated) in 2 of about 16 runs of
+        // the second-failure test; with it, 0 of 28. Not pinned down; the
+        // suspicion is a frame sent to the dead process still queued in
+        // the kernel when the restored socket binds. 1R-AA fails over to
+        // another namespace: no wait, unless the link was cut.
+        let settle = cut_off || v.plan.mechanism != api::Mechanism::Mechanism1rAa;
+        self.recover(chains, chain, vnf, detected, settle).await;
     }
 
     /// Failure Recovery of VNF `vnf` of `chain` (failed, no process): by its
     /// mechanism, with the registry lock `chains` let go across the restore.
-    /// `link_down`: the VNF's link may be down (a cut-off, or not known),
-    /// so it is brought up before the SFF flushes what it was sending the
-    /// failed incarnation; otherwise that is done after, off the path.
+    /// `link_down`: bring the VNF's link up and wait until the SFF's end is
+    /// operationally up before the SFF flushes what it was sending the
+    /// failed incarnation and the VNF is restored (a cut-off, a restore in
+    /// the same namespace, or not known); otherwise go straight on.
     async fn recover(
         self: &Arc<Self>,
         mut chains: tokio::sync::MutexGuard<'_, BTreeMap<String, Entry>>,
@@ -699,7 +712,7 @@ impl Daemon {
                         .and_then(|e| e.runtime.vnf_mut(vnf).ok())
                         .map(|v| v.incarnation);
                     if let Some(inc) = inc {
-                        self.judge(chain, vnf, inc, crate::detect::Verdict::CutOff)
+                        self.judge(chain, vnf, 0, inc, crate::detect::Verdict::CutOff)
                             .await;
                     }
                 }
@@ -719,7 +732,7 @@ impl Daemon {
         let daemon = Arc::downgrade(self);
         let (interval, threshold) = (self.state.probe_interval, self.state.probe_threshold);
         tokio::spawn(async move {
-            let mut detectors: BTreeMap<String, (u64, Detector)> = BTreeMap::new();
+            let mut detectors: BTreeMap<(String, usize), (u64, Detector)> = BTreeMap::new();
             // Per hop, divergent replays already reported.
             let mut divergent_seen: Vec<u64> = Vec::new();
             let mut tick = tokio::time::interval(interval);
@@ -733,29 +746,40 @@ impl Daemon {
                     let chains = d.chains.lock().await;
                     let Some(e) = chains.get(&chain) else { return };
                     let names = e.runtime.vnfs.iter().map(|v| v.plan.name.clone()).collect();
-                    let targets = e
-                        .runtime
-                        .vnfs
-                        .iter()
+                    let vnfs = e.runtime.vnfs.iter();
+                    let members = vnfs.clone().flat_map(|v| {
+                        v.members.iter().enumerate().filter_map(|(i, m)| {
+                            Some((
+                                v.plan.name.clone(),
+                                i + 1,
+                                m.incarnation,
+                                m.pid.filter(|_| m.judged.is_none())?,
+                                m.sff_iface.clone(),
+                            ))
+                        })
+                    });
+                    let targets = vnfs
                         .filter(|v| v.state == api::VnfState::Running && v.judged.is_none())
                         .filter_map(|v| {
                             Some((
                                 v.plan.name.clone(),
+                                0,
                                 v.incarnation,
                                 v.pid?,
                                 v.sff_iface.clone(),
                             ))
                         })
+                        .chain(members)
                         .collect();
                     (names, e.runtime.sff.clone(), targets)
                 };
                 let (probes, status) = tokio::task::spawn_blocking(move || {
                     let probes = targets
                         .into_iter()
-                        .map(|(name, inc, pid, iface)| {
+                        .map(|(name, k, inc, pid, iface)| {
                             let rmem = crate::protect::packet_rmem(pid).unwrap_or(0);
                             let carrier = nham_netns::has_carrier(&iface).unwrap_or(true);
-                            (name, inc, Probe { rmem, carrier })
+                            (name, k, inc, Probe { rmem, carrier })
                         })
                         .collect::<Vec<_>>();
                     (probes, sff.and_then(|s| s.status().ok()))
@@ -787,26 +811,33 @@ impl Daemon {
                         }
                     }
                 }
-                for (name, inc, probe) in probes {
+                for (name, k, inc, probe) in probes {
                     let entry = detectors
-                        .entry(name.clone())
+                        .entry((name.clone(), k))
                         .or_insert_with(|| (inc, Detector::new(threshold)));
                     if entry.0 != inc {
                         *entry = (inc, Detector::new(threshold));
                     }
                     let verdict = entry.1.handle_probe(probe);
                     if verdict != Verdict::Healthy {
-                        d.judge(&chain, &name, inc, verdict).await;
+                        d.judge(&chain, &name, k, inc, verdict).await;
                     }
                 }
             }
         });
     }
 
-    /// The detector judged VNF `vnf` (incarnation `inc`) failed: record why
-    /// and kill it; recovery takes it from there (and brings a cut-off link
-    /// up again).
-    async fn judge(&self, chain: &str, vnf: &str, inc: u64, verdict: crate::detect::Verdict) {
+    /// The detector judged VNF `vnf` (MR-AA member `k`, incarnation `inc`)
+    /// failed: record why and kill it; recovery takes it from there (and
+    /// brings a cut-off link up again).
+    async fn judge(
+        &self,
+        chain: &str,
+        vnf: &str,
+        k: usize,
+        inc: u64,
+        verdict: crate::detect::Verdict,
+    ) {
         let at = Instant::now();
         let mut chains = self.chains.lock().await;
         let Some(v) = chains
@@ -815,6 +846,36 @@ impl Daemon {
         else {
             return;
         };
+        if k > 0 {
+            let Some(m) = v.members.get_mut(k - 1) else {
+                return;
+            };
+            let Some(pid) = m.pid.filter(|_| m.incarnation == inc && m.judged.is_none()) else {
+                return;
+            };
+            tracing::warn!(
+                chain,
+                vnf,
+                "MR-AA member {k}: failure detected: {}",
+                verdict.cause()
+            );
+            m.judged = Some((verdict, at));
+            // A member is restored behind the same link: bring it up
+            // first (the SFF then flushes what the dead one was sent).
+            if verdict == crate::detect::Verdict::CutOff {
+                let up = m
+                    .netns
+                    .run(|| nham_netns::set_up(crate::runtime::VNF_IFACE));
+                if let Err(e) = up.and_then(|r| r) {
+                    tracing::error!(chain, vnf, "bringing member {k}'s link up: {e}");
+                }
+            }
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            return;
+        }
         if v.incarnation != inc || v.state != api::VnfState::Running {
             return;
         }
@@ -1437,36 +1498,44 @@ impl vnf_service_server::VnfService for VnfSvc {
                 Status::invalid_argument("fault must be FAULT_CRASH, FAULT_HANG or FAULT_CUT_OFF")
             })?;
         if r.member > 0 {
-            if fault != api::Fault::Crash || r.during_checkpoint {
+            if r.during_checkpoint {
                 return Err(Status::invalid_argument(
-                    "member > 0 takes FAULT_CRASH only, not during_checkpoint",
+                    "during_checkpoint is for member 0 (the member a checkpoint dumps)",
                 ));
             }
             let k = r.member as usize;
             self.0
                 .with_chain(&r.chain, |e| {
                     let v = e.runtime.vnf_mut(&r.vnf)?;
-                    let pid = match v.members.get(k - 1) {
-                        None => {
-                            return Err(ControlError::InvalidArgument(format!(
-                                "VNF {:?} has no MR-AA member {k} (it has {})",
-                                r.vnf,
-                                v.members.len() + 1
-                            )))
-                        }
-                        Some(m) => m.pid.ok_or_else(|| {
-                            ControlError::FailedPrecondition(format!(
-                                "member {k} of VNF {:?} is not running",
-                                r.vnf
-                            ))
-                        })?,
+                    let members = v.members.len() + 1;
+                    let m = v.members.get_mut(k - 1).ok_or_else(|| {
+                        ControlError::InvalidArgument(format!(
+                            "VNF {:?} has no MR-AA member {k} (it has {members})",
+                            r.vnf
+                        ))
+                    })?;
+                    let pid = m.pid.ok_or_else(|| {
+                        ControlError::FailedPrecondition(format!(
+                            "member {k} of VNF {:?} is not running",
+                            r.vnf
+                        ))
+                    })?;
+                    m.fault_at = Some(Instant::now());
+                    let signal = |s| {
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), s)
+                            .map_err(|e| ControlError::Process(format!("{s} to {pid}: {e}")))
                     };
-                    v.fault_at = Some(Instant::now());
-                    nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    )
-                    .map_err(|e| ControlError::Process(format!("SIGKILL to {pid}: {e}")))
+                    match fault {
+                        api::Fault::Crash => signal(nix::sys::signal::Signal::SIGKILL),
+                        // No checkpoint stops a member other than 0.
+                        api::Fault::Hang => signal(nix::sys::signal::Signal::SIGSTOP),
+                        api::Fault::CutOff => {
+                            m.netns
+                                .run(|| nham_netns::set_down(crate::runtime::VNF_IFACE))??;
+                            Ok(())
+                        }
+                        api::Fault::Unspecified => unreachable!("filtered above"),
+                    }
                 })
                 .await?;
             return Ok(Response::new(api::InjectFaultResponse {}));
