@@ -790,8 +790,9 @@ impl ProtectedVnf {
             }
             // The replica becomes this checkpoint: the old copy goes, the
             // image is restored (stopped: it was dumped stopped) in the
-            // replica's namespace. Off the pause; a failure meanwhile waits
-            // for it (the agent lock) and then fails over to it.
+            // replica's namespace, on a thread of its own, off the pause and
+            // the agent lock: a failure meanwhile fails over to the copy
+            // there is (the one before, whose packets the SFF still keeps).
             Mechanism::ActiveActive => match self.replica.as_mut() {
                 Some(r) => self.refreshing = Some(r.refresh(id, dir)),
                 None => {
@@ -810,6 +811,17 @@ impl ProtectedVnf {
             stored,
             released: done.released,
         })
+    }
+
+    /// After a recovery: the link's drops are counted from now on (what it
+    /// dropped before is replayed or caught up), so that a checkpoint
+    /// refuses only a loss on the new incarnation's link.
+    fn restart_link_count(&mut self) {
+        if let Some((iface, base)) = self.link.as_mut() {
+            if let Ok(now) = nham_netns::tx_dropped(iface) {
+                *base = now;
+            }
+        }
     }
 
     /// After a commit: what hears when the 1R-AA replica restored from it
@@ -878,11 +890,7 @@ impl ProtectedVnf {
         };
         self.pid = pid;
         // Whatever the link lost before is replayed now.
-        if let Some((iface, base)) = self.link.as_mut() {
-            if let Ok(now) = nham_netns::tx_dropped(iface) {
-                *base = now;
-            }
-        }
+        self.restart_link_count();
         let r = sff.restored(hop, from).map_err(sff_err)?;
         let duration = started.elapsed();
         Ok(RecoveryStats {
@@ -935,17 +943,13 @@ impl ProtectedVnf {
         r.sff_iface = new_iface;
         self.dump_worker = None;
         self.pid = ready;
-        // Drops the new link counted before now are not the new VNF's.
-        if let Some((iface, base)) = self.link.as_mut() {
-            if let Ok(now) = nham_netns::tx_dropped(iface) {
-                *base = now;
-            }
-        }
         // What the failed incarnation left in its namespace (CRIU workers,
         // stray children) goes: a scan of every process on the host. (The
         // dump worker must run in the new namespace: it is started afresh
         // by `prepare`.)
         nham_netns::kill_processes_in(&r.netns);
+        // Drops the new link counted before now are not the new VNF's.
+        self.restart_link_count();
         Ok(FailOver::Done(RecoveryStats {
             duration,
             resumed_at: Some(started + duration),
@@ -1039,14 +1043,9 @@ impl ProtectedVnf {
         if k == 0 {
             self.pid = pid;
             self.dump_worker = None;
-            // What its link dropped before is caught up now: the next
-            // checkpoint counts drops from here (else it would take them
-            // for a loss on the new process's link, for ever).
-            if let Some((iface, base)) = self.link.as_mut() {
-                if let Ok(now) = nham_netns::tx_dropped(iface) {
-                    *base = now;
-                }
-            }
+            // What its link dropped before is caught up now (else every
+            // later checkpoint would take it for a loss, for ever).
+            self.restart_link_count();
         } else {
             self.members[k - 1].pid = Some(pid);
         }

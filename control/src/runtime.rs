@@ -364,6 +364,11 @@ pub struct VnfRecord {
     pub members: Vec<MemberRecord>,
 }
 
+/// The name of MR-AA member `k`'s working directory, beside its VNF's.
+fn member_dir(vnf: &str, k: usize) -> String {
+    format!("{vnf}.m{k}")
+}
+
 /// Where an MR-AA member ran, for a restarted daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRecord {
@@ -704,7 +709,7 @@ impl ChainRuntime {
                     mac: mhere.mac,
                     peer_mac: mthere.mac,
                 });
-                let cwd = state.vnf_cwd(&plan.name, &format!("{}.m{k}", v.name))?;
+                let cwd = state.vnf_cwd(&plan.name, &member_dir(&v.name, k))?;
                 places.push(MemberPlace {
                     netns: mns,
                     sff_iface: mhere.name,
@@ -907,7 +912,7 @@ impl ChainRuntime {
                             sff_iface: m.sff_iface.clone(),
                             pid: None,
                             incarnation: 0,
-                            cwd: state.vnf_cwd(&plan.name, &format!("{}.m{}", v.name, k + 1))?,
+                            cwd: state.vnf_cwd(&plan.name, &member_dir(&v.name, k + 1))?,
                             judged: None,
                             fault_at: None,
                         })

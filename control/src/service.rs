@@ -32,7 +32,6 @@ use crate::runtime::{
     tear_down_record, Agent, ChainRecord, ChainRuntime, SffOptions, StateOptions,
 };
 
-/// A running VNF to probe: name, incarnation, pid, the SFF's end of its link.
 /// What the detector probes: VNF name, MR-AA member (0: the VNF's own
 /// process), incarnation, pid, the SFF's end of its link.
 type ProbeTarget = (String, usize, u64, u32, String);
@@ -437,8 +436,8 @@ impl Daemon {
 
     /// Failure Recovery of VNF `vnf` of `chain` (failed, no process): by its
     /// mechanism, with the registry lock `chains` let go across the restore.
-    /// `link_down`: bring the VNF's link up and wait until the SFF's end is
-    /// operationally up before the SFF flushes what it was sending the
+    /// `settle_link`: bring the VNF's link up and wait until the SFF's end
+    /// is operationally up before the SFF flushes what it was sending the
     /// failed incarnation and the VNF is restored (a cut-off, a restore in
     /// the same namespace, or not known); otherwise go straight on.
     async fn recover(
@@ -447,7 +446,7 @@ impl Daemon {
         chain: &str,
         vnf: &str,
         detected: Instant,
-        link_down: bool,
+        settle_link: bool,
     ) {
         use api::watch_events_response::Event;
         let Some(entry) = chains.get_mut(chain) else {
@@ -466,7 +465,7 @@ impl Daemon {
             Event::RecoveryStarted(api::RecoveryStarted {}),
         ));
         v.state = api::VnfState::Recovering;
-        if link_down {
+        if settle_link {
             if let Err(e) = v.reconnect() {
                 tracing::error!(chain, vnf, "bringing its link up: {e}");
             }
@@ -494,7 +493,7 @@ impl Daemon {
             // link watcher has seen the carrier back (up to a second): wait,
             // so the SFF can flush what the failed incarnation was sent.
             let deadline = Instant::now() + Duration::from_secs(2);
-            while link_down
+            while settle_link
                 && !nham_netns::is_oper_up(&sff_iface).unwrap_or(true)
                 && Instant::now() < deadline
             {
@@ -504,9 +503,8 @@ impl Daemon {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .recover(&sff);
-            // The chain runs again: the SFF replays to the VNF. What
-            // follows is bookkeeping.
-            // Detection to the VNF running again (not the bookkeeping after).
+            // Detection to the VNF running again (the SFF replaying), not
+            // the bookkeeping after.
             r.map(|r| {
                 let took = r.since(detected);
                 (r, took)
