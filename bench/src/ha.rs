@@ -135,6 +135,9 @@ pub struct HaReport {
     /// Whether the host ran with expedited RCU grace periods
     /// (`nhamd --expedite-rcu`).
     pub rcu_expedited: bool,
+    /// The causes of the failures detected, with how many of each (more
+    /// detections than failures injected: a false positive, named here).
+    pub failure_causes: std::collections::BTreeMap<String, usize>,
     /// Fault injected to failure detected.
     pub detection_ms: Summary,
     /// Failure detected to the VNF running again (replay started).
@@ -1044,6 +1047,7 @@ fn trial(
     }
     use api::watch_events_response::Event;
     let mut detection = Vec::new();
+    let mut failure_causes = std::collections::BTreeMap::new();
     let mut recovery = Vec::new();
     let mut pauses = Vec::new();
     let (mut drains, mut frozen, mut dumps) = (Vec::new(), Vec::new(), Vec::new());
@@ -1062,7 +1066,10 @@ fn trial(
             Some(Event::NonDeterminismDetected(n)) => {
                 nondeterminism_events.push(format!("{}: {} outputs", e.vnf, n.outputs))
             }
-            Some(Event::FailureDetected(f)) => detection.push(f.detection_ms),
+            Some(Event::FailureDetected(f)) => {
+                detection.push(f.detection_ms);
+                *failure_causes.entry(f.cause.clone()).or_default() += 1;
+            }
             Some(Event::RecoveryFinished(f)) => {
                 switched += usize::from(f.switched);
                 recovery.push(f.recovery_ms);
@@ -1101,6 +1108,7 @@ fn trial(
         rounds: spec.rounds.len(),
         failures,
         rcu_expedited,
+        failure_causes,
         detection_ms: Summary::of(&detection),
         recovery_ms: Summary::of(&recovery),
         downtime_ms: Summary::of(&downtime),

@@ -121,6 +121,26 @@ pub fn packet_rmem(pid: u32) -> Result<u64, ProtectError> {
         .sum())
 }
 
+/// Process `pid`'s threads' use of the CPU: from each
+/// `/proc/<pid>/task/<tid>/schedstat` (time run, time waited on a run
+/// queue, in ns) and `stat` (state `R`: runnable); `None` when the kernel
+/// does not say (or a thread ended meanwhile).
+pub fn cpu_use(pid: u32) -> Option<crate::detect::Cpu> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut cpu = crate::detect::Cpu::default();
+    for task in tasks.flatten() {
+        let sched = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        let mut ns = sched.split_whitespace().map(|f| f.parse::<u64>().ok());
+        cpu.ran += Duration::from_nanos(ns.next()??);
+        cpu.waited += Duration::from_nanos(ns.next()??);
+        // The state is the first field after the command's closing ')'.
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+        cpu.runnable |= state == "R";
+    }
+    Some(cpu)
+}
+
 /// Whether process `pid` is stopped (state `T` in `/proc/<pid>/stat`).
 pub fn is_stopped(pid: u32) -> bool {
     nham_netns::process_state(pid).is_some_and(|(state, _)| state == 'T')

@@ -733,6 +733,7 @@ impl Daemon {
             let mut detectors: BTreeMap<(String, usize), (u64, Detector)> = BTreeMap::new();
             // Per hop, divergent replays already reported.
             let mut divergent_seen: Vec<u64> = Vec::new();
+            let origin = Instant::now();
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -771,16 +772,28 @@ impl Daemon {
                         .collect();
                     (names, e.runtime.sff.clone(), targets)
                 };
+                let hop_of = names.clone();
                 let (probes, status) = tokio::task::spawn_blocking(move || {
+                    // The SFF first: a VNF that answers after this and
+                    // before its queue is read is seen answering next time.
+                    let status = sff.and_then(|s| s.status().ok());
                     let probes = targets
                         .into_iter()
                         .map(|(name, k, inc, pid, iface)| {
-                            let rmem = crate::protect::packet_rmem(pid).unwrap_or(0);
-                            let carrier = nham_netns::has_carrier(&iface).unwrap_or(true);
-                            (name, k, inc, Probe { rmem, carrier })
+                            let heard = (status.as_ref())
+                                .zip(hop_of.iter().position(|n| *n == name))
+                                .and_then(|(st, hop)| st.hops.get(hop)?.heard.get(k).copied());
+                            let probe = Probe {
+                                rmem: crate::protect::packet_rmem(pid).unwrap_or(0),
+                                carrier: nham_netns::has_carrier(&iface).unwrap_or(true),
+                                heard,
+                                cpu: crate::protect::cpu_use(pid),
+                                at: origin.elapsed(),
+                            };
+                            (name, k, inc, probe)
                         })
                         .collect::<Vec<_>>();
-                    (probes, sff.and_then(|s| s.status().ok()))
+                    (probes, status)
                 })
                 .await
                 .unwrap_or_default();

@@ -466,6 +466,10 @@ pub struct HopStatus {
     /// MR-AA members (empty: an ordinary hop).
     #[serde(default)]
     pub members: Vec<MemberState>,
+    /// Frames each port of the hop (member 0, 1, ...) has sent back to the
+    /// SFF so far: a VNF that answers is working, however long its queue.
+    #[serde(default)]
+    pub heard: Vec<u64>,
 }
 
 /// Commands and counters of an SFF thread in this process.
@@ -651,6 +655,9 @@ struct Engine {
     in_flight: Vec<Vec<std::collections::VecDeque<u64>>>,
     /// Per hop and member: when the VNF last sent something back.
     last_output: Vec<Vec<std::time::Instant>>,
+    /// Per hop and member port: frames the VNF has sent back, in all (the
+    /// Failure Detector's evidence that a VNF with frames waiting works).
+    heard: Vec<Vec<u64>>,
     /// Per hop: packets held until a checkpoint includes them.
     protected: Vec<bool>,
     /// Pool slots ingress leaves to VNF outputs: per hop, what its
@@ -715,6 +722,7 @@ impl Engine {
             .iter()
             .map(|p| vec![std::time::Instant::now(); p.len()])
             .collect();
+        let heard = hops.iter().map(|p| vec![0; p.len()]).collect();
         let drops = (
             std::time::Instant::now(),
             0,
@@ -750,6 +758,7 @@ impl Engine {
             slots: Vec::with_capacity(burst),
             in_flight,
             last_output,
+            heard,
             protected,
             fatal: None,
             commands,
@@ -962,6 +971,7 @@ impl Engine {
                                 protected: self.protected[i],
                                 members: h.members().collect(),
                                 divergent: h.stats().divergent,
+                                heard: self.heard[i].clone(),
                             }
                         })
                         .collect();
@@ -1336,6 +1346,7 @@ impl Engine {
             };
             SffCounters::add(c, 1);
         });
+        self.heard[i][k] += n as u64;
         if n > 0 {
             self.last_output[i][k] = std::time::Instant::now();
         } else if self.last_output[i][k].elapsed() > self.config.vnf_window_timeout {
