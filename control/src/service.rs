@@ -873,7 +873,20 @@ impl Daemon {
             m.judged = Some((verdict, at));
             // A member is restored behind the same link: bring it up
             // first (the SFF then flushes what the dead one was sent).
+            // But stop the member before: reconnected while it runs, it
+            // would answer frames it was sent while cut off, numbered as
+            // though it had missed none (and the SFF still takes it for
+            // live until it is seen dead): wrong outputs under right
+            // numbers. Stopped, it reads nothing more before it dies.
             if verdict == crate::detect::Verdict::CutOff {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGSTOP,
+                );
+                let deadline = Instant::now() + Duration::from_millis(500);
+                while !crate::protect::is_stopped(pid) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
                 let up = m
                     .netns
                     .run(|| nham_netns::set_up(crate::runtime::VNF_IFACE));
