@@ -1310,12 +1310,15 @@ impl Engine {
                 }
             };
             answered = Some(answered.map_or(meta.seq, |a| a.max(meta.seq)));
-            // What the VNF made of the packet (the inner frame; NSH metadata
-            // and MACs aside), to tell a replay that differs.
+            // What the VNF made of the packet (the inner frame, and the
+            // input it answers; MACs and the rest of the metadata aside), to
+            // tell a replay that differs — or an output numbered as another
+            // input's answer (a copy that missed an input).
             let digest = {
                 use std::hash::Hasher;
                 let mut h = std::hash::DefaultHasher::new();
                 h.write(frame.get(ETH + view.header_len()..).unwrap_or_default());
+                h.write_u64(meta.seq);
                 h.finish()
             };
             let copy = || {
