@@ -133,10 +133,8 @@ pub fn cpu_use(pid: u32) -> Option<crate::detect::Cpu> {
         let mut ns = sched.split_whitespace().map(|f| f.parse::<u64>().ok());
         cpu.ran += Duration::from_nanos(ns.next()??);
         cpu.waited += Duration::from_nanos(ns.next()??);
-        // The state is the first field after the command's closing ')'.
-        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-        let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
-        cpu.runnable |= state == "R";
+        let tid = task.file_name().to_str()?.parse().ok()?;
+        cpu.runnable |= nham_netns::process_state(tid)?.0 == 'R';
     }
     Some(cpu)
 }

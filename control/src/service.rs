@@ -884,7 +884,11 @@ impl Daemon {
                     nix::sys::signal::Signal::SIGSTOP,
                 );
                 let deadline = Instant::now() + Duration::from_millis(500);
-                while !crate::protect::is_stopped(pid) && Instant::now() < deadline {
+                let running = || {
+                    nham_netns::process_state(pid)
+                        .is_some_and(|(state, _)| !matches!(state, 'T' | 't' | 'Z' | 'X'))
+                };
+                while running() && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 let up = m
