@@ -140,7 +140,7 @@ pub fn cpu_use(pid: u32) -> Option<crate::detect::Cpu> {
 }
 
 /// Whether process `pid` is stopped (state `T` in `/proc/<pid>/stat`).
-pub fn is_stopped(pid: u32) -> bool {
+fn is_stopped(pid: u32) -> bool {
     nham_netns::process_state(pid).is_some_and(|(state, _)| state == 'T')
 }
 
