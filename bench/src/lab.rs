@@ -252,6 +252,7 @@ impl Lab {
                 ring_size: 4096,
             },
             vnf_window: 512,
+            vnf_capacity: Default::default(),
             vnf_window_timeout: Duration::from_millis(2),
         };
         config.pool_slots = config.pool_slots_needed().max(32768);

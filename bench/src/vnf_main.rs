@@ -18,9 +18,6 @@ use clap::Parser;
 use nham_vnf::{nsh_step, Kind, State};
 use pnet_datalink::Channel;
 
-/// Receive buffer of the VNF's socket (bytes).
-const RCVBUF: usize = 16 << 20;
-
 #[derive(Parser, Debug)]
 #[command(name = "nham-vnf", version, about = "NHAM sample NSH-aware VNF")]
 struct Args {
@@ -65,17 +62,15 @@ fn main() -> anyhow::Result<()> {
         .into_iter()
         .find(|i| i.name == args.iface)
         .with_context(|| format!("no interface {} in this namespace", args.iface))?;
-    // Our own AF_PACKET socket with a large receive buffer: the SFF keeps up
-    // to its flow-control window of frames in flight towards us, and the
-    // kernel's default (about 200 KB) would drop some under load.
+    // An AF_PACKET socket bound to every protocol, with Linux's default
+    // receive buffer: as VNFs are commonly written. NHAM learns what the
+    // socket holds and sends it no more than that.
     let socket = rustix::net::socket(
         rustix::net::AddressFamily::PACKET,
         rustix::net::SocketType::RAW,
         Some(rustix::net::eth::ALL),
     )
     .context("opening an AF_PACKET socket")?;
-    rustix::net::sockopt::set_socket_recv_buffer_size_force(&socket, RCVBUF)
-        .context("SO_RCVBUFFORCE (needs CAP_NET_ADMIN)")?;
     let config = pnet_datalink::Config {
         read_timeout: Some(Duration::from_millis(50)),
         read_buffer_size: 65536,

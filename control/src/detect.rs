@@ -8,12 +8,22 @@
 //! - `carrier`: whether the SFF's end of the VNF's veth has carrier (it has
 //!   none when the VNF's end is down);
 //! - `heard`: frames the SFF has received from the VNF so far, when known;
+//! - `drops`: frames the kernel dropped at the VNF's receiving packet
+//!   sockets because they were full (sock_diag `SK_MEMINFO_DROPS`; the
+//!   sockets of a new incarnation start at 0);
 //! - `cpu`: the VNF's threads' CPU time and run-queue wait so far, and
 //!   whether one is runnable now (`/proc/<pid>/task/*/{schedstat,stat}`),
 //!   when known; and `at`, when the probe was taken.
 //!
-//! Verdicts (`threshold` consecutive probes each, so one slow moment is no
-//! failure):
+//! Verdicts:
+//! - **input dropped** (at once: it is a fact, not a guess): the VNF missed
+//!   input it was sent. It is a failure like a crash: the VNF's state no
+//!   longer follows its input, and only a restore from the last checkpoint
+//!   before the drop and a replay make it whole. Never taken for
+//!   non-determinism.
+//!
+//! The others take `threshold` consecutive probes each, so one slow moment
+//! is no failure:
 //! - **cut off**: no carrier;
 //! - **hung**: frames wait, the queue never shrinks and the VNF sends
 //!   nothing back: a VNF that runs reads its socket, so the queue goes
@@ -41,6 +51,8 @@ pub enum Verdict {
     Hung,
     /// The VNF's link is down.
     CutOff,
+    /// The kernel dropped frames at the VNF's full socket: it missed input.
+    InputDropped,
 }
 
 impl Verdict {
@@ -50,6 +62,9 @@ impl Verdict {
             Self::Healthy => "healthy",
             Self::Hung => "hang: frames wait in its socket and it reads none",
             Self::CutOff => "cut off: its link has no carrier",
+            Self::InputDropped => {
+                "input dropped: its socket was full and the kernel dropped frames sent to it"
+            }
         }
     }
 }
@@ -61,6 +76,8 @@ pub struct Probe {
     pub rmem: u64,
     /// Carrier on the SFF's end of its link.
     pub carrier: bool,
+    /// Frames dropped at its full receiving sockets, since they were opened.
+    pub drops: u64,
     /// Frames the SFF has received from it so far (`None`: unknown).
     pub heard: Option<u64>,
     /// Its threads' use of the CPU (`None`: unknown).
@@ -138,7 +155,9 @@ impl Detector {
         self.last_heard = p.heard;
         self.last_cpu = p.cpu;
         self.last_at = Some(p.at);
-        let verdict = if self.cut >= self.threshold {
+        let verdict = if p.drops > 0 {
+            Verdict::InputDropped
+        } else if self.cut >= self.threshold {
             Verdict::CutOff
         } else if self.stuck >= self.threshold {
             Verdict::Hung
@@ -160,6 +179,7 @@ mod tests {
         Probe {
             rmem,
             carrier,
+            drops: 0,
             heard: None,
             cpu: None,
             at: Duration::ZERO,
@@ -252,6 +272,18 @@ mod tests {
     }
 
     #[test]
+    fn a_drop_at_its_socket_is_a_failure_at_once() {
+        let mut d = Detector::new(3);
+        assert_eq!(d.handle_probe(probe(100, true)), Verdict::Healthy);
+        let dropped = Probe {
+            drops: 2,
+            ..probe(100, true)
+        };
+        assert_eq!(d.handle_probe(dropped), Verdict::InputDropped);
+        assert_eq!(d.handle_probe(dropped), Verdict::Healthy); // judged once
+    }
+
+    #[test]
     fn a_link_without_carrier_is_cut_off() {
         let mut d = Detector::new(2);
         assert_eq!(d.handle_probe(probe(0, false)), Verdict::Healthy);
@@ -270,7 +302,8 @@ mod tests {
         /// were not starved (the VNF waited for a CPU less than a quarter
         /// of the interval, and was not runnable without having run);
         /// cut off exactly when the last `threshold` probes had no
-        /// carrier; the first such probe gets the verdict (cut-off first),
+        /// carrier; input dropped at once when a probe saw drops; the first
+        /// such probe gets the verdict (drops, then cut-off first),
         /// and no later one.
         #[test]
         fn agrees_with_the_reference_model(
@@ -281,6 +314,7 @@ mod tests {
                     any::<bool>(),
                     proptest::option::of(0u64..3),
                     (0u64..60, 0u64..3, any::<bool>()),
+                    proptest::bool::weighted(0.05),
                 ),
                 0..60,
             ),
@@ -311,10 +345,11 @@ mod tests {
                 a.0 > 0 && b.0 >= a.0 && !answered
             };
             for i in 0..probes.len() {
-                let (rmem, carrier, heard, (_, _, runnable)) = probes[i];
+                let (rmem, carrier, heard, (_, _, runnable), dropped) = probes[i];
                 let got = d.handle_probe(Probe {
                     rmem,
                     carrier,
+                    drops: u64::from(dropped),
                     heard,
                     cpu: Some(Cpu {
                         ran: Duration::from_millis(ran[i]),
@@ -328,6 +363,8 @@ mod tests {
                 let hung = run.filter(|&j| !starved(j)).count() >= t;
                 let want = if judged {
                     Verdict::Healthy
+                } else if dropped {
+                    Verdict::InputDropped
                 } else if cut {
                     Verdict::CutOff
                 } else if hung {

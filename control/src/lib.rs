@@ -26,6 +26,7 @@
 //! are made then).
 #![forbid(unsafe_code)]
 
+pub mod capacity;
 pub mod cgroup;
 pub mod criu;
 pub mod detect;

@@ -96,6 +96,15 @@ pub enum ProtectError {
         /// Carrier now.
         carrier: bool,
     },
+    /// The kernel dropped frames sent to the VNF at its full socket since
+    /// it was started or restored: it missed input, and a checkpoint now
+    /// would count that input as consumed. The VNF must be recovered (from
+    /// the last checkpoint, taken before the drop), which replays it.
+    #[error("the VNF's socket dropped {dropped} frames sent to it since it was started or restored: it must be recovered")]
+    InputDropped {
+        /// Frames dropped.
+        dropped: u64,
+    },
     /// The agent was taken off its VNF.
     #[error("this agent no longer protects the VNF")]
     Retired,
@@ -374,6 +383,9 @@ pub struct ProtectedVnf {
     replica: Option<Replica>,
     /// Hears when the replica refresh the last commit started is done.
     refreshing: Option<std::sync::mpsc::Receiver<()>>,
+    /// The kernel's view of the VNF's sockets (opened at the first
+    /// checkpoint): a checkpoint is refused once they dropped input.
+    diag: Option<(PathBuf, nham_netns::sockdiag::SockDiag)>,
     /// MR-AA members 1 to M-1 (member 0 is `pid` in `netns`).
     members: Vec<MemberSlot>,
 }
@@ -502,6 +514,7 @@ impl ProtectedVnf {
                 staged: None,
             },
             link: None,
+            diag: None,
             retired: false,
             cwd: None,
             replica: None,
@@ -541,6 +554,34 @@ impl ProtectedVnf {
             });
         }
         Ok(Some(dropped))
+    }
+
+    /// `Ok` if the VNF's receiving sockets dropped nothing (or the kernel
+    /// cannot say: then the data-path probes are the only watch).
+    fn input_intact(&mut self) -> Result<(), ProtectError> {
+        // A 1R-AA failover moves the VNF to its replica's namespace.
+        if self.diag.as_ref().is_none_or(|(p, _)| *p != self.netns) {
+            self.diag = nham_netns::sockdiag::SockDiag::open(&self.netns)
+                .ok()
+                .map(|d| (self.netns.clone(), d));
+        }
+        let Some((_, diag)) = self.diag.as_mut() else {
+            return Ok(());
+        };
+        match diag.packet_sockets() {
+            Ok(s) => {
+                let dropped = nham_netns::sockdiag::VnfSockets::of(&s).drops;
+                if dropped > 0 {
+                    return Err(ProtectError::InputDropped { dropped });
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!("sock_diag: {e}");
+                self.diag = None;
+                Ok(())
+            }
+        }
     }
 
     /// Gives the VNF a place for a 1R-AA replica: namespace file `netns`
@@ -705,6 +746,14 @@ impl ProtectedVnf {
                 return Err(fail(sff, e));
             }
         };
+        // Every frame delivered must have reached the VNF's state: a frame
+        // its full socket dropped would be counted as consumed. (Its
+        // sockets were opened by this incarnation: any drop is one since
+        // the restore point.)
+        if let Err(e) = self.input_intact() {
+            let _ = resume(self.pid);
+            return Err(fail(sff, e));
+        }
         // 4. Mark.
         if let Err(e) = sff.quiesced(hop, id).map_err(sff_err) {
             let _ = resume(self.pid);

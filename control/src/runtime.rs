@@ -807,6 +807,7 @@ impl ChainRuntime {
             core: sff.core,
             port: nham_afxdp_config(),
             vnf_window: 512,
+            vnf_capacity: Default::default(),
             vnf_window_timeout: std::time::Duration::from_millis(10),
         };
         // Every packet the hops may hold has a buffer: outputs never wait

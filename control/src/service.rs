@@ -33,8 +33,8 @@ use crate::runtime::{
 };
 
 /// What the detector probes: VNF name, MR-AA member (0: the VNF's own
-/// process), incarnation, pid, the SFF's end of its link.
-type ProbeTarget = (String, usize, u64, u32, String);
+/// process), incarnation, pid, the SFF's end of its link, its namespace.
+type ProbeTarget = (String, usize, u64, u32, String, std::path::PathBuf);
 
 /// What [`Daemon::restore_chains`] found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -55,6 +55,9 @@ use crate::validate;
 struct Entry {
     spec: api::ChainSpec,
     runtime: ChainRuntime,
+    /// Frames the kernel dropped at its VNFs' full sockets (each drop
+    /// repaired by a recovery).
+    input_dropped: u64,
 }
 
 /// The daemon's state, shared by the services.
@@ -701,7 +704,16 @@ impl Daemon {
                 ));
                 // Frames lost on its link: only a recovery (which replays
                 // them) makes the VNF whole again.
-                if matches!(e, crate::protect::ProtectError::LinkLoss { .. }) {
+                let verdict = match e {
+                    crate::protect::ProtectError::LinkLoss { .. } => {
+                        Some(crate::detect::Verdict::CutOff)
+                    }
+                    crate::protect::ProtectError::InputDropped { .. } => {
+                        Some(crate::detect::Verdict::InputDropped)
+                    }
+                    _ => None,
+                };
+                if let Some(verdict) = verdict {
                     let inc = self
                         .chains
                         .lock()
@@ -710,8 +722,7 @@ impl Daemon {
                         .and_then(|e| e.runtime.vnf_mut(vnf).ok())
                         .map(|v| v.incarnation);
                     if let Some(inc) = inc {
-                        self.judge(chain, vnf, 0, inc, crate::detect::Verdict::CutOff)
-                            .await;
+                        self.judge(chain, vnf, 0, inc, verdict).await;
                     }
                 }
                 Err(ControlError::FailedPrecondition(format!(
@@ -731,6 +742,7 @@ impl Daemon {
         let (interval, threshold) = (self.state.probe_interval, self.state.probe_threshold);
         tokio::spawn(async move {
             let mut detectors: BTreeMap<(String, usize), (u64, Detector)> = BTreeMap::new();
+            let mut sockets = crate::capacity::SocketWatch::default();
             // Per hop, divergent replays already reported.
             let mut divergent_seen: Vec<u64> = Vec::new();
             let origin = Instant::now();
@@ -754,6 +766,7 @@ impl Daemon {
                                 m.incarnation,
                                 m.pid.filter(|_| m.judged.is_none())?,
                                 m.sff_iface.clone(),
+                                m.netns.path(),
                             ))
                         })
                     });
@@ -766,6 +779,7 @@ impl Daemon {
                                 v.incarnation,
                                 v.pid?,
                                 v.sff_iface.clone(),
+                                v.netns.path(),
                             ))
                         })
                         .chain(members)
@@ -773,30 +787,69 @@ impl Daemon {
                     (names, e.runtime.sff.clone(), targets)
                 };
                 let hop_of = names.clone();
-                let (probes, status) = tokio::task::spawn_blocking(move || {
+                let mut watch = std::mem::take(&mut sockets);
+                let (probes, status, watch) = tokio::task::spawn_blocking(move || {
                     // The SFF first: a VNF that answers after this and
                     // before its queue is read is seen answering next time.
-                    let status = sff.and_then(|s| s.status().ok());
+                    let status = sff.as_ref().and_then(|s| s.status().ok());
                     let probes = targets
                         .into_iter()
-                        .map(|(name, k, inc, pid, iface)| {
+                        .map(|(name, k, inc, pid, iface, netns)| {
+                            let hop = hop_of.iter().position(|n| *n == name);
                             let heard = (status.as_ref())
-                                .zip(hop_of.iter().position(|n| *n == name))
+                                .zip(hop)
                                 .and_then(|(st, hop)| st.hops.get(hop)?.heard.get(k).copied());
+                            // What its sockets hold and dropped; the SFF is
+                            // told what they hold when it changes.
+                            let socks = watch.sockets(&name, k, &netns);
+                            if let (Some(s), Some(hop), Some(sff)) = (&socks, hop, &sff) {
+                                if let Some(c) = watch.learned(&name, k, s) {
+                                    match sff.set_capacity(hop, k, c) {
+                                        Ok(_) => {
+                                            tracing::info!(
+                                                vnf = name,
+                                                member = k,
+                                                "its socket holds {} bytes{}{}: at most {} bytes of kernel charge in flight to it",
+                                                c.bytes,
+                                                if c.outgoing_copies { " (ETH_P_ALL: its own outputs charged too)" } else { "" },
+                                                if c.ring { " (a ring)" } else { "" },
+                                                c.budget()
+                                            );
+                                            watch.told(&name, k, c);
+                                        }
+                                        Err(e) => tracing::warn!(vnf = name, "telling the SFF its capacity: {e}"),
+                                    }
+                                }
+                            }
                             let probe = Probe {
-                                rmem: crate::protect::packet_rmem(pid).unwrap_or(0),
+                                rmem: socks.map_or_else(
+                                    || crate::protect::packet_rmem(pid).unwrap_or(0),
+                                    |s| s.rmem,
+                                ),
                                 carrier: nham_netns::has_carrier(&iface).unwrap_or(true),
+                                drops: socks.map_or(0, |s| s.drops),
                                 heard,
                                 cpu: crate::protect::cpu_use(pid),
                                 at: origin.elapsed(),
                             };
+                            // Input dropped: it gets half as much at once,
+                            // before the replay that repairs it.
+                            if probe.drops > 0 {
+                                if let (Some(s), Some(hop), Some(sff)) = (&socks, hop, &sff) {
+                                    let c = watch.dropped(&name, k, s);
+                                    if sff.set_capacity(hop, k, c).is_ok() {
+                                        watch.told(&name, k, c);
+                                    }
+                                }
+                            }
                             (name, k, inc, probe)
                         })
                         .collect::<Vec<_>>();
-                    (probes, status)
+                    (probes, status, watch)
                 })
                 .await
                 .unwrap_or_default();
+                sockets = watch;
                 if let Some(status) = status {
                     divergent_seen.resize(status.hops.len(), 0);
                     for (hop, h) in status.hops.iter().enumerate() {
@@ -830,12 +883,48 @@ impl Daemon {
                         *entry = (inc, Detector::new(threshold));
                     }
                     let verdict = entry.1.handle_probe(probe);
+                    if verdict == Verdict::InputDropped {
+                        d.input_dropped(&chain, &name, k, probe.drops, &sockets)
+                            .await;
+                    }
                     if verdict != Verdict::Healthy {
                         d.judge(&chain, &name, k, inc, verdict).await;
                     }
                 }
             }
         });
+    }
+
+    /// VNF `vnf` (MR-AA member `k`) missed `frames` of input at its full
+    /// socket: counted, said in an event and a warning (it is then judged
+    /// failed and recovered, which repairs it).
+    async fn input_dropped(
+        &self,
+        chain: &str,
+        vnf: &str,
+        k: usize,
+        frames: u64,
+        sockets: &crate::capacity::SocketWatch,
+    ) {
+        if let Some(e) = self.chains.lock().await.get_mut(chain) {
+            e.input_dropped += frames;
+        }
+        let budget = sockets.told_budget(vnf, k);
+        tracing::warn!(
+            chain,
+            vnf,
+            member = k,
+            "the kernel dropped {frames} frames sent to it (its socket was full): recovering it; from now on at most {budget} bytes of kernel charge in flight to it"
+        );
+        self.emit(event(
+            chain,
+            vnf,
+            api::watch_events_response::Event::VnfInputDropped(api::VnfInputDropped {
+                member: k as u32,
+                frames,
+                budget_bytes: budget,
+            }),
+        ));
     }
 
     /// The detector judged VNF `vnf` (MR-AA member `k`, incarnation `inc`)
@@ -985,7 +1074,14 @@ impl Daemon {
         self.schedule_all(&runtime);
         self.watch_data_path(name.clone());
         let chain = runtime.to_api(&spec);
-        chains.insert(name.clone(), Entry { spec, runtime });
+        chains.insert(
+            name.clone(),
+            Entry {
+                spec,
+                runtime,
+                input_dropped: 0,
+            },
+        );
         self.emit(event(
             &name,
             "",
@@ -1128,10 +1224,14 @@ impl Daemon {
             self.schedule_all(&runtime);
             self.watch_data_path(name.clone());
             let _ = self.records.put(&runtime, None).recv();
-            self.chains
-                .lock()
-                .await
-                .insert(name.clone(), Entry { spec, runtime });
+            self.chains.lock().await.insert(
+                name.clone(),
+                Entry {
+                    spec,
+                    runtime,
+                    input_dropped: 0,
+                },
+            );
             for vnf in lost {
                 report.recovering += 1;
                 self.emit(event(
@@ -1659,9 +1759,9 @@ impl event_service_server::EventService for EventSvc {
 
     async fn get_stats(&self, r: Request<api::GetStatsRequest>) -> Result2<api::GetStatsResponse> {
         let name = r.into_inner().chain;
-        let sff = self
+        let (sff, vnf_input_dropped) = self
             .0
-            .with_chain(&name, |e| Ok(e.runtime.sff.clone()))
+            .with_chain(&name, |e| Ok((e.runtime.sff.clone(), e.input_dropped)))
             .await?;
         let s = match sff {
             Some(sff) => tokio::task::spawn_blocking(move || sff.stats())
@@ -1682,6 +1782,7 @@ impl event_service_server::EventService for EventSvc {
             nondeterministic_outputs: s.divergent,
             ingress_overflow: s.ingress_kernel_drops,
             vnf_outputs_lost: s.vnf_output_kernel_drops,
+            vnf_input_dropped,
         }))
     }
 }

@@ -852,6 +852,27 @@ impl<P> Hop<P> {
             packet,
         })
     }
+    /// The packets the next [`poll_delivery_burst`](Self::poll_delivery_burst)
+    /// would deliver first, in order, without delivering them (the SFF
+    /// sizes a burst by what the VNF's socket can take).
+    pub fn peek_delivery(&self) -> impl Iterator<Item = &P> + '_ {
+        let start =
+            (self.rx.next_deliver.saturating_sub(self.rx.base) as usize).min(self.rx.entries.len());
+        self.rx.entries.range(start..).map(|(_, p)| p)
+    }
+
+    /// The packets the next [`poll_catch_up`](Self::poll_catch_up) of
+    /// member `k` would deliver first, in order (none unless it catches up).
+    pub fn peek_catch_up(&self, k: usize) -> impl Iterator<Item = &P> + '_ {
+        let start = match self.member(k) {
+            Some(MemberState::CatchingUp { cursor }) => {
+                cursor.saturating_sub(self.rx.base) as usize
+            }
+            _ => self.rx.entries.len(),
+        }
+        .min(self.rx.entries.len());
+        self.rx.entries.range(start..).map(|(_, p)| p)
+    }
 
     /// Delivers up to `max` packets at once (the burst form of
     /// [`poll_delivery`](Self::poll_delivery), with the same conditions),

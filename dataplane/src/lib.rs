@@ -15,6 +15,9 @@
 //!   the core, with failures injected; the reference the model tests and the
 //!   demo compare against.
 //!
+//! - [`window`]: flow control towards one VNF, in the bytes its socket is
+//!   charged, so the SFF never sends more than the VNF's socket can hold.
+//!
 //! Invariant: no function in this crate blocks, sleeps, reads a clock or
 //! performs a system call; parsing untrusted bytes never panics.
 #![forbid(unsafe_code)]
@@ -23,3 +26,4 @@ pub mod classifier;
 pub mod hold;
 pub mod nsh;
 pub mod sim;
+pub mod window;

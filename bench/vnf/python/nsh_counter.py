@@ -19,13 +19,11 @@ import socket
 import sys
 
 ETH_P_NSH = 0x894F
-SO_RCVBUFFORCE = 33
 PACKET_OUTGOING = 4
 
 state_path = sys.argv[1]
 iface = os.environ["NHAM_IFACE"]
 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_NSH))
-sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
 sock.bind((iface, ETH_P_NSH))
 state = {"packets": 0, "bytes": 0}
 

@@ -16,6 +16,8 @@
 //! unique within it.
 #![forbid(unsafe_code)]
 
+pub mod sockdiag;
+
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;

@@ -54,6 +54,7 @@ use nham_dataplane::hold::{
     MemberFailure, MemberState, RecoveryReport, RestorePlan,
 };
 use nham_dataplane::nsh::{self, NhamMetadata, NshPacket, TtlVerdict};
+use nham_dataplane::window::{FlowWindow, VnfCapacity};
 use nham_ebpf::{EbpfError, XdpRedirect};
 use thiserror::Error;
 
@@ -192,9 +193,15 @@ pub struct SffConfig {
     pub core: Option<usize>,
     /// AF_XDP port sizing.
     pub port: PortConfig,
-    /// Frames a VNF may have been sent but not yet answered (its socket
-    /// receive queue must hold this many, or the kernel drops them).
+    /// Frames a VNF may have been sent but not yet answered, at most
+    /// (what its socket can hold decides below that: see
+    /// [`vnf_capacity`](Self::vnf_capacity)).
     pub vnf_window: usize,
+    /// What each VNF socket holds until the control plane measures it
+    /// ([`Command::SetCapacity`]): by default Linux's default receive
+    /// buffer, bound to `ETH_P_ALL`.
+    #[serde(default)]
+    pub vnf_capacity: nham_dataplane::window::VnfCapacity,
     /// After this long without output from a VNF, frames still in flight to
     /// it are taken as consumed (a VNF that drops packets never answers
     /// them).
@@ -396,6 +403,15 @@ pub enum Command {
     InFlight {
         hop: usize,
         reply: mpsc::Sender<usize>,
+    },
+    /// What member `member`'s (0: the VNF's) socket of hop `hop` can hold,
+    /// as measured; for the standby port too (a replica restored from the
+    /// same image has the same socket). Answers with what was used before.
+    SetCapacity {
+        hop: usize,
+        member: usize,
+        capacity: VnfCapacity,
+        reply: mpsc::Sender<Result<VnfCapacity, String>>,
     },
     /// Every hop's Hold/Release state, for a control plane that (re)attaches.
     Status { reply: mpsc::Sender<Vec<HopStatus>> },
@@ -650,9 +666,9 @@ struct Engine {
     pool: Pool,
     scratch: Vec<(u32, u64, u32)>,
     slots: Vec<u32>,
-    /// Per hop and member: sequence numbers delivered and not yet
-    /// answered, in order.
-    in_flight: Vec<Vec<std::collections::VecDeque<u64>>>,
+    /// Per hop and member: frames delivered and not yet answered, in
+    /// order, within what the VNF's socket can hold.
+    in_flight: Vec<Vec<FlowWindow>>,
     /// Per hop and member: when the VNF last sent something back.
     last_output: Vec<Vec<std::time::Instant>>,
     /// Per hop and member port: frames the VNF has sent back, in all (the
@@ -714,9 +730,13 @@ impl Engine {
                 c.hop_mut(i).set_members(ports.len())?;
             }
         }
+        let capacity = nham_dataplane::window::VnfCapacity {
+            max_frames: config.vnf_capacity.max_frames.min(config.vnf_window),
+            ..config.vnf_capacity
+        };
         let in_flight = hops
             .iter()
-            .map(|p| vec![std::collections::VecDeque::new(); p.len()])
+            .map(|p| vec![FlowWindow::new(capacity); p.len()])
             .collect();
         let last_output = hops
             .iter()
@@ -898,6 +918,25 @@ impl Engine {
                             .max()
                             .unwrap_or(0),
                     );
+                }
+                Command::SetCapacity {
+                    hop,
+                    member,
+                    capacity,
+                    reply,
+                } => {
+                    let r = match self.in_flight.get_mut(hop).and_then(|h| h.get_mut(member)) {
+                        Some(w) => {
+                            let before = w.capacity();
+                            w.set_capacity(VnfCapacity {
+                                max_frames: capacity.max_frames.min(self.config.vnf_window),
+                                ..capacity
+                            });
+                            Ok(before)
+                        }
+                        None => Err(format!("no hop {hop} member {member}")),
+                    };
+                    let _ = reply.send(r);
                 }
                 Command::MemberFailed { hop, member, reply }
                     if hop_ok(hop) && member < self.hops[hop].len() =>
@@ -1191,20 +1230,34 @@ impl Engine {
         if ports.is_empty() {
             return 0;
         }
-        // Flow control towards the VNF: never more than `vnf_window` frames
-        // unanswered, so neither its socket queue nor (with what it sends
-        // back) our ring can overflow. A VNF's output with sequence number s
-        // answers every input up to s (VNFs are FIFO); silence for
-        // `vnf_window_timeout` answers the rest (see `vnf_output_port`).
+        // Flow control towards the VNF: never more unanswered frames than
+        // its socket can hold (in the bytes the kernel charges them, see
+        // `nham_dataplane::window`), so neither its socket queue nor (with
+        // what it sends back) our ring can overflow. A VNF's output with
+        // sequence number s answers every input up to s (VNFs are FIFO);
+        // silence for `vnf_window_timeout` answers the rest (see
+        // `vnf_output_port`).
         let mut n = max;
         for &k in ports {
             let port = &mut self.hops[i][k].port;
             port.reclaim();
-            let window = self
-                .config
-                .vnf_window
-                .saturating_sub(self.in_flight[i][k].len());
-            n = n.min(port.tx_room()).min(window);
+            n = n.min(port.tx_room());
+        }
+        {
+            let hop = chain.hop(i);
+            let pool = &self.pool;
+            for &k in ports {
+                let (mut up, mut live);
+                let next: &mut dyn Iterator<Item = &u32> = if catch_up {
+                    up = hop.peek_catch_up(k);
+                    &mut up
+                } else {
+                    live = hop.peek_delivery();
+                    &mut live
+                };
+                let lens = next.take(n).map(|&slot| pool.frame(slot).len());
+                n = n.min(self.in_flight[i][k].admit(lens));
+            }
         }
         if n == 0 {
             return 0;
@@ -1245,7 +1298,10 @@ impl Engine {
                     .set_nham_metadata(NhamMetadata { seq, epoch });
                 len
             });
-            self.in_flight[i][k].extend(scratch[..sent].iter().map(|&(_, seq, _)| seq));
+            let window = &mut self.in_flight[i][k];
+            for &(slot, seq, _) in &scratch[..sent] {
+                window.on_sent(seq, pool.frame(slot).len());
+            }
             SffCounters::add(&self.counters.delivered, sent as u64);
             SffCounters::add(&self.counters.tx_refused, (scratch.len() - sent) as u64);
         }
@@ -1361,10 +1417,7 @@ impl Engine {
             self.in_flight[i][k].clear();
         }
         if let Some(seq) = answered {
-            let q = &mut self.in_flight[i][k];
-            while q.front().is_some_and(|&s| s <= seq) {
-                q.pop_front();
-            }
+            self.in_flight[i][k].on_answered(seq);
         }
         n
     }
@@ -1524,6 +1577,7 @@ mod tests {
             core: None,
             port: PortConfig::default(),
             vnf_window: 512,
+            vnf_capacity: Default::default(),
             vnf_window_timeout: Duration::from_millis(2),
         }
     }

@@ -88,6 +88,12 @@ pub enum Request {
     InFlight {
         hop: usize,
     },
+    /// What a VNF's (member's) socket can hold, as measured.
+    SetCapacity {
+        hop: usize,
+        member: usize,
+        capacity: nham_dataplane::window::VnfCapacity,
+    },
     SetProtected {
         hop: usize,
         protected: bool,
@@ -141,6 +147,7 @@ pub enum Response {
     MemberFailure(MemberFailure),
     Recovered(RecoveryReport),
     Count(u64),
+    Capacity(nham_dataplane::window::VnfCapacity),
     Stats(SffStats),
     Status(SffStatus),
     Ok,
@@ -232,6 +239,23 @@ fn execute(sff: &LocalSff, request: Request, shutdown: &AtomicBool) -> Response 
             sff,
             |reply| Command::InFlight { hop, reply },
             |n| Response::Count(n as u64),
+        ),
+        Request::SetCapacity {
+            hop,
+            member,
+            capacity,
+        } => ask(
+            sff,
+            |reply| Command::SetCapacity {
+                hop,
+                member,
+                capacity,
+                reply,
+            },
+            |r| match r {
+                Ok(before) => Response::Capacity(before),
+                Err(e) => refused(e),
+            },
         ),
         Request::SetProtected { hop, protected } => ask(
             sff,
@@ -585,6 +609,25 @@ impl SffClient {
     pub fn set_protected(&self, hop: usize, protected: bool) -> Result<u64, RemoteError> {
         match self.request(Request::SetProtected { hop, protected })? {
             Response::Count(n) => Ok(n),
+            r => self.unexpected(r),
+        }
+    }
+
+    /// Member `member` (0: the VNF) of hop `hop` has a socket of
+    /// `capacity`: the SFF keeps what is in flight to it within that.
+    /// Answers with the capacity used before.
+    pub fn set_capacity(
+        &self,
+        hop: usize,
+        member: usize,
+        capacity: nham_dataplane::window::VnfCapacity,
+    ) -> Result<nham_dataplane::window::VnfCapacity, RemoteError> {
+        match self.request(Request::SetCapacity {
+            hop,
+            member,
+            capacity,
+        })? {
+            Response::Capacity(c) => Ok(c),
             r => self.unexpected(r),
         }
     }
