@@ -31,7 +31,7 @@ pub(crate) fn run() -> Result<()> {
         let r = ha::run(&HaSpec {
             mechanism,
             kinds: Kind::ALL.to_vec(),
-            python_vnf: None,
+            foreign_vnfs: Vec::new(),
             fault: api::Fault::Crash,
             rounds: rounds.clone(),
             rate: 4000.0,

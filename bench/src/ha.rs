@@ -46,8 +46,13 @@ pub struct HaSpec {
     pub mechanism: api::Mechanism,
     /// Sample VNFs, in chain order.
     pub kinds: Vec<Kind>,
-    /// A Python VNF (`bench/vnf/python/nsh_counter.py`) appended last.
-    pub python_vnf: Option<PathBuf>,
+    /// VNFs written outside this project, appended after the sample ones:
+    /// their commands (`{state}` stands for the file SIGUSR1 writes their
+    /// state to). Each is a pass-through that counts the NSH frames it
+    /// serves, their inner frames' bytes and a running CRC-32 of them, as
+    /// JSON `{"packets", "bytes", "crc"}` (`bench/vnf/python/nsh_counter.py`,
+    /// `bench/vnf/conformance/nsh_vnf.c`).
+    pub foreign_vnfs: Vec<Vec<String>>,
     /// Per round, how many VNFs fail at once.
     pub rounds: Vec<usize>,
     /// How they fail (crash, hang, cut-off).
@@ -226,6 +231,9 @@ pub struct SffCounters {
     pub ingress_overflow: u64,
     /// VNF outputs the kernel dropped before the SFF read them (must be 0).
     pub vnf_outputs_lost: u64,
+    /// Frames the kernel dropped at VNFs' full sockets, each drop repaired
+    /// by a recovery of that VNF.
+    pub vnf_input_dropped: u64,
 }
 
 impl HaReport {
@@ -487,17 +495,23 @@ fn vnf_name(i: usize) -> String {
     format!("vnf{i}")
 }
 
-/// The state a Python counter VNF placed last must end with.
-fn python_reference(expected: &[Vec<u8>]) -> serde_json::Value {
+/// The state a foreign pass-through VNF (see [`HaSpec::foreign_vnfs`])
+/// must end with, having served `expected` (inner frames, in order).
+fn foreign_reference(expected: &[Vec<u8>]) -> serde_json::Value {
+    let mut crc = crc32fast::Hasher::new();
+    for f in expected {
+        crc.update(f);
+    }
     serde_json::json!({
         "packets": expected.len(),
         "bytes": expected.iter().map(Vec::len).sum::<usize>(),
+        "crc": crc.finalize(),
     })
 }
 
 /// Runs one trial.
 pub fn run(spec: &HaSpec) -> Result<HaReport> {
-    let n = spec.kinds.len() + usize::from(spec.python_vnf.is_some());
+    let n = spec.kinds.len() + spec.foreign_vnfs.len();
     if n == 0 || n > 8 {
         bail!("a chain has 1 to 8 VNFs, not {n}");
     }
@@ -520,7 +534,7 @@ pub fn run(spec: &HaSpec) -> Result<HaReport> {
         // VNF at a time on this host: with n VNFs a VNF's period is the
         // interval or n dumps (about 50 ms each under load), whichever is
         // longer.
-        let n_protected = spec.kinds.len() + usize::from(spec.python_vnf.is_some());
+        let n_protected = n;
         let hold_period = Duration::from_millis(u64::from(spec.checkpoint_interval_ms))
             .max(Duration::from_millis(50) * n_protected as u32);
         let hold_packets = ((8.0 * spec.rate * hold_period.as_secs_f64()) as usize)
@@ -634,12 +648,13 @@ fn trial(
             )
         })
         .collect();
-    if let Some(py) = &spec.python_vnf {
-        let i = spec.kinds.len();
-        vnf_specs.push(vnf_spec(
-            i,
-            vec!["python3".into(), py.display().to_string(), state_file(i)],
-        ));
+    for (j, command) in spec.foreign_vnfs.iter().enumerate() {
+        let i = spec.kinds.len() + j;
+        let command = command
+            .iter()
+            .map(|a| a.replace("{state}", &state_file(i)))
+            .collect();
+        vnf_specs.push(vnf_spec(i, command));
     }
     let chain_spec = api::ChainSpec {
         name: "ha".into(),
@@ -1002,9 +1017,10 @@ fn trial(
             }
             None => {
                 let got: serde_json::Value = serde_json::from_slice(&bytes)?;
-                let want = python_reference(&expected);
+                let want = foreign_reference(&expected);
                 if got != want {
-                    mismatch_detail.push(format!("{name} (python): {got} want {want}"));
+                    let command = spec.foreign_vnfs[i - spec.kinds.len()].join(" ");
+                    mismatch_detail.push(format!("{name} ({command}): {got} want {want}"));
                 }
             }
         }
@@ -1146,6 +1162,7 @@ fn trial(
             malformed: stats.malformed,
             ingress_overflow: stats.ingress_overflow,
             vnf_outputs_lost: stats.vnf_outputs_lost,
+            vnf_input_dropped: stats.vnf_input_dropped,
         },
     })
 }

@@ -104,7 +104,7 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
     let spec = HaSpec {
         mechanism: args.mechanism.api(),
         kinds: ha::sample_chain(args.vnfs),
-        python_vnf: None,
+        foreign_vnfs: Vec::new(),
         fault: match args.fault {
             FaultArg::Crash => api::Fault::Crash,
             FaultArg::Hang => api::Fault::Hang,

@@ -26,7 +26,7 @@ fn spec(mechanism: Mechanism, kinds: Vec<Kind>, rounds: Vec<usize>) -> HaSpec {
     HaSpec {
         mechanism,
         kinds,
-        python_vnf: None,
+        foreign_vnfs: Vec::new(),
         rounds,
         fault: nham_control::api::Fault::Crash,
         rate: 3000.0,
@@ -109,10 +109,11 @@ fn an_arbitrary_python_vnf_is_protected_the_same_way() {
         vec![Kind::Firewall],
         vec![1, 1, 2, 1],
     );
-    s.python_vnf = Some(PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/vnf/python/nsh_counter.py"
-    )));
+    s.foreign_vnfs = vec![vec![
+        "python3".into(),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/vnf/python/nsh_counter.py").into(),
+        "{state}".into(),
+    ]];
     let r = ha::run(&s).expect("trial");
     eprintln!(
         "python chain: {} failures, recovery p50 {:.1} ms, checkpoint pause p50 {:.1} ms",

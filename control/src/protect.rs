@@ -1237,22 +1237,30 @@ pub fn own_pid_namespace_for_children() -> std::io::Result<()> {
 /// replay must not start before the VNF listens, or the first frames would
 /// go nowhere.
 pub fn wait_for_packet_socket(pid: u32, what: &[String]) -> Result<(), ProtectError> {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + START_TIMEOUT;
     loop {
         let sockets = std::fs::read_to_string(format!("/proc/{pid}/net/packet"))
             .map(|t| t.lines().count().saturating_sub(1))
             .unwrap_or(0);
-        if sockets > 0 {
+        if sockets > 0 && is_alive(pid) {
             return Ok(());
+        }
+        if !is_alive(pid) {
+            return Err(ProtectError::Process(format!(
+                "{what:?} exited before it opened a packet socket"
+            )));
         }
         if Instant::now() > deadline {
             return Err(ProtectError::Process(format!(
-                "{what:?} opened no packet socket in 5 s"
+                "{what:?} opened no packet socket in {START_TIMEOUT:?}"
             )));
         }
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// How long a VNF command gets to open its packet socket when started.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Drop for ProtectedVnf {
     fn drop(&mut self) {

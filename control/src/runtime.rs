@@ -231,11 +231,23 @@ impl VnfRuntime {
         }
         // The Child handle goes; the pidfd watcher reaps the process.
         drop(child);
-        // A VNF that never opens a packet socket (an AF_XDP one, say) is
-        // taken as ready after the wait; frames sent before it listens would
-        // be lost to it, so say so.
+        // A VNF is ready once it listens on a packet socket. One that exits
+        // first, or never opens one, did not start: the request fails,
+        // naming the VNF and its command, with the end of its log (nothing
+        // is taken as ready).
         if let Err(e) = protect::wait_for_packet_socket(pid, &self.plan.command) {
-            tracing::warn!(vnf = self.plan.name, "{e}; taking it as ready");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            // No watcher took it: reap it here.
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+            return Err(ControlError::FailedPrecondition(format!(
+                "VNF {} did not start: {e}; the end of its log ({}):\n{}",
+                self.plan.name,
+                self.log.display(),
+                log_tail(&self.log, 10)
+            )));
         }
         Ok(pid)
     }
@@ -1322,4 +1334,11 @@ fn nham_afxdp_config() -> nham_sff::PortConfig {
         frame_size: 2048,
         ring_size: 4096,
     }
+}
+
+/// The last `lines` lines of the log file `path` (empty if unreadable).
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -322,6 +322,17 @@ impl Daemon {
             let (judged, fault_at) = match v.members.get_mut(k - 1) {
                 Some(m) if m.incarnation == incarnation => {
                     m.pid = None;
+                    // A member that exited on its own when its link went
+                    // down is restored behind the same link: bring it up.
+                    if m.judged.is_none() && !nham_netns::has_carrier(&m.sff_iface).unwrap_or(true) {
+                        if let Err(e) = m
+                            .netns
+                            .run(|| nham_netns::set_up(crate::runtime::VNF_IFACE))
+                            .and_then(|r| r)
+                        {
+                            tracing::error!(chain, vnf, "bringing member {k}'s link up: {e}");
+                        }
+                    }
                     (m.judged.take(), m.fault_at.take())
                 }
                 _ => return,
@@ -415,7 +426,11 @@ impl Daemon {
         // A hang or cut-off the detector judged (and killed the process for)
         // was detected then, not at the exit.
         let judged = v.judged.take();
-        let cut_off = matches!(judged, Some((crate::detect::Verdict::CutOff, _)));
+        // Cut off, whether the detector judged it or the VNF exited on its
+        // own when its link went down (ENETDOWN, a common reaction): its
+        // link must come back before anything lands in its namespace.
+        let cut_off = matches!(judged, Some((crate::detect::Verdict::CutOff, _)))
+            || !nham_netns::has_carrier(&v.sff_iface).unwrap_or(true);
         let (cause, detected) = judged
             .map(|(verdict, at)| (verdict.cause(), at))
             .unwrap_or(("process exited", detected));
@@ -488,6 +503,21 @@ impl Daemon {
             }
         };
         let sff_iface = v.sff_iface.clone();
+        // A failover never lands in a namespace whose link is down: check
+        // the replica's, repair it, then switch.
+        let replica_iface = match &v.replica {
+            Some(r) if !nham_netns::has_carrier(&r.sff_iface).unwrap_or(true) => {
+                tracing::warn!(chain, vnf, "the replica's link is down: bringing it up before failing over");
+                match r.netns.run(|| nham_netns::set_up(crate::runtime::VNF_IFACE)) {
+                    Ok(Ok(())) => Some(r.sff_iface.clone()),
+                    Ok(Err(e)) | Err(e) => {
+                        tracing::error!(chain, vnf, "bringing the replica's link up: {e}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         drop(chains);
         // The agent lock waits for a checkpoint under way to fail (its VNF is
         // gone); the registry stays free meanwhile.
@@ -496,8 +526,9 @@ impl Daemon {
             // link watcher has seen the carrier back (up to a second): wait,
             // so the SFF can flush what the failed incarnation was sent.
             let deadline = Instant::now() + Duration::from_secs(2);
-            while settle_link
-                && !nham_netns::is_oper_up(&sff_iface).unwrap_or(true)
+            let down = |iface: &str| !nham_netns::is_oper_up(iface).unwrap_or(true);
+            while ((settle_link && down(&sff_iface))
+                || replica_iface.as_deref().is_some_and(down))
                 && Instant::now() < deadline
             {
                 std::thread::sleep(Duration::from_millis(1));
