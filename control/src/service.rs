@@ -154,6 +154,16 @@ impl std::fmt::Debug for Daemon {
     }
 }
 
+/// Whether the SFF's end `iface` of a VNF's link has carrier (true when
+/// the kernel cannot say). Safe to call from async code: the netlink query
+/// runs on a thread of its own.
+fn has_carrier(iface: &str) -> bool {
+    let iface = iface.to_string();
+    std::thread::spawn(move || nham_netns::has_carrier(&iface).unwrap_or(true))
+        .join()
+        .unwrap_or(true)
+}
+
 fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -324,7 +334,7 @@ impl Daemon {
                     m.pid = None;
                     // A member that exited on its own when its link went
                     // down is restored behind the same link: bring it up.
-                    if m.judged.is_none() && !nham_netns::has_carrier(&m.sff_iface).unwrap_or(true) {
+                    if m.judged.is_none() && !has_carrier(&m.sff_iface) {
                         if let Err(e) = m
                             .netns
                             .run(|| nham_netns::set_up(crate::runtime::VNF_IFACE))
@@ -430,7 +440,7 @@ impl Daemon {
         // own when its link went down (ENETDOWN, a common reaction): its
         // link must come back before anything lands in its namespace.
         let cut_off = matches!(judged, Some((crate::detect::Verdict::CutOff, _)))
-            || !nham_netns::has_carrier(&v.sff_iface).unwrap_or(true);
+            || !has_carrier(&v.sff_iface);
         let (cause, detected) = judged
             .map(|(verdict, at)| (verdict.cause(), at))
             .unwrap_or(("process exited", detected));
@@ -506,9 +516,16 @@ impl Daemon {
         // A failover never lands in a namespace whose link is down: check
         // the replica's, repair it, then switch.
         let replica_iface = match &v.replica {
-            Some(r) if !nham_netns::has_carrier(&r.sff_iface).unwrap_or(true) => {
-                tracing::warn!(chain, vnf, "the replica's link is down: bringing it up before failing over");
-                match r.netns.run(|| nham_netns::set_up(crate::runtime::VNF_IFACE)) {
+            Some(r) if !has_carrier(&r.sff_iface) => {
+                tracing::warn!(
+                    chain,
+                    vnf,
+                    "the replica's link is down: bringing it up before failing over"
+                );
+                match r
+                    .netns
+                    .run(|| nham_netns::set_up(crate::runtime::VNF_IFACE))
+                {
                     Ok(Ok(())) => Some(r.sff_iface.clone()),
                     Ok(Err(e)) | Err(e) => {
                         tracing::error!(chain, vnf, "bringing the replica's link up: {e}");
@@ -527,8 +544,7 @@ impl Daemon {
             // so the SFF can flush what the failed incarnation was sent.
             let deadline = Instant::now() + Duration::from_secs(2);
             let down = |iface: &str| !nham_netns::is_oper_up(iface).unwrap_or(true);
-            while ((settle_link && down(&sff_iface))
-                || replica_iface.as_deref().is_some_and(down))
+            while ((settle_link && down(&sff_iface)) || replica_iface.as_deref().is_some_and(down))
                 && Instant::now() < deadline
             {
                 std::thread::sleep(Duration::from_millis(1));

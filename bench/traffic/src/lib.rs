@@ -248,6 +248,10 @@ pub struct Received {
     pub seqs: Vec<u64>,
     /// Digest of the stream (frames in order, timestamps left out).
     pub digest: u64,
+    /// CRC-32 (zlib's) of every frame of ours received, in order, bytes as
+    /// they came (timestamps included): what a pass-through VNF placed
+    /// last served, if it served each frame once.
+    pub crc: u32,
     /// One-way latency in microseconds.
     pub latency_us: Histogram<u64>,
     /// Frames without our marker.
@@ -275,6 +279,7 @@ pub fn sink(
     let mut r = Received {
         seqs: Vec::with_capacity(expected),
         digest: 0xcbf2_9ce4_8422_2325,
+        crc: 0,
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
         foreign: 0,
         span: Duration::ZERO,
@@ -284,10 +289,12 @@ pub fn sink(
     };
     let mut last = Instant::now();
     let mut first: Option<Instant> = None;
+    let mut crc = crc32fast::Hasher::new();
     loop {
         let n = port.recv_burst(64, |f| match read_stamp(f) {
             Some((seq, ts)) => {
                 r.seqs.push(seq);
+                crc.update(f);
                 r.digest = (r.digest ^ frame_digest(f)).wrapping_mul(0x0100_0000_01b3);
                 let now = base.elapsed().as_nanos() as u64;
                 r.arrival_us.push(now / 1000);
@@ -305,6 +312,7 @@ pub fn sink(
             // no more is coming and nothing arrived for `quiet`.
             if r.seqs.len() >= expected && expected > 0 || last.elapsed() > quiet && stop() {
                 r.kernel_drops = port.kernel_rx_drops();
+                r.crc = crc.finalize();
                 return r;
             }
             let _ = port.wait_rx(1);
@@ -432,6 +440,7 @@ mod tests {
         let mut got = Received {
             seqs: vec![0, 2, 1, 2, 4],
             digest: 0,
+            crc: 0,
             latency_us: Histogram::new(3).unwrap(),
             foreign: 0,
             span: Duration::ZERO,

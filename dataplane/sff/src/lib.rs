@@ -669,6 +669,13 @@ struct Engine {
     /// Per hop and member: frames delivered and not yet answered, in
     /// order, within what the VNF's socket can hold.
     in_flight: Vec<Vec<FlowWindow>>,
+    /// Per hop: the frames in flight to the VNF when it was frozen for
+    /// each recent checkpoint (consumed, not yet answered: work inside the
+    /// VNF that its image holds), newest last. A VNF restored from one of
+    /// them answers those frames first, and its own outputs' copies are
+    /// charged to an `ETH_P_ALL` socket meanwhile: its window starts with
+    /// them, not empty.
+    frozen_windows: Vec<std::collections::VecDeque<(CheckpointId, FlowWindow)>>,
     /// Per hop and member: when the VNF last sent something back.
     last_output: Vec<Vec<std::time::Instant>>,
     /// Per hop and member port: frames the VNF has sent back, in all (the
@@ -689,6 +696,26 @@ struct Engine {
     /// Kernel receive drops last sampled: when, ingress, per hop and
     /// member port.
     drops: (std::time::Instant, u64, Vec<Vec<u64>>),
+}
+
+/// The window of a VNF restored from checkpoint `from`: what was in flight
+/// to it when it was frozen for that checkpoint (see
+/// `Engine::frozen_windows`), with `current`'s capacity; empty if that
+/// checkpoint is not among the recent ones (or `from` is none: a fresh
+/// start holds no work).
+fn frozen_window(
+    frozen: &std::collections::VecDeque<(CheckpointId, FlowWindow)>,
+    from: Option<CheckpointId>,
+    current: &FlowWindow,
+) -> FlowWindow {
+    let mut w = from
+        .and_then(|id| frozen.iter().rev().find(|(c, _)| *c == id))
+        .map_or_else(FlowWindow::default, |(_, w)| w.clone());
+    if from.is_none() || w.is_empty() {
+        w.clear();
+    }
+    w.set_capacity(current.capacity());
+    w
 }
 
 impl Engine {
@@ -777,6 +804,7 @@ impl Engine {
             scratch: Vec::with_capacity(burst),
             slots: Vec::with_capacity(burst),
             in_flight,
+            frozen_windows: vec![std::collections::VecDeque::new(); hops_len],
             last_output,
             heard,
             protected,
@@ -862,7 +890,15 @@ impl Engine {
                     let Some(chain) = self.chain.as_mut() else {
                         continue;
                     };
-                    let _ = reply.send(chain.hop_mut(hop).handle_quiesced(id));
+                    let r = chain.hop_mut(hop).handle_quiesced(id);
+                    if r.is_ok() {
+                        let frozen = &mut self.frozen_windows[hop];
+                        frozen.push_back((id, self.in_flight[hop][0].clone()));
+                        while frozen.len() > 4 {
+                            frozen.pop_front();
+                        }
+                    }
+                    let _ = reply.send(r);
                 }
                 Command::CheckpointDumped { hop, id, reply } if hop_ok(hop) => {
                     let _ = reply.send(chain.hop_mut(hop).handle_dumped(id));
@@ -903,6 +939,9 @@ impl Engine {
                 }
                 Command::Restored { hop, from, reply } if hop_ok(hop) => {
                     self.in_flight[hop].iter_mut().for_each(|q| q.clear());
+                    self.in_flight[hop][0] =
+                        frozen_window(&self.frozen_windows[hop], from, &self.in_flight[hop][0]);
+                    self.last_output[hop][0] = now;
                     let r = if self.hops[hop].len() > 1 {
                         chain.hop_mut(hop).handle_member_restored(0, from, now)
                     } else {
@@ -958,7 +997,11 @@ impl Engine {
                     // would be numbered as the new one's.
                     let port = &mut self.hops[hop][member].port;
                     while port.recv_burst(64, |_| {}) > 0 {}
-                    self.in_flight[hop][member].clear();
+                    self.in_flight[hop][member] = frozen_window(
+                        &self.frozen_windows[hop],
+                        from,
+                        &self.in_flight[hop][member],
+                    );
                     self.last_output[hop][member] = now;
                     let Some(chain) = self.chain.as_mut() else {
                         continue;
