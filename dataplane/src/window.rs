@@ -203,14 +203,14 @@ mod tests {
     #[test]
     fn linux_default_buffer_holds_far_fewer_than_512_frames() {
         let w = FlowWindow::new(VnfCapacity::default());
-        let n = w.admit(std::iter::repeat(128).take(1000));
+        let n = w.admit(std::iter::repeat_n(128, 1000));
         // 128 B frames cost 768 B, twice for ETH_P_ALL: about 100.
         assert!((50..=120).contains(&n), "{n}");
         let bound = VnfCapacity {
             outgoing_copies: false,
             ..VnfCapacity::default()
         };
-        assert!(FlowWindow::new(bound).admit(std::iter::repeat(128).take(1000)) > n);
+        assert!(FlowWindow::new(bound).admit(std::iter::repeat_n(128, 1000)) > n);
     }
 
     #[test]
@@ -234,7 +234,7 @@ mod tests {
             ring: true,
             max_frames: 8,
         });
-        assert_eq!(w.admit(std::iter::repeat(64).take(100)), 8);
+        assert_eq!(w.admit(std::iter::repeat_n(64, 100)), 8);
     }
 
     proptest! {
