@@ -254,6 +254,7 @@ impl Lab {
             vnf_window: 512,
             vnf_capacity: Default::default(),
             vnf_window_timeout: Duration::from_millis(2),
+            vnf_silence_needs_read: false,
         };
         config.pool_slots = config.pool_slots_needed().max(32768);
         config

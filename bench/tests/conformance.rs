@@ -170,3 +170,16 @@ fn conformance_vnfs_survive_hangs_and_cut_offs() {
         }
     }
 }
+
+#[test]
+#[ignore]
+fn scratch_long_1r_aa() {
+    let _serial = serial();
+    let r = ha::run(&spec(
+        Mechanism::Mechanism1rAa,
+        Fault::Crash,
+        [1, 2].repeat(8),
+    ))
+    .expect("trial");
+    exact("scratch", &r, 24);
+}

@@ -38,13 +38,16 @@ pub struct SocketWatch {
     diags: BTreeMap<Key, (std::path::PathBuf, SockDiag)>,
     sent: BTreeMap<Key, VnfCapacity>,
     halvings: BTreeMap<Key, u32>,
+    /// Frames the SFF had sent to each port at the last probe.
+    sent_then: BTreeMap<Key, u64>,
 }
 
 impl SocketWatch {
-    /// The receiving sockets of `vnf` (member `k`) in namespace `netns`,
-    /// now; `None` if the kernel could not be asked, or it has no socket
-    /// that receives yet.
-    pub fn sockets(&mut self, vnf: &str, k: usize, netns: &Path) -> Option<VnfSockets> {
+    /// The receiving sockets of `vnf` (member `k`, process `pid`) in
+    /// namespace `netns`, now: those its processes hold (a socket a CRIU
+    /// restore is making there for a replica is not its); `None` if the
+    /// kernel could not be asked, or it has no socket that receives yet.
+    pub fn sockets(&mut self, vnf: &str, k: usize, pid: u32, netns: &Path) -> Option<VnfSockets> {
         let key = (vnf.to_string(), k);
         if self.diags.get(&key).is_none_or(|(p, _)| p != netns) {
             match SockDiag::open(netns) {
@@ -59,13 +62,49 @@ impl SocketWatch {
         }
         let (_, diag) = self.diags.get_mut(&key)?;
         match diag.packet_sockets() {
-            Ok(s) => Some(VnfSockets::of(&s)).filter(|v| v.sockets > 0),
+            Ok(s) => Some(VnfSockets::of_process(&s, pid)).filter(|v| v.sockets > 0),
             Err(e) => {
                 tracing::debug!(vnf, k, "sock_diag: {e}");
                 self.diags.remove(&key);
                 None
             }
         }
+    }
+
+    /// The receiving sockets of `vnf` (member `k`) one by one, each with
+    /// the processes holding it (for the log when one dropped input).
+    pub fn describe(&mut self, vnf: &str, k: usize) -> String {
+        let Some((_, diag)) = self.diags.get_mut(&(vnf.to_string(), k)) else {
+            return String::new();
+        };
+        let Ok(sockets) = diag.packet_sockets() else {
+            return String::new();
+        };
+        sockets
+            .iter()
+            .filter(|s| s.receives())
+            .map(|s| {
+                format!(
+                    "[inode {} proto {:#06x} rcvbuf {} rmem {} drops {} held by {:?}]",
+                    s.inode,
+                    s.protocol,
+                    s.rcvbuf,
+                    s.rmem,
+                    s.drops,
+                    nham_netns::sockdiag::socket_owners(s.inode)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The SFF had sent `sent_now` frames to `vnf` (member `k`) at this
+    /// probe, whose sockets hold nothing now if `empty`: the send index
+    /// before which every frame has been read (those sent up to the last
+    /// probe, long enough ago to have reached the socket), to tell the SFF.
+    pub fn read_upto(&mut self, vnf: &str, k: usize, sent_now: u64, empty: bool) -> Option<u64> {
+        let then = self.sent_then.insert((vnf.to_string(), k), sent_now);
+        then.filter(|&t| empty && t > 0 && t <= sent_now)
     }
 
     /// What to tell the SFF about `vnf` (member `k`) whose sockets are `s`:

@@ -570,7 +570,7 @@ impl ProtectedVnf {
         };
         match diag.packet_sockets() {
             Ok(s) => {
-                let dropped = nham_netns::sockdiag::VnfSockets::of(&s).drops;
+                let dropped = nham_netns::sockdiag::VnfSockets::of_process(&s, self.pid).drops;
                 if dropped > 0 {
                     return Err(ProtectError::InputDropped { dropped });
                 }

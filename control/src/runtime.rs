@@ -821,6 +821,7 @@ impl ChainRuntime {
             vnf_window: 512,
             vnf_capacity: Default::default(),
             vnf_window_timeout: std::time::Duration::from_millis(10),
+            vnf_silence_needs_read: true,
         };
         // Every packet the hops may hold has a buffer: outputs never wait
         // on a full ring (see SffConfig::pool_slots_needed).

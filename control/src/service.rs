@@ -848,7 +848,7 @@ impl Daemon {
                                 .and_then(|(st, hop)| st.hops.get(hop)?.heard.get(k).copied());
                             // What its sockets hold and dropped; the SFF is
                             // told what they hold when it changes.
-                            let socks = watch.sockets(&name, k, &netns);
+                            let socks = watch.sockets(&name, k, pid, &netns);
                             if let (Some(s), Some(hop), Some(sff)) = (&socks, hop, &sff) {
                                 if let Some(c) = watch.learned(&name, k, s) {
                                     match sff.set_capacity(hop, k, c) {
@@ -868,6 +868,17 @@ impl Daemon {
                                     }
                                 }
                             }
+                            // Read: every frame sent before the last probe
+                            // left its sockets (frees, after silence, what a
+                            // VNF dropped without answering).
+                            let window = (status.as_ref())
+                                .zip(hop)
+                                .and_then(|(st, hop)| st.hops.get(hop)?.in_flight.get(k).copied());
+                            if let (Some(s), Some(hop), Some(sff), Some(w)) = (&socks, hop, &sff, window) {
+                                if let Some(upto) = watch.read_upto(&name, k, w.3, s.rmem == 0) {
+                                    let _ = sff.socket_read(hop, k, upto);
+                                }
+                            }
                             let probe = Probe {
                                 rmem: socks.map_or_else(
                                     || crate::protect::packet_rmem(pid).unwrap_or(0),
@@ -882,6 +893,13 @@ impl Daemon {
                             // Input dropped: it gets half as much at once,
                             // before the replay that repairs it.
                             if probe.drops > 0 {
+                                tracing::warn!(
+                                    vnf = name,
+                                    member = k,
+                                    "pid {pid}: its sockets dropped {} frames: {}; the SFF's window towards it (frames, bytes, budget): {window:?}; heard {heard:?}",
+                                    probe.drops,
+                                    watch.describe(&name, k)
+                                );
                                 if let (Some(s), Some(hop), Some(sff)) = (&socks, hop, &sff) {
                                     let c = watch.dropped(&name, k, s);
                                     if sff.set_capacity(hop, k, c).is_ok() {

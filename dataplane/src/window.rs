@@ -22,8 +22,10 @@
 //! frames, such as IPv6 neighbour discovery, that land in the same queue).
 //!
 //! A frame is answered when the VNF's output for it (or a later one; VNFs
-//! are FIFO) comes back, or by silence (a VNF that drops packets never
-//! answers them; the SFF decides when).
+//! are FIFO) comes back. A VNF that drops packets never answers them: those
+//! leave the window once the VNF was silent for a while *and* its sockets
+//! were seen empty after they were sent ([`FlowWindow::release_read`]):
+//! silence alone is no proof that a slow or descheduled VNF read anything.
 
 use std::collections::VecDeque;
 
@@ -110,8 +112,11 @@ impl VnfCapacity {
 #[derive(Debug, Clone, Default)]
 pub struct FlowWindow {
     capacity: VnfCapacity,
-    in_flight: VecDeque<(u64, u64)>,
+    /// Sequence number, charge and send index of each frame in flight.
+    in_flight: VecDeque<(u64, u64, u64)>,
     bytes: u64,
+    /// Frames sent on this port so far.
+    sent: u64,
 }
 
 impl FlowWindow {
@@ -173,19 +178,46 @@ impl FlowWindow {
     /// A frame with sequence number `seq` and length `len` was sent.
     pub fn on_sent(&mut self, seq: u64, len: usize) {
         let cost = self.capacity.frame_cost(len);
-        self.in_flight.push_back((seq, cost));
+        self.in_flight.push_back((seq, cost, self.sent));
+        self.sent += 1;
         self.bytes += cost;
+    }
+
+    /// Frames sent on this port so far (a restored window counts on from
+    /// the one it was copied from).
+    pub fn sent(&self) -> u64 {
+        self.sent
     }
 
     /// The VNF answered every frame up to `seq`.
     pub fn on_answered(&mut self, seq: u64) {
-        while let Some(&(s, cost)) = self.in_flight.front() {
+        while let Some(&(s, cost, _)) = self.in_flight.front() {
             if s > seq {
                 break;
             }
             self.in_flight.pop_front();
             self.bytes -= cost;
         }
+    }
+
+    /// The VNF has read every frame sent before send index `sent` (its
+    /// sockets were seen empty after they were sent), and sent nothing back
+    /// for a while: those it did not answer it dropped, and leave.
+    pub fn release_read(&mut self, sent: u64) {
+        while let Some(&(_, cost, i)) = self.in_flight.front() {
+            if i >= sent {
+                break;
+            }
+            self.in_flight.pop_front();
+            self.bytes -= cost;
+        }
+    }
+
+    /// Takes `current`'s place: its capacity, and its send count goes on
+    /// (what this one holds was sent before).
+    pub fn carry_on(&mut self, current: &FlowWindow) {
+        self.capacity = current.capacity;
+        self.sent = self.sent.max(current.sent);
     }
 
     /// Nothing is in flight any more (silence, a failure, a new socket).
@@ -260,6 +292,12 @@ mod tests {
                         let upto = next.saturating_sub(x as u64 % 5);
                         w.on_answered(upto);
                         model.retain(|&(s, _)| s > upto);
+                    }
+                    // Sequence numbers are send indices here.
+                    2 if x % 3 == 0 => {
+                        let upto = next.saturating_sub(x as u64 % 7);
+                        w.release_read(upto);
+                        model.retain(|&(s, _)| s >= upto);
                     }
                     _ => {
                         if x % 17 == 0 {

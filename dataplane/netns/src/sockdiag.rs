@@ -281,6 +281,75 @@ impl SockDiag {
     }
 }
 
+/// The processes holding socket `inode` open, with their command names
+/// (a scan of `/proc/*/fd`: for diagnostics, not for a hot path).
+pub fn socket_owners(inode: u32) -> Vec<(u32, String)> {
+    let want = format!("socket:[{inode}]");
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut owners = Vec::new();
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want.as_str()))
+        {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            let state = crate::process_state(pid).map_or('?', |(s, _)| s);
+            owners.push((pid, format!("{} ({state})", comm.trim())));
+        }
+    }
+    owners
+}
+
+/// The inodes of the sockets process `pid` and its descendants hold open
+/// (`/proc/<pid>/fd`, and `/proc/<pid>/task/*/children` down the tree).
+/// Sockets of the namespace held by no process of the VNF (one a CRIU
+/// restore is making for a replica, say) are not the VNF's.
+pub fn socket_inodes_of(pid: u32) -> std::collections::BTreeSet<u32> {
+    let mut inodes = std::collections::BTreeSet::new();
+    let mut todo = vec![pid];
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(p) = todo.pop() {
+        if !seen.insert(p) || seen.len() > 4096 {
+            continue;
+        }
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{p}/fd")) {
+            for fd in fds.flatten() {
+                let Ok(link) = std::fs::read_link(fd.path()) else {
+                    continue;
+                };
+                let inode = link
+                    .to_str()
+                    .and_then(|l| l.strip_prefix("socket:["))
+                    .and_then(|l| l.strip_suffix(']'))
+                    .and_then(|n| n.parse().ok());
+                if let Some(i) = inode {
+                    inodes.insert(i);
+                }
+            }
+        }
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                let children =
+                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                todo.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    inodes
+}
+
 /// What a VNF's receiving packet sockets add up to, for flow control and
 /// loss detection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -307,6 +376,23 @@ pub struct VnfSockets {
 }
 
 impl VnfSockets {
+    /// Sums up the receiving sockets among `sockets` that process `pid`
+    /// (or a descendant) holds; all of them if none is found held (the
+    /// process's fds could not be read).
+    pub fn of_process(sockets: &[PacketSocket], pid: u32) -> Self {
+        let held = socket_inodes_of(pid);
+        let mine: Vec<PacketSocket> = sockets
+            .iter()
+            .filter(|s| held.contains(&s.inode))
+            .copied()
+            .collect();
+        if mine.is_empty() {
+            Self::of(sockets)
+        } else {
+            Self::of(&mine)
+        }
+    }
+
     /// Sums up the receiving sockets among `sockets`.
     pub fn of(sockets: &[PacketSocket]) -> Self {
         let mut v = Self::default();

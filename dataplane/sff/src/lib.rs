@@ -204,8 +204,18 @@ pub struct SffConfig {
     pub vnf_capacity: nham_dataplane::window::VnfCapacity,
     /// After this long without output from a VNF, frames still in flight to
     /// it are taken as consumed (a VNF that drops packets never answers
-    /// them).
+    /// them): all of them, or (with
+    /// [`vnf_silence_needs_read`](Self::vnf_silence_needs_read)) those its
+    /// sockets were seen empty after.
     pub vnf_window_timeout: Duration,
+    /// Silence alone does not free the window: only frames sent before the
+    /// control plane last saw the VNF's sockets empty
+    /// ([`Command::SocketRead`]) leave by silence. A slow or descheduled VNF
+    /// is silent with its socket full; freeing on silence alone overflows
+    /// it. (`nhamd` probes and sets this; the bench lab, which has no
+    /// prober, does not.)
+    #[serde(default)]
+    pub vnf_silence_needs_read: bool,
 }
 
 impl SffConfig {
@@ -404,6 +414,14 @@ pub enum Command {
         hop: usize,
         reply: mpsc::Sender<usize>,
     },
+    /// Every frame sent to member `member` (0: the VNF) of hop `hop` before
+    /// send index `sent` has been read: its sockets were seen empty after.
+    SocketRead {
+        hop: usize,
+        member: usize,
+        sent: u64,
+        reply: mpsc::Sender<()>,
+    },
     /// What member `member`'s (0: the VNF's) socket of hop `hop` can hold,
     /// as measured; for the standby port too (a replica restored from the
     /// same image has the same socket). Answers with what was used before.
@@ -486,6 +504,11 @@ pub struct HopStatus {
     /// SFF so far: a VNF that answers is working, however long its queue.
     #[serde(default)]
     pub heard: Vec<u64>,
+    /// Per port of the hop: frames in flight to it (sent, not answered),
+    /// the bytes of kernel charge they stand for, the budget its socket
+    /// allows, and frames sent to it so far.
+    #[serde(default)]
+    pub in_flight: Vec<(usize, u64, u64, u64)>,
 }
 
 /// Commands and counters of an SFF thread in this process.
@@ -676,6 +699,9 @@ struct Engine {
     /// charged to an `ETH_P_ALL` socket meanwhile: its window starts with
     /// them, not empty.
     frozen_windows: Vec<std::collections::VecDeque<(CheckpointId, FlowWindow)>>,
+    /// Per hop and member: frames sent before this send index were read
+    /// (see [`SffConfig::vnf_silence_needs_read`]).
+    read_upto: Vec<Vec<u64>>,
     /// Per hop and member: when the VNF last sent something back.
     last_output: Vec<Vec<std::time::Instant>>,
     /// Per hop and member port: frames the VNF has sent back, in all (the
@@ -714,7 +740,7 @@ fn frozen_window(
     if from.is_none() || w.is_empty() {
         w.clear();
     }
-    w.set_capacity(current.capacity());
+    w.carry_on(current);
     w
 }
 
@@ -770,6 +796,7 @@ impl Engine {
             .map(|p| vec![std::time::Instant::now(); p.len()])
             .collect();
         let heard = hops.iter().map(|p| vec![0; p.len()]).collect();
+        let read_upto = hops.iter().map(|p| vec![0; p.len()]).collect();
         let drops = (
             std::time::Instant::now(),
             0,
@@ -805,6 +832,7 @@ impl Engine {
             slots: Vec::with_capacity(burst),
             in_flight,
             frozen_windows: vec![std::collections::VecDeque::new(); hops_len],
+            read_upto,
             last_output,
             heard,
             protected,
@@ -958,6 +986,17 @@ impl Engine {
                             .unwrap_or(0),
                     );
                 }
+                Command::SocketRead {
+                    hop,
+                    member,
+                    sent,
+                    reply,
+                } => {
+                    if let Some(r) = self.read_upto.get_mut(hop).and_then(|h| h.get_mut(member)) {
+                        *r = (*r).max(sent);
+                    }
+                    let _ = reply.send(());
+                }
                 Command::SetCapacity {
                     hop,
                     member,
@@ -1054,6 +1093,10 @@ impl Engine {
                                 members: h.members().collect(),
                                 divergent: h.stats().divergent,
                                 heard: self.heard[i].clone(),
+                                in_flight: self.in_flight[i]
+                                    .iter()
+                                    .map(|w| (w.len(), w.bytes(), w.capacity().budget(), w.sent()))
+                                    .collect(),
                             }
                         })
                         .collect();
@@ -1457,7 +1500,11 @@ impl Engine {
             // that was itself descheduled for a while would take outputs
             // still waiting on the ring for silence, open the window, and
             // let the ring overflow.)
-            self.in_flight[i][k].clear();
+            if self.config.vnf_silence_needs_read {
+                self.in_flight[i][k].release_read(self.read_upto[i][k]);
+            } else {
+                self.in_flight[i][k].clear();
+            }
         }
         if let Some(seq) = answered {
             self.in_flight[i][k].on_answered(seq);
@@ -1622,6 +1669,7 @@ mod tests {
             vnf_window: 512,
             vnf_capacity: Default::default(),
             vnf_window_timeout: Duration::from_millis(2),
+            vnf_silence_needs_read: false,
         }
     }
 

@@ -88,6 +88,13 @@ pub enum Request {
     InFlight {
         hop: usize,
     },
+    /// Every frame sent to a VNF's (member's) port before send index
+    /// `sent` has been read.
+    SocketRead {
+        hop: usize,
+        member: usize,
+        sent: u64,
+    },
     /// What a VNF's (member's) socket can hold, as measured.
     SetCapacity {
         hop: usize,
@@ -239,6 +246,16 @@ fn execute(sff: &LocalSff, request: Request, shutdown: &AtomicBool) -> Response 
             sff,
             |reply| Command::InFlight { hop, reply },
             |n| Response::Count(n as u64),
+        ),
+        Request::SocketRead { hop, member, sent } => ask(
+            sff,
+            |reply| Command::SocketRead {
+                hop,
+                member,
+                sent,
+                reply,
+            },
+            |()| Response::Ok,
         ),
         Request::SetCapacity {
             hop,
@@ -609,6 +626,15 @@ impl SffClient {
     pub fn set_protected(&self, hop: usize, protected: bool) -> Result<u64, RemoteError> {
         match self.request(Request::SetProtected { hop, protected })? {
             Response::Count(n) => Ok(n),
+            r => self.unexpected(r),
+        }
+    }
+
+    /// Every frame sent to member `member` (0: the VNF) of hop `hop` before
+    /// send index `sent` has been read (its sockets were seen empty).
+    pub fn socket_read(&self, hop: usize, member: usize, sent: u64) -> Result<(), RemoteError> {
+        match self.request(Request::SocketRead { hop, member, sent })? {
+            Response::Ok => Ok(()),
             r => self.unexpected(r),
         }
     }
