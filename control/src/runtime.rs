@@ -221,7 +221,12 @@ impl VnfRuntime {
                     .current_dir(&cwd)
                     .spawn()
             })?
-            .map_err(|e| ControlError::Process(format!("starting {:?}: {e}", self.plan.command)))?;
+            .map_err(|e| {
+                ControlError::FailedPrecondition(format!(
+                    "VNF {} did not start: {:?}: {e}",
+                    self.plan.name, self.plan.command
+                ))
+            })?;
         let pid = child.id();
         // In its group at once, before it can fork much.
         if let Some(cg) = &self.cgroup {
@@ -575,8 +580,12 @@ impl SffOptions {
     }
 }
 
-fn port_spec(iface: &str) -> Result<PortSpec, ControlError> {
-    let found = nham_netns::link(iface)?;
+fn port_spec(iface: &str, role: &str) -> Result<PortSpec, ControlError> {
+    let found = nham_netns::link(iface).map_err(|e| {
+        ControlError::FailedPrecondition(format!(
+            "the {role} interface {iface:?} is not usable in nhamd's network namespace: {e}"
+        ))
+    })?;
     Ok(PortSpec {
         iface: iface.to_string(),
         ifindex: found.ifindex,
@@ -640,8 +649,22 @@ fn spawn_sff(
         None => {
             let _ = child.kill();
             let _ = child.wait();
+            // Its last words, without backtrace lines.
             let tail = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail
+                .lines()
+                .rev()
+                .filter(|l| {
+                    let t = l.trim_start();
+                    !(t.is_empty()
+                        || t.starts_with("at ")
+                        || t.starts_with("stack backtrace")
+                        || t.starts_with("note: ")
+                        || t.split_once(':')
+                            .is_some_and(|(n, _)| n.parse::<u32>().is_ok()))
+                })
+                .take(5)
+                .collect();
             Err(err(format!(
                 "{} did not become ready: {}",
                 bin.display(),
@@ -661,6 +684,12 @@ impl ChainRuntime {
         sff: &SffOptions,
         state: &StateOptions,
     ) -> Result<(Self, Vec<OwnedFd>), ControlError> {
+        // The chain's own interfaces first: nothing is built for a chain
+        // whose ingress or egress is not there.
+        let (ingress, egress) = (
+            port_spec(&plan.ingress, "ingress")?,
+            port_spec(&plan.egress, "egress")?,
+        );
         let mut vnfs = Vec::new();
         let mut hops = Vec::new();
         let mut standby = Vec::new();
@@ -795,8 +824,8 @@ impl ChainRuntime {
             protect.push(protection(v.plan.mechanism)?.is_some());
         }
         let mut config = SffConfig {
-            ingress: port_spec(&runtime.plan.ingress)?,
-            egress: port_spec(&runtime.plan.egress)?,
+            ingress,
+            egress,
             hops,
             rules: runtime.plan.rules.clone(),
             spi: runtime.plan.spi,

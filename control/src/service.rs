@@ -1112,6 +1112,20 @@ impl Daemon {
                 plan.name
             )));
         }
+        let ports = [&plan.ingress, &plan.egress];
+        if let Some(other) = chains.values().find(|e| {
+            let theirs = [&e.runtime.plan.ingress, &e.runtime.plan.egress];
+            ports.iter().any(|p| theirs.contains(p))
+        }) {
+            return Err(ControlError::FailedPrecondition(format!(
+                "chain {:?} already serves interface {:?} or {:?} (its ingress {:?}, egress {:?}): one chain per interface",
+                other.runtime.plan.name,
+                plan.ingress,
+                plan.egress,
+                other.runtime.plan.ingress,
+                other.runtime.plan.egress
+            )));
+        }
         if let Some(other) = chains.values().find(|e| e.runtime.plan.spi == plan.spi) {
             return Err(ControlError::InvalidArgument(format!(
                 "spec.spi {} is already used by chain {:?}",

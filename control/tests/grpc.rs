@@ -758,3 +758,78 @@ async fn tls_when_configured() {
     let _ = server.await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A VNF command that exits at once, or does not exist, fails the request
+/// with FAILED_PRECONDITION naming the VNF and its command (nothing is
+/// taken as ready); so does a missing ingress interface (named), and an
+/// interface another chain serves (that chain named).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vnf_that_does_not_start_or_a_missing_or_busy_interface_fails_with_the_reason() {
+    let h = tokio::task::spawn_blocking(Harness::start).await.unwrap();
+    let mut chains = ChainServiceClient::new(nham_control::connect(&h.addr).await.unwrap());
+    for (command, says) in [
+        (
+            vec!["/bin/false".to_string()],
+            "exited before it opened a packet socket",
+        ),
+        (vec!["/nonexistent/vnf".to_string()], "No such file"),
+        (
+            vec![
+                "sh".to_string(),
+                "-c".to_string(),
+                "echo the licence file is missing >&2; exit 3".to_string(),
+            ],
+            "the licence file is missing",
+        ),
+    ] {
+        let mut s = spec("bad", 11, &["fw"], api::Mechanism::Mechanism0r);
+        s.vnfs[0].command = command.clone();
+        let started = std::time::Instant::now();
+        let e = chains
+            .create_chain(api::CreateChainRequest { spec: Some(s) })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{command:?}: {e:?}");
+        assert!(e.message().contains("VNF fw"), "{}", e.message());
+        assert!(e.message().contains(&command[0]), "{}", e.message());
+        assert!(e.message().contains(says), "{}", e.message());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{command:?} took {:?}",
+            started.elapsed()
+        );
+    }
+    // Nothing was left registered.
+    let listed = chains
+        .list_chains(api::ListChainsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.chains.is_empty(), "{listed:?}");
+
+    let mut s = spec("noin", 12, &["fw"], api::Mechanism::None);
+    s.ingress_interface = "nope0".into();
+    let e = chains
+        .create_chain(api::CreateChainRequest { spec: Some(s) })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("\"nope0\""), "{}", e.message());
+    assert!(e.message().contains("ingress"), "{}", e.message());
+
+    chains
+        .create_chain(api::CreateChainRequest {
+            spec: Some(spec("first", 13, &["fw"], api::Mechanism::None)),
+        })
+        .await
+        .unwrap();
+    let e = chains
+        .create_chain(api::CreateChainRequest {
+            spec: Some(spec("second", 14, &["fw"], api::Mechanism::None)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("\"first\""), "{}", e.message());
+    assert!(!e.message().contains("backtrace"), "{}", e.message());
+}

@@ -346,6 +346,18 @@ pub struct Mark {
     pub consumed: u64,
     /// Outputs with an index below this were emitted before the freeze.
     pub emitted: u64,
+    /// The epoch the VNF ran in when frozen.
+    #[serde(default)]
+    pub epoch: u32,
+    /// Sequence number of the last output emitted before the freeze.
+    #[serde(default)]
+    pub answered: Option<u64>,
+    /// Sequence number of the last input consumed before the freeze. The
+    /// inputs after `answered` up to this one were read and not answered
+    /// when the VNF was frozen: work in the middle, held by the image. A
+    /// VNF restored from it answers them first, stamped with `epoch`.
+    #[serde(default)]
+    pub last_consumed: Option<u64>,
 }
 
 /// A committed checkpoint: the restore point of a hop.
@@ -563,6 +575,11 @@ pub struct Hop<P> {
     late_output: bool,
     /// MR-AA members (empty: one VNF, numbered by `tx.next_output`).
     members: Vec<Member>,
+    /// Restored from a mark with work in the middle (see
+    /// [`Mark::last_consumed`]): outputs stamped with the mark's epoch that
+    /// answer those inputs are the restored incarnation's, until its first
+    /// output in the current epoch.
+    unfinished: Option<Mark>,
 }
 
 impl<P> Hop<P> {
@@ -586,6 +603,7 @@ impl<P> Hop<P> {
             stats: HopStats::default(),
             late_output: false,
             members: Vec::new(),
+            unfinished: None,
         })
     }
 
@@ -935,9 +953,20 @@ impl<P> Hop<P> {
         digest: u64,
         packet: impl FnOnce() -> P,
     ) -> OutputDisposition {
-        if epoch != self.epoch || !matches!(self.state, HopState::Running) {
+        // An output of the failed incarnation (an older epoch) is stale,
+        // unless it is the restored one finishing the input its image was
+        // frozen in (before its first output in this epoch).
+        let unfinished = self.unfinished.is_some_and(|m| {
+            epoch == m.epoch
+                && m.answered.is_none_or(|a| seq > a)
+                && m.last_consumed.is_some_and(|l| seq <= l)
+        });
+        if (epoch != self.epoch && !unfinished) || !matches!(self.state, HopState::Running) {
             self.stats.stale += 1;
             return OutputDisposition::Stale;
+        }
+        if epoch == self.epoch {
+            self.unfinished = None;
         }
         let index = self.tx.next_output;
         self.tx.next_output += 1;
@@ -1045,6 +1074,8 @@ impl<P> Hop<P> {
             let mark = Mark {
                 consumed: cursor,
                 emitted: m.next_output,
+                epoch: self.epoch,
+                ..Mark::default()
             };
             self.phase = CheckpointPhase::Dumping { id, started, mark };
             return Ok(mark);
@@ -1053,9 +1084,17 @@ impl<P> Hop<P> {
             ReleaseRule::Consumed => self.rx.next_deliver,
             ReleaseRule::LastEmitted => self.rx.index_after_seq(self.tx.last_output_seq),
         };
+        let last_consumed = consumed
+            .checked_sub(1)
+            .filter(|&i| i >= self.rx.base)
+            .and_then(|i| self.rx.entries.get((i - self.rx.base) as usize))
+            .map(|(seq, _)| *seq);
         let mark = Mark {
             consumed,
             emitted: self.tx.next_output,
+            epoch: self.epoch,
+            answered: self.tx.last_output_seq,
+            last_consumed,
         };
         self.phase = CheckpointPhase::Dumping { id, started, mark };
         Ok(mark)
@@ -1129,6 +1168,7 @@ impl<P> Hop<P> {
             self.fallback.map(|c| c.mark).unwrap_or(Mark {
                 consumed: self.rx.base,
                 emitted: self.tx.digest_base,
+                ..Mark::default()
             })
         } else {
             mark
@@ -1173,6 +1213,8 @@ impl<P> Hop<P> {
                 mark: Mark {
                     consumed: self.rx.next_deliver,
                     emitted: self.tx.next_output,
+                    epoch: self.epoch,
+                    ..Mark::default()
                 },
             });
         }
@@ -1223,6 +1265,7 @@ impl<P> Hop<P> {
             m.state = MemberState::Failed;
         }
         self.epoch = self.epoch.wrapping_add(1);
+        self.unfinished = None;
         self.stats.failures += 1;
         RestorePlan {
             checkpoint: self.committed.map(|c| c.id),
@@ -1265,6 +1308,10 @@ impl<P> Hop<P> {
         debug_assert!(mark.consumed >= self.rx.base);
         self.rx.next_deliver = mark.consumed.max(self.rx.base);
         self.tx.next_output = mark.emitted;
+        self.unfinished = (mark.epoch != self.epoch
+            && mark.last_consumed.is_some()
+            && mark.last_consumed != mark.answered)
+            .then_some(mark);
         self.state = HopState::Running;
         self.stats.recoveries += 1;
         Ok(RecoveryReport {
@@ -1587,6 +1634,77 @@ mod tests {
         assert_eq!(h.tx.digests.len(), 1);
     }
 
+    /// Issue 12's breach. A VNF frozen for a checkpoint in the middle of an
+    /// input (read, answer not sent yet) holds that half-done work in its
+    /// image; resumed, it answers after the dump (not late: the checkpoint
+    /// commits). Restored from that image after a failure, it answers again,
+    /// first thing: with the epoch the input was delivered in. That answer
+    /// must count as the restored incarnation's first output (a duplicate
+    /// of the one already forwarded), not be discarded as stale: otherwise
+    /// its numbering is one behind, every replayed output "differs" (taken
+    /// for non-determinism), and past the replay one output is lost and
+    /// another forwarded twice.
+    #[test]
+    fn a_restored_vnf_finishes_the_input_it_was_frozen_in() {
+        let t = Instant::now();
+        let mut h = Hop::new(HopConfig {
+            rx_capacity: 16,
+            tx_capacity: 16,
+            ..HopConfig::default()
+        })
+        .unwrap();
+        let out = |h: &mut Hop<u32>, epoch: u32, seq: u64| {
+            h.handle_output_with(epoch, seq, 100 + seq, || seq as u32)
+        };
+        for seq in 0..3 {
+            h.handle_input(seq, seq as u32).unwrap();
+        }
+        // Inputs 0 and 1 answered; input 2 read, and the VNF frozen in it.
+        for _ in 0..3 {
+            h.poll_delivery().unwrap();
+        }
+        assert_eq!(out(&mut h, 0, 0), OutputDisposition::Accepted);
+        assert_eq!(out(&mut h, 0, 1), OutputDisposition::Accepted);
+        let id = h.begin_checkpoint(t).unwrap();
+        h.handle_quiesced(id).unwrap();
+        h.handle_dumped(id).unwrap();
+        // Resumed: it answers input 2 (after the dump, so not late).
+        assert_eq!(out(&mut h, 0, 2), OutputDisposition::Accepted);
+        h.handle_checkpoint_complete(id, t).unwrap();
+        for seq in 3..5 {
+            h.handle_input(seq, seq as u32).unwrap();
+            h.poll_delivery().unwrap();
+            assert_eq!(out(&mut h, 0, seq), OutputDisposition::Accepted);
+        }
+        while h.poll_forward().is_some() {}
+        let plan = h.handle_failure(t);
+        h.handle_restored_from(Some(id), t).unwrap();
+        // The restored copy finishes input 2 (old epoch), then the replay.
+        assert_eq!(out(&mut h, 0, 2), OutputDisposition::Duplicate);
+        for seq in 3..5 {
+            assert_eq!(
+                h.poll_delivery().map(|d| d.seq),
+                Some(seq),
+                "replayed in order"
+            );
+            assert_eq!(
+                out(&mut h, plan.epoch, seq),
+                OutputDisposition::Duplicate,
+                "{seq}"
+            );
+        }
+        assert_eq!(h.stats().divergent, 0);
+        // New input goes on as new output.
+        h.handle_input(5, 5).unwrap();
+        h.poll_delivery().unwrap();
+        assert_eq!(out(&mut h, plan.epoch, 5), OutputDisposition::Accepted);
+        let forwarded: Vec<u64> = std::iter::from_fn(|| h.poll_forward().map(|(s, _)| s)).collect();
+        assert_eq!(forwarded, vec![5]);
+        // A straggler of the dead incarnation (an answer to an input after
+        // the mark, in the old epoch) is still stale.
+        assert_eq!(out(&mut h, 0, 4), OutputDisposition::Stale);
+    }
+
     #[test]
     fn held_until_checkpoint_completes() {
         let t = Instant::now();
@@ -1602,7 +1720,10 @@ mod tests {
             mark,
             Mark {
                 consumed: 1,
-                emitted: 0
+                emitted: 0,
+                epoch: 0,
+                answered: None,
+                last_consumed: Some(0),
             }
         );
         assert_eq!(

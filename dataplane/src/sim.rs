@@ -3,7 +3,11 @@
 //! restores injected as explicit operations.
 //!
 //! Everything the real system has between the SFF and a VNF is modelled:
-//! the VNF's socket receive queue (`inbox`, lost when the process dies), the
+//! the VNF's socket receive queue (`inbox`, lost when the process dies), an
+//! input it has read and not finished (`in_hand`: a VNF frozen for a
+//! checkpoint in the middle of an input keeps it in its image, and finishes
+//! it after a restore, its outputs stamped with the epoch it was delivered
+//! in), the
 //! frames in flight from the VNF back to the SFF (`link`, which survive the
 //! process and may arrive after it failed), process images (taken while the
 //! VNF is quiesced, committed only when the core commits the checkpoint), the
@@ -173,8 +177,13 @@ pub enum Op {
     Ingress,
     /// The SFF delivers hop `i`'s next packet to its VNF.
     Deliver(usize),
-    /// VNF `i` consumes one packet from its socket queue.
+    /// VNF `i` finishes the input it has read, or else consumes one packet
+    /// from its socket queue (reads and processes it). Not while it is
+    /// frozen for a dump.
     Consume(usize),
+    /// VNF `i` reads one packet from its socket queue and has not processed
+    /// it yet (a checkpoint may freeze it now).
+    Read(usize),
     /// One frame in flight from VNF `i` reaches the SFF.
     Arrive(usize),
     /// The SFF moves one output of hop `i` on (to the next hop or the sink).
@@ -216,9 +225,10 @@ struct VnfProc {
     proc: ProcState,
     detected: bool,
     inbox: VecDeque<SimPacket>,
+    in_hand: Option<SimPacket>,
     link: VecDeque<SimPacket>,
-    images: BTreeMap<CheckpointId, VnfState>,
-    pending_image: Option<(CheckpointId, VnfState)>,
+    images: BTreeMap<CheckpointId, (VnfState, Option<SimPacket>)>,
+    pending_image: Option<(CheckpointId, (VnfState, Option<SimPacket>))>,
     restore_from: Option<Option<CheckpointId>>,
     accepted_log: Vec<SimPacket>,
 }
@@ -284,6 +294,7 @@ impl Sim {
                 proc: ProcState::Alive,
                 detected: false,
                 inbox: VecDeque::new(),
+                in_hand: None,
                 link: VecDeque::new(),
                 images: BTreeMap::new(),
                 pending_image: None,
@@ -345,6 +356,7 @@ impl Sim {
             Op::Ingress => self.ingress(),
             Op::Deliver(i) => self.deliver(i % n),
             Op::Consume(i) => self.consume(i % n),
+            Op::Read(i) => self.read(i % n),
             Op::Arrive(i) => self.arrive(i % n),
             Op::Advance(i) => self.advance(i % n),
             Op::BeginCheckpoint(i) => self.chain.hop_mut(i % n).begin_checkpoint(self.now).is_ok(),
@@ -398,12 +410,35 @@ impl Sim {
         true
     }
 
+    /// Whether VNF `i` is frozen for a dump (it runs no code).
+    fn frozen(&self, i: usize) -> bool {
+        matches!(
+            self.chain.hop(i).checkpoint_phase(),
+            CheckpointPhase::Dumping { .. }
+        ) && self.vnfs[i].pending_image.is_some()
+    }
+
+    fn read(&mut self, i: usize) -> bool {
+        if self.frozen(i) {
+            return false;
+        }
+        let vnf = &mut self.vnfs[i];
+        if vnf.proc != ProcState::Alive || vnf.in_hand.is_some() {
+            return false;
+        }
+        vnf.in_hand = vnf.inbox.pop_front();
+        vnf.in_hand.is_some()
+    }
+
     fn consume(&mut self, i: usize) -> bool {
+        if self.frozen(i) {
+            return false;
+        }
         let vnf = &mut self.vnfs[i];
         if vnf.proc != ProcState::Alive {
             return false;
         }
-        let Some(p) = vnf.inbox.pop_front() else {
+        let Some(p) = vnf.in_hand.take().or_else(|| vnf.inbox.pop_front()) else {
             return false;
         };
         self.scratch.clear();
@@ -456,7 +491,7 @@ impl Sim {
                 }
                 hop.handle_quiesced(id)
                     .expect("draining checkpoint accepts quiesced");
-                vnf.pending_image = Some((id, vnf.state.clone()));
+                vnf.pending_image = Some((id, (vnf.state.clone(), vnf.in_hand)));
                 true
             }
             // The dump is taken and the VNF thawed; the image is stored
@@ -521,6 +556,7 @@ impl Sim {
             vnf.proc = ProcState::Dead;
             vnf.detected = false;
             vnf.inbox.clear();
+            vnf.in_hand = None;
             // The process's memory is gone; scribble over it so that a bug
             // which resumes it without a restore cannot go unnoticed.
             vnf.state.digest = mix(vnf.state.digest, 0xDEAD);
@@ -563,9 +599,9 @@ impl Sim {
             .restore_from
             .take()
             .expect("a detected failure has a plan");
-        vnf.state = match from {
+        (vnf.state, vnf.in_hand) = match from {
             Some(id) => vnf.images.get(&id).cloned().expect("committed image kept"),
-            None => VnfState::default(),
+            None => (VnfState::default(), None),
         };
         vnf.proc = ProcState::Alive;
         self.chain
@@ -578,10 +614,12 @@ impl Sim {
 
     fn done(&self) -> bool {
         self.input.is_empty()
-            && self
-                .vnfs
-                .iter()
-                .all(|v| v.proc == ProcState::Alive && v.inbox.is_empty() && v.link.is_empty())
+            && self.vnfs.iter().all(|v| {
+                v.proc == ProcState::Alive
+                    && v.inbox.is_empty()
+                    && v.in_hand.is_none()
+                    && v.link.is_empty()
+            })
             && self
                 .chain
                 .hops()
