@@ -706,8 +706,25 @@ fn trial(
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    // Traffic long enough for every round.
-    let per_round = spec.gap + Duration::from_millis(300);
+    // Traffic long enough for every round: the gap, and the wait for its
+    // recoveries (longer for hangs and cut-offs, judged over several probes,
+    // and for MR-AA members, restored and caught up; more under a debug
+    // build). A round that would start after the traffic is over fails the
+    // trial as the harness's fault, not NHAM's.
+    let judged = spec.fault != api::Fault::Crash;
+    let per_round = spec.gap
+        + Duration::from_millis(300)
+        + Duration::from_millis(if judged { 500 } else { 0 })
+        + Duration::from_millis(if spec.mechanism == api::Mechanism::MrAa {
+            400
+        } else {
+            0
+        })
+        + Duration::from_millis(if spec.corrupt_newest || spec.during_checkpoint {
+            300
+        } else {
+            0
+        });
     let duration = per_round * spec.rounds.len() as u32
         + Duration::from_millis(1500)
         + Duration::from_millis(1000) * spec.restarts.len() as u32;
@@ -727,10 +744,19 @@ fn trial(
     };
     let mut failures = 0;
     let trial = std::thread::scope(|s| -> Result<crate::lab::Trial> {
+        let traffic_start = Instant::now();
         let t = s.spawn(|| lab.trial_through(frames, traffic.rate, &expected, None));
         std::thread::sleep(Duration::from_millis(300));
         for (r, &k) in spec.rounds.iter().enumerate() {
             std::thread::sleep(spec.gap);
+            if traffic_start.elapsed() + Duration::from_millis(500) > duration {
+                bail!(
+                    "harness: the traffic ({:.1} s) ends before round {r} of {}: rounds took longer than the {:.1} s per round planned",
+                    duration.as_secs_f64(),
+                    spec.rounds.len(),
+                    per_round.as_secs_f64()
+                );
+            }
             let restart = spec.restarts.contains(&r);
             // A restart round may kill no VNF (the daemon alone restarts).
             let k = if restart { k.min(n) } else { k.clamp(1, n) };
@@ -1071,16 +1097,52 @@ fn trial(
     let mut nondeterminism_events = Vec::new();
     let mut fallbacks = Vec::new();
     let mut switched = 0;
-    for (_, e) in &events {
+    // Per VNF, its last failure and recovery (for a non-determinism report:
+    // with deterministic VNFs, the recovery before it is the suspect).
+    let mut last_recovery: std::collections::BTreeMap<String, String> =
+        std::collections::BTreeMap::new();
+    let mut last_failure: std::collections::BTreeMap<String, String> =
+        std::collections::BTreeMap::new();
+    let mechanism = spec.mechanism.as_str_name();
+    for (at, e) in &events {
+        let ms = at.saturating_duration_since(trial.base).as_secs_f64() * 1e3;
+        match &e.event {
+            Some(Event::FailureDetected(f)) => {
+                last_failure.insert(e.vnf.clone(), format!("{:.0} ms: {}", ms, f.cause));
+            }
+            Some(Event::RecoveryFinished(f)) => {
+                last_recovery.insert(
+                    e.vnf.clone(),
+                    format!(
+                        "{:.0} ms: checkpoint {}, {} replayed, switched {}{}",
+                        ms,
+                        f.checkpoint_id,
+                        f.replayed,
+                        f.switched,
+                        if f.fallback_reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", fallback: {}", f.fallback_reason)
+                        }
+                    ),
+                );
+            }
+            _ => {}
+        }
         match &e.event {
             Some(Event::RecoveryFinished(f)) if !f.fallback_reason.is_empty() => {
                 recovery.push(f.recovery_ms);
                 restored += usize::from(f.restored);
                 fallbacks.push(format!("{}: {}", e.vnf, f.fallback_reason));
             }
-            Some(Event::NonDeterminismDetected(n)) => {
-                nondeterminism_events.push(format!("{}: {} outputs", e.vnf, n.outputs))
-            }
+            Some(Event::NonDeterminismDetected(n)) => nondeterminism_events.push(format!(
+                "{}: {} outputs at {:.0} ms under {mechanism}; its last failure: {}; the recovery before: {}",
+                e.vnf,
+                n.outputs,
+                ms,
+                last_failure.get(&e.vnf).map_or("none", String::as_str),
+                last_recovery.get(&e.vnf).map_or("none", String::as_str),
+            )),
             Some(Event::FailureDetected(f)) => {
                 detection.push(f.detection_ms);
                 *failure_causes.entry(f.cause.clone()).or_default() += 1;

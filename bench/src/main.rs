@@ -9,6 +9,9 @@
 //! - `nham-bench recovery`: a chain protected by `nhamd` (0R, 1R-AS) with
 //!   failures injected under traffic: detection, recovery, downtime,
 //!   checkpoint pauses, exactly-once and VNF states.
+//! - `nham-bench soak`: failures of all nine kinds of the fault matrix,
+//!   across the four mechanisms, seeded, until N; stops at the first
+//!   violation of exactly-once and names the seed and the segment.
 //! - `nham-bench model`: the in-memory chain model (Hold/Release core and
 //!   VNF models) with crashes injected; no network, no processes, no CRIU,
 //!   and it says so in its output.
@@ -18,6 +21,7 @@ mod chain;
 mod demo;
 mod model;
 mod recovery;
+mod soak_cmd;
 mod throughput;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +52,9 @@ enum Command {
     /// Recovery of a chain protected by nhamd, failures injected under
     /// traffic (root, CRIU).
     Recovery(recovery::RecoveryArgs),
+    /// Failures of every kind across every mechanism, seeded, checked for
+    /// exactly-once (root, CRIU).
+    Soak(soak_cmd::SoakArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,5 +64,6 @@ fn main() -> anyhow::Result<()> {
         Command::Model(args) => model::run(&args),
         Command::Throughput(args) => throughput::run(&args),
         Command::Recovery(args) => recovery::run(&args),
+        Command::Soak(args) => soak_cmd::run(&args),
     }
 }

@@ -28,7 +28,7 @@ pub(crate) enum MechanismArg {
 }
 
 impl MechanismArg {
-    fn api(self) -> api::Mechanism {
+    pub(crate) fn api(self) -> api::Mechanism {
         match self {
             Self::ZeroR => api::Mechanism::Mechanism0r,
             Self::OneRAs => api::Mechanism::Mechanism1rAs,
