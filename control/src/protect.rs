@@ -949,8 +949,8 @@ impl ProtectedVnf {
                     }
                     (Err(e), _) => return Err(e),
                 };
-                // It was dumped while stopped (step 3) and comes back stopped.
-                signal(pid, nix::sys::signal::Signal::SIGCONT)?;
+                // It was dumped while stopped (step 3) and comes back
+                // stopped; it is resumed once the SFF replays (below).
                 (pid, Some(from))
             }
             None => (self.start_fresh()?, None),
@@ -958,7 +958,14 @@ impl ProtectedVnf {
         self.pid = pid;
         // Whatever the link lost before is replayed now.
         self.restart_link_count();
-        let r = sff.restored(hop, from).map_err(sff_err)?;
+        let r = sff.restored(hop, from).map_err(sff_err);
+        // Resumed after `Restored`: what it answers first (the input its
+        // image was frozen in, in that input's old epoch) is then taken as
+        // this incarnation's, not as a stale output of the dead one.
+        if restored {
+            signal(pid, nix::sys::signal::Signal::SIGCONT)?;
+        }
+        let r = r?;
         let duration = started.elapsed();
         Ok(RecoveryStats {
             duration,
@@ -987,11 +994,15 @@ impl ProtectedVnf {
         let Some((ready, from)) = r.take_current() else {
             return Ok(FailOver::Refused(None));
         };
-        // Resumed first: it waits for input on its own link (the standby
-        // port, which sends it nothing until the switch).
-        signal(ready, nix::sys::signal::Signal::SIGCONT)?;
+        // Resumed only once the SFF has switched to it and is replaying:
+        // its first outputs may finish the input its image was frozen in
+        // (stamped with that input's old epoch), which the SFF takes as
+        // this incarnation's only from then on (see `Hop::handle_restored`).
         let rr = match sff.fail_over(self.hop, from).map_err(sff_err)? {
-            FailOverOutcome::Switched(rr) => rr,
+            FailOverOutcome::Switched(rr) => {
+                signal(ready, nix::sys::signal::Signal::SIGCONT)?;
+                rr
+            }
             FailOverOutcome::NotSwitched { plan, why } => {
                 tracing::warn!(hop = self.hop, "no failover to the replica: {why}");
                 kill_copy(ready);

@@ -956,9 +956,11 @@ impl<P> Hop<P> {
         // An output of the failed incarnation (an older epoch) is stale,
         // unless it is the restored one finishing the input its image was
         // frozen in (before its first output in this epoch).
+        // (The answered input itself is in the range: a VNF frozen between
+        // two outputs of one input emits the rest after the restore.)
         let unfinished = self.unfinished.is_some_and(|m| {
             epoch == m.epoch
-                && m.answered.is_none_or(|a| seq > a)
+                && m.answered.is_none_or(|a| seq >= a)
                 && m.last_consumed.is_some_and(|l| seq <= l)
         });
         if (epoch != self.epoch && !unfinished) || !matches!(self.state, HopState::Running) {
@@ -1308,10 +1310,10 @@ impl<P> Hop<P> {
         debug_assert!(mark.consumed >= self.rx.base);
         self.rx.next_deliver = mark.consumed.max(self.rx.base);
         self.tx.next_output = mark.emitted;
-        self.unfinished = (mark.epoch != self.epoch
-            && mark.last_consumed.is_some()
-            && mark.last_consumed != mark.answered)
-            .then_some(mark);
+        self.unfinished =
+            (mark.epoch != self.epoch && mark.last_consumed.is_some()).then_some(mark);
+        // The last output before the freeze is the restored VNF's last one.
+        self.tx.last_output_seq = mark.answered;
         self.state = HopState::Running;
         self.stats.recoveries += 1;
         Ok(RecoveryReport {

@@ -966,6 +966,12 @@ impl Engine {
                     let _ = reply.send(plan);
                 }
                 Command::Restored { hop, from, reply } if hop_ok(hop) => {
+                    // What waits on the port now is from an incarnation
+                    // that is gone (the restored one is resumed after
+                    // this): from here on, its port carries only the
+                    // restored VNF's outputs.
+                    let port = &mut self.hops[hop][0].port;
+                    while port.recv_burst(64, |_| {}) > 0 {}
                     self.in_flight[hop].iter_mut().for_each(|q| q.clear());
                     self.in_flight[hop][0] =
                         frozen_window(&self.frozen_windows[hop], from, &self.in_flight[hop][0]);
