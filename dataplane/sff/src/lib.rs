@@ -971,7 +971,12 @@ impl Engine {
                     // this): from here on, its port carries only the
                     // restored VNF's outputs.
                     let port = &mut self.hops[hop][0].port;
-                    while port.recv_burst(64, |_| {}) > 0 {}
+                    // (Bounded: a port that never runs dry must not stop
+                    // the forwarding thread.)
+                    let mut left = 64 * 64;
+                    while left > 0 && port.recv_burst(64, |_| {}) > 0 {
+                        left -= 1;
+                    }
                     self.in_flight[hop].iter_mut().for_each(|q| q.clear());
                     self.in_flight[hop][0] =
                         frozen_window(&self.frozen_windows[hop], from, &self.in_flight[hop][0]);
