@@ -340,7 +340,11 @@ impl Nhamd {
             Command::new(&exe)
                 .args(argv)
                 .args(extra)
-                .env("RUST_LOG", "warn")
+                // NHAM_HA_LOG: nhamd's log filter (`warn` by default).
+                .env(
+                    "RUST_LOG",
+                    std::env::var("NHAM_HA_LOG").unwrap_or_else(|_| "warn".into()),
+                )
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err)

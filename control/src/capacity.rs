@@ -40,6 +40,9 @@ pub struct SocketWatch {
     halvings: BTreeMap<Key, u32>,
     /// Frames the SFF had sent to each port at the last probe.
     sent_then: BTreeMap<Key, u64>,
+    /// The VNF's receive rings, mapped (frames waiting there are not in
+    /// `rmem`); remapped when the process changes.
+    rings: BTreeMap<Key, crate::ring::VnfRings>,
 }
 
 impl SocketWatch {
@@ -62,13 +65,52 @@ impl SocketWatch {
         }
         let (_, diag) = self.diags.get_mut(&key)?;
         match diag.packet_sockets() {
-            Ok(s) => Some(VnfSockets::of_process(&s, pid)).filter(|v| v.sockets > 0),
+            Ok(s) => {
+                self.map_rings(&key, pid, &s);
+                Some(VnfSockets::of_process(&s, pid)).filter(|v| v.sockets > 0)
+            }
             Err(e) => {
                 tracing::debug!(vnf, k, "sock_diag: {e}");
                 self.diags.remove(&key);
                 None
             }
         }
+    }
+
+    fn map_rings(&mut self, key: &Key, pid: u32, sockets: &[nham_netns::sockdiag::PacketSocket]) {
+        if !sockets.iter().any(|s| s.rx_ring.is_some()) {
+            self.rings.remove(key);
+            return;
+        }
+        if self.rings.get(key).is_some_and(|r| r.pid() == pid) {
+            return;
+        }
+        // The old mapping (a dead incarnation's socket) goes first.
+        self.rings.remove(key);
+        match crate::ring::VnfRings::of(pid, sockets) {
+            Ok(r) if !r.is_empty() => {
+                self.rings.insert(key.clone(), r);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(vnf = key.0, k = key.1, "mapping its rings: {e}"),
+        }
+    }
+
+    /// Frames waiting in `vnf`'s (member `k`'s) receive rings: whether any
+    /// are unread, and the bytes of blocks handed to it and not given back
+    /// (its queue, as far as a hang is concerned: frames in the block the
+    /// kernel still fills are not the VNF's to read yet).
+    pub fn ring_queue(&self, vnf: &str, k: usize) -> (bool, u64) {
+        self.rings
+            .get(&(vnf.to_string(), k))
+            .map_or((false, 0), |r| (r.unread(), r.handed_over()))
+    }
+
+    /// Whether `vnf`'s (member `k`'s) rings show lost frames.
+    pub fn ring_losing(&self, vnf: &str, k: usize) -> bool {
+        self.rings
+            .get(&(vnf.to_string(), k))
+            .is_some_and(|r| r.losing())
     }
 
     /// The receiving sockets of `vnf` (member `k`) one by one, each with

@@ -6,6 +6,9 @@
 //! - [`protect`]: the State Synchronizer of one VNF: the checkpoint
 //!   protocol (Hold/Release + CRIU + store) and recovery (0R, 1R-AS, 1R-AA,
 //!   MR-AA members).
+//! - [`ring`]: VNFs reading through a `TPACKET_V3` ring: drained before a
+//!   checkpoint, the kernel's position in the ring realigned after a
+//!   restore.
 //! - [`detect`]: the Failure Detector's judgement of hangs and cut-offs from
 //!   data-path probes (a state machine; crashes come from pidfds).
 //! - [`error`]: the one error enum of the control plane and its single
@@ -32,6 +35,7 @@ pub mod criu;
 pub mod detect;
 pub mod error;
 pub mod protect;
+pub mod ring;
 pub mod runtime;
 pub mod service;
 pub mod store;

@@ -86,6 +86,9 @@ pub enum ProtectError {
     /// Signalling or starting the process failed.
     #[error("process: {0}")]
     Process(String),
+    /// A receive ring of the VNF could not be read or realigned.
+    #[error(transparent)]
+    Ring(#[from] crate::ring::RingError),
     /// Frames sent to the VNF were lost on its link since the last
     /// checkpoint (it was cut off): a checkpoint now would count them as
     /// consumed. The VNF must be recovered, which replays them.
@@ -186,6 +189,8 @@ pub struct MemberSlot {
     pub netns: PathBuf,
     /// Its process, while it runs.
     pub pid: Option<u32>,
+    /// The SFF's end of its link (filler for a ring's realignment).
+    pub sff_iface: Option<String>,
 }
 
 /// Nice value of CRIU work off the service path (MR-AA dumps and member
@@ -240,6 +245,37 @@ struct Copies {
 }
 
 /// Kills a stopped copy (our child: reaped here).
+/// Restores the images in `dir` into namespace `netns` (through `swrk`,
+/// or a new `criu swrk`), stopped as it was dumped, and puts the kernel's
+/// position in each of its receive rings back where the checkpoint found
+/// it ([`crate::ring`]: filler sent on `iface`, the SFF's end of the
+/// link the process comes back behind).
+fn restore_stopped(
+    swrk: Option<Swrk>,
+    dir: &Path,
+    netns: &Path,
+    iface: Option<&str>,
+) -> Result<u32, ProtectError> {
+    let positions = crate::ring::load(dir)?;
+    let (pid, _) = criu::restore(swrk, dir, netns)?;
+    if !positions.is_empty() {
+        match crate::ring::realign(pid, &positions, iface) {
+            Ok(r) => tracing::info!(
+                pid,
+                rings = r.rings,
+                filler = r.filler,
+                "receive rings realigned in {:?}",
+                r.took
+            ),
+            Err(e) => {
+                kill_copy(pid);
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(pid)
+}
+
 fn kill_copy(pid: u32) {
     let p = nix::unistd::Pid::from_raw(pid as i32);
     let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
@@ -280,7 +316,11 @@ impl Replica {
         if let Some(w) = self.worker.take() {
             let _ = w.join();
         }
-        let (copies, netns) = (self.copies.clone(), self.netns.clone());
+        let (copies, netns, iface) = (
+            self.copies.clone(),
+            self.netns.clone(),
+            self.sff_iface.clone(),
+        );
         let generation = self.lock().generation;
         let (done, finished) = std::sync::mpsc::channel::<()>();
         self.worker = std::thread::Builder::new()
@@ -289,20 +329,20 @@ impl Replica {
                 let _done = done;
                 // Background work: the chain (and recoveries) come first.
                 let _background = Niceness::for_this_thread(BACKGROUND_NICE);
-                let restored = criu::restore(None, &dir, &netns);
+                let restored = restore_stopped(None, &dir, &netns, Some(&iface));
                 let _ = std::fs::remove_dir_all(&dir);
                 let mut c = copies
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 match restored {
-                    Ok((pid, _)) if c.generation == generation => {
+                    Ok(pid) if c.generation == generation => {
                         if let Some((old, _)) = c.current.replace((pid, id)) {
                             kill_copy(old);
                         }
                     }
                     // A failover happened meanwhile: this copy is for a
                     // namespace that is the VNF's own now.
-                    Ok((pid, _)) => kill_copy(pid),
+                    Ok(pid) => kill_copy(pid),
                     Err(e) => tracing::warn!("restoring the 1R-AA replica: {e}"),
                 }
             })
@@ -559,29 +599,47 @@ impl ProtectedVnf {
     /// `Ok` if the VNF's receiving sockets dropped nothing (or the kernel
     /// cannot say: then the data-path probes are the only watch).
     fn input_intact(&mut self) -> Result<(), ProtectError> {
+        let Some(s) = self.packet_sockets() else {
+            return Ok(());
+        };
+        let dropped = nham_netns::sockdiag::VnfSockets::of_process(&s, self.pid).drops;
+        if dropped > 0 {
+            return Err(ProtectError::InputDropped { dropped });
+        }
+        Ok(())
+    }
+
+    /// The packet sockets of the VNF's namespace, from sock_diag (`None`
+    /// when the kernel cannot be asked).
+    fn packet_sockets(&mut self) -> Option<Vec<nham_netns::sockdiag::PacketSocket>> {
         // A 1R-AA failover moves the VNF to its replica's namespace.
         if self.diag.as_ref().is_none_or(|(p, _)| *p != self.netns) {
             self.diag = nham_netns::sockdiag::SockDiag::open(&self.netns)
                 .ok()
                 .map(|d| (self.netns.clone(), d));
         }
-        let Some((_, diag)) = self.diag.as_mut() else {
-            return Ok(());
-        };
+        let (_, diag) = self.diag.as_mut()?;
         match diag.packet_sockets() {
-            Ok(s) => {
-                let dropped = nham_netns::sockdiag::VnfSockets::of_process(&s, self.pid).drops;
-                if dropped > 0 {
-                    return Err(ProtectError::InputDropped { dropped });
-                }
-                Ok(())
-            }
+            Ok(s) => Some(s),
             Err(e) => {
                 tracing::debug!("sock_diag: {e}");
                 self.diag = None;
-                Ok(())
+                None
             }
         }
+    }
+
+    /// The VNF's `TPACKET_V3` receive rings, mapped for this checkpoint
+    /// (not kept: the mapping holds the socket open).
+    fn rings(&mut self) -> Result<Option<crate::ring::VnfRings>, ProtectError> {
+        let Some(sockets) = self.packet_sockets() else {
+            return Ok(None);
+        };
+        if !sockets.iter().any(|s| s.rx_ring.is_some()) {
+            return Ok(None);
+        }
+        let rings = crate::ring::VnfRings::of(self.pid, &sockets)?;
+        Ok((!rings.is_empty()).then_some(rings))
     }
 
     /// Gives the VNF a place for a 1R-AA replica: namespace file `netns`
@@ -704,6 +762,12 @@ impl ProtectedVnf {
         let resume = |pid| signal(pid, nix::sys::signal::Signal::SIGCONT);
         // MR-AA: member 0 is the one dumped, and the SFF pauses only it;
         // the other members go on serving.
+        // A VNF reading through a ring: what waits there is not in rmem.
+        let rings = self.rings().map_err(|e| fail(sff, e))?;
+        if rings.as_ref().is_some_and(|r| r.losing()) {
+            return Err(fail(sff, ProtectError::InputDropped { dropped: 1 }));
+        }
+        let ring_unread = || rings.as_ref().is_some_and(|r| r.unread());
         let frozen_at = loop {
             // A VNF stopped by someone else must stay stopped: our SIGCONT
             // would end a hang the Failure Detector is about to judge.
@@ -711,12 +775,12 @@ impl ProtectedVnf {
                 return Err(fail(sff, ProtectError::Stopped(self.pid)));
             }
             let rmem = packet_rmem(self.pid).map_err(|e| fail(sff, e))?;
-            if rmem == 0 {
+            if rmem == 0 && !ring_unread() {
                 signal(self.pid, nix::sys::signal::Signal::SIGSTOP).map_err(|e| fail(sff, e))?;
                 let at = Instant::now();
                 std::thread::sleep(OUTPUT_SETTLE);
                 match packet_rmem(self.pid) {
-                    Ok(0) => break at,
+                    Ok(0) if !ring_unread() => break at,
                     Ok(_) => {
                         let _ = resume(self.pid);
                     }
@@ -771,7 +835,12 @@ impl ProtectedVnf {
         });
         let dir = self.slot.scratch.join(format!("ckpt-{id}"));
         let _ = std::fs::remove_dir_all(&dir);
-        let dumped = criu::dump(self.dump_worker.take(), self.pid, &self.netns, &dir);
+        // Where the kernel is in each ring (the restore puts it back there).
+        let positions = rings.as_ref().map(|r| r.positions()).unwrap_or_default();
+        drop(rings);
+        let dumped = criu::dump(self.dump_worker.take(), self.pid, &self.netns, &dir)
+            .map_err(ProtectError::from)
+            .and_then(|r| Ok(crate::ring::save(&dir, &positions).map(|()| r)?));
         let _ = resume(self.pid);
         let frozen = frozen_at.elapsed();
         let drain = frozen_at.duration_since(started);
@@ -779,7 +848,7 @@ impl ProtectedVnf {
             Ok(r) => r,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(fail(sff, e.into()));
+                return Err(fail(sff, e));
             }
         };
         if let Err(e) = sff.checkpoint_dumped(hop, id).map_err(sff_err) {
@@ -1066,12 +1135,15 @@ impl ProtectedVnf {
         }
         let started = Instant::now();
         let hop = self.hop;
-        let netns = match k {
-            0 => self.netns.clone(),
+        let (netns, iface) = match k {
+            0 => (
+                self.netns.clone(),
+                self.link.as_ref().map(|(i, _)| i.clone()),
+            ),
             _ => self
                 .members
                 .get(k - 1)
-                .map(|m| m.netns.clone())
+                .map(|m| (m.netns.clone(), m.sff_iface.clone()))
                 .ok_or_else(|| ProtectError::Process(format!("no member {k}")))?,
         };
         if k > 0 {
@@ -1098,13 +1170,16 @@ impl ProtectedVnf {
         let mut fallback_reason = None;
         let (pid, from) = match checkpoint {
             None => (self.start_fresh_in(&netns)?, None),
-            Some(id) => match (self.restore_in(id, &netns), fallback) {
+            Some(id) => match (self.restore_in(id, &netns, iface.as_deref()), fallback) {
                 (Ok(pid), _) => (pid, Some(id)),
                 (Err(e @ ProtectError::Store(_)), Some(older)) => {
                     fallback_reason = Some(e.to_string());
                     let s = &self.slot;
                     let _ = s.store.remove_checkpoint(&s.chain, &s.vnf, id);
-                    (self.restore_in(older, &netns)?, Some(older))
+                    (
+                        self.restore_in(older, &netns, iface.as_deref())?,
+                        Some(older),
+                    )
                 }
                 (Err(e), _) => return Err(e),
             },
@@ -1141,7 +1216,12 @@ impl ProtectedVnf {
 
     /// Restores checkpoint `id` from the store into namespace `netns`
     /// (stopped, as it was dumped).
-    fn restore_in(&self, id: CheckpointId, netns: &Path) -> Result<u32, ProtectError> {
+    fn restore_in(
+        &self,
+        id: CheckpointId,
+        netns: &Path,
+        iface: Option<&str>,
+    ) -> Result<u32, ProtectError> {
         let s = &self.slot;
         let meta = s
             .store
@@ -1156,9 +1236,9 @@ impl ProtectedVnf {
             .scratch
             .join(nham_netns::unique_name(&format!("restore-{id}-")));
         s.store.unpack(&meta, &dir)?;
-        let r = criu::restore(None, &dir, netns);
+        let r = restore_stopped(None, &dir, netns, iface);
         let _ = std::fs::remove_dir_all(&dir);
-        Ok(r?.0)
+        r
     }
 
     /// Restores checkpoint `id`: from the standby when it holds that image,
@@ -1168,11 +1248,13 @@ impl ProtectedVnf {
             if let Some((staged, dir)) = &self.standby.staged {
                 if *staged == id {
                     let dir = dir.clone();
-                    return Ok(criu::restore(self.standby.swrk.take(), &dir, &self.netns)?.0);
+                    let iface = self.link.as_ref().map(|(i, _)| i.as_str());
+                    return restore_stopped(self.standby.swrk.take(), &dir, &self.netns, iface);
                 }
             }
         }
-        self.restore_in(id, &self.netns)
+        let iface = self.link.as_ref().map(|(i, _)| i.as_str());
+        self.restore_in(id, &self.netns, iface)
     }
 
     fn start_fresh(&self) -> Result<u32, ProtectError> {

@@ -1217,6 +1217,7 @@ impl ChainRuntime {
                             .map(|m| protect::MemberSlot {
                                 netns: m.netns.path(),
                                 pid: m.pid,
+                                sff_iface: Some(m.sff_iface.clone()),
                             })
                             .collect(),
                     )

@@ -875,17 +875,19 @@ impl Daemon {
                                 .zip(hop)
                                 .and_then(|(st, hop)| st.hops.get(hop)?.in_flight.get(k).copied());
                             if let (Some(s), Some(hop), Some(sff), Some(w)) = (&socks, hop, &sff, window) {
-                                if let Some(upto) = watch.read_upto(&name, k, w.3, s.rmem == 0) {
+                                let empty = s.rmem == 0 && !watch.ring_queue(&name, k).0;
+                                if let Some(upto) = watch.read_upto(&name, k, w.3, empty) {
                                     let _ = sff.socket_read(hop, k, upto);
                                 }
                             }
                             let probe = Probe {
                                 rmem: socks.map_or_else(
                                     || crate::protect::packet_rmem(pid).unwrap_or(0),
-                                    |s| s.rmem,
+                                    |s| s.rmem + watch.ring_queue(&name, k).1,
                                 ),
                                 carrier: nham_netns::has_carrier(&iface).unwrap_or(true),
-                                drops: socks.map_or(0, |s| s.drops),
+                                drops: socks.map_or(0, |s| s.drops)
+                                    + u64::from(watch.ring_losing(&name, k)),
                                 heard,
                                 cpu: crate::protect::cpu_use(pid),
                                 at: origin.elapsed(),

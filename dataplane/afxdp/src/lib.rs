@@ -22,6 +22,8 @@
 //! `XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD` and register their fd there.
 #![deny(unsafe_code)]
 
+pub mod packet_ring;
+
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, BorrowedFd};
 

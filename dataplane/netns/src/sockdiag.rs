@@ -365,7 +365,8 @@ pub struct VnfSockets {
     pub ring: bool,
     /// Frames its rings hold at most, if any has one: a TPACKET_V1/V2
     /// ring's frame slots; half a TPACKET_V3 ring's blocks (a block may be
-    /// handed to the VNF, by timeout, holding a single frame).
+    /// handed to the VNF, by timeout, holding a single frame), a quarter
+    /// when bound to `ETH_P_ALL` (its outputs' copies take blocks too).
     pub max_frames: Option<usize>,
     /// Whether any of them also receives the VNF's own outgoing frames.
     pub sees_outgoing: bool,
@@ -399,8 +400,10 @@ impl VnfSockets {
         for s in sockets.iter().filter(|s| s.receives()) {
             let (cap, ring) = match s.rx_ring {
                 Some(r) if r.bytes() > 0 => {
+                    // With ETH_P_ALL the VNF's output copies take blocks
+                    // too: half as many inputs.
                     let frames = if s.version >= 2 {
-                        (r.block_nr / 2).max(1)
+                        (r.block_nr / if s.sees_outgoing() { 4 } else { 2 }).max(1)
                     } else {
                         r.frame_nr.max(1)
                     } as usize;
