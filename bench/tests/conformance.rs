@@ -149,9 +149,11 @@ fn conformance_vnfs_survive_crashes_under_every_mechanism() {
 /// between two namespaces while the replica is refreshed in the other one
 /// after every checkpoint. (A refresh still restoring when a failover lands
 /// in its namespace made a socket there that no VNF process holds: its
-/// drops are not the VNF's.)
+/// drops are not the VNF's.) It stalled twice in earlier runs (two VNFs
+/// not recovered in 20 s); the cause was not established. The suspect, the
+/// SFF's unbounded port drain on `Restored`, is bounded now and says so in
+/// `sff.log` when the bound is hit; 10 runs in a row since came out exact.
 #[test]
-#[ignore = "stalled once in CI (round 15 of 24: two VNFs not recovered in 20 s); under investigation, see the closing note of issues 11 and 12"]
 fn conformance_vnfs_survive_a_long_run_of_1r_aa_failovers() {
     let _serial = serial();
     let r = ha::run(&spec(

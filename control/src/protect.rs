@@ -133,6 +133,14 @@ pub fn packet_rmem(pid: u32) -> Result<u64, ProtectError> {
         .sum())
 }
 
+/// Whether process `pid` maps a socket (`socket:[inode]` in
+/// `/proc/<pid>/maps`): a packet socket's ring, whose frames the queue
+/// column of `/proc/<pid>/net/packet` does not show.
+pub fn has_ring(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .is_ok_and(|m| m.lines().any(|l| l.contains("socket:[")))
+}
+
 /// Process `pid`'s threads' use of the CPU: from each
 /// `/proc/<pid>/task/<tid>/schedstat` (time run, time waited on a run
 /// queue, in ns) and `stat` (state `R`: runnable); `None` when the kernel

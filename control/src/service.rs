@@ -874,8 +874,14 @@ impl Daemon {
                             let window = (status.as_ref())
                                 .zip(hop)
                                 .and_then(|(st, hop)| st.hops.get(hop)?.in_flight.get(k).copied());
-                            if let (Some(s), Some(hop), Some(sff), Some(w)) = (&socks, hop, &sff, window) {
-                                let empty = s.rmem == 0 && !watch.ring_queue(&name, k).0;
+                            if let (Some(hop), Some(sff), Some(w)) = (hop, &sff, window) {
+                                // Without sock_diag, /proc's queue column
+                                // (a ring's content unseen: never empty).
+                                let empty = match &socks {
+                                    Some(s) => s.rmem == 0 && !watch.ring_queue(&name, k).0,
+                                    None => crate::protect::packet_rmem(pid).is_ok_and(|r| r == 0)
+                                        && !crate::protect::has_ring(pid),
+                                };
                                 if let Some(upto) = watch.read_upto(&name, k, w.3, empty) {
                                     let _ = sff.socket_read(hop, k, upto);
                                 }

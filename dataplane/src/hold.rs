@@ -360,6 +360,18 @@ pub struct Mark {
     pub last_consumed: Option<u64>,
 }
 
+impl Mark {
+    /// Whether an output stamped `epoch` answering input `seq` finishes
+    /// the work this mark froze in the middle: the inputs from the last
+    /// answered (a VNF frozen between two outputs of one input emits the
+    /// rest after the restore) to the last consumed, in the mark's epoch.
+    pub fn covers(&self, epoch: u32, seq: u64) -> bool {
+        epoch == self.epoch
+            && self.answered.is_none_or(|a| seq >= a)
+            && self.last_consumed.is_some_and(|l| seq <= l)
+    }
+}
+
 /// A committed checkpoint: the restore point of a hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CommittedCheckpoint {
@@ -477,6 +489,11 @@ struct Member {
     state: MemberState,
     /// Output index its next output gets.
     next_output: u64,
+    /// Restored from a mark with work in the middle: as
+    /// [`Hop::unfinished`], for this member.
+    unfinished: Option<Mark>,
+    /// Sequence number of its last output (a mark's `answered`).
+    last_output_seq: Option<u64>,
 }
 
 /// What a member's failure did to its hop.
@@ -617,6 +634,8 @@ impl<P> Hop<P> {
         let member = Member {
             state: MemberState::Live,
             next_output: 0,
+            unfinished: None,
+            last_output_seq: None,
         };
         self.members = if m >= 2 { vec![member; m] } else { Vec::new() };
         Ok(())
@@ -684,6 +703,8 @@ impl<P> Hop<P> {
             self.members[k] = Member {
                 state: MemberState::Live,
                 next_output: self.tx.next_output,
+                unfinished: self.unfinished,
+                last_output_seq: self.tx.last_output_seq,
             };
             return Ok(report);
         }
@@ -710,6 +731,8 @@ impl<P> Hop<P> {
         self.members[k] = Member {
             state,
             next_output: mark.emitted,
+            unfinished: (mark.epoch != self.epoch && mark.last_consumed.is_some()).then_some(mark),
+            last_output_seq: mark.answered,
         };
         self.stats.recoveries += 1;
         Ok(RecoveryReport {
@@ -767,10 +790,24 @@ impl<P> Hop<P> {
         packet: impl FnOnce() -> P,
     ) -> OutputDisposition {
         let alive = self.members.get(k).is_some_and(Self::member_alive);
-        if !alive || epoch != self.epoch || !matches!(self.state, HopState::Running) {
+        // A restored member finishing the input its image was frozen in
+        // (in that input's epoch) is as a restored VNF is: not stale.
+        let unfinished = self
+            .members
+            .get(k)
+            .and_then(|m| m.unfinished)
+            .is_some_and(|m| m.covers(epoch, seq));
+        if !alive
+            || (epoch != self.epoch && !unfinished)
+            || !matches!(self.state, HopState::Running)
+        {
             self.stats.stale += 1;
             return OutputDisposition::Stale;
         }
+        if epoch == self.epoch {
+            self.members[k].unfinished = None;
+        }
+        self.members[k].last_output_seq = Some(seq);
         let index = self.members[k].next_output;
         self.members[k].next_output += 1;
         self.tx.next_output = self.tx.next_output.max(index + 1);
@@ -958,11 +995,7 @@ impl<P> Hop<P> {
         // frozen in (before its first output in this epoch).
         // (The answered input itself is in the range: a VNF frozen between
         // two outputs of one input emits the rest after the restore.)
-        let unfinished = self.unfinished.is_some_and(|m| {
-            epoch == m.epoch
-                && m.answered.is_none_or(|a| seq >= a)
-                && m.last_consumed.is_some_and(|l| seq <= l)
-        });
+        let unfinished = self.unfinished.is_some_and(|m| m.covers(epoch, seq));
         if (epoch != self.epoch && !unfinished) || !matches!(self.state, HopState::Running) {
             self.stats.stale += 1;
             return OutputDisposition::Stale;
@@ -1073,11 +1106,18 @@ impl<P> Hop<P> {
             let MemberState::Paused { cursor } = m.state else {
                 return Err(HoldError::NoMember(0));
             };
+            // (The same work-in-the-middle range as a single VNF's.)
+            let last_consumed = cursor
+                .checked_sub(1)
+                .filter(|&i| i >= self.rx.base)
+                .and_then(|i| self.rx.entries.get((i - self.rx.base) as usize))
+                .map(|(seq, _)| *seq);
             let mark = Mark {
                 consumed: cursor,
                 emitted: m.next_output,
                 epoch: self.epoch,
-                ..Mark::default()
+                answered: m.last_output_seq,
+                last_consumed,
             };
             self.phase = CheckpointPhase::Dumping { id, started, mark };
             return Ok(mark);

@@ -977,6 +977,11 @@ impl Engine {
                     while left > 0 && port.recv_burst(64, |_| {}) > 0 {
                         left -= 1;
                     }
+                    if left == 0 {
+                        eprintln!(
+                            "nham-sff: hop {hop}: its port still had frames after 4,096 bursts drained on Restored"
+                        );
+                    }
                     self.in_flight[hop].iter_mut().for_each(|q| q.clear());
                     self.in_flight[hop][0] =
                         frozen_window(&self.frozen_windows[hop], from, &self.in_flight[hop][0]);

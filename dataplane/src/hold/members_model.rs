@@ -42,6 +42,9 @@ struct Proc {
     /// the process.
     link: VecDeque<(u64, u32, u64)>,
     state: u64,
+    /// An input read and not answered yet (`Op::Read`): in the image if a
+    /// checkpoint freezes it now.
+    in_hand: Option<(u64, u32, u64)>,
     /// Crashed (dead until restored).
     dead: bool,
     /// Its failure was reported to the hop.
@@ -53,6 +56,7 @@ enum Op {
     Ingress,
     Deliver,
     Consume(usize),
+    Read(usize),
     Arrive(usize),
     Forward,
     Checkpoint(usize),
@@ -66,6 +70,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => Just(Op::Ingress),
         4 => Just(Op::Deliver),
         6 => (0usize..4).prop_map(Op::Consume),
+        2 => (0usize..4).prop_map(Op::Read),
         6 => (0usize..4).prop_map(Op::Arrive),
         3 => Just(Op::Forward),
         1 => (0usize..4).prop_map(Op::Checkpoint),
@@ -78,8 +83,8 @@ fn op() -> impl Strategy<Value = Op> {
 struct Model {
     hop: Hop<u64>,
     procs: Vec<Proc>,
-    /// Image (VNF state) of each committed checkpoint, by id.
-    images: Vec<(CheckpointId, u64)>,
+    /// Image (VNF state, input in hand) of each checkpoint, by id.
+    images: Vec<(CheckpointId, u64, Option<(u64, u32, u64)>)>,
     next_input: u64,
     inputs: u64,
     sink: Vec<u64>,
@@ -122,18 +127,20 @@ impl Model {
             }
             Op::Deliver => self.deliver(),
             Op::Consume(k) => self.consume(k % m),
+            Op::Read(k) => self.read(k % m),
             Op::Arrive(k) => self.arrive(k % m),
             Op::Forward => {
                 if let Some((_, v)) = self.hop.poll_forward() {
                     self.sink.push(v);
                 }
             }
-            Op::Checkpoint(k) => self.checkpoint(k == 3),
+            Op::Checkpoint(k) => self.checkpoint(k == 3, k == 2),
             Op::Crash(k) => {
                 let p = &mut self.procs[k % m];
                 if !p.dead {
                     p.dead = true;
                     p.inbox.clear();
+                    p.in_hand = None;
                 }
             }
             Op::Detect(k) => self.detect(k % m),
@@ -165,12 +172,21 @@ impl Model {
         });
     }
 
+    /// Member `k` reads its next input and does not answer it yet.
+    fn read(&mut self, k: usize) {
+        let p = &mut self.procs[k];
+        if !p.dead && p.in_hand.is_none() {
+            p.in_hand = p.inbox.pop_front();
+        }
+    }
+
+    /// Member `k` serves the input in its hand, else its next one.
     fn consume(&mut self, k: usize) {
         let p = &mut self.procs[k];
         if p.dead {
             return;
         }
-        if let Some((seq, epoch, payload)) = p.inbox.pop_front() {
+        if let Some((seq, epoch, payload)) = p.in_hand.take().or_else(|| p.inbox.pop_front()) {
             let mut out = Vec::new();
             process(&mut p.state, payload, &mut out);
             p.link.extend(out.into_iter().map(|v| (seq, epoch, v)));
@@ -185,9 +201,11 @@ impl Model {
 
     /// One step of the checkpoint protocol (member 0 is the one dumped,
     /// and the only one paused): begin; once member 0 has drained (its
-    /// inbox consumed, its outputs arrived), mark, dump and thaw; then
-    /// commit. `fail` aborts the step instead.
-    fn checkpoint(&mut self, fail: bool) {
+    /// inbox read, its outputs arrived), mark, dump and thaw; then commit.
+    /// `fail` aborts the step instead. `mid_input`: the freeze catches
+    /// member 0 with its last input read and not answered (the socket is
+    /// empty, which is all the drain looks at).
+    fn checkpoint(&mut self, fail: bool, mid_input: bool) {
         match self.hop.checkpoint_phase() {
             CheckpointPhase::Idle => {
                 let _ = self.hop.begin_checkpoint(self.now);
@@ -199,13 +217,19 @@ impl Model {
                     return;
                 }
                 while !self.procs[0].inbox.is_empty() {
-                    self.consume(0);
+                    if mid_input && self.procs[0].inbox.len() == 1 {
+                        self.consume(0);
+                        self.read(0);
+                    } else {
+                        self.consume(0);
+                    }
                 }
                 while !self.procs[0].link.is_empty() {
                     self.arrive(0);
                 }
                 self.hop.handle_quiesced(id).unwrap();
-                self.images.push((id, self.procs[0].state));
+                let p = &self.procs[0];
+                self.images.push((id, p.state, p.in_hand));
                 self.hop.handle_dumped(id).unwrap();
             }
             CheckpointPhase::Dumping { id, .. } | CheckpointPhase::Storing { id, .. } => {
@@ -233,15 +257,19 @@ impl Model {
             return;
         }
         let from = self.hop.committed().map(|c| c.id).filter(|&id| id != 0);
-        let state = match from {
-            None => 0,
-            Some(id) => self.images.iter().find(|(i, _)| *i == id).unwrap().1,
+        let (state, in_hand) = match from {
+            None => (0, None),
+            Some(id) => {
+                let image = self.images.iter().find(|(i, ..)| *i == id).unwrap();
+                (image.1, image.2)
+            }
         };
         self.hop
             .handle_member_restored(k, from, self.now)
             .expect("restore point");
         self.procs[k] = Proc {
             state,
+            in_hand,
             ..Proc::default()
         };
     }
@@ -254,7 +282,7 @@ impl Model {
             self.hop.rx().next_deliver(),
             self.procs
                 .iter()
-                .map(|p| p.inbox.len() + p.link.len())
+                .map(|p| p.inbox.len() + p.link.len() + usize::from(p.in_hand.is_some()))
                 .sum(),
             self.hop.members().collect(),
         )
@@ -267,7 +295,7 @@ impl Model {
             self.restore(k);
         }
         while self.hop.checkpoint_phase() != CheckpointPhase::Idle {
-            self.checkpoint(false);
+            self.checkpoint(false, false);
         }
         loop {
             let before = self.progress();
@@ -283,7 +311,7 @@ impl Model {
                 self.sink.push(v);
             }
             if self.hop.rx().len() > 32 {
-                self.checkpoint(false);
+                self.checkpoint(false, false);
             }
             let after = self.progress();
             if before == after {
