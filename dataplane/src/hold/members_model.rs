@@ -33,6 +33,9 @@ fn reference(n: u64) -> (Vec<u64>, u64) {
     (out, state)
 }
 
+/// An input as a member holds it: (seq, epoch, payload).
+type Input = (u64, u32, u64);
+
 /// One member process as the model sees it.
 #[derive(Debug, Clone, Default)]
 struct Proc {
@@ -44,7 +47,7 @@ struct Proc {
     state: u64,
     /// An input read and not answered yet (`Op::Read`): in the image if a
     /// checkpoint freezes it now.
-    in_hand: Option<(u64, u32, u64)>,
+    in_hand: Option<Input>,
     /// Crashed (dead until restored).
     dead: bool,
     /// Its failure was reported to the hop.
@@ -84,7 +87,7 @@ struct Model {
     hop: Hop<u64>,
     procs: Vec<Proc>,
     /// Image (VNF state, input in hand) of each checkpoint, by id.
-    images: Vec<(CheckpointId, u64, Option<(u64, u32, u64)>)>,
+    images: Vec<(CheckpointId, u64, Option<Input>)>,
     next_input: u64,
     inputs: u64,
     sink: Vec<u64>,
