@@ -16,13 +16,13 @@
 //!   it. A deterministic FIFO VNF restored to a checkpoint taken after it had
 //!   emitted `k` outputs emits output `k` next, so an output whose index is
 //!   below the number already accepted is a replay and is suppressed
-//!   (DESIGN.md invariant 3). Using the output index rather than the chain
+//!   (docs/design.md invariant 3). Using the output index rather than the chain
 //!   sequence number keeps this exact when a VNF drops packets or emits
 //!   several per input.
 //!
 //! # What a checkpoint includes
 //!
-//! DESIGN.md rejects the paper's rule ("release up to the last packet seen in
+//! docs/design.md rejects the paper's rule ("release up to the last packet seen in
 //! buffer_tx"): a packet the VNF consumed and dropped never appears in
 //! buffer_tx, yet the checkpoint holds its effect. NHAM defines the content
 //! of a checkpoint by what the VNF *consumed* before it was frozen:
@@ -49,7 +49,7 @@
 //! # Failure and recovery
 //!
 //! [`Hop::handle_failure`] stops delivery and forwarding for the hop (chain
-//! state `recovering`, DESIGN.md invariant 4), aborts any checkpoint, bumps
+//! state `recovering`, docs/design.md invariant 4), aborts any checkpoint, bumps
 //! the hop's *epoch* and names the checkpoint to restore. Outputs still in
 //! flight from the failed incarnation carry the old epoch and are discarded
 //! as stale: everything they could contain after the restore point will be
@@ -1022,7 +1022,7 @@ impl<P> Hop<P> {
             self.late_output = true;
         }
         self.tx.last_output_seq = Some(seq);
-        // DESIGN.md invariant 3: only outputs past the last one accepted from
+        // docs/design.md invariant 3: only outputs past the last one accepted from
         // this hop move on; replays of earlier ones stop here.
         if index < self.tx.accepted {
             self.stats.duplicates += 1;
@@ -1200,7 +1200,7 @@ impl<P> Hop<P> {
             return Err(HoldError::OutputAfterMark(id));
         }
         self.resume_member_0();
-        // DESIGN.md invariant 1: a packet is released only once a checkpoint
+        // docs/design.md invariant 1: a packet is released only once a checkpoint
         // is known to include its effect — with a fallback kept, only once
         // the older restorable checkpoint includes it.
         let new = CommittedCheckpoint { id, mark };

@@ -383,7 +383,7 @@ fn crash_during_recovery_and_repeated_failures() {
     assert_eq!(s.recoveries, 5);
 }
 
-/// DESIGN.md's argument, concretely: a firewall drops a packet, a checkpoint
+/// docs/design.md's argument, concretely: a firewall drops a packet, a checkpoint
 /// follows, the firewall crashes. Under the paper's rule the dropped packet
 /// was never released (it never showed up in buffer_tx), so the restore
 /// applies it a second time and the firewall's state diverges. Under NHAM's
