@@ -143,6 +143,11 @@ pub struct HaReport {
     /// The causes of the failures detected, with how many of each (more
     /// detections than failures injected: a false positive, named here).
     pub failure_causes: std::collections::BTreeMap<String, usize>,
+    /// Failures detected, by VNF.
+    pub failures_by_vnf: std::collections::BTreeMap<String, usize>,
+    /// Frames each VNF's sockets dropped, as `VnfInputDropped` events said
+    /// (each one a failure NHAM recovered).
+    pub input_dropped_by_vnf: std::collections::BTreeMap<String, u64>,
     /// Fault injected to failure detected.
     pub detection_ms: Summary,
     /// Failure detected to the VNF running again (replay started).
@@ -340,10 +345,10 @@ impl Nhamd {
             Command::new(&exe)
                 .args(argv)
                 .args(extra)
-                // NHAM_HA_LOG: nhamd's log filter (`warn` by default).
+                // NHAM_HA_LOG: nhamd's log filter (`info` by default).
                 .env(
                     "RUST_LOG",
-                    std::env::var("NHAM_HA_LOG").unwrap_or_else(|_| "warn".into()),
+                    std::env::var("NHAM_HA_LOG").unwrap_or_else(|_| "info".into()),
                 )
                 .stdin(Stdio::null())
                 .stdout(out)
@@ -393,6 +398,61 @@ impl Nhamd {
             self.expedite_rcu,
         )?;
         Ok(())
+    }
+
+    /// Where nhamd's threads and children wait (state and kernel wait
+    /// channel of each), and the tail of every log in its directory: what
+    /// a stalled recovery is stuck on.
+    fn threads(&self) -> String {
+        let pid = self.child.id();
+        let read = |p: String| std::fs::read_to_string(p).unwrap_or_default();
+        let describe = |dir: String| {
+            let stat = read(format!("{dir}/stat"));
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, r)| r.split_whitespace().next())
+                .unwrap_or("?")
+                .to_string();
+            format!(
+                "{} {state} {}",
+                read(format!("{dir}/comm")).trim(),
+                read(format!("{dir}/wchan")).trim()
+            )
+        };
+        let mut out = vec![format!("nhamd {pid} threads:")];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                out.push(format!("  {}", describe(t.path().display().to_string())));
+            }
+        }
+        out.push("its children:".into());
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            for p in procs.flatten() {
+                let dir = p.path().display().to_string();
+                let stat = read(format!("{dir}/stat"));
+                let ppid = stat
+                    .rsplit_once(") ")
+                    .and_then(|(_, r)| r.split_whitespace().nth(1))
+                    .and_then(|x| x.parse::<u32>().ok());
+                if ppid == Some(pid) {
+                    out.push(format!(
+                        "  {}: {}",
+                        p.file_name().to_string_lossy(),
+                        describe(dir)
+                    ));
+                }
+            }
+        }
+        if let Ok(files) = std::fs::read_dir(&self.dir) {
+            for f in files.flatten() {
+                if f.path().extension().is_some_and(|e| e == "log") && f.path() != self.log {
+                    let t = read(f.path().display().to_string());
+                    let tail: Vec<&str> = t.lines().rev().take(8).collect();
+                    out.push(format!("{}: {}", f.path().display(), tail.join(" | ")));
+                }
+            }
+        }
+        out.join("\n")
     }
 
     fn log_tail(&self) -> String {
@@ -951,7 +1011,23 @@ fn trial(
                     break done.into_iter().flatten().max().unwrap_or(t0);
                 }
                 if Instant::now() > deadline {
-                    bail!("round {r}: VNFs {victims:?} not recovered within 20 s");
+                    let seen: Vec<String> = log
+                        .lock()
+                        .expect("event log")
+                        .iter()
+                        .filter(|(at, e)| {
+                            *at >= t0 && victims.iter().any(|&v| e.vnf == vnf_name(v))
+                        })
+                        .map(|(at, e)| {
+                            let mut d = format!("{:?}", e.event);
+                            d.truncate(160);
+                            format!("+{:.1} ms {}: {d}", (*at - t0).as_secs_f64() * 1e3, e.vnf)
+                        })
+                        .collect();
+                    bail!(
+                        "round {r}: VNFs {victims:?} not recovered within 20 s; their events since: {seen:#?}; {}",
+                        daemon.threads()
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(1));
             };
@@ -1093,6 +1169,8 @@ fn trial(
     use api::watch_events_response::Event;
     let mut detection = Vec::new();
     let mut failure_causes = std::collections::BTreeMap::new();
+    let mut failures_by_vnf = std::collections::BTreeMap::<String, usize>::new();
+    let mut input_dropped_by_vnf = std::collections::BTreeMap::<String, u64>::new();
     let mut recovery = Vec::new();
     let mut pauses = Vec::new();
     let (mut drains, mut frozen, mut dumps) = (Vec::new(), Vec::new(), Vec::new());
@@ -1150,6 +1228,10 @@ fn trial(
             Some(Event::FailureDetected(f)) => {
                 detection.push(f.detection_ms);
                 *failure_causes.entry(f.cause.clone()).or_default() += 1;
+                *failures_by_vnf.entry(e.vnf.clone()).or_default() += 1;
+            }
+            Some(Event::VnfInputDropped(d)) => {
+                *input_dropped_by_vnf.entry(e.vnf.clone()).or_default() += d.frames;
             }
             Some(Event::RecoveryFinished(f)) => {
                 switched += usize::from(f.switched);
@@ -1190,6 +1272,8 @@ fn trial(
         failures,
         rcu_expedited,
         failure_causes,
+        failures_by_vnf,
+        input_dropped_by_vnf,
         detection_ms: Summary::of(&detection),
         recovery_ms: Summary::of(&recovery),
         downtime_ms: Summary::of(&downtime),

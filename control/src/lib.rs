@@ -11,6 +11,8 @@
 //!   restore.
 //! - [`detect`]: the Failure Detector's judgement of hangs and cut-offs from
 //!   data-path probes (a state machine; crashes come from pidfds).
+//! - [`exits`]: the kernel's early word of a VNF's exit (BPF on
+//!   `sched_process_exit`), before its pidfd's.
 //! - [`error`]: the one error enum of the control plane and its single
 //!   conversion to `tonic::Status`.
 //! - [`validate`]: checks a `ChainSpec` and turns it into the daemon's own
@@ -34,6 +36,7 @@ pub mod cgroup;
 pub mod criu;
 pub mod detect;
 pub mod error;
+pub mod exits;
 pub mod protect;
 pub mod ring;
 pub mod runtime;

@@ -322,6 +322,7 @@ impl Replica {
     /// done.
     fn refresh(&mut self, id: CheckpointId, dir: PathBuf) -> std::sync::mpsc::Receiver<()> {
         if let Some(w) = self.worker.take() {
+            tracing::debug!("replica refresh: waiting for the one before");
             let _ = w.join();
         }
         let (copies, netns, iface) = (
@@ -1069,8 +1070,10 @@ impl ProtectedVnf {
             return Ok(FailOver::Refused(None));
         };
         let Some((ready, from)) = r.take_current() else {
+            tracing::debug!(hop = self.hop, "failover: no replica copy");
             return Ok(FailOver::Refused(None));
         };
+        tracing::debug!(hop = self.hop, ready, from, "failover: asking the SFF");
         // Resumed only once the SFF has switched to it and is replaying:
         // its first outputs may finish the input its image was frozen in
         // (stamped with that input's old epoch), which the SFF takes as

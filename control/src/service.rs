@@ -70,6 +70,8 @@ pub struct Daemon {
     records: RecordWriter,
     /// Turns for checkpoints ([`StateOptions::checkpoint_concurrency`]).
     checkpoint_turns: Arc<tokio::sync::Semaphore>,
+    /// The kernel's word of a VNF's exit, before its pidfd's.
+    early: crate::exits::EarlyExits,
 }
 
 /// A change to the chain records in the state database.
@@ -164,6 +166,14 @@ fn has_carrier(iface: &str) -> bool {
         .unwrap_or(true)
 }
 
+/// A VNF's exit: when it happened (the kernel's word, or the pidfd's
+/// moment without the exit watch) and when the daemon knew.
+#[derive(Debug, Clone, Copy)]
+struct Exited {
+    exited: Instant,
+    noticed: Instant,
+}
+
 fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -171,17 +181,22 @@ fn now_nanos() -> u64 {
 }
 
 /// The event of a detected failure: `cause`, and the time from the fault
-/// (when one was injected at `fault_at`) to `detected`.
+/// (injected at `fault_at`, or the exit the kernel reported at `exited`)
+/// to `noticed`, when the daemon knew. (Without the exit watch an exit is
+/// known only when its pidfd says so: `exited` is then that moment, and a
+/// failure not injected shows 0.)
 fn failure_detected(
     chain: &str,
     vnf: &str,
     cause: String,
     fault_at: Option<Instant>,
-    detected: Instant,
+    exited: Instant,
+    noticed: Instant,
 ) -> api::WatchEventsResponse {
-    let detection_ms = fault_at.map_or(0.0, |t| {
-        detected.saturating_duration_since(t).as_secs_f64() * 1e3
-    });
+    let detection_ms = noticed
+        .saturating_duration_since(fault_at.unwrap_or(exited).min(exited))
+        .as_secs_f64()
+        * 1e3;
     event(
         chain,
         vnf,
@@ -237,6 +252,7 @@ impl Daemon {
                 state.checkpoint_concurrency.max(1),
             )),
             state,
+            early: crate::exits::EarlyExits::start(),
         })
     }
 
@@ -261,38 +277,63 @@ impl Daemon {
         pidfd: OwnedFd,
     ) {
         let daemon = self.clone();
+        let pid = crate::exits::pid_of(&pidfd);
+        let early = pid.and_then(|p| self.early.watch(p));
         tokio::spawn(async move {
-            // A pidfd becomes readable when the process exits; wait for it
-            // on a blocking thread (the safe way to poll a raw fd here).
+            // A pidfd becomes readable when the process exits; the exit
+            // watch (BPF) says so earlier, before its sockets are released.
+            // Wait for either on a blocking thread (the safe way to poll a
+            // raw fd here).
             let exited = tokio::task::spawn_blocking(move || loop {
-                let mut fds = [rustix::event::PollFd::new(
+                let mut fds = vec![rustix::event::PollFd::new(
                     &pidfd,
                     rustix::event::PollFlags::IN,
                 )];
+                if let Some(e) = &early {
+                    fds.push(rustix::event::PollFd::new(
+                        e.as_ref(),
+                        rustix::event::PollFlags::IN,
+                    ));
+                }
                 match rustix::event::poll(&mut fds, None) {
                     Ok(n) if n > 0 => {
-                        let detected = Instant::now();
-                        // Reap it here, waiting if need be: a VNF killed
-                        // while CRIU had it seized stays a zombie of CRIU's
-                        // until the failed dump lets go of it, and its pid
-                        // must be free before it can be restored.
-                        crate::runtime::reap(&pidfd);
-                        return Some((pidfd, detected));
+                        let pidfd_ready = !fds[0].revents().is_empty();
+                        drop(fds);
+                        // When it exited (the kernel's word, else now),
+                        // and when we knew.
+                        let noticed = Instant::now();
+                        let exited = early.as_ref().and_then(|e| e.at()).unwrap_or(noticed);
+                        let reap = move || {
+                            // Reap it, waiting if need be: a VNF killed
+                            // while CRIU had it seized stays a zombie of
+                            // CRIU's until the failed dump lets go of it.
+                            crate::runtime::reap(&pidfd);
+                        };
+                        if pidfd_ready {
+                            reap();
+                        } else {
+                            // Recovery goes on while the exit finishes
+                            // (its sockets' release): nothing it does needs
+                            // the old process gone.
+                            std::thread::spawn(reap);
+                        }
+                        return Some(Exited { exited, noticed });
                     }
                     Ok(_) | Err(rustix::io::Errno::INTR) => continue,
                     Err(_) => return None,
                 }
             })
             .await;
+            if let Some(p) = pid {
+                daemon.early.forget(p);
+            }
             match exited {
-                Ok(Some((pidfd, detected))) if member == 0 => {
-                    daemon
-                        .on_exit(&chain, &vnf, incarnation, pidfd, detected)
-                        .await;
+                Ok(Some(e)) if member == 0 => {
+                    daemon.on_exit(&chain, &vnf, incarnation, e).await;
                 }
-                Ok(Some((_, detected))) => {
+                Ok(Some(e)) => {
                     daemon
-                        .on_member_exit(&chain, &vnf, member, incarnation, detected)
+                        .on_member_exit(&chain, &vnf, member, incarnation, e)
                         .await;
                 }
                 _ => {}
@@ -317,10 +358,10 @@ impl Daemon {
         vnf: &str,
         k: usize,
         incarnation: u64,
-        detected: Instant,
+        e: Exited,
     ) {
         use api::watch_events_response::Event;
-        let (agent, sff) = {
+        let (agent, sff, detected) = {
             let mut chains = self.chains.lock().await;
             let Some(entry) = chains.get_mut(chain) else {
                 return;
@@ -349,18 +390,20 @@ impl Daemon {
             };
             v.failures += 1;
             // A hang or cut-off the detector judged was detected then.
-            let (cause, detected) = match judged {
-                Some((verdict, at)) => (format!("MR-AA member {k}: {}", verdict.cause()), at),
-                None => (format!("MR-AA member {k} exited"), detected),
+            let (cause, detected, noticed) = match judged {
+                Some((verdict, at)) => (format!("MR-AA member {k}: {}", verdict.cause()), at, at),
+                None => (format!("MR-AA member {k} exited"), e.exited, e.noticed),
             };
-            self.emit(failure_detected(chain, vnf, cause, fault_at, detected));
+            self.emit(failure_detected(
+                chain, vnf, cause, fault_at, detected, noticed,
+            ));
             self.emit(event(
                 chain,
                 vnf,
                 Event::RecoveryStarted(api::RecoveryStarted {}),
             ));
             match (v.agent.clone(), sff) {
-                (Some(a), Some(s)) => (a, s),
+                (Some(a), Some(s)) => (a, s, detected),
                 _ => return,
             }
         };
@@ -410,15 +453,9 @@ impl Daemon {
         }
     }
 
-    /// VNF `vnf` of `chain` exited (its pidfd became readable at `detected`).
-    async fn on_exit(
-        self: &Arc<Self>,
-        chain: &str,
-        vnf: &str,
-        incarnation: u64,
-        pidfd: OwnedFd,
-        detected: Instant,
-    ) {
+    /// VNF `vnf` of `chain` exited (as the kernel's exit watch or, without
+    /// it, its pidfd said).
+    async fn on_exit(self: &Arc<Self>, chain: &str, vnf: &str, incarnation: u64, e: Exited) {
         let mut chains = self.chains.lock().await;
         let Some(entry) = chains.get_mut(chain) else {
             return;
@@ -429,7 +466,6 @@ impl Daemon {
         if v.incarnation != incarnation {
             return; // an old process, already replaced
         }
-        drop(pidfd);
         v.pid = None;
         v.failures += 1;
         v.state = api::VnfState::Failed;
@@ -441,15 +477,17 @@ impl Daemon {
         // link must come back before anything lands in its namespace.
         let cut_off = matches!(judged, Some((crate::detect::Verdict::CutOff, _)))
             || !has_carrier(&v.sff_iface);
-        let (cause, detected) = judged
-            .map(|(verdict, at)| (verdict.cause(), at))
-            .unwrap_or(("process exited", detected));
+        // Recovery is timed from the exit (or the judgement).
+        let (cause, detected, noticed) = judged
+            .map(|(verdict, at)| (verdict.cause(), at, at))
+            .unwrap_or(("process exited", e.exited, e.noticed));
         self.emit(failure_detected(
             chain,
             vnf,
             cause.into(),
             v.fault_at.take(),
             detected,
+            noticed,
         ));
         // A VNF restored in its own namespace waits until its link is up
         // (a few ms of netlink). Without that wait, 1R-AS lost one output
@@ -536,6 +574,7 @@ impl Daemon {
             _ => None,
         };
         drop(chains);
+        let agent_vnf = vnf.to_string();
         // The agent lock waits for a checkpoint under way to fail (its VNF is
         // gone); the registry stays free meanwhile.
         let recovered = tokio::task::spawn_blocking(move || {
@@ -549,10 +588,13 @@ impl Daemon {
             {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            let r = agent
+            tracing::debug!(vnf = agent_vnf, "recovery: taking the agent");
+            let mut a = agent
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .recover(&sff);
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            tracing::debug!(vnf = agent_vnf, "recovery: agent taken");
+            let r = a.recover(&sff);
+            drop(a);
             // Detection to the VNF running again (the SFF replaying), not
             // the bookkeeping after.
             r.map(|r| {
@@ -1349,7 +1391,12 @@ impl Daemon {
                 report.recovering += 1;
                 let (d, chain) = (self.clone(), name.clone());
                 tokio::spawn(async move {
-                    d.on_member_exit(&chain, &vnf, k, 0, Instant::now()).await;
+                    let now = Instant::now();
+                    let e = Exited {
+                        exited: now,
+                        noticed: now,
+                    };
+                    d.on_member_exit(&chain, &vnf, k, 0, e).await;
                 });
             }
         }

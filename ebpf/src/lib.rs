@@ -8,7 +8,12 @@
 //! it is detached when the value is dropped or the process dies.
 //!
 //! Invariant: a frame is never dropped by this program.
+//!
+//! [`exit::ExitWatch`]: the exit of a watched process the moment it happens
+//! (`src/bpf/exit.bpf.c` on the `sched_process_exit` tracepoint).
 #![forbid(unsafe_code)]
+
+pub mod exit;
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -37,6 +42,12 @@ pub enum EbpfError {
         #[source]
         source: libbpf_rs::Error,
     },
+    /// Attaching the exit watch to its tracepoint failed.
+    #[error("attaching to the sched_process_exit tracepoint (tp_btf; needs BTF and root): {0}")]
+    AttachTracepoint(#[source] libbpf_rs::Error),
+    /// The exit watch's thread could not start.
+    #[error("starting the exit watch's thread: {0}")]
+    Thread(String),
     /// Registering a socket in the XSKMAP failed.
     #[error("registering AF_XDP socket for queue {queue}: {source}")]
     Register {
