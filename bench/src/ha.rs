@@ -779,8 +779,10 @@ fn trial(
     let per_round = spec.gap
         + Duration::from_millis(300)
         + Duration::from_millis(if judged { 500 } else { 0 })
+        // MR-AA restores a member in the background while the others
+        // serve: slower the more member processes share the host.
         + Duration::from_millis(if spec.mechanism == api::Mechanism::MrAa {
-            400
+            200 * n.max(2) as u64
         } else {
             0
         })

@@ -193,68 +193,30 @@ impl VnfRuntime {
     /// Starts the VNF's command in `netns` with working directory `cwd`,
     /// waits until it listens on a packet socket; returns its pid.
     fn spawn_in(&self, netns: &Netns, cwd: &Path) -> Result<u32, ControlError> {
-        let ns = netns.name().to_string();
-        let argv = self.argv.clone();
-        let cwd = cwd.to_path_buf();
-        let env = self.plan.env.clone();
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .map_err(|e| ControlError::Process(format!("{}: {e}", self.log.display())))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| ControlError::Process(format!("{}: {e}", self.log.display())))?;
-        let child = netns
-            .run(move || {
-                // Pid 1 of a PID namespace of its own (see
-                // `protect::own_pid_namespace_for_children`).
-                protect::own_pid_namespace_for_children()?;
-                Command::new(&argv[0])
-                    .args(&argv[1..])
-                    .envs(env)
-                    .env("NHAM_IFACE", VNF_IFACE)
-                    .env("NHAM_NETNS", &ns)
-                    .stdin(Stdio::null())
-                    .stdout(out)
-                    .stderr(err)
-                    .current_dir(&cwd)
-                    .spawn()
-            })?
-            .map_err(|e| {
-                ControlError::FailedPrecondition(format!(
-                    "VNF {} did not start: {:?}: {e}",
-                    self.plan.name, self.plan.command
-                ))
-            })?;
-        let pid = child.id();
-        // In its group at once, before it can fork much.
-        if let Some(cg) = &self.cgroup {
-            if let Err(e) = cg.add(pid) {
-                tracing::warn!(vnf = self.plan.name, "{e}");
-            }
+        self.spawn(netns, cwd).run()
+    }
+
+    /// What starting the VNF's command in `netns` (working directory
+    /// `cwd`) takes, apart from the VNF's record: the start waits until the
+    /// VNF listens (seconds, for some), and nothing shared may be held
+    /// meanwhile.
+    pub fn spawn(&self, netns: &Netns, cwd: &Path) -> Spawn {
+        Spawn {
+            vnf: self.plan.name.clone(),
+            command: self.plan.command.clone(),
+            argv: self.argv.clone(),
+            env: self.plan.env.clone(),
+            netns: netns.path(),
+            netns_name: netns.name().to_string(),
+            cwd: cwd.to_path_buf(),
+            log: self.log.clone(),
+            cgroup: self.cgroup.as_ref().map(|c| c.path().to_path_buf()),
         }
-        // The Child handle goes; the pidfd watcher reaps the process.
-        drop(child);
-        // A VNF is ready once it listens on a packet socket. One that exits
-        // first, or never opens one, did not start: the request fails,
-        // naming the VNF and its command, with the end of its log (nothing
-        // is taken as ready).
-        if let Err(e) = protect::wait_for_packet_socket(pid, &self.plan.command) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            // No watcher took it: reap it here.
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
-            return Err(ControlError::FailedPrecondition(format!(
-                "VNF {} did not start: {e}; the end of its log ({}):\n{}",
-                self.plan.name,
-                self.log.display(),
-                log_tail(&self.log, 10)
-            )));
-        }
-        Ok(pid)
+    }
+
+    /// [`spawn`](Self::spawn) in the VNF's own place.
+    pub fn spawn_here(&self) -> Spawn {
+        self.spawn(&self.netns, &self.cwd)
     }
 
     /// Brings the VNF's link up (a failed VNF may have been cut off; the
@@ -1372,4 +1334,112 @@ fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A VNF command to start (see [`VnfRuntime::spawn`]).
+#[derive(Debug, Clone)]
+pub struct Spawn {
+    vnf: String,
+    command: Vec<String>,
+    argv: Vec<String>,
+    env: std::collections::BTreeMap<String, String>,
+    netns: PathBuf,
+    netns_name: String,
+    cwd: PathBuf,
+    log: PathBuf,
+    cgroup: Option<PathBuf>,
+}
+
+impl Spawn {
+    /// Starts the command and waits until it listens on a packet socket;
+    /// returns its pid. One that exits first, or never opens one, did not
+    /// start: `FAILED_PRECONDITION`, naming the VNF and its command, with
+    /// the end of its log (nothing is taken as ready).
+    pub fn run(self) -> Result<u32, ControlError> {
+        let log_err =
+            |e: std::io::Error| ControlError::Process(format!("{}: {e}", self.log.display()));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(log_err)?;
+        let err = out.try_clone().map_err(log_err)?;
+        let (argv, env, ns, cwd) = (
+            self.argv.clone(),
+            self.env.clone(),
+            self.netns_name.clone(),
+            self.cwd.clone(),
+        );
+        let child = in_netns(&self.netns, move || {
+            // Pid 1 of a PID namespace of its own (see
+            // `protect::own_pid_namespace_for_children`).
+            protect::own_pid_namespace_for_children()?;
+            Command::new(&argv[0])
+                .args(&argv[1..])
+                .envs(env)
+                .env("NHAM_IFACE", VNF_IFACE)
+                .env("NHAM_NETNS", &ns)
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .current_dir(&cwd)
+                .spawn()
+        })?
+        .map_err(|e| {
+            ControlError::FailedPrecondition(format!(
+                "VNF {} did not start: {:?}: {e}",
+                self.vnf, self.command
+            ))
+        })?;
+        let pid = child.id();
+        // In its group at once, before it can fork much.
+        if let Some(cg) = &self.cgroup {
+            let procs = cg.join("cgroup.procs");
+            if let Err(e) = std::fs::write(&procs, pid.to_string()) {
+                tracing::warn!(vnf = self.vnf, "{}: {e}", procs.display());
+            }
+        }
+        // The Child handle goes; the pidfd watcher reaps the process.
+        drop(child);
+        if let Err(e) = protect::wait_for_packet_socket(pid, &self.command) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            // No watcher took it: reap it here.
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+            return Err(ControlError::FailedPrecondition(format!(
+                "VNF {} did not start: {e}; the end of its log ({}):\n{}",
+                self.vnf,
+                self.log.display(),
+                log_tail(&self.log, 10)
+            )));
+        }
+        Ok(pid)
+    }
+}
+
+/// Kills process `pid` (a VNF started and not adopted) and reaps it.
+pub fn kill_and_reap(pid: u32) {
+    let p = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(p, None);
+}
+
+/// Runs `f` on a new thread inside the network namespace whose file is
+/// `netns`, and returns its result.
+pub fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ControlError> {
+    let path = netns.to_path_buf();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path)
+            .map_err(|e| ControlError::Process(format!("{}: {e}", path.display())))?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| ControlError::Process(format!("entering {}: {e}", path.display())))?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| ControlError::Process(format!("a thread in {} panicked", netns.display())))?
 }

@@ -72,6 +72,9 @@ pub struct Daemon {
     checkpoint_turns: Arc<tokio::sync::Semaphore>,
     /// The kernel's word of a VNF's exit, before its pidfd's.
     early: crate::exits::EarlyExits,
+    /// Chains being started, not in the registry yet: name, ingress,
+    /// egress, SPI (what a new chain must not share).
+    starting: std::sync::Mutex<BTreeMap<String, (String, String, u32)>>,
 }
 
 /// A change to the chain records in the state database.
@@ -253,6 +256,7 @@ impl Daemon {
             )),
             state,
             early: crate::exits::EarlyExits::start(),
+            starting: std::sync::Mutex::default(),
         })
     }
 
@@ -539,13 +543,35 @@ impl Daemon {
         let (agent, sff) = match (v.agent.clone(), sff) {
             (Some(a), Some(s)) => (a, s),
             _ => {
-                // MECHANISM_NONE: start it again, without state.
-                let started = v.start();
+                // MECHANISM_NONE: start it again, without state. The start
+                // waits until it listens (seconds, for some VNFs): not
+                // under the registry, which every chain's failure handling
+                // needs.
+                let spawn = v.spawn_here();
+                drop(chains);
+                let started = tokio::task::spawn_blocking(move || spawn.run())
+                    .await
+                    .map_err(|e| ControlError::Process(format!("start panicked: {e}")))
+                    .and_then(|r| r);
+                let mut chains = self.chains.lock().await;
+                let adopted = started.and_then(|pid| {
+                    let v = chains
+                        .get_mut(chain)
+                        .and_then(|e| e.runtime.vnf_mut(vnf).ok());
+                    match v {
+                        Some(v) => v.adopt(pid),
+                        None => {
+                            // The chain went meanwhile: so does the process.
+                            crate::runtime::kill_and_reap(pid);
+                            Err(ControlError::NotFound(format!("chain {chain:?} is gone")))
+                        }
+                    }
+                });
                 self.finish_recovery(
                     &mut chains,
                     chain,
                     vnf,
-                    started.map(|fd| (fd, RecoveryStats::default(), detected.elapsed())),
+                    adopted.map(|fd| (fd, RecoveryStats::default(), detected.elapsed())),
                 );
                 return;
             }
@@ -1075,6 +1101,9 @@ impl Daemon {
                 verdict.cause()
             );
             m.judged = Some((verdict, at));
+            let netns = m.netns.path();
+            // The rest waits up to 500 ms: not under the registry.
+            drop(chains);
             // A member is restored behind the same link: bring it up
             // first (the SFF then flushes what the dead one was sent).
             // But stop the member before: reconnected while it runs, it
@@ -1095,11 +1124,13 @@ impl Daemon {
                 while running() && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                let up = m
-                    .netns
-                    .run(|| nham_netns::set_up(crate::runtime::VNF_IFACE));
-                if let Err(e) = up.and_then(|r| r) {
-                    tracing::error!(chain, vnf, "bringing member {k}'s link up: {e}");
+                let up = crate::runtime::in_netns(&netns, || {
+                    nham_netns::set_up(crate::runtime::VNF_IFACE)
+                });
+                match up {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(chain, vnf, "bringing member {k}'s link up: {e}"),
+                    Err(e) => tracing::error!(chain, vnf, "bringing member {k}'s link up: {e}"),
                 }
             }
             let _ = nix::sys::signal::kill(
@@ -1155,46 +1186,84 @@ impl Daemon {
             crate::runtime::protection(v.mechanism)
                 .map_err(|e| ControlError::Unimplemented(format!("VNF {:?}: {e}", v.name)))?;
         }
-        let mut chains = self.chains.lock().await;
-        if chains.contains_key(&plan.name) {
-            return Err(ControlError::AlreadyExists(format!(
-                "chain {:?} exists",
-                plan.name
-            )));
-        }
+        let chains = self.chains.lock().await;
+        // Chains being started count too: the start (namespaces, the SFF,
+        // the VNFs, each waited on until it listens) runs without the
+        // registry, which every other chain's failure handling needs.
+        let starting: Vec<(String, String, String, u32)> = self
+            .starting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(n, (i, e, spi))| (n.clone(), i.clone(), e.clone(), *spi))
+            .collect();
+        let known = chains
+            .values()
+            .map(|e| {
+                let p = &e.runtime.plan;
+                (p.name.clone(), p.ingress.clone(), p.egress.clone(), p.spi)
+            })
+            .chain(starting);
         let ports = [&plan.ingress, &plan.egress];
-        if let Some(other) = chains.values().find(|e| {
-            let theirs = [&e.runtime.plan.ingress, &e.runtime.plan.egress];
-            ports.iter().any(|p| theirs.contains(p))
-        }) {
-            return Err(ControlError::FailedPrecondition(format!(
-                "chain {:?} already serves interface {:?} or {:?} (its ingress {:?}, egress {:?}): one chain per interface",
-                other.runtime.plan.name,
-                plan.ingress,
-                plan.egress,
-                other.runtime.plan.ingress,
-                other.runtime.plan.egress
-            )));
+        for (name, ingress, egress, spi) in known {
+            if name == plan.name {
+                return Err(ControlError::AlreadyExists(format!(
+                    "chain {:?} exists",
+                    plan.name
+                )));
+            }
+            if ports.iter().any(|p| **p == ingress || **p == egress) {
+                return Err(ControlError::FailedPrecondition(format!(
+                    "chain {name:?} already serves interface {:?} or {:?} (its ingress {ingress:?}, egress {egress:?}): one chain per interface",
+                    plan.ingress, plan.egress
+                )));
+            }
+            if spi == plan.spi {
+                return Err(ControlError::InvalidArgument(format!(
+                    "spec.spi {} is already used by chain {name:?}",
+                    plan.spi
+                )));
+            }
         }
-        if let Some(other) = chains.values().find(|e| e.runtime.plan.spi == plan.spi) {
-            return Err(ControlError::InvalidArgument(format!(
-                "spec.spi {} is already used by chain {:?}",
-                plan.spi, other.runtime.plan.name
-            )));
-        }
+        self.starting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                plan.name.clone(),
+                (plan.ingress.clone(), plan.egress.clone(), plan.spi),
+            );
+        drop(chains);
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let sff = self.sff.clone();
         let state = self.state.clone();
-        let (runtime, pidfds) =
+        let name = plan.name.clone();
+        let started =
             tokio::task::spawn_blocking(move || ChainRuntime::start(id, plan, &sff, &state))
                 .await
-                .map_err(|e| ControlError::Process(format!("chain start panicked: {e}")))??;
-        let name = runtime.plan.name.clone();
+                .map_err(|e| ControlError::Process(format!("chain start panicked: {e}")))
+                .and_then(|r| r);
+        let unreserve = || {
+            self.starting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&name);
+        };
+        let (runtime, pidfds) = match started {
+            Ok(r) => r,
+            Err(e) => {
+                unreserve();
+                return Err(e);
+            }
+        };
         // Durable before the chain is announced: a daemon restarted from
         // here on finds it.
         let _ = self.records.put(&runtime, Some(&spec)).recv();
+        // Watched and registered under the registry: a VNF that dies now
+        // is handled once the chain is in it.
+        let mut chains = self.chains.lock().await;
+        unreserve();
         for (v, fd) in runtime.vnfs.iter().zip(pidfds) {
             self.watch(name.clone(), v.plan.name.clone(), v.incarnation, fd);
         }

@@ -15,7 +15,7 @@ use nham_control::store::Store;
 use nham_netns::{unique_name, veth_pair, Netns};
 use tonic::Code;
 
-/// A daemon in its own namespace with links `in0` and `out0`.
+/// A daemon in its own namespace with links `in0`, `out0`, `in1`, `out1`.
 struct Harness {
     addr: String,
     state_dir: std::path::PathBuf,
@@ -32,6 +32,8 @@ impl Harness {
         let peers = Netns::create(&unique_name("nhp")).unwrap();
         veth_pair(&daemon_ns, "in0", &peers, "gen0").unwrap();
         veth_pair(&daemon_ns, "out0", &peers, "sink0").unwrap();
+        veth_pair(&daemon_ns, "in1", &peers, "gen1").unwrap();
+        veth_pair(&daemon_ns, "out1", &peers, "sink1").unwrap();
         let state_dir = std::env::temp_dir().join(unique_name("nhamd-state-"));
         let dir = state_dir.clone();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -832,4 +834,150 @@ async fn a_vnf_that_does_not_start_or_a_missing_or_busy_interface_fails_with_the
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("\"first\""), "{}", e.message());
     assert!(!e.message().contains("backtrace"), "{}", e.message());
+}
+
+/// No chain waits on another: while chain B's VNF takes 5 s to start (at
+/// create, then again when it is healed), a crash in chain A is detected at
+/// once and A's VNF recovered in its usual time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_chain_holds_up_no_other() {
+    use api::watch_events_response::Event;
+    let h = tokio::task::spawn_blocking(Harness::start).await.unwrap();
+    let connect = || nham_control::connect(&h.addr);
+    let mut chains = ChainServiceClient::new(connect().await.unwrap());
+    let mut vnfs = VnfServiceClient::new(connect().await.unwrap());
+    let mut events = EventServiceClient::new(connect().await.unwrap());
+    let mut stream = events
+        .watch_events(api::WatchEventsRequest { chain: "a".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    chains
+        .create_chain(api::CreateChainRequest {
+            spec: Some(spec("a", 21, &["mon"], api::Mechanism::None)),
+        })
+        .await
+        .unwrap();
+    // Crashes A's VNF; returns (detection_ms, ms from the crash to its
+    // RecoveryFinished).
+    let mut crash_a = {
+        let vnfs = vnfs.clone();
+        move || {
+            let mut vnfs = vnfs.clone();
+            async move {
+                let at = std::time::Instant::now();
+                vnfs.inject_fault(api::InjectFaultRequest {
+                    chain: "a".into(),
+                    vnf: "mon".into(),
+                    fault: api::Fault::Crash as i32,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+                at
+            }
+        }
+    };
+    let _ = &mut crash_a;
+    async fn recovered(
+        stream: &mut tonic::Streaming<api::WatchEventsResponse>,
+        at: std::time::Instant,
+    ) -> (f64, f64) {
+        let mut detection = None;
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(20), stream.message())
+                .await
+                .expect("an event within 20 s")
+                .unwrap()
+                .unwrap();
+            match e.event {
+                Some(Event::FailureDetected(f)) => detection = Some(f.detection_ms),
+                Some(Event::RecoveryFinished(_)) => {
+                    return (
+                        detection.expect("FailureDetected first"),
+                        at.elapsed().as_secs_f64() * 1e3,
+                    )
+                }
+                Some(Event::RecoveryFailed(f)) => panic!("A's recovery failed: {}", f.reason),
+                _ => {}
+            }
+        }
+    }
+    // A's usual time, with nothing else going on.
+    let at = crash_a().await;
+    let usual = recovered(&mut stream, at).await;
+    eprintln!(
+        "chain A alone: detected in {:.3} ms, back after {:.1} ms",
+        usual.0, usual.1
+    );
+
+    // B: a VNF that takes 5 s to open its socket, every time it starts.
+    let slow = api::VnfSpec {
+        name: "slow".into(),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "sleep 5; exec python3 -c 'import socket, time; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); time.sleep(600)'".into(),
+        ],
+        mechanism: api::Mechanism::None as i32,
+        ..Default::default()
+    };
+    let mut b = spec("b", 22, &[], api::Mechanism::None);
+    b.vnfs = vec![slow];
+    b.ingress_interface = "in1".into();
+    b.egress_interface = "out1".into();
+    let create_b = {
+        let mut chains = chains.clone();
+        tokio::spawn(async move {
+            chains
+                .create_chain(api::CreateChainRequest { spec: Some(b) })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let at = crash_a().await;
+    let during_create = recovered(&mut stream, at).await;
+    assert!(
+        !create_b.is_finished(),
+        "B's create was still starting its VNF"
+    );
+    eprintln!(
+        "chain A while B is created: detected in {:.3} ms, back after {:.1} ms",
+        during_create.0, during_create.1
+    );
+    assert!(
+        during_create.0 < 100.0,
+        "detection waited: {during_create:?}"
+    );
+    assert!(
+        during_create.1 < 2_000.0,
+        "recovery waited: {during_create:?}"
+    );
+    create_b.await.unwrap().expect("B created");
+
+    // B's VNF healed: its restart takes 5 s again.
+    let heal_b = {
+        let mut vnfs = vnfs.clone();
+        tokio::spawn(async move {
+            vnfs.heal_vnf(api::HealVnfRequest {
+                chain: "b".into(),
+                vnf: "slow".into(),
+                cause: api::HealCause::Maintenance as i32,
+                ..Default::default()
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let at = crash_a().await;
+    let during_heal = recovered(&mut stream, at).await;
+    assert!(!heal_b.is_finished(), "B's heal was still starting its VNF");
+    eprintln!(
+        "chain A while B is healed: detected in {:.3} ms, back after {:.1} ms",
+        during_heal.0, during_heal.1
+    );
+    assert!(during_heal.0 < 100.0, "detection waited: {during_heal:?}");
+    assert!(during_heal.1 < 2_000.0, "recovery waited: {during_heal:?}");
+    heal_b.await.unwrap().expect("B healed");
+    let _ = &mut vnfs;
 }
