@@ -284,6 +284,17 @@ fn restore_stopped(
     Ok(pid)
 }
 
+/// Whether a restore failed because the checkpoint itself is unusable
+/// (corrupt or gone): the one case where the older checkpoint is restored
+/// instead and this one deleted. Anything else (an I/O error, CRIU) fails
+/// the recovery and keeps the checkpoint, to be tried again.
+fn unusable(e: &ProtectError) -> bool {
+    matches!(
+        e,
+        ProtectError::Store(StoreError::Corrupt { .. } | StoreError::Missing { .. })
+    )
+}
+
 fn kill_copy(pid: u32) {
     let p = nix::unistd::Pid::from_raw(pid as i32);
     let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
@@ -1012,14 +1023,7 @@ impl ProtectedVnf {
                     (Ok(pid), _) => (pid, id),
                     // A committed image that is corrupt or gone is never
                     // restored; the older one the SFF kept packets for is.
-                    (
-                        Err(
-                            e @ ProtectError::Store(
-                                StoreError::Corrupt { .. } | StoreError::Missing { .. },
-                            ),
-                        ),
-                        Some(older),
-                    ) => {
+                    (Err(e), Some(older)) if unusable(&e) => {
                         let s = &self.slot;
                         let _ = s.store.remove_checkpoint(&s.chain, &s.vnf, id);
                         fallback_reason = Some(e.to_string());
@@ -1183,7 +1187,10 @@ impl ProtectedVnf {
             None => (self.start_fresh_in(&netns)?, None),
             Some(id) => match (self.restore_in(id, &netns, iface.as_deref()), fallback) {
                 (Ok(pid), _) => (pid, Some(id)),
-                (Err(e @ ProtectError::Store(_)), Some(older)) => {
+                // The same policy as a VNF's (`recover`): only an image
+                // that is corrupt or gone is given up for the older one; a
+                // transient error (I/O, a busy database) keeps it.
+                (Err(e), Some(older)) if unusable(&e) => {
                     fallback_reason = Some(e.to_string());
                     let s = &self.slot;
                     let _ = s.store.remove_checkpoint(&s.chain, &s.vnf, id);
