@@ -17,7 +17,8 @@ use nham_ebpf::exit::ExitWatch;
 #[derive(Debug)]
 pub struct Early {
     fd: OwnedFd,
-    at: Mutex<Option<Instant>>,
+    /// When it exited (the kernel's time) and when the daemon heard.
+    at: Mutex<Option<(Instant, Instant)>>,
 }
 
 /// The fd that becomes readable when the exit is reported.
@@ -28,8 +29,9 @@ impl AsFd for Early {
 }
 
 impl Early {
-    /// When the process exited, once reported.
-    pub fn at(&self) -> Option<Instant> {
+    /// When the process exited and when the daemon heard of it, once
+    /// reported.
+    pub fn at(&self) -> Option<(Instant, Instant)> {
         *self.at.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -62,7 +64,8 @@ impl EarlyExits {
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&e.pid);
             if let Some(early) = early {
-                *early.at.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.at);
+                let heard = Instant::now();
+                *early.at.lock().unwrap_or_else(PoisonError::into_inner) = Some((e.at, heard));
                 let _ = rustix::io::write(&early.fd, &1u64.to_ne_bytes());
             }
         });

@@ -305,8 +305,9 @@ impl Daemon {
                         drop(fds);
                         // When it exited (the kernel's word, else now),
                         // and when we knew.
-                        let noticed = Instant::now();
-                        let exited = early.as_ref().and_then(|e| e.at()).unwrap_or(noticed);
+                        let now = Instant::now();
+                        let (exited, noticed) =
+                            early.as_ref().and_then(|e| e.at()).unwrap_or((now, now));
                         let reap = move || {
                             // Reap it, waiting if need be: a VNF killed
                             // while CRIU had it seized stays a zombie of
