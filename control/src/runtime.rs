@@ -1140,7 +1140,7 @@ impl ChainRuntime {
             }
             (Some(mech), Some(agent)) => agent
                 .lock()
-                .expect("agent lock")
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .set_mechanism(mech)
                 .map_err(|e| ControlError::Process(e.to_string()))?,
             (Some(mech), None) => {
