@@ -108,6 +108,17 @@ pub enum ProtectError {
         /// Frames dropped.
         dropped: u64,
     },
+    /// The newest checkpoint was unusable and the older one could not be
+    /// restored either: both reasons.
+    #[error("{newest}; the older checkpoint {older} could not be restored either: {reason}")]
+    FallbackFailed {
+        /// Why the newest was given up.
+        newest: String,
+        /// The older checkpoint.
+        older: CheckpointId,
+        /// Why it failed too.
+        reason: Box<ProtectError>,
+    },
     /// The agent was taken off its VNF.
     #[error("this agent no longer protects the VNF")]
     Retired,
@@ -293,6 +304,14 @@ fn unusable(e: &ProtectError) -> bool {
         e,
         ProtectError::Store(StoreError::Corrupt { .. } | StoreError::Missing { .. })
     )
+}
+
+fn fallback_failed(newest: String, older: CheckpointId, e: ProtectError) -> ProtectError {
+    ProtectError::FallbackFailed {
+        newest,
+        older,
+        reason: Box::new(e),
+    }
 }
 
 fn kill_copy(pid: u32) {
@@ -1027,7 +1046,11 @@ impl ProtectedVnf {
                         let s = &self.slot;
                         let _ = s.store.remove_checkpoint(&s.chain, &s.vnf, id);
                         fallback_reason = Some(e.to_string());
-                        (self.restore(older)?, older)
+                        let newest = fallback_reason.clone().unwrap_or_default();
+                        let pid = self
+                            .restore(older)
+                            .map_err(|e| fallback_failed(newest, older, e))?;
+                        (pid, older)
                     }
                     (Err(e), _) => return Err(e),
                 };
@@ -1195,7 +1218,14 @@ impl ProtectedVnf {
                     let s = &self.slot;
                     let _ = s.store.remove_checkpoint(&s.chain, &s.vnf, id);
                     (
-                        self.restore_in(older, &netns, iface.as_deref())?,
+                        self.restore_in(older, &netns, iface.as_deref())
+                            .map_err(|e| {
+                                fallback_failed(
+                                    fallback_reason.clone().unwrap_or_default(),
+                                    older,
+                                    e,
+                                )
+                            })?,
                         Some(older),
                     )
                 }
