@@ -11,6 +11,12 @@
 //! every request is carried out by the SFF thread between two forwarding
 //! rounds, as the in-process [`Command`]s are.
 //!
+//! Versions: an SFF process outlives the `nhamd` that started it (across an
+//! upgrade, too), so each connection opens with [`Request::Hello`] carrying
+//! the client's [`PROTOCOL_VERSION`]. The server answers with its own and,
+//! when the two differ, closes the connection: a mismatch is refused with
+//! both versions named ([`RemoteError::Version`]), never misread.
+//!
 //! Invariant: the server never exits because a client went away; only
 //! [`Request::Shutdown`], SIGTERM (handled by the binary) or a fatal error
 //! of the forwarding thread stop it.
@@ -53,12 +59,30 @@ pub enum RemoteError {
     /// or there is no such hop).
     #[error("SFF refused: {0}")]
     Refused(String),
+    /// The SFF speaks another version of this protocol.
+    #[error("SFF at {path} speaks protocol version {}, this client {ours}: refused", theirs.map_or_else(|| "0 (before versions)".to_string(), |v| v.to_string()))]
+    Version {
+        /// Its socket.
+        path: String,
+        /// The client's version.
+        ours: u32,
+        /// The server's (`None`: a server from before the handshake).
+        theirs: Option<u32>,
+    },
 }
+
+/// The version of this protocol. Raise it with any change to [`Request`]
+/// or [`Response`] that an SFF of the previous version would misread.
+pub const PROTOCOL_VERSION: u32 = 1;
 
 /// What a client asks of the SFF. Hops are numbered from 0 in chain order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub enum Request {
+    /// The first message on a connection: the client's protocol version.
+    Hello {
+        version: u32,
+    },
     BeginCheckpoint {
         hop: usize,
     },
@@ -146,6 +170,11 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub enum Response {
+    /// The server's protocol version (the connection is closed after it
+    /// when it is not the client's).
+    Hello {
+        version: u32,
+    },
     Checkpoint(CheckpointId),
     Mark(Mark),
     Done(CheckpointReport),
@@ -208,6 +237,11 @@ fn execute(sff: &LocalSff, request: Request, shutdown: &AtomicBool) -> Response 
         Err(e) => refused(e),
     };
     match request {
+        // Answered where the connection is served; a Hello later on is
+        // answered the same.
+        Request::Hello { .. } => Response::Hello {
+            version: PROTOCOL_VERSION,
+        },
         Request::BeginCheckpoint { hop } => ask(
             sff,
             |reply| Command::BeginCheckpoint { hop, reply },
@@ -377,21 +411,39 @@ fn serve_connection(sff: &LocalSff, stream: UnixStream, shutdown: &AtomicBool) {
     };
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
+    let mut greeted = false;
     loop {
         line.clear();
         match reader.read_line(&mut line) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let response = match serde_json::from_str::<Request>(&line) {
-            Ok(r) => execute(sff, r, shutdown),
-            Err(e) => refused(format!("malformed request: {e}")),
+        let request = serde_json::from_str::<Request>(&line);
+        // The first message must be a Hello of this version; anything else
+        // gets this server's version, or a refusal naming it, and the
+        // connection ends.
+        let (response, close) = match request {
+            Ok(Request::Hello { version }) => (
+                Response::Hello {
+                    version: PROTOCOL_VERSION,
+                },
+                version != PROTOCOL_VERSION,
+            ),
+            Ok(_) | Err(_) if !greeted => (
+                refused(format!(
+                    "a connection must open with Hello (this SFF speaks protocol version {PROTOCOL_VERSION})"
+                )),
+                true,
+            ),
+            Ok(r) => (execute(sff, r, shutdown), false),
+            Err(e) => (refused(format!("malformed request: {e}")), false),
         };
+        greeted = true;
         let Ok(mut out) = serde_json::to_string(&response) else {
             return;
         };
         out.push('\n');
-        if writer.write_all(out.as_bytes()).is_err() {
+        if writer.write_all(out.as_bytes()).is_err() || close {
             return;
         }
     }
@@ -510,27 +562,12 @@ impl SffClient {
                     None => {
                         let s = UnixStream::connect(path).map_err(|e| self.io(e))?;
                         s.set_read_timeout(Some(*timeout)).map_err(|e| self.io(e))?;
-                        BufReader::new(s)
+                        let mut conn = BufReader::new(s);
+                        self.hello(&mut conn)?;
+                        conn
                     }
                 };
-                let mut msg = serde_json::to_string(&request).map_err(|e| self.protocol(e))?;
-                msg.push('\n');
-                conn.get_mut()
-                    .write_all(msg.as_bytes())
-                    .map_err(|e| self.io(e))?;
-                let mut line = String::new();
-                match conn.read_line(&mut line) {
-                    Ok(0) => {
-                        return Err(self.io(std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "the SFF closed the connection",
-                        )))
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Err(self.io(e)),
-                }
-                let response: Response =
-                    serde_json::from_str(&line).map_err(|e| self.protocol(e))?;
+                let response = self.exchange(&mut conn, &request)?;
                 idle.lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push(conn);
@@ -540,6 +577,47 @@ impl SffClient {
         match response {
             Response::Refused(why) => Err(RemoteError::Refused(why)),
             r => Ok(r),
+        }
+    }
+
+    /// One request and its answer on connection `conn`.
+    fn exchange(
+        &self,
+        conn: &mut BufReader<UnixStream>,
+        request: &Request,
+    ) -> Result<Response, RemoteError> {
+        let mut msg = serde_json::to_string(request).map_err(|e| self.protocol(e))?;
+        msg.push('\n');
+        conn.get_mut()
+            .write_all(msg.as_bytes())
+            .map_err(|e| self.io(e))?;
+        let mut line = String::new();
+        match conn.read_line(&mut line) {
+            Ok(0) => Err(self.io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the SFF closed the connection",
+            ))),
+            Ok(_) => serde_json::from_str(&line).map_err(|e| self.protocol(e)),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    /// Opens a new connection: both sides must speak [`PROTOCOL_VERSION`].
+    fn hello(&self, conn: &mut BufReader<UnixStream>) -> Result<(), RemoteError> {
+        let hello = Request::Hello {
+            version: PROTOCOL_VERSION,
+        };
+        let version = |theirs| RemoteError::Version {
+            path: self.path().display().to_string(),
+            ours: PROTOCOL_VERSION,
+            theirs,
+        };
+        match self.exchange(conn, &hello)? {
+            Response::Hello { version: v } if v == PROTOCOL_VERSION => Ok(()),
+            Response::Hello { version: v } => Err(version(Some(v))),
+            // A server from before the handshake refuses the unknown request.
+            Response::Refused(_) => Err(version(None)),
+            r => self.unexpected(r),
         }
     }
 
