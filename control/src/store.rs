@@ -273,8 +273,21 @@ impl Store {
             why,
         };
         let path = self.dir.join(&meta.file);
-        let bytes =
-            std::fs::read(&path).map_err(|e| corrupt(format!("{}: {e}", path.display())))?;
+        // A file that is not there is a missing checkpoint (given up for
+        // the one before); any other failure to read it may pass (EIO,
+        // ENOMEM, EMFILE…) and says nothing of the image: the checkpoint
+        // is kept, never taken for corrupt.
+        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::Missing {
+                chain: meta.chain.clone(),
+                vnf: meta.vnf.clone(),
+                id: meta.id,
+            },
+            _ => StoreError::Io {
+                what: format!("reading checkpoint {} ({})", meta.id, path.display()),
+                source: e,
+            },
+        })?;
         if bytes.len() < HEADER || &bytes[..8] != MAGIC {
             return Err(corrupt("not a checkpoint file (bad magic)".into()));
         }
@@ -548,8 +561,14 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         assert!(matches!(
             s.unpack(&m, &out),
-            Err(StoreError::Corrupt { .. })
+            Err(StoreError::Missing { id: 1, .. })
         ));
+        // A file that cannot be read (here a directory in its place) is an
+        // I/O error, not a corrupt checkpoint: it may pass, and the
+        // checkpoint must be kept.
+        std::fs::create_dir(&file).unwrap();
+        assert!(matches!(s.unpack(&m, &out), Err(StoreError::Io { .. })));
+        std::fs::remove_dir(&file).unwrap();
         // An index entry that disagrees with a good file.
         std::fs::write(&file, &good).unwrap();
         let mut lying = m.clone();
