@@ -1,6 +1,18 @@
 //! The control plane's errors, and the one place they become gRPC statuses.
+//!
+//! Errors keep their type up to [`tonic::Status`]: a corrupt checkpoint
+//! reaches a client as `DATA_LOSS`, a missing one or a refusal by the SFF
+//! as `FAILED_PRECONDITION`, each with the reason; `INTERNAL` is left for
+//! what no caller can act on (a failed system call, a panicked task).
 
+use std::sync::Arc;
+
+use nham_sff::remote::RemoteError;
 use thiserror::Error;
+use tonic::Code;
+
+use crate::protect::ProtectError;
+use crate::store::StoreError;
 
 /// Everything that can go wrong in the control plane.
 #[derive(Debug, Error)]
@@ -26,23 +38,167 @@ pub enum ControlError {
     /// The SFF could not start.
     #[error("SFF: {0}")]
     Sff(#[from] nham_sff::SffError),
+    /// The SFF process refused a command, or could not be reached.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// The checkpoint protocol or a recovery failed.
+    #[error(transparent)]
+    Protect(#[from] ProtectError),
+    /// The state database failed, or a checkpoint is corrupt or missing.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A file or system operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A signal could not be sent.
+    #[error("{signal} to {pid}: {source}")]
+    Signal {
+        /// The signal.
+        signal: nix::sys::signal::Signal,
+        /// To whom.
+        pid: u32,
+        /// Why not.
+        #[source]
+        source: nix::errno::Errno,
+    },
+    /// A task of the daemon panicked (a bug: its log says more).
+    #[error("{0} panicked")]
+    Panicked(&'static str),
+    /// A VNF's recovery failed: why.
+    #[error("the VNF could not be brought back: {0}")]
+    NotRecovered(Arc<ControlError>),
+    /// Something did not happen in time.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// A client read events too slowly and some were dropped.
+    #[error("event stream lagged: {0} events were dropped")]
+    EventsLagged(u64),
     /// A VNF process could not be started or signalled.
     #[error("VNF process: {0}")]
     Process(String),
 }
 
+impl ControlError {
+    /// An I/O error while doing `what`.
+    pub fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.to_string();
+        move |source| Self::Io { what, source }
+    }
+
+    /// The gRPC code a client acts on.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::NotFound(_) => Code::NotFound,
+            Self::AlreadyExists(_) => Code::AlreadyExists,
+            Self::Unimplemented(_) => Code::Unimplemented,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Self::EventsLagged(_) => Code::DataLoss,
+            Self::Remote(e) => remote_code(e),
+            Self::Protect(e) => protect_code(e),
+            Self::Store(e) => store_code(e),
+            Self::NotRecovered(e) => e.code(),
+            Self::Netns(_)
+            | Self::Sff(_)
+            | Self::Io { .. }
+            | Self::Signal { .. }
+            | Self::Panicked(_)
+            | Self::Process(_) => Code::Internal,
+        }
+    }
+}
+
+fn remote_code(e: &RemoteError) -> Code {
+    match e {
+        RemoteError::Refused(_) | RemoteError::Version { .. } => Code::FailedPrecondition,
+        RemoteError::Io { .. } => Code::Unavailable,
+        RemoteError::Protocol { .. } => Code::Internal,
+    }
+}
+
+fn store_code(e: &StoreError) -> Code {
+    match e {
+        StoreError::Corrupt { .. } => Code::DataLoss,
+        StoreError::Missing { .. } => Code::FailedPrecondition,
+        // A read or write that failed may work when tried again (the
+        // checkpoint is kept).
+        StoreError::Io { .. } => Code::Unavailable,
+        StoreError::Db(_) => Code::Internal,
+    }
+}
+
+fn protect_code(e: &ProtectError) -> Code {
+    match e {
+        ProtectError::Store(s) => store_code(s),
+        ProtectError::Sff(r) => remote_code(r),
+        // The newest checkpoint was unusable (corrupt or missing), and so
+        // was the older one: the state is gone.
+        ProtectError::FallbackFailed { .. } => Code::DataLoss,
+        ProtectError::NotDrained { .. }
+        | ProtectError::LinkLoss { .. }
+        | ProtectError::InputDropped { .. }
+        | ProtectError::Retired
+        | ProtectError::Stopped(_) => Code::FailedPrecondition,
+        ProtectError::Criu(_) | ProtectError::Process(_) | ProtectError::Ring(_) => Code::Internal,
+    }
+}
+
+impl From<tokio::task::JoinError> for ControlError {
+    fn from(_: tokio::task::JoinError) -> Self {
+        Self::Panicked("a blocking task of the daemon")
+    }
+}
+
 impl From<ControlError> for tonic::Status {
     fn from(e: ControlError) -> Self {
-        let msg = e.to_string();
-        match e {
-            ControlError::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
-            ControlError::NotFound(_) => tonic::Status::not_found(msg),
-            ControlError::AlreadyExists(_) => tonic::Status::already_exists(msg),
-            ControlError::Unimplemented(_) => tonic::Status::unimplemented(msg),
-            ControlError::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
-            ControlError::Netns(_) | ControlError::Sff(_) | ControlError::Process(_) => {
-                tonic::Status::internal(msg)
-            }
-        }
+        tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<Arc<ControlError>> for ControlError {
+    fn from(e: Arc<ControlError>) -> Self {
+        Self::NotRecovered(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corrupt_checkpoint_is_data_loss_and_a_missing_one_a_precondition() {
+        let corrupt = StoreError::Corrupt {
+            chain: "c".into(),
+            vnf: "v".into(),
+            id: 3,
+            why: "checksum".into(),
+        };
+        let s = tonic::Status::from(ControlError::Protect(ProtectError::Store(corrupt)));
+        assert_eq!(s.code(), Code::DataLoss);
+        assert!(
+            s.message().contains("checkpoint 3 of c/v is corrupt"),
+            "{s:?}"
+        );
+        let missing = StoreError::Missing {
+            chain: "c".into(),
+            vnf: "v".into(),
+            id: 4,
+        };
+        let recovery = ControlError::NotRecovered(Arc::new(ControlError::Store(missing)));
+        let s = tonic::Status::from(recovery);
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert!(s.message().contains("no checkpoint 4 of c/v"), "{s:?}");
+        let refused = ControlError::Remote(RemoteError::Refused("no hop 9".into()));
+        assert_eq!(
+            tonic::Status::from(refused).code(),
+            Code::FailedPrecondition
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! NHAM control plane.
 //!
-//! - [`api`]: the generated `nham.v1` gRPC types and services.
+//! - [`api`]: the generated `nham.v1` gRPC types and the tonic services
+//!   over the daemon (decode, call, encode).
 //! - [`criu`]: dump and restore of one VNF process through CRIU's RPC
 //!   (`criu swrk`).
 //! - [`protect`]: the State Synchronizer of one VNF: the checkpoint
@@ -20,8 +21,8 @@
 //! - [`runtime`]: a running chain: one network namespace per VNF joined to
 //!   the daemon's namespace by a veth pair, the VNF processes (started with
 //!   `setns`, watched through a pidfd), the SFF thread.
-//! - [`service`]: the tonic services over a registry of chains, and the
-//!   event stream.
+//! - [`service`]: the daemon: a registry of chains, failure handling,
+//!   checkpoint scheduling, the event stream, and one method per request.
 //!
 //! - [`store`]: the VNF State Database (redb index, zstd images with a
 //!   format version and checksum).
@@ -31,6 +32,7 @@
 //! are made then).
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod capacity;
 pub mod cgroup;
 pub mod criu;
@@ -119,16 +121,6 @@ pub async fn list_services(
     }
     out.sort();
     Ok(out)
-}
-
-/// The generated `nham.v1` API.
-#[allow(missing_docs, unreachable_pub, clippy::all)]
-pub mod api {
-    tonic::include_proto!("nham.v1");
-
-    /// Encoded file descriptor set, for gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("nham_v1_descriptor");
 }
 
 /// The executable `name` installed beside the running one: in the same

@@ -67,8 +67,8 @@ pub const KEEP_CHECKPOINTS: usize = 2;
 #[derive(Debug, Error)]
 pub enum ProtectError {
     /// The SFF refused or is gone.
-    #[error("SFF: {0}")]
-    Sff(String),
+    #[error(transparent)]
+    Sff(#[from] nham_sff::remote::RemoteError),
     /// CRIU failed.
     #[error(transparent)]
     Criu(#[from] criu::CriuError),
@@ -126,10 +126,6 @@ pub enum ProtectError {
     /// tell): it is not checkpointed, and not resumed either.
     #[error("VNF {0} is stopped by someone else: not checkpointed")]
     Stopped(u32),
-}
-
-fn sff_err(e: impl std::fmt::Display) -> ProtectError {
-    ProtectError::Sff(e.to_string())
 }
 
 /// Bytes queued on the packet sockets of process `pid`'s network namespace
@@ -789,7 +785,7 @@ impl ProtectedVnf {
         }
         let started = Instant::now();
         let hop = self.hop;
-        let id = sff.begin_checkpoint(hop).map_err(sff_err)?;
+        let id = sff.begin_checkpoint(hop).map_err(ProtectError::Sff)?;
         let fail = |sff: &SffClient, e: ProtectError| {
             let _ = sff.checkpoint_failed(hop, id);
             e
@@ -858,7 +854,7 @@ impl ProtectedVnf {
             return Err(fail(sff, e));
         }
         // 4. Mark.
-        if let Err(e) = sff.quiesced(hop, id).map_err(sff_err) {
+        if let Err(e) = sff.quiesced(hop, id).map_err(ProtectError::Sff) {
             let _ = resume(self.pid);
             return Err(fail(sff, e));
         }
@@ -890,7 +886,7 @@ impl ProtectedVnf {
                 return Err(fail(sff, e));
             }
         };
-        if let Err(e) = sff.checkpoint_dumped(hop, id).map_err(sff_err) {
+        if let Err(e) = sff.checkpoint_dumped(hop, id).map_err(ProtectError::Sff) {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(fail(sff, e));
         }
@@ -936,7 +932,7 @@ impl ProtectedVnf {
             let _ = sff.checkpoint_failed(hop, id);
             return Err(ProtectError::Retired);
         }
-        let done = match sff.checkpoint_done(hop, id).map_err(sff_err) {
+        let done = match sff.checkpoint_done(hop, id).map_err(ProtectError::Sff) {
             Ok(d) => d,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -1032,7 +1028,7 @@ impl ProtectedVnf {
         }
         let plan = match plan {
             Some(p) => p,
-            None => sff.failure(hop).map_err(sff_err)?,
+            None => sff.failure(hop).map_err(ProtectError::Sff)?,
         };
         let restored = plan.checkpoint.is_some();
         let mut fallback_reason = None;
@@ -1063,7 +1059,7 @@ impl ProtectedVnf {
         self.pid = pid;
         // Whatever the link lost before is replayed now.
         self.restart_link_count();
-        let r = sff.restored(hop, from).map_err(sff_err);
+        let r = sff.restored(hop, from).map_err(ProtectError::Sff);
         // Resumed after `Restored`: what it answers first (the input its
         // image was frozen in, in that input's old epoch) is then taken as
         // this incarnation's, not as a stale output of the dead one.
@@ -1105,7 +1101,7 @@ impl ProtectedVnf {
         // its first outputs may finish the input its image was frozen in
         // (stamped with that input's old epoch), which the SFF takes as
         // this incarnation's only from then on (see `Hop::handle_restored`).
-        let rr = match sff.fail_over(self.hop, from).map_err(sff_err)? {
+        let rr = match sff.fail_over(self.hop, from).map_err(ProtectError::Sff)? {
             FailOverOutcome::Switched(rr) => {
                 signal(ready, nix::sys::signal::Signal::SIGCONT)?;
                 rr
@@ -1188,17 +1184,18 @@ impl ProtectedVnf {
             self.members[k - 1].pid = None;
         }
         let mut _background = None;
-        let (checkpoint, fallback) = match sff.member_failed(hop, k).map_err(sff_err)? {
+        let (checkpoint, fallback) = match sff.member_failed(hop, k).map_err(ProtectError::Sff)? {
             nham_dataplane::hold::MemberFailure::Continues => {
                 // The chain is served meanwhile: the restore (CRIU runs as
                 // a child of this thread) must not take the CPU from it.
                 // CRIU gives the restored process its own nice value back.
                 _background = Some(Niceness::for_this_thread(BACKGROUND_NICE));
-                let st = sff.status().map_err(sff_err)?;
-                let h = st
-                    .hops
-                    .get(hop)
-                    .ok_or_else(|| ProtectError::Sff(format!("no hop {hop}")))?;
+                let st = sff.status().map_err(ProtectError::Sff)?;
+                let h = st.hops.get(hop).ok_or_else(|| {
+                    ProtectError::Sff(nham_sff::remote::RemoteError::Refused(format!(
+                        "no hop {hop}"
+                    )))
+                })?;
                 (h.committed.filter(|&id| id != 0), None)
             }
             nham_dataplane::hold::MemberFailure::HopFailed(plan) => {
@@ -1232,7 +1229,7 @@ impl ProtectedVnf {
                 (Err(e), _) => return Err(e),
             },
         };
-        let rr = match sff.member_restored(hop, k, from).map_err(sff_err) {
+        let rr = match sff.member_restored(hop, k, from).map_err(ProtectError::Sff) {
             Ok(rr) => rr,
             Err(e) => {
                 let _ = signal(pid, nix::sys::signal::Signal::SIGKILL);

@@ -165,10 +165,9 @@ impl VnfRuntime {
     /// Starts MR-AA member `k` (1 or more) afresh in its place; returns a
     /// pidfd to watch.
     pub fn start_member(&mut self, k: usize) -> Result<OwnedFd, ControlError> {
-        let m = self
-            .members
-            .get(k - 1)
-            .ok_or_else(|| ControlError::Process(format!("no member {k}")))?;
+        let m = self.members.get(k - 1).ok_or_else(|| {
+            ControlError::NotFound(format!("VNF {} has no MR-AA member {k}", self.plan.name))
+        })?;
         let pid = self.spawn_in(&m.netns, &m.cwd)?;
         self.adopt_member(k, pid)
     }
@@ -181,10 +180,9 @@ impl VnfRuntime {
                 tracing::warn!(vnf = self.plan.name, "{e}");
             }
         }
-        let m = self
-            .members
-            .get_mut(k - 1)
-            .ok_or_else(|| ControlError::Process(format!("no member {k}")))?;
+        let m = self.members.get_mut(k - 1).ok_or_else(|| {
+            ControlError::NotFound(format!("VNF {} has no MR-AA member {k}", self.plan.name))
+        })?;
         m.pid = Some(pid);
         m.incarnation += 1;
         Ok(pidfd)
@@ -255,8 +253,13 @@ impl VnfRuntime {
         let pid = self.pid.ok_or_else(|| {
             ControlError::FailedPrecondition(format!("VNF {} is not running", self.plan.name))
         })?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
-            .map_err(|e| ControlError::Process(format!("signal {signal} to {pid}: {e}")))
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).map_err(|source| {
+            ControlError::Signal {
+                signal,
+                pid,
+                source,
+            }
+        })
     }
 }
 
@@ -277,9 +280,9 @@ pub fn reap(pidfd: &OwnedFd) {
 
 fn pidfd(pid: u32) -> Result<OwnedFd, ControlError> {
     let p = rustix::process::Pid::from_raw(pid as i32)
-        .ok_or_else(|| ControlError::Process("process has pid 0".into()))?;
+        .ok_or_else(|| ControlError::InvalidArgument("process has pid 0".into()))?;
     rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
-        .map_err(|e| ControlError::Process(format!("pidfd_open({pid}): {e}")))
+        .map_err(|e| ControlError::io(format!("pidfd_open({pid})"))(e.into()))
 }
 
 impl Drop for VnfRuntime {
@@ -477,8 +480,7 @@ impl StateOptions {
     /// VNF `vnf` of chain `chain`'s working directory, made if need be.
     fn vnf_cwd(&self, chain: &str, vnf: &str) -> Result<PathBuf, ControlError> {
         let dir = self.store.dir().join("run").join(chain).join(vnf);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ControlError::Process(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(ControlError::io(dir.display()))?;
         Ok(dir)
     }
 
@@ -659,8 +661,7 @@ impl ChainRuntime {
         let work = state.scratch.join(&plan.name);
         let logs = state.logs.join(&plan.name);
         for dir in [&work, &logs] {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| ControlError::Process(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(ControlError::io(dir.display()))?;
         }
         let prefix = state.netns_prefix();
         for (i, v) in plan.vnfs.iter().enumerate() {
@@ -821,7 +822,7 @@ impl ChainRuntime {
         let process = spawn_sff(sff, &config, &socket, &logs.join("sff.log"))?;
         runtime.sff_process = Some(process);
         runtime.sff = Some(Arc::new(
-            SffClient::connect(&socket).map_err(|e| ControlError::Process(e.to_string()))?,
+            SffClient::connect(&socket).map_err(ControlError::from)?,
         ));
         for hop in 0..runtime.vnfs.len() {
             let m = runtime.vnfs[hop].plan.mechanism;
@@ -872,9 +873,9 @@ impl ChainRuntime {
                 status.hops.len()
             )));
         }
+        let sff = Arc::new(client);
         let work = state.scratch.join(&plan.name);
-        std::fs::create_dir_all(&work)
-            .map_err(|e| ControlError::Process(format!("{}: {e}", work.display())))?;
+        std::fs::create_dir_all(&work).map_err(ControlError::io(work.display()))?;
         let mut vnfs = Vec::new();
         for (v, r) in plan.vnfs.iter().zip(&record.vnfs) {
             let mut netns = Netns::adopt(&r.netns)?;
@@ -940,7 +941,7 @@ impl ChainRuntime {
             id: record.id,
             plan,
             vnfs,
-            sff: Some(Arc::new(client)),
+            sff: Some(sff.clone()),
             sff_process: Some(SffProcess {
                 pid: record.sff_pid,
                 socket: record.sff_socket.clone(),
@@ -951,7 +952,6 @@ impl ChainRuntime {
             member_pidfds: Vec::new(),
             lost_members: Vec::new(),
         };
-        let sff = runtime.sff.clone().expect("set above");
         let mut pidfds = Vec::new();
         for (hop, (v, r)) in runtime.vnfs.iter_mut().zip(&record.vnfs).enumerate() {
             let h = status.hops[hop].clone();
@@ -979,7 +979,7 @@ impl ChainRuntime {
                     sff.checkpoint_failed(hop, id)
                 }
             };
-            settle.map_err(|e| ControlError::Process(format!("settling a checkpoint: {e}")))?;
+            settle?;
             // (An MR-AA member 0 the SFF counts as failed is being
             // recovered: its process, if any, is of unknown state.)
             let member_0_failed = matches!(
@@ -1119,12 +1119,11 @@ impl ChainRuntime {
         let sff = self.sff.clone().ok_or_else(|| {
             ControlError::FailedPrecondition("the chain's SFF is not running".into())
         })?;
-        let sff_err = |e: nham_sff::remote::RemoteError| ControlError::Process(e.to_string());
         let chain = self.plan.name.clone();
         let v = &mut self.vnfs[hop];
         match (wanted, v.agent.clone()) {
             (None, None) => {
-                sff.set_protected(hop, false).map_err(sff_err)?;
+                sff.set_protected(hop, false).map_err(ControlError::from)?;
             }
             (None, Some(agent)) => {
                 // A checkpoint under way finishes its dump first (it holds
@@ -1136,13 +1135,13 @@ impl ChainRuntime {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .retire();
                 v.agent = None;
-                sff.set_protected(hop, false).map_err(sff_err)?;
+                sff.set_protected(hop, false).map_err(ControlError::from)?;
             }
             (Some(mech), Some(agent)) => agent
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .set_mechanism(mech)
-                .map_err(|e| ControlError::Process(e.to_string()))?,
+                .map_err(ControlError::from)?,
             (Some(mech), None) => {
                 let pid = v.pid.ok_or_else(|| {
                     ControlError::FailedPrecondition(format!("VNF {} is not running", v.plan.name))
@@ -1190,8 +1189,8 @@ impl ChainRuntime {
                     }
                     Ok(a)
                 })
-                .map_err(|e| ControlError::Process(e.to_string()))?;
-                sff.set_protected(hop, true).map_err(sff_err)?;
+                .map_err(ControlError::from)?;
+                sff.set_protected(hop, true).map_err(ControlError::from)?;
                 v.agent = Some(Arc::new(Mutex::new(agent)));
             }
         }
@@ -1356,8 +1355,7 @@ impl Spawn {
     /// start: `FAILED_PRECONDITION`, naming the VNF and its command, with
     /// the end of its log (nothing is taken as ready).
     pub fn run(self) -> Result<u32, ControlError> {
-        let log_err =
-            |e: std::io::Error| ControlError::Process(format!("{}: {e}", self.log.display()));
+        let log_err = |e: std::io::Error| ControlError::io(self.log.display())(e);
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -1434,12 +1432,11 @@ pub fn in_netns<T: Send + 'static>(
 ) -> Result<T, ControlError> {
     let path = netns.to_path_buf();
     std::thread::spawn(move || {
-        let file = std::fs::File::open(&path)
-            .map_err(|e| ControlError::Process(format!("{}: {e}", path.display())))?;
+        let file = std::fs::File::open(&path).map_err(ControlError::io(path.display()))?;
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| ControlError::Process(format!("entering {}: {e}", path.display())))?;
+            .map_err(|e| ControlError::io(format!("entering {}", path.display()))(e.into()))?;
         Ok(f())
     })
     .join()
-    .map_err(|_| ControlError::Process(format!("a thread in {} panicked", netns.display())))?
+    .map_err(|_| ControlError::Panicked("a thread in a VNF's namespace"))?
 }

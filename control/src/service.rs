@@ -17,15 +17,12 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
-use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{broadcast, Mutex};
-use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status};
 
-use crate::api::{self, chain_service_server, event_service_server, vnf_service_server};
+use crate::api;
 use crate::error::ControlError;
 use crate::protect::RecoveryStats;
 use crate::runtime::{
@@ -52,6 +49,9 @@ pub struct RestoreReport {
 }
 use crate::validate;
 
+mod requests;
+pub use requests::{Fault, Healed, HEAL_TIMEOUT};
+
 struct Entry {
     spec: api::ChainSpec,
     runtime: ChainRuntime,
@@ -75,6 +75,21 @@ pub struct Daemon {
     /// Chains being started, not in the registry yet: name, ingress,
     /// egress, SPI (what a new chain must not share).
     starting: std::sync::Mutex<BTreeMap<String, (String, String, u32)>>,
+    /// How each VNF's last recovery ended, for heals that wait on it.
+    outcomes: std::sync::Mutex<BTreeMap<(String, String), tokio::sync::watch::Sender<Outcome>>>,
+}
+
+/// How a VNF's last recovery ended: what a `HealVnf` waits on (never a
+/// sleep loop).
+#[derive(Debug, Clone)]
+struct Outcome {
+    /// Recoveries finished (each bumps it).
+    finished: u64,
+    /// The last one's result.
+    result: Result<(), Arc<ControlError>>,
+    /// A heal has killed the VNF (or started its recovery again) and its
+    /// recovery has not finished yet: a second heal joins it.
+    healing: bool,
 }
 
 /// A change to the chain records in the state database.
@@ -122,7 +137,10 @@ impl RecordWriter {
                     }
                 }
             })
-            .expect("spawning the record writer");
+            // Without its thread, records are not written (each put
+            // says so); the chains run on.
+            .map_err(|e| tracing::error!("no thread for chain records: {e}"))
+            .ok();
         Self {
             ops: std::sync::Mutex::new(tx),
         }
@@ -130,11 +148,14 @@ impl RecordWriter {
 
     fn send(&self, op: RecordOp) -> std::sync::mpsc::Receiver<()> {
         let (ack, done) = std::sync::mpsc::channel();
-        let _ = self
+        let sent = self
             .ops
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .send((op, Some(ack)));
+        if sent.is_err() {
+            tracing::error!("a chain record is not written: the record writer is gone");
+        }
         done
     }
 
@@ -257,7 +278,53 @@ impl Daemon {
             state,
             early: crate::exits::EarlyExits::start(),
             starting: std::sync::Mutex::default(),
+            outcomes: std::sync::Mutex::default(),
         })
+    }
+
+    /// The outcome of VNF `vnf` of `chain`'s recoveries, to wait on.
+    fn outcome(&self, chain: &str, vnf: &str) -> tokio::sync::watch::Receiver<Outcome> {
+        let mut outcomes = self
+            .outcomes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        outcomes
+            .entry((chain.to_string(), vnf.to_string()))
+            .or_insert_with(|| {
+                tokio::sync::watch::channel(Outcome {
+                    finished: 0,
+                    result: Ok(()),
+                    healing: false,
+                })
+                .0
+            })
+            .subscribe()
+    }
+
+    /// A heal has started VNF `vnf` of `chain`'s recovery.
+    fn mark_healing(&self, chain: &str, vnf: &str) {
+        let outcomes = self
+            .outcomes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(tx) = outcomes.get(&(chain.to_string(), vnf.to_string())) {
+            tx.send_modify(|o| o.healing = true);
+        }
+    }
+
+    /// VNF `vnf` of `chain`'s recovery has finished with `result`.
+    fn settle(&self, chain: &str, vnf: &str, result: Result<(), Arc<ControlError>>) {
+        let outcomes = self
+            .outcomes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(tx) = outcomes.get(&(chain.to_string(), vnf.to_string())) {
+            tx.send_modify(|o| {
+                o.finished += 1;
+                o.result = result;
+                o.healing = false;
+            });
+        }
     }
 
     fn emit(&self, e: api::WatchEventsResponse) {
@@ -423,8 +490,8 @@ impl Daemon {
                 })
         })
         .await
-        .map_err(|e| ControlError::Process(format!("recovery panicked: {e}")))
-        .and_then(|r| r.map_err(|e| ControlError::Process(e.to_string())));
+        .map_err(|_| ControlError::Panicked("recovery"))
+        .and_then(|r| r.map_err(ControlError::from));
         let mut chains = self.chains.lock().await;
         let Some(v) = chains
             .get_mut(chain)
@@ -552,7 +619,7 @@ impl Daemon {
                 drop(chains);
                 let started = tokio::task::spawn_blocking(move || spawn.run())
                     .await
-                    .map_err(|e| ControlError::Process(format!("start panicked: {e}")))
+                    .map_err(|_| ControlError::Panicked("start"))
                     .and_then(|r| r);
                 let mut chains = self.chains.lock().await;
                 let adopted = started.and_then(|pid| {
@@ -630,8 +697,8 @@ impl Daemon {
             })
         })
         .await
-        .map_err(|e| ControlError::Process(format!("recovery panicked: {e}")))
-        .and_then(|r| r.map_err(|e| ControlError::Process(e.to_string())));
+        .map_err(|_| ControlError::Panicked("recovery"))
+        .and_then(|r| r.map_err(ControlError::from));
         // The workers for the next checkpoint (and standby), off the path.
         {
             let chains = self.chains.lock().await;
@@ -678,6 +745,8 @@ impl Daemon {
         outcome: Result<(OwnedFd, RecoveryStats, Duration), ControlError>,
     ) {
         use api::watch_events_response::Event;
+        let outcome = outcome.map_err(Arc::new);
+        self.settle(chain, vnf, outcome.as_ref().map(|_| ()).map_err(Arc::clone));
         let Some(v) = chains
             .get_mut(chain)
             .and_then(|e| e.runtime.vnf_mut(vnf).ok())
@@ -758,7 +827,7 @@ impl Daemon {
             .clone()
             .acquire_owned()
             .await
-            .map_err(|e| ControlError::Process(format!("checkpoint turns: {e}")))?;
+            .map_err(|_| ControlError::FailedPrecondition("the daemon is shutting down".into()))?;
         let r = tokio::task::spawn_blocking(move || {
             let lock = || {
                 agent
@@ -782,7 +851,7 @@ impl Daemon {
             Ok::<_, crate::protect::ProtectError>(stats)
         })
         .await
-        .map_err(|e| ControlError::Process(format!("checkpoint panicked: {e}")))?;
+        .map_err(|_| ControlError::Panicked("checkpoint"))?;
         match r {
             Ok(c) => {
                 if let Some(v) = self
@@ -1243,7 +1312,7 @@ impl Daemon {
         let started =
             tokio::task::spawn_blocking(move || ChainRuntime::start(id, plan, &sff, &state))
                 .await
-                .map_err(|e| ControlError::Process(format!("chain start panicked: {e}")))
+                .map_err(|_| ControlError::Panicked("chain start"))
                 .and_then(|r| r);
         let unreserve = || {
             self.starting
@@ -1315,8 +1384,8 @@ impl Daemon {
             Ok::<_, crate::store::StoreError>((store.chains()?, store.runtimes()?))
         })
         .await
-        .map_err(|e| ControlError::Process(format!("reading the state database: {e}")))?
-        .map_err(|e| ControlError::Process(e.to_string()))?;
+        .map_err(|_| ControlError::Panicked("reading the state database"))?
+        .map_err(ControlError::from)?;
         let records: BTreeMap<String, ChainRecord> = records
             .into_iter()
             .filter_map(|(n, b)| Some((n, serde_json::from_slice(&b).ok()?)))
@@ -1349,7 +1418,7 @@ impl Daemon {
                     let (plan, state) = (plan.clone(), self.state.clone());
                     tokio::task::spawn_blocking(move || ChainRuntime::reattach(&rec, plan, &state))
                         .await
-                        .map_err(|e| ControlError::Process(format!("re-attaching panicked: {e}")))
+                        .map_err(|_| ControlError::Panicked("re-attaching"))
                         .and_then(|r| r)
                 }
                 None => Err(ControlError::FailedPrecondition(
@@ -1379,7 +1448,7 @@ impl Daemon {
                         ChainRuntime::start(id, plan, &sff, &state)
                     })
                     .await
-                    .map_err(|e| ControlError::Process(format!("chain start panicked: {e}")))
+                    .map_err(|_| ControlError::Panicked("chain start"))
                     .and_then(|r| r);
                     match started {
                         Ok((rt, fds)) => {
@@ -1506,65 +1575,6 @@ impl Daemon {
     /// Fault injection: starts a checkpoint of VNF `vnf` and SIGKILLs the
     /// VNF once the SFF reports that checkpoint dumping (the VNF frozen,
     /// CRIU at work), so the crash lands in the middle of it.
-    async fn crash_during_checkpoint(
-        self: &Arc<Self>,
-        chain: &str,
-        vnf: &str,
-    ) -> Result<(), ControlError> {
-        let (agent, sff, hop) = self
-            .with_chain(chain, |e| {
-                let hop = e.runtime.vnf_index(vnf)?;
-                let agent = e.runtime.vnfs[hop].agent.clone().ok_or_else(|| {
-                    ControlError::FailedPrecondition(format!(
-                        "VNF {vnf:?} is not protected: it has no checkpoints to crash in"
-                    ))
-                })?;
-                let sff = e.runtime.sff.clone().ok_or_else(|| {
-                    ControlError::FailedPrecondition("the chain's SFF is not running".into())
-                })?;
-                Ok((agent, sff, hop))
-            })
-            .await?;
-        {
-            let (d, chain, vnf, sff) = (
-                self.clone(),
-                chain.to_string(),
-                vnf.to_string(),
-                sff.clone(),
-            );
-            tokio::spawn(async move {
-                // It fails, the VNF dying under it: that is the point.
-                let _ = d.checkpoint_now(&chain, &vnf, agent, sff).await;
-            });
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            let s = sff.clone();
-            let status = tokio::task::spawn_blocking(move || s.status())
-                .await
-                .map_err(|e| ControlError::Process(format!("status panicked: {e}")))?
-                .map_err(|e| ControlError::Process(e.to_string()))?;
-            if matches!(
-                status.hops.get(hop).map(|h| h.phase),
-                Some(nham_sff::PhaseStatus::Dumping(_))
-            ) {
-                return self
-                    .with_chain(chain, |e| {
-                        let v = e.runtime.vnf_mut(vnf)?;
-                        v.fault_at = Some(Instant::now());
-                        v.signal(nix::sys::signal::Signal::SIGKILL)
-                    })
-                    .await;
-            }
-            if Instant::now() > deadline {
-                return Err(ControlError::FailedPrecondition(format!(
-                    "no checkpoint of {chain}/{vnf} reached its dump within 3 s"
-                )));
-            }
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-    }
-
     /// Deletes a chain: SFF stopped, VNFs killed, namespaces removed.
     pub async fn delete(&self, name: &str) -> Result<(), ControlError> {
         validate::name("name", name)?;
@@ -1574,9 +1584,14 @@ impl Daemon {
             .await
             .remove(name)
             .ok_or_else(|| ControlError::NotFound(format!("no chain {name:?}")))?;
+        // Heals waiting on its VNFs hear that it is gone.
+        self.outcomes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|(c, _), _| c != name);
         tokio::task::spawn_blocking(move || drop(entry))
             .await
-            .map_err(|e| ControlError::Process(format!("teardown panicked: {e}")))?;
+            .map_err(|_| ControlError::Panicked("teardown"))?;
         let done = self.records.send(RecordOp::Remove {
             name: name.to_string(),
         });
@@ -1587,406 +1602,5 @@ impl Daemon {
             api::watch_events_response::Event::ChainDeleted(api::ChainDeleted {}),
         ));
         Ok(())
-    }
-}
-
-/// Every service `nhamd` serves over `daemon`: `nham.v1` (chains, VNFs,
-/// events), `grpc.health.v1` and server reflection (v1); with `tls`, only
-/// over TLS.
-pub async fn router(
-    daemon: Arc<Daemon>,
-    tls: Option<tonic::transport::ServerTlsConfig>,
-) -> Result<tonic::transport::server::Router, ControlError> {
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<chain_service_server::ChainServiceServer<ChainSvc>>()
-        .await;
-    health_reporter
-        .set_serving::<vnf_service_server::VnfServiceServer<VnfSvc>>()
-        .await;
-    health_reporter
-        .set_serving::<event_service_server::EventServiceServer<EventSvc>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ControlError::Process(format!("reflection: {e}")))?;
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        server = server
-            .tls_config(tls)
-            .map_err(|e| ControlError::InvalidArgument(format!("TLS configuration: {e}")))?;
-    }
-    Ok(server
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(chain_service_server::ChainServiceServer::new(ChainSvc(
-            daemon.clone(),
-        )))
-        .add_service(vnf_service_server::VnfServiceServer::new(VnfSvc(
-            daemon.clone(),
-        )))
-        .add_service(event_service_server::EventServiceServer::new(EventSvc(
-            daemon,
-        ))))
-}
-
-type Result2<T> = std::result::Result<Response<T>, Status>;
-
-/// `ChainService` over a [`Daemon`].
-#[derive(Debug, Clone)]
-pub struct ChainSvc(pub Arc<Daemon>);
-
-#[tonic::async_trait]
-impl chain_service_server::ChainService for ChainSvc {
-    async fn create_chain(
-        &self,
-        r: Request<api::CreateChainRequest>,
-    ) -> Result2<api::CreateChainResponse> {
-        let chain = self.0.create(r.into_inner().spec).await?;
-        Ok(Response::new(api::CreateChainResponse {
-            chain: Some(chain),
-        }))
-    }
-
-    async fn get_chain(&self, r: Request<api::GetChainRequest>) -> Result2<api::GetChainResponse> {
-        let name = r.into_inner().name;
-        let chain = self
-            .0
-            .with_chain(&name, |e| Ok(e.runtime.to_api(&e.spec)))
-            .await?;
-        Ok(Response::new(api::GetChainResponse { chain: Some(chain) }))
-    }
-
-    async fn list_chains(
-        &self,
-        _: Request<api::ListChainsRequest>,
-    ) -> Result2<api::ListChainsResponse> {
-        let chains = self.0.chains.lock().await;
-        Ok(Response::new(api::ListChainsResponse {
-            chains: chains.values().map(|e| e.runtime.to_api(&e.spec)).collect(),
-        }))
-    }
-
-    async fn delete_chain(
-        &self,
-        r: Request<api::DeleteChainRequest>,
-    ) -> Result2<api::DeleteChainResponse> {
-        self.0.delete(&r.into_inner().name).await?;
-        Ok(Response::new(api::DeleteChainResponse {}))
-    }
-}
-
-/// `VnfService` over a [`Daemon`].
-#[derive(Debug, Clone)]
-pub struct VnfSvc(pub Arc<Daemon>);
-
-#[tonic::async_trait]
-impl vnf_service_server::VnfService for VnfSvc {
-    async fn set_mechanism(
-        &self,
-        r: Request<api::SetMechanismRequest>,
-    ) -> Result2<api::SetMechanismResponse> {
-        let r = r.into_inner();
-        let mechanism = api::Mechanism::try_from(r.mechanism)
-            .ok()
-            .filter(|m| *m != api::Mechanism::Unspecified)
-            .ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "mechanism {} is not a valid mechanism",
-                    r.mechanism
-                ))
-            })?;
-        if mechanism == api::Mechanism::MrAa && r.replicas != 0 && !(2..=8).contains(&r.replicas) {
-            return Err(Status::invalid_argument(format!(
-                "replicas {} must be 2 to 8",
-                r.replicas
-            )));
-        }
-        let daemon = &self.0;
-        validate::name("chain", &r.chain)?;
-        validate::name("vnf", &r.vnf)?;
-        let mut chains = daemon.chains.lock().await;
-        let entry = chains
-            .get_mut(&r.chain)
-            .ok_or_else(|| ControlError::NotFound(format!("no chain {:?}", r.chain)))?;
-        let hop = entry.runtime.vnf_index(&r.vnf)?;
-        let had_agent = entry.runtime.vnfs[hop].agent.is_some();
-        let state = daemon.state.clone();
-        // Protecting starts a CRIU worker and may unpack a standby image:
-        // blocking work, but short, and the chain must not change meanwhile.
-        tokio::task::block_in_place(|| entry.runtime.protect(hop, mechanism, &state))?;
-        if !had_agent {
-            daemon.schedule_hop(&entry.runtime, hop);
-        }
-        // A restarted daemon protects it the same way.
-        if let Some(v) = entry.spec.vnfs.get_mut(hop) {
-            v.mechanism = mechanism as i32;
-            v.replicas = r.replicas;
-        }
-        drop(daemon.records.put(&entry.runtime, Some(&entry.spec)));
-        Ok(Response::new(api::SetMechanismResponse {
-            vnf: Some(entry.runtime.vnfs[hop].status()),
-        }))
-    }
-
-    async fn checkpoint(
-        &self,
-        r: Request<api::CheckpointRequest>,
-    ) -> Result2<api::CheckpointResponse> {
-        let r = r.into_inner();
-        let (agent, sff) = self
-            .0
-            .with_chain(&r.chain, |e| {
-                let sff = e.runtime.sff.clone();
-                let v = e.runtime.vnf_mut(&r.vnf)?;
-                match (v.agent.clone(), sff) {
-                    (Some(a), Some(s)) => Ok((a, s)),
-                    _ => Err(ControlError::FailedPrecondition(format!(
-                        "VNF {:?} is not protected (MECHANISM_NONE): it has no checkpoints",
-                        r.vnf
-                    ))),
-                }
-            })
-            .await?;
-        let c = self.0.checkpoint_now(&r.chain, &r.vnf, agent, sff).await?;
-        Ok(Response::new(api::CheckpointResponse {
-            checkpoint_id: c.id,
-            size_bytes: c.size,
-            pause_ms: c.pause.as_secs_f64() * 1e3,
-        }))
-    }
-
-    async fn heal_vnf(&self, r: Request<api::HealVnfRequest>) -> Result2<api::HealVnfResponse> {
-        let r = r.into_inner();
-        if api::HealCause::try_from(r.cause).map_or(true, |c| c == api::HealCause::Unspecified) {
-            return Err(Status::invalid_argument(
-                "cause must be HEAL_CAUSE_FAILURE or HEAL_CAUSE_MAINTENANCE",
-            ));
-        }
-        let started = Instant::now();
-        // Killing the process hands the recovery to its watcher, which
-        // emits the failure and recovery events.
-        // A VNF whose recovery failed has no process: recover it again.
-        let (before, retry) = self
-            .0
-            .with_chain(&r.chain, |e| {
-                let v = e.runtime.vnf_mut(&r.vnf)?;
-                let retry = v.pid.is_none() && v.state == api::VnfState::Failed;
-                if !retry {
-                    v.signal(nix::sys::signal::Signal::SIGKILL)?;
-                }
-                Ok(((v.recoveries, v.recovery_failures), retry))
-            })
-            .await?;
-        if retry {
-            let d = self.0.clone();
-            let (chain, vnf) = (r.chain.clone(), r.vnf.clone());
-            tokio::spawn(async move {
-                let chains = d.chains.lock().await;
-                d.recover(chains, &chain, &vnf, Instant::now(), true).await;
-            });
-        }
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let (status, failures, error) = self
-                .0
-                .with_chain(&r.chain, |e| {
-                    let v = e.runtime.vnf_mut(&r.vnf)?;
-                    Ok((v.status(), v.recovery_failures, v.last_error.clone()))
-                })
-                .await?;
-            if failures > before.1 {
-                return Err(Status::failed_precondition(format!(
-                    "the VNF could not be brought back: {}",
-                    error.unwrap_or_default()
-                )));
-            }
-            if status.recoveries > before.0 && status.state == api::VnfState::Running as i32 {
-                return Ok(Response::new(api::HealVnfResponse {
-                    vnf: Some(status),
-                    recovery_ms: started.elapsed().as_secs_f64() * 1e3,
-                }));
-            }
-            if Instant::now() > deadline {
-                return Err(Status::deadline_exceeded(
-                    "the VNF did not come back within 10 s",
-                ));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
-    }
-
-    async fn inject_fault(
-        &self,
-        r: Request<api::InjectFaultRequest>,
-    ) -> Result2<api::InjectFaultResponse> {
-        let r = r.into_inner();
-        let fault = api::Fault::try_from(r.fault)
-            .ok()
-            .filter(|f| *f != api::Fault::Unspecified)
-            .ok_or_else(|| {
-                Status::invalid_argument("fault must be FAULT_CRASH, FAULT_HANG or FAULT_CUT_OFF")
-            })?;
-        if r.member > 0 {
-            if r.during_checkpoint {
-                return Err(Status::invalid_argument(
-                    "during_checkpoint is for member 0 (the member a checkpoint dumps)",
-                ));
-            }
-            let k = r.member as usize;
-            self.0
-                .with_chain(&r.chain, |e| {
-                    let v = e.runtime.vnf_mut(&r.vnf)?;
-                    let members = v.members.len() + 1;
-                    let m = v.members.get_mut(k - 1).ok_or_else(|| {
-                        ControlError::InvalidArgument(format!(
-                            "VNF {:?} has no MR-AA member {k} (it has {members})",
-                            r.vnf
-                        ))
-                    })?;
-                    let pid = m.pid.ok_or_else(|| {
-                        ControlError::FailedPrecondition(format!(
-                            "member {k} of VNF {:?} is not running",
-                            r.vnf
-                        ))
-                    })?;
-                    m.fault_at = Some(Instant::now());
-                    let signal = |s| {
-                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), s)
-                            .map_err(|e| ControlError::Process(format!("{s} to {pid}: {e}")))
-                    };
-                    match fault {
-                        api::Fault::Crash => signal(nix::sys::signal::Signal::SIGKILL),
-                        // No checkpoint stops a member other than 0.
-                        api::Fault::Hang => signal(nix::sys::signal::Signal::SIGSTOP),
-                        api::Fault::CutOff => {
-                            m.netns
-                                .run(|| nham_netns::set_down(crate::runtime::VNF_IFACE))??;
-                            Ok(())
-                        }
-                        api::Fault::Unspecified => unreachable!("filtered above"),
-                    }
-                })
-                .await?;
-            return Ok(Response::new(api::InjectFaultResponse {}));
-        }
-        if r.during_checkpoint {
-            if fault != api::Fault::Crash {
-                return Err(Status::invalid_argument(
-                    "during_checkpoint is for FAULT_CRASH only",
-                ));
-            }
-            self.0.crash_during_checkpoint(&r.chain, &r.vnf).await?;
-            return Ok(Response::new(api::InjectFaultResponse {}));
-        }
-        // A hang of a protected VNF waits for a checkpoint under way to
-        // finish: the checkpoint stops and resumes the VNF itself, and would
-        // end the hang. (Later checkpoints see it stopped and leave it.)
-        // Lock order: never the registry while holding an agent.
-        let agent = self
-            .0
-            .with_chain(&r.chain, |e| Ok(e.runtime.vnf_mut(&r.vnf)?.agent.clone()))
-            .await?;
-        if let (api::Fault::Hang, Some(agent)) = (fault, agent) {
-            let at = tokio::task::spawn_blocking(move || {
-                let a = agent
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(a.pid as i32),
-                    nix::sys::signal::Signal::SIGSTOP,
-                )
-                .map(|()| Instant::now())
-                .map_err(|e| ControlError::Process(format!("SIGSTOP to {}: {e}", a.pid)))
-            })
-            .await
-            .map_err(|e| ControlError::Process(format!("fault injection panicked: {e}")))??;
-            self.0
-                .with_chain(&r.chain, |e| {
-                    e.runtime.vnf_mut(&r.vnf)?.fault_at = Some(at);
-                    Ok(())
-                })
-                .await?;
-            return Ok(Response::new(api::InjectFaultResponse {}));
-        }
-        self.0
-            .with_chain(&r.chain, |e| {
-                let v = e.runtime.vnf_mut(&r.vnf)?;
-                v.fault_at = Some(Instant::now());
-                match fault {
-                    api::Fault::Crash => v.signal(nix::sys::signal::Signal::SIGKILL),
-                    api::Fault::Hang => v.signal(nix::sys::signal::Signal::SIGSTOP),
-                    api::Fault::CutOff => {
-                        v.netns
-                            .run(|| nham_netns::set_down(crate::runtime::VNF_IFACE))??;
-                        Ok(())
-                    }
-                    api::Fault::Unspecified => unreachable!("filtered above"),
-                }
-            })
-            .await?;
-        Ok(Response::new(api::InjectFaultResponse {}))
-    }
-}
-
-/// `EventService` over a [`Daemon`].
-#[derive(Debug, Clone)]
-pub struct EventSvc(pub Arc<Daemon>);
-
-type EventStream = Pin<Box<dyn Stream<Item = Result<api::WatchEventsResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl event_service_server::EventService for EventSvc {
-    type WatchEventsStream = EventStream;
-
-    async fn watch_events(
-        &self,
-        r: Request<api::WatchEventsRequest>,
-    ) -> Result2<Self::WatchEventsStream> {
-        let filter = r.into_inner().chain;
-        if !filter.is_empty() {
-            validate::name("chain", &filter)?;
-        }
-        let rx = self.0.events.subscribe();
-        let stream =
-            tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |e| match e {
-                Ok(e) if filter.is_empty() || e.chain == filter => Some(Ok(e)),
-                Ok(_) => None,
-                Err(_) => Some(Err(Status::data_loss(
-                    "event stream lagged: some events were dropped",
-                ))),
-            });
-        Ok(Response::new(Box::pin(stream)))
-    }
-
-    async fn get_stats(&self, r: Request<api::GetStatsRequest>) -> Result2<api::GetStatsResponse> {
-        let name = r.into_inner().chain;
-        let (sff, vnf_input_dropped) = self
-            .0
-            .with_chain(&name, |e| Ok((e.runtime.sff.clone(), e.input_dropped)))
-            .await?;
-        let s = match sff {
-            Some(sff) => tokio::task::spawn_blocking(move || sff.stats())
-                .await
-                .map_err(|e| ControlError::Process(format!("stats panicked: {e}")))?
-                .map_err(|e| ControlError::Process(e.to_string()))?,
-            None => nham_sff::SffStats::default(),
-        };
-        Ok(Response::new(api::GetStatsResponse {
-            ingress: s.ingress,
-            classified: s.classified,
-            classifier_miss: s.classifier_miss,
-            delivered: s.delivered,
-            egress: s.egress,
-            duplicates_suppressed: s.duplicates,
-            stale_discarded: s.stale,
-            malformed: s.malformed_ingress + s.malformed_from_vnf + s.si_mismatch + s.ttl_expired,
-            nondeterministic_outputs: s.divergent,
-            ingress_overflow: s.ingress_kernel_drops,
-            vnf_outputs_lost: s.vnf_output_kernel_drops,
-            vnf_input_dropped,
-        }))
     }
 }

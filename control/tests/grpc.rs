@@ -5,12 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use nham_control::api::server::ChainSvc;
 use nham_control::api::{
     self, chain_service_client::ChainServiceClient, event_service_client::EventServiceClient,
     vnf_service_client::VnfServiceClient,
 };
 use nham_control::runtime::{SffOptions, StateOptions};
-use nham_control::service::{ChainSvc, Daemon};
+use nham_control::service::Daemon;
 use nham_control::store::Store;
 use nham_netns::{unique_name, veth_pair, Netns};
 use tonic::Code;
@@ -64,7 +65,7 @@ impl Harness {
                 let sock = std::env::temp_dir().join(unique_name("nhamd-") + ".sock");
                 let listener = tokio::net::UnixListener::bind(&sock).unwrap();
                 addr_tx.send(format!("unix:{}", sock.display())).unwrap();
-                nham_control::service::router(daemon.clone(), None)
+                nham_control::api::server::router(daemon.clone(), None)
                     .await
                     .unwrap()
                     .serve_with_incoming_shutdown(
@@ -358,6 +359,28 @@ async fn a_crash_is_detected_through_the_pidfd_and_the_vnf_restarted() {
         .into_inner()
         .chains;
     assert_eq!(listed.len(), 1);
+    sff_speaks_one_protocol_version(&h.state_dir.join("sff"));
+
+    // HealVnf is safe to retry: two at once make one recovery, and both
+    // answer when it has finished.
+    let heal = || {
+        let mut vnfs = vnfs.clone();
+        async move {
+            vnfs.heal_vnf(api::HealVnfRequest {
+                chain: "web".into(),
+                vnf: "fw".into(),
+                cause: api::HealCause::Failure as i32,
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().vnf.unwrap())
+        }
+    };
+    let (a, b) = tokio::join!(heal(), heal());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.recoveries, b.recoveries), (1, 1), "{a:?} {b:?}");
+    assert_eq!(a.pid, b.pid);
+    assert_eq!(a.state, api::VnfState::Running as i32);
 
     chains
         .delete_chain(api::DeleteChainRequest { name: "web".into() })
@@ -378,6 +401,74 @@ async fn a_crash_is_detected_through_the_pidfd_and_the_vnf_restarted() {
     // Clients go first: the server's graceful shutdown waits for them.
     drop((stream, events, chains, vnfs));
     drop(h);
+}
+
+/// The chain's SFF process (its socket in `dir`) answers a client of
+/// another protocol version with its own version and closes; a first
+/// message that is not `Hello` is refused, naming the version. The
+/// daemon's client names both versions when they differ.
+fn sff_speaks_one_protocol_version(dir: &std::path::Path) {
+    use nham_sff::remote::{RemoteError, Request, Response, PROTOCOL_VERSION};
+    use std::io::{BufRead, BufReader, Write};
+    let socket = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "sock"))
+        .expect("the SFF's socket");
+    let ask = |first: &Request| {
+        let s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut conn = BufReader::new(s);
+        let mut line = serde_json::to_string(first).unwrap();
+        line.push('\n');
+        conn.get_mut().write_all(line.as_bytes()).unwrap();
+        let mut answer = String::new();
+        conn.read_line(&mut answer).unwrap();
+        let answer: Response = serde_json::from_str(&answer).unwrap();
+        // Then the SFF closes the connection.
+        let mut more = String::new();
+        assert_eq!(conn.read_line(&mut more).unwrap(), 0, "closed: {more}");
+        answer
+    };
+    let other = PROTOCOL_VERSION + 1;
+    assert_eq!(
+        ask(&Request::Hello { version: other }),
+        Response::Hello {
+            version: PROTOCOL_VERSION
+        }
+    );
+    match ask(&Request::Stats) {
+        Response::Refused(why) => assert!(
+            why.contains(&format!("protocol version {PROTOCOL_VERSION}")),
+            "{why}"
+        ),
+        r => panic!("a request before Hello was answered: {r:?}"),
+    }
+    // The daemon's own client, against a server of another version.
+    let fake = dir.join("fake.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&fake).unwrap();
+    let server = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut conn = BufReader::new(s);
+        let mut hello = String::new();
+        conn.read_line(&mut hello).unwrap();
+        let mut answer = serde_json::to_string(&Response::Hello { version: other }).unwrap();
+        answer.push('\n');
+        conn.get_mut().write_all(answer.as_bytes()).unwrap();
+    });
+    let e = nham_sff::remote::SffClient::connect(&fake).unwrap_err();
+    server.join().unwrap();
+    let _ = std::fs::remove_file(&fake);
+    assert!(
+        matches!(e, RemoteError::Version { ours, theirs: Some(t), .. } if ours == PROTOCOL_VERSION && t == other),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("version {other}"))
+            && msg.contains(&format!("client {PROTOCOL_VERSION}")),
+        "{msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,11 +622,61 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
     let older = vnfs.checkpoint(req()).await.unwrap().into_inner();
     let newer = vnfs.checkpoint(req()).await.unwrap().into_inner();
     let images = h.state_dir.join("images/rt/mon");
-    let newest = std::fs::read_dir(&images)
-        .unwrap()
-        .map(|f| f.unwrap().path())
-        .find(|p| p.file_stem().and_then(|s| s.to_str()) == Some(&newer.checkpoint_id.to_string()))
-        .expect("the newest checkpoint's file");
+    let image_of = |id: u64| {
+        std::fs::read_dir(&images)
+            .unwrap()
+            .map(|f| f.unwrap().path())
+            .find(|p| p.file_stem().and_then(|s| s.to_str()) == Some(&id.to_string()))
+            .expect("the checkpoint's file")
+    };
+    let newest = image_of(newer.checkpoint_id);
+
+    // A transient I/O error reading the newest image (here: a directory
+    // where its file was) fails the recovery, UNAVAILABLE, and throws
+    // nothing away: once the file is back, a heal restores that very
+    // checkpoint.
+    let aside = newest.with_extension("aside");
+    std::fs::rename(&newest, &aside).unwrap();
+    std::fs::create_dir(&newest).unwrap();
+    let e = vnfs
+        .heal_vnf(api::HealVnfRequest {
+            chain: "rt".into(),
+            vnf: "mon".into(),
+            cause: api::HealCause::Failure as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(
+        aside.exists() && image_of(older.checkpoint_id).exists(),
+        "both checkpoints are kept"
+    );
+    std::fs::remove_dir(&newest).unwrap();
+    std::fs::rename(&aside, &newest).unwrap();
+    vnfs.heal_vnf(api::HealVnfRequest {
+        chain: "rt".into(),
+        vnf: "mon".into(),
+        cause: api::HealCause::Failure as i32,
+        ..Default::default()
+    })
+    .await
+    .expect("healed once the image is readable again");
+    let finished = loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(api::watch_events_response::Event::RecoveryFinished(f)) = e.event {
+            break f;
+        }
+    };
+    assert_eq!(
+        (finished.checkpoint_id, finished.fallback_reason.as_str()),
+        (newer.checkpoint_id, ""),
+        "the checkpoint the I/O error hid is restored, not the older one"
+    );
     let mut bytes = std::fs::read(&newest).unwrap();
     let at = bytes.len() / 2;
     bytes[at] ^= 0x01;
@@ -581,7 +722,7 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(e.code(), Code::DataLoss, "{e:?}");
     assert!(e.message().contains("corrupt"), "{e:?}");
     let status = chains
         .get_chain(api::GetChainRequest { name: "rt".into() })
@@ -603,6 +744,7 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
         })
         .await
         .unwrap_err();
+    assert_eq!(e.code(), Code::DataLoss, "{e:?}");
     assert!(e.message().contains("corrupt"), "{e:?}");
     chains
         .delete_chain(api::DeleteChainRequest { name: "rt".into() })
@@ -702,7 +844,7 @@ async fn tls_when_configured() {
         probe_threshold: 3,
     };
     let daemon = Daemon::new(SffOptions::default(), state);
-    let router = nham_control::service::router(daemon, Some(tls))
+    let router = nham_control::api::server::router(daemon, Some(tls))
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

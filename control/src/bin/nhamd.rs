@@ -267,7 +267,7 @@ async fn main() -> anyhow::Result<()> {
         (None, None) => None,
         _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
     };
-    let router = nham_control::service::router(daemon.clone(), tls).await?;
+    let router = nham_control::api::server::router(daemon.clone(), tls).await?;
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");

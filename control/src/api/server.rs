@@ -1,0 +1,192 @@
+//! The tonic services of `nhamd`: each handler decodes its request, calls
+//! one [`Daemon`] method and encodes the answer. Errors become statuses in
+//! one place ([`ControlError`]'s conversion); nothing here decides.
+#![warn(missing_docs, clippy::all)]
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use super::{chain_service_server, event_service_server, vnf_service_server};
+use crate::api;
+use crate::error::ControlError;
+use crate::service::{Daemon, Fault};
+
+/// Every service `nhamd` serves over `daemon`: `nham.v1` (chains, VNFs,
+/// events), `grpc.health.v1` and server reflection (v1); with `tls`, only
+/// over TLS.
+pub async fn router(
+    daemon: Arc<Daemon>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Result<tonic::transport::server::Router, ControlError> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<chain_service_server::ChainServiceServer<ChainSvc>>()
+        .await;
+    health_reporter
+        .set_serving::<vnf_service_server::VnfServiceServer<VnfSvc>>()
+        .await;
+    health_reporter
+        .set_serving::<event_service_server::EventServiceServer<EventSvc>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ControlError::Process(format!("reflection: {e}")))?;
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls)
+            .map_err(|e| ControlError::InvalidArgument(format!("TLS configuration: {e}")))?;
+    }
+    Ok(server
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(chain_service_server::ChainServiceServer::new(ChainSvc(
+            daemon.clone(),
+        )))
+        .add_service(vnf_service_server::VnfServiceServer::new(VnfSvc(
+            daemon.clone(),
+        )))
+        .add_service(event_service_server::EventServiceServer::new(EventSvc(
+            daemon,
+        ))))
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+/// `ChainService` over a [`Daemon`].
+#[derive(Debug, Clone)]
+pub struct ChainSvc(pub Arc<Daemon>);
+
+#[tonic::async_trait]
+impl chain_service_server::ChainService for ChainSvc {
+    async fn create_chain(
+        &self,
+        r: Request<api::CreateChainRequest>,
+    ) -> Answer<api::CreateChainResponse> {
+        let chain = Some(self.0.create(r.into_inner().spec).await?);
+        Ok(Response::new(api::CreateChainResponse { chain }))
+    }
+
+    async fn get_chain(&self, r: Request<api::GetChainRequest>) -> Answer<api::GetChainResponse> {
+        let chain = Some(self.0.get_chain(&r.into_inner().name).await?);
+        Ok(Response::new(api::GetChainResponse { chain }))
+    }
+
+    async fn list_chains(
+        &self,
+        _: Request<api::ListChainsRequest>,
+    ) -> Answer<api::ListChainsResponse> {
+        let chains = self.0.list_chains().await;
+        Ok(Response::new(api::ListChainsResponse { chains }))
+    }
+
+    async fn delete_chain(
+        &self,
+        r: Request<api::DeleteChainRequest>,
+    ) -> Answer<api::DeleteChainResponse> {
+        self.0.delete(&r.into_inner().name).await?;
+        Ok(Response::new(api::DeleteChainResponse {}))
+    }
+}
+
+/// `VnfService` over a [`Daemon`].
+#[derive(Debug, Clone)]
+pub struct VnfSvc(pub Arc<Daemon>);
+
+#[tonic::async_trait]
+impl vnf_service_server::VnfService for VnfSvc {
+    async fn set_mechanism(
+        &self,
+        r: Request<api::SetMechanismRequest>,
+    ) -> Answer<api::SetMechanismResponse> {
+        let r = r.into_inner();
+        let vnf = self
+            .0
+            .set_mechanism(&r.chain, &r.vnf, r.mechanism, r.replicas)
+            .await?;
+        Ok(Response::new(api::SetMechanismResponse { vnf: Some(vnf) }))
+    }
+
+    async fn checkpoint(
+        &self,
+        r: Request<api::CheckpointRequest>,
+    ) -> Answer<api::CheckpointResponse> {
+        let r = r.into_inner();
+        let c = self.0.checkpoint(&r.chain, &r.vnf).await?;
+        Ok(Response::new(api::CheckpointResponse {
+            checkpoint_id: c.id,
+            size_bytes: c.size,
+            pause_ms: c.pause.as_secs_f64() * 1e3,
+        }))
+    }
+
+    async fn heal_vnf(&self, r: Request<api::HealVnfRequest>) -> Answer<api::HealVnfResponse> {
+        let r = r.into_inner();
+        if api::HealCause::try_from(r.cause).map_or(true, |c| c == api::HealCause::Unspecified) {
+            return Err(ControlError::InvalidArgument(
+                "cause must be HEAL_CAUSE_FAILURE or HEAL_CAUSE_MAINTENANCE".into(),
+            )
+            .into());
+        }
+        let healed = self.0.heal(&r.chain, &r.vnf).await?;
+        Ok(Response::new(api::HealVnfResponse {
+            vnf: Some(healed.vnf),
+            recovery_ms: healed.took.as_secs_f64() * 1e3,
+        }))
+    }
+
+    async fn inject_fault(
+        &self,
+        r: Request<api::InjectFaultRequest>,
+    ) -> Answer<api::InjectFaultResponse> {
+        let r = r.into_inner();
+        let fault = Fault::from_api(r.fault)?;
+        self.0
+            .inject_fault(
+                &r.chain,
+                &r.vnf,
+                fault,
+                r.member as usize,
+                r.during_checkpoint,
+            )
+            .await?;
+        Ok(Response::new(api::InjectFaultResponse {}))
+    }
+}
+
+/// `EventService` over a [`Daemon`].
+#[derive(Debug, Clone)]
+pub struct EventSvc(pub Arc<Daemon>);
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<api::WatchEventsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl event_service_server::EventService for EventSvc {
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        r: Request<api::WatchEventsRequest>,
+    ) -> Answer<Self::WatchEventsStream> {
+        let chain = r.into_inner().chain;
+        let rx = self.0.subscribe(&chain)?;
+        let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |e| {
+            use tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged;
+            match e {
+                Ok(e) if chain.is_empty() || e.chain == chain => Some(Ok(e)),
+                Ok(_) => None,
+                Err(Lagged(n)) => Some(Err(ControlError::EventsLagged(n).into())),
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_stats(&self, r: Request<api::GetStatsRequest>) -> Answer<api::GetStatsResponse> {
+        Ok(Response::new(self.0.stats(&r.into_inner().chain).await?))
+    }
+}

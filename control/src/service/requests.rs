@@ -1,0 +1,391 @@
+//! What an operator asks of the daemon, one method per request: the gRPC
+//! layer ([`crate::api::server`]) decodes, calls one of these and encodes.
+//! Every refusal is a typed [`ControlError`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::{Daemon, Outcome};
+use crate::api;
+use crate::error::ControlError;
+use crate::validate;
+
+/// How long `HealVnf` waits for the recovery it started (or joined).
+pub const HEAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What `HealVnf` did: the VNF as it runs again, and the time from the
+/// request to then.
+#[derive(Debug, Clone)]
+pub struct Healed {
+    /// The VNF.
+    pub vnf: api::VnfStatus,
+    /// From the request to the VNF running again.
+    pub took: Duration,
+}
+
+/// A fault to inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL.
+    Crash,
+    /// SIGSTOP.
+    Hang,
+    /// The VNF's link set down.
+    CutOff,
+}
+
+impl Fault {
+    /// From the API's enum; `FAULT_UNSPECIFIED` is refused.
+    pub fn from_api(f: i32) -> Result<Self, ControlError> {
+        match api::Fault::try_from(f) {
+            Ok(api::Fault::Crash) => Ok(Self::Crash),
+            Ok(api::Fault::Hang) => Ok(Self::Hang),
+            Ok(api::Fault::CutOff) => Ok(Self::CutOff),
+            _ => Err(ControlError::InvalidArgument(
+                "fault must be FAULT_CRASH, FAULT_HANG or FAULT_CUT_OFF".into(),
+            )),
+        }
+    }
+}
+
+fn signal(pid: u32, signal: Signal) -> Result<(), ControlError> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).map_err(|source| {
+        ControlError::Signal {
+            signal,
+            pid,
+            source,
+        }
+    })
+}
+
+impl Daemon {
+    /// The chain `name` as the API shows it.
+    pub async fn get_chain(&self, name: &str) -> Result<api::Chain, ControlError> {
+        self.with_chain(name, |e| Ok(e.runtime.to_api(&e.spec)))
+            .await
+    }
+
+    /// Every chain, as the API shows it.
+    pub async fn list_chains(&self) -> Vec<api::Chain> {
+        let chains = self.chains.lock().await;
+        chains.values().map(|e| e.runtime.to_api(&e.spec)).collect()
+    }
+
+    /// Protects VNF `vnf` of `chain` by `mechanism` (or not: NONE), with
+    /// `replicas` MR-AA members (0: the default).
+    pub async fn set_mechanism(
+        self: &Arc<Self>,
+        chain: &str,
+        vnf: &str,
+        mechanism: i32,
+        replicas: u32,
+    ) -> Result<api::VnfStatus, ControlError> {
+        let mechanism = api::Mechanism::try_from(mechanism)
+            .ok()
+            .filter(|m| *m != api::Mechanism::Unspecified)
+            .ok_or_else(|| {
+                ControlError::InvalidArgument(format!(
+                    "mechanism {mechanism} is not a valid mechanism"
+                ))
+            })?;
+        if mechanism == api::Mechanism::MrAa && replicas != 0 && !(2..=8).contains(&replicas) {
+            return Err(ControlError::InvalidArgument(format!(
+                "replicas {replicas} must be 2 to 8"
+            )));
+        }
+        validate::name("vnf", vnf)?;
+        let state = self.state.clone();
+        let daemon = self.clone();
+        self.with_chain(chain, move |entry| {
+            let hop = entry.runtime.vnf_index(vnf)?;
+            let had_agent = entry.runtime.vnfs[hop].agent.is_some();
+            // Protecting starts a CRIU worker and may unpack a standby
+            // image: blocking work, but short, and the chain must not
+            // change meanwhile.
+            tokio::task::block_in_place(|| entry.runtime.protect(hop, mechanism, &state))?;
+            if !had_agent {
+                daemon.schedule_hop(&entry.runtime, hop);
+            }
+            // A restarted daemon protects it the same way.
+            if let Some(v) = entry.spec.vnfs.get_mut(hop) {
+                v.mechanism = mechanism as i32;
+                v.replicas = replicas;
+            }
+            drop(daemon.records.put(&entry.runtime, Some(&entry.spec)));
+            Ok(entry.runtime.vnfs[hop].status())
+        })
+        .await
+    }
+
+    /// Checkpoints VNF `vnf` of `chain` now.
+    pub async fn checkpoint(
+        &self,
+        chain: &str,
+        vnf: &str,
+    ) -> Result<crate::protect::CheckpointStats, ControlError> {
+        let (agent, sff) = self
+            .with_chain(chain, |e| {
+                let sff = e.runtime.sff.clone();
+                let v = e.runtime.vnf_mut(vnf)?;
+                match (v.agent.clone(), sff) {
+                    (Some(a), Some(s)) => Ok((a, s)),
+                    _ => Err(ControlError::FailedPrecondition(format!(
+                        "VNF {vnf:?} is not protected (MECHANISM_NONE): it has no checkpoints"
+                    ))),
+                }
+            })
+            .await?;
+        self.checkpoint_now(chain, vnf, agent, sff).await
+    }
+
+    /// Brings VNF `vnf` of `chain` back by its mechanism: kills it (its
+    /// watcher recovers it), recovers it again when its last recovery
+    /// failed, or joins a recovery (or heal) already under way. Returns
+    /// when that recovery has finished, with its outcome; never starts a
+    /// second one for the same failure.
+    pub async fn heal(self: &Arc<Self>, chain: &str, vnf: &str) -> Result<Healed, ControlError> {
+        let started = Instant::now();
+        // Subscribed before anything happens: the outcome cannot be missed.
+        let mut outcome = self.outcome(chain, vnf);
+        let seen = outcome.borrow().finished;
+        enum Do {
+            Join,
+            Retry,
+        }
+        let what = self
+            .with_chain(chain, |e| {
+                let v = e.runtime.vnf_mut(vnf)?;
+                let healing = outcome.borrow().healing;
+                if healing || v.state == api::VnfState::Recovering {
+                    return Ok(Do::Join);
+                }
+                if v.pid.is_none() && v.state == api::VnfState::Failed {
+                    return Ok(Do::Retry);
+                }
+                v.signal(Signal::SIGKILL)?;
+                self.mark_healing(chain, vnf);
+                Ok(Do::Join)
+            })
+            .await?;
+        if let Do::Retry = what {
+            self.mark_healing(chain, vnf);
+            let d = self.clone();
+            let (chain, vnf) = (chain.to_string(), vnf.to_string());
+            tokio::spawn(async move {
+                let chains = d.chains.lock().await;
+                d.recover(chains, &chain, &vnf, Instant::now(), true).await;
+            });
+        }
+        let done = tokio::time::timeout(
+            HEAL_TIMEOUT,
+            outcome.wait_for(|o: &Outcome| o.finished > seen),
+        )
+        .await
+        .map_err(|_| {
+            ControlError::DeadlineExceeded(format!(
+                "the recovery of {chain}/{vnf} has not finished within {HEAL_TIMEOUT:?}: watch its events"
+            ))
+        })?
+        .map_err(|_| ControlError::NotFound(format!("chain {chain:?} is gone")))?
+        .result
+        .clone();
+        done.map_err(ControlError::NotRecovered)?;
+        let vnf = self
+            .with_chain(chain, |e| Ok(e.runtime.vnf_mut(vnf)?.status()))
+            .await?;
+        Ok(Healed {
+            vnf,
+            took: started.elapsed(),
+        })
+    }
+
+    /// Injects `fault` into VNF `vnf` of `chain`: into its MR-AA member
+    /// `member` when not 0; `during_checkpoint`: a crash while a
+    /// checkpoint of it dumps.
+    pub async fn inject_fault(
+        self: &Arc<Self>,
+        chain: &str,
+        vnf: &str,
+        fault: Fault,
+        member: usize,
+        during_checkpoint: bool,
+    ) -> Result<(), ControlError> {
+        if during_checkpoint {
+            if member > 0 {
+                return Err(ControlError::InvalidArgument(
+                    "during_checkpoint is for member 0 (the member a checkpoint dumps)".into(),
+                ));
+            }
+            if fault != Fault::Crash {
+                return Err(ControlError::InvalidArgument(
+                    "during_checkpoint is for FAULT_CRASH only".into(),
+                ));
+            }
+            return self.crash_during_checkpoint(chain, vnf).await;
+        }
+        if member > 0 {
+            return self.inject_member_fault(chain, vnf, fault, member).await;
+        }
+        // A hang of a protected VNF waits for a checkpoint under way to
+        // finish: the checkpoint stops and resumes the VNF itself, and would
+        // end the hang. (Later checkpoints see it stopped and leave it.)
+        // Lock order: never the registry while holding an agent.
+        let agent = self
+            .with_chain(chain, |e| Ok(e.runtime.vnf_mut(vnf)?.agent.clone()))
+            .await?;
+        if let (Fault::Hang, Some(agent)) = (fault, agent) {
+            let at = tokio::task::spawn_blocking(move || {
+                let a = agent
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                signal(a.pid, Signal::SIGSTOP).map(|()| Instant::now())
+            })
+            .await??;
+            return self
+                .with_chain(chain, |e| {
+                    e.runtime.vnf_mut(vnf)?.fault_at = Some(at);
+                    Ok(())
+                })
+                .await;
+        }
+        self.with_chain(chain, |e| {
+            let v = e.runtime.vnf_mut(vnf)?;
+            v.fault_at = Some(Instant::now());
+            match fault {
+                Fault::Crash => v.signal(Signal::SIGKILL),
+                Fault::Hang => v.signal(Signal::SIGSTOP),
+                Fault::CutOff => Ok(v
+                    .netns
+                    .run(|| nham_netns::set_down(crate::runtime::VNF_IFACE))??),
+            }
+        })
+        .await
+    }
+
+    async fn inject_member_fault(
+        &self,
+        chain: &str,
+        vnf: &str,
+        fault: Fault,
+        k: usize,
+    ) -> Result<(), ControlError> {
+        self.with_chain(chain, |e| {
+            let v = e.runtime.vnf_mut(vnf)?;
+            let members = v.members.len() + 1;
+            let m = v.members.get_mut(k - 1).ok_or_else(|| {
+                ControlError::InvalidArgument(format!(
+                    "VNF {vnf:?} has no MR-AA member {k} (it has {members})"
+                ))
+            })?;
+            let pid = m.pid.ok_or_else(|| {
+                ControlError::FailedPrecondition(format!(
+                    "member {k} of VNF {vnf:?} is not running"
+                ))
+            })?;
+            m.fault_at = Some(Instant::now());
+            match fault {
+                Fault::Crash => signal(pid, Signal::SIGKILL),
+                // No checkpoint stops a member other than 0.
+                Fault::Hang => signal(pid, Signal::SIGSTOP),
+                Fault::CutOff => Ok(m
+                    .netns
+                    .run(|| nham_netns::set_down(crate::runtime::VNF_IFACE))??),
+            }
+        })
+        .await
+    }
+
+    async fn crash_during_checkpoint(
+        self: &Arc<Self>,
+        chain: &str,
+        vnf: &str,
+    ) -> Result<(), ControlError> {
+        let (agent, sff, hop) = self
+            .with_chain(chain, |e| {
+                let hop = e.runtime.vnf_index(vnf)?;
+                let agent = e.runtime.vnfs[hop].agent.clone().ok_or_else(|| {
+                    ControlError::FailedPrecondition(format!(
+                        "VNF {vnf:?} is not protected: it has no checkpoints to crash in"
+                    ))
+                })?;
+                let sff = e.runtime.sff.clone().ok_or_else(|| {
+                    ControlError::FailedPrecondition("the chain's SFF is not running".into())
+                })?;
+                Ok((agent, sff, hop))
+            })
+            .await?;
+        {
+            let (d, chain, vnf, sff) = (
+                self.clone(),
+                chain.to_string(),
+                vnf.to_string(),
+                sff.clone(),
+            );
+            tokio::spawn(async move {
+                // It fails, the VNF dying under it: that is the point.
+                let _ = d.checkpoint_now(&chain, &vnf, agent, sff).await;
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let s = sff.clone();
+            let status = tokio::task::spawn_blocking(move || s.status()).await??;
+            if matches!(
+                status.hops.get(hop).map(|h| h.phase),
+                Some(nham_sff::PhaseStatus::Dumping(_))
+            ) {
+                return self
+                    .with_chain(chain, |e| {
+                        let v = e.runtime.vnf_mut(vnf)?;
+                        v.fault_at = Some(Instant::now());
+                        v.signal(Signal::SIGKILL)
+                    })
+                    .await;
+            }
+            if Instant::now() > deadline {
+                return Err(ControlError::FailedPrecondition(format!(
+                    "no checkpoint of {chain}/{vnf} reached its dump within 3 s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+
+    /// The event stream, every chain's (`chain` empty) or one's.
+    pub fn subscribe(
+        &self,
+        chain: &str,
+    ) -> Result<tokio::sync::broadcast::Receiver<api::WatchEventsResponse>, ControlError> {
+        if !chain.is_empty() {
+            validate::name("chain", chain)?;
+        }
+        Ok(self.events.subscribe())
+    }
+
+    /// Chain `name`'s counters.
+    pub async fn stats(&self, name: &str) -> Result<api::GetStatsResponse, ControlError> {
+        let (sff, vnf_input_dropped) = self
+            .with_chain(name, |e| Ok((e.runtime.sff.clone(), e.input_dropped)))
+            .await?;
+        let s = match sff {
+            Some(sff) => tokio::task::spawn_blocking(move || sff.stats()).await??,
+            None => nham_sff::SffStats::default(),
+        };
+        Ok(api::GetStatsResponse {
+            ingress: s.ingress,
+            classified: s.classified,
+            classifier_miss: s.classifier_miss,
+            delivered: s.delivered,
+            egress: s.egress,
+            duplicates_suppressed: s.duplicates,
+            stale_discarded: s.stale,
+            malformed: s.malformed_ingress + s.malformed_from_vnf + s.si_mismatch + s.ttl_expired,
+            nondeterministic_outputs: s.divergent,
+            ingress_overflow: s.ingress_kernel_drops,
+            vnf_outputs_lost: s.vnf_output_kernel_drops,
+            vnf_input_dropped,
+        })
+    }
+}
