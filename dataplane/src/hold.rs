@@ -641,6 +641,60 @@ impl<P> Hop<P> {
         Ok(())
     }
 
+    /// Changes a running hop's members (a mechanism change at runtime, to,
+    /// from or within MR-AA). From an ordinary hop, its VNF becomes member
+    /// 0 and its output stream goes on as member 0's; members added are
+    /// `Failed` until restored ([`handle_member_restored`](Self::handle_member_restored):
+    /// from the restore point, then they catch up); the last members are
+    /// the ones removed, and what they still send is stale. `m` < 2: an
+    /// ordinary hop again, member 0 (which must be live) its VNF, its
+    /// output stream going on as the VNF's. Only while the hop runs with
+    /// no checkpoint under way, and never leaving no member alive.
+    pub fn resize_members(&mut self, m: usize) -> Result<(), HoldError> {
+        if !matches!(self.state, HopState::Running) {
+            return Err(HoldError::Recovering);
+        }
+        if let Some(id) = self.phase.id() {
+            return Err(HoldError::CheckpointInProgress(id));
+        }
+        let m = if m < 2 { 0 } else { m };
+        if m == self.members.len() {
+            return Ok(());
+        }
+        if m == 0 {
+            let first = self.members[0];
+            if first.state != MemberState::Live {
+                return Err(HoldError::NoMember(0));
+            }
+            self.tx.next_output = first.next_output;
+            self.tx.last_output_seq = first.last_output_seq;
+            self.unfinished = first.unfinished;
+            self.members.clear();
+            return Ok(());
+        }
+        if m < self.members.len() && !self.members[..m].iter().any(Self::member_alive) {
+            return Err(HoldError::NoMember(m));
+        }
+        if self.members.is_empty() {
+            self.members.push(Member {
+                state: MemberState::Live,
+                next_output: self.tx.next_output,
+                unfinished: self.unfinished.take(),
+                last_output_seq: self.tx.last_output_seq,
+            });
+        }
+        self.members.resize(
+            m,
+            Member {
+                state: MemberState::Failed,
+                next_output: 0,
+                unfinished: None,
+                last_output_seq: None,
+            },
+        );
+        Ok(())
+    }
+
     /// Whether the checkpoint under way stops delivery to the hop: for an
     /// ordinary hop while it drains and is dumped; for an MR-AA hop never
     /// (only member 0 is paused).

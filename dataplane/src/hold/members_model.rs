@@ -1,8 +1,10 @@
 //! Model test of MR-AA members: one hop of M copies of a deterministic,
 //! stateful VNF (it drops some packets and doubles others), driven through
 //! [`Hop`]'s member API by any schedule of deliveries, consumption, output
-//! arrivals, checkpoints, crashes, detections and restores. Whatever the
-//! schedule, what leaves the hop equals what a single VNF that never failed
+//! arrivals, checkpoints, crashes, detections, restores and changes of the
+//! member count at runtime (to and from an ordinary hop of one VNF, whose
+//! failures go through [`Hop::handle_failure`]). Whatever the schedule,
+//! what leaves the hop equals what a single VNF that never failed
 //! produces, and every member ends in that VNF's state.
 
 use std::collections::VecDeque;
@@ -66,6 +68,8 @@ enum Op {
     Crash(usize),
     Detect(usize),
     Restore(usize),
+    /// `Hop::resize_members` (0 or 1: an ordinary hop).
+    Resize(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -80,6 +84,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..4).prop_map(Op::Crash),
         1 => (0usize..4).prop_map(Op::Detect),
         1 => (0usize..4).prop_map(Op::Restore),
+        1 => (0usize..=4).prop_map(Op::Resize),
     ]
 }
 
@@ -106,7 +111,7 @@ impl Model {
         hop.set_members(m).unwrap();
         Self {
             hop,
-            procs: vec![Proc::default(); m],
+            procs: vec![Proc::default(); m.max(1)],
             images: Vec::new(),
             next_input: 0,
             inputs,
@@ -148,12 +153,41 @@ impl Model {
             }
             Op::Detect(k) => self.detect(k % m),
             Op::Restore(k) => self.restore(k % m),
+            Op::Resize(n) => self.resize(n),
         }
+    }
+
+    /// An ordinary hop (one VNF, no members).
+    fn single(&self) -> bool {
+        self.hop.members().len() == 0
+    }
+
+    /// The member count changes; members added are failed until restored.
+    fn resize(&mut self, n: usize) {
+        if self.hop.resize_members(n).is_err() {
+            return;
+        }
+        let n = self.hop.members().len().max(1);
+        let added = Proc {
+            dead: true,
+            reported: true,
+            ..Proc::default()
+        };
+        self.procs.resize(n, added);
     }
 
     /// The SFF's delivery step: catch-up members first, then one delivery
     /// to every live member.
     fn deliver(&mut self) {
+        if self.single() {
+            let p = &mut self.procs[0];
+            self.hop.poll_delivery_burst(1, |d| {
+                if !p.dead {
+                    p.inbox.push_back((d.seq, d.epoch, *d.packet));
+                }
+            });
+            return;
+        }
         for k in 0..self.procs.len() {
             let procs = &mut self.procs;
             self.hop.poll_catch_up(k, 1, |d| {
@@ -198,7 +232,11 @@ impl Model {
 
     fn arrive(&mut self, k: usize) {
         if let Some((seq, epoch, v)) = self.procs[k].link.pop_front() {
-            self.hop.handle_member_output(k, epoch, seq, v, || v);
+            if self.single() {
+                self.hop.handle_output_with(epoch, seq, v, || v);
+            } else {
+                self.hop.handle_member_output(k, epoch, seq, v, || v);
+            }
         }
     }
 
@@ -249,24 +287,35 @@ impl Model {
         let p = &mut self.procs[k];
         if p.dead && !p.reported {
             p.reported = true;
-            self.hop.handle_member_failed(k, self.now).unwrap();
+            if self.hop.members().len() == 0 {
+                self.hop.handle_failure(self.now);
+            } else {
+                self.hop.handle_member_failed(k, self.now).unwrap();
+            }
         }
     }
 
     /// Restores member `k` from the hop's restore point (the SFF discards
     /// what the old process still had on the link).
     fn restore(&mut self, k: usize) {
+        if self.single() {
+            if self.procs[0].reported {
+                let from = self.hop.committed().map(|c| c.id).filter(|&id| id != 0);
+                let (state, in_hand) = self.image(from);
+                self.hop.handle_restored_from(from, self.now).unwrap();
+                self.procs[0] = Proc {
+                    state,
+                    in_hand,
+                    ..Proc::default()
+                };
+            }
+            return;
+        }
         if !self.procs[k].reported || self.hop.member(k) != Some(MemberState::Failed) {
             return;
         }
         let from = self.hop.committed().map(|c| c.id).filter(|&id| id != 0);
-        let (state, in_hand) = match from {
-            None => (0, None),
-            Some(id) => {
-                let image = self.images.iter().find(|(i, ..)| *i == id).unwrap();
-                (image.1, image.2)
-            }
-        };
+        let (state, in_hand) = self.image(from);
         self.hop
             .handle_member_restored(k, from, self.now)
             .expect("restore point");
@@ -277,8 +326,30 @@ impl Model {
         };
     }
 
+    /// The VNF's state and input in hand in checkpoint `from`'s image (the
+    /// initial state for none).
+    fn image(&self, from: Option<CheckpointId>) -> (u64, Option<Input>) {
+        match from {
+            None => (0, None),
+            Some(id) => {
+                let image = self.images.iter().find(|(i, ..)| *i == id).unwrap();
+                (image.1, image.2)
+            }
+        }
+    }
+
     /// Where the run stands, to tell when nothing moves any more.
-    fn progress(&self) -> (usize, u64, u64, usize, Vec<MemberState>) {
+    #[allow(clippy::type_complexity)]
+    fn progress(
+        &self,
+    ) -> (
+        usize,
+        u64,
+        u64,
+        usize,
+        Vec<MemberState>,
+        (u64, std::mem::Discriminant<CheckpointPhase>),
+    ) {
         (
             self.sink.len(),
             self.next_input,
@@ -288,6 +359,11 @@ impl Model {
                 .map(|p| p.inbox.len() + p.link.len() + usize::from(p.in_hand.is_some()))
                 .sum(),
             self.hop.members().collect(),
+            // An ordinary hop's delivery waits for its checkpoint.
+            (
+                self.hop.stats().checkpoints,
+                std::mem::discriminant(&self.hop.checkpoint_phase()),
+            ),
         )
     }
 
@@ -329,7 +405,7 @@ proptest! {
 
     #[test]
     fn members_lose_and_duplicate_nothing(
-        m in 2usize..=4,
+        m in 1usize..=4,
         keep_fallback in any::<bool>(),
         ops in proptest::collection::vec(op(), 0..300),
     ) {
@@ -411,4 +487,50 @@ fn the_last_member_failing_fails_the_hop() {
     assert!(matches!(model.hop.state(), HopState::Recovering { .. }));
     model.finish();
     assert_eq!(model.sink, reference(10).0);
+}
+
+/// A VNF becomes MR-AA at runtime (its new members restored from the
+/// restore point and caught up), loses member 0, and becomes an ordinary
+/// VNF again: nothing lost or doubled.
+#[test]
+fn an_ordinary_hop_becomes_mr_aa_and_back_under_traffic() {
+    let mut model = Model::new(1, 30, true);
+    let traffic = |model: &mut Model, rounds: usize| {
+        for _ in 0..rounds {
+            model.apply(Op::Ingress);
+            model.apply(Op::Deliver);
+            for k in 0..model.procs.len() {
+                model.apply(Op::Consume(k));
+                model.apply(Op::Arrive(k));
+            }
+            model.apply(Op::Forward);
+        }
+    };
+    traffic(&mut model, 5);
+    for _ in 0..3 {
+        model.apply(Op::Checkpoint(0));
+    }
+    model.apply(Op::Resize(3));
+    assert_eq!(model.hop.members().len(), 3);
+    model.apply(Op::Restore(1));
+    model.apply(Op::Restore(2));
+    traffic(&mut model, 5);
+    model.apply(Op::Crash(0));
+    model.apply(Op::Detect(0));
+    traffic(&mut model, 3);
+    assert_eq!(model.hop.state(), HopState::Running, "the others serve");
+    model.apply(Op::Restore(0));
+    // Back to one VNF once member 0 has caught up (refused before).
+    model.apply(Op::Resize(1));
+    assert_eq!(model.hop.members().len(), 3, "member 0 is catching up");
+    while model.hop.member(0) != Some(MemberState::Live) {
+        traffic(&mut model, 1);
+    }
+    model.apply(Op::Resize(1));
+    assert_eq!(model.hop.members().len(), 0);
+    traffic(&mut model, 5);
+    model.finish();
+    assert_eq!(model.sink, reference(30).0);
+    assert_eq!(model.procs.len(), 1);
+    assert_eq!(model.procs[0].state, reference(30).1);
 }
