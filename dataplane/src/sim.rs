@@ -9,7 +9,8 @@
 //! it after a restore, its outputs stamped with the epoch it was delivered
 //! in), the
 //! frames in flight from the VNF back to the SFF (`link`, which survive the
-//! process and may arrive after it failed), process images (taken while the
+//! process and may arrive after it failed, until the restore drains them as
+//! the SFF's `Restored` drains the port), process images (taken while the
 //! VNF is quiesced, committed only when the core commits the checkpoint), the
 //! gap between a crash and its detection, and a restore that can itself be
 //! interrupted by another crash.
@@ -604,6 +605,19 @@ impl Sim {
             None => (VnfState::default(), None),
         };
         vnf.proc = ProcState::Alive;
+        // The SFF's `Restored` drains the VNF's port before the restored
+        // VNF runs: whatever the failed incarnation sent is discarded there
+        // (stale: the hop still recovers), so none of it can pass for the
+        // restored incarnation's answer to the input its image was frozen
+        // in, which looks the same. (This holds in the real system as long
+        // as a frame a process sent is on the SFF's port by the time its
+        // recovery ends: veth delivers it in the sender's context or the
+        // next softirq; a restore takes milliseconds.)
+        for p in vnf.link.drain(..) {
+            let d = self.chain.hop_mut(i).handle_output(p.epoch, p.seq, p);
+            debug_assert_eq!(d, OutputDisposition::Stale);
+            self.stats.stale_discarded += 1;
+        }
         self.chain
             .hop_mut(i)
             .handle_restored(self.now)
