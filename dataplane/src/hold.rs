@@ -524,6 +524,10 @@ pub struct RestorePlan {
 pub struct CheckpointReport {
     /// The checkpoint.
     pub id: CheckpointId,
+    /// The checkpoint restorable besides it (its fallback): with `id`, the
+    /// only images that must be kept.
+    #[serde(default)]
+    pub fallback: Option<CheckpointId>,
     /// Packets released from `buffer_rx`.
     pub released: u64,
     /// Time delivery was paused (begin to complete).
@@ -1285,6 +1289,7 @@ impl<P> Hop<P> {
         self.phase = CheckpointPhase::Idle;
         Ok(CheckpointReport {
             id,
+            fallback: self.fallback.map(|c| c.id),
             released,
             pause: now.saturating_duration_since(started),
         })

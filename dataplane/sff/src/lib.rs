@@ -446,6 +446,17 @@ pub enum Command {
         spec: PortSpec,
         reply: mpsc::Sender<Result<(), String>>,
     },
+    /// Changes hop `hop`'s MR-AA members at runtime (a mechanism change):
+    /// members 1 to `keep` stay behind their ports; members after them are
+    /// removed, and `add` opens ports for new ones after them (failed until
+    /// restored). `keep` 0 and nothing added: an ordinary hop again. See
+    /// `Hop::resize_members`.
+    SetMembers {
+        hop: usize,
+        keep: usize,
+        add: Vec<PortSpec>,
+        reply: mpsc::Sender<Result<(), String>>,
+    },
     /// `Hop::handle_member_failed`: MR-AA member `member` of hop `hop`
     /// failed. Nothing more is sent to it.
     MemberFailed {
@@ -894,6 +905,53 @@ impl Engine {
         }
     }
 
+    /// [`Command::SetMembers`]: opens the ports of members added (nothing
+    /// changes if one fails), resizes the hop's members, closes the ports of
+    /// members removed; the flow windows and counters follow, and the pool
+    /// grows by what the added members' outputs may take.
+    fn set_members(&mut self, hop: usize, keep: usize, add: Vec<PortSpec>) -> Result<(), String> {
+        let chain = self.chain.as_mut().ok_or("the chain has no hops")?;
+        if self.config.members.len() <= hop {
+            self.config.members.resize(hop + 1, Vec::new());
+        }
+        let now_members = self.config.members[hop].len();
+        if keep > now_members || (!add.is_empty() && keep != now_members) {
+            return Err(format!(
+                "hop {hop} has {} members: keeping {keep} and adding {} is not a change of its count",
+                now_members + 1,
+                add.len()
+            ));
+        }
+        let added = add
+            .iter()
+            .map(|spec| attach(spec, self.config.port))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let m = keep + add.len() + 1;
+        chain
+            .hop_mut(hop)
+            .resize_members(m)
+            .map_err(|e| format!("hop {hop}: {e}"))?;
+        let capacity = self.in_flight[hop][0].capacity();
+        let now = std::time::Instant::now();
+        self.hops[hop].truncate(keep + 1);
+        self.hops[hop].extend(added);
+        self.in_flight[hop].resize(m, FlowWindow::new(capacity));
+        self.read_upto[hop].resize(m, 0);
+        self.last_output[hop].resize(m, now);
+        self.heard[hop].resize(m, 0);
+        self.drops.2[hop].resize(m, 0);
+        let grown = add.len();
+        self.config.members[hop].truncate(keep);
+        self.config.members[hop].extend(add);
+        if grown > 0 {
+            let slots = 2 * self.config.vnf_window * grown;
+            self.pool.grow(slots);
+            self.config.pool_slots += slots;
+        }
+        Ok(())
+    }
+
     /// Carries out the control plane's commands.
     fn commands_step(&mut self) -> usize {
         let mut n = 0;
@@ -1079,6 +1137,14 @@ impl Engine {
                         Err(format!("hop {hop} has no standby port"))
                     };
                     let _ = reply.send(r);
+                }
+                Command::SetMembers {
+                    hop,
+                    keep,
+                    add,
+                    reply,
+                } if hop_ok(hop) => {
+                    let _ = reply.send(self.set_members(hop, keep, add));
                 }
                 Command::AttachStandby { hop, spec, reply } if hop_ok(hop) => {
                     self.standby[hop] = None;

@@ -43,6 +43,15 @@ impl Pool {
         self.lens.len()
     }
 
+    /// Adds `slots` free buffers; the handles of the others stay valid.
+    pub fn grow(&mut self, slots: usize) {
+        let old = self.capacity();
+        self.bytes.resize((old + slots) * SLOT, 0);
+        self.lens.resize(old + slots, 0);
+        self.in_use.resize(old + slots, false);
+        self.free.extend((old..old + slots).rev().map(|s| s as u32));
+    }
+
     /// Takes a free slot.
     pub fn alloc(&mut self) -> Option<u32> {
         let slot = self.free.pop()?;
@@ -101,5 +110,11 @@ mod tests {
         p.release(b);
         assert_eq!(p.available(), 1);
         assert_eq!(p.alloc(), Some(b));
+        p.grow(2);
+        assert_eq!((p.capacity(), p.available()), (4, 2));
+        assert_eq!(p.frame(a), b"abc", "a slot handed out keeps its frame");
+        let (c, d) = (p.alloc().unwrap(), p.alloc().unwrap());
+        assert!(c >= 2 && d >= 2 && c != d);
+        assert_eq!(p.alloc(), None);
     }
 }

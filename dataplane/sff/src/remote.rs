@@ -147,6 +147,13 @@ pub enum Request {
         hop: usize,
         spec: crate::PortSpec,
     },
+    /// The hop keeps members 1 to `keep` and adds members behind `add`
+    /// (see [`Command::SetMembers`]).
+    SetMembers {
+        hop: usize,
+        keep: usize,
+        add: Vec<crate::PortSpec>,
+    },
     /// An MR-AA member failed.
     MemberFailed {
         hop: usize,
@@ -328,6 +335,19 @@ fn execute(sff: &LocalSff, request: Request, shutdown: &AtomicBool) -> Response 
         Request::AttachStandby { hop, spec } => ask(
             sff,
             |reply| Command::AttachStandby { hop, spec, reply },
+            |r| match r {
+                Ok(()) => Response::Ok,
+                Err(e) => refused(e),
+            },
+        ),
+        Request::SetMembers { hop, keep, add } => ask(
+            sff,
+            |reply| Command::SetMembers {
+                hop,
+                keep,
+                add,
+                reply,
+            },
             |r| match r {
                 Ok(()) => Response::Ok,
                 Err(e) => refused(e),
@@ -756,6 +776,20 @@ impl SffClient {
     /// Opens `spec` as hop `hop`'s standby port.
     pub fn attach_standby(&self, hop: usize, spec: crate::PortSpec) -> Result<(), RemoteError> {
         match self.request(Request::AttachStandby { hop, spec })? {
+            Response::Ok => Ok(()),
+            r => self.unexpected(r),
+        }
+    }
+
+    /// Hop `hop` keeps MR-AA members 1 to `keep` and adds members behind
+    /// `add` (see [`Command::SetMembers`]).
+    pub fn set_members(
+        &self,
+        hop: usize,
+        keep: usize,
+        add: Vec<crate::PortSpec>,
+    ) -> Result<(), RemoteError> {
+        match self.request(Request::SetMembers { hop, keep, add })? {
             Response::Ok => Ok(()),
             r => self.unexpected(r),
         }
