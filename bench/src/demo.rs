@@ -47,6 +47,7 @@ pub(crate) fn run() -> Result<()> {
             second_failure: false,
             expedite_rcu: false,
             members: Vec::new(),
+            walk: Vec::new(),
         })?;
         rows.push(r);
     }

@@ -90,6 +90,10 @@ pub struct HaSpec {
     /// MR-AA: the members of each victim to crash at once (empty: member
     /// 0, the VNF's own process). All of them: the hop fails and replays.
     pub members: Vec<u32>,
+    /// Per round (when not empty): the mechanism (and MR-AA members, 0 for
+    /// the default) the round's victims are moved to by `SetMechanism`,
+    /// under traffic, before they fail.
+    pub walk: Vec<(api::Mechanism, u32)>,
 }
 
 /// Median, 99th percentile and maximum of a sample, in ms.
@@ -790,7 +794,10 @@ fn trial(
             300
         } else {
             0
-        });
+        })
+        // A mechanism change: a checkpoint, members restored, traffic
+        // under the new mechanism before the fault.
+        + Duration::from_millis(if spec.walk.is_empty() { 0 } else { 1500 });
     let duration = per_round * spec.rounds.len() as u32
         + Duration::from_millis(1500)
         + Duration::from_millis(1000) * spec.restarts.len() as u32;
@@ -831,6 +838,28 @@ fn trial(
                 Some(v) => vec![v % n],
                 None => (0..k).map(|j| (start + j) % n).collect(),
             };
+            if let Some(&(mechanism, replicas)) = spec.walk.get(r) {
+                for &v in &victims {
+                    let changed = rt
+                        .block_on(vnfs.set_mechanism(api::SetMechanismRequest {
+                            chain: "ha".into(),
+                            vnf: vnf_name(v),
+                            mechanism: mechanism as i32,
+                            replicas,
+                        }))
+                        .with_context(|| {
+                            format!("SetMechanism of {} to {mechanism:?}", vnf_name(v))
+                        })?
+                        .into_inner();
+                    eprintln!(
+                        "round {r}: {} is {mechanism:?} now: {changed:?}",
+                        vnf_name(v)
+                    );
+                }
+                // Traffic under the new mechanism (and a checkpoint, for a
+                // 1R-AA replica to be restored from) before the fault.
+                std::thread::sleep(Duration::from_millis(600));
+            }
             let t0 = Instant::now();
             if restart {
                 // Per VNF, the pid of each member crashed (member 0: the

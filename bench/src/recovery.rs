@@ -124,6 +124,7 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
         second_failure: false,
         expedite_rcu: args.expedite_rcu,
         members: Vec::new(),
+        walk: Vec::new(),
     };
     let r = ha::run(&spec)?;
     let row = |name: &str, s: &ha::Summary| {

@@ -181,6 +181,7 @@ fn segment_spec(
         same_victim: None,
         second_failure: false,
         members: Vec::new(),
+        walk: Vec::new(),
     };
     let victim = rng.below(n);
     // Rounds of one VNF, and (one in three) two at once.

@@ -91,6 +91,7 @@ fn spec(mechanism: Mechanism, fault: Fault, rounds: Vec<usize>) -> HaSpec {
         second_failure: false,
         expedite_rcu: false,
         members: Vec::new(),
+        walk: Vec::new(),
     }
 }
 

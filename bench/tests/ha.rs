@@ -42,6 +42,7 @@ fn spec(mechanism: Mechanism, kinds: Vec<Kind>, rounds: Vec<usize>) -> HaSpec {
         second_failure: false,
         expedite_rcu: false,
         members: Vec::new(),
+        walk: Vec::new(),
     }
 }
 
@@ -322,6 +323,26 @@ fn a_second_failure_during_a_recovery_loses_nothing() {
         s.second_failure = true;
         exact_with(&ha::run(&s).expect("trial"), 6);
     }
+}
+
+/// Mechanisms change at runtime, under traffic: the NAT, unprotected at
+/// first, goes 0R → MR-AA (3 members) → MR-AA (2) → 1R-AA → 1R-AS → 0R
+/// by `SetMechanism`, and crashes after each change. The sink and every
+/// VNF's state equal the failure-free run.
+#[test]
+fn a_vnf_walks_through_every_mechanism_under_traffic_with_a_crash_after_each() {
+    let _serial = serial();
+    let mut s = spec(Mechanism::None, Kind::ALL.to_vec(), vec![1; 6]);
+    s.same_victim = Some(2);
+    s.walk = vec![
+        (Mechanism::Mechanism0r, 0),
+        (Mechanism::MrAa, 3),
+        (Mechanism::MrAa, 2),
+        (Mechanism::Mechanism1rAa, 0),
+        (Mechanism::Mechanism1rAs, 0),
+        (Mechanism::Mechanism0r, 0),
+    ];
+    exact_with(&ha::run(&s).expect("trial"), 6);
 }
 
 /// Fault matrix: the same VNF (the NAT) fails six times in a row.

@@ -145,7 +145,8 @@ fn protect_code(e: &ProtectError) -> Code {
         | ProtectError::LinkLoss { .. }
         | ProtectError::InputDropped { .. }
         | ProtectError::Retired
-        | ProtectError::Stopped(_) => Code::FailedPrecondition,
+        | ProtectError::Stopped(_)
+        | ProtectError::Unready(_) => Code::FailedPrecondition,
         ProtectError::Criu(_) | ProtectError::Process(_) | ProtectError::Ring(_) => Code::Internal,
     }
 }

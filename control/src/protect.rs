@@ -60,8 +60,6 @@ use crate::store::{Store, StoreError};
 pub const OUTPUT_SETTLE: Duration = Duration::from_millis(3);
 /// How long a VNF gets to drain its socket before the checkpoint is given up.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
-/// Checkpoints kept per VNF in the store.
-pub const KEEP_CHECKPOINTS: usize = 2;
 
 /// Errors of the protocol.
 #[derive(Debug, Error)]
@@ -126,6 +124,9 @@ pub enum ProtectError {
     /// tell): it is not checkpointed, and not resumed either.
     #[error("VNF {0} is stopped by someone else: not checkpointed")]
     Stopped(u32),
+    /// The mechanism asked for needs something the VNF does not have yet.
+    #[error("{0}")]
+    Unready(&'static str),
 }
 
 /// Bytes queued on the packet sockets of process `pid`'s network namespace
@@ -597,6 +598,7 @@ impl ProtectedVnf {
             members: Vec::new(),
         };
         if mechanism == Mechanism::MultiActive {
+            // Its members are given next (`with_members`).
             v.mechanism = mechanism;
         } else {
             v.set_mechanism(mechanism)?;
@@ -696,6 +698,36 @@ impl ProtectedVnf {
         self
     }
 
+    /// Gives the VNF a 1R-AA replica place at runtime (see
+    /// [`with_replica`](Self::with_replica)).
+    pub fn set_replica(&mut self, netns: &Path, sff_iface: &str) {
+        if self.replica.is_none() {
+            self.replica = Some(Replica {
+                netns: netns.to_path_buf(),
+                sff_iface: sff_iface.to_string(),
+                copies: Arc::default(),
+                worker: None,
+            });
+        }
+    }
+
+    /// Keeps MR-AA members 1 to `keep` (a smaller member count at
+    /// runtime; the SFF's members change with it). None kept: an MR-AA
+    /// agent protects by 0R until told otherwise.
+    pub fn keep_members(&mut self, keep: usize) {
+        self.members.truncate(keep);
+        if self.members.is_empty() && self.mechanism == Mechanism::MultiActive {
+            self.mechanism = Mechanism::NoReplica;
+        }
+    }
+
+    /// Adds MR-AA members after the others (a larger member count at
+    /// runtime), in their places, with no process yet: each is restored
+    /// by [`recover_member`](Self::recover_member).
+    pub fn add_members(&mut self, members: impl IntoIterator<Item = MemberSlot>) {
+        self.members.extend(members);
+    }
+
     /// MR-AA member `k`'s process (member 0: the VNF's).
     pub fn member_pid(&self, k: usize) -> Option<u32> {
         match k {
@@ -725,16 +757,18 @@ impl ProtectedVnf {
     /// Changes the mechanism: a 1R-AS standby is prepared now (from the
     /// latest checkpoint in the store, if any), a 0R VNF lets it go.
     pub fn set_mechanism(&mut self, m: Mechanism) -> Result<(), ProtectError> {
-        if m != self.mechanism
-            && (m == Mechanism::MultiActive || self.mechanism == Mechanism::MultiActive)
-        {
-            return Err(ProtectError::Process(
-                "MR-AA is chosen when the chain is created (its members need places and SFF ports), and kept".into(),
-            ));
+        // MR-AA is a VNF with members (their places and SFF ports made
+        // first, see `set_members`); any other mechanism one without.
+        if (m == Mechanism::MultiActive) == self.members.is_empty() {
+            return Err(ProtectError::Unready(if m == Mechanism::MultiActive {
+                "MR-AA needs its members' places and SFF ports first"
+            } else {
+                "a VNF with MR-AA members is protected by MR-AA until they are removed"
+            }));
         }
         if m == Mechanism::ActiveActive && self.replica.is_none() {
-            return Err(ProtectError::Process(
-                "1R-AA needs a replica namespace and standby port, made when the chain is created with 1R-AA".into(),
+            return Err(ProtectError::Unready(
+                "1R-AA needs a replica namespace and standby port first",
             ));
         }
         if m != Mechanism::ActiveActive {
@@ -925,22 +959,32 @@ impl ProtectedVnf {
             started,
             ..
         } = dumped;
+        let s = &self.slot;
+        // A checkpoint not committed is never restored: its image goes.
+        let not_committed = || {
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = s.store.remove_checkpoint(&s.chain, &s.vnf, id);
+        };
         if self.retired || hop != self.hop {
             // Its agent changed meanwhile (unprotected, moved): the SFF's
             // hop must not wait for this checkpoint for ever.
-            let _ = std::fs::remove_dir_all(&dir);
+            not_committed();
             let _ = sff.checkpoint_failed(hop, id);
             return Err(ProtectError::Retired);
         }
         let done = match sff.checkpoint_done(hop, id).map_err(ProtectError::Sff) {
             Ok(d) => d,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                not_committed();
                 return Err(e);
             }
         };
-        let s = &self.slot;
-        let _ = s.store.gc(&s.chain, &s.vnf, KEEP_CHECKPOINTS);
+        // Kept: what the SFF can restore (this checkpoint and its
+        // fallback), whatever else the store holds. (Keeping the newest
+        // two by number threw the fallback away when a newer checkpoint
+        // had been stored and not committed.)
+        let keep: Vec<CheckpointId> = std::iter::once(id).chain(done.fallback).collect();
+        let _ = s.store.retain(&s.chain, &s.vnf, &keep);
         if let (Some((_, base)), Some(now)) = (self.link.as_mut(), link_now) {
             *base = now;
         }

@@ -130,6 +130,122 @@ pub struct MemberPlace {
     pub fault_at: Option<Instant>,
 }
 
+impl MemberPlace {
+    /// A place with no process yet; `incarnation` its first watcher's
+    /// number less one.
+    pub fn new(netns: Netns, sff_iface: String, cwd: PathBuf, incarnation: u64) -> Self {
+        Self {
+            netns,
+            sff_iface,
+            pid: None,
+            incarnation,
+            cwd,
+            judged: None,
+            fault_at: None,
+        }
+    }
+}
+
+/// What a new agent of VNF `v` (at `hop` of chain `chain`, scratch under
+/// `work`) needs, taken from its runtime (quickly: under the registry) to
+/// build it without (it starts a CRIU worker).
+pub fn new_agent(
+    v: &VnfRuntime,
+    hop: usize,
+    mechanism: protect::Mechanism,
+    state: &StateOptions,
+    chain: &str,
+    work: &Path,
+) -> Result<NewAgent, ControlError> {
+    let pid = v.pid.ok_or_else(|| {
+        ControlError::FailedPrecondition(format!("VNF {} is not running", v.plan.name))
+    })?;
+    Ok(NewAgent {
+        hop,
+        pid,
+        netns: v.netns.path(),
+        argv: v.argv.clone(),
+        slot: StoreSlot {
+            store: state.store.clone(),
+            chain: chain.to_string(),
+            vnf: v.plan.name.clone(),
+            // Its own: a retired agent removes its scratch when it goes.
+            scratch: work.join(unique_name(&v.plan.name)),
+        },
+        mechanism,
+        sff_iface: v.sff_iface.clone(),
+        cwd: v.cwd.clone(),
+        replica: v
+            .replica
+            .as_ref()
+            .map(|r| (r.netns.path(), r.sff_iface.clone())),
+        members: v.member_slots(),
+    })
+}
+
+/// See [`new_agent`].
+#[derive(Debug)]
+pub struct NewAgent {
+    hop: usize,
+    pid: u32,
+    netns: PathBuf,
+    argv: Vec<String>,
+    slot: StoreSlot,
+    mechanism: protect::Mechanism,
+    sff_iface: String,
+    cwd: PathBuf,
+    replica: Option<(PathBuf, String)>,
+    members: Vec<protect::MemberSlot>,
+}
+
+impl NewAgent {
+    /// The agent, watching the VNF's link, with its replica place and
+    /// members, protecting by its mechanism.
+    pub fn build(self) -> Result<ProtectedVnf, ControlError> {
+        let aa = self.mechanism == protect::Mechanism::ActiveActive;
+        // 1R-AA once the replica's place is known.
+        let first = if aa {
+            protect::Mechanism::NoReplica
+        } else {
+            self.mechanism
+        };
+        let mut a =
+            ProtectedVnf::new(self.hop, self.pid, &self.netns, self.argv, self.slot, first)?;
+        a.watch_link(&self.sff_iface)?;
+        let mut a = a.with_cwd(&self.cwd);
+        if let Some((netns, iface)) = &self.replica {
+            a = a.with_replica(netns, iface);
+        }
+        let mut a = a.with_members(self.members);
+        if aa {
+            a.set_mechanism(self.mechanism)?;
+        }
+        Ok(a)
+    }
+}
+
+/// Makes a place beside a VNF for a 1R-AA replica or an MR-AA member:
+/// namespace `ns_name`, whose `eth0` has index `ifindex` (the VNF's: CRIU
+/// restores a packet socket bound by index), linked to `iface` in the
+/// daemon's namespace. Returns it and the SFF's port on `iface`.
+pub fn make_place(
+    ns_name: &str,
+    iface: &str,
+    ifindex: u32,
+) -> Result<(Netns, PortSpec), ControlError> {
+    let ns = Netns::create(ns_name)?;
+    let (here, there) = nham_netns::veth_pair_here_with_index(iface, &ns, VNF_IFACE, ifindex)?;
+    Ok((
+        ns,
+        PortSpec {
+            iface: here.name,
+            ifindex: here.ifindex,
+            mac: here.mac,
+            peer_mac: there.mac,
+        },
+    ))
+}
+
 /// Where a 1R-AA replica runs.
 #[derive(Debug)]
 pub struct ReplicaPlace {
@@ -248,6 +364,24 @@ impl VnfRuntime {
         }
     }
 
+    /// Its MR-AA members 1 to M-1 as its agent sees them.
+    pub fn member_slots(&self) -> Vec<protect::MemberSlot> {
+        self.members
+            .iter()
+            .map(|m| protect::MemberSlot {
+                netns: m.netns.path(),
+                pid: m.pid,
+                sff_iface: Some(m.sff_iface.clone()),
+            })
+            .collect()
+    }
+
+    /// The interface index of its `eth0` (a replica's and a member's are
+    /// the same).
+    pub fn ifindex(&self) -> Result<u32, ControlError> {
+        Ok(self.netns.run(|| nham_netns::link(VNF_IFACE))??.ifindex)
+    }
+
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), ControlError> {
         let pid = self.pid.ok_or_else(|| {
@@ -347,7 +481,7 @@ pub struct VnfRecord {
 }
 
 /// The name of MR-AA member `k`'s working directory, beside its VNF's.
-fn member_dir(vnf: &str, k: usize) -> String {
+pub fn member_dir(vnf: &str, k: usize) -> String {
     format!("{vnf}.m{k}")
 }
 
@@ -478,7 +612,7 @@ impl StateOptions {
     }
 
     /// VNF `vnf` of chain `chain`'s working directory, made if need be.
-    fn vnf_cwd(&self, chain: &str, vnf: &str) -> Result<PathBuf, ControlError> {
+    pub fn vnf_cwd(&self, chain: &str, vnf: &str) -> Result<PathBuf, ControlError> {
         let dir = self.store.dir().join("run").join(chain).join(vnf);
         std::fs::create_dir_all(&dir).map_err(ControlError::io(dir.display()))?;
         Ok(dir)
@@ -675,22 +809,16 @@ impl ChainRuntime {
             });
             // 1R-AA: the replica's place, its eth0 under the same index.
             let replica = if v.mechanism == api::Mechanism::Mechanism1rAa {
-                let rns = Netns::create(&format!("{prefix}{id:x}-{i}r"))?;
-                let (rhere, rthere) = nham_netns::veth_pair_here_with_index(
+                let (rns, port) = make_place(
+                    &format!("{prefix}{id:x}-{i}r"),
                     &format!("n{id:x}r{i}"),
-                    &rns,
-                    VNF_IFACE,
                     there.ifindex,
                 )?;
-                standby.push(Some(PortSpec {
-                    iface: rhere.name.clone(),
-                    ifindex: rhere.ifindex,
-                    mac: rhere.mac,
-                    peer_mac: rthere.mac,
-                }));
+                let sff_iface = port.iface.clone();
+                standby.push(Some(port));
                 Some(ReplicaPlace {
                     netns: rns,
-                    sff_iface: rhere.name,
+                    sff_iface,
                 })
             } else {
                 standby.push(None);
@@ -700,29 +828,14 @@ impl ChainRuntime {
             let mut places = Vec::new();
             let mut member_ports = Vec::new();
             for k in 1..v.replicas as usize {
-                let mns = Netns::create(&format!("{prefix}{id:x}-{i}m{k}"))?;
-                let (mhere, mthere) = nham_netns::veth_pair_here_with_index(
+                let (mns, port) = make_place(
+                    &format!("{prefix}{id:x}-{i}m{k}"),
                     &format!("n{id:x}m{i}k{k}"),
-                    &mns,
-                    VNF_IFACE,
                     there.ifindex,
                 )?;
-                member_ports.push(PortSpec {
-                    iface: mhere.name.clone(),
-                    ifindex: mhere.ifindex,
-                    mac: mhere.mac,
-                    peer_mac: mthere.mac,
-                });
                 let cwd = state.vnf_cwd(&plan.name, &member_dir(&v.name, k))?;
-                places.push(MemberPlace {
-                    netns: mns,
-                    sff_iface: mhere.name,
-                    pid: None,
-                    incarnation: 0,
-                    cwd,
-                    judged: None,
-                    fault_at: None,
-                });
+                places.push(MemberPlace::new(mns, port.iface.clone(), cwd, 0));
+                member_ports.push(port);
             }
             members.push(member_ports);
             let ns = netns.name().to_string();
@@ -1143,59 +1256,30 @@ impl ChainRuntime {
                 .set_mechanism(mech)
                 .map_err(ControlError::from)?,
             (Some(mech), None) => {
-                let pid = v.pid.ok_or_else(|| {
-                    ControlError::FailedPrecondition(format!("VNF {} is not running", v.plan.name))
-                })?;
-                let aa = mech == protect::Mechanism::ActiveActive;
-                let agent = ProtectedVnf::new(
-                    hop,
-                    pid,
-                    &v.netns.path(),
-                    v.argv.clone(),
-                    StoreSlot {
-                        store: state.store.clone(),
-                        chain,
-                        vnf: v.plan.name.clone(),
-                        // Its own: a retired agent removes its scratch when it goes.
-                        scratch: self.work.join(unique_name(&v.plan.name)),
-                    },
-                    // 1R-AA once the replica's place is known.
-                    if aa {
-                        protect::Mechanism::NoReplica
-                    } else {
-                        mech
-                    },
-                )
-                .and_then(|mut a| a.watch_link(&v.sff_iface).map(|()| a.with_cwd(&v.cwd)))
-                .map(|a| match &v.replica {
-                    Some(r) => a.with_replica(&r.netns.path(), &r.sff_iface),
-                    None => a,
-                })
-                .map(|a| {
-                    a.with_members(
-                        v.members
-                            .iter()
-                            .map(|m| protect::MemberSlot {
-                                netns: m.netns.path(),
-                                pid: m.pid,
-                                sff_iface: Some(m.sff_iface.clone()),
-                            })
-                            .collect(),
-                    )
-                })
-                .and_then(|mut a| {
-                    if aa {
-                        a.set_mechanism(mech)?;
-                    }
-                    Ok(a)
-                })
-                .map_err(ControlError::from)?;
+                let agent = new_agent(v, hop, mech, state, &chain, &self.work)?.build()?;
                 sff.set_protected(hop, true).map_err(ControlError::from)?;
                 v.agent = Some(Arc::new(Mutex::new(agent)));
             }
         }
         v.plan.mechanism = m;
         Ok(())
+    }
+
+    /// Names for a place made at runtime beside hop `hop`'s VNF (`what`:
+    /// `r` a replica, `m` a member): its namespace and the SFF's end of its
+    /// link, unique on the host (a removed place's names may linger while
+    /// the kernel takes its namespace down).
+    pub fn place_names(&self, state: &StateOptions, hop: usize, what: char) -> (String, String) {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let n = (NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) ^ clock) & 0xffff;
+        let id = self.id;
+        (
+            format!("{}{id:x}-{hop}{what}{n:04x}", state.netns_prefix()),
+            format!("n{id:x}{what}{hop}x{n:04x}"),
+        )
     }
 
     /// The chain's state.

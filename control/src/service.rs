@@ -49,7 +49,9 @@ pub struct RestoreReport {
 }
 use crate::validate;
 
+mod mechanism;
 mod requests;
+pub use mechanism::{plan as mechanism_plan, Protection, Step};
 pub use requests::{Fault, Healed, HEAL_TIMEOUT};
 
 struct Entry {
@@ -75,6 +77,8 @@ pub struct Daemon {
     /// Chains being started, not in the registry yet: name, ingress,
     /// egress, SPI (what a new chain must not share).
     starting: std::sync::Mutex<BTreeMap<String, (String, String, u32)>>,
+    /// VNFs whose mechanism is being changed (one change at a time).
+    changing: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
     /// How each VNF's last recovery ended, for heals that wait on it.
     outcomes: std::sync::Mutex<BTreeMap<(String, String), tokio::sync::watch::Sender<Outcome>>>,
 }
@@ -279,6 +283,7 @@ impl Daemon {
             early: crate::exits::EarlyExits::start(),
             starting: std::sync::Mutex::default(),
             outcomes: std::sync::Mutex::default(),
+            changing: std::sync::Mutex::default(),
         })
     }
 

@@ -335,6 +335,15 @@ impl Store {
         Ok(old.len())
     }
 
+    /// Deletes every checkpoint of `chain`/`vnf` but those in `keep` (the
+    /// ones the SFF can restore); returns how many went.
+    pub fn retain(&self, chain: &str, vnf: &str, keep: &[u64]) -> Result<usize, StoreError> {
+        let all = self.list(chain, vnf)?;
+        let old: Vec<CheckpointMeta> = all.into_iter().filter(|m| !keep.contains(&m.id)).collect();
+        self.remove(&old)?;
+        Ok(old.len())
+    }
+
     /// Deletes every checkpoint of `chain`, its spec and its runtime record.
     pub fn remove_chain(&self, chain: &str) -> Result<(), StoreError> {
         self.remove_checkpoints(chain)?;

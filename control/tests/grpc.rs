@@ -533,13 +533,49 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
         mechanism: m as i32,
         replicas: 0,
     };
-    // MR-AA's members are made with the chain.
-    let e = vnfs
-        .set_mechanism(set(api::Mechanism::MrAa))
+    // An unprotected VNF becomes MR-AA at runtime: protected, checkpointed,
+    // and members added (restored from that checkpoint); then 2 members
+    // become 3, and 3 become none (0R).
+    let set_m = |replicas: u32| api::SetMechanismRequest {
+        replicas,
+        ..set(api::Mechanism::MrAa)
+    };
+    let v = vnfs
+        .set_mechanism(set_m(2))
         .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    assert!(e.message().contains("MR-AA"), "{e:?}");
+        .unwrap()
+        .into_inner()
+        .vnf
+        .unwrap();
+    assert_eq!(
+        (v.mechanism, v.member_pids.len()),
+        (api::Mechanism::MrAa as i32, 1),
+        "{v:?}"
+    );
+    let v = vnfs
+        .set_mechanism(set_m(3))
+        .await
+        .unwrap()
+        .into_inner()
+        .vnf
+        .unwrap();
+    assert_eq!(v.member_pids.len(), 2, "{v:?}");
+    assert!(v.member_pids.iter().all(|&p| p > 0), "{v:?}");
+    let e = vnfs.set_mechanism(set_m(9)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let v = vnfs
+        .set_mechanism(set(api::Mechanism::Mechanism0r))
+        .await
+        .unwrap()
+        .into_inner()
+        .vnf
+        .unwrap();
+    assert_eq!(
+        (v.mechanism, v.member_pids.len()),
+        (api::Mechanism::Mechanism0r as i32, 0),
+        "{v:?}"
+    );
+    vnfs.set_mechanism(set(api::Mechanism::None)).await.unwrap();
     let e = vnfs
         .set_mechanism(set(api::Mechanism::Unspecified))
         .await
@@ -553,13 +589,18 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
         .vnf
         .unwrap();
     assert_eq!(v.mechanism, api::Mechanism::Mechanism0r as i32);
-    // 1R-AA needs a replica place, made only when the chain is created.
-    let e = vnfs
+    // 1R-AA at runtime: a replica place is made for it.
+    let v = vnfs
         .set_mechanism(set(api::Mechanism::Mechanism1rAa))
         .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    assert!(e.message().contains("replica"), "{e:?}");
+        .unwrap()
+        .into_inner()
+        .vnf
+        .unwrap();
+    assert_eq!(v.mechanism, api::Mechanism::Mechanism1rAa as i32);
+    vnfs.set_mechanism(set(api::Mechanism::Mechanism0r))
+        .await
+        .unwrap();
     let c = vnfs.checkpoint(req()).await.unwrap().into_inner();
     assert!(c.size_bytes > 0 && c.pause_ms > 0.0, "{c:?}");
     eprintln!(

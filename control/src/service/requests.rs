@@ -74,7 +74,8 @@ impl Daemon {
     }
 
     /// Protects VNF `vnf` of `chain` by `mechanism` (or not: NONE), with
-    /// `replicas` MR-AA members (0: the default).
+    /// `replicas` MR-AA members (0: as it has, or the default), under
+    /// traffic (see [`super::mechanism`]). One change of a VNF at a time.
     pub async fn set_mechanism(
         self: &Arc<Self>,
         chain: &str,
@@ -96,27 +97,37 @@ impl Daemon {
             )));
         }
         validate::name("vnf", vnf)?;
-        let state = self.state.clone();
-        let daemon = self.clone();
-        self.with_chain(chain, move |entry| {
-            let hop = entry.runtime.vnf_index(vnf)?;
-            let had_agent = entry.runtime.vnfs[hop].agent.is_some();
-            // Protecting starts a CRIU worker and may unpack a standby
-            // image: blocking work, but short, and the chain must not
-            // change meanwhile.
-            tokio::task::block_in_place(|| entry.runtime.protect(hop, mechanism, &state))?;
-            if !had_agent {
-                daemon.schedule_hop(&entry.runtime, hop);
+        let members = match replicas {
+            0 => {
+                self.with_chain(chain, |e| {
+                    let v = e.runtime.vnf_mut(vnf)?;
+                    Ok(if v.members.is_empty() {
+                        validate::DEFAULT_REPLICAS as usize
+                    } else {
+                        v.members.len() + 1
+                    })
+                })
+                .await?
             }
-            // A restarted daemon protects it the same way.
-            if let Some(v) = entry.spec.vnfs.get_mut(hop) {
-                v.mechanism = mechanism as i32;
-                v.replicas = replicas;
-            }
-            drop(daemon.records.put(&entry.runtime, Some(&entry.spec)));
-            Ok(entry.runtime.vnfs[hop].status())
-        })
-        .await
+            m => m as usize,
+        };
+        let key = (chain.to_string(), vnf.to_string());
+        let fresh = self
+            .changing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.clone());
+        if !fresh {
+            return Err(ControlError::FailedPrecondition(format!(
+                "a mechanism change of {chain}/{vnf} is under way"
+            )));
+        }
+        let r = self.change_mechanism(chain, vnf, mechanism, members).await;
+        self.changing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
+        r
     }
 
     /// Checkpoints VNF `vnf` of `chain` now.
