@@ -22,9 +22,10 @@ CRIU_SHA256="29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9"
 CRIU_MIN="4.2"
 
 # Packages the project itself needs (build of the eBPF program and AF_XDP
-# crates, gRPC code generation, namespaces, and tshark for the dissection test).
+# crates, gRPC code generation, namespaces, tshark for the dissection test,
+# and gdb for the stacks the HA harness prints when a recovery stalls).
 PROJECT_PKGS=(clang llvm libbpf-dev libelf-dev zlib1g-dev m4 make pkg-config
-  protobuf-compiler iproute2 tshark python3 xz-utils ca-certificates openssl)
+  protobuf-compiler iproute2 tshark python3 xz-utils ca-certificates openssl gdb)
 # What building CRIU from source needs.
 CRIU_BUILD_PKGS=(gcc make pkg-config libprotobuf-c-dev protobuf-c-compiler
   libprotobuf-dev protobuf-compiler libnl-3-dev libnet1-dev libcap-dev libaio-dev

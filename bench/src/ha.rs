@@ -447,6 +447,26 @@ impl Nhamd {
                 }
             }
         }
+        // Where each thread is, in our code (gdb, when the host has it).
+        let bt = std::process::Command::new("timeout")
+            .args(["60", "gdb", "-p", &pid.to_string(), "-batch", "-nx"])
+            .args(["-ex", "set pagination off", "-ex", "thread apply all bt 40"])
+            .output();
+        if let Ok(o) = bt {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let ours: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("Thread ")
+                        || l.contains("nham_")
+                        || l.contains("waitpid")
+                        || l.contains("wait4")
+                        || l.contains("waitid")
+                })
+                .collect();
+            out.push(format!("nhamd {pid} stacks (gdb):"));
+            out.extend(ours.iter().map(|l| format!("  {}", l.trim())));
+        }
         if let Ok(files) = std::fs::read_dir(&self.dir) {
             for f in files.flatten() {
                 if f.path().extension().is_some_and(|e| e == "log") && f.path() != self.log {

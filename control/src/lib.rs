@@ -27,9 +27,9 @@
 //! - [`store`]: the VNF State Database (redb index, zstd images with a
 //!   format version and checksum).
 //!
-//! Mechanisms: `MECHANISM_NONE`, `0R`, `1R-AS`, `1R-AA` and `MR-AA` (the
-//! last two chosen when the chain is created: their places and SFF ports
-//! are made then).
+//! Mechanisms: `MECHANISM_NONE`, `0R`, `1R-AS`, `1R-AA` and `MR-AA`, chosen
+//! per VNF when the chain is created and changed at runtime
+//! (`service::mechanism`).
 #![forbid(unsafe_code)]
 
 pub mod api;

@@ -1207,8 +1207,10 @@ impl ChainRuntime {
         self.detached = true;
     }
 
-    /// Gives VNF `hop` mechanism `m`: makes, changes or drops its agent and
-    /// tells the SFF whether to hold its packets.
+    /// Gives VNF `hop` mechanism `m` as the chain starts (or is attached
+    /// to again): makes, changes or drops its agent and tells the SFF
+    /// whether to hold its packets. Its places (replica, members) must be
+    /// there; a change at runtime makes them (`service::mechanism`).
     pub fn protect(
         &mut self,
         hop: usize,
@@ -1219,13 +1221,13 @@ impl ChainRuntime {
         let has_members = !self.vnfs[hop].members.is_empty();
         if (m == api::Mechanism::MrAa) != has_members {
             return Err(ControlError::FailedPrecondition(format!(
-                "VNF {:?}: MR-AA is chosen when the chain is created (its members need places and SFF ports) and kept",
+                "VNF {:?}: MR-AA needs its members' places and SFF ports, and only MR-AA has them",
                 self.vnfs[hop].plan.name
             )));
         }
         if m == api::Mechanism::Mechanism1rAa && self.vnfs[hop].replica.is_none() {
             return Err(ControlError::FailedPrecondition(format!(
-                "VNF {:?} has no replica namespace and standby port: 1R-AA is chosen when the chain is created",
+                "VNF {:?} has no replica namespace and standby port, which 1R-AA needs",
                 self.vnfs[hop].plan.name
             )));
         }
