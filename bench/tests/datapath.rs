@@ -278,9 +278,9 @@ fn frames_on_a_vnf_veth_dissect_as_nsh() {
 /// Failover to a standby port, the SFF's part of an active replica: a
 /// one-hop chain whose hop has a standby port on a second VNF's link (a
 /// second monitor, started afresh: a replica at the initial state). Half way
-/// through the traffic the first VNF is killed; `Failure`, `SwitchPort` and
-/// `Restored` (no checkpoint: replay from the start) move the hop to the
-/// replica, which gets every held packet replayed. The sink sees each frame
+/// through the traffic the first VNF is killed; `FailOver` (the failure,
+/// the switch of ports, and the replay from the start: no checkpoint) moves
+/// the hop to the replica, which gets every held packet replayed. The sink sees each frame
 /// once, in order, and the replica ends in the failure-free state.
 #[test]
 fn a_hop_fails_over_to_its_standby_port() {
@@ -295,8 +295,8 @@ fn a_hop_fails_over_to_its_standby_port() {
     config.protect = vec![true];
     let sff = nham_sff::spawn(Some(lab.sff_netns().path()), config).expect("starting the SFF");
     let client = nham_sff::remote::SffClient::local(&sff).expect("client");
-    // Not while it runs: there would be frames in flight on the old port.
-    assert!(client.switch_port(0).is_err());
+    // A replica of a checkpoint the hop never had is refused.
+    assert!(client.fail_over(1, None).is_err(), "no hop 1");
     let spec = spec(3000);
     let frames = spec.frames();
     let (expected, states) = nham_vnf::reference(&[Kind::Monitor], &frames);
@@ -304,9 +304,10 @@ fn a_hop_fails_over_to_its_standby_port() {
         let t = s.spawn(|| lab.trial_frames(frames, spec.rate, &expected, &sff));
         std::thread::sleep(std::time::Duration::from_millis(300));
         nham_bench::lab::kill_and_wait(lab.vnf_pid(0));
-        client.failure(0).expect("failure");
-        client.switch_port(0).expect("switch");
-        let r = client.restored(0, None).expect("restored");
+        let r = match client.fail_over(0, None).expect("failover") {
+            nham_sff::remote::FailOverOutcome::Switched(r) => r,
+            o => panic!("not switched: {o:?}"),
+        };
         assert!(r.replay > 0, "everything held is replayed: {r:?}");
         t.join().expect("trial thread")
     })

@@ -519,6 +519,16 @@ pub struct RestorePlan {
     pub epoch: u32,
 }
 
+impl RestorePlan {
+    /// Whether a copy of the VNF restored from checkpoint `to` (`None`:
+    /// the initial state) may take over the hop: the hop keeps the packets
+    /// since it, so the replay makes it whole (the 1R-AA failover's
+    /// admission). The restore point does, and so does its fallback.
+    pub fn restores(&self, to: Option<CheckpointId>) -> bool {
+        to == self.checkpoint || (to.is_some() && to == self.fallback)
+    }
+}
+
 /// Outcome of a committed checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CheckpointReport {
@@ -1609,6 +1619,28 @@ mod tests {
 
     fn deliver(h: &mut Hop<u32>) -> Option<(u64, u32, u32)> {
         h.poll_delivery().map(|d| (d.seq, d.epoch, *d.packet))
+    }
+
+    /// The 1R-AA admission: a replica restored from the restore point or
+    /// its fallback may take over; from anything older (its packets
+    /// released) or newer (not committed), never.
+    #[test]
+    fn a_replica_takes_over_only_from_a_checkpoint_the_hop_can_replay_from() {
+        let plan = |checkpoint, fallback| RestorePlan {
+            checkpoint,
+            fallback,
+            epoch: 1,
+        };
+        assert!(plan(None, None).restores(None));
+        assert!(!plan(None, None).restores(Some(1)));
+        assert!(plan(Some(4), Some(3)).restores(Some(4)));
+        assert!(plan(Some(4), Some(3)).restores(Some(3)));
+        assert!(!plan(Some(4), Some(3)).restores(Some(2)));
+        assert!(!plan(Some(4), Some(3)).restores(Some(5)));
+        assert!(
+            !plan(Some(4), None).restores(None),
+            "the initial state is released"
+        );
     }
 
     #[test]

@@ -34,7 +34,9 @@
 //! starve.
 #![forbid(unsafe_code)]
 
+mod execute;
 pub mod pool;
+pub mod protocol;
 pub mod remote;
 
 pub use nham_afxdp::PortConfig;
@@ -49,16 +51,14 @@ use std::time::Duration;
 
 use nham_afxdp::{AfXdpError, Port};
 use nham_dataplane::classifier::{Classifier, ClassifyError, Rule};
-use nham_dataplane::hold::{
-    Chain, CheckpointId, CheckpointPhase, CheckpointReport, HoldError, HopConfig, HopState, Mark,
-    MemberFailure, MemberState, RecoveryReport, RestorePlan,
-};
+use nham_dataplane::hold::{Chain, CheckpointId, HoldError, HopConfig, MemberState};
 use nham_dataplane::nsh::{self, NhamMetadata, NshPacket, TtlVerdict};
-use nham_dataplane::window::{FlowWindow, VnfCapacity};
+use nham_dataplane::window::FlowWindow;
 use nham_ebpf::{EbpfError, XdpRedirect};
 use thiserror::Error;
 
 use pool::{Pool, SLOT};
+pub use protocol::{Request, Response};
 
 const ETH: usize = 14;
 
@@ -353,126 +353,15 @@ pub struct SffHandle {
     commands: Option<mpsc::Sender<Command>>,
 }
 
-/// Events for one hop's Hold/Release state machine, sent to the SFF thread
-/// by the control plane (checkpoints and recoveries). Each carries the
-/// channel its answer goes back on.
+/// A request for the SFF thread (see [`protocol`]) and the channel its
+/// answer goes back on: what the control plane's client and the socket
+/// server send, between two forwarding rounds.
 #[derive(Debug)]
-#[allow(missing_docs)]
-pub enum Command {
-    /// `Hop::begin_checkpoint`: stop delivering to the VNF.
-    BeginCheckpoint {
-        hop: usize,
-        reply: mpsc::Sender<Result<CheckpointId, HoldError>>,
-    },
-    /// `Hop::handle_quiesced`: the VNF consumed everything; freeze and dump.
-    Quiesced {
-        hop: usize,
-        id: CheckpointId,
-        reply: mpsc::Sender<Result<Mark, HoldError>>,
-    },
-    /// `Hop::handle_dumped`: the image is taken and the VNF thawed;
-    /// delivery resumes while the image is stored.
-    CheckpointDumped {
-        hop: usize,
-        id: CheckpointId,
-        reply: mpsc::Sender<Result<Mark, HoldError>>,
-    },
-    /// Hold packets for this hop until checkpoints include them (true), or
-    /// release them on delivery (false: the VNF is not protected). Answers
-    /// with the packets released by the change.
-    SetProtected {
-        hop: usize,
-        protected: bool,
-        reply: mpsc::Sender<u64>,
-    },
-    /// `Hop::handle_checkpoint_complete`: the image is durable; release.
-    CheckpointDone {
-        hop: usize,
-        id: CheckpointId,
-        reply: mpsc::Sender<Result<CheckpointReport, HoldError>>,
-    },
-    /// `Hop::handle_checkpoint_failed`.
-    CheckpointFailed {
-        hop: usize,
-        id: CheckpointId,
-        reply: mpsc::Sender<Result<(), HoldError>>,
-    },
-    /// `Hop::handle_failure`: the VNF failed.
-    Failure {
-        hop: usize,
-        reply: mpsc::Sender<RestorePlan>,
-    },
-    /// `Hop::handle_restored_from`: the VNF runs again, restored from
-    /// checkpoint `from` (the committed one or the plan's fallback); replay.
-    Restored {
-        hop: usize,
-        from: Option<CheckpointId>,
-        reply: mpsc::Sender<Result<RecoveryReport, HoldError>>,
-    },
-    /// How many frames the VNF has not answered yet.
-    InFlight {
-        hop: usize,
-        reply: mpsc::Sender<usize>,
-    },
-    /// Every frame sent to member `member` (0: the VNF) of hop `hop` before
-    /// send index `sent` has been read: its sockets were seen empty after.
-    SocketRead {
-        hop: usize,
-        member: usize,
-        sent: u64,
-        reply: mpsc::Sender<()>,
-    },
-    /// What member `member`'s (0: the VNF's) socket of hop `hop` can hold,
-    /// as measured; for the standby port too (a replica restored from the
-    /// same image has the same socket). Answers with what was used before.
-    SetCapacity {
-        hop: usize,
-        member: usize,
-        capacity: VnfCapacity,
-        reply: mpsc::Sender<Result<VnfCapacity, String>>,
-    },
-    /// Every hop's Hold/Release state, for a control plane that (re)attaches.
-    Status { reply: mpsc::Sender<Vec<HopStatus>> },
-    /// Makes hop `hop`'s standby port its port, and the old port the
-    /// standby (failover to a replica). Only while the hop recovers (after
-    /// `Failure`, before `Restored`), so nothing is in flight on either.
-    SwitchPort {
-        hop: usize,
-        reply: mpsc::Sender<Result<(), String>>,
-    },
-    /// Opens `spec` as hop `hop`'s standby port (replacing any).
-    AttachStandby {
-        hop: usize,
-        spec: PortSpec,
-        reply: mpsc::Sender<Result<(), String>>,
-    },
-    /// Changes hop `hop`'s MR-AA members at runtime (a mechanism change):
-    /// members 1 to `keep` stay behind their ports; members after them are
-    /// removed, and `add` opens ports for new ones after them (failed until
-    /// restored). `keep` 0 and nothing added: an ordinary hop again. See
-    /// `Hop::resize_members`.
-    SetMembers {
-        hop: usize,
-        keep: usize,
-        add: Vec<PortSpec>,
-        reply: mpsc::Sender<Result<(), String>>,
-    },
-    /// `Hop::handle_member_failed`: MR-AA member `member` of hop `hop`
-    /// failed. Nothing more is sent to it.
-    MemberFailed {
-        hop: usize,
-        member: usize,
-        reply: mpsc::Sender<Result<MemberFailure, HoldError>>,
-    },
-    /// `Hop::handle_member_restored`: the member runs again (restored
-    /// stopped, not resumed yet) from checkpoint `from`. What its failed
-    /// incarnation left on the link is discarded first.
-    MemberRestored {
-        hop: usize,
-        member: usize,
-        from: Option<CheckpointId>,
-        reply: mpsc::Sender<Result<RecoveryReport, HoldError>>,
-    },
+pub struct Command {
+    /// What is asked.
+    pub request: Request,
+    /// Where the answer goes.
+    pub reply: mpsc::Sender<Response>,
 }
 
 /// Where a hop's checkpoint protocol stands, as a control plane that
@@ -530,13 +419,13 @@ pub struct LocalSff {
 }
 
 impl LocalSff {
-    /// Sends a command to the SFF thread and waits for its answer.
-    pub fn command<T>(&self, make: impl FnOnce(mpsc::Sender<T>) -> Command) -> Result<T, SffError> {
-        let (tx, rx) = mpsc::channel();
+    /// Asks the SFF thread `request` and waits for its answer.
+    pub fn ask(&self, request: Request) -> Result<Response, SffError> {
+        let (reply, answer) = mpsc::channel();
         self.commands
-            .send(make(tx))
+            .send(Command { request, reply })
             .map_err(|_| SffError::Stopped)?;
-        rx.recv().map_err(|_| SffError::Stopped)
+        answer.recv().map_err(|_| SffError::Stopped)
     }
 
     /// Live counters.
@@ -551,9 +440,9 @@ impl SffHandle {
         &self.counters
     }
 
-    /// Sends a command to the SFF thread and waits for its answer.
-    pub fn command<T>(&self, make: impl FnOnce(mpsc::Sender<T>) -> Command) -> Result<T, SffError> {
-        self.local()?.command(make)
+    /// Asks the SFF thread `request` and waits for its answer.
+    pub fn ask(&self, request: Request) -> Result<Response, SffError> {
+        self.local()?.ask(request)
     }
 
     /// A way to command the thread that does not borrow this handle (for
@@ -952,242 +841,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Carries out the control plane's commands.
+    /// Carries out the control plane's commands (see [`execute`]).
     fn commands_step(&mut self) -> usize {
         let mut n = 0;
-        while let Ok(cmd) = self.commands.try_recv() {
+        while let Ok(Command { request, reply }) = self.commands.try_recv() {
             n += 1;
             let now = std::time::Instant::now();
-            let hops = self.hops.len();
-            let Some(chain) = self.chain.as_mut() else {
-                continue;
-            };
-            let hop_ok = |h: usize| h < hops;
-            match cmd {
-                Command::BeginCheckpoint { hop, reply } if hop_ok(hop) => {
-                    let _ = reply.send(chain.hop_mut(hop).begin_checkpoint(now));
-                }
-                Command::Quiesced { hop, id, reply } if hop_ok(hop) => {
-                    // Every output the (now stopped) VNF emitted must be
-                    // counted before the mark: take what waits in the port's
-                    // ring first. Otherwise a restore would renumber those
-                    // outputs' successors as duplicates of them.
-                    while self.vnf_output_step(hop) > 0 {}
-                    let Some(chain) = self.chain.as_mut() else {
-                        continue;
-                    };
-                    let r = chain.hop_mut(hop).handle_quiesced(id);
-                    if r.is_ok() {
-                        let frozen = &mut self.frozen_windows[hop];
-                        frozen.push_back((id, self.in_flight[hop][0].clone()));
-                        while frozen.len() > 4 {
-                            frozen.pop_front();
-                        }
-                    }
-                    let _ = reply.send(r);
-                }
-                Command::CheckpointDumped { hop, id, reply } if hop_ok(hop) => {
-                    let _ = reply.send(chain.hop_mut(hop).handle_dumped(id));
-                }
-                Command::SetProtected {
-                    hop,
-                    protected,
-                    reply,
-                } if hop_ok(hop) => {
-                    self.protected[hop] = protected;
-                    let pool = &mut self.pool;
-                    let released = if protected {
-                        0
-                    } else {
-                        chain
-                            .hop_mut(hop)
-                            .release_delivered(|slot| pool.release(slot))
-                    };
-                    let _ = reply.send(released);
-                }
-                Command::CheckpointDone { hop, id, reply } if hop_ok(hop) => {
-                    let pool = &mut self.pool;
-                    let r = chain
-                        .hop_mut(hop)
-                        .handle_checkpoint_complete_with(id, now, |slot| pool.release(slot));
-                    let _ = reply.send(r);
-                }
-                Command::CheckpointFailed { hop, id, reply } if hop_ok(hop) => {
-                    let _ = reply.send(chain.hop_mut(hop).handle_checkpoint_failed(id));
-                }
-                Command::Failure { hop, reply } if hop_ok(hop) => {
-                    self.in_flight[hop].iter_mut().for_each(|q| q.clear());
-                    let plan = chain.hop_mut(hop).handle_failure(now);
-                    for k in 0..self.hops[hop].len() {
-                        self.flush_port(hop, k);
-                    }
-                    let _ = reply.send(plan);
-                }
-                Command::Restored { hop, from, reply } if hop_ok(hop) => {
-                    // What waits on the port now is from an incarnation
-                    // that is gone (the restored one is resumed after
-                    // this): from here on, its port carries only the
-                    // restored VNF's outputs.
-                    let port = &mut self.hops[hop][0].port;
-                    // (Bounded: a port that never runs dry must not stop
-                    // the forwarding thread.)
-                    let mut left = 64 * 64;
-                    while left > 0 && port.recv_burst(64, |_| {}) > 0 {
-                        left -= 1;
-                    }
-                    if left == 0 {
-                        eprintln!(
-                            "nham-sff: hop {hop}: its port still had frames after 4,096 bursts drained on Restored"
-                        );
-                    }
-                    self.in_flight[hop].iter_mut().for_each(|q| q.clear());
-                    self.in_flight[hop][0] =
-                        frozen_window(&self.frozen_windows[hop], from, &self.in_flight[hop][0]);
-                    self.last_output[hop][0] = now;
-                    let r = if self.hops[hop].len() > 1 {
-                        chain.hop_mut(hop).handle_member_restored(0, from, now)
-                    } else {
-                        chain.hop_mut(hop).handle_restored_from(from, now)
-                    };
-                    let _ = reply.send(r);
-                }
-                Command::InFlight { hop, reply } if hop_ok(hop) => {
-                    let _ = reply.send(
-                        self.in_flight[hop]
-                            .iter()
-                            .map(|q| q.len())
-                            .max()
-                            .unwrap_or(0),
-                    );
-                }
-                Command::SocketRead {
-                    hop,
-                    member,
-                    sent,
-                    reply,
-                } => {
-                    if let Some(r) = self.read_upto.get_mut(hop).and_then(|h| h.get_mut(member)) {
-                        *r = (*r).max(sent);
-                    }
-                    let _ = reply.send(());
-                }
-                Command::SetCapacity {
-                    hop,
-                    member,
-                    capacity,
-                    reply,
-                } => {
-                    let r = match self.in_flight.get_mut(hop).and_then(|h| h.get_mut(member)) {
-                        Some(w) => {
-                            let before = w.capacity();
-                            w.set_capacity(VnfCapacity {
-                                max_frames: capacity.max_frames.min(self.config.vnf_window),
-                                ..capacity
-                            });
-                            Ok(before)
-                        }
-                        None => Err(format!("no hop {hop} member {member}")),
-                    };
-                    let _ = reply.send(r);
-                }
-                Command::MemberFailed { hop, member, reply }
-                    if hop_ok(hop) && member < self.hops[hop].len() =>
-                {
-                    self.in_flight[hop][member].clear();
-                    let r = chain.hop_mut(hop).handle_member_failed(member, now);
-                    // What is still on its way to the dead member must not
-                    // reach the copy restored in its place.
-                    self.flush_port(hop, member);
-                    let _ = reply.send(r);
-                }
-                Command::MemberRestored {
-                    hop,
-                    member,
-                    from,
-                    reply,
-                } if hop_ok(hop) && member < self.hops[hop].len() => {
-                    // Outputs of the failed incarnation still on the ring
-                    // would be numbered as the new one's.
-                    let port = &mut self.hops[hop][member].port;
-                    while port.recv_burst(64, |_| {}) > 0 {}
-                    self.in_flight[hop][member] = frozen_window(
-                        &self.frozen_windows[hop],
-                        from,
-                        &self.in_flight[hop][member],
-                    );
-                    self.last_output[hop][member] = now;
-                    let Some(chain) = self.chain.as_mut() else {
-                        continue;
-                    };
-                    let _ =
-                        reply.send(chain.hop_mut(hop).handle_member_restored(member, from, now));
-                }
-                Command::SwitchPort { hop, reply } if hop_ok(hop) => {
-                    let r = if !matches!(chain.hop(hop).state(), HopState::Recovering { .. }) {
-                        Err("a hop's port is switched only while it recovers".to_string())
-                    } else if let Some((spec, port)) = self.standby[hop].take() {
-                        let old_port = std::mem::replace(&mut self.hops[hop][0], port);
-                        let old_spec = std::mem::replace(&mut self.config.hops[hop], spec);
-                        self.standby[hop] = Some((old_spec, old_port));
-                        self.in_flight[hop][0].clear();
-                        self.last_output[hop][0] = now;
-                        self.drops.2[hop][0] = 0;
-                        Ok(())
-                    } else {
-                        Err(format!("hop {hop} has no standby port"))
-                    };
-                    let _ = reply.send(r);
-                }
-                Command::SetMembers {
-                    hop,
-                    keep,
-                    add,
-                    reply,
-                } if hop_ok(hop) => {
-                    let _ = reply.send(self.set_members(hop, keep, add));
-                }
-                Command::AttachStandby { hop, spec, reply } if hop_ok(hop) => {
-                    self.standby[hop] = None;
-                    let r = attach(&spec, self.config.port)
-                        .map(|a| self.standby[hop] = Some((spec, a)))
-                        .map_err(|e| e.to_string());
-                    let _ = reply.send(r);
-                }
-                Command::Status { reply } => {
-                    let status = (0..hops)
-                        .map(|i| {
-                            let h = chain.hop(i);
-                            HopStatus {
-                                phase: match h.checkpoint_phase() {
-                                    CheckpointPhase::Idle => PhaseStatus::Idle,
-                                    CheckpointPhase::Draining { id, .. } => {
-                                        PhaseStatus::Draining(id)
-                                    }
-                                    CheckpointPhase::Dumping { id, .. } => PhaseStatus::Dumping(id),
-                                    CheckpointPhase::Storing { id, .. } => PhaseStatus::Storing(id),
-                                },
-                                recovering: matches!(h.state(), HopState::Recovering { .. }),
-                                epoch: h.epoch(),
-                                committed: h.committed().map(|c| c.id),
-                                held: h.rx().held(),
-                                pending: h.rx().pending(),
-                                protected: self.protected[i],
-                                members: h.members().collect(),
-                                divergent: h.stats().divergent,
-                                heard: self.heard[i].clone(),
-                                in_flight: self.in_flight[i]
-                                    .iter()
-                                    .map(|w| (w.len(), w.bytes(), w.capacity().budget(), w.sent()))
-                                    .collect(),
-                            }
-                        })
-                        .collect();
-                    let _ = reply.send(status);
-                }
-                // A hop that does not exist: dropping the reply channel
-                // makes the caller's recv fail (SffError::Stopped).
-                _ => {}
-            }
+            let _ = reply.send(self.execute(request, now));
         }
         n
     }

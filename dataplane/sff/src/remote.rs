@@ -25,16 +25,16 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nham_dataplane::hold::{
     CheckpointId, CheckpointReport, Mark, MemberFailure, RecoveryReport, RestorePlan,
 };
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{Command, HopStatus, LocalSff, SffError, SffHandle, SffStats};
+pub use crate::protocol::{FailOverOutcome, Request, Response, SffStatus, PROTOCOL_VERSION};
+use crate::{LocalSff, SffError, SffHandle, SffStats};
 
 /// Errors of talking to an SFF process.
 #[derive(Debug, Error)]
@@ -71,357 +71,24 @@ pub enum RemoteError {
     },
 }
 
-/// The version of this protocol. Raise it with any change to [`Request`]
-/// or [`Response`] that an SFF of the previous version would misread.
-pub const PROTOCOL_VERSION: u32 = 1;
-
-/// What a client asks of the SFF. Hops are numbered from 0 in chain order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs)]
-pub enum Request {
-    /// The first message on a connection: the client's protocol version.
-    Hello {
-        version: u32,
-    },
-    BeginCheckpoint {
-        hop: usize,
-    },
-    Quiesced {
-        hop: usize,
-        id: CheckpointId,
-    },
-    CheckpointDumped {
-        hop: usize,
-        id: CheckpointId,
-    },
-    CheckpointDone {
-        hop: usize,
-        id: CheckpointId,
-    },
-    CheckpointFailed {
-        hop: usize,
-        id: CheckpointId,
-    },
-    Failure {
-        hop: usize,
-    },
-    Restored {
-        hop: usize,
-        from: Option<CheckpointId>,
-    },
-    InFlight {
-        hop: usize,
-    },
-    /// Every frame sent to a VNF's (member's) port before send index
-    /// `sent` has been read.
-    SocketRead {
-        hop: usize,
-        member: usize,
-        sent: u64,
-    },
-    /// What a VNF's (member's) socket can hold, as measured.
-    SetCapacity {
-        hop: usize,
-        member: usize,
-        capacity: nham_dataplane::window::VnfCapacity,
-    },
-    SetProtected {
-        hop: usize,
-        protected: bool,
-    },
-    /// Make the hop's standby port its port (failover to a replica).
-    SwitchPort {
-        hop: usize,
-    },
-    /// 1R-AA failover in one exchange: the hop's VNF failed
-    /// (`Failure`); if the SFF kept the packets since checkpoint `to` (the
-    /// replica's), the standby port becomes the hop's port (`SwitchPort`)
-    /// and the replica, restored from `to`, gets the replay (`Restored`).
-    /// Otherwise the hop stays failed and the answer carries its plan.
-    FailOver {
-        hop: usize,
-        to: CheckpointId,
-    },
-    /// Open a standby port for the hop.
-    AttachStandby {
-        hop: usize,
-        spec: crate::PortSpec,
-    },
-    /// The hop keeps members 1 to `keep` and adds members behind `add`
-    /// (see [`Command::SetMembers`]).
-    SetMembers {
-        hop: usize,
-        keep: usize,
-        add: Vec<crate::PortSpec>,
-    },
-    /// An MR-AA member failed.
-    MemberFailed {
-        hop: usize,
-        member: usize,
-    },
-    /// An MR-AA member was restored from `from`.
-    MemberRestored {
-        hop: usize,
-        member: usize,
-        from: Option<CheckpointId>,
-    },
-    /// Counters.
-    Stats,
-    /// The process and every hop's state.
-    Status,
-    /// Stop forwarding and exit.
-    Shutdown,
-}
-
-/// The answer to a [`Request`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[allow(missing_docs)]
-pub enum Response {
-    /// The server's protocol version (the connection is closed after it
-    /// when it is not the client's).
-    Hello {
-        version: u32,
-    },
-    Checkpoint(CheckpointId),
-    Mark(Mark),
-    Done(CheckpointReport),
-    Plan(RestorePlan),
-    FailOver(FailOverOutcome),
-    MemberFailure(MemberFailure),
-    Recovered(RecoveryReport),
-    Count(u64),
-    Capacity(nham_dataplane::window::VnfCapacity),
-    Stats(SffStats),
-    Status(SffStatus),
-    Ok,
-    /// Refused, and why.
-    Refused(String),
-}
-
-/// What [`Request::FailOver`] did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum FailOverOutcome {
-    /// The hop runs on the replica's port; the report of its replay.
-    Switched(RecoveryReport),
-    /// The hop failed and stays failed: restore by `plan` instead.
-    NotSwitched {
-        /// What to restore (the answer to `Failure`).
-        plan: RestorePlan,
-        /// Why the replica could not take over.
-        why: String,
-    },
-}
-
-/// A running SFF process.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SffStatus {
-    /// Its process id.
-    pub pid: u32,
-    /// Each hop's state, in chain order.
-    pub hops: Vec<HopStatus>,
-}
-
 fn refused(e: impl std::fmt::Display) -> Response {
     Response::Refused(e.to_string())
 }
 
-/// Carries out one request on the SFF thread behind `sff`.
+/// Carries out one request on the SFF thread behind `sff`; `Shutdown`
+/// sets `shutdown` (the server's flag), `Hello` is answered here.
 fn execute(sff: &LocalSff, request: Request, shutdown: &AtomicBool) -> Response {
-    fn ask<T>(
-        sff: &LocalSff,
-        make: impl FnOnce(mpsc::Sender<T>) -> Command,
-        then: impl FnOnce(T) -> Response,
-    ) -> Response {
-        match sff.command(make) {
-            Ok(t) => then(t),
-            // A hop that does not exist drops the reply: say which.
-            Err(SffError::Stopped) => refused("no such hop, or the SFF thread has stopped"),
-            Err(e) => refused(e),
-        }
-    }
-    let or_refused = |r: Result<Response, nham_dataplane::hold::HoldError>| match r {
-        Ok(r) => r,
-        Err(e) => refused(e),
-    };
     match request {
-        // Answered where the connection is served; a Hello later on is
-        // answered the same.
         Request::Hello { .. } => Response::Hello {
             version: PROTOCOL_VERSION,
         },
-        Request::BeginCheckpoint { hop } => ask(
-            sff,
-            |reply| Command::BeginCheckpoint { hop, reply },
-            |r| or_refused(r.map(Response::Checkpoint)),
-        ),
-        Request::Quiesced { hop, id } => ask(
-            sff,
-            |reply| Command::Quiesced { hop, id, reply },
-            |r| or_refused(r.map(Response::Mark)),
-        ),
-        Request::CheckpointDumped { hop, id } => ask(
-            sff,
-            |reply| Command::CheckpointDumped { hop, id, reply },
-            |r| or_refused(r.map(Response::Mark)),
-        ),
-        Request::CheckpointDone { hop, id } => ask(
-            sff,
-            |reply| Command::CheckpointDone { hop, id, reply },
-            |r| or_refused(r.map(Response::Done)),
-        ),
-        Request::CheckpointFailed { hop, id } => ask(
-            sff,
-            |reply| Command::CheckpointFailed { hop, id, reply },
-            |r| or_refused(r.map(|()| Response::Ok)),
-        ),
-        Request::Failure { hop } => {
-            ask(sff, |reply| Command::Failure { hop, reply }, Response::Plan)
-        }
-        Request::Restored { hop, from } => ask(
-            sff,
-            |reply| Command::Restored { hop, from, reply },
-            |r| or_refused(r.map(Response::Recovered)),
-        ),
-        Request::FailOver { hop, to } => fail_over(sff, hop, to),
-        Request::InFlight { hop } => ask(
-            sff,
-            |reply| Command::InFlight { hop, reply },
-            |n| Response::Count(n as u64),
-        ),
-        Request::SocketRead { hop, member, sent } => ask(
-            sff,
-            |reply| Command::SocketRead {
-                hop,
-                member,
-                sent,
-                reply,
-            },
-            |()| Response::Ok,
-        ),
-        Request::SetCapacity {
-            hop,
-            member,
-            capacity,
-        } => ask(
-            sff,
-            |reply| Command::SetCapacity {
-                hop,
-                member,
-                capacity,
-                reply,
-            },
-            |r| match r {
-                Ok(before) => Response::Capacity(before),
-                Err(e) => refused(e),
-            },
-        ),
-        Request::SetProtected { hop, protected } => ask(
-            sff,
-            |reply| Command::SetProtected {
-                hop,
-                protected,
-                reply,
-            },
-            Response::Count,
-        ),
-        Request::SwitchPort { hop } => ask(
-            sff,
-            |reply| Command::SwitchPort { hop, reply },
-            |r| match r {
-                Ok(()) => Response::Ok,
-                Err(e) => refused(e),
-            },
-        ),
-        Request::AttachStandby { hop, spec } => ask(
-            sff,
-            |reply| Command::AttachStandby { hop, spec, reply },
-            |r| match r {
-                Ok(()) => Response::Ok,
-                Err(e) => refused(e),
-            },
-        ),
-        Request::SetMembers { hop, keep, add } => ask(
-            sff,
-            |reply| Command::SetMembers {
-                hop,
-                keep,
-                add,
-                reply,
-            },
-            |r| match r {
-                Ok(()) => Response::Ok,
-                Err(e) => refused(e),
-            },
-        ),
-        Request::MemberFailed { hop, member } => ask(
-            sff,
-            |reply| Command::MemberFailed { hop, member, reply },
-            |r| match r {
-                Ok(f) => Response::MemberFailure(f),
-                Err(e) => refused(e),
-            },
-        ),
-        Request::MemberRestored { hop, member, from } => ask(
-            sff,
-            |reply| Command::MemberRestored {
-                hop,
-                member,
-                from,
-                reply,
-            },
-            |r| match r {
-                Ok(r) => Response::Recovered(r),
-                Err(e) => refused(e),
-            },
-        ),
-        Request::Stats => Response::Stats(sff.counters().snapshot()),
-        Request::Status => ask(
-            sff,
-            |reply| Command::Status { reply },
-            |hops| {
-                Response::Status(SffStatus {
-                    pid: std::process::id(),
-                    hops,
-                })
-            },
-        ),
         Request::Shutdown => {
             shutdown.store(true, Ordering::Relaxed);
             Response::Ok
         }
-    }
-}
-
-/// [`Request::FailOver`]: three commands to the SFF thread, one exchange
-/// with the client (the failover path crosses the socket once).
-fn fail_over(sff: &LocalSff, hop: usize, to: CheckpointId) -> Response {
-    let plan = match sff.command(|reply| Command::Failure { hop, reply }) {
-        Ok(plan) => plan,
-        Err(SffError::Stopped) => return refused("no such hop, or the SFF thread has stopped"),
-        Err(e) => return refused(e),
-    };
-    let not_switched = |why: String| Response::FailOver(FailOverOutcome::NotSwitched { plan, why });
-    // The SFF keeps the packets since the restore point and, while the
-    // replica is refreshed, since the one before it.
-    if plan.checkpoint != Some(to) && plan.fallback != Some(to) {
-        return not_switched(format!(
-            "the replica holds checkpoint {to}; the restore point is {:?} (fallback {:?})",
-            plan.checkpoint, plan.fallback
-        ));
-    }
-    match sff.command(|reply| Command::SwitchPort { hop, reply }) {
-        Ok(Ok(())) => {}
-        Ok(Err(why)) => return not_switched(why),
-        Err(e) => return not_switched(e.to_string()),
-    }
-    match sff.command(|reply| Command::Restored {
-        hop,
-        from: Some(to),
-        reply,
-    }) {
-        Ok(Ok(r)) => Response::FailOver(FailOverOutcome::Switched(r)),
-        Ok(Err(e)) => refused(e),
-        Err(e) => refused(e),
+        r => sff
+            .ask(r)
+            .unwrap_or_else(|e| Response::Refused(e.to_string())),
     }
 }
 
@@ -711,14 +378,6 @@ impl SffClient {
         }
     }
 
-    /// Frames the VNF has not answered yet.
-    pub fn in_flight(&self, hop: usize) -> Result<u64, RemoteError> {
-        match self.request(Request::InFlight { hop })? {
-            Response::Count(n) => Ok(n),
-            r => self.unexpected(r),
-        }
-    }
-
     /// Holds packets for `hop` until checkpoints include them, or not;
     /// returns the packets released by the change.
     pub fn set_protected(&self, hop: usize, protected: bool) -> Result<u64, RemoteError> {
@@ -756,17 +415,13 @@ impl SffClient {
         }
     }
 
-    /// Makes hop `hop`'s standby port its port (only while it recovers).
-    pub fn switch_port(&self, hop: usize) -> Result<(), RemoteError> {
-        match self.request(Request::SwitchPort { hop })? {
-            Response::Ok => Ok(()),
-            r => self.unexpected(r),
-        }
-    }
-
-    /// 1R-AA failover to a replica restored from checkpoint `to`, in one
-    /// exchange (see [`Request::FailOver`]).
-    pub fn fail_over(&self, hop: usize, to: CheckpointId) -> Result<FailOverOutcome, RemoteError> {
+    /// 1R-AA failover to a replica restored from checkpoint `to` (`None`:
+    /// the initial state), in one exchange (see [`Request::FailOver`]).
+    pub fn fail_over(
+        &self,
+        hop: usize,
+        to: Option<CheckpointId>,
+    ) -> Result<FailOverOutcome, RemoteError> {
         match self.request(Request::FailOver { hop, to })? {
             Response::FailOver(o) => Ok(o),
             r => self.unexpected(r),

@@ -1,0 +1,303 @@
+//! The SFF thread's side of the control protocol: each [`Request`] carried
+//! out between two forwarding rounds, its [`Response`] built. What to
+//! decide is the Hold/Release core's (`Hop::handle_*`, with `now` passed
+//! in); this only moves ports, windows and pool slots as it says.
+
+use std::time::Instant;
+
+use nham_dataplane::hold::{CheckpointId, CheckpointPhase, HopState, RestorePlan};
+use nham_dataplane::window::VnfCapacity;
+
+use crate::protocol::{FailOverOutcome, Request, Response, SffStatus};
+use crate::{attach, frozen_window, Engine, HopStatus, PhaseStatus};
+
+fn refused(e: impl std::fmt::Display) -> Response {
+    Response::Refused(e.to_string())
+}
+
+/// A core's answer as the protocol's.
+fn answer<T, E: std::fmt::Display>(r: Result<T, E>, ok: impl FnOnce(T) -> Response) -> Response {
+    r.map_or_else(refused, ok)
+}
+
+impl Engine {
+    /// Carries out `request` at `now`.
+    pub(crate) fn execute(&mut self, request: Request, now: Instant) -> Response {
+        let hops = self.hops.len();
+        let hop = match &request {
+            Request::BeginCheckpoint { hop }
+            | Request::Quiesced { hop, .. }
+            | Request::CheckpointDumped { hop, .. }
+            | Request::CheckpointDone { hop, .. }
+            | Request::CheckpointFailed { hop, .. }
+            | Request::Failure { hop }
+            | Request::Restored { hop, .. }
+            | Request::SocketRead { hop, .. }
+            | Request::SetCapacity { hop, .. }
+            | Request::SetProtected { hop, .. }
+            | Request::FailOver { hop, .. }
+            | Request::AttachStandby { hop, .. }
+            | Request::SetMembers { hop, .. }
+            | Request::MemberFailed { hop, .. }
+            | Request::MemberRestored { hop, .. } => Some(*hop),
+            Request::Hello { .. } | Request::Stats | Request::Status | Request::Shutdown => None,
+        };
+        if let Some(hop) = hop.filter(|&h| h >= hops) {
+            return refused(format!("no hop {hop} (the chain has {hops})"));
+        }
+        if let Request::MemberFailed { hop, member } | Request::MemberRestored { hop, member, .. } =
+            &request
+        {
+            if *member >= self.hops[*hop].len() {
+                return refused(format!("hop {hop} has no member {member}"));
+            }
+        }
+        match request {
+            Request::Hello { .. } => Response::Hello {
+                version: crate::protocol::PROTOCOL_VERSION,
+            },
+            // The socket server's business; a thread in this process is
+            // stopped by its owner.
+            Request::Shutdown => Response::Ok,
+            Request::Stats => Response::Stats(self.counters.snapshot()),
+            Request::Status => Response::Status(SffStatus {
+                pid: std::process::id(),
+                hops: self.status(),
+            }),
+            Request::SocketRead { hop, member, sent } => {
+                if let Some(r) = self.read_upto[hop].get_mut(member) {
+                    *r = (*r).max(sent);
+                }
+                Response::Ok
+            }
+            Request::SetCapacity {
+                hop,
+                member,
+                capacity,
+            } => match self.in_flight[hop].get_mut(member) {
+                Some(w) => {
+                    let before = w.capacity();
+                    w.set_capacity(VnfCapacity {
+                        max_frames: capacity.max_frames.min(self.config.vnf_window),
+                        ..capacity
+                    });
+                    Response::Capacity(before)
+                }
+                None => refused(format!("hop {hop} has no member {member}")),
+            },
+            Request::SetMembers { hop, keep, add } => {
+                answer(self.set_members(hop, keep, add), |()| Response::Ok)
+            }
+            Request::AttachStandby { hop, spec } => {
+                self.standby[hop] = None;
+                answer(attach(&spec, self.config.port), |a| {
+                    self.standby[hop] = Some((spec, a));
+                    Response::Ok
+                })
+            }
+            Request::Quiesced { hop, id } => self.quiesced(hop, id),
+            Request::Failure { hop } => self
+                .failure(hop, now)
+                .map_or_else(|| refused("the chain has no hops"), Response::Plan),
+            Request::Restored { hop, from } => self.restored(hop, from, now),
+            Request::FailOver { hop, to } => self.fail_over(hop, to, now),
+            Request::MemberFailed { hop, member } => {
+                self.in_flight[hop][member].clear();
+                let Some(chain) = self.chain.as_mut() else {
+                    return refused("the chain has no hops");
+                };
+                let r = chain.hop_mut(hop).handle_member_failed(member, now);
+                // What is still on its way to the dead member must not
+                // reach the copy restored in its place.
+                self.flush_port(hop, member);
+                answer(r, Response::MemberFailure)
+            }
+            Request::MemberRestored { hop, member, from } => {
+                // Outputs of the failed incarnation still on the ring
+                // would be numbered as the new one's.
+                let port = &mut self.hops[hop][member].port;
+                while port.recv_burst(64, |_| {}) > 0 {}
+                self.in_flight[hop][member] = frozen_window(
+                    &self.frozen_windows[hop],
+                    from,
+                    &self.in_flight[hop][member],
+                );
+                self.last_output[hop][member] = now;
+                let Some(chain) = self.chain.as_mut() else {
+                    return refused("the chain has no hops");
+                };
+                answer(
+                    chain.hop_mut(hop).handle_member_restored(member, from, now),
+                    Response::Recovered,
+                )
+            }
+            request => {
+                let Some(chain) = self.chain.as_mut() else {
+                    return refused("the chain has no hops");
+                };
+                match request {
+                    Request::BeginCheckpoint { hop } => answer(
+                        chain.hop_mut(hop).begin_checkpoint(now),
+                        Response::Checkpoint,
+                    ),
+                    Request::CheckpointDumped { hop, id } => {
+                        answer(chain.hop_mut(hop).handle_dumped(id), Response::Mark)
+                    }
+                    Request::CheckpointDone { hop, id } => {
+                        let pool = &mut self.pool;
+                        answer(
+                            chain
+                                .hop_mut(hop)
+                                .handle_checkpoint_complete_with(id, now, |slot| {
+                                    pool.release(slot)
+                                }),
+                            Response::Done,
+                        )
+                    }
+                    Request::CheckpointFailed { hop, id } => {
+                        answer(chain.hop_mut(hop).handle_checkpoint_failed(id), |()| {
+                            Response::Ok
+                        })
+                    }
+                    Request::SetProtected { hop, protected } => {
+                        self.protected[hop] = protected;
+                        let pool = &mut self.pool;
+                        Response::Count(if protected {
+                            0
+                        } else {
+                            chain
+                                .hop_mut(hop)
+                                .release_delivered(|slot| pool.release(slot))
+                        })
+                    }
+                    r => refused(format!("not a request of this kind: {r:?}")),
+                }
+            }
+        }
+    }
+
+    /// [`Request::Quiesced`]: every output the (now stopped) VNF emitted
+    /// is counted before the mark: what waits in the port's ring is taken
+    /// first. Otherwise a restore would renumber those outputs' successors
+    /// as duplicates of them.
+    fn quiesced(&mut self, hop: usize, id: CheckpointId) -> Response {
+        while self.vnf_output_step(hop) > 0 {}
+        let Some(chain) = self.chain.as_mut() else {
+            return refused("the chain has no hops");
+        };
+        let r = chain.hop_mut(hop).handle_quiesced(id);
+        if r.is_ok() {
+            let frozen = &mut self.frozen_windows[hop];
+            frozen.push_back((id, self.in_flight[hop][0].clone()));
+            while frozen.len() > 4 {
+                frozen.pop_front();
+            }
+        }
+        answer(r, Response::Mark)
+    }
+
+    /// [`Request::Failure`]: the hop's VNF failed; nothing sent to it
+    /// reaches the next incarnation.
+    fn failure(&mut self, hop: usize, now: Instant) -> Option<RestorePlan> {
+        self.in_flight[hop].iter_mut().for_each(|q| q.clear());
+        let plan = self.chain.as_mut()?.hop_mut(hop).handle_failure(now);
+        for k in 0..self.hops[hop].len() {
+            self.flush_port(hop, k);
+        }
+        Some(plan)
+    }
+
+    /// [`Request::Restored`]: what waits on the port is from an
+    /// incarnation that is gone (the restored one is resumed after this):
+    /// from here on, the port carries only the restored VNF's outputs.
+    fn restored(&mut self, hop: usize, from: Option<CheckpointId>, now: Instant) -> Response {
+        let port = &mut self.hops[hop][0].port;
+        // (Bounded: a port that never runs dry must not stop the
+        // forwarding thread.)
+        let mut left = 64 * 64;
+        while left > 0 && port.recv_burst(64, |_| {}) > 0 {
+            left -= 1;
+        }
+        if left == 0 {
+            eprintln!(
+                "nham-sff: hop {hop}: its port still had frames after 4,096 bursts drained on Restored"
+            );
+        }
+        self.in_flight[hop].iter_mut().for_each(|q| q.clear());
+        self.in_flight[hop][0] =
+            frozen_window(&self.frozen_windows[hop], from, &self.in_flight[hop][0]);
+        self.last_output[hop][0] = now;
+        let members = self.hops[hop].len() > 1;
+        let Some(chain) = self.chain.as_mut() else {
+            return refused("the chain has no hops");
+        };
+        let r = if members {
+            chain.hop_mut(hop).handle_member_restored(0, from, now)
+        } else {
+            chain.hop_mut(hop).handle_restored_from(from, now)
+        };
+        answer(r, Response::Recovered)
+    }
+
+    /// [`Request::FailOver`]: the failure, the core's admission of the
+    /// replica's checkpoint (`RestorePlan::restores`), the switch of ports,
+    /// the replay: one exchange with the client.
+    fn fail_over(&mut self, hop: usize, to: Option<CheckpointId>, now: Instant) -> Response {
+        let Some(plan) = self.failure(hop, now) else {
+            return refused("the chain has no hops");
+        };
+        let not_switched =
+            |why: String| Response::FailOver(FailOverOutcome::NotSwitched { plan, why });
+        if !plan.restores(to) {
+            return not_switched(format!(
+                "the replica holds checkpoint {to:?}; the restore point is {:?} (fallback {:?})",
+                plan.checkpoint, plan.fallback
+            ));
+        }
+        let Some((spec, port)) = self.standby[hop].take() else {
+            return not_switched(format!("hop {hop} has no standby port"));
+        };
+        // The hop recovers: nothing is in flight on either port.
+        let old_port = std::mem::replace(&mut self.hops[hop][0], port);
+        let old_spec = std::mem::replace(&mut self.config.hops[hop], spec);
+        self.standby[hop] = Some((old_spec, old_port));
+        self.drops.2[hop][0] = 0;
+        match self.restored(hop, to, now) {
+            Response::Recovered(r) => Response::FailOver(FailOverOutcome::Switched(r)),
+            r => r,
+        }
+    }
+
+    /// Every hop's state.
+    fn status(&self) -> Vec<HopStatus> {
+        let Some(chain) = self.chain.as_ref() else {
+            return Vec::new();
+        };
+        (0..self.hops.len())
+            .map(|i| {
+                let h = chain.hop(i);
+                HopStatus {
+                    phase: match h.checkpoint_phase() {
+                        CheckpointPhase::Idle => PhaseStatus::Idle,
+                        CheckpointPhase::Draining { id, .. } => PhaseStatus::Draining(id),
+                        CheckpointPhase::Dumping { id, .. } => PhaseStatus::Dumping(id),
+                        CheckpointPhase::Storing { id, .. } => PhaseStatus::Storing(id),
+                    },
+                    recovering: matches!(h.state(), HopState::Recovering { .. }),
+                    epoch: h.epoch(),
+                    committed: h.committed().map(|c| c.id),
+                    held: h.rx().held(),
+                    pending: h.rx().pending(),
+                    protected: self.protected[i],
+                    members: h.members().collect(),
+                    divergent: h.stats().divergent,
+                    heard: self.heard[i].clone(),
+                    in_flight: self.in_flight[i]
+                        .iter()
+                        .map(|w| (w.len(), w.bytes(), w.capacity().budget(), w.sent()))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+}
