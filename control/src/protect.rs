@@ -365,6 +365,21 @@ impl Replica {
                 let _done = done;
                 // Background work: the chain (and recoveries) come first.
                 let _background = Niceness::for_this_thread(BACKGROUND_NICE);
+                // A failover since this refresh was asked for made the
+                // replica's namespace (and link) the VNF's own: nothing is
+                // restored there (its ring realignment would send filler
+                // frames to the live VNF).
+                let stale = || {
+                    copies
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .generation
+                        != generation
+                };
+                if stale() {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return;
+                }
                 let restored = restore_stopped(None, &dir, &netns, Some(&iface));
                 let _ = std::fs::remove_dir_all(&dir);
                 let mut c = copies
@@ -1145,7 +1160,10 @@ impl ProtectedVnf {
         // its first outputs may finish the input its image was frozen in
         // (stamped with that input's old epoch), which the SFF takes as
         // this incarnation's only from then on (see `Hop::handle_restored`).
-        let rr = match sff.fail_over(self.hop, from).map_err(ProtectError::Sff)? {
+        let rr = match sff
+            .fail_over(self.hop, Some(from))
+            .map_err(ProtectError::Sff)?
+        {
             FailOverOutcome::Switched(rr) => {
                 signal(ready, nix::sys::signal::Signal::SIGCONT)?;
                 rr
