@@ -1,0 +1,298 @@
+//! The checkpoint protocol of one VNF (see the parent module's steps):
+//! drain, freeze, mark, dump, thaw, store, commit; the checks that refuse a
+//! checkpoint which would count lost input as consumed.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl ProtectedVnf {
+    /// `Some(now)` if the link lost nothing since the restore point.
+    fn link_intact(&self) -> Result<Option<u64>, ProtectError> {
+        let Some((iface, base)) = &self.link else {
+            return Ok(None);
+        };
+        let err = |e: nham_netns::NetnsError| ProtectError::Process(format!("{iface}: {e}"));
+        let dropped = nham_netns::tx_dropped(iface).map_err(err)?;
+        let carrier = nham_netns::has_carrier(iface).map_err(err)?;
+        if dropped != *base || !carrier {
+            return Err(ProtectError::LinkLoss {
+                dropped: dropped.saturating_sub(*base),
+                carrier,
+            });
+        }
+        Ok(Some(dropped))
+    }
+
+    /// `Ok` if the VNF's receiving sockets dropped nothing (or the kernel
+    /// cannot say: then the data-path probes are the only watch).
+    fn input_intact(&mut self) -> Result<(), ProtectError> {
+        let Some(s) = self.packet_sockets() else {
+            return Ok(());
+        };
+        let dropped = nham_netns::sockdiag::VnfSockets::of_process(&s, self.pid).drops;
+        if dropped > 0 {
+            return Err(ProtectError::InputDropped { dropped });
+        }
+        Ok(())
+    }
+
+    /// The packet sockets of the VNF's namespace, from sock_diag (`None`
+    /// when the kernel cannot be asked).
+    fn packet_sockets(&mut self) -> Option<Vec<nham_netns::sockdiag::PacketSocket>> {
+        // A 1R-AA failover moves the VNF to its replica's namespace.
+        if self.diag.as_ref().is_none_or(|(p, _)| *p != self.netns) {
+            self.diag = nham_netns::sockdiag::SockDiag::open(&self.netns)
+                .ok()
+                .map(|d| (self.netns.clone(), d));
+        }
+        let (_, diag) = self.diag.as_mut()?;
+        match diag.packet_sockets() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!("sock_diag: {e}");
+                self.diag = None;
+                None
+            }
+        }
+    }
+
+    /// The VNF's `TPACKET_V3` receive rings, mapped for this checkpoint
+    /// (not kept: the mapping holds the socket open).
+    fn rings(&mut self) -> Result<Option<crate::ring::VnfRings>, ProtectError> {
+        let Some(sockets) = self.packet_sockets() else {
+            return Ok(None);
+        };
+        if !sockets.iter().any(|s| s.rx_ring.is_some()) {
+            return Ok(None);
+        }
+        let rings = crate::ring::VnfRings::of(self.pid, &sockets)?;
+        Ok((!rings.is_empty()).then_some(rings))
+    }
+
+    /// Runs the checkpoint protocol once: [`dump`](Self::dump),
+    /// [`Dumped::store`], [`commit`](Self::commit).
+    pub fn checkpoint(&mut self, sff: &SffClient) -> Result<CheckpointStats, ProtectError> {
+        let dumped = self.dump(sff)?;
+        let stored = dumped.store(sff)?;
+        self.commit(sff, stored)
+    }
+
+    /// Steps 1 to 5 of the checkpoint protocol: stop delivery, let the VNF
+    /// drain, freeze, mark, dump, thaw; delivery resumes. The image is not
+    /// durable yet: [`Dumped::store`] makes it so, without this agent (so a
+    /// failure meanwhile is not kept waiting), then [`commit`](Self::commit).
+    pub fn dump(&mut self, sff: &SffClient) -> Result<Dumped, ProtectError> {
+        if self.retired {
+            return Err(ProtectError::Retired);
+        }
+        let started = Instant::now();
+        let hop = self.hop;
+        let id = sff.begin_checkpoint(hop).map_err(ProtectError::Sff)?;
+        let fail = |sff: &SffClient, e: ProtectError| {
+            let _ = sff.checkpoint_failed(hop, id);
+            e
+        };
+        // 2. Drained? 3. Stop it; let its last outputs arrive; still
+        // drained? (A frame the SFF sent just before step 1 may land in the
+        // socket after a first look: its queue is not in the image, so it
+        // must be empty while the VNF is stopped.)
+        let resume = |pid| signal(pid, nix::sys::signal::Signal::SIGCONT);
+        // MR-AA: member 0 is the one dumped, and the SFF pauses only it;
+        // the other members go on serving.
+        // A VNF reading through a ring: what waits there is not in rmem.
+        let rings = self.rings().map_err(|e| fail(sff, e))?;
+        if rings.as_ref().is_some_and(|r| r.losing()) {
+            return Err(fail(sff, ProtectError::InputDropped { dropped: 1 }));
+        }
+        let ring_unread = || rings.as_ref().is_some_and(|r| r.unread());
+        let frozen_at = loop {
+            // A VNF stopped by someone else must stay stopped: our SIGCONT
+            // would end a hang the Failure Detector is about to judge.
+            if is_stopped(self.pid) {
+                return Err(fail(sff, ProtectError::Stopped(self.pid)));
+            }
+            let rmem = packet_rmem(self.pid).map_err(|e| fail(sff, e))?;
+            if rmem == 0 && !ring_unread() {
+                signal(self.pid, nix::sys::signal::Signal::SIGSTOP).map_err(|e| fail(sff, e))?;
+                let at = Instant::now();
+                std::thread::sleep(OUTPUT_SETTLE);
+                match packet_rmem(self.pid) {
+                    Ok(0) if !ring_unread() => break at,
+                    Ok(_) => {
+                        let _ = resume(self.pid);
+                    }
+                    Err(e) => {
+                        let _ = resume(self.pid);
+                        return Err(fail(sff, e));
+                    }
+                }
+            } else if started.elapsed() > DRAIN_TIMEOUT {
+                return Err(fail(
+                    sff,
+                    ProtectError::NotDrained {
+                        pid: self.pid,
+                        rmem,
+                    },
+                ));
+            } else {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        };
+        // Every frame delivered must have reached the VNF: a frame lost on
+        // its link (cut off) would be counted as consumed.
+        let link_now = match self.link_intact() {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = resume(self.pid);
+                return Err(fail(sff, e));
+            }
+        };
+        // Every frame delivered must have reached the VNF's state: a frame
+        // its full socket dropped would be counted as consumed. (Its
+        // sockets were opened by this incarnation: any drop is one since
+        // the restore point.)
+        if let Err(e) = self.input_intact() {
+            let _ = resume(self.pid);
+            return Err(fail(sff, e));
+        }
+        // 4. Mark.
+        if let Err(e) = sff.quiesced(hop, id).map_err(ProtectError::Sff) {
+            let _ = resume(self.pid);
+            return Err(fail(sff, e));
+        }
+        // 5. Dump with the worker started ahead of time, resume, deliver.
+        clear_stale_proc_dir(self.pid);
+        // MR-AA: only member 0 is paused, the others serve: the dump is
+        // background work and must not take the CPU from them.
+        let _background = (self.mechanism == Mechanism::MultiActive).then(|| {
+            if let Some(w) = &self.dump_worker {
+                w.renice(BACKGROUND_NICE);
+            }
+            Niceness::for_this_thread(BACKGROUND_NICE)
+        });
+        let dir = self.slot.scratch.join(format!("ckpt-{id}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        // Where the kernel is in each ring (the restore puts it back there).
+        let positions = rings.as_ref().map(|r| r.positions()).unwrap_or_default();
+        drop(rings);
+        let dumped = criu::dump(self.dump_worker.take(), self.pid, &self.netns, &dir)
+            .map_err(ProtectError::from)
+            .and_then(|r| Ok(crate::ring::save(&dir, &positions).map(|()| r)?));
+        let _ = resume(self.pid);
+        let frozen = frozen_at.elapsed();
+        let drain = frozen_at.duration_since(started);
+        let report = match dumped {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(fail(sff, e));
+            }
+        };
+        if let Err(e) = sff.checkpoint_dumped(hop, id).map_err(ProtectError::Sff) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(fail(sff, e));
+        }
+        let pause = started.elapsed();
+        // The next dump's worker starts now, off the pause.
+        self.dump_worker = Swrk::spawn(&self.netns).ok();
+        Ok(Dumped {
+            id,
+            hop,
+            dir,
+            slot: self.slot.clone(),
+            link_now,
+            started,
+            pause,
+            drain,
+            frozen,
+            dump: report.duration,
+            size: report.size,
+        })
+    }
+
+    /// Step 6: the image is durable; release what it includes, and hand it
+    /// to the standby or replica. Fails if the VNF failed meanwhile (the
+    /// SFF aborted the checkpoint): the image is then never restored.
+    pub fn commit(
+        &mut self,
+        sff: &SffClient,
+        stored: Stored,
+    ) -> Result<CheckpointStats, ProtectError> {
+        let Stored { dumped, stored } = stored;
+        let Dumped {
+            id,
+            hop,
+            dir,
+            link_now,
+            started,
+            ..
+        } = dumped;
+        let s = &self.slot;
+        // A checkpoint not committed is never restored: its image goes.
+        let not_committed = || {
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = s.store.remove_checkpoint(&s.chain, &s.vnf, id);
+        };
+        if self.retired || hop != self.hop {
+            // Its agent changed meanwhile (unprotected, moved): the SFF's
+            // hop must not wait for this checkpoint for ever.
+            not_committed();
+            let _ = sff.checkpoint_failed(hop, id);
+            return Err(ProtectError::Retired);
+        }
+        let done = match sff.checkpoint_done(hop, id).map_err(ProtectError::Sff) {
+            Ok(d) => d,
+            Err(e) => {
+                not_committed();
+                return Err(e);
+            }
+        };
+        // Kept: what the SFF can restore (this checkpoint and its
+        // fallback), whatever else the store holds. (Keeping the newest
+        // two by number threw the fallback away when a newer checkpoint
+        // had been stored and not committed.)
+        let keep: Vec<CheckpointId> = std::iter::once(id).chain(done.fallback).collect();
+        let _ = s.store.retain(&s.chain, &s.vnf, &keep);
+        if let (Some((_, base)), Some(now)) = (self.link.as_mut(), link_now) {
+            *base = now;
+        }
+        // The standby takes the image it will import; 0R keeps only the
+        // store's copy.
+        match self.mechanism {
+            Mechanism::ActiveStandby => {
+                let staged = s.scratch.join("standby");
+                let _ = std::fs::remove_dir_all(&staged);
+                std::fs::rename(&dir, &staged).map_err(|e| {
+                    ProtectError::Process(format!("staging {}: {e}", staged.display()))
+                })?;
+                self.standby.staged = Some((id, staged));
+            }
+            // MR-AA members are restored from the store when one fails.
+            Mechanism::NoReplica | Mechanism::MultiActive => {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            // The replica becomes this checkpoint: the old copy goes, the
+            // image is restored (stopped: it was dumped stopped) in the
+            // replica's namespace, on a thread of its own, off the pause and
+            // the agent lock: a failure meanwhile fails over to the copy
+            // there is (the one before, whose packets the SFF still keeps).
+            Mechanism::ActiveActive => match self.replica.as_mut() {
+                Some(r) => self.refreshing = Some(r.refresh(id, dir)),
+                None => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            },
+        }
+        Ok(CheckpointStats {
+            id,
+            pause: dumped.pause,
+            drain: dumped.drain,
+            frozen: dumped.frozen,
+            dump: dumped.dump,
+            total: started.elapsed(),
+            size: dumped.size,
+            stored,
+            released: done.released,
+        })
+    }
+}

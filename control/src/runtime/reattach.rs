@@ -1,0 +1,229 @@
+//! Attaching to a chain an earlier daemon left running: its SFF process
+//! (with the packets it holds), namespaces and the VNF processes still
+//! alive.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl ChainRuntime {
+    /// Attaches to what an earlier daemon left running for chain `plan`
+    /// (`record`): the SFF process with the packets it holds, the
+    /// namespaces, the VNF processes still alive. A checkpoint that daemon
+    /// left half-done is settled (committed if the store has its image,
+    /// failed otherwise; a VNF it froze is thawed). Returns the runtime and,
+    /// per VNF, a pidfd if its process was adopted, or `None` if it must be
+    /// recovered (it died meanwhile, or was being recovered).
+    ///
+    /// Fails (and leaves everything as it was) if the SFF process or a
+    /// namespace is gone.
+    pub fn reattach(
+        record: &ChainRecord,
+        plan: ChainPlan,
+        state: &StateOptions,
+    ) -> Result<(Self, Vec<Option<OwnedFd>>), ControlError> {
+        let gone = |what: String| ControlError::FailedPrecondition(what);
+        if record.vnfs.len() != plan.vnfs.len() {
+            return Err(gone("the record does not match the spec".into()));
+        }
+        if plan
+            .vnfs
+            .iter()
+            .zip(&record.vnfs)
+            .any(|(v, r)| (v.mechanism == api::Mechanism::MrAa) == r.members.is_empty())
+        {
+            return Err(gone(
+                "an MR-AA VNF's members are not recorded (a record of an older nhamd)".into(),
+            ));
+        }
+        let client = SffClient::connect(&record.sff_socket)
+            .map_err(|e| gone(format!("its SFF does not answer: {e}")))?;
+        let status = client
+            .status()
+            .map_err(|e| gone(format!("its SFF does not answer: {e}")))?;
+        if status.pid != record.sff_pid || status.hops.len() != plan.vnfs.len() {
+            return Err(gone(format!(
+                "the SFF on {} is not the chain's (pid {}, {} hops)",
+                record.sff_socket.display(),
+                status.pid,
+                status.hops.len()
+            )));
+        }
+        let sff = Arc::new(client);
+        let work = state.scratch.join(&plan.name);
+        std::fs::create_dir_all(&work).map_err(ControlError::io(work.display()))?;
+        let mut vnfs = Vec::new();
+        for (v, r) in plan.vnfs.iter().zip(&record.vnfs) {
+            let mut netns = Netns::adopt(&r.netns)?;
+            // Until this runtime is complete, a failure must not delete it.
+            netns.keep();
+            vnfs.push(VnfRuntime {
+                plan: v.clone(),
+                netns,
+                pid: None,
+                argv: r.argv.clone(),
+                log: r.log.clone(),
+                cwd: state.vnf_cwd(&plan.name, &v.name)?,
+                cgroup: state.vnf_cgroup(&plan.name, &v.name).map(|mut c| {
+                    // Until this runtime is complete, as the namespace.
+                    c.keep();
+                    c
+                }),
+                replica: match (&r.replica_netns, &r.replica_sff_iface) {
+                    (Some(n), Some(iface)) => Some(ReplicaPlace {
+                        netns: Netns::adopt(n).map(|mut ns| {
+                            ns.keep();
+                            // The last daemon's stopped copy: the next
+                            // checkpoint makes a new one.
+                            nham_netns::kill_processes_in(&ns.path());
+                            ns
+                        })?,
+                        sff_iface: iface.clone(),
+                    }),
+                    _ => None,
+                },
+                members: r
+                    .members
+                    .iter()
+                    .enumerate()
+                    .map(|(k, m)| {
+                        let mut netns = Netns::adopt(&m.netns)?;
+                        netns.keep();
+                        Ok(MemberPlace {
+                            netns,
+                            sff_iface: m.sff_iface.clone(),
+                            pid: None,
+                            incarnation: 0,
+                            cwd: state.vnf_cwd(&plan.name, &member_dir(&v.name, k + 1))?,
+                            judged: None,
+                            fault_at: None,
+                        })
+                    })
+                    .collect::<Result<_, ControlError>>()?,
+                agent: None,
+                checkpoints: r.checkpoints,
+                sff_iface: r.sff_iface.clone(),
+                judged: None,
+                recovery_failures: 0,
+                last_error: None,
+                state: api::VnfState::Failed,
+                failures: r.failures,
+                recoveries: r.recoveries,
+                fault_at: None,
+                incarnation: 0,
+            });
+        }
+        let mut runtime = Self {
+            id: record.id,
+            plan,
+            vnfs,
+            sff: Some(sff.clone()),
+            sff_process: Some(SffProcess {
+                pid: record.sff_pid,
+                socket: record.sff_socket.clone(),
+                child: None,
+            }),
+            work,
+            detached: true,
+            member_pidfds: Vec::new(),
+            lost_members: Vec::new(),
+        };
+        let mut pidfds = Vec::new();
+        for (hop, (v, r)) in runtime.vnfs.iter_mut().zip(&record.vnfs).enumerate() {
+            let h = status.hops[hop].clone();
+            let alive = r.pid.filter(|&p| nham_netns::pid_in(p, &v.netns.path()));
+            // A checkpoint the last daemon left: its image counts only if
+            // the store committed it.
+            let settle = match h.phase {
+                PhaseStatus::Idle => Ok(()),
+                PhaseStatus::Storing(id) => {
+                    let committed = state.store.get(&runtime.plan.name, &v.plan.name, id);
+                    if matches!(committed, Ok(Some(_))) {
+                        sff.checkpoint_done(hop, id).map(|_| ())
+                    } else {
+                        sff.checkpoint_failed(hop, id)
+                    }
+                }
+                PhaseStatus::Draining(id) | PhaseStatus::Dumping(id) => {
+                    // The checkpoint protocol may have left it stopped.
+                    if let Some(p) = alive {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(p as i32),
+                            nix::sys::signal::Signal::SIGCONT,
+                        );
+                    }
+                    sff.checkpoint_failed(hop, id)
+                }
+            };
+            settle?;
+            // (An MR-AA member 0 the SFF counts as failed is being
+            // recovered: its process, if any, is of unknown state.)
+            let member_0_failed = matches!(
+                h.members.first(),
+                Some(nham_dataplane::hold::MemberState::Failed)
+            );
+            match alive.filter(|_| !h.recovering && !member_0_failed) {
+                Some(p) => pidfds.push(Some(v.adopt(p)?)),
+                None => {
+                    // Dead, or caught in the middle of its recovery (the
+                    // process there is of unknown state): recover afresh.
+                    nham_netns::kill_processes_in(&v.netns.path());
+                    v.pid = None;
+                    pidfds.push(None);
+                }
+            }
+            // MR-AA members 1 to M-1: adopted if alive and serving (live or
+            // catching up in the SFF); otherwise recovered like a member
+            // that exits (the SFF is told it failed first).
+            for k in 1..=v.members.len() {
+                let m = &v.members[k - 1];
+                let serving = h
+                    .members
+                    .get(k)
+                    .is_some_and(|s| !matches!(s, nham_dataplane::hold::MemberState::Failed));
+                let alive = r.members[k - 1]
+                    .pid
+                    .filter(|&p| serving && nham_netns::pid_in(p, &m.netns.path()));
+                match alive {
+                    Some(p) => {
+                        let fd = v.adopt_member(k, p)?;
+                        runtime.member_pidfds.push((hop, k, fd));
+                    }
+                    None => {
+                        nham_netns::kill_processes_in(&m.netns.path());
+                        runtime.lost_members.push((hop, k));
+                    }
+                }
+            }
+        }
+        for hop in 0..runtime.vnfs.len() {
+            let m = runtime.vnfs[hop].plan.mechanism;
+            // The agent's pid is that of the process it protects, or of the
+            // one whose image it restores (CRIU keeps pids).
+            let old = record.vnfs[hop].pid;
+            let v = &mut runtime.vnfs[hop];
+            if v.pid.is_none() {
+                v.pid = old;
+            }
+            let r = runtime.protect(hop, m, state);
+            let v = &mut runtime.vnfs[hop];
+            if v.state != api::VnfState::Running {
+                v.pid = None;
+            }
+            r?;
+        }
+        runtime.detached = false;
+        for v in &mut runtime.vnfs {
+            v.netns.unkeep();
+            if let Some(c) = v.cgroup.as_mut() {
+                c.unkeep();
+            }
+            if let Some(r) = v.replica.as_mut() {
+                r.netns.unkeep();
+            }
+            for m in &mut v.members {
+                m.netns.unkeep();
+            }
+        }
+        Ok((runtime, pidfds))
+    }
+}

@@ -1,0 +1,312 @@
+//! The Failure Detector (driver): probes every VNF and MR-AA member of a
+//! chain each interval and feeds `detect::Detector`; a VNF judged hung,
+//! cut off or missing input is killed, so every failure takes the crash
+//! path with the cause and time of the judgement.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl Daemon {
+    /// Probes every VNF of `chain` each probe interval for hangs and
+    /// cut-offs (see [`crate::detect`]); a VNF judged failed is killed, so
+    /// that its pidfd hands it to recovery like a crash, with the cause and
+    /// time of the judgement. The task ends with the chain.
+    pub(super) fn watch_data_path(self: &Arc<Self>, chain: String) {
+        use crate::detect::{Detector, Probe, Verdict};
+        let daemon = Arc::downgrade(self);
+        let (interval, threshold) = (self.state.probe_interval, self.state.probe_threshold);
+        tokio::spawn(async move {
+            let mut detectors: BTreeMap<(String, usize), (u64, Detector)> = BTreeMap::new();
+            let mut sockets = crate::capacity::SocketWatch::default();
+            // Per hop, divergent replays already reported.
+            let mut divergent_seen: Vec<u64> = Vec::new();
+            let origin = Instant::now();
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(d) = daemon.upgrade() else { return };
+                // What to probe: running VNFs, by incarnation; and the SFF,
+                // for replays that differed (non-deterministic VNFs).
+                let (names, sff, targets): (Vec<String>, _, Vec<ProbeTarget>) = {
+                    let chains = d.chains.lock().await;
+                    let Some(e) = chains.get(&chain) else { return };
+                    let names = e.runtime.vnfs.iter().map(|v| v.plan.name.clone()).collect();
+                    let vnfs = e.runtime.vnfs.iter();
+                    let members = vnfs.clone().flat_map(|v| {
+                        v.members.iter().enumerate().filter_map(|(i, m)| {
+                            Some((
+                                v.plan.name.clone(),
+                                i + 1,
+                                m.incarnation,
+                                m.pid.filter(|_| m.judged.is_none())?,
+                                m.sff_iface.clone(),
+                                m.netns.path(),
+                            ))
+                        })
+                    });
+                    let targets = vnfs
+                        .filter(|v| v.state == api::VnfState::Running && v.judged.is_none())
+                        .filter_map(|v| {
+                            Some((
+                                v.plan.name.clone(),
+                                0,
+                                v.incarnation,
+                                v.pid?,
+                                v.sff_iface.clone(),
+                                v.netns.path(),
+                            ))
+                        })
+                        .chain(members)
+                        .collect();
+                    (names, e.runtime.sff.clone(), targets)
+                };
+                let hop_of = names.clone();
+                let mut watch = std::mem::take(&mut sockets);
+                let (probes, status, watch) = tokio::task::spawn_blocking(move || {
+                    // The SFF first: a VNF that answers after this and
+                    // before its queue is read is seen answering next time.
+                    let status = sff.as_ref().and_then(|s| s.status().ok());
+                    let probes = targets
+                        .into_iter()
+                        .map(|(name, k, inc, pid, iface, netns)| {
+                            let hop = hop_of.iter().position(|n| *n == name);
+                            let heard = (status.as_ref())
+                                .zip(hop)
+                                .and_then(|(st, hop)| st.hops.get(hop)?.heard.get(k).copied());
+                            // What its sockets hold and dropped; the SFF is
+                            // told what they hold when it changes.
+                            let socks = watch.sockets(&name, k, pid, &netns);
+                            if let (Some(s), Some(hop), Some(sff)) = (&socks, hop, &sff) {
+                                if let Some(c) = watch.learned(&name, k, s) {
+                                    match sff.set_capacity(hop, k, c) {
+                                        Ok(_) => {
+                                            tracing::info!(
+                                                vnf = name,
+                                                member = k,
+                                                "its socket holds {} bytes{}{}: at most {} bytes of kernel charge in flight to it",
+                                                c.bytes,
+                                                if c.outgoing_copies { " (ETH_P_ALL: its own outputs charged too)" } else { "" },
+                                                if c.ring { " (a ring)" } else { "" },
+                                                c.budget()
+                                            );
+                                            watch.told(&name, k, c);
+                                        }
+                                        Err(e) => tracing::warn!(vnf = name, "telling the SFF its capacity: {e}"),
+                                    }
+                                }
+                            }
+                            // Read: every frame sent before the last probe
+                            // left its sockets (frees, after silence, what a
+                            // VNF dropped without answering).
+                            let window = (status.as_ref())
+                                .zip(hop)
+                                .and_then(|(st, hop)| st.hops.get(hop)?.in_flight.get(k).copied());
+                            if let (Some(hop), Some(sff), Some(w)) = (hop, &sff, window) {
+                                // Without sock_diag, /proc's queue column
+                                // (a ring's content unseen: never empty).
+                                let empty = match &socks {
+                                    Some(s) => s.rmem == 0 && !watch.ring_queue(&name, k).0,
+                                    None => crate::protect::packet_rmem(pid).is_ok_and(|r| r == 0)
+                                        && !crate::protect::has_ring(pid),
+                                };
+                                if let Some(upto) = watch.read_upto(&name, k, w.3, empty) {
+                                    let _ = sff.socket_read(hop, k, upto);
+                                }
+                            }
+                            let probe = Probe {
+                                rmem: socks.map_or_else(
+                                    || crate::protect::packet_rmem(pid).unwrap_or(0),
+                                    |s| s.rmem + watch.ring_queue(&name, k).1,
+                                ),
+                                carrier: nham_netns::has_carrier(&iface).unwrap_or(true),
+                                drops: socks.map_or(0, |s| s.drops)
+                                    + u64::from(watch.ring_losing(&name, k)),
+                                heard,
+                                cpu: crate::protect::cpu_use(pid),
+                                at: origin.elapsed(),
+                            };
+                            // Input dropped: it gets half as much at once,
+                            // before the replay that repairs it.
+                            if probe.drops > 0 {
+                                tracing::warn!(
+                                    vnf = name,
+                                    member = k,
+                                    "pid {pid}: its sockets dropped {} frames: {}; the SFF's window towards it (frames, bytes, budget): {window:?}; heard {heard:?}",
+                                    probe.drops,
+                                    watch.describe(&name, k)
+                                );
+                                if let (Some(s), Some(hop), Some(sff)) = (&socks, hop, &sff) {
+                                    let c = watch.dropped(&name, k, s);
+                                    if sff.set_capacity(hop, k, c).is_ok() {
+                                        watch.told(&name, k, c);
+                                    }
+                                }
+                            }
+                            (name, k, inc, probe)
+                        })
+                        .collect::<Vec<_>>();
+                    (probes, status, watch)
+                })
+                .await
+                .unwrap_or_default();
+                sockets = watch;
+                if let Some(status) = status {
+                    divergent_seen.resize(status.hops.len(), 0);
+                    for (hop, h) in status.hops.iter().enumerate() {
+                        let new = h.divergent.saturating_sub(divergent_seen[hop]);
+                        if new > 0 {
+                            divergent_seen[hop] = h.divergent;
+                            let vnf = names.get(hop).cloned().unwrap_or_default();
+                            tracing::warn!(
+                                chain,
+                                vnf,
+                                "non-deterministic VNF: {new} replayed outputs differed from the originals"
+                            );
+                            d.emit(event(
+                                &chain,
+                                &vnf,
+                                api::watch_events_response::Event::NonDeterminismDetected(
+                                    api::NonDeterminismDetected {
+                                        outputs: new,
+                                        total: h.divergent,
+                                    },
+                                ),
+                            ));
+                        }
+                    }
+                }
+                for (name, k, inc, probe) in probes {
+                    let entry = detectors
+                        .entry((name.clone(), k))
+                        .or_insert_with(|| (inc, Detector::new(threshold)));
+                    if entry.0 != inc {
+                        *entry = (inc, Detector::new(threshold));
+                    }
+                    let verdict = entry.1.handle_probe(probe);
+                    if verdict == Verdict::InputDropped {
+                        d.input_dropped(&chain, &name, k, probe.drops, &sockets)
+                            .await;
+                    }
+                    if verdict != Verdict::Healthy {
+                        d.judge(&chain, &name, k, inc, verdict).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// VNF `vnf` (MR-AA member `k`) missed `frames` of input at its full
+    /// socket: counted, said in an event and a warning (it is then judged
+    /// failed and recovered, which repairs it).
+    pub(super) async fn input_dropped(
+        &self,
+        chain: &str,
+        vnf: &str,
+        k: usize,
+        frames: u64,
+        sockets: &crate::capacity::SocketWatch,
+    ) {
+        if let Some(e) = self.chains.lock().await.get_mut(chain) {
+            e.input_dropped += frames;
+        }
+        let budget = sockets.told_budget(vnf, k);
+        tracing::warn!(
+            chain,
+            vnf,
+            member = k,
+            "the kernel dropped {frames} frames sent to it (its socket was full): recovering it; from now on at most {budget} bytes of kernel charge in flight to it"
+        );
+        self.emit(event(
+            chain,
+            vnf,
+            api::watch_events_response::Event::VnfInputDropped(api::VnfInputDropped {
+                member: k as u32,
+                frames,
+                budget_bytes: budget,
+            }),
+        ));
+    }
+
+    /// The detector judged VNF `vnf` (MR-AA member `k`, incarnation `inc`)
+    /// failed: record why and kill it; recovery takes it from there (and
+    /// brings a cut-off link up again).
+    pub(super) async fn judge(
+        &self,
+        chain: &str,
+        vnf: &str,
+        k: usize,
+        inc: u64,
+        verdict: crate::detect::Verdict,
+    ) {
+        let at = Instant::now();
+        let mut chains = self.chains.lock().await;
+        let Some(v) = chains
+            .get_mut(chain)
+            .and_then(|e| e.runtime.vnf_mut(vnf).ok())
+        else {
+            return;
+        };
+        if k > 0 {
+            let Some(m) = v.members.get_mut(k - 1) else {
+                return;
+            };
+            let Some(pid) = m.pid.filter(|_| m.incarnation == inc && m.judged.is_none()) else {
+                return;
+            };
+            tracing::warn!(
+                chain,
+                vnf,
+                "MR-AA member {k}: failure detected: {}",
+                verdict.cause()
+            );
+            m.judged = Some((verdict, at));
+            let netns = m.netns.path();
+            // The rest waits up to 500 ms: not under the registry.
+            drop(chains);
+            // A member is restored behind the same link: bring it up
+            // first (the SFF then flushes what the dead one was sent).
+            // But stop the member before: reconnected while it runs, it
+            // would answer frames it was sent while cut off, numbered as
+            // though it had missed none (and the SFF still takes it for
+            // live until it is seen dead): wrong outputs under right
+            // numbers. Stopped, it reads nothing more before it dies.
+            if verdict == crate::detect::Verdict::CutOff {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGSTOP,
+                );
+                let deadline = Instant::now() + Duration::from_millis(500);
+                let running = || {
+                    nham_netns::process_state(pid)
+                        .is_some_and(|(state, _)| !matches!(state, 'T' | 't' | 'Z' | 'X'))
+                };
+                while running() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let up = crate::runtime::in_netns(&netns, || {
+                    nham_netns::set_up(crate::runtime::VNF_IFACE)
+                });
+                match up {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(chain, vnf, "bringing member {k}'s link up: {e}"),
+                    Err(e) => tracing::error!(chain, vnf, "bringing member {k}'s link up: {e}"),
+                }
+            }
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            return;
+        }
+        if v.incarnation != inc || v.state != api::VnfState::Running {
+            return;
+        }
+        tracing::warn!(chain, vnf, "failure detected: {}", verdict.cause());
+        v.judged = Some((verdict, at));
+        // Recovery brings a cut-off link up again.
+        if let Err(e) = v.signal(nix::sys::signal::Signal::SIGKILL) {
+            tracing::error!(chain, vnf, "killing it: {e}");
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Restart safety (driver): a starting daemon takes back the chains its
+//! state database records (re-attach, adopt, recover); a stopping one
+//! leaves them running or deletes them.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl Daemon {
+    /// Takes back the chains recorded in the state database (a restarted
+    /// daemon): attaches to what still runs ([`ChainRuntime::reattach`]) and
+    /// recovers, by their mechanisms, the VNFs that died meanwhile. A chain
+    /// whose SFF (or a namespace) is gone is started afresh from its spec,
+    /// and says so: the packets its SFF held went with it. Namespaces of
+    /// this state database that no chain claims are deleted.
+    pub async fn restore_chains(self: &Arc<Self>) -> Result<RestoreReport, ControlError> {
+        use prost::Message;
+        let store = self.state.store.clone();
+        let (specs, records) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((store.chains()?, store.runtimes()?))
+        })
+        .await
+        .map_err(|_| ControlError::Panicked("reading the state database"))?
+        .map_err(ControlError::from)?;
+        let records: BTreeMap<String, ChainRecord> = records
+            .into_iter()
+            .filter_map(|(n, b)| Some((n, serde_json::from_slice(&b).ok()?)))
+            .collect();
+        if let Some(max) = records.values().map(|r| r.id).max() {
+            self.next_id
+                .fetch_max(max + 1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut report = RestoreReport::default();
+        let mut keep = std::collections::BTreeSet::new();
+        let named: std::collections::BTreeSet<String> =
+            specs.iter().map(|(n, _)| n.clone()).collect();
+        for (name, rec) in &records {
+            if !named.contains(name) {
+                let rec = rec.clone();
+                let _ = tokio::task::spawn_blocking(move || tear_down_record(&rec)).await;
+            }
+        }
+        for (name, bytes) in specs {
+            let Some((spec, plan)) = api::ChainSpec::decode(bytes.as_slice())
+                .ok()
+                .and_then(|spec| Some((spec.clone(), validate::chain(Some(&spec)).ok()?)))
+            else {
+                tracing::error!(chain = name, "its recorded spec is unreadable; skipped");
+                continue;
+            };
+            let record = records.get(&name).cloned();
+            let attached = match record.clone() {
+                Some(rec) => {
+                    let (plan, state) = (plan.clone(), self.state.clone());
+                    tokio::task::spawn_blocking(move || ChainRuntime::reattach(&rec, plan, &state))
+                        .await
+                        .map_err(|_| ControlError::Panicked("re-attaching"))
+                        .and_then(|r| r)
+                }
+                None => Err(ControlError::FailedPrecondition(
+                    "nothing was recorded as running for it".into(),
+                )),
+            };
+            let (runtime, pidfds) = match attached {
+                Ok(r) => {
+                    report.attached += 1;
+                    r
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        chain = name,
+                        "cannot re-attach ({e}): starting it afresh from its spec; \
+                         packets its SFF held are lost"
+                    );
+                    let (sff, state) = (self.sff.clone(), self.state.clone());
+                    let id = self
+                        .next_id
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let started = tokio::task::spawn_blocking(move || {
+                        if let Some(rec) = &record {
+                            tear_down_record(rec);
+                        }
+                        let _ = state.store.remove_checkpoints(&plan.name);
+                        ChainRuntime::start(id, plan, &sff, &state)
+                    })
+                    .await
+                    .map_err(|_| ControlError::Panicked("chain start"))
+                    .and_then(|r| r);
+                    match started {
+                        Ok((rt, fds)) => {
+                            report.restarted += 1;
+                            (rt, fds.into_iter().map(Some).collect())
+                        }
+                        Err(e) => {
+                            tracing::error!(chain = name, "starting it afresh failed: {e}");
+                            report.failed += 1;
+                            continue;
+                        }
+                    }
+                }
+            };
+            keep.extend(runtime.vnfs.iter().map(|v| v.netns.name().to_string()));
+            keep.extend(
+                runtime
+                    .vnfs
+                    .iter()
+                    .filter_map(|v| Some(v.replica.as_ref()?.netns.name().to_string())),
+            );
+            keep.extend(
+                runtime
+                    .vnfs
+                    .iter()
+                    .flat_map(|v| v.members.iter().map(|m| m.netns.name().to_string())),
+            );
+            let mut runtime = runtime;
+            self.watch_members(&mut runtime);
+            let lost_members: Vec<(String, usize)> = std::mem::take(&mut runtime.lost_members)
+                .into_iter()
+                .filter_map(|(hop, k)| Some((runtime.vnfs.get(hop)?.plan.name.clone(), k)))
+                .collect();
+            let mut lost = Vec::new();
+            for (v, fd) in runtime.vnfs.iter().zip(pidfds) {
+                match fd {
+                    Some(fd) => self.watch(name.clone(), v.plan.name.clone(), v.incarnation, fd),
+                    None => lost.push(v.plan.name.clone()),
+                }
+            }
+            self.schedule_all(&runtime);
+            self.watch_data_path(name.clone());
+            let _ = self.records.put(&runtime, None).recv();
+            self.chains.lock().await.insert(
+                name.clone(),
+                Entry {
+                    spec,
+                    runtime,
+                    input_dropped: 0,
+                },
+            );
+            for vnf in lost {
+                report.recovering += 1;
+                self.emit(event(
+                    &name,
+                    &vnf,
+                    api::watch_events_response::Event::FailureDetected(api::FailureDetected {
+                        cause: "process gone while no daemon watched it".into(),
+                        detection_ms: 0.0,
+                    }),
+                ));
+                let mut chains = self.chains.lock().await;
+                if let Some(v) = chains
+                    .get_mut(&name)
+                    .and_then(|e| e.runtime.vnf_mut(&vnf).ok())
+                {
+                    v.failures += 1;
+                }
+                let (d, chain) = (self.clone(), name.clone());
+                drop(chains);
+                tokio::spawn(async move {
+                    let chains = d.chains.lock().await;
+                    d.recover(chains, &chain, &vnf, Instant::now(), true).await;
+                });
+            }
+            // MR-AA members that died unseen: as if their exit was seen now
+            // (never adopted, they are incarnation 0).
+            for (vnf, k) in lost_members {
+                report.recovering += 1;
+                let (d, chain) = (self.clone(), name.clone());
+                tokio::spawn(async move {
+                    let now = Instant::now();
+                    let e = Exited {
+                        exited: now,
+                        noticed: now,
+                    };
+                    d.on_member_exit(&chain, &vnf, k, 0, e).await;
+                });
+            }
+        }
+        let prefix = self.state.netns_prefix();
+        report.swept =
+            tokio::task::spawn_blocking(move || nham_netns::sweep_prefix(&prefix, &keep))
+                .await
+                .unwrap_or(0);
+        Ok(report)
+    }
+
+    /// Leaves every chain running (SFF, VNFs, namespaces), recorded in the
+    /// state database for the next daemon, and empties the registry.
+    pub async fn detach_all(&self) {
+        let entries = std::mem::take(&mut *self.chains.lock().await);
+        for (_, mut e) in entries {
+            e.runtime.detach();
+            let done = self.records.put(&e.runtime, None);
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = done.recv();
+                drop(e);
+            })
+            .await;
+        }
+    }
+
+    /// Deletes every chain (as `DeleteChain` does).
+    pub async fn delete_all(&self) {
+        let names: Vec<String> = self.chains.lock().await.keys().cloned().collect();
+        for n in names {
+            if let Err(e) = self.delete(&n).await {
+                tracing::warn!(chain = n, "deleting: {e}");
+            }
+        }
+    }
+}

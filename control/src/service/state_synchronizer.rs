@@ -1,0 +1,170 @@
+//! The State Synchronizer's schedule (driver): a checkpoint task per
+//! protected VNF runs the checkpoint protocol (`protect`) every interval,
+//! taking turns host-wide; the image is stored without the agent lock, so a
+//! failure meanwhile is recovered at once.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl Daemon {
+    /// Checkpoints VNF `vnf` of `chain` every `interval` while it has the
+    /// agent `agent` (the task ends when the agent or the SFF goes).
+    pub(super) fn schedule_checkpoints(
+        self: &Arc<Self>,
+        chain: String,
+        vnf: String,
+        agent: Weak<std::sync::Mutex<crate::protect::ProtectedVnf>>,
+        sff: Weak<nham_sff::remote::SffClient>,
+        interval: Duration,
+    ) {
+        let daemon = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let (Some(d), Some(a), Some(s)) =
+                    (daemon.upgrade(), agent.upgrade(), sff.upgrade())
+                else {
+                    return;
+                };
+                let r = d.checkpoint_now(&chain, &vnf, a, s).await;
+                if let Err(e) = r {
+                    tracing::debug!(chain, vnf, "scheduled checkpoint: {e}");
+                }
+            }
+        });
+    }
+
+    /// Runs the checkpoint protocol for one VNF now, on a blocking thread.
+    pub(super) async fn checkpoint_now(
+        &self,
+        chain: &str,
+        vnf: &str,
+        agent: Agent,
+        sff: Arc<nham_sff::remote::SffClient>,
+    ) -> Result<crate::protect::CheckpointStats, ControlError> {
+        use api::watch_events_response::Event;
+        // Its turn (FIFO): the dumps of every chain share the host's
+        // turns, so their CRIU work leaves the chains CPU.
+        let turn = self
+            .checkpoint_turns
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ControlError::FailedPrecondition("the daemon is shutting down".into()))?;
+        let r = tokio::task::spawn_blocking(move || {
+            let lock = || {
+                agent
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            };
+            let dumped = lock().dump(&sff)?;
+            // Compressed and stored without the agent: a failure of the VNF
+            // meanwhile is recovered at once (and this checkpoint aborted).
+            let stored = dumped.store(&sff)?;
+            let stats = lock().commit(&sff, stored)?;
+            drop(turn);
+            // The 1R-AA replica is restored from it in the background; the
+            // next checkpoint of this VNF waits for that, so the replica is
+            // never more than one checkpoint behind (the SFF keeps the
+            // packets since the one before the restore point).
+            let refreshed = lock().replica_refresh();
+            if let Some(done) = refreshed {
+                let _ = done.recv_timeout(Duration::from_secs(30));
+            }
+            Ok::<_, crate::protect::ProtectError>(stats)
+        })
+        .await
+        .map_err(|_| ControlError::Panicked("checkpoint"))?;
+        match r {
+            Ok(c) => {
+                if let Some(v) = self
+                    .chains
+                    .lock()
+                    .await
+                    .get_mut(chain)
+                    .and_then(|e| e.runtime.vnf_mut(vnf).ok())
+                {
+                    v.checkpoints += 1;
+                }
+                self.emit(event(
+                    chain,
+                    vnf,
+                    Event::CheckpointTaken(api::CheckpointTaken {
+                        checkpoint_id: c.id,
+                        size_bytes: c.size,
+                        pause_ms: c.pause.as_secs_f64() * 1e3,
+                        stored_bytes: c.stored,
+                        released: c.released,
+                        drain_ms: c.drain.as_secs_f64() * 1e3,
+                        frozen_ms: c.frozen.as_secs_f64() * 1e3,
+                        dump_ms: c.dump.as_secs_f64() * 1e3,
+                    }),
+                ));
+                Ok(c)
+            }
+            Err(e) => {
+                self.emit(event(
+                    chain,
+                    vnf,
+                    Event::CheckpointFailed(api::CheckpointFailed {
+                        reason: e.to_string(),
+                    }),
+                ));
+                // Frames lost on its link: only a recovery (which replays
+                // them) makes the VNF whole again.
+                let verdict = match e {
+                    crate::protect::ProtectError::LinkLoss { .. } => {
+                        Some(crate::detect::Verdict::CutOff)
+                    }
+                    crate::protect::ProtectError::InputDropped { .. } => {
+                        Some(crate::detect::Verdict::InputDropped)
+                    }
+                    _ => None,
+                };
+                if let Some(verdict) = verdict {
+                    let inc = self
+                        .chains
+                        .lock()
+                        .await
+                        .get_mut(chain)
+                        .and_then(|e| e.runtime.vnf_mut(vnf).ok())
+                        .map(|v| v.incarnation);
+                    if let Some(inc) = inc {
+                        self.judge(chain, vnf, 0, inc, verdict).await;
+                    }
+                }
+                Err(ControlError::FailedPrecondition(format!(
+                    "checkpoint of {chain}/{vnf} failed: {e}"
+                )))
+            }
+        }
+    }
+
+    /// Starts the checkpoint task of every protected VNF of `runtime`.
+    pub(super) fn schedule_all(self: &Arc<Self>, runtime: &ChainRuntime) {
+        for hop in 0..runtime.vnfs.len() {
+            self.schedule_hop(runtime, hop);
+        }
+    }
+
+    /// Starts the checkpoint task of VNF `hop`, if it is protected.
+    pub(super) fn schedule_hop(self: &Arc<Self>, runtime: &ChainRuntime, hop: usize) {
+        let (Some(sff), Some(v)) = (runtime.sff.as_ref(), runtime.vnfs.get(hop)) else {
+            return;
+        };
+        if let Some(agent) = &v.agent {
+            self.schedule_checkpoints(
+                runtime.plan.name.clone(),
+                v.plan.name.clone(),
+                Arc::downgrade(agent),
+                Arc::downgrade(sff),
+                v.plan
+                    .checkpoint_interval
+                    .unwrap_or(self.state.checkpoint_interval),
+            );
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! The forwarding round of the SFF thread: ingress (classify, encapsulate,
+//! admit), delivery to each VNF (and MR-AA member, and catch-up), what each
+//! VNF sends back (checked, numbered, held), egress. Bursts are sized by
+//! the room there is before frames leave a ring.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl Engine {
+    /// One round over every port; returns frames moved.
+    pub(crate) fn step(&mut self) -> usize {
+        let mut work = self.commands_step() + self.ingress_step();
+        for i in 0..self.hops.len() {
+            work += self.deliver_step(i);
+            work += self.vnf_output_step(i);
+        }
+        if let Some(chain) = &mut self.chain {
+            for i in 0..self.hops.len().saturating_sub(1) {
+                work += chain.poll_advance_burst(i, self.config.burst);
+            }
+        }
+        work + self.egress_step()
+    }
+
+    fn ingress_step(&mut self) -> usize {
+        let burst = self.config.burst;
+        let room = match &self.chain {
+            Some(c) => {
+                let first = c.hop(0).rx();
+                // Capacity minus occupancy of the first hop's buffer_rx.
+                first_room(first.len(), self.config.hop.rx_capacity)
+            }
+            None => burst.saturating_sub(self.direct.len()),
+        };
+        // Ingress never takes the buffers VNF outputs need: with the pool
+        // empty, outputs would stay in (and overflow) the hops' rx rings and
+        // a checkpoint's mark would miss them. Overload backs up at ingress.
+        let max = burst
+            .min(room)
+            .min(self.pool.available().saturating_sub(self.output_reserve));
+        if max == 0 {
+            return 0;
+        }
+        let (spi, hop0) = (
+            self.config.spi,
+            self.config
+                .hops
+                .first()
+                .cloned()
+                .unwrap_or_else(|| self.config.egress.clone()),
+        );
+        let Self {
+            ingress,
+            classifier,
+            chain,
+            pool,
+            counters,
+            direct,
+            next_seq,
+            ..
+        } = self;
+        ingress.port.recv_burst(max, |frame| {
+            SffCounters::add(&counters.ingress, 1);
+            match classifier.classify(frame) {
+                Err(_) => SffCounters::add(&counters.malformed_ingress, 1),
+                Ok(Some(s)) if s == spi => {
+                    if frame.len() + ETH + nsh::NHAM_HEADER_LEN > SLOT {
+                        SffCounters::add(&counters.oversize, 1);
+                        return;
+                    }
+                    let Some(slot) = pool.alloc() else { return };
+                    let encap = |seq: u64, pool: &mut Pool| {
+                        let n = nham_dataplane::classifier::encapsulate(
+                            pool.buffer_mut(slot),
+                            hop0.peer_mac,
+                            hop0.mac,
+                            spi,
+                            NhamMetadata { seq, epoch: 0 },
+                            frame,
+                        )
+                        .unwrap_or(0);
+                        pool.set_len(slot, n);
+                    };
+                    match chain {
+                        Some(c) => {
+                            let admitted = c.try_ingress(|seq| {
+                                encap(seq, pool);
+                                slot
+                            });
+                            if admitted.is_err() {
+                                pool.release(slot);
+                                return;
+                            }
+                        }
+                        None => {
+                            encap(*next_seq, pool);
+                            *next_seq += 1;
+                            direct.push_back(slot);
+                        }
+                    }
+                    SffCounters::add(&counters.classified, 1);
+                }
+                Ok(_) => SffCounters::add(&counters.classifier_miss, 1),
+            }
+        })
+    }
+
+    fn deliver_step(&mut self, i: usize) -> usize {
+        let Some(chain) = &self.chain else {
+            return 0;
+        };
+        let members = self.hops[i].len();
+        let burst = self.config.burst;
+        if members == 1 {
+            return self.deliver_burst(i, &[0], false, burst);
+        }
+        // MR-AA: one burst to every live member; then, only if the hop had
+        // nothing new for them, a few of the frames a catching-up member
+        // missed. Catch-up is background work: the live members (and the
+        // CPU they need) come first.
+        // (A buffer reused every round: no allocation on this path.)
+        let mut live = std::mem::take(&mut self.member_scratch);
+        live.clear();
+        live.extend(
+            chain
+                .hop(i)
+                .members()
+                .enumerate()
+                .filter(|(_, m)| *m == MemberState::Live)
+                .map(|(k, _)| k),
+        );
+        let mut work = self.deliver_burst(i, &live, false, burst);
+        if work == 0 {
+            for k in 0..members {
+                let catching_up = self.chain.as_ref().is_some_and(|c| {
+                    matches!(c.hop(i).member(k), Some(MemberState::CatchingUp { .. }))
+                });
+                if catching_up {
+                    work += self.deliver_burst(i, &[k], true, CATCH_UP_BURST);
+                }
+            }
+        }
+        self.member_scratch = live;
+        work
+    }
+
+    /// Delivers one burst of hop `i` to its member ports `ports` (the
+    /// same frames to each), or (`catch_up`) the next frames member
+    /// `ports[0]` missed. Sized by the room and window of every port.
+    fn deliver_burst(&mut self, i: usize, ports: &[usize], catch_up: bool, max: usize) -> usize {
+        let Some(chain) = &mut self.chain else {
+            return 0;
+        };
+        if ports.is_empty() {
+            return 0;
+        }
+        // Flow control towards the VNF: never more unanswered frames than
+        // its socket can hold (in the bytes the kernel charges them, see
+        // `nham_dataplane::window`), so neither its socket queue nor (with
+        // what it sends back) our ring can overflow. A VNF's output with
+        // sequence number s answers every input up to s (VNFs are FIFO);
+        // silence for `vnf_window_timeout` answers the rest (see
+        // `vnf_output_port`).
+        let mut n = max;
+        for &k in ports {
+            let port = &mut self.hops[i][k].port;
+            port.reclaim();
+            n = n.min(port.tx_room());
+        }
+        {
+            let hop = chain.hop(i);
+            let pool = &self.pool;
+            for &k in ports {
+                let (mut up, mut live);
+                let next: &mut dyn Iterator<Item = &u32> = if catch_up {
+                    up = hop.peek_catch_up(k);
+                    &mut up
+                } else {
+                    live = hop.peek_delivery();
+                    &mut live
+                };
+                let lens = next.take(n).map(|&slot| pool.frame(slot).len());
+                n = n.min(self.in_flight[i][k].admit(lens));
+            }
+        }
+        if n == 0 {
+            return 0;
+        }
+        for &k in ports {
+            if self.in_flight[i][k].is_empty() {
+                self.last_output[i][k] = std::time::Instant::now();
+            }
+        }
+        self.scratch.clear();
+        let scratch = &mut self.scratch;
+        let hop = chain.hop_mut(i);
+        let push = |d: nham_dataplane::hold::Delivery<'_, u32>| {
+            scratch.push((*d.packet, d.seq, d.epoch));
+        };
+        if catch_up {
+            hop.poll_catch_up(ports[0], n, push);
+        } else {
+            hop.poll_delivery_burst(n, push);
+        }
+        if self.scratch.is_empty() {
+            return 0;
+        }
+        for &k in ports {
+            let spec = match k {
+                0 => &self.config.hops[i],
+                _ => &self.config.members[i][k - 1],
+            };
+            let (pool, scratch) = (&self.pool, &self.scratch);
+            let sent = self.hops[i][k].port.send_burst(scratch.len(), |j, out| {
+                let (slot, seq, epoch) = scratch[j];
+                let frame = pool.frame(slot);
+                let len = frame.len().min(out.len());
+                out[..len].copy_from_slice(&frame[..len]);
+                out[0..6].copy_from_slice(&spec.peer_mac);
+                out[6..12].copy_from_slice(&spec.mac);
+                NshPacket::new_unchecked(&mut out[ETH..len])
+                    .set_nham_metadata(NhamMetadata { seq, epoch });
+                len
+            });
+            let window = &mut self.in_flight[i][k];
+            for &(slot, seq, _) in &scratch[..sent] {
+                window.on_sent(seq, pool.frame(slot).len());
+            }
+            SffCounters::add(&self.counters.delivered, sent as u64);
+            SffCounters::add(&self.counters.tx_refused, (scratch.len() - sent) as u64);
+        }
+        if !self.protected[i] {
+            if let Some(chain) = &mut self.chain {
+                let pool = &mut self.pool;
+                chain
+                    .hop_mut(i)
+                    .release_delivered(|slot| pool.release(slot));
+            }
+        }
+        self.scratch.len()
+    }
+
+    pub(crate) fn vnf_output_step(&mut self, i: usize) -> usize {
+        (0..self.hops[i].len())
+            .map(|k| self.vnf_output_port(i, k))
+            .sum()
+    }
+
+    /// Takes what member `k` of hop `i` sent back (an ordinary hop has
+    /// member 0 only).
+    fn vnf_output_port(&mut self, i: usize, k: usize) -> usize {
+        let members = self.hops[i].len() > 1;
+        let Some(chain) = &mut self.chain else {
+            return 0;
+        };
+        let max = self.config.burst.min(self.pool.available());
+        if max == 0 {
+            return 0;
+        }
+        // "The Service Index MUST be decremented by a value of 1 by Service
+        // Functions": after VNF i the SI is 255 - (i + 1).
+        let expected_si = nsh::DEFAULT_INITIAL_SI.wrapping_sub(i as u8 + 1);
+        let spi = self.config.spi;
+        let next_mac = self.config.hops.get(i + 1).map(|h| (h.peer_mac, h.mac));
+        let (pool, counters) = (&mut self.pool, &self.counters);
+        let hop = chain.hop_mut(i);
+        let mut answered: Option<u64> = None;
+        let n = self.hops[i][k].port.recv_burst(max, |frame| {
+            let Some(view) = frame
+                .get(12..14)
+                .filter(|t| u16::from_be_bytes([t[0], t[1]]) == nsh::ETHERTYPE_NSH)
+                .and_then(|_| NshPacket::new_checked(&frame[ETH..]).ok())
+            else {
+                SffCounters::add(&counters.malformed_from_vnf, 1);
+                return;
+            };
+            let Some(meta) = view.nham_metadata().filter(|_| view.spi() == spi) else {
+                SffCounters::add(&counters.malformed_from_vnf, 1);
+                return;
+            };
+            if view.si() != expected_si {
+                SffCounters::add(&counters.si_mismatch, 1);
+                return;
+            }
+            let ttl = match nsh::decrement_ttl(view.ttl()) {
+                TtlVerdict::Forward(t) => t,
+                TtlVerdict::Expired => {
+                    SffCounters::add(&counters.ttl_expired, 1);
+                    return;
+                }
+            };
+            answered = Some(answered.map_or(meta.seq, |a| a.max(meta.seq)));
+            // What the VNF made of the packet (the inner frame, and the
+            // input it answers; MACs and the rest of the metadata aside), to
+            // tell a replay that differs — or an output numbered as another
+            // input's answer (a copy that missed an input).
+            let digest = {
+                use std::hash::Hasher;
+                let mut h = std::hash::DefaultHasher::new();
+                h.write(frame.get(ETH + view.header_len()..).unwrap_or_default());
+                h.write_u64(meta.seq);
+                h.finish()
+            };
+            let copy = || {
+                let slot = pool.alloc().expect("burst sized by pool room");
+                let buf = pool.buffer_mut(slot);
+                buf[..frame.len()].copy_from_slice(frame);
+                if let Some((dst, src)) = next_mac {
+                    buf[0..6].copy_from_slice(&dst);
+                    buf[6..12].copy_from_slice(&src);
+                }
+                NshPacket::new_unchecked(&mut buf[ETH..frame.len()]).set_ttl(ttl);
+                pool.set_len(slot, frame.len());
+                slot
+            };
+            let disposition = if members {
+                hop.handle_member_output(k, meta.epoch, meta.seq, digest, copy)
+            } else {
+                hop.handle_output_with(meta.epoch, meta.seq, digest, copy)
+            };
+            let c = match disposition {
+                nham_dataplane::hold::OutputDisposition::Accepted => &counters.accepted,
+                nham_dataplane::hold::OutputDisposition::Duplicate => &counters.duplicates,
+                nham_dataplane::hold::OutputDisposition::Stale => &counters.stale,
+                nham_dataplane::hold::OutputDisposition::Divergent => {
+                    SffCounters::add(&counters.divergent, 1);
+                    &counters.duplicates
+                }
+            };
+            SffCounters::add(c, 1);
+        });
+        self.heard[i][k] += n as u64;
+        if n > 0 {
+            self.last_output[i][k] = std::time::Instant::now();
+        } else if self.last_output[i][k].elapsed() > self.config.vnf_window_timeout {
+            // Silence, judged only with the ring empty: a VNF that drops
+            // packets never answers them. (Judged by time alone, an SFF
+            // that was itself descheduled for a while would take outputs
+            // still waiting on the ring for silence, open the window, and
+            // let the ring overflow.)
+            if self.config.vnf_silence_needs_read {
+                self.in_flight[i][k].release_read(self.read_upto[i][k]);
+            } else {
+                self.in_flight[i][k].clear();
+            }
+        }
+        if let Some(seq) = answered {
+            self.in_flight[i][k].on_answered(seq);
+        }
+        n
+    }
+
+    fn egress_step(&mut self) -> usize {
+        let port = &mut self.egress.port;
+        port.reclaim();
+        let n = self.config.burst.min(port.tx_room());
+        self.slots.clear();
+        while self.slots.len() < n {
+            let next = match &mut self.chain {
+                Some(c) => c.poll_egress().map(|(_, slot)| slot),
+                None => self.direct.pop_front(),
+            };
+            match next {
+                Some(slot) => self.slots.push(slot),
+                None => break,
+            }
+        }
+        if self.slots.is_empty() {
+            return 0;
+        }
+        let (slots, pool) = (&self.slots, &self.pool);
+        let sent = port.send_burst(slots.len(), |k, out| {
+            // Decapsulate: strip outer Ethernet and NSH.
+            match nham_dataplane::classifier::decapsulate(pool.frame(slots[k])) {
+                Ok((_, inner)) => {
+                    let len = inner.len().min(out.len());
+                    out[..len].copy_from_slice(&inner[..len]);
+                    len
+                }
+                Err(_) => 0,
+            }
+        });
+        SffCounters::add(&self.counters.egress, sent as u64);
+        SffCounters::add(&self.counters.tx_refused, (slots.len() - sent) as u64);
+        for &slot in &self.slots {
+            self.pool.release(slot);
+        }
+        sent
+    }
+}
