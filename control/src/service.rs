@@ -61,6 +61,15 @@ mod state_synchronizer;
 pub use mechanism::{plan as mechanism_plan, Protection, Step};
 pub use requests::{Fault, Healed, HEAL_TIMEOUT};
 
+/// VNF `vnf` of chain `chain` in the registry `chains`, if both exist.
+fn vnf_in<'a>(
+    chains: &'a mut BTreeMap<String, Entry>,
+    chain: &str,
+    vnf: &str,
+) -> Option<&'a mut crate::runtime::VnfRuntime> {
+    chains.get_mut(chain)?.runtime.vnf_mut(vnf).ok()
+}
+
 struct Entry {
     spec: api::ChainSpec,
     runtime: ChainRuntime,

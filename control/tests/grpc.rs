@@ -504,6 +504,29 @@ async fn reflection_lists_the_services_and_health_says_serving() {
 /// request, healed (restored from that checkpoint: same state, new
 /// process), switched to 1R-AS and back to none; mechanisms not built yet
 /// and checkpoints of unprotected VNFs are refused with the reason.
+/// A heal (after a failure) of VNF "mon" of chain "rt".
+fn heal_rt() -> api::HealVnfRequest {
+    api::HealVnfRequest {
+        chain: "rt".into(),
+        vnf: "mon".into(),
+        cause: api::HealCause::Failure as i32,
+        ..Default::default()
+    }
+}
+
+/// The VNF `SetMechanism` answers with, once `r` is done.
+async fn changed(
+    vnfs: &mut VnfServiceClient<tonic::transport::Channel>,
+    r: api::SetMechanismRequest,
+) -> api::VnfStatus {
+    vnfs.set_mechanism(r)
+        .await
+        .unwrap()
+        .into_inner()
+        .vnf
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
     let h = tokio::task::spawn_blocking(Harness::start).await.unwrap();
@@ -540,36 +563,18 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
         replicas,
         ..set(api::Mechanism::MrAa)
     };
-    let v = vnfs
-        .set_mechanism(set_m(2))
-        .await
-        .unwrap()
-        .into_inner()
-        .vnf
-        .unwrap();
+    let v = changed(&mut vnfs, set_m(2)).await;
     assert_eq!(
         (v.mechanism, v.member_pids.len()),
         (api::Mechanism::MrAa as i32, 1),
         "{v:?}"
     );
-    let v = vnfs
-        .set_mechanism(set_m(3))
-        .await
-        .unwrap()
-        .into_inner()
-        .vnf
-        .unwrap();
+    let v = changed(&mut vnfs, set_m(3)).await;
     assert_eq!(v.member_pids.len(), 2, "{v:?}");
     assert!(v.member_pids.iter().all(|&p| p > 0), "{v:?}");
     let e = vnfs.set_mechanism(set_m(9)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    let v = vnfs
-        .set_mechanism(set(api::Mechanism::Mechanism0r))
-        .await
-        .unwrap()
-        .into_inner()
-        .vnf
-        .unwrap();
+    let v = changed(&mut vnfs, set(api::Mechanism::Mechanism0r)).await;
     assert_eq!(
         (v.mechanism, v.member_pids.len()),
         (api::Mechanism::Mechanism0r as i32, 0),
@@ -581,22 +586,10 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    let v = vnfs
-        .set_mechanism(set(api::Mechanism::Mechanism0r))
-        .await
-        .unwrap()
-        .into_inner()
-        .vnf
-        .unwrap();
+    let v = changed(&mut vnfs, set(api::Mechanism::Mechanism0r)).await;
     assert_eq!(v.mechanism, api::Mechanism::Mechanism0r as i32);
     // 1R-AA at runtime: a replica place is made for it.
-    let v = vnfs
-        .set_mechanism(set(api::Mechanism::Mechanism1rAa))
-        .await
-        .unwrap()
-        .into_inner()
-        .vnf
-        .unwrap();
+    let v = changed(&mut vnfs, set(api::Mechanism::Mechanism1rAa)).await;
     assert_eq!(v.mechanism, api::Mechanism::Mechanism1rAa as i32);
     vnfs.set_mechanism(set(api::Mechanism::Mechanism0r))
         .await
@@ -679,15 +672,7 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
     let aside = newest.with_extension("aside");
     std::fs::rename(&newest, &aside).unwrap();
     std::fs::create_dir(&newest).unwrap();
-    let e = vnfs
-        .heal_vnf(api::HealVnfRequest {
-            chain: "rt".into(),
-            vnf: "mon".into(),
-            cause: api::HealCause::Failure as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let e = vnfs.heal_vnf(heal_rt()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(
         aside.exists() && image_of(older.checkpoint_id).exists(),
@@ -695,14 +680,9 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
     );
     std::fs::remove_dir(&newest).unwrap();
     std::fs::rename(&aside, &newest).unwrap();
-    vnfs.heal_vnf(api::HealVnfRequest {
-        chain: "rt".into(),
-        vnf: "mon".into(),
-        cause: api::HealCause::Failure as i32,
-        ..Default::default()
-    })
-    .await
-    .expect("healed once the image is readable again");
+    vnfs.heal_vnf(heal_rt())
+        .await
+        .expect("healed once the image is readable again");
     let finished = loop {
         let e = tokio::time::timeout(Duration::from_secs(10), events.message())
             .await
@@ -723,12 +703,7 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
     bytes[at] ^= 0x01;
     std::fs::write(&newest, bytes).unwrap();
     let healed = vnfs
-        .heal_vnf(api::HealVnfRequest {
-            chain: "rt".into(),
-            vnf: "mon".into(),
-            cause: api::HealCause::Failure as i32,
-            ..Default::default()
-        })
+        .heal_vnf(heal_rt())
         .await
         .expect("healed from the older checkpoint");
     assert_eq!(
@@ -754,15 +729,7 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
         flipped += 1;
     }
     assert!(flipped > 0, "checkpoints in {}", images.display());
-    let e = vnfs
-        .heal_vnf(api::HealVnfRequest {
-            chain: "rt".into(),
-            vnf: "mon".into(),
-            cause: api::HealCause::Failure as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let e = vnfs.heal_vnf(heal_rt()).await.unwrap_err();
     assert_eq!(e.code(), Code::DataLoss, "{e:?}");
     assert!(e.message().contains("corrupt"), "{e:?}");
     let status = chains
@@ -776,15 +743,7 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
         .remove(0);
     assert_eq!(status.state, api::VnfState::Failed as i32, "not restored");
     // Healing it again tries again, and says why it fails again.
-    let e = vnfs
-        .heal_vnf(api::HealVnfRequest {
-            chain: "rt".into(),
-            vnf: "mon".into(),
-            cause: api::HealCause::Failure as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let e = vnfs.heal_vnf(heal_rt()).await.unwrap_err();
     assert_eq!(e.code(), Code::DataLoss, "{e:?}");
     assert!(e.message().contains("corrupt"), "{e:?}");
     chains

@@ -241,10 +241,7 @@ impl Daemon {
     ) {
         let at = Instant::now();
         let mut chains = self.chains.lock().await;
-        let Some(v) = chains
-            .get_mut(chain)
-            .and_then(|e| e.runtime.vnf_mut(vnf).ok())
-        else {
+        let Some(v) = vnf_in(&mut chains, chain, vnf) else {
             return;
         };
         if k > 0 {

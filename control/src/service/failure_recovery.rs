@@ -79,10 +79,7 @@ impl Daemon {
         .map_err(|_| ControlError::Panicked("recovery"))
         .and_then(|r| r.map_err(ControlError::from));
         let mut chains = self.chains.lock().await;
-        let Some(v) = chains
-            .get_mut(chain)
-            .and_then(|e| e.runtime.vnf_mut(vnf).ok())
-        else {
+        let Some(v) = vnf_in(&mut chains, chain, vnf) else {
             return;
         };
         match recovered.and_then(|(r, took)| v.adopt_member(k, r.pid).map(|fd| (fd, r, took))) {
@@ -215,9 +212,7 @@ impl Daemon {
                     .and_then(|r| r);
                 let mut chains = self.chains.lock().await;
                 let adopted = started.and_then(|pid| {
-                    let v = chains
-                        .get_mut(chain)
-                        .and_then(|e| e.runtime.vnf_mut(vnf).ok());
+                    let v = vnf_in(&mut chains, chain, vnf);
                     match v {
                         Some(v) => v.adopt(pid),
                         None => {
@@ -339,10 +334,7 @@ impl Daemon {
         use api::watch_events_response::Event;
         let outcome = outcome.map_err(Arc::new);
         self.settle(chain, vnf, outcome.as_ref().map(|_| ()).map_err(Arc::clone));
-        let Some(v) = chains
-            .get_mut(chain)
-            .and_then(|e| e.runtime.vnf_mut(vnf).ok())
-        else {
+        let Some(v) = vnf_in(chains, chain, vnf) else {
             return;
         };
         match outcome {

@@ -395,7 +395,7 @@ impl Daemon {
             malformed: s.malformed_ingress + s.malformed_from_vnf + s.si_mismatch + s.ttl_expired,
             nondeterministic_outputs: s.divergent,
             ingress_overflow: s.ingress_kernel_drops,
-            vnf_outputs_lost: s.vnf_output_kernel_drops,
+            vnf_outputs_lost: s.vnf_output_kernel_drops + s.pool_exhausted,
             vnf_input_dropped,
         })
     }

@@ -253,8 +253,20 @@ impl Engine {
         let Some(chain) = &mut self.chain else {
             return 0;
         };
-        let max = self.config.burst.min(self.pool.available());
+        // A buffer for every frame this burst may take off the ring, taken
+        // before: an output read is never lost for want of one (a full pool
+        // leaves outputs on the ring, where the kernel counts what it drops).
+        let mut reserve = std::mem::take(&mut self.slots);
+        reserve.clear();
+        while reserve.len() < self.config.burst {
+            match self.pool.alloc() {
+                Some(slot) => reserve.push(slot),
+                None => break,
+            }
+        }
+        let max = reserve.len();
         if max == 0 {
+            self.slots = reserve;
             return 0;
         }
         // "The Service Index MUST be decremented by a value of 1 by Service
@@ -301,8 +313,14 @@ impl Engine {
                 h.write_u64(meta.seq);
                 h.finish()
             };
+            // (The burst is no larger than the reserve: never empty here.)
+            let Some(slot) = reserve.pop() else {
+                SffCounters::add(&counters.pool_exhausted, 1);
+                return;
+            };
+            let mut used = false;
             let copy = || {
-                let slot = pool.alloc().expect("burst sized by pool room");
+                used = true;
                 let buf = pool.buffer_mut(slot);
                 buf[..frame.len()].copy_from_slice(frame);
                 if let Some((dst, src)) = next_mac {
@@ -318,6 +336,9 @@ impl Engine {
             } else {
                 hop.handle_output_with(meta.epoch, meta.seq, digest, copy)
             };
+            if !used {
+                reserve.push(slot);
+            }
             let c = match disposition {
                 nham_dataplane::hold::OutputDisposition::Accepted => &counters.accepted,
                 nham_dataplane::hold::OutputDisposition::Duplicate => &counters.duplicates,
@@ -329,6 +350,10 @@ impl Engine {
             };
             SffCounters::add(c, 1);
         });
+        for slot in reserve.drain(..) {
+            self.pool.release(slot);
+        }
+        self.slots = reserve;
         self.heard[i][k] += n as u64;
         if n > 0 {
             self.last_output[i][k] = std::time::Instant::now();

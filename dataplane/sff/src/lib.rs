@@ -280,6 +280,10 @@ pub struct SffCounters {
     /// port's ring full). Must stay 0: a lost output breaks exactly-once
     /// for its hop. Sampled.
     pub vnf_output_kernel_drops: AtomicU64,
+    /// VNF outputs read with no pool buffer for them (never: each burst
+    /// takes its buffers before it reads; counted, not a panic, should it
+    /// ever happen).
+    pub pool_exhausted: AtomicU64,
 }
 
 impl SffCounters {
@@ -311,6 +315,7 @@ impl SffCounters {
             tx_discarded: g(&self.tx_discarded),
             ingress_kernel_drops: g(&self.ingress_kernel_drops),
             vnf_output_kernel_drops: g(&self.vnf_output_kernel_drops),
+            pool_exhausted: g(&self.pool_exhausted),
         }
     }
 }
@@ -343,6 +348,9 @@ pub struct SffStats {
     /// See [`SffCounters::vnf_output_kernel_drops`].
     #[serde(default)]
     pub vnf_output_kernel_drops: u64,
+    /// See [`SffCounters::pool_exhausted`].
+    #[serde(default)]
+    pub pool_exhausted: u64,
 }
 
 /// A running SFF thread.
