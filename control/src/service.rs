@@ -333,6 +333,17 @@ impl Daemon {
         }
     }
 
+    /// The heal of VNF `vnf` of `chain` started no recovery.
+    fn clear_healing(&self, chain: &str, vnf: &str) {
+        let outcomes = self
+            .outcomes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(tx) = outcomes.get(&(chain.to_string(), vnf.to_string())) {
+            tx.send_modify(|o| o.healing = false);
+        }
+    }
+
     /// VNF `vnf` of `chain`'s recovery has finished with `result`.
     fn settle(&self, chain: &str, vnf: &str, result: Result<(), Arc<ControlError>>) {
         let outcomes = self

@@ -540,7 +540,13 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
         .into_inner();
     chains
         .create_chain(api::CreateChainRequest {
-            spec: Some(spec("rt", 9, &["mon"], api::Mechanism::None)),
+            // No scheduled checkpoint in between: the checkpoints this test
+            // takes and corrupts are the newest and the one before.
+            spec: Some({
+                let mut s = spec("rt", 9, &["mon"], api::Mechanism::None);
+                s.vnfs[0].checkpoint_interval_ms = 3_600_000;
+                s
+            }),
         })
         .await
         .unwrap();

@@ -240,11 +240,19 @@ impl ProtectedVnf {
             let _ = sff.checkpoint_failed(hop, id);
             return Err(ProtectError::Retired);
         }
-        let done = match sff.checkpoint_done(hop, id).map_err(ProtectError::Sff) {
+        let done = match sff.checkpoint_done(hop, id) {
             Ok(d) => d,
-            Err(e) => {
+            // Refused: not committed. Any other failure (a lost answer)
+            // may have come after the SFF committed and released: the
+            // image is kept (the next commit's retention drops it if it
+            // is not restorable).
+            Err(e @ nham_sff::remote::RemoteError::Refused(_)) => {
                 not_committed();
-                return Err(e);
+                return Err(ProtectError::Sff(e));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(ProtectError::Sff(e));
             }
         };
         // Kept: what the SFF can restore (this checkpoint and its

@@ -41,9 +41,15 @@ impl ProtectedVnf {
             Some(p) => p,
             None => sff.failure(hop).map_err(ProtectError::Sff)?,
         };
-        let restored = plan.checkpoint.is_some();
+        // Checkpoint 0 is the restore point of a hop that was not protected
+        // (its packets released on delivery): there is no image. The VNF
+        // starts afresh and what was held since is replayed; what it had
+        // from the released packets is gone, as for any unprotected VNF.
+        // (`SetMechanism` checkpoints a VNF it protects before it returns.)
+        let restored = plan.checkpoint.is_some_and(|id| id != 0);
         let mut fallback_reason = None;
         let (pid, from) = match plan.checkpoint {
+            Some(0) => (self.start_fresh()?, Some(0)),
             Some(id) => {
                 let (pid, from) = match (self.restore(id), plan.fallback) {
                     (Ok(pid), _) => (pid, id),
@@ -219,6 +225,9 @@ impl ProtectedVnf {
         let mut fallback_reason = None;
         let (pid, from) = match checkpoint {
             None => (self.start_fresh_in(&netns)?, None),
+            // The restore point of a hop not protected before: no image
+            // (see `recover`).
+            Some(0) => (self.start_fresh_in(&netns)?, Some(0)),
             Some(id) => match (self.restore_in(id, &netns, iface.as_deref()), fallback) {
                 (Ok(pid), _) => (pid, Some(id)),
                 // The same policy as a VNF's (`recover`): only an image
@@ -265,7 +274,7 @@ impl ProtectedVnf {
             duration,
             resumed_at: Some(started + duration),
             replay: rr.replay,
-            restored: from.is_some(),
+            restored: from.is_some_and(|id| id != 0),
             pid,
             checkpoint: from,
             fallback_reason,

@@ -82,7 +82,16 @@ impl Daemon {
         let Some(v) = vnf_in(&mut chains, chain, vnf) else {
             return;
         };
-        match recovered.and_then(|(r, took)| v.adopt_member(k, r.pid).map(|fd| (fd, r, took))) {
+        // A member restored that cannot be adopted (its place went
+        // meanwhile) does not run on unwatched.
+        let adopted = recovered.and_then(|(r, took)| match v.adopt_member(k, r.pid) {
+            Ok(fd) => Ok((fd, r, took)),
+            Err(e) => {
+                crate::runtime::kill_and_reap(r.pid);
+                Err(e)
+            }
+        });
+        match adopted {
             Ok((pidfd, r, took)) => {
                 v.recoveries += 1;
                 let inc = v.members[k - 1].incarnation;
@@ -174,17 +183,17 @@ impl Daemon {
         vnf: &str,
         detected: Instant,
         settle_link: bool,
-    ) {
+    ) -> bool {
         use api::watch_events_response::Event;
         let Some(entry) = chains.get_mut(chain) else {
-            return;
+            return false;
         };
         let sff = entry.runtime.sff.clone();
         let Ok(v) = entry.runtime.vnf_mut(vnf) else {
-            return;
+            return false;
         };
         if v.pid.is_some() || v.state == api::VnfState::Recovering {
-            return; // running, or already being recovered
+            return false; // running, or already being recovered
         }
         self.emit(event(
             chain,
@@ -228,7 +237,7 @@ impl Daemon {
                     vnf,
                     adopted.map(|fd| (fd, RecoveryStats::default(), detected.elapsed())),
                 );
-                return;
+                return true;
             }
         };
         let sff_iface = v.sff_iface.clone();
@@ -319,6 +328,7 @@ impl Daemon {
             v.adopt(r.0.pid).map(|fd| (fd, r.0, r.1))
         });
         self.finish_recovery(&mut chains, chain, vnf, adopted);
+        true
     }
 
     /// Records a recovery's outcome: on success the new process's pidfd,

@@ -309,37 +309,65 @@ impl Daemon {
     /// CRIU worker), then installed and scheduled.
     async fn protect_now(self: &Arc<Self>, chain: &str, vnf: &str) -> Result<(), ControlError> {
         let state = self.state.clone();
-        let (new, sff, hop) = self
+        let (new, sff, hop, incarnation) = self
             .with_chain(chain, |e| {
                 let hop = e.runtime.vnf_index(vnf)?;
                 let sff = e.runtime.sff.clone().ok_or_else(|| {
                     ControlError::FailedPrecondition("the chain's SFF is not running".into())
                 })?;
+                let v = &e.runtime.vnfs[hop];
                 let new = runtime::new_agent(
-                    &e.runtime.vnfs[hop],
+                    v,
                     hop,
                     protect::Mechanism::NoReplica,
                     &state,
                     &e.runtime.plan.name,
                     &e.runtime.work,
                 )?;
-                Ok((new, sff, hop))
+                Ok((new, sff, hop, v.incarnation))
             })
             .await?;
-        let agent = tokio::task::spawn_blocking(move || {
-            let a = new.build()?;
-            sff.set_protected(hop, true)?;
-            Ok::<_, ControlError>(a)
-        })
-        .await??;
-        self.with_chain(chain, |e| {
-            let v = &mut e.runtime.vnfs[hop];
-            v.agent = Some(Arc::new(std::sync::Mutex::new(agent)));
-            v.plan.mechanism = api::Mechanism::Mechanism0r;
-            self.schedule_hop(&e.runtime, hop);
-            Ok(())
-        })
-        .await
+        let agent = {
+            let sff = sff.clone();
+            tokio::task::spawn_blocking(move || {
+                let a = new.build()?;
+                sff.set_protected(hop, true)?;
+                Ok::<_, ControlError>(a)
+            })
+            .await??
+        };
+        // Installed only on the process it was built for: one that failed
+        // meanwhile was restarted without state, and is left unprotected.
+        let agent = Arc::new(std::sync::Mutex::new(agent));
+        let installed = self
+            .with_chain(chain, |e| {
+                let v = &mut e.runtime.vnfs[hop];
+                if v.incarnation != incarnation
+                    || v.state != api::VnfState::Running
+                    || v.agent.is_some()
+                {
+                    return Ok(false);
+                }
+                v.agent = Some(agent.clone());
+                v.plan.mechanism = api::Mechanism::Mechanism0r;
+                self.schedule_hop(&e.runtime, hop);
+                Ok(true)
+            })
+            .await?;
+        if !installed {
+            tokio::task::spawn_blocking(move || {
+                agent
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .retire();
+                sff.set_protected(hop, false)
+            })
+            .await??;
+            return Err(ControlError::FailedPrecondition(format!(
+                "VNF {vnf:?} failed while it was being protected: it was restarted unprotected; try again"
+            )));
+        }
+        Ok(())
     }
 
     /// [`Step::MakeReplicaPlace`].
@@ -493,33 +521,71 @@ impl Daemon {
             Ok(())
         })
         .await?;
-        // Each new member: restored from the restore point, caught up.
+        // Each new member: restored from the restore point, caught up. One
+        // that cannot be is removed with those after it (no member is left
+        // without a process and a watcher).
         for k in have..to {
-            let (agent, sff) = (agent.clone(), sff.clone());
-            let restored = tokio::task::spawn_blocking(move || {
-                agent
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .recover_member(&sff, k)
-            })
-            .await??;
-            let (pidfd, inc) = self
-                .with_chain(chain, |e| {
-                    let v = &mut e.runtime.vnfs[hop];
-                    let fd = v.adopt_member(k, restored.pid)?;
-                    Ok((fd, v.members[k - 1].incarnation))
-                })
-                .await?;
-            self.watch_member(chain.to_string(), vnf.to_string(), k, inc, pidfd);
-            tracing::info!(
-                chain,
-                vnf,
-                "MR-AA member {k} added: restored from checkpoint {:?} in {:.1} ms, {} to catch up",
-                restored.checkpoint,
-                restored.duration.as_secs_f64() * 1e3,
-                restored.replay
-            );
+            if let Err(e) = self.add_member(chain, vnf, hop, &agent, &sff, k).await {
+                tracing::error!(chain, vnf, "MR-AA member {k} could not be added: {e}");
+                let h = Handles {
+                    hop,
+                    agent: Some(agent.clone()),
+                    sff: sff.clone(),
+                };
+                if let Err(r) = self.remove_members(chain, h, agent.clone(), k - 1).await {
+                    tracing::error!(chain, vnf, "removing MR-AA members from {k} on: {r}");
+                }
+                if k == 1 {
+                    self.with_chain(chain, |e| {
+                        e.runtime.vnfs[hop].plan.mechanism = api::Mechanism::Mechanism0r;
+                        Ok(())
+                    })
+                    .await?;
+                }
+                return Err(e);
+            }
         }
+        Ok(())
+    }
+}
+
+impl Daemon {
+    /// MR-AA member `k` (its place made, failed in the SFF): restored from
+    /// the restore point, adopted and watched.
+    async fn add_member(
+        self: &Arc<Self>,
+        chain: &str,
+        vnf: &str,
+        hop: usize,
+        agent: &Agent,
+        sff: &Arc<SffClient>,
+        k: usize,
+    ) -> Result<(), ControlError> {
+        let (agent, sff) = (agent.clone(), sff.clone());
+        let restored = tokio::task::spawn_blocking(move || {
+            agent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .recover_member(&sff, k)
+        })
+        .await??;
+        let adopted = self
+            .with_chain(chain, |e| {
+                let v = &mut e.runtime.vnfs[hop];
+                let fd = v.adopt_member(k, restored.pid)?;
+                Ok((fd, v.members[k - 1].incarnation))
+            })
+            .await;
+        let (pidfd, inc) = adopted.inspect_err(|_| runtime::kill_and_reap(restored.pid))?;
+        self.watch_member(chain.to_string(), vnf.to_string(), k, inc, pidfd);
+        tracing::info!(
+            chain,
+            vnf,
+            "MR-AA member {k} added: restored from checkpoint {:?} in {:.1} ms, {} to catch up",
+            restored.checkpoint,
+            restored.duration.as_secs_f64() * 1e3,
+            restored.replay
+        );
         Ok(())
     }
 }

@@ -159,34 +159,39 @@ impl Daemon {
     pub async fn heal(self: &Arc<Self>, chain: &str, vnf: &str) -> Result<Healed, ControlError> {
         let started = Instant::now();
         // Subscribed before anything happens: the outcome cannot be missed.
+        // What it has seen is read under the registry, where recoveries
+        // settle: a recovery that ends meanwhile is not taken for this one.
         let mut outcome = self.outcome(chain, vnf);
-        let seen = outcome.borrow().finished;
         enum Do {
             Join,
             Retry,
         }
-        let what = self
+        let (what, seen) = self
             .with_chain(chain, |e| {
+                let seen = outcome.borrow().finished;
                 let v = e.runtime.vnf_mut(vnf)?;
                 let healing = outcome.borrow().healing;
                 if healing || v.state == api::VnfState::Recovering {
-                    return Ok(Do::Join);
+                    return Ok((Do::Join, seen));
                 }
                 if v.pid.is_none() && v.state == api::VnfState::Failed {
-                    return Ok(Do::Retry);
+                    self.mark_healing(chain, vnf);
+                    return Ok((Do::Retry, seen));
                 }
                 v.signal(Signal::SIGKILL)?;
                 self.mark_healing(chain, vnf);
-                Ok(Do::Join)
+                Ok((Do::Join, seen))
             })
             .await?;
         if let Do::Retry = what {
-            self.mark_healing(chain, vnf);
             let d = self.clone();
             let (chain, vnf) = (chain.to_string(), vnf.to_string());
             tokio::spawn(async move {
                 let chains = d.chains.lock().await;
-                d.recover(chains, &chain, &vnf, Instant::now(), true).await;
+                if !d.recover(chains, &chain, &vnf, Instant::now(), true).await {
+                    // Another recovery has it (and settles it), or it runs.
+                    d.clear_healing(&chain, &vnf);
+                }
             });
         }
         let done = tokio::time::timeout(

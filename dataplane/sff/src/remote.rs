@@ -86,6 +86,9 @@ fn execute(sff: &LocalSff, request: Request, shutdown: &AtomicBool) -> Response 
             shutdown.store(true, Ordering::Relaxed);
             Response::Ok
         }
+        // Counters are shared: read here, never behind the SFF thread's
+        // work (and still there when it has stopped).
+        Request::Stats => Response::Stats(sff.counters().snapshot()),
         r => sff
             .ask(r)
             .unwrap_or_else(|e| Response::Refused(e.to_string())),
