@@ -253,20 +253,11 @@ impl Engine {
         let Some(chain) = &mut self.chain else {
             return 0;
         };
-        // A buffer for every frame this burst may take off the ring, taken
-        // before: an output read is never lost for want of one (a full pool
-        // leaves outputs on the ring, where the kernel counts what it drops).
-        let mut reserve = std::mem::take(&mut self.slots);
-        reserve.clear();
-        while reserve.len() < self.config.burst {
-            match self.pool.alloc() {
-                Some(slot) => reserve.push(slot),
-                None => break,
-            }
-        }
-        let max = reserve.len();
+        // A buffer for every frame this burst may take off the ring: an
+        // output read is never lost for want of one (a full pool leaves
+        // outputs on the ring, where the kernel counts what it drops).
+        let max = self.config.burst.min(self.pool.available());
         if max == 0 {
-            self.slots = reserve;
             return 0;
         }
         // "The Service Index MUST be decremented by a value of 1 by Service
@@ -313,8 +304,9 @@ impl Engine {
                 h.write_u64(meta.seq);
                 h.finish()
             };
-            // (The burst is no larger than the reserve: never empty here.)
-            let Some(slot) = reserve.pop() else {
+            // (The burst is no larger than the pool's room: never empty
+            // here; counted, not a panic, should it ever be.)
+            let Some(slot) = pool.alloc() else {
                 SffCounters::add(&counters.pool_exhausted, 1);
                 return;
             };
@@ -337,7 +329,7 @@ impl Engine {
                 hop.handle_output_with(meta.epoch, meta.seq, digest, copy)
             };
             if !used {
-                reserve.push(slot);
+                pool.release(slot);
             }
             let c = match disposition {
                 nham_dataplane::hold::OutputDisposition::Accepted => &counters.accepted,
@@ -350,10 +342,6 @@ impl Engine {
             };
             SffCounters::add(c, 1);
         });
-        for slot in reserve.drain(..) {
-            self.pool.release(slot);
-        }
-        self.slots = reserve;
         self.heard[i][k] += n as u64;
         if n > 0 {
             self.last_output[i][k] = std::time::Instant::now();
