@@ -322,41 +322,35 @@ impl Daemon {
             .subscribe()
     }
 
-    /// A heal has started VNF `vnf` of `chain`'s recovery.
-    fn mark_healing(&self, chain: &str, vnf: &str) {
+    /// Changes what the outcome of VNF `vnf` of `chain` says (if a heal
+    /// or a recovery made it) and tells those waiting on it.
+    fn update_outcome(&self, chain: &str, vnf: &str, f: impl FnOnce(&mut Outcome)) {
         let outcomes = self
             .outcomes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(tx) = outcomes.get(&(chain.to_string(), vnf.to_string())) {
-            tx.send_modify(|o| o.healing = true);
+            tx.send_modify(f);
         }
+    }
+
+    /// A heal has started VNF `vnf` of `chain`'s recovery.
+    fn mark_healing(&self, chain: &str, vnf: &str) {
+        self.update_outcome(chain, vnf, |o| o.healing = true);
     }
 
     /// The heal of VNF `vnf` of `chain` started no recovery.
     fn clear_healing(&self, chain: &str, vnf: &str) {
-        let outcomes = self
-            .outcomes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(tx) = outcomes.get(&(chain.to_string(), vnf.to_string())) {
-            tx.send_modify(|o| o.healing = false);
-        }
+        self.update_outcome(chain, vnf, |o| o.healing = false);
     }
 
     /// VNF `vnf` of `chain`'s recovery has finished with `result`.
     fn settle(&self, chain: &str, vnf: &str, result: Result<(), Arc<ControlError>>) {
-        let outcomes = self
-            .outcomes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(tx) = outcomes.get(&(chain.to_string(), vnf.to_string())) {
-            tx.send_modify(|o| {
-                o.finished += 1;
-                o.result = result;
-                o.healing = false;
-            });
-        }
+        self.update_outcome(chain, vnf, |o| {
+            o.finished += 1;
+            o.result = result;
+            o.healing = false;
+        });
     }
 
     fn emit(&self, e: api::WatchEventsResponse) {

@@ -504,6 +504,22 @@ async fn reflection_lists_the_services_and_health_says_serving() {
 /// request, healed (restored from that checkpoint: same state, new
 /// process), switched to 1R-AS and back to none; mechanisms not built yet
 /// and checkpoints of unprotected VNFs are refused with the reason.
+/// The next `RecoveryFinished` on `events` (within 10 s).
+async fn recovery_finished(
+    events: &mut tonic::Streaming<api::WatchEventsResponse>,
+) -> api::RecoveryFinished {
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(api::watch_events_response::Event::RecoveryFinished(f)) = e.event {
+            return f;
+        }
+    }
+}
+
 /// A heal (after a failure) of VNF "mon" of chain "rt".
 fn heal_rt() -> api::HealVnfRequest {
     api::HealVnfRequest {
@@ -622,16 +638,7 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
         (1, api::VnfState::Running as i32)
     );
     // Restored from the checkpoint, not restarted: the event says so.
-    let finished = loop {
-        let e = tokio::time::timeout(Duration::from_secs(10), events.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Some(api::watch_events_response::Event::RecoveryFinished(f)) = e.event {
-            break f;
-        }
-    };
+    let finished = recovery_finished(&mut events).await;
     assert!(finished.restored, "{finished:?}");
     assert_eq!(finished.checkpoint_id, c.checkpoint_id);
     // The VNF is the first process of a PID namespace of its own (so its
@@ -689,16 +696,7 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
     vnfs.heal_vnf(heal_rt())
         .await
         .expect("healed once the image is readable again");
-    let finished = loop {
-        let e = tokio::time::timeout(Duration::from_secs(10), events.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Some(api::watch_events_response::Event::RecoveryFinished(f)) = e.event {
-            break f;
-        }
-    };
+    let finished = recovery_finished(&mut events).await;
     assert_eq!(
         (finished.checkpoint_id, finished.fallback_reason.as_str()),
         (newer.checkpoint_id, ""),

@@ -150,6 +150,20 @@ fn between_checkpoints<T>(
     }
 }
 
+/// Takes `agent` off its VNF (hop `hop`) and has the SFF release the
+/// hop's packets on delivery again.
+async fn unprotect(agent: Agent, sff: Arc<SffClient>, hop: usize) -> Result<(), ControlError> {
+    tokio::task::spawn_blocking(move || {
+        agent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retire();
+        sff.set_protected(hop, false)
+    })
+    .await??;
+    Ok(())
+}
+
 /// What a step needs from the registry.
 struct Handles {
     hop: usize,
@@ -292,14 +306,7 @@ impl Daemon {
                     Ok(())
                 })
                 .await?;
-                tokio::task::spawn_blocking(move || {
-                    agent
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .retire();
-                    sff.set_protected(hop, false)
-                })
-                .await??;
+                unprotect(agent, sff, hop).await?;
                 Ok(())
             }
         }
@@ -355,14 +362,7 @@ impl Daemon {
             })
             .await?;
         if !installed {
-            tokio::task::spawn_blocking(move || {
-                agent
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .retire();
-                sff.set_protected(hop, false)
-            })
-            .await??;
+            unprotect(agent, sff, hop).await?;
             return Err(ControlError::FailedPrecondition(format!(
                 "VNF {vnf:?} failed while it was being protected: it was restarted unprotected; try again"
             )));
