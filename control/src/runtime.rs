@@ -378,12 +378,6 @@ impl VnfRuntime {
             .collect()
     }
 
-    /// The interface index of its `eth0` (a replica's and a member's are
-    /// the same).
-    pub fn ifindex(&self) -> Result<u32, ControlError> {
-        Ok(self.netns.run(|| nham_netns::link(VNF_IFACE))??.ifindex)
-    }
-
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), ControlError> {
         let pid = self.pid.ok_or_else(|| {

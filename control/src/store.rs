@@ -326,15 +326,6 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes all but the newest `keep` checkpoints of `chain`/`vnf`;
-    /// returns how many went.
-    pub fn gc(&self, chain: &str, vnf: &str, keep: usize) -> Result<usize, StoreError> {
-        let all = self.list(chain, vnf)?;
-        let old = &all[..all.len().saturating_sub(keep)];
-        self.remove(old)?;
-        Ok(old.len())
-    }
-
     /// Deletes every checkpoint of `chain`/`vnf` but those in `keep` (the
     /// ones the SFF can restore); returns how many went.
     pub fn retain(&self, chain: &str, vnf: &str, keep: &[u64]) -> Result<usize, StoreError> {
@@ -517,7 +508,11 @@ mod tests {
         s.unpack(&s.get("c", "fw", 2).unwrap().unwrap(), &out)
             .unwrap();
         same_dirs(&b, &out);
-        assert_eq!(s.gc("c", "fw", 1).unwrap(), 1);
+        assert_eq!(
+            s.retain("c", "fw", &[2]).unwrap(),
+            1,
+            "only what is kept stays"
+        );
         assert_eq!(
             s.list("c", "fw")
                 .unwrap()
