@@ -10,8 +10,9 @@
 //! - [`ring`]: VNFs reading through a `TPACKET_V3` ring: drained before a
 //!   checkpoint, the kernel's position in the ring realigned after a
 //!   restore.
-//! - [`detect`]: the Failure Detector's judgement of hangs and cut-offs from
-//!   data-path probes (a state machine; crashes come from pidfds).
+//! - [`fms`]: the Fault Management System's decisions as state machines:
+//!   the Failure Detector's judgement of hangs and cut-offs from data-path
+//!   probes, and the Failure Recovery of one VNF process.
 //! - [`exits`]: the kernel's early word of a VNF's exit (BPF on
 //!   `sched_process_exit`), before its pidfd's.
 //! - [`error`]: the one error enum of the control plane and its single
@@ -36,9 +37,9 @@ pub mod api;
 pub mod capacity;
 pub mod cgroup;
 pub mod criu;
-pub mod detect;
 pub mod error;
 pub mod exits;
+pub mod fms;
 pub mod protect;
 pub mod ring;
 pub mod runtime;

@@ -156,9 +156,9 @@ pub fn has_ring(pid: u32) -> bool {
 /// `/proc/<pid>/task/<tid>/schedstat` (time run, time waited on a run
 /// queue, in ns) and `stat` (state `R`: runnable); `None` when the kernel
 /// does not say (or a thread ended meanwhile).
-pub fn cpu_use(pid: u32) -> Option<crate::detect::Cpu> {
+pub fn cpu_use(pid: u32) -> Option<crate::fms::detector::Cpu> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut cpu = crate::detect::Cpu::default();
+    let mut cpu = crate::fms::detector::Cpu::default();
     for task in tasks.flatten() {
         let sched = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
         let mut ns = sched.split_whitespace().map(|f| f.parse::<u64>().ok());

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::api;
 use crate::cgroup::Cgroup;
 use crate::error::ControlError;
+use crate::fms::recovery::{Counters, FailureRecovery, Phase};
 use crate::protect::{self, ProtectedVnf, StoreSlot};
 use crate::store::Store;
 use crate::validate::{ChainPlan, VnfPlan};
@@ -86,23 +87,8 @@ pub struct VnfRuntime {
     pub checkpoints: u64,
     /// The SFF's end of its veth (in the daemon's namespace).
     pub sff_iface: String,
-    /// Recoveries that failed, and why the last one did.
-    pub recovery_failures: u64,
-    /// See `recovery_failures`.
-    pub last_error: Option<String>,
-    /// A failure the detector judged (hang, cut-off) before it killed the
-    /// process: the verdict and when it was judged.
-    pub judged: Option<(crate::detect::Verdict, Instant)>,
-    /// Its state.
-    pub state: api::VnfState,
-    /// Failures seen.
-    pub failures: u64,
-    /// Recoveries done.
-    pub recoveries: u64,
-    /// When a fault was injected, to measure detection.
-    pub fault_at: Option<Instant>,
-    /// Incarnation counter, to tell watchers of old processes apart.
-    pub incarnation: u64,
+    /// Its Failure Recovery: phase, incarnation, counters.
+    pub recovery: FailureRecovery,
     /// Its cgroup (none where the host has no cgroup2 hierarchy).
     pub cgroup: Option<Cgroup>,
     /// The place of its 1R-AA replica (made when the chain is created with
@@ -122,14 +108,10 @@ pub struct MemberPlace {
     pub sff_iface: String,
     /// Its process, while it runs.
     pub pid: Option<u32>,
-    /// Incarnation counter, to tell watchers of old processes apart.
-    pub incarnation: u64,
     /// Its working directory.
     pub cwd: PathBuf,
-    /// A hang or cut-off the detector judged before it killed the process.
-    pub judged: Option<(crate::detect::Verdict, Instant)>,
-    /// When a fault was injected into it, to measure detection.
-    pub fault_at: Option<Instant>,
+    /// Its Failure Recovery.
+    pub recovery: FailureRecovery,
 }
 
 impl MemberPlace {
@@ -140,10 +122,8 @@ impl MemberPlace {
             netns,
             sff_iface,
             pid: None,
-            incarnation,
             cwd,
-            judged: None,
-            fault_at: None,
+            recovery: FailureRecovery::new(incarnation),
         }
     }
 }
@@ -262,14 +242,44 @@ impl VnfRuntime {
     pub fn status(&self) -> api::VnfStatus {
         api::VnfStatus {
             name: self.plan.name.clone(),
-            state: self.state as i32,
+            state: self.state() as i32,
             pid: self.pid.unwrap_or(0),
             netns: self.netns.name().to_string(),
             mechanism: self.plan.mechanism as i32,
-            failures: self.failures,
-            recoveries: self.recoveries,
+            failures: self.counted(|c| c.failures),
+            recoveries: self.counted(|c| c.recoveries),
             checkpoints: self.checkpoints,
             member_pids: self.members.iter().map(|m| m.pid.unwrap_or(0)).collect(),
+        }
+    }
+
+    /// Its state as the API names it (of its own process: MR-AA members
+    /// failing leave the VNF running).
+    pub fn state(&self) -> api::VnfState {
+        match self.recovery.phase() {
+            Phase::Starting => api::VnfState::Unspecified,
+            Phase::Running => api::VnfState::Running,
+            Phase::Failed => api::VnfState::Failed,
+            Phase::Recovering => api::VnfState::Recovering,
+        }
+    }
+
+    /// A counter of its own process's and its MR-AA members' recoveries,
+    /// summed.
+    pub fn counted(&self, f: impl Fn(&Counters) -> u64) -> u64 {
+        f(self.recovery.counters())
+            + self
+                .members
+                .iter()
+                .map(|m| f(m.recovery.counters()))
+                .sum::<u64>()
+    }
+
+    /// The Failure Recovery of member `k` (0: the VNF's own process).
+    pub fn recovery_of(&mut self, k: usize) -> Option<&mut FailureRecovery> {
+        match k {
+            0 => Some(&mut self.recovery),
+            k => self.members.get_mut(k - 1).map(|m| &mut m.recovery),
         }
     }
 
@@ -302,7 +312,7 @@ impl VnfRuntime {
             ControlError::NotFound(format!("VNF {} has no MR-AA member {k}", self.plan.name))
         })?;
         m.pid = Some(pid);
-        m.incarnation += 1;
+        m.recovery.handle_started();
         Ok(pidfd)
     }
 
@@ -352,8 +362,7 @@ impl VnfRuntime {
             }
         }
         self.pid = Some(pid);
-        self.incarnation += 1;
-        self.state = api::VnfState::Running;
+        self.recovery.handle_started();
         Ok(pidfd)
     }
 
@@ -857,14 +866,7 @@ impl ChainRuntime {
                 agent: None,
                 checkpoints: 0,
                 sff_iface: here.name.clone(),
-                judged: None,
-                recovery_failures: 0,
-                last_error: None,
-                state: api::VnfState::Unspecified,
-                failures: 0,
-                recoveries: 0,
-                fault_at: None,
-                incarnation: 0,
+                recovery: FailureRecovery::new(0),
             });
         }
         let mut runtime = Self {
@@ -957,8 +959,8 @@ impl ChainRuntime {
                     pid: v.pid,
                     argv: v.argv.clone(),
                     log: v.log.clone(),
-                    failures: v.failures,
-                    recoveries: v.recoveries,
+                    failures: v.counted(|c| c.failures),
+                    recoveries: v.counted(|c| c.recoveries),
                     checkpoints: v.checkpoints,
                     replica_netns: v.replica.as_ref().map(|r| r.netns.name().to_string()),
                     replica_sff_iface: v.replica.as_ref().map(|r| r.sff_iface.clone()),
@@ -1061,7 +1063,11 @@ impl ChainRuntime {
 
     /// The chain's state.
     pub fn state(&self) -> api::ChainState {
-        if self.vnfs.iter().all(|v| v.state == api::VnfState::Running) {
+        if self
+            .vnfs
+            .iter()
+            .all(|v| v.state() == api::VnfState::Running)
+        {
             api::ChainState::Running
         } else {
             api::ChainState::Recovering

@@ -107,9 +107,6 @@ struct Outcome {
     finished: u64,
     /// The last one's result.
     result: Result<(), Arc<ControlError>>,
-    /// A heal has killed the VNF (or started its recovery again) and its
-    /// recovery has not finished yet: a second heal joins it.
-    healing: bool,
 }
 
 /// A change to the chain records in the state database.
@@ -315,42 +312,25 @@ impl Daemon {
                 tokio::sync::watch::channel(Outcome {
                     finished: 0,
                     result: Ok(()),
-                    healing: false,
                 })
                 .0
             })
             .subscribe()
     }
 
-    /// Changes what the outcome of VNF `vnf` of `chain` says (if a heal
-    /// or a recovery made it) and tells those waiting on it.
-    fn update_outcome(&self, chain: &str, vnf: &str, f: impl FnOnce(&mut Outcome)) {
+    /// VNF `vnf` of `chain`'s recovery has finished with `result`: those
+    /// waiting on its outcome (if a heal made it) are told.
+    fn settle(&self, chain: &str, vnf: &str, result: Result<(), Arc<ControlError>>) {
         let outcomes = self
             .outcomes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(tx) = outcomes.get(&(chain.to_string(), vnf.to_string())) {
-            tx.send_modify(f);
+            tx.send_modify(|o| {
+                o.finished += 1;
+                o.result = result;
+            });
         }
-    }
-
-    /// A heal has started VNF `vnf` of `chain`'s recovery.
-    fn mark_healing(&self, chain: &str, vnf: &str) {
-        self.update_outcome(chain, vnf, |o| o.healing = true);
-    }
-
-    /// The heal of VNF `vnf` of `chain` started no recovery.
-    fn clear_healing(&self, chain: &str, vnf: &str) {
-        self.update_outcome(chain, vnf, |o| o.healing = false);
-    }
-
-    /// VNF `vnf` of `chain`'s recovery has finished with `result`.
-    fn settle(&self, chain: &str, vnf: &str, result: Result<(), Arc<ControlError>>) {
-        self.update_outcome(chain, vnf, |o| {
-            o.finished += 1;
-            o.result = result;
-            o.healing = false;
-        });
     }
 
     fn emit(&self, e: api::WatchEventsResponse) {
@@ -447,7 +427,12 @@ impl Daemon {
         let mut chains = self.chains.lock().await;
         unreserve();
         for (v, fd) in runtime.vnfs.iter().zip(pidfds) {
-            self.watch(name.clone(), v.plan.name.clone(), v.incarnation, fd);
+            self.watch(
+                name.clone(),
+                v.plan.name.clone(),
+                v.recovery.incarnation(),
+                fd,
+            );
         }
         let mut runtime = runtime;
         self.watch_members(&mut runtime);

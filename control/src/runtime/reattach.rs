@@ -92,24 +92,23 @@ impl ChainRuntime {
                             netns,
                             sff_iface: m.sff_iface.clone(),
                             pid: None,
-                            incarnation: 0,
                             cwd: state.vnf_cwd(&plan.name, &member_dir(&v.name, k + 1))?,
-                            judged: None,
-                            fault_at: None,
+                            recovery: FailureRecovery::found(Phase::Failed, 0, Counters::default()),
                         })
                     })
                     .collect::<Result<_, ControlError>>()?,
                 agent: None,
                 checkpoints: r.checkpoints,
                 sff_iface: r.sff_iface.clone(),
-                judged: None,
-                recovery_failures: 0,
-                last_error: None,
-                state: api::VnfState::Failed,
-                failures: r.failures,
-                recoveries: r.recoveries,
-                fault_at: None,
-                incarnation: 0,
+                recovery: FailureRecovery::found(
+                    Phase::Failed,
+                    0,
+                    Counters {
+                        failures: r.failures,
+                        recoveries: r.recoveries,
+                        ..Counters::default()
+                    },
+                ),
             });
         }
         let mut runtime = Self {
@@ -206,7 +205,7 @@ impl ChainRuntime {
             }
             let r = runtime.protect(hop, m, state);
             let v = &mut runtime.vnfs[hop];
-            if v.state != api::VnfState::Running {
+            if v.state() != api::VnfState::Running {
                 v.pid = None;
             }
             r?;

@@ -82,16 +82,8 @@ impl Daemon {
             if let Some(p) = pid {
                 daemon.early.forget(p);
             }
-            match exited {
-                Ok(Some(e)) if member == 0 => {
-                    daemon.on_exit(&chain, &vnf, incarnation, e).await;
-                }
-                Ok(Some(e)) => {
-                    daemon
-                        .on_member_exit(&chain, &vnf, member, incarnation, e)
-                        .await;
-                }
-                _ => {}
+            if let Ok(Some(e)) = exited {
+                daemon.on_exit(&chain, &vnf, member, incarnation, e).await;
             }
         });
     }
@@ -100,7 +92,7 @@ impl Daemon {
     pub(super) fn watch_members(self: &Arc<Self>, runtime: &mut ChainRuntime) {
         for (hop, k, fd) in std::mem::take(&mut runtime.member_pidfds) {
             let v = &runtime.vnfs[hop];
-            let inc = v.members[k - 1].incarnation;
+            let inc = v.members[k - 1].recovery.incarnation();
             self.watch_member(runtime.plan.name.clone(), v.plan.name.clone(), k, inc, fd);
         }
     }

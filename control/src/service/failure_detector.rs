@@ -1,18 +1,19 @@
 //! The Failure Detector (driver): probes every VNF and MR-AA member of a
-//! chain each interval and feeds `detect::Detector`; a VNF judged hung,
+//! chain each interval and feeds `fms::detector::Detector`; a VNF judged hung,
 //! cut off or missing input is killed, so every failure takes the crash
 //! path with the cause and time of the judgement.
 
 #[allow(unused_imports)]
 use super::*;
+use crate::fms::recovery::Action;
 
 impl Daemon {
     /// Probes every VNF of `chain` each probe interval for hangs and
-    /// cut-offs (see [`crate::detect`]); a VNF judged failed is killed, so
+    /// cut-offs (see [`crate::fms::detector`]); a VNF judged failed is killed, so
     /// that its pidfd hands it to recovery like a crash, with the cause and
     /// time of the judgement. The task ends with the chain.
     pub(super) fn watch_data_path(self: &Arc<Self>, chain: String) {
-        use crate::detect::{Detector, Probe, Verdict};
+        use crate::fms::detector::{Detector, Probe, Verdict};
         let daemon = Arc::downgrade(self);
         let (interval, threshold) = (self.state.probe_interval, self.state.probe_threshold);
         tokio::spawn(async move {
@@ -38,20 +39,19 @@ impl Daemon {
                             Some((
                                 v.plan.name.clone(),
                                 i + 1,
-                                m.incarnation,
-                                m.pid.filter(|_| m.judged.is_none())?,
+                                m.recovery.probed()?,
+                                m.pid?,
                                 m.sff_iface.clone(),
                                 m.netns.path(),
                             ))
                         })
                     });
                     let targets = vnfs
-                        .filter(|v| v.state == api::VnfState::Running && v.judged.is_none())
                         .filter_map(|v| {
                             Some((
                                 v.plan.name.clone(),
                                 0,
-                                v.incarnation,
+                                v.recovery.probed()?,
                                 v.pid?,
                                 v.sff_iface.clone(),
                                 v.netns.path(),
@@ -237,73 +237,77 @@ impl Daemon {
         vnf: &str,
         k: usize,
         inc: u64,
-        verdict: crate::detect::Verdict,
+        verdict: crate::fms::detector::Verdict,
     ) {
         let at = Instant::now();
         let mut chains = self.chains.lock().await;
         let Some(v) = vnf_in(&mut chains, chain, vnf) else {
             return;
         };
-        if k > 0 {
-            let Some(m) = v.members.get_mut(k - 1) else {
-                return;
-            };
-            let Some(pid) = m.pid.filter(|_| m.incarnation == inc && m.judged.is_none()) else {
-                return;
-            };
-            tracing::warn!(
-                chain,
-                vnf,
-                "MR-AA member {k}: failure detected: {}",
-                verdict.cause()
-            );
-            m.judged = Some((verdict, at));
-            let netns = m.netns.path();
-            // The rest waits up to 500 ms: not under the registry.
-            drop(chains);
-            // A member is restored behind the same link: bring it up
-            // first (the SFF then flushes what the dead one was sent).
-            // But stop the member before: reconnected while it runs, it
-            // would answer frames it was sent while cut off, numbered as
-            // though it had missed none (and the SFF still takes it for
-            // live until it is seen dead): wrong outputs under right
-            // numbers. Stopped, it reads nothing more before it dies.
-            if verdict == crate::detect::Verdict::CutOff {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGSTOP,
-                );
-                let deadline = Instant::now() + Duration::from_millis(500);
-                let running = || {
-                    nham_netns::process_state(pid)
-                        .is_some_and(|(state, _)| !matches!(state, 'T' | 't' | 'Z' | 'X'))
-                };
-                while running() && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+        let how = super::failure_recovery::comeback(v, k);
+        let (pid, netns) = match k {
+            0 => (v.pid, v.netns.path()),
+            k => match v.members.get(k - 1) {
+                Some(m) => (m.pid, m.netns.path()),
+                None => return,
+            },
+        };
+        let (Some(pid), Some(fr)) = (pid, v.recovery_of(k)) else {
+            return;
+        };
+        let actions = fr.handle_verdict(inc, verdict, at, how);
+        if actions.is_empty() {
+            return;
+        }
+        let who = match k {
+            0 => String::new(),
+            k => format!("MR-AA member {k}: "),
+        };
+        tracing::warn!(chain, vnf, "{who}failure detected: {}", verdict.cause());
+        // The rest waits up to 500 ms: not under the registry.
+        drop(chains);
+        for a in actions {
+            match a {
+                // A member is restored behind the same link: bring it up
+                // first (the SFF then flushes what the dead one was sent).
+                // But stop the member before: reconnected while it runs, it
+                // would answer frames it was sent while cut off, numbered as
+                // though it had missed none (and the SFF still takes it for
+                // live until it is seen dead): wrong outputs under right
+                // numbers. Stopped, it reads nothing more before it dies.
+                Action::StopAndReconnect => {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGSTOP,
+                    );
+                    let deadline = Instant::now() + Duration::from_millis(500);
+                    let running = || {
+                        nham_netns::process_state(pid)
+                            .is_some_and(|(state, _)| !matches!(state, 'T' | 't' | 'Z' | 'X'))
+                    };
+                    while running() && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    let up = crate::runtime::in_netns(&netns, || {
+                        nham_netns::set_up(crate::runtime::VNF_IFACE)
+                    });
+                    match up {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::error!(chain, vnf, "{who}bringing its link up: {e}"),
+                        Err(e) => tracing::error!(chain, vnf, "{who}bringing its link up: {e}"),
+                    }
                 }
-                let up = crate::runtime::in_netns(&netns, || {
-                    nham_netns::set_up(crate::runtime::VNF_IFACE)
-                });
-                match up {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!(chain, vnf, "bringing member {k}'s link up: {e}"),
-                    Err(e) => tracing::error!(chain, vnf, "bringing member {k}'s link up: {e}"),
+                // Recovery brings a cut-off link up again.
+                Action::Kill => {
+                    if let Err(e) = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    ) {
+                        tracing::error!(chain, vnf, "{who}killing it: {e}");
+                    }
                 }
+                _ => {}
             }
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            return;
-        }
-        if v.incarnation != inc || v.state != api::VnfState::Running {
-            return;
-        }
-        tracing::warn!(chain, vnf, "failure detected: {}", verdict.cause());
-        v.judged = Some((verdict, at));
-        // Recovery brings a cut-off link up again.
-        if let Err(e) = v.signal(nix::sys::signal::Signal::SIGKILL) {
-            tracing::error!(chain, vnf, "killing it: {e}");
         }
     }
 }

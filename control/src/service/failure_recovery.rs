@@ -1,16 +1,43 @@
-//! The Failure Recovery (driver): on a VNF's (or MR-AA member's) exit the
-//! failure is recorded and announced, and the VNF brought back by its
-//! mechanism through its agent, on a blocking thread of its own, with the
-//! registry let go across the restore; the outcome is recorded, announced
-//! and handed to heals waiting on it.
+//! The Failure Recovery (driver): feeds a VNF's (or MR-AA member's)
+//! [`FailureRecovery`] its exit, a heal or a restart's finding, and does
+//! what it says: announce, bring the link up, restore by mechanism through
+//! the agent on a blocking thread with the registry let go, adopt and
+//! watch the new process, and hand the outcome to heals waiting on it.
 
 #[allow(unused_imports)]
 use super::*;
+use crate::fms::recovery::{Action, Cause, Comeback};
+use crate::runtime::VnfRuntime;
+
+/// How process `k` (0: the VNF's own) of `v` comes back.
+pub(super) fn comeback(v: &VnfRuntime, k: usize) -> Comeback {
+    if k > 0 {
+        Comeback::Member
+    } else if v.agent.is_none() {
+        Comeback::Fresh
+    } else if v.plan.mechanism == api::Mechanism::Mechanism1rAa {
+        Comeback::Elsewhere
+    } else {
+        Comeback::InPlace
+    }
+}
+
+/// The SFF's end of process `k`'s link.
+fn sff_iface(v: &VnfRuntime, k: usize) -> Option<&str> {
+    match k {
+        0 => Some(&v.sff_iface),
+        k => v.members.get(k - 1).map(|m| m.sff_iface.as_str()),
+    }
+}
+
+/// What a restore hands back: the new process, its pidfd, what was done.
+type Restored = Result<(OwnedFd, RecoveryStats), ControlError>;
 
 impl Daemon {
-    /// MR-AA member `k` (1 or more) of VNF `vnf` exited: the chain goes on
-    /// with the others; the member is restored and catches up.
-    pub(super) async fn on_member_exit(
+    /// Process `k` (0: the VNF's own; else MR-AA member `k`) of VNF `vnf`
+    /// of `chain`, incarnation `incarnation`, exited (as the kernel's exit
+    /// watch or, without it, its pidfd said).
+    pub(super) async fn on_exit(
         self: &Arc<Self>,
         chain: &str,
         vnf: &str,
@@ -18,196 +45,149 @@ impl Daemon {
         incarnation: u64,
         e: Exited,
     ) {
-        use api::watch_events_response::Event;
-        let (agent, sff, detected) = {
-            let mut chains = self.chains.lock().await;
-            let Some(entry) = chains.get_mut(chain) else {
-                return;
-            };
-            let sff = entry.runtime.sff.clone();
-            let Ok(v) = entry.runtime.vnf_mut(vnf) else {
-                return;
-            };
-            let (judged, fault_at) = match v.members.get_mut(k - 1) {
-                Some(m) if m.incarnation == incarnation => {
-                    m.pid = None;
-                    // A member that exited on its own when its link went
-                    // down is restored behind the same link: bring it up.
-                    if m.judged.is_none() && !has_carrier(&m.sff_iface) {
-                        if let Err(e) = m
-                            .netns
-                            .run(|| nham_netns::set_up(crate::runtime::VNF_IFACE))
-                            .and_then(|r| r)
-                        {
-                            tracing::error!(chain, vnf, "bringing member {k}'s link up: {e}");
-                        }
-                    }
-                    (m.judged.take(), m.fault_at.take())
-                }
-                _ => return,
-            };
-            v.failures += 1;
-            // A hang or cut-off the detector judged was detected then.
-            let (cause, detected, noticed) = match judged {
-                Some((verdict, at)) => (format!("MR-AA member {k}: {}", verdict.cause()), at, at),
-                None => (format!("MR-AA member {k} exited"), e.exited, e.noticed),
-            };
-            self.emit(failure_detected(
-                chain, vnf, cause, fault_at, detected, noticed,
-            ));
-            self.emit(event(
-                chain,
-                vnf,
-                Event::RecoveryStarted(api::RecoveryStarted {}),
-            ));
-            match (v.agent.clone(), sff) {
-                (Some(a), Some(s)) => (a, s, detected),
-                _ => return,
-            }
-        };
-        let recovered = tokio::task::spawn_blocking(move || {
-            agent
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .recover_member(&sff, k)
-                .map(|r| {
-                    let took = r.since(detected);
-                    (r, took)
-                })
-        })
-        .await
-        .map_err(|_| ControlError::Panicked("recovery"))
-        .and_then(|r| r.map_err(ControlError::from));
         let mut chains = self.chains.lock().await;
         let Some(v) = vnf_in(&mut chains, chain, vnf) else {
             return;
         };
-        // A member restored that cannot be adopted (its place went
-        // meanwhile) does not run on unwatched.
-        let adopted = recovered.and_then(|(r, took)| match v.adopt_member(k, r.pid) {
-            Ok(fd) => Ok((fd, r, took)),
-            Err(e) => {
-                crate::runtime::kill_and_reap(r.pid);
-                Err(e)
-            }
-        });
-        match adopted {
-            Ok((pidfd, r, took)) => {
-                v.recoveries += 1;
-                let inc = v.members[k - 1].incarnation;
-                self.emit(recovery_finished(chain, vnf, r, took));
-                self.watch_member(chain.to_string(), vnf.to_string(), k, inc, pidfd);
-                // The member's new pid, for a restarted daemon.
-                if let Some(e) = chains.get(chain) {
-                    drop(self.records.put(&e.runtime, None));
-                }
-            }
-            Err(e) => {
-                v.recovery_failures += 1;
-                v.last_error = Some(format!("member {k}: {e}"));
-                tracing::error!(chain, vnf, "recovery of MR-AA member {k} failed: {e}");
-                self.emit(event(
-                    chain,
-                    vnf,
-                    Event::RecoveryFailed(api::RecoveryFailed {
-                        reason: format!("member {k}: {e}"),
-                    }),
-                ));
-            }
-        }
-    }
-
-    /// VNF `vnf` of `chain` exited (as the kernel's exit watch or, without
-    /// it, its pidfd said).
-    pub(super) async fn on_exit(
-        self: &Arc<Self>,
-        chain: &str,
-        vnf: &str,
-        incarnation: u64,
-        e: Exited,
-    ) {
-        let mut chains = self.chains.lock().await;
-        let Some(entry) = chains.get_mut(chain) else {
+        let how = comeback(v, k);
+        let carrier = sff_iface(v, k).is_some_and(has_carrier);
+        let Some(fr) = v.recovery_of(k) else {
             return;
         };
-        let Ok(v) = entry.runtime.vnf_mut(vnf) else {
-            return;
-        };
-        if v.incarnation != incarnation {
+        let actions = fr.handle_exit(incarnation, e.exited, e.noticed, carrier, how);
+        if actions.is_empty() {
             return; // an old process, already replaced
         }
-        v.pid = None;
-        v.failures += 1;
-        v.state = api::VnfState::Failed;
-        // A hang or cut-off the detector judged (and killed the process for)
-        // was detected then, not at the exit.
-        let judged = v.judged.take();
-        // Cut off, whether the detector judged it or the VNF exited on its
-        // own when its link went down (ENETDOWN, a common reaction): its
-        // link must come back before anything lands in its namespace.
-        let cut_off = matches!(judged, Some((crate::detect::Verdict::CutOff, _)))
-            || !has_carrier(&v.sff_iface);
-        // Recovery is timed from the exit (or the judgement).
-        let (cause, detected, noticed) = judged
-            .map(|(verdict, at)| (verdict.cause(), at, at))
-            .unwrap_or(("process exited", e.exited, e.noticed));
-        self.emit(failure_detected(
-            chain,
-            vnf,
-            cause.into(),
-            v.fault_at.take(),
-            detected,
-            noticed,
-        ));
-        // A VNF restored in its own namespace waits until its link is up
-        // (a few ms of netlink). Without that wait, 1R-AS lost one output
-        // (discarded as stale, never regenerated) in 2 of about 16 runs of
-        // the second-failure test; with it, 0 of 28. Not pinned down; the
-        // suspicion is a frame sent to the dead process still queued in
-        // the kernel when the restored socket binds. 1R-AA fails over to
-        // another namespace: no wait, unless the link was cut.
-        let settle = cut_off || v.plan.mechanism != api::Mechanism::Mechanism1rAa;
-        self.recover(chains, chain, vnf, detected, settle).await;
+        match k {
+            0 => v.pid = None,
+            k => v.members[k - 1].pid = None,
+        }
+        self.act(chains, chain, vnf, k, actions).await;
     }
 
-    /// Failure Recovery of VNF `vnf` of `chain` (failed, no process): by its
-    /// mechanism, with the registry lock `chains` let go across the restore.
-    /// `settle_link`: bring the VNF's link up and wait until the SFF's end
-    /// is operationally up before the SFF flushes what it was sending the
-    /// failed incarnation and the VNF is restored (a cut-off, a restore in
-    /// the same namespace, or not known); otherwise go straight on.
-    pub(super) async fn recover(
+    /// Process `k` of VNF `vnf` of `chain` was gone when this daemon
+    /// started: recover it.
+    pub(super) async fn on_lost(self: &Arc<Self>, chain: &str, vnf: &str, k: usize) {
+        let mut chains = self.chains.lock().await;
+        let Some(v) = vnf_in(&mut chains, chain, vnf) else {
+            return;
+        };
+        let how = comeback(v, k);
+        let Some(fr) = v.recovery_of(k) else {
+            return;
+        };
+        let actions = fr.handle_lost(Instant::now(), how);
+        self.act(chains, chain, vnf, k, actions).await;
+    }
+
+    /// Does what process `k`'s Failure Recovery said, holding the registry
+    /// `chains` until the restore, which goes on without it.
+    pub(super) async fn act(
         self: &Arc<Self>,
         mut chains: tokio::sync::MutexGuard<'_, BTreeMap<String, Entry>>,
         chain: &str,
         vnf: &str,
-        detected: Instant,
-        settle_link: bool,
-    ) -> bool {
+        k: usize,
+        actions: Vec<Action>,
+    ) {
         use api::watch_events_response::Event;
-        let Some(entry) = chains.get_mut(chain) else {
-            return false;
+        let who = |text: &str| match k {
+            0 => text.to_string(),
+            k => format!("MR-AA member {k}: {text}"),
         };
-        let sff = entry.runtime.sff.clone();
-        let Ok(v) = entry.runtime.vnf_mut(vnf) else {
-            return false;
-        };
-        if v.pid.is_some() || v.state == api::VnfState::Recovering {
-            return false; // running, or already being recovered
-        }
-        self.emit(event(
-            chain,
-            vnf,
-            Event::RecoveryStarted(api::RecoveryStarted {}),
-        ));
-        v.state = api::VnfState::Recovering;
-        if settle_link {
-            if let Err(e) = v.reconnect() {
-                tracing::error!(chain, vnf, "bringing its link up: {e}");
+        let mut settle = false;
+        for a in actions {
+            match a {
+                Action::Detected {
+                    cause,
+                    fault_at,
+                    at,
+                    noticed,
+                } => {
+                    let text = match (cause, k) {
+                        (Cause::Exited, k) if k > 0 => "exited",
+                        _ => cause.text(),
+                    };
+                    self.emit(failure_detected(
+                        chain,
+                        vnf,
+                        who(text),
+                        fault_at,
+                        at,
+                        noticed,
+                    ));
+                }
+                Action::RecoveryStarted => self.emit(event(
+                    chain,
+                    vnf,
+                    Event::RecoveryStarted(api::RecoveryStarted {}),
+                )),
+                Action::LinkUp { wait } => {
+                    settle |= wait;
+                    let Some(v) = vnf_in(&mut chains, chain, vnf) else {
+                        return;
+                    };
+                    let up = match k {
+                        0 => v.reconnect(),
+                        k => v.members[k - 1]
+                            .netns
+                            .run(|| nham_netns::set_up(crate::runtime::VNF_IFACE))
+                            .and_then(|r| r)
+                            .map_err(ControlError::from),
+                    };
+                    if let Err(e) = up {
+                        tracing::error!(
+                            chain,
+                            vnf,
+                            "{}",
+                            who(&format!("bringing its link up: {e}"))
+                        );
+                    }
+                }
+                Action::Recover { comeback, since } => {
+                    let restored = self
+                        .restore(chains, chain, vnf, k, comeback, since, settle)
+                        .await;
+                    let mut chains = self.chains.lock().await;
+                    self.finish_recovery(&mut chains, chain, vnf, k, restored);
+                    return;
+                }
+                // The detector's (see `judge`) and the driver's own.
+                Action::Kill
+                | Action::StopAndReconnect
+                | Action::Finished { .. }
+                | Action::RecoveryFailed { .. } => {}
             }
         }
+    }
+
+    /// Brings process `k` back as `comeback` says, with the registry
+    /// `chains` let go across the restore; adopts the new process.
+    /// `settle_link`: wait until the SFF's end of the link is operationally
+    /// up before the SFF flushes what it was sending the failed incarnation
+    /// and the VNF is restored.
+    #[allow(clippy::too_many_arguments)]
+    async fn restore(
+        self: &Arc<Self>,
+        mut chains: tokio::sync::MutexGuard<'_, BTreeMap<String, Entry>>,
+        chain: &str,
+        vnf: &str,
+        k: usize,
+        comeback: Comeback,
+        since: Instant,
+        settle_link: bool,
+    ) -> Restored {
+        let gone = || ControlError::NotFound(format!("chain {chain:?} is gone"));
+        let entry = chains.get_mut(chain).ok_or_else(gone)?;
+        let sff = entry.runtime.sff.clone();
+        let v = entry.runtime.vnf_mut(vnf)?;
         let (agent, sff) = match (v.agent.clone(), sff) {
-            (Some(a), Some(s)) => (a, s),
+            (Some(a), Some(s)) if comeback != Comeback::Fresh => (a, s),
+            _ if k > 0 => {
+                return Err(ControlError::FailedPrecondition(format!(
+                    "MR-AA member {k} has no State Synchronizer to restore it"
+                )))
+            }
             _ => {
                 // MECHANISM_NONE: start it again, without state. The start
                 // waits until it listens (seconds, for some VNFs): not
@@ -215,31 +195,41 @@ impl Daemon {
                 // needs.
                 let spawn = v.spawn_here();
                 drop(chains);
-                let started = tokio::task::spawn_blocking(move || spawn.run())
+                let pid = tokio::task::spawn_blocking(move || spawn.run())
                     .await
-                    .map_err(|_| ControlError::Panicked("start"))
-                    .and_then(|r| r);
+                    .map_err(|_| ControlError::Panicked("start"))??;
                 let mut chains = self.chains.lock().await;
-                let adopted = started.and_then(|pid| {
-                    let v = vnf_in(&mut chains, chain, vnf);
-                    match v {
-                        Some(v) => v.adopt(pid),
-                        None => {
-                            // The chain went meanwhile: so does the process.
-                            crate::runtime::kill_and_reap(pid);
-                            Err(ControlError::NotFound(format!("chain {chain:?} is gone")))
-                        }
-                    }
-                });
-                self.finish_recovery(
-                    &mut chains,
-                    chain,
-                    vnf,
-                    adopted.map(|fd| (fd, RecoveryStats::default(), detected.elapsed())),
-                );
-                return true;
+                let Some(v) = vnf_in(&mut chains, chain, vnf) else {
+                    // The chain went meanwhile: so does the process.
+                    crate::runtime::kill_and_reap(pid);
+                    return Err(gone());
+                };
+                let fd = v.adopt(pid)?;
+                return Ok((fd, RecoveryStats::default()));
             }
         };
+        if k > 0 {
+            drop(chains);
+            let r = tokio::task::spawn_blocking(move || {
+                agent
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .recover_member(&sff, k)
+            })
+            .await
+            .map_err(|_| ControlError::Panicked("recovery"))??;
+            let mut chains = self.chains.lock().await;
+            let v = vnf_in(&mut chains, chain, vnf).ok_or_else(gone);
+            // A member restored that cannot be adopted (its place went
+            // meanwhile) does not run on unwatched.
+            return match v.and_then(|v| v.adopt_member(k, r.pid)) {
+                Ok(fd) => Ok((fd, r)),
+                Err(e) => {
+                    crate::runtime::kill_and_reap(r.pid);
+                    Err(e)
+                }
+            };
+        }
         let sff_iface = v.sff_iface.clone();
         // A failover never lands in a namespace whose link is down: check
         // the replica's, repair it, then switch.
@@ -267,7 +257,7 @@ impl Daemon {
         let agent_vnf = vnf.to_string();
         // The agent lock waits for a checkpoint under way to fail (its VNF is
         // gone); the registry stays free meanwhile.
-        let recovered = tokio::task::spawn_blocking(move || {
+        let r = tokio::task::spawn_blocking(move || {
             // After a cut-off the link transmits again only once the kernel's
             // link watcher has seen the carrier back (up to a second): wait,
             // so the SFF can flush what the failed incarnation was sent.
@@ -282,96 +272,101 @@ impl Daemon {
             let mut a = agent
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            tracing::debug!(vnf = agent_vnf, "recovery: agent taken");
             let r = a.recover(&sff);
             drop(a);
-            // Detection to the VNF running again (the SFF replaying), not
-            // the bookkeeping after.
-            r.map(|r| {
-                let took = r.since(detected);
-                (r, took)
-            })
-        })
-        .await
-        .map_err(|_| ControlError::Panicked("recovery"))
-        .and_then(|r| r.map_err(ControlError::from));
-        // The workers for the next checkpoint (and standby), off the path.
-        {
-            let chains = self.chains.lock().await;
-            let agent = chains
-                .get(chain)
-                .and_then(|e| e.runtime.vnfs.iter().find(|v| v.plan.name == vnf))
-                .and_then(|v| v.agent.clone());
-            drop(chains);
-            if let Some(agent) = agent {
-                tokio::task::spawn_blocking(move || {
+            // The workers for the next checkpoint (and standby), off the
+            // path: on a thread of their own, behind the agent lock.
+            if r.is_ok() {
+                std::thread::spawn(move || {
                     agent
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .prepare();
                 });
             }
-        }
+            r
+        })
+        .await
+        .map_err(|_| ControlError::Panicked("recovery"))??;
+        tracing::debug!(chain, vnf, since = ?since.elapsed(), "restored");
         let mut chains = self.chains.lock().await;
-        let adopted = recovered.and_then(|r| {
-            let v = chains
-                .get_mut(chain)
-                .ok_or_else(|| ControlError::NotFound(format!("chain {chain:?} is gone")))?
-                .runtime
-                .vnf_mut(vnf)?;
-            if let Some(why) = &r.0.fallback_reason {
-                tracing::warn!(chain, vnf, "restored an older checkpoint: {why}");
-            }
-            if r.0.switched {
-                v.swap_replica();
-            }
-            v.adopt(r.0.pid).map(|fd| (fd, r.0, r.1))
-        });
-        self.finish_recovery(&mut chains, chain, vnf, adopted);
-        true
+        let v = vnf_in(&mut chains, chain, vnf).ok_or_else(gone)?;
+        if let Some(why) = &r.fallback_reason {
+            tracing::warn!(chain, vnf, "restored an older checkpoint: {why}");
+        }
+        if r.switched {
+            v.swap_replica();
+        }
+        let fd = v.adopt(r.pid)?;
+        Ok((fd, r))
     }
 
-    /// Records a recovery's outcome: on success the new process's pidfd,
-    /// what was done, and the time from detection to the chain running
-    /// again.
+    /// Records a recovery's outcome in process `k`'s Failure Recovery and
+    /// does what it says: on success watch the new process and announce
+    /// the time from the failure to the process running again (the SFF
+    /// replaying, not the bookkeeping after); heals of the VNF are told.
     pub(super) fn finish_recovery(
         self: &Arc<Self>,
         chains: &mut BTreeMap<String, Entry>,
         chain: &str,
         vnf: &str,
-        outcome: Result<(OwnedFd, RecoveryStats, Duration), ControlError>,
+        k: usize,
+        restored: Restored,
     ) {
         use api::watch_events_response::Event;
-        let outcome = outcome.map_err(Arc::new);
-        self.settle(chain, vnf, outcome.as_ref().map(|_| ()).map_err(Arc::clone));
+        let restored = restored.map_err(Arc::new);
+        if k == 0 {
+            self.settle(
+                chain,
+                vnf,
+                restored.as_ref().map(|_| ()).map_err(Arc::clone),
+            );
+        }
         let Some(v) = vnf_in(chains, chain, vnf) else {
             return;
         };
-        match outcome {
-            Ok((pidfd, r, recovery)) => {
-                v.recoveries += 1;
-                v.last_error = None;
-                self.emit(recovery_finished(chain, vnf, r, recovery));
-                self.watch(chain.to_string(), vnf.to_string(), v.incarnation, pidfd);
-                // The new pid (after a fresh start) and counters, for a
-                // restarted daemon; not waited for.
-                if let Some(e) = chains.get(chain) {
-                    drop(self.records.put(&e.runtime, None));
-                }
-            }
+        let Some(fr) = v.recovery_of(k) else {
+            return;
+        };
+        let now = Instant::now();
+        let (at, outcome, done) = match restored {
+            Ok((fd, r)) => (r.resumed_at.unwrap_or(now), Ok(()), Some((fd, r))),
             Err(e) => {
-                v.state = api::VnfState::Failed;
-                v.recovery_failures += 1;
-                v.last_error = Some(e.to_string());
-                tracing::error!(chain, vnf, "recovery failed: {e}");
-                self.emit(event(
+                let reason = match k {
+                    0 => e.to_string(),
+                    k => format!("member {k}: {e}"),
+                };
+                tracing::error!(chain, vnf, "recovery failed: {reason}");
+                (now, Err(reason), None)
+            }
+        };
+        let incarnation = fr.incarnation();
+        let mut done = done;
+        for a in fr.handle_recovered(at, outcome) {
+            match a {
+                Action::Finished { took, incarnation } => {
+                    if let Some((fd, r)) = done.take() {
+                        self.emit(recovery_finished(chain, vnf, r, took));
+                        self.watch_member(chain.to_string(), vnf.to_string(), k, incarnation, fd);
+                    }
+                }
+                Action::RecoveryFailed { reason } => self.emit(event(
                     chain,
                     vnf,
-                    Event::RecoveryFailed(api::RecoveryFailed {
-                        reason: e.to_string(),
-                    }),
-                ));
+                    Event::RecoveryFailed(api::RecoveryFailed { reason }),
+                )),
+                _ => {}
             }
+        }
+        if let Some((fd, _)) = done {
+            // Not its recovery to finish (it was not recovering): the
+            // process it adopted is watched all the same.
+            tracing::warn!(chain, vnf, k, "a restore finished outside a recovery");
+            self.watch_member(chain.to_string(), vnf.to_string(), k, incarnation, fd);
+        }
+        // The new pid and counters, for a restarted daemon; not waited for.
+        if let Some(e) = chains.get(chain) {
+            drop(self.records.put(&e.runtime, None));
         }
     }
 }

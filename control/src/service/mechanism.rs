@@ -186,10 +186,10 @@ impl Daemon {
         let (from, replica_place) = self
             .with_chain(chain, |e| {
                 let v = e.runtime.vnf_mut(vnf)?;
-                if v.state != api::VnfState::Running || v.pid.is_none() {
+                if v.state() != api::VnfState::Running || v.pid.is_none() {
                     return Err(ControlError::FailedPrecondition(format!(
                         "VNF {vnf:?} is not running (it is {:?}): its mechanism changes once it runs again",
-                        v.state
+                        v.state()
                     )));
                 }
                 Ok((
@@ -331,7 +331,7 @@ impl Daemon {
                     &e.runtime.plan.name,
                     &e.runtime.work,
                 )?;
-                Ok((new, sff, hop, v.incarnation))
+                Ok((new, sff, hop, v.recovery.incarnation()))
             })
             .await?;
         let agent = {
@@ -349,8 +349,8 @@ impl Daemon {
         let installed = self
             .with_chain(chain, |e| {
                 let v = &mut e.runtime.vnfs[hop];
-                if v.incarnation != incarnation
-                    || v.state != api::VnfState::Running
+                if v.recovery.incarnation() != incarnation
+                    || v.state() != api::VnfState::Running
                     || v.agent.is_some()
                 {
                     return Ok(false);
@@ -573,7 +573,7 @@ impl Daemon {
             .with_chain(chain, |e| {
                 let v = &mut e.runtime.vnfs[hop];
                 let fd = v.adopt_member(k, restored.pid)?;
-                Ok((fd, v.members[k - 1].incarnation))
+                Ok((fd, v.members[k - 1].recovery.incarnation()))
             })
             .await;
         let (pidfd, inc) = adopted.inspect_err(|_| runtime::kill_and_reap(restored.pid))?;

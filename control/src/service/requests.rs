@@ -10,6 +10,7 @@ use nix::sys::signal::Signal;
 use super::{Daemon, Outcome};
 use crate::api;
 use crate::error::ControlError;
+use crate::fms::recovery::Heal;
 use crate::validate;
 
 /// How long `HealVnf` waits for the recovery it started (or joined).
@@ -162,36 +163,33 @@ impl Daemon {
         // What it has seen is read under the registry, where recoveries
         // settle: a recovery that ends meanwhile is not taken for this one.
         let mut outcome = self.outcome(chain, vnf);
-        enum Do {
-            Join,
-            Retry,
-        }
-        let (what, seen) = self
+        let (retry, seen) = self
             .with_chain(chain, |e| {
                 let seen = outcome.borrow().finished;
                 let v = e.runtime.vnf_mut(vnf)?;
-                let healing = outcome.borrow().healing;
-                if healing || v.state == api::VnfState::Recovering {
-                    return Ok((Do::Join, seen));
+                let how = super::failure_recovery::comeback(v, 0);
+                match v.recovery.handle_heal(Instant::now(), how) {
+                    Heal::Join => Ok((None, seen)),
+                    Heal::Retry(actions) => Ok((Some(actions), seen)),
+                    Heal::NotStarted => Err(ControlError::FailedPrecondition(format!(
+                        "VNF {vnf:?} has not been started yet"
+                    ))),
+                    Heal::Kill => match v.signal(Signal::SIGKILL) {
+                        Ok(()) => Ok((None, seen)),
+                        Err(e) => {
+                            v.recovery.handle_heal_abandoned();
+                            Err(e)
+                        }
+                    },
                 }
-                if v.pid.is_none() && v.state == api::VnfState::Failed {
-                    self.mark_healing(chain, vnf);
-                    return Ok((Do::Retry, seen));
-                }
-                v.signal(Signal::SIGKILL)?;
-                self.mark_healing(chain, vnf);
-                Ok((Do::Join, seen))
             })
             .await?;
-        if let Do::Retry = what {
+        if let Some(actions) = retry {
             let d = self.clone();
             let (chain, vnf) = (chain.to_string(), vnf.to_string());
             tokio::spawn(async move {
                 let chains = d.chains.lock().await;
-                if !d.recover(chains, &chain, &vnf, Instant::now(), true).await {
-                    // Another recovery has it (and settles it), or it runs.
-                    d.clear_healing(&chain, &vnf);
-                }
+                d.act(chains, &chain, &vnf, 0, actions).await;
             });
         }
         let done = tokio::time::timeout(
@@ -261,14 +259,14 @@ impl Daemon {
             .await??;
             return self
                 .with_chain(chain, |e| {
-                    e.runtime.vnf_mut(vnf)?.fault_at = Some(at);
+                    e.runtime.vnf_mut(vnf)?.recovery.handle_fault(at);
                     Ok(())
                 })
                 .await;
         }
         self.with_chain(chain, |e| {
             let v = e.runtime.vnf_mut(vnf)?;
-            v.fault_at = Some(Instant::now());
+            v.recovery.handle_fault(Instant::now());
             match fault {
                 Fault::Crash => v.signal(Signal::SIGKILL),
                 Fault::Hang => v.signal(Signal::SIGSTOP),
@@ -300,7 +298,7 @@ impl Daemon {
                     "member {k} of VNF {vnf:?} is not running"
                 ))
             })?;
-            m.fault_at = Some(Instant::now());
+            m.recovery.handle_fault(Instant::now());
             match fault {
                 Fault::Crash => signal(pid, Signal::SIGKILL),
                 // No checkpoint stops a member other than 0.
@@ -355,7 +353,7 @@ impl Daemon {
                 return self
                     .with_chain(chain, |e| {
                         let v = e.runtime.vnf_mut(vnf)?;
-                        v.fault_at = Some(Instant::now());
+                        v.recovery.handle_fault(Instant::now());
                         v.signal(Signal::SIGKILL)
                     })
                     .await;

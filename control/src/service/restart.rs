@@ -120,7 +120,12 @@ impl Daemon {
             let mut lost = Vec::new();
             for (v, fd) in runtime.vnfs.iter().zip(pidfds) {
                 match fd {
-                    Some(fd) => self.watch(name.clone(), v.plan.name.clone(), v.incarnation, fd),
+                    Some(fd) => self.watch(
+                        name.clone(),
+                        v.plan.name.clone(),
+                        v.recovery.incarnation(),
+                        fd,
+                    ),
                     None => lost.push(v.plan.name.clone()),
                 }
             }
@@ -135,43 +140,17 @@ impl Daemon {
                     input_dropped: 0,
                 },
             );
+            // VNFs and MR-AA members that died unseen: failed when this
+            // daemon looked.
             for vnf in lost {
                 report.recovering += 1;
-                self.emit(event(
-                    &name,
-                    &vnf,
-                    api::watch_events_response::Event::FailureDetected(api::FailureDetected {
-                        cause: "process gone while no daemon watched it".into(),
-                        detection_ms: 0.0,
-                    }),
-                ));
-                let mut chains = self.chains.lock().await;
-                if let Some(v) = chains
-                    .get_mut(&name)
-                    .and_then(|e| e.runtime.vnf_mut(&vnf).ok())
-                {
-                    v.failures += 1;
-                }
                 let (d, chain) = (self.clone(), name.clone());
-                drop(chains);
-                tokio::spawn(async move {
-                    let chains = d.chains.lock().await;
-                    d.recover(chains, &chain, &vnf, Instant::now(), true).await;
-                });
+                tokio::spawn(async move { d.on_lost(&chain, &vnf, 0).await });
             }
-            // MR-AA members that died unseen: as if their exit was seen now
-            // (never adopted, they are incarnation 0).
             for (vnf, k) in lost_members {
                 report.recovering += 1;
                 let (d, chain) = (self.clone(), name.clone());
-                tokio::spawn(async move {
-                    let now = Instant::now();
-                    let e = Exited {
-                        exited: now,
-                        noticed: now,
-                    };
-                    d.on_member_exit(&chain, &vnf, k, 0, e).await;
-                });
+                tokio::spawn(async move { d.on_lost(&chain, &vnf, k).await });
             }
         }
         let prefix = self.state.netns_prefix();

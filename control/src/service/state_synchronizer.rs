@@ -117,10 +117,10 @@ impl Daemon {
                 // them) makes the VNF whole again.
                 let verdict = match e {
                     crate::protect::ProtectError::LinkLoss { .. } => {
-                        Some(crate::detect::Verdict::CutOff)
+                        Some(crate::fms::detector::Verdict::CutOff)
                     }
                     crate::protect::ProtectError::InputDropped { .. } => {
-                        Some(crate::detect::Verdict::InputDropped)
+                        Some(crate::fms::detector::Verdict::InputDropped)
                     }
                     _ => None,
                 };
@@ -131,7 +131,7 @@ impl Daemon {
                         .await
                         .get_mut(chain)
                         .and_then(|e| e.runtime.vnf_mut(vnf).ok())
-                        .map(|v| v.incarnation);
+                        .map(|v| v.recovery.incarnation());
                     if let Some(inc) = inc {
                         self.judge(chain, vnf, 0, inc, verdict).await;
                     }
