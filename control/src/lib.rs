@@ -25,6 +25,8 @@
 //! - [`service`]: the daemon: a registry of chains, failure handling,
 //!   checkpoint scheduling, the event stream, and one method per request.
 //!
+//! - [`vsm`]: the VNF State Manager's decisions as state machines: the
+//!   checkpoint protocol of one VNF.
 //! - [`store`]: the VNF State Database (redb index, zstd images with a
 //!   format version and checksum).
 //!
@@ -46,6 +48,7 @@ pub mod runtime;
 pub mod service;
 pub mod store;
 pub mod validate;
+pub mod vsm;
 
 /// Connects to `nhamd` at `addr`: `unix:/path/to/socket` or an
 /// `http://host:port` URI.

@@ -1,6 +1,7 @@
 //! The checkpoint protocol of one VNF (see the parent module's steps):
-//! drain, freeze, mark, dump, thaw, store, commit; the checks that refuse a
-//! checkpoint which would count lost input as consumed.
+//! the driver of [`crate::vsm::synchronizer::Checkpointing`] (drain,
+//! freeze, mark, dump, thaw), then store and commit; the checks that refuse
+//! a checkpoint which would count lost input as consumed.
 
 #[allow(unused_imports)]
 use super::*;
@@ -82,116 +83,107 @@ impl ProtectedVnf {
     /// durable yet: [`Dumped::store`] makes it so, without this agent (so a
     /// failure meanwhile is not kept waiting), then [`commit`](Self::commit).
     pub fn dump(&mut self, sff: &SffClient) -> Result<Dumped, ProtectError> {
+        use crate::vsm::synchronizer::{Checkpointing, Failure, Look, Step};
+        use nix::sys::signal::Signal;
         if self.retired {
             return Err(ProtectError::Retired);
         }
         let started = Instant::now();
-        let hop = self.hop;
+        let (hop, pid) = (self.hop, self.pid);
         let id = sff.begin_checkpoint(hop).map_err(ProtectError::Sff)?;
-        let fail = |sff: &SffClient, e: ProtectError| {
-            let _ = sff.checkpoint_failed(hop, id);
-            e
-        };
-        // 2. Drained? 3. Stop it; let its last outputs arrive; still
-        // drained? (A frame the SFF sent just before step 1 may land in the
-        // socket after a first look: its queue is not in the image, so it
-        // must be empty while the VNF is stopped.)
-        let resume = |pid| signal(pid, nix::sys::signal::Signal::SIGCONT);
-        // MR-AA: member 0 is the one dumped, and the SFF pauses only it;
-        // the other members go on serving.
-        // A VNF reading through a ring: what waits there is not in rmem.
-        let rings = self.rings().map_err(|e| fail(sff, e))?;
-        if rings.as_ref().is_some_and(|r| r.losing()) {
-            return Err(fail(sff, ProtectError::InputDropped { dropped: 1 }));
-        }
-        let ring_unread = || rings.as_ref().is_some_and(|r| r.unread());
-        let frozen_at = loop {
-            // A VNF stopped by someone else must stay stopped: our SIGCONT
-            // would end a hang the Failure Detector is about to judge.
-            if is_stopped(self.pid) {
-                return Err(fail(sff, ProtectError::Stopped(self.pid)));
-            }
-            let rmem = packet_rmem(self.pid).map_err(|e| fail(sff, e))?;
-            if rmem == 0 && !ring_unread() {
-                signal(self.pid, nix::sys::signal::Signal::SIGSTOP).map_err(|e| fail(sff, e))?;
-                let at = Instant::now();
-                std::thread::sleep(OUTPUT_SETTLE);
-                match packet_rmem(self.pid) {
-                    Ok(0) if !ring_unread() => break at,
-                    Ok(_) => {
-                        let _ = resume(self.pid);
-                    }
-                    Err(e) => {
-                        let _ = resume(self.pid);
-                        return Err(fail(sff, e));
-                    }
-                }
-            } else if started.elapsed() > DRAIN_TIMEOUT {
-                return Err(fail(
-                    sff,
-                    ProtectError::NotDrained {
-                        pid: self.pid,
-                        rmem,
-                    },
-                ));
-            } else {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        };
-        // Every frame delivered must have reached the VNF: a frame lost on
-        // its link (cut off) would be counted as consumed.
-        let link_now = match self.link_intact() {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = resume(self.pid);
-                return Err(fail(sff, e));
-            }
-        };
-        // Every frame delivered must have reached the VNF's state: a frame
-        // its full socket dropped would be counted as consumed. (Its
-        // sockets were opened by this incarnation: any drop is one since
-        // the restore point.)
-        if let Err(e) = self.input_intact() {
-            let _ = resume(self.pid);
-            return Err(fail(sff, e));
-        }
-        // 4. Mark.
-        if let Err(e) = sff.quiesced(hop, id).map_err(ProtectError::Sff) {
-            let _ = resume(self.pid);
-            return Err(fail(sff, e));
-        }
-        // 5. Dump with the worker started ahead of time, resume, deliver.
-        clear_stale_proc_dir(self.pid);
-        // MR-AA: only member 0 is paused, the others serve: the dump is
-        // background work and must not take the CPU from them.
-        let _background = (self.mechanism == Mechanism::MultiActive).then(|| {
-            if let Some(w) = &self.dump_worker {
-                w.renice(BACKGROUND_NICE);
-            }
-            Niceness::for_this_thread(BACKGROUND_NICE)
-        });
         let dir = self.slot.scratch.join(format!("ckpt-{id}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        // Where the kernel is in each ring (the restore puts it back there).
-        let positions = rings.as_ref().map(|r| r.positions()).unwrap_or_default();
-        drop(rings);
-        let dumped = criu::dump(self.dump_worker.take(), self.pid, &self.netns, &dir)
-            .map_err(ProtectError::from)
-            .and_then(|r| Ok(crate::ring::save(&dir, &positions).map(|()| r)?));
-        let _ = resume(self.pid);
-        let frozen = frozen_at.elapsed();
-        let drain = frozen_at.duration_since(started);
-        let report = match dumped {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(fail(sff, e));
+        // The protocol's decisions are the machine's; this loop does what
+        // it says. (MR-AA: member 0 is the one dumped, and the SFF pauses
+        // only it; the other members go on serving.)
+        let mut m = Checkpointing::new(
+            started,
+            OUTPUT_SETTLE,
+            DRAIN_TIMEOUT,
+            Duration::from_micros(200),
+        );
+        // A VNF reading through a ring: what waits there is not in rmem.
+        let mut rings = None;
+        match self.rings() {
+            Ok(Some(r)) if r.losing() => {
+                m.handle_look(started, Err(ProtectError::InputDropped { dropped: 1 }));
+            }
+            Ok(r) => rings = r,
+            Err(e) => m.handle_look(started, Err(e)),
+        }
+        let mut link_now = None;
+        let mut report = None;
+        let (frozen, resumed) = loop {
+            match m.poll(Instant::now()) {
+                Step::Look => {
+                    let look = packet_rmem(pid).map(|rmem| Look {
+                        rmem,
+                        ring_unread: rings.as_ref().is_some_and(|r| r.unread()),
+                        stopped: is_stopped(pid),
+                    });
+                    m.handle_look(Instant::now(), look);
+                }
+                Step::Sleep(d) => std::thread::sleep(d),
+                Step::Stop => m.handle_stop(Instant::now(), signal(pid, Signal::SIGSTOP)),
+                // Every frame delivered must have reached the VNF's state:
+                // one lost on its link (cut off) or dropped at its full
+                // socket would be counted as consumed. (Its sockets were
+                // opened by this incarnation: any drop is one since the
+                // restore point.)
+                Step::CheckIntact => {
+                    let intact = self
+                        .link_intact()
+                        .map(|d| link_now = d)
+                        .and_then(|()| self.input_intact());
+                    m.handle_intact(intact);
+                }
+                Step::Mark => {
+                    m.handle_mark(sff.quiesced(hop, id).map(drop).map_err(ProtectError::Sff))
+                }
+                // With the worker started ahead of time.
+                Step::Dump => {
+                    clear_stale_proc_dir(pid);
+                    // MR-AA: the others serve meanwhile: the dump is
+                    // background work and must not take the CPU from them.
+                    let _background = (self.mechanism == Mechanism::MultiActive).then(|| {
+                        if let Some(w) = &self.dump_worker {
+                            w.renice(BACKGROUND_NICE);
+                        }
+                        Niceness::for_this_thread(BACKGROUND_NICE)
+                    });
+                    let _ = std::fs::remove_dir_all(&dir);
+                    // Where the kernel is in each ring (the restore puts it
+                    // back there); the mapping goes before the dump.
+                    let positions = rings.take().map(|r| r.positions()).unwrap_or_default();
+                    let dumped = criu::dump(self.dump_worker.take(), pid, &self.netns, &dir)
+                        .map_err(ProtectError::from)
+                        .and_then(|r| Ok(crate::ring::save(&dir, &positions).map(|()| r)?));
+                    m.handle_dump(Instant::now(), dumped.map(|r| report = Some(r)));
+                }
+                Step::Resume => {
+                    let _ = signal(pid, Signal::SIGCONT);
+                }
+                Step::Report => {
+                    m.handle_report(
+                        sff.checkpoint_dumped(hop, id)
+                            .map(drop)
+                            .map_err(ProtectError::Sff),
+                    );
+                }
+                Step::Done { frozen, resumed } => break (frozen, resumed),
+                Step::Fail(why) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    let _ = sff.checkpoint_failed(hop, id);
+                    return Err(match why {
+                        Failure::NotDrained { rmem } => ProtectError::NotDrained { pid, rmem },
+                        Failure::Stopped => ProtectError::Stopped(pid),
+                        Failure::Step(e) => e,
+                        Failure::Ended => ProtectError::Process("checkpoint protocol ended".into()),
+                    });
+                }
             }
         };
-        if let Err(e) = sff.checkpoint_dumped(hop, id).map_err(ProtectError::Sff) {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(fail(sff, e));
-        }
+        let report =
+            report.ok_or_else(|| ProtectError::Process("dumped without a report".into()))?;
         let pause = started.elapsed();
         // The next dump's worker starts now, off the pause.
         self.dump_worker = Swrk::spawn(&self.netns).ok();
@@ -203,8 +195,8 @@ impl ProtectedVnf {
             link_now,
             started,
             pause,
-            drain,
-            frozen,
+            drain: frozen.duration_since(started),
+            frozen: resumed.duration_since(frozen),
             dump: report.duration,
             size: report.size,
         })

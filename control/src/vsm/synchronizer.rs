@@ -1,0 +1,452 @@
+//! The checkpoint protocol of one VNF, up to the dump, as a state machine:
+//! it asks for one [`Step`] at a time ([`Checkpointing::poll`]) and is fed
+//! what came of it (`handle_*`); a driver (`protect::checkpoint`) does the
+//! I/O: looking at the VNF's sockets, signals, the SFF, CRIU. No clock:
+//! every moment is passed in.
+//!
+//! ```text
+//! Draining ──empty──▶ Stop ──▶ Settling ──still empty──▶ Frozen ──intact──▶ Mark ──▶ Dump ──▶ Resume ──▶ Report ──▶ Done
+//!    ▲  │ not empty,            │ not empty                  any error after Stop: Resume, then Fail
+//!    │  │ wait                  ▼
+//!    └──┴──────────────────── Resume
+//! ```
+//!
+//! Invariants (checked against a reference model below):
+//! - the mark is taken only while the VNF is stopped by us and after a look,
+//!   at least `settle` after the stop, found its socket (and ring) empty: a
+//!   frame still on its way at the first look would otherwise be left in a
+//!   socket queue, which is not in the image;
+//! - a VNF stopped by someone else is never resumed by us (it may be the
+//!   hang the Failure Detector is about to judge), and is not checkpointed;
+//! - every stop of ours is followed by exactly one resume before the end:
+//!   the VNF is never left stopped;
+//! - the protocol ends once, in [`Step::Done`] or [`Step::Fail`], and every
+//!   failure (`NotDrained` only after the drain timeout) ends in `Fail`, so
+//!   the SFF is told and releases nothing.
+
+use std::time::{Duration, Instant};
+
+/// What the VNF looked like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Look {
+    /// Bytes queued on its packet sockets.
+    pub rmem: u64,
+    /// Frames wait unread in its receive ring.
+    pub ring_unread: bool,
+    /// Someone else has it stopped.
+    pub stopped: bool,
+}
+
+impl Look {
+    fn empty(&self) -> bool {
+        self.rmem == 0 && !self.ring_unread
+    }
+}
+
+/// What the driver does next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step<E> {
+    /// Look at the VNF: [`Checkpointing::handle_look`].
+    Look,
+    /// Sleep this long, then poll again.
+    Sleep(Duration),
+    /// Stop the VNF (SIGSTOP): [`Checkpointing::handle_stop`].
+    Stop,
+    /// Check that nothing sent to it was lost on its link or at its
+    /// sockets since the restore point: [`Checkpointing::handle_intact`].
+    CheckIntact,
+    /// Tell the SFF `Quiesced` (the mark): [`Checkpointing::handle_mark`].
+    Mark,
+    /// Dump it: [`Checkpointing::handle_dump`].
+    Dump,
+    /// Resume it (SIGCONT), then poll again.
+    Resume,
+    /// Tell the SFF `CheckpointDumped` (delivery resumes):
+    /// [`Checkpointing::handle_report`].
+    Report,
+    /// The end: the VNF was frozen (stopped, drained) from `frozen` until
+    /// `resumed`.
+    Done {
+        /// When it was stopped for the dump.
+        frozen: Instant,
+        /// When it was resumed.
+        resumed: Instant,
+    },
+    /// The end: tell the SFF `CheckpointFailed`, with why.
+    Fail(Failure<E>),
+}
+
+/// Why a checkpoint failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Failure<E> {
+    /// Its socket still held `rmem` bytes at the drain timeout.
+    NotDrained {
+        /// Bytes queued at the last look.
+        rmem: u64,
+    },
+    /// Someone else stopped it: not checkpointed (nor resumed).
+    Stopped,
+    /// Polled after the protocol had ended.
+    Ended,
+    /// A step failed.
+    Step(E),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Draining,
+    Stopping,
+    Settling { frozen: Instant },
+    Frozen { frozen: Instant },
+    Marking { frozen: Instant },
+    Dumping { frozen: Instant },
+    Reporting { frozen: Instant, resumed: Instant },
+    Over,
+}
+
+/// One checkpoint's protocol up to the dump, for a VNF.
+#[derive(Debug)]
+pub struct Checkpointing<E> {
+    started: Instant,
+    settle: Duration,
+    timeout: Duration,
+    poll_every: Duration,
+    state: State,
+    /// Stopped by us and not resumed yet.
+    stopped: bool,
+    /// What comes once the VNF is resumed.
+    then: Option<Step<E>>,
+    /// The next look is not before this.
+    wait_until: Option<Instant>,
+}
+
+impl<E> Checkpointing<E> {
+    /// A checkpoint begun at `started` (delivery to the VNF stopped):
+    /// stopped outputs get `settle` to arrive, the VNF `timeout` to drain,
+    /// looked at every `poll_every` meanwhile.
+    pub fn new(
+        started: Instant,
+        settle: Duration,
+        timeout: Duration,
+        poll_every: Duration,
+    ) -> Self {
+        Self {
+            started,
+            settle,
+            timeout,
+            poll_every,
+            state: State::Draining,
+            stopped: false,
+            then: None,
+            wait_until: None,
+        }
+    }
+
+    /// What to do next, at `now`.
+    pub fn poll(&mut self, now: Instant) -> Step<E> {
+        if let Some(until) = self.wait_until {
+            if now < until {
+                return Step::Sleep(until - now);
+            }
+            self.wait_until = None;
+        }
+        if self.stopped && self.then.is_some() {
+            self.stopped = false;
+            return Step::Resume;
+        }
+        if let Some(then) = self.then.take() {
+            if matches!(then, Step::Fail(_)) {
+                self.state = State::Over;
+            }
+            return then;
+        }
+        match self.state {
+            State::Draining | State::Settling { .. } => Step::Look,
+            State::Stopping => Step::Stop,
+            State::Frozen { .. } => Step::CheckIntact,
+            State::Marking { .. } => Step::Mark,
+            State::Dumping { .. } => Step::Dump,
+            State::Reporting { .. } => Step::Report,
+            State::Over => Step::Fail(Failure::Ended),
+        }
+    }
+
+    fn fail(&mut self, why: Failure<E>) {
+        self.then = Some(Step::Fail(why));
+    }
+
+    /// What a look at `now` found (or why it could not be taken).
+    pub fn handle_look(&mut self, now: Instant, look: Result<Look, E>) {
+        let look = match look {
+            Ok(l) => l,
+            Err(e) => return self.fail(Failure::Step(e)),
+        };
+        match self.state {
+            State::Draining => {
+                // A VNF stopped by someone else must stay stopped: our
+                // SIGCONT would end a hang the Failure Detector is about
+                // to judge.
+                if look.stopped {
+                    self.fail(Failure::Stopped);
+                } else if look.empty() {
+                    self.state = State::Stopping;
+                } else if now.saturating_duration_since(self.started) > self.timeout {
+                    self.fail(Failure::NotDrained { rmem: look.rmem });
+                } else {
+                    self.wait_until = Some(now + self.poll_every);
+                }
+            }
+            State::Settling { frozen } => {
+                if look.empty() {
+                    self.state = State::Frozen { frozen };
+                } else if now.saturating_duration_since(self.started) > self.timeout {
+                    // Resumed (the next poll), then failed: the drain
+                    // timeout bounds every round, not only the first.
+                    self.fail(Failure::NotDrained { rmem: look.rmem });
+                } else {
+                    // A frame on its way at the first look landed: resume
+                    // (the next poll), let it be read, look again.
+                    self.state = State::Draining;
+                    self.then = Some(Step::Look);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The stop was sent at `now` (or failed).
+    pub fn handle_stop(&mut self, now: Instant, r: Result<(), E>) {
+        if self.state != State::Stopping {
+            return;
+        }
+        match r {
+            Ok(()) => {
+                self.stopped = true;
+                self.state = State::Settling { frozen: now };
+                // Its last outputs get `settle` to arrive.
+                self.wait_until = Some(now + self.settle);
+            }
+            Err(e) => self.fail(Failure::Step(e)),
+        }
+    }
+
+    /// Whether nothing sent to the VNF was lost.
+    pub fn handle_intact(&mut self, r: Result<(), E>) {
+        if let State::Frozen { frozen } = self.state {
+            match r {
+                Ok(()) => self.state = State::Marking { frozen },
+                Err(e) => self.fail(Failure::Step(e)),
+            }
+        }
+    }
+
+    /// Whether the SFF took the mark.
+    pub fn handle_mark(&mut self, r: Result<(), E>) {
+        if let State::Marking { frozen } = self.state {
+            match r {
+                Ok(()) => self.state = State::Dumping { frozen },
+                Err(e) => self.fail(Failure::Step(e)),
+            }
+        }
+    }
+
+    /// Whether the dump succeeded; `now` is when it ended (the VNF is
+    /// resumed next either way).
+    pub fn handle_dump(&mut self, now: Instant, r: Result<(), E>) {
+        if let State::Dumping { frozen } = self.state {
+            match r {
+                Ok(()) => {
+                    self.state = State::Reporting {
+                        frozen,
+                        resumed: now,
+                    };
+                    self.then = Some(Step::Report);
+                }
+                Err(e) => self.fail(Failure::Step(e)),
+            }
+        }
+    }
+
+    /// Whether the SFF took the report.
+    pub fn handle_report(&mut self, r: Result<(), E>) {
+        if let State::Reporting { frozen, resumed } = self.state {
+            self.state = State::Over;
+            self.then = Some(match r {
+                Ok(()) => Step::Done { frozen, resumed },
+                Err(e) => Step::Fail(Failure::Step(e)),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SETTLE: Duration = Duration::from_millis(3);
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    const EVERY: Duration = Duration::from_micros(200);
+
+    /// What the world answers, drawn in advance.
+    #[derive(Debug, Clone)]
+    struct World {
+        looks: Vec<(u64, bool, bool, bool)>,
+        fails: Vec<u8>,
+        step_ms: Vec<u64>,
+    }
+
+    fn world() -> impl Strategy<Value = World> {
+        (
+            prop::collection::vec(
+                (
+                    0u64..3,
+                    any::<bool>(),
+                    prop::bool::weighted(0.05),
+                    prop::bool::weighted(0.03),
+                ),
+                1..80,
+            ),
+            prop::collection::vec(0u8..20, 8),
+            prop::collection::vec(0u64..40, 1..80),
+        )
+            .prop_map(|(looks, fails, step_ms)| World {
+                looks,
+                fails,
+                step_ms,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        #[test]
+        fn the_mark_is_taken_only_stopped_and_empty_and_the_vnf_is_never_left_stopped(w in world()) {
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut c: Checkpointing<&'static str> = Checkpointing::new(t0, SETTLE, TIMEOUT, EVERY);
+            // The reference: what the world has seen.
+            let mut stopped_by_us = false;
+            let mut stopped_at: Option<Instant> = None;
+            let mut empty_since_stop_settled = false;
+            let mut marked = false;
+            let mut dumped = false;
+            let mut resumes_after_dump = 0;
+            let mut stopped_by_other = false;
+            let mut looks = w.looks.iter().cycle();
+            let mut steps = w.step_ms.iter().cycle();
+            let fail = |i: usize| w.fails[i] == 0;
+            let mut ended = None;
+            for _ in 0..5000 {
+                now += Duration::from_micros(*steps.next().unwrap() * 50);
+                match c.poll(now) {
+                    Step::Look => {
+                        let &(rmem, unread, other, err) = looks.next().unwrap();
+                        if err {
+                            c.handle_look(now, Err("look"));
+                            continue;
+                        }
+                        // Someone else's stop shows only while we have not
+                        // stopped it ourselves.
+                        let other = other && !stopped_by_us;
+                        stopped_by_other |= other;
+                        let look = Look { rmem, ring_unread: unread && rmem == 0, stopped: other };
+                        if stopped_by_us {
+                            let settled = stopped_at.is_some_and(|s| now >= s + SETTLE);
+                            prop_assert!(settled, "looked before the outputs settled");
+                            empty_since_stop_settled = look.empty();
+                        }
+                        c.handle_look(now, Ok(look));
+                    }
+                    Step::Sleep(d) => {
+                        prop_assert!(d > Duration::ZERO);
+                        now += d;
+                    }
+                    Step::Stop => {
+                        prop_assert!(!stopped_by_us);
+                        prop_assert!(!stopped_by_other, "stopped a VNF someone else stopped");
+                        if fail(0) {
+                            c.handle_stop(now, Err("stop"));
+                        } else {
+                            stopped_by_us = true;
+                            stopped_at = Some(now);
+                            empty_since_stop_settled = false;
+                            c.handle_stop(now, Ok(()));
+                        }
+                    }
+                    Step::Resume => {
+                        prop_assert!(stopped_by_us, "resumed a VNF we had not stopped");
+                        stopped_by_us = false;
+                        stopped_at = None;
+                        if dumped {
+                            resumes_after_dump += 1;
+                        }
+                    }
+                    Step::CheckIntact => {
+                        prop_assert!(stopped_by_us && empty_since_stop_settled);
+                        c.handle_intact(if fail(1) { Err("lost") } else { Ok(()) });
+                    }
+                    Step::Mark => {
+                        // The invariant: stopped by us, and empty at a look
+                        // taken after the outputs settled.
+                        prop_assert!(stopped_by_us && empty_since_stop_settled, "marked while not frozen and empty");
+                        marked = !fail(2);
+                        c.handle_mark(if marked { Ok(()) } else { Err("mark") });
+                    }
+                    Step::Dump => {
+                        prop_assert!(marked && stopped_by_us);
+                        dumped = true;
+                        c.handle_dump(now, if fail(3) { Err("dump") } else { Ok(()) });
+                    }
+                    Step::Report => {
+                        prop_assert!(dumped && !stopped_by_us && resumes_after_dump == 1);
+                        c.handle_report(if fail(4) { Err("report") } else { Ok(()) });
+                    }
+                    Step::Done { frozen, resumed } => {
+                        prop_assert!(frozen <= resumed);
+                        ended = Some(Ok(()));
+                        break;
+                    }
+                    Step::Fail(why) => {
+                        if let Failure::NotDrained { .. } = why {
+                            prop_assert!(now.saturating_duration_since(t0) > TIMEOUT);
+                        }
+                        if let Failure::Stopped = why {
+                            prop_assert!(stopped_by_other);
+                        }
+                        ended = Some(Err(why));
+                        break;
+                    }
+                }
+            }
+            // It ends, and never with the VNF left stopped by us.
+            prop_assert!(ended.is_some(), "did not end");
+            prop_assert!(!stopped_by_us, "left stopped: {ended:?}");
+            if let Some(Ok(())) = ended {
+                prop_assert!(marked && dumped);
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_landing_after_the_stop_resumes_it_and_starts_over() {
+        let t0 = Instant::now();
+        let mut c: Checkpointing<()> = Checkpointing::new(t0, SETTLE, TIMEOUT, EVERY);
+        let empty = Look {
+            rmem: 0,
+            ring_unread: false,
+            stopped: false,
+        };
+        assert_eq!(c.poll(t0), Step::Look);
+        c.handle_look(t0, Ok(empty));
+        assert_eq!(c.poll(t0), Step::Stop);
+        c.handle_stop(t0, Ok(()));
+        assert_eq!(c.poll(t0), Step::Sleep(SETTLE));
+        let t1 = t0 + SETTLE;
+        assert_eq!(c.poll(t1), Step::Look);
+        c.handle_look(t1, Ok(Look { rmem: 64, ..empty }));
+        assert_eq!(c.poll(t1), Step::Resume);
+        assert_eq!(c.poll(t1), Step::Look);
+        c.handle_look(t1, Ok(empty));
+        assert_eq!(c.poll(t1), Step::Stop);
+    }
+}
