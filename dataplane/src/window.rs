@@ -28,6 +28,7 @@
 //! silence alone is no proof that a slow or descheduled VNF read anything.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 /// Frames in flight at most, whatever their size (a VNF's ring of frame
 /// slots holds this many; a socket whose buffer would allow more still gets
@@ -117,6 +118,9 @@ pub struct FlowWindow {
     bytes: u64,
     /// Frames sent on this port so far.
     sent: u64,
+    /// Since when the VNF has been quiet: the moment it was last heard
+    /// from, or a burst went into an empty window.
+    quiet_since: Option<Instant>,
 }
 
 impl FlowWindow {
@@ -220,6 +224,40 @@ impl FlowWindow {
         self.sent = self.sent.max(current.sent);
     }
 
+    /// A burst goes out at `now`: into an empty window, the VNF's silence
+    /// is counted from now.
+    pub fn on_burst(&mut self, now: Instant) {
+        if self.in_flight.is_empty() {
+            self.quiet_since = Some(now);
+        }
+    }
+
+    /// The VNF was heard from at `now` (it sent something back, or it was
+    /// just restored): its silence starts again.
+    pub fn on_heard(&mut self, now: Instant) {
+        self.quiet_since = Some(now);
+    }
+
+    /// The VNF sent nothing this round, at `now`. Quiet for longer than
+    /// `timeout` (and its output ring seen empty: this is asked only
+    /// then), the frames it did not answer were dropped: those sent before
+    /// send index `read` (when the sockets were last seen empty after
+    /// them, see [`release_read`](Self::release_read)) leave, or all of
+    /// them when `read` is not known. Returns whether it was quiet that
+    /// long.
+    pub fn poll_silence(&mut self, now: Instant, timeout: Duration, read: Option<u64>) -> bool {
+        let quiet = self
+            .quiet_since
+            .is_some_and(|t| now.saturating_duration_since(t) > timeout);
+        if quiet {
+            match read {
+                Some(sent) => self.release_read(sent),
+                None => self.clear(),
+            }
+        }
+        quiet
+    }
+
     /// Nothing is in flight any more (silence, a failure, a new socket).
     pub fn clear(&mut self) {
         self.in_flight.clear();
@@ -243,6 +281,31 @@ mod tests {
             ..VnfCapacity::default()
         };
         assert!(FlowWindow::new(bound).admit(std::iter::repeat_n(128, 1000)) > n);
+    }
+
+    #[test]
+    fn silence_counts_from_the_first_burst_into_an_empty_window_or_the_last_answer() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let timeout = ms(10);
+        let mut w = FlowWindow::new(VnfCapacity::default());
+        // Never sent to: never silent.
+        assert!(!w.poll_silence(t0 + ms(100), timeout, None));
+        w.on_burst(t0);
+        w.on_sent(1, 64);
+        w.on_sent(2, 64);
+        // A second burst into a busy window does not restart the clock.
+        w.on_burst(t0 + ms(8));
+        w.on_sent(3, 64);
+        assert!(!w.poll_silence(t0 + ms(10), timeout, Some(0)));
+        // Quiet past the timeout: only what was seen read leaves.
+        assert!(w.poll_silence(t0 + ms(11), timeout, Some(2)));
+        assert_eq!(w.len(), 1);
+        // Heard from: quiet again only `timeout` later.
+        w.on_heard(t0 + ms(11));
+        assert!(!w.poll_silence(t0 + ms(20), timeout, None));
+        assert!(w.poll_silence(t0 + ms(22), timeout, None));
+        assert!(w.is_empty());
     }
 
     #[test]

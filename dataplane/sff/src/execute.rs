@@ -95,7 +95,7 @@ impl Engine {
                     Response::Ok
                 })
             }
-            Request::Quiesced { hop, id } => self.quiesced(hop, id),
+            Request::Quiesced { hop, id } => self.quiesced(hop, id, now),
             Request::Failure { hop } => self
                 .failure(hop, now)
                 .map_or_else(|| refused("the chain has no hops"), Response::Plan),
@@ -122,7 +122,7 @@ impl Engine {
                     from,
                     &self.in_flight[hop][member],
                 );
-                self.last_output[hop][member] = now;
+                self.in_flight[hop][member].on_heard(now);
                 let Some(chain) = self.chain.as_mut() else {
                     return refused("the chain has no hops");
                 };
@@ -180,8 +180,8 @@ impl Engine {
     /// is counted before the mark: what waits in the port's ring is taken
     /// first. Otherwise a restore would renumber those outputs' successors
     /// as duplicates of them.
-    fn quiesced(&mut self, hop: usize, id: CheckpointId) -> Response {
-        while self.vnf_output_step(hop) > 0 {}
+    fn quiesced(&mut self, hop: usize, id: CheckpointId, now: Instant) -> Response {
+        while self.vnf_output_step(hop, now) > 0 {}
         let Some(chain) = self.chain.as_mut() else {
             return refused("the chain has no hops");
         };
@@ -226,7 +226,7 @@ impl Engine {
         self.in_flight[hop].iter_mut().for_each(|q| q.clear());
         self.in_flight[hop][0] =
             frozen_window(&self.frozen_windows[hop], from, &self.in_flight[hop][0]);
-        self.last_output[hop][0] = now;
+        self.in_flight[hop][0].on_heard(now);
         let members = self.hops[hop].len() > 1;
         let Some(chain) = self.chain.as_mut() else {
             return refused("the chain has no hops");

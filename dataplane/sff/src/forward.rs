@@ -8,11 +8,13 @@ use super::*;
 
 impl Engine {
     /// One round over every port; returns frames moved.
+    /// The clock is read once, here, and passed to the decisions.
     pub(crate) fn step(&mut self) -> usize {
         let mut work = self.commands_step() + self.ingress_step();
+        let now = std::time::Instant::now();
         for i in 0..self.hops.len() {
-            work += self.deliver_step(i);
-            work += self.vnf_output_step(i);
+            work += self.deliver_step(i, now);
+            work += self.vnf_output_step(i, now);
         }
         if let Some(chain) = &mut self.chain {
             for i in 0..self.hops.len().saturating_sub(1) {
@@ -105,14 +107,14 @@ impl Engine {
         })
     }
 
-    fn deliver_step(&mut self, i: usize) -> usize {
+    fn deliver_step(&mut self, i: usize, now: std::time::Instant) -> usize {
         let Some(chain) = &self.chain else {
             return 0;
         };
         let members = self.hops[i].len();
         let burst = self.config.burst;
         if members == 1 {
-            return self.deliver_burst(i, &[0], false, burst);
+            return self.deliver_burst(i, &[0], false, burst, now);
         }
         // MR-AA: one burst to every live member; then, only if the hop had
         // nothing new for them, a few of the frames a catching-up member
@@ -129,14 +131,14 @@ impl Engine {
                 .filter(|(_, m)| *m == MemberState::Live)
                 .map(|(k, _)| k),
         );
-        let mut work = self.deliver_burst(i, &live, false, burst);
+        let mut work = self.deliver_burst(i, &live, false, burst, now);
         if work == 0 {
             for k in 0..members {
                 let catching_up = self.chain.as_ref().is_some_and(|c| {
                     matches!(c.hop(i).member(k), Some(MemberState::CatchingUp { .. }))
                 });
                 if catching_up {
-                    work += self.deliver_burst(i, &[k], true, CATCH_UP_BURST);
+                    work += self.deliver_burst(i, &[k], true, CATCH_UP_BURST, now);
                 }
             }
         }
@@ -147,7 +149,14 @@ impl Engine {
     /// Delivers one burst of hop `i` to its member ports `ports` (the
     /// same frames to each), or (`catch_up`) the next frames member
     /// `ports[0]` missed. Sized by the room and window of every port.
-    fn deliver_burst(&mut self, i: usize, ports: &[usize], catch_up: bool, max: usize) -> usize {
+    fn deliver_burst(
+        &mut self,
+        i: usize,
+        ports: &[usize],
+        catch_up: bool,
+        max: usize,
+        now: std::time::Instant,
+    ) -> usize {
         let Some(chain) = &mut self.chain else {
             return 0;
         };
@@ -187,9 +196,7 @@ impl Engine {
             return 0;
         }
         for &k in ports {
-            if self.in_flight[i][k].is_empty() {
-                self.last_output[i][k] = std::time::Instant::now();
-            }
+            self.in_flight[i][k].on_burst(now);
         }
         self.scratch.clear();
         let scratch = &mut self.scratch;
@@ -240,15 +247,15 @@ impl Engine {
         self.scratch.len()
     }
 
-    pub(crate) fn vnf_output_step(&mut self, i: usize) -> usize {
+    pub(crate) fn vnf_output_step(&mut self, i: usize, now: std::time::Instant) -> usize {
         (0..self.hops[i].len())
-            .map(|k| self.vnf_output_port(i, k))
+            .map(|k| self.vnf_output_port(i, k, now))
             .sum()
     }
 
     /// Takes what member `k` of hop `i` sent back (an ordinary hop has
     /// member 0 only).
-    fn vnf_output_port(&mut self, i: usize, k: usize) -> usize {
+    fn vnf_output_port(&mut self, i: usize, k: usize, now: std::time::Instant) -> usize {
         let members = self.hops[i].len() > 1;
         let Some(chain) = &mut self.chain else {
             return 0;
@@ -343,19 +350,19 @@ impl Engine {
             SffCounters::add(c, 1);
         });
         self.heard[i][k] += n as u64;
+        // Silence, judged only with the ring empty: a VNF that drops
+        // packets never answers them. (Judged by time alone, an SFF that
+        // was itself descheduled for a while would take outputs still
+        // waiting on the ring for silence, open the window, and let the
+        // ring overflow.)
         if n > 0 {
-            self.last_output[i][k] = std::time::Instant::now();
-        } else if self.last_output[i][k].elapsed() > self.config.vnf_window_timeout {
-            // Silence, judged only with the ring empty: a VNF that drops
-            // packets never answers them. (Judged by time alone, an SFF
-            // that was itself descheduled for a while would take outputs
-            // still waiting on the ring for silence, open the window, and
-            // let the ring overflow.)
-            if self.config.vnf_silence_needs_read {
-                self.in_flight[i][k].release_read(self.read_upto[i][k]);
-            } else {
-                self.in_flight[i][k].clear();
-            }
+            self.in_flight[i][k].on_heard(now);
+        } else {
+            let read = self
+                .config
+                .vnf_silence_needs_read
+                .then_some(self.read_upto[i][k]);
+            self.in_flight[i][k].poll_silence(now, self.config.vnf_window_timeout, read);
         }
         if let Some(seq) = answered {
             self.in_flight[i][k].on_answered(seq);

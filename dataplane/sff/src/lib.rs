@@ -611,8 +611,6 @@ struct Engine {
     /// Per hop and member: frames sent before this send index were read
     /// (see [`SffConfig::vnf_silence_needs_read`]).
     read_upto: Vec<Vec<u64>>,
-    /// Per hop and member: when the VNF last sent something back.
-    last_output: Vec<Vec<std::time::Instant>>,
     /// Per hop and member port: frames the VNF has sent back, in all (the
     /// Failure Detector's evidence that a VNF with frames waiting works).
     heard: Vec<Vec<u64>>,
@@ -700,10 +698,6 @@ impl Engine {
             .iter()
             .map(|p| vec![FlowWindow::new(capacity); p.len()])
             .collect();
-        let last_output = hops
-            .iter()
-            .map(|p| vec![std::time::Instant::now(); p.len()])
-            .collect();
         let heard = hops.iter().map(|p| vec![0; p.len()]).collect();
         let read_upto = hops.iter().map(|p| vec![0; p.len()]).collect();
         let drops = (
@@ -742,7 +736,6 @@ impl Engine {
             in_flight,
             frozen_windows: vec![std::collections::VecDeque::new(); hops_len],
             read_upto,
-            last_output,
             heard,
             protected,
             fatal: None,
@@ -831,12 +824,10 @@ impl Engine {
             .resize_members(m)
             .map_err(|e| format!("hop {hop}: {e}"))?;
         let capacity = self.in_flight[hop][0].capacity();
-        let now = std::time::Instant::now();
         self.hops[hop].truncate(keep + 1);
         self.hops[hop].extend(added);
         self.in_flight[hop].resize(m, FlowWindow::new(capacity));
         self.read_upto[hop].resize(m, 0);
-        self.last_output[hop].resize(m, now);
         self.heard[hop].resize(m, 0);
         self.drops.2[hop].resize(m, 0);
         let grown = add.len();
