@@ -581,6 +581,10 @@ pub fn spawn(netns: Option<PathBuf>, config: SffConfig) -> Result<SffHandle, Sff
     await_ready(&ready_rx, stop, counters, thread, Some(command_tx))
 }
 
+/// How long the tx ring of a failed VNF's port gets to drain before the
+/// port is reopened.
+const FLUSH_TIMEOUT: Duration = Duration::from_millis(200);
+
 struct Engine {
     config: SffConfig,
     counters: Arc<SffCounters>,
@@ -629,6 +633,23 @@ struct Engine {
     /// Kernel receive drops last sampled: when, ingress, per hop and
     /// member port.
     drops: (std::time::Instant, u64, Vec<Vec<u64>>),
+    /// Ports a request asked to flush (see [`Engine::flush_port`]), taken
+    /// by [`Engine::commands_step`] into `flushing`.
+    to_flush: Vec<(usize, String)>,
+    /// Answers that wait until the ports named are flushed: the forwarding
+    /// round goes on meanwhile.
+    flushing: Vec<Flushing>,
+}
+
+/// An answer held back until its ports have sent what waits in their tx
+/// rings (or are reopened at `deadline`).
+struct Flushing {
+    /// The ports, by hop and interface (a 1R-AA failover moves a port
+    /// from the hop to its standby).
+    ports: Vec<(usize, String)>,
+    deadline: std::time::Instant,
+    reply: mpsc::Sender<Response>,
+    response: Response,
 }
 
 /// The window of a VNF restored from checkpoint `from`: what was in flight
@@ -742,6 +763,8 @@ impl Engine {
             commands,
             member_scratch: Vec::new(),
             drops,
+            to_flush: Vec::new(),
+            flushing: Vec::new(),
         })
     }
 
@@ -841,24 +864,62 @@ impl Engine {
         Ok(())
     }
 
-    /// Carries out the control plane's commands (see [`execute`]).
+    /// Carries out the control plane's commands (see [`execute`]); an
+    /// answer that needs ports flushed first waits in `flushing` while the
+    /// round goes on.
     fn commands_step(&mut self) -> usize {
         let mut n = 0;
         while let Ok(Command { request, reply }) = self.commands.try_recv() {
             n += 1;
             let now = std::time::Instant::now();
-            let _ = reply.send(self.execute(request, now));
+            let response = self.execute(request, now);
+            let ports = std::mem::take(&mut self.to_flush);
+            if ports.is_empty() {
+                let _ = reply.send(response);
+            } else {
+                self.flushing.push(Flushing {
+                    ports,
+                    deadline: now + FLUSH_TIMEOUT,
+                    reply,
+                    response,
+                });
+            }
         }
+        n + self.flushing_step()
+    }
+
+    /// Kicks the tx rings of ports being flushed, once each, without
+    /// waiting; answers those whose ports are empty. A port that has not
+    /// drained by the deadline is reopened (its ring discarded).
+    fn flushing_step(&mut self) -> usize {
+        if self.flushing.is_empty() {
+            return 0;
+        }
+        let now = std::time::Instant::now();
+        let mut flushing = std::mem::take(&mut self.flushing);
+        flushing.retain_mut(|f| {
+            let late = now > f.deadline;
+            f.ports.retain(|(hop, iface)| {
+                let stuck = self
+                    .port_named(*hop, iface)
+                    .is_some_and(|p| p.kick_tx() > 0);
+                if stuck && late {
+                    self.reopen(*hop, iface);
+                }
+                stuck && !late
+            });
+            if f.ports.is_empty() {
+                let _ = f
+                    .reply
+                    .send(std::mem::replace(&mut f.response, Response::Ok));
+            }
+            !f.ports.is_empty()
+        });
+        let n = flushing.len();
+        self.flushing.append(&mut flushing);
         n
     }
 
-    /// A hop's VNF failed: nothing sent to the failed incarnation may reach
-    /// the next one. Frames the kernel still holds in the port's tx ring (a
-    /// veth without carrier keeps them there) would go out at the next
-    /// wakeup, after the restore, to the new process, which would apply
-    /// them before its replay. So send them now, while no VNF listens
-    /// (the control plane reconnects the link first), and if they cannot
-    /// leave, reopen the port: a closed socket's ring is discarded.
     /// The spec of member `k`'s port of hop `hop`.
     fn port_spec(&self, hop: usize, k: usize) -> &PortSpec {
         match k {
@@ -867,48 +928,89 @@ impl Engine {
         }
     }
 
-    /// Sends what waits in the tx ring of member `k` of hop `hop` (its VNF
-    /// failed: the frames go to nobody), so that none reaches the next
-    /// process behind that port; a ring that does not drain in 200 ms is
-    /// discarded with its socket, and the port reopened.
+    /// Member `k` of hop `hop` failed: nothing sent to the failed
+    /// incarnation may reach the next one. Frames the kernel still holds
+    /// in the port's tx ring (a veth without carrier keeps them there)
+    /// would go out at the next wakeup, after the restore, to the new
+    /// process, which would apply them before its replay. So they are sent
+    /// now, while no VNF listens (the control plane reconnects the link
+    /// first). What does not leave at once is kicked every round after,
+    /// and the request's answer waits for it (see
+    /// [`flushing_step`](Self::flushing_step)); the forwarding goes on. If
+    /// they cannot leave, the port is reopened: a closed socket's ring is
+    /// discarded.
     fn flush_port(&mut self, hop: usize, k: usize) {
-        let deadline = std::time::Instant::now() + Duration::from_millis(200);
-        while self.hops[hop][k].port.kick_tx() > 0 {
-            if std::time::Instant::now() > deadline {
-                let left = self.hops[hop][k].port.tx_outstanding();
-                let spec = self.port_spec(hop, k).clone();
-                eprintln!(
-                    "nham-sff: {left} frames for the failed VNF stuck in {}'s tx ring: reopening the port",
-                    spec.iface
-                );
-                // The old socket (and its ring) must be gone before the XDP
-                // program and a new socket take the link.
-                drop(self.hops[hop].remove(k));
-                let mut tries = 0;
-                let fresh = loop {
-                    match attach(&spec, self.config.port) {
-                        Ok(f) => break f,
-                        // A closed AF_XDP socket lets go of its queue a
-                        // little later (deferred kernel work, slow on a
-                        // loaded machine): try for 3 s.
-                        Err(e) if tries >= 1500 => {
-                            eprintln!("nham-sff: reopening {} failed for good: {e}", spec.iface);
-                            self.fatal = Some(e);
-                            return;
-                        }
-                        Err(_) => {
-                            tries += 1;
-                            std::thread::sleep(Duration::from_millis(2));
-                        }
-                    }
-                };
+        if self.hops[hop][k].port.kick_tx() > 0 {
+            let iface = self.port_spec(hop, k).iface.clone();
+            self.to_flush.push((hop, iface));
+        }
+    }
+
+    /// The port of hop `hop` on interface `iface`: a member port or the
+    /// standby.
+    fn port_named(&mut self, hop: usize, iface: &str) -> Option<&mut Port> {
+        let k = (0..self.hops[hop].len()).find(|&k| self.port_spec(hop, k).iface == iface);
+        match k {
+            Some(k) => Some(&mut self.hops[hop][k].port),
+            None => match &mut self.standby[hop] {
+                Some((spec, a)) if spec.iface == iface => Some(&mut a.port),
+                _ => None,
+            },
+        }
+    }
+
+    /// Reopens the port of hop `hop` on `iface`, whose tx ring did not
+    /// drain in [`FLUSH_TIMEOUT`]: a closed socket's ring is discarded.
+    /// (On this thread: rare, it needs a link without carrier after the
+    /// control plane brought it up.)
+    fn reopen(&mut self, hop: usize, iface: &str) {
+        let k = (0..self.hops[hop].len()).find(|&k| self.port_spec(hop, k).iface == iface);
+        let spec = match k {
+            Some(k) => self.port_spec(hop, k).clone(),
+            None => match &self.standby[hop] {
+                Some((spec, _)) => spec.clone(),
+                None => return,
+            },
+        };
+        let left = self
+            .port_named(hop, iface)
+            .map_or(0, |p| p.tx_outstanding());
+        eprintln!(
+            "nham-sff: {left} frames for the failed VNF stuck in {}'s tx ring: reopening the port",
+            spec.iface
+        );
+        // The old socket (and its ring) must be gone before the XDP
+        // program and a new socket take the link.
+        match k {
+            Some(k) => drop(self.hops[hop].remove(k)),
+            None => self.standby[hop] = None,
+        }
+        let mut tries = 0;
+        let fresh = loop {
+            match attach(&spec, self.config.port) {
+                Ok(f) => break f,
+                // A closed AF_XDP socket lets go of its queue a little
+                // later (deferred kernel work, slow on a loaded machine):
+                // try for 3 s.
+                Err(e) if tries >= 1500 => {
+                    eprintln!("nham-sff: reopening {} failed for good: {e}", spec.iface);
+                    self.fatal = Some(e);
+                    return;
+                }
+                Err(_) => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        };
+        match k {
+            Some(k) => {
                 self.hops[hop].insert(k, fresh);
                 self.drops.2[hop][k] = 0;
-                SffCounters::add(&self.counters.tx_discarded, left as u64);
-                return;
             }
-            std::thread::sleep(Duration::from_micros(200));
+            None => self.standby[hop] = Some((spec, fresh)),
         }
+        SffCounters::add(&self.counters.tx_discarded, left as u64);
     }
 }
 

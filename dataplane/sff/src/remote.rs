@@ -194,8 +194,8 @@ impl SffClient {
             transport: Transport::Socket {
                 path: path.to_path_buf(),
                 idle: Mutex::new(Vec::new()),
-                // A failed hop's flush may take the SFF thread up to a few
-                // seconds (see `Engine::flush_hop`).
+                // A failed hop's answer waits until its ports are flushed
+                // (up to 200 ms, and a reopen's retries: a few seconds).
                 timeout: Duration::from_secs(30),
             },
         };
