@@ -567,7 +567,9 @@ pub fn protected_trial(
 ) -> Result<ProtectedRun> {
     use nham_control::protect::{Mechanism, ProtectedVnf, StoreSlot};
     let n = lab.kinds().len();
-    let store = Arc::new(nham_control::store::Store::open(&images.join("state"))?);
+    let store = Arc::new(nham_control::vsm::database::Store::open(
+        &images.join("state"),
+    )?);
     let mut vnfs: Vec<ProtectedVnf> = (0..n)
         .map(|i| {
             ProtectedVnf::new(

@@ -42,7 +42,7 @@ pub struct SocketWatch {
     sent_then: BTreeMap<Key, u64>,
     /// The VNF's receive rings, mapped (frames waiting there are not in
     /// `rmem`); remapped when the process changes.
-    rings: BTreeMap<Key, crate::ring::VnfRings>,
+    rings: BTreeMap<Key, crate::vsm::ring::VnfRings>,
 }
 
 impl SocketWatch {
@@ -87,7 +87,7 @@ impl SocketWatch {
         }
         // The old mapping (a dead incarnation's socket) goes first.
         self.rings.remove(key);
-        match crate::ring::VnfRings::of(pid, sockets) {
+        match crate::vsm::ring::VnfRings::of(pid, sockets) {
             Ok(r) if !r.is_empty() => {
                 self.rings.insert(key.clone(), r);
             }

@@ -12,7 +12,7 @@ use thiserror::Error;
 use tonic::Code;
 
 use crate::protect::ProtectError;
-use crate::store::StoreError;
+use crate::vsm::database::StoreError;
 
 /// Everything that can go wrong in the control plane.
 #[derive(Debug, Error)]

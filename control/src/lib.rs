@@ -1,34 +1,27 @@
-//! NHAM control plane.
+//! NHAM control plane, in layers read top to bottom:
 //!
 //! - [`api`]: the generated `nham.v1` gRPC types and the tonic services
 //!   over the daemon (decode, call, encode).
-//! - [`criu`]: dump and restore of one VNF process through CRIU's RPC
-//!   (`criu swrk`).
-//! - [`protect`]: the State Synchronizer of one VNF: the checkpoint
-//!   protocol (Hold/Release + CRIU + store) and recovery (0R, 1R-AS, 1R-AA,
-//!   MR-AA members).
-//! - [`ring`]: VNFs reading through a `TPACKET_V3` ring: drained before a
-//!   checkpoint, the kernel's position in the ring realigned after a
-//!   restore.
+//! - [`service`]: the daemon, the driver: a registry of chains, the event
+//!   stream, one method per request, and the drivers of the state machines
+//!   below (failure handling, checkpoint scheduling, mechanism changes).
 //! - [`fms`]: the Fault Management System's decisions as state machines:
 //!   the Failure Detector's judgement of hangs and cut-offs from data-path
 //!   probes, and the Failure Recovery of one VNF process.
-//! - [`exits`]: the kernel's early word of a VNF's exit (BPF on
-//!   `sched_process_exit`), before its pidfd's.
+//! - [`protect`]: the State Synchronizer of one VNF (the checkpoint
+//!   protocol's driver: Hold/Release in the SFF + CRIU + the database) and
+//!   its recovery by mechanism (0R, 1R-AS, 1R-AA, MR-AA members).
+//! - [`vsm`]: the VNF State Manager: the checkpoint protocol as a state
+//!   machine, the VNF State Database, CRIU, ring VNFs.
+//! - [`runtime`]: the ground floor: one network namespace per VNF joined to
+//!   the daemon's namespace by a veth pair, cgroups, the VNF processes
+//!   (started with `setns`, watched through a pidfd and the kernel's early
+//!   word of their exit), the SFF process, the records a restarted daemon
+//!   reads.
 //! - [`error`]: the one error enum of the control plane and its single
-//!   conversion to `tonic::Status`.
-//! - [`validate`]: checks a `ChainSpec` and turns it into the daemon's own
-//!   types; every refusal says why (INVALID_ARGUMENT).
-//! - [`runtime`]: a running chain: one network namespace per VNF joined to
-//!   the daemon's namespace by a veth pair, the VNF processes (started with
-//!   `setns`, watched through a pidfd), the SFF thread.
-//! - [`service`]: the daemon: a registry of chains, failure handling,
-//!   checkpoint scheduling, the event stream, and one method per request.
-//!
-//! - [`vsm`]: the VNF State Manager's decisions as state machines: the
-//!   checkpoint protocol of one VNF.
-//! - [`store`]: the VNF State Database (redb index, zstd images with a
-//!   format version and checksum).
+//!   conversion to `tonic::Status`; [`validate`]: checks a `ChainSpec` and
+//!   turns it into the daemon's own types (INVALID_ARGUMENT with the
+//!   reason); [`capacity`]: what a VNF's sockets hold.
 //!
 //! Mechanisms: `MECHANISM_NONE`, `0R`, `1R-AS`, `1R-AA` and `MR-AA`, chosen
 //! per VNF when the chain is created and changed at runtime
@@ -37,16 +30,11 @@
 
 pub mod api;
 pub mod capacity;
-pub mod cgroup;
-pub mod criu;
 pub mod error;
-pub mod exits;
 pub mod fms;
 pub mod protect;
-pub mod ring;
 pub mod runtime;
 pub mod service;
-pub mod store;
 pub mod validate;
 pub mod vsm;
 

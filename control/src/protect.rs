@@ -53,11 +53,11 @@ use nham_dataplane::hold::{CheckpointId, RestorePlan};
 use nham_sff::remote::{FailOverOutcome, SffClient};
 use thiserror::Error;
 
-use crate::criu::{self, Swrk};
+use crate::vsm::criu::{self, Swrk};
 
 mod checkpoint;
 mod recovery;
-use crate::store::{Store, StoreError};
+use crate::vsm::database::{Store, StoreError};
 
 /// How long a stopped VNF's last outputs get to reach the SFF.
 pub const OUTPUT_SETTLE: Duration = Duration::from_millis(3);
@@ -89,7 +89,7 @@ pub enum ProtectError {
     Process(String),
     /// A receive ring of the VNF could not be read or realigned.
     #[error(transparent)]
-    Ring(#[from] crate::ring::RingError),
+    Ring(#[from] crate::vsm::ring::RingError),
     /// Frames sent to the VNF were lost on its link since the last
     /// checkpoint (it was cut off): a checkpoint now would count them as
     /// consumed. The VNF must be recovered, which replays them.
@@ -267,7 +267,7 @@ struct Copies {
 /// Restores the images in `dir` into namespace `netns` (through `swrk`,
 /// or a new `criu swrk`), stopped as it was dumped, and puts the kernel's
 /// position in each of its receive rings back where the checkpoint found
-/// it ([`crate::ring`]: filler sent on `iface`, the SFF's end of the
+/// it ([`crate::vsm::ring`]: filler sent on `iface`, the SFF's end of the
 /// link the process comes back behind).
 fn restore_stopped(
     swrk: Option<Swrk>,
@@ -275,10 +275,10 @@ fn restore_stopped(
     netns: &Path,
     iface: Option<&str>,
 ) -> Result<u32, ProtectError> {
-    let positions = crate::ring::load(dir)?;
+    let positions = crate::vsm::ring::load(dir)?;
     let (pid, _) = criu::restore(swrk, dir, netns)?;
     if !positions.is_empty() {
-        match crate::ring::realign(pid, &positions, iface) {
+        match crate::vsm::ring::realign(pid, &positions, iface) {
             Ok(r) => tracing::info!(
                 pid,
                 rings = r.rings,

@@ -35,13 +35,15 @@ use nham_sff::{PhaseStatus, PollPolicy, PortSpec, SffConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::api;
-use crate::cgroup::Cgroup;
 use crate::error::ControlError;
 use crate::fms::recovery::{Counters, FailureRecovery, Phase};
 use crate::protect::{self, ProtectedVnf, StoreSlot};
-use crate::store::Store;
 use crate::validate::{ChainPlan, VnfPlan};
+use crate::vsm::database::Store;
+use cgroup::Cgroup;
 
+pub mod cgroup;
+pub mod exits;
 mod reattach;
 
 /// A protected VNF's agent, shared by its checkpoint schedule and recovery.
@@ -604,7 +606,7 @@ impl StateOptions {
 
     /// Where this daemon's cgroups go (`None`: no cgroup2 hierarchy).
     pub fn cgroup_dir(&self) -> Option<PathBuf> {
-        Some(crate::cgroup::cgroup2_root()?.join(format!("nham-{}", state_tag(self.store.dir()))))
+        Some(cgroup::cgroup2_root()?.join(format!("nham-{}", state_tag(self.store.dir()))))
     }
 
     /// VNF `vnf` of chain `chain`'s cgroup, made if need be; `None` (with a
@@ -1176,7 +1178,7 @@ impl Drop for ChainRuntime {
             let _ = std::fs::remove_dir_all(dir);
         }
         if let Some(dir) = cgroups {
-            crate::cgroup::remove_tree(&dir);
+            crate::runtime::cgroup::remove_tree(&dir);
             // The daemon's own group, if this was its last chain.
             if let Some(daemon) = dir.parent() {
                 let _ = std::fs::remove_dir(daemon);

@@ -89,7 +89,7 @@ pub struct Daemon {
     /// Turns for checkpoints ([`StateOptions::checkpoint_concurrency`]).
     checkpoint_turns: Arc<tokio::sync::Semaphore>,
     /// The kernel's word of a VNF's exit, before its pidfd's.
-    early: crate::exits::EarlyExits,
+    early: crate::runtime::exits::EarlyExits,
     /// Chains being started, not in the registry yet: name, ingress,
     /// egress, SPI (what a new chain must not share).
     starting: std::sync::Mutex<BTreeMap<String, (String, String, u32)>>,
@@ -128,7 +128,7 @@ struct RecordWriter {
 }
 
 impl RecordWriter {
-    fn new(store: Arc<crate::store::Store>) -> Self {
+    fn new(store: Arc<crate::vsm::database::Store>) -> Self {
         let (tx, rx) =
             std::sync::mpsc::channel::<(RecordOp, Option<std::sync::mpsc::Sender<()>>)>();
         std::thread::Builder::new()
@@ -293,7 +293,7 @@ impl Daemon {
                 state.checkpoint_concurrency.max(1),
             )),
             state,
-            early: crate::exits::EarlyExits::start(),
+            early: crate::runtime::exits::EarlyExits::start(),
             starting: std::sync::Mutex::default(),
             outcomes: std::sync::Mutex::default(),
             changing: std::sync::Mutex::default(),

@@ -12,7 +12,7 @@ use nham_control::api::{
 };
 use nham_control::runtime::{SffOptions, StateOptions};
 use nham_control::service::Daemon;
-use nham_control::store::Store;
+use nham_control::vsm::database::Store;
 use nham_netns::{unique_name, veth_pair, Netns};
 use tonic::Code;
 
@@ -393,7 +393,7 @@ async fn a_crash_is_detected_through_the_pidfd_and_the_vnf_restarted() {
     assert_eq!(e.code(), Code::NotFound);
     // The VNF's namespace is gone with the chain, and so are its groups.
     assert!(!std::path::Path::new(&format!("/run/netns/{}", nat.netns)).exists());
-    if let Some(root) = nham_control::cgroup::cgroup2_root() {
+    if let Some(root) = nham_control::runtime::cgroup::cgroup2_root() {
         let chain_group = root.join(group.trim_start_matches('/'));
         assert!(!chain_group.exists(), "{} left", chain_group.display());
         assert!(!chain_group.parent().unwrap().exists());

@@ -219,7 +219,7 @@ async fn main() -> anyhow::Result<()> {
         (1..=1000).contains(&probe_threshold),
         "probe_threshold {probe_threshold} must be 1 to 1000"
     );
-    let store = nham_control::store::Store::open(&state_dir)
+    let store = nham_control::vsm::database::Store::open(&state_dir)
         .with_context(|| format!("opening the state database in {}", state_dir.display()))?;
     let state = StateOptions {
         store: std::sync::Arc::new(store),

@@ -59,14 +59,14 @@ impl ProtectedVnf {
 
     /// The VNF's `TPACKET_V3` receive rings, mapped for this checkpoint
     /// (not kept: the mapping holds the socket open).
-    fn rings(&mut self) -> Result<Option<crate::ring::VnfRings>, ProtectError> {
+    fn rings(&mut self) -> Result<Option<crate::vsm::ring::VnfRings>, ProtectError> {
         let Some(sockets) = self.packet_sockets() else {
             return Ok(None);
         };
         if !sockets.iter().any(|s| s.rx_ring.is_some()) {
             return Ok(None);
         }
-        let rings = crate::ring::VnfRings::of(self.pid, &sockets)?;
+        let rings = crate::vsm::ring::VnfRings::of(self.pid, &sockets)?;
         Ok((!rings.is_empty()).then_some(rings))
     }
 
@@ -156,7 +156,7 @@ impl ProtectedVnf {
                     let positions = rings.take().map(|r| r.positions()).unwrap_or_default();
                     let dumped = criu::dump(self.dump_worker.take(), pid, &self.netns, &dir)
                         .map_err(ProtectError::from)
-                        .and_then(|r| Ok(crate::ring::save(&dir, &positions).map(|()| r)?));
+                        .and_then(|r| Ok(crate::vsm::ring::save(&dir, &positions).map(|()| r)?));
                     m.handle_dump(Instant::now(), dumped.map(|r| report = Some(r)));
                 }
                 Step::Resume => {

@@ -31,7 +31,7 @@ impl Daemon {
         pidfd: OwnedFd,
     ) {
         let daemon = self.clone();
-        let pid = crate::exits::pid_of(&pidfd);
+        let pid = crate::runtime::exits::pid_of(&pidfd);
         let early = pid.and_then(|p| self.early.watch(p));
         tokio::spawn(async move {
             // A pidfd becomes readable when the process exits; the exit

@@ -16,7 +16,7 @@ impl Daemon {
         use prost::Message;
         let store = self.state.store.clone();
         let (specs, records) = tokio::task::spawn_blocking(move || {
-            Ok::<_, crate::store::StoreError>((store.chains()?, store.runtimes()?))
+            Ok::<_, crate::vsm::database::StoreError>((store.chains()?, store.runtimes()?))
         })
         .await
         .map_err(|_| ControlError::Panicked("reading the state database"))?

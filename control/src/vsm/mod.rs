@@ -1,7 +1,17 @@
-//! The VNF State Manager's decisions, each a state machine with time
-//! passed in (no I/O; `protect` drives them):
+//! The VNF State Manager: what a VNF's state is kept with.
 //!
-//! - [`synchronizer`]: the checkpoint protocol of one VNF up to the dump:
-//!   drain, stop, settle, check, mark, dump, resume, report.
+//! - [`synchronizer`]: the checkpoint protocol of one VNF up to the dump
+//!   as a state machine (drain, stop, settle, check, mark, dump, resume,
+//!   report), time passed in, no I/O; `protect` drives it;
+//! - [`database`]: the VNF State Database (redb index, zstd images with a
+//!   format version and checksum);
+//! - [`criu`]: dump and restore of one VNF process through CRIU's RPC
+//!   (`criu swrk`);
+//! - [`ring`]: VNFs reading through a `TPACKET_V3` ring: drained before a
+//!   checkpoint, the kernel's position in the ring realigned after a
+//!   restore.
 
+pub mod criu;
+pub mod database;
+pub mod ring;
 pub mod synchronizer;

@@ -9,7 +9,7 @@
 //! checkpoint freezes it, which block the kernel fills then, and, after a
 //! restore, to hand blocks it filled with filler back to the kernel until
 //! the kernel's position is the program's again. The decisions are made
-//! elsewhere (`nham_control::ring`); this module only reads and writes
+//! elsewhere (`nham_control::vsm::ring`); this module only reads and writes
 //! block headers.
 //!
 //! The block header (`struct tpacket_block_desc`, linux/if_packet.h):
