@@ -18,6 +18,8 @@
 //!   (started with `setns`, watched through a pidfd and the kernel's early
 //!   word of their exit), the SFF process, the records a restarted daemon
 //!   reads.
+//! - [`plan`]: the daemon's own types for a chain and its VNFs (the
+//!   domain's `Mechanism` among them), used by every layer below the API.
 //! - [`error`]: the one error enum of the control plane and its single
 //!   conversion to `tonic::Status`; [`validate`]: checks a `ChainSpec` and
 //!   turns it into the daemon's own types (INVALID_ARGUMENT with the
@@ -32,6 +34,7 @@ pub mod api;
 pub mod capacity;
 pub mod error;
 pub mod fms;
+pub mod plan;
 pub mod protect;
 pub mod runtime;
 pub mod service;

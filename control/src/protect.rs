@@ -53,6 +53,7 @@ use nham_dataplane::hold::{CheckpointId, RestorePlan};
 use nham_sff::remote::{FailOverOutcome, SffClient};
 use thiserror::Error;
 
+pub use crate::plan::Mechanism;
 use crate::vsm::criu::{self, Swrk};
 
 mod checkpoint;
@@ -178,25 +179,6 @@ fn is_stopped(pid: u32) -> bool {
 fn signal(pid: u32, s: nix::sys::signal::Signal) -> Result<(), ProtectError> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), s)
         .map_err(|e| ProtectError::Process(format!("{s} to {pid}: {e}")))
-}
-
-/// How a protected VNF is brought back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mechanism {
-    /// 0R: a new instance, restored from the store.
-    NoReplica,
-    /// 1R-AS: a standby prepared in advance imports the latest image.
-    ActiveStandby,
-    /// 1R-AA: an active replica, restored (and kept stopped) from every
-    /// committed checkpoint in a namespace of its own behind the hop's
-    /// standby port; failover is a switch of port, SIGCONT and the replay.
-    ActiveActive,
-    /// MR-AA: M members, all active, each in a namespace of its own behind
-    /// a member port of the hop; the SFF feeds them the same input and
-    /// passes on the first copy of each output. Member 0 is the one
-    /// checkpointed. A failed member is restored from the restore point and
-    /// catches up; the others serve meanwhile.
-    MultiActive,
 }
 
 /// An MR-AA member other than member 0: its namespace (its `eth0` has

@@ -49,21 +49,6 @@ mod reattach;
 /// A protected VNF's agent, shared by its checkpoint schedule and recovery.
 pub type Agent = Arc<Mutex<ProtectedVnf>>;
 
-/// The agent's mechanism for an API mechanism, if it is one the daemon
-/// protects with checkpoints (`None` for MECHANISM_NONE).
-pub fn protection(m: api::Mechanism) -> Result<Option<protect::Mechanism>, ControlError> {
-    match m {
-        api::Mechanism::None => Ok(None),
-        api::Mechanism::Mechanism0r => Ok(Some(protect::Mechanism::NoReplica)),
-        api::Mechanism::Mechanism1rAs => Ok(Some(protect::Mechanism::ActiveStandby)),
-        api::Mechanism::Mechanism1rAa => Ok(Some(protect::Mechanism::ActiveActive)),
-        api::Mechanism::MrAa => Ok(Some(protect::Mechanism::MultiActive)),
-        api::Mechanism::Unspecified => Err(ControlError::InvalidArgument(
-            "mechanism must be set".into(),
-        )),
-    }
-}
-
 /// One VNF's runtime.
 #[derive(Debug)]
 pub struct VnfRuntime {
@@ -247,7 +232,7 @@ impl VnfRuntime {
             state: self.state() as i32,
             pid: self.pid.unwrap_or(0),
             netns: self.netns.name().to_string(),
-            mechanism: self.plan.mechanism as i32,
+            mechanism: crate::validate::api_mechanism(self.plan.mechanism) as i32,
             failures: self.counted(|c| c.failures),
             recoveries: self.counted(|c| c.recoveries),
             checkpoints: self.checkpoints,
@@ -815,7 +800,7 @@ impl ChainRuntime {
                 peer_mac: there.mac,
             });
             // 1R-AA: the replica's place, its eth0 under the same index.
-            let replica = if v.mechanism == api::Mechanism::Mechanism1rAa {
+            let replica = if v.mechanism == Some(protect::Mechanism::ActiveActive) {
                 let (rns, port) = make_place(
                     &format!("{prefix}{id:x}-{i}r"),
                     &format!("n{id:x}r{i}"),
@@ -897,7 +882,7 @@ impl ChainRuntime {
         runtime.member_pidfds = member_pidfds;
         let mut protect = Vec::new();
         for v in &runtime.vnfs {
-            protect.push(protection(v.plan.mechanism)?.is_some());
+            protect.push(v.plan.mechanism.is_some());
         }
         let mut config = SffConfig {
             ingress,
@@ -993,18 +978,17 @@ impl ChainRuntime {
     pub fn protect(
         &mut self,
         hop: usize,
-        m: api::Mechanism,
+        wanted: Option<protect::Mechanism>,
         state: &StateOptions,
     ) -> Result<(), ControlError> {
-        let wanted = protection(m)?;
         let has_members = !self.vnfs[hop].members.is_empty();
-        if (m == api::Mechanism::MrAa) != has_members {
+        if (wanted == Some(protect::Mechanism::MultiActive)) != has_members {
             return Err(ControlError::FailedPrecondition(format!(
                 "VNF {:?}: MR-AA needs its members' places and SFF ports, and only MR-AA has them",
                 self.vnfs[hop].plan.name
             )));
         }
-        if m == api::Mechanism::Mechanism1rAa && self.vnfs[hop].replica.is_none() {
+        if wanted == Some(protect::Mechanism::ActiveActive) && self.vnfs[hop].replica.is_none() {
             return Err(ControlError::FailedPrecondition(format!(
                 "VNF {:?} has no replica namespace and standby port, which 1R-AA needs",
                 self.vnfs[hop].plan.name
@@ -1042,7 +1026,7 @@ impl ChainRuntime {
                 v.agent = Some(Arc::new(Mutex::new(agent)));
             }
         }
-        v.plan.mechanism = m;
+        v.plan.mechanism = wanted;
         Ok(())
     }
 

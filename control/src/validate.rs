@@ -1,52 +1,54 @@
 //! Checks requests and turns them into the daemon's own types. Every
 //! refusal is a [`ControlError::InvalidArgument`] naming the field and why.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use ipnet::IpNet;
 use nham_dataplane::classifier::Rule;
 
 use crate::api;
 use crate::error::ControlError;
+pub use crate::plan::{ChainPlan, Mechanism, VnfPlan, DEFAULT_REPLICAS};
 
 /// Most VNFs a chain may have.
 pub const MAX_VNFS: usize = 8;
 
-/// A validated VNF.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VnfPlan {
-    /// Name, unique in the chain.
-    pub name: String,
-    /// argv, placeholders not yet replaced.
-    pub command: Vec<String>,
-    /// Extra environment.
-    pub env: BTreeMap<String, String>,
-    /// Resilience mechanism.
-    pub mechanism: api::Mechanism,
-    /// Checkpoint period (`None`: the daemon's default).
-    pub checkpoint_interval: Option<std::time::Duration>,
-    /// MR-AA: members (M, 2 to 8; 3 when not given). 1 otherwise.
-    pub replicas: u32,
+/// The mechanism an API value names (`None`: `MECHANISM_NONE`); the
+/// refusal says why.
+pub fn mechanism(m: i32) -> Result<Option<Mechanism>, String> {
+    match api::Mechanism::try_from(m) {
+        Ok(api::Mechanism::None) => Ok(None),
+        Ok(api::Mechanism::Mechanism0r) => Ok(Some(Mechanism::NoReplica)),
+        Ok(api::Mechanism::Mechanism1rAs) => Ok(Some(Mechanism::ActiveStandby)),
+        Ok(api::Mechanism::Mechanism1rAa) => Ok(Some(Mechanism::ActiveActive)),
+        Ok(api::Mechanism::MrAa) => Ok(Some(Mechanism::MultiActive)),
+        Ok(api::Mechanism::Unspecified) => {
+            Err("must be set (MECHANISM_NONE, _0R, _1R_AS, _1R_AA or _MR_AA)".into())
+        }
+        Err(_) => Err(format!("{m} is unknown")),
+    }
 }
 
-/// MR-AA members when the spec does not say.
-pub const DEFAULT_REPLICAS: u32 = 3;
+/// The API's name for `m`.
+pub fn api_mechanism(m: Option<Mechanism>) -> api::Mechanism {
+    match m {
+        None => api::Mechanism::None,
+        Some(Mechanism::NoReplica) => api::Mechanism::Mechanism0r,
+        Some(Mechanism::ActiveStandby) => api::Mechanism::Mechanism1rAs,
+        Some(Mechanism::ActiveActive) => api::Mechanism::Mechanism1rAa,
+        Some(Mechanism::MultiActive) => api::Mechanism::MrAa,
+    }
+}
 
-/// A validated chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainPlan {
-    /// Name.
-    pub name: String,
-    /// SPI.
-    pub spi: u32,
-    /// VNFs in order.
-    pub vnfs: Vec<VnfPlan>,
-    /// Classifier rules, all for this SPI.
-    pub rules: Vec<Rule>,
-    /// Ingress interface.
-    pub ingress: String,
-    /// Egress interface.
-    pub egress: String,
+/// MR-AA members (member 0 included) for `replicas` as asked (0: the
+/// default); 1 for any other mechanism.
+pub fn replicas(m: Option<Mechanism>, replicas: u32) -> Result<u32, String> {
+    match (m, replicas) {
+        (Some(Mechanism::MultiActive), 0) => Ok(DEFAULT_REPLICAS),
+        (Some(Mechanism::MultiActive), r) if (2..=8).contains(&r) => Ok(r),
+        (Some(Mechanism::MultiActive), r) => Err(format!("replicas {r} must be 2 to 8")),
+        _ => Ok(1),
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> ControlError {
@@ -141,23 +143,9 @@ pub fn chain(spec: Option<&api::ChainSpec>) -> Result<ChainPlan, ControlError> {
         if v.command.is_empty() || v.command[0].is_empty() {
             return Err(invalid(format!("spec.vnfs[{i}].command is empty")));
         }
-        let mechanism = api::Mechanism::try_from(v.mechanism).map_err(|_| {
-            invalid(format!(
-                "spec.vnfs[{i}].mechanism {} is unknown",
-                v.mechanism
-            ))
-        })?;
-        if mechanism == api::Mechanism::Unspecified {
-            return Err(invalid(format!(
-                "spec.vnfs[{i}].mechanism must be set (MECHANISM_NONE, _0R, _1R_AS, _1R_AA or _MR_AA)"
-            )));
-        }
-        if mechanism == api::Mechanism::MrAa && v.replicas != 0 && !(2..=8).contains(&v.replicas) {
-            return Err(invalid(format!(
-                "spec.vnfs[{i}].replicas {} must be 2 to 8",
-                v.replicas
-            )));
-        }
+        let mechanism = mechanism(v.mechanism)
+            .map_err(|why| invalid(format!("spec.vnfs[{i}].mechanism {why}")))?;
+        replicas(mechanism, v.replicas).map_err(|why| invalid(format!("spec.vnfs[{i}].{why}")))?;
         if v.checkpoint_interval_ms != 0 && !(10..=3_600_000).contains(&v.checkpoint_interval_ms) {
             return Err(invalid(format!(
                 "spec.vnfs[{i}].checkpoint_interval_ms {} must be 0 (daemon default) or 10 to 3600000",
@@ -171,11 +159,7 @@ pub fn chain(spec: Option<&api::ChainSpec>) -> Result<ChainPlan, ControlError> {
             mechanism,
             checkpoint_interval: (v.checkpoint_interval_ms != 0)
                 .then(|| std::time::Duration::from_millis(v.checkpoint_interval_ms.into())),
-            replicas: match (mechanism, v.replicas) {
-                (api::Mechanism::MrAa, 0) => DEFAULT_REPLICAS,
-                (api::Mechanism::MrAa, m) => m,
-                _ => 1,
-            },
+            replicas: replicas(mechanism, v.replicas).unwrap_or(1),
         });
     }
     if spec.rules.is_empty() {

@@ -15,7 +15,7 @@ pub(super) fn comeback(v: &VnfRuntime, k: usize) -> Comeback {
         Comeback::Member
     } else if v.agent.is_none() {
         Comeback::Fresh
-    } else if v.plan.mechanism == api::Mechanism::Mechanism1rAa {
+    } else if v.plan.mechanism == Some(crate::plan::Mechanism::ActiveActive) {
         Comeback::Elsewhere
     } else {
         Comeback::InPlace

@@ -29,15 +29,15 @@ use nham_sff::remote::{RemoteError, SffClient};
 use super::Daemon;
 use crate::api;
 use crate::error::ControlError;
-use crate::protect::{self, MemberSlot};
+use crate::protect::{self, Mechanism, MemberSlot};
 use crate::runtime::{self, Agent, MemberPlace, ReplicaPlace};
 
 /// How a VNF is protected: its mechanism, and its MR-AA members (member 0
 /// included; 1 for any other mechanism).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Protection {
-    /// The mechanism.
-    pub mechanism: api::Mechanism,
+    /// The mechanism (`None`: not protected).
+    pub mechanism: Option<Mechanism>,
     /// Members, member 0 included.
     pub members: usize,
 }
@@ -76,13 +76,12 @@ pub enum Step {
 /// The steps from `from` to `to`; `replica_place`: the VNF has a 1R-AA
 /// replica place already.
 pub fn plan(from: Protection, to: Protection, replica_place: bool) -> Vec<Step> {
-    use api::Mechanism::{Mechanism1rAa, MrAa};
     let mut steps = Vec::new();
     if from == to {
         return steps;
     }
-    let protected = from.mechanism != api::Mechanism::None;
-    if to.mechanism == api::Mechanism::None {
+    let protected = from.mechanism.is_some();
+    let Some(to_mechanism) = to.mechanism else {
         if from.members > 1 {
             steps.push(Step::RemoveMembers { keep: 0 });
         }
@@ -90,11 +89,11 @@ pub fn plan(from: Protection, to: Protection, replica_place: bool) -> Vec<Step> 
             steps.push(Step::Unprotect);
         }
         return steps;
-    }
+    };
     if !protected {
         steps.extend([Step::Protect, Step::Checkpoint]);
     }
-    if to.mechanism == MrAa {
+    if to_mechanism == Mechanism::MultiActive {
         if from.members > to.members {
             steps.push(Step::RemoveMembers {
                 keep: to.members - 1,
@@ -110,12 +109,10 @@ pub fn plan(from: Protection, to: Protection, replica_place: bool) -> Vec<Step> 
     if from.members > 1 {
         steps.push(Step::RemoveMembers { keep: 0 });
     }
-    if to.mechanism == Mechanism1rAa && !replica_place {
+    if to_mechanism == Mechanism::ActiveActive && !replica_place {
         steps.push(Step::MakeReplicaPlace);
     }
-    if let Ok(Some(m)) = runtime::protection(to.mechanism) {
-        steps.push(Step::SetAgent(m));
-    }
+    steps.push(Step::SetAgent(to_mechanism));
     steps
 }
 
@@ -180,7 +177,7 @@ impl Daemon {
         self: &Arc<Self>,
         chain: &str,
         vnf: &str,
-        mechanism: api::Mechanism,
+        mechanism: Option<Mechanism>,
         members: usize,
     ) -> Result<api::VnfStatus, ControlError> {
         let (from, replica_place) = self
@@ -203,7 +200,7 @@ impl Daemon {
             .await?;
         let to = Protection {
             mechanism,
-            members: if mechanism == api::Mechanism::MrAa {
+            members: if mechanism == Some(Mechanism::MultiActive) {
                 members
             } else {
                 1
@@ -225,7 +222,7 @@ impl Daemon {
             e.runtime.vnfs[hop].plan.mechanism = mechanism;
             // A restarted daemon protects it the same way.
             if let Some(v) = e.spec.vnfs.get_mut(hop) {
-                v.mechanism = mechanism as i32;
+                v.mechanism = crate::validate::api_mechanism(mechanism) as i32;
                 v.replicas = replicas;
             }
             drop(self.records.put(&e.runtime, Some(&e.spec)));
@@ -356,7 +353,7 @@ impl Daemon {
                     return Ok(false);
                 }
                 v.agent = Some(agent.clone());
-                v.plan.mechanism = api::Mechanism::Mechanism0r;
+                v.plan.mechanism = Some(Mechanism::NoReplica);
                 self.schedule_hop(&e.runtime, hop);
                 Ok(true)
             })
@@ -517,7 +514,7 @@ impl Daemon {
         self.with_chain(chain, |e| {
             let v = &mut e.runtime.vnfs[hop];
             v.members.extend(made);
-            v.plan.mechanism = api::Mechanism::MrAa;
+            v.plan.mechanism = Some(Mechanism::MultiActive);
             Ok(())
         })
         .await?;
@@ -537,7 +534,7 @@ impl Daemon {
                 }
                 if k == 1 {
                     self.with_chain(chain, |e| {
-                        e.runtime.vnfs[hop].plan.mechanism = api::Mechanism::Mechanism0r;
+                        e.runtime.vnfs[hop].plan.mechanism = Some(Mechanism::NoReplica);
                         Ok(())
                     })
                     .await?;
@@ -597,23 +594,27 @@ static FIRST_INCARNATION: std::sync::atomic::AtomicU64 = std::sync::atomic::Atom
 #[cfg(test)]
 mod tests {
     use super::*;
-    use api::Mechanism::{Mechanism0r, Mechanism1rAa, Mechanism1rAs, MrAa, None as Unprotected};
+    const UNPROTECTED: Option<Mechanism> = None;
+    const ZERO_R: Option<Mechanism> = Some(Mechanism::NoReplica);
+    const ONE_R_AS: Option<Mechanism> = Some(Mechanism::ActiveStandby);
+    const ONE_R_AA: Option<Mechanism> = Some(Mechanism::ActiveActive);
+    const MR_AA: Option<Mechanism> = Some(Mechanism::MultiActive);
 
-    fn p(mechanism: api::Mechanism, members: usize) -> Protection {
+    fn p(mechanism: Option<Mechanism>, members: usize) -> Protection {
         Protection { mechanism, members }
     }
 
     #[test]
     fn the_issue_s_walk() {
         let walk = [
-            (p(Unprotected, 1), p(Mechanism0r, 1)),
-            (p(Mechanism0r, 1), p(MrAa, 3)),
-            (p(MrAa, 3), p(MrAa, 2)),
-            (p(MrAa, 2), p(Mechanism1rAa, 1)),
-            (p(Mechanism1rAa, 1), p(Mechanism1rAs, 1)),
-            (p(Mechanism1rAs, 1), p(Mechanism0r, 1)),
-            (p(Mechanism0r, 1), p(Unprotected, 1)),
-            (p(Unprotected, 1), p(MrAa, 2)),
+            (p(UNPROTECTED, 1), p(ZERO_R, 1)),
+            (p(ZERO_R, 1), p(MR_AA, 3)),
+            (p(MR_AA, 3), p(MR_AA, 2)),
+            (p(MR_AA, 2), p(ONE_R_AA, 1)),
+            (p(ONE_R_AA, 1), p(ONE_R_AS, 1)),
+            (p(ONE_R_AS, 1), p(ZERO_R, 1)),
+            (p(ZERO_R, 1), p(UNPROTECTED, 1)),
+            (p(UNPROTECTED, 1), p(MR_AA, 2)),
         ];
         let plans: Vec<Vec<Step>> = walk.iter().map(|(a, b)| plan(*a, *b, false)).collect();
         use protect::Mechanism as M;
@@ -638,14 +639,14 @@ mod tests {
                 vec![Step::Protect, Step::Checkpoint, Step::AddMembers { to: 2 }],
             ]
         );
-        assert!(plan(p(MrAa, 3), p(MrAa, 3), false).is_empty());
+        assert!(plan(p(MR_AA, 3), p(MR_AA, 3), false).is_empty());
         assert_eq!(
-            plan(p(MrAa, 2), p(Unprotected, 1), false),
+            plan(p(MR_AA, 2), p(UNPROTECTED, 1), false),
             vec![Step::RemoveMembers { keep: 0 }, Step::Unprotect]
         );
         // A replica place made once is used again.
         assert_eq!(
-            plan(p(Mechanism0r, 1), p(Mechanism1rAa, 1), true),
+            plan(p(ZERO_R, 1), p(ONE_R_AA, 1), true),
             vec![Step::SetAgent(M::ActiveActive)]
         );
     }
@@ -659,13 +660,13 @@ mod tests {
             from in 0usize..6, from_m in 2usize..=8, to in 0usize..6, to_m in 2usize..=8,
             replica_place: bool,
         ) {
-            let all = [Unprotected, Mechanism0r, Mechanism1rAs, Mechanism1rAa, MrAa, Mechanism0r];
-            let at = |i: usize, m: usize| p(all[i], if all[i] == MrAa { m } else { 1 });
+            let all = [UNPROTECTED, ZERO_R, ONE_R_AS, ONE_R_AA, MR_AA, ZERO_R];
+            let at = |i: usize, m: usize| p(all[i], if all[i] == MR_AA { m } else { 1 });
             let (from, to) = (at(from, from_m), at(to, to_m));
             // A model of the VNF: agent mechanism, members, replica place.
-            let mut agent = runtime::protection(from.mechanism).unwrap();
+            let mut agent = from.mechanism;
             let mut members = from.members;
-            let mut place = replica_place || from.mechanism == Mechanism1rAa;
+            let mut place = replica_place || from.mechanism == ONE_R_AA;
             for step in plan(from, to, place) {
                 match step {
                     Step::Protect => {
@@ -697,7 +698,7 @@ mod tests {
                     }
                 }
             }
-            proptest::prop_assert_eq!(agent, runtime::protection(to.mechanism).unwrap());
+            proptest::prop_assert_eq!(agent, to.mechanism);
             proptest::prop_assert_eq!(members, to.members);
         }
     }

@@ -84,19 +84,9 @@ impl Daemon {
         mechanism: i32,
         replicas: u32,
     ) -> Result<api::VnfStatus, ControlError> {
-        let mechanism = api::Mechanism::try_from(mechanism)
-            .ok()
-            .filter(|m| *m != api::Mechanism::Unspecified)
-            .ok_or_else(|| {
-                ControlError::InvalidArgument(format!(
-                    "mechanism {mechanism} is not a valid mechanism"
-                ))
-            })?;
-        if mechanism == api::Mechanism::MrAa && replicas != 0 && !(2..=8).contains(&replicas) {
-            return Err(ControlError::InvalidArgument(format!(
-                "replicas {replicas} must be 2 to 8"
-            )));
-        }
+        let mechanism = validate::mechanism(mechanism)
+            .map_err(|why| ControlError::InvalidArgument(format!("mechanism {why}")))?;
+        validate::replicas(mechanism, replicas).map_err(ControlError::InvalidArgument)?;
         validate::name("vnf", vnf)?;
         let members = match replicas {
             0 => {

@@ -1,0 +1,76 @@
+//! The daemon's own types for what a chain is to be: what
+//! [`validate`](crate::validate) makes of a `ChainSpec`, and what every
+//! layer below the API works with (no API type below the API).
+
+use std::collections::BTreeMap;
+
+use nham_dataplane::classifier::Rule;
+
+/// How a protected VNF is brought back (a VNF not protected has none:
+/// `MECHANISM_NONE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    /// 0R: a new instance, restored from the store.
+    NoReplica,
+    /// 1R-AS: a standby prepared in advance imports the latest image.
+    ActiveStandby,
+    /// 1R-AA: an active replica, restored (and kept stopped) from every
+    /// committed checkpoint in a namespace of its own behind the hop's
+    /// standby port; failover is a switch of port, SIGCONT and the replay.
+    ActiveActive,
+    /// MR-AA: M members, all active, each in a namespace of its own behind
+    /// a member port of the hop; the SFF feeds them the same input and
+    /// passes on the first copy of each output. Member 0 is the one
+    /// checkpointed. A failed member is restored from the restore point and
+    /// catches up; the others serve meanwhile.
+    MultiActive,
+}
+
+impl Mechanism {
+    /// Its name in the paper's words.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::NoReplica => "0R",
+            Self::ActiveStandby => "1R-AS",
+            Self::ActiveActive => "1R-AA",
+            Self::MultiActive => "MR-AA",
+        }
+    }
+}
+
+/// A validated VNF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VnfPlan {
+    /// Name, unique in the chain.
+    pub name: String,
+    /// argv, placeholders not yet replaced.
+    pub command: Vec<String>,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// Resilience mechanism (`None`: not protected, `MECHANISM_NONE`).
+    pub mechanism: Option<Mechanism>,
+    /// Checkpoint period (`None`: the daemon's default).
+    pub checkpoint_interval: Option<std::time::Duration>,
+    /// MR-AA: members (M, 2 to 8; 3 when not given). 1 otherwise.
+    pub replicas: u32,
+}
+
+/// MR-AA members when the spec does not say.
+pub const DEFAULT_REPLICAS: u32 = 3;
+
+/// A validated chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainPlan {
+    /// Name.
+    pub name: String,
+    /// SPI.
+    pub spi: u32,
+    /// VNFs in order.
+    pub vnfs: Vec<VnfPlan>,
+    /// Classifier rules, all for this SPI.
+    pub rules: Vec<Rule>,
+    /// Ingress interface.
+    pub ingress: String,
+    /// Egress interface.
+    pub egress: String,
+}
