@@ -1221,7 +1221,7 @@ impl Spawn {
             self.netns_name.clone(),
             self.cwd.clone(),
         );
-        let child = in_netns(&self.netns, move || {
+        let child = nham_netns::run_in(&self.netns, move || {
             // Pid 1 of a PID namespace of its own (see
             // `protect::own_pid_namespace_for_children`).
             protect::own_pid_namespace_for_children()?;
@@ -1277,19 +1277,3 @@ pub fn kill_and_reap(pid: u32) {
     let _ = nix::sys::wait::waitpid(p, None);
 }
 
-/// Runs `f` on a new thread inside the network namespace whose file is
-/// `netns`, and returns its result.
-pub fn in_netns<T: Send + 'static>(
-    netns: &Path,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ControlError> {
-    let path = netns.to_path_buf();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).map_err(ControlError::io(path.display()))?;
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| ControlError::io(format!("entering {}", path.display()))(e.into()))?;
-        Ok(f())
-    })
-    .join()
-    .map_err(|_| ControlError::Panicked("a thread in a VNF's namespace"))?
-}

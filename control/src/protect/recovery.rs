@@ -331,15 +331,11 @@ impl ProtectedVnf {
 
     /// Starts the command afresh in namespace `netns` (running).
     fn start_fresh_in(&self, netns: &Path) -> Result<u32, ProtectError> {
-        let f = std::fs::File::open(netns)
-            .map_err(|e| ProtectError::Process(format!("{}: {e}", netns.display())))?;
         let argv = self.command.clone();
         let cwd = self.cwd.clone();
-        let child = std::thread::spawn(move || -> std::io::Result<std::process::Child> {
+        let child = nham_netns::run_in(netns, move || -> std::io::Result<std::process::Child> {
             // The VNF at the ordinary priority, whatever ours.
             let _ = rustix::process::setpriority_process(None, 0);
-            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)?;
             own_pid_namespace_for_children()?;
             let mut cmd = Command::new(&argv[0]);
             if let Some(dir) = cwd {
@@ -351,8 +347,7 @@ impl ProtectedVnf {
                 .stderr(std::process::Stdio::null())
                 .spawn()
         })
-        .join()
-        .map_err(|_| ProtectError::Process("spawn thread panicked".into()))?
+        .map_err(|e| ProtectError::Process(e.to_string()))?
         .map_err(|e| ProtectError::Process(format!("starting {:?}: {e}", self.command)))?;
         let pid = child.id();
         // The Child is dropped without a wait: whoever watches the VNF

@@ -288,7 +288,7 @@ impl Daemon {
                     while running() && Instant::now() < deadline {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
-                    let up = crate::runtime::in_netns(&netns, || {
+                    let up = nham_netns::run_in(&netns, || {
                         nham_netns::set_up(crate::runtime::VNF_IFACE)
                     });
                     match up {

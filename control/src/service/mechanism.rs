@@ -387,7 +387,7 @@ impl Daemon {
         let sff = h.sff;
         let place = tokio::task::spawn_blocking(move || {
             let ifindex =
-                runtime::in_netns(&netns, || nham_netns::link(runtime::VNF_IFACE))??.ifindex;
+                nham_netns::run_in(&netns, || nham_netns::link(runtime::VNF_IFACE))??.ifindex;
             let (ns, port) = runtime::make_place(&names.0, &names.1, ifindex)?;
             let iface = port.iface.clone();
             sff.attach_standby(hop, port)?;
@@ -481,7 +481,7 @@ impl Daemon {
             let (sff, agent) = (sff.clone(), agent.clone());
             tokio::task::spawn_blocking(move || {
                 let ifindex =
-                    runtime::in_netns(&netns, || nham_netns::link(runtime::VNF_IFACE))??.ifindex;
+                    nham_netns::run_in(&netns, || nham_netns::link(runtime::VNF_IFACE))??.ifindex;
                 let mut places = Vec::new();
                 let mut ports = Vec::new();
                 for ((ns_name, iface), cwd) in plans {

@@ -109,12 +109,9 @@ impl Swrk {
             None,
         )
         .map_err(|e| io("socketpair for criu swrk")(e.into()))?;
-        let ns = std::fs::File::open(netns).map_err(io(format!("opening {}", netns.display())))?;
         // A child inherits the network namespace of the thread that forks
         // it: fork from a thread that entered the VNF's.
-        let child = std::thread::spawn(move || -> Result<Child, CriuError> {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| io("entering the VNF's network namespace")(e.into()))?;
+        let child = nham_netns::run_in(netns, move || -> Result<Child, CriuError> {
             let mut cmd = Command::new("criu");
             cmd.arg("swrk")
                 .arg(SOCK_FD.to_string())
@@ -133,8 +130,7 @@ impl Swrk {
             // `cmd` holds the child's end; it closes when `cmd` goes.
             cmd.spawn().map_err(CriuError::Spawn)
         })
-        .join()
-        .map_err(|_| CriuError::Spawn(std::io::Error::other("spawn thread panicked")))??;
+        .map_err(|e| CriuError::Spawn(std::io::Error::other(e.to_string())))??;
         Ok(Self { child, sock: ours })
     }
 

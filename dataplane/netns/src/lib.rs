@@ -20,7 +20,7 @@ pub mod sockdiag;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures::TryStreamExt;
@@ -258,12 +258,7 @@ impl Netns {
 
     /// Moves the calling thread into this namespace.
     pub fn enter(&self) -> Result<(), NetnsError> {
-        let file =
-            File::open(self.path()).map_err(sys(format!("opening {}", self.path().display())))?;
-        setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Sys {
-            what: format!("entering namespace {}", self.name),
-            source: e.into(),
-        })
+        enter(&self.path())
     }
 
     /// Runs `f` on a new thread inside this namespace and returns its result.
@@ -271,19 +266,36 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, NetnsError> {
-        let path = self.path();
-        let name = self.name.clone();
-        std::thread::spawn(move || {
-            let file = File::open(&path).map_err(sys(format!("opening {}", path.display())))?;
-            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Sys {
-                what: format!("entering namespace {}", path.display()),
-                source: e.into(),
-            })?;
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| NetnsError::Panicked(name))?
+        run_in(&self.path(), f)
     }
+}
+
+/// Moves the calling thread into the network namespace whose file is
+/// `netns` (for good: a thread that is to serve there).
+pub fn enter(netns: &Path) -> Result<(), NetnsError> {
+    let file = File::open(netns).map_err(sys(format!("opening {}", netns.display())))?;
+    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Sys {
+        what: format!("entering namespace {}", netns.display()),
+        source: e.into(),
+    })
+}
+
+/// Runs `f` on a new thread inside the network namespace whose file is
+/// `netns` (`/run/netns/<name>`, or `/proc/<pid>/ns/net`), and returns its
+/// result. The one place a thread enters a namespace to act there: a
+/// process `f` starts is born in it.
+pub fn run_in<T: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NetnsError> {
+    let path = netns.to_path_buf();
+    let name = path.display().to_string();
+    std::thread::spawn(move || {
+        enter(&path)?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| NetnsError::Panicked(name))?
 }
 
 impl Drop for Netns {

@@ -222,20 +222,7 @@ impl SockDiag {
     /// Opens one for the namespace of `netns` (a namespace file such as
     /// `/run/netns/<name>` or `/proc/<pid>/ns/net`).
     pub fn open(netns: &Path) -> Result<Self, NetnsError> {
-        let path = netns.to_path_buf();
-        std::thread::spawn(move || -> Result<Self, NetnsError> {
-            let file = std::fs::File::open(&path)
-                .map_err(crate::sys(format!("opening {}", path.display())))?;
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-                NetnsError::Sys {
-                    what: format!("entering namespace {}", path.display()),
-                    source: e.into(),
-                }
-            })?;
-            Self::open_here()
-        })
-        .join()
-        .map_err(|_| NetnsError::Panicked(netns.display().to_string()))?
+        crate::run_in(netns, Self::open_here)?
     }
 
     /// Opens one for the calling thread's namespace.
