@@ -1276,4 +1276,3 @@ pub fn kill_and_reap(pid: u32) {
     let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
     let _ = nix::sys::wait::waitpid(p, None);
 }
-
