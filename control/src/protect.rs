@@ -172,13 +172,10 @@ pub fn cpu_use(pid: u32) -> Option<crate::fms::detector::Cpu> {
 }
 
 /// Whether process `pid` is stopped (state `T` in `/proc/<pid>/stat`).
-fn is_stopped(pid: u32) -> bool {
-    nham_netns::process_state(pid).is_some_and(|(state, _)| state == 'T')
-}
+use crate::runtime::process::is_stopped;
 
 fn signal(pid: u32, s: nix::sys::signal::Signal) -> Result<(), ProtectError> {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), s)
-        .map_err(|e| ProtectError::Process(format!("{s} to {pid}: {e}")))
+    crate::runtime::process::signal(pid, s).map_err(|e| ProtectError::Process(e.to_string()))
 }
 
 /// An MR-AA member other than member 0: its namespace (its `eth0` has
@@ -297,9 +294,7 @@ fn fallback_failed(newest: String, older: CheckpointId, e: ProtectError) -> Prot
 }
 
 fn kill_copy(pid: u32) {
-    let p = nix::unistd::Pid::from_raw(pid as i32);
-    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-    let _ = nix::sys::wait::waitpid(p, None);
+    crate::runtime::process::kill_and_reap(pid);
 }
 
 impl Drop for Replica {

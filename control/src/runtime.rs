@@ -44,6 +44,7 @@ use cgroup::Cgroup;
 
 pub mod cgroup;
 pub mod exits;
+pub mod process;
 mod reattach;
 
 /// A protected VNF's agent, shared by its checkpoint schedule and recovery.
@@ -289,7 +290,7 @@ impl VnfRuntime {
 
     /// Takes `pid` as MR-AA member `k`'s process (1 or more).
     pub fn adopt_member(&mut self, k: usize, pid: u32) -> Result<OwnedFd, ControlError> {
-        let pidfd = pidfd(pid)?;
+        let pidfd = process::pidfd(pid)?;
         if let Some(cg) = &self.cgroup {
             if let Err(e) = cg.add(pid) {
                 tracing::warn!(vnf = self.plan.name, "{e}");
@@ -342,7 +343,7 @@ impl VnfRuntime {
     /// Takes `pid` (started, or restored with its sockets) as the VNF's
     /// process; returns a pidfd to watch.
     pub fn adopt(&mut self, pid: u32) -> Result<OwnedFd, ControlError> {
-        let pidfd = pidfd(pid)?;
+        let pidfd = process::pidfd(pid)?;
         if let Some(cg) = &self.cgroup {
             if let Err(e) = cg.add(pid) {
                 tracing::warn!(vnf = self.plan.name, "{e}");
@@ -379,13 +380,7 @@ impl VnfRuntime {
         let pid = self.pid.ok_or_else(|| {
             ControlError::FailedPrecondition(format!("VNF {} is not running", self.plan.name))
         })?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).map_err(|source| {
-            ControlError::Signal {
-                signal,
-                pid,
-                source,
-            }
-        })
+        process::signal(pid, signal)
     }
 }
 
@@ -404,21 +399,12 @@ pub fn reap(pidfd: &OwnedFd) {
     }
 }
 
-fn pidfd(pid: u32) -> Result<OwnedFd, ControlError> {
-    let p = rustix::process::Pid::from_raw(pid as i32)
-        .ok_or_else(|| ControlError::InvalidArgument("process has pid 0".into()))?;
-    rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
-        .map_err(|e| ControlError::io(format!("pidfd_open({pid})"))(e.into()))
-}
-
 impl Drop for VnfRuntime {
     fn drop(&mut self) {
         self.agent = None;
         let members = self.members.iter_mut().filter_map(|m| m.pid.take());
         for pid in self.pid.take().into_iter().chain(members) {
-            let p = nix::unistd::Pid::from_raw(pid as i32);
-            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(p, None);
+            process::kill_and_reap(pid);
         }
     }
 }
@@ -516,10 +502,7 @@ impl SffProcess {
             std::thread::sleep(Duration::from_millis(2));
         }
         if !gone(self) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = process::signal(self.pid, nix::sys::signal::Signal::SIGKILL);
             if let Some(c) = self.child.as_mut() {
                 let _ = c.wait();
             }
@@ -1253,10 +1236,7 @@ impl Spawn {
         // The Child handle goes; the pidfd watcher reaps the process.
         drop(child);
         if let Err(e) = protect::wait_for_packet_socket(pid, &self.command) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = process::signal(pid, nix::sys::signal::Signal::SIGKILL);
             // No watcher took it: reap it here.
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
             return Err(ControlError::FailedPrecondition(format!(
@@ -1270,9 +1250,4 @@ impl Spawn {
     }
 }
 
-/// Kills process `pid` (a VNF started and not adopted) and reaps it.
-pub fn kill_and_reap(pid: u32) {
-    let p = nix::unistd::Pid::from_raw(pid as i32);
-    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-    let _ = nix::sys::wait::waitpid(p, None);
-}
+pub use process::kill_and_reap;

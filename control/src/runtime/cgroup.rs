@@ -106,10 +106,7 @@ impl Cgroup {
             let _ = std::fs::write(&kill, "1");
         } else {
             for pid in self.procs().unwrap_or_default() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                let _ = super::process::signal(pid, nix::sys::signal::Signal::SIGKILL);
             }
         }
         let deadline = Instant::now() + Duration::from_secs(1);

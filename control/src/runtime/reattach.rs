@@ -142,10 +142,7 @@ impl ChainRuntime {
                 PhaseStatus::Draining(id) | PhaseStatus::Dumping(id) => {
                     // The checkpoint protocol may have left it stopped.
                     if let Some(p) = alive {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(p as i32),
-                            nix::sys::signal::Signal::SIGCONT,
-                        );
+                        let _ = process::signal(p, nix::sys::signal::Signal::SIGCONT);
                     }
                     sff.checkpoint_failed(hop, id)
                 }

@@ -6,6 +6,7 @@
 #[allow(unused_imports)]
 use super::*;
 use crate::fms::recovery::Action;
+use crate::runtime::process;
 
 impl Daemon {
     /// Probes every VNF of `chain` each probe interval for hangs and
@@ -276,18 +277,7 @@ impl Daemon {
                 // live until it is seen dead): wrong outputs under right
                 // numbers. Stopped, it reads nothing more before it dies.
                 Action::StopAndReconnect => {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGSTOP,
-                    );
-                    let deadline = Instant::now() + Duration::from_millis(500);
-                    let running = || {
-                        nham_netns::process_state(pid)
-                            .is_some_and(|(state, _)| !matches!(state, 'T' | 't' | 'Z' | 'X'))
-                    };
-                    while running() && Instant::now() < deadline {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
+                    process::stop_and_wait(pid, Duration::from_millis(500)).await;
                     let up = nham_netns::run_in(&netns, || {
                         nham_netns::set_up(crate::runtime::VNF_IFACE)
                     });
@@ -299,10 +289,7 @@ impl Daemon {
                 }
                 // Recovery brings a cut-off link up again.
                 Action::Kill => {
-                    if let Err(e) = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    ) {
+                    if let Err(e) = process::signal(pid, nix::sys::signal::Signal::SIGKILL) {
                         tracing::error!(chain, vnf, "{who}killing it: {e}");
                     }
                 }

@@ -438,10 +438,7 @@ impl Daemon {
         tokio::task::spawn_blocking(move || {
             for m in gone {
                 if let Some(pid) = m.pid {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+                    let _ = runtime::process::signal(pid, nix::sys::signal::Signal::SIGKILL);
                 }
                 drop(m);
             }

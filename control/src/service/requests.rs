@@ -51,15 +51,7 @@ impl Fault {
     }
 }
 
-fn signal(pid: u32, signal: Signal) -> Result<(), ControlError> {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).map_err(|source| {
-        ControlError::Signal {
-            signal,
-            pid,
-            source,
-        }
-    })
-}
+use crate::runtime::process::signal;
 
 impl Daemon {
     /// The chain `name` as the API shows it.

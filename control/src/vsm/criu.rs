@@ -349,9 +349,7 @@ mod tests {
             "dump {:?} ({} bytes), restore {:?}",
             d.duration, d.size, took
         );
-        let p = nix::unistd::Pid::from_raw(pid as i32);
-        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(p, None);
+        crate::runtime::process::kill_and_reap(pid);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -406,9 +404,7 @@ mod tests {
         let sockets = std::fs::read_to_string(format!("/proc/{copy}/net/packet")).unwrap();
         assert_eq!(sockets.lines().count(), 2, "its packet socket: {sockets}");
         eprintln!("replica restored beside the original in {took:?}");
-        let p = nix::unistd::Pid::from_raw(copy as i32);
-        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(p, None);
+        crate::runtime::process::kill_and_reap(copy);
         child.0.kill().unwrap();
         child.0.wait().unwrap();
         let _ = std::fs::remove_dir_all(&dir);

@@ -1,0 +1,59 @@
+//! VNF processes as the ground floor knows them: signals, state, reaping,
+//! and the pidfd a watcher waits on. Every signal the control plane sends
+//! goes through [`signal`] (the one call to `kill(2)`).
+
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::error::ControlError;
+
+/// Sends `sig` to process `pid`.
+pub fn signal(pid: u32, sig: Signal) -> Result<(), ControlError> {
+    nix::sys::signal::kill(Pid::from_raw(pid as i32), sig).map_err(|source| ControlError::Signal {
+        signal: sig,
+        pid,
+        source,
+    })
+}
+
+/// SIGKILLs process `pid` (ours: a child) and reaps it.
+pub fn kill_and_reap(pid: u32) {
+    let _ = signal(pid, Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
+}
+
+/// Its scheduler state (`/proc/<pid>/stat`: `R`, `S`, `T` stopped...),
+/// `None` once it is gone.
+pub fn state(pid: u32) -> Option<char> {
+    nham_netns::process_state(pid).map(|(s, _)| s)
+}
+
+/// Stopped by a signal (`T`).
+pub fn is_stopped(pid: u32) -> bool {
+    state(pid) == Some('T')
+}
+
+/// Stops `pid` (SIGSTOP) and waits up to `timeout` until it no longer
+/// runs (stopped, or gone); returns whether it stopped in time.
+pub async fn stop_and_wait(pid: u32, timeout: Duration) -> bool {
+    let _ = signal(pid, Signal::SIGSTOP);
+    let deadline = Instant::now() + timeout;
+    loop {
+        match state(pid) {
+            Some('T' | 't' | 'Z' | 'X') | None => return true,
+            _ if Instant::now() >= deadline => return false,
+            _ => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
+/// A pidfd for `pid`: readable once it exits.
+pub fn pidfd(pid: u32) -> Result<OwnedFd, ControlError> {
+    let p = rustix::process::Pid::from_raw(pid as i32)
+        .ok_or_else(|| ControlError::InvalidArgument("process has pid 0".into()))?;
+    rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+        .map_err(|e| ControlError::io(format!("pidfd_open({pid})"))(e.into()))
+}
