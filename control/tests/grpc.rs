@@ -22,7 +22,7 @@ struct Harness {
     state_dir: std::path::PathBuf,
     _stop: tokio::sync::oneshot::Sender<()>,
     thread: Option<std::thread::JoinHandle<()>>,
-    _peers: Netns,
+    peers: Netns,
     _daemon_ns: Netns,
 }
 
@@ -102,7 +102,7 @@ impl Harness {
             state_dir,
             _stop: stop_tx,
             thread: Some(thread),
-            _peers: peers,
+            peers,
             _daemon_ns: daemon_ns,
         }
     }
@@ -983,8 +983,9 @@ async fn a_vnf_that_does_not_start_or_a_missing_or_busy_interface_fails_with_the
 }
 
 /// No chain waits on another: while chain B's VNF takes 5 s to start (at
-/// create, then again when it is healed), a crash in chain A is detected at
-/// once and A's VNF recovered in its usual time.
+/// create, then again when it is healed, then again after the Failure
+/// Detector judged it hung under traffic and killed it), a crash in chain
+/// A is detected at once and A's VNF recovered in its usual time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_chain_holds_up_no_other() {
     use api::watch_events_response::Event;
@@ -1063,7 +1064,7 @@ async fn a_slow_chain_holds_up_no_other() {
         command: vec![
             "sh".into(),
             "-c".into(),
-            "sleep 5; exec python3 -c 'import socket, time; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); time.sleep(600)'".into(),
+            "sleep 5; exec python3 -c 'import socket, time; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)); time.sleep(600)'".into(),
         ],
         mechanism: api::Mechanism::None as i32,
         ..Default::default()
@@ -1125,5 +1126,74 @@ async fn a_slow_chain_holds_up_no_other() {
     assert!(during_heal.0 < 100.0, "detection waited: {during_heal:?}");
     assert!(during_heal.1 < 2_000.0, "recovery waited: {during_heal:?}");
     heal_b.await.unwrap().expect("B healed");
+
+    // B's VNF under traffic: it reads none of it (a hang, as the detector
+    // sees it), is judged, killed, and started again: 5 s.
+    let mut b_events = events
+        .watch_events(api::WatchEventsRequest { chain: "b".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let traffic = traffic_into(h.peers.path(), "gen1", 15);
+    let cause = loop {
+        let e = tokio::time::timeout(Duration::from_secs(20), b_events.message())
+            .await
+            .expect("B judged within 20 s")
+            .unwrap()
+            .unwrap();
+        if let Some(Event::FailureDetected(f)) = e.event {
+            break f.cause;
+        }
+    };
+    assert!(cause.starts_with("hang"), "B judged: {cause}");
+    let at = crash_a().await;
+    let during_judge = recovered(&mut stream, at).await;
+    let b = chains
+        .get_chain(api::GetChainRequest { name: "b".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let b_state = b.chain.expect("chain b").vnfs[0].state;
+    assert_eq!(
+        b_state,
+        api::VnfState::Recovering as i32,
+        "B's VNF was still starting again"
+    );
+    eprintln!(
+        "chain A while B's hung VNF is judged and restarted: detected in {:.3} ms, back after {:.1} ms",
+        during_judge.0, during_judge.1
+    );
+    assert!(during_judge.0 < 100.0, "detection waited: {during_judge:?}");
+    assert!(
+        during_judge.1 < 2_000.0,
+        "recovery waited: {during_judge:?}"
+    );
+    traffic.join().expect("traffic into B");
     let _ = &mut vnfs;
+}
+
+/// Sends UDP frames from `iface` in namespace `netns` at 500 a second for
+/// `secs` seconds, on a thread of its own.
+fn traffic_into(
+    netns: std::path::PathBuf,
+    iface: &'static str,
+    secs: u64,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        nham_netns::run_in(&netns, move || {
+            let mut port = nham_afxdp::Port::open(iface, 0, nham_afxdp::PortConfig::default())
+                .expect("a generator port");
+            let frames: Vec<Vec<u8>> = (0..secs * 500)
+                .map(|i| nham_traffic::make_frame(i, (i % 4) as u32, 128))
+                .collect();
+            nham_traffic::generate(
+                &mut port,
+                &frames,
+                Some(500.0),
+                std::time::Instant::now(),
+                8,
+            );
+        })
+        .expect("entering the peers' namespace");
+    })
 }
