@@ -1145,7 +1145,12 @@ async fn a_slow_chain_holds_up_no_other() {
             break f.cause;
         }
     };
-    assert!(cause.starts_with("hang"), "B judged: {cause}");
+    // Judged, not seen exiting (a frame outside the SFF's window, such as
+    // the kernel's own, may make it an input drop rather than a hang).
+    assert!(
+        cause.starts_with("hang") || cause.starts_with("input dropped"),
+        "B judged: {cause}"
+    );
     let at = crash_a().await;
     let during_judge = recovered(&mut stream, at).await;
     let b = chains

@@ -166,6 +166,8 @@ pub struct FailureRecovery {
     judged: Option<(Verdict, Instant)>,
     fault_at: Option<Instant>,
     since: Option<Instant>,
+    /// The incarnation that failed (a recovery must bring a newer one).
+    failed: u64,
     healing: bool,
     counters: Counters,
 }
@@ -180,6 +182,7 @@ impl FailureRecovery {
             judged: None,
             fault_at: None,
             since: None,
+            failed: incarnation,
             healing: false,
             counters: Counters::default(),
         }
@@ -329,6 +332,7 @@ impl FailureRecovery {
     fn begin(&mut self, since: Instant, link: Option<bool>, comeback: Comeback) -> Vec<Action> {
         self.phase = Phase::Recovering;
         self.since = Some(since);
+        self.failed = self.incarnation;
         let mut actions = vec![Action::RecoveryStarted];
         actions.extend(link.map(|wait| Action::LinkUp { wait }));
         actions.push(Action::Recover { comeback, since });
@@ -359,14 +363,23 @@ impl FailureRecovery {
     }
 
     /// The recovery ended at `now`: `Ok` with the process running again
-    /// (adopted through [`handle_started`](Self::handle_started)), or why
-    /// not. Nothing unless it was recovering.
+    /// (adopted through [`handle_started`](Self::handle_started): without a
+    /// new incarnation it counts as failed), or why not. Nothing unless it
+    /// was recovering.
     pub fn handle_recovered(&mut self, now: Instant, outcome: Result<(), String>) -> Vec<Action> {
         if self.phase != Phase::Recovering {
             return Vec::new();
         }
         self.healing = false;
         let since = self.since.take().unwrap_or(now);
+        let outcome = match outcome {
+            // Only a new incarnation (adopted through `handle_started`)
+            // ends a recovery.
+            Ok(()) if self.incarnation == self.failed => {
+                Err("the recovery brought no new process".to_string())
+            }
+            o => o,
+        };
         match outcome {
             Ok(()) => {
                 self.phase = Phase::Running;
@@ -399,7 +412,8 @@ mod tests {
             back: u64,
             carrier: bool,
         },
-        Verdict(Verdict),
+        /// A verdict on the incarnation `back` before the current one.
+        Verdict(Verdict, u64),
         Heal,
         Started,
         Recovered(bool),
@@ -414,9 +428,11 @@ mod tests {
             Just(Verdict::CutOff),
             Just(Verdict::InputDropped),
         ];
+        // Mostly the current incarnation, sometimes an older one.
+        let back = prop_oneof![3 => Just(0u64), 1 => 1u64..3];
         prop_oneof![
-            4 => (0u64..3, any::<bool>()).prop_map(|(b, carrier)| Event::Exit { back: b % 2 * b, carrier }),
-            2 => verdict.prop_map(Event::Verdict),
+            4 => (back.clone(), any::<bool>()).prop_map(|(back, carrier)| Event::Exit { back, carrier }),
+            2 => (verdict, back).prop_map(|(v, b)| Event::Verdict(v, b)),
             2 => Just(Event::Heal),
             3 => Just(Event::Started),
             3 => any::<bool>().prop_map(Event::Recovered),
@@ -443,15 +459,36 @@ mod tests {
         recovering: bool,
         failed: bool,
         incarnation: u64,
+        /// The incarnation that failed, while recovering.
+        lost: u64,
         judged_at: Option<(Verdict, Instant)>,
+        fault_at: Option<Instant>,
         healing: bool,
         failures: u64,
         recoveries: u64,
         recovery_failures: u64,
     }
 
+    /// The link: `wait` for restores behind the same link, never for a
+    /// member; a failover only when the link was cut; a member's brought
+    /// up only when it left on its own without carrier.
+    fn link_ok(how: Comeback, link: Option<bool>, judged: bool, carrier: bool, cut: bool) -> bool {
+        match how {
+            Comeback::Fresh | Comeback::InPlace => link == Some(true),
+            Comeback::Elsewhere => link == cut.then_some(true),
+            Comeback::Member => link != Some(true) && link.is_some() == (!judged && !carrier),
+        }
+    }
+
+    fn link_of(a: &[Action]) -> Option<bool> {
+        a.iter().find_map(|x| match x {
+            Action::LinkUp { wait } => Some(*wait),
+            _ => None,
+        })
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #![proptest_config(ProptestConfig::with_cases(3000))]
         #[test]
         fn one_failure_one_recovery_against_a_model(
             how in comeback(),
@@ -464,9 +501,10 @@ mod tests {
                 let now = t0 + Duration::from_millis(i as u64);
                 match e {
                     Event::Started => {
-                        // The driver adopts a process only when it started
-                        // one: at create, or as a recovery's restore.
-                        if m.started && !m.recovering {
+                        // The driver adopts a process when it started one:
+                        // at create, as a recovery's restore, or (a
+                        // restarted daemon) one found alive.
+                        if m.alive {
                             continue;
                         }
                         let inc = fr.handle_started();
@@ -481,41 +519,42 @@ mod tests {
                     }
                     Event::Exit { back, carrier } => {
                         let inc = m.incarnation.saturating_sub(back);
-                        let a = fr.handle_exit(inc, now, now, carrier, how);
+                        let a = fr.handle_exit(inc, now, now + Duration::from_micros(300), carrier, how);
                         if inc != m.incarnation || !m.alive || m.recovering {
                             prop_assert!(a.is_empty(), "stale exit acted: {a:?}");
                             continue;
                         }
                         m.alive = false;
                         m.recovering = true;
+                        m.lost = m.incarnation;
                         m.failures += 1;
                         let judged = m.judged_at.take();
-                        let (cause, at) = match judged {
-                            Some((v, at)) => (Cause::Judged(v), at),
-                            None => (Cause::Exited, now),
+                        let (cause, at, noticed) = match judged {
+                            Some((v, at)) => (Cause::Judged(v), at, at),
+                            None => (Cause::Exited, now, now + Duration::from_micros(300)),
                         };
-                        prop_assert!(matches!(&a[0], Action::Detected { cause: c, at: t, .. } if *c == cause && *t == at), "{:?}", a);
+                        let want = Action::Detected { cause, fault_at: m.fault_at.take(), at, noticed };
+                        prop_assert_eq!(&a[0], &want);
                         prop_assert_eq!(&a[1], &Action::RecoveryStarted);
                         prop_assert_eq!(a.last(), Some(&Action::Recover { comeback: how, since: at }));
                         let cut = matches!(judged, Some((Verdict::CutOff, _))) || !carrier;
-                        let link = a.iter().find_map(|x| match x {
-                            Action::LinkUp { wait } => Some(*wait),
-                            _ => None,
-                        });
-                        let want = match how {
-                            Comeback::Member => (judged.is_none() && !carrier).then_some(false),
-                            Comeback::Elsewhere => cut.then_some(true),
-                            _ => Some(true),
-                        };
-                        prop_assert_eq!(link, want);
+                        prop_assert!(link_ok(how, link_of(&a), judged.is_some(), carrier, cut), "{how:?}: {a:?}");
                     }
-                    Event::Verdict(v) => {
-                        let a = fr.handle_verdict(m.incarnation, v, now, how);
-                        let acts = v != Verdict::Healthy && m.alive && !m.recovering && m.judged_at.is_none();
+                    Event::Verdict(v, back) => {
+                        let inc = m.incarnation.saturating_sub(back);
+                        let a = fr.handle_verdict(inc, v, now, how);
+                        let acts = v != Verdict::Healthy
+                            && inc == m.incarnation
+                            && m.alive
+                            && !m.recovering
+                            && m.judged_at.is_none();
                         if acts {
                             m.judged_at = Some((v, now));
                             prop_assert_eq!(a.last(), Some(&Action::Kill));
-                            prop_assert_eq!(a.len(), 1 + usize::from(how == Comeback::Member && v == Verdict::CutOff));
+                            // A cut-off member is stopped and reconnected
+                            // before it is killed; nothing else is.
+                            let reconnect = a.contains(&Action::StopAndReconnect);
+                            prop_assert_eq!(reconnect, how == Comeback::Member && v == Verdict::CutOff);
                         } else {
                             prop_assert!(a.is_empty(), "verdict acted: {a:?}");
                         }
@@ -532,8 +571,10 @@ mod tests {
                         } else {
                             prop_assert!(m.failed);
                             let Heal::Retry(a) = h else { panic!("{h:?}") };
+                            prop_assert_eq!(link_of(&a), Some(true));
                             prop_assert_eq!(a.last(), Some(&Action::Recover { comeback: how, since: now }));
                             m.recovering = true;
+                            m.lost = m.incarnation;
                             m.healing = true;
                         }
                     }
@@ -545,7 +586,8 @@ mod tests {
                         }
                         m.recovering = false;
                         m.healing = false;
-                        if ok {
+                        // A recovery that adopted no new process failed.
+                        if ok && m.incarnation != m.lost {
                             m.recoveries += 1;
                             m.alive = true;
                             prop_assert!(matches!(a[..], [Action::Finished { incarnation, .. }] if incarnation == m.incarnation), "{:?}", a);
@@ -556,7 +598,10 @@ mod tests {
                             prop_assert!(matches!(a[..], [Action::RecoveryFailed { .. }]), "{:?}", a);
                         }
                     }
-                    Event::Fault => fr.handle_fault(now),
+                    Event::Fault => {
+                        fr.handle_fault(now);
+                        m.fault_at = Some(now);
+                    }
                     Event::Lost => {
                         let a = fr.handle_lost(now, how);
                         if m.recovering {
@@ -566,9 +611,13 @@ mod tests {
                         m.alive = false;
                         m.recovering = true;
                         m.started = true;
+                        m.lost = m.incarnation;
                         m.failures += 1;
                         m.judged_at = None;
-                        prop_assert!(matches!(a[0], Action::Detected { cause: Cause::Lost, .. }), "{:?}", a);
+                        let want = Action::Detected { cause: Cause::Lost, fault_at: m.fault_at.take(), at: now, noticed: now };
+                        prop_assert_eq!(&a[0], &want);
+                        prop_assert_eq!(link_of(&a), Some(how != Comeback::Member));
+                        prop_assert_eq!(a.last(), Some(&Action::Recover { comeback: how, since: now }));
                     }
                 }
                 // At most one recovery at a time, and the phase says so.
@@ -577,10 +626,40 @@ mod tests {
                 prop_assert_eq!(phase == Phase::Running, m.alive && !m.recovering);
                 prop_assert_eq!(fr.healing(), m.healing);
                 prop_assert_eq!(fr.incarnation(), m.incarnation);
+                prop_assert_eq!(fr.probed(), (m.alive && !m.recovering && m.judged_at.is_none()).then_some(m.incarnation));
                 let c = fr.counters();
                 prop_assert_eq!((c.failures, c.recoveries, c.recovery_failures), (m.failures, m.recoveries, m.recovery_failures));
             }
         }
+    }
+
+    #[test]
+    fn a_restarted_daemon_s_finding_runs_once_adopted_and_a_heal_abandoned_waits_for_nothing() {
+        let mut fr = FailureRecovery::found(
+            Phase::Failed,
+            0,
+            Counters {
+                failures: 2,
+                ..Counters::default()
+            },
+        );
+        assert_eq!(fr.phase(), Phase::Failed);
+        assert_eq!(fr.handle_started(), 1);
+        assert_eq!(fr.phase(), Phase::Running);
+        assert_eq!(fr.counters().failures, 2);
+        assert_eq!(
+            fr.handle_heal(Instant::now(), Comeback::InPlace),
+            Heal::Kill
+        );
+        assert_eq!(
+            fr.handle_heal(Instant::now(), Comeback::InPlace),
+            Heal::Join
+        );
+        fr.handle_heal_abandoned();
+        assert_eq!(
+            fr.handle_heal(Instant::now(), Comeback::InPlace),
+            Heal::Kill
+        );
     }
 
     #[test]

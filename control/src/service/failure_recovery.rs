@@ -30,8 +30,13 @@ fn sff_iface(v: &VnfRuntime, k: usize) -> Option<&str> {
     }
 }
 
-/// What a restore hands back: the new process, its pidfd, what was done.
-type Restored = Result<(OwnedFd, RecoveryStats), ControlError>;
+/// What a restore brought back, not adopted yet.
+enum Brought {
+    /// A process started afresh (`MECHANISM_NONE`).
+    Started(u32),
+    /// A process restored by the mechanism.
+    Restored(RecoveryStats),
+}
 
 impl Daemon {
     /// Process `k` (0: the VNF's own; else MR-AA member `k`) of VNF `vnf`
@@ -162,7 +167,8 @@ impl Daemon {
     }
 
     /// Brings process `k` back as `comeback` says, with the registry
-    /// `chains` let go across the restore; adopts the new process.
+    /// `chains` let go across the restore (and not taken again: the caller
+    /// adopts the new process in [`finish_recovery`](Self::finish_recovery)).
     /// `settle_link`: wait until the SFF's end of the link is operationally
     /// up before the SFF flushes what it was sending the failed incarnation
     /// and the VNF is restored.
@@ -176,7 +182,7 @@ impl Daemon {
         comeback: Comeback,
         since: Instant,
         settle_link: bool,
-    ) -> Restored {
+    ) -> Result<Brought, ControlError> {
         let gone = || ControlError::NotFound(format!("chain {chain:?} is gone"));
         let entry = chains.get_mut(chain).ok_or_else(gone)?;
         let sff = entry.runtime.sff.clone();
@@ -198,14 +204,7 @@ impl Daemon {
                 let pid = tokio::task::spawn_blocking(move || spawn.run())
                     .await
                     .map_err(|_| ControlError::Panicked("start"))??;
-                let mut chains = self.chains.lock().await;
-                let Some(v) = vnf_in(&mut chains, chain, vnf) else {
-                    // The chain went meanwhile: so does the process.
-                    crate::runtime::kill_and_reap(pid);
-                    return Err(gone());
-                };
-                let fd = v.adopt(pid)?;
-                return Ok((fd, RecoveryStats::default()));
+                return Ok(Brought::Started(pid));
             }
         };
         if k > 0 {
@@ -218,17 +217,7 @@ impl Daemon {
             })
             .await
             .map_err(|_| ControlError::Panicked("recovery"))??;
-            let mut chains = self.chains.lock().await;
-            let v = vnf_in(&mut chains, chain, vnf).ok_or_else(gone);
-            // A member restored that cannot be adopted (its place went
-            // meanwhile) does not run on unwatched.
-            return match v.and_then(|v| v.adopt_member(k, r.pid)) {
-                Ok(fd) => Ok((fd, r)),
-                Err(e) => {
-                    crate::runtime::kill_and_reap(r.pid);
-                    Err(e)
-                }
-            };
+            return Ok(Brought::Restored(r));
         }
         let sff_iface = v.sff_iface.clone();
         // A failover never lands in a namespace whose link is down: check
@@ -289,31 +278,52 @@ impl Daemon {
         .await
         .map_err(|_| ControlError::Panicked("recovery"))??;
         tracing::debug!(chain, vnf, since = ?since.elapsed(), "restored");
-        let mut chains = self.chains.lock().await;
-        let v = vnf_in(&mut chains, chain, vnf).ok_or_else(gone)?;
-        if let Some(why) = &r.fallback_reason {
-            tracing::warn!(chain, vnf, "restored an older checkpoint: {why}");
-        }
-        if r.switched {
-            v.swap_replica();
-        }
-        let fd = v.adopt(r.pid)?;
-        Ok((fd, r))
+        Ok(Brought::Restored(r))
     }
 
-    /// Records a recovery's outcome in process `k`'s Failure Recovery and
-    /// does what it says: on success watch the new process and announce
-    /// the time from the failure to the process running again (the SFF
-    /// replaying, not the bookkeeping after); heals of the VNF are told.
-    pub(super) fn finish_recovery(
+    /// Adopts what a restore brought back (under the same hold of the
+    /// registry as the rest: nothing sees the new process unwatched),
+    /// records the outcome in process `k`'s Failure Recovery and does what
+    /// it says: on success watch the new process and announce the time
+    /// from the failure to the process running again (the SFF replaying,
+    /// not the bookkeeping after); heals of the VNF are told.
+    fn finish_recovery(
         self: &Arc<Self>,
         chains: &mut BTreeMap<String, Entry>,
         chain: &str,
         vnf: &str,
         k: usize,
-        restored: Restored,
+        brought: Result<Brought, ControlError>,
     ) {
         use api::watch_events_response::Event;
+        let restored = brought.and_then(|b| {
+            let (pid, r) = match b {
+                Brought::Started(pid) => (pid, RecoveryStats::default()),
+                Brought::Restored(r) => (r.pid, r),
+            };
+            let adopted = match vnf_in(chains, chain, vnf) {
+                None => Err(ControlError::NotFound(format!("chain {chain:?} is gone"))),
+                Some(v) if k > 0 => v.adopt_member(k, pid),
+                Some(v) => {
+                    if let Some(why) = &r.fallback_reason {
+                        tracing::warn!(chain, vnf, "restored an older checkpoint: {why}");
+                    }
+                    if r.switched {
+                        v.swap_replica();
+                    }
+                    v.adopt(pid)
+                }
+            };
+            match adopted {
+                Ok(fd) => Ok((fd, r)),
+                // A process that cannot be adopted (its chain or place went
+                // meanwhile) does not run on unwatched.
+                Err(e) => {
+                    crate::runtime::kill_and_reap(pid);
+                    Err(e)
+                }
+            }
+        });
         let restored = restored.map_err(Arc::new);
         if k == 0 {
             self.settle(

@@ -897,6 +897,7 @@ impl Engine {
         }
         let now = std::time::Instant::now();
         let mut flushing = std::mem::take(&mut self.flushing);
+        let waiting = flushing.len();
         flushing.retain_mut(|f| {
             let late = now > f.deadline;
             f.ports.retain(|(hop, iface)| {
@@ -915,9 +916,11 @@ impl Engine {
             }
             !f.ports.is_empty()
         });
-        let n = flushing.len();
+        // Answers given count as work; a flush still waiting does not (the
+        // idle round sleeps as usual meanwhile: no spinning for 200 ms).
+        let answered = waiting - flushing.len();
         self.flushing.append(&mut flushing);
-        n
+        answered
     }
 
     /// The spec of member `k`'s port of hop `hop`.

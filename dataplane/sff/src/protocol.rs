@@ -1,8 +1,11 @@
 //! The SFF's control protocol: one [`Request`] and one [`Response`] enum,
 //! carried by the in-process channel ([`crate::Command`]) and, as JSON
 //! lines, by the socket of an SFF process ([`crate::remote`]). The SFF
-//! thread answers each request between two forwarding rounds
-//! (`Engine::execute`).
+//! thread carries out each request between two forwarding rounds
+//! (`Engine::execute`) and answers at once, except a VNF's failure
+//! (`Failure`, `MemberFailed`, `FailOver`): that answer waits until what
+//! was on its way to the failed VNF has left its port, while the rounds go
+//! on.
 
 use nham_dataplane::hold::{
     CheckpointId, CheckpointReport, Mark, MemberFailure, RecoveryReport, RestorePlan,
