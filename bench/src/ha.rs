@@ -789,7 +789,22 @@ fn trial(
                     })
                     .take(8)
                     .collect();
-                bail!("not every VNF was checkpointed within 10 s; failures: {why:?}");
+                let taken: Vec<String> = (0..n)
+                    .filter(|&i| {
+                        log.lock().expect("event log").iter().any(|(_, e)| {
+                            e.vnf == vnf_name(i)
+                                && matches!(
+                                    e.event,
+                                    Some(api::watch_events_response::Event::CheckpointTaken(_))
+                                )
+                        })
+                    })
+                    .map(vnf_name)
+                    .collect();
+                bail!(
+                    "not every VNF was checkpointed within 10 s (these were: {taken:?}); failures: {why:?}; {}",
+                    daemon.threads()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }

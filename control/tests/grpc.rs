@@ -1174,6 +1174,17 @@ async fn a_slow_chain_holds_up_no_other() {
         "recovery waited: {during_judge:?}"
     );
     traffic.join().expect("traffic into B");
+    // B's VNF back before the daemon goes: nothing is left starting.
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(20), b_events.message())
+            .await
+            .expect("B recovered within 20 s")
+            .unwrap()
+            .unwrap();
+        if let Some(Event::RecoveryFinished(_)) = e.event {
+            break;
+        }
+    }
     let _ = &mut vnfs;
 }
 
