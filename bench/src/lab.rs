@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use nham_afxdp::{Port, PortConfig};
 use nham_dataplane::classifier::{proto, Rule};
-use nham_dataplane::hold::HopConfig;
 use nham_ebpf::XdpRedirect;
 use nham_netns::{unique_name, veth_pair, Netns, VethEnd};
 use nham_sff::{PollPolicy, PortSpec, SffConfig, SffHandle, SffStats};
@@ -224,42 +223,28 @@ impl Lab {
 
     /// The SFF configuration for this lab.
     pub fn sff_config(&self, s: LabSff) -> SffConfig {
-        let mut config = SffConfig {
-            ingress: self.ingress.clone(),
-            egress: self.egress.clone(),
-            hops: self.hops.clone(),
-            rules: vec![Rule {
+        let mut config = SffConfig::for_chain(
+            self.ingress.clone(),
+            self.egress.clone(),
+            self.hops.clone(),
+            vec![Rule {
                 proto: Some(proto::UDP),
                 ..Rule::any(SPI)
             }],
-            spi: SPI,
-            hop: HopConfig {
-                rx_capacity: 4096,
-                tx_capacity: 1024,
-                ..HopConfig::default()
-            },
-            protect: vec![s.protect; self.hops.len()],
-            standby: Vec::new(),
-            members: Vec::new(),
-            pool_slots: 0,
-            burst: s.burst,
-            poll: s.poll,
-            core: s.core,
-            port: PortConfig {
-                rx_frames: 4096,
-                tx_frames: 4096,
-                frame_size: 2048,
-                ring_size: 4096,
-            },
-            vnf_window: 512,
-            vnf_capacity: Default::default(),
-            // No prober here to say a VNF's socket is empty: silence alone
-            // frees the window, so it must be long enough that a VNF slow
-            // for a moment (a debug build, a loaded host) has read what it
-            // was sent.
-            vnf_window_timeout: Duration::from_millis(20),
-            vnf_silence_needs_read: false,
-        };
+            SPI,
+            4096,
+        );
+        config.protect = vec![s.protect; self.hops.len()];
+        config.burst = s.burst;
+        config.poll = s.poll;
+        config.core = s.core;
+        // The one difference from `nhamd`: no Failure Detector here tells
+        // the SFF what each VNF's sockets were seen to have read, so
+        // silence alone frees the window of frames a VNF dropped, and it
+        // must be long enough that a VNF slow for a moment (a debug build,
+        // a loaded host) has read what it was sent.
+        config.vnf_window_timeout = Duration::from_millis(20);
+        config.vnf_silence_needs_read = false;
         config.pool_slots = config.pool_slots_needed().max(32768);
         config
     }

@@ -867,35 +867,19 @@ impl ChainRuntime {
         for v in &runtime.vnfs {
             protect.push(v.plan.mechanism.is_some());
         }
-        let mut config = SffConfig {
+        let mut config = SffConfig::for_chain(
             ingress,
             egress,
             hops,
-            rules: runtime.plan.rules.clone(),
-            spi: runtime.plan.spi,
-            hop: nham_dataplane::hold::HopConfig {
-                // Two checkpoint intervals of traffic (the fallback is
-                // kept), and what arrives while no daemon checkpoints.
-                rx_capacity: sff.hold_packets,
-                tx_capacity: 1024,
-                // A committed image found corrupt at restore time is
-                // replaced by the one before it.
-                keep_fallback: true,
-                ..Default::default()
-            },
-            protect,
-            standby,
-            members,
-            pool_slots: 0,
-            burst: 32,
-            poll: sff.poll,
-            core: sff.core,
-            port: nham_afxdp_config(),
-            vnf_window: 512,
-            vnf_capacity: Default::default(),
-            vnf_window_timeout: std::time::Duration::from_millis(10),
-            vnf_silence_needs_read: true,
-        };
+            runtime.plan.rules.clone(),
+            runtime.plan.spi,
+            sff.hold_packets,
+        );
+        config.protect = protect;
+        config.standby = standby;
+        config.members = members;
+        config.poll = sff.poll;
+        config.core = sff.core;
         // Every packet the hops may hold has a buffer: outputs never wait
         // on a full ring (see SffConfig::pool_slots_needed).
         config.pool_slots = config.pool_slots_needed();
@@ -1152,15 +1136,6 @@ impl Drop for ChainRuntime {
             }
         }
         let _ = std::fs::remove_dir_all(&self.work);
-    }
-}
-
-fn nham_afxdp_config() -> nham_sff::PortConfig {
-    nham_sff::PortConfig {
-        rx_frames: 4096,
-        tx_frames: 4096,
-        frame_size: 2048,
-        ring_size: 4096,
     }
 }
 

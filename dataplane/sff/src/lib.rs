@@ -220,6 +220,57 @@ pub struct SffConfig {
 }
 
 impl SffConfig {
+    /// How `nhamd` runs a chain (ingress, egress, one port per VNF, its
+    /// classifier `rules` for `spi`, `hold_packets` held per hop); the
+    /// bench lab starts from the same, so what the benches measure is what
+    /// `nhamd` runs. Protection, standby and member ports, polling and the
+    /// pool are the caller's to set (the pool once the ports are known:
+    /// [`pool_slots_needed`](Self::pool_slots_needed)).
+    pub fn for_chain(
+        ingress: PortSpec,
+        egress: PortSpec,
+        hops: Vec<PortSpec>,
+        rules: Vec<Rule>,
+        spi: u32,
+        hold_packets: usize,
+    ) -> Self {
+        let n = hops.len();
+        Self {
+            ingress,
+            egress,
+            hops,
+            rules,
+            spi,
+            hop: HopConfig {
+                // Two checkpoint intervals of traffic (the fallback is
+                // kept), and what arrives while no daemon checkpoints.
+                rx_capacity: hold_packets,
+                tx_capacity: 1024,
+                // A committed image found corrupt at restore time is
+                // replaced by the one before it.
+                keep_fallback: true,
+                ..HopConfig::default()
+            },
+            protect: vec![false; n],
+            standby: Vec::new(),
+            members: Vec::new(),
+            pool_slots: 0,
+            burst: 32,
+            poll: PollPolicy::default(),
+            core: None,
+            port: PortConfig {
+                rx_frames: 4096,
+                tx_frames: 4096,
+                frame_size: 2048,
+                ring_size: 4096,
+            },
+            vnf_window: 512,
+            vnf_capacity: nham_dataplane::window::VnfCapacity::default(),
+            vnf_window_timeout: Duration::from_millis(10),
+            vnf_silence_needs_read: true,
+        }
+    }
+
     /// Packet buffers the chain may occupy at once, the least
     /// [`pool_slots`](Self::pool_slots) may be: per hop, a full `buffer_rx`
     /// plus a `buffer_tx` with what its VNF may answer to the frames in
