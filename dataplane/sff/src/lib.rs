@@ -36,6 +36,7 @@
 
 mod execute;
 mod forward;
+mod ingress;
 pub mod pool;
 pub mod protocol;
 pub mod remote;
