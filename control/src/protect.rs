@@ -172,7 +172,7 @@ pub fn cpu_use(pid: u32) -> Option<crate::fms::detector::Cpu> {
 }
 
 /// Whether process `pid` is stopped (state `T` in `/proc/<pid>/stat`).
-use crate::runtime::process::is_stopped;
+use crate::runtime::process::{is_stopped, kill_and_reap};
 
 fn signal(pid: u32, s: nix::sys::signal::Signal) -> Result<(), ProtectError> {
     crate::runtime::process::signal(pid, s).map_err(|e| ProtectError::Process(e.to_string()))
@@ -266,7 +266,7 @@ fn restore_stopped(
                 r.took
             ),
             Err(e) => {
-                kill_copy(pid);
+                kill_and_reap(pid);
                 return Err(e.into());
             }
         }
@@ -293,10 +293,6 @@ fn fallback_failed(newest: String, older: CheckpointId, e: ProtectError) -> Prot
     }
 }
 
-fn kill_copy(pid: u32) {
-    crate::runtime::process::kill_and_reap(pid);
-}
-
 impl Drop for Replica {
     fn drop(&mut self) {
         self.discard();
@@ -318,7 +314,7 @@ impl Replica {
         let mut c = self.lock();
         c.generation += 1;
         if let Some((pid, _)) = c.current.take() {
-            kill_copy(pid);
+            kill_and_reap(pid);
         }
     }
 
@@ -368,12 +364,12 @@ impl Replica {
                 match restored {
                     Ok(pid) if c.generation == generation => {
                         if let Some((old, _)) = c.current.replace((pid, id)) {
-                            kill_copy(old);
+                            kill_and_reap(old);
                         }
                     }
                     // A failover happened meanwhile: this copy is for a
                     // namespace that is the VNF's own now.
-                    Ok(pid) => kill_copy(pid),
+                    Ok(pid) => kill_and_reap(pid),
                     Err(e) => tracing::warn!("restoring the 1R-AA replica: {e}"),
                 }
             })
@@ -389,7 +385,7 @@ impl Replica {
         match c.current.take() {
             Some((pid, id)) if is_alive(pid) => Some((pid, id)),
             Some((pid, _)) => {
-                kill_copy(pid);
+                kill_and_reap(pid);
                 None
             }
             None => None,

@@ -1224,5 +1224,3 @@ impl Spawn {
         Ok(pid)
     }
 }
-
-pub use process::kill_and_reap;

@@ -128,7 +128,7 @@ impl ProtectedVnf {
             }
             FailOverOutcome::NotSwitched { plan, why } => {
                 tracing::warn!(hop = self.hop, "no failover to the replica: {why}");
-                kill_copy(ready);
+                kill_and_reap(ready);
                 return Ok(FailOver::Refused(Some(plan)));
             }
         };

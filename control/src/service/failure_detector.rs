@@ -260,10 +260,7 @@ impl Daemon {
         if actions.is_empty() {
             return;
         }
-        let who = match k {
-            0 => String::new(),
-            k => format!("MR-AA member {k}: "),
-        };
+        let who = super::failure_recovery::who(k);
         tracing::warn!(chain, vnf, "{who}failure detected: {}", verdict.cause());
         // The rest waits up to 500 ms: not under the registry.
         drop(chains);

@@ -30,6 +30,15 @@ fn sff_iface(v: &VnfRuntime, k: usize) -> Option<&str> {
     }
 }
 
+/// How logs and events name process `k` of a VNF: nothing for its own
+/// process, `MR-AA member k: ` for a member.
+pub(super) fn who(k: usize) -> String {
+    match k {
+        0 => String::new(),
+        k => format!("MR-AA member {k}: "),
+    }
+}
+
 /// What a restore brought back, not adopted yet.
 enum Brought {
     /// A process started afresh (`MECHANISM_NONE`).
@@ -96,10 +105,7 @@ impl Daemon {
         actions: Vec<Action>,
     ) {
         use api::watch_events_response::Event;
-        let who = |text: &str| match k {
-            0 => text.to_string(),
-            k => format!("MR-AA member {k}: {text}"),
-        };
+        let who = |text: &str| format!("{}{text}", who(k));
         let mut settle = false;
         for a in actions {
             match a {
@@ -319,7 +325,7 @@ impl Daemon {
                 // A process that cannot be adopted (its chain or place went
                 // meanwhile) does not run on unwatched.
                 Err(e) => {
-                    crate::runtime::kill_and_reap(pid);
+                    crate::runtime::process::kill_and_reap(pid);
                     Err(e)
                 }
             }
@@ -342,10 +348,7 @@ impl Daemon {
         let (at, outcome, done) = match restored {
             Ok((fd, r)) => (r.resumed_at.unwrap_or(now), Ok(()), Some((fd, r))),
             Err(e) => {
-                let reason = match k {
-                    0 => e.to_string(),
-                    k => format!("member {k}: {e}"),
-                };
+                let reason = format!("{}{e}", who(k));
                 tracing::error!(chain, vnf, "recovery failed: {reason}");
                 (now, Err(reason), None)
             }

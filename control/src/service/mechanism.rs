@@ -570,7 +570,8 @@ impl Daemon {
                 Ok((fd, v.members[k - 1].recovery.incarnation()))
             })
             .await;
-        let (pidfd, inc) = adopted.inspect_err(|_| runtime::kill_and_reap(restored.pid))?;
+        let (pidfd, inc) =
+            adopted.inspect_err(|_| runtime::process::kill_and_reap(restored.pid))?;
         self.watch_member(chain.to_string(), vnf.to_string(), k, inc, pidfd);
         tracing::info!(
             chain,

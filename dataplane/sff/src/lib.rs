@@ -1004,13 +1004,21 @@ impl Engine {
     /// The port of hop `hop` on interface `iface`: a member port or the
     /// standby.
     fn port_named(&mut self, hop: usize, iface: &str) -> Option<&mut Port> {
-        let k = (0..self.hops[hop].len()).find(|&k| self.port_spec(hop, k).iface == iface);
-        match k {
+        match self.slot_named(hop, iface)? {
             Some(k) => Some(&mut self.hops[hop][k].port),
-            None => match &mut self.standby[hop] {
-                Some((spec, a)) if spec.iface == iface => Some(&mut a.port),
-                _ => None,
-            },
+            None => self.standby[hop].as_mut().map(|(_, a)| &mut a.port),
+        }
+    }
+
+    /// Where the port of hop `hop` on `iface` is: member port `Some(k)`, or
+    /// the standby (`None`); `None` outside if the hop has no such port.
+    fn slot_named(&self, hop: usize, iface: &str) -> Option<Option<usize>> {
+        match (0..self.hops[hop].len()).find(|&k| self.port_spec(hop, k).iface == iface) {
+            Some(k) => Some(Some(k)),
+            None => self.standby[hop]
+                .as_ref()
+                .filter(|(spec, _)| spec.iface == iface)
+                .map(|_| None),
         }
     }
 
@@ -1019,13 +1027,13 @@ impl Engine {
     /// (On this thread: rare, it needs a link without carrier after the
     /// control plane brought it up.)
     fn reopen(&mut self, hop: usize, iface: &str) {
-        let k = (0..self.hops[hop].len()).find(|&k| self.port_spec(hop, k).iface == iface);
-        let spec = match k {
-            Some(k) => self.port_spec(hop, k).clone(),
-            None => match &self.standby[hop] {
-                Some((spec, _)) => spec.clone(),
-                None => return,
-            },
+        let Some(k) = self.slot_named(hop, iface) else {
+            return;
+        };
+        let spec = match (k, &self.standby[hop]) {
+            (Some(k), _) => self.port_spec(hop, k).clone(),
+            (None, Some((spec, _))) => spec.clone(),
+            (None, None) => return,
         };
         let left = self
             .port_named(hop, iface)
