@@ -52,6 +52,21 @@ pub enum CriuError {
     /// CRIU's answer could not be decoded.
     #[error("criu answered something that is not a criu_resp: {0}")]
     Decode(#[from] prost::DecodeError),
+    /// The process being dumped died during the dump, and CRIU did not
+    /// answer: it was stopped (see [`Watch`]).
+    #[error("criu dump: process {pid} died during the dump and criu did not give up on it: criu was killed")]
+    TargetDied {
+        /// The process dumped.
+        pid: u32,
+    },
+    /// CRIU did not answer in time: it was killed.
+    #[error("criu {action}: no answer in {after:?}: criu was killed")]
+    TimedOut {
+        /// dump or restore.
+        action: &'static str,
+        /// How long it was given.
+        after: Duration,
+    },
     /// CRIU reported failure; the text is its message and the end of its log.
     #[error("criu {action} failed: {log}")]
     Failed {
@@ -65,6 +80,84 @@ pub enum CriuError {
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CriuError {
     let what = what.into();
     move |source| CriuError::Io { what, source }
+}
+
+/// How long a dump may take before CRIU is taken for hung and killed (a
+/// process of gigabytes dumps in seconds; the VNFs here in milliseconds).
+pub const DUMP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long CRIU is given to give up on a process that died during its
+/// dump before it is killed.
+const DIED_GRACE: Duration = Duration::from_millis(200);
+
+/// How often a request under way looks at what it [`Watch`]es.
+const WATCH_EVERY: Duration = Duration::from_millis(20);
+
+/// What a request waits on besides CRIU's answer, so that a CRIU that
+/// never answers cannot hold the VNF's agent (and its recovery) for ever.
+/// CRIU 4.2 can wait for ever for a process killed while its parasite is
+/// inside ("Waiting for <pid> to trap" after "Failed to read ack:
+/// Connection reset by peer"): seen in CI when the Failure Detector killed
+/// a cut-off VNF during its checkpoint (its recovery then waited for the
+/// agent for ever), and in about 1 of 80 dumps of a process SIGKILLed at a
+/// moment swept across its dump (the test below). Killing CRIU lets go of
+/// the dead process (it is reaped) and fails the dump.
+#[derive(Debug, Clone, Copy)]
+struct Watch {
+    action: &'static str,
+    /// The process dumped.
+    target: Option<u32>,
+    /// When CRIU is taken for hung.
+    deadline: Option<(Instant, Duration)>,
+}
+
+impl Watch {
+    /// Nothing but the answer.
+    fn none(action: &'static str) -> Self {
+        Self {
+            action,
+            target: None,
+            deadline: None,
+        }
+    }
+
+    /// Waits until `sock` is readable, or says why the wait is abandoned.
+    fn readable(&self, sock: &OwnedFd) -> Result<(), CriuError> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let every = Timespec {
+            tv_sec: 0,
+            tv_nsec: WATCH_EVERY.as_nanos() as i64,
+        };
+        let mut died_at = None;
+        loop {
+            let mut fds = [PollFd::new(sock, PollFlags::IN)];
+            let timeout = (self.target.is_some() || self.deadline.is_some()).then_some(&every);
+            match poll(&mut fds, timeout) {
+                Ok(n) if n > 0 => return Ok(()),
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(io("waiting for criu swrk")(e.into())),
+            }
+            let now = Instant::now();
+            if let Some(pid) = self.target {
+                // Dead: a zombie (reaped only once CRIU lets go), or gone.
+                if matches!(
+                    nham_netns::process_state(pid).map(|(s, _)| s),
+                    None | Some('Z' | 'X')
+                ) && now.duration_since(*died_at.get_or_insert(now)) >= DIED_GRACE
+                {
+                    return Err(CriuError::TargetDied { pid });
+                }
+            }
+            if let Some((at, after)) = self.deadline {
+                if now >= at {
+                    return Err(CriuError::TimedOut {
+                        action: self.action,
+                        after,
+                    });
+                }
+            }
+        }
+    }
 }
 
 /// The fd number of the RPC socket in the `criu swrk` child.
@@ -134,11 +227,26 @@ impl Swrk {
         Ok(Self { child, sock: ours })
     }
 
-    /// Sends `req` and returns CRIU's answer; the `criu swrk` process ends
-    /// (it is reaped on a thread of its own, off the caller's path).
-    pub fn call(self, req: &rpc::CriuReq) -> Result<rpc::CriuResp, CriuError> {
+    /// Sends `req` and returns CRIU's answer, unless `watch` gives up on
+    /// it first (CRIU is then killed); the `criu swrk` process ends (it is
+    /// reaped on a thread of its own, off the caller's path).
+    fn call(self, req: &rpc::CriuReq, watch: Watch) -> Result<rpc::CriuResp, CriuError> {
         let Self { mut child, sock } = self;
-        let result = exchange(&sock, req);
+        let result = exchange(&sock, req, watch);
+        if matches!(
+            result,
+            Err(CriuError::TargetDied { .. } | CriuError::TimedOut { .. })
+        ) {
+            tracing::warn!(
+                "{}",
+                result
+                    .as_ref()
+                    .err()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            );
+            let _ = child.kill();
+        }
         drop(sock);
         std::thread::spawn(move || {
             let _ = child.wait();
@@ -147,12 +255,13 @@ impl Swrk {
     }
 }
 
-fn exchange(sock: &OwnedFd, req: &rpc::CriuReq) -> Result<rpc::CriuResp, CriuError> {
+fn exchange(sock: &OwnedFd, req: &rpc::CriuReq, watch: Watch) -> Result<rpc::CriuResp, CriuError> {
     use rustix::net::{recv, send, RecvFlags, SendFlags};
     send(sock.as_fd(), &req.encode_to_vec(), SendFlags::empty())
         .map_err(|e| io("sending to criu swrk")(e.into()))?;
     let mut buf = vec![0u8; MAX_MSG];
     loop {
+        watch.readable(sock)?;
         let (n, _) = recv(sock.as_fd(), &mut buf[..], RecvFlags::empty())
             .map_err(|e| io("receiving from criu swrk")(e.into()))?;
         if n == 0 {
@@ -198,31 +307,41 @@ fn request(
     images: &Path,
     opts: rpc::CriuOpts,
 ) -> Result<rpc::CriuResp, CriuError> {
-    let action = match kind {
-        rpc::CriuReqType::Dump => "dump",
-        _ => "restore",
+    let watch = match kind {
+        rpc::CriuReqType::Dump => Watch {
+            action: "dump",
+            target: opts.pid.map(|p| p as u32),
+            deadline: Some((Instant::now() + DUMP_DEADLINE, DUMP_DEADLINE)),
+        },
+        // A restore brings a process back; killing CRIU half-way would
+        // leave one half restored. Not watched.
+        _ => Watch::none("restore"),
     };
+    let action = watch.action;
     let log_file = format!("{action}.log");
     let swrk = match swrk {
         Some(s) => s,
         None => Swrk::spawn(netns)?,
     };
-    let resp = swrk.call(&rpc::CriuReq {
-        r#type: kind as i32,
-        opts: Some(rpc::CriuOpts {
-            images_dir_fd: -1,
-            images_dir: Some(images.display().to_string()),
-            log_level: Some(2),
-            log_file: Some(log_file.clone()),
-            // The daemon puts each VNF in its cgroup itself (after a
-            // restore too): CRIU walking every cgroup hierarchy on each dump
-            // and restore cost ~12 ms per dump and ~20 ms per recovery on a
-            // hybrid v1/v2 host.
-            manage_cgroups_mode: Some(rpc::CriuCgMode::Ignore as i32),
-            ..opts
-        }),
-        ..Default::default()
-    })?;
+    let resp = swrk.call(
+        &rpc::CriuReq {
+            r#type: kind as i32,
+            opts: Some(rpc::CriuOpts {
+                images_dir_fd: -1,
+                images_dir: Some(images.display().to_string()),
+                log_level: Some(2),
+                log_file: Some(log_file.clone()),
+                // The daemon puts each VNF in its cgroup itself (after a
+                // restore too): CRIU walking every cgroup hierarchy on each dump
+                // and restore cost ~12 ms per dump and ~20 ms per recovery on a
+                // hybrid v1/v2 host.
+                manage_cgroups_mode: Some(rpc::CriuCgMode::Ignore as i32),
+                ..opts
+            }),
+            ..Default::default()
+        },
+        watch,
+    )?;
     if !resp.success {
         return Err(failed(action, &resp, &images.join(log_file)));
     }
@@ -416,6 +535,110 @@ mod tests {
         // No such process: CRIU must refuse and the error must carry its words.
         let e = dump(None, 999_999_999, Path::new("/proc/self/ns/net"), &dir).unwrap_err();
         assert!(matches!(e, CriuError::Failed { .. }), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The wait for CRIU's answer (a socket nobody writes to here) gives
+    /// up on a dumped process that died (a zombie CRIU would not let go
+    /// of), and on a deadline; it does not give up on a live process.
+    #[test]
+    fn a_dump_is_not_waited_for_once_its_process_died_or_its_time_is_up() {
+        use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+        let (ours, _criu) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let mut child = Guard(Command::new("sleep").arg("30").spawn().unwrap());
+        let pid = child.0.id();
+        let watch = |deadline: Duration| Watch {
+            action: "dump",
+            target: Some(pid),
+            deadline: Some((Instant::now() + deadline, deadline)),
+        };
+        // Alive: only the deadline ends the wait.
+        let started = Instant::now();
+        let e = watch(Duration::from_millis(300))
+            .readable(&ours)
+            .unwrap_err();
+        assert!(
+            matches!(e, CriuError::TimedOut { action: "dump", .. }),
+            "{e}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        // Killed and not reaped (as under CRIU's ptrace): given up on after
+        // the grace, long before the deadline.
+        child.0.kill().unwrap();
+        let started = Instant::now();
+        let e = watch(Duration::from_secs(30)).readable(&ours).unwrap_err();
+        assert!(
+            matches!(e, CriuError::TargetDied { pid: p } if p == pid),
+            "{e}"
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= DIED_GRACE && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+        assert!(e.to_string().contains(&pid.to_string()), "{e}");
+    }
+
+    /// The case [`Watch`] is for, with real CRIU: a stopped, multi-threaded
+    /// process SIGKILLed at a moment swept across its dump. Every dump ends
+    /// (done, failed, or given up on) within the grace and a margin, and
+    /// the killed process can be reaped after it.
+    #[test]
+    fn a_process_killed_during_its_dump_never_holds_the_dump() {
+        nham_netns::sweep_stale();
+        let ns = Netns::create(&unique_name("nhck")).unwrap();
+        let dir = std::env::temp_dir().join(unique_name("nham-criu-"));
+        let script = "import threading,time\n\
+                      [threading.Thread(target=time.sleep,args=(600,)).start() for _ in range(4)]\n\
+                      time.sleep(600)\n";
+        let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
+        for i in 0..80u64 {
+            let child = ns
+                .run(|| {
+                    Command::new("setsid")
+                        .args(["python3", "-c", script])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                })
+                .unwrap()
+                .unwrap();
+            let mut child = Guard(child);
+            let pid = child.0.id();
+            std::thread::sleep(Duration::from_millis(150));
+            crate::runtime::process::signal(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+            let images = dir.join(format!("ckpt-{i}"));
+            let netns = ns.path();
+            let started = Instant::now();
+            let dumping = std::thread::spawn(move || dump(None, pid, &netns, &images));
+            std::thread::sleep(Duration::from_micros(i * 300));
+            child.0.kill().unwrap();
+            let killed = Instant::now();
+            let r = dumping.join().unwrap();
+            let after_kill = killed.elapsed();
+            assert!(
+                after_kill < DIED_GRACE + Duration::from_secs(5),
+                "round {i}: the dump ended {after_kill:?} after its process was killed \
+                 ({:?} after it began): {r:?}",
+                started.elapsed()
+            );
+            let what = match r {
+                Ok(_) => "dumped".to_string(),
+                Err(CriuError::Failed { .. }) => "failed".to_string(),
+                Err(CriuError::TargetDied { .. }) => "given up on".to_string(),
+                Err(e) => e.to_string(),
+            };
+            *outcomes.entry(what).or_default() += 1;
+            child.0.wait().unwrap();
+        }
+        eprintln!("dumps of a process killed during them: {outcomes:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
