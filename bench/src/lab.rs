@@ -557,11 +557,23 @@ pub fn protected_trial(
     )?);
     let mut vnfs: Vec<ProtectedVnf> = (0..n)
         .map(|i| {
+            let netns = lab.vnf_netns(i);
+            // Started afresh (no checkpoint yet) as the lab started it.
+            let start = nham_control::runtime::Spawn {
+                vnf: format!("vnf{i}"),
+                command: lab.vnf_command(i),
+                argv: lab.vnf_command(i),
+                env: Default::default(),
+                netns: netns.path(),
+                netns_name: netns.name().to_string(),
+                cwd: images.to_path_buf(),
+                log: images.join(format!("vnf{i}.log")),
+                cgroup: None,
+            };
             ProtectedVnf::new(
                 i,
                 lab.vnf_pid(i),
-                &lab.vnf_netns(i).path(),
-                lab.vnf_command(i),
+                start,
                 StoreSlot {
                     store: store.clone(),
                     chain: "lab".into(),

@@ -12,6 +12,7 @@ use thiserror::Error;
 use tonic::Code;
 
 use crate::protect::ProtectError;
+use crate::runtime::RuntimeError;
 use crate::vsm::database::StoreError;
 
 /// Everything that can go wrong in the control plane.
@@ -56,17 +57,9 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
-    /// A signal could not be sent.
-    #[error("{signal} to {pid}: {source}")]
-    Signal {
-        /// The signal.
-        signal: nix::sys::signal::Signal,
-        /// To whom.
-        pid: u32,
-        /// Why not.
-        #[source]
-        source: nix::errno::Errno,
-    },
+    /// The ground floor (processes, namespaces, the SFF process) failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     /// A task of the daemon panicked (a bug: its log says more).
     #[error("{0} panicked")]
     Panicked(&'static str),
@@ -104,11 +97,11 @@ impl ControlError {
             Self::Remote(e) => remote_code(e),
             Self::Protect(e) => protect_code(e),
             Self::Store(e) => store_code(e),
+            Self::Runtime(e) => runtime_code(e),
             Self::NotRecovered(e) => e.code(),
             Self::Netns(_)
             | Self::Sff(_)
             | Self::Io { .. }
-            | Self::Signal { .. }
             | Self::Panicked(_)
             | Self::Process(_) => Code::Internal,
         }
@@ -118,8 +111,24 @@ impl ControlError {
 fn remote_code(e: &RemoteError) -> Code {
     match e {
         RemoteError::Refused(_) | RemoteError::Version { .. } => Code::FailedPrecondition,
+        // Ends by itself: the caller may try again.
+        RemoteError::Busy(_) => Code::Unavailable,
         RemoteError::Io { .. } => Code::Unavailable,
         RemoteError::Protocol { .. } => Code::Internal,
+    }
+}
+
+fn runtime_code(e: &RuntimeError) -> Code {
+    match e {
+        // The VNF's command or the chain's interfaces: the caller's to fix.
+        RuntimeError::NotStarted { .. } | RuntimeError::Interface { .. } => {
+            Code::FailedPrecondition
+        }
+        RuntimeError::NoPid => Code::InvalidArgument,
+        RuntimeError::Netns(_)
+        | RuntimeError::Io { .. }
+        | RuntimeError::Signal { .. }
+        | RuntimeError::Sff(_) => Code::Internal,
     }
 }
 
@@ -138,6 +147,7 @@ fn protect_code(e: &ProtectError) -> Code {
     match e {
         ProtectError::Store(s) => store_code(s),
         ProtectError::Sff(r) => remote_code(r),
+        ProtectError::Runtime(r) => runtime_code(r),
         // The newest checkpoint was unusable (corrupt or missing), and so
         // was the older one: the state is gone.
         ProtectError::FallbackFailed { .. } => Code::DataLoss,

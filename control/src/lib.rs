@@ -32,6 +32,7 @@
 
 pub mod api;
 pub mod capacity;
+pub mod chain;
 pub mod error;
 pub mod fms;
 pub mod plan;

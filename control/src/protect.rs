@@ -45,7 +45,6 @@
 //! and every held packet is replayed from the start.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,6 +85,9 @@ pub enum ProtectError {
         rmem: u64,
     },
     /// Signalling or starting the process failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// Something else about the process failed.
     #[error("process: {0}")]
     Process(String),
     /// A receive ring of the VNF could not be read or realigned.
@@ -171,11 +173,11 @@ pub fn cpu_use(pid: u32) -> Option<crate::fms::detector::Cpu> {
     Some(cpu)
 }
 
-/// Whether process `pid` is stopped (state `T` in `/proc/<pid>/stat`).
-use crate::runtime::process::{is_stopped, kill_and_reap};
+use crate::runtime::process::{is_alive, is_stopped, kill_and_reap};
+use crate::runtime::{RuntimeError, Spawn};
 
 fn signal(pid: u32, s: nix::sys::signal::Signal) -> Result<(), ProtectError> {
-    crate::runtime::process::signal(pid, s).map_err(|e| ProtectError::Process(e.to_string()))
+    Ok(crate::runtime::process::signal(pid, s)?)
 }
 
 /// An MR-AA member other than member 0: its namespace (its `eth0` has
@@ -431,8 +433,9 @@ pub struct ProtectedVnf {
     pub pid: u32,
     /// Its network namespace file.
     pub netns: PathBuf,
-    /// Its command, to start it afresh when no checkpoint exists yet.
-    pub command: Vec<String>,
+    /// How its command starts afresh (no checkpoint yet, or none
+    /// protected): as it was first started, in the place given then.
+    start: Spawn,
     slot: StoreSlot,
     mechanism: Mechanism,
     /// A `criu swrk` ready for the next dump.
@@ -443,9 +446,6 @@ pub struct ProtectedVnf {
     link: Option<(String, u64)>,
     /// No longer the VNF's agent: it neither checkpoints nor recovers.
     retired: bool,
-    /// Working directory of a fresh start (its first one's, by default
-    /// ours).
-    cwd: Option<PathBuf>,
     /// The 1R-AA replica's place, when the VNF has one.
     replica: Option<Replica>,
     /// Hears when the replica refresh the last commit started is done.
@@ -556,26 +556,27 @@ impl RecoveryStats {
 }
 
 impl ProtectedVnf {
-    /// A VNF at `hop`, running as `pid` in `netns`, checkpointed into `slot`.
+    /// A VNF at `hop`, running as `pid`, started as `start` says (in its
+    /// namespace), checkpointed into `slot`.
     pub fn new(
         hop: usize,
         pid: u32,
-        netns: &Path,
-        command: Vec<String>,
+        start: Spawn,
         slot: StoreSlot,
         mechanism: Mechanism,
     ) -> Result<Self, ProtectError> {
         std::fs::create_dir_all(&slot.scratch).map_err(|e| {
             ProtectError::Process(format!("creating {}: {e}", slot.scratch.display()))
         })?;
+        let netns = start.netns.clone();
         let mut v = Self {
             hop,
             pid,
-            netns: netns.to_path_buf(),
-            command,
+            dump_worker: Swrk::spawn(&netns).ok(),
+            netns,
+            start,
             slot,
             mechanism: Mechanism::NoReplica,
-            dump_worker: Swrk::spawn(netns).ok(),
             standby: Standby {
                 swrk: None,
                 staged: None,
@@ -583,7 +584,6 @@ impl ProtectedVnf {
             link: None,
             diag: None,
             retired: false,
-            cwd: None,
             replica: None,
             refreshing: None,
             members: Vec::new(),
@@ -664,13 +664,6 @@ impl ProtectedVnf {
         }
     }
 
-    /// Starts the VNF afresh (no checkpoint yet) in `dir`, as it was first
-    /// started.
-    pub fn with_cwd(mut self, dir: &Path) -> Self {
-        self.cwd = Some(dir.to_path_buf());
-        self
-    }
-
     /// Takes this agent off its VNF (the VNF is no longer protected, or
     /// another agent takes over): later calls do nothing.
     pub fn retire(&mut self) {
@@ -741,11 +734,6 @@ impl ProtectedVnf {
     }
 }
 
-/// Whether process `pid` exists and is not a zombie.
-fn is_alive(pid: u32) -> bool {
-    nham_netns::process_state(pid).is_some_and(|(state, _)| state != 'Z')
-}
-
 /// Removes what a dump cut short may have left in process `pid`'s working
 /// directory: CRIU's parasite mounts a proc for the VNF's PID namespace on
 /// `<cwd>/proc.crtools` for the dump and removes it after; a left-over one
@@ -762,44 +750,6 @@ fn clear_stale_proc_dir(pid: u32) {
         }
     }
 }
-
-/// Makes the calling thread's next child the first process (pid 1) of a
-/// new PID namespace. Every VNF runs so: CRIU then dumps and restores the
-/// namespace with it, and a restored VNF gets a pid of its own instead of
-/// needing the old one free (no clash with a zombie or a second copy).
-/// The thread is a throw-away one (`pid_ns_for_children` is per thread).
-pub fn own_pid_namespace_for_children() -> std::io::Result<()> {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(std::io::Error::from)
-}
-
-/// Waits until process `pid` has a packet socket open in its namespace:
-/// replay must not start before the VNF listens, or the first frames would
-/// go nowhere.
-pub fn wait_for_packet_socket(pid: u32, what: &[String]) -> Result<(), ProtectError> {
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        let sockets = std::fs::read_to_string(format!("/proc/{pid}/net/packet"))
-            .map(|t| t.lines().count().saturating_sub(1))
-            .unwrap_or(0);
-        if sockets > 0 && is_alive(pid) {
-            return Ok(());
-        }
-        if !is_alive(pid) {
-            return Err(ProtectError::Process(format!(
-                "{what:?} exited before it opened a packet socket"
-            )));
-        }
-        if Instant::now() > deadline {
-            return Err(ProtectError::Process(format!(
-                "{what:?} opened no packet socket in {START_TIMEOUT:?}"
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// How long a VNF command gets to open its packet socket when started.
-pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Drop for ProtectedVnf {
     fn drop(&mut self) {

@@ -25,11 +25,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, Mutex};
 
 use crate::api;
+use crate::chain::{tear_down_record, Agent, ChainRecord, ChainRuntime, StateOptions};
 use crate::error::ControlError;
 use crate::protect::RecoveryStats;
-use crate::runtime::{
-    tear_down_record, Agent, ChainRecord, ChainRuntime, SffOptions, StateOptions,
-};
+use crate::runtime::SffOptions;
 
 /// What the detector probes: VNF name, MR-AA member (0: the VNF's own
 /// process), incarnation, pid, the SFF's end of its link, its namespace.
@@ -66,7 +65,7 @@ fn vnf_in<'a>(
     chains: &'a mut BTreeMap<String, Entry>,
     chain: &str,
     vnf: &str,
-) -> Option<&'a mut crate::runtime::VnfRuntime> {
+) -> Option<&'a mut crate::chain::VnfRuntime> {
     chains.get_mut(chain)?.runtime.vnf_mut(vnf).ok()
 }
 

@@ -10,7 +10,8 @@ use nham_control::api::{
     self, chain_service_client::ChainServiceClient, event_service_client::EventServiceClient,
     vnf_service_client::VnfServiceClient,
 };
-use nham_control::runtime::{SffOptions, StateOptions};
+use nham_control::chain::StateOptions;
+use nham_control::runtime::SffOptions;
 use nham_control::service::Daemon;
 use nham_control::vsm::database::Store;
 use nham_netns::{unique_name, veth_pair, Netns};

@@ -119,6 +119,22 @@ pub enum HoldError {
     /// Members are set before anything is delivered.
     #[error("members must be set before the first delivery")]
     MembersAfterStart,
+    /// The member is not live now (failed, catching up after a restore, or
+    /// paused for a checkpoint): the event needs it live.
+    #[error("member {0} is not live now (failed, catching up or paused): try again")]
+    MemberNotLive(usize),
+}
+
+impl HoldError {
+    /// The refusal ends by itself (a checkpoint finishes, a member catches
+    /// up, a recovery ends): the same event may be accepted later. Every other error is
+    /// final for that event.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::CheckpointInProgress(_) | Self::MemberNotLive(_) | Self::Recovering
+        )
+    }
 }
 
 /// A packet handed back because the buffer it was meant for is full. The
@@ -176,6 +192,11 @@ pub struct BufferRx<P> {
     /// Input index of the next packet to deliver.
     next_deliver: u64,
     capacity: usize,
+    /// Sequence number of the packet at input index `base - 1`, the last
+    /// one released: a mark taken with nothing delivered since still names
+    /// it as the last input consumed (a VNF frozen mid-input across two
+    /// checkpoints finishes it after a restore from the second).
+    released_last: Option<u64>,
 }
 
 impl<P> BufferRx<P> {
@@ -185,6 +206,7 @@ impl<P> BufferRx<P> {
             base: 0,
             next_deliver: 0,
             capacity,
+            released_last: None,
         }
     }
 
@@ -239,11 +261,22 @@ impl<P> BufferRx<P> {
     fn release_before(&mut self, index: u64, mut release: impl FnMut(P)) -> u64 {
         let index = index.min(self.next_deliver);
         let n = index.saturating_sub(self.base);
-        for (_, p) in self.entries.drain(..n as usize) {
+        for (seq, p) in self.entries.drain(..n as usize) {
+            self.released_last = Some(seq);
             release(p);
         }
         self.base += n;
         n
+    }
+
+    /// Sequence number of the input at index `index`, held or the last one
+    /// released.
+    fn seq_at(&self, index: u64) -> Option<u64> {
+        if index.checked_add(1) == Some(self.base) {
+            return self.released_last;
+        }
+        let i = index.checked_sub(self.base)?;
+        self.entries.get(i as usize).map(|(seq, _)| *seq)
     }
 
     /// Input index just past the delivered packets whose sequence number is
@@ -678,7 +711,7 @@ impl<P> Hop<P> {
         if m == 0 {
             let first = self.members[0];
             if first.state != MemberState::Live {
-                return Err(HoldError::NoMember(0));
+                return Err(HoldError::MemberNotLive(0));
             }
             self.tx.next_output = first.next_output;
             self.tx.last_output_seq = first.last_output_seq;
@@ -687,7 +720,7 @@ impl<P> Hop<P> {
             return Ok(());
         }
         if m < self.members.len() && !self.members[..m].iter().any(Self::member_alive) {
-            return Err(HoldError::NoMember(m));
+            return Err(HoldError::MemberNotLive(m));
         }
         if self.members.is_empty() {
             self.members.push(Member {
@@ -1143,7 +1176,7 @@ impl<P> Hop<P> {
                 MemberState::Live => self.rx.next_deliver,
                 MemberState::CatchingUp { cursor } => cursor,
                 MemberState::Paused { .. } | MemberState::Failed => {
-                    return Err(HoldError::NoMember(0));
+                    return Err(HoldError::MemberNotLive(0));
                 }
             };
             m.state = MemberState::Paused { cursor };
@@ -1175,11 +1208,7 @@ impl<P> Hop<P> {
                 return Err(HoldError::NoMember(0));
             };
             // (The same work-in-the-middle range as a single VNF's.)
-            let last_consumed = cursor
-                .checked_sub(1)
-                .filter(|&i| i >= self.rx.base)
-                .and_then(|i| self.rx.entries.get((i - self.rx.base) as usize))
-                .map(|(seq, _)| *seq);
+            let last_consumed = cursor.checked_sub(1).and_then(|i| self.rx.seq_at(i));
             let mark = Mark {
                 consumed: cursor,
                 emitted: m.next_output,
@@ -1194,11 +1223,7 @@ impl<P> Hop<P> {
             ReleaseRule::Consumed => self.rx.next_deliver,
             ReleaseRule::LastEmitted => self.rx.index_after_seq(self.tx.last_output_seq),
         };
-        let last_consumed = consumed
-            .checked_sub(1)
-            .filter(|&i| i >= self.rx.base)
-            .and_then(|i| self.rx.entries.get((i - self.rx.base) as usize))
-            .map(|(seq, _)| *seq);
+        let last_consumed = consumed.checked_sub(1).and_then(|i| self.rx.seq_at(i));
         let mark = Mark {
             consumed,
             emitted: self.tx.next_output,
@@ -1619,6 +1644,36 @@ mod tests {
 
     fn deliver(h: &mut Hop<u32>) -> Option<(u64, u32, u32)> {
         h.poll_delivery().map(|d| (d.seq, d.epoch, *d.packet))
+    }
+
+    /// What a caller may try again (it ends by itself) is told apart from
+    /// what it may not: a second checkpoint while one is under way and a
+    /// member count change while the members kept are not live are
+    /// transient; a restore of a running hop is not.
+    #[test]
+    fn refusals_that_end_by_themselves_say_so() {
+        let t = Instant::now();
+        let mut h = hop();
+        h.begin_checkpoint(t).unwrap();
+        let e = h.begin_checkpoint(t).unwrap_err();
+        assert!(
+            matches!(e, HoldError::CheckpointInProgress(_)) && e.is_transient(),
+            "{e}"
+        );
+        let e = h.resize_members(3).unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        // MR-AA: member 1 is added failed (until restored); member 0 fails
+        // too: the hop recovers, which ends by itself.
+        let mut h = hop();
+        h.resize_members(2).unwrap();
+        h.handle_member_failed(0, t).unwrap();
+        let e = h.resize_members(1).unwrap_err();
+        assert_eq!(e, HoldError::Recovering);
+        assert!(e.is_transient());
+        assert!(HoldError::MemberNotLive(0).is_transient());
+        assert!(!HoldError::NoMember(5).is_transient());
+        let e = hop().handle_restored_from(None, t).unwrap_err();
+        assert!(!e.is_transient(), "{e}");
     }
 
     /// The 1R-AA admission: a replica restored from the restore point or

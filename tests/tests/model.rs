@@ -517,3 +517,55 @@ fn a_vnf_restored_from_an_image_frozen_mid_input_loses_nothing() {
     assert_eq!((s.crashes, s.recoveries, s.checkpoints), (1, 1, 1));
     assert_eq!(s.stale_discarded, 0, "the restored VNF's answer is its own");
 }
+
+/// Found by the proptest above in CI (shrunk): a VNF frozen mid-input for
+/// a checkpoint that commits (the input it holds is released), and again
+/// for a second one with nothing delivered in between, then it crashes.
+/// The second mark named no last input consumed (it was released), so the
+/// restored VNF's answer to the input it held was taken for a stale output
+/// of the dead incarnation: lost, and the NAT's later outputs numbered
+/// wrong. A mark now names the last released input too.
+#[test]
+fn a_vnf_frozen_mid_input_across_two_checkpoints_loses_nothing() {
+    let payloads = [
+        9423207953314283739u64,
+        12983951908668145124,
+        15239023135145285847,
+        6390917980931204663,
+        4687625716511661931,
+    ];
+    let input = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, &payload)| SimPacket {
+            seq: i as u64,
+            epoch: 0,
+            flow: 0,
+            payload,
+        })
+        .collect();
+    let mut ops = vec![
+        Op::StepCheckpoint(0),
+        Op::Detect(0),
+        Op::Detect(0),
+        Op::Ingress,
+        Op::Detect(0),
+        Op::Deliver(0),
+        Op::Read(0),
+        Op::BeginCheckpoint(0),
+    ];
+    ops.extend([Op::StepCheckpoint(0); 3]);
+    ops.push(Op::BeginCheckpoint(0));
+    ops.extend([Op::StepCheckpoint(0); 3]);
+    ops.push(Op::Crash(1));
+    let case = Case {
+        kinds: vec![VnfKind::Nat],
+        input,
+        rx_capacity: 1,
+        tx_capacity: 1,
+        inbox_capacity: 1,
+        ops,
+        keep_fallback: false,
+    };
+    check_case(&case, ReleaseRule::Consumed).unwrap();
+}

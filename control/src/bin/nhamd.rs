@@ -10,7 +10,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use nham_control::runtime::{SffOptions, StateOptions};
+use nham_control::chain::StateOptions;
+use nham_control::runtime::SffOptions;
 use nham_control::service::Daemon;
 use serde::Deserialize;
 
@@ -185,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
         // what the last one left.
         let scratch = PathBuf::from(format!(
             "/dev/shm/nham-{}",
-            nham_control::runtime::state_tag(&state_dir)
+            nham_control::chain::state_tag(&state_dir)
         ));
         let _ = std::fs::remove_dir_all(&scratch);
         scratch
@@ -201,7 +202,7 @@ async fn main() -> anyhow::Result<()> {
     let checkpoint_concurrency = args
         .checkpoint_concurrency
         .or(config.checkpoint_concurrency)
-        .unwrap_or_else(nham_control::runtime::default_checkpoint_concurrency);
+        .unwrap_or_else(nham_control::chain::default_checkpoint_concurrency);
     anyhow::ensure!(
         (1..=1024).contains(&checkpoint_concurrency),
         "checkpoint_concurrency {checkpoint_concurrency} must be 1 to 1024"

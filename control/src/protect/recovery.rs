@@ -329,31 +329,9 @@ impl ProtectedVnf {
         self.start_fresh_in(&self.netns)
     }
 
-    /// Starts the command afresh in namespace `netns` (running).
+    /// Starts the command afresh in namespace `netns` (running), as it was
+    /// first started (environment, working directory, log, cgroup).
     fn start_fresh_in(&self, netns: &Path) -> Result<u32, ProtectError> {
-        let argv = self.command.clone();
-        let cwd = self.cwd.clone();
-        let child = nham_netns::run_in(netns, move || -> std::io::Result<std::process::Child> {
-            // The VNF at the ordinary priority, whatever ours.
-            let _ = rustix::process::setpriority_process(None, 0);
-            own_pid_namespace_for_children()?;
-            let mut cmd = Command::new(&argv[0]);
-            if let Some(dir) = cwd {
-                cmd.current_dir(dir);
-            }
-            cmd.args(&argv[1..])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-        })
-        .map_err(|e| ProtectError::Process(e.to_string()))?
-        .map_err(|e| ProtectError::Process(format!("starting {:?}: {e}", self.command)))?;
-        let pid = child.id();
-        // The Child is dropped without a wait: whoever watches the VNF
-        // (pidfd) reaps it.
-        drop(child);
-        wait_for_packet_socket(pid, &self.command)?;
-        Ok(pid)
+        Ok(self.start.clone().placed(netns).run()?)
     }
 }

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::error::ControlError;
+use super::RuntimeError;
 
 /// Sends `sig` to process `pid`.
-pub fn signal(pid: u32, sig: Signal) -> Result<(), ControlError> {
-    nix::sys::signal::kill(Pid::from_raw(pid as i32), sig).map_err(|source| ControlError::Signal {
+pub fn signal(pid: u32, sig: Signal) -> Result<(), RuntimeError> {
+    nix::sys::signal::kill(Pid::from_raw(pid as i32), sig).map_err(|source| RuntimeError::Signal {
         signal: sig,
         pid,
         source,
@@ -29,6 +29,11 @@ pub fn kill_and_reap(pid: u32) {
 /// `None` once it is gone.
 pub fn state(pid: u32) -> Option<char> {
     nham_netns::process_state(pid).map(|(s, _)| s)
+}
+
+/// Exists and is not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    !matches!(state(pid), None | Some('Z' | 'X'))
 }
 
 /// Stopped by a signal (`T`).
@@ -51,9 +56,8 @@ pub async fn stop_and_wait(pid: u32, timeout: Duration) -> bool {
 }
 
 /// A pidfd for `pid`: readable once it exits.
-pub fn pidfd(pid: u32) -> Result<OwnedFd, ControlError> {
-    let p = rustix::process::Pid::from_raw(pid as i32)
-        .ok_or_else(|| ControlError::InvalidArgument("process has pid 0".into()))?;
+pub fn pidfd(pid: u32) -> Result<OwnedFd, RuntimeError> {
+    let p = rustix::process::Pid::from_raw(pid as i32).ok_or(RuntimeError::NoPid)?;
     rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
-        .map_err(|e| ControlError::io(format!("pidfd_open({pid})"))(e.into()))
+        .map_err(|e| RuntimeError::io(format!("pidfd_open({pid})"))(e.into()))
 }

@@ -6,8 +6,8 @@
 
 #[allow(unused_imports)]
 use super::*;
+use crate::chain::VnfRuntime;
 use crate::fms::recovery::{Action, Cause, Comeback};
-use crate::runtime::VnfRuntime;
 
 /// How process `k` (0: the VNF's own) of `v` comes back.
 pub(super) fn comeback(v: &VnfRuntime, k: usize) -> Comeback {

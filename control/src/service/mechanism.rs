@@ -28,9 +28,10 @@ use nham_sff::remote::{RemoteError, SffClient};
 
 use super::Daemon;
 use crate::api;
+use crate::chain::{self, Agent, MemberPlace, ReplicaPlace};
 use crate::error::ControlError;
 use crate::protect::{self, Mechanism, MemberSlot};
-use crate::runtime::{self, Agent, MemberPlace, ReplicaPlace};
+use crate::runtime;
 
 /// How a VNF is protected: its mechanism, and its MR-AA members (member 0
 /// included; 1 for any other mechanism).
@@ -135,10 +136,7 @@ fn between_checkpoints<T>(
         match f(&mut a) {
             // A checkpoint under way, or member 0 catching up after a
             // restore: both pass.
-            Err(ControlError::Remote(RemoteError::Refused(why)))
-                if (why.contains("in progress") || why.contains("not in a state for this"))
-                    && Instant::now() < deadline =>
-            {
+            Err(ControlError::Remote(RemoteError::Busy(_))) if Instant::now() < deadline => {
                 drop(a);
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -320,7 +318,7 @@ impl Daemon {
                     ControlError::FailedPrecondition("the chain's SFF is not running".into())
                 })?;
                 let v = &e.runtime.vnfs[hop];
-                let new = runtime::new_agent(
+                let new = chain::new_agent(
                     v,
                     hop,
                     protect::Mechanism::NoReplica,
@@ -468,7 +466,7 @@ impl Daemon {
                 let mut plans = Vec::new();
                 for k in have..to {
                     let names = e.runtime.place_names(&state, hop, 'm');
-                    let cwd = state.vnf_cwd(chain, &runtime::member_dir(vnf, k))?;
+                    let cwd = state.vnf_cwd(chain, &chain::member_dir(vnf, k))?;
                     plans.push((names, cwd));
                 }
                 Ok((have, v.netns.path(), plans))

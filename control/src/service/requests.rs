@@ -282,9 +282,9 @@ impl Daemon {
             })?;
             m.recovery.handle_fault(Instant::now());
             match fault {
-                Fault::Crash => signal(pid, Signal::SIGKILL),
+                Fault::Crash => Ok(signal(pid, Signal::SIGKILL)?),
                 // No checkpoint stops a member other than 0.
-                Fault::Hang => signal(pid, Signal::SIGSTOP),
+                Fault::Hang => Ok(signal(pid, Signal::SIGSTOP)?),
                 Fault::CutOff => Ok(m
                     .netns
                     .run(|| nham_netns::set_down(crate::runtime::VNF_IFACE))??),

@@ -497,7 +497,7 @@ mod tests {
                       time.sleep(600)\n";
         let child = primary
             .run(move || {
-                crate::protect::own_pid_namespace_for_children()?;
+                crate::runtime::own_pid_namespace_for_children()?;
                 Command::new("setsid")
                     .args(["python3", "-c", script])
                     .stdin(Stdio::null())
@@ -509,7 +509,7 @@ mod tests {
             .unwrap();
         let mut child = Guard(child);
         let pid = child.0.id();
-        crate::protect::wait_for_packet_socket(pid, &["python3".into()]).unwrap();
+        crate::runtime::wait_for_packet_socket(pid, &["python3".into()]).unwrap();
         let dir = std::env::temp_dir().join(unique_name("nham-criu-"));
         let images = dir.join("ckpt");
         dump(None, pid, &primary.path(), &images).expect("dump");

@@ -5,19 +5,73 @@
 
 use std::time::Instant;
 
-use nham_dataplane::hold::{CheckpointId, CheckpointPhase, HopState, RestorePlan};
+use nham_dataplane::hold::{CheckpointId, CheckpointPhase, HoldError, HopState, RestorePlan};
 use nham_dataplane::window::VnfCapacity;
 
 use crate::protocol::{FailOverOutcome, Request, Response, SffStatus};
-use crate::{attach, frozen_window, Engine, HopStatus, PhaseStatus};
+use crate::{attach, frozen_window, Engine, HopStatus, PhaseStatus, SffError};
 
 fn refused(e: impl std::fmt::Display) -> Response {
     Response::Refused(e.to_string())
 }
 
+/// Why the SFF said no: for now (the core's refusal ends by itself) or for
+/// good.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// See [`Response::Busy`].
+    Busy(String),
+    /// See [`Response::Refused`].
+    Refused(String),
+}
+
+impl Refusal {
+    /// The same refusal, its reason prefixed with `what` it is about.
+    pub(crate) fn about(self, what: impl std::fmt::Display) -> Self {
+        match self {
+            Self::Busy(why) => Self::Busy(format!("{what}: {why}")),
+            Self::Refused(why) => Self::Refused(format!("{what}: {why}")),
+        }
+    }
+}
+
+impl From<HoldError> for Refusal {
+    fn from(e: HoldError) -> Self {
+        if e.is_transient() {
+            Self::Busy(e.to_string())
+        } else {
+            Self::Refused(e.to_string())
+        }
+    }
+}
+
+impl From<SffError> for Refusal {
+    fn from(e: SffError) -> Self {
+        match e {
+            SffError::Hold(h) => h.into(),
+            e => Self::Refused(e.to_string()),
+        }
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(why: String) -> Self {
+        Self::Refused(why)
+    }
+}
+
+impl From<Refusal> for Response {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Busy(why) => Response::Busy(why),
+            Refusal::Refused(why) => Response::Refused(why),
+        }
+    }
+}
+
 /// A core's answer as the protocol's.
-fn answer<T, E: std::fmt::Display>(r: Result<T, E>, ok: impl FnOnce(T) -> Response) -> Response {
-    r.map_or_else(refused, ok)
+fn answer<T, E: Into<Refusal>>(r: Result<T, E>, ok: impl FnOnce(T) -> Response) -> Response {
+    r.map_or_else(|e| e.into().into(), ok)
 }
 
 impl Engine {

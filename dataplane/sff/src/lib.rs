@@ -875,29 +875,36 @@ impl Engine {
     /// changes if one fails), resizes the hop's members, closes the ports of
     /// members removed; the flow windows and counters follow, and the pool
     /// grows by what the added members' outputs may take.
-    fn set_members(&mut self, hop: usize, keep: usize, add: Vec<PortSpec>) -> Result<(), String> {
-        let chain = self.chain.as_mut().ok_or("the chain has no hops")?;
+    fn set_members(
+        &mut self,
+        hop: usize,
+        keep: usize,
+        add: Vec<PortSpec>,
+    ) -> Result<(), execute::Refusal> {
+        let chain = self
+            .chain
+            .as_mut()
+            .ok_or_else(|| execute::Refusal::Refused("the chain has no hops".into()))?;
         if self.config.members.len() <= hop {
             self.config.members.resize(hop + 1, Vec::new());
         }
         let now_members = self.config.members[hop].len();
         if keep > now_members || (!add.is_empty() && keep != now_members) {
-            return Err(format!(
+            return Err(execute::Refusal::Refused(format!(
                 "hop {hop} has {} members: keeping {keep} and adding {} is not a change of its count",
                 now_members + 1,
                 add.len()
-            ));
+            )));
         }
         let added = add
             .iter()
             .map(|spec| attach(spec, self.config.port))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
+            .collect::<Result<Vec<_>, _>>()?;
         let m = keep + add.len() + 1;
         chain
             .hop_mut(hop)
             .resize_members(m)
-            .map_err(|e| format!("hop {hop}: {e}"))?;
+            .map_err(|e| execute::Refusal::from(e).about(format!("hop {hop}")))?;
         let capacity = self.in_flight[hop][0].capacity();
         self.hops[hop].truncate(keep + 1);
         self.hops[hop].extend(added);

@@ -16,7 +16,7 @@ use crate::{HopStatus, SffStats};
 
 /// The version of this protocol. Raise it with any change to [`Request`]
 /// or [`Response`] that an SFF of the previous version would misread.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// What a client asks of the SFF. Hops are numbered from 0 in chain order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +133,10 @@ pub enum Response {
     Ok,
     /// Refused, and why.
     Refused(String),
+    /// Refused for now, and why: the hop is busy with something that ends
+    /// by itself (a checkpoint under way, a member catching up; see
+    /// `HoldError::is_transient`). The same request may succeed later.
+    Busy(String),
 }
 
 /// What [`Request::FailOver`] did.

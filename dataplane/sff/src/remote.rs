@@ -59,6 +59,10 @@ pub enum RemoteError {
     /// or there is no such hop).
     #[error("SFF refused: {0}")]
     Refused(String),
+    /// The SFF refused the request for now: the hop is busy with something
+    /// that ends by itself (a checkpoint under way, a member catching up).
+    #[error("SFF busy, try again: {0}")]
+    Busy(String),
     /// The SFF speaks another version of this protocol.
     #[error("SFF at {path} speaks protocol version {}, this client {ours}: refused", theirs.map_or_else(|| "0 (before versions)".to_string(), |v| v.to_string()))]
     Version {
@@ -266,6 +270,7 @@ impl SffClient {
         };
         match response {
             Response::Refused(why) => Err(RemoteError::Refused(why)),
+            Response::Busy(why) => Err(RemoteError::Busy(why)),
             r => Ok(r),
         }
     }

@@ -113,11 +113,7 @@ impl ChainRuntime {
             plan,
             vnfs,
             sff: Some(sff.clone()),
-            sff_process: Some(SffProcess {
-                pid: record.sff_pid,
-                socket: record.sff_socket.clone(),
-                child: None,
-            }),
+            sff_process: Some(SffProcess::adopt(record.sff_pid, record.sff_socket.clone())),
             work,
             detached: true,
             member_pidfds: Vec::new(),

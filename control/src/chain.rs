@@ -1,0 +1,907 @@
+//! A running chain as the daemon keeps it: its VNFs (places, processes,
+//! Failure Recovery, State Synchronizer agent), its SFF, and the record a
+//! restarted daemon re-attaches to.
+//!
+//! Built from the ground floor ([`crate::runtime`]: namespaces, links,
+//! processes, the SFF process). Every VNF process is watched through a
+//! pidfd: its exit is seen the moment it happens. A protected VNF has a
+//! [`ProtectedVnf`] agent (its State Synchronizer and Replica Manager).
+//! What runs for a chain (SFF pid and socket, namespaces, VNF pids) is
+//! written to the state database as a [`ChainRecord`]; a restarted daemon
+//! [re-attaches](ChainRuntime::reattach) to it.
+//!
+//! Invariant: dropping a [`ChainRuntime`] stops the SFF, kills and reaps
+//! every VNF process and deletes every namespace (and so every veth) it made
+//! — unless it was [detached](ChainRuntime::detach), in which case all of
+//! them keep running for the next daemon.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nham_netns::{unique_name, veth_pair_here, Netns};
+use nham_sff::remote::SffClient;
+use nham_sff::{PhaseStatus, PortSpec, SffConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::api;
+use crate::error::ControlError;
+use crate::fms::recovery::{Counters, FailureRecovery, Phase};
+use crate::protect::{self, ProtectedVnf, StoreSlot};
+use crate::runtime::cgroup::Cgroup;
+use crate::runtime::{
+    make_place, port_spec, process, spawn_sff, SffOptions, SffProcess, Spawn, VNF_IFACE,
+};
+use crate::validate::{ChainPlan, VnfPlan};
+use crate::vsm::database::Store;
+
+mod reattach;
+
+/// A protected VNF's agent, shared by its checkpoint schedule and recovery.
+pub type Agent = Arc<Mutex<ProtectedVnf>>;
+
+/// One VNF's runtime.
+#[derive(Debug)]
+pub struct VnfRuntime {
+    /// Its plan.
+    pub plan: VnfPlan,
+    /// Its namespace.
+    pub netns: Netns,
+    /// The process, while it runs (started by us or restored as our child).
+    pub pid: Option<u32>,
+    /// Its command line, placeholders replaced, as it is started.
+    pub argv: Vec<String>,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
+    /// Its working directory, its own: CRIU's parasite makes a scratch
+    /// directory (`proc.crtools`) in the working directory of a process it
+    /// dumps in a PID namespace of its own, so VNFs dumped at the same time
+    /// must not share one. Under the state directory, so it outlives the
+    /// daemon (a restore needs it).
+    pub cwd: PathBuf,
+    /// Its State Synchronizer, when protected.
+    pub agent: Option<Agent>,
+    /// Checkpoints taken.
+    pub checkpoints: u64,
+    /// The SFF's end of its veth (in the daemon's namespace).
+    pub sff_iface: String,
+    /// Its Failure Recovery: phase, incarnation, counters.
+    pub recovery: FailureRecovery,
+    /// Its cgroup (none where the host has no cgroup2 hierarchy).
+    pub cgroup: Option<Cgroup>,
+    /// The place of its 1R-AA replica (made when the chain is created with
+    /// 1R-AA for it): a namespace whose `eth0` has the index of the VNF's,
+    /// behind the hop's standby port. Swaps with `netns` on failover.
+    pub replica: Option<ReplicaPlace>,
+    /// MR-AA members 1 to M-1 (member 0 is this VNF's process and place).
+    pub members: Vec<MemberPlace>,
+}
+
+/// Where an MR-AA member other than member 0 runs, and its process.
+#[derive(Debug)]
+pub struct MemberPlace {
+    /// Its namespace (its `eth0` has member 0's interface index).
+    pub netns: Netns,
+    /// The SFF's end of its link (a member port of the hop).
+    pub sff_iface: String,
+    /// Its process, while it runs.
+    pub pid: Option<u32>,
+    /// Its working directory.
+    pub cwd: PathBuf,
+    /// Its Failure Recovery.
+    pub recovery: FailureRecovery,
+}
+
+impl MemberPlace {
+    /// A place with no process yet; `incarnation` its first watcher's
+    /// number less one.
+    pub fn new(netns: Netns, sff_iface: String, cwd: PathBuf, incarnation: u64) -> Self {
+        Self {
+            netns,
+            sff_iface,
+            pid: None,
+            cwd,
+            recovery: FailureRecovery::new(incarnation),
+        }
+    }
+}
+
+/// What a new agent of VNF `v` (at `hop` of chain `chain`, scratch under
+/// `work`) needs, taken from its runtime (quickly: under the registry) to
+/// build it without (it starts a CRIU worker).
+pub fn new_agent(
+    v: &VnfRuntime,
+    hop: usize,
+    mechanism: protect::Mechanism,
+    state: &StateOptions,
+    chain: &str,
+    work: &Path,
+) -> Result<NewAgent, ControlError> {
+    let pid = v.pid.ok_or_else(|| {
+        ControlError::FailedPrecondition(format!("VNF {} is not running", v.plan.name))
+    })?;
+    Ok(NewAgent {
+        hop,
+        pid,
+        start: v.spawn_here(),
+        slot: StoreSlot {
+            store: state.store.clone(),
+            chain: chain.to_string(),
+            vnf: v.plan.name.clone(),
+            // Its own: a retired agent removes its scratch when it goes.
+            scratch: work.join(unique_name(&v.plan.name)),
+        },
+        mechanism,
+        sff_iface: v.sff_iface.clone(),
+        replica: v
+            .replica
+            .as_ref()
+            .map(|r| (r.netns.path(), r.sff_iface.clone())),
+        members: v.member_slots(),
+    })
+}
+
+/// See [`new_agent`].
+#[derive(Debug)]
+pub struct NewAgent {
+    hop: usize,
+    pid: u32,
+    start: Spawn,
+    slot: StoreSlot,
+    mechanism: protect::Mechanism,
+    sff_iface: String,
+    replica: Option<(PathBuf, String)>,
+    members: Vec<protect::MemberSlot>,
+}
+
+impl NewAgent {
+    /// The agent, watching the VNF's link, with its replica place and
+    /// members, protecting by its mechanism.
+    pub fn build(self) -> Result<ProtectedVnf, ControlError> {
+        let aa = self.mechanism == protect::Mechanism::ActiveActive;
+        // 1R-AA once the replica's place is known.
+        let first = if aa {
+            protect::Mechanism::NoReplica
+        } else {
+            self.mechanism
+        };
+        let mut a = ProtectedVnf::new(self.hop, self.pid, self.start, self.slot, first)?;
+        a.watch_link(&self.sff_iface)?;
+        if let Some((netns, iface)) = &self.replica {
+            a = a.with_replica(netns, iface);
+        }
+        let mut a = a.with_members(self.members);
+        if aa {
+            a.set_mechanism(self.mechanism)?;
+        }
+        Ok(a)
+    }
+}
+
+/// Where a 1R-AA replica runs.
+#[derive(Debug)]
+pub struct ReplicaPlace {
+    /// Its namespace.
+    pub netns: Netns,
+    /// The SFF's end of its link (the hop's standby port).
+    pub sff_iface: String,
+}
+
+impl VnfRuntime {
+    /// Its status as the API shows it.
+    pub fn status(&self) -> api::VnfStatus {
+        api::VnfStatus {
+            name: self.plan.name.clone(),
+            state: self.state() as i32,
+            pid: self.pid.unwrap_or(0),
+            netns: self.netns.name().to_string(),
+            mechanism: crate::validate::api_mechanism(self.plan.mechanism) as i32,
+            failures: self.counted(|c| c.failures),
+            recoveries: self.counted(|c| c.recoveries),
+            checkpoints: self.checkpoints,
+            member_pids: self.members.iter().map(|m| m.pid.unwrap_or(0)).collect(),
+        }
+    }
+
+    /// Its state as the API names it (of its own process: MR-AA members
+    /// failing leave the VNF running).
+    pub fn state(&self) -> api::VnfState {
+        match self.recovery.phase() {
+            Phase::Starting => api::VnfState::Unspecified,
+            Phase::Running => api::VnfState::Running,
+            Phase::Failed => api::VnfState::Failed,
+            Phase::Recovering => api::VnfState::Recovering,
+        }
+    }
+
+    /// A counter of its own process's and its MR-AA members' recoveries,
+    /// summed.
+    pub fn counted(&self, f: impl Fn(&Counters) -> u64) -> u64 {
+        f(self.recovery.counters())
+            + self
+                .members
+                .iter()
+                .map(|m| f(m.recovery.counters()))
+                .sum::<u64>()
+    }
+
+    /// The Failure Recovery of member `k` (0: the VNF's own process).
+    pub fn recovery_of(&mut self, k: usize) -> Option<&mut FailureRecovery> {
+        match k {
+            0 => Some(&mut self.recovery),
+            k => self.members.get_mut(k - 1).map(|m| &mut m.recovery),
+        }
+    }
+
+    /// Starts the VNF's command in its namespace, waits until it listens on
+    /// a packet socket, and returns a pidfd to watch.
+    pub fn start(&mut self) -> Result<OwnedFd, ControlError> {
+        let pid = self.spawn_in(&self.netns, &self.cwd)?;
+        self.adopt(pid)
+    }
+
+    /// Starts MR-AA member `k` (1 or more) afresh in its place; returns a
+    /// pidfd to watch.
+    pub fn start_member(&mut self, k: usize) -> Result<OwnedFd, ControlError> {
+        let m = self.members.get(k - 1).ok_or_else(|| {
+            ControlError::NotFound(format!("VNF {} has no MR-AA member {k}", self.plan.name))
+        })?;
+        let pid = self.spawn_in(&m.netns, &m.cwd)?;
+        self.adopt_member(k, pid)
+    }
+
+    /// Takes `pid` as MR-AA member `k`'s process (1 or more).
+    pub fn adopt_member(&mut self, k: usize, pid: u32) -> Result<OwnedFd, ControlError> {
+        let pidfd = process::pidfd(pid)?;
+        if let Some(cg) = &self.cgroup {
+            if let Err(e) = cg.add(pid) {
+                tracing::warn!(vnf = self.plan.name, "{e}");
+            }
+        }
+        let m = self.members.get_mut(k - 1).ok_or_else(|| {
+            ControlError::NotFound(format!("VNF {} has no MR-AA member {k}", self.plan.name))
+        })?;
+        m.pid = Some(pid);
+        m.recovery.handle_started();
+        Ok(pidfd)
+    }
+
+    /// Starts the VNF's command in `netns` with working directory `cwd`,
+    /// waits until it listens on a packet socket; returns its pid.
+    fn spawn_in(&self, netns: &Netns, cwd: &Path) -> Result<u32, ControlError> {
+        Ok(self.spawn(netns, cwd).run()?)
+    }
+
+    /// What starting the VNF's command in `netns` (working directory
+    /// `cwd`) takes, apart from the VNF's record: the start waits until the
+    /// VNF listens (seconds, for some), and nothing shared may be held
+    /// meanwhile.
+    pub fn spawn(&self, netns: &Netns, cwd: &Path) -> Spawn {
+        Spawn {
+            vnf: self.plan.name.clone(),
+            command: self.plan.command.clone(),
+            argv: self.argv.clone(),
+            env: self.plan.env.clone(),
+            netns: netns.path(),
+            netns_name: netns.name().to_string(),
+            cwd: cwd.to_path_buf(),
+            log: self.log.clone(),
+            cgroup: self.cgroup.as_ref().map(|c| c.path().to_path_buf()),
+        }
+    }
+
+    /// [`spawn`](Self::spawn) in the VNF's own place.
+    pub fn spawn_here(&self) -> Spawn {
+        self.spawn(&self.netns, &self.cwd)
+    }
+
+    /// Brings the VNF's link up (a failed VNF may have been cut off; the
+    /// one brought back needs its link).
+    pub fn reconnect(&self) -> Result<(), ControlError> {
+        self.netns.run(|| nham_netns::set_up(VNF_IFACE))??;
+        Ok(())
+    }
+
+    /// Takes `pid` (started, or restored with its sockets) as the VNF's
+    /// process; returns a pidfd to watch.
+    pub fn adopt(&mut self, pid: u32) -> Result<OwnedFd, ControlError> {
+        let pidfd = process::pidfd(pid)?;
+        if let Some(cg) = &self.cgroup {
+            if let Err(e) = cg.add(pid) {
+                tracing::warn!(vnf = self.plan.name, "{e}");
+            }
+        }
+        self.pid = Some(pid);
+        self.recovery.handle_started();
+        Ok(pidfd)
+    }
+
+    /// After a 1R-AA failover: the replica's namespace and link are the
+    /// VNF's now, and the old ones the replica's.
+    pub fn swap_replica(&mut self) {
+        if let Some(r) = self.replica.as_mut() {
+            std::mem::swap(&mut self.netns, &mut r.netns);
+            std::mem::swap(&mut self.sff_iface, &mut r.sff_iface);
+        }
+    }
+
+    /// Its MR-AA members 1 to M-1 as its agent sees them.
+    pub fn member_slots(&self) -> Vec<protect::MemberSlot> {
+        self.members
+            .iter()
+            .map(|m| protect::MemberSlot {
+                netns: m.netns.path(),
+                pid: m.pid,
+                sff_iface: Some(m.sff_iface.clone()),
+            })
+            .collect()
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), ControlError> {
+        let pid = self.pid.ok_or_else(|| {
+            ControlError::FailedPrecondition(format!("VNF {} is not running", self.plan.name))
+        })?;
+        Ok(process::signal(pid, signal)?)
+    }
+}
+
+impl Drop for VnfRuntime {
+    fn drop(&mut self) {
+        self.agent = None;
+        let members = self.members.iter_mut().filter_map(|m| m.pid.take());
+        for pid in self.pid.take().into_iter().chain(members) {
+            process::kill_and_reap(pid);
+        }
+    }
+}
+
+/// What runs for a chain, as the state database keeps it for a restarted
+/// daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainRecord {
+    /// The daemon's number for the chain (interface and namespace names).
+    pub id: u32,
+    /// The SFF process.
+    pub sff_pid: u32,
+    /// Its control socket.
+    pub sff_socket: PathBuf,
+    /// The VNFs, in chain order.
+    pub vnfs: Vec<VnfRecord>,
+}
+
+/// One VNF of a [`ChainRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VnfRecord {
+    /// Its name.
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// The SFF's end of its link.
+    pub sff_iface: String,
+    /// Its process when the record was written.
+    pub pid: Option<u32>,
+    /// Its command line as started.
+    pub argv: Vec<String>,
+    /// Its log file.
+    pub log: PathBuf,
+    /// Counters, carried over.
+    pub failures: u64,
+    /// See `failures`.
+    pub recoveries: u64,
+    /// See `failures`.
+    pub checkpoints: u64,
+    /// 1R-AA: the replica's namespace.
+    #[serde(default)]
+    pub replica_netns: Option<String>,
+    /// 1R-AA: the SFF's end of the replica's link.
+    #[serde(default)]
+    pub replica_sff_iface: Option<String>,
+    /// MR-AA: members 1 to M-1.
+    #[serde(default)]
+    pub members: Vec<MemberRecord>,
+}
+
+/// The name of MR-AA member `k`'s working directory, beside its VNF's.
+pub fn member_dir(vnf: &str, k: usize) -> String {
+    format!("{vnf}.m{k}")
+}
+
+/// Where an MR-AA member ran, for a restarted daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// Its network namespace.
+    pub netns: String,
+    /// The SFF's end of its link (a member port of the hop).
+    pub sff_iface: String,
+    /// Its process when the record was written.
+    pub pid: Option<u32>,
+}
+
+/// A chain with its VNFs and SFF.
+#[derive(Debug)]
+pub struct ChainRuntime {
+    /// The daemon's number for it.
+    pub id: u32,
+    /// Its plan.
+    pub plan: ChainPlan,
+    /// VNFs in order.
+    pub vnfs: Vec<VnfRuntime>,
+    /// The SFF's control client (dropped before the VNFs go).
+    pub sff: Option<Arc<SffClient>>,
+    /// The SFF process.
+    pub sff_process: Option<SffProcess>,
+    /// Where this chain's VNF logs and scratch images live.
+    pub work: PathBuf,
+    /// Left running on drop, for the next daemon.
+    detached: bool,
+    /// MR-AA members started with the chain, (hop, member, pidfd), for the
+    /// daemon to watch (taken by it).
+    pub member_pidfds: Vec<(usize, usize, OwnedFd)>,
+    /// MR-AA members (hop, member) found dead by a re-attach, to recover.
+    pub lost_members: Vec<(usize, usize)>,
+}
+
+/// Where the daemon keeps state, and how it watches VNFs.
+#[derive(Debug, Clone)]
+pub struct StateOptions {
+    /// How often the Failure Detector probes each VNF for hangs and
+    /// cut-offs.
+    pub probe_interval: Duration,
+    /// Consecutive bad probes that make a failure.
+    pub probe_threshold: u32,
+    /// The state database.
+    pub store: Arc<Store>,
+    /// VNF logs (`<dir>/<chain>/<vnf>.log`).
+    pub logs: PathBuf,
+    /// Scratch space for images being dumped and restored (tmpfs is best).
+    pub scratch: PathBuf,
+    /// Checkpoint period for VNFs that do not set one.
+    pub checkpoint_interval: Duration,
+    /// Checkpoints (CRIU dump, store, commit) under way at once on this
+    /// host; others wait their turn, so checkpoint work never takes every
+    /// core from the chains (see [`default_checkpoint_concurrency`]). With
+    /// N protected VNFs a VNF's checkpoints come every interval or every
+    /// N / concurrency dumps, whichever is longer: size the hold for that.
+    pub checkpoint_concurrency: usize,
+}
+
+/// One checkpoint at a time per two cores (at least one).
+pub fn default_checkpoint_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+impl StateOptions {
+    /// The prefix of this daemon's namespace names: the same for every run
+    /// on one state database (so a restarted daemon finds its namespaces),
+    /// different between databases (so daemons do not collide).
+    pub fn netns_prefix(&self) -> String {
+        format!("nhamd-{}-", state_tag(self.store.dir()))
+    }
+
+    /// Where this daemon's cgroups go (`None`: no cgroup2 hierarchy).
+    pub fn cgroup_dir(&self) -> Option<PathBuf> {
+        Some(
+            crate::runtime::cgroup::cgroup2_root()?
+                .join(format!("nham-{}", state_tag(self.store.dir()))),
+        )
+    }
+
+    /// VNF `vnf` of chain `chain`'s cgroup, made if need be; `None` (with a
+    /// warning) where there is no cgroup2 hierarchy or it cannot be made.
+    fn vnf_cgroup(&self, chain: &str, vnf: &str) -> Option<Cgroup> {
+        let path = self.cgroup_dir()?.join(chain).join(vnf);
+        Cgroup::create(&path)
+            .map_err(|e| tracing::warn!(chain, vnf, "no cgroup: {e}"))
+            .ok()
+    }
+
+    /// VNF `vnf` of chain `chain`'s working directory, made if need be.
+    pub fn vnf_cwd(&self, chain: &str, vnf: &str) -> Result<PathBuf, ControlError> {
+        let dir = self.store.dir().join("run").join(chain).join(vnf);
+        std::fs::create_dir_all(&dir).map_err(ControlError::io(dir.display()))?;
+        Ok(dir)
+    }
+
+    /// Where chain `id`'s SFF listens.
+    fn sff_socket(&self, id: u32) -> PathBuf {
+        self.store.dir().join("sff").join(format!("{id:x}.sock"))
+    }
+}
+
+/// A short name for the state database in `dir` (8 hex digits of a hash of
+/// its path): the same for every daemon run on it.
+pub fn state_tag(dir: &Path) -> String {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    blake3::hash(dir.as_os_str().as_encoded_bytes()).to_hex()[..8].to_string()
+}
+
+impl ChainRuntime {
+    /// Builds namespaces and links, starts the VNFs (returning their pidfds,
+    /// in order) and the SFF process. `id` makes interface and namespace
+    /// names unique per daemon.
+    pub fn start(
+        id: u32,
+        plan: ChainPlan,
+        sff: &SffOptions,
+        state: &StateOptions,
+    ) -> Result<(Self, Vec<OwnedFd>), ControlError> {
+        // The chain's own interfaces first: nothing is built for a chain
+        // whose ingress or egress is not there.
+        let (ingress, egress) = (
+            port_spec(&plan.ingress, "ingress")?,
+            port_spec(&plan.egress, "egress")?,
+        );
+        let mut vnfs = Vec::new();
+        let mut hops = Vec::new();
+        let mut standby = Vec::new();
+        let mut members = Vec::new();
+        let work = state.scratch.join(&plan.name);
+        let logs = state.logs.join(&plan.name);
+        for dir in [&work, &logs] {
+            std::fs::create_dir_all(dir).map_err(ControlError::io(dir.display()))?;
+        }
+        let prefix = state.netns_prefix();
+        for (i, v) in plan.vnfs.iter().enumerate() {
+            let netns = Netns::create(&format!("{prefix}{id:x}-{i}"))?;
+            let (here, there) = veth_pair_here(&format!("n{id:x}v{i}"), &netns, VNF_IFACE)?;
+            hops.push(PortSpec {
+                iface: here.name.clone(),
+                ifindex: here.ifindex,
+                mac: here.mac,
+                peer_mac: there.mac,
+            });
+            // 1R-AA: the replica's place, its eth0 under the same index.
+            let replica = if v.mechanism == Some(protect::Mechanism::ActiveActive) {
+                let (rns, port) = make_place(
+                    &format!("{prefix}{id:x}-{i}r"),
+                    &format!("n{id:x}r{i}"),
+                    there.ifindex,
+                )?;
+                let sff_iface = port.iface.clone();
+                standby.push(Some(port));
+                Some(ReplicaPlace {
+                    netns: rns,
+                    sff_iface,
+                })
+            } else {
+                standby.push(None);
+                None
+            };
+            // MR-AA: members 1 to M-1, each in a place like the replica's.
+            let mut places = Vec::new();
+            let mut member_ports = Vec::new();
+            for k in 1..v.replicas as usize {
+                let (mns, port) = make_place(
+                    &format!("{prefix}{id:x}-{i}m{k}"),
+                    &format!("n{id:x}m{i}k{k}"),
+                    there.ifindex,
+                )?;
+                let cwd = state.vnf_cwd(&plan.name, &member_dir(&v.name, k))?;
+                places.push(MemberPlace::new(mns, port.iface.clone(), cwd, 0));
+                member_ports.push(port);
+            }
+            members.push(member_ports);
+            let ns = netns.name().to_string();
+            // `setsid` execs in place (same pid): the VNF leads a session of
+            // its own, as CRIU wants of the root of a tree it dumps.
+            let argv = std::iter::once("setsid".to_string())
+                .chain(
+                    v.command
+                        .iter()
+                        .map(|a| a.replace("{iface}", VNF_IFACE).replace("{netns}", &ns)),
+                )
+                .collect();
+            vnfs.push(VnfRuntime {
+                plan: v.clone(),
+                netns,
+                pid: None,
+                argv,
+                log: logs.join(format!("{}.log", v.name)),
+                cwd: state.vnf_cwd(&plan.name, &v.name)?,
+                cgroup: state.vnf_cgroup(&plan.name, &v.name),
+                replica,
+                members: places,
+                agent: None,
+                checkpoints: 0,
+                sff_iface: here.name.clone(),
+                recovery: FailureRecovery::new(0),
+            });
+        }
+        let mut runtime = Self {
+            id,
+            plan,
+            vnfs,
+            sff: None,
+            sff_process: None,
+            work,
+            detached: false,
+            member_pidfds: Vec::new(),
+            lost_members: Vec::new(),
+        };
+        let pidfds = runtime
+            .vnfs
+            .iter_mut()
+            .map(VnfRuntime::start)
+            .collect::<Result<Vec<_>, _>>()?;
+        // MR-AA members start with member 0, all in the initial state.
+        let mut member_pidfds = Vec::new();
+        for (i, v) in runtime.vnfs.iter_mut().enumerate() {
+            for k in 1..=v.members.len() {
+                member_pidfds.push((i, k, v.start_member(k)?));
+            }
+        }
+        runtime.member_pidfds = member_pidfds;
+        let mut protect = Vec::new();
+        for v in &runtime.vnfs {
+            protect.push(v.plan.mechanism.is_some());
+        }
+        let mut config = SffConfig::for_chain(
+            ingress,
+            egress,
+            hops,
+            runtime.plan.rules.clone(),
+            runtime.plan.spi,
+            sff.hold_packets,
+        );
+        config.protect = protect;
+        config.standby = standby;
+        config.members = members;
+        config.poll = sff.poll;
+        config.core = sff.core;
+        // Every packet the hops may hold has a buffer: outputs never wait
+        // on a full ring (see SffConfig::pool_slots_needed).
+        config.pool_slots = config.pool_slots_needed();
+        let socket = state.sff_socket(id);
+        let process = spawn_sff(sff, &config, &socket, &logs.join("sff.log"))?;
+        runtime.sff_process = Some(process);
+        runtime.sff = Some(Arc::new(
+            SffClient::connect(&socket).map_err(ControlError::from)?,
+        ));
+        for hop in 0..runtime.vnfs.len() {
+            let m = runtime.vnfs[hop].plan.mechanism;
+            runtime.protect(hop, m, state)?;
+        }
+        Ok((runtime, pidfds))
+    }
+
+    /// What runs for this chain, for the state database.
+    pub fn record(&self) -> Option<ChainRecord> {
+        let p = self.sff_process.as_ref()?;
+        Some(ChainRecord {
+            id: self.id,
+            sff_pid: p.pid,
+            sff_socket: p.socket.clone(),
+            vnfs: self
+                .vnfs
+                .iter()
+                .map(|v| VnfRecord {
+                    name: v.plan.name.clone(),
+                    netns: v.netns.name().to_string(),
+                    sff_iface: v.sff_iface.clone(),
+                    pid: v.pid,
+                    argv: v.argv.clone(),
+                    log: v.log.clone(),
+                    failures: v.counted(|c| c.failures),
+                    recoveries: v.counted(|c| c.recoveries),
+                    checkpoints: v.checkpoints,
+                    replica_netns: v.replica.as_ref().map(|r| r.netns.name().to_string()),
+                    replica_sff_iface: v.replica.as_ref().map(|r| r.sff_iface.clone()),
+                    members: v
+                        .members
+                        .iter()
+                        .map(|m| MemberRecord {
+                            netns: m.netns.name().to_string(),
+                            sff_iface: m.sff_iface.clone(),
+                            pid: m.pid,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Leaves the SFF, the VNFs and the namespaces running when this is
+    /// dropped, for a restarted daemon to attach to.
+    pub fn detach(&mut self) {
+        self.detached = true;
+    }
+
+    /// Gives VNF `hop` mechanism `m` as the chain starts (or is attached
+    /// to again): makes, changes or drops its agent and tells the SFF
+    /// whether to hold its packets. Its places (replica, members) must be
+    /// there; a change at runtime makes them (`service::mechanism`).
+    pub fn protect(
+        &mut self,
+        hop: usize,
+        wanted: Option<protect::Mechanism>,
+        state: &StateOptions,
+    ) -> Result<(), ControlError> {
+        let has_members = !self.vnfs[hop].members.is_empty();
+        if (wanted == Some(protect::Mechanism::MultiActive)) != has_members {
+            return Err(ControlError::FailedPrecondition(format!(
+                "VNF {:?}: MR-AA needs its members' places and SFF ports, and only MR-AA has them",
+                self.vnfs[hop].plan.name
+            )));
+        }
+        if wanted == Some(protect::Mechanism::ActiveActive) && self.vnfs[hop].replica.is_none() {
+            return Err(ControlError::FailedPrecondition(format!(
+                "VNF {:?} has no replica namespace and standby port, which 1R-AA needs",
+                self.vnfs[hop].plan.name
+            )));
+        }
+        let sff = self.sff.clone().ok_or_else(|| {
+            ControlError::FailedPrecondition("the chain's SFF is not running".into())
+        })?;
+        let chain = self.plan.name.clone();
+        let v = &mut self.vnfs[hop];
+        match (wanted, v.agent.clone()) {
+            (None, None) => {
+                sff.set_protected(hop, false).map_err(ControlError::from)?;
+            }
+            (None, Some(agent)) => {
+                // A checkpoint under way finishes its dump first (it holds
+                // the agent); one being stored aborts at its commit (a
+                // retired agent tells the SFF), within its turn, so a new
+                // agent's first checkpoint finds the hop idle.
+                agent
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .retire();
+                v.agent = None;
+                sff.set_protected(hop, false).map_err(ControlError::from)?;
+            }
+            (Some(mech), Some(agent)) => agent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .set_mechanism(mech)
+                .map_err(ControlError::from)?,
+            (Some(mech), None) => {
+                let agent = new_agent(v, hop, mech, state, &chain, &self.work)?.build()?;
+                sff.set_protected(hop, true).map_err(ControlError::from)?;
+                v.agent = Some(Arc::new(Mutex::new(agent)));
+            }
+        }
+        v.plan.mechanism = wanted;
+        Ok(())
+    }
+
+    /// Names for a place made at runtime beside hop `hop`'s VNF (`what`:
+    /// `r` a replica, `m` a member): its namespace and the SFF's end of its
+    /// link, unique on the host (a removed place's names may linger while
+    /// the kernel takes its namespace down).
+    pub fn place_names(&self, state: &StateOptions, hop: usize, what: char) -> (String, String) {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let n = (NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) ^ clock) & 0xffff;
+        let id = self.id;
+        (
+            format!("{}{id:x}-{hop}{what}{n:04x}", state.netns_prefix()),
+            format!("n{id:x}{what}{hop}x{n:04x}"),
+        )
+    }
+
+    /// The chain's state.
+    pub fn state(&self) -> api::ChainState {
+        if self
+            .vnfs
+            .iter()
+            .all(|v| v.state() == api::VnfState::Running)
+        {
+            api::ChainState::Running
+        } else {
+            api::ChainState::Recovering
+        }
+    }
+
+    /// The chain as the API shows it.
+    pub fn to_api(&self, spec: &api::ChainSpec) -> api::Chain {
+        api::Chain {
+            spec: Some(spec.clone()),
+            state: self.state() as i32,
+            vnfs: self.vnfs.iter().map(VnfRuntime::status).collect(),
+        }
+    }
+
+    /// The index of the VNF called `name`.
+    pub fn vnf_index(&self, name: &str) -> Result<usize, ControlError> {
+        self.vnfs
+            .iter()
+            .position(|v| v.plan.name == name)
+            .ok_or_else(|| {
+                ControlError::NotFound(format!("chain {:?} has no VNF {name:?}", self.plan.name))
+            })
+    }
+
+    /// The VNF called `name`.
+    pub fn vnf_mut(&mut self, name: &str) -> Result<&mut VnfRuntime, ControlError> {
+        let chain = self.plan.name.clone();
+        self.vnfs
+            .iter_mut()
+            .find(|v| v.plan.name == name)
+            .ok_or_else(|| ControlError::NotFound(format!("chain {chain:?} has no VNF {name:?}")))
+    }
+
+    /// Environment of VNFs, for tests: name -> namespace.
+    pub fn namespaces(&self) -> BTreeMap<String, String> {
+        self.vnfs
+            .iter()
+            .map(|v| (v.plan.name.clone(), v.netns.name().to_string()))
+            .collect()
+    }
+}
+
+/// Stops what an earlier daemon left for a chain it could not be attached
+/// to: its SFF process (if that still runs `nham-sff`), every process in its
+/// namespaces, the namespaces.
+pub fn tear_down_record(record: &ChainRecord) {
+    let comm =
+        std::fs::read_to_string(format!("/proc/{}/comm", record.sff_pid)).unwrap_or_default();
+    if comm.trim() == "nham-sff" {
+        let mut p = SffProcess::adopt(record.sff_pid, record.sff_socket.clone());
+        let client = SffClient::connect(&record.sff_socket).ok();
+        p.stop(client.as_ref(), Duration::from_secs(2));
+    }
+    for v in &record.vnfs {
+        if let Ok(ns) = Netns::adopt(&v.netns) {
+            nham_netns::kill_processes_in(&ns.path());
+        }
+    }
+}
+
+impl Drop for ChainRuntime {
+    fn drop(&mut self) {
+        // Agents first (their CRIU workers go with them).
+        for v in &mut self.vnfs {
+            v.agent = None;
+        }
+        if self.detached {
+            for v in &mut self.vnfs {
+                v.pid = None;
+                v.netns.keep();
+                if let Some(c) = v.cgroup.as_mut() {
+                    c.keep();
+                }
+                if let Some(r) = v.replica.as_mut() {
+                    r.netns.keep();
+                }
+                for m in &mut v.members {
+                    m.pid = None;
+                    m.netns.keep();
+                }
+            }
+            return;
+        }
+        // Then the SFF (it holds the ports on the VNF links), then the VNFs
+        // (with their cgroups) and namespaces.
+        let client = self.sff.take();
+        if let Some(p) = self.sff_process.as_mut() {
+            p.stop(client.as_deref(), Duration::from_secs(3));
+        }
+        let cgroups = self
+            .vnfs
+            .iter()
+            .find_map(|v| Some(v.cgroup.as_ref()?.path().parent()?.to_path_buf()));
+        let cwds = self
+            .vnfs
+            .first()
+            .and_then(|v| v.cwd.parent())
+            .map(Path::to_path_buf);
+        self.vnfs.clear();
+        if let Some(dir) = cwds {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        if let Some(dir) = cgroups {
+            crate::runtime::cgroup::remove_tree(&dir);
+            // The daemon's own group, if this was its last chain.
+            if let Some(daemon) = dir.parent() {
+                let _ = std::fs::remove_dir(daemon);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
