@@ -275,6 +275,23 @@ fn frames_on_a_vnf_veth_dissect_as_nsh() {
     );
 }
 
+/// A protected hop of one monitor whose standby port leads to a second
+/// monitor (started afresh: a replica at the initial state), its SFF, and
+/// the SFF's end of the first monitor's link.
+fn replica_lab() -> (Lab, nham_sff::SffHandle, String) {
+    let lab = Lab::new(&[Kind::Monitor, Kind::Monitor], vnf_bin()).expect("building the lab");
+    let mut config = lab.sff_config(LabSff {
+        protect: true,
+        ..LabSff::default()
+    });
+    let replica = config.hops.pop();
+    config.standby = vec![replica];
+    config.protect = vec![true];
+    let first = config.hops[0].iface.clone();
+    let sff = nham_sff::spawn(Some(lab.sff_netns().path()), config).expect("starting the SFF");
+    (lab, sff, first)
+}
+
 /// Failover to a standby port, the SFF's part of an active replica: a
 /// one-hop chain whose hop has a standby port on a second VNF's link (a
 /// second monitor, started afresh: a replica at the initial state). Half way
@@ -285,15 +302,7 @@ fn frames_on_a_vnf_veth_dissect_as_nsh() {
 #[test]
 fn a_hop_fails_over_to_its_standby_port() {
     let _serial = serial();
-    let lab = Lab::new(&[Kind::Monitor, Kind::Monitor], vnf_bin()).expect("building the lab");
-    let mut config = lab.sff_config(LabSff {
-        protect: true,
-        ..LabSff::default()
-    });
-    let replica = config.hops.pop();
-    config.standby = vec![replica];
-    config.protect = vec![true];
-    let sff = nham_sff::spawn(Some(lab.sff_netns().path()), config).expect("starting the SFF");
+    let (lab, sff, _) = replica_lab();
     let client = nham_sff::remote::SffClient::local(&sff).expect("client");
     // A replica of a checkpoint the hop never had is refused.
     assert!(client.fail_over(1, None).is_err(), "no hop 1");
@@ -323,5 +332,60 @@ fn a_hop_fails_over_to_its_standby_port() {
     assert!(
         stats.duplicates > 0,
         "replayed outputs suppressed: {stats:?}"
+    );
+}
+
+/// A failed VNF's port whose transmit ring cannot drain (the SFF's end of
+/// its link went down before it died: the kernel keeps what the SFF queued
+/// for it) is reopened off the forwarding thread, and nothing is lost. The
+/// first VNF's link is taken down at the SFF's end, then the VNF is
+/// killed; `FailOver` switches the hop
+/// to the replica's port and replays; the old port (now the standby) still
+/// holds frames for the dead VNF, and after 200 ms it is reopened, its ring
+/// discarded, while the chain goes on through the replica. The answer waits
+/// for the new port. The sink sees each frame once, in order.
+#[test]
+fn a_port_that_cannot_drain_is_reopened_and_nothing_is_lost() {
+    let _serial = serial();
+    let (lab, sff, cut) = replica_lab();
+    let client = nham_sff::remote::SffClient::local(&sff).expect("client");
+    let spec = spec(3000);
+    let frames = spec.frames();
+    let (expected, states) = nham_vnf::reference(&[Kind::Monitor], &frames);
+    let (trial, took) = std::thread::scope(|s| {
+        let t = s.spawn(|| lab.trial_frames(frames, spec.rate, &expected, &sff));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        lab.sff_netns()
+            .run({
+                let cut = cut.clone();
+                move || nham_netns::set_down(&cut)
+            })
+            .expect("entering the SFF's namespace")
+            .expect("taking the link down");
+        // Frames keep coming for it, up to its window, and stay in the
+        // SFF's transmit ring.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        nham_bench::lab::kill_and_wait(lab.vnf_pid(0));
+        let asked = std::time::Instant::now();
+        match client.fail_over(0, None).expect("failover") {
+            nham_sff::remote::FailOverOutcome::Switched(r) => {
+                assert!(r.replay > 0, "everything held is replayed: {r:?}")
+            }
+            o => panic!("not switched: {o:?}"),
+        }
+        let took = asked.elapsed();
+        (t.join().expect("trial thread"), took)
+    });
+    let v = trial.expect("trial").verdict;
+    assert_eq!(
+        (v.lost, v.duplicated, v.reordered, v.digest_equal),
+        (0, 0, 0, true),
+        "{v:?}"
+    );
+    assert_eq!(lab.vnf_state(1).expect("replica state"), states[0]);
+    let stats = sff.stop().expect("SFF ran");
+    assert!(
+        stats.tx_discarded > 0 && took >= std::time::Duration::from_millis(200),
+        "the stuck port was reopened (its ring discarded) before the answer, {took:?} after the request: {stats:?}"
     );
 }

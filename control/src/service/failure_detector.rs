@@ -124,7 +124,7 @@ impl Daemon {
                                 drops: socks.map_or(0, |s| s.drops)
                                     + u64::from(watch.ring_losing(&name, k)),
                                 heard,
-                                cpu: crate::protect::cpu_use(pid),
+                                cpu: cpu_use(pid),
                                 at: origin.elapsed(),
                             };
                             // Input dropped: it gets half as much at once,
@@ -294,4 +294,22 @@ impl Daemon {
             }
         }
     }
+}
+
+/// Process `pid`'s threads' use of the CPU: from each
+/// `/proc/<pid>/task/<tid>/schedstat` (time run, time waited on a run
+/// queue, in ns) and `stat` (state `R`: runnable); `None` when the kernel
+/// does not say (or a thread ended meanwhile).
+fn cpu_use(pid: u32) -> Option<crate::fms::detector::Cpu> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut cpu = crate::fms::detector::Cpu::default();
+    for task in tasks.flatten() {
+        let sched = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        let mut ns = sched.split_whitespace().map(|f| f.parse::<u64>().ok());
+        cpu.ran += Duration::from_nanos(ns.next()??);
+        cpu.waited += Duration::from_nanos(ns.next()??);
+        let tid = task.file_name().to_str()?.parse().ok()?;
+        cpu.runnable |= nham_netns::process_state(tid)?.0 == 'R';
+    }
+    Some(cpu)
 }

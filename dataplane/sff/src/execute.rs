@@ -9,7 +9,7 @@ use nham_dataplane::hold::{CheckpointId, CheckpointPhase, HoldError, HopState, R
 use nham_dataplane::window::VnfCapacity;
 
 use crate::protocol::{FailOverOutcome, Request, Response, SffStatus};
-use crate::{attach, frozen_window, Engine, HopStatus, PhaseStatus, SffError};
+use crate::{attach, frozen_window, Engine, HopStatus, PhaseStatus, PortSlot, SffError};
 
 fn refused(e: impl std::fmt::Display) -> Response {
     Response::Refused(e.to_string())
@@ -145,7 +145,7 @@ impl Engine {
             Request::AttachStandby { hop, spec } => {
                 self.standby[hop] = None;
                 answer(attach(&spec, self.config.port), |a| {
-                    self.standby[hop] = Some((spec, a));
+                    self.standby[hop] = Some((spec, PortSlot::Open(a)));
                     Response::Ok
                 })
             }
@@ -169,8 +169,9 @@ impl Engine {
             Request::MemberRestored { hop, member, from } => {
                 // Outputs of the failed incarnation still on the ring
                 // would be numbered as the new one's.
-                let port = &mut self.hops[hop][member].port;
-                while port.recv_burst(64, |_| {}) > 0 {}
+                if let Some(port) = self.hops[hop][member].port() {
+                    while port.recv_burst(64, |_| {}) > 0 {}
+                }
                 self.in_flight[hop][member] = frozen_window(
                     &self.frozen_windows[hop],
                     from,
@@ -265,12 +266,13 @@ impl Engine {
     /// incarnation that is gone (the restored one is resumed after this):
     /// from here on, the port carries only the restored VNF's outputs.
     fn restored(&mut self, hop: usize, from: Option<CheckpointId>, now: Instant) -> Response {
-        let port = &mut self.hops[hop][0].port;
         // (Bounded: a port that never runs dry must not stop the
-        // forwarding thread.)
+        // forwarding thread. A port being reopened holds nothing old.)
         let mut left = 64 * 64;
-        while left > 0 && port.recv_burst(64, |_| {}) > 0 {
-            left -= 1;
+        if let Some(port) = self.hops[hop][0].port() {
+            while left > 0 && port.recv_burst(64, |_| {}) > 0 {
+                left -= 1;
+            }
         }
         if left == 0 {
             eprintln!(
@@ -308,11 +310,16 @@ impl Engine {
                 plan.checkpoint, plan.fallback
             ));
         }
-        let Some((spec, port)) = self.standby[hop].take() else {
-            return not_switched(format!("hop {hop} has no standby port"));
+        let (spec, port) = match self.standby[hop].take() {
+            Some((spec, PortSlot::Open(port))) => (spec, port),
+            Some(reopening) => {
+                self.standby[hop] = Some(reopening);
+                return not_switched(format!("hop {hop}'s standby port is being reopened"));
+            }
+            None => return not_switched(format!("hop {hop} has no standby port")),
         };
         // The hop recovers: nothing is in flight on either port.
-        let old_port = std::mem::replace(&mut self.hops[hop][0], port);
+        let old_port = std::mem::replace(&mut self.hops[hop][0], PortSlot::Open(port));
         let old_spec = std::mem::replace(&mut self.config.hops[hop], spec);
         self.standby[hop] = Some((old_spec, old_port));
         self.drops.2[hop][0] = 0;

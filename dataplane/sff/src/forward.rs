@@ -89,7 +89,11 @@ impl Engine {
         // `vnf_output_port`).
         let mut n = max;
         for &k in ports {
-            let port = &mut self.hops[i][k].port;
+            // (A live member's port is never being reopened; were it, no
+            // burst.)
+            let Some(port) = self.hops[i][k].port() else {
+                return 0;
+            };
             port.reclaim();
             n = n.min(port.tx_room());
         }
@@ -135,7 +139,10 @@ impl Engine {
                 _ => &self.config.members[i][k - 1],
             };
             let (pool, scratch) = (&self.pool, &self.scratch);
-            let sent = self.hops[i][k].port.send_burst(scratch.len(), |j, out| {
+            let Some(port) = self.hops[i][k].port() else {
+                continue;
+            };
+            let sent = port.send_burst(scratch.len(), |j, out| {
                 let (slot, seq, epoch) = scratch[j];
                 let frame = pool.frame(slot);
                 let len = frame.len().min(out.len());
@@ -192,7 +199,10 @@ impl Engine {
         let (pool, counters) = (&mut self.pool, &self.counters);
         let hop = chain.hop_mut(i);
         let mut answered: Option<u64> = None;
-        let n = self.hops[i][k].port.recv_burst(max, |frame| {
+        let Some(port) = self.hops[i][k].port() else {
+            return 0;
+        };
+        let n = port.recv_burst(max, |frame| {
             let Some(view) = frame
                 .get(12..14)
                 .filter(|t| u16::from_be_bytes([t[0], t[1]]) == nsh::ETHERTYPE_NSH)

@@ -562,6 +562,55 @@ struct Attached {
     _xdp: XdpRedirect,
 }
 
+/// A VNF-side port of the SFF, or the gap where one is being reopened (see
+/// [`Engine::reopen`]).
+// (Few and long-lived: the port kept inline, not behind a box that every
+// burst would go through.)
+#[allow(clippy::large_enum_variant)]
+enum PortSlot {
+    /// Open and serving.
+    Open(Attached),
+    /// Its old socket closed, a new one being opened on a thread of its
+    /// own (the kernel lets go of the queue a little later): it comes on
+    /// this channel. Nothing is sent to or read from the gap meanwhile.
+    Reopening(mpsc::Receiver<Result<Attached, SffError>>),
+}
+
+impl PortSlot {
+    /// The port, unless it is being reopened.
+    fn port(&mut self) -> Option<&mut Port> {
+        match self {
+            Self::Open(a) => Some(&mut a.port),
+            Self::Reopening(_) => None,
+        }
+    }
+
+    /// The port, unless it is being reopened.
+    fn port_ref(&self) -> Option<&Port> {
+        match self {
+            Self::Open(a) => Some(&a.port),
+            Self::Reopening(_) => None,
+        }
+    }
+
+    /// Takes the reopened port if it has come; an error if the reopening
+    /// failed for good. `Ok(true)`: it is open again now.
+    fn poll_reopened(&mut self) -> Result<bool, SffError> {
+        let Self::Reopening(rx) = self else {
+            return Ok(false);
+        };
+        match rx.try_recv() {
+            Ok(Ok(a)) => {
+                *self = Self::Open(a);
+                Ok(true)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(mpsc::TryRecvError::Empty) => Ok(false),
+            Err(mpsc::TryRecvError::Disconnected) => Err(SffError::Panicked),
+        }
+    }
+}
+
 fn attach(spec: &PortSpec, config: PortConfig) -> Result<Attached, SffError> {
     let xdp = XdpRedirect::attach(spec.ifindex)?;
     let port = Port::open(&spec.iface, 0, config)?;
@@ -643,9 +692,9 @@ struct Engine {
     ingress: Attached,
     egress: Attached,
     /// Per hop, its member ports (one for an ordinary hop).
-    hops: Vec<Vec<Attached>>,
+    hops: Vec<Vec<PortSlot>>,
     /// Per hop, the standby port (see [`SffConfig::standby`]).
-    standby: Vec<Option<(PortSpec, Attached)>>,
+    standby: Vec<Option<(PortSpec, PortSlot)>>,
     classifier: Classifier,
     /// `None` when the chain has no VNF: packets go straight to egress.
     chain: Option<Chain<u32>>,
@@ -753,7 +802,7 @@ impl Engine {
             .map(|(i, h)| {
                 std::iter::once(h)
                     .chain(config.members.get(i).into_iter().flatten())
-                    .map(|spec| attach(spec, config.port))
+                    .map(|spec| attach(spec, config.port).map(PortSlot::Open))
                     .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -780,7 +829,7 @@ impl Engine {
         );
         let standby = (0..config.hops.len())
             .map(|i| match config.standby.get(i).cloned().flatten() {
-                Some(spec) => attach(&spec, config.port).map(|a| Some((spec, a))),
+                Some(spec) => attach(&spec, config.port).map(|a| Some((spec, PortSlot::Open(a)))),
                 None => Ok(None),
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -842,7 +891,10 @@ impl Engine {
         SffCounters::add(&self.counters.ingress_kernel_drops, ingress);
         for (i, ports) in self.hops.iter().enumerate() {
             for (k, member) in ports.iter().enumerate() {
-                let d = delta(&mut self.drops.2[i][k], member.port.kernel_rx_drops());
+                let Some(port) = member.port_ref() else {
+                    continue;
+                };
+                let d = delta(&mut self.drops.2[i][k], port.kernel_rx_drops());
                 if d > 0 {
                     eprintln!(
                         "nham-sff: the kernel dropped {d} outputs of hop {i}'s VNF (member {k}): exactly-once is broken for this hop"
@@ -898,7 +950,7 @@ impl Engine {
         }
         let added = add
             .iter()
-            .map(|spec| attach(spec, self.config.port))
+            .map(|spec| attach(spec, self.config.port).map(PortSlot::Open))
             .collect::<Result<Vec<_>, _>>()?;
         let m = keep + add.len() + 1;
         chain
@@ -944,7 +996,33 @@ impl Engine {
                 });
             }
         }
-        n + self.flushing_step()
+        n + self.reopen_step() + self.flushing_step()
+    }
+
+    /// Puts ports reopened (see [`reopen`](Self::reopen)) back in their
+    /// slots; a reopening that failed for good stops the thread.
+    fn reopen_step(&mut self) -> usize {
+        let mut n = 0;
+        for (i, ports) in self.hops.iter_mut().enumerate() {
+            let standby = self.standby[i].as_mut().map(|(_, s)| s);
+            for (k, slot) in ports.iter_mut().map(Some).chain([standby]).enumerate() {
+                let Some(slot) = slot else { continue };
+                match slot.poll_reopened() {
+                    Ok(true) => {
+                        n += 1;
+                        if let Some(d) = self.drops.2[i].get_mut(k) {
+                            *d = 0;
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        eprintln!("nham-sff: reopening a port of hop {i} failed for good: {e}");
+                        self.fatal = Some(e);
+                    }
+                }
+            }
+        }
+        n
     }
 
     /// Kicks the tx rings of ports being flushed, once each, without
@@ -960,13 +1038,17 @@ impl Engine {
         flushing.retain_mut(|f| {
             let late = now > f.deadline;
             f.ports.retain(|(hop, iface)| {
+                // Being reopened: the answer waits for the new port.
+                if self.reopening(*hop, iface) {
+                    return true;
+                }
                 let stuck = self
                     .port_named(*hop, iface)
                     .is_some_and(|p| p.kick_tx() > 0);
                 if stuck && late {
                     self.reopen(*hop, iface);
                 }
-                stuck && !late
+                stuck
             });
             if f.ports.is_empty() {
                 let _ = f
@@ -1002,7 +1084,7 @@ impl Engine {
     /// they cannot leave, the port is reopened: a closed socket's ring is
     /// discarded.
     fn flush_port(&mut self, hop: usize, k: usize) {
-        if self.hops[hop][k].port.kick_tx() > 0 {
+        if self.hops[hop][k].port().is_some_and(|p| p.kick_tx() > 0) {
             let iface = self.port_spec(hop, k).iface.clone();
             self.to_flush.push((hop, iface));
         }
@@ -1011,10 +1093,23 @@ impl Engine {
     /// The port of hop `hop` on interface `iface`: a member port or the
     /// standby.
     fn port_named(&mut self, hop: usize, iface: &str) -> Option<&mut Port> {
+        self.port_slot_named(hop, iface)?.port()
+    }
+
+    /// The slot of the port of hop `hop` on `iface`.
+    fn port_slot_named(&mut self, hop: usize, iface: &str) -> Option<&mut PortSlot> {
         match self.slot_named(hop, iface)? {
-            Some(k) => Some(&mut self.hops[hop][k].port),
-            None => self.standby[hop].as_mut().map(|(_, a)| &mut a.port),
+            Some(k) => Some(&mut self.hops[hop][k]),
+            None => self.standby[hop].as_mut().map(|(_, s)| s),
         }
+    }
+
+    /// Whether the port of hop `hop` on `iface` is being reopened.
+    fn reopening(&mut self, hop: usize, iface: &str) -> bool {
+        matches!(
+            self.port_slot_named(hop, iface),
+            Some(PortSlot::Reopening(_))
+        )
     }
 
     /// Where the port of hop `hop` on `iface` is: member port `Some(k)`, or
@@ -1031,16 +1126,21 @@ impl Engine {
 
     /// Reopens the port of hop `hop` on `iface`, whose tx ring did not
     /// drain in [`FLUSH_TIMEOUT`]: a closed socket's ring is discarded.
-    /// (On this thread: rare, it needs a link without carrier after the
-    /// control plane brought it up.)
+    /// The old socket closes here; the new one is opened on a thread of its
+    /// own, which tries for 3 s (a closed AF_XDP socket lets go of its
+    /// queue a little later: deferred kernel work, slow on a loaded
+    /// machine). The forwarding round goes on meanwhile; the gap is put
+    /// back by [`reopen_step`](Self::reopen_step), and the answer that
+    /// waits for the flush waits for it (rare: it needs a link without
+    /// carrier after the control plane brought it up).
     fn reopen(&mut self, hop: usize, iface: &str) {
-        let Some(k) = self.slot_named(hop, iface) else {
-            return;
-        };
-        let spec = match (k, &self.standby[hop]) {
-            (Some(k), _) => self.port_spec(hop, k).clone(),
-            (None, Some((spec, _))) => spec.clone(),
-            (None, None) => return,
+        let spec = match self.slot_named(hop, iface) {
+            Some(Some(k)) => self.port_spec(hop, k).clone(),
+            Some(None) => match &self.standby[hop] {
+                Some((spec, _)) => spec.clone(),
+                None => return,
+            },
+            None => return,
         };
         let left = self
             .port_named(hop, iface)
@@ -1049,38 +1149,35 @@ impl Engine {
             "nham-sff: {left} frames for the failed VNF stuck in {}'s tx ring: reopening the port",
             spec.iface
         );
-        // The old socket (and its ring) must be gone before the XDP
-        // program and a new socket take the link.
-        match k {
-            Some(k) => drop(self.hops[hop].remove(k)),
-            None => self.standby[hop] = None,
-        }
-        let mut tries = 0;
-        let fresh = loop {
-            match attach(&spec, self.config.port) {
-                Ok(f) => break f,
-                // A closed AF_XDP socket lets go of its queue a little
-                // later (deferred kernel work, slow on a loaded machine):
-                // try for 3 s.
-                Err(e) if tries >= 1500 => {
-                    eprintln!("nham-sff: reopening {} failed for good: {e}", spec.iface);
-                    self.fatal = Some(e);
-                    return;
-                }
-                Err(_) => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            }
+        let (tx, rx) = mpsc::channel();
+        let Some(slot) = self.port_slot_named(hop, iface) else {
+            return;
         };
-        match k {
-            Some(k) => {
-                self.hops[hop].insert(k, fresh);
-                self.drops.2[hop][k] = 0;
-            }
-            None => self.standby[hop] = Some((spec, fresh)),
-        }
+        // The old socket (and its ring) must be gone before the XDP
+        // program and a new socket take the link: dropped here.
+        *slot = PortSlot::Reopening(rx);
         SffCounters::add(&self.counters.tx_discarded, left as u64);
+        let config = self.config.port;
+        // (A thread inherits this one's network namespace.)
+        let spawned = std::thread::Builder::new()
+            .name("nham-sff-reopen".into())
+            .spawn(move || {
+                let mut tries = 0;
+                let fresh = loop {
+                    match attach(&spec, config) {
+                        Ok(f) => break Ok(f),
+                        Err(e) if tries >= 1500 => break Err(e),
+                        Err(_) => {
+                            tries += 1;
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                    }
+                };
+                let _ = tx.send(fresh);
+            });
+        if let Err(e) = spawned {
+            self.fatal = Some(SffError::Socket(e));
+        }
     }
 }
 
