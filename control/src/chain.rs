@@ -335,6 +335,7 @@ impl VnfRuntime {
                 netns: m.netns.path(),
                 pid: m.pid,
                 sff_iface: Some(m.sff_iface.clone()),
+                cwd: Some(m.cwd.clone()),
             })
             .collect()
     }

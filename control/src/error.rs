@@ -124,8 +124,8 @@ fn runtime_code(e: &RuntimeError) -> Code {
         RuntimeError::NotStarted { .. } | RuntimeError::Interface { .. } => {
             Code::FailedPrecondition
         }
-        RuntimeError::NoPid => Code::InvalidArgument,
-        RuntimeError::Netns(_)
+        RuntimeError::NoPid
+        | RuntimeError::Netns(_)
         | RuntimeError::Io { .. }
         | RuntimeError::Signal { .. }
         | RuntimeError::Sff(_) => Code::Internal,

@@ -173,6 +173,8 @@ pub struct MemberSlot {
     pub pid: Option<u32>,
     /// The SFF's end of its link (filler for a ring's realignment).
     pub sff_iface: Option<String>,
+    /// Its working directory (its own: see `chain::VnfRuntime::cwd`).
+    pub cwd: Option<PathBuf>,
 }
 
 /// Nice value of CRIU work off the service path (MR-AA dumps and member

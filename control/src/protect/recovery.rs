@@ -189,15 +189,16 @@ impl ProtectedVnf {
         }
         let started = Instant::now();
         let hop = self.hop;
-        let (netns, iface) = match k {
+        let (netns, iface, cwd) = match k {
             0 => (
                 self.netns.clone(),
                 self.link.as_ref().map(|(i, _)| i.clone()),
+                None,
             ),
             _ => self
                 .members
                 .get(k - 1)
-                .map(|m| (m.netns.clone(), m.sff_iface.clone()))
+                .map(|m| (m.netns.clone(), m.sff_iface.clone(), m.cwd.clone()))
                 .ok_or_else(|| ProtectError::Process(format!("no member {k}")))?,
         };
         if k > 0 {
@@ -224,10 +225,10 @@ impl ProtectedVnf {
         };
         let mut fallback_reason = None;
         let (pid, from) = match checkpoint {
-            None => (self.start_fresh_in(&netns)?, None),
+            None => (self.start_fresh_in(&netns, cwd.as_deref())?, None),
             // The restore point of a hop not protected before: no image
             // (see `recover`).
-            Some(0) => (self.start_fresh_in(&netns)?, Some(0)),
+            Some(0) => (self.start_fresh_in(&netns, cwd.as_deref())?, Some(0)),
             Some(id) => match (self.restore_in(id, &netns, iface.as_deref()), fallback) {
                 (Ok(pid), _) => (pid, Some(id)),
                 // The same policy as a VNF's (`recover`): only an image
@@ -326,12 +327,17 @@ impl ProtectedVnf {
     }
 
     fn start_fresh(&self) -> Result<u32, ProtectError> {
-        self.start_fresh_in(&self.netns)
+        self.start_fresh_in(&self.netns, None)
     }
 
     /// Starts the command afresh in namespace `netns` (running), as it was
-    /// first started (environment, working directory, log, cgroup).
-    fn start_fresh_in(&self, netns: &Path) -> Result<u32, ProtectError> {
-        Ok(self.start.clone().placed(netns).run()?)
+    /// first started (environment, log, cgroup), in working directory
+    /// `cwd` (an MR-AA member's own) or the VNF's.
+    fn start_fresh_in(&self, netns: &Path, cwd: Option<&Path>) -> Result<u32, ProtectError> {
+        let mut start = self.start.clone().placed(netns);
+        if let Some(dir) = cwd {
+            start.cwd = dir.to_path_buf();
+        }
+        Ok(start.run()?)
     }
 }

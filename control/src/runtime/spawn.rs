@@ -105,7 +105,11 @@ impl Spawn {
             return Err(RuntimeError::NotStarted {
                 what: format!("VNF {}", self.vnf),
                 why: format!(
-                    "{e}; the end of its log ({}):\n{}",
+                    "{}; the end of its log ({}):\n{}",
+                    match e {
+                        RuntimeError::NotStarted { why, .. } => why,
+                        e => e.to_string(),
+                    },
                     self.log.display(),
                     log_tail(&self.log, 10)
                 ),

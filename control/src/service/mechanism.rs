@@ -494,6 +494,7 @@ impl Daemon {
                         netns: m.netns.path(),
                         pid: None,
                         sff_iface: Some(m.sff_iface.clone()),
+                        cwd: Some(m.cwd.clone()),
                     })
                     .collect();
                 between_checkpoints(&agent, |a| {

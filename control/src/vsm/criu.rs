@@ -139,13 +139,12 @@ impl Watch {
             }
             let now = Instant::now();
             if let Some(pid) = self.target {
-                // Dead: a zombie (reaped only once CRIU lets go), or gone.
-                if matches!(
-                    nham_netns::process_state(pid).map(|(s, _)| s),
-                    None | Some('Z' | 'X')
-                ) && now.duration_since(*died_at.get_or_insert(now)) >= DIED_GRACE
-                {
-                    return Err(CriuError::TargetDied { pid });
+                if dead(pid) {
+                    if now.duration_since(*died_at.get_or_insert(now)) >= DIED_GRACE {
+                        return Err(CriuError::TargetDied { pid });
+                    }
+                } else {
+                    died_at = None;
                 }
             }
             if let Some((at, after)) = self.deadline {
@@ -158,6 +157,22 @@ impl Watch {
             }
         }
     }
+}
+
+/// Whether process `pid` is dead: every thread of it a zombie (reaped
+/// only once CRIU lets go) or gone. (A leader that ended with
+/// `pthread_exit` is a zombie while its other threads run: alive.) Only
+/// the root of a dumped tree is watched; a child's death is left to the
+/// deadline.
+fn dead(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|t| {
+        let tid = t.file_name().to_str().and_then(|s| s.parse().ok());
+        tid.and_then(nham_netns::process_state)
+            .is_none_or(|(s, _)| matches!(s, 'Z' | 'X'))
+    })
 }
 
 /// The fd number of the RPC socket in the `criu swrk` child.
@@ -583,6 +598,29 @@ mod tests {
             "{took:?}"
         );
         assert!(e.to_string().contains(&pid.to_string()), "{e}");
+        // A process whose main thread ended while another runs: its leader
+        // is a zombie, the process is alive.
+        let mut half = Guard(
+            Command::new("python3")
+                .args([
+                    "-c",
+                    "import threading,time,ctypes\n\
+                     threading.Thread(target=time.sleep,args=(30,)).start()\n\
+                     ctypes.CDLL(None).pthread_exit(None)\n",
+                ])
+                .spawn()
+                .unwrap(),
+        );
+        let pid = half.0.id();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while nham_netns::process_state(pid).map(|(s, _)| s) != Some('Z') {
+            assert!(Instant::now() < deadline, "its main thread never ended");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!dead(pid), "a zombie leader with a live thread is alive");
+        half.0.kill().unwrap();
+        half.0.wait().unwrap();
+        assert!(dead(pid));
     }
 
     /// The case [`Watch`] is for, with real CRIU: a stopped, multi-threaded

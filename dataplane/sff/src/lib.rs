@@ -571,9 +571,23 @@ enum PortSlot {
     /// Open and serving.
     Open(Attached),
     /// Its old socket closed, a new one being opened on a thread of its
-    /// own (the kernel lets go of the queue a little later): it comes on
-    /// this channel. Nothing is sent to or read from the gap meanwhile.
-    Reopening(mpsc::Receiver<Result<Attached, SffError>>),
+    /// own (the kernel lets go of the queue a little later). Nothing is
+    /// sent to or read from the gap meanwhile.
+    Reopening(Reopen),
+}
+
+/// A port being reopened on a thread of its own: the new one comes on
+/// `rx`. Dropped (its slot removed or replaced, or the SFF stopping), it
+/// tells the thread to give up, so no forgotten port holds the interface.
+struct Reopen {
+    rx: mpsc::Receiver<Result<Attached, SffError>>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Drop for Reopen {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
 }
 
 impl PortSlot {
@@ -596,10 +610,10 @@ impl PortSlot {
     /// Takes the reopened port if it has come; an error if the reopening
     /// failed for good. `Ok(true)`: it is open again now.
     fn poll_reopened(&mut self) -> Result<bool, SffError> {
-        let Self::Reopening(rx) = self else {
+        let Self::Reopening(r) = self else {
             return Ok(false);
         };
-        match rx.try_recv() {
+        match r.rx.try_recv() {
             Ok(Ok(a)) => {
                 *self = Self::Open(a);
                 Ok(true)
@@ -1155,7 +1169,11 @@ impl Engine {
         };
         // The old socket (and its ring) must be gone before the XDP
         // program and a new socket take the link: dropped here.
-        *slot = PortSlot::Reopening(rx);
+        let cancel = Arc::new(AtomicBool::new(false));
+        *slot = PortSlot::Reopening(Reopen {
+            rx,
+            cancel: cancel.clone(),
+        });
         SffCounters::add(&self.counters.tx_discarded, left as u64);
         let config = self.config.port;
         // (A thread inherits this one's network namespace.)
@@ -1164,6 +1182,9 @@ impl Engine {
             .spawn(move || {
                 let mut tries = 0;
                 let fresh = loop {
+                    if cancel.load(Ordering::Relaxed) {
+                        return;
+                    }
                     match attach(&spec, config) {
                         Ok(f) => break Ok(f),
                         Err(e) if tries >= 1500 => break Err(e),
@@ -1173,7 +1194,10 @@ impl Engine {
                         }
                     }
                 };
-                let _ = tx.send(fresh);
+                // Not wanted any more: dropped here (the link let go).
+                if !cancel.load(Ordering::Relaxed) {
+                    let _ = tx.send(fresh);
+                }
             });
         if let Err(e) = spawned {
             self.fatal = Some(SffError::Socket(e));
