@@ -105,7 +105,8 @@ impl Spawn {
             return Err(RuntimeError::NotStarted {
                 what: format!("VNF {}", self.vnf),
                 why: format!(
-                    "{}; the end of its log ({}):\n{}",
+                    "{:?} {}; the end of its log ({}):\n{}",
+                    self.command,
                     match e {
                         RuntimeError::NotStarted { why, .. } => why,
                         e => e.to_string(),
@@ -146,12 +147,12 @@ pub fn wait_for_packet_socket(pid: u32, what: &[String]) -> Result<(), RuntimeEr
         }
         if !process::is_alive(pid) {
             return Err(not_started(
-                "it exited before it opened a packet socket".into(),
+                "exited before it opened a packet socket".into(),
             ));
         }
         if Instant::now() > deadline {
             return Err(not_started(format!(
-                "it opened no packet socket in {START_TIMEOUT:?}"
+                "opened no packet socket in {START_TIMEOUT:?}"
             )));
         }
         std::thread::sleep(Duration::from_millis(1));
