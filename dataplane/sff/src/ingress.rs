@@ -56,7 +56,12 @@ impl Engine {
                         SffCounters::add(&counters.oversize, 1);
                         return;
                     }
-                    let Some(slot) = pool.alloc() else { return };
+                    // (Cannot happen: the burst is sized to the pool. Were
+                    // it to, the frame is counted, never dropped silently.)
+                    let Some(slot) = pool.alloc() else {
+                        SffCounters::add(&counters.pool_exhausted, 1);
+                        return;
+                    };
                     let encap = |seq: u64, pool: &mut Pool| {
                         let n = nham_dataplane::classifier::encapsulate(
                             pool.buffer_mut(slot),
