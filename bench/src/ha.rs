@@ -596,6 +596,53 @@ fn foreign_reference(expected: &[Vec<u8>], sink_crc: u32) -> serde_json::Value {
     })
 }
 
+/// A trial's story by time (ms from the start of traffic): every event
+/// of the daemon, every gap of more than 3 ms at the sink with the latency
+/// of the frame that ended it, and when the sink stopped waiting.
+fn timeline(
+    events: &[(Instant, api::WatchEventsResponse)],
+    trial: &crate::lab::Trial,
+    spec: &HaSpec,
+    vnfs: usize,
+) -> String {
+    let mut text = format!(
+        "# {} {} {vnfs} VNFs\n",
+        spec.mechanism.as_str_name(),
+        spec.fault.as_str_name()
+    );
+    for (at, e) in events {
+        text += &format!(
+            "{:>10.3} {} {:?}\n",
+            at.saturating_duration_since(trial.base).as_secs_f64() * 1e3,
+            e.vnf,
+            e.event
+        );
+    }
+    let r = &trial.received;
+    for (i, w) in r.arrival_us.windows(2).enumerate() {
+        if w[1] - w[0] > 3000 {
+            text += &format!(
+                "{:>10.3} GAP {:.3} ms latency after {:.3}\n",
+                w[0] as f64 / 1e3,
+                (w[1] - w[0]) as f64 / 1e3,
+                (w[1] as f64 - r.sent_us[i + 1] as f64) / 1e3
+            );
+        }
+    }
+    text += &format!(
+        "{:>10.3} SINK DONE after {} of {} frames (last at {:.3})\n",
+        trial
+            .ended
+            .saturating_duration_since(trial.base)
+            .as_secs_f64()
+            * 1e3,
+        r.seqs.len(),
+        trial.sent,
+        r.arrival_us.last().copied().unwrap_or(0) as f64 / 1e3
+    );
+    text
+}
+
 /// Runs one trial.
 pub fn run(spec: &HaSpec) -> Result<HaReport> {
     let n = spec.kinds.len() + spec.foreign_vnfs.len();
@@ -1201,36 +1248,17 @@ fn trial(
     // Metrics from the events.
     let rcu_expedited = std::fs::read_to_string(RCU_EXPEDITED).is_ok_and(|v| v.trim() == "1");
     let events = log.lock().expect("event log").clone();
-    // NHAM_HA_EVENTS=<file>: the events, and every gap of more than 3 ms
-    // at the sink with the latency of the frame that ended it, by time.
+    let story = timeline(&events, &trial, spec, n);
+    // NHAM_HA_EVENTS=<file>: the trial's timeline, appended to the file.
     if let Some(path) = std::env::var_os("NHAM_HA_EVENTS") {
-        let text: String = events
-            .iter()
-            .map(|(at, e)| {
-                format!(
-                    "{:>10.3} {} {:?}\n",
-                    at.saturating_duration_since(trial.base).as_secs_f64() * 1e3,
-                    e.vnf,
-                    e.event
-                )
-            })
-            .collect();
-        let gaps: String = trial
-            .received
-            .arrival_us
-            .windows(2)
-            .enumerate()
-            .filter(|(_, w)| w[1] - w[0] > 3000)
-            .map(|(i, w)| {
-                format!(
-                    "{:>10.3} GAP {:.3} ms latency after {:.3}\n",
-                    w[0] as f64 / 1e3,
-                    (w[1] - w[0]) as f64 / 1e3,
-                    (w[1] as f64 - trial.received.sent_us[i + 1] as f64) / 1e3
-                )
-            })
-            .collect();
-        let _ = std::fs::write(path, text + &gaps);
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, story.as_bytes()));
+        if let Err(e) = appended {
+            eprintln!("NHAM_HA_EVENTS: {e}");
+        }
     }
     use api::watch_events_response::Event;
     let mut detection = Vec::new();
@@ -1330,7 +1358,12 @@ fn trial(
         .zip(&trial.received.sent_us)
         .map(|(&a, &s)| a.saturating_sub(s) as f64 / 1e3)
         .collect();
+    // A trial that is not exact, or a failure judged very late, tells its
+    // story (shown with a failing test's output).
     let v: Verdict = trial.verdict;
+    if v.lost + v.duplicated + v.reordered > 0 || detection.iter().any(|&d| d > 2000.0) {
+        eprintln!("{story}");
+    }
     Ok(HaReport {
         mechanism: spec.mechanism.as_str_name().to_string(),
         vnfs: n,

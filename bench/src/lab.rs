@@ -111,6 +111,8 @@ pub struct Trial {
     pub sff: SffStats,
     /// The instant the sink's arrival times count from.
     pub base: Instant,
+    /// When the sink stopped (everything arrived, or it gave up waiting).
+    pub ended: Instant,
 }
 
 impl Lab {
@@ -380,6 +382,7 @@ impl Lab {
         let received = sink
             .join()
             .map_err(|_| anyhow::anyhow!("sink panicked"))??;
+        let ended = Instant::now();
         let verdict = Checker::check(expected, &received);
         let secs = sent.elapsed.as_secs_f64().max(1e-9);
         // Input frames per second the chain carried, judged at the sink:
@@ -396,6 +399,7 @@ impl Lab {
             received,
             sff: fwd.map(|f| f.counters().snapshot()).unwrap_or_default(),
             base,
+            ended,
         })
     }
 
@@ -550,7 +554,8 @@ pub fn protected_trial(
     expected: &[Vec<u8>],
     images: &Path,
 ) -> Result<ProtectedRun> {
-    use nham_control::protect::{Mechanism, ProtectedVnf, StoreSlot};
+    use nham_control::fms::replica_manager::{Mechanism, ProtectedVnf};
+    use nham_control::vsm::checkpointer::StoreSlot;
     let n = lab.kinds().len();
     let store = Arc::new(nham_control::vsm::database::Store::open(
         &images.join("state"),
@@ -615,12 +620,12 @@ pub fn protected_trial(
                     Err(e) => {
                         if matches!(
                             e,
-                            nham_control::protect::ProtectError::InputDropped { .. }
-                                | nham_control::protect::ProtectError::LinkLoss { .. }
+                            nham_control::vsm::SyncError::InputDropped { .. }
+                                | nham_control::vsm::SyncError::LinkLoss { .. }
                         ) {
                             missed.push(i);
                         }
-                        failed_checkpoints.push(format!("VNF {}: {e}", v.hop));
+                        failed_checkpoints.push(format!("VNF {}: {e}", v.hop()));
                     }
                 }
             }
@@ -638,7 +643,7 @@ pub fn protected_trial(
             // Let traffic flow past the checkpoint, so that replay has work.
             std::thread::sleep(Duration::from_millis(40));
             for &i in &victims {
-                kill_and_wait(vnfs[i].pid);
+                kill_and_wait(vnfs[i].pid());
             }
             for &i in &victims {
                 match vnfs[i].recover(&client) {
@@ -663,7 +668,7 @@ pub fn protected_trial(
         }
     })?;
     for (i, v) in vnfs.iter().enumerate() {
-        lab.set_vnf_pid(i, v.pid);
+        lab.set_vnf_pid(i, v.pid());
     }
     // The sink can be complete while a VNF restored at the end still
     // replays (its outputs are all duplicates): let deliveries settle.

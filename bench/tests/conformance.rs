@@ -97,9 +97,11 @@ fn spec(mechanism: Mechanism, fault: Fault, rounds: Vec<usize>) -> HaSpec {
 
 fn exact(what: &str, r: &ha::HaReport, failures: usize) {
     eprintln!(
-        "conformance {what}: {} failures {:?}, {} recoveries (p50 {:.1} ms), lost {} dup {} reordered {}, state mismatches {}, nondeterministic outputs {}, input dropped {} frames {:?}, causes {:?}",
+        "conformance {what}: {} failures {:?}, detection p50 {:.1} ms max {:.1} ms, {} recoveries (p50 {:.1} ms), lost {} dup {} reordered {}, state mismatches {}, nondeterministic outputs {}, input dropped {} frames {:?}, causes {:?}",
         r.failures,
         r.failures_by_vnf,
+        r.detection_ms.p50,
+        r.detection_ms.max,
         r.recovery_ms.n,
         r.recovery_ms.p50,
         r.lost,

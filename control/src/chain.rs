@@ -29,12 +29,14 @@ use serde::{Deserialize, Serialize};
 use crate::api;
 use crate::error::ControlError;
 use crate::fms::recovery::{Counters, FailureRecovery, Phase};
-use crate::protect::{self, ProtectedVnf, StoreSlot};
+use crate::fms::replica_manager::{MemberSlot, ProtectedVnf};
+use crate::plan::Mechanism;
 use crate::runtime::cgroup::Cgroup;
 use crate::runtime::{
     make_place, port_spec, process, spawn_sff, SffOptions, SffProcess, Spawn, VNF_IFACE,
 };
 use crate::validate::{ChainPlan, VnfPlan};
+use crate::vsm::checkpointer::StoreSlot;
 use crate::vsm::database::Store;
 
 mod reattach;
@@ -114,7 +116,7 @@ impl MemberPlace {
 pub fn new_agent(
     v: &VnfRuntime,
     hop: usize,
-    mechanism: protect::Mechanism,
+    mechanism: Mechanism,
     state: &StateOptions,
     chain: &str,
     work: &Path,
@@ -150,20 +152,20 @@ pub struct NewAgent {
     pid: u32,
     start: Spawn,
     slot: StoreSlot,
-    mechanism: protect::Mechanism,
+    mechanism: Mechanism,
     sff_iface: String,
     replica: Option<(PathBuf, String)>,
-    members: Vec<protect::MemberSlot>,
+    members: Vec<MemberSlot>,
 }
 
 impl NewAgent {
     /// The agent, watching the VNF's link, with its replica place and
     /// members, protecting by its mechanism.
     pub fn build(self) -> Result<ProtectedVnf, ControlError> {
-        let aa = self.mechanism == protect::Mechanism::ActiveActive;
+        let aa = self.mechanism == Mechanism::ActiveActive;
         // 1R-AA once the replica's place is known.
         let first = if aa {
-            protect::Mechanism::NoReplica
+            Mechanism::NoReplica
         } else {
             self.mechanism
         };
@@ -328,10 +330,10 @@ impl VnfRuntime {
     }
 
     /// Its MR-AA members 1 to M-1 as its agent sees them.
-    pub fn member_slots(&self) -> Vec<protect::MemberSlot> {
+    pub fn member_slots(&self) -> Vec<MemberSlot> {
         self.members
             .iter()
-            .map(|m| protect::MemberSlot {
+            .map(|m| MemberSlot {
                 netns: m.netns.path(),
                 pid: m.pid,
                 sff_iface: Some(m.sff_iface.clone()),
@@ -555,7 +557,7 @@ impl ChainRuntime {
                 peer_mac: there.mac,
             });
             // 1R-AA: the replica's place, its eth0 under the same index.
-            let replica = if v.mechanism == Some(protect::Mechanism::ActiveActive) {
+            let replica = if v.mechanism == Some(Mechanism::ActiveActive) {
                 let (rns, port) = make_place(
                     &format!("{prefix}{id:x}-{i}r"),
                     &format!("n{id:x}r{i}"),
@@ -717,17 +719,17 @@ impl ChainRuntime {
     pub fn protect(
         &mut self,
         hop: usize,
-        wanted: Option<protect::Mechanism>,
+        wanted: Option<Mechanism>,
         state: &StateOptions,
     ) -> Result<(), ControlError> {
         let has_members = !self.vnfs[hop].members.is_empty();
-        if (wanted == Some(protect::Mechanism::MultiActive)) != has_members {
+        if (wanted == Some(Mechanism::MultiActive)) != has_members {
             return Err(ControlError::FailedPrecondition(format!(
                 "VNF {:?}: MR-AA needs its members' places and SFF ports, and only MR-AA has them",
                 self.vnfs[hop].plan.name
             )));
         }
-        if wanted == Some(protect::Mechanism::ActiveActive) && self.vnfs[hop].replica.is_none() {
+        if wanted == Some(Mechanism::ActiveActive) && self.vnfs[hop].replica.is_none() {
             return Err(ControlError::FailedPrecondition(format!(
                 "VNF {:?} has no replica namespace and standby port, which 1R-AA needs",
                 self.vnfs[hop].plan.name

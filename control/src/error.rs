@@ -11,9 +11,9 @@ use nham_sff::remote::RemoteError;
 use thiserror::Error;
 use tonic::Code;
 
-use crate::protect::ProtectError;
 use crate::runtime::RuntimeError;
 use crate::vsm::database::StoreError;
+use crate::vsm::SyncError;
 
 /// Everything that can go wrong in the control plane.
 #[derive(Debug, Error)]
@@ -44,7 +44,7 @@ pub enum ControlError {
     Remote(#[from] RemoteError),
     /// The checkpoint protocol or a recovery failed.
     #[error(transparent)]
-    Protect(#[from] ProtectError),
+    Sync(#[from] SyncError),
     /// The state database failed, or a checkpoint is corrupt or missing.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -95,7 +95,7 @@ impl ControlError {
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::EventsLagged(_) => Code::DataLoss,
             Self::Remote(e) => remote_code(e),
-            Self::Protect(e) => protect_code(e),
+            Self::Sync(e) => sync_code(e),
             Self::Store(e) => store_code(e),
             Self::Runtime(e) => runtime_code(e),
             Self::NotRecovered(e) => e.code(),
@@ -143,21 +143,21 @@ fn store_code(e: &StoreError) -> Code {
     }
 }
 
-fn protect_code(e: &ProtectError) -> Code {
+fn sync_code(e: &SyncError) -> Code {
     match e {
-        ProtectError::Store(s) => store_code(s),
-        ProtectError::Sff(r) => remote_code(r),
-        ProtectError::Runtime(r) => runtime_code(r),
+        SyncError::Store(s) => store_code(s),
+        SyncError::Sff(r) => remote_code(r),
+        SyncError::Runtime(r) => runtime_code(r),
         // The newest checkpoint was unusable (corrupt or missing), and so
         // was the older one: the state is gone.
-        ProtectError::FallbackFailed { .. } => Code::DataLoss,
-        ProtectError::NotDrained { .. }
-        | ProtectError::LinkLoss { .. }
-        | ProtectError::InputDropped { .. }
-        | ProtectError::Retired
-        | ProtectError::Stopped(_)
-        | ProtectError::Unready(_) => Code::FailedPrecondition,
-        ProtectError::Criu(_) | ProtectError::Process(_) | ProtectError::Ring(_) => Code::Internal,
+        SyncError::FallbackFailed { .. } => Code::DataLoss,
+        SyncError::NotDrained { .. }
+        | SyncError::LinkLoss { .. }
+        | SyncError::InputDropped { .. }
+        | SyncError::Retired
+        | SyncError::Stopped(_)
+        | SyncError::Unready(_) => Code::FailedPrecondition,
+        SyncError::Criu(_) | SyncError::Process(_) | SyncError::Ring(_) => Code::Internal,
     }
 }
 
@@ -191,7 +191,7 @@ mod tests {
             id: 3,
             why: "checksum".into(),
         };
-        let s = tonic::Status::from(ControlError::Protect(ProtectError::Store(corrupt)));
+        let s = tonic::Status::from(ControlError::Sync(SyncError::Store(corrupt)));
         assert_eq!(s.code(), Code::DataLoss);
         assert!(
             s.message().contains("checkpoint 3 of c/v is corrupt"),

@@ -5,14 +5,14 @@
 //! - [`service`]: the daemon, the driver: a registry of chains, the event
 //!   stream, one method per request, and the drivers of the state machines
 //!   below (failure handling, checkpoint scheduling, mechanism changes).
-//! - [`fms`]: the Fault Management System's decisions as state machines:
-//!   the Failure Detector's judgement of hangs and cut-offs from data-path
-//!   probes, and the Failure Recovery of one VNF process.
-//! - [`protect`]: the State Synchronizer of one VNF (the checkpoint
-//!   protocol's driver: Hold/Release in the SFF + CRIU + the database) and
-//!   its recovery by mechanism (0R, 1R-AS, 1R-AA, MR-AA members).
+//! - [`fms`]: the Fault Management System: the Failure Detector's
+//!   judgement of hangs and cut-offs from data-path probes and the Failure
+//!   Recovery of one VNF process (state machines), and the Replica Manager
+//!   of each protected VNF (one module per mechanism: its places, copies,
+//!   standby or members, what a commit hands it, how it recovers).
 //! - [`vsm`]: the VNF State Manager: the checkpoint protocol as a state
-//!   machine, the VNF State Database, CRIU, ring VNFs.
+//!   machine and its driver for one VNF, the VNF State Database, CRIU,
+//!   ring VNFs.
 //! - [`runtime`]: the ground floor: one network namespace per VNF joined to
 //!   the daemon's namespace by a veth pair, cgroups, the VNF processes
 //!   (started with `setns`, watched through a pidfd and the kernel's early
@@ -36,7 +36,6 @@ pub mod chain;
 pub mod error;
 pub mod fms;
 pub mod plan;
-pub mod protect;
 pub mod runtime;
 pub mod service;
 pub mod validate;

@@ -13,7 +13,7 @@
 //! [`spawn_sff`].
 //!
 //! Nothing here decides or protects: this floor owns no agent and imports
-//! nothing above it (no `fms`, `vsm`, `protect`, `api` or driver); its
+//! nothing above it (no `fms`, `vsm`, `api` or driver); its
 //! errors are its own ([`RuntimeError`]). What runs for a chain is put
 //! together one floor up, in [`crate::chain`].
 

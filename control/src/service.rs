@@ -27,7 +27,7 @@ use tokio::sync::{broadcast, Mutex};
 use crate::api;
 use crate::chain::{tear_down_record, Agent, ChainRecord, ChainRuntime, StateOptions};
 use crate::error::ControlError;
-use crate::protect::RecoveryStats;
+use crate::fms::replica_manager::RecoveryStats;
 use crate::runtime::SffOptions;
 
 /// What the detector probes: VNF name, MR-AA member (0: the VNF's own

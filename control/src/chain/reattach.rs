@@ -25,9 +25,12 @@ impl ChainRuntime {
         if record.vnfs.len() != plan.vnfs.len() {
             return Err(gone("the record does not match the spec".into()));
         }
-        if plan.vnfs.iter().zip(&record.vnfs).any(|(v, r)| {
-            (v.mechanism == Some(protect::Mechanism::MultiActive)) == r.members.is_empty()
-        }) {
+        if plan
+            .vnfs
+            .iter()
+            .zip(&record.vnfs)
+            .any(|(v, r)| (v.mechanism == Some(Mechanism::MultiActive)) == r.members.is_empty())
+        {
             return Err(gone(
                 "an MR-AA VNF's members are not recorded (a record of an older nhamd)".into(),
             ));

@@ -61,3 +61,35 @@ pub fn pidfd(pid: u32) -> Result<OwnedFd, RuntimeError> {
     rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
         .map_err(|e| RuntimeError::io(format!("pidfd_open({pid})"))(e.into()))
 }
+
+/// Nice value of CRIU work off the service path (MR-AA dumps and member
+/// restores, 1R-AA replica refreshes).
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Nice value of a recovery on the service path.
+pub const URGENT_NICE: i32 = -10;
+
+/// Runs the calling thread (and what it starts) at another nice value
+/// until dropped (Linux: the value is per thread).
+#[derive(Debug)]
+pub struct Niceness(Option<i32>);
+
+impl Niceness {
+    /// The calling thread at `nice` from now on (unchanged if the kernel
+    /// refuses).
+    pub fn for_this_thread(nice: i32) -> Self {
+        let before = rustix::process::getpriority_process(None).ok();
+        match rustix::process::setpriority_process(None, nice) {
+            Ok(()) => Self(before),
+            Err(_) => Self(None),
+        }
+    }
+}
+
+impl Drop for Niceness {
+    fn drop(&mut self) {
+        if let Some(n) = self.0 {
+            let _ = rustix::process::setpriority_process(None, n);
+        }
+    }
+}

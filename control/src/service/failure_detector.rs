@@ -108,8 +108,8 @@ impl Daemon {
                                 // (a ring's content unseen: never empty).
                                 let empty = match &socks {
                                     Some(s) => s.rmem == 0 && !watch.ring_queue(&name, k).0,
-                                    None => crate::protect::packet_rmem(pid).is_ok_and(|r| r == 0)
-                                        && !crate::protect::has_ring(pid),
+                                    None => crate::vsm::checkpointer::packet_rmem(pid).is_ok_and(|r| r == 0)
+                                        && !crate::vsm::checkpointer::has_ring(pid),
                                 };
                                 if let Some(upto) = watch.read_upto(&name, k, w.3, empty) {
                                     let _ = sff.socket_read(hop, k, upto);
@@ -117,7 +117,7 @@ impl Daemon {
                             }
                             let probe = Probe {
                                 rmem: socks.map_or_else(
-                                    || crate::protect::packet_rmem(pid).unwrap_or(0),
+                                    || crate::vsm::checkpointer::packet_rmem(pid).unwrap_or(0),
                                     |s| s.rmem + watch.ring_queue(&name, k).1,
                                 ),
                                 carrier: nham_netns::has_carrier(&iface).unwrap_or(true),

@@ -30,7 +30,8 @@ use super::Daemon;
 use crate::api;
 use crate::chain::{self, Agent, MemberPlace, ReplicaPlace};
 use crate::error::ControlError;
-use crate::protect::{self, Mechanism, MemberSlot};
+use crate::fms::replica_manager::{MemberSlot, ProtectedVnf};
+use crate::plan::Mechanism;
 use crate::runtime;
 
 /// How a VNF is protected: its mechanism, and its MR-AA members (member 0
@@ -68,7 +69,7 @@ pub enum Step {
         to: usize,
     },
     /// The agent's mechanism (not MR-AA: that is [`Step::AddMembers`]).
-    SetAgent(protect::Mechanism),
+    SetAgent(Mechanism),
     /// Stop protecting: the agent retired, the SFF releasing packets on
     /// delivery.
     Unprotect,
@@ -126,7 +127,7 @@ const BETWEEN_CHECKPOINTS: Duration = Duration::from_secs(10);
 /// tries, so a checkpoint can finish).
 fn between_checkpoints<T>(
     agent: &Agent,
-    mut f: impl FnMut(&mut protect::ProtectedVnf) -> Result<T, ControlError>,
+    mut f: impl FnMut(&mut ProtectedVnf) -> Result<T, ControlError>,
 ) -> Result<T, ControlError> {
     let deadline = Instant::now() + BETWEEN_CHECKPOINTS;
     loop {
@@ -321,7 +322,7 @@ impl Daemon {
                 let new = chain::new_agent(
                     v,
                     hop,
-                    protect::Mechanism::NoReplica,
+                    Mechanism::NoReplica,
                     &state,
                     &e.runtime.plan.name,
                     &e.runtime.work,
@@ -500,7 +501,7 @@ impl Daemon {
                 between_checkpoints(&agent, |a| {
                     sff.set_members(hop, have - 1, ports.clone())?;
                     a.add_members(slots.clone());
-                    a.set_mechanism(protect::Mechanism::MultiActive)?;
+                    a.set_mechanism(Mechanism::MultiActive)?;
                     Ok(())
                 })?;
                 Ok::<_, ControlError>(places)
@@ -614,7 +615,7 @@ mod tests {
             (p(UNPROTECTED, 1), p(MR_AA, 2)),
         ];
         let plans: Vec<Vec<Step>> = walk.iter().map(|(a, b)| plan(*a, *b, false)).collect();
-        use protect::Mechanism as M;
+        use Mechanism as M;
         assert_eq!(
             plans,
             vec![
@@ -668,25 +669,25 @@ mod tests {
                 match step {
                     Step::Protect => {
                         proptest::prop_assert!(agent.is_none());
-                        agent = Some(protect::Mechanism::NoReplica);
+                        agent = Some(Mechanism::NoReplica);
                     }
                     Step::Checkpoint => proptest::prop_assert!(agent.is_some()),
                     Step::MakeReplicaPlace => place = true,
                     Step::RemoveMembers { keep } => {
                         members = keep + 1;
                         if keep == 0 {
-                            agent = Some(protect::Mechanism::NoReplica);
+                            agent = Some(Mechanism::NoReplica);
                         }
                     }
                     Step::AddMembers { to } => {
                         proptest::prop_assert!(agent.is_some());
                         members = to;
-                        agent = Some(protect::Mechanism::MultiActive);
+                        agent = Some(Mechanism::MultiActive);
                     }
                     Step::SetAgent(m) => {
-                        proptest::prop_assert!(m != protect::Mechanism::MultiActive);
+                        proptest::prop_assert!(m != Mechanism::MultiActive);
                         proptest::prop_assert!(members == 1);
-                        proptest::prop_assert!(m != protect::Mechanism::ActiveActive || place);
+                        proptest::prop_assert!(m != Mechanism::ActiveActive || place);
                         agent = Some(m);
                     }
                     Step::Unprotect => {

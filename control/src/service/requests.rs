@@ -118,7 +118,7 @@ impl Daemon {
         &self,
         chain: &str,
         vnf: &str,
-    ) -> Result<crate::protect::CheckpointStats, ControlError> {
+    ) -> Result<crate::vsm::checkpointer::CheckpointStats, ControlError> {
         let (agent, sff) = self
             .with_chain(chain, |e| {
                 let sff = e.runtime.sff.clone();
@@ -236,7 +236,7 @@ impl Daemon {
                 let a = agent
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                signal(a.pid, Signal::SIGSTOP).map(|()| Instant::now())
+                signal(a.pid(), Signal::SIGSTOP).map(|()| Instant::now())
             })
             .await??;
             return self

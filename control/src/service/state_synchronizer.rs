@@ -1,5 +1,6 @@
 //! The State Synchronizer's schedule (driver): a checkpoint task per
-//! protected VNF runs the checkpoint protocol (`protect`) every interval,
+//! protected VNF runs the checkpoint protocol (`vsm::checkpointer`, through
+//! its `fms::replica_manager` agent) every interval,
 //! taking turns host-wide; the image is stored without the agent lock, so a
 //! failure meanwhile is recovered at once.
 
@@ -13,7 +14,7 @@ impl Daemon {
         self: &Arc<Self>,
         chain: String,
         vnf: String,
-        agent: Weak<std::sync::Mutex<crate::protect::ProtectedVnf>>,
+        agent: Weak<std::sync::Mutex<crate::fms::replica_manager::ProtectedVnf>>,
         sff: Weak<nham_sff::remote::SffClient>,
         interval: Duration,
     ) {
@@ -44,7 +45,7 @@ impl Daemon {
         vnf: &str,
         agent: Agent,
         sff: Arc<nham_sff::remote::SffClient>,
-    ) -> Result<crate::protect::CheckpointStats, ControlError> {
+    ) -> Result<crate::vsm::checkpointer::CheckpointStats, ControlError> {
         use api::watch_events_response::Event;
         // Its turn (FIFO): the dumps of every chain share the host's
         // turns, so their CRIU work leaves the chains CPU.
@@ -74,7 +75,7 @@ impl Daemon {
             if let Some(done) = refreshed {
                 let _ = done.recv_timeout(Duration::from_secs(30));
             }
-            Ok::<_, crate::protect::ProtectError>(stats)
+            Ok::<_, crate::vsm::SyncError>(stats)
         })
         .await
         .map_err(|_| ControlError::Panicked("checkpoint"))?;
@@ -116,10 +117,10 @@ impl Daemon {
                 // Frames lost on its link: only a recovery (which replays
                 // them) makes the VNF whole again.
                 let verdict = match e {
-                    crate::protect::ProtectError::LinkLoss { .. } => {
+                    crate::vsm::SyncError::LinkLoss { .. } => {
                         Some(crate::fms::detector::Verdict::CutOff)
                     }
-                    crate::protect::ProtectError::InputDropped { .. } => {
+                    crate::vsm::SyncError::InputDropped { .. } => {
                         Some(crate::fms::detector::Verdict::InputDropped)
                     }
                     _ => None,

@@ -1,6 +1,6 @@
 //! The checkpoint protocol of one VNF, up to the dump, as a state machine:
 //! it asks for one [`Step`] at a time ([`Checkpointing::poll`]) and is fed
-//! what came of it (`handle_*`); a driver (`protect::checkpoint`) does the
+//! what came of it (`handle_*`); a driver ([`super::checkpointer`]) does the
 //! I/O: looking at the VNF's sockets, signals, the SFF, CRIU. No clock:
 //! every moment is passed in.
 //!

@@ -1,0 +1,582 @@
+//! One VNF's checkpoints as its State Synchronizer takes them: the driver
+//! of [`Checkpointing`](super::synchronizer::Checkpointing) (Hold/Release in
+//! the SFF process through [`SffClient`], signals, CRIU, the state
+//! database), the checks that refuse a checkpoint which would count lost
+//! input as consumed, and the restore of a stored image into a place. What
+//! a commit hands on, and recovery by mechanism, are the Replica Manager's
+//! (`fms::replica_manager`).
+//!
+//! # Checkpoint (what the image includes is what the VNF consumed)
+//!
+//! 1. `BeginCheckpoint`: the SFF stops delivering to the VNF.
+//! 2. Wait until the VNF's packet socket has nothing queued
+//!    (`/proc/<pid>/net/packet`, column `Rmem`): it has read every frame it
+//!    was given.
+//! 3. Stop the VNF (SIGSTOP). From now on it cannot consume or emit.
+//!    Whatever it read is in its memory, whatever it emitted is on its way to
+//!    the SFF; wait [`OUTPUT_SETTLE`] for those frames to arrive, and check
+//!    the socket is still empty (a frame still on the wire at step 2 may
+//!    have landed; a socket queue is not part of the image): if not, resume
+//!    and go back to step 2.
+//! 4. `Quiesced`: the SFF records the mark — inputs delivered (all
+//!    consumed), outputs counted (all emitted before the stop). A frame the
+//!    VNF was in the middle of is consumed and its outputs not yet emitted:
+//!    both sides of the mark agree, because the image holds the half-done
+//!    work and the VNF will emit those outputs next, whether it resumes or
+//!    is restored.
+//! 5. CRIU dump (`leave_running`) through a `criu swrk` worker started
+//!    ahead of time, then SIGCONT and `CheckpointDumped`: delivery resumes.
+//!    The delivery pause ends here.
+//! 6. The image is compressed, hashed and synced into the [`Store`], then
+//!    `CheckpointDone`: held packets before the mark are released. Any error
+//!    on the way: `CheckpointFailed`, SIGCONT; nothing is released.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nham_dataplane::hold::CheckpointId;
+use nham_sff::remote::SffClient;
+
+use super::criu::{self, Swrk};
+use super::database::{Store, StoreError};
+use super::error::SyncError;
+use crate::runtime::process::{
+    is_stopped, kill_and_reap, signal as raw_signal, Niceness, BACKGROUND_NICE,
+};
+
+/// How long a stopped VNF's last outputs get to reach the SFF.
+pub const OUTPUT_SETTLE: Duration = Duration::from_millis(3);
+/// How long a VNF gets to drain its socket before the checkpoint is given up.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+
+fn signal(pid: u32, s: nix::sys::signal::Signal) -> Result<(), SyncError> {
+    Ok(raw_signal(pid, s)?)
+}
+
+/// Bytes queued on the packet sockets of process `pid`'s network namespace
+/// (`/proc/<pid>/net/packet`, column Rmem).
+pub fn packet_rmem(pid: u32) -> Result<u64, SyncError> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/packet"))
+        .map_err(|e| SyncError::Process(format!("/proc/{pid}/net/packet: {e}")))?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(6)?.parse::<u64>().ok())
+        .sum())
+}
+
+/// Whether process `pid` maps a socket (`socket:[inode]` in
+/// `/proc/<pid>/maps`): a packet socket's ring, whose frames the queue
+/// column of `/proc/<pid>/net/packet` does not show.
+pub fn has_ring(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .is_ok_and(|m| m.lines().any(|l| l.contains("socket:[")))
+}
+
+/// Where one VNF's checkpoints go in the store, and its scratch space.
+#[derive(Debug, Clone)]
+pub struct StoreSlot {
+    /// The state database.
+    pub store: Arc<Store>,
+    /// Chain name (store key).
+    pub chain: String,
+    /// VNF name (store key).
+    pub vnf: String,
+    /// Scratch directory for images being dumped or restored (tmpfs is best).
+    pub scratch: PathBuf,
+}
+
+/// What a checkpoint took.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointStats {
+    /// The checkpoint.
+    pub id: CheckpointId,
+    /// Delivery paused (begin to dumped).
+    pub pause: Duration,
+    /// Waiting for the VNF to drain its socket (begin to SIGSTOP).
+    pub drain: Duration,
+    /// The VNF stopped (SIGSTOP to SIGCONT).
+    pub frozen: Duration,
+    /// CRIU's dump, within `frozen`.
+    pub dump: Duration,
+    /// Begin to durable and released.
+    pub total: Duration,
+    /// Image bytes (CRIU's).
+    pub size: u64,
+    /// Bytes in the store (compressed).
+    pub stored: u64,
+    /// Packets released.
+    pub released: u64,
+}
+
+/// A checkpoint dumped, not durable yet (see [`Checkpointer::dump`]).
+#[derive(Debug)]
+pub struct Dumped {
+    id: CheckpointId,
+    hop: usize,
+    dir: PathBuf,
+    slot: StoreSlot,
+    link_now: Option<u64>,
+    started: Instant,
+    pause: Duration,
+    drain: Duration,
+    frozen: Duration,
+    dump: Duration,
+    size: u64,
+}
+
+/// A checkpoint durable in the store, not committed yet.
+#[derive(Debug)]
+pub struct Stored {
+    dumped: Dumped,
+    stored: u64,
+}
+
+impl Dumped {
+    /// Compresses the image into the store (step 6's first half). On
+    /// failure the checkpoint is aborted in the SFF.
+    pub fn store(self, sff: &SffClient) -> Result<Stored, SyncError> {
+        let s = &self.slot;
+        match s.store.put(&s.chain, &s.vnf, self.id, &self.dir) {
+            Ok(meta) => Ok(Stored {
+                stored: meta.stored_bytes,
+                dumped: self,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&self.dir);
+                let _ = sff.checkpoint_failed(self.hop, self.id);
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// A committed checkpoint: its figures, and its image, unpacked, for the
+/// Replica Manager to hand to a standby or replica (or remove).
+#[derive(Debug)]
+pub struct Committed {
+    /// What it took.
+    pub stats: CheckpointStats,
+    /// The image's directory (the caller's now).
+    pub dir: PathBuf,
+    /// When the checkpoint began (its `total` ends when the caller is
+    /// done with the image).
+    pub started: Instant,
+}
+
+/// The checkpoints of one VNF: where it runs, where its images go, the CRIU
+/// worker of its next dump, and what its link and sockets lost.
+#[derive(Debug)]
+pub struct Checkpointer {
+    /// Its hop in the SFF's chain.
+    pub hop: usize,
+    /// Its process.
+    pub pid: u32,
+    /// Its network namespace file.
+    pub netns: PathBuf,
+    /// Where its images go.
+    pub slot: StoreSlot,
+    /// A `criu swrk` ready for the next dump.
+    pub dump_worker: Option<Swrk>,
+    /// The SFF's end of the VNF's link, in the caller's namespace, and its
+    /// transmit drops when the restore point was made.
+    pub link: Option<(String, u64)>,
+    /// No longer the VNF's: it neither checkpoints nor recovers.
+    pub retired: bool,
+    /// The kernel's view of the VNF's sockets (opened at the first
+    /// checkpoint): a checkpoint is refused once they dropped input.
+    diag: Option<(PathBuf, nham_netns::sockdiag::SockDiag)>,
+}
+
+impl Checkpointer {
+    /// The checkpoints of the VNF at `hop`, running as `pid` in namespace
+    /// `netns`, into `slot` (its scratch directory made now).
+    pub fn new(hop: usize, pid: u32, netns: PathBuf, slot: StoreSlot) -> Result<Self, SyncError> {
+        std::fs::create_dir_all(&slot.scratch)
+            .map_err(|e| SyncError::Process(format!("creating {}: {e}", slot.scratch.display())))?;
+        Ok(Self {
+            hop,
+            pid,
+            dump_worker: Swrk::spawn(&netns).ok(),
+            netns,
+            slot,
+            link: None,
+            retired: false,
+            diag: None,
+        })
+    }
+
+    /// Watches the SFF's end of the VNF's link, `iface` (in the caller's
+    /// network namespace): a checkpoint is refused while frames sent to the
+    /// VNF have been lost on it since the restore point.
+    pub fn watch_link(&mut self, iface: &str) -> Result<(), SyncError> {
+        let dropped = nham_netns::tx_dropped(iface)
+            .map_err(|e| SyncError::Process(format!("{iface}: {e}")))?;
+        self.link = Some((iface.to_string(), dropped));
+        Ok(())
+    }
+
+    /// The SFF's end of the VNF's link, when watched.
+    pub fn link_iface(&self) -> Option<&str> {
+        self.link.as_ref().map(|(i, _)| i.as_str())
+    }
+
+    /// After a recovery: the link's drops are counted from now on (what it
+    /// dropped before is replayed or caught up), so that a checkpoint
+    /// refuses only a loss on the new incarnation's link.
+    pub fn restart_link_count(&mut self) {
+        if let Some((iface, base)) = self.link.as_mut() {
+            if let Ok(now) = nham_netns::tx_dropped(iface) {
+                *base = now;
+            }
+        }
+    }
+
+    /// The CRIU worker of the next dump, started ahead of time in the VNF's
+    /// (possibly new) namespace.
+    pub fn prepare(&mut self) {
+        if self.dump_worker.is_none() {
+            self.dump_worker = Swrk::spawn(&self.netns).ok();
+        }
+    }
+
+    /// Restores checkpoint `id` from the store into namespace `netns`
+    /// (stopped, as it was dumped), checked before anything is handed to
+    /// CRIU; `iface`: the SFF's end of the link it comes back behind.
+    pub fn restore_in(
+        &self,
+        id: CheckpointId,
+        netns: &Path,
+        iface: Option<&str>,
+    ) -> Result<u32, SyncError> {
+        let s = &self.slot;
+        let meta = s
+            .store
+            .get(&s.chain, &s.vnf, id)?
+            .ok_or(StoreError::Missing {
+                chain: s.chain.clone(),
+                vnf: s.vnf.clone(),
+                id,
+            })?;
+        // Members restore at once: each its own unpacked copy.
+        let dir = s
+            .scratch
+            .join(nham_netns::unique_name(&format!("restore-{id}-")));
+        s.store.unpack(&meta, &dir)?;
+        let r = restore_stopped(None, &dir, netns, iface);
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    }
+
+    /// `Some(now)` if the link lost nothing since the restore point.
+    fn link_intact(&self) -> Result<Option<u64>, SyncError> {
+        let Some((iface, base)) = &self.link else {
+            return Ok(None);
+        };
+        let err = |e: nham_netns::NetnsError| SyncError::Process(format!("{iface}: {e}"));
+        let dropped = nham_netns::tx_dropped(iface).map_err(err)?;
+        let carrier = nham_netns::has_carrier(iface).map_err(err)?;
+        if dropped != *base || !carrier {
+            return Err(SyncError::LinkLoss {
+                dropped: dropped.saturating_sub(*base),
+                carrier,
+            });
+        }
+        Ok(Some(dropped))
+    }
+
+    /// `Ok` if the VNF's receiving sockets dropped nothing (or the kernel
+    /// cannot say: then the data-path probes are the only watch).
+    fn input_intact(&mut self) -> Result<(), SyncError> {
+        let Some(s) = self.packet_sockets() else {
+            return Ok(());
+        };
+        let dropped = nham_netns::sockdiag::VnfSockets::of_process(&s, self.pid).drops;
+        if dropped > 0 {
+            return Err(SyncError::InputDropped { dropped });
+        }
+        Ok(())
+    }
+
+    /// The packet sockets of the VNF's namespace, from sock_diag (`None`
+    /// when the kernel cannot be asked).
+    fn packet_sockets(&mut self) -> Option<Vec<nham_netns::sockdiag::PacketSocket>> {
+        // A 1R-AA failover moves the VNF to its replica's namespace.
+        if self.diag.as_ref().is_none_or(|(p, _)| *p != self.netns) {
+            self.diag = nham_netns::sockdiag::SockDiag::open(&self.netns)
+                .ok()
+                .map(|d| (self.netns.clone(), d));
+        }
+        let (_, diag) = self.diag.as_mut()?;
+        match diag.packet_sockets() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!("sock_diag: {e}");
+                self.diag = None;
+                None
+            }
+        }
+    }
+
+    /// The VNF's `TPACKET_V3` receive rings, mapped for this checkpoint
+    /// (not kept: the mapping holds the socket open).
+    fn rings(&mut self) -> Result<Option<crate::vsm::ring::VnfRings>, SyncError> {
+        let Some(sockets) = self.packet_sockets() else {
+            return Ok(None);
+        };
+        if !sockets.iter().any(|s| s.rx_ring.is_some()) {
+            return Ok(None);
+        }
+        let rings = crate::vsm::ring::VnfRings::of(self.pid, &sockets)?;
+        Ok((!rings.is_empty()).then_some(rings))
+    }
+
+    /// Steps 1 to 5 of the checkpoint protocol: stop delivery, let the VNF
+    /// drain, freeze, mark, dump, thaw; delivery resumes. The image is not
+    /// durable yet: [`Dumped::store`] makes it so, without this agent (so a
+    /// failure meanwhile is not kept waiting), then [`commit`](Self::commit).
+    /// `background`: the VNF's other MR-AA members serve meanwhile, so the
+    /// dump must not take the CPU from them.
+    pub fn dump(&mut self, sff: &SffClient, background: bool) -> Result<Dumped, SyncError> {
+        use crate::vsm::synchronizer::{Checkpointing, Failure, Look, Step};
+        use nix::sys::signal::Signal;
+        if self.retired {
+            return Err(SyncError::Retired);
+        }
+        let started = Instant::now();
+        let (hop, pid) = (self.hop, self.pid);
+        let id = sff.begin_checkpoint(hop).map_err(SyncError::Sff)?;
+        let dir = self.slot.scratch.join(format!("ckpt-{id}"));
+        // The protocol's decisions are the machine's; this loop does what
+        // it says. (MR-AA: member 0 is the one dumped, and the SFF pauses
+        // only it; the other members go on serving.)
+        let mut m = Checkpointing::new(
+            started,
+            OUTPUT_SETTLE,
+            DRAIN_TIMEOUT,
+            Duration::from_micros(200),
+        );
+        // A VNF reading through a ring: what waits there is not in rmem.
+        let mut rings = None;
+        match self.rings() {
+            Ok(Some(r)) if r.losing() => {
+                m.handle_look(started, Err(SyncError::InputDropped { dropped: 1 }));
+            }
+            Ok(r) => rings = r,
+            Err(e) => m.handle_look(started, Err(e)),
+        }
+        let mut link_now = None;
+        let mut report = None;
+        let (frozen, resumed) = loop {
+            match m.poll(Instant::now()) {
+                Step::Look => {
+                    let look = packet_rmem(pid).map(|rmem| Look {
+                        rmem,
+                        ring_unread: rings.as_ref().is_some_and(|r| r.unread()),
+                        stopped: is_stopped(pid),
+                    });
+                    m.handle_look(Instant::now(), look);
+                }
+                Step::Sleep(d) => std::thread::sleep(d),
+                Step::Stop => m.handle_stop(Instant::now(), signal(pid, Signal::SIGSTOP)),
+                // Every frame delivered must have reached the VNF's state:
+                // one lost on its link (cut off) or dropped at its full
+                // socket would be counted as consumed. (Its sockets were
+                // opened by this incarnation: any drop is one since the
+                // restore point.)
+                Step::CheckIntact => {
+                    let intact = self
+                        .link_intact()
+                        .map(|d| link_now = d)
+                        .and_then(|()| self.input_intact());
+                    m.handle_intact(intact);
+                }
+                Step::Mark => {
+                    m.handle_mark(sff.quiesced(hop, id).map(drop).map_err(SyncError::Sff))
+                }
+                // With the worker started ahead of time.
+                Step::Dump => {
+                    clear_stale_proc_dir(pid);
+                    // MR-AA: the others serve meanwhile: the dump is
+                    // background work and must not take the CPU from them.
+                    let _background = background.then(|| {
+                        if let Some(w) = &self.dump_worker {
+                            w.renice(BACKGROUND_NICE);
+                        }
+                        Niceness::for_this_thread(BACKGROUND_NICE)
+                    });
+                    let _ = std::fs::remove_dir_all(&dir);
+                    // Where the kernel is in each ring (the restore puts it
+                    // back there); the mapping goes before the dump.
+                    let positions = rings.take().map(|r| r.positions()).unwrap_or_default();
+                    let dumped = criu::dump(self.dump_worker.take(), pid, &self.netns, &dir)
+                        .map_err(SyncError::from)
+                        .and_then(|r| Ok(crate::vsm::ring::save(&dir, &positions).map(|()| r)?));
+                    m.handle_dump(Instant::now(), dumped.map(|r| report = Some(r)));
+                }
+                Step::Resume => {
+                    let _ = signal(pid, Signal::SIGCONT);
+                }
+                Step::Report => {
+                    m.handle_report(
+                        sff.checkpoint_dumped(hop, id)
+                            .map(drop)
+                            .map_err(SyncError::Sff),
+                    );
+                }
+                Step::Done { frozen, resumed } => break (frozen, resumed),
+                Step::Fail(why) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    let _ = sff.checkpoint_failed(hop, id);
+                    return Err(match why {
+                        Failure::NotDrained { rmem } => SyncError::NotDrained { pid, rmem },
+                        Failure::Stopped => SyncError::Stopped(pid),
+                        Failure::Step(e) => e,
+                        Failure::Ended => SyncError::Process("checkpoint protocol ended".into()),
+                    });
+                }
+            }
+        };
+        let report = report.ok_or_else(|| SyncError::Process("dumped without a report".into()))?;
+        let pause = started.elapsed();
+        // The next dump's worker starts now, off the pause.
+        self.dump_worker = Swrk::spawn(&self.netns).ok();
+        Ok(Dumped {
+            id,
+            hop,
+            dir,
+            slot: self.slot.clone(),
+            link_now,
+            started,
+            pause,
+            drain: frozen.duration_since(started),
+            frozen: resumed.duration_since(frozen),
+            dump: report.duration,
+            size: report.size,
+        })
+    }
+
+    /// Step 6: the image is durable; release what it includes. Fails if
+    /// the VNF failed meanwhile (the SFF aborted the checkpoint): the image
+    /// is then never restored. The unpacked image is handed back with the
+    /// figures, for the standby or replica to take (or to be removed).
+    pub fn commit(&mut self, sff: &SffClient, stored: Stored) -> Result<Committed, SyncError> {
+        let Stored { dumped, stored } = stored;
+        let Dumped {
+            id,
+            hop,
+            dir,
+            link_now,
+            started,
+            ..
+        } = dumped;
+        let s = &self.slot;
+        // A checkpoint not committed is never restored: its image goes.
+        let not_committed = || {
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = s.store.remove_checkpoint(&s.chain, &s.vnf, id);
+        };
+        if self.retired || hop != self.hop {
+            // Its agent changed meanwhile (unprotected, moved): the SFF's
+            // hop must not wait for this checkpoint for ever.
+            not_committed();
+            let _ = sff.checkpoint_failed(hop, id);
+            return Err(SyncError::Retired);
+        }
+        let done = match sff.checkpoint_done(hop, id) {
+            Ok(d) => d,
+            // Refused: not committed. Any other failure (a lost answer)
+            // may have come after the SFF committed and released: the
+            // image is kept (the next commit's retention drops it if it
+            // is not restorable).
+            Err(e @ nham_sff::remote::RemoteError::Refused(_)) => {
+                not_committed();
+                return Err(SyncError::Sff(e));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(SyncError::Sff(e));
+            }
+        };
+        // Kept: what the SFF can restore (this checkpoint and its
+        // fallback), whatever else the store holds. (Keeping the newest
+        // two by number threw the fallback away when a newer checkpoint
+        // had been stored and not committed.)
+        let keep: Vec<CheckpointId> = std::iter::once(id).chain(done.fallback).collect();
+        let _ = s.store.retain(&s.chain, &s.vnf, &keep);
+        if let (Some((_, base)), Some(now)) = (self.link.as_mut(), link_now) {
+            *base = now;
+        }
+        let stats = CheckpointStats {
+            id,
+            pause: dumped.pause,
+            drain: dumped.drain,
+            frozen: dumped.frozen,
+            dump: dumped.dump,
+            total: started.elapsed(),
+            size: dumped.size,
+            stored,
+            released: done.released,
+        };
+        Ok(Committed {
+            stats,
+            dir,
+            started,
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.slot.scratch);
+    }
+}
+
+/// Restores the images in `dir` into namespace `netns` (through `swrk`,
+/// or a new `criu swrk`), stopped as it was dumped, and puts the kernel's
+/// position in each of its receive rings back where the checkpoint found
+/// it ([`crate::vsm::ring`]: filler sent on `iface`, the SFF's end of the
+/// link the process comes back behind).
+pub fn restore_stopped(
+    swrk: Option<Swrk>,
+    dir: &Path,
+    netns: &Path,
+    iface: Option<&str>,
+) -> Result<u32, SyncError> {
+    let positions = crate::vsm::ring::load(dir)?;
+    let (pid, _) = criu::restore(swrk, dir, netns)?;
+    if !positions.is_empty() {
+        match crate::vsm::ring::realign(pid, &positions, iface) {
+            Ok(r) => tracing::info!(
+                pid,
+                rings = r.rings,
+                filler = r.filler,
+                "receive rings realigned in {:?}",
+                r.took
+            ),
+            Err(e) => {
+                kill_and_reap(pid);
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(pid)
+}
+
+/// Removes what a dump cut short may have left in process `pid`'s working
+/// directory: CRIU's parasite mounts a proc for the VNF's PID namespace on
+/// `<cwd>/proc.crtools` for the dump and removes it after; a left-over one
+/// makes every later dump fail ("Can't get proc fd").
+fn clear_stale_proc_dir(pid: u32) {
+    let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
+        return;
+    };
+    let stale = cwd.join("proc.crtools");
+    if stale.exists() {
+        let _ = nix::mount::umount2(&stale, nix::mount::MntFlags::MNT_DETACH);
+        if let Err(e) = std::fs::remove_dir(&stale) {
+            tracing::warn!("removing {}: {e}", stale.display());
+        }
+    }
+}
