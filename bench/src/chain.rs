@@ -2,6 +2,8 @@
 //! starts the SFF and N `nham-vnf` processes, sends traffic from the source
 //! namespace and checks at the sink that the output equals a failure-free
 //! reference run, and that every VNF's state equals its reference state.
+//! No failures and no protection: a chain under crashes runs under `nhamd`
+//! (`nham-bench recovery`), the one way NHAM protects a chain.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -30,10 +32,6 @@ pub(crate) struct ChainArgs {
     /// Replay this pcap trace (Ethernet) instead of generated frames.
     #[arg(long)]
     pcap: Option<std::path::PathBuf>,
-    /// Protect the VNFs (0R: CRIU checkpoints, Hold/Release) and crash them
-    /// with SIGKILL during the run, one and then two at a time.
-    #[arg(long)]
-    crash: bool,
 }
 
 /// Runs the chain and prints what was verified; fails on any mismatch.
@@ -43,20 +41,9 @@ pub(crate) fn run(args: &ChainArgs) -> Result<()> {
     }
     let kinds: Vec<Kind> = (0..args.vnfs).map(|i| Kind::ALL[i % 4]).collect();
     let bin = std::env::current_exe()?.with_file_name("nham-vnf");
-    if args.crash && kinds.is_empty() {
-        bail!("--crash needs at least one VNF");
-    }
-    let mut lab = Lab::new(&kinds, &bin).context("building the chain in network namespaces")?;
-    lab.set_sink_quiet(std::time::Duration::from_secs(if args.crash {
-        10
-    } else {
-        2
-    }));
+    let lab = Lab::new(&kinds, &bin).context("building the chain in network namespaces")?;
     let sff = lab
-        .start_sff(LabSff {
-            protect: args.crash,
-            ..LabSff::default()
-        })
+        .start_sff(LabSff::default())
         .context("starting the SFF")?;
     let spec = TrafficSpec {
         size: args.frame_size,
@@ -69,19 +56,7 @@ pub(crate) fn run(args: &ChainArgs) -> Result<()> {
         None => spec.frames(),
     };
     let (expected, states) = nham_vnf::reference(&kinds, &frames);
-    let mut protected = None;
-    let trial = if args.crash {
-        let images = std::env::temp_dir().join(nham_netns::unique_name("nham-images-"));
-        let run =
-            nham_bench::lab::protected_trial(&mut lab, &sff, frames, spec.rate, &expected, &images);
-        let _ = std::fs::remove_dir_all(&images);
-        let run = run?;
-        let trial = run.trial.clone();
-        protected = Some(run);
-        trial
-    } else {
-        lab.trial_frames(frames, spec.rate, &expected, &sff)?
-    };
+    let trial = lab.trial_frames(frames, spec.rate, &expected, &sff)?;
     let stats = sff.counters().snapshot();
     let got_states = lab.vnf_states()?;
     sff.stop()?;
@@ -89,26 +64,7 @@ pub(crate) fn run(args: &ChainArgs) -> Result<()> {
         "NHAM live chain: SFF on AF_XDP + {} nham-vnf processes, each in its own network namespace",
         kinds.len()
     );
-    match &protected {
-        None => println!("  VNFs (unprotected, no failures): {kinds:?}"),
-        Some(r) => {
-            let p50 = |v: &Vec<f64>| v.get(v.len() / 2).copied().unwrap_or(0.0);
-            println!("  VNFs protected with 0R (CRIU checkpoints + Hold/Release): {kinds:?}");
-            println!(
-                "  failures: {} VNF crashes (SIGKILL, one and two at a time), {} restored from a CRIU image, recovery p50 {:.1} ms, max {:.1} ms",
-                r.recoveries,
-                r.restored,
-                p50(&r.recovery_ms),
-                r.recovery_ms.last().copied().unwrap_or(0.0)
-            );
-            println!(
-                "  checkpoints: {}, delivery pause p50 {:.1} ms; replayed outputs suppressed as duplicates: {}",
-                r.checkpoints,
-                p50(&r.pause_ms),
-                stats.duplicates
-            );
-        }
-    }
+    println!("  VNFs (unprotected, no failures): {kinds:?}");
     println!(
         "  traffic: {} frames offered at {:.0} fps ({:?}, {} flows); sink got {} of {} expected",
         trial.sent,

@@ -630,7 +630,7 @@ fn timeline(
         }
     }
     text += &format!(
-        "{:>10.3} SINK DONE after {} of {} frames (last at {:.3})\n",
+        "{:>10.3} SINK DONE after {} of {} frames (last at {:.3}); egress link (SFF end, sink end): {:?}\n",
         trial
             .ended
             .saturating_duration_since(trial.base)
@@ -638,7 +638,8 @@ fn timeline(
             * 1e3,
         r.seqs.len(),
         trial.sent,
-        r.arrival_us.last().copied().unwrap_or(0) as f64 / 1e3
+        r.arrival_us.last().copied().unwrap_or(0) as f64 / 1e3,
+        trial.egress_link
     );
     text
 }

@@ -7,12 +7,19 @@
 //!               v0 ══ eth0 [vnf0 ns: nham-vnf] … vN-1 ══ eth0 [vnfN-1 ns]
 //! ```
 //!
+//! One way to run a chain: the lab builds on the control plane's runtime.
+//! Its VNFs start as `nhamd` starts any VNF ([`nham_control::runtime::Spawn`])
+//! and its SFF has `nhamd`'s configuration
+//! ([`nham_control::runtime::sff_config`]), save that no Failure Detector
+//! probes the VNFs' sockets here. The SFF runs as a thread of the bench
+//! (the engine `nham-sff` runs), so its counters are at hand. Protection
+//! and failures run only under `nhamd` (see [`crate::ha`]).
+//!
 //! Everything is torn down when the [`Lab`] is dropped, also on panic: VNF
 //! processes are killed and reaped, then the namespaces (and with them every
 //! veth) are deleted. Namespace names are unique per process and call.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,13 +36,11 @@ use nham_vnf::{Kind, State};
 /// The SPI of the lab's chain.
 pub const SPI: u32 = 100;
 
-/// A running VNF process (after a CRIU restore it is no child of ours).
+/// A running VNF process (a child of ours, reaped when the lab goes).
 #[derive(Debug)]
 struct VnfProcess {
-    child: Option<Child>,
     pid: u32,
     state_file: PathBuf,
-    command: Vec<String>,
 }
 
 /// One chain's namespaces, links and VNF processes.
@@ -113,6 +118,9 @@ pub struct Trial {
     pub base: Instant,
     /// When the sink stopped (everything arrived, or it gave up waiting).
     pub ended: Instant,
+    /// The egress link's counters then: the SFF's end (`out0`) and the
+    /// sink's (`sink0`), when they could be read.
+    pub egress_link: Option<(nham_netns::LinkCounters, nham_netns::LinkCounters)>,
 }
 
 impl Lab {
@@ -161,59 +169,39 @@ impl Lab {
         Ok(lab)
     }
 
+    /// Starts one `nham-vnf` per VNF as `nhamd` starts any VNF
+    /// ([`nham_control::runtime::Spawn`]: in its namespace, under `setsid`,
+    /// pid 1 of a PID namespace of its own, output to a log, ready once it
+    /// listens on a packet socket).
     fn start_vnfs(&mut self, vnf_bin: &Path, extra: &[&str]) -> Result<()> {
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         for (i, (kind, ns)) in self.kinds.iter().zip(&self.vnf_ns).enumerate() {
             let state_file = self.state_dir.join(format!("vnf{i}.json"));
-            let (bin, sf) = (vnf_bin.to_path_buf(), state_file.clone());
-            let kind_name = kind.name().to_string();
-            let extra = extra.clone();
-            // The child inherits the namespace of the thread that forks it.
-            // `setsid`: each VNF leads a session of its own, as CRIU wants of
-            // the root of a tree it dumps (it execs in place: same pid).
             let mut command: Vec<String> = vec![
-                "setsid".into(),
-                bin.display().to_string(),
+                vnf_bin.display().to_string(),
                 "--kind".into(),
-                kind_name,
+                kind.name().to_string(),
                 "--iface".into(),
                 "eth0".into(),
                 "--state".into(),
-                sf.display().to_string(),
+                state_file.display().to_string(),
             ];
-            command.extend(extra);
-            let argv = command.clone();
-            // Output to a file, input from /dev/null: CRIU can dump and
-            // restore those (a pipe to us it could not).
-            let log = self.state_dir.join(format!("vnf{i}.log"));
-            let out = std::fs::File::create(&log)?;
-            let err = out.try_clone()?;
-            let mut child = ns.run(move || {
-                Command::new(&argv[0])
-                    .args(&argv[1..])
-                    .stdin(Stdio::null())
-                    .stdout(out)
-                    .stderr(err)
-                    .spawn()
-            })??;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                if text.lines().any(|l| l.trim() == "ready") {
-                    break;
-                }
-                if Instant::now() > deadline || child.try_wait()?.is_some() {
-                    let _ = child.kill();
-                    bail!("VNF {i} did not start: {text:?}");
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            self.vnfs.push(VnfProcess {
-                pid: child.id(),
-                child: Some(child),
-                state_file,
+            command.extend(extra.iter().map(|s| s.to_string()));
+            let pid = nham_control::runtime::Spawn {
+                vnf: format!("vnf{i}"),
+                argv: std::iter::once("setsid".to_string())
+                    .chain(command.iter().cloned())
+                    .collect(),
                 command,
-            });
+                env: Default::default(),
+                netns: ns.path(),
+                netns_name: ns.name().to_string(),
+                cwd: self.state_dir.clone(),
+                log: self.state_dir.join(format!("vnf{i}.log")),
+                cgroup: None,
+            }
+            .run()
+            .with_context(|| format!("starting VNF {i}"))?;
+            self.vnfs.push(VnfProcess { pid, state_file });
         }
         Ok(())
     }
@@ -223,31 +211,26 @@ impl Lab {
         &self.kinds
     }
 
-    /// The SFF configuration for this lab.
+    /// The SFF configuration for this lab: `nhamd`'s
+    /// ([`nham_control::runtime::sff_config`], its default options) for
+    /// this chain, with `s`'s pinning, polling and burst. The one
+    /// difference: no Failure Detector probes the lab's VNFs
+    /// ([`SffConfig::without_socket_probes`]).
     pub fn sff_config(&self, s: LabSff) -> SffConfig {
-        let mut config = SffConfig::for_chain(
-            self.ingress.clone(),
-            self.egress.clone(),
-            self.hops.clone(),
-            vec![Rule {
-                proto: Some(proto::UDP),
-                ..Rule::any(SPI)
-            }],
-            SPI,
-            4096,
-        );
-        config.protect = vec![s.protect; self.hops.len()];
+        use nham_control::runtime::{sff_config, ChainPorts, SffOptions};
+        let ports = ChainPorts::plain(self.ingress.clone(), self.egress.clone(), self.hops.clone());
+        let rules = vec![Rule {
+            proto: Some(proto::UDP),
+            ..Rule::any(SPI)
+        }];
+        let options = SffOptions {
+            core: s.core,
+            poll: s.poll,
+            ..SffOptions::default()
+        };
+        let protect = vec![s.protect; self.hops.len()];
+        let mut config = sff_config(ports, rules, SPI, protect, &options).without_socket_probes();
         config.burst = s.burst;
-        config.poll = s.poll;
-        config.core = s.core;
-        // The one difference from `nhamd`: no Failure Detector here tells
-        // the SFF what each VNF's sockets were seen to have read, so
-        // silence alone frees the window of frames a VNF dropped, and it
-        // must be long enough that a VNF slow for a moment (a debug build,
-        // a loaded host) has read what it was sent.
-        config.vnf_window_timeout = Duration::from_millis(20);
-        config.vnf_silence_needs_read = false;
-        config.pool_slots = config.pool_slots_needed().max(32768);
         config
     }
 
@@ -383,6 +366,14 @@ impl Lab {
             .join()
             .map_err(|_| anyhow::anyhow!("sink panicked"))??;
         let ended = Instant::now();
+        let egress_link = (self.sff.run(|| nham_netns::link_counters("out0")))
+            .ok()
+            .and_then(Result::ok)
+            .zip(
+                (self.sink.run(|| nham_netns::link_counters("sink0")))
+                    .ok()
+                    .and_then(Result::ok),
+            );
         let verdict = Checker::check(expected, &received);
         let secs = sent.elapsed.as_secs_f64().max(1e-9);
         // Input frames per second the chain carried, judged at the sink:
@@ -400,6 +391,7 @@ impl Lab {
             sff: fwd.map(|f| f.counters().snapshot()).unwrap_or_default(),
             base,
             ended,
+            egress_link,
         })
     }
 
@@ -444,32 +436,6 @@ impl Lab {
         self.vnfs[i].pid
     }
 
-    /// VNF `i` now runs as `pid` (after a restore).
-    pub fn set_vnf_pid(&mut self, i: usize, pid: u32) {
-        let v = &mut self.vnfs[i];
-        if v.pid == pid {
-            return;
-        }
-        // The old process is gone (and reaped by whoever killed it).
-        if let Some(mut c) = v.child.take() {
-            let _ = c.try_wait();
-        }
-        v.pid = pid;
-    }
-
-    /// The command line VNF `i` was started with.
-    pub fn vnf_command(&self, i: usize) -> Vec<String> {
-        self.vnfs[i].command.clone()
-    }
-
-    /// Reaps VNF `i` if it is a child of ours that exited.
-    pub fn reap_vnf(&mut self, i: usize) {
-        if let Some(c) = self.vnfs[i].child.as_mut() {
-            let _ = c.wait();
-        }
-        self.vnfs[i].child = None;
-    }
-
     /// The netns of VNF `i` (for fault drills and captures).
     pub fn vnf_netns(&self, i: usize) -> &Netns {
         &self.vnf_ns[i]
@@ -494,39 +460,12 @@ fn enter(path: &Path) -> Result<()> {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for v in &mut self.vnfs {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(v.pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            if let Some(c) = v.child.as_mut() {
-                let _ = c.wait();
-            }
+        for v in &self.vnfs {
+            kill_and_wait(v.pid);
         }
         let _ = std::fs::remove_dir_all(&self.state_dir);
         // The namespaces (and every veth in them) go with their Netns values.
     }
-}
-
-/// What a trial under crashes measured.
-#[derive(Debug, Clone)]
-pub struct ProtectedRun {
-    /// The traffic trial.
-    pub trial: Trial,
-    /// Checkpoints taken.
-    pub checkpoints: usize,
-    /// Checkpoints that failed safely (the SFF aborted them and the VNF
-    /// went on from the previous one, as nhamd's agents do), with why.
-    pub failed_checkpoints: Vec<String>,
-    /// Recoveries done (each a CRIU restore, or a fresh start before the
-    /// first checkpoint).
-    pub recoveries: usize,
-    /// Of which from an image.
-    pub restored: usize,
-    /// Delivery pause of each checkpoint, ms, sorted.
-    pub pause_ms: Vec<f64>,
-    /// Duration of each recovery, ms, sorted.
-    pub recovery_ms: Vec<f64>,
 }
 
 /// Kills process `pid` and waits until it is gone (reaped if it is ours).
@@ -538,158 +477,4 @@ pub fn kill_and_wait(pid: u32) {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-}
-
-/// Runs `frames` through a protected chain (the SFF must hold packets:
-/// [`LabSff::protect`]) while every VNF is checkpointed in turn with CRIU
-/// and VNFs are crashed with SIGKILL — round 1 one VNF, round 2 two at once,
-/// round 3 none, and so on — and recovered with 0R. Returns when the sink
-/// has everything and deliveries have settled; VNF pids in the lab are
-/// updated, so [`Lab::vnf_states`] reads the live processes.
-pub fn protected_trial(
-    lab: &mut Lab,
-    sff: &SffHandle,
-    frames: Vec<Vec<u8>>,
-    rate: Option<f64>,
-    expected: &[Vec<u8>],
-    images: &Path,
-) -> Result<ProtectedRun> {
-    use nham_control::fms::replica_manager::{Mechanism, ProtectedVnf};
-    use nham_control::vsm::checkpointer::StoreSlot;
-    let n = lab.kinds().len();
-    let store = Arc::new(nham_control::vsm::database::Store::open(
-        &images.join("state"),
-    )?);
-    let mut vnfs: Vec<ProtectedVnf> = (0..n)
-        .map(|i| {
-            let netns = lab.vnf_netns(i);
-            // Started afresh (no checkpoint yet) as the lab started it.
-            let start = nham_control::runtime::Spawn {
-                vnf: format!("vnf{i}"),
-                command: lab.vnf_command(i),
-                argv: lab.vnf_command(i),
-                env: Default::default(),
-                netns: netns.path(),
-                netns_name: netns.name().to_string(),
-                cwd: images.to_path_buf(),
-                log: images.join(format!("vnf{i}.log")),
-                cgroup: None,
-            };
-            ProtectedVnf::new(
-                i,
-                lab.vnf_pid(i),
-                start,
-                StoreSlot {
-                    store: store.clone(),
-                    chain: "lab".into(),
-                    vnf: format!("vnf{i}"),
-                    scratch: images.join(format!("vnf{i}")),
-                },
-                Mechanism::NoReplica,
-            )
-        })
-        .collect::<Result<_, _>>()?;
-    let client = nham_sff::remote::SffClient::local(sff)?;
-    let done = AtomicBool::new(false);
-    let (mut checkpoints, mut recoveries, mut restored) = (0, 0, 0);
-    let mut failed_checkpoints = Vec::new();
-    let (mut pause_ms, mut recovery_ms) = (Vec::new(), Vec::new());
-    let trial = std::thread::scope(|s| -> Result<Trial> {
-        let lab_ref = &*lab;
-        let done = &done;
-        let t = s.spawn(move || {
-            let r = lab_ref.trial_frames(frames, rate, expected, sff);
-            done.store(true, Ordering::Relaxed);
-            r
-        });
-        let mut round = 0usize;
-        let mut failure = None;
-        while !done.load(Ordering::Relaxed) && failure.is_none() {
-            // VNFs that missed input (frames lost at their socket or on
-            // their link): only a recovery makes them whole, as in nhamd.
-            let mut missed = Vec::new();
-            for (i, v) in vnfs.iter_mut().enumerate() {
-                match v.checkpoint(&client) {
-                    Ok(c) => {
-                        checkpoints += 1;
-                        pause_ms.push(c.pause.as_secs_f64() * 1e3);
-                    }
-                    // A checkpoint that fails is aborted in the SFF (nothing
-                    // is released on its account) and the VNF resumed: the
-                    // chain goes on from the previous one, as in nhamd.
-                    Err(e) => {
-                        if matches!(
-                            e,
-                            nham_control::vsm::SyncError::InputDropped { .. }
-                                | nham_control::vsm::SyncError::LinkLoss { .. }
-                        ) {
-                            missed.push(i);
-                        }
-                        failed_checkpoints.push(format!("VNF {}: {e}", v.hop()));
-                    }
-                }
-            }
-            round += 1;
-            let mut victims: Vec<usize> = match round % 3 {
-                1 => vec![round % n],
-                2 if n > 1 => vec![(round + 1) % n, (round + 2) % n],
-                _ => vec![],
-            };
-            for i in missed {
-                if !victims.contains(&i) {
-                    victims.push(i);
-                }
-            }
-            // Let traffic flow past the checkpoint, so that replay has work.
-            std::thread::sleep(Duration::from_millis(40));
-            for &i in &victims {
-                kill_and_wait(vnfs[i].pid());
-            }
-            for &i in &victims {
-                match vnfs[i].recover(&client) {
-                    Ok(r) => {
-                        recoveries += 1;
-                        restored += usize::from(r.restored);
-                        recovery_ms.push(r.duration.as_secs_f64() * 1e3);
-                    }
-                    Err(e) => failure = Some(anyhow::anyhow!("recovery of VNF {i}: {e}")),
-                }
-            }
-        }
-        let trial = t
-            .join()
-            .map_err(|_| anyhow::anyhow!("trial thread panicked"))??;
-        if checkpoints == 0 && !failed_checkpoints.is_empty() {
-            anyhow::bail!("no checkpoint succeeded: {failed_checkpoints:?}");
-        }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(trial),
-        }
-    })?;
-    for (i, v) in vnfs.iter().enumerate() {
-        lab.set_vnf_pid(i, v.pid());
-    }
-    // The sink can be complete while a VNF restored at the end still
-    // replays (its outputs are all duplicates): let deliveries settle.
-    let mut last = sff.counters().snapshot().delivered;
-    loop {
-        std::thread::sleep(Duration::from_millis(300));
-        let now = sff.counters().snapshot().delivered;
-        if now == last {
-            break;
-        }
-        last = now;
-    }
-    pause_ms.sort_by(f64::total_cmp);
-    recovery_ms.sort_by(f64::total_cmp);
-    Ok(ProtectedRun {
-        trial,
-        checkpoints,
-        failed_checkpoints,
-        recoveries,
-        restored,
-        pause_ms,
-        recovery_ms,
-    })
 }

@@ -23,17 +23,17 @@ use std::time::Duration;
 
 use nham_netns::{unique_name, veth_pair_here, Netns};
 use nham_sff::remote::SffClient;
-use nham_sff::{PhaseStatus, PortSpec, SffConfig};
+use nham_sff::{PhaseStatus, PortSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::api;
 use crate::error::ControlError;
 use crate::fms::recovery::{Counters, FailureRecovery, Phase};
-use crate::fms::replica_manager::{MemberSlot, ProtectedVnf};
+use crate::fms::replica_manager::ProtectedVnf;
 use crate::plan::Mechanism;
 use crate::runtime::cgroup::Cgroup;
 use crate::runtime::{
-    make_place, port_spec, process, spawn_sff, SffOptions, SffProcess, Spawn, VNF_IFACE,
+    make_place, port_spec, process, sff_config, spawn_sff, ChainPorts, Place, SffOptions,
+    SffProcess, Spawn, VNF_IFACE,
 };
 use crate::validate::{ChainPlan, VnfPlan};
 use crate::vsm::checkpointer::StoreSlot;
@@ -43,6 +43,38 @@ mod reattach;
 
 /// A protected VNF's agent, shared by its checkpoint schedule and recovery.
 pub type Agent = Arc<Mutex<ProtectedVnf>>;
+
+/// A VNF as the daemon reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VnfStatus {
+    /// Its name.
+    pub name: String,
+    /// Its process's phase.
+    pub phase: Phase,
+    /// Its process, while it runs.
+    pub pid: Option<u32>,
+    /// Its namespace's name.
+    pub netns: String,
+    /// How it is protected (none: not).
+    pub mechanism: Option<Mechanism>,
+    /// Failures of its process and its MR-AA members.
+    pub failures: u64,
+    /// Their recoveries.
+    pub recoveries: u64,
+    /// Checkpoints taken.
+    pub checkpoints: u64,
+    /// MR-AA members 1 to M-1's processes.
+    pub member_pids: Vec<Option<u32>>,
+}
+
+/// A chain as the daemon reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainStatus {
+    /// Every VNF runs (none failed or recovering).
+    pub running: bool,
+    /// Its VNFs, in order.
+    pub vnfs: Vec<VnfStatus>,
+}
 
 /// One VNF's runtime.
 #[derive(Debug)]
@@ -97,6 +129,15 @@ pub struct MemberPlace {
 }
 
 impl MemberPlace {
+    /// Where it is, as the work on it needs to know.
+    pub fn place(&self) -> Place {
+        Place {
+            netns: self.netns.path(),
+            sff_iface: self.sff_iface.clone(),
+            cwd: self.cwd.clone(),
+        }
+    }
+
     /// A place with no process yet; `incarnation` its first watcher's
     /// number less one.
     pub fn new(netns: Netns, sff_iface: String, cwd: PathBuf, incarnation: u64) -> Self {
@@ -141,7 +182,7 @@ pub fn new_agent(
             .replica
             .as_ref()
             .map(|r| (r.netns.path(), r.sff_iface.clone())),
-        members: v.member_slots(),
+        members: v.member_places(),
     })
 }
 
@@ -155,7 +196,7 @@ pub struct NewAgent {
     mechanism: Mechanism,
     sff_iface: String,
     replica: Option<(PathBuf, String)>,
-    members: Vec<MemberSlot>,
+    members: Vec<Place>,
 }
 
 impl NewAgent {
@@ -192,30 +233,25 @@ pub struct ReplicaPlace {
 }
 
 impl VnfRuntime {
-    /// Its status as the API shows it.
-    pub fn status(&self) -> api::VnfStatus {
-        api::VnfStatus {
+    /// Its status.
+    pub fn status(&self) -> VnfStatus {
+        VnfStatus {
             name: self.plan.name.clone(),
-            state: self.state() as i32,
-            pid: self.pid.unwrap_or(0),
+            phase: self.phase(),
+            pid: self.pid,
             netns: self.netns.name().to_string(),
-            mechanism: crate::validate::api_mechanism(self.plan.mechanism) as i32,
+            mechanism: self.plan.mechanism,
             failures: self.counted(|c| c.failures),
             recoveries: self.counted(|c| c.recoveries),
             checkpoints: self.checkpoints,
-            member_pids: self.members.iter().map(|m| m.pid.unwrap_or(0)).collect(),
+            member_pids: self.members.iter().map(|m| m.pid).collect(),
         }
     }
 
-    /// Its state as the API names it (of its own process: MR-AA members
-    /// failing leave the VNF running).
-    pub fn state(&self) -> api::VnfState {
-        match self.recovery.phase() {
-            Phase::Starting => api::VnfState::Unspecified,
-            Phase::Running => api::VnfState::Running,
-            Phase::Failed => api::VnfState::Failed,
-            Phase::Recovering => api::VnfState::Recovering,
-        }
+    /// Its phase (of its own process: MR-AA members failing leave the VNF
+    /// running).
+    pub fn phase(&self) -> Phase {
+        self.recovery.phase()
     }
 
     /// A counter of its own process's and its MR-AA members' recoveries,
@@ -329,17 +365,9 @@ impl VnfRuntime {
         }
     }
 
-    /// Its MR-AA members 1 to M-1 as its agent sees them.
-    pub fn member_slots(&self) -> Vec<MemberSlot> {
-        self.members
-            .iter()
-            .map(|m| MemberSlot {
-                netns: m.netns.path(),
-                pid: m.pid,
-                sff_iface: Some(m.sff_iface.clone()),
-                cwd: Some(m.cwd.clone()),
-            })
-            .collect()
+    /// The places of its MR-AA members 1 to M-1.
+    pub fn member_places(&self) -> Vec<Place> {
+        self.members.iter().map(MemberPlace::place).collect()
     }
 
     /// Sends `signal` to the process.
@@ -637,26 +665,20 @@ impl ChainRuntime {
             }
         }
         runtime.member_pidfds = member_pidfds;
-        let mut protect = Vec::new();
-        for v in &runtime.vnfs {
-            protect.push(v.plan.mechanism.is_some());
-        }
-        let mut config = SffConfig::for_chain(
+        let protect = runtime
+            .vnfs
+            .iter()
+            .map(|v| v.plan.mechanism.is_some())
+            .collect();
+        let ports = ChainPorts {
             ingress,
             egress,
             hops,
-            runtime.plan.rules.clone(),
-            runtime.plan.spi,
-            sff.hold_packets,
-        );
-        config.protect = protect;
-        config.standby = standby;
-        config.members = members;
-        config.poll = sff.poll;
-        config.core = sff.core;
-        // Every packet the hops may hold has a buffer: outputs never wait
-        // on a full ring (see SffConfig::pool_slots_needed).
-        config.pool_slots = config.pool_slots_needed();
+            standby,
+            members,
+        };
+        let (rules, spi) = (runtime.plan.rules.clone(), runtime.plan.spi);
+        let config = sff_config(ports, rules, spi, protect, sff);
         let socket = state.sff_socket(id);
         let process = spawn_sff(sff, &config, &socket, &logs.join("sff.log"))?;
         runtime.sff_process = Some(process);
@@ -788,24 +810,10 @@ impl ChainRuntime {
         )
     }
 
-    /// The chain's state.
-    pub fn state(&self) -> api::ChainState {
-        if self
-            .vnfs
-            .iter()
-            .all(|v| v.state() == api::VnfState::Running)
-        {
-            api::ChainState::Running
-        } else {
-            api::ChainState::Recovering
-        }
-    }
-
-    /// The chain as the API shows it.
-    pub fn to_api(&self, spec: &api::ChainSpec) -> api::Chain {
-        api::Chain {
-            spec: Some(spec.clone()),
-            state: self.state() as i32,
+    /// The chain's status.
+    pub fn status(&self) -> ChainStatus {
+        ChainStatus {
+            running: self.vnfs.iter().all(|v| v.phase() == Phase::Running),
             vnfs: self.vnfs.iter().map(VnfRuntime::status).collect(),
         }
     }

@@ -74,3 +74,14 @@ pub struct ChainPlan {
     /// Egress interface.
     pub egress: String,
 }
+
+/// A fault to inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL.
+    Crash,
+    /// SIGSTOP.
+    Hang,
+    /// The VNF's link set down.
+    CutOff,
+}

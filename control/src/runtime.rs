@@ -30,7 +30,8 @@ mod sff;
 mod spawn;
 
 pub use sff::{
-    port_spec, spawn_sff, SffOptions, SffProcess, DEFAULT_HOLD_PACKETS, DEFAULT_SFF_NICE,
+    port_spec, sff_config, spawn_sff, ChainPorts, SffOptions, SffProcess, DEFAULT_HOLD_PACKETS,
+    DEFAULT_SFF_NICE,
 };
 pub use spawn::{own_pid_namespace_for_children, wait_for_packet_socket, Spawn, START_TIMEOUT};
 
@@ -94,6 +95,20 @@ impl RuntimeError {
         let what = what.to_string();
         move |source| Self::Io { what, source }
     }
+}
+
+/// Where a VNF process (or a replica or member of it) runs, as the work
+/// on it needs to know: its namespace file, the SFF's end of its link, its
+/// working directory. (The namespace itself is owned where it was made.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    /// Its namespace file.
+    pub netns: std::path::PathBuf,
+    /// The SFF's end of its link, in the daemon's namespace.
+    pub sff_iface: String,
+    /// Its working directory (its own: CRIU's parasite makes a scratch
+    /// directory in the working directory of a process it dumps).
+    pub cwd: std::path::PathBuf,
 }
 
 /// Makes a place beside a VNF for a 1R-AA replica or an MR-AA member:

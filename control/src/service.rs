@@ -25,10 +25,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, Mutex};
 
 use crate::api;
-use crate::chain::{tear_down_record, Agent, ChainRecord, ChainRuntime, StateOptions};
+use crate::chain::{tear_down_record, Agent, ChainRecord, ChainRuntime, ChainStatus, StateOptions};
 use crate::error::ControlError;
 use crate::fms::replica_manager::RecoveryStats;
 use crate::runtime::SffOptions;
+use events::{Event, VnfEvent};
 
 /// What the detector probes: VNF name, MR-AA member (0: the VNF's own
 /// process), incarnation, pid, the SFF's end of its link, its namespace.
@@ -50,6 +51,7 @@ pub struct RestoreReport {
 }
 use crate::validate;
 
+pub mod events;
 mod exit_watch;
 mod failure_detector;
 mod failure_recovery;
@@ -58,7 +60,7 @@ mod requests;
 mod restart;
 mod state_synchronizer;
 pub use mechanism::{plan as mechanism_plan, Protection, Step};
-pub use requests::{Fault, Healed, HEAL_TIMEOUT};
+pub use requests::{ChainStats, Healed, HEAL_TIMEOUT};
 
 /// VNF `vnf` of chain `chain` in the registry `chains`, if both exist.
 fn vnf_in<'a>(
@@ -80,7 +82,7 @@ struct Entry {
 /// The daemon's state, shared by the services.
 pub struct Daemon {
     chains: Mutex<BTreeMap<String, Entry>>,
-    events: broadcast::Sender<api::WatchEventsResponse>,
+    events: broadcast::Sender<VnfEvent>,
     next_id: std::sync::atomic::AtomicU32,
     sff: SffOptions,
     state: StateOptions,
@@ -232,7 +234,7 @@ fn failure_detected(
     fault_at: Option<Instant>,
     exited: Instant,
     noticed: Instant,
-) -> api::WatchEventsResponse {
+) -> VnfEvent {
     let detection_ms = noticed
         .saturating_duration_since(fault_at.unwrap_or(exited).min(exited))
         .as_secs_f64()
@@ -240,41 +242,32 @@ fn failure_detected(
     event(
         chain,
         vnf,
-        api::watch_events_response::Event::FailureDetected(api::FailureDetected {
+        Event::FailureDetected {
             cause,
             detection_ms,
-        }),
+        },
     )
 }
 
 /// The event of a finished recovery: `r` done, `took` from detection to
 /// the chain (or member) running again.
-fn recovery_finished(
-    chain: &str,
-    vnf: &str,
-    r: RecoveryStats,
-    took: Duration,
-) -> api::WatchEventsResponse {
+fn recovery_finished(chain: &str, vnf: &str, r: RecoveryStats, took: Duration) -> VnfEvent {
     event(
         chain,
         vnf,
-        api::watch_events_response::Event::RecoveryFinished(api::RecoveryFinished {
+        Event::RecoveryFinished {
+            stats: r,
             recovery_ms: took.as_secs_f64() * 1e3,
-            replayed: r.replay,
-            restored: r.restored,
-            checkpoint_id: r.checkpoint.unwrap_or(0),
-            fallback_reason: r.fallback_reason.unwrap_or_default(),
-            switched: r.switched,
-        }),
+        },
     )
 }
 
-fn event(chain: &str, vnf: &str, e: api::watch_events_response::Event) -> api::WatchEventsResponse {
-    api::WatchEventsResponse {
+fn event(chain: &str, vnf: &str, event: Event) -> VnfEvent {
+    VnfEvent {
         time_unix_nanos: now_nanos(),
         chain: chain.to_string(),
         vnf: vnf.to_string(),
-        event: Some(e),
+        event,
     }
 }
 
@@ -332,7 +325,7 @@ impl Daemon {
         }
     }
 
-    fn emit(&self, e: api::WatchEventsResponse) {
+    fn emit(&self, e: VnfEvent) {
         let _ = self.events.send(e);
     }
 
@@ -340,7 +333,7 @@ impl Daemon {
     pub async fn create(
         self: &Arc<Self>,
         spec: Option<api::ChainSpec>,
-    ) -> Result<api::Chain, ControlError> {
+    ) -> Result<(api::ChainSpec, ChainStatus), ControlError> {
         let plan = validate::chain(spec.as_ref())?;
         let spec = spec.unwrap_or_default();
         let chains = self.chains.lock().await;
@@ -433,7 +426,7 @@ impl Daemon {
         self.watch_members(&mut runtime);
         self.schedule_all(&runtime);
         self.watch_data_path(name.clone());
-        let chain = runtime.to_api(&spec);
+        let chain = (spec.clone(), runtime.status());
         chains.insert(
             name.clone(),
             Entry {
@@ -442,11 +435,7 @@ impl Daemon {
                 input_dropped: 0,
             },
         );
-        self.emit(event(
-            &name,
-            "",
-            api::watch_events_response::Event::ChainCreated(api::ChainCreated {}),
-        ));
+        self.emit(event(&name, "", Event::ChainCreated));
         Ok(chain)
     }
 
@@ -487,11 +476,7 @@ impl Daemon {
             name: name.to_string(),
         });
         let _ = tokio::task::spawn_blocking(move || done.recv()).await;
-        self.emit(event(
-            name,
-            "",
-            api::watch_events_response::Event::ChainDeleted(api::ChainDeleted {}),
-        ));
+        self.emit(event(name, "", Event::ChainDeleted));
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use nham_dataplane::classifier::Rule;
 
 use crate::api;
 use crate::error::ControlError;
-pub use crate::plan::{ChainPlan, Mechanism, VnfPlan, DEFAULT_REPLICAS};
+pub use crate::plan::{ChainPlan, Fault, Mechanism, VnfPlan, DEFAULT_REPLICAS};
 
 /// Most VNFs a chain may have.
 pub const MAX_VNFS: usize = 8;
@@ -37,6 +37,19 @@ pub fn api_mechanism(m: Option<Mechanism>) -> api::Mechanism {
         Some(Mechanism::ActiveStandby) => api::Mechanism::Mechanism1rAs,
         Some(Mechanism::ActiveActive) => api::Mechanism::Mechanism1rAa,
         Some(Mechanism::MultiActive) => api::Mechanism::MrAa,
+    }
+}
+
+/// A fault to inject, from the API's enum; `FAULT_UNSPECIFIED` is
+/// refused.
+pub fn fault(f: i32) -> Result<Fault, ControlError> {
+    match api::Fault::try_from(f) {
+        Ok(api::Fault::Crash) => Ok(Fault::Crash),
+        Ok(api::Fault::Hang) => Ok(Fault::Hang),
+        Ok(api::Fault::CutOff) => Ok(Fault::CutOff),
+        _ => Err(invalid(
+            "fault must be FAULT_CRASH, FAULT_HANG or FAULT_CUT_OFF",
+        )),
     }
 }
 

@@ -1,5 +1,9 @@
-//! The gRPC API: the generated `nham.v1` types and services, and
-//! [`server`], the tonic services over the daemon (decode, call, encode).
+//! The gRPC API: the generated `nham.v1` types and services, [`server`],
+//! the tonic services over the daemon (decode, call, encode), and
+//! [`encode`], the daemon's events and statuses as `nham.v1` messages. Below
+//! this layer the daemon speaks its own types; the one `nham.v1` value it
+//! keeps is each chain's `ChainSpec` as the orchestrator gave it (echoed by
+//! `GetChain`, written to the chain's record).
 
 #![allow(missing_docs, unreachable_pub, clippy::all)]
 
@@ -8,4 +12,5 @@ tonic::include_proto!("nham.v1");
 /// Encoded file descriptor set, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("nham_v1_descriptor");
 
+pub mod encode;
 pub mod server;

@@ -12,7 +12,8 @@ use tonic::{Request, Response, Status};
 use super::{chain_service_server, event_service_server, vnf_service_server};
 use crate::api;
 use crate::error::ControlError;
-use crate::service::{Daemon, Fault};
+use crate::service::Daemon;
+use crate::validate;
 
 /// Every service `nhamd` serves over `daemon`: `nham.v1` (chains, VNFs,
 /// events), `grpc.health.v1` and server reflection (v1); with `tls`, only
@@ -68,12 +69,12 @@ impl chain_service_server::ChainService for ChainSvc {
         &self,
         r: Request<api::CreateChainRequest>,
     ) -> Answer<api::CreateChainResponse> {
-        let chain = Some(self.0.create(r.into_inner().spec).await?);
+        let chain = Some(self.0.create(r.into_inner().spec).await?.into_api());
         Ok(Response::new(api::CreateChainResponse { chain }))
     }
 
     async fn get_chain(&self, r: Request<api::GetChainRequest>) -> Answer<api::GetChainResponse> {
-        let chain = Some(self.0.get_chain(&r.into_inner().name).await?);
+        let chain = Some(self.0.get_chain(&r.into_inner().name).await?.into_api());
         Ok(Response::new(api::GetChainResponse { chain }))
     }
 
@@ -81,7 +82,9 @@ impl chain_service_server::ChainService for ChainSvc {
         &self,
         _: Request<api::ListChainsRequest>,
     ) -> Answer<api::ListChainsResponse> {
-        let chains = self.0.list_chains().await;
+        let chains = (self.0.list_chains().await.into_iter())
+            .map(IntoApi::into_api)
+            .collect();
         Ok(Response::new(api::ListChainsResponse { chains }))
     }
 
@@ -105,11 +108,15 @@ impl vnf_service_server::VnfService for VnfSvc {
         r: Request<api::SetMechanismRequest>,
     ) -> Answer<api::SetMechanismResponse> {
         let r = r.into_inner();
+        let mechanism = validate::mechanism(r.mechanism)
+            .map_err(|why| ControlError::InvalidArgument(format!("mechanism {why}")))?;
         let vnf = self
             .0
-            .set_mechanism(&r.chain, &r.vnf, r.mechanism, r.replicas)
+            .set_mechanism(&r.chain, &r.vnf, mechanism, r.replicas)
             .await?;
-        Ok(Response::new(api::SetMechanismResponse { vnf: Some(vnf) }))
+        Ok(Response::new(api::SetMechanismResponse {
+            vnf: Some(vnf.into()),
+        }))
     }
 
     async fn checkpoint(
@@ -135,7 +142,7 @@ impl vnf_service_server::VnfService for VnfSvc {
         }
         let healed = self.0.heal(&r.chain, &r.vnf).await?;
         Ok(Response::new(api::HealVnfResponse {
-            vnf: Some(healed.vnf),
+            vnf: Some(healed.vnf.into()),
             recovery_ms: healed.took.as_secs_f64() * 1e3,
         }))
     }
@@ -145,7 +152,7 @@ impl vnf_service_server::VnfService for VnfSvc {
         r: Request<api::InjectFaultRequest>,
     ) -> Answer<api::InjectFaultResponse> {
         let r = r.into_inner();
-        let fault = Fault::from_api(r.fault)?;
+        let fault = validate::fault(r.fault)?;
         self.0
             .inject_fault(
                 &r.chain,
@@ -178,7 +185,7 @@ impl event_service_server::EventService for EventSvc {
         let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |e| {
             use tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged;
             match e {
-                Ok(e) if chain.is_empty() || e.chain == chain => Some(Ok(e)),
+                Ok(e) if chain.is_empty() || e.chain == chain => Some(Ok(e.into())),
                 Ok(_) => None,
                 Err(Lagged(n)) => Some(Err(ControlError::EventsLagged(n).into())),
             }
@@ -187,6 +194,18 @@ impl event_service_server::EventService for EventSvc {
     }
 
     async fn get_stats(&self, r: Request<api::GetStatsRequest>) -> Answer<api::GetStatsResponse> {
-        Ok(Response::new(self.0.stats(&r.into_inner().chain).await?))
+        let s = self.0.stats(&r.into_inner().chain).await?;
+        Ok(Response::new(super::encode::stats(s)))
+    }
+}
+
+/// A chain's spec and status as one `nham.v1` `Chain`.
+trait IntoApi {
+    fn into_api(self) -> api::Chain;
+}
+
+impl IntoApi for (api::ChainSpec, crate::chain::ChainStatus) {
+    fn into_api(self) -> api::Chain {
+        super::encode::chain(self.0, self.1)
     }
 }

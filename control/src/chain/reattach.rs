@@ -198,7 +198,7 @@ impl ChainRuntime {
             }
             let r = runtime.protect(hop, m, state);
             let v = &mut runtime.vnfs[hop];
-            if v.state() != api::VnfState::Running {
+            if v.phase() != Phase::Running {
                 v.pid = None;
             }
             r?;

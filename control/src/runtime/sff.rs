@@ -88,6 +88,66 @@ impl Default for SffOptions {
     }
 }
 
+/// A chain's ports as its SFF serves them.
+#[derive(Debug, Clone)]
+pub struct ChainPorts {
+    /// Where traffic comes in.
+    pub ingress: PortSpec,
+    /// Where it leaves.
+    pub egress: PortSpec,
+    /// One port per VNF, in chain order.
+    pub hops: Vec<PortSpec>,
+    /// Per hop, the 1R-AA replica's port, if any.
+    pub standby: Vec<Option<PortSpec>>,
+    /// Per hop, the ports of MR-AA members 1 to M-1.
+    pub members: Vec<Vec<PortSpec>>,
+}
+
+impl ChainPorts {
+    /// A chain of plain hops (no replica or member ports).
+    pub fn plain(ingress: PortSpec, egress: PortSpec, hops: Vec<PortSpec>) -> Self {
+        let n = hops.len();
+        Self {
+            ingress,
+            egress,
+            hops,
+            standby: vec![None; n],
+            members: vec![Vec::new(); n],
+        }
+    }
+}
+
+/// The SFF configuration of a chain: its `ports`, its classifier `rules`
+/// for `spi`, which hops hold packets (`protect`), and the options every
+/// SFF of the daemon shares. The one place a chain's SFF configuration is
+/// made: `nhamd` (`chain::ChainRuntime::start`) and the bench lab both
+/// take it from here, so what the benches measure is what `nhamd` runs.
+pub fn sff_config(
+    ports: ChainPorts,
+    rules: Vec<nham_dataplane::classifier::Rule>,
+    spi: u32,
+    protect: Vec<bool>,
+    options: &SffOptions,
+) -> SffConfig {
+    let mut config = SffConfig::for_chain(
+        ports.ingress,
+        ports.egress,
+        ports.hops,
+        rules,
+        spi,
+        options.hold_packets,
+    );
+    config.protect = protect;
+    config.standby = ports.standby;
+    config.members = ports.members;
+    config.poll = options.poll;
+    config.core = options.core;
+    // Every packet the hops may hold has a buffer: outputs never wait on a
+    // full ring (see SffConfig::pool_slots_needed).
+    config.pool_slots = config.pool_slots_needed();
+    config
+}
+
 /// Default of [`SffOptions::hold_packets`]: two seconds at 4000 packets/s.
 pub const DEFAULT_HOLD_PACKETS: usize = 8192;
 

@@ -167,12 +167,10 @@ impl Daemon {
                             d.emit(event(
                                 &chain,
                                 &vnf,
-                                api::watch_events_response::Event::NonDeterminismDetected(
-                                    api::NonDeterminismDetected {
-                                        outputs: new,
-                                        total: h.divergent,
-                                    },
-                                ),
+                                Event::NonDeterminismDetected {
+                                    outputs: new,
+                                    total: h.divergent,
+                                },
                             ));
                         }
                     }
@@ -221,11 +219,11 @@ impl Daemon {
         self.emit(event(
             chain,
             vnf,
-            api::watch_events_response::Event::VnfInputDropped(api::VnfInputDropped {
+            Event::VnfInputDropped {
                 member: k as u32,
                 frames,
                 budget_bytes: budget,
-            }),
+            },
         ));
     }
 

@@ -104,7 +104,6 @@ impl Daemon {
         k: usize,
         actions: Vec<Action>,
     ) {
-        use api::watch_events_response::Event;
         let who = |text: &str| format!("{}{text}", who(k));
         let mut settle = false;
         for a in actions {
@@ -128,11 +127,7 @@ impl Daemon {
                         noticed,
                     ));
                 }
-                Action::RecoveryStarted => self.emit(event(
-                    chain,
-                    vnf,
-                    Event::RecoveryStarted(api::RecoveryStarted {}),
-                )),
+                Action::RecoveryStarted => self.emit(event(chain, vnf, Event::RecoveryStarted)),
                 Action::LinkUp { wait } => {
                     settle |= wait;
                     let Some(v) = vnf_in(&mut chains, chain, vnf) else {
@@ -301,7 +296,6 @@ impl Daemon {
         k: usize,
         brought: Result<Brought, ControlError>,
     ) {
-        use api::watch_events_response::Event;
         let restored = brought.and_then(|b| {
             let (pid, r) = match b {
                 Brought::Started(pid) => (pid, RecoveryStats::default()),
@@ -363,11 +357,9 @@ impl Daemon {
                         self.watch_member(chain.to_string(), vnf.to_string(), k, incarnation, fd);
                     }
                 }
-                Action::RecoveryFailed { reason } => self.emit(event(
-                    chain,
-                    vnf,
-                    Event::RecoveryFailed(api::RecoveryFailed { reason }),
-                )),
+                Action::RecoveryFailed { reason } => {
+                    self.emit(event(chain, vnf, Event::RecoveryFailed { reason }))
+                }
                 _ => {}
             }
         }

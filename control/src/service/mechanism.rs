@@ -27,10 +27,10 @@ use std::time::{Duration, Instant};
 use nham_sff::remote::{RemoteError, SffClient};
 
 use super::Daemon;
-use crate::api;
 use crate::chain::{self, Agent, MemberPlace, ReplicaPlace};
 use crate::error::ControlError;
-use crate::fms::replica_manager::{MemberSlot, ProtectedVnf};
+use crate::fms::recovery::Phase;
+use crate::fms::replica_manager::ProtectedVnf;
 use crate::plan::Mechanism;
 use crate::runtime;
 
@@ -178,14 +178,14 @@ impl Daemon {
         vnf: &str,
         mechanism: Option<Mechanism>,
         members: usize,
-    ) -> Result<api::VnfStatus, ControlError> {
+    ) -> Result<chain::VnfStatus, ControlError> {
         let (from, replica_place) = self
             .with_chain(chain, |e| {
                 let v = e.runtime.vnf_mut(vnf)?;
-                if v.state() != api::VnfState::Running || v.pid.is_none() {
+                if v.phase() != Phase::Running || v.pid.is_none() {
                     return Err(ControlError::FailedPrecondition(format!(
                         "VNF {vnf:?} is not running (it is {:?}): its mechanism changes once it runs again",
-                        v.state()
+                        v.phase()
                     )));
                 }
                 Ok((
@@ -346,7 +346,7 @@ impl Daemon {
             .with_chain(chain, |e| {
                 let v = &mut e.runtime.vnfs[hop];
                 if v.recovery.incarnation() != incarnation
-                    || v.state() != api::VnfState::Running
+                    || v.phase() != Phase::Running
                     || v.agent.is_some()
                 {
                     return Ok(false);
@@ -489,15 +489,7 @@ impl Daemon {
                     places.push(MemberPlace::new(ns, port.iface.clone(), cwd, incarnation));
                     ports.push(port);
                 }
-                let slots: Vec<MemberSlot> = places
-                    .iter()
-                    .map(|m| MemberSlot {
-                        netns: m.netns.path(),
-                        pid: None,
-                        sff_iface: Some(m.sff_iface.clone()),
-                        cwd: Some(m.cwd.clone()),
-                    })
-                    .collect();
+                let slots: Vec<_> = places.iter().map(MemberPlace::place).collect();
                 between_checkpoints(&agent, |a| {
                     sff.set_members(hop, have - 1, ports.clone())?;
                     a.add_members(slots.clone());

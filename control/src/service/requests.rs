@@ -7,11 +7,24 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use super::events::VnfEvent;
 use super::{Daemon, Outcome};
 use crate::api;
+use crate::chain::{ChainStatus, VnfStatus};
 use crate::error::ControlError;
 use crate::fms::recovery::Heal;
+use crate::plan::{Fault, Mechanism};
 use crate::validate;
+
+/// A chain's counters: its SFF's, and the frames its VNFs' sockets
+/// dropped (each a failure recovered).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChainStats {
+    /// The SFF's counters.
+    pub sff: nham_sff::SffStats,
+    /// Frames the kernel dropped at the VNFs' full sockets.
+    pub vnf_input_dropped: u64,
+}
 
 /// How long `HealVnf` waits for the recovery it started (or joined).
 pub const HEAL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -21,49 +34,30 @@ pub const HEAL_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct Healed {
     /// The VNF.
-    pub vnf: api::VnfStatus,
+    pub vnf: VnfStatus,
     /// From the request to the VNF running again.
     pub took: Duration,
-}
-
-/// A fault to inject.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// SIGKILL.
-    Crash,
-    /// SIGSTOP.
-    Hang,
-    /// The VNF's link set down.
-    CutOff,
-}
-
-impl Fault {
-    /// From the API's enum; `FAULT_UNSPECIFIED` is refused.
-    pub fn from_api(f: i32) -> Result<Self, ControlError> {
-        match api::Fault::try_from(f) {
-            Ok(api::Fault::Crash) => Ok(Self::Crash),
-            Ok(api::Fault::Hang) => Ok(Self::Hang),
-            Ok(api::Fault::CutOff) => Ok(Self::CutOff),
-            _ => Err(ControlError::InvalidArgument(
-                "fault must be FAULT_CRASH, FAULT_HANG or FAULT_CUT_OFF".into(),
-            )),
-        }
-    }
 }
 
 use crate::runtime::process::signal;
 
 impl Daemon {
-    /// The chain `name` as the API shows it.
-    pub async fn get_chain(&self, name: &str) -> Result<api::Chain, ControlError> {
-        self.with_chain(name, |e| Ok(e.runtime.to_api(&e.spec)))
+    /// The chain `name`: the spec it was created from (as given, with
+    /// mechanism changes since) and its status.
+    pub async fn get_chain(
+        &self,
+        name: &str,
+    ) -> Result<(api::ChainSpec, ChainStatus), ControlError> {
+        self.with_chain(name, |e| Ok((e.spec.clone(), e.runtime.status())))
             .await
     }
 
-    /// Every chain, as the API shows it.
-    pub async fn list_chains(&self) -> Vec<api::Chain> {
+    /// Every chain (see [`get_chain`](Self::get_chain)).
+    pub async fn list_chains(&self) -> Vec<(api::ChainSpec, ChainStatus)> {
         let chains = self.chains.lock().await;
-        chains.values().map(|e| e.runtime.to_api(&e.spec)).collect()
+        (chains.values())
+            .map(|e| (e.spec.clone(), e.runtime.status()))
+            .collect()
     }
 
     /// Protects VNF `vnf` of `chain` by `mechanism` (or not: NONE), with
@@ -73,11 +67,9 @@ impl Daemon {
         self: &Arc<Self>,
         chain: &str,
         vnf: &str,
-        mechanism: i32,
+        mechanism: Option<Mechanism>,
         replicas: u32,
-    ) -> Result<api::VnfStatus, ControlError> {
-        let mechanism = validate::mechanism(mechanism)
-            .map_err(|why| ControlError::InvalidArgument(format!("mechanism {why}")))?;
+    ) -> Result<VnfStatus, ControlError> {
         validate::replicas(mechanism, replicas).map_err(ControlError::InvalidArgument)?;
         validate::name("vnf", vnf)?;
         let members = match replicas {
@@ -353,7 +345,7 @@ impl Daemon {
     pub fn subscribe(
         &self,
         chain: &str,
-    ) -> Result<tokio::sync::broadcast::Receiver<api::WatchEventsResponse>, ControlError> {
+    ) -> Result<tokio::sync::broadcast::Receiver<VnfEvent>, ControlError> {
         if !chain.is_empty() {
             validate::name("chain", chain)?;
         }
@@ -361,7 +353,7 @@ impl Daemon {
     }
 
     /// Chain `name`'s counters.
-    pub async fn stats(&self, name: &str) -> Result<api::GetStatsResponse, ControlError> {
+    pub async fn stats(&self, name: &str) -> Result<ChainStats, ControlError> {
         let (sff, vnf_input_dropped) = self
             .with_chain(name, |e| Ok((e.runtime.sff.clone(), e.input_dropped)))
             .await?;
@@ -369,18 +361,8 @@ impl Daemon {
             Some(sff) => tokio::task::spawn_blocking(move || sff.stats()).await??,
             None => nham_sff::SffStats::default(),
         };
-        Ok(api::GetStatsResponse {
-            ingress: s.ingress,
-            classified: s.classified,
-            classifier_miss: s.classifier_miss,
-            delivered: s.delivered,
-            egress: s.egress,
-            duplicates_suppressed: s.duplicates,
-            stale_discarded: s.stale,
-            malformed: s.malformed_ingress + s.malformed_from_vnf + s.si_mismatch + s.ttl_expired,
-            nondeterministic_outputs: s.divergent,
-            ingress_overflow: s.ingress_kernel_drops,
-            vnf_outputs_lost: s.vnf_output_kernel_drops + s.pool_exhausted,
+        Ok(ChainStats {
+            sff: s,
             vnf_input_dropped,
         })
     }

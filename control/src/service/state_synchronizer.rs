@@ -46,7 +46,6 @@ impl Daemon {
         agent: Agent,
         sff: Arc<nham_sff::remote::SffClient>,
     ) -> Result<crate::vsm::checkpointer::CheckpointStats, ControlError> {
-        use api::watch_events_response::Event;
         // Its turn (FIFO): the dumps of every chain share the host's
         // turns, so their CRIU work leaves the chains CPU.
         let turn = self
@@ -90,29 +89,16 @@ impl Daemon {
                 {
                     v.checkpoints += 1;
                 }
-                self.emit(event(
-                    chain,
-                    vnf,
-                    Event::CheckpointTaken(api::CheckpointTaken {
-                        checkpoint_id: c.id,
-                        size_bytes: c.size,
-                        pause_ms: c.pause.as_secs_f64() * 1e3,
-                        stored_bytes: c.stored,
-                        released: c.released,
-                        drain_ms: c.drain.as_secs_f64() * 1e3,
-                        frozen_ms: c.frozen.as_secs_f64() * 1e3,
-                        dump_ms: c.dump.as_secs_f64() * 1e3,
-                    }),
-                ));
+                self.emit(event(chain, vnf, Event::CheckpointTaken(c)));
                 Ok(c)
             }
             Err(e) => {
                 self.emit(event(
                     chain,
                     vnf,
-                    Event::CheckpointFailed(api::CheckpointFailed {
+                    Event::CheckpointFailed {
                         reason: e.to_string(),
-                    }),
+                    },
                 ));
                 // Frames lost on its link: only a recovery (which replays
                 // them) makes the VNF whole again.

@@ -457,6 +457,36 @@ pub fn tx_dropped(name: &str) -> Result<u64, NetnsError> {
         .unwrap_or(0))
 }
 
+/// Packet counters of interface `name` in the calling thread's namespace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkCounters {
+    /// Frames received.
+    pub rx_packets: u64,
+    /// Frames dropped on receive.
+    pub rx_dropped: u64,
+    /// Frames sent.
+    pub tx_packets: u64,
+    /// Frames dropped on send.
+    pub tx_dropped: u64,
+}
+
+/// [`LinkCounters`] of interface `name` (the kernel's 64-bit statistics).
+pub fn link_counters(name: &str) -> Result<LinkCounters, NetnsError> {
+    Ok(get_link(name)?
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Stats64(s) => Some(LinkCounters {
+                rx_packets: s.rx_packets,
+                rx_dropped: s.rx_dropped,
+                tx_packets: s.tx_packets,
+                tx_dropped: s.tx_dropped,
+            }),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
 /// Index and MAC of interface `name` in the calling thread's namespace.
 pub fn link(name: &str) -> Result<VethEnd, NetnsError> {
     Ok(describe("", name, &get_link(name)?))

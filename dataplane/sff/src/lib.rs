@@ -217,7 +217,7 @@ pub struct SffConfig {
     /// ([`Command::SocketRead`]) leave by silence. A slow or descheduled VNF
     /// is silent with its socket full; freeing on silence alone overflows
     /// it. (`nhamd` probes and sets this; the bench lab, which has no
-    /// prober, does not.)
+    /// prober, does not: [`without_socket_probes`](Self::without_socket_probes).)
     #[serde(default)]
     pub vnf_silence_needs_read: bool,
 }
@@ -275,6 +275,18 @@ impl SffConfig {
     }
 
     /// Packet buffers the chain may occupy at once, the least
+    /// For a chain whose VNFs no control plane probes (the bench lab's
+    /// data-path benches and tests): nobody tells the SFF what a VNF's
+    /// sockets read ([`Command::SocketRead`]), so silence alone frees the
+    /// window of frames a VNF dropped, after 20 ms: long enough that a VNF
+    /// slow for a moment (a debug build, a loaded host) has read what it
+    /// was sent.
+    pub fn without_socket_probes(mut self) -> Self {
+        self.vnf_window_timeout = Duration::from_millis(20);
+        self.vnf_silence_needs_read = false;
+        self
+    }
+
     /// [`pool_slots`](Self::pool_slots) may be: per hop, a full `buffer_rx`
     /// plus a `buffer_tx` with what its VNF may answer to the frames in
     /// flight to it (twice the window: a VNF may emit more than one output

@@ -45,8 +45,6 @@ pub mod active_standby;
 pub mod multi_active;
 pub mod no_replica;
 
-pub use multi_active::MemberSlot;
-
 use active_active::{FailOver, Replica};
 use active_standby::Standby;
 
@@ -63,7 +61,7 @@ pub struct ProtectedVnf {
     /// Hears when the replica refresh the last commit started is done.
     refreshing: Option<std::sync::mpsc::Receiver<()>>,
     /// MR-AA members 1 to M-1 (member 0 is the VNF's process and place).
-    members: Vec<MemberSlot>,
+    members: Vec<crate::runtime::Place>,
     /// Its checkpoints (and where it runs now). Last: dropped after the
     /// replica's worker is joined, as it removes the scratch directory the
     /// worker restores from.

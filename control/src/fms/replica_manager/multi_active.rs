@@ -5,33 +5,20 @@
 //! from the hop's restore point in its own place and catches up while the
 //! others serve. Only the last member's failure fails the hop (replay).
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use nham_sff::remote::SffClient;
 
 use super::{restore_or_fall_back, Mechanism, ProtectedVnf, RecoveryStats};
 use crate::runtime::process::{signal, Niceness, BACKGROUND_NICE};
+use crate::runtime::Place;
 use crate::vsm::SyncError;
 
-/// An MR-AA member other than member 0: its namespace (its `eth0` has
-/// member 0's interface index, so images restore in any member's place)
-/// and process.
-#[derive(Debug, Clone)]
-pub struct MemberSlot {
-    /// Its namespace file.
-    pub netns: PathBuf,
-    /// Its process, while it runs.
-    pub pid: Option<u32>,
-    /// The SFF's end of its link (filler for a ring's realignment).
-    pub sff_iface: Option<String>,
-    /// Its working directory (its own: see `chain::VnfRuntime::cwd`).
-    pub cwd: Option<PathBuf>,
-}
-
 impl ProtectedVnf {
-    /// Gives the VNF MR-AA members 1 to M-1 (running, in their places).
-    pub fn with_members(mut self, members: Vec<MemberSlot>) -> Self {
+    /// Gives the VNF MR-AA members 1 to M-1 (running, in their places;
+    /// their processes are the chain's to watch: a member's recovery
+    /// returns its new pid).
+    pub fn with_members(mut self, members: Vec<Place>) -> Self {
         self.members = members;
         self
     }
@@ -49,16 +36,8 @@ impl ProtectedVnf {
     /// Adds MR-AA members after the others (a larger member count at
     /// runtime), in their places, with no process yet: each is restored
     /// by [`recover_member`](Self::recover_member).
-    pub fn add_members(&mut self, members: impl IntoIterator<Item = MemberSlot>) {
+    pub fn add_members(&mut self, members: impl IntoIterator<Item = Place>) {
         self.members.extend(members);
-    }
-
-    /// MR-AA member `k`'s process (member 0: the VNF's).
-    pub fn member_pid(&self, k: usize) -> Option<u32> {
-        match k {
-            0 => Some(self.sync.pid),
-            _ => self.members.get(k - 1).and_then(|m| m.pid),
-        }
     }
 
     /// MR-AA: member `k`'s process is gone. The SFF stops sending to it;
@@ -84,12 +63,15 @@ impl ProtectedVnf {
             _ => self
                 .members
                 .get(k - 1)
-                .map(|m| (m.netns.clone(), m.sff_iface.clone(), m.cwd.clone()))
+                .map(|m| {
+                    (
+                        m.netns.clone(),
+                        Some(m.sff_iface.clone()),
+                        Some(m.cwd.clone()),
+                    )
+                })
                 .ok_or_else(|| SyncError::Process(format!("no member {k}")))?,
         };
-        if k > 0 {
-            self.members[k - 1].pid = None;
-        }
         let mut _background = None;
         let (checkpoint, fallback) = match sff.member_failed(hop, k).map_err(SyncError::Sff)? {
             nham_dataplane::hold::MemberFailure::Continues => {
@@ -139,8 +121,6 @@ impl ProtectedVnf {
             // What its link dropped before is caught up now (else every
             // later checkpoint would take it for a loss, for ever).
             self.sync.restart_link_count();
-        } else {
-            self.members[k - 1].pid = Some(pid);
         }
         Ok(RecoveryStats {
             duration,

@@ -1,0 +1,128 @@
+//! The daemon's own types as `nham.v1` messages: the one place they are
+//! encoded (the driver below speaks in its own words).
+
+use super as api;
+use crate::chain::{ChainStatus, VnfStatus};
+use crate::fms::recovery::Phase;
+use crate::service::events::{Event, VnfEvent};
+use crate::service::ChainStats;
+
+impl From<VnfEvent> for api::WatchEventsResponse {
+    fn from(e: VnfEvent) -> Self {
+        use api::watch_events_response::Event as E;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let event = match e.event {
+            Event::ChainCreated => E::ChainCreated(api::ChainCreated {}),
+            Event::ChainDeleted => E::ChainDeleted(api::ChainDeleted {}),
+            Event::FailureDetected {
+                cause,
+                detection_ms,
+            } => E::FailureDetected(api::FailureDetected {
+                cause,
+                detection_ms,
+            }),
+            Event::RecoveryStarted => E::RecoveryStarted(api::RecoveryStarted {}),
+            Event::RecoveryFinished { stats, recovery_ms } => {
+                E::RecoveryFinished(api::RecoveryFinished {
+                    recovery_ms,
+                    replayed: stats.replay,
+                    restored: stats.restored,
+                    checkpoint_id: stats.checkpoint.unwrap_or(0),
+                    fallback_reason: stats.fallback_reason.unwrap_or_default(),
+                    switched: stats.switched,
+                })
+            }
+            Event::RecoveryFailed { reason } => E::RecoveryFailed(api::RecoveryFailed { reason }),
+            Event::CheckpointTaken(c) => E::CheckpointTaken(api::CheckpointTaken {
+                checkpoint_id: c.id,
+                size_bytes: c.size,
+                pause_ms: ms(c.pause),
+                stored_bytes: c.stored,
+                released: c.released,
+                drain_ms: ms(c.drain),
+                frozen_ms: ms(c.frozen),
+                dump_ms: ms(c.dump),
+            }),
+            Event::CheckpointFailed { reason } => {
+                E::CheckpointFailed(api::CheckpointFailed { reason })
+            }
+            Event::NonDeterminismDetected { outputs, total } => {
+                E::NonDeterminismDetected(api::NonDeterminismDetected { outputs, total })
+            }
+            Event::VnfInputDropped {
+                member,
+                frames,
+                budget_bytes,
+            } => E::VnfInputDropped(api::VnfInputDropped {
+                member,
+                frames,
+                budget_bytes,
+            }),
+        };
+        Self {
+            time_unix_nanos: e.time_unix_nanos,
+            chain: e.chain,
+            vnf: e.vnf,
+            event: Some(event),
+        }
+    }
+}
+
+/// A VNF's phase as the API names it.
+pub fn vnf_state(p: Phase) -> api::VnfState {
+    match p {
+        Phase::Starting => api::VnfState::Unspecified,
+        Phase::Running => api::VnfState::Running,
+        Phase::Failed => api::VnfState::Failed,
+        Phase::Recovering => api::VnfState::Recovering,
+    }
+}
+
+impl From<VnfStatus> for api::VnfStatus {
+    fn from(v: VnfStatus) -> Self {
+        Self {
+            name: v.name,
+            state: vnf_state(v.phase) as i32,
+            pid: v.pid.unwrap_or(0),
+            netns: v.netns,
+            mechanism: crate::validate::api_mechanism(v.mechanism) as i32,
+            failures: v.failures,
+            recoveries: v.recoveries,
+            checkpoints: v.checkpoints,
+            member_pids: v.member_pids.iter().map(|p| p.unwrap_or(0)).collect(),
+        }
+    }
+}
+
+/// Chain `spec` (as it was given) with its status.
+pub fn chain(spec: api::ChainSpec, c: ChainStatus) -> api::Chain {
+    let state = if c.running {
+        api::ChainState::Running
+    } else {
+        api::ChainState::Recovering
+    };
+    api::Chain {
+        spec: Some(spec),
+        state: state as i32,
+        vnfs: c.vnfs.into_iter().map(api::VnfStatus::from).collect(),
+    }
+}
+
+/// A chain's counters as `GetStats` answers them.
+pub fn stats(c: ChainStats) -> api::GetStatsResponse {
+    let s = c.sff;
+    api::GetStatsResponse {
+        ingress: s.ingress,
+        classified: s.classified,
+        classifier_miss: s.classifier_miss,
+        delivered: s.delivered,
+        egress: s.egress,
+        duplicates_suppressed: s.duplicates,
+        stale_discarded: s.stale,
+        malformed: s.malformed_ingress + s.malformed_from_vnf + s.si_mismatch + s.ttl_expired,
+        nondeterministic_outputs: s.divergent,
+        ingress_overflow: s.ingress_kernel_drops,
+        vnf_outputs_lost: s.vnf_output_kernel_drops + s.pool_exhausted,
+        vnf_input_dropped: c.vnf_input_dropped,
+    }
+}

@@ -1,0 +1,74 @@
+//! What the daemon tells its watchers, in its own words: one [`VnfEvent`]
+//! per thing that happened to a chain or one of its VNFs. The API layer
+//! encodes them (`nham.v1` `WatchEventsResponse`, in `api::encode`).
+
+use crate::fms::replica_manager::RecoveryStats;
+use crate::vsm::checkpointer::CheckpointStats;
+
+/// An event of chain `chain` (and VNF `vnf`, empty for the chain's own).
+#[derive(Debug, Clone)]
+pub struct VnfEvent {
+    /// When, in nanoseconds since the Unix epoch.
+    pub time_unix_nanos: u64,
+    /// The chain.
+    pub chain: String,
+    /// The VNF, if the event is one of a VNF.
+    pub vnf: String,
+    /// What happened.
+    pub event: Event,
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The chain was created.
+    ChainCreated,
+    /// The chain was deleted.
+    ChainDeleted,
+    /// A failure was detected: why, and how long after the fault (or the
+    /// process's exit).
+    FailureDetected {
+        /// The cause, as logs name it.
+        cause: String,
+        /// From the fault (or exit) to the detection.
+        detection_ms: f64,
+    },
+    /// The recovery of a failure began.
+    RecoveryStarted,
+    /// A recovery finished: what it did, and how long from the failure to
+    /// the VNF running again.
+    RecoveryFinished {
+        /// What the Replica Manager did.
+        stats: RecoveryStats,
+        /// From the failure to the VNF running again.
+        recovery_ms: f64,
+    },
+    /// A recovery failed.
+    RecoveryFailed {
+        /// Why.
+        reason: String,
+    },
+    /// A checkpoint was committed.
+    CheckpointTaken(CheckpointStats),
+    /// A checkpoint failed (nothing released on its account).
+    CheckpointFailed {
+        /// Why.
+        reason: String,
+    },
+    /// Replayed outputs differed from the originals.
+    NonDeterminismDetected {
+        /// New ones.
+        outputs: u64,
+        /// All so far.
+        total: u64,
+    },
+    /// The kernel dropped frames at a VNF's full socket.
+    VnfInputDropped {
+        /// The MR-AA member (0: the VNF's own process).
+        member: u32,
+        /// Frames dropped.
+        frames: u64,
+        /// Kernel charge in flight to it allowed from now on.
+        budget_bytes: u64,
+    },
+}
