@@ -75,14 +75,15 @@ pub(crate) fn run(args: &ChainArgs) -> Result<()> {
         expected.len()
     );
     println!(
-        "  SFF: classified {}, delivered to VNFs {}, accepted back {}, egress {}, malformed {}, SI mismatch {}, TTL expired {}",
+        "  SFF: classified {}, delivered to VNFs {}, accepted back {}, egress {}, malformed {}, SI mismatch {}, TTL expired {}, tx rings woken again {}",
         stats.classified,
         stats.delivered,
         stats.accepted,
         stats.egress,
         stats.malformed_from_vnf + stats.malformed_ingress,
         stats.si_mismatch,
-        stats.ttl_expired
+        stats.ttl_expired,
+        stats.tx_kicks
     );
     let v = trial.verdict;
     let h = &trial.received.latency_us;

@@ -93,6 +93,11 @@ pub struct PortStats {
     pub tx_frames: u64,
     /// Transmissions refused because no free frame or ring slot was left.
     pub tx_full: u64,
+    /// Frames the kernel finished sending (back on the completion ring).
+    pub tx_completed: u64,
+    /// Wakeups for frames left in the tx ring (see
+    /// [`Port::kick_if_stalled`]).
+    pub tx_kicks: u64,
 }
 
 /// One AF_XDP socket on one interface queue, with its own UMEM.
@@ -112,6 +117,9 @@ pub struct Port {
     scratch: Vec<FrameDesc>,
     frame_size: usize,
     stats: PortStats,
+    /// `stats.tx_completed` at the last [`Port::kick_if_stalled`], and when
+    /// it last asked the kernel.
+    stall_check: (u64, Option<std::time::Instant>),
 }
 
 impl std::fmt::Debug for Port {
@@ -201,6 +209,7 @@ impl Port {
             scratch: descs,
             frame_size: config.frame_size as usize,
             stats: PortStats::default(),
+            stall_check: (0, None),
         }
         .with_scratch(burst))
     }
@@ -297,6 +306,7 @@ impl Port {
                 return total;
             }
             self.free_tx.extend_from_slice(&self.scratch[..n]);
+            self.stats.tx_completed += n as u64;
             total += n;
         }
     }
@@ -315,6 +325,29 @@ impl Port {
     pub fn kick_tx(&mut self) -> usize {
         let _ = self.tx.wakeup();
         self.tx_outstanding()
+    }
+
+    /// Frames wait to be sent and none completed since the last call, nor
+    /// was the kernel asked in the last `every`: asks it again (returns
+    /// whether it did). In copy mode the kernel sends what the tx ring
+    /// holds only when woken, a batch at a time; a driver that cannot send
+    /// (a veth stops its queue while its peer's ring is full) leaves the
+    /// frames in the ring, and nothing else wakes the kernel for them when
+    /// no new frame is sent: they would stay there for ever. Call it every
+    /// round; `now` is the caller's clock.
+    pub fn kick_if_stalled(&mut self, now: std::time::Instant, every: std::time::Duration) -> bool {
+        let outstanding = self.tx_outstanding();
+        let (completed, last_kick) = self.stall_check;
+        let stalled = outstanding > 0
+            && self.stats.tx_completed == completed
+            && last_kick.is_none_or(|t| now.saturating_duration_since(t) >= every);
+        self.stall_check.0 = self.stats.tx_completed;
+        if stalled {
+            let _ = self.tx.wakeup();
+            self.stats.tx_kicks += 1;
+            self.stall_check.1 = Some(now);
+        }
+        stalled
     }
 
     /// Frames that can be sent right now.

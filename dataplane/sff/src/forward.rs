@@ -21,7 +21,26 @@ impl Engine {
                 work += chain.poll_advance_burst(i, self.config.burst);
             }
         }
-        work + self.egress_step()
+        let work = work + self.egress_step();
+        self.kick_stalled_tx(now);
+        work
+    }
+
+    /// Frames the kernel left in a port's tx ring while nothing completes
+    /// are asked for again, at most once a millisecond per port (see
+    /// `Port::kick_if_stalled`): a veth whose peer's ring was full (the
+    /// sink's, a replica's) stops its queue and copy mode keeps the frames
+    /// in the ring until the next wakeup, which no new frame may bring.
+    fn kick_stalled_tx(&mut self, now: std::time::Instant) {
+        const EVERY: std::time::Duration = std::time::Duration::from_millis(1);
+        let mut kicks = u64::from(self.egress.port.kick_if_stalled(now, EVERY));
+        let standby = self.standby.iter_mut().flatten().map(|(_, slot)| slot);
+        for slot in self.hops.iter_mut().flatten().chain(standby) {
+            if let Some(p) = slot.port() {
+                kicks += u64::from(p.kick_if_stalled(now, EVERY));
+            }
+        }
+        SffCounters::add(&self.counters.tx_kicks, kicks);
     }
 
     fn deliver_step(&mut self, i: usize, now: std::time::Instant) -> usize {

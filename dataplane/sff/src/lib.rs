@@ -338,6 +338,9 @@ pub struct SffCounters {
     /// Frames for a failed VNF that could not leave its port's tx ring and
     /// were discarded with the socket (never delivered to its successor).
     pub tx_discarded: AtomicU64,
+    /// Wakeups for frames the kernel left in a port's tx ring (a veth whose
+    /// peer was full): see `Port::kick_if_stalled`.
+    pub tx_kicks: AtomicU64,
     /// Frames the kernel dropped before the SFF read them on ingress (its
     /// ring full: the chain was overloaded and backpressure reached the
     /// wire). Sampled.
@@ -378,6 +381,7 @@ impl SffCounters {
             stale: g(&self.stale),
             egress: g(&self.egress),
             tx_refused: g(&self.tx_refused),
+            tx_kicks: g(&self.tx_kicks),
             tx_discarded: g(&self.tx_discarded),
             ingress_kernel_drops: g(&self.ingress_kernel_drops),
             vnf_output_kernel_drops: g(&self.vnf_output_kernel_drops),
@@ -406,6 +410,9 @@ pub struct SffStats {
     pub stale: u64,
     pub egress: u64,
     pub tx_refused: u64,
+    /// See [`SffCounters::tx_kicks`].
+    #[serde(default)]
+    pub tx_kicks: u64,
     /// See [`SffCounters::tx_discarded`].
     pub tx_discarded: u64,
     /// See [`SffCounters::ingress_kernel_drops`].
