@@ -117,9 +117,10 @@ pub struct Port {
     scratch: Vec<FrameDesc>,
     frame_size: usize,
     stats: PortStats,
-    /// `stats.tx_completed` at the last [`Port::kick_if_stalled`], and when
-    /// it last asked the kernel.
-    stall_check: (u64, Option<std::time::Instant>),
+    /// For [`Port::kick_if_stalled`]: `stats.tx_completed` when it last
+    /// looked, when that last grew (or it first looked), and when it last
+    /// asked the kernel.
+    stall_check: (u64, Option<std::time::Instant>, Option<std::time::Instant>),
 }
 
 impl std::fmt::Debug for Port {
@@ -209,7 +210,7 @@ impl Port {
             scratch: descs,
             frame_size: config.frame_size as usize,
             stats: PortStats::default(),
-            stall_check: (0, None),
+            stall_check: (0, None, None),
         }
         .with_scratch(burst))
     }
@@ -327,9 +328,9 @@ impl Port {
         self.tx_outstanding()
     }
 
-    /// Frames wait to be sent and none completed since the last call, nor
-    /// was the kernel asked in the last `every`: asks it again (returns
-    /// whether it did). In copy mode the kernel sends what the tx ring
+    /// Frames wait to be sent, none completed for `every`, nor was the
+    /// kernel asked in the last `every`: asks it again (returns whether it
+    /// did). In copy mode the kernel sends what the tx ring
     /// holds only when woken, a batch at a time; a driver that cannot send
     /// (a veth stops its queue while its peer's ring is full) leaves the
     /// frames in the ring, and nothing else wakes the kernel for them when
@@ -337,15 +338,21 @@ impl Port {
     /// round; `now` is the caller's clock.
     pub fn kick_if_stalled(&mut self, now: std::time::Instant, every: std::time::Duration) -> bool {
         let outstanding = self.tx_outstanding();
-        let (completed, last_kick) = self.stall_check;
-        let stalled = outstanding > 0
-            && self.stats.tx_completed == completed
-            && last_kick.is_none_or(|t| now.saturating_duration_since(t) >= every);
-        self.stall_check.0 = self.stats.tx_completed;
+        let (seen, progress, last_kick) = &mut self.stall_check;
+        // Nothing waiting counts as progress: frames queued after an idle
+        // spell get their `every` too.
+        if *seen != self.stats.tx_completed || progress.is_none() || outstanding == 0 {
+            *seen = self.stats.tx_completed;
+            *progress = Some(now);
+        }
+        let quiet_for = |t: &Option<std::time::Instant>| {
+            t.is_none_or(|t| now.saturating_duration_since(t) >= every)
+        };
+        let stalled = outstanding > 0 && quiet_for(progress) && quiet_for(last_kick);
         if stalled {
+            *last_kick = Some(now);
             let _ = self.tx.wakeup();
             self.stats.tx_kicks += 1;
-            self.stall_check.1 = Some(now);
         }
         stalled
     }

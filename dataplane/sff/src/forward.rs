@@ -26,8 +26,9 @@ impl Engine {
         work
     }
 
-    /// Frames the kernel left in a port's tx ring while nothing completes
-    /// are asked for again, at most once a millisecond per port (see
+    /// Frames the kernel left in a port's tx ring, nothing completing for a
+    /// millisecond, are asked for again, at most once a millisecond per
+    /// port (see
     /// `Port::kick_if_stalled`): a veth whose peer's ring was full (the
     /// sink's, a replica's) stops its queue and copy mode keeps the frames
     /// in the ring until the next wakeup, which no new frame may bring.
