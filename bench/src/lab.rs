@@ -81,8 +81,9 @@ pub struct LabSff {
     pub burst: usize,
     /// Pin the generator and sink threads to this core.
     pub traffic_core: Option<usize>,
-    /// Hold packets until checkpoints include them (VNFs protected);
-    /// false releases them on delivery.
+    /// Hold packets (as for a protected VNF: released only by a
+    /// checkpoint the caller commits, or replayed by a failover); false
+    /// releases them on delivery.
     pub protect: bool,
 }
 
@@ -231,6 +232,8 @@ impl Lab {
         let protect = vec![s.protect; self.hops.len()];
         let mut config = sff_config(ports, rules, SPI, protect, &options).without_socket_probes();
         config.burst = s.burst;
+        // The pool holds a burst at ingress and at egress too.
+        config.pool_slots = config.pool_slots_needed();
         config
     }
 
@@ -302,6 +305,7 @@ impl Lab {
         expected: &[Vec<u8>],
         fwd: Option<&SffHandle>,
     ) -> Result<Trial> {
+        let offered = frames.len();
         let base = Instant::now();
         let sink_if = self.egress_peer_ifindex()?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -379,7 +383,7 @@ impl Lab {
         // Input frames per second the chain carried, judged at the sink:
         // output frames scaled back to input frames (VNFs drop and
         // multiply) over the time the sink was receiving.
-        let per_input = expected.len().max(1) as f64 / sent.frames.max(1) as f64;
+        let per_input = expected.len().max(1) as f64 / offered.max(1) as f64;
         let delivered_pps =
             received.seqs.len() as f64 / per_input / received.span.as_secs_f64().max(secs);
         Ok(Trial {

@@ -62,6 +62,14 @@ fn main() -> anyhow::Result<()> {
         .into_iter()
         .find(|i| i.name == args.iface)
         .with_context(|| format!("no interface {} in this namespace", args.iface))?;
+    // Signals first: once the socket is open it counts as started (a
+    // state request may come at once, and as pid 1 of its PID namespace a
+    // signal without a handler would be ignored).
+    let usr1 = Arc::new(AtomicBool::new(false));
+    let term = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, usr1.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, term.clone())?;
     // An AF_PACKET socket bound to every protocol, with Linux's default
     // receive buffer: as VNFs are commonly written. NHAM learns what the
     // socket holds and sends it no more than that.
@@ -82,11 +90,6 @@ fn main() -> anyhow::Result<()> {
         Channel::Ethernet(tx, rx) => (tx, rx),
         _ => bail!("unexpected channel type"),
     };
-    let usr1 = Arc::new(AtomicBool::new(false));
-    let term = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGUSR1, usr1.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGINT, term.clone())?;
     let mut state = State::new(args.kind);
     // Tell whoever started us that the socket is open.
     println!("ready");

@@ -189,7 +189,8 @@ pub fn frames_from_pcap(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String> 
 /// Result of the generator.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sent {
-    /// Frames queued for transmission.
+    /// Frames that left (queued and taken by the kernel; a frame still in
+    /// the tx ring at the end was not sent).
     pub frames: u64,
     /// Time from first to last frame.
     pub elapsed: Duration,
@@ -226,6 +227,9 @@ pub fn generate(
         });
         next += sent;
         if sent == 0 {
+            // Every frame is out and the kernel may have left them in the
+            // ring (see below): only a wakeup frees them.
+            port.kick_tx();
             std::thread::sleep(Duration::from_micros(20));
         }
     }
@@ -241,7 +245,7 @@ pub fn generate(
         left = port.kick_tx();
     }
     Sent {
-        frames: (next - left) as u64,
+        frames: next.saturating_sub(left) as u64,
         elapsed,
     }
 }

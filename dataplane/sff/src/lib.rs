@@ -274,7 +274,6 @@ impl SffConfig {
         }
     }
 
-    /// Packet buffers the chain may occupy at once, the least
     /// For a chain whose VNFs no control plane probes (the bench lab's
     /// data-path benches and tests): nobody tells the SFF what a VNF's
     /// sockets read ([`Command::SocketRead`]), so silence alone frees the
@@ -287,6 +286,7 @@ impl SffConfig {
         self
     }
 
+    /// Packet buffers the chain may occupy at once, the least
     /// [`pool_slots`](Self::pool_slots) may be: per hop, a full `buffer_rx`
     /// plus a `buffer_tx` with what its VNF may answer to the frames in
     /// flight to it (twice the window: a VNF may emit more than one output
