@@ -23,9 +23,11 @@ CRIU_MIN="4.2"
 
 # Packages the project itself needs (build of the eBPF program and AF_XDP
 # crates, gRPC code generation, namespaces, tshark for the dissection test,
-# and gdb for the stacks the HA harness prints when a recovery stalls).
+# gdb for the stacks the HA harness prints when a recovery stalls, and
+# etcd-server for the lab of hosts' etcd cluster).
 PROJECT_PKGS=(clang llvm libbpf-dev libelf-dev zlib1g-dev m4 make pkg-config
-  protobuf-compiler iproute2 tshark python3 xz-utils ca-certificates openssl gdb)
+  protobuf-compiler iproute2 tshark python3 xz-utils ca-certificates openssl gdb
+  etcd-server)
 # What building CRIU from source needs.
 CRIU_BUILD_PKGS=(gcc make pkg-config libprotobuf-c-dev protobuf-c-compiler
   libprotobuf-dev protobuf-compiler libnl-3-dev libnet1-dev libcap-dev libaio-dev

@@ -642,6 +642,54 @@ fn veth_pair_in(
     Ok((a_end, b_end))
 }
 
+/// Makes a bridge `name` in the calling thread's namespace, up (the
+/// underlay of a lab of hosts).
+pub fn bridge_here(name: &str) -> Result<(), NetnsError> {
+    let name = name.to_string();
+    block_on(async move {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
+        tokio::spawn(conn);
+        handle
+            .link()
+            .add(rtnetlink::LinkBridge::new(&name).up().build())
+            .execute()
+            .await
+            .map_err(netlink)
+    })
+}
+
+/// Puts interface `port` of the calling thread's namespace into bridge
+/// `bridge` (of the same namespace).
+pub fn set_bridge_port(port: &str, bridge: &str) -> Result<(), NetnsError> {
+    let (port, bridge) = (get_link(port)?.header.index, get_link(bridge)?.header.index);
+    block_on(async move {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
+        tokio::spawn(conn);
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(port).controller(bridge).build())
+            .execute()
+            .await
+            .map_err(netlink)
+    })
+}
+
+/// Gives interface `name` of the calling thread's namespace the address
+/// `addr`/`prefix`.
+pub fn add_address(name: &str, addr: std::net::IpAddr, prefix: u8) -> Result<(), NetnsError> {
+    let index = get_link(name)?.header.index;
+    block_on(async move {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
+        tokio::spawn(conn);
+        handle
+            .address()
+            .add(index, addr, prefix)
+            .execute()
+            .await
+            .map_err(netlink)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
