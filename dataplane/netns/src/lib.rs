@@ -353,46 +353,44 @@ fn describe(netns: &str, name: &str, msg: &LinkMessage) -> VethEnd {
     }
 }
 
-/// The link message of interface `name` in the calling thread's namespace.
-fn get_link(name: &str) -> Result<LinkMessage, NetnsError> {
-    let name = name.to_string();
+/// Runs `request` with an rtnetlink handle of the calling thread's
+/// namespace, to completion.
+fn with_netlink<T, F>(request: impl FnOnce(rtnetlink::Handle) -> F) -> Result<T, NetnsError>
+where
+    F: std::future::Future<Output = Result<T, NetnsError>>,
+{
     block_on(async move {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
         tokio::spawn(conn);
-        link_by_name(&handle, &name).await
+        request(handle).await
     })
+}
+
+/// Changes a link of the calling thread's namespace as `msg` says.
+fn set_link(msg: LinkMessage) -> Result<(), NetnsError> {
+    with_netlink(|h| async move { h.link().set(msg).execute().await.map_err(netlink) })
+}
+
+/// The link message of interface `name` in the calling thread's namespace.
+fn get_link(name: &str) -> Result<LinkMessage, NetnsError> {
+    let name = name.to_string();
+    with_netlink(|h| async move { link_by_name(&h, &name).await })
 }
 
 /// Sets interface index `index` of the calling thread's namespace up or down.
 fn set_state(index: u32, up: bool) -> Result<(), NetnsError> {
-    block_on(async move {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
-        tokio::spawn(conn);
-        let msg = LinkUnspec::new_with_index(index);
-        let msg = if up { msg.up() } else { msg.down() };
-        handle
-            .link()
-            .set(msg.build())
-            .execute()
-            .await
-            .map_err(netlink)
-    })
+    let msg = LinkUnspec::new_with_index(index);
+    set_link(if up { msg.up() } else { msg.down() }.build())
 }
 
 /// Renames interface `index` of the calling thread's namespace (it must be
 /// down).
 fn rename(index: u32, name: &str) -> Result<(), NetnsError> {
-    let name = name.to_string();
-    block_on(async move {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
-        tokio::spawn(conn);
-        handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).name(name).build())
-            .execute()
-            .await
-            .map_err(netlink)
-    })
+    set_link(
+        LinkUnspec::new_with_index(index)
+            .name(name.to_string())
+            .build(),
+    )
 }
 
 /// Brings interface `name` of the calling thread's namespace up.
@@ -645,48 +643,24 @@ fn veth_pair_in(
 /// Makes a bridge `name` in the calling thread's namespace, up (the
 /// underlay of a lab of hosts).
 pub fn bridge_here(name: &str) -> Result<(), NetnsError> {
-    let name = name.to_string();
-    block_on(async move {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
-        tokio::spawn(conn);
-        handle
-            .link()
-            .add(rtnetlink::LinkBridge::new(&name).up().build())
-            .execute()
-            .await
-            .map_err(netlink)
-    })
+    let msg = rtnetlink::LinkBridge::new(name).up().build();
+    with_netlink(|h| async move { h.link().add(msg).execute().await.map_err(netlink) })
 }
 
 /// Puts interface `port` of the calling thread's namespace into bridge
 /// `bridge` (of the same namespace).
 pub fn set_bridge_port(port: &str, bridge: &str) -> Result<(), NetnsError> {
     let (port, bridge) = (get_link(port)?.header.index, get_link(bridge)?.header.index);
-    block_on(async move {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
-        tokio::spawn(conn);
-        handle
-            .link()
-            .set(LinkUnspec::new_with_index(port).controller(bridge).build())
-            .execute()
-            .await
-            .map_err(netlink)
-    })
+    set_link(LinkUnspec::new_with_index(port).controller(bridge).build())
 }
 
 /// Gives interface `name` of the calling thread's namespace the address
 /// `addr`/`prefix`.
 pub fn add_address(name: &str, addr: std::net::IpAddr, prefix: u8) -> Result<(), NetnsError> {
     let index = get_link(name)?.header.index;
-    block_on(async move {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
-        tokio::spawn(conn);
-        handle
-            .address()
-            .add(index, addr, prefix)
-            .execute()
-            .await
-            .map_err(netlink)
+    with_netlink(|h| async move {
+        let request = h.address().add(index, addr, prefix);
+        request.execute().await.map_err(netlink)
     })
 }
 
