@@ -7,6 +7,10 @@
 //!               v0 ══ eth0 [vnf0 ns: nham-vnf] … vN-1 ══ eth0 [vnfN-1 ns]
 //! ```
 //!
+//! [`Lab::across_hosts`] puts VNFs on the hosts of a
+//! [`HostLab`](crate::hosts::HostLab): their links become tunnels over
+//! the hosts' underlay.
+//!
 //! One way to run a chain: the lab builds on the control plane's runtime.
 //! Its VNFs start as `nhamd` starts any VNF ([`nham_control::runtime::Spawn`])
 //! and its SFF has `nhamd`'s configuration
@@ -28,7 +32,10 @@ use anyhow::{bail, Context, Result};
 use nham_afxdp::{Port, PortConfig};
 use nham_dataplane::classifier::{proto, Rule};
 use nham_ebpf::XdpRedirect;
+use nham_netns::tunnel::{tunnel_here, tunnel_into, Tunnel};
 use nham_netns::{unique_name, veth_pair, Netns, VethEnd};
+
+use crate::hosts::HostLab;
 use nham_sff::{PollPolicy, PortSpec, SffConfig, SffHandle, SffStats};
 use nham_traffic::{Checker, Received, TrafficSpec, Verdict};
 use nham_vnf::{Kind, State};
@@ -133,6 +140,36 @@ impl Lab {
 
     /// [`Lab::new`], passing `extra` to every `nham-vnf` (fault injection).
     pub fn with_vnf_args(kinds: &[Kind], vnf_bin: &Path, extra: &[&str]) -> Result<Self> {
+        Self::build(kinds, vnf_bin, extra, None)
+    }
+
+    /// [`Lab::new`] with VNF `i` on host `place[i]` of `hosts`: the SFF's
+    /// namespace joins the hosts' underlay, and each hop's link is a
+    /// tunnel (`nham_netns::tunnel`, VNI `i + 1`) from the SFF's `v<i>` to
+    /// the VNF's `eth0`, whose UDP socket lives on that host. Cutting a
+    /// host off (`HostLab::cut_off`) cuts its VNFs off the chain.
+    pub fn across_hosts(
+        kinds: &[Kind],
+        vnf_bin: &Path,
+        hosts: &mut HostLab,
+        place: &[usize],
+    ) -> Result<Self> {
+        if place.len() != kinds.len() || place.iter().any(|&h| h >= hosts.hosts().len()) {
+            bail!(
+                "one host of the {} for each of the {} VNFs, not {place:?}",
+                hosts.hosts().len(),
+                kinds.len()
+            );
+        }
+        Self::build(kinds, vnf_bin, &[], Some((hosts, place)))
+    }
+
+    fn build(
+        kinds: &[Kind],
+        vnf_bin: &Path,
+        extra: &[&str],
+        mut hosts: Option<(&mut HostLab, &[usize])>,
+    ) -> Result<Self> {
         // Namespaces of earlier runs that were killed before they could
         // clean up.
         nham_netns::sweep_stale();
@@ -141,11 +178,29 @@ impl Lab {
         let sink = Netns::create(&unique_name("nhsnk"))?;
         let (in0, gen0) = veth_pair(&sff, "in0", &src, "gen0")?;
         let (out0, sink0) = veth_pair(&sff, "out0", &sink, "sink0")?;
+        let sff_addr = match &mut hosts {
+            Some((lab, _)) => Some(lab.attach(&sff)?),
+            None => None,
+        };
         let mut vnf_ns = Vec::new();
         let mut hops = Vec::new();
         for i in 0..kinds.len() {
             let ns = Netns::create(&unique_name(&format!("nhv{i}")))?;
-            let (v, eth) = veth_pair(&sff, &format!("v{i}"), &ns, "eth0")?;
+            let name = format!("v{i}");
+            let (v, eth) = match (&hosts, sff_addr) {
+                (Some((lab, place)), Some(local)) => {
+                    let host = &lab.hosts()[place[i]];
+                    let tunnel = Tunnel {
+                        vni: i as u32 + 1,
+                        local,
+                        remote: host.addr,
+                    };
+                    let v = sff.run(move || tunnel_here(&name, tunnel))??;
+                    let eth = tunnel_into(tunnel.reversed(), Some(&host.netns), &ns, "eth0", None)?;
+                    (v, eth)
+                }
+                _ => veth_pair(&sff, &name, &ns, "eth0")?,
+            };
             hops.push(spec(&v, &eth));
             vnf_ns.push(ns);
         }

@@ -12,11 +12,15 @@
 //!   namespace; [`Netns::enter`] moves the calling thread. Namespace
 //!   membership is per thread, so the rest of the process is untouched.
 //!
+//! - [`tunnel`] makes a hop's link between hosts: a VXLAN device at each
+//!   end, the far one moved into the VNF's namespace as its `eth0`.
+//!
 //! Interface names live inside their namespace, so they only need to be
 //! unique within it.
 #![forbid(unsafe_code)]
 
 pub mod sockdiag;
+pub mod tunnel;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -64,11 +68,18 @@ fn netlink(e: impl std::fmt::Display) -> NetnsError {
     NetnsError::Netlink(e.to_string())
 }
 
-/// A name unique to this process and call: `<prefix><pid>x<n>`.
+/// A name unique to this process and call: `<prefix><pid>x<n>`, or
+/// `<prefix>-<pid>x<n>` when the prefix ends in a digit (`nhv1-1234x5`,
+/// not `nhv11234x5`, which [`sweep_stale`] would read as pid 11234's).
 pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
+    let dash = if prefix.ends_with(|c: char| c.is_ascii_digit()) {
+        "-"
+    } else {
+        ""
+    };
     format!(
-        "{prefix}{}x{}",
+        "{prefix}{dash}{}x{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
@@ -112,10 +123,16 @@ pub fn sweep_stale() -> usize {
 }
 
 /// The pid in a name made by [`unique_name`] with a prefix of `nh` and
-/// letters (`nhc1234x5`), or `None` for any other name.
+/// letters (`nhc1234x5`), or letters and a digit (`nhv1-1234x5`), or
+/// `None` for any other name.
 fn unique_name_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix("nh")?;
-    let rest = rest.trim_start_matches(|c: char| c.is_ascii_lowercase());
+    // `<letters><digit>-<pid>x<n>` (a prefix ending in a digit), else
+    // `<letters><pid>x<n>`.
+    let rest = match rest.rsplit_once('-') {
+        Some((before, after)) if before.ends_with(|c: char| c.is_ascii_digit()) => after,
+        _ => rest.trim_start_matches(|c: char| c.is_ascii_lowercase()),
+    };
     let (pid, n) = rest.split_once('x')?;
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     if !digits(pid) || !digits(n) {
@@ -620,24 +637,39 @@ fn veth_pair_in(
             ..link(&an)?
         })
     };
-    let a_end = match a {
-        Some(a) => a.run(make_a)??,
-        // A new thread inherits the calling thread's namespace.
-        None => std::thread::spawn(make_a)
-            .join()
-            .map_err(|_| NetnsError::Panicked("current".into()))??,
-    };
-    let bn = b_name.to_string();
-    let b_ns = b.name().to_string();
-    let b_end = b.run(move || -> Result<VethEnd, NetnsError> {
-        rename(get_link(&tmp)?.header.index, &bn)?;
-        set_up(&bn)?;
-        Ok(VethEnd {
-            netns: b_ns,
-            ..link(&bn)?
-        })
-    })??;
+    let a_end = run_in_or_here(a, make_a)?;
+    let b_end = adopt_moved(b, &tmp, b_name)?;
     Ok((a_end, b_end))
+}
+
+/// Runs `f` in namespace `ns`, or (`None`) on a thread of the calling
+/// thread's namespace.
+fn run_in_or_here<T: Send + 'static>(
+    ns: Option<&Netns>,
+    f: impl FnOnce() -> Result<T, NetnsError> + Send + 'static,
+) -> Result<T, NetnsError> {
+    match ns {
+        Some(ns) => ns.run(f)?,
+        // A new thread inherits the calling thread's namespace.
+        None => std::thread::spawn(f)
+            .join()
+            .map_err(|_| NetnsError::Panicked("current".into()))?,
+    }
+}
+
+/// Renames link `tmp`, just moved into `ns`, to `name` there and brings it
+/// up.
+fn adopt_moved(ns: &Netns, tmp: &str, name: &str) -> Result<VethEnd, NetnsError> {
+    let (tmp, name) = (tmp.to_string(), name.to_string());
+    let label = ns.name().to_string();
+    ns.run(move || -> Result<VethEnd, NetnsError> {
+        rename(get_link(&tmp)?.header.index, &name)?;
+        set_up(&name)?;
+        Ok(VethEnd {
+            netns: label,
+            ..link(&name)?
+        })
+    })?
 }
 
 /// Makes a bridge `name` in the calling thread's namespace, up (the
@@ -687,6 +719,17 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_prefix_ending_in_a_digit_never_names_another_pid() {
+        let name = unique_name("nhv1");
+        let pid = std::process::id();
+        assert!(name.starts_with(&format!("nhv1-{pid}x")), "{name}");
+        assert_eq!(unique_name_pid(&name), Some(pid));
+        assert_eq!(unique_name_pid(&unique_name("nhsff")), Some(pid));
+        assert_eq!(unique_name_pid("nhv11234x5"), Some(11234), "older names");
+        assert_eq!(unique_name_pid("nhamd-web"), None);
+    }
 
     fn is_root() -> bool {
         nix::unistd::geteuid().is_root()

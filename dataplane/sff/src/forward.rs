@@ -21,9 +21,28 @@ impl Engine {
                 work += chain.poll_advance_burst(i, self.config.burst);
             }
         }
-        let work = work + self.egress_step();
+        let work = work + self.egress_step() + self.fence_step();
         self.kick_stalled_tx(now);
         work
+    }
+
+    /// Frames on a hop's standby port are read and discarded, counted as
+    /// `fenced`: only the hop's current port speaks for it. The standby is
+    /// a 1R-AA replica (stopped: it sends nothing) or, after a failover,
+    /// the old incarnation's link: a VNF that failed, or one on a host cut
+    /// off that still runs and sends (across hosts each incarnation has a
+    /// tunnel of its own, see `nham_netns::tunnel`). Its frames never reach
+    /// the core, whatever epoch or sequence number they carry.
+    fn fence_step(&mut self) -> usize {
+        let burst = self.config.burst;
+        let mut fenced = 0;
+        for (_, slot) in self.standby.iter_mut().flatten() {
+            if let Some(port) = slot.port() {
+                fenced += port.recv_burst(burst, |_| {});
+            }
+        }
+        SffCounters::add(&self.counters.fenced, fenced as u64);
+        fenced
     }
 
     /// Frames the kernel left in a port's tx ring, nothing completing for a

@@ -330,6 +330,9 @@ pub struct SffCounters {
     pub divergent: AtomicU64,
     /// Outputs of failed incarnations discarded.
     pub stale: AtomicU64,
+    /// Frames read on a hop's standby port and discarded: sent by an
+    /// incarnation that is not the hop's current one (see `fence_step`).
+    pub fenced: AtomicU64,
     /// Frames sent on egress.
     pub egress: AtomicU64,
     /// Frames the core marked delivered that the tx ring refused (sizing
@@ -379,6 +382,7 @@ impl SffCounters {
             duplicates: g(&self.duplicates),
             divergent: g(&self.divergent),
             stale: g(&self.stale),
+            fenced: g(&self.fenced),
             egress: g(&self.egress),
             tx_refused: g(&self.tx_refused),
             tx_kicks: g(&self.tx_kicks),
@@ -408,6 +412,9 @@ pub struct SffStats {
     /// See [`SffCounters::divergent`].
     pub divergent: u64,
     pub stale: u64,
+    /// See [`SffCounters::fenced`].
+    #[serde(default)]
+    pub fenced: u64,
     pub egress: u64,
     pub tx_refused: u64,
     /// See [`SffCounters::tx_kicks`].
