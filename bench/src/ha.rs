@@ -289,6 +289,36 @@ pub fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
     })
 }
 
+/// Starts `nhamd` (binary `bin`, arguments `argv`) in namespace `netns`,
+/// its output appended to `log`, its log filter `NHAM_HA_LOG` (`info` by
+/// default).
+pub fn spawn_nhamd(
+    netns: &nham_netns::Netns,
+    bin: &Path,
+    argv: Vec<String>,
+    log: &Path,
+) -> Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let err = out.try_clone()?;
+    let exe = bin.to_path_buf();
+    Ok(netns.run(move || {
+        Command::new(&exe)
+            .args(argv)
+            .env(
+                "RUST_LOG",
+                std::env::var("NHAM_HA_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+    })??)
+}
+
 /// `nhamd` running in the lab's SFF namespace.
 struct Nhamd {
     child: Child,
@@ -313,11 +343,6 @@ impl Nhamd {
         let sock = dir.join("nhamd.sock");
         let _ = std::fs::remove_file(&sock);
         let log = dir.join("nhamd.log");
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let err = out.try_clone()?;
         let argv = [
             "--unix".to_string(),
             sock.display().to_string(),
@@ -344,21 +369,8 @@ impl Nhamd {
             .split_whitespace()
             .map(String::from)
             .collect();
-        let exe = bin.to_path_buf();
-        let child = lab.sff_netns().run(move || {
-            Command::new(&exe)
-                .args(argv)
-                .args(extra)
-                // NHAM_HA_LOG: nhamd's log filter (`info` by default).
-                .env(
-                    "RUST_LOG",
-                    std::env::var("NHAM_HA_LOG").unwrap_or_else(|_| "info".into()),
-                )
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-        })??;
+        let argv = argv.into_iter().chain(extra).collect();
+        let child = spawn_nhamd(lab.sff_netns(), bin, argv, &log)?;
         let mut d = Self {
             child,
             addr: format!("unix:{}", sock.display()),

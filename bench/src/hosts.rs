@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
+use nham_netns::tunnel::{set_mtu, UNDERLAY_MTU};
 use nham_netns::{unique_name, veth_pair, Netns};
 
 /// etcd's client port.
@@ -52,6 +53,10 @@ pub struct HostLab {
     /// The etcd member on host `k`, while it runs.
     etcd: Vec<Option<Child>>,
     dir: PathBuf,
+    /// Namespaces joined by [`HostLab::attach`].
+    attached: u8,
+    /// The `nhamd` on host `i`, while it runs.
+    nhamd: Vec<Option<Child>>,
 }
 
 impl HostLab {
@@ -71,15 +76,14 @@ impl HostLab {
             hosts: Vec::new(),
             etcd: Vec::new(),
             dir,
+            attached: 0,
+            nhamd: Vec::new(),
         };
         for i in 0..hosts {
             let netns = Netns::create(&unique_name(&format!("nhh{i}")))?;
             let uplink = format!("u{i}");
-            veth_pair(&lab.underlay, &uplink, &netns, "ul0")?;
-            let port = uplink.clone();
-            (lab.underlay).run(move || nham_netns::set_bridge_port(&port, "br0"))??;
             let addr = Ipv4Addr::new(10, 77, 0, i as u8 + 1);
-            netns.run(move || nham_netns::add_address("ul0", addr.into(), 24))??;
+            lab.join_underlay(&netns, &uplink, addr)?;
             lab.hosts.push(Host {
                 netns,
                 addr,
@@ -94,6 +98,38 @@ impl HostLab {
             lab.wait_healthy(k, Duration::from_secs(30))?;
         }
         Ok(lab)
+    }
+
+    /// Joins `netns` to the underlay: a link `uplink` (underlay end) <->
+    /// `ul0` (in `netns`) on the bridge, MTU [`UNDERLAY_MTU`] (tunnels in
+    /// it carry full frames), `addr`/24 on `ul0`.
+    fn join_underlay(&self, netns: &Netns, uplink: &str, addr: Ipv4Addr) -> Result<()> {
+        veth_pair(&self.underlay, uplink, netns, "ul0")?;
+        let port = uplink.to_string();
+        (self.underlay).run(move || -> Result<(), nham_netns::NetnsError> {
+            set_mtu(&port, UNDERLAY_MTU)?;
+            nham_netns::set_bridge_port(&port, "br0")
+        })??;
+        netns.run(move || -> Result<(), nham_netns::NetnsError> {
+            set_mtu("ul0", UNDERLAY_MTU)?;
+            nham_netns::add_address("ul0", addr.into(), 24)
+        })??;
+        Ok(())
+    }
+
+    /// Joins a namespace of the caller's (a chain's SFF namespace, see
+    /// `Lab::across_hosts`) to the underlay as one more host, and returns
+    /// its address (`10.77.0.201` onwards). Cutting the hosts off never
+    /// touches it; it goes when `netns` is deleted.
+    pub fn attach(&mut self, netns: &Netns) -> Result<Ipv4Addr> {
+        if self.attached >= 50 {
+            bail!("a lab attaches at most 50 namespaces of its own");
+        }
+        let addr = Ipv4Addr::new(10, 77, 0, 201 + self.attached);
+        let uplink = format!("a{}", self.attached);
+        self.join_underlay(netns, &uplink, addr)?;
+        self.attached += 1;
+        Ok(addr)
     }
 
     /// The hosts.
@@ -268,8 +304,89 @@ impl HostLab {
     }
 }
 
+/// The UDP port of heartbeats between the lab's `nhamd`s.
+pub const HEARTBEAT_PORT: u16 = 50052;
+
+impl HostLab {
+    /// Starts `nhamd` (binary `bin`) on host `i` as cluster host `h<i>`:
+    /// its own state directory, its API on a Unix socket in the lab's
+    /// directory (what [`HostLab::nhamd_addr`] gives), heartbeats on its
+    /// underlay address, registered in the lab's etcd. Returns once its
+    /// socket is there. A running one is killed first.
+    pub fn start_nhamd(&mut self, i: usize, bin: &std::path::Path) -> Result<()> {
+        self.kill_nhamd(i);
+        let dir = self.dir.join(format!("h{i}"));
+        std::fs::create_dir_all(&dir)?;
+        let sock = dir.join("nhamd.sock");
+        let _ = std::fs::remove_file(&sock);
+        let etcd = self.etcd_endpoints();
+        let argv: Vec<String> = vec![
+            "--unix".into(),
+            sock.display().to_string(),
+            "--state-dir".into(),
+            dir.join("state").display().to_string(),
+            "--scratch-dir".into(),
+            dir.join("scratch").display().to_string(),
+            "--on-exit".into(),
+            "stop".into(),
+            "--host-name".into(),
+            format!("h{i}"),
+            "--etcd".into(),
+            etcd.join(","),
+            "--heartbeat-listen".into(),
+            SocketAddr::from((self.hosts[i].addr, HEARTBEAT_PORT)).to_string(),
+        ];
+        let log = dir.join("nhamd.log");
+        let child = crate::ha::spawn_nhamd(&self.hosts[i].netns, bin, argv, &log)?;
+        while self.nhamd.len() <= i {
+            self.nhamd.push(None);
+        }
+        self.nhamd[i] = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            let exited = self.nhamd[i]
+                .as_mut()
+                .map(|c| c.try_wait().ok().flatten().is_some())
+                .unwrap_or(true);
+            if exited || Instant::now() > deadline {
+                bail!("nhamd on host {i} did not start: {}", self.nhamd_log(i));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// The API address of host `i`'s `nhamd` (`unix:/…`).
+    pub fn nhamd_addr(&self, i: usize) -> String {
+        format!(
+            "unix:{}",
+            self.dir.join(format!("h{i}/nhamd.sock")).display()
+        )
+    }
+
+    /// The end of host `i`'s `nhamd` log.
+    pub fn nhamd_log(&self, i: usize) -> String {
+        let log =
+            std::fs::read_to_string(self.dir.join(format!("h{i}/nhamd.log"))).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Kills host `i`'s `nhamd` with SIGKILL (a host failure, as far as
+    /// its `nhamd` goes) and reaps it; returns when it is gone.
+    pub fn kill_nhamd(&mut self, i: usize) {
+        if let Some(mut c) = self.nhamd.get_mut(i).and_then(Option::take) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 impl Drop for HostLab {
     fn drop(&mut self) {
+        for i in 0..self.nhamd.len() {
+            self.kill_nhamd(i);
+        }
         for k in 0..self.etcd.len() {
             self.kill_etcd(k);
         }

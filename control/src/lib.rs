@@ -18,6 +18,8 @@
 //!   (started with `setns`, watched through a pidfd and the kernel's early
 //!   word of their exit), the SFF process, the records a restarted daemon
 //!   reads.
+//! - [`cluster`]: hosts: registration and membership in etcd, heartbeats
+//!   between `nhamd`s, the judgement of a silent host (a state machine).
 //! - [`plan`]: the daemon's own types for a chain and its VNFs (the
 //!   domain's `Mechanism` among them), used by every layer below the API.
 //! - [`error`]: the one error enum of the control plane and its single
@@ -33,6 +35,7 @@
 pub mod api;
 pub mod capacity;
 pub mod chain;
+pub mod cluster;
 pub mod error;
 pub mod fms;
 pub mod plan;

@@ -55,6 +55,7 @@ pub mod events;
 mod exit_watch;
 mod failure_detector;
 mod failure_recovery;
+mod hosts;
 mod mechanism;
 mod requests;
 mod restart;
@@ -98,6 +99,8 @@ pub struct Daemon {
     changing: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
     /// How each VNF's last recovery ended, for heals that wait on it.
     outcomes: std::sync::Mutex<BTreeMap<(String, String), tokio::sync::watch::Sender<Outcome>>>,
+    /// The cluster of hosts this daemon takes part in, if any.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// How a VNF's last recovery ended: what a `HealVnf` waits on (never a
@@ -289,6 +292,7 @@ impl Daemon {
             starting: std::sync::Mutex::default(),
             outcomes: std::sync::Mutex::default(),
             changing: std::sync::Mutex::default(),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 

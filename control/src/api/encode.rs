@@ -58,6 +58,17 @@ impl From<VnfEvent> for api::WatchEventsResponse {
                 frames,
                 budget_bytes,
             }),
+            Event::HostChanged {
+                host,
+                liveness,
+                left,
+                detection_ms,
+            } => E::HostChanged(api::HostChanged {
+                host,
+                state: host_state(liveness) as i32,
+                left,
+                detection_ms,
+            }),
         };
         Self {
             time_unix_nanos: e.time_unix_nanos,
@@ -119,10 +130,42 @@ pub fn stats(c: ChainStats) -> api::GetStatsResponse {
         egress: s.egress,
         duplicates_suppressed: s.duplicates,
         stale_discarded: s.stale,
+        fenced: s.fenced,
         malformed: s.malformed_ingress + s.malformed_from_vnf + s.si_mismatch + s.ttl_expired,
         nondeterministic_outputs: s.divergent,
         ingress_overflow: s.ingress_kernel_drops,
         vnf_outputs_lost: s.vnf_output_kernel_drops + s.pool_exhausted,
         vnf_input_dropped: c.vnf_input_dropped,
+    }
+}
+
+/// A host's liveness as `nham.v1` names it.
+pub fn host_state(l: crate::cluster::membership::Liveness) -> api::HostState {
+    use crate::cluster::membership::Liveness;
+    match l {
+        Liveness::Joining => api::HostState::Joining,
+        Liveness::Alive => api::HostState::Alive,
+        Liveness::Down { .. } => api::HostState::Down,
+    }
+}
+
+/// What `ListHosts` answers.
+pub fn hosts(v: crate::cluster::HostsView) -> api::ListHostsResponse {
+    api::ListHostsResponse {
+        hosts: v
+            .hosts
+            .into_iter()
+            .map(|h| api::Host {
+                name: h.record.name,
+                api: h.record.api,
+                heartbeat: h.record.heartbeat.to_string(),
+                state: host_state(h.liveness) as i32,
+                last_heard_ms_ago: h.last_heard_ago.map(|d| d.as_secs_f64() * 1e3),
+                this_host: h.this_host,
+                incarnation: h.incarnation,
+            })
+            .collect(),
+        etcd_reachable: v.etcd_error.is_none(),
+        etcd_error: v.etcd_error.unwrap_or_default(),
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::{chain_service_server, event_service_server, vnf_service_server};
+use super::{chain_service_server, event_service_server, host_service_server, vnf_service_server};
 use crate::api;
 use crate::error::ControlError;
 use crate::service::Daemon;
@@ -32,6 +32,9 @@ pub async fn router(
     health_reporter
         .set_serving::<event_service_server::EventServiceServer<EventSvc>>()
         .await;
+    health_reporter
+        .set_serving::<host_service_server::HostServiceServer<HostSvc>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -53,8 +56,23 @@ pub async fn router(
             daemon.clone(),
         )))
         .add_service(event_service_server::EventServiceServer::new(EventSvc(
-            daemon,
-        ))))
+            daemon.clone(),
+        )))
+        .add_service(host_service_server::HostServiceServer::new(HostSvc(daemon))))
+}
+
+/// `HostService` over a [`Daemon`].
+#[derive(Debug, Clone)]
+pub struct HostSvc(pub Arc<Daemon>);
+
+#[tonic::async_trait]
+impl host_service_server::HostService for HostSvc {
+    async fn list_hosts(
+        &self,
+        _: Request<api::ListHostsRequest>,
+    ) -> Answer<api::ListHostsResponse> {
+        Ok(Response::new(api::encode::hosts(self.0.hosts())))
+    }
 }
 
 type Answer<T> = Result<Response<T>, Status>;

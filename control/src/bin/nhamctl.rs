@@ -105,6 +105,9 @@ enum Cmd {
     },
     /// Data-path counters of a chain.
     Stats { chain: String },
+    /// The hosts of the cluster this daemon is in, and whether each is
+    /// alive (a table: name, state, last heard, API, heartbeat address).
+    Hosts,
     /// The gRPC services the daemon offers (server reflection).
     Services,
     /// The daemon's health (grpc.health.v1), overall or of one service.
@@ -310,6 +313,36 @@ async fn main() -> anyhow::Result<()> {
                 .await?
                 .into_inner()
         ),
+        Cmd::Hosts => {
+            let r = api::host_service_client::HostServiceClient::new(health_channel)
+                .list_hosts(api::ListHostsRequest {})
+                .await?
+                .into_inner();
+            println!(
+                "{:<20} {:<8} {:>14} {:<28} HEARTBEAT",
+                "HOST", "STATE", "LAST HEARD", "API"
+            );
+            for h in &r.hosts {
+                let state = api::HostState::try_from(h.state)
+                    .map_or("UNKNOWN", |s| s.as_str_name())
+                    .trim_start_matches("HOST_STATE_");
+                let heard = h
+                    .last_heard_ms_ago
+                    .map_or_else(|| "never".to_string(), |ms| format!("{ms:.1} ms ago"));
+                let name = if h.this_host {
+                    format!("{} (this)", h.name)
+                } else {
+                    h.name.clone()
+                };
+                println!(
+                    "{name:<20} {state:<8} {heard:>14} {:<28} {}",
+                    h.api, h.heartbeat
+                );
+            }
+            if !r.etcd_reachable {
+                println!("etcd unreachable: {}", r.etcd_error);
+            }
+        }
         Cmd::Services => {
             for s in nham_control::list_services(health_channel).await? {
                 println!("{s}");

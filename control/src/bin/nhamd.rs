@@ -96,6 +96,38 @@ struct Args {
     /// The `nham-sff` executable (default: next to nhamd, then PATH).
     #[arg(long)]
     sff_bin: Option<PathBuf>,
+    /// Join a cluster of hosts as this host name (needs --etcd and
+    /// --heartbeat-listen; the config file's `[cluster]` table has the
+    /// rest).
+    #[arg(long)]
+    host_name: Option<String>,
+    /// etcd client endpoints, comma-separated (`http://10.0.0.1:2379,...`).
+    #[arg(long, value_delimiter = ',')]
+    etcd: Option<Vec<String>>,
+    /// Where this host hears heartbeats from the others: its underlay
+    /// address and a UDP port (`10.0.0.1:50052`).
+    #[arg(long)]
+    heartbeat_listen: Option<SocketAddr>,
+    /// This host's API as other hosts reach it (default: `http://` and the
+    /// TCP listen address).
+    #[arg(long)]
+    advertise_api: Option<String>,
+}
+
+/// The `[cluster]` table: this host's part in a cluster of hosts.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct ClusterConfig {
+    host_name: Option<String>,
+    etcd: Option<Vec<String>>,
+    heartbeat_listen: Option<SocketAddr>,
+    advertise_api: Option<String>,
+    /// Heartbeat period, ms (default 10).
+    heartbeat_interval_ms: Option<u64>,
+    /// Silent intervals before a host is judged down (default 5).
+    heartbeat_misses: Option<u32>,
+    /// The registration lease's TTL, s (default 3).
+    lease_ttl_s: Option<u64>,
 }
 
 /// What becomes of the chains when nhamd stops.
@@ -129,6 +161,8 @@ struct Config {
     tls_client_ca: Option<PathBuf>,
     on_exit: Option<OnExit>,
     sff_bin: Option<PathBuf>,
+    #[serde(default)]
+    cluster: ClusterConfig,
 }
 
 #[tokio::main]
@@ -268,6 +302,43 @@ async fn main() -> anyhow::Result<()> {
         (None, None) => None,
         _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
     };
+    let cluster = config.cluster;
+    let host_name = args.host_name.or(cluster.host_name);
+    if let Some(host) = host_name {
+        let etcd = args
+            .etcd
+            .or(cluster.etcd)
+            .context("a cluster host needs etcd endpoints (--etcd or [cluster] etcd)")?;
+        let heartbeat = args.heartbeat_listen.or(cluster.heartbeat_listen).context(
+            "a cluster host needs its heartbeat address (--heartbeat-listen or [cluster] heartbeat_listen)",
+        )?;
+        let api = args
+            .advertise_api
+            .or(cluster.advertise_api)
+            .unwrap_or_else(|| match &unix {
+                Some(path) => format!("unix:{}", path.display()),
+                None => format!("http://{listen}"),
+            });
+        let options = nham_control::cluster::ClusterOptions {
+            host,
+            api,
+            heartbeat,
+            etcd,
+            heartbeat_interval: std::time::Duration::from_millis(
+                cluster.heartbeat_interval_ms.unwrap_or(10),
+            ),
+            misses: cluster.heartbeat_misses.unwrap_or(5),
+            lease_ttl: std::time::Duration::from_secs(cluster.lease_ttl_s.unwrap_or(3)),
+        };
+        let joined =
+            nham_control::cluster::Cluster::start(options).context("joining the cluster")?;
+        tracing::info!(
+            "host {} of a cluster; heartbeats on {}",
+            joined.record().name,
+            joined.record().heartbeat
+        );
+        daemon.join_cluster(joined);
+    }
     let router = nham_control::api::server::router(daemon.clone(), tls).await?;
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -71,4 +71,15 @@ pub enum Event {
         /// Kernel charge in flight to it allowed from now on.
         budget_bytes: u64,
     },
+    /// A host of the cluster was judged down, heard again, or left.
+    HostChanged {
+        /// Its name.
+        host: String,
+        /// What it is now (`Joining` once it left).
+        liveness: crate::cluster::membership::Liveness,
+        /// Its registration is gone.
+        left: bool,
+        /// For a host judged down: from when it was last heard.
+        detection_ms: f64,
+    },
 }

@@ -1,0 +1,361 @@
+//! Which hosts there are and which of them are alive: the decisions of
+//! host failure detection, with no I/O and no clock (time is passed in).
+//!
+//! Two sources, with different roles:
+//! - **etcd** is the authority on membership: a host is a member while its
+//!   registration, bound to its lease, exists ([`Membership::handle_registered`],
+//!   [`Membership::handle_unregistered`]). A lease takes seconds to expire.
+//! - **heartbeats** between `nhamd`s, every `interval` (10 ms), are the
+//!   fast path ([`Membership::handle_heartbeat`]): a member not heard for
+//!   `misses` intervals is judged [`Liveness::Down`] by [`Membership::poll`],
+//!   and its VNFs can be recovered elsewhere at once. Heard again, it is
+//!   [`HostEvent::Back`] (a partition healed: what ran there was moved and
+//!   is fenced in the data path). A new incarnation (its `nhamd`
+//!   restarted) is a host that came back too.
+//!
+//! Silence only counts while this host was itself listening: a poll that
+//! comes late (this `nhamd` was starved of CPU for more than `misses`
+//! intervals) is no evidence against anyone, so every member's silence
+//! starts again from that poll. A peer starved as long is judged down; that
+//! is the price of detecting in tens of milliseconds, and why the judgement
+//! is a fast suspicion that fences, not a membership change.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A host as it registers itself in etcd.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostRecord {
+    /// Its name (unique in the cluster).
+    pub name: String,
+    /// Where its API listens (for requests forwarded to it).
+    pub api: String,
+    /// Where it hears heartbeats, on the underlay.
+    pub heartbeat: SocketAddr,
+}
+
+/// What this host knows of a member's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Registered, never heard yet.
+    Joining,
+    /// Heard within the last `misses` intervals.
+    Alive,
+    /// Silent for `misses` intervals or more, since `since`.
+    Down {
+        /// When it was judged down.
+        since: Duration,
+    },
+}
+
+/// A change worth acting on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostEvent {
+    /// A member was heard for the first time.
+    Up {
+        /// Its name.
+        host: String,
+    },
+    /// A member fell silent: judged down.
+    Down {
+        /// Its name.
+        host: String,
+        /// When it was last heard (the best bound on when it died).
+        last_heard: Duration,
+        /// From then to the judgement.
+        detection: Duration,
+    },
+    /// A member judged down was heard again (a partition healed), or came
+    /// back as a new incarnation (its `nhamd` restarted).
+    Back {
+        /// Its name.
+        host: String,
+    },
+    /// A member's registration is gone (its lease expired, or it left).
+    Left {
+        /// Its name.
+        host: String,
+    },
+}
+
+/// One member, as [`Membership::members`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its registration.
+    pub record: HostRecord,
+    /// Alive or not.
+    pub liveness: Liveness,
+    /// When it was last heard.
+    pub last_heard: Option<Duration>,
+    /// Its incarnation (from its heartbeats; 0 before the first).
+    pub incarnation: u64,
+}
+
+/// The members of the cluster and their liveness, as this host sees them.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    me: String,
+    interval: Duration,
+    misses: u32,
+    members: BTreeMap<String, Member>,
+    last_poll: Option<Duration>,
+}
+
+impl Membership {
+    /// The view of host `me`, heartbeats every `interval`, a member judged
+    /// down after `misses` (at least 2) intervals of silence.
+    pub fn new(me: &str, interval: Duration, misses: u32) -> Self {
+        Self {
+            me: me.to_string(),
+            interval,
+            misses: misses.max(2),
+            members: BTreeMap::new(),
+            last_poll: None,
+        }
+    }
+
+    /// How long a member may stay silent.
+    pub fn timeout(&self) -> Duration {
+        self.interval * self.misses
+    }
+
+    /// A registration seen in etcd (new, or changed). This host's own is
+    /// not a member of its view.
+    pub fn handle_registered(&mut self, record: HostRecord) {
+        if record.name == self.me {
+            return;
+        }
+        match self.members.get_mut(&record.name) {
+            Some(m) => m.record = record,
+            None => {
+                self.members.insert(
+                    record.name.clone(),
+                    Member {
+                        record,
+                        liveness: Liveness::Joining,
+                        last_heard: None,
+                        incarnation: 0,
+                    },
+                );
+            }
+        }
+    }
+
+    /// A registration gone from etcd.
+    pub fn handle_unregistered(&mut self, name: &str) -> Option<HostEvent> {
+        self.members.remove(name).map(|_| HostEvent::Left {
+            host: name.to_string(),
+        })
+    }
+
+    /// A heartbeat from `name`, incarnation `incarnation`, at `now`. A
+    /// heartbeat of a host not (yet) registered is ignored: etcd says who
+    /// is a member; an older incarnation's is ignored too.
+    pub fn handle_heartbeat(
+        &mut self,
+        name: &str,
+        incarnation: u64,
+        now: Duration,
+    ) -> Option<HostEvent> {
+        let m = self.members.get_mut(name)?;
+        if incarnation < m.incarnation {
+            return None;
+        }
+        let restarted = m.incarnation != 0 && incarnation > m.incarnation;
+        m.incarnation = incarnation;
+        m.last_heard = Some(m.last_heard.map_or(now, |t| t.max(now)));
+        let host = name.to_string();
+        let event = match m.liveness {
+            Liveness::Joining => Some(HostEvent::Up { host }),
+            Liveness::Down { .. } => Some(HostEvent::Back { host }),
+            Liveness::Alive if restarted => Some(HostEvent::Back { host }),
+            Liveness::Alive => None,
+        };
+        m.liveness = Liveness::Alive;
+        event
+    }
+
+    /// Judges silence at `now`: every member alive and not heard for
+    /// [`Membership::timeout`] is down. A poll later than the timeout
+    /// after the previous one (this host starved) judges nobody: silence
+    /// counts again from `now`.
+    pub fn poll(&mut self, now: Duration) -> Vec<HostEvent> {
+        let timeout = self.timeout();
+        let late = self
+            .last_poll
+            .is_some_and(|last| now.saturating_sub(last) > timeout);
+        self.last_poll = Some(self.last_poll.map_or(now, |t| t.max(now)));
+        let mut events = Vec::new();
+        for (name, m) in &mut self.members {
+            let Some(heard) = m.last_heard else {
+                continue;
+            };
+            if late {
+                m.last_heard = Some(heard.max(now));
+                continue;
+            }
+            if m.liveness == Liveness::Alive && now.saturating_sub(heard) >= timeout {
+                m.liveness = Liveness::Down { since: now };
+                events.push(HostEvent::Down {
+                    host: name.clone(),
+                    last_heard: heard,
+                    detection: now - heard,
+                });
+            }
+        }
+        events
+    }
+
+    /// When [`Membership::poll`] should next run: at the earliest moment
+    /// a member alive now could be judged down (`None`: nobody to judge).
+    pub fn poll_at(&self) -> Option<Duration> {
+        self.members
+            .values()
+            .filter(|m| m.liveness == Liveness::Alive)
+            .filter_map(|m| m.last_heard)
+            .min()
+            .map(|t| t + self.timeout())
+    }
+
+    /// The members (this host aside), by name.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    /// Member `name`.
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.get(name)
+    }
+
+    /// Where heartbeats go: every member's heartbeat address.
+    pub fn heartbeat_targets(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.members.values().map(|m| m.record.heartbeat)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn record(name: &str) -> HostRecord {
+        HostRecord {
+            name: name.into(),
+            api: format!("http://{name}:50051"),
+            heartbeat: "10.0.0.1:50052".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_silent_member_is_down_after_the_timeout_and_back_when_heard() {
+        let mut m = Membership::new("a", 10 * MS, 5);
+        m.handle_registered(record("a"));
+        m.handle_registered(record("b"));
+        assert_eq!(m.members().count(), 1, "a host is not its own member");
+        assert_eq!(
+            m.poll(Duration::ZERO),
+            vec![],
+            "never heard: nothing to judge"
+        );
+        assert_eq!(
+            m.handle_heartbeat("b", 1, 5 * MS),
+            Some(HostEvent::Up { host: "b".into() })
+        );
+        for t in (10..=50).step_by(10) {
+            assert_eq!(m.poll(t * MS), vec![], "{t} ms: within the timeout");
+        }
+        assert_eq!(m.poll_at(), Some(55 * MS));
+        assert_eq!(
+            m.poll(55 * MS),
+            vec![HostEvent::Down {
+                host: "b".into(),
+                last_heard: 5 * MS,
+                detection: 50 * MS
+            }]
+        );
+        assert_eq!(m.poll(60 * MS), vec![], "judged once");
+        assert_eq!(
+            m.handle_heartbeat("b", 1, 70 * MS),
+            Some(HostEvent::Back { host: "b".into() })
+        );
+        assert_eq!(m.handle_heartbeat("b", 1, 80 * MS), None);
+        assert_eq!(
+            m.handle_heartbeat("b", 2, 90 * MS),
+            Some(HostEvent::Back { host: "b".into() }),
+            "a new incarnation came back"
+        );
+        assert_eq!(
+            m.handle_heartbeat("b", 1, 95 * MS),
+            None,
+            "an older one is ignored"
+        );
+        assert_eq!(
+            m.handle_unregistered("b"),
+            Some(HostEvent::Left { host: "b".into() })
+        );
+        assert_eq!(m.handle_heartbeat("b", 2, 100 * MS), None, "not a member");
+    }
+
+    #[test]
+    fn a_late_poll_judges_nobody() {
+        let mut m = Membership::new("a", 10 * MS, 5);
+        m.handle_registered(record("b"));
+        m.handle_heartbeat("b", 1, Duration::ZERO);
+        assert_eq!(m.poll(10 * MS), vec![]);
+        // This host starved for 200 ms: b's silence is no evidence.
+        assert_eq!(m.poll(210 * MS), vec![]);
+        assert_eq!(m.poll(250 * MS), vec![]);
+        assert_eq!(
+            m.poll(260 * MS).len(),
+            1,
+            "silent 50 ms after the late poll"
+        );
+    }
+
+    proptest! {
+        /// Against a reference: polled at least every interval, a member is
+        /// judged down exactly when it was silent for the timeout, once per
+        /// silence, never sooner, and never later than one poll after.
+        #[test]
+        fn judged_down_exactly_after_the_timeout_of_silence(
+            beats in proptest::collection::vec(prop::bool::ANY, 1..400),
+        ) {
+            let (interval, misses) = (10 * MS, 5);
+            let mut m = Membership::new("a", interval, misses);
+            m.handle_registered(record("b"));
+            let mut last: Option<Duration> = None;
+            let mut down = false;
+            for (k, beat) in beats.iter().enumerate() {
+                let now = interval * k as u32;
+                if *beat {
+                    let e = m.handle_heartbeat("b", 1, now);
+                    let want = match (last, down) {
+                        (None, _) => Some(HostEvent::Up { host: "b".into() }),
+                        (Some(_), true) => Some(HostEvent::Back { host: "b".into() }),
+                        _ => None,
+                    };
+                    prop_assert_eq!(e, want);
+                    last = Some(now);
+                    down = false;
+                }
+                let events = m.poll(now);
+                let should = match last {
+                    Some(t) => !down && now - t >= interval * misses,
+                    None => false,
+                };
+                prop_assert_eq!(events.len(), usize::from(should), "at {:?}", now);
+                if should {
+                    down = true;
+                    let is_down = matches!(
+                        m.member("b").map(|b| b.liveness),
+                        Some(Liveness::Down { .. })
+                    );
+                    prop_assert!(is_down);
+                }
+            }
+        }
+    }
+}

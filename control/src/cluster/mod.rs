@@ -1,0 +1,499 @@
+//! Hosts: one `nhamd` per host, finding each other through etcd, watching
+//! each other through heartbeats (issue 14's ground floor).
+//!
+//! - **Registration** (etcd, the authority on membership): each `nhamd`
+//!   puts its [`HostRecord`](membership::HostRecord) under
+//!   `/nham/v1/hosts/<name>`, bound to a lease it keeps alive; a host whose
+//!   lease expires leaves the cluster. Each `nhamd` watches that prefix.
+//! - **Heartbeats** (the fast path, host to host, no etcd in between):
+//!   every interval (10 ms) a datagram ([`heartbeat`]) to every member, on
+//!   the underlay; a member silent for `misses` intervals is judged down
+//!   ([`membership`] decides; this module only does the I/O).
+//!
+//! Nothing on a host's data path waits on etcd: with etcd unreachable,
+//! chains forward, checkpoint and recover as before, heartbeats go on
+//! between the members already known, and this module retries etcd every
+//! half second, saying why it cannot reach it (`nhamctl hosts`). Only what
+//! changes membership waits.
+//!
+//! The driver: a thread of its own for heartbeats (sending on time must not
+//! depend on the async runtime's load), a task for etcd, one lock around
+//! the [`Membership`] machine (never held across I/O), and a broadcast of
+//! [`HostEvent`]s.
+
+pub mod heartbeat;
+pub mod membership;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use thiserror::Error;
+use tokio::sync::broadcast;
+
+use heartbeat::Heartbeat;
+use membership::{HostEvent, HostRecord, Liveness, Member, Membership};
+
+/// Where hosts register in etcd.
+pub const HOSTS_PREFIX: &str = "/nham/v1/hosts/";
+
+/// Errors of the cluster driver.
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    /// The cluster configuration makes no sense.
+    #[error("cluster configuration: {0}")]
+    Config(String),
+    /// The heartbeat socket could not be opened.
+    #[error("heartbeat socket on {addr}: {source}")]
+    Socket {
+        /// Its address.
+        addr: SocketAddr,
+        /// Why not.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How this host takes part in a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// This host's name (1 to 63 bytes, unique in the cluster).
+    pub host: String,
+    /// Where this host's API listens, as other hosts reach it.
+    pub api: String,
+    /// Where this host hears heartbeats (its underlay address), and sends
+    /// them from.
+    pub heartbeat: SocketAddr,
+    /// etcd's client endpoints (`http://host:2379`).
+    pub etcd: Vec<String>,
+    /// Heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// Intervals of silence before a member is judged down.
+    pub misses: u32,
+    /// The registration lease's time to live.
+    pub lease_ttl: Duration,
+}
+
+impl ClusterOptions {
+    /// Checks the options, naming what is wrong.
+    pub fn validate(&self) -> Result<(), ClusterError> {
+        let bad = |m: String| Err(ClusterError::Config(m));
+        if self.host.is_empty() || self.host.len() > heartbeat::MAX_NAME || self.host.contains('/')
+        {
+            return bad(format!(
+                "host name {:?}: 1 to {} bytes, no '/'",
+                self.host,
+                heartbeat::MAX_NAME
+            ));
+        }
+        if self.etcd.is_empty() {
+            return bad("no etcd endpoint".into());
+        }
+        if !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&self.heartbeat_interval)
+        {
+            return bad(format!(
+                "heartbeat interval {:?}: 1 ms to 10 s",
+                self.heartbeat_interval
+            ));
+        }
+        if !(2..=1000).contains(&self.misses) {
+            return bad(format!("heartbeat misses {}: 2 to 1000", self.misses));
+        }
+        if self.lease_ttl < Duration::from_secs(2) {
+            return bad(format!(
+                "lease TTL {:?}: at least 2 s (etcd's minimum is 1.5 election timeouts)",
+                self.lease_ttl
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A host event, with the wall-clock time it was decided.
+#[derive(Debug, Clone)]
+pub struct ClusterEvent {
+    /// What happened.
+    pub event: HostEvent,
+    /// When, in nanoseconds since the Unix epoch.
+    pub time_unix_nanos: u64,
+}
+
+/// A member as the API shows it.
+#[derive(Debug, Clone)]
+pub struct HostView {
+    /// Its registration.
+    pub record: HostRecord,
+    /// Alive or not (this host: alive).
+    pub liveness: Liveness,
+    /// Since it was last heard (`Some(0)` for this host).
+    pub last_heard_ago: Option<Duration>,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// Whether it is the host that answers.
+    pub this_host: bool,
+}
+
+/// What this host knows of the cluster.
+#[derive(Debug, Clone)]
+pub struct HostsView {
+    /// This host first, then the members by name.
+    pub hosts: Vec<HostView>,
+    /// `None` if etcd is reachable now, else why not.
+    pub etcd_error: Option<String>,
+}
+
+/// Counters of the heartbeat path.
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    /// Heartbeats sent.
+    pub sent: AtomicU64,
+    /// Heartbeats that could not be sent (the socket refused them).
+    pub send_errors: AtomicU64,
+    /// Heartbeats received from members.
+    pub received: AtomicU64,
+    /// Datagrams on the heartbeat port that were not heartbeats; dropped.
+    pub malformed: AtomicU64,
+}
+
+/// This host's part in a cluster, running.
+#[derive(Debug)]
+pub struct Cluster {
+    options: ClusterOptions,
+    record: HostRecord,
+    incarnation: u64,
+    origin: Instant,
+    membership: Mutex<Membership>,
+    etcd_error: Mutex<Option<String>>,
+    events: broadcast::Sender<ClusterEvent>,
+    stop: AtomicBool,
+    /// Counters of the heartbeat path.
+    pub counters: ClusterCounters,
+}
+
+impl Cluster {
+    /// Opens the heartbeat socket and starts the heartbeat thread and the
+    /// etcd task (on the current tokio runtime). Returns at once: etcd may
+    /// be unreachable (see [`Cluster::hosts`]).
+    pub fn start(options: ClusterOptions) -> Result<Arc<Self>, ClusterError> {
+        options.validate()?;
+        let socket = UdpSocket::bind(options.heartbeat).map_err(|source| ClusterError::Socket {
+            addr: options.heartbeat,
+            source,
+        })?;
+        // A new incarnation each start: the wall clock's nanoseconds (a
+        // restarted nhamd's are larger).
+        let incarnation = unix_nanos().max(1);
+        let record = HostRecord {
+            name: options.host.clone(),
+            api: options.api.clone(),
+            heartbeat: socket.local_addr().unwrap_or(options.heartbeat),
+        };
+        let (events, _) = broadcast::channel(1024);
+        let cluster = Arc::new(Self {
+            membership: Mutex::new(Membership::new(
+                &options.host,
+                options.heartbeat_interval,
+                options.misses,
+            )),
+            options,
+            record,
+            incarnation,
+            origin: Instant::now(),
+            etcd_error: Mutex::new(Some("not connected yet".into())),
+            events,
+            stop: AtomicBool::new(false),
+            counters: ClusterCounters::default(),
+        });
+        let c = cluster.clone();
+        std::thread::Builder::new()
+            .name("nham-heartbeat".into())
+            .spawn(move || c.heartbeat_loop(socket))
+            .map_err(|source| ClusterError::Socket {
+                addr: cluster.options.heartbeat,
+                source,
+            })?;
+        tokio::spawn(cluster.clone().etcd_loop());
+        Ok(cluster)
+    }
+
+    /// This host's registration.
+    pub fn record(&self) -> &HostRecord {
+        &self.record
+    }
+
+    /// Host events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ClusterEvent> {
+        self.events.subscribe()
+    }
+
+    /// Stops heartbeats and leaves the cluster (the etcd task revokes the
+    /// lease, best effort, if etcd is reachable).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// The hosts as this host sees them now.
+    pub fn hosts(&self) -> HostsView {
+        let now = self.now();
+        let mut hosts = vec![HostView {
+            record: self.record.clone(),
+            liveness: Liveness::Alive,
+            last_heard_ago: Some(Duration::ZERO),
+            incarnation: self.incarnation,
+            this_host: true,
+        }];
+        let membership = self
+            .membership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        hosts.extend(membership.members().map(|m: &Member| HostView {
+            record: m.record.clone(),
+            liveness: m.liveness,
+            last_heard_ago: m.last_heard.map(|t| now.saturating_sub(t)),
+            incarnation: m.incarnation,
+            this_host: false,
+        }));
+        drop(membership);
+        HostsView {
+            hosts,
+            etcd_error: self
+                .etcd_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
+        self.membership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish(&self, events: impl IntoIterator<Item = HostEvent>) {
+        for event in events {
+            match &event {
+                HostEvent::Down {
+                    host, detection, ..
+                } => tracing::warn!(host, ?detection, "host judged down: silent"),
+                HostEvent::Up { host } => tracing::info!(host, "host up"),
+                HostEvent::Back { host } => tracing::warn!(host, "host back"),
+                HostEvent::Left { host } => tracing::info!(host, "host left the cluster"),
+            }
+            let _ = self.events.send(ClusterEvent {
+                event,
+                time_unix_nanos: unix_nanos(),
+            });
+        }
+    }
+
+    /// Sends a heartbeat to every member each interval; between two, hears
+    /// theirs and judges silence.
+    fn heartbeat_loop(self: Arc<Self>, socket: UdpSocket) {
+        let interval = self.options.heartbeat_interval;
+        let mut seq = 0u64;
+        let mut next = Instant::now();
+        let mut buf = [0u8; 128];
+        while !self.stop.load(Ordering::Relaxed) {
+            if Instant::now() >= next {
+                let hb = Heartbeat {
+                    host: self.options.host.clone(),
+                    incarnation: self.incarnation,
+                    seq,
+                };
+                seq += 1;
+                // (The name was validated: it fits.)
+                let bytes = hb.emit().unwrap_or_default();
+                let targets: Vec<SocketAddr> = self.membership().heartbeat_targets().collect();
+                for to in targets {
+                    let c = match socket.send_to(&bytes, to) {
+                        Ok(_) => &self.counters.sent,
+                        Err(_) => &self.counters.send_errors,
+                    };
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+                next += interval;
+                // Far behind (this thread starved): start the beat again
+                // from now rather than sending a burst.
+                if next < Instant::now() {
+                    next = Instant::now() + interval;
+                }
+            }
+            let events = self.membership().poll(self.now());
+            self.publish(events);
+            let wait = next.saturating_duration_since(Instant::now());
+            let _ = socket.set_read_timeout(Some(wait.max(Duration::from_micros(100))));
+            if let Ok((n, _from)) = socket.recv_from(&mut buf) {
+                match Heartbeat::from_bytes(&buf[..n]) {
+                    Ok(hb) => {
+                        self.counters.received.fetch_add(1, Ordering::Relaxed);
+                        let now = self.now();
+                        let event =
+                            self.membership()
+                                .handle_heartbeat(&hb.host, hb.incarnation, now);
+                        self.publish(event);
+                    }
+                    Err(_) => {
+                        self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_etcd_error(&self, error: Option<String>) {
+        let mut e = self
+            .etcd_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *e != error {
+            match &error {
+                Some(why) => {
+                    tracing::warn!("etcd unreachable: {why}; chains go on, membership changes wait")
+                }
+                None => tracing::info!("etcd reached: registered as {}", self.record.name),
+            }
+        }
+        *e = error;
+    }
+
+    /// Registers this host and follows the others', for as long as the
+    /// cluster runs; a broken session is started again after 500 ms.
+    async fn etcd_loop(self: Arc<Self>) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let error = match self.etcd_session().await {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            self.set_etcd_error(Some(error));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn etcd_session(&self) -> Result<(), String> {
+        use etcd_client::{
+            Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions,
+        };
+        let e = |what: &'static str| move |err: etcd_client::Error| format!("{what}: {err}");
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(Duration::from_secs(2));
+        let mut client = Client::connect(&self.options.etcd, Some(options))
+            .await
+            .map_err(e("connecting"))?;
+        let ttl = self.options.lease_ttl.as_secs().max(2) as i64;
+        let lease = client
+            .lease_grant(ttl, None)
+            .await
+            .map_err(e("granting a lease"))?
+            .id();
+        let key = format!("{HOSTS_PREFIX}{}", self.record.name);
+        let value = serde_json::to_string(&self.record).map_err(|err| err.to_string())?;
+        client
+            .put(
+                key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map_err(e("registering"))?;
+        let (mut keeper, mut alive) = client
+            .lease_keep_alive(lease)
+            .await
+            .map_err(e("keeping the lease"))?;
+        let listing = client
+            .get(HOSTS_PREFIX, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(e("listing hosts"))?;
+        let revision = listing.header().map_or(0, |h| h.revision());
+        let mut seen = std::collections::BTreeSet::new();
+        for kv in listing.kvs() {
+            if let Some(record) = parse_record(kv.value()) {
+                seen.insert(record.name.clone());
+                self.membership().handle_registered(record);
+            }
+        }
+        // Hosts that left while this one could not see etcd.
+        let gone: Vec<String> = self
+            .membership()
+            .members()
+            .map(|m| m.record.name.clone())
+            .filter(|n| !seen.contains(n))
+            .collect();
+        for name in gone {
+            let event = self.membership().handle_unregistered(&name);
+            self.publish(event);
+        }
+        let mut watch = client
+            .watch(
+                HOSTS_PREFIX,
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1),
+                ),
+            )
+            .await
+            .map_err(e("watching hosts"))?;
+        self.set_etcd_error(None);
+        let mut tick = tokio::time::interval(self.options.lease_ttl / 3);
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                let _ = client.lease_revoke(lease).await;
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tick.tick() => {
+                    keeper.keep_alive().await.map_err(e("keeping the lease"))?;
+                    match alive.message().await.map_err(e("keeping the lease"))? {
+                        Some(r) if r.ttl() > 0 => {}
+                        _ => return Err(format!("lease {lease:x} expired")),
+                    }
+                }
+                message = watch.message() => {
+                    let Some(message) = message.map_err(e("watching hosts"))? else {
+                        return Err("the watch of hosts ended".into());
+                    };
+                    for event in message.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        match event.event_type() {
+                            EventType::Put => {
+                                if let Some(record) = parse_record(kv.value()) {
+                                    self.membership().handle_registered(record);
+                                }
+                            }
+                            EventType::Delete => {
+                                let key = String::from_utf8_lossy(kv.key());
+                                let Some(name) = key.strip_prefix(HOSTS_PREFIX) else { continue };
+                                if name == self.record.name {
+                                    // Our own registration gone (lease lost):
+                                    // register again.
+                                    return Err("this host's registration was deleted".into());
+                                }
+                                let event = self.membership().handle_unregistered(name);
+                                self.publish(event);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn parse_record(bytes: &[u8]) -> Option<HostRecord> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| tracing::warn!("a host registration that does not parse: {e}"))
+        .ok()
+}
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}

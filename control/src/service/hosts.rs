@@ -1,0 +1,94 @@
+//! The daemon's part in a cluster of hosts (`crate::cluster`): the hosts
+//! it knows of, for `ListHosts`, and their changes on the event stream. A
+//! daemon outside a cluster is a cluster of one: itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::events::{Event, VnfEvent};
+use super::Daemon;
+use crate::cluster::membership::{HostEvent, HostRecord, Liveness};
+use crate::cluster::{Cluster, HostView, HostsView};
+
+impl Daemon {
+    /// Takes part in `cluster` from now on: its host events go out on the
+    /// event stream (chain and VNF empty).
+    pub fn join_cluster(self: &Arc<Self>, cluster: Arc<Cluster>) {
+        let mut events = cluster.subscribe();
+        if self.cluster.set(cluster).is_err() {
+            tracing::warn!("this daemon is in a cluster already");
+            return;
+        }
+        let daemon = Arc::downgrade(self);
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let e = match events.recv().await {
+                    Ok(e) => e,
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!("{n} host events missed (too many at once)");
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                let Some(daemon) = daemon.upgrade() else {
+                    return;
+                };
+                daemon.emit(VnfEvent {
+                    time_unix_nanos: e.time_unix_nanos,
+                    chain: String::new(),
+                    vnf: String::new(),
+                    event: host_changed(e.event),
+                });
+            }
+        });
+    }
+
+    /// The hosts this daemon knows of, itself first.
+    pub fn hosts(&self) -> HostsView {
+        match self.cluster.get() {
+            Some(c) => c.hosts(),
+            None => HostsView {
+                hosts: vec![HostView {
+                    record: HostRecord {
+                        name: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                            .map(|h| h.trim().to_string())
+                            .unwrap_or_default(),
+                        api: String::new(),
+                        heartbeat: ([0, 0, 0, 0], 0).into(),
+                    },
+                    liveness: Liveness::Alive,
+                    last_heard_ago: Some(Duration::ZERO),
+                    incarnation: 0,
+                    this_host: true,
+                }],
+                etcd_error: None,
+            },
+        }
+    }
+}
+
+fn host_changed(e: HostEvent) -> Event {
+    let (host, liveness, left, detection) = match e {
+        HostEvent::Up { host } | HostEvent::Back { host } => {
+            (host, Liveness::Alive, false, Duration::ZERO)
+        }
+        HostEvent::Down {
+            host, detection, ..
+        } => (
+            host,
+            Liveness::Down {
+                since: Duration::ZERO,
+            },
+            false,
+            detection,
+        ),
+        HostEvent::Left { host } => (host, Liveness::Joining, true, Duration::ZERO),
+    };
+    Event::HostChanged {
+        host,
+        liveness,
+        left,
+        detection_ms: detection.as_secs_f64() * 1e3,
+    }
+}
