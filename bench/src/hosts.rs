@@ -306,6 +306,8 @@ impl HostLab {
 
 /// The UDP port of heartbeats between the lab's `nhamd`s.
 pub const HEARTBEAT_PORT: u16 = 50052;
+/// The TCP port of their peer services.
+pub const PEER_PORT: u16 = 50053;
 
 impl HostLab {
     /// Starts `nhamd` (binary `bin`) on host `i` as cluster host `h<i>`:
@@ -319,8 +321,7 @@ impl HostLab {
         std::fs::create_dir_all(&dir)?;
         let sock = dir.join("nhamd.sock");
         let _ = std::fs::remove_file(&sock);
-        let etcd = self.etcd_endpoints();
-        let argv: Vec<String> = vec![
+        let mut argv: Vec<String> = vec![
             "--unix".into(),
             sock.display().to_string(),
             "--state-dir".into(),
@@ -329,13 +330,8 @@ impl HostLab {
             dir.join("scratch").display().to_string(),
             "--on-exit".into(),
             "stop".into(),
-            "--host-name".into(),
-            format!("h{i}"),
-            "--etcd".into(),
-            etcd.join(","),
-            "--heartbeat-listen".into(),
-            SocketAddr::from((self.hosts[i].addr, HEARTBEAT_PORT)).to_string(),
         ];
+        argv.extend(self.cluster_args(&format!("h{i}"), self.hosts[i].addr)?);
         let log = dir.join("nhamd.log");
         let child = crate::ha::spawn_nhamd(&self.hosts[i].netns, bin, argv, &log)?;
         while self.nhamd.len() <= i {
@@ -354,6 +350,41 @@ impl HostLab {
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(())
+    }
+
+    /// The `nhamd` flags of cluster host `name` at underlay address `addr`:
+    /// its name, the lab's etcd, heartbeats on [`HEARTBEAT_PORT`], its peer
+    /// service on [`PEER_PORT`], the lab's token (written once, mode 0600).
+    pub fn cluster_args(&self, name: &str, addr: Ipv4Addr) -> Result<Vec<String>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let token = self.dir.join("cluster.token");
+        if !token.exists() {
+            let secret = blake3::hash(format!("{:?}{:?}", self.dir, Instant::now()).as_bytes());
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&token)?
+                .write_all(secret.to_hex().as_bytes())?;
+        }
+        Ok(vec![
+            "--host-name".into(),
+            name.into(),
+            "--etcd".into(),
+            self.etcd_endpoints().join(","),
+            "--heartbeat-listen".into(),
+            SocketAddr::from((addr, HEARTBEAT_PORT)).to_string(),
+            "--peer-listen".into(),
+            SocketAddr::from((addr, PEER_PORT)).to_string(),
+            "--cluster-token-file".into(),
+            token.display().to_string(),
+        ])
+    }
+
+    /// Host `i`'s state directory (its `nhamd`'s).
+    pub fn state_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("h{i}/state"))
     }
 
     /// The API address of host `i`'s `nhamd` (`unix:/…`).

@@ -175,6 +175,7 @@ pub fn new_agent(
             vnf: v.plan.name.clone(),
             // Its own: a retired agent removes its scratch when it goes.
             scratch: work.join(unique_name(&v.plan.name)),
+            copies: state.copies.clone(),
         },
         mechanism,
         sff_iface: v.sff_iface.clone(),
@@ -497,6 +498,9 @@ pub struct StateOptions {
     /// N protected VNFs a VNF's checkpoints come every interval or every
     /// N / concurrency dumps, whichever is longer: size the hold for that.
     pub checkpoint_concurrency: usize,
+    /// Where each checkpoint's second copy goes, when this host is in a
+    /// cluster (`None`: this host only).
+    pub copies: Option<Arc<dyn crate::vsm::checkpointer::OffHostCopy>>,
 }
 
 /// One checkpoint at a time per two cores (at least one).

@@ -75,6 +75,9 @@ pub enum ControlError {
     /// A VNF process could not be started or signalled.
     #[error("VNF process: {0}")]
     Process(String),
+    /// A peer's request without the cluster's token.
+    #[error("{0}")]
+    Unauthenticated(String),
 }
 
 impl ControlError {
@@ -94,6 +97,7 @@ impl ControlError {
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::EventsLagged(_) => Code::DataLoss,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::Remote(e) => remote_code(e),
             Self::Sync(e) => sync_code(e),
             Self::Store(e) => store_code(e),
@@ -157,6 +161,8 @@ fn sync_code(e: &SyncError) -> Code {
         | SyncError::Retired
         | SyncError::Stopped(_)
         | SyncError::Unready(_) => Code::FailedPrecondition,
+        // No other host could take the copy now: try again.
+        SyncError::NotCopied { .. } => Code::Unavailable,
         SyncError::Criu(_) | SyncError::Process(_) | SyncError::Ring(_) => Code::Internal,
     }
 }

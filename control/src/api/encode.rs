@@ -42,6 +42,7 @@ impl From<VnfEvent> for api::WatchEventsResponse {
                 drain_ms: ms(c.drain),
                 frozen_ms: ms(c.frozen),
                 dump_ms: ms(c.dump),
+                copy_ms: ms(c.copy),
             }),
             Event::CheckpointFailed { reason } => {
                 E::CheckpointFailed(api::CheckpointFailed { reason })
@@ -65,7 +66,11 @@ impl From<VnfEvent> for api::WatchEventsResponse {
                 detection_ms,
             } => E::HostChanged(api::HostChanged {
                 host,
-                state: host_state(liveness) as i32,
+                state: if left {
+                    api::HostState::Left
+                } else {
+                    host_state(liveness)
+                } as i32,
                 left,
                 detection_ms,
             }),

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::{chain_service_server, event_service_server, host_service_server, vnf_service_server};
+use super::{
+    chain_service_server, event_service_server, host_service_server, peer_service_server,
+    vnf_service_server,
+};
 use crate::api;
 use crate::error::ControlError;
 use crate::service::Daemon;
@@ -225,5 +228,115 @@ trait IntoApi {
 impl IntoApi for (api::ChainSpec, crate::chain::ChainStatus) {
     fn into_api(self) -> api::Chain {
         super::encode::chain(self.0, self.1)
+    }
+}
+
+/// The peer listener of a cluster host: `PeerService` only, every call
+/// checked against the cluster's `token` (`authorization: Bearer …`, in
+/// constant time) before it reaches the handler. Copies go to `store`.
+pub fn peer_router(
+    store: Arc<crate::vsm::database::Store>,
+    token: &[u8],
+    host: String,
+) -> tonic::transport::server::Router {
+    let expected = blake3::hash(token);
+    let check = move |r: Request<()>| -> Result<Request<()>, Status> {
+        let given = r
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| blake3::hash(t.as_bytes()));
+        // blake3::Hash compares in constant time.
+        if given == Some(expected) {
+            Ok(r)
+        } else {
+            Err(ControlError::Unauthenticated(
+                "a peer call without this cluster's token (authorization: Bearer <token>)".into(),
+            )
+            .into())
+        }
+    };
+    // A checkpoint file comes in 1 MiB messages.
+    let service = peer_service_server::PeerServiceServer::new(PeerSvc { store, host })
+        .max_decoding_message_size(4 << 20);
+    tonic::transport::Server::builder().add_service(
+        tonic::service::interceptor::InterceptedService::new(service, check),
+    )
+}
+
+/// `PeerService` over this host's state database.
+#[derive(Debug, Clone)]
+pub struct PeerSvc {
+    store: Arc<crate::vsm::database::Store>,
+    host: String,
+}
+
+#[tonic::async_trait]
+impl peer_service_server::PeerService for PeerSvc {
+    async fn store_checkpoint(
+        &self,
+        r: Request<tonic::Streaming<api::StoreCheckpointRequest>>,
+    ) -> Answer<api::StoreCheckpointResponse> {
+        use api::store_checkpoint_request::Part;
+        let mut stream = r.into_inner();
+        let Some(Part::Header(h)) = stream.message().await?.and_then(|m| m.part) else {
+            return Err(ControlError::InvalidArgument(
+                "StoreCheckpoint: the first message must be the checkpoint's header".into(),
+            )
+            .into());
+        };
+        validate::name("host", &h.origin)?;
+        validate::name("chain", &h.chain)?;
+        validate::name("vnf", &h.vnf)?;
+        const MAX: u64 = 8 << 30;
+        if h.stored_bytes > MAX {
+            return Err(ControlError::InvalidArgument(format!(
+                "StoreCheckpoint: {} bytes is more than a checkpoint may be ({MAX})",
+                h.stored_bytes
+            ))
+            .into());
+        }
+        let mut file = Vec::with_capacity(h.stored_bytes as usize);
+        while let Some(m) = stream.message().await? {
+            match m.part {
+                Some(Part::Data(d)) if (file.len() + d.len()) as u64 <= h.stored_bytes => {
+                    file.extend_from_slice(&d)
+                }
+                Some(Part::Data(_)) => {
+                    return Err(ControlError::InvalidArgument(format!(
+                        "StoreCheckpoint: more than the {} bytes its header announced",
+                        h.stored_bytes
+                    ))
+                    .into())
+                }
+                _ => {
+                    return Err(ControlError::InvalidArgument(
+                        "StoreCheckpoint: a second header".into(),
+                    )
+                    .into())
+                }
+            }
+        }
+        let meta = crate::vsm::database::CheckpointMeta {
+            format: h.format,
+            chain: h.chain,
+            vnf: h.vnf,
+            id: h.id,
+            created_unix_ms: h.created_unix_ms,
+            image_bytes: h.image_bytes,
+            stored_bytes: h.stored_bytes,
+            blake3: h.blake3,
+            file: String::new(),
+        };
+        let store = self.store.clone();
+        let origin = h.origin;
+        tokio::task::spawn_blocking(move || store.put_copy(&origin, &meta, &file))
+            .await
+            .map_err(ControlError::from)?
+            .map_err(ControlError::from)?;
+        Ok(Response::new(api::StoreCheckpointResponse {
+            host: self.host.clone(),
+        }))
     }
 }

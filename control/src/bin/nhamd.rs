@@ -108,10 +108,19 @@ struct Args {
     /// address and a UDP port (`10.0.0.1:50052`).
     #[arg(long)]
     heartbeat_listen: Option<SocketAddr>,
-    /// This host's API as other hosts reach it (default: `http://` and the
-    /// TCP listen address).
+    /// This host's API as other hosts reach it (default: `unix:` and the
+    /// socket with --unix, else `http://` and the TCP listen address).
     #[arg(long)]
     advertise_api: Option<String>,
+    /// Where this cluster host's peer service listens on the underlay
+    /// (`10.0.0.1:50053`): other hosts' checkpoint copies. With it, each
+    /// checkpoint here is committed only once another host keeps a copy.
+    #[arg(long)]
+    peer_listen: Option<SocketAddr>,
+    /// The cluster's shared token (a file, 16 or more printable ASCII
+    /// characters): peers' calls carry it; a call without it is refused.
+    #[arg(long)]
+    cluster_token_file: Option<PathBuf>,
 }
 
 /// The `[cluster]` table: this host's part in a cluster of hosts.
@@ -128,6 +137,8 @@ struct ClusterConfig {
     heartbeat_misses: Option<u32>,
     /// The registration lease's TTL, s (default 3).
     lease_ttl_s: Option<u64>,
+    peer_listen: Option<SocketAddr>,
+    token_file: Option<PathBuf>,
 }
 
 /// What becomes of the chains when nhamd stops.
@@ -254,6 +265,55 @@ async fn main() -> anyhow::Result<()> {
         (1..=1000).contains(&probe_threshold),
         "probe_threshold {probe_threshold} must be 1 to 1000"
     );
+    let cluster = config.cluster;
+    let mut joined_cluster = None;
+    let host_name = args.host_name.or(cluster.host_name);
+    if let Some(host) = host_name {
+        let etcd = args
+            .etcd
+            .or(cluster.etcd)
+            .context("a cluster host needs etcd endpoints (--etcd or [cluster] etcd)")?;
+        let heartbeat = args.heartbeat_listen.or(cluster.heartbeat_listen).context(
+            "a cluster host needs its heartbeat address (--heartbeat-listen or [cluster] heartbeat_listen)",
+        )?;
+        let api = args
+            .advertise_api
+            .or(cluster.advertise_api)
+            .unwrap_or_else(|| match &unix {
+                Some(path) => format!("unix:{}", path.display()),
+                None => format!("http://{listen}"),
+            });
+        let peer = args.peer_listen.or(cluster.peer_listen);
+        let token_file = args.cluster_token_file.or(cluster.token_file).context(
+            "a cluster host needs the cluster's token (--cluster-token-file or [cluster] token_file)",
+        )?;
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("reading {}", token_file.display()))?
+            .trim()
+            .as_bytes()
+            .to_vec();
+        let options = nham_control::cluster::ClusterOptions {
+            host,
+            api,
+            heartbeat,
+            etcd,
+            heartbeat_interval: std::time::Duration::from_millis(
+                cluster.heartbeat_interval_ms.unwrap_or(10),
+            ),
+            misses: cluster.heartbeat_misses.unwrap_or(5),
+            lease_ttl: std::time::Duration::from_secs(cluster.lease_ttl_s.unwrap_or(3)),
+            peer,
+            token,
+        };
+        let joined =
+            nham_control::cluster::Cluster::start(options).context("joining the cluster")?;
+        tracing::info!(
+            "host {} of a cluster; heartbeats on {}",
+            joined.record().name,
+            joined.record().heartbeat
+        );
+        joined_cluster = Some(joined);
+    }
     let store = nham_control::vsm::database::Store::open(&state_dir)
         .with_context(|| format!("opening the state database in {}", state_dir.display()))?;
     let state = StateOptions {
@@ -264,7 +324,32 @@ async fn main() -> anyhow::Result<()> {
         checkpoint_concurrency,
         probe_interval: std::time::Duration::from_millis(probe_interval),
         probe_threshold,
+        // Copies off this host once it has a peer listener.
+        copies: joined_cluster
+            .as_ref()
+            .filter(|c| c.record().peer.is_some())
+            .map(|c| c.clone() as std::sync::Arc<dyn nham_control::vsm::checkpointer::OffHostCopy>),
     };
+    if let (Some(c), Some(addr)) = (
+        &joined_cluster,
+        joined_cluster.as_ref().and_then(|c| c.record().peer),
+    ) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the peer listener {addr}"))?;
+        let router = nham_control::api::server::peer_router(
+            state.store.clone(),
+            &c.token(),
+            c.record().name.clone(),
+        );
+        tracing::info!("peer service (checkpoint copies) on {addr}");
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            if let Err(e) = router.serve_with_incoming(incoming).await {
+                tracing::error!("the peer service stopped: {e}");
+            }
+        });
+    }
     let rcu_before = if args.expedite_rcu || config.expedite_rcu.unwrap_or(false) {
         Some(expedite_rcu(true).context("expedite_rcu")?)
     } else {
@@ -272,6 +357,9 @@ async fn main() -> anyhow::Result<()> {
     };
     nham_netns::sweep_stale();
     let daemon = Daemon::new(sff, state);
+    if let Some(c) = joined_cluster {
+        daemon.join_cluster(c);
+    }
     let restored = daemon
         .restore_chains()
         .await
@@ -302,43 +390,6 @@ async fn main() -> anyhow::Result<()> {
         (None, None) => None,
         _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
     };
-    let cluster = config.cluster;
-    let host_name = args.host_name.or(cluster.host_name);
-    if let Some(host) = host_name {
-        let etcd = args
-            .etcd
-            .or(cluster.etcd)
-            .context("a cluster host needs etcd endpoints (--etcd or [cluster] etcd)")?;
-        let heartbeat = args.heartbeat_listen.or(cluster.heartbeat_listen).context(
-            "a cluster host needs its heartbeat address (--heartbeat-listen or [cluster] heartbeat_listen)",
-        )?;
-        let api = args
-            .advertise_api
-            .or(cluster.advertise_api)
-            .unwrap_or_else(|| match &unix {
-                Some(path) => format!("unix:{}", path.display()),
-                None => format!("http://{listen}"),
-            });
-        let options = nham_control::cluster::ClusterOptions {
-            host,
-            api,
-            heartbeat,
-            etcd,
-            heartbeat_interval: std::time::Duration::from_millis(
-                cluster.heartbeat_interval_ms.unwrap_or(10),
-            ),
-            misses: cluster.heartbeat_misses.unwrap_or(5),
-            lease_ttl: std::time::Duration::from_secs(cluster.lease_ttl_s.unwrap_or(3)),
-        };
-        let joined =
-            nham_control::cluster::Cluster::start(options).context("joining the cluster")?;
-        tracing::info!(
-            "host {} of a cluster; heartbeats on {}",
-            joined.record().name,
-            joined.record().heartbeat
-        );
-        daemon.join_cluster(joined);
-    }
     let router = nham_control::api::server::router(daemon.clone(), tls).await?;
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -14,9 +14,9 @@
 //!   restarted) is a host that came back too.
 //!
 //! Silence only counts while this host was itself listening: a poll that
-//! comes late (this `nhamd` was starved of CPU for more than `misses`
-//! intervals) is no evidence against anyone, so every member's silence
-//! starts again from that poll. A peer starved as long is judged down; that
+//! comes late (this `nhamd` was starved of CPU for more than two
+//! intervals, and heartbeats may wait unread in its socket) is no evidence
+//! against anyone, so every member's silence starts again from that poll. A peer starved as long is judged down; that
 //! is the price of detecting in tens of milliseconds, and why the judgement
 //! is a fast suspicion that fences, not a membership change.
 
@@ -33,6 +33,10 @@ pub struct HostRecord {
     pub api: String,
     /// Where it hears heartbeats, on the underlay.
     pub heartbeat: SocketAddr,
+    /// Where its peer service listens (copies of checkpoints), if it has
+    /// one.
+    #[serde(default)]
+    pub peer: Option<SocketAddr>,
 }
 
 /// What this host knows of a member's life.
@@ -177,14 +181,15 @@ impl Membership {
     }
 
     /// Judges silence at `now`: every member alive and not heard for
-    /// [`Membership::timeout`] is down. A poll later than the timeout
-    /// after the previous one (this host starved) judges nobody: silence
-    /// counts again from `now`.
+    /// [`Membership::timeout`] is down. A poll more than two intervals
+    /// after the previous one (this host was starved, and heartbeats may
+    /// wait unread in its socket) judges nobody: silence counts again from
+    /// `now`.
     pub fn poll(&mut self, now: Duration) -> Vec<HostEvent> {
         let timeout = self.timeout();
         let late = self
             .last_poll
-            .is_some_and(|last| now.saturating_sub(last) > timeout);
+            .is_some_and(|last| now.saturating_sub(last) > 2 * self.interval);
         self.last_poll = Some(self.last_poll.map_or(now, |t| t.max(now)));
         let mut events = Vec::new();
         for (name, m) in &mut self.members {
@@ -246,6 +251,7 @@ mod tests {
             name: name.into(),
             api: format!("http://{name}:50051"),
             heartbeat: "10.0.0.1:50052".parse().unwrap(),
+            peer: None,
         }
     }
 
@@ -305,9 +311,12 @@ mod tests {
         m.handle_registered(record("b"));
         m.handle_heartbeat("b", 1, Duration::ZERO);
         assert_eq!(m.poll(10 * MS), vec![]);
-        // This host starved for 200 ms: b's silence is no evidence.
+        // This host starved for 200 ms (or just 25): b's silence is no
+        // evidence.
         assert_eq!(m.poll(210 * MS), vec![]);
-        assert_eq!(m.poll(250 * MS), vec![]);
+        for t in (220..=250).step_by(10) {
+            assert_eq!(m.poll(t * MS), vec![], "{t} ms");
+        }
         assert_eq!(
             m.poll(260 * MS).len(),
             1,

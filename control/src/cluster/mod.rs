@@ -41,6 +41,9 @@ pub const HOSTS_PREFIX: &str = "/nham/v1/hosts/";
 /// Errors of the cluster driver.
 #[derive(Debug, Error)]
 pub enum ClusterError {
+    /// The heartbeat thread could not be started.
+    #[error("starting the heartbeat thread: {0}")]
+    Thread(#[source] std::io::Error),
     /// The cluster configuration makes no sense.
     #[error("cluster configuration: {0}")]
     Config(String),
@@ -73,18 +76,35 @@ pub struct ClusterOptions {
     pub misses: u32,
     /// The registration lease's time to live.
     pub lease_ttl: Duration,
+    /// Where this host's peer service listens (copies of other hosts'
+    /// checkpoints), as the others reach it.
+    pub peer: Option<SocketAddr>,
+    /// The cluster's shared secret: every peer call carries it.
+    pub token: Vec<u8>,
 }
 
 impl ClusterOptions {
     /// Checks the options, naming what is wrong.
     pub fn validate(&self) -> Result<(), ClusterError> {
         let bad = |m: String| Err(ClusterError::Config(m));
-        if self.host.is_empty() || self.host.len() > heartbeat::MAX_NAME || self.host.contains('/')
+        // It names directories of copies on other hosts.
+        crate::validate::name("host", &self.host)
+            .map_err(|e| ClusterError::Config(e.to_string()))?;
+        if !self.token.iter().all(u8::is_ascii_graphic) {
+            return bad("the cluster token must be printable ASCII, no spaces".into());
+        }
+        if self.token.len() < 16 {
+            return bad(format!(
+                "the cluster token is {} bytes: at least 16 (peers prove with it who they are)",
+                self.token.len()
+            ));
+        }
+        if self.heartbeat.ip().is_unspecified()
+            || self.peer.is_some_and(|p| p.ip().is_unspecified())
         {
             return bad(format!(
-                "host name {:?}: 1 to {} bytes, no '/'",
-                self.host,
-                heartbeat::MAX_NAME
+                "heartbeat {} and peer {:?} addresses: other hosts reach them, so not 0.0.0.0",
+                self.heartbeat, self.peer
             ));
         }
         if self.etcd.is_empty() {
@@ -152,7 +172,8 @@ pub struct ClusterCounters {
     pub send_errors: AtomicU64,
     /// Heartbeats received from members.
     pub received: AtomicU64,
-    /// Datagrams on the heartbeat port that were not heartbeats; dropped.
+    /// Datagrams on the heartbeat port that were not heartbeats, or not
+    /// from the address their host registered; dropped.
     pub malformed: AtomicU64,
 }
 
@@ -169,6 +190,104 @@ pub struct Cluster {
     stop: AtomicBool,
     /// Counters of the heartbeat path.
     pub counters: ClusterCounters,
+    /// The runtime the peer clients run on.
+    runtime: tokio::runtime::Handle,
+    /// A client of each peer service used so far.
+    peers: Mutex<std::collections::BTreeMap<SocketAddr, PeerClient>>,
+}
+
+type PeerClient = crate::api::peer_service_client::PeerServiceClient<tonic::transport::Channel>;
+
+/// Checkpoint copies go to another member alive now: the next after this
+/// host in name order (a ring, so copies spread over the hosts), then the
+/// others in turn if it fails.
+impl crate::vsm::checkpointer::OffHostCopy for Cluster {
+    fn copy(
+        &self,
+        meta: &crate::vsm::database::CheckpointMeta,
+        file: &std::path::Path,
+    ) -> Result<String, String> {
+        let bytes = std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+        let mut targets: Vec<(String, SocketAddr)> = self
+            .membership()
+            .members()
+            .filter(|m| m.liveness == Liveness::Alive)
+            .filter_map(|m| Some((m.record.name.clone(), m.record.peer?)))
+            .collect();
+        // Members come in name order: start after this host.
+        let after = targets
+            .iter()
+            .position(|(n, _)| *n > self.record.name)
+            .unwrap_or(0);
+        targets.rotate_left(after);
+        if targets.is_empty() {
+            return Err("no other host of the cluster is alive (with a peer listener)".into());
+        }
+        let mut errors = Vec::new();
+        for (name, addr) in targets {
+            match self.runtime.block_on(self.send_copy(addr, meta, &bytes)) {
+                Ok(host) => return Ok(host),
+                Err(e) => errors.push(format!("{name} ({addr}): {e}")),
+            }
+        }
+        Err(errors.join("; "))
+    }
+}
+
+impl Cluster {
+    async fn send_copy(
+        &self,
+        addr: SocketAddr,
+        meta: &crate::vsm::database::CheckpointMeta,
+        bytes: &[u8],
+    ) -> Result<String, String> {
+        use crate::api::{
+            store_checkpoint_request::Part, CheckpointHeader, StoreCheckpointRequest,
+        };
+        let client = {
+            let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+            match peers.get(&addr) {
+                Some(c) => c.clone(),
+                None => {
+                    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                        .map_err(|e| e.to_string())?
+                        .connect_timeout(Duration::from_secs(1))
+                        .timeout(Duration::from_secs(10))
+                        .connect_lazy();
+                    let c = PeerClient::new(channel).max_decoding_message_size(4 << 20);
+                    peers.insert(addr, c.clone());
+                    c
+                }
+            }
+        };
+        let header = Part::Header(CheckpointHeader {
+            origin: self.record.name.clone(),
+            chain: meta.chain.clone(),
+            vnf: meta.vnf.clone(),
+            id: meta.id,
+            format: meta.format,
+            created_unix_ms: meta.created_unix_ms,
+            image_bytes: meta.image_bytes,
+            stored_bytes: meta.stored_bytes,
+            blake3: meta.blake3.clone(),
+        });
+        let parts: Vec<StoreCheckpointRequest> = std::iter::once(header)
+            .chain(bytes.chunks(1 << 20).map(|c| Part::Data(c.to_vec())))
+            .map(|p| StoreCheckpointRequest { part: Some(p) })
+            .collect();
+        let mut request = tonic::Request::new(tokio_stream::iter(parts));
+        let token = String::from_utf8_lossy(&self.options.token).into_owned();
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the cluster token is not valid in a header".to_string())?;
+        request.metadata_mut().insert("authorization", value);
+        let mut client = client;
+        let answer = client
+            .store_checkpoint(request)
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+        Ok(answer.into_inner().host)
+    }
 }
 
 impl Cluster {
@@ -188,6 +307,7 @@ impl Cluster {
             name: options.host.clone(),
             api: options.api.clone(),
             heartbeat: socket.local_addr().unwrap_or(options.heartbeat),
+            peer: options.peer,
         };
         let (events, _) = broadcast::channel(1024);
         let cluster = Arc::new(Self {
@@ -204,17 +324,21 @@ impl Cluster {
             events,
             stop: AtomicBool::new(false),
             counters: ClusterCounters::default(),
+            runtime: tokio::runtime::Handle::current(),
+            peers: Mutex::new(std::collections::BTreeMap::new()),
         });
         let c = cluster.clone();
         std::thread::Builder::new()
             .name("nham-heartbeat".into())
             .spawn(move || c.heartbeat_loop(socket))
-            .map_err(|source| ClusterError::Socket {
-                addr: cluster.options.heartbeat,
-                source,
-            })?;
+            .map_err(ClusterError::Thread)?;
         tokio::spawn(cluster.clone().etcd_loop());
         Ok(cluster)
+    }
+
+    /// The cluster's token.
+    pub fn token(&self) -> Vec<u8> {
+        self.options.token.clone()
     }
 
     /// This host's registration.
@@ -328,14 +452,23 @@ impl Cluster {
             self.publish(events);
             let wait = next.saturating_duration_since(Instant::now());
             let _ = socket.set_read_timeout(Some(wait.max(Duration::from_micros(100))));
-            if let Ok((n, _from)) = socket.recv_from(&mut buf) {
+            if let Ok((n, from)) = socket.recv_from(&mut buf) {
                 match Heartbeat::from_bytes(&buf[..n]) {
                     Ok(hb) => {
                         self.counters.received.fetch_add(1, Ordering::Relaxed);
                         let now = self.now();
-                        let event =
-                            self.membership()
-                                .handle_heartbeat(&hb.host, hb.incarnation, now);
+                        let mut membership = self.membership();
+                        // Only from the address the host registered.
+                        let from_it = membership
+                            .member(&hb.host)
+                            .is_some_and(|m| m.record.heartbeat.ip() == from.ip());
+                        let event = if from_it {
+                            membership.handle_heartbeat(&hb.host, hb.incarnation, now)
+                        } else {
+                            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                            None
+                        };
+                        drop(membership);
                         self.publish(event);
                     }
                     Err(_) => {
@@ -380,9 +513,14 @@ impl Cluster {
             Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions,
         };
         let e = |what: &'static str| move |err: etcd_client::Error| format!("{what}: {err}");
+        // HTTP/2 pings find a silently dead link; a member without a leader
+        // (cut off from the quorum) refuses rather than answers stale.
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
-            .with_timeout(Duration::from_secs(2));
+            .with_timeout(Duration::from_secs(2))
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
         let mut client = Client::connect(&self.options.etcd, Some(options))
             .await
             .map_err(e("connecting"))?;
@@ -449,8 +587,17 @@ impl Cluster {
             }
             tokio::select! {
                 _ = tick.tick() => {
-                    keeper.keep_alive().await.map_err(e("keeping the lease"))?;
-                    match alive.message().await.map_err(e("keeping the lease"))? {
+                    // A reply within a third of the TTL, or the session is
+                    // given up (streams have no deadline of their own).
+                    let wait = self.options.lease_ttl / 3;
+                    let reply = tokio::time::timeout(wait, async {
+                        keeper.keep_alive().await?;
+                        alive.message().await
+                    })
+                    .await
+                    .map_err(|_| format!("no answer to a lease keep-alive within {wait:?}"))?
+                    .map_err(e("keeping the lease"))?;
+                    match reply {
                         Some(r) if r.ttl() > 0 => {}
                         _ => return Err(format!("lease {lease:x} expired")),
                     }
@@ -459,6 +606,12 @@ impl Cluster {
                     let Some(message) = message.map_err(e("watching hosts"))? else {
                         return Err("the watch of hosts ended".into());
                     };
+                    if message.canceled() {
+                        return Err(format!(
+                            "the watch of hosts was cancelled: {}",
+                            message.cancel_reason()
+                        ));
+                    }
                     for event in message.events() {
                         let Some(kv) = event.kv() else { continue };
                         match event.event_type() {

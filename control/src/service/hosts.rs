@@ -56,6 +56,7 @@ impl Daemon {
                             .unwrap_or_default(),
                         api: String::new(),
                         heartbeat: ([0, 0, 0, 0], 0).into(),
+                        peer: None,
                     },
                     liveness: Liveness::Alive,
                     last_heard_ago: Some(Duration::ZERO),

@@ -39,7 +39,7 @@ use nham_dataplane::hold::CheckpointId;
 use nham_sff::remote::SffClient;
 
 use super::criu::{self, Swrk};
-use super::database::{Store, StoreError};
+use super::database::{CheckpointMeta, Store, StoreError};
 use super::error::SyncError;
 use crate::runtime::process::{
     is_stopped, kill_and_reap, signal as raw_signal, Niceness, BACKGROUND_NICE,
@@ -74,6 +74,16 @@ pub fn has_ring(pid: u32) -> bool {
         .is_ok_and(|m| m.lines().any(|l| l.contains("socket:[")))
 }
 
+/// Where a checkpoint's second copy goes: another host (the cluster of
+/// `crate::cluster`). A checkpoint counts as committed, and the packets it
+/// includes are released, only once a copy is durable there.
+pub trait OffHostCopy: Send + Sync + std::fmt::Debug {
+    /// Copies checkpoint `meta`, stored here in `file`, to another host,
+    /// durable there before it returns; names the host. Blocks (called on
+    /// a checkpoint's blocking thread).
+    fn copy(&self, meta: &CheckpointMeta, file: &Path) -> Result<String, String>;
+}
+
 /// Where one VNF's checkpoints go in the store, and its scratch space.
 #[derive(Debug, Clone)]
 pub struct StoreSlot {
@@ -85,6 +95,8 @@ pub struct StoreSlot {
     pub vnf: String,
     /// Scratch directory for images being dumped or restored (tmpfs is best).
     pub scratch: PathBuf,
+    /// Where each checkpoint's second copy goes (`None`: this host only).
+    pub copies: Option<Arc<dyn OffHostCopy>>,
 }
 
 /// What a checkpoint took.
@@ -108,6 +120,9 @@ pub struct CheckpointStats {
     pub stored: u64,
     /// Packets released.
     pub released: u64,
+    /// Copying it to another host (zero when kept on this host only),
+    /// within `total`.
+    pub copy: Duration,
 }
 
 /// A checkpoint dumped, not durable yet (see [`Checkpointer::dump`]).
@@ -126,29 +141,47 @@ pub struct Dumped {
     size: u64,
 }
 
-/// A checkpoint durable in the store, not committed yet.
+/// A checkpoint durable in the store (and on another host, if the slot
+/// says so), not committed yet.
 #[derive(Debug)]
 pub struct Stored {
     dumped: Dumped,
     stored: u64,
+    copy: Duration,
 }
 
 impl Dumped {
-    /// Compresses the image into the store (step 6's first half). On
-    /// failure the checkpoint is aborted in the SFF.
+    /// Compresses the image into the store, then copies it to another host
+    /// when the slot has [`StoreSlot::copies`] (step 6's first half). On
+    /// failure of either the checkpoint is aborted in the SFF (nothing
+    /// released) and its image removed.
     pub fn store(self, sff: &SffClient) -> Result<Stored, SyncError> {
         let s = &self.slot;
-        match s.store.put(&s.chain, &s.vnf, self.id, &self.dir) {
-            Ok(meta) => Ok(Stored {
-                stored: meta.stored_bytes,
-                dumped: self,
-            }),
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&self.dir);
-                let _ = sff.checkpoint_failed(self.hop, self.id);
-                Err(e.into())
+        let abort = |e: SyncError| {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            let _ = sff.checkpoint_failed(self.hop, self.id);
+            Err(e)
+        };
+        let meta = match s.store.put(&s.chain, &s.vnf, self.id, &self.dir) {
+            Ok(meta) => meta,
+            Err(e) => return abort(e.into()),
+        };
+        let started = Instant::now();
+        if let Some(copies) = &s.copies {
+            if let Err(why) = copies.copy(&meta, &s.store.file_of(&meta)) {
+                let _ = s.store.remove_checkpoint(&s.chain, &s.vnf, self.id);
+                return abort(SyncError::NotCopied { id: self.id, why });
             }
         }
+        Ok(Stored {
+            stored: meta.stored_bytes,
+            copy: if s.copies.is_some() {
+                started.elapsed()
+            } else {
+                Duration::ZERO
+            },
+            dumped: self,
+        })
     }
 }
 
@@ -462,7 +495,11 @@ impl Checkpointer {
     /// is then never restored. The unpacked image is handed back with the
     /// figures, for the standby or replica to take (or to be removed).
     pub fn commit(&mut self, sff: &SffClient, stored: Stored) -> Result<Committed, SyncError> {
-        let Stored { dumped, stored } = stored;
+        let Stored {
+            dumped,
+            stored,
+            copy,
+        } = stored;
         let Dumped {
             id,
             hop,
@@ -518,6 +555,7 @@ impl Checkpointer {
             size: dumped.size,
             stored,
             released: done.released,
+            copy,
         };
         Ok(Committed {
             stats,

@@ -6,6 +6,8 @@
 //! - `index.redb`: a redb database. Table `checkpoints` maps
 //!   `<chain>/<vnf>/<id, 20 digits>` to the checkpoint's [`CheckpointMeta`]
 //!   (JSON); table `chains` maps a chain name to its `ChainSpec` (protobuf).
+//! - `copies/<origin host>/<chain>/<vnf>/<id>.ckpt`: copies of other
+//!   hosts' checkpoints (table `copies`), the same format.
 //! - `images/<chain>/<vnf>/<id>.ckpt`: one file per checkpoint: the magic
 //!   `NHAMCKPT`, the format version (u32 LE), the BLAKE3 hash of the payload
 //!   (32 bytes), then the payload: a zstd stream of the CRIU image directory
@@ -42,6 +44,13 @@ const CHAINS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("chains");
 /// What runs for each chain (SFF process, namespaces, VNF pids), so that a
 /// restarted daemon can attach to it again.
 const RUNTIME: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("runtime");
+
+/// Copies of other hosts' checkpoints kept here (see [`Store::put_copy`]):
+/// `<origin>/<chain>/<vnf>/<id, 20 digits>` to its [`CheckpointMeta`].
+const COPIES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("copies");
+/// Copies kept per origin, chain and VNF: the newest two (the restore
+/// point and its fallback).
+const COPIES_KEPT: usize = 2;
 
 /// Errors of the state database.
 #[derive(Debug, Error)]
@@ -145,6 +154,7 @@ impl Store {
         tx.open_table(CHECKPOINTS).map_err(db)?;
         tx.open_table(CHAINS).map_err(db)?;
         tx.open_table(RUNTIME).map_err(db)?;
+        tx.open_table(COPIES).map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -190,22 +200,15 @@ impl Store {
         let payload = enc.finish().map_err(io("compressing"))?;
         let hash = blake3::hash(&payload);
         let rel = format!("images/{chain}/{vnf}/{id}.ckpt");
-        let path = self.dir.join(&rel);
-        let parent = path.parent().expect("has a parent");
-        std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
-        let tmp = path.with_extension("tmp");
-        {
-            let mut f =
-                std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-            f.write_all(MAGIC)
-                .and_then(|()| f.write_all(&FORMAT_VERSION.to_le_bytes()))
-                .and_then(|()| f.write_all(hash.as_bytes()))
-                .and_then(|()| f.write_all(&payload))
-                .and_then(|()| f.sync_all())
-                .map_err(io(format!("writing {}", tmp.display())))?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io(format!("renaming {}", tmp.display())))?;
-        sync_dir(parent)?;
+        self.write_durably(
+            &rel,
+            &[
+                MAGIC,
+                &FORMAT_VERSION.to_le_bytes(),
+                hash.as_bytes(),
+                &payload,
+            ],
+        )?;
         let meta = CheckpointMeta {
             format: FORMAT_VERSION,
             chain: chain.into(),
@@ -389,6 +392,134 @@ impl Store {
         Ok(())
     }
 
+    /// Writes `parts`, in order, to file `rel` of the state directory:
+    /// into a temporary file, synced, renamed into place, its directory
+    /// synced (a crash leaves the old file or the whole new one).
+    fn write_durably(&self, rel: &str, parts: &[&[u8]]) -> Result<(), StoreError> {
+        let path = self.dir.join(rel);
+        let parent = path.parent().expect("has a parent");
+        std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+        let tmp = path.with_extension("tmp");
+        {
+            let mut f =
+                std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+            parts
+                .iter()
+                .try_for_each(|p| f.write_all(p))
+                .and_then(|()| f.sync_all())
+                .map_err(io(format!("writing {}", tmp.display())))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io(format!("renaming {}", tmp.display())))?;
+        sync_dir(parent)
+    }
+
+    /// The path of checkpoint `meta`'s file.
+    pub fn file_of(&self, meta: &CheckpointMeta) -> PathBuf {
+        self.dir.join(&meta.file)
+    }
+
+    /// Keeps `file` (the bytes of a checkpoint file, as [`Store::put`]
+    /// wrote it on host `origin`, indexed there as `meta`) as a copy for
+    /// that host: checked first (magic, version, the hash in its header
+    /// against the payload and against `meta`, its size), then written,
+    /// synced and indexed as [`Store::put`] does, under
+    /// `copies/<origin>/<chain>/<vnf>/<id>.ckpt`. Of each origin's VNF the
+    /// newest two copies are kept. Names must be checked by the caller
+    /// (they become paths). A copy that fails a check is
+    /// [`StoreError::Corrupt`] and nothing is written.
+    pub fn put_copy(
+        &self,
+        origin: &str,
+        meta: &CheckpointMeta,
+        file: &[u8],
+    ) -> Result<CheckpointMeta, StoreError> {
+        let corrupt = |why: String| StoreError::Corrupt {
+            chain: meta.chain.clone(),
+            vnf: meta.vnf.clone(),
+            id: meta.id,
+            why: format!("copy from {origin}: {why}"),
+        };
+        if file.len() < HEADER || &file[..8] != MAGIC {
+            return Err(corrupt("not a checkpoint file (bad magic)".into()));
+        }
+        let version = u32::from_le_bytes(file[8..12].try_into().expect("4 bytes"));
+        if version != FORMAT_VERSION || meta.format != FORMAT_VERSION {
+            return Err(corrupt(format!(
+                "format version {version}, this build reads {FORMAT_VERSION}"
+            )));
+        }
+        let hash = blake3::hash(&file[HEADER..]);
+        if hash.as_bytes() != &file[12..HEADER] || hash.to_hex().as_str() != meta.blake3 {
+            return Err(corrupt("payload does not match its hash".into()));
+        }
+        if file.len() as u64 != meta.stored_bytes {
+            return Err(corrupt(format!(
+                "{} bytes, its index says {}",
+                file.len(),
+                meta.stored_bytes
+            )));
+        }
+        let rel = format!(
+            "copies/{origin}/{}/{}/{}.ckpt",
+            meta.chain, meta.vnf, meta.id
+        );
+        self.write_durably(&rel, &[file])?;
+        let copy = CheckpointMeta {
+            file: rel,
+            ..meta.clone()
+        };
+        let value = serde_json::to_vec(&copy).map_err(db)?;
+        let vnf_prefix = format!("{origin}/{}", prefix(&meta.chain, &meta.vnf));
+        let tx = self.db.begin_write().map_err(db)?;
+        let mut old = Vec::new();
+        {
+            let mut t = tx.open_table(COPIES).map_err(db)?;
+            t.insert(
+                format!("{origin}/{}", key(&meta.chain, &meta.vnf, meta.id)).as_str(),
+                value.as_slice(),
+            )
+            .map_err(db)?;
+            let mut all: Vec<(String, CheckpointMeta)> = Vec::new();
+            for item in t.range(vnf_prefix.as_str()..).map_err(db)? {
+                let (k, v) = item.map_err(db)?;
+                if !k.value().starts_with(&vnf_prefix) {
+                    break;
+                }
+                all.push((
+                    k.value().to_string(),
+                    serde_json::from_slice(v.value()).map_err(db)?,
+                ));
+            }
+            let surplus = all.len().saturating_sub(COPIES_KEPT);
+            for (k, m) in all.into_iter().take(surplus) {
+                t.remove(k.as_str()).map_err(db)?;
+                old.push(m);
+            }
+        }
+        tx.commit().map_err(db)?;
+        for m in old {
+            let _ = std::fs::remove_file(self.dir.join(&m.file));
+        }
+        Ok(copy)
+    }
+
+    /// The copies of host `origin`'s checkpoints kept here, in key order
+    /// (by chain, VNF, then oldest first).
+    pub fn copies(&self, origin: &str) -> Result<Vec<CheckpointMeta>, StoreError> {
+        let p = format!("{origin}/");
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(COPIES).map_err(db)?;
+        let mut out = Vec::new();
+        for item in t.range(p.as_str()..).map_err(db)? {
+            let (k, v) = item.map_err(db)?;
+            if !k.value().starts_with(&p) {
+                break;
+            }
+            out.push(serde_json::from_slice(v.value()).map_err(db)?);
+        }
+        Ok(out)
+    }
+
     /// Records a chain's spec (protobuf bytes) so a restarted daemon finds it.
     pub fn put_chain(&self, name: &str, spec: &[u8]) -> Result<(), StoreError> {
         self.put_row(CHAINS, name, spec)
@@ -481,6 +612,51 @@ mod tests {
         std::fs::write(d.join("pages-1.img"), vec![seed; 100_000]).unwrap();
         std::fs::write(d.join("core-1.img"), b"core".repeat(seed as usize + 1)).unwrap();
         d
+    }
+
+    /// A checkpoint stored on one host is kept as a copy on another, checked
+    /// first: a copy that differs from its hash, its size or its index is
+    /// refused and nothing is written; a copy unpacks to the same images;
+    /// the newest two copies of a VNF are kept.
+    #[test]
+    fn a_copy_from_another_host_is_checked_kept_and_unpacks_the_same() {
+        let (a, b) = (tmp("nham-db-a-"), tmp("nham-db-b-"));
+        let (origin, here) = (Store::open(&a).unwrap(), Store::open(&b).unwrap());
+        let img = images(&a, 3);
+        let meta = origin.put("web", "fw", 7, &img).unwrap();
+        let file = std::fs::read(origin.file_of(&meta)).unwrap();
+        let mut bad = file.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(matches!(
+            here.put_copy("h0", &meta, &bad),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let other = CheckpointMeta {
+            stored_bytes: meta.stored_bytes + 1,
+            ..meta.clone()
+        };
+        assert!(here.put_copy("h0", &other, &file).is_err(), "size checked");
+        assert!(here.copies("h0").unwrap().is_empty(), "nothing written");
+        let copy = here.put_copy("h0", &meta, &file).unwrap();
+        assert_eq!(copy.file, "copies/h0/web/fw/7.ckpt");
+        let out = b.join("out");
+        here.unpack(&copy, &out).unwrap();
+        same_dirs(&img, &out);
+        for id in [8, 9] {
+            let m = origin.put("web", "fw", id, &images(&a, id as u8)).unwrap();
+            let f = std::fs::read(origin.file_of(&m)).unwrap();
+            here.put_copy("h0", &m, &f).unwrap();
+        }
+        let kept: Vec<u64> = here.copies("h0").unwrap().iter().map(|m| m.id).collect();
+        assert_eq!(kept, vec![8, 9]);
+        assert!(
+            !b.join("copies/h0/web/fw/7.ckpt").exists(),
+            "the oldest removed"
+        );
+        assert!(here.copies("h1").unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&a);
+        let _ = std::fs::remove_dir_all(&b);
     }
 
     fn same_dirs(a: &Path, b: &Path) {

@@ -37,6 +37,15 @@ pub enum SyncError {
     /// Something else about the process failed.
     #[error("process: {0}")]
     Process(String),
+    /// No other host took a copy of the checkpoint: it is not committed
+    /// (nothing released).
+    #[error("checkpoint {id} not copied to another host: {why}")]
+    NotCopied {
+        /// The checkpoint.
+        id: u64,
+        /// Why not.
+        why: String,
+    },
     /// A receive ring of the VNF could not be read or realigned.
     #[error(transparent)]
     Ring(#[from] crate::vsm::ring::RingError),

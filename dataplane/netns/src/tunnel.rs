@@ -9,11 +9,14 @@
 //! AF_XDP port binds to the device as to a veth, XDP in generic mode)
 //! changes.
 //!
-//! Each incarnation of a hop's link has a VNI of its own. A VNF moved to
-//! another host gets a new tunnel with a new VNI, and the SFF reads only
-//! the hop's current port: what the old incarnation still sends (a
-//! partitioned host runs on) arrives on a port that is not current and is
-//! never accepted (the fencing is in the data path, not in a lease).
+//! The fencing contract: each incarnation of a hop's link gets a VNI of
+//! its own, never reused for the hop, and the SFF reads only the hop's
+//! current port, so what an old incarnation still sends (a partitioned
+//! host runs on) arrives on a port that is not current and is never
+//! accepted (the fencing is in the data path, not in a lease). The lab
+//! (`Lab::across_hosts`) gives each hop one VNI and a standby port its own;
+//! allocating VNIs per incarnation in `nhamd` comes with placing VNFs on
+//! other hosts (not built yet).
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -58,6 +61,15 @@ impl Tunnel {
         }
     }
 
+    /// `e`, naming the tunnel device it is about (a VNI already taken in
+    /// a namespace shows as "File exists").
+    fn error(self, name: &str, e: NetnsError) -> NetnsError {
+        NetnsError::Netlink(format!(
+            "tunnel device {name} (VNI {}, {} -> {}): {e}",
+            self.vni, self.local, self.remote
+        ))
+    }
+
     fn device(self, name: &str, index: Option<u32>) -> rtnetlink::packet_route::link::LinkMessage {
         // Every frame goes to the one remote end (no learning, no
         // flooding elsewhere), checksummed on the underlay.
@@ -80,7 +92,8 @@ impl Tunnel {
 pub fn tunnel_here(name: &str, tunnel: Tunnel) -> Result<VethEnd, NetnsError> {
     check_vni(tunnel.vni)?;
     let msg = tunnel.device(name, None);
-    with_netlink(|h| async move { h.link().add(msg).execute().await.map_err(netlink) })?;
+    with_netlink(|h| async move { h.link().add(msg).execute().await.map_err(netlink) })
+        .map_err(|e| tunnel.error(name, e))?;
     set_up(name)?;
     link(name)
 }
@@ -121,8 +134,8 @@ pub fn tunnel_into(
             })
         }
     };
-    crate::run_in_or_here(from, make)?;
-    crate::adopt_moved(into, &tmp, name)
+    crate::run_in_or_here(from, make).map_err(|e| tunnel.error(&tmp, e))?;
+    crate::adopt_moved(into, &tmp, name).map_err(|e| tunnel.error(name, e))
 }
 
 fn check_vni(vni: u32) -> Result<(), NetnsError> {
