@@ -174,6 +174,9 @@ pub struct HaReport {
     pub checkpoint_frozen_ms: Summary,
     /// CRIU's dump.
     pub checkpoint_dump_ms: Summary,
+    /// Copying each checkpoint to another host before its commit (all 0
+    /// when copies stay on the host).
+    pub checkpoint_copy_ms: Summary,
     /// Checkpoints taken.
     pub checkpoints: usize,
     /// Recoveries that restored an image (the rest started afresh).
@@ -1330,6 +1333,7 @@ fn trial(
     let mut recovery = Vec::new();
     let mut pauses = Vec::new();
     let (mut drains, mut frozen, mut dumps) = (Vec::new(), Vec::new(), Vec::new());
+    let mut copies = Vec::new();
     let mut restored = 0;
     let mut recovery_failure_reasons = Vec::new();
     let mut nondeterminism_events = Vec::new();
@@ -1402,6 +1406,7 @@ fn trial(
                 drains.push(c.drain_ms);
                 frozen.push(c.frozen_ms);
                 dumps.push(c.dump_ms);
+                copies.push(c.copy_ms);
             }
             _ => {}
         }
@@ -1444,6 +1449,7 @@ fn trial(
         checkpoint_drain_ms: Summary::of(&drains),
         checkpoint_frozen_ms: Summary::of(&frozen),
         checkpoint_dump_ms: Summary::of(&dumps),
+        checkpoint_copy_ms: Summary::of(&copies),
         checkpoints: pauses.len(),
         restored,
         recovery_failures: recovery_failure_reasons.len(),

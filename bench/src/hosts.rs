@@ -403,6 +403,25 @@ impl HostLab {
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 
+    /// Stops host `i`'s `nhamd` with SIGTERM (a clean stop: it leaves the
+    /// cluster on purpose) and waits until it is gone (10 s at most, then
+    /// SIGKILL).
+    pub fn stop_nhamd(&mut self, i: usize) {
+        if let Some(mut c) = self.nhamd.get_mut(i).and_then(Option::take) {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
     /// Kills host `i`'s `nhamd` with SIGKILL (a host failure, as far as
     /// its `nhamd` goes) and reaps it; returns when it is gone.
     pub fn kill_nhamd(&mut self, i: usize) {

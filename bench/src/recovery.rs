@@ -82,6 +82,13 @@ pub(crate) struct RecoveryArgs {
     /// millisecond instead of after a grace period, about 10 ms here).
     #[arg(long)]
     expedite_rcu: bool,
+    /// Keep each checkpoint on a second host before its commit: nhamd runs
+    /// as one host of a lab cluster (three hosts, etcd on each, two more
+    /// nhamds to take the copies), each commit waits for a copy on another
+    /// host (issue 14's off-host commits). Compare `checkpoint copy` and
+    /// `checkpoint pause` with a run without it.
+    #[arg(long)]
+    copies: bool,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -104,7 +111,6 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
     let spec = HaSpec {
         mechanism: args.mechanism.api(),
         kinds: ha::sample_chain(args.vnfs),
-        foreign_vnfs: Vec::new(),
         fault: match args.fault {
             FaultArg::Crash => api::Fault::Crash,
             FaultArg::Hang => api::Fault::Hang,
@@ -117,16 +123,18 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
         flows: 64,
         nhamd: ha::sibling_binary("nhamd", "NHAM_NHAMD")?,
         vnf_bin: ha::sibling_binary("nham-vnf", "NHAM_VNF")?,
-        restarts: Vec::new(),
-        corrupt_newest: false,
-        during_checkpoint: false,
-        same_victim: None,
-        second_failure: false,
         expedite_rcu: args.expedite_rcu,
-        members: Vec::new(),
-        walk: Vec::new(),
+        ..HaSpec::default()
     };
-    let r = ha::run(&spec)?;
+    let r = if args.copies {
+        let mut hosts = nham_bench::hosts::HostLab::new(3, 3)?;
+        for i in 0..2 {
+            hosts.start_nhamd(i, &spec.nhamd)?;
+        }
+        ha::run_in_cluster(&spec, &mut hosts, "sff")?
+    } else {
+        ha::run(&spec)?
+    };
     let row = |name: &str, s: &ha::Summary| {
         println!(
             "  {name:<22} p50 {:>8.2} ms   p99 {:>8.2} ms   max {:>8.2} ms   (n = {})",
@@ -149,6 +157,9 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
     row("  of which draining", &r.checkpoint_drain_ms);
     row("  of which frozen", &r.checkpoint_frozen_ms);
     row("    of which dump", &r.checkpoint_dump_ms);
+    if args.copies {
+        row("checkpoint copy", &r.checkpoint_copy_ms);
+    }
     println!(
         "  {} failures, {} recoveries from an image, {} recovery failures, {} checkpoints",
         r.failures, r.restored, r.recovery_failures, r.checkpoints

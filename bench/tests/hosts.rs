@@ -268,6 +268,39 @@ fn state_of(hosts: &[Listed], name: &str) -> Option<nham_control::api::HostState
     hosts.iter().find(|h| h.0 == name).map(|h| h.1)
 }
 
+/// The states `host` takes in the `HostChanged` events of the `nhamd` at
+/// `addr`, up to `until` (included): those states, when `until` came, and
+/// its detection time.
+async fn host_changes(
+    addr: String,
+    host: &'static str,
+    until: nham_control::api::HostState,
+) -> Result<(Vec<nham_control::api::HostState>, Instant, f64)> {
+    use nham_control::api::{
+        event_service_client::EventServiceClient, watch_events_response::Event as E, HostState,
+        WatchEventsRequest,
+    };
+    let channel = nham_control::connect(&addr).await?;
+    let mut stream = EventServiceClient::new(channel)
+        .watch_events(WatchEventsRequest {
+            chain: String::new(),
+        })
+        .await?
+        .into_inner();
+    let mut states = Vec::new();
+    while let Some(e) = stream.message().await? {
+        if let Some(E::HostChanged(h)) = e.event {
+            if h.host == host {
+                states.push(HostState::try_from(h.state)?);
+                if h.state == until as i32 {
+                    return Ok((states, Instant::now(), h.detection_ms));
+                }
+            }
+        }
+    }
+    anyhow::bail!("the event stream of {addr} ended")
+}
+
 /// Hosts of a cluster find each other through etcd and watch each other
 /// through heartbeats (every 10 ms, judged down after 5 silent ones):
 /// three `nhamd`s on three hosts of the lab, an etcd cluster of three.
@@ -276,15 +309,14 @@ fn state_of(hosts: &[Listed], name: &str) -> Option<nham_control::api::HostState
 ///   second of the kill (the event names the detection time), and is gone
 ///   from the cluster once its lease (3 s) expires.
 /// - A host cut off is judged down, and alive again once it is back.
+/// - A host whose `nhamd` stops cleanly says it leaves: never judged down,
+///   gone from the list at once; restarted, it is alive again.
 /// - With all of etcd down, `nhamd` still answers, says etcd is
 ///   unreachable, and heartbeats go on: the hosts it knew stay alive.
 #[test]
 fn nhamd_hosts_find_each_other_through_etcd_and_judge_a_silent_one_down() {
     let _serial = serial();
-    use nham_control::api::{
-        event_service_client::EventServiceClient, watch_events_response::Event as E, HostState,
-        WatchEventsRequest,
-    };
+    use nham_control::api::HostState;
     let nhamd = nham_bench::ha::sibling_binary("nhamd", "NHAM_NHAMD").expect("nhamd");
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
     let mut lab = HostLab::new(3, 3).expect("the lab of hosts");
@@ -309,28 +341,11 @@ fn nhamd_hosts_find_each_other_through_etcd_and_judge_a_silent_one_down() {
     );
 
     // h2's nhamd killed: h0 judges it down, fast, and says so in an event.
-    let addr = lab.nhamd_addr(0);
-    let watch = rt.spawn(async move {
-        let channel = nham_control::connect(&addr).await?;
-        let mut stream = EventServiceClient::new(channel)
-            .watch_events(WatchEventsRequest {
-                chain: String::new(),
-            })
-            .await?
-            .into_inner();
-        while let Some(e) = stream.message().await? {
-            if let Some(E::HostChanged(h)) = e.event {
-                if h.host == "h2" && h.state == HostState::Down as i32 {
-                    return Ok::<_, anyhow::Error>((h.detection_ms, Instant::now()));
-                }
-            }
-        }
-        anyhow::bail!("the event stream ended")
-    });
+    let watch = rt.spawn(host_changes(lab.nhamd_addr(0), "h2", HostState::Down));
     std::thread::sleep(Duration::from_millis(200));
     let killed = Instant::now();
     lab.kill_nhamd(2);
-    let (detection_ms, seen) = rt
+    let (_, seen, detection_ms) = rt
         .block_on(async { tokio::time::timeout(Duration::from_secs(5), watch).await })
         .expect("h2 judged down within 5 s")
         .expect("watch task")
@@ -373,6 +388,38 @@ fn nhamd_hosts_find_each_other_through_etcd_and_judge_a_silent_one_down() {
         Ok(())
     })
     .expect("h1 alive once back");
+
+    // h1's nhamd stopped cleanly: it says it leaves, so h0 never judges it
+    // down, and its registration goes at once (not after its lease's 3 s).
+    let watch = rt.spawn(host_changes(lab.nhamd_addr(0), "h1", HostState::Left));
+    std::thread::sleep(Duration::from_millis(200));
+    let stopped = Instant::now();
+    lab.stop_nhamd(1);
+    let (states, left, _) = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(2), watch).await })
+        .expect("h1 left within 2 s of a clean stop")
+        .expect("watch task")
+        .expect("watch");
+    eprintln!(
+        "h1 stopped cleanly: {states:?}, left {:?} after the stop",
+        left.duration_since(stopped)
+    );
+    // (Leaving comes first unless h0's heartbeat thread hears the goodbye
+    // after its etcd task sees the registration go: either way, no Down.)
+    assert!(
+        !states.contains(&HostState::Down) && states.last() == Some(&HostState::Left),
+        "a clean stop is never judged down: {states:?}"
+    );
+    lab.start_nhamd(1, &nhamd).expect("h1's nhamd again");
+    eventually(Duration::from_secs(10), || {
+        let (hosts, _) = list_hosts(&rt, &lab.nhamd_addr(0))?;
+        anyhow::ensure!(
+            state_of(&hosts, "h1") == Some(HostState::Alive),
+            "{hosts:?}"
+        );
+        Ok(())
+    })
+    .expect("h1 alive again once restarted");
 
     // All of etcd down: nhamd answers, says so; heartbeats go on.
     for k in 0..3 {

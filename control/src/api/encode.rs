@@ -151,6 +151,7 @@ pub fn host_state(l: crate::cluster::membership::Liveness) -> api::HostState {
         Liveness::Joining => api::HostState::Joining,
         Liveness::Alive => api::HostState::Alive,
         Liveness::Down { .. } => api::HostState::Down,
+        Liveness::Leaving => api::HostState::Leaving,
     }
 }
 

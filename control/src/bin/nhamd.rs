@@ -427,6 +427,11 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
         }
     }
+    // The other hosts are told this host leaves on purpose (not judged
+    // down), and its registration goes.
+    daemon
+        .leave_cluster(std::time::Duration::from_secs(1))
+        .await;
     match on_exit {
         OnExit::Keep => {
             daemon.detach_all().await;

@@ -5,21 +5,29 @@
 //! (fuzzed: `control/tests/fuzz_heartbeat.rs`).
 //!
 //! ```text
-//!  0      4   5   6          6+n          14+n        22+n
-//!  +------+---+---+----------+------------+-----------+
-//!  | NHHB | v | n | host (n) | incarnation|    seq    |
-//!  +------+---+---+----------+------------+-----------+
-//!           1   1..=63 bytes, UTF-8   u64 BE     u64 BE
+//!  0      4   5   6   7          7+n          15+n        23+n
+//!  +------+---+---+---+----------+------------+-----------+
+//!  | NHHB | v | f | n | host (n) | incarnation|    seq    |
+//!  +------+---+---+---+----------+------------+-----------+
+//!           2   flags  1..=63 bytes, UTF-8  u64 BE     u64 BE
 //! ```
+//!
+//! Flags: bit 0, [`LEAVING`]: the sender stops on purpose (its `nhamd`
+//! is shutting down); it is not to be judged down for the silence that
+//! follows. Other bits are ignored.
 
 use thiserror::Error;
 
 /// The first four bytes of every heartbeat.
 pub const MAGIC: [u8; 4] = *b"NHHB";
 /// The version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+/// Flag: the sender is leaving (see the module's documentation).
+pub const LEAVING: u8 = 1;
 /// The longest host name a heartbeat carries.
 pub const MAX_NAME: usize = 63;
+/// Magic, version, flags and name length.
+const HEADER: usize = 7;
 
 /// Why bytes are not a heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -49,7 +57,7 @@ impl<'a> HeartbeatPacket<'a> {
     /// Checks that `bytes` hold a whole heartbeat of this version.
     pub fn new_checked(bytes: &'a [u8]) -> Result<Self, HeartbeatError> {
         let header = bytes
-            .get(..6)
+            .get(..HEADER)
             .ok_or(HeartbeatError::Truncated(bytes.len()))?;
         let magic = [header[0], header[1], header[2], header[3]];
         if magic != MAGIC {
@@ -58,19 +66,24 @@ impl<'a> HeartbeatPacket<'a> {
         if header[4] != VERSION {
             return Err(HeartbeatError::Version(header[4]));
         }
-        let name_len = usize::from(header[5]);
+        let name_len = usize::from(header[6]);
         if name_len == 0 || name_len > MAX_NAME {
             return Err(HeartbeatError::Name(format!("{name_len} bytes long")));
         }
-        if bytes.len() < 6 + name_len + 16 {
+        if bytes.len() < HEADER + name_len + 16 {
             return Err(HeartbeatError::Truncated(bytes.len()));
         }
         Ok(Self { bytes, name_len })
     }
 
+    /// The flags byte.
+    pub fn flags(&self) -> u8 {
+        self.bytes[5]
+    }
+
     /// The sender's host name, raw.
     pub fn host(&self) -> &'a [u8] {
-        &self.bytes[6..6 + self.name_len]
+        &self.bytes[HEADER..HEADER + self.name_len]
     }
 
     fn u64_at(&self, at: usize) -> u64 {
@@ -81,12 +94,12 @@ impl<'a> HeartbeatPacket<'a> {
 
     /// The sender's incarnation.
     pub fn incarnation(&self) -> u64 {
-        self.u64_at(6 + self.name_len)
+        self.u64_at(HEADER + self.name_len)
     }
 
     /// The heartbeat's number.
     pub fn seq(&self) -> u64 {
-        self.u64_at(14 + self.name_len)
+        self.u64_at(HEADER + 8 + self.name_len)
     }
 }
 
@@ -100,6 +113,8 @@ pub struct Heartbeat {
     pub incarnation: u64,
     /// Its number (from 0, per incarnation).
     pub seq: u64,
+    /// The sender is leaving on purpose.
+    pub leaving: bool,
 }
 
 impl Heartbeat {
@@ -112,6 +127,7 @@ impl Heartbeat {
             host,
             incarnation: packet.incarnation(),
             seq: packet.seq(),
+            leaving: packet.flags() & LEAVING != 0,
         })
     }
 
@@ -129,9 +145,10 @@ impl Heartbeat {
                 self.host
             )));
         }
-        let mut out = Vec::with_capacity(22 + name.len());
+        let mut out = Vec::with_capacity(HEADER + 16 + name.len());
         out.extend_from_slice(&MAGIC);
         out.push(VERSION);
+        out.push(if self.leaving { LEAVING } else { 0 });
         out.push(name.len() as u8);
         out.extend_from_slice(name);
         out.extend_from_slice(&self.incarnation.to_be_bytes());
@@ -150,6 +167,7 @@ mod tests {
             host: "host-b".into(),
             incarnation: 7,
             seq: 1 << 40,
+            leaving: true,
         };
         let bytes = hb.emit().unwrap();
         assert_eq!(Heartbeat::from_bytes(&bytes).unwrap(), hb);
@@ -158,10 +176,10 @@ mod tests {
             Err(HeartbeatError::Truncated(bytes.len() - 1))
         );
         let mut other = bytes.clone();
-        other[4] = 2;
+        other[4] = 1;
         assert_eq!(
             Heartbeat::from_bytes(&other),
-            Err(HeartbeatError::Version(2))
+            Err(HeartbeatError::Version(1))
         );
         assert!(matches!(
             Heartbeat::from_bytes(b"GET / HTTP/1.0"),

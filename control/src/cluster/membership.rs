@@ -11,7 +11,9 @@
 //!   and its VNFs can be recovered elsewhere at once. Heard again, it is
 //!   [`HostEvent::Back`] (a partition healed: what ran there was moved and
 //!   is fenced in the data path). A new incarnation (its `nhamd`
-//!   restarted) is a host that came back too.
+//!   restarted) is a host that came back too. A member that says it
+//!   stops on purpose ([`Membership::handle_leaving`]) is never judged
+//!   down for the silence that follows.
 //!
 //! Silence only counts while this host was itself listening: a poll that
 //! comes late (this `nhamd` was starved of CPU for more than two
@@ -51,6 +53,9 @@ pub enum Liveness {
         /// When it was judged down.
         since: Duration,
     },
+    /// It said it stops on purpose (its `nhamd` shutting down): its
+    /// silence is no failure.
+    Leaving,
 }
 
 /// A change worth acting on.
@@ -76,6 +81,11 @@ pub enum HostEvent {
         /// Its name.
         host: String,
     },
+    /// A member said it stops on purpose.
+    Leaving {
+        /// Its name.
+        host: String,
+    },
     /// A member's registration is gone (its lease expired, or it left).
     Left {
         /// Its name.
@@ -94,6 +104,19 @@ pub struct Member {
     pub last_heard: Option<Duration>,
     /// Its incarnation (from its heartbeats; 0 before the first).
     pub incarnation: u64,
+}
+
+impl Member {
+    /// Heard from incarnation `incarnation` at `now`; `None` (and nothing
+    /// changed) for an older incarnation's word.
+    fn heard(&mut self, incarnation: u64, now: Duration) -> Option<()> {
+        if incarnation < self.incarnation {
+            return None;
+        }
+        self.incarnation = incarnation;
+        self.last_heard = Some(self.last_heard.map_or(now, |t| t.max(now)));
+        Some(())
+    }
 }
 
 /// The members of the cluster and their liveness, as this host sees them.
@@ -163,21 +186,40 @@ impl Membership {
         now: Duration,
     ) -> Option<HostEvent> {
         let m = self.members.get_mut(name)?;
-        if incarnation < m.incarnation {
+        if m.liveness == Liveness::Leaving && incarnation == m.incarnation {
             return None;
         }
         let restarted = m.incarnation != 0 && incarnation > m.incarnation;
-        m.incarnation = incarnation;
-        m.last_heard = Some(m.last_heard.map_or(now, |t| t.max(now)));
+        m.heard(incarnation, now)?;
         let host = name.to_string();
         let event = match m.liveness {
             Liveness::Joining => Some(HostEvent::Up { host }),
-            Liveness::Down { .. } => Some(HostEvent::Back { host }),
+            Liveness::Down { .. } | Liveness::Leaving => Some(HostEvent::Back { host }),
             Liveness::Alive if restarted => Some(HostEvent::Back { host }),
             Liveness::Alive => None,
         };
         m.liveness = Liveness::Alive;
         event
+    }
+
+    /// Member `name`, incarnation `incarnation`, says it stops on purpose
+    /// (a heartbeat with the leaving flag): it is not judged down; a new
+    /// incarnation of it is back.
+    pub fn handle_leaving(
+        &mut self,
+        name: &str,
+        incarnation: u64,
+        now: Duration,
+    ) -> Option<HostEvent> {
+        let m = self.members.get_mut(name)?;
+        if m.liveness == Liveness::Leaving {
+            return None;
+        }
+        m.heard(incarnation, now)?;
+        m.liveness = Liveness::Leaving;
+        Some(HostEvent::Leaving {
+            host: name.to_string(),
+        })
     }
 
     /// Judges silence at `now`: every member alive and not heard for
@@ -303,6 +345,37 @@ mod tests {
             Some(HostEvent::Left { host: "b".into() })
         );
         assert_eq!(m.handle_heartbeat("b", 2, 100 * MS), None, "not a member");
+    }
+
+    #[test]
+    fn a_member_that_says_it_leaves_is_not_judged_down() {
+        let mut m = Membership::new("a", 10 * MS, 5);
+        m.handle_registered(record("b"));
+        m.handle_heartbeat("b", 1, Duration::ZERO);
+        assert_eq!(
+            m.handle_leaving("b", 1, 5 * MS),
+            Some(HostEvent::Leaving { host: "b".into() })
+        );
+        assert_eq!(m.handle_leaving("b", 1, 6 * MS), None, "said once");
+        assert_eq!(
+            m.handle_heartbeat("b", 1, 7 * MS),
+            None,
+            "a late beat of it"
+        );
+        for t in (10..=500).step_by(10) {
+            assert_eq!(m.poll(t * MS), vec![], "{t} ms: silent, not down");
+        }
+        assert_eq!(
+            m.handle_heartbeat("b", 2, 510 * MS),
+            Some(HostEvent::Back { host: "b".into() }),
+            "restarted"
+        );
+        assert_eq!(m.poll(570 * MS).len(), 0, "(a late poll)");
+        assert_eq!(m.poll(580 * MS).len(), 0);
+        assert_eq!(m.poll(590 * MS).len(), 0);
+        assert_eq!(m.poll(600 * MS).len(), 0);
+        assert_eq!(m.poll(610 * MS).len(), 0);
+        assert_eq!(m.poll(620 * MS).len(), 1, "alive again: judged again");
     }
 
     #[test]

@@ -188,6 +188,14 @@ pub struct Cluster {
     etcd_error: Mutex<Option<String>>,
     events: broadcast::Sender<ClusterEvent>,
     stop: AtomicBool,
+    /// Set once the heartbeat thread has said goodbye.
+    goodbye: tokio::sync::watch::Sender<bool>,
+    /// Tells the etcd task to revoke the lease and end.
+    revoke: AtomicBool,
+    /// Wakes the etcd task when `revoke` is set.
+    wake: tokio::sync::Notify,
+    /// Set once the etcd task has revoked the lease (or ended).
+    left: tokio::sync::watch::Sender<bool>,
     /// Counters of the heartbeat path.
     pub counters: ClusterCounters,
     /// The runtime the peer clients run on.
@@ -323,6 +331,10 @@ impl Cluster {
             etcd_error: Mutex::new(Some("not connected yet".into())),
             events,
             stop: AtomicBool::new(false),
+            goodbye: tokio::sync::watch::channel(false).0,
+            revoke: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+            left: tokio::sync::watch::channel(false).0,
             counters: ClusterCounters::default(),
             runtime: tokio::runtime::Handle::current(),
             peers: Mutex::new(std::collections::BTreeMap::new()),
@@ -351,10 +363,24 @@ impl Cluster {
         self.events.subscribe()
     }
 
-    /// Stops heartbeats and leaves the cluster (the etcd task revokes the
-    /// lease, best effort, if etcd is reachable).
-    pub fn stop(&self) {
+    /// Leaves the cluster on purpose (this `nhamd` is shutting down): the
+    /// members are told with a last heartbeat flagged leaving (so none
+    /// judges this host down for its silence), heartbeats stop, and the
+    /// lease is revoked (the registration goes at once) if etcd answers
+    /// within `within`. Returns when that is done or `within` has passed.
+    pub async fn leave(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        // The goodbye first (the members hear it before the registration
+        // goes), then the lease.
+        let mut said = self.goodbye.subscribe();
         self.stop.store(true, Ordering::Relaxed);
+        let goodbye = (within / 4).min(Duration::from_millis(100));
+        let _ = tokio::time::timeout(goodbye, said.wait_for(|done| *done)).await;
+        self.revoke.store(true, Ordering::Relaxed);
+        // (A permit is kept if the task is not waiting right now.)
+        self.wake.notify_one();
+        let mut left = self.left.subscribe();
+        let _ = tokio::time::timeout_at(deadline, left.wait_for(|done| *done)).await;
     }
 
     /// The hosts as this host sees them now.
@@ -407,6 +433,7 @@ impl Cluster {
                 } => tracing::warn!(host, ?detection, "host judged down: silent"),
                 HostEvent::Up { host } => tracing::info!(host, "host up"),
                 HostEvent::Back { host } => tracing::warn!(host, "host back"),
+                HostEvent::Leaving { host } => tracing::info!(host, "host leaving on purpose"),
                 HostEvent::Left { host } => tracing::info!(host, "host left the cluster"),
             }
             let _ = self.events.send(ClusterEvent {
@@ -423,12 +450,32 @@ impl Cluster {
         let mut seq = 0u64;
         let mut next = Instant::now();
         let mut buf = [0u8; 128];
-        while !self.stop.load(Ordering::Relaxed) {
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                // Leaving on purpose: say so (three times: a datagram may
+                // be lost), then go quiet.
+                let hb = Heartbeat {
+                    host: self.options.host.clone(),
+                    incarnation: self.incarnation,
+                    seq,
+                    leaving: true,
+                };
+                let bytes = hb.emit().unwrap_or_default();
+                let targets: Vec<SocketAddr> = self.membership().heartbeat_targets().collect();
+                for _ in 0..3 {
+                    for to in &targets {
+                        let _ = socket.send_to(&bytes, to);
+                    }
+                }
+                self.goodbye.send_replace(true);
+                return;
+            }
             if Instant::now() >= next {
                 let hb = Heartbeat {
                     host: self.options.host.clone(),
                     incarnation: self.incarnation,
                     seq,
+                    leaving: false,
                 };
                 seq += 1;
                 // (The name was validated: it fits.)
@@ -462,11 +509,13 @@ impl Cluster {
                         let from_it = membership
                             .member(&hb.host)
                             .is_some_and(|m| m.record.heartbeat.ip() == from.ip());
-                        let event = if from_it {
-                            membership.handle_heartbeat(&hb.host, hb.incarnation, now)
-                        } else {
+                        let event = if !from_it {
                             self.counters.malformed.fetch_add(1, Ordering::Relaxed);
                             None
+                        } else if hb.leaving {
+                            membership.handle_leaving(&hb.host, hb.incarnation, now)
+                        } else {
+                            membership.handle_heartbeat(&hb.host, hb.incarnation, now)
                         };
                         drop(membership);
                         self.publish(event);
@@ -498,14 +547,15 @@ impl Cluster {
     /// Registers this host and follows the others', for as long as the
     /// cluster runs; a broken session is started again after 500 ms.
     async fn etcd_loop(self: Arc<Self>) {
-        while !self.stop.load(Ordering::Relaxed) {
+        while !self.revoke.load(Ordering::Relaxed) {
             let error = match self.etcd_session().await {
-                Ok(()) => return,
+                Ok(()) => break,
                 Err(e) => e,
             };
             self.set_etcd_error(Some(error));
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        self.left.send_replace(true);
     }
 
     async fn etcd_session(&self) -> Result<(), String> {
@@ -581,11 +631,12 @@ impl Cluster {
         self.set_etcd_error(None);
         let mut tick = tokio::time::interval(self.options.lease_ttl / 3);
         loop {
-            if self.stop.load(Ordering::Relaxed) {
+            if self.revoke.load(Ordering::Relaxed) {
                 let _ = client.lease_revoke(lease).await;
                 return Ok(());
             }
             tokio::select! {
+                _ = self.wake.notified() => {}
                 _ = tick.tick() => {
                     // A reply within a third of the TTL, or the session is
                     // given up (streams have no deadline of their own).

@@ -44,6 +44,14 @@ impl Daemon {
         });
     }
 
+    /// Leaves the cluster on purpose, if in one (see
+    /// [`Cluster::leave`]), within `within`.
+    pub async fn leave_cluster(&self, within: Duration) {
+        if let Some(c) = self.cluster.get() {
+            c.leave(within).await;
+        }
+    }
+
     /// The hosts this daemon knows of, itself first.
     pub fn hosts(&self) -> HostsView {
         match self.cluster.get() {
@@ -84,6 +92,7 @@ fn host_changed(e: HostEvent) -> Event {
             false,
             detection,
         ),
+        HostEvent::Leaving { host } => (host, Liveness::Leaving, false, Duration::ZERO),
         HostEvent::Left { host } => (host, Liveness::Joining, true, Duration::ZERO),
     };
     Event::HostChanged {
