@@ -385,6 +385,10 @@ fn nhamd_hosts_find_each_other_through_etcd_and_judge_a_silent_one_down() {
             state_of(&hosts, "h1") == Some(HostState::Alive),
             "{hosts:?}"
         );
+        // And registered again (its etcd session broke while it was cut
+        // off): a clean stop revokes the lease of a session that runs.
+        let (_, etcd) = list_hosts(&rt, &lab.nhamd_addr(1))?;
+        anyhow::ensure!(etcd, "h1 not back in etcd yet");
         Ok(())
     })
     .expect("h1 alive once back");
