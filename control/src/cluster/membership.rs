@@ -39,6 +39,10 @@ pub struct HostRecord {
     /// one.
     #[serde(default)]
     pub peer: Option<SocketAddr>,
+    /// The incarnation of the `nhamd` that registered (its heartbeats
+    /// carry it).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// What this host knows of a member's life.
@@ -102,8 +106,10 @@ pub struct Member {
     pub liveness: Liveness,
     /// When it was last heard.
     pub last_heard: Option<Duration>,
-    /// Its incarnation (from its heartbeats; 0 before the first).
+    /// Its incarnation (from its registration and heartbeats).
     pub incarnation: u64,
+    /// When its registration was first seen.
+    pub registered: Duration,
 }
 
 impl Member {
@@ -147,22 +153,37 @@ impl Membership {
         self.interval * self.misses
     }
 
-    /// A registration seen in etcd (new, or changed). This host's own is
-    /// not a member of its view.
-    pub fn handle_registered(&mut self, record: HostRecord) {
+    /// How long a member may stay silent after its registration before it
+    /// was ever heard: 20 timeouts (a host starting sends at once).
+    pub fn join_grace(&self) -> Duration {
+        self.timeout() * 20
+    }
+
+    /// A registration seen in etcd at `now` (new, or changed). This
+    /// host's own is not a member of its view. A registration of another
+    /// incarnation (its `nhamd` restarted) sets the member's incarnation,
+    /// lower or higher: etcd has the last word (a wall clock stepped back
+    /// across a restart gives a lower one).
+    pub fn handle_registered(&mut self, record: HostRecord, now: Duration) {
         if record.name == self.me {
             return;
         }
         match self.members.get_mut(&record.name) {
-            Some(m) => m.record = record,
+            Some(m) => {
+                if record.incarnation != m.record.incarnation {
+                    m.incarnation = record.incarnation;
+                }
+                m.record = record;
+            }
             None => {
                 self.members.insert(
                     record.name.clone(),
                     Member {
+                        incarnation: record.incarnation,
                         record,
                         liveness: Liveness::Joining,
                         last_heard: None,
-                        incarnation: 0,
+                        registered: now,
                     },
                 );
             }
@@ -189,7 +210,7 @@ impl Membership {
         if m.liveness == Liveness::Leaving && incarnation == m.incarnation {
             return None;
         }
-        let restarted = m.incarnation != 0 && incarnation > m.incarnation;
+        let restarted = m.last_heard.is_some() && incarnation > m.incarnation;
         m.heard(incarnation, now)?;
         let host = name.to_string();
         let event = match m.liveness {
@@ -234,8 +255,23 @@ impl Membership {
             .is_some_and(|last| now.saturating_sub(last) > 2 * self.interval);
         self.last_poll = Some(self.last_poll.map_or(now, |t| t.max(now)));
         let mut events = Vec::new();
+        let grace = self.join_grace();
         for (name, m) in &mut self.members {
             let Some(heard) = m.last_heard else {
+                // Registered, never heard: down once the grace is over
+                // (it died at once, or its heartbeats cannot reach us).
+                if late {
+                    m.registered = m.registered.max(now);
+                } else if m.liveness == Liveness::Joining
+                    && now.saturating_sub(m.registered) >= grace
+                {
+                    m.liveness = Liveness::Down { since: now };
+                    events.push(HostEvent::Down {
+                        host: name.clone(),
+                        last_heard: m.registered,
+                        detection: now - m.registered,
+                    });
+                }
                 continue;
             };
             if late {
@@ -255,14 +291,21 @@ impl Membership {
     }
 
     /// When [`Membership::poll`] should next run: at the earliest moment
-    /// a member alive now could be judged down (`None`: nobody to judge).
+    /// a member alive now, or joining and never heard, could be judged
+    /// down (`None`: nobody to judge).
     pub fn poll_at(&self) -> Option<Duration> {
-        self.members
+        let alive = self
+            .members
             .values()
             .filter(|m| m.liveness == Liveness::Alive)
             .filter_map(|m| m.last_heard)
-            .min()
-            .map(|t| t + self.timeout())
+            .map(|t| t + self.timeout());
+        let joining = self
+            .members
+            .values()
+            .filter(|m| m.liveness == Liveness::Joining && m.last_heard.is_none())
+            .map(|m| m.registered + self.join_grace());
+        alive.chain(joining).min()
     }
 
     /// The members (this host aside), by name.
@@ -294,14 +337,15 @@ mod tests {
             api: format!("http://{name}:50051"),
             heartbeat: "10.0.0.1:50052".parse().unwrap(),
             peer: None,
+            incarnation: 0,
         }
     }
 
     #[test]
     fn a_silent_member_is_down_after_the_timeout_and_back_when_heard() {
         let mut m = Membership::new("a", 10 * MS, 5);
-        m.handle_registered(record("a"));
-        m.handle_registered(record("b"));
+        m.handle_registered(record("a"), Duration::ZERO);
+        m.handle_registered(record("b"), Duration::ZERO);
         assert_eq!(m.members().count(), 1, "a host is not its own member");
         assert_eq!(
             m.poll(Duration::ZERO),
@@ -350,7 +394,7 @@ mod tests {
     #[test]
     fn a_member_that_says_it_leaves_is_not_judged_down() {
         let mut m = Membership::new("a", 10 * MS, 5);
-        m.handle_registered(record("b"));
+        m.handle_registered(record("b"), Duration::ZERO);
         m.handle_heartbeat("b", 1, Duration::ZERO);
         assert_eq!(
             m.handle_leaving("b", 1, 5 * MS),
@@ -379,9 +423,54 @@ mod tests {
     }
 
     #[test]
+    fn a_member_never_heard_is_down_after_the_join_grace() {
+        let mut m = Membership::new("a", 10 * MS, 5);
+        m.handle_registered(record("b"), 100 * MS);
+        assert_eq!(m.poll_at(), Some(1100 * MS));
+        for t in (110..1100).step_by(10) {
+            assert_eq!(m.poll(t * MS), vec![], "{t} ms");
+        }
+        assert_eq!(
+            m.poll(1100 * MS),
+            vec![HostEvent::Down {
+                host: "b".into(),
+                last_heard: 100 * MS,
+                detection: 1000 * MS
+            }]
+        );
+        assert_eq!(
+            m.handle_heartbeat("b", 1, 1200 * MS),
+            Some(HostEvent::Back { host: "b".into() })
+        );
+    }
+
+    #[test]
+    fn a_registration_of_another_incarnation_has_the_last_word() {
+        let mut m = Membership::new("a", 10 * MS, 5);
+        let mut b = record("b");
+        b.incarnation = 50;
+        m.handle_registered(b.clone(), Duration::ZERO);
+        assert_eq!(
+            m.handle_heartbeat("b", 49, MS),
+            None,
+            "older than its registration"
+        );
+        assert_eq!(
+            m.handle_heartbeat("b", 50, 2 * MS),
+            Some(HostEvent::Up { host: "b".into() })
+        );
+        // Restarted with a clock stepped back: a lower incarnation,
+        // registered, is the one heard from now on.
+        b.incarnation = 7;
+        m.handle_registered(b, 3 * MS);
+        assert_eq!(m.handle_heartbeat("b", 7, 4 * MS), None);
+        assert_eq!(m.member("b").map(|b| b.incarnation), Some(7));
+    }
+
+    #[test]
     fn a_late_poll_judges_nobody() {
         let mut m = Membership::new("a", 10 * MS, 5);
-        m.handle_registered(record("b"));
+        m.handle_registered(record("b"), Duration::ZERO);
         m.handle_heartbeat("b", 1, Duration::ZERO);
         assert_eq!(m.poll(10 * MS), vec![]);
         // This host starved for 200 ms (or just 25): b's silence is no
@@ -407,7 +496,7 @@ mod tests {
         ) {
             let (interval, misses) = (10 * MS, 5);
             let mut m = Membership::new("a", interval, misses);
-            m.handle_registered(record("b"));
+            m.handle_registered(record("b"), Duration::ZERO);
             let mut last: Option<Duration> = None;
             let mut down = false;
             for (k, beat) in beats.iter().enumerate() {

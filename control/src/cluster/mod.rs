@@ -316,6 +316,7 @@ impl Cluster {
             api: options.api.clone(),
             heartbeat: socket.local_addr().unwrap_or(options.heartbeat),
             peer: options.peer,
+            incarnation,
         };
         let (events, _) = broadcast::channel(1024);
         let cluster = Arc::new(Self {
@@ -603,7 +604,8 @@ impl Cluster {
         for kv in listing.kvs() {
             if let Some(record) = parse_record(kv.value()) {
                 seen.insert(record.name.clone());
-                self.membership().handle_registered(record);
+                let now = self.now();
+                self.membership().handle_registered(record, now);
             }
         }
         // Hosts that left while this one could not see etcd.
@@ -668,7 +670,8 @@ impl Cluster {
                         match event.event_type() {
                             EventType::Put => {
                                 if let Some(record) = parse_record(kv.value()) {
-                                    self.membership().handle_registered(record);
+                                    let now = self.now();
+                                    self.membership().handle_registered(record, now);
                                 }
                             }
                             EventType::Delete => {

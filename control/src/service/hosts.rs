@@ -65,6 +65,7 @@ impl Daemon {
                         api: String::new(),
                         heartbeat: ([0, 0, 0, 0], 0).into(),
                         peer: None,
+                        incarnation: 0,
                     },
                     liveness: Liveness::Alive,
                     last_heard_ago: Some(Duration::ZERO),
