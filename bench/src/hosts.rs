@@ -295,6 +295,12 @@ impl HostLab {
         Ok(self.underlay.run(move || nham_netns::set_up(&link))??)
     }
 
+    /// The pids of the etcd members that run (to kill them from another
+    /// thread while the lab is borrowed: they are reaped when it drops).
+    pub fn etcd_pids(&self) -> Vec<u32> {
+        self.etcd.iter().flatten().map(Child::id).collect()
+    }
+
     /// Kills the etcd member on host `k` (SIGKILL, reaped).
     pub fn kill_etcd(&mut self, k: usize) {
         if let Some(mut c) = self.etcd.get_mut(k).and_then(Option::take) {
