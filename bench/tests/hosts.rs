@@ -444,6 +444,35 @@ fn nhamd_hosts_find_each_other_through_etcd_and_judge_a_silent_one_down() {
     assert_eq!(state_of(&hosts, "h0"), Some(HostState::Alive), "{hosts:?}");
 }
 
+/// A lab of three hosts with etcd on each and `nhamd` on h0 and h1, and an
+/// HA trial for a chain's `nhamd` among them: four sample VNFs under
+/// `mechanism`, a crash in each of `rounds` rounds, 2,000 frames/s, 200 ms
+/// checkpoints.
+fn cluster_and_chain(
+    mechanism: nham_control::api::Mechanism,
+    rounds: usize,
+) -> (HostLab, nham_bench::ha::HaSpec) {
+    let nhamd = nham_bench::ha::sibling_binary("nhamd", "NHAM_NHAMD").expect("nhamd");
+    let mut hosts = HostLab::new(3, 3).expect("the lab of hosts");
+    for i in 0..2 {
+        hosts.start_nhamd(i, &nhamd).expect("nhamd");
+    }
+    let spec = nham_bench::ha::HaSpec {
+        mechanism,
+        kinds: nham_bench::ha::sample_chain(4),
+        rounds: vec![1; rounds],
+        fault: nham_control::api::Fault::Crash,
+        rate: 2000.0,
+        gap: Duration::from_millis(400),
+        checkpoint_interval_ms: 200,
+        flows: 32,
+        nhamd,
+        vnf_bin: vnf_bin().to_path_buf(),
+        ..Default::default()
+    };
+    (hosts, spec)
+}
+
 /// Checkpoints kept on two hosts (issue 14, item 4). The chain's `nhamd`
 /// (host "sff", four sample VNFs under 0R, 200 ms checkpoints) is in a
 /// cluster with h0 and h1: each checkpoint is committed, and the packets
@@ -458,24 +487,7 @@ fn nhamd_hosts_find_each_other_through_etcd_and_judge_a_silent_one_down() {
 fn checkpoints_are_committed_only_once_another_host_keeps_a_copy() {
     use nham_control::api::{peer_service_client::PeerServiceClient, StoreCheckpointRequest};
     let _serial = serial();
-    let nhamd = nham_bench::ha::sibling_binary("nhamd", "NHAM_NHAMD").expect("nhamd");
-    let mut hosts = HostLab::new(3, 3).expect("the lab of hosts");
-    for i in 0..2 {
-        hosts.start_nhamd(i, &nhamd).expect("nhamd");
-    }
-    let spec = nham_bench::ha::HaSpec {
-        mechanism: nham_control::api::Mechanism::Mechanism0r,
-        kinds: nham_bench::ha::sample_chain(4),
-        rounds: vec![1; 4],
-        fault: nham_control::api::Fault::Crash,
-        rate: 2000.0,
-        gap: Duration::from_millis(400),
-        checkpoint_interval_ms: 200,
-        flows: 32,
-        nhamd,
-        vnf_bin: vnf_bin().to_path_buf(),
-        ..Default::default()
-    };
+    let (mut hosts, spec) = cluster_and_chain(nham_control::api::Mechanism::Mechanism0r, 4);
     let r = nham_bench::ha::run_in_cluster(&spec, &mut hosts, "sff").expect("the trial");
     eprintln!(
         "0R with copies off the host: {} failures, recovery p50 {:.1} ms, checkpoint pause p50 {:.1} ms over {} checkpoints, lost {} dup {} reordered {}",
@@ -537,24 +549,7 @@ fn checkpoints_are_committed_only_once_another_host_keeps_a_copy() {
 #[test]
 fn with_all_of_etcd_down_vnf_crashes_are_recovered_and_copies_go_on() {
     let _serial = serial();
-    let nhamd = nham_bench::ha::sibling_binary("nhamd", "NHAM_NHAMD").expect("nhamd");
-    let mut hosts = HostLab::new(3, 3).expect("the lab of hosts");
-    for i in 0..2 {
-        hosts.start_nhamd(i, &nhamd).expect("nhamd");
-    }
-    let spec = nham_bench::ha::HaSpec {
-        mechanism: nham_control::api::Mechanism::Mechanism1rAs,
-        kinds: nham_bench::ha::sample_chain(4),
-        rounds: vec![1; 8],
-        fault: nham_control::api::Fault::Crash,
-        rate: 2000.0,
-        gap: Duration::from_millis(400),
-        checkpoint_interval_ms: 200,
-        flows: 32,
-        nhamd,
-        vnf_bin: vnf_bin().to_path_buf(),
-        ..Default::default()
-    };
+    let (mut hosts, spec) = cluster_and_chain(nham_control::api::Mechanism::Mechanism1rAs, 8);
     let etcd = hosts.etcd_pids();
     let copies = hosts.state_dir(0).join("copies/sff/ha");
     let killed = std::sync::Mutex::new(None);
