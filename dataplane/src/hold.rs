@@ -1212,7 +1212,7 @@ impl<P> Hop<P> {
             let mark = Mark {
                 consumed: cursor,
                 emitted: m.next_output,
-                epoch: self.epoch,
+                epoch: Self::frozen_epoch(self.epoch, m.unfinished, last_consumed),
                 answered: m.last_output_seq,
                 last_consumed,
             };
@@ -1227,12 +1227,28 @@ impl<P> Hop<P> {
         let mark = Mark {
             consumed,
             emitted: self.tx.next_output,
-            epoch: self.epoch,
+            epoch: Self::frozen_epoch(self.epoch, self.unfinished, last_consumed),
             answered: self.tx.last_output_seq,
             last_consumed,
         };
         self.phase = CheckpointPhase::Dumping { id, started, mark };
         Ok(mark)
+    }
+
+    /// The epoch a checkpoint's mark gives the work the VNF holds when it
+    /// is frozen: a VNF restored with an input in hand (`unfinished`, from
+    /// an older epoch) that has not answered it yet, nor read anything
+    /// newer (`last_consumed` within it), still holds that input as it was
+    /// delivered, stamped with the older epoch: its answer, after a
+    /// restore from this checkpoint, carries that epoch. Otherwise the
+    /// current one. (With the current epoch, the answer to the input in
+    /// hand was taken for stale after a second restore: a packet lost at
+    /// the sink on an ordinary hop, and an MR-AA member's outputs numbered
+    /// one too low, counted as divergent.)
+    fn frozen_epoch(current: u32, unfinished: Option<Mark>, last_consumed: Option<u64>) -> u32 {
+        unfinished
+            .filter(|u| u.last_consumed >= last_consumed)
+            .map_or(current, |u| u.epoch)
     }
 
     /// The image of checkpoint `id` is taken and the VNF runs again, but the
