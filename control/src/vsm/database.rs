@@ -412,7 +412,11 @@ impl Store {
         std::fs::rename(&tmp, &path).map_err(io(format!("renaming {}", tmp.display())))?;
         sync_dir(parent)
     }
+}
 
+/// Copies of other hosts' checkpoints (issue 14: a checkpoint counts as
+/// committed only once another host keeps a copy).
+impl Store {
     /// The path of checkpoint `meta`'s file.
     pub fn file_of(&self, meta: &CheckpointMeta) -> PathBuf {
         self.dir.join(&meta.file)
@@ -519,7 +523,10 @@ impl Store {
         }
         Ok(out)
     }
+}
 
+/// Records of chains and their runtimes, so a restarted daemon finds them.
+impl Store {
     /// Records a chain's spec (protobuf bytes) so a restarted daemon finds it.
     pub fn put_chain(&self, name: &str, spec: &[u8]) -> Result<(), StoreError> {
         self.put_row(CHAINS, name, spec)
