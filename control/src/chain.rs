@@ -30,12 +30,12 @@ use crate::error::ControlError;
 use crate::fms::recovery::{Counters, FailureRecovery, Phase};
 use crate::fms::replica_manager::ProtectedVnf;
 use crate::plan::Mechanism;
+use crate::plan::{ChainPlan, VnfPlan};
 use crate::runtime::cgroup::Cgroup;
 use crate::runtime::{
     make_place, port_spec, process, sff_config, spawn_sff, ChainPorts, Place, SffOptions,
     SffProcess, Spawn, VNF_IFACE,
 };
-use crate::validate::{ChainPlan, VnfPlan};
 use crate::vsm::checkpointer::StoreSlot;
 use crate::vsm::database::Store;
 
@@ -812,6 +812,16 @@ impl ChainRuntime {
             format!("{}{id:x}-{hop}{what}{n:04x}", state.netns_prefix()),
             format!("n{id:x}{what}{hop}x{n:04x}"),
         )
+    }
+
+    /// The chain as it is now: its plan with each VNF's own (a mechanism
+    /// changed at runtime included). What `GetChain` shows and what a
+    /// restarted daemon is recorded to run.
+    pub fn current_plan(&self) -> ChainPlan {
+        ChainPlan {
+            vnfs: self.vnfs.iter().map(|v| v.plan.clone()).collect(),
+            ..self.plan.clone()
+        }
     }
 
     /// The chain's status.

@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 
 use nham_dataplane::classifier::Rule;
 
+use crate::error::ControlError;
+
 /// How a protected VNF is brought back (a VNF not protected has none:
 /// `MECHANISM_NONE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Mechanism {
     /// 0R: a new instance, restored from the store.
     NoReplica,
@@ -39,7 +41,7 @@ impl Mechanism {
 }
 
 /// A validated VNF.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VnfPlan {
     /// Name, unique in the chain.
     pub name: String,
@@ -58,8 +60,9 @@ pub struct VnfPlan {
 /// MR-AA members when the spec does not say.
 pub const DEFAULT_REPLICAS: u32 = 3;
 
-/// A validated chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A validated chain. What the daemon keeps of a chain's spec, and what
+/// its state database records for a restarted daemon (as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChainPlan {
     /// Name.
     pub name: String,
@@ -84,4 +87,34 @@ pub enum Fault {
     Hang,
     /// The VNF's link set down.
     CutOff,
+}
+
+/// MR-AA members (member 0 included) for `replicas` as asked (0: the
+/// default); 1 for any other mechanism.
+pub fn replicas(m: Option<Mechanism>, replicas: u32) -> Result<u32, String> {
+    match (m, replicas) {
+        (Some(Mechanism::MultiActive), 0) => Ok(DEFAULT_REPLICAS),
+        (Some(Mechanism::MultiActive), r) if (2..=8).contains(&r) => Ok(r),
+        (Some(Mechanism::MultiActive), r) => Err(format!("replicas {r} must be 2 to 8")),
+        _ => Ok(1),
+    }
+}
+
+/// Checks a chain or VNF name: 1 to 32 of `[a-z0-9-]`, not starting or
+/// ending with `-`.
+pub fn name(field: &str, value: &str) -> Result<(), ControlError> {
+    let ok_chars = value
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if value.is_empty()
+        || value.len() > 32
+        || !ok_chars
+        || value.starts_with('-')
+        || value.ends_with('-')
+    {
+        return Err(ControlError::InvalidArgument(format!(
+            "{field} {value:?} is not a valid name: use 1 to 32 characters a-z, 0-9 and '-', not at either end"
+        )));
+    }
+    Ok(())
 }

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{broadcast, Mutex};
 
-use crate::api;
 use crate::chain::{tear_down_record, Agent, ChainRecord, ChainRuntime, ChainStatus, StateOptions};
 use crate::error::ControlError;
 use crate::fms::replica_manager::RecoveryStats;
@@ -49,7 +48,7 @@ pub struct RestoreReport {
     /// Namespaces no chain claimed, deleted.
     pub swept: usize,
 }
-use crate::validate;
+use crate::plan::{self, ChainPlan};
 
 pub mod events;
 mod exit_watch;
@@ -73,7 +72,6 @@ fn vnf_in<'a>(
 }
 
 struct Entry {
-    spec: api::ChainSpec,
     runtime: ChainRuntime,
     /// Frames the kernel dropped at its VNFs' full sockets (each drop
     /// repaired by a recovery).
@@ -181,15 +179,12 @@ impl RecordWriter {
     }
 
     /// Records `runtime` (and `spec`, when it changed).
-    fn put(
-        &self,
-        runtime: &ChainRuntime,
-        spec: Option<&api::ChainSpec>,
-    ) -> std::sync::mpsc::Receiver<()> {
-        use prost::Message;
+    fn put(&self, runtime: &ChainRuntime, plan_changed: bool) -> std::sync::mpsc::Receiver<()> {
         self.send(RecordOp::Put {
             name: runtime.plan.name.clone(),
-            spec: spec.map(Message::encode_to_vec),
+            spec: plan_changed
+                .then(|| serde_json::to_vec(&runtime.current_plan()).ok())
+                .flatten(),
             record: runtime.record().and_then(|r| serde_json::to_vec(&r).ok()),
         })
     }
@@ -336,10 +331,8 @@ impl Daemon {
     /// Creates a chain.
     pub async fn create(
         self: &Arc<Self>,
-        spec: Option<api::ChainSpec>,
-    ) -> Result<(api::ChainSpec, ChainStatus), ControlError> {
-        let plan = validate::chain(spec.as_ref())?;
-        let spec = spec.unwrap_or_default();
+        plan: ChainPlan,
+    ) -> Result<(ChainPlan, ChainStatus), ControlError> {
         let chains = self.chains.lock().await;
         // Chains being started count too: the start (namespaces, the SFF,
         // the VNFs, each waited on until it listens) runs without the
@@ -413,7 +406,7 @@ impl Daemon {
         };
         // Durable before the chain is announced: a daemon restarted from
         // here on finds it.
-        let _ = self.records.put(&runtime, Some(&spec)).recv();
+        let _ = self.records.put(&runtime, true).recv();
         // Watched and registered under the registry: a VNF that dies now
         // is handled once the chain is in it.
         let mut chains = self.chains.lock().await;
@@ -430,11 +423,10 @@ impl Daemon {
         self.watch_members(&mut runtime);
         self.schedule_all(&runtime);
         self.watch_data_path(name.clone());
-        let chain = (spec.clone(), runtime.status());
+        let chain = (runtime.current_plan(), runtime.status());
         chains.insert(
             name.clone(),
             Entry {
-                spec,
                 runtime,
                 input_dropped: 0,
             },
@@ -448,7 +440,7 @@ impl Daemon {
         name: &str,
         f: impl FnOnce(&mut Entry) -> Result<T, ControlError>,
     ) -> Result<T, ControlError> {
-        validate::name("name", name)?;
+        plan::name("name", name)?;
         let mut chains = self.chains.lock().await;
         let entry = chains
             .get_mut(name)
@@ -461,7 +453,7 @@ impl Daemon {
     /// CRIU at work), so the crash lands in the middle of it.
     /// Deletes a chain: SFF stopped, VNFs killed, namespaces removed.
     pub async fn delete(&self, name: &str) -> Result<(), ControlError> {
-        validate::name("name", name)?;
+        plan::name("name", name)?;
         let entry = self
             .chains
             .lock()

@@ -8,7 +8,7 @@ use nham_dataplane::classifier::Rule;
 
 use crate::api;
 use crate::error::ControlError;
-pub use crate::plan::{ChainPlan, Fault, Mechanism, VnfPlan, DEFAULT_REPLICAS};
+pub use crate::plan::{name, replicas, ChainPlan, Fault, Mechanism, VnfPlan, DEFAULT_REPLICAS};
 
 /// Most VNFs a chain may have.
 pub const MAX_VNFS: usize = 8;
@@ -53,38 +53,8 @@ pub fn fault(f: i32) -> Result<Fault, ControlError> {
     }
 }
 
-/// MR-AA members (member 0 included) for `replicas` as asked (0: the
-/// default); 1 for any other mechanism.
-pub fn replicas(m: Option<Mechanism>, replicas: u32) -> Result<u32, String> {
-    match (m, replicas) {
-        (Some(Mechanism::MultiActive), 0) => Ok(DEFAULT_REPLICAS),
-        (Some(Mechanism::MultiActive), r) if (2..=8).contains(&r) => Ok(r),
-        (Some(Mechanism::MultiActive), r) => Err(format!("replicas {r} must be 2 to 8")),
-        _ => Ok(1),
-    }
-}
-
 fn invalid(msg: impl Into<String>) -> ControlError {
     ControlError::InvalidArgument(msg.into())
-}
-
-/// Checks a chain or VNF name: 1 to 32 of `[a-z0-9-]`, not starting or
-/// ending with `-`.
-pub fn name(field: &str, value: &str) -> Result<(), ControlError> {
-    let ok_chars = value
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if value.is_empty()
-        || value.len() > 32
-        || !ok_chars
-        || value.starts_with('-')
-        || value.ends_with('-')
-    {
-        return Err(invalid(format!(
-            "{field} {value:?} is not a valid name: use 1 to 32 characters a-z, 0-9 and '-', not at either end"
-        )));
-    }
-    Ok(())
 }
 
 fn interface(field: &str, value: &str) -> Result<(), ControlError> {

@@ -496,6 +496,10 @@ pub enum OutputDisposition {
     Divergent,
 }
 
+/// Frames a catching-up MR-AA member is sent in one turn (see
+/// [`Hop::catch_up_turns`]).
+pub const CATCH_UP_TURN: usize = 8;
+
 /// Where one MR-AA member stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MemberState {
@@ -840,6 +844,26 @@ impl<P> Hop<P> {
             replay: self.rx.next_deliver - mark.consumed,
             duration: Duration::ZERO,
         })
+    }
+
+    /// Which catching-up members get a turn this round, and how many
+    /// frames each may be sent (`(member, max)` for
+    /// [`poll_catch_up`](Self::poll_catch_up)). Catch-up is background
+    /// work: the live members, and the CPU they need, come first, so a
+    /// catching-up member gets a turn only in a round where the live
+    /// members were given nothing new (`live_delivered == 0`), and then at
+    /// most [`CATCH_UP_TURN`] frames.
+    pub fn catch_up_turns(
+        &self,
+        live_delivered: usize,
+    ) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.members
+            .iter()
+            .enumerate()
+            .filter(move |(_, m)| {
+                live_delivered == 0 && matches!(m.state, MemberState::CatchingUp { .. })
+            })
+            .map(|(k, _)| (k, CATCH_UP_TURN))
     }
 
     /// Sends catching-up member `k` up to `max` of the packets it missed,

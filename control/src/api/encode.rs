@@ -4,6 +4,7 @@
 use super as api;
 use crate::chain::{ChainStatus, VnfStatus};
 use crate::fms::recovery::Phase;
+use crate::plan::{ChainPlan, Mechanism};
 use crate::service::events::{Event, VnfEvent};
 use crate::service::ChainStats;
 
@@ -121,6 +122,54 @@ pub fn chain(spec: api::ChainSpec, c: ChainStatus) -> api::Chain {
         spec: Some(spec),
         state: state as i32,
         vnfs: c.vnfs.into_iter().map(api::VnfStatus::from).collect(),
+    }
+}
+
+/// The spec of a chain as the daemon holds it: what it was created with,
+/// validated and normalised (prefixes in CIDR form, MR-AA's default
+/// member count filled in), with any mechanism changed since.
+pub fn spec(plan: &ChainPlan) -> api::ChainSpec {
+    let ports = |r: &Option<std::ops::RangeInclusive<u16>>| {
+        r.as_ref()
+            .map_or((0, 0), |r| (u32::from(*r.start()), u32::from(*r.end())))
+    };
+    let prefix = |p: &Option<ipnet::IpNet>| p.map(|p| p.to_string()).unwrap_or_default();
+    api::ChainSpec {
+        name: plan.name.clone(),
+        spi: plan.spi,
+        vnfs: (plan.vnfs.iter())
+            .map(|v| api::VnfSpec {
+                name: v.name.clone(),
+                command: v.command.clone(),
+                env: v.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                mechanism: crate::validate::api_mechanism(v.mechanism) as i32,
+                replicas: if v.mechanism == Some(Mechanism::MultiActive) {
+                    v.replicas
+                } else {
+                    0
+                },
+                checkpoint_interval_ms: v
+                    .checkpoint_interval
+                    .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+            })
+            .collect(),
+        rules: (plan.rules.iter())
+            .map(|r| {
+                let (src_port_min, src_port_max) = ports(&r.src_ports);
+                let (dst_port_min, dst_port_max) = ports(&r.dst_ports);
+                api::ClassifierRule {
+                    src_prefix: prefix(&r.src),
+                    dst_prefix: prefix(&r.dst),
+                    protocol: r.proto.map_or(0, u32::from),
+                    src_port_min,
+                    src_port_max,
+                    dst_port_min,
+                    dst_port_max,
+                }
+            })
+            .collect(),
+        ingress_interface: plan.ingress.clone(),
+        egress_interface: plan.egress.clone(),
     }
 }
 

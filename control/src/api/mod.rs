@@ -1,9 +1,9 @@
 //! The gRPC API: the generated `nham.v1` types and services, [`server`],
 //! the tonic services over the daemon (decode, call, encode), and
-//! [`encode`], the daemon's events and statuses as `nham.v1` messages. Below
-//! this layer the daemon speaks its own types; the one `nham.v1` value it
-//! keeps is each chain's `ChainSpec` as the orchestrator gave it (echoed by
-//! `GetChain`, written to the chain's record).
+//! [`encode`], the daemon's events, statuses and chain plans as `nham.v1`
+//! messages. Below this layer the daemon speaks its own types and imports
+//! nothing of it; the one exception is the cluster's client of another
+//! host's `PeerService` (a call out over the wire, not up the layers).
 
 #![allow(missing_docs, unreachable_pub, clippy::all)]
 

@@ -90,7 +90,8 @@ impl chain_service_server::ChainService for ChainSvc {
         &self,
         r: Request<api::CreateChainRequest>,
     ) -> Answer<api::CreateChainResponse> {
-        let chain = Some(self.0.create(r.into_inner().spec).await?.into_api());
+        let plan = validate::chain(r.into_inner().spec.as_ref())?;
+        let chain = Some(self.0.create(plan).await?.into_api());
         Ok(Response::new(api::CreateChainResponse { chain }))
     }
 
@@ -225,9 +226,9 @@ trait IntoApi {
     fn into_api(self) -> api::Chain;
 }
 
-impl IntoApi for (api::ChainSpec, crate::chain::ChainStatus) {
+impl IntoApi for (crate::plan::ChainPlan, crate::chain::ChainStatus) {
     fn into_api(self) -> api::Chain {
-        super::encode::chain(self.0, self.1)
+        super::encode::chain(super::encode::spec(&self.0), self.1)
     }
 }
 
@@ -235,7 +236,7 @@ impl IntoApi for (api::ChainSpec, crate::chain::ChainStatus) {
 /// checked against the cluster's `token` (`authorization: Bearer …`, in
 /// constant time) before it reaches the handler. Copies go to `store`.
 pub fn peer_router(
-    store: Arc<crate::vsm::database::Store>,
+    keeper: crate::cluster::CopyKeeper,
     token: &[u8],
     host: String,
 ) -> tonic::transport::server::Router {
@@ -258,17 +259,17 @@ pub fn peer_router(
         }
     };
     // A checkpoint file comes in 1 MiB messages.
-    let service = peer_service_server::PeerServiceServer::new(PeerSvc { store, host })
+    let service = peer_service_server::PeerServiceServer::new(PeerSvc { keeper, host })
         .max_decoding_message_size(4 << 20);
     tonic::transport::Server::builder().add_service(
         tonic::service::interceptor::InterceptedService::new(service, check),
     )
 }
 
-/// `PeerService` over this host's state database.
+/// `PeerService`: decoded here, kept by the cluster's [`CopyKeeper`](crate::cluster::CopyKeeper).
 #[derive(Debug, Clone)]
 pub struct PeerSvc {
-    store: Arc<crate::vsm::database::Store>,
+    keeper: crate::cluster::CopyKeeper,
     host: String,
 }
 
@@ -329,12 +330,7 @@ impl peer_service_server::PeerService for PeerSvc {
             blake3: h.blake3,
             file: String::new(),
         };
-        let store = self.store.clone();
-        let origin = h.origin;
-        tokio::task::spawn_blocking(move || store.put_copy(&origin, &meta, &file))
-            .await
-            .map_err(ControlError::from)?
-            .map_err(ControlError::from)?;
+        self.keeper.keep(h.origin, meta, file).await?;
         Ok(Response::new(api::StoreCheckpointResponse {
             host: self.host.clone(),
         }))

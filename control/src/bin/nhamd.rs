@@ -338,7 +338,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the peer listener {addr}"))?;
         let router = nham_control::api::server::peer_router(
-            state.store.clone(),
+            nham_control::cluster::CopyKeeper::new(state.store.clone()),
             &c.token(),
             c.record().name.clone(),
         );

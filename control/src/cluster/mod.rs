@@ -88,8 +88,7 @@ impl ClusterOptions {
     pub fn validate(&self) -> Result<(), ClusterError> {
         let bad = |m: String| Err(ClusterError::Config(m));
         // It names directories of copies on other hosts.
-        crate::validate::name("host", &self.host)
-            .map_err(|e| ClusterError::Config(e.to_string()))?;
+        crate::plan::name("host", &self.host).map_err(|e| ClusterError::Config(e.to_string()))?;
         if !self.token.iter().all(u8::is_ascii_graphic) {
             return bad("the cluster token must be printable ASCII, no spaces".into());
         }
@@ -209,6 +208,37 @@ type PeerClient = crate::api::peer_service_client::PeerServiceClient<tonic::tran
 /// Checkpoint copies go to another member alive now: the next after this
 /// host in name order (a ring, so copies spread over the hosts), then the
 /// others in turn if it fails.
+/// This host's side of off-host copies: keeps the checkpoint copies other
+/// hosts send (`PeerService.StoreCheckpoint`) in this host's state
+/// database, checked before they are written
+/// ([`Store::put_copy`](crate::vsm::database::Store::put_copy)).
+#[derive(Debug, Clone)]
+pub struct CopyKeeper {
+    store: Arc<crate::vsm::database::Store>,
+}
+
+impl CopyKeeper {
+    /// Keeps copies in `store`.
+    pub fn new(store: Arc<crate::vsm::database::Store>) -> Self {
+        Self { store }
+    }
+
+    /// Keeps `file`, host `origin`'s checkpoint `meta`, off the async
+    /// threads (it is hashed and synced).
+    pub async fn keep(
+        &self,
+        origin: String,
+        meta: crate::vsm::database::CheckpointMeta,
+        file: Vec<u8>,
+    ) -> Result<(), crate::error::ControlError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.put_copy(&origin, &meta, &file))
+            .await
+            .map_err(crate::error::ControlError::from)??;
+        Ok(())
+    }
+}
+
 impl crate::vsm::checkpointer::OffHostCopy for Cluster {
     fn copy(
         &self,

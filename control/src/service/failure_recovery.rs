@@ -371,7 +371,7 @@ impl Daemon {
         }
         // The new pid and counters, for a restarted daemon; not waited for.
         if let Some(e) = chains.get(chain) {
-            drop(self.records.put(&e.runtime, None));
+            drop(self.records.put(&e.runtime, false));
         }
     }
 }

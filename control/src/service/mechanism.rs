@@ -215,16 +215,13 @@ impl Daemon {
                 e => e,
             })?;
         }
-        let replicas = if to.members > 1 { to.members as u32 } else { 0 };
         self.with_chain(chain, |e| {
             let hop = e.runtime.vnf_index(vnf)?;
-            e.runtime.vnfs[hop].plan.mechanism = mechanism;
+            let plan = &mut e.runtime.vnfs[hop].plan;
+            plan.mechanism = mechanism;
+            plan.replicas = to.members.max(1) as u32;
             // A restarted daemon protects it the same way.
-            if let Some(v) = e.spec.vnfs.get_mut(hop) {
-                v.mechanism = crate::validate::api_mechanism(mechanism) as i32;
-                v.replicas = replicas;
-            }
-            drop(self.records.put(&e.runtime, Some(&e.spec)));
+            drop(self.records.put(&e.runtime, true));
             Ok(e.runtime.vnfs[hop].status())
         })
         .await

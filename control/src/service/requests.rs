@@ -9,12 +9,10 @@ use nix::sys::signal::Signal;
 
 use super::events::VnfEvent;
 use super::{Daemon, Outcome};
-use crate::api;
 use crate::chain::{ChainStatus, VnfStatus};
 use crate::error::ControlError;
 use crate::fms::recovery::Heal;
-use crate::plan::{Fault, Mechanism};
-use crate::validate;
+use crate::plan::{self, ChainPlan, Fault, Mechanism};
 
 /// A chain's counters: its SFF's, and the frames its VNFs' sockets
 /// dropped (each a failure recovered).
@@ -44,19 +42,16 @@ use crate::runtime::process::signal;
 impl Daemon {
     /// The chain `name`: the spec it was created from (as given, with
     /// mechanism changes since) and its status.
-    pub async fn get_chain(
-        &self,
-        name: &str,
-    ) -> Result<(api::ChainSpec, ChainStatus), ControlError> {
-        self.with_chain(name, |e| Ok((e.spec.clone(), e.runtime.status())))
+    pub async fn get_chain(&self, name: &str) -> Result<(ChainPlan, ChainStatus), ControlError> {
+        self.with_chain(name, |e| Ok((e.runtime.current_plan(), e.runtime.status())))
             .await
     }
 
     /// Every chain (see [`get_chain`](Self::get_chain)).
-    pub async fn list_chains(&self) -> Vec<(api::ChainSpec, ChainStatus)> {
+    pub async fn list_chains(&self) -> Vec<(ChainPlan, ChainStatus)> {
         let chains = self.chains.lock().await;
         (chains.values())
-            .map(|e| (e.spec.clone(), e.runtime.status()))
+            .map(|e| (e.runtime.current_plan(), e.runtime.status()))
             .collect()
     }
 
@@ -70,14 +65,14 @@ impl Daemon {
         mechanism: Option<Mechanism>,
         replicas: u32,
     ) -> Result<VnfStatus, ControlError> {
-        validate::replicas(mechanism, replicas).map_err(ControlError::InvalidArgument)?;
-        validate::name("vnf", vnf)?;
+        plan::replicas(mechanism, replicas).map_err(ControlError::InvalidArgument)?;
+        plan::name("vnf", vnf)?;
         let members = match replicas {
             0 => {
                 self.with_chain(chain, |e| {
                     let v = e.runtime.vnf_mut(vnf)?;
                     Ok(if v.members.is_empty() {
-                        validate::DEFAULT_REPLICAS as usize
+                        plan::DEFAULT_REPLICAS as usize
                     } else {
                         v.members.len() + 1
                     })
@@ -347,7 +342,7 @@ impl Daemon {
         chain: &str,
     ) -> Result<tokio::sync::broadcast::Receiver<VnfEvent>, ControlError> {
         if !chain.is_empty() {
-            validate::name("chain", chain)?;
+            plan::name("chain", chain)?;
         }
         Ok(self.events.subscribe())
     }

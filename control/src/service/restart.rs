@@ -13,7 +13,6 @@ impl Daemon {
     /// and says so: the packets its SFF held went with it. Namespaces of
     /// this state database that no chain claims are deleted.
     pub async fn restore_chains(self: &Arc<Self>) -> Result<RestoreReport, ControlError> {
-        use prost::Message;
         let store = self.state.store.clone();
         let (specs, records) = tokio::task::spawn_blocking(move || {
             Ok::<_, crate::vsm::database::StoreError>((store.chains()?, store.runtimes()?))
@@ -40,12 +39,15 @@ impl Daemon {
             }
         }
         for (name, bytes) in specs {
-            let Some((spec, plan)) = api::ChainSpec::decode(bytes.as_slice())
-                .ok()
-                .and_then(|spec| Some((spec.clone(), validate::chain(Some(&spec)).ok()?)))
-            else {
-                tracing::error!(chain = name, "its recorded spec is unreadable; skipped");
-                continue;
+            let plan: ChainPlan = match serde_json::from_slice(&bytes) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    tracing::error!(
+                        chain = name,
+                        "its recorded plan is unreadable ({e}); skipped"
+                    );
+                    continue;
+                }
             };
             let record = records.get(&name).cloned();
             let attached = match record.clone() {
@@ -131,11 +133,10 @@ impl Daemon {
             }
             self.schedule_all(&runtime);
             self.watch_data_path(name.clone());
-            let _ = self.records.put(&runtime, None).recv();
+            let _ = self.records.put(&runtime, false).recv();
             self.chains.lock().await.insert(
                 name.clone(),
                 Entry {
-                    spec,
                     runtime,
                     input_dropped: 0,
                 },
@@ -167,7 +168,7 @@ impl Daemon {
         let entries = std::mem::take(&mut *self.chains.lock().await);
         for (_, mut e) in entries {
             e.runtime.detach();
-            let done = self.records.put(&e.runtime, None);
+            let done = self.records.put(&e.runtime, false);
             let _ = tokio::task::spawn_blocking(move || {
                 let _ = done.recv();
                 drop(e);

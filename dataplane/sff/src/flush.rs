@@ -106,11 +106,10 @@ impl Engine {
     /// Kicks the tx rings of ports being flushed, once each, without
     /// waiting; answers those whose ports are empty. A port that has not
     /// drained by the deadline is reopened (its ring discarded).
-    pub(super) fn flushing_step(&mut self) -> usize {
+    pub(super) fn flushing_step(&mut self, now: std::time::Instant) -> usize {
         if self.flushing.is_empty() {
             return 0;
         }
-        let now = std::time::Instant::now();
         let mut flushing = std::mem::take(&mut self.flushing);
         let waiting = flushing.len();
         flushing.retain_mut(|f| {

@@ -7,11 +7,10 @@
 use super::*;
 
 impl Engine {
-    /// One round over every port; returns frames moved.
-    /// The clock is read once, here, and passed to the decisions.
-    pub(crate) fn step(&mut self) -> usize {
-        let mut work = self.commands_step() + self.ingress_step();
-        let now = std::time::Instant::now();
+    /// One round over every port at time `now` (read once by the
+    /// caller); returns frames moved.
+    pub(crate) fn step(&mut self, now: std::time::Instant) -> usize {
+        let mut work = self.commands_step(now) + self.ingress_step();
         for i in 0..self.hops.len() {
             work += self.deliver_step(i, now);
             work += self.vnf_output_step(i, now);
@@ -72,10 +71,8 @@ impl Engine {
         if members == 1 {
             return self.deliver_burst(i, &[0], false, burst, now);
         }
-        // MR-AA: one burst to every live member; then, only if the hop had
-        // nothing new for them, a few of the frames a catching-up member
-        // missed. Catch-up is background work: the live members (and the
-        // CPU they need) come first.
+        // MR-AA: one burst to every live member; then the catch-up turns
+        // the core gives (`Hop::catch_up_turns`).
         // (A buffer reused every round: no allocation on this path.)
         let mut live = std::mem::take(&mut self.member_scratch);
         live.clear();
@@ -88,16 +85,15 @@ impl Engine {
                 .map(|(k, _)| k),
         );
         let mut work = self.deliver_burst(i, &live, false, burst, now);
-        if work == 0 {
-            for k in 0..members {
-                let catching_up = self.chain.as_ref().is_some_and(|c| {
-                    matches!(c.hop(i).member(k), Some(MemberState::CatchingUp { .. }))
-                });
-                if catching_up {
-                    work += self.deliver_burst(i, &[k], true, CATCH_UP_BURST, now);
-                }
-            }
+        let mut turns = std::mem::take(&mut self.turn_scratch);
+        turns.clear();
+        if let Some(chain) = &self.chain {
+            turns.extend(chain.hop(i).catch_up_turns(work));
         }
+        for &(k, max) in &turns {
+            work += self.deliver_burst(i, &[k], true, max, now);
+        }
+        self.turn_scratch = turns;
         self.member_scratch = live;
         work
     }

@@ -50,7 +50,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nham_afxdp::{AfXdpError, Port};
 use nham_dataplane::classifier::{Classifier, ClassifyError, Rule};
@@ -65,10 +65,6 @@ use pool::{Pool, SLOT};
 pub use protocol::{Request, Response};
 
 const ETH: usize = 14;
-
-/// Frames a catching-up MR-AA member is sent per round, when the hop's
-/// live members had nothing new.
-const CATCH_UP_BURST: usize = 8;
 
 /// Errors of starting or running the SFF.
 #[derive(Debug, Error)]
@@ -710,6 +706,8 @@ struct Engine {
     commands: mpsc::Receiver<Command>,
     /// MR-AA: the live members of the hop being served (reused).
     member_scratch: Vec<usize>,
+    /// The catch-up turns of a hop's round, reused.
+    turn_scratch: Vec<(usize, usize)>,
     /// Kernel receive drops last sampled: when, ingress, per hop and
     /// member port.
     drops: (std::time::Instant, u64, Vec<Vec<u64>>),
@@ -842,6 +840,7 @@ impl Engine {
             fatal: None,
             commands,
             member_scratch: Vec::new(),
+            turn_scratch: Vec::new(),
             drops,
             to_flush: Vec::new(),
             flushing: Vec::new(),
@@ -851,8 +850,7 @@ impl Engine {
     /// Adds what the kernel dropped on the ingress and hop rings since the
     /// last sample to the counters (every 100 ms; a socket reopened or
     /// switched starts again from 0).
-    fn sample_kernel_drops(&mut self) {
-        let now = std::time::Instant::now();
+    fn sample_kernel_drops(&mut self, now: Instant) {
         if now.duration_since(self.drops.0) < Duration::from_millis(100) {
             return;
         }
@@ -887,8 +885,11 @@ impl Engine {
     fn run(&mut self, stop: &AtomicBool) {
         let mut idle = 0u32;
         while !stop.load(Ordering::Relaxed) && self.fatal.is_none() {
-            self.sample_kernel_drops();
-            let work = self.step();
+            // The one clock read of a round: every decision below is
+            // given this `now`.
+            let now = Instant::now();
+            self.sample_kernel_drops(now);
+            let work = self.step(now);
             if work > 0 {
                 idle = 0;
             } else {
@@ -957,11 +958,10 @@ impl Engine {
     /// Carries out the control plane's commands (see [`execute`]); an
     /// answer that needs ports flushed first waits in `flushing` while the
     /// round goes on.
-    fn commands_step(&mut self) -> usize {
+    fn commands_step(&mut self, now: Instant) -> usize {
         let mut n = 0;
         while let Ok(Command { request, reply }) = self.commands.try_recv() {
             n += 1;
-            let now = std::time::Instant::now();
             let response = self.execute(request, now);
             let ports = std::mem::take(&mut self.to_flush);
             if ports.is_empty() {
@@ -975,7 +975,7 @@ impl Engine {
                 });
             }
         }
-        n + self.reopen_step() + self.flushing_step()
+        n + self.reopen_step() + self.flushing_step(now)
     }
 
     /// The spec of member `k`'s port of hop `hop`.
