@@ -84,7 +84,7 @@ pub struct VnfRuntime {
     /// Its namespace.
     pub netns: Netns,
     /// The process, while it runs (started by us or restored as our child).
-    pub pid: Option<u32>,
+    pub process: Option<process::Process>,
     /// Its command line, placeholders replaced, as it is started.
     pub argv: Vec<String>,
     /// Where its stdout and stderr go.
@@ -121,7 +121,7 @@ pub struct MemberPlace {
     /// The SFF's end of its link (a member port of the hop).
     pub sff_iface: String,
     /// Its process, while it runs.
-    pub pid: Option<u32>,
+    pub process: Option<process::Process>,
     /// Its working directory.
     pub cwd: PathBuf,
     /// Its Failure Recovery.
@@ -129,6 +129,11 @@ pub struct MemberPlace {
 }
 
 impl MemberPlace {
+    /// Its process's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(process::Process::pid)
+    }
+
     /// Where it is, as the work on it needs to know.
     pub fn place(&self) -> Place {
         Place {
@@ -144,7 +149,7 @@ impl MemberPlace {
         Self {
             netns,
             sff_iface,
-            pid: None,
+            process: None,
             cwd,
             recovery: FailureRecovery::new(incarnation),
         }
@@ -156,13 +161,14 @@ impl MemberPlace {
 /// build it without (it starts a CRIU worker).
 pub fn new_agent(
     v: &VnfRuntime,
+    pid: Option<u32>,
     hop: usize,
     mechanism: Mechanism,
     state: &StateOptions,
     chain: &str,
     work: &Path,
 ) -> Result<NewAgent, ControlError> {
-    let pid = v.pid.ok_or_else(|| {
+    let pid = pid.or(v.pid()).ok_or_else(|| {
         ControlError::FailedPrecondition(format!("VNF {} is not running", v.plan.name))
     })?;
     Ok(NewAgent {
@@ -239,13 +245,13 @@ impl VnfRuntime {
         VnfStatus {
             name: self.plan.name.clone(),
             phase: self.phase(),
-            pid: self.pid,
+            pid: self.pid(),
             netns: self.netns.name().to_string(),
             mechanism: self.plan.mechanism,
             failures: self.counted(|c| c.failures),
             recoveries: self.counted(|c| c.recoveries),
             checkpoints: self.checkpoints,
-            member_pids: self.members.iter().map(|m| m.pid).collect(),
+            member_pids: self.members.iter().map(MemberPlace::pid).collect(),
         }
     }
 
@@ -293,7 +299,8 @@ impl VnfRuntime {
 
     /// Takes `pid` as MR-AA member `k`'s process (1 or more).
     pub fn adopt_member(&mut self, k: usize, pid: u32) -> Result<OwnedFd, ControlError> {
-        let pidfd = process::pidfd(pid)?;
+        let p = process::Process::open(pid)?;
+        let pidfd = p.watch_fd()?;
         if let Some(cg) = &self.cgroup {
             if let Err(e) = cg.add(pid) {
                 tracing::warn!(vnf = self.plan.name, "{e}");
@@ -302,7 +309,7 @@ impl VnfRuntime {
         let m = self.members.get_mut(k - 1).ok_or_else(|| {
             ControlError::NotFound(format!("VNF {} has no MR-AA member {k}", self.plan.name))
         })?;
-        m.pid = Some(pid);
+        m.process = Some(p);
         m.recovery.handle_started();
         Ok(pidfd)
     }
@@ -346,13 +353,14 @@ impl VnfRuntime {
     /// Takes `pid` (started, or restored with its sockets) as the VNF's
     /// process; returns a pidfd to watch.
     pub fn adopt(&mut self, pid: u32) -> Result<OwnedFd, ControlError> {
-        let pidfd = process::pidfd(pid)?;
+        let p = process::Process::open(pid)?;
+        let pidfd = p.watch_fd()?;
         if let Some(cg) = &self.cgroup {
             if let Err(e) = cg.add(pid) {
                 tracing::warn!(vnf = self.plan.name, "{e}");
             }
         }
-        self.pid = Some(pid);
+        self.process = Some(p);
         self.recovery.handle_started();
         Ok(pidfd)
     }
@@ -373,19 +381,24 @@ impl VnfRuntime {
 
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), ControlError> {
-        let pid = self.pid.ok_or_else(|| {
+        let p = self.process.as_ref().ok_or_else(|| {
             ControlError::FailedPrecondition(format!("VNF {} is not running", self.plan.name))
         })?;
-        Ok(process::signal(pid, signal)?)
+        Ok(p.signal(signal)?)
+    }
+
+    /// Its process's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(process::Process::pid)
     }
 }
 
 impl Drop for VnfRuntime {
     fn drop(&mut self) {
         self.agent = None;
-        let members = self.members.iter_mut().filter_map(|m| m.pid.take());
-        for pid in self.pid.take().into_iter().chain(members) {
-            process::kill_and_reap(pid);
+        let members = self.members.iter_mut().filter_map(|m| m.process.take());
+        for p in self.process.take().into_iter().chain(members) {
+            p.kill_and_reap();
         }
     }
 }
@@ -632,7 +645,7 @@ impl ChainRuntime {
             vnfs.push(VnfRuntime {
                 plan: v.clone(),
                 netns,
-                pid: None,
+                process: None,
                 argv,
                 log: logs.join(format!("{}.log", v.name)),
                 cwd: state.vnf_cwd(&plan.name, &v.name)?,
@@ -710,7 +723,7 @@ impl ChainRuntime {
                     name: v.plan.name.clone(),
                     netns: v.netns.name().to_string(),
                     sff_iface: v.sff_iface.clone(),
-                    pid: v.pid,
+                    pid: v.pid(),
                     argv: v.argv.clone(),
                     log: v.log.clone(),
                     failures: v.counted(|c| c.failures),
@@ -724,7 +737,7 @@ impl ChainRuntime {
                         .map(|m| MemberRecord {
                             netns: m.netns.name().to_string(),
                             sff_iface: m.sff_iface.clone(),
-                            pid: m.pid,
+                            pid: m.pid(),
                         })
                         .collect(),
                 })
@@ -747,6 +760,19 @@ impl ChainRuntime {
         hop: usize,
         wanted: Option<Mechanism>,
         state: &StateOptions,
+    ) -> Result<(), ControlError> {
+        self.protect_as(hop, wanted, state, None)
+    }
+
+    /// [`protect`](Self::protect), a new agent protecting process `pid`
+    /// (`None`: the VNF's; a dead VNF's last pid for a restarted daemon's
+    /// agent, which restores its image under that pid: CRIU keeps pids).
+    pub fn protect_as(
+        &mut self,
+        hop: usize,
+        wanted: Option<Mechanism>,
+        state: &StateOptions,
+        pid: Option<u32>,
     ) -> Result<(), ControlError> {
         let has_members = !self.vnfs[hop].members.is_empty();
         if (wanted == Some(Mechanism::MultiActive)) != has_members {
@@ -788,7 +814,7 @@ impl ChainRuntime {
                 .set_mechanism(mech)
                 .map_err(ControlError::from)?,
             (Some(mech), None) => {
-                let agent = new_agent(v, hop, mech, state, &chain, &self.work)?.build()?;
+                let agent = new_agent(v, pid, hop, mech, state, &chain, &self.work)?.build()?;
                 sff.set_protected(hop, true).map_err(ControlError::from)?;
                 v.agent = Some(Arc::new(Mutex::new(agent)));
             }
@@ -886,7 +912,7 @@ impl Drop for ChainRuntime {
         }
         if self.detached {
             for v in &mut self.vnfs {
-                v.pid = None;
+                v.process = None;
                 v.netns.keep();
                 if let Some(c) = v.cgroup.as_mut() {
                     c.keep();
@@ -895,7 +921,7 @@ impl Drop for ChainRuntime {
                     r.netns.keep();
                 }
                 for m in &mut v.members {
-                    m.pid = None;
+                    m.process = None;
                     m.netns.keep();
                 }
             }

@@ -59,7 +59,7 @@ impl ChainRuntime {
             vnfs.push(VnfRuntime {
                 plan: v.clone(),
                 netns,
-                pid: None,
+                process: None,
                 argv: r.argv.clone(),
                 log: r.log.clone(),
                 cwd: state.vnf_cwd(&plan.name, &v.name)?,
@@ -91,7 +91,7 @@ impl ChainRuntime {
                         Ok(MemberPlace {
                             netns,
                             sff_iface: m.sff_iface.clone(),
-                            pid: None,
+                            process: None,
                             cwd: state.vnf_cwd(&plan.name, &member_dir(&v.name, k + 1))?,
                             recovery: FailureRecovery::found(Phase::Failed, 0, Counters::default()),
                         })
@@ -159,7 +159,7 @@ impl ChainRuntime {
                     // Dead, or caught in the middle of its recovery (the
                     // process there is of unknown state): recover afresh.
                     nham_netns::kill_processes_in(&v.netns.path());
-                    v.pid = None;
+                    v.process = None;
                     pidfds.push(None);
                 }
             }
@@ -192,16 +192,9 @@ impl ChainRuntime {
             // The agent's pid is that of the process it protects, or of the
             // one whose image it restores (CRIU keeps pids).
             let old = record.vnfs[hop].pid;
-            let v = &mut runtime.vnfs[hop];
-            if v.pid.is_none() {
-                v.pid = old;
-            }
-            let r = runtime.protect(hop, m, state);
-            let v = &mut runtime.vnfs[hop];
-            if v.phase() != Phase::Running {
-                v.pid = None;
-            }
-            r?;
+            let v = &runtime.vnfs[hop];
+            let pid = v.pid().or(old);
+            runtime.protect_as(hop, m, state, pid)?;
         }
         runtime.detached = false;
         for v in &mut runtime.vnfs {

@@ -6,7 +6,6 @@
 #[allow(unused_imports)]
 use super::*;
 use crate::fms::recovery::Action;
-use crate::runtime::process;
 
 impl Daemon {
     /// Probes every VNF of `chain` each probe interval for hangs and
@@ -41,7 +40,7 @@ impl Daemon {
                                 v.plan.name.clone(),
                                 i + 1,
                                 m.recovery.probed()?,
-                                m.pid?,
+                                m.pid()?,
                                 m.sff_iface.clone(),
                                 m.netns.path(),
                             ))
@@ -53,7 +52,7 @@ impl Daemon {
                                 v.plan.name.clone(),
                                 0,
                                 v.recovery.probed()?,
-                                v.pid?,
+                                v.pid()?,
                                 v.sff_iface.clone(),
                                 v.netns.path(),
                             ))
@@ -244,14 +243,14 @@ impl Daemon {
             return;
         };
         let how = super::failure_recovery::comeback(v, k);
-        let (pid, netns) = match k {
-            0 => (v.pid, v.netns.path()),
+        let (process, netns) = match k {
+            0 => (v.process.clone(), v.netns.path()),
             k => match v.members.get(k - 1) {
-                Some(m) => (m.pid, m.netns.path()),
+                Some(m) => (m.process.clone(), m.netns.path()),
                 None => return,
             },
         };
-        let (Some(pid), Some(fr)) = (pid, v.recovery_of(k)) else {
+        let (Some(process), Some(fr)) = (process, v.recovery_of(k)) else {
             return;
         };
         let actions = fr.handle_verdict(inc, verdict, at, how);
@@ -272,7 +271,7 @@ impl Daemon {
                 // live until it is seen dead): wrong outputs under right
                 // numbers. Stopped, it reads nothing more before it dies.
                 Action::StopAndReconnect => {
-                    process::stop_and_wait(pid, Duration::from_millis(500)).await;
+                    process.stop_and_wait(Duration::from_millis(500)).await;
                     let up = nham_netns::run_in(&netns, || {
                         nham_netns::set_up(crate::runtime::VNF_IFACE)
                     });
@@ -284,7 +283,7 @@ impl Daemon {
                 }
                 // Recovery brings a cut-off link up again.
                 Action::Kill => {
-                    if let Err(e) = process::signal(pid, nix::sys::signal::Signal::SIGKILL) {
+                    if let Err(e) = process.signal(nix::sys::signal::Signal::SIGKILL) {
                         tracing::error!(chain, vnf, "{who}killing it: {e}");
                     }
                 }

@@ -73,8 +73,8 @@ impl Daemon {
             return; // an old process, already replaced
         }
         match k {
-            0 => v.pid = None,
-            k => v.members[k - 1].pid = None,
+            0 => v.process = None,
+            k => v.members[k - 1].process = None,
         }
         self.act(chains, chain, vnf, k, actions).await;
     }

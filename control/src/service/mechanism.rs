@@ -182,7 +182,7 @@ impl Daemon {
         let (from, replica_place) = self
             .with_chain(chain, |e| {
                 let v = e.runtime.vnf_mut(vnf)?;
-                if v.phase() != Phase::Running || v.pid.is_none() {
+                if v.phase() != Phase::Running || v.process.is_none() {
                     return Err(ControlError::FailedPrecondition(format!(
                         "VNF {vnf:?} is not running (it is {:?}): its mechanism changes once it runs again",
                         v.phase()
@@ -318,6 +318,7 @@ impl Daemon {
                 let v = &e.runtime.vnfs[hop];
                 let new = chain::new_agent(
                     v,
+                    None,
                     hop,
                     Mechanism::NoReplica,
                     &state,
@@ -433,8 +434,8 @@ impl Daemon {
         // recovered. The namespaces go with the places.
         tokio::task::spawn_blocking(move || {
             for m in gone {
-                if let Some(pid) = m.pid {
-                    let _ = runtime::process::signal(pid, nix::sys::signal::Signal::SIGKILL);
+                if let Some(p) = &m.process {
+                    let _ = p.signal(nix::sys::signal::Signal::SIGKILL);
                 }
                 drop(m);
             }

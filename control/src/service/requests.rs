@@ -37,8 +37,6 @@ pub struct Healed {
     pub took: Duration,
 }
 
-use crate::runtime::process::signal;
-
 impl Daemon {
     /// The chain `name`: the spec it was created from (as given, with
     /// mechanism changes since) and its status.
@@ -215,15 +213,18 @@ impl Daemon {
         // finish: the checkpoint stops and resumes the VNF itself, and would
         // end the hang. (Later checkpoints see it stopped and leave it.)
         // Lock order: never the registry while holding an agent.
-        let agent = self
-            .with_chain(chain, |e| Ok(e.runtime.vnf_mut(vnf)?.agent.clone()))
+        let (agent, process) = self
+            .with_chain(chain, |e| {
+                let v = e.runtime.vnf_mut(vnf)?;
+                Ok((v.agent.clone(), v.process.clone()))
+            })
             .await?;
-        if let (Fault::Hang, Some(agent)) = (fault, agent) {
+        if let (Fault::Hang, Some(agent), Some(process)) = (fault, agent, process) {
             let at = tokio::task::spawn_blocking(move || {
-                let a = agent
+                let _held = agent
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                signal(a.pid(), Signal::SIGSTOP).map(|()| Instant::now())
+                process.signal(Signal::SIGSTOP).map(|()| Instant::now())
             })
             .await??;
             return self
@@ -262,16 +263,16 @@ impl Daemon {
                     "VNF {vnf:?} has no MR-AA member {k} (it has {members})"
                 ))
             })?;
-            let pid = m.pid.ok_or_else(|| {
+            let p = m.process.clone().ok_or_else(|| {
                 ControlError::FailedPrecondition(format!(
                     "member {k} of VNF {vnf:?} is not running"
                 ))
             })?;
             m.recovery.handle_fault(Instant::now());
             match fault {
-                Fault::Crash => Ok(signal(pid, Signal::SIGKILL)?),
+                Fault::Crash => Ok(p.signal(Signal::SIGKILL)?),
                 // No checkpoint stops a member other than 0.
-                Fault::Hang => Ok(signal(pid, Signal::SIGSTOP)?),
+                Fault::Hang => Ok(p.signal(Signal::SIGSTOP)?),
                 Fault::CutOff => Ok(m
                     .netns
                     .run(|| nham_netns::set_down(crate::runtime::VNF_IFACE))??),
