@@ -43,7 +43,7 @@ pub(crate) fn run(args: &ChainArgs) -> Result<()> {
     let bin = std::env::current_exe()?.with_file_name("nham-vnf");
     let lab = Lab::new(&kinds, &bin).context("building the chain in network namespaces")?;
     let sff = lab
-        .start_sff(LabSff::default())
+        .start_sff_process(LabSff::default())
         .context("starting the SFF")?;
     let spec = TrafficSpec {
         size: args.frame_size,
@@ -57,9 +57,8 @@ pub(crate) fn run(args: &ChainArgs) -> Result<()> {
     };
     let (expected, states) = nham_vnf::reference(&kinds, &frames);
     let trial = lab.trial_frames(frames, spec.rate, &expected, &sff)?;
-    let stats = sff.counters().snapshot();
     let got_states = lab.vnf_states()?;
-    sff.stop()?;
+    let stats = sff.stop()?;
     println!(
         "NHAM live chain: SFF on AF_XDP + {} nham-vnf processes, each in its own network namespace",
         kinds.len()

@@ -77,6 +77,43 @@ fn spec(sff_side: &VethEnd, other: &VethEnd) -> PortSpec {
     }
 }
 
+/// What forwards a trial's frames: an SFF (thread or process) or the
+/// baseline; its counters as the trial ends.
+pub trait Forwarder {
+    /// Its counters now (zero where they cannot be read).
+    fn stats(&self) -> SffStats;
+}
+
+impl Forwarder for SffHandle {
+    fn stats(&self) -> SffStats {
+        self.counters().snapshot()
+    }
+}
+
+/// The lab's SFF as the `nham-sff` process ([`Lab::start_sff_process`]).
+#[derive(Debug)]
+pub struct LabSffProcess {
+    process: nham_control::runtime::SffProcess,
+    client: nham_sff::remote::SffClient,
+}
+
+impl LabSffProcess {
+    /// Stops it (a shutdown request, then SIGKILL after a second);
+    /// returns its last counters.
+    pub fn stop(mut self) -> Result<SffStats> {
+        let stats = self.client.stats()?;
+        self.process
+            .stop(Some(&self.client), Duration::from_secs(1));
+        Ok(stats)
+    }
+}
+
+impl Forwarder for LabSffProcess {
+    fn stats(&self) -> SffStats {
+        self.client.stats().unwrap_or_default()
+    }
+}
+
 /// Sizing and policy for the SFF in a trial.
 #[derive(Debug, Clone, Copy)]
 pub struct LabSff {
@@ -187,7 +224,9 @@ impl Lab {
         for i in 0..kinds.len() {
             let ns = Netns::create(&unique_name(&format!("nhv{i}")))?;
             let name = format!("v{i}");
-            let (v, eth) = match (&hosts, sff_addr) {
+            // A hop's link as `nhamd` makes it (`runtime::make_link`), or a
+            // tunnel to another host.
+            let port = match (&hosts, sff_addr) {
                 (Some((lab, place)), Some(local)) => {
                     let host = &lab.hosts()[place[i]];
                     let tunnel = Tunnel {
@@ -197,11 +236,11 @@ impl Lab {
                     };
                     let v = sff.run(move || tunnel_here(&name, tunnel))??;
                     let eth = tunnel_into(tunnel.reversed(), Some(&host.netns), &ns, "eth0", None)?;
-                    (v, eth)
+                    spec(&v, &eth)
                 }
-                _ => veth_pair(&sff, &name, &ns, "eth0")?,
+                _ => nham_control::runtime::make_link(Some(&sff), &name, &ns, None)?.0,
             };
-            hops.push(spec(&v, &eth));
+            hops.push(port);
             vnf_ns.push(ns);
         }
         let state_dir = std::env::temp_dir().join(unique_name("nham-lab-"));
@@ -244,9 +283,7 @@ impl Lab {
             command.extend(extra.iter().map(|s| s.to_string()));
             let pid = nham_control::runtime::Spawn {
                 vnf: format!("vnf{i}"),
-                argv: std::iter::once("setsid".to_string())
-                    .chain(command.iter().cloned())
-                    .collect(),
+                argv: nham_control::runtime::vnf_argv(&command, ns.name()),
                 command,
                 env: Default::default(),
                 netns: ns.path(),
@@ -292,13 +329,39 @@ impl Lab {
         config
     }
 
-    /// Starts the SFF in the lab's SFF namespace.
+    /// Starts the SFF in the lab's SFF namespace, as a thread of this
+    /// process (for tests that drive it in-process: a standby port of the
+    /// test's making, a failover through [`nham_sff::remote::SffClient::local`]).
     pub fn start_sff(&self, s: LabSff) -> Result<SffHandle> {
         Ok(nham_sff::spawn(Some(self.sff.path()), self.sff_config(s))?)
     }
 
-    /// Starts the plain L2 forwarder (in0 -> out0) instead: the baseline.
+    /// Starts the SFF as `nhamd` does ([`nham_control::runtime::spawn_sff`]):
+    /// the `nham-sff` process (the binary beside this program's, at
+    /// `nhamd`'s nice value) in the lab's SFF namespace, driven over its
+    /// socket. What the benches measure.
+    pub fn start_sff_process(&self, s: LabSff) -> Result<LabSffProcess> {
+        let options = nham_control::runtime::SffOptions::default();
+        let config = self.sff_config(s);
+        let socket = self.state_dir.join("sff.sock");
+        let log = self.state_dir.join("sff.log");
+        let sock = socket.clone();
+        let process = self
+            .sff
+            .run(move || nham_control::runtime::spawn_sff(&options, &config, &sock, &log))?
+            .context("starting nham-sff (built with `cargo build -p nham-control`)")?;
+        let client = nham_sff::remote::SffClient::connect(&socket)?;
+        Ok(LabSffProcess { process, client })
+    }
+
+    /// Starts the plain L2 forwarder (in0 -> out0) instead: the baseline,
+    /// a thread at the nice value `nham-sff` runs at, so that the two
+    /// compare.
     pub fn start_baseline(&self, s: LabSff) -> Result<SffHandle> {
+        // A new thread starts at its creator's nice value.
+        let _nice = nham_control::runtime::process::Niceness::for_this_thread(
+            nham_control::runtime::DEFAULT_SFF_NICE,
+        );
         Ok(nham_sff::spawn_l2_forwarder(
             Some(self.sff.path()),
             self.ingress.clone(),
@@ -317,7 +380,7 @@ impl Lab {
         &self,
         spec: &TrafficSpec,
         expected: &[Vec<u8>],
-        fwd: &SffHandle,
+        fwd: &dyn Forwarder,
     ) -> Result<Trial> {
         self.trial_frames(spec.frames(), spec.rate, expected, fwd)
     }
@@ -346,7 +409,7 @@ impl Lab {
         frames: Vec<Vec<u8>>,
         rate: Option<f64>,
         expected: &[Vec<u8>],
-        fwd: &SffHandle,
+        fwd: &dyn Forwarder,
     ) -> Result<Trial> {
         self.trial_through(frames, rate, expected, Some(fwd))
     }
@@ -358,7 +421,7 @@ impl Lab {
         frames: Vec<Vec<u8>>,
         rate: Option<f64>,
         expected: &[Vec<u8>],
-        fwd: Option<&SffHandle>,
+        fwd: Option<&dyn Forwarder>,
     ) -> Result<Trial> {
         let offered = frames.len();
         let base = Instant::now();
@@ -447,7 +510,7 @@ impl Lab {
             delivered_pps,
             verdict,
             received,
-            sff: fwd.map(|f| f.counters().snapshot()).unwrap_or_default(),
+            sff: fwd.map(|f| f.stats()).unwrap_or_default(),
             base,
             ended,
             egress_link,

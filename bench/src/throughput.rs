@@ -104,17 +104,16 @@ fn exact(t: &Trial) -> bool {
 fn one_trial(kinds: &[Kind], baseline: bool, spec: &TrafficSpec, sff: LabSff) -> Result<Trial> {
     let mut lab = Lab::new(kinds, &vnf_binary()?)?;
     lab.set_traffic_core(sff.traffic_core);
-    let fwd = if baseline {
-        lab.start_baseline(sff)?
-    } else {
-        lab.start_sff(sff)?
-    };
     let frames = spec.frames();
-    let expected = if baseline {
-        frames
-    } else {
-        nham_vnf::reference(kinds, &frames).0
-    };
+    if baseline {
+        let fwd = lab.start_baseline(sff)?;
+        let trial = lab.trial(spec, &frames, &fwd)?;
+        fwd.stop()?;
+        return Ok(trial);
+    }
+    // The SFF as nhamd runs it: the nham-sff process.
+    let fwd = lab.start_sff_process(sff)?;
+    let expected = nham_vnf::reference(kinds, &frames).0;
     let trial = lab.trial(spec, &expected, &fwd)?;
     fwd.stop()?;
     Ok(trial)

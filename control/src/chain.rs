@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nham_netns::{unique_name, veth_pair_here, Netns};
+use nham_netns::{unique_name, Netns};
 use nham_sff::remote::SffClient;
-use nham_sff::{PhaseStatus, PortSpec};
+use nham_sff::PhaseStatus;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ControlError;
@@ -33,8 +33,8 @@ use crate::plan::Mechanism;
 use crate::plan::{ChainPlan, VnfPlan};
 use crate::runtime::cgroup::Cgroup;
 use crate::runtime::{
-    make_place, port_spec, process, sff_config, spawn_sff, ChainPorts, Place, SffOptions,
-    SffProcess, Spawn, VNF_IFACE,
+    make_link, make_place, port_spec, process, sff_config, spawn_sff, vnf_argv, ChainPorts, Place,
+    SffOptions, SffProcess, Spawn, VNF_IFACE,
 };
 use crate::vsm::checkpointer::StoreSlot;
 use crate::vsm::database::Store;
@@ -594,19 +594,15 @@ impl ChainRuntime {
         let prefix = state.netns_prefix();
         for (i, v) in plan.vnfs.iter().enumerate() {
             let netns = Netns::create(&format!("{prefix}{id:x}-{i}"))?;
-            let (here, there) = veth_pair_here(&format!("n{id:x}v{i}"), &netns, VNF_IFACE)?;
-            hops.push(PortSpec {
-                iface: here.name.clone(),
-                ifindex: here.ifindex,
-                mac: here.mac,
-                peer_mac: there.mac,
-            });
+            let (here, vnf_ifindex) = make_link(None, &format!("n{id:x}v{i}"), &netns, None)?;
+            let sff_iface = here.iface.clone();
+            hops.push(here);
             // 1R-AA: the replica's place, its eth0 under the same index.
             let replica = if v.mechanism == Some(Mechanism::ActiveActive) {
                 let (rns, port) = make_place(
                     &format!("{prefix}{id:x}-{i}r"),
                     &format!("n{id:x}r{i}"),
-                    there.ifindex,
+                    vnf_ifindex,
                 )?;
                 let sff_iface = port.iface.clone();
                 standby.push(Some(port));
@@ -625,23 +621,14 @@ impl ChainRuntime {
                 let (mns, port) = make_place(
                     &format!("{prefix}{id:x}-{i}m{k}"),
                     &format!("n{id:x}m{i}k{k}"),
-                    there.ifindex,
+                    vnf_ifindex,
                 )?;
                 let cwd = state.vnf_cwd(&plan.name, &member_dir(&v.name, k))?;
                 places.push(MemberPlace::new(mns, port.iface.clone(), cwd, 0));
                 member_ports.push(port);
             }
             members.push(member_ports);
-            let ns = netns.name().to_string();
-            // `setsid` execs in place (same pid): the VNF leads a session of
-            // its own, as CRIU wants of the root of a tree it dumps.
-            let argv = std::iter::once("setsid".to_string())
-                .chain(
-                    v.command
-                        .iter()
-                        .map(|a| a.replace("{iface}", VNF_IFACE).replace("{netns}", &ns)),
-                )
-                .collect();
+            let argv = vnf_argv(&v.command, netns.name());
             vnfs.push(VnfRuntime {
                 plan: v.clone(),
                 netns,
@@ -654,7 +641,7 @@ impl ChainRuntime {
                 members: places,
                 agent: None,
                 checkpoints: 0,
-                sff_iface: here.name.clone(),
+                sff_iface,
                 recovery: FailureRecovery::new(0),
             });
         }

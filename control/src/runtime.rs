@@ -111,6 +111,42 @@ pub struct Place {
     pub cwd: std::path::PathBuf,
 }
 
+/// Makes a VNF's link: a veth whose end `iface` is the SFF's port, in the
+/// SFF's namespace (`sff`, or the calling thread's), and whose other end is
+/// `eth0` in `vnf` (under index `ifindex` when given: a replica's or
+/// member's, the VNF's own index, as CRIU restores a packet socket bound by
+/// index). Returns the SFF's port and the index of `eth0`. The one way a
+/// chain's hop, replica or member is linked, for `nhamd` and the bench lab
+/// alike.
+pub fn make_link(
+    sff: Option<&Netns>,
+    iface: &str,
+    vnf: &Netns,
+    ifindex: Option<u32>,
+) -> Result<(PortSpec, u32), RuntimeError> {
+    let (here, there) = nham_netns::veth_pair_in(sff, iface, vnf, VNF_IFACE, ifindex)?;
+    let port = PortSpec {
+        iface: here.name,
+        ifindex: here.ifindex,
+        mac: here.mac,
+        peer_mac: there.mac,
+    };
+    Ok((port, there.ifindex))
+}
+
+/// A VNF's command line as it is started: under `setsid` (which execs in
+/// place, same pid: the VNF leads a session of its own, as CRIU wants of
+/// the root of a tree it dumps), with `{iface}` and `{netns}` replaced by
+/// its interface and its namespace's name.
+pub fn vnf_argv(command: &[String], netns_name: &str) -> Vec<String> {
+    std::iter::once("setsid".to_string())
+        .chain(command.iter().map(|a| {
+            a.replace("{iface}", VNF_IFACE)
+                .replace("{netns}", netns_name)
+        }))
+        .collect()
+}
+
 /// Makes a place beside a VNF for a 1R-AA replica or an MR-AA member:
 /// namespace `ns_name`, whose `eth0` has index `ifindex` (the VNF's: CRIU
 /// restores a packet socket bound by index), linked to `iface` in the
@@ -121,16 +157,8 @@ pub fn make_place(
     ifindex: u32,
 ) -> Result<(Netns, PortSpec), RuntimeError> {
     let ns = Netns::create(ns_name)?;
-    let (here, there) = nham_netns::veth_pair_here_with_index(iface, &ns, VNF_IFACE, ifindex)?;
-    Ok((
-        ns,
-        PortSpec {
-            iface: here.name,
-            ifindex: here.ifindex,
-            mac: here.mac,
-            peer_mac: there.mac,
-        },
-    ))
+    let (port, _) = make_link(None, iface, &ns, Some(ifindex))?;
+    Ok((ns, port))
 }
 
 /// Reaps the process of `pidfd` once it has exited (blocks until then).

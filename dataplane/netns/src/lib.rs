@@ -545,7 +545,9 @@ pub fn veth_pair_here_with_index(
     veth_pair_in(None, a_name, b, b_name, Some(b_index))
 }
 
-fn veth_pair_in(
+/// A veth pair: `a_name` in `a` (`None`: the calling thread's namespace),
+/// `b_name` in `b`, under index `b_index` when given.
+pub fn veth_pair_in(
     a: Option<&Netns>,
     a_name: &str,
     b: &Netns,
