@@ -40,6 +40,33 @@ impl Mechanism {
     }
 }
 
+/// A VNF's identity on this daemon: its chain's name and its own, unique
+/// in the chain (the names the API, the events, the state database and
+/// the logs use). Shown as `chain/vnf`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VnfId {
+    /// The chain's name.
+    pub chain: String,
+    /// The VNF's name in it.
+    pub vnf: String,
+}
+
+impl VnfId {
+    /// VNF `vnf` of chain `chain`.
+    pub fn new(chain: &str, vnf: &str) -> Self {
+        Self {
+            chain: chain.to_string(),
+            vnf: vnf.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for VnfId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.chain, self.vnf)
+    }
+}
+
 /// A validated VNF.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VnfPlan {

@@ -48,7 +48,7 @@ pub struct RestoreReport {
     /// Namespaces no chain claimed, deleted.
     pub swept: usize,
 }
-use crate::plan::{self, ChainPlan};
+use crate::plan::{self, ChainPlan, VnfId};
 
 pub mod events;
 mod exit_watch;
@@ -94,9 +94,9 @@ pub struct Daemon {
     /// egress, SPI (what a new chain must not share).
     starting: std::sync::Mutex<BTreeMap<String, (String, String, u32)>>,
     /// VNFs whose mechanism is being changed (one change at a time).
-    changing: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
+    changing: std::sync::Mutex<std::collections::BTreeSet<VnfId>>,
     /// How each VNF's last recovery ended, for heals that wait on it.
-    outcomes: std::sync::Mutex<BTreeMap<(String, String), tokio::sync::watch::Sender<Outcome>>>,
+    outcomes: std::sync::Mutex<BTreeMap<VnfId, tokio::sync::watch::Sender<Outcome>>>,
     /// The cluster of hosts this daemon takes part in, if any.
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
@@ -298,7 +298,7 @@ impl Daemon {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         outcomes
-            .entry((chain.to_string(), vnf.to_string()))
+            .entry(VnfId::new(chain, vnf))
             .or_insert_with(|| {
                 tokio::sync::watch::channel(Outcome {
                     finished: 0,
@@ -316,7 +316,7 @@ impl Daemon {
             .outcomes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(tx) = outcomes.get(&(chain.to_string(), vnf.to_string())) {
+        if let Some(tx) = outcomes.get(&VnfId::new(chain, vnf)) {
             tx.send_modify(|o| {
                 o.finished += 1;
                 o.result = result;
@@ -464,7 +464,7 @@ impl Daemon {
         self.outcomes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|(c, _), _| c != name);
+            .retain(|id, _| id.chain != name);
         tokio::task::spawn_blocking(move || drop(entry))
             .await
             .map_err(|_| ControlError::Panicked("teardown"))?;

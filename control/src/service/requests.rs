@@ -79,7 +79,7 @@ impl Daemon {
             }
             m => m as usize,
         };
-        let key = (chain.to_string(), vnf.to_string());
+        let key = crate::plan::VnfId::new(chain, vnf);
         let fresh = self
             .changing
             .lock()
@@ -87,7 +87,7 @@ impl Daemon {
             .insert(key.clone());
         if !fresh {
             return Err(ControlError::FailedPrecondition(format!(
-                "a mechanism change of {chain}/{vnf} is under way"
+                "a mechanism change of {key} is under way"
             )));
         }
         let r = self.change_mechanism(chain, vnf, mechanism, members).await;

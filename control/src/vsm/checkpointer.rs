@@ -41,6 +41,7 @@ use nham_sff::remote::SffClient;
 use super::criu::{self, Swrk};
 use super::database::{CheckpointMeta, Store, StoreError};
 use super::error::SyncError;
+use super::synchronizer::{CommitStep, Committing, Done};
 use crate::runtime::process::{
     is_stopped, kill_and_reap, signal as raw_signal, Niceness, BACKGROUND_NICE,
 };
@@ -148,40 +149,67 @@ pub struct Stored {
     dumped: Dumped,
     stored: u64,
     copy: Duration,
+    machine: Committing<SyncError>,
 }
 
 impl Dumped {
     /// Compresses the image into the store, then copies it to another host
-    /// when the slot has [`StoreSlot::copies`] (step 6's first half). On
-    /// failure of either the checkpoint is aborted in the SFF (nothing
-    /// released) and its image removed.
+    /// when the slot has [`StoreSlot::copies`] (step 6's first half), as
+    /// [`Committing`] decides. On failure of either the checkpoint is
+    /// aborted in the SFF (nothing released) and its image removed.
     pub fn store(self, sff: &SffClient) -> Result<Stored, SyncError> {
-        let s = &self.slot;
-        let abort = |e: SyncError| {
-            let _ = std::fs::remove_dir_all(&self.dir);
-            let _ = sff.checkpoint_failed(self.hop, self.id);
-            Err(e)
-        };
-        let meta = match s.store.put(&s.chain, &s.vnf, self.id, &self.dir) {
-            Ok(meta) => meta,
-            Err(e) => return abort(e.into()),
-        };
-        let started = Instant::now();
-        if let Some(copies) = &s.copies {
-            if let Err(why) = copies.copy(&meta, &s.store.file_of(&meta)) {
-                let _ = s.store.remove_checkpoint(&s.chain, &s.vnf, self.id);
-                return abort(SyncError::NotCopied { id: self.id, why });
+        let s = self.slot.clone();
+        let mut machine = Committing::new(self.id, s.copies.is_some());
+        let (mut meta, mut copy) = (None, Duration::ZERO);
+        loop {
+            match machine.poll() {
+                CommitStep::Store => {
+                    let put = s.store.put(&s.chain, &s.vnf, self.id, &self.dir);
+                    machine.handle_stored(put.map(|m| meta = Some(m)).map_err(SyncError::from));
+                }
+                CommitStep::Copy => {
+                    let started = Instant::now();
+                    let copied = match (&s.copies, &meta) {
+                        (Some(c), Some(m)) => c.copy(m, &s.store.file_of(m)).map(drop),
+                        _ => Err("nothing to copy".to_string()),
+                    };
+                    copy = started.elapsed();
+                    let id = self.id;
+                    machine.handle_copied(copied.map_err(|why| SyncError::NotCopied { id, why }));
+                }
+                CommitStep::Commit => {
+                    return Ok(Stored {
+                        stored: meta.map_or(0, |m| m.stored_bytes),
+                        copy,
+                        dumped: self,
+                        machine,
+                    })
+                }
+                end => return Err(self.end_uncommitted(sff, end)),
             }
         }
-        Ok(Stored {
-            stored: meta.stored_bytes,
-            copy: if s.copies.is_some() {
-                started.elapsed()
-            } else {
-                Duration::ZERO
-            },
-            dumped: self,
-        })
+    }
+
+    /// Carries out an end that is no commit (see [`CommitStep::Aborted`]);
+    /// returns why.
+    fn end_uncommitted(&self, sff: &SffClient, end: CommitStep<SyncError>) -> SyncError {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let CommitStep::Aborted {
+            unstore,
+            tell_sff,
+            why,
+        } = end
+        else {
+            return SyncError::Retired;
+        };
+        let s = &self.slot;
+        if unstore {
+            let _ = s.store.remove_checkpoint(&s.chain, &s.vnf, self.id);
+        }
+        if tell_sff {
+            let _ = sff.checkpoint_failed(self.hop, self.id);
+        }
+        why.unwrap_or(SyncError::Retired)
     }
 }
 
@@ -499,52 +527,40 @@ impl Checkpointer {
             dumped,
             stored,
             copy,
+            mut machine,
         } = stored;
-        let Dumped {
-            id,
-            hop,
-            dir,
-            link_now,
-            started,
-            ..
-        } = dumped;
+        let mut released = 0;
+        // Its agent changed meanwhile (unprotected, moved): the SFF's hop
+        // is not asked, and must not wait for this checkpoint for ever.
+        let done = if self.retired || dumped.hop != self.hop {
+            Done::Retired
+        } else {
+            match sff.checkpoint_done(dumped.hop, dumped.id) {
+                Ok(d) => {
+                    released = d.released;
+                    Done::Released {
+                        fallback: d.fallback,
+                    }
+                }
+                Err(e @ nham_sff::remote::RemoteError::Refused(_)) => {
+                    Done::Refused(SyncError::Sff(e))
+                }
+                Err(e) => Done::Lost(SyncError::Sff(e)),
+            }
+        };
+        machine.handle_done(done);
+        let keep = match machine.poll() {
+            CommitStep::Committed { keep } => keep,
+            end => return Err(dumped.end_uncommitted(sff, end)),
+        };
         let s = &self.slot;
-        // A checkpoint not committed is never restored: its image goes.
-        let not_committed = || {
-            let _ = std::fs::remove_dir_all(&dir);
-            let _ = s.store.remove_checkpoint(&s.chain, &s.vnf, id);
-        };
-        if self.retired || hop != self.hop {
-            // Its agent changed meanwhile (unprotected, moved): the SFF's
-            // hop must not wait for this checkpoint for ever.
-            not_committed();
-            let _ = sff.checkpoint_failed(hop, id);
-            return Err(SyncError::Retired);
-        }
-        let done = match sff.checkpoint_done(hop, id) {
-            Ok(d) => d,
-            // Refused: not committed. Any other failure (a lost answer)
-            // may have come after the SFF committed and released: the
-            // image is kept (the next commit's retention drops it if it
-            // is not restorable).
-            Err(e @ nham_sff::remote::RemoteError::Refused(_)) => {
-                not_committed();
-                return Err(SyncError::Sff(e));
-            }
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(SyncError::Sff(e));
-            }
-        };
-        // Kept: what the SFF can restore (this checkpoint and its
-        // fallback), whatever else the store holds. (Keeping the newest
-        // two by number threw the fallback away when a newer checkpoint
-        // had been stored and not committed.)
-        let keep: Vec<CheckpointId> = std::iter::once(id).chain(done.fallback).collect();
         let _ = s.store.retain(&s.chain, &s.vnf, &keep);
-        if let (Some((_, base)), Some(now)) = (self.link.as_mut(), link_now) {
+        if let (Some((_, base)), Some(now)) = (self.link.as_mut(), dumped.link_now) {
             *base = now;
         }
+        let Dumped {
+            id, dir, started, ..
+        } = dumped;
         let stats = CheckpointStats {
             id,
             pause: dumped.pause,
@@ -554,7 +570,7 @@ impl Checkpointer {
             total: started.elapsed(),
             size: dumped.size,
             stored,
-            released: done.released,
+            released,
             copy,
         };
         Ok(Committed {

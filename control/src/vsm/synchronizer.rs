@@ -1,5 +1,6 @@
-//! The checkpoint protocol of one VNF, up to the dump, as a state machine:
-//! it asks for one [`Step`] at a time ([`Checkpointing::poll`]) and is fed
+//! The checkpoint protocol of one VNF as two state machines: up to the
+//! dump ([`Checkpointing`]), then from the dump to the commit
+//! ([`Committing`]). Each asks for one step at a time (`poll`) and is fed
 //! what came of it (`handle_*`); a driver ([`super::checkpointer`]) does the
 //! I/O: looking at the VNF's sockets, signals, the SFF, CRIU. No clock:
 //! every moment is passed in.
@@ -279,6 +280,162 @@ impl<E> Checkpointing<E> {
     }
 }
 
+/// What the SFF said to `CheckpointDone`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Done<E> {
+    /// Committed: what it includes was released; `fallback` is the
+    /// checkpoint a corrupt image would fall back to.
+    Released {
+        /// The fallback checkpoint, if any.
+        fallback: Option<u64>,
+    },
+    /// Refused (the VNF failed meanwhile, the SFF aborted it): not
+    /// committed.
+    Refused(E),
+    /// No answer (the SFF's socket broke): it may have committed and
+    /// released before the answer was lost.
+    Lost(E),
+    /// Its agent changed meanwhile (unprotected, moved): not asked.
+    Retired,
+}
+
+/// What the driver does next, from a dumped image to its commit.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CommitStep<E> {
+    /// Put the image into the store: [`Committing::handle_stored`].
+    Store,
+    /// Copy the stored file to another host: [`Committing::handle_copied`].
+    Copy,
+    /// Tell the SFF `CheckpointDone` (unless the agent changed meanwhile):
+    /// [`Committing::handle_done`].
+    Commit,
+    /// The end, committed: remove the image's directory once it has been
+    /// handed on, and keep only `keep` of this VNF's checkpoints in the
+    /// store (this one and its fallback: what the SFF can restore).
+    Committed {
+        /// Checkpoints kept.
+        keep: Vec<u64>,
+    },
+    /// The end, not committed: remove the image's directory; `unstore`:
+    /// remove the checkpoint from the store (it must never be restored);
+    /// `tell_sff`: tell the SFF `CheckpointFailed` (nothing released).
+    Aborted {
+        /// Remove it from the store.
+        unstore: bool,
+        /// Tell the SFF.
+        tell_sff: bool,
+        /// Why (`None`: the agent changed meanwhile).
+        why: Option<E>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    Storing,
+    Copying,
+    Committing,
+    Over,
+}
+
+/// One checkpoint from its dump to its commit (step 6), as a machine: a
+/// checkpoint is committed, and releases what it includes, only once its
+/// image is durable in the store, and on another host when `copies` says
+/// so; a checkpoint not committed is never left restorable (removed from
+/// the store) unless the SFF may have committed it (its answer lost); the
+/// SFF is told of a failure exactly when it has not decided itself.
+/// Checked against a reference in the tests below.
+#[derive(Debug)]
+pub struct Committing<E> {
+    id: u64,
+    copies: bool,
+    state: Commit,
+    end: Option<CommitStep<E>>,
+}
+
+impl<E> Committing<E> {
+    /// Checkpoint `id`, dumped; `copies`: it needs a copy on another host.
+    pub fn new(id: u64, copies: bool) -> Self {
+        Self {
+            id,
+            copies,
+            state: Commit::Storing,
+            end: None,
+        }
+    }
+
+    /// What to do next. After the end, [`CommitStep::Aborted`] with no
+    /// reason and nothing to do.
+    pub fn poll(&mut self) -> CommitStep<E> {
+        if let Some(end) = self.end.take() {
+            self.state = Commit::Over;
+            return end;
+        }
+        match self.state {
+            Commit::Storing => CommitStep::Store,
+            Commit::Copying => CommitStep::Copy,
+            Commit::Committing => CommitStep::Commit,
+            Commit::Over => CommitStep::Aborted {
+                unstore: false,
+                tell_sff: false,
+                why: None,
+            },
+        }
+    }
+
+    fn abort(&mut self, unstore: bool, tell_sff: bool, why: Option<E>) {
+        self.end = Some(CommitStep::Aborted {
+            unstore,
+            tell_sff,
+            why,
+        });
+    }
+
+    /// Whether the image is in the store now.
+    pub fn handle_stored(&mut self, r: Result<(), E>) {
+        if self.state != Commit::Storing {
+            return;
+        }
+        match r {
+            Ok(()) if self.copies => self.state = Commit::Copying,
+            Ok(()) => self.state = Commit::Committing,
+            // Nothing stored: nothing to remove there.
+            Err(e) => self.abort(false, true, Some(e)),
+        }
+    }
+
+    /// Whether another host keeps a copy now.
+    pub fn handle_copied(&mut self, r: Result<(), E>) {
+        if self.state != Commit::Copying {
+            return;
+        }
+        match r {
+            Ok(()) => self.state = Commit::Committing,
+            // No copy, no commit.
+            Err(e) => self.abort(true, true, Some(e)),
+        }
+    }
+
+    /// What the SFF said to `CheckpointDone` (or that it was not asked).
+    pub fn handle_done(&mut self, done: Done<E>) {
+        if self.state != Commit::Committing {
+            return;
+        }
+        match done {
+            Done::Released { fallback } => {
+                let keep = std::iter::once(self.id).chain(fallback).collect();
+                self.end = Some(CommitStep::Committed { keep });
+            }
+            // The SFF aborted it itself.
+            Done::Refused(e) => self.abort(true, false, Some(e)),
+            // Maybe committed: kept (the next commit's retention drops it
+            // if the SFF cannot restore it).
+            Done::Lost(e) => self.abort(false, false, Some(e)),
+            // The hop must not wait for this checkpoint for ever.
+            Done::Retired => self.abort(true, true, None),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,5 +605,108 @@ mod tests {
         assert_eq!(c.poll(t1), Step::Look);
         c.handle_look(t1, Ok(empty));
         assert_eq!(c.poll(t1), Step::Stop);
+    }
+
+    /// How the world answers a commit: store, copy, the SFF.
+    #[derive(Debug, Clone, Copy)]
+    enum SffSays {
+        Released(Option<u64>),
+        Refused,
+        Lost,
+        Retired,
+    }
+
+    fn sff_says() -> impl Strategy<Value = SffSays> {
+        prop_oneof![
+            prop::option::of(0u64..5).prop_map(SffSays::Released),
+            Just(SffSays::Refused),
+            Just(SffSays::Lost),
+            Just(SffSays::Retired),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn a_checkpoint_commits_only_stored_and_copied_and_is_never_left_restorable_uncommitted(
+            copies in any::<bool>(),
+            stored_ok in any::<bool>(),
+            copied_ok in any::<bool>(),
+            says in sff_says(),
+            extra in prop::collection::vec(0u8..2, 0..4),
+        ) {
+            let id = 7u64;
+            let mut c: Committing<&'static str> = Committing::new(id, copies);
+            // The reference: what the world has seen.
+            let (mut in_store, mut on_peer, mut asked_sff) = (false, false, false);
+            let end = loop {
+                let step = c.poll();
+                // Steps done so far: 0 store, 1 copy, 2 commit.
+                let at = match step {
+                    CommitStep::Store => 0,
+                    CommitStep::Copy => 1,
+                    _ => 2,
+                };
+                match step {
+                    CommitStep::Store => {
+                        in_store = stored_ok;
+                        c.handle_stored(if stored_ok { Ok(()) } else { Err("store") });
+                    }
+                    CommitStep::Copy => {
+                        prop_assert!(copies && in_store, "a copy of nothing stored");
+                        on_peer = copied_ok;
+                        c.handle_copied(if copied_ok { Ok(()) } else { Err("copy") });
+                    }
+                    CommitStep::Commit => {
+                        prop_assert!(in_store && (on_peer || !copies), "committed before durable");
+                        asked_sff = true;
+                        c.handle_done(match says {
+                            SffSays::Released(f) => Done::Released { fallback: f },
+                            SffSays::Refused => Done::Refused("refused"),
+                            SffSays::Lost => Done::Lost("lost"),
+                            SffSays::Retired => Done::Retired,
+                        });
+                    }
+                    end => break end,
+                }
+                // Late answers to steps already answered change nothing.
+                for &e in &extra {
+                    match e {
+                        0 if at > 0 => c.handle_stored(Ok(())),
+                        1 if at > 1 => c.handle_copied(Ok(())),
+                        _ => {}
+                    }
+                }
+            };
+            let durable = stored_ok && (copied_ok || !copies);
+            match end {
+                CommitStep::Committed { keep } => {
+                    prop_assert!(durable && asked_sff);
+                    prop_assert!(matches!(says, SffSays::Released(_)));
+                    prop_assert_eq!(keep[0], id);
+                }
+                CommitStep::Aborted { unstore, tell_sff, .. } => {
+                    // The SFF is told exactly when it has not decided.
+                    let sff_decided = matches!(says, SffSays::Refused | SffSays::Lost) && asked_sff;
+                    prop_assert_eq!(tell_sff, !sff_decided);
+                    // Never left restorable unless the SFF may have
+                    // committed it (its answer lost).
+                    let maybe_committed = asked_sff && matches!(says, SffSays::Lost);
+                    if in_store && !maybe_committed {
+                        prop_assert!(unstore, "an uncommitted checkpoint left in the store");
+                    }
+                    if maybe_committed {
+                        prop_assert!(!unstore, "a checkpoint the SFF may restore was removed");
+                    }
+                }
+                other => prop_assert!(false, "ended in {other:?}"),
+            }
+            // Once over, it stays over.
+            let again = matches!(
+                c.poll(),
+                CommitStep::Aborted { unstore: false, tell_sff: false, why: None }
+            );
+            prop_assert!(again);
+        }
     }
 }
