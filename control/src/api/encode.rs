@@ -185,6 +185,7 @@ pub fn stats(c: ChainStats) -> api::GetStatsResponse {
         duplicates_suppressed: s.duplicates,
         stale_discarded: s.stale,
         fenced: s.fenced,
+        tx_kicks: s.tx_kicks,
         malformed: s.malformed_ingress + s.malformed_from_vnf + s.si_mismatch + s.ttl_expired,
         nondeterministic_outputs: s.divergent,
         ingress_overflow: s.ingress_kernel_drops,

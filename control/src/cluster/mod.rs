@@ -193,6 +193,9 @@ pub struct Cluster {
     revoke: AtomicBool,
     /// Wakes the etcd task when `revoke` is set.
     wake: tokio::sync::Notify,
+    /// The lease of the last etcd session (0: none, or revoked): revoked
+    /// at a clean stop that comes between sessions.
+    last_lease: std::sync::atomic::AtomicI64,
     /// Set once the etcd task has revoked the lease (or ended).
     left: tokio::sync::watch::Sender<bool>,
     /// Counters of the heartbeat path.
@@ -365,6 +368,7 @@ impl Cluster {
             goodbye: tokio::sync::watch::channel(false).0,
             revoke: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
+            last_lease: std::sync::atomic::AtomicI64::new(0),
             left: tokio::sync::watch::channel(false).0,
             counters: ClusterCounters::default(),
             runtime: tokio::runtime::Handle::current(),
@@ -578,15 +582,43 @@ impl Cluster {
     /// Registers this host and follows the others', for as long as the
     /// cluster runs; a broken session is started again after 500 ms.
     async fn etcd_loop(self: Arc<Self>) {
-        while !self.revoke.load(Ordering::Relaxed) {
-            let error = match self.etcd_session().await {
+        loop {
+            if self.revoke.load(Ordering::Relaxed) {
+                // A clean stop between sessions.
+                self.revoke_last_lease().await;
+                break;
+            }
+            match self.etcd_session().await {
+                // The session revoked its lease.
                 Ok(()) => break,
-                Err(e) => e,
-            };
-            self.set_etcd_error(Some(error));
-            tokio::time::sleep(Duration::from_millis(500)).await;
+                Err(e) => self.set_etcd_error(Some(e)),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = self.wake.notified() => {}
+            }
         }
         self.left.send_replace(true);
+    }
+
+    /// Revokes the last session's lease, if etcd answers at once: a host
+    /// stopped cleanly while its session was broken (etcd unreachable a
+    /// moment ago) leaves at once, not at its registration's expiry.
+    async fn revoke_last_lease(&self) {
+        let lease = self.last_lease.swap(0, Ordering::Relaxed);
+        if lease == 0 {
+            return;
+        }
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_millis(500))
+            .with_timeout(Duration::from_millis(500));
+        let _ = tokio::time::timeout(Duration::from_millis(800), async {
+            if let Ok(mut c) = etcd_client::Client::connect(&self.options.etcd, Some(options)).await
+            {
+                let _ = c.lease_revoke(lease).await;
+            }
+        })
+        .await;
     }
 
     async fn etcd_session(&self) -> Result<(), String> {
@@ -611,6 +643,7 @@ impl Cluster {
             .await
             .map_err(e("granting a lease"))?
             .id();
+        self.last_lease.store(lease, Ordering::Relaxed);
         let key = format!("{HOSTS_PREFIX}{}", self.record.name);
         let value = serde_json::to_string(&self.record).map_err(|err| err.to_string())?;
         client
@@ -664,7 +697,10 @@ impl Cluster {
         let mut tick = tokio::time::interval(self.options.lease_ttl / 3);
         loop {
             if self.revoke.load(Ordering::Relaxed) {
-                let _ = client.lease_revoke(lease).await;
+                if client.lease_revoke(lease).await.is_ok() {
+                    self.last_lease.store(0, Ordering::Relaxed);
+                }
+                self.revoke_last_lease().await;
                 return Ok(());
             }
             tokio::select! {

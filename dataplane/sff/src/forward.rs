@@ -20,7 +20,12 @@ impl Engine {
                 work += chain.poll_advance_burst(i, self.config.burst);
             }
         }
-        let work = work + self.egress_step() + self.fence_step();
+        // Fenced frames are read and discarded, but are no work: a stale
+        // incarnation that keeps sending must not keep the SFF from
+        // sleeping (what it sends meanwhile waits in, or overflows, a
+        // ring nobody else reads).
+        self.fence_step();
+        let work = work + self.egress_step();
         self.kick_stalled_tx(now);
         work
     }
