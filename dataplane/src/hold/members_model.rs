@@ -463,33 +463,27 @@ fn a_checkpoint_of_a_vnf_still_holding_an_older_epochs_input_keeps_that_epoch() 
         Checkpoint(2),
         Checkpoint(0),
     ];
+    // Restored with an input in hand, then checkpointed again before it
+    // answers it.
+    let restored_and_checkpointed = [
+        Crash(0),
+        Detect(0),
+        Restore(0),
+        Checkpoint(0),
+        Checkpoint(0),
+        Checkpoint(0),
+    ];
     let grown: Vec<Op> = start
         .iter()
         .copied()
-        .chain([
-            Resize(2),
-            Crash(0),
-            Detect(0),
-            Restore(0),
-            Checkpoint(0),
-            Checkpoint(0),
-            Checkpoint(0),
-        ])
+        .chain([Resize(2)])
+        .chain(restored_and_checkpointed)
         .collect();
     let ordinary: Vec<Op> = start
         .iter()
         .copied()
-        .chain([
-            Crash(0),
-            Detect(0),
-            Restore(0),
-            Checkpoint(0),
-            Checkpoint(0),
-            Checkpoint(0),
-            Crash(0),
-            Detect(0),
-            Restore(0),
-        ])
+        .chain(restored_and_checkpointed)
+        .chain([Crash(0), Detect(0), Restore(0)])
         .collect();
     exact_after(1, &ordinary);
     exact_after(1, &grown);
