@@ -493,7 +493,11 @@ mod tests {
             let mut steps = w.step_ms.iter().cycle();
             let fail = |i: usize| w.fails[i] == 0;
             let mut ended = None;
-            for _ in 0..5000 {
+            // Enough polls to reach the drain timeout with time passing
+            // only by the machine's own sleeps (a look and a sleep of EVERY
+            // per round: 2 x TIMEOUT / EVERY polls, 5,000: CI found a world
+            // that never drains and ran out at exactly the timeout).
+            for _ in 0..20_000 {
                 now += Duration::from_micros(*steps.next().unwrap() * 50);
                 match c.poll(now) {
                     Step::Look => {
