@@ -20,7 +20,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -327,17 +327,7 @@ impl HostLab {
         std::fs::create_dir_all(&dir)?;
         let sock = dir.join("nhamd.sock");
         let _ = std::fs::remove_file(&sock);
-        let mut argv: Vec<String> = vec![
-            "--unix".into(),
-            sock.display().to_string(),
-            "--state-dir".into(),
-            dir.join("state").display().to_string(),
-            "--scratch-dir".into(),
-            dir.join("scratch").display().to_string(),
-            "--on-exit".into(),
-            "stop".into(),
-        ];
-        argv.extend(self.cluster_args(&format!("h{i}"), self.hosts[i].addr)?);
+        let argv = self.nhamd_args(&dir, &format!("h{i}"), self.hosts[i].addr)?;
         let log = dir.join("nhamd.log");
         let child = crate::ha::spawn_nhamd(&self.hosts[i].netns, bin, argv, &log)?;
         while self.nhamd.len() <= i {
@@ -356,6 +346,26 @@ impl HostLab {
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(())
+    }
+
+    /// Every flag of `nhamd` as cluster host `name` at underlay address
+    /// `addr`, directory `dir`: its API on `dir/nhamd.sock`, its state and
+    /// scratch directories in `dir`, its chains stopped when it stops, and
+    /// [`HostLab::cluster_args`].
+    pub fn nhamd_args(&self, dir: &Path, name: &str, addr: Ipv4Addr) -> Result<Vec<String>> {
+        let path = |p: &str| dir.join(p).display().to_string();
+        let mut argv: Vec<String> = vec![
+            "--unix".into(),
+            path("nhamd.sock"),
+            "--state-dir".into(),
+            path("state"),
+            "--scratch-dir".into(),
+            path("scratch"),
+            "--on-exit".into(),
+            "stop".into(),
+        ];
+        argv.extend(self.cluster_args(name, addr)?);
+        Ok(argv)
     }
 
     /// The `nhamd` flags of cluster host `name` at underlay address `addr`:
@@ -428,6 +438,36 @@ impl HostLab {
         }
     }
 
+    /// Host `i` fails as a host loses power: its underlay link goes down
+    /// and every process of the host dies at once — its `nhamd` and the
+    /// VNFs it ran for other hosts (everything in the namespaces its
+    /// `nhamd` made for them, named after its state directory). Its etcd
+    /// member, if any, is left to [`HostLab::kill_etcd`].
+    pub fn fail_host(&mut self, i: usize) -> Result<()> {
+        self.cut_off(i)?;
+        let prefix = format!(
+            "nhamd-{}-x",
+            nham_control::chain::state_tag(&self.state_dir(i))
+        );
+        // Frozen first, so that nothing of the host runs on while the rest
+        // is killed.
+        if let Some(c) = self.nhamd.get(i).and_then(Option::as_ref) {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP);
+        }
+        if let Ok(dir) = std::fs::read_dir("/run/netns") {
+            for e in dir.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    nham_netns::kill_processes_in(&e.path());
+                }
+            }
+        }
+        self.kill_nhamd(i);
+        // Its namespaces stay (a dead host's kernel state is gone with it;
+        // here they go when the lab's namespaces are swept).
+        Ok(())
+    }
+
     /// Kills host `i`'s `nhamd` with SIGKILL (a host failure, as far as
     /// its `nhamd` goes) and reaps it; returns when it is gone.
     pub fn kill_nhamd(&mut self, i: usize) {
@@ -445,6 +485,12 @@ impl Drop for HostLab {
         }
         for k in 0..self.etcd.len() {
             self.kill_etcd(k);
+        }
+        // What the hosts' nhamds made and could not remove (killed): the
+        // places of VNFs they ran, their own or for other hosts.
+        for i in 0..self.hosts.len() {
+            let tag = nham_control::chain::state_tag(&self.state_dir(i));
+            nham_netns::sweep_prefix(&format!("nhamd-{tag}-"), &Default::default());
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         // The namespaces (and every link in them) go with their Netns values.

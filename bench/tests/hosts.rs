@@ -590,3 +590,217 @@ fn with_all_of_etcd_down_vnf_crashes_are_recovered_and_copies_go_on() {
         "copies went on after etcd died ({newest_copy:?} <= {killed:?})"
     );
 }
+
+/// The chain's own `nhamd` (host "sff", in the lab's SFF namespace, joined
+/// to the underlay) in the cluster of `hosts` (all of whose `nhamd`s are
+/// started): its API address and process.
+fn owner_nhamd(
+    hosts: &mut HostLab,
+    lab: &nham_bench::lab::Lab,
+    dir: &std::path::Path,
+) -> Result<(String, std::process::Child)> {
+    let nhamd = nham_bench::ha::sibling_binary("nhamd", "NHAM_NHAMD")?;
+    let addr = hosts.attach(lab.sff_netns())?;
+    let sock = dir.join("nhamd.sock");
+    let argv = hosts.nhamd_args(dir, "sff", addr)?;
+    let mut child =
+        nham_bench::ha::spawn_nhamd(lab.sff_netns(), &nhamd, argv, &dir.join("nhamd.log"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        if Instant::now() > deadline || child.try_wait()?.is_some() {
+            anyhow::bail!("the owner's nhamd did not start");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok((format!("unix:{}", sock.display()), child))
+}
+
+/// A VNF's state through its `--state` file (SIGUSR1 writes it).
+fn vnf_state(pid: u32, file: &std::path::Path) -> Result<nham_vnf::State> {
+    anyhow::ensure!(pid > 1, "no pid");
+    let _ = std::fs::remove_file(file);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )?;
+    eventually(Duration::from_secs(5), || {
+        Ok(serde_json::from_slice(&std::fs::read(file)?)?)
+    })
+}
+
+/// VNFs on other hosts (issue 14, items 1, 2 and 5, for VNFs without a
+/// mechanism): the chain's `nhamd` (host "sff") keeps the SFF and asks h0
+/// and h1 to run its two VNFs (`VnfSpec.host`), each reached through a
+/// tunnel of its own (a VNI per incarnation). Every frame arrives once, in
+/// order, and both VNFs end in the failure-free state; `GetChain` says
+/// where each runs. Then h0 fails as a powered-off host does (its link
+/// down, its `nhamd` and everything it ran killed at once): "sff" judges
+/// it down, places the VNF again on a live host (h2, after h0 in name
+/// order; h1 still runs the other VNF), and switches the hop to it. Started
+/// afresh (it has no mechanism), that VNF then sees exactly the traffic
+/// sent after its recovery; the one on h1 everything.
+#[test]
+fn vnfs_run_on_other_hosts_and_a_lost_host_s_vnf_is_placed_again() {
+    use nham_control::api::{
+        chain_service_client::ChainServiceClient, event_service_client::EventServiceClient,
+        watch_events_response::Event as E, ChainSpec, ClassifierRule, CreateChainRequest,
+        GetChainRequest, VnfSpec, VnfState, WatchEventsRequest,
+    };
+    use nham_vnf::Kind;
+    let _serial = serial();
+    let nhamd = nham_bench::ha::sibling_binary("nhamd", "NHAM_NHAMD").expect("nhamd");
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    let mut hosts = HostLab::new(3, 3).expect("the lab of hosts");
+    for i in 0..3 {
+        hosts.start_nhamd(i, &nhamd).expect("nhamd");
+    }
+    let lab = nham_bench::lab::Lab::new(&[], vnf_bin()).expect("the chain's namespaces");
+    let dir = std::env::temp_dir().join(nham_netns::unique_name("nham-remote-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (addr, owner) = owner_nhamd(&mut hosts, &lab, &dir).expect("the owner's nhamd");
+    // Killed even when the test fails (its VNFs go with their hosts).
+    struct Owner(std::process::Child);
+    impl Drop for Owner {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _owner = Owner(owner);
+    let log = || std::fs::read_to_string(dir.join("nhamd.log")).unwrap_or_default();
+    eventually(Duration::from_secs(20), || {
+        let (listed, _) = list_hosts(&rt, &addr)?;
+        let alive = listed
+            .iter()
+            .filter(|h| h.1 == nham_control::api::HostState::Alive)
+            .count();
+        anyhow::ensure!(alive == 4, "{listed:?}");
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", log()));
+
+    let kinds = [Kind::Monitor, Kind::Monitor];
+    let state_file = |i: usize| dir.join(format!("v{i}.json"));
+    let vnf = |i: usize, host: &str| VnfSpec {
+        name: format!("v{i}"),
+        command: vec![
+            vnf_bin().display().to_string(),
+            "--kind".into(),
+            "monitor".into(),
+            "--iface".into(),
+            "{iface}".into(),
+            "--state".into(),
+            state_file(i).display().to_string(),
+        ],
+        host: host.into(),
+        mechanism: nham_control::api::Mechanism::None as i32,
+        ..Default::default()
+    };
+    let channel = rt
+        .block_on(nham_control::connect(&addr))
+        .expect("the owner's API");
+    let mut chains = ChainServiceClient::new(channel.clone());
+    let mut events = rt
+        .block_on(
+            EventServiceClient::new(channel).watch_events(WatchEventsRequest {
+                chain: "far".into(),
+            }),
+        )
+        .expect("events")
+        .into_inner();
+    rt.block_on(chains.create_chain(CreateChainRequest {
+        spec: Some(ChainSpec {
+            name: "far".into(),
+            spi: 77,
+            vnfs: vec![vnf(0, "h0"), vnf(1, "h1")],
+            rules: vec![ClassifierRule {
+                protocol: 17,
+                ..Default::default()
+            }],
+            ingress_interface: "in0".into(),
+            egress_interface: "out0".into(),
+        }),
+    }))
+    .unwrap_or_else(|e| panic!("CreateChain: {e}: {}", log()));
+    let get = |chains: &mut ChainServiceClient<_>| {
+        rt.block_on(chains.get_chain(GetChainRequest { name: "far".into() }))
+            .expect("GetChain")
+            .into_inner()
+            .chain
+            .expect("the chain")
+            .vnfs
+    };
+    let placed = get(&mut chains);
+    let where_: Vec<&str> = placed.iter().map(|v| v.host.as_str()).collect();
+    assert_eq!(where_, ["h0", "h1"], "{placed:?}");
+
+    // Every frame once, in order, as `expected` says.
+    let exact = |frames: Vec<Vec<u8>>, expected: &[Vec<u8>]| {
+        let trial = lab
+            .trial_through(frames, Some(5000.0), expected, None)
+            .expect("trial");
+        let v = trial.verdict;
+        assert_eq!(
+            (v.lost, v.duplicated, v.reordered, v.digest_equal),
+            (0, 0, 0, true),
+            "{v:?}: {}",
+            log()
+        );
+    };
+    // Failure-free: exact, through both tunnels.
+    let first = spec(2000).frames();
+    let (expected, _) = nham_vnf::reference(&kinds, &first);
+    exact(first.clone(), &expected);
+
+    // h0 fails: its VNF is placed again on h2.
+    let failed = Instant::now();
+    hosts.fail_host(0).expect("h0 fails");
+    let (detection_ms, recovery_ms) = rt
+        .block_on(async {
+            let mut detection = None;
+            loop {
+                let e = tokio::time::timeout(Duration::from_secs(15), events.message())
+                    .await??
+                    .ok_or_else(|| anyhow::anyhow!("the event stream ended"))?;
+                match e.event {
+                    Some(E::FailureDetected(f)) if e.vnf == "v0" => {
+                        detection = Some(f.detection_ms)
+                    }
+                    Some(E::RecoveryFinished(r)) if e.vnf == "v0" => {
+                        return Ok::<_, anyhow::Error>((detection, r.recovery_ms))
+                    }
+                    Some(E::RecoveryFailed(r)) => anyhow::bail!("recovery failed: {}", r.reason),
+                    _ => {}
+                }
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}: {}", log()));
+    eprintln!(
+        "h0 lost: detection {detection_ms:?} ms, VNF placed again {recovery_ms:.1} ms after it was last heard ({:?} after the kill)",
+        failed.elapsed()
+    );
+    let placed = get(&mut chains);
+    assert_eq!(placed[0].host, "h2", "{placed:?}");
+    assert_eq!(placed[0].state, VnfState::Running as i32, "{placed:?}");
+    assert_eq!(placed[0].failures, 1, "{placed:?}");
+    assert_eq!(placed[1].host, "h1", "{placed:?}");
+
+    // After the recovery: exact again, the new incarnation from scratch.
+    let second = spec(2000).frames();
+    let (expected, _) = nham_vnf::reference(&kinds, &second);
+    let (_, after) = nham_vnf::reference(&kinds[..1], &second);
+    exact(second.clone(), &expected);
+    let all: Vec<Vec<u8>> = first.into_iter().chain(second).collect();
+    let (_, before) = nham_vnf::reference(&kinds, &all);
+    assert_eq!(
+        vnf_state(placed[0].pid, &state_file(0)).expect("v0's state"),
+        after[0],
+        "the VNF placed again saw the second traffic only"
+    );
+    assert_eq!(
+        vnf_state(placed[1].pid, &state_file(1)).expect("v1's state"),
+        before[1],
+        "the VNF on h1 saw everything"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

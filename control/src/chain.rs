@@ -40,6 +40,9 @@ use crate::vsm::checkpointer::StoreSlot;
 use crate::vsm::database::Store;
 
 mod reattach;
+pub mod remote;
+
+pub use remote::RemoteVnf;
 
 /// A protected VNF's agent, shared by its checkpoint schedule and recovery.
 pub type Agent = Arc<Mutex<ProtectedVnf>>;
@@ -65,6 +68,8 @@ pub struct VnfStatus {
     pub checkpoints: u64,
     /// MR-AA members 1 to M-1's processes.
     pub member_pids: Vec<Option<u32>>,
+    /// The host it runs on (`None`: this one).
+    pub host: Option<String>,
 }
 
 /// A chain as the daemon reports it.
@@ -81,8 +86,13 @@ pub struct ChainStatus {
 pub struct VnfRuntime {
     /// Its plan.
     pub plan: VnfPlan,
-    /// Its namespace.
-    pub netns: Netns,
+    /// Its namespace (`None`: it runs on another host, see `remote`).
+    pub netns: Option<Netns>,
+    /// Where it runs when on another host of the cluster.
+    pub remote: Option<RemoteVnf>,
+    /// The incarnation before, on another host: its tunnel end is the
+    /// hop's standby port until the next placement replaces it.
+    pub remote_previous: Option<RemoteVnf>,
     /// The process, while it runs (started by us or restored as our child).
     pub process: Option<process::Process>,
     /// Its command line, placeholders replaced, as it is started.
@@ -174,7 +184,7 @@ pub fn new_agent(
     Ok(NewAgent {
         hop,
         pid,
-        start: v.spawn_here(),
+        start: v.spawn_here()?,
         slot: StoreSlot {
             store: state.store.clone(),
             chain: chain.to_string(),
@@ -245,13 +255,35 @@ impl VnfRuntime {
         VnfStatus {
             name: self.plan.name.clone(),
             phase: self.phase(),
-            pid: self.pid(),
-            netns: self.netns.name().to_string(),
+            // (A VNF on another host: its pid there.)
+            pid: self.pid().or(self.remote.as_ref().map(|r| r.pid)),
+            netns: self.netns_name().to_string(),
             mechanism: self.plan.mechanism,
             failures: self.counted(|c| c.failures),
             recoveries: self.counted(|c| c.recoveries),
             checkpoints: self.checkpoints,
             member_pids: self.members.iter().map(MemberPlace::pid).collect(),
+            host: self.remote.as_ref().map(|r| r.host.clone()),
+        }
+    }
+
+    /// Its namespace, on this host.
+    pub fn local_netns(&self) -> Result<&Netns, ControlError> {
+        self.netns.as_ref().ok_or_else(|| {
+            ControlError::FailedPrecondition(format!(
+                "VNF {} runs on host {}: not in reach of this host's processes",
+                self.plan.name,
+                self.remote.as_ref().map_or("?", |r| r.host.as_str())
+            ))
+        })
+    }
+
+    /// Its namespace's name (on its host).
+    pub fn netns_name(&self) -> &str {
+        match (&self.netns, &self.remote) {
+            (Some(n), _) => n.name(),
+            (None, Some(r)) => &r.netns,
+            (None, None) => "",
         }
     }
 
@@ -283,7 +315,7 @@ impl VnfRuntime {
     /// Starts the VNF's command in its namespace, waits until it listens on
     /// a packet socket, and returns a pidfd to watch.
     pub fn start(&mut self) -> Result<OwnedFd, ControlError> {
-        let pid = self.spawn_in(&self.netns, &self.cwd)?;
+        let pid = self.spawn_in(self.local_netns()?, &self.cwd)?;
         self.adopt(pid)
     }
 
@@ -339,14 +371,15 @@ impl VnfRuntime {
     }
 
     /// [`spawn`](Self::spawn) in the VNF's own place.
-    pub fn spawn_here(&self) -> Spawn {
-        self.spawn(&self.netns, &self.cwd)
+    pub fn spawn_here(&self) -> Result<Spawn, ControlError> {
+        Ok(self.spawn(self.local_netns()?, &self.cwd))
     }
 
     /// Brings the VNF's link up (a failed VNF may have been cut off; the
     /// one brought back needs its link).
     pub fn reconnect(&self) -> Result<(), ControlError> {
-        self.netns.run(|| nham_netns::set_up(VNF_IFACE))??;
+        self.local_netns()?
+            .run(|| nham_netns::set_up(VNF_IFACE))??;
         Ok(())
     }
 
@@ -368,8 +401,8 @@ impl VnfRuntime {
     /// After a 1R-AA failover: the replica's namespace and link are the
     /// VNF's now, and the old ones the replica's.
     pub fn swap_replica(&mut self) {
-        if let Some(r) = self.replica.as_mut() {
-            std::mem::swap(&mut self.netns, &mut r.netns);
+        if let (Some(r), Some(netns)) = (self.replica.as_mut(), self.netns.as_mut()) {
+            std::mem::swap(netns, &mut r.netns);
             std::mem::swap(&mut self.sff_iface, &mut r.sff_iface);
         }
     }
@@ -514,6 +547,8 @@ pub struct StateOptions {
     /// Where each checkpoint's second copy goes, when this host is in a
     /// cluster (`None`: this host only).
     pub copies: Option<Arc<dyn crate::vsm::checkpointer::OffHostCopy>>,
+    /// The cluster, when this host is in one (VNFs on other hosts).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// One checkpoint at a time per two cores (at least one).
@@ -575,7 +610,7 @@ impl ChainRuntime {
         plan: ChainPlan,
         sff: &SffOptions,
         state: &StateOptions,
-    ) -> Result<(Self, Vec<OwnedFd>), ControlError> {
+    ) -> Result<(Self, Vec<Option<OwnedFd>>), ControlError> {
         // The chain's own interfaces first: nothing is built for a chain
         // whose ingress or egress is not there.
         let (ingress, egress) = (
@@ -593,6 +628,39 @@ impl ChainRuntime {
         }
         let prefix = state.netns_prefix();
         for (i, v) in plan.vnfs.iter().enumerate() {
+            if let Some(host) = &v.host {
+                let cluster = state.cluster.as_ref().ok_or_else(|| {
+                    ControlError::FailedPrecondition(format!(
+                        "VNF {} names host {host}: this nhamd is not in a cluster",
+                        v.name
+                    ))
+                })?;
+                let (remote, port) = remote::place(cluster, host, &plan.name, v)?;
+                let sff_iface = port.iface.clone();
+                hops.push(port);
+                standby.push(None);
+                members.push(Vec::new());
+                let mut recovery = FailureRecovery::new(0);
+                recovery.handle_started();
+                vnfs.push(VnfRuntime {
+                    plan: v.clone(),
+                    netns: None,
+                    remote: Some(remote),
+                    remote_previous: None,
+                    process: None,
+                    argv: Vec::new(),
+                    log: logs.join(format!("{}.log", v.name)),
+                    cwd: state.vnf_cwd(&plan.name, &v.name)?,
+                    cgroup: None,
+                    replica: None,
+                    members: Vec::new(),
+                    agent: None,
+                    checkpoints: 0,
+                    sff_iface,
+                    recovery,
+                });
+                continue;
+            }
             let netns = Netns::create(&format!("{prefix}{id:x}-{i}"))?;
             let (here, vnf_ifindex) = make_link(None, &format!("n{id:x}v{i}"), &netns, None)?;
             let sff_iface = here.iface.clone();
@@ -631,7 +699,9 @@ impl ChainRuntime {
             let argv = vnf_argv(&v.command, netns.name());
             vnfs.push(VnfRuntime {
                 plan: v.clone(),
-                netns,
+                netns: Some(netns),
+                remote: None,
+                remote_previous: None,
                 process: None,
                 argv,
                 log: logs.join(format!("{}.log", v.name)),
@@ -656,10 +726,11 @@ impl ChainRuntime {
             member_pidfds: Vec::new(),
             lost_members: Vec::new(),
         };
+        // (VNFs on other hosts run already; their hosts watch them.)
         let pidfds = runtime
             .vnfs
             .iter_mut()
-            .map(VnfRuntime::start)
+            .map(|v| v.remote.is_none().then(|| v.start()).transpose())
             .collect::<Result<Vec<_>, _>>()?;
         // MR-AA members start with member 0, all in the initial state.
         let mut member_pidfds = Vec::new();
@@ -708,7 +779,11 @@ impl ChainRuntime {
                 .iter()
                 .map(|v| VnfRecord {
                     name: v.plan.name.clone(),
-                    netns: v.netns.name().to_string(),
+                    netns: v
+                        .netns
+                        .as_ref()
+                        .map(|n| n.name().to_string())
+                        .unwrap_or_default(),
                     sff_iface: v.sff_iface.clone(),
                     pid: v.pid(),
                     argv: v.argv.clone(),
@@ -868,7 +943,7 @@ impl ChainRuntime {
     pub fn namespaces(&self) -> BTreeMap<String, String> {
         self.vnfs
             .iter()
-            .map(|v| (v.plan.name.clone(), v.netns.name().to_string()))
+            .map(|v| (v.plan.name.clone(), v.netns_name().to_string()))
             .collect()
     }
 }
@@ -884,7 +959,7 @@ pub fn tear_down_record(record: &ChainRecord) {
         let client = SffClient::connect(&record.sff_socket).ok();
         p.stop(client.as_ref(), Duration::from_secs(2));
     }
-    for v in &record.vnfs {
+    for v in record.vnfs.iter().filter(|v| !v.netns.is_empty()) {
         if let Ok(ns) = Netns::adopt(&v.netns) {
             nham_netns::kill_processes_in(&ns.path());
         }
@@ -900,7 +975,9 @@ impl Drop for ChainRuntime {
         if self.detached {
             for v in &mut self.vnfs {
                 v.process = None;
-                v.netns.keep();
+                if let Some(n) = v.netns.as_mut() {
+                    n.keep();
+                }
                 if let Some(c) = v.cgroup.as_mut() {
                     c.keep();
                 }

@@ -78,6 +78,9 @@ pub enum ControlError {
     /// A peer's request without the cluster's token.
     #[error("{0}")]
     Unauthenticated(String),
+    /// Hosting a VNF for another host, or on another host.
+    #[error(transparent)]
+    Hosting(#[from] crate::cluster::hosting::HostingError),
 }
 
 impl ControlError {
@@ -103,6 +106,7 @@ impl ControlError {
             Self::Store(e) => store_code(e),
             Self::Runtime(e) => runtime_code(e),
             Self::NotRecovered(e) => e.code(),
+            Self::Hosting(e) => hosting_code(e),
             Self::Netns(_)
             | Self::Sff(_)
             | Self::Io { .. }
@@ -119,6 +123,18 @@ fn remote_code(e: &RemoteError) -> Code {
         RemoteError::Busy(_) => Code::Unavailable,
         RemoteError::Io { .. } => Code::Unavailable,
         RemoteError::Protocol { .. } => Code::Internal,
+    }
+}
+
+fn hosting_code(e: &crate::cluster::hosting::HostingError) -> Code {
+    use crate::cluster::hosting::HostingError as H;
+    match e {
+        H::Invalid(_) => Code::InvalidArgument,
+        H::Exists(_) => Code::AlreadyExists,
+        H::Missing(_) => Code::NotFound,
+        H::Netns { .. } => Code::Internal,
+        H::Runtime(r) => runtime_code(r),
+        H::Peer { code, .. } => *code,
     }
 }
 

@@ -82,6 +82,9 @@ pub struct VnfPlan {
     pub checkpoint_interval: Option<std::time::Duration>,
     /// MR-AA: members (M, 2 to 8; 3 when not given). 1 otherwise.
     pub replicas: u32,
+    /// The cluster host it runs on (`None`: the chain's owner, this host).
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 /// MR-AA members when the spec does not say.

@@ -27,7 +27,7 @@ pub mod cgroup;
 pub mod exits;
 pub mod process;
 mod sff;
-mod spawn;
+pub mod spawn;
 
 pub use sff::{
     port_spec, sff_config, spawn_sff, ChainPorts, SffOptions, SffProcess, DEFAULT_HOLD_PACKETS,

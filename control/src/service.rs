@@ -56,6 +56,7 @@ mod failure_detector;
 mod failure_recovery;
 mod hosts;
 mod mechanism;
+mod remote_vnfs;
 mod requests;
 mod restart;
 mod state_synchronizer;
@@ -412,12 +413,11 @@ impl Daemon {
         let mut chains = self.chains.lock().await;
         unreserve();
         for (v, fd) in runtime.vnfs.iter().zip(pidfds) {
-            self.watch(
-                name.clone(),
-                v.plan.name.clone(),
-                v.recovery.incarnation(),
-                fd,
-            );
+            let (vnf, incarnation) = (v.plan.name.clone(), v.recovery.incarnation());
+            match fd {
+                Some(fd) => self.watch(name.clone(), vnf, incarnation, fd),
+                None => self.watch_remote(name.clone(), vnf, incarnation),
+            }
         }
         let mut runtime = runtime;
         self.watch_members(&mut runtime);

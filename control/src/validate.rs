@@ -97,6 +97,27 @@ fn prefix(field: &str, value: &str) -> Result<Option<IpNet>, ControlError> {
         })
 }
 
+/// VNF `i`'s host, as its spec names it (`None`: the owner's).
+fn remote_host(
+    i: usize,
+    host: &str,
+    mechanism: Option<Mechanism>,
+) -> Result<Option<String>, ControlError> {
+    if host.is_empty() {
+        return Ok(None);
+    }
+    name(&format!("spec.vnfs[{i}].host"), host)?;
+    if mechanism.is_some() {
+        // Checkpoints of a VNF on another host (a CRIU dump there, the
+        // image stored there and here) are issue 14's next step.
+        return Err(ControlError::FailedPrecondition(format!(
+            "spec.vnfs[{i}] runs on host {host:?} with a mechanism: a VNF on another host runs \
+             unprotected for now (MECHANISM_NONE); protect it on the chain's own host"
+        )));
+    }
+    Ok(Some(host.to_string()))
+}
+
 /// Validates a chain specification.
 pub fn chain(spec: Option<&api::ChainSpec>) -> Result<ChainPlan, ControlError> {
     let spec = spec.ok_or_else(|| invalid("spec is required"))?;
@@ -143,6 +164,7 @@ pub fn chain(spec: Option<&api::ChainSpec>) -> Result<ChainPlan, ControlError> {
             checkpoint_interval: (v.checkpoint_interval_ms != 0)
                 .then(|| std::time::Duration::from_millis(v.checkpoint_interval_ms.into())),
             replicas: replicas(mechanism, v.replicas).unwrap_or(1),
+            host: remote_host(i, &v.host, mechanism)?,
         });
     }
     if spec.rules.is_empty() {

@@ -1383,7 +1383,13 @@ impl<P> Hop<P> {
         self.tx.trim_digests(self.tx.next_output);
         self.stats.released += released;
         self.fallback = None;
-        if released > 0 {
+        // The restore point follows the outputs too: an output that came
+        // after the last delivery's release (a VNF answers a moment after
+        // it reads) is not expected again from the next incarnation.
+        let moved = self.committed.is_some_and(|c| {
+            (c.mark.consumed, c.mark.emitted) != (self.rx.next_deliver, self.tx.next_output)
+        });
+        if released > 0 || moved {
             self.committed = Some(CommittedCheckpoint {
                 id: 0,
                 mark: Mark {
@@ -2006,6 +2012,37 @@ mod tests {
         assert_eq!(h.handle_output(1, 1, 101), OutputDisposition::Duplicate);
         let d = h.poll_delivery().unwrap();
         assert_eq!((d.seq, d.replay), (2, true));
+        assert_eq!(h.handle_output(1, 2, 102), OutputDisposition::Accepted);
+        let out: Vec<_> = std::iter::from_fn(|| h.poll_forward()).collect();
+        assert_eq!(out, vec![(0, 100), (1, 101), (2, 102)]);
+    }
+
+    /// An unprotected hop whose VNF is placed again (a new incarnation
+    /// behind a new port, started afresh): what was delivered is the
+    /// restore point, nothing is replayed, and the new incarnation's first
+    /// output is a new one, not taken for a duplicate of the last output
+    /// of the one before.
+    #[test]
+    fn an_unprotected_hop_placed_again_takes_the_new_incarnation_s_outputs_as_new() {
+        let t = Instant::now();
+        let mut h = hop();
+        for i in 0..2 {
+            h.handle_input(i, i as u32).unwrap();
+        }
+        deliver(&mut h).unwrap();
+        // Released as delivered, answered a moment later.
+        assert_eq!(h.release_delivered(|_| {}), 1);
+        assert_eq!(h.handle_output(0, 0, 100), OutputDisposition::Accepted);
+        deliver(&mut h).unwrap();
+        assert_eq!(h.handle_output(0, 1, 101), OutputDisposition::Accepted);
+        h.release_delivered(|_| {});
+        let plan = h.handle_failure(t);
+        assert_eq!(plan.checkpoint, Some(0));
+        let r = h.handle_restored_from(Some(0), t).unwrap();
+        assert_eq!(r.replay, 0);
+        h.handle_input(2, 2).unwrap();
+        let d = h.poll_delivery().unwrap();
+        assert_eq!((d.seq, d.replay), (2, false));
         assert_eq!(h.handle_output(1, 2, 102), OutputDisposition::Accepted);
         let out: Vec<_> = std::iter::from_fn(|| h.poll_forward()).collect();
         assert_eq!(out, vec![(0, 100), (1, 101), (2, 102)]);

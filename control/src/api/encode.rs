@@ -107,6 +107,7 @@ impl From<VnfStatus> for api::VnfStatus {
             recoveries: v.recoveries,
             checkpoints: v.checkpoints,
             member_pids: v.member_pids.iter().map(|p| p.unwrap_or(0)).collect(),
+            host: v.host.unwrap_or_default(),
         }
     }
 }
@@ -151,6 +152,7 @@ pub fn spec(plan: &ChainPlan) -> api::ChainSpec {
                 checkpoint_interval_ms: v
                     .checkpoint_interval
                     .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+                host: v.host.clone().unwrap_or_default(),
             })
             .collect(),
         rules: (plan.rules.iter())

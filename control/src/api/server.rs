@@ -237,6 +237,7 @@ impl IntoApi for (crate::plan::ChainPlan, crate::chain::ChainStatus) {
 /// constant time) before it reaches the handler. Copies go to `store`.
 pub fn peer_router(
     keeper: crate::cluster::CopyKeeper,
+    hosting: Arc<crate::cluster::hosting::VnfHost>,
     token: &[u8],
     host: String,
 ) -> tonic::transport::server::Router {
@@ -259,8 +260,12 @@ pub fn peer_router(
         }
     };
     // A checkpoint file comes in 1 MiB messages.
-    let service = peer_service_server::PeerServiceServer::new(PeerSvc { keeper, host })
-        .max_decoding_message_size(4 << 20);
+    let service = peer_service_server::PeerServiceServer::new(PeerSvc {
+        keeper,
+        hosting,
+        host,
+    })
+    .max_decoding_message_size(4 << 20);
     tonic::transport::Server::builder().add_service(
         tonic::service::interceptor::InterceptedService::new(service, check),
     )
@@ -270,7 +275,30 @@ pub fn peer_router(
 #[derive(Debug, Clone)]
 pub struct PeerSvc {
     keeper: crate::cluster::CopyKeeper,
+    hosting: Arc<crate::cluster::hosting::VnfHost>,
     host: String,
+}
+
+/// A hosted VNF's key from its message, checked.
+fn hosted_key(
+    v: Option<api::HostedVnf>,
+) -> Result<crate::cluster::hosting::HostedKey, ControlError> {
+    let v = v.ok_or_else(|| ControlError::InvalidArgument("no hosted VNF named".into()))?;
+    validate::name("owner host", &v.owner)?;
+    validate::name("chain", &v.chain)?;
+    validate::name("vnf", &v.vnf)?;
+    if !(1..1 << 24).contains(&v.vni) {
+        return Err(ControlError::InvalidArgument(format!(
+            "VNI {}: 1 to 2^24-1",
+            v.vni
+        )));
+    }
+    Ok(crate::cluster::hosting::HostedKey {
+        owner: v.owner,
+        chain: v.chain,
+        vnf: v.vnf,
+        vni: v.vni,
+    })
 }
 
 #[tonic::async_trait]
@@ -334,5 +362,52 @@ impl peer_service_server::PeerService for PeerSvc {
         Ok(Response::new(api::StoreCheckpointResponse {
             host: self.host.clone(),
         }))
+    }
+
+    async fn run_vnf(&self, r: Request<api::RunVnfRequest>) -> Answer<api::RunVnfResponse> {
+        let r = r.into_inner();
+        let key = hosted_key(r.vnf)?;
+        let owner_underlay = r.owner_underlay.parse().map_err(|_| {
+            ControlError::InvalidArgument(format!(
+                "owner_underlay {:?}: an IPv4 address",
+                r.owner_underlay
+            ))
+        })?;
+        let request = crate::cluster::hosting::RunRequest {
+            key,
+            owner_underlay,
+            command: r.command,
+            env: r.env.into_iter().collect(),
+        };
+        let hosting = self.hosting.clone();
+        let running = tokio::task::spawn_blocking(move || hosting.run(request))
+            .await
+            .map_err(ControlError::from)?
+            .map_err(ControlError::from)?;
+        Ok(Response::new(api::RunVnfResponse {
+            pid: running.pid,
+            mac: running.mac.to_vec(),
+            netns: running.netns,
+        }))
+    }
+
+    async fn watch_vnf(&self, r: Request<api::HostedVnf>) -> Answer<api::VnfExited> {
+        let key = hosted_key(Some(r.into_inner()))?;
+        let exited_unix_ns = self
+            .hosting
+            .exited(&key)
+            .await
+            .map_err(ControlError::from)?;
+        Ok(Response::new(api::VnfExited { exited_unix_ns }))
+    }
+
+    async fn stop_vnf(&self, r: Request<api::HostedVnf>) -> Answer<api::StopVnfResponse> {
+        let key = hosted_key(Some(r.into_inner()))?;
+        let hosting = self.hosting.clone();
+        tokio::task::spawn_blocking(move || hosting.stop(&key))
+            .await
+            .map_err(ControlError::from)?
+            .map_err(ControlError::from)?;
+        Ok(Response::new(api::StopVnfResponse {}))
     }
 }

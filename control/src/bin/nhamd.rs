@@ -329,7 +329,9 @@ async fn main() -> anyhow::Result<()> {
             .as_ref()
             .filter(|c| c.record().peer.is_some())
             .map(|c| c.clone() as std::sync::Arc<dyn nham_control::vsm::checkpointer::OffHostCopy>),
+        cluster: joined_cluster.clone(),
     };
+    let mut hosted = None;
     if let (Some(c), Some(addr)) = (
         &joined_cluster,
         joined_cluster.as_ref().and_then(|c| c.record().peer),
@@ -337,8 +339,22 @@ async fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the peer listener {addr}"))?;
+        let underlay = match c.underlay() {
+            std::net::IpAddr::V4(a) => a,
+            std::net::IpAddr::V6(a) => anyhow::bail!(
+                "underlay address {a}: tunnels to VNFs on other hosts are VXLAN over IPv4"
+            ),
+        };
+        let hosting = nham_control::cluster::hosting::VnfHost::new(
+            underlay,
+            format!("{}x", state.netns_prefix()),
+            state_dir.join("hosted"),
+            state.cgroup_dir().map(|d| d.join("hosted")),
+        );
+        hosted = Some(hosting.clone());
         let router = nham_control::api::server::peer_router(
             nham_control::cluster::CopyKeeper::new(state.store.clone()),
+            hosting,
             &c.token(),
             c.record().name.clone(),
         );
@@ -432,6 +448,11 @@ async fn main() -> anyhow::Result<()> {
     daemon
         .leave_cluster(std::time::Duration::from_secs(1))
         .await;
+    // What it ran for other hosts goes with it (a next nhamd could not
+    // take it back): their owners see those VNFs fail.
+    if let Some(h) = hosted {
+        h.stop_all();
+    }
     match on_exit {
         OnExit::Keep => {
             daemon.detach_all().await;

@@ -35,6 +35,12 @@ impl ChainRuntime {
                 "an MR-AA VNF's members are not recorded (a record of an older nhamd)".into(),
             ));
         }
+        if let Some(v) = plan.vnfs.iter().find(|v| v.host.is_some()) {
+            return Err(gone(format!(
+                "VNF {} ran on another host: it stopped with the nhamd that placed it",
+                v.name
+            )));
+        }
         let client = SffClient::connect(&record.sff_socket)
             .map_err(|e| gone(format!("its SFF does not answer: {e}")))?;
         let status = client
@@ -58,7 +64,9 @@ impl ChainRuntime {
             netns.keep();
             vnfs.push(VnfRuntime {
                 plan: v.clone(),
-                netns,
+                netns: Some(netns),
+                remote: None,
+                remote_previous: None,
                 process: None,
                 argv: r.argv.clone(),
                 log: r.log.clone(),
@@ -125,7 +133,11 @@ impl ChainRuntime {
         let mut pidfds = Vec::new();
         for (hop, (v, r)) in runtime.vnfs.iter_mut().zip(&record.vnfs).enumerate() {
             let h = status.hops[hop].clone();
-            let alive = r.pid.filter(|&p| nham_netns::pid_in(p, &v.netns.path()));
+            let alive = r.pid.filter(|&p| {
+                v.netns
+                    .as_ref()
+                    .is_some_and(|n| nham_netns::pid_in(p, &n.path()))
+            });
             // A checkpoint the last daemon left: its image counts only if
             // the store committed it.
             let settle = match h.phase {
@@ -158,7 +170,9 @@ impl ChainRuntime {
                 None => {
                     // Dead, or caught in the middle of its recovery (the
                     // process there is of unknown state): recover afresh.
-                    nham_netns::kill_processes_in(&v.netns.path());
+                    if let Some(n) = &v.netns {
+                        nham_netns::kill_processes_in(&n.path());
+                    }
                     v.process = None;
                     pidfds.push(None);
                 }
@@ -198,7 +212,9 @@ impl ChainRuntime {
         }
         runtime.detached = false;
         for v in &mut runtime.vnfs {
-            v.netns.unkeep();
+            if let Some(n) = v.netns.as_mut() {
+                n.unkeep();
+            }
             if let Some(c) = v.cgroup.as_mut() {
                 c.unkeep();
             }

@@ -22,6 +22,7 @@
 //! [`HostEvent`]s.
 
 pub mod heartbeat;
+pub mod hosting;
 pub mod membership;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -204,6 +205,8 @@ pub struct Cluster {
     runtime: tokio::runtime::Handle,
     /// A client of each peer service used so far.
     peers: Mutex<std::collections::BTreeMap<SocketAddr, PeerClient>>,
+    /// VNIs handed out by [`Cluster::next_vni`].
+    vnis: AtomicU64,
 }
 
 type PeerClient = crate::api::peer_service_client::PeerServiceClient<tonic::transport::Channel>;
@@ -285,22 +288,7 @@ impl Cluster {
         use crate::api::{
             store_checkpoint_request::Part, CheckpointHeader, StoreCheckpointRequest,
         };
-        let client = {
-            let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
-            match peers.get(&addr) {
-                Some(c) => c.clone(),
-                None => {
-                    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                        .map_err(|e| e.to_string())?
-                        .connect_timeout(Duration::from_secs(1))
-                        .timeout(Duration::from_secs(10))
-                        .connect_lazy();
-                    let c = PeerClient::new(channel).max_decoding_message_size(4 << 20);
-                    peers.insert(addr, c.clone());
-                    c
-                }
-            }
-        };
+        let client = self.peer(addr)?;
         let header = Part::Header(CheckpointHeader {
             origin: self.record.name.clone(),
             chain: meta.chain.clone(),
@@ -316,18 +304,60 @@ impl Cluster {
             .chain(bytes.chunks(1 << 20).map(|c| Part::Data(c.to_vec())))
             .map(|p| StoreCheckpointRequest { part: Some(p) })
             .collect();
-        let mut request = tonic::Request::new(tokio_stream::iter(parts));
-        let token = String::from_utf8_lossy(&self.options.token).into_owned();
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| "the cluster token is not valid in a header".to_string())?;
-        request.metadata_mut().insert("authorization", value);
+        let mut request = self.authorized(tokio_stream::iter(parts))?;
+        request.set_timeout(Duration::from_secs(10));
         let mut client = client;
         let answer = client
             .store_checkpoint(request)
             .await
             .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
         Ok(answer.into_inner().host)
+    }
+}
+
+impl Cluster {
+    /// A client of the peer service at `addr` (made once, kept).
+    fn peer(&self, addr: SocketAddr) -> Result<PeerClient, String> {
+        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = peers.get(&addr) {
+            return Ok(c.clone());
+        }
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let c = PeerClient::new(channel).max_decoding_message_size(4 << 20);
+        peers.insert(addr, c.clone());
+        Ok(c)
+    }
+
+    /// `message` with the cluster's token.
+    fn authorized<T>(&self, message: T) -> Result<tonic::Request<T>, String> {
+        let mut request = tonic::Request::new(message);
+        let token = String::from_utf8_lossy(&self.options.token).into_owned();
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the cluster token is not valid in a header".to_string())?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+
+    /// Host `name`'s record, while it is a live member.
+    fn live_member(&self, name: &str) -> Result<HostRecord, String> {
+        let membership = self.membership();
+        let m = membership
+            .member(name)
+            .ok_or_else(|| format!("host {name} is not a member of the cluster"))?;
+        if m.liveness != Liveness::Alive {
+            return Err(format!("host {name} is not alive ({:?})", m.liveness));
+        }
+        Ok(m.record.clone())
+    }
+
+    /// This host's underlay address (where its heartbeats and tunnels go).
+    pub fn underlay(&self) -> std::net::IpAddr {
+        self.options.heartbeat.ip()
     }
 }
 
@@ -373,6 +403,7 @@ impl Cluster {
             counters: ClusterCounters::default(),
             runtime: tokio::runtime::Handle::current(),
             peers: Mutex::new(std::collections::BTreeMap::new()),
+            vnis: AtomicU64::new(0),
         });
         let c = cluster.clone();
         std::thread::Builder::new()
@@ -769,4 +800,147 @@ fn unix_nanos() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The owner's side of VNFs on other hosts: each call goes to the peer
+/// service of the host named (a live member), with the cluster's token.
+impl Cluster {
+    /// Runs `r` on host `host` (see [`hosting`]); blocking (call it off
+    /// the async threads).
+    pub fn run_vnf(
+        &self,
+        host: &str,
+        r: hosting::RunRequest,
+    ) -> Result<hosting::Running, hosting::HostingError> {
+        let mut client = self.client_of(host, true)?;
+        let request = crate::api::RunVnfRequest {
+            vnf: Some(hosted_api(&r.key)),
+            owner_underlay: r.owner_underlay.to_string(),
+            command: r.command,
+            env: r.env.into_iter().collect(),
+        };
+        let mut request = self
+            .authorized(request)
+            .map_err(|why| peer_error(host, why))?;
+        // A VNF may take seconds to listen.
+        request.set_timeout(Duration::from_secs(30));
+        let answer = self
+            .runtime
+            .block_on(client.run_vnf(request))
+            .map_err(|s| status_error(host, &s))?
+            .into_inner();
+        let mac = <[u8; 6]>::try_from(answer.mac.as_slice())
+            .map_err(|_| peer_error(host, format!("a MAC of {} bytes", answer.mac.len())))?;
+        Ok(hosting::Running {
+            pid: answer.pid,
+            mac,
+            netns: answer.netns,
+        })
+    }
+
+    /// Waits until host `host` says VNF `key` exited; returns when it did
+    /// (its clock, Unix ns). Fails when the host cannot be asked (it may be
+    /// down: its membership says so, separately).
+    pub async fn watch_vnf(
+        &self,
+        host: &str,
+        key: &hosting::HostedKey,
+    ) -> Result<u64, hosting::HostingError> {
+        let mut client = self.client_of(host, true)?;
+        let request = self
+            .authorized(hosted_api(key))
+            .map_err(|why| peer_error(host, why))?;
+        Ok(client
+            .watch_vnf(request)
+            .await
+            .map_err(|s| status_error(host, &s))?
+            .into_inner()
+            .exited_unix_ns)
+    }
+
+    /// Asks host `host` to kill VNF `key` and remove its place; blocking.
+    pub fn stop_vnf(
+        &self,
+        host: &str,
+        key: &hosting::HostedKey,
+    ) -> Result<(), hosting::HostingError> {
+        // (Asked even if it is not alive now: it may be cut off only.)
+        let mut client = self.client_of(host, false)?;
+        let mut request = self
+            .authorized(hosted_api(key))
+            .map_err(|why| peer_error(host, why))?;
+        request.set_timeout(Duration::from_secs(5));
+        self.runtime
+            .block_on(client.stop_vnf(request))
+            .map_err(|s| status_error(host, &s))?;
+        Ok(())
+    }
+
+    /// A client of host `host`'s peer service (`live`: only while it is
+    /// alive).
+    fn client_of(&self, host: &str, live: bool) -> Result<PeerClient, hosting::HostingError> {
+        let record = if live {
+            self.live_member(host)
+        } else {
+            (self.membership().member(host))
+                .map(|m| m.record.clone())
+                .ok_or_else(|| format!("host {host} is not a member of the cluster"))
+        }
+        .map_err(|why| peer_error(host, why))?;
+        let addr = record
+            .peer
+            .ok_or_else(|| peer_error(host, "it has no peer listener".into()))?;
+        self.peer(addr).map_err(|why| peer_error(host, why))
+    }
+
+    /// Host `host`'s underlay address, while it is a live member.
+    pub fn underlay_of(&self, host: &str) -> Result<std::net::IpAddr, hosting::HostingError> {
+        self.live_member(host)
+            .map(|r| r.heartbeat.ip())
+            .map_err(|why| peer_error(host, why))
+    }
+
+    /// This host's name in the cluster.
+    pub fn name(&self) -> &str {
+        &self.record.name
+    }
+
+    /// A VNI for a new tunnel to a VNF on another host: one per
+    /// incarnation, never handed out twice by this `nhamd` (a counter
+    /// through the 2^24-1 VNIs from a point that this host's name and
+    /// incarnation choose, so a restarted `nhamd`, or another owner, starts
+    /// elsewhere in the space). A VNI taken at either end anyway is found
+    /// when the tunnel is made, and the next one is tried.
+    pub fn next_vni(&self) -> u32 {
+        const SPACE: u64 = (1 << 24) - 1;
+        let seed = blake3::hash(format!("{}/{}", self.record.name, self.incarnation).as_bytes());
+        let start = u64::from_le_bytes(seed.as_bytes()[..8].try_into().unwrap_or_default());
+        let n = self.vnis.fetch_add(1, Ordering::Relaxed);
+        (start.wrapping_add(n) % SPACE) as u32 + 1
+    }
+}
+
+fn hosted_api(k: &hosting::HostedKey) -> crate::api::HostedVnf {
+    crate::api::HostedVnf {
+        owner: k.owner.clone(),
+        chain: k.chain.clone(),
+        vnf: k.vnf.clone(),
+        vni: k.vni,
+    }
+}
+
+fn peer_error(host: &str, why: String) -> hosting::HostingError {
+    hosting::HostingError::Peer {
+        host: host.to_string(),
+        code: tonic::Code::Unavailable,
+        why,
+    }
+}
+
+fn status_error(host: &str, s: &tonic::Status) -> hosting::HostingError {
+    hosting::HostingError::Peer {
+        host: host.to_string(),
+        code: s.code(),
+        why: s.message().to_string(),
+    }
 }

@@ -54,7 +54,7 @@ impl Daemon {
                                 v.recovery.probed()?,
                                 v.pid()?,
                                 v.sff_iface.clone(),
-                                v.netns.path(),
+                                v.netns.as_ref()?.path(),
                             ))
                         })
                         .chain(members)
@@ -244,7 +244,10 @@ impl Daemon {
         };
         let how = super::failure_recovery::comeback(v, k);
         let (process, netns) = match k {
-            0 => (v.process.clone(), v.netns.path()),
+            0 => match v.netns.as_ref() {
+                Some(n) => (v.process.clone(), n.path()),
+                None => return,
+            },
             k => match v.members.get(k - 1) {
                 Some(m) => (m.process.clone(), m.netns.path()),
                 None => return,

@@ -200,7 +200,7 @@ impl Daemon {
                 // waits until it listens (seconds, for some VNFs): not
                 // under the registry, which every chain's failure handling
                 // needs.
-                let spawn = v.spawn_here();
+                let spawn = v.spawn_here()?;
                 drop(chains);
                 let pid = tokio::task::spawn_blocking(move || spawn.run())
                     .await

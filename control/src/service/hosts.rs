@@ -34,6 +34,15 @@ impl Daemon {
                 let Some(daemon) = daemon.upgrade() else {
                     return;
                 };
+                if let HostEvent::Down {
+                    host, detection, ..
+                } = &e.event
+                {
+                    let last_heard = e
+                        .time_unix_nanos
+                        .saturating_sub(detection.as_nanos() as u64);
+                    daemon.on_host_down(host, last_heard).await;
+                }
                 daemon.emit(VnfEvent {
                     time_unix_nanos: e.time_unix_nanos,
                     chain: String::new(),

@@ -376,7 +376,7 @@ impl Daemon {
             .with_chain(chain, |e| {
                 Ok((
                     e.runtime.place_names(&state, h.hop, 'r'),
-                    e.runtime.vnfs[h.hop].netns.path(),
+                    e.runtime.vnfs[h.hop].local_netns()?.path(),
                 ))
             })
             .await?;
@@ -468,7 +468,7 @@ impl Daemon {
                     let cwd = state.vnf_cwd(chain, &chain::member_dir(vnf, k))?;
                     plans.push((names, cwd));
                 }
-                Ok((have, v.netns.path(), plans))
+                Ok((have, v.local_netns()?.path(), plans))
             })
             .await?;
         let made = {

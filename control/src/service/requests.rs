@@ -236,13 +236,14 @@ impl Daemon {
         }
         self.with_chain(chain, |e| {
             let v = e.runtime.vnf_mut(vnf)?;
+            let netns = v.local_netns()?.path();
             v.recovery.handle_fault(Instant::now());
             match fault {
                 Fault::Crash => v.signal(Signal::SIGKILL),
                 Fault::Hang => v.signal(Signal::SIGSTOP),
-                Fault::CutOff => Ok(v
-                    .netns
-                    .run(|| nham_netns::set_down(crate::runtime::VNF_IFACE))??),
+                Fault::CutOff => Ok(nham_netns::run_in(&netns, || {
+                    nham_netns::set_down(crate::runtime::VNF_IFACE)
+                })??),
             }
         })
         .await

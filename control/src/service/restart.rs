@@ -90,7 +90,7 @@ impl Daemon {
                     match started {
                         Ok((rt, fds)) => {
                             report.restarted += 1;
-                            (rt, fds.into_iter().map(Some).collect())
+                            (rt, fds)
                         }
                         Err(e) => {
                             tracing::error!(chain = name, "starting it afresh failed: {e}");
@@ -100,7 +100,12 @@ impl Daemon {
                     }
                 }
             };
-            keep.extend(runtime.vnfs.iter().map(|v| v.netns.name().to_string()));
+            keep.extend(
+                runtime
+                    .vnfs
+                    .iter()
+                    .filter_map(|v| Some(v.netns.as_ref()?.name().to_string())),
+            );
             keep.extend(
                 runtime
                     .vnfs
@@ -127,6 +132,11 @@ impl Daemon {
                         v.plan.name.clone(),
                         v.recovery.incarnation(),
                         fd,
+                    ),
+                    None if v.remote.is_some() => self.watch_remote(
+                        name.clone(),
+                        v.plan.name.clone(),
+                        v.recovery.incarnation(),
                     ),
                     None => lost.push(v.plan.name.clone()),
                 }

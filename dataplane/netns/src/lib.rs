@@ -502,6 +502,13 @@ pub fn link_counters(name: &str) -> Result<LinkCounters, NetnsError> {
         .unwrap_or_default())
 }
 
+/// Deletes interface `name` of the calling thread's namespace (a tunnel
+/// end no longer used).
+pub fn delete_link(name: &str) -> Result<(), NetnsError> {
+    let index = get_link(name)?.header.index;
+    with_netlink(|h| async move { h.link().del(index).execute().await.map_err(netlink) })
+}
+
 /// Index and MAC of interface `name` in the calling thread's namespace.
 pub fn link(name: &str) -> Result<VethEnd, NetnsError> {
     Ok(describe("", name, &get_link(name)?))

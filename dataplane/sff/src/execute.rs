@@ -299,6 +299,17 @@ impl Engine {
     /// replica's checkpoint (`RestorePlan::restores`), the switch of ports,
     /// the replay: one exchange with the client.
     fn fail_over(&mut self, hop: usize, to: Option<CheckpointId>, now: Instant) -> Response {
+        // An unprotected hop (a VNF placed again afresh on another host)
+        // has no restore point but what was delivered: nothing is replayed
+        // and no output of the new incarnation is taken for a replay's.
+        if !self.protected[hop] {
+            let pool = &mut self.pool;
+            if let Some(chain) = self.chain.as_mut() {
+                chain
+                    .hop_mut(hop)
+                    .release_delivered(|slot| pool.release(slot));
+            }
+        }
         let Some(plan) = self.failure(hop, now) else {
             return refused("the chain has no hops");
         };

@@ -1,0 +1,308 @@
+//! VNFs on other hosts (driver): each incarnation is watched through its
+//! host's `WatchVnf`; its exit, or its host judged down, makes it failed,
+//! and it is placed again — on the same host if that host is alive and only
+//! the process died, else on another live host — as a new incarnation
+//! behind a new tunnel: attached as the hop's standby port, the SFF fails
+//! the hop over to it in one exchange (what the old incarnation still
+//! sends is fenced). Such a VNF runs unprotected for now: it comes back
+//! afresh, in its initial state.
+
+#[allow(unused_imports)]
+use super::*;
+use crate::chain::remote;
+use crate::cluster::Cluster;
+use crate::fms::recovery::{Counters, FailureRecovery, Phase};
+
+/// Why a VNF on another host failed.
+#[derive(Debug, Clone)]
+pub(super) enum RemoteFailure {
+    /// Its host said it exited, at this moment of that host's clock.
+    Exited {
+        /// Unix ns.
+        at_unix_ns: u64,
+    },
+    /// Its host was judged down (its heartbeats stopped).
+    HostDown {
+        /// When it was last heard, Unix ns.
+        last_heard_unix_ns: u64,
+    },
+}
+
+/// `unix_ns` as an `Instant` of this host's clock.
+fn instant_of(unix_ns: u64) -> Instant {
+    let ago = now_nanos().saturating_sub(unix_ns);
+    Instant::now()
+        .checked_sub(Duration::from_nanos(ago))
+        .unwrap_or_else(Instant::now)
+}
+
+impl Daemon {
+    /// Watches the current incarnation of VNF `vnf` of `chain`, which runs
+    /// on another host: once its host says it exited, it is failed and
+    /// placed again. A host that cannot be asked is asked again (its
+    /// failure is the membership's to judge), as long as this incarnation
+    /// is current.
+    pub(super) fn watch_remote(self: &Arc<Self>, chain: String, vnf: String, incarnation: u64) {
+        let daemon = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(d) = daemon.upgrade() else { return };
+                let Some((cluster, host, key)) = d.remote_of(&chain, &vnf, incarnation).await
+                else {
+                    return;
+                };
+                drop(d);
+                match cluster.watch_vnf(&host, &key).await {
+                    Ok(at_unix_ns) => {
+                        if let Some(d) = daemon.upgrade() {
+                            let why = RemoteFailure::Exited { at_unix_ns };
+                            d.on_remote_failure(&chain, &vnf, incarnation, why).await;
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%key, "watching it on {host}: {e}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// The cluster, host and key of incarnation `incarnation` of VNF `vnf`
+    /// of `chain`, while it is current and running.
+    async fn remote_of(
+        &self,
+        chain: &str,
+        vnf: &str,
+        incarnation: u64,
+    ) -> Option<(Arc<Cluster>, String, crate::cluster::hosting::HostedKey)> {
+        let mut chains = self.chains.lock().await;
+        let v = vnf_in(&mut chains, chain, vnf)?;
+        let r = v.remote.as_ref()?;
+        (v.recovery.incarnation() == incarnation && v.phase() == Phase::Running)
+            .then(|| (r.cluster().clone(), r.host.clone(), r.key.clone()))
+    }
+
+    /// Host `host` was judged down: every VNF that ran there fails.
+    pub(super) async fn on_host_down(self: &Arc<Self>, host: &str, last_heard_unix_ns: u64) {
+        let failed: Vec<(String, String, u64)> = {
+            let chains = self.chains.lock().await;
+            chains
+                .iter()
+                .flat_map(|(name, e)| {
+                    e.runtime
+                        .vnfs
+                        .iter()
+                        .filter(|v| v.remote.as_ref().is_some_and(|r| r.host == host))
+                        .map(|v| (name.clone(), v.plan.name.clone(), v.recovery.incarnation()))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        // In parallel: each VNF's own placement.
+        for (chain, vnf, incarnation) in failed {
+            let d = self.clone();
+            tokio::spawn(async move {
+                let why = RemoteFailure::HostDown { last_heard_unix_ns };
+                d.on_remote_failure(&chain, &vnf, incarnation, why).await;
+            });
+        }
+    }
+
+    /// Incarnation `incarnation` of VNF `vnf` of `chain` (on another host)
+    /// failed: announce it, and place it again.
+    pub(super) async fn on_remote_failure(
+        self: &Arc<Self>,
+        chain: &str,
+        vnf: &str,
+        incarnation: u64,
+        why: RemoteFailure,
+    ) {
+        let noticed = Instant::now();
+        let mut chains = self.chains.lock().await;
+        let Some(v) = vnf_in(&mut chains, chain, vnf) else {
+            return;
+        };
+        let Some(r) = v.remote.as_ref() else { return };
+        if v.recovery.incarnation() != incarnation || v.phase() != Phase::Running {
+            return; // an old incarnation, already replaced
+        }
+        let (cluster, old_host) = (r.cluster().clone(), r.host.clone());
+        let (cause, failed_at) = match why {
+            RemoteFailure::Exited { at_unix_ns } => ("process exited", instant_of(at_unix_ns)),
+            RemoteFailure::HostDown { last_heard_unix_ns } => {
+                ("its host was judged down", instant_of(last_heard_unix_ns))
+            }
+        };
+        let counters = v.recovery.counters().clone();
+        v.recovery = FailureRecovery::found(
+            Phase::Recovering,
+            incarnation,
+            Counters {
+                failures: counters.failures + 1,
+                ..counters
+            },
+        );
+        let hop = chains
+            .get(chain)
+            .and_then(|e| e.runtime.vnf_index(vnf).ok());
+        let (Some(hop), Some(e)) = (hop, chains.get(chain)) else {
+            return;
+        };
+        let (plan, sff) = (e.runtime.vnfs[hop].plan.clone(), e.runtime.sff.clone());
+        // How many of the chain's VNFs each host runs.
+        let mut load = BTreeMap::<String, usize>::new();
+        for r in e.runtime.vnfs.iter().filter_map(|v| v.remote.as_ref()) {
+            *load.entry(r.host.clone()).or_default() += 1;
+        }
+        drop(chains);
+        self.emit(failure_detected(
+            chain,
+            vnf,
+            format!("{cause} (on host {old_host})"),
+            None,
+            failed_at,
+            noticed,
+        ));
+        self.emit(event(chain, vnf, Event::RecoveryStarted));
+        let host_alive =
+            matches!(why, RemoteFailure::Exited { .. }) && cluster.underlay_of(&old_host).is_ok();
+        let placed = match (sff, pick_host(&cluster, &old_host, host_alive, &load)) {
+            (None, _) => Err(ControlError::FailedPrecondition(
+                "the chain's SFF is gone".into(),
+            )),
+            (_, None) => Err(ControlError::FailedPrecondition(format!(
+                "no live host to run it on ({old_host} failed; the chain's own host keeps only the SFF)"
+            ))),
+            (Some(sff), Some(host)) => {
+                let chain_name = chain.to_string();
+                tokio::task::spawn_blocking(move || {
+                    let (remote, port) = remote::place(&cluster, &host, &chain_name, &plan)?;
+                    let iface = port.iface.clone();
+                    sff.attach_standby(hop, port)?;
+                    // An unprotected hop's restore point is "whatever was
+                    // delivered" (checkpoint 0, once anything was
+                    // released; none before): the new incarnation starts
+                    // afresh and nothing is replayed.
+                    use nham_sff::remote::FailOverOutcome::{NotSwitched, Switched};
+                    let switched = match sff.fail_over(hop, Some(0))? {
+                        Switched(r) => r,
+                        NotSwitched { plan, .. } if plan.checkpoint.is_none() => {
+                            match sff.fail_over(hop, None)? {
+                                Switched(r) => r,
+                                NotSwitched { why, .. } => return Err(not_switched(why)),
+                            }
+                        }
+                        NotSwitched { why, .. } => return Err(not_switched(why)),
+                    };
+                    Ok::<_, ControlError>((remote, iface, switched))
+                })
+                .await
+                .map_err(ControlError::from)
+                .and_then(|r| r)
+            }
+        };
+        let mut chains = self.chains.lock().await;
+        let Some(v) = vnf_in(&mut chains, chain, vnf) else {
+            return;
+        };
+        let counters = v.recovery.counters().clone();
+        match placed {
+            Ok((remote, iface, switched)) => {
+                let took = failed_at.elapsed();
+                let pid = remote.pid;
+                let host = remote.host.clone();
+                // The one before stops (best effort: its host may be gone or
+                // cut off, then its frames are fenced); its tunnel end stays
+                // until the SFF lets go of it, as the standby port, at the
+                // next placement.
+                if let Some(old) = v.remote.replace(remote) {
+                    old.stop_hosted();
+                    if let Some(older) = v.remote_previous.replace(old) {
+                        std::thread::spawn(move || drop(older));
+                    }
+                }
+                v.sff_iface = iface;
+                v.recovery = FailureRecovery::found(
+                    Phase::Running,
+                    incarnation + 1,
+                    Counters {
+                        recoveries: counters.recoveries + 1,
+                        last_error: None,
+                        ..counters
+                    },
+                );
+                let stats = RecoveryStats {
+                    duration: took,
+                    resumed_at: Some(Instant::now()),
+                    replay: switched.replay,
+                    restored: false,
+                    pid,
+                    checkpoint: None,
+                    fallback_reason: None,
+                    switched: true,
+                };
+                tracing::info!(chain, vnf, host, ?took, "VNF placed again");
+                if let Some(e) = chains.get(chain) {
+                    let _ = self.records.put(&e.runtime, false);
+                }
+                drop(chains);
+                self.emit(recovery_finished(chain, vnf, stats, took));
+                self.watch_remote(chain.to_string(), vnf.to_string(), incarnation + 1);
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::error!(chain, vnf, "placing it again: {reason}");
+                v.recovery = FailureRecovery::found(
+                    Phase::Failed,
+                    incarnation,
+                    Counters {
+                        recovery_failures: counters.recovery_failures + 1,
+                        last_error: Some(reason.clone()),
+                        ..counters
+                    },
+                );
+                drop(chains);
+                self.emit(event(chain, vnf, Event::RecoveryFailed { reason }));
+            }
+        }
+    }
+}
+
+/// Where a failed VNF of host `failed` goes: back there if it is alive
+/// (`failed_alive`: only its process died), else the live member that runs
+/// the fewest of the chain's VNFs (`load`), the first after `failed` in
+/// name order among equals (so VNFs of a lost host spread over the others).
+fn pick_host(
+    cluster: &Cluster,
+    failed: &str,
+    failed_alive: bool,
+    load: &BTreeMap<String, usize>,
+) -> Option<String> {
+    if failed_alive {
+        return Some(failed.to_string());
+    }
+    let mut live: Vec<String> = cluster
+        .hosts()
+        .hosts
+        .into_iter()
+        .filter(|h| !h.this_host && h.liveness == crate::cluster::membership::Liveness::Alive)
+        .map(|h| h.record.name)
+        .filter(|n| n != failed)
+        .collect();
+    live.sort();
+    let after = live.iter().position(|n| n.as_str() > failed).unwrap_or(0);
+    live.rotate_left(after);
+    // The first of the least loaded (a stable minimum keeps that order).
+    live.into_iter()
+        .enumerate()
+        .min_by_key(|(i, n)| (load.get(n).copied().unwrap_or(0), *i))
+        .map(|(_, n)| n)
+}
+
+fn not_switched(why: String) -> ControlError {
+    ControlError::FailedPrecondition(format!(
+        "the SFF did not switch to the new incarnation: {why}"
+    ))
+}
