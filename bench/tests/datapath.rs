@@ -86,6 +86,12 @@ fn with_injected(inject: &str) -> (nham_traffic::Verdict, nham_sff::SffStats) {
     let spec = spec(1000);
     let (expected, _) = nham_vnf::reference(&kinds, &spec.frames());
     let trial = lab.trial(&spec, &expected, &sff).expect("trial");
+    // What the VNF's socket dropped (starved of CPU: the lab has no
+    // Failure Detector to see it), for a failing assertion to name.
+    let drops = nham_netns::sockdiag::SockDiag::open(&lab.vnf_netns(0).path())
+        .and_then(|mut d| d.packet_sockets())
+        .map(|s| nham_netns::sockdiag::VnfSockets::of(&s).drops);
+    eprintln!("VNF socket drops: {drops:?}");
     (trial.verdict, sff.stop().expect("SFF ran"))
 }
 

@@ -591,41 +591,214 @@ fn with_all_of_etcd_down_vnf_crashes_are_recovered_and_copies_go_on() {
     );
 }
 
-/// The chain's own `nhamd` (host "sff", in the lab's SFF namespace, joined
-/// to the underlay) in the cluster of `hosts` (all of whose `nhamd`s are
-/// started): its API address and process.
-fn owner_nhamd(
-    hosts: &mut HostLab,
-    lab: &nham_bench::lab::Lab,
-    dir: &std::path::Path,
-) -> Result<(String, std::process::Child)> {
-    let nhamd = nham_bench::ha::sibling_binary("nhamd", "NHAM_NHAMD")?;
-    let addr = hosts.attach(lab.sff_netns())?;
-    let sock = dir.join("nhamd.sock");
-    let argv = hosts.nhamd_args(dir, "sff", addr)?;
-    let mut child =
-        nham_bench::ha::spawn_nhamd(lab.sff_netns(), &nhamd, argv, &dir.join("nhamd.log"))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        if Instant::now() > deadline || child.try_wait()?.is_some() {
-            anyhow::bail!("the owner's nhamd did not start");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok((format!("unix:{}", sock.display()), child))
+/// A chain "far" of two monitors without a mechanism, owned by host
+/// "sff" (an `nhamd` in the lab's SFF namespace, joined to the underlay)
+/// and run on hosts of a cluster of three (h0 to h2, etcd on all three).
+struct FarChain {
+    // Dropped in this order: the owner's nhamd, then the lab, the hosts.
+    _owner: Owner,
+    rt: tokio::runtime::Runtime,
+    addr: String,
+    dir: std::path::PathBuf,
+    chains: nham_control::api::chain_service_client::ChainServiceClient<tonic::transport::Channel>,
+    events: tonic::Streaming<nham_control::api::WatchEventsResponse>,
+    lab: nham_bench::lab::Lab,
+    hosts: HostLab,
 }
 
-/// A VNF's state through its `--state` file (SIGUSR1 writes it).
-fn vnf_state(pid: u32, file: &std::path::Path) -> Result<nham_vnf::State> {
-    anyhow::ensure!(pid > 1, "no pid");
-    let _ = std::fs::remove_file(file);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGUSR1,
-    )?;
-    eventually(Duration::from_secs(5), || {
-        Ok(serde_json::from_slice(&std::fs::read(file)?)?)
-    })
+/// A process killed and reaped on drop, even when a test fails.
+struct Owner(std::process::Child);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl FarChain {
+    /// The cluster, the owner, and the chain with VNF `i` on host
+    /// `placement[i]`, created.
+    fn new(placement: &[&str]) -> Self {
+        use nham_control::api::{
+            chain_service_client::ChainServiceClient, event_service_client::EventServiceClient,
+            ChainSpec, ClassifierRule, CreateChainRequest, VnfSpec, WatchEventsRequest,
+        };
+        let nhamd = nham_bench::ha::sibling_binary("nhamd", "NHAM_NHAMD").expect("nhamd");
+        let rt = tokio::runtime::Runtime::new().expect("a runtime");
+        let mut hosts = HostLab::new(3, 3).expect("the lab of hosts");
+        for i in 0..3 {
+            hosts.start_nhamd(i, &nhamd).expect("nhamd");
+        }
+        let lab = nham_bench::lab::Lab::new(&[], vnf_bin()).expect("the chain's namespaces");
+        let dir = std::env::temp_dir().join(nham_netns::unique_name("nham-remote-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sff_underlay = hosts.attach(lab.sff_netns()).expect("attached");
+        let argv = hosts.nhamd_args(&dir, "sff", sff_underlay).expect("flags");
+        let owner = Owner(
+            nham_bench::ha::spawn_nhamd(lab.sff_netns(), &nhamd, argv, &dir.join("nhamd.log"))
+                .expect("the owner's nhamd"),
+        );
+        let addr = format!("unix:{}", dir.join("nhamd.sock").display());
+        let log = || std::fs::read_to_string(dir.join("nhamd.log")).unwrap_or_default();
+        eventually(Duration::from_secs(20), || {
+            let (listed, _) = list_hosts(&rt, &addr)?;
+            let alive = listed
+                .iter()
+                .filter(|h| h.1 == nham_control::api::HostState::Alive)
+                .count();
+            anyhow::ensure!(alive == 4, "{listed:?}");
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}: {}", log()));
+        let vnf = |i: usize, host: &str| VnfSpec {
+            name: format!("v{i}"),
+            command: vec![
+                vnf_bin().display().to_string(),
+                "--kind".into(),
+                "monitor".into(),
+                "--iface".into(),
+                "{iface}".into(),
+                "--state".into(),
+                dir.join(format!("v{i}.json")).display().to_string(),
+            ],
+            host: host.into(),
+            mechanism: nham_control::api::Mechanism::None as i32,
+            ..Default::default()
+        };
+        let channel = rt
+            .block_on(nham_control::connect(&addr))
+            .expect("the owner's API");
+        let mut chains = ChainServiceClient::new(channel.clone());
+        let events = rt
+            .block_on(
+                EventServiceClient::new(channel).watch_events(WatchEventsRequest {
+                    chain: "far".into(),
+                }),
+            )
+            .expect("events")
+            .into_inner();
+        rt.block_on(
+            chains.create_chain(CreateChainRequest {
+                spec: Some(ChainSpec {
+                    name: "far".into(),
+                    spi: 77,
+                    vnfs: placement
+                        .iter()
+                        .enumerate()
+                        .map(|(i, h)| vnf(i, h))
+                        .collect(),
+                    rules: vec![ClassifierRule {
+                        protocol: 17,
+                        ..Default::default()
+                    }],
+                    ingress_interface: "in0".into(),
+                    egress_interface: "out0".into(),
+                }),
+            }),
+        )
+        .unwrap_or_else(|e| panic!("CreateChain: {e}: {}", log()));
+        Self {
+            _owner: owner,
+            rt,
+            addr,
+            dir,
+            chains,
+            events,
+            lab,
+            hosts,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("nhamd.log")).unwrap_or_default()
+    }
+
+    /// The chain's VNFs as `GetChain` shows them.
+    fn vnfs(&mut self) -> Vec<nham_control::api::VnfStatus> {
+        let r = self.rt.block_on(
+            self.chains
+                .get_chain(nham_control::api::GetChainRequest { name: "far".into() }),
+        );
+        r.expect("GetChain")
+            .into_inner()
+            .chain
+            .expect("the chain")
+            .vnfs
+    }
+
+    /// The chain's SFF counters.
+    fn stats(&self) -> nham_control::api::GetStatsResponse {
+        self.rt.block_on(async {
+            let c = nham_control::connect(&self.addr).await.expect("connect");
+            nham_control::api::event_service_client::EventServiceClient::new(c)
+                .get_stats(nham_control::api::GetStatsRequest {
+                    chain: "far".into(),
+                })
+                .await
+                .expect("GetStats")
+                .into_inner()
+        })
+    }
+
+    /// `frames` through the chain: every frame once, in order, as
+    /// `expected` says.
+    fn exact(&self, frames: Vec<Vec<u8>>, expected: &[Vec<u8>]) {
+        let trial = self
+            .lab
+            .trial_through(frames, Some(5000.0), expected, None)
+            .expect("trial");
+        let v = trial.verdict;
+        assert_eq!(
+            (v.lost, v.duplicated, v.reordered, v.digest_equal),
+            (0, 0, 0, true),
+            "{v:?}: {}",
+            self.log()
+        );
+    }
+
+    /// Waits for VNF `vnf`'s recovery: its detection and recovery times.
+    fn recovered(&mut self, vnf: &str) -> (Option<f64>, f64) {
+        use nham_control::api::watch_events_response::Event as E;
+        let events = &mut self.events;
+        let r = self.rt.block_on(async {
+            let mut detection = None;
+            loop {
+                let e = tokio::time::timeout(Duration::from_secs(15), events.message())
+                    .await??
+                    .ok_or_else(|| anyhow::anyhow!("the event stream ended"))?;
+                match e.event {
+                    Some(E::FailureDetected(f)) if e.vnf == vnf => detection = Some(f.detection_ms),
+                    Some(E::RecoveryFinished(r)) if e.vnf == vnf => {
+                        return Ok::<_, anyhow::Error>((detection, r.recovery_ms))
+                    }
+                    Some(E::RecoveryFailed(r)) => anyhow::bail!("recovery failed: {}", r.reason),
+                    _ => {}
+                }
+            }
+        });
+        r.unwrap_or_else(|e| panic!("{e}: {}", self.log()))
+    }
+
+    /// VNF `i`'s state through its `--state` file (SIGUSR1 writes it).
+    fn vnf_state(&self, i: usize, pid: u32) -> Result<nham_vnf::State> {
+        anyhow::ensure!(pid > 1, "no pid");
+        let file = self.dir.join(format!("v{i}.json"));
+        let _ = std::fs::remove_file(&file);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGUSR1,
+        )?;
+        eventually(Duration::from_secs(5), || {
+            Ok(serde_json::from_slice(&std::fs::read(&file)?)?)
+        })
+    }
+}
+
+impl Drop for FarChain {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// VNFs on other hosts (issue 14, items 1, 2 and 5, for VNFs without a
@@ -635,151 +808,35 @@ fn vnf_state(pid: u32, file: &std::path::Path) -> Result<nham_vnf::State> {
 /// order, and both VNFs end in the failure-free state; `GetChain` says
 /// where each runs. Then h0 fails as a powered-off host does (its link
 /// down, its `nhamd` and everything it ran killed at once): "sff" judges
-/// it down, places the VNF again on a live host (h2, after h0 in name
-/// order; h1 still runs the other VNF), and switches the hop to it. Started
-/// afresh (it has no mechanism), that VNF then sees exactly the traffic
-/// sent after its recovery; the one on h1 everything.
+/// it down, places the VNF again on the live host that runs fewest of the
+/// chain's VNFs (h2), and switches the hop to it. Started afresh (it has no
+/// mechanism), that VNF then sees exactly the traffic sent after its
+/// recovery; the one on h1 everything.
 #[test]
 fn vnfs_run_on_other_hosts_and_a_lost_host_s_vnf_is_placed_again() {
-    use nham_control::api::{
-        chain_service_client::ChainServiceClient, event_service_client::EventServiceClient,
-        watch_events_response::Event as E, ChainSpec, ClassifierRule, CreateChainRequest,
-        GetChainRequest, VnfSpec, VnfState, WatchEventsRequest,
-    };
+    use nham_control::api::VnfState;
     use nham_vnf::Kind;
     let _serial = serial();
-    let nhamd = nham_bench::ha::sibling_binary("nhamd", "NHAM_NHAMD").expect("nhamd");
-    let rt = tokio::runtime::Runtime::new().expect("a runtime");
-    let mut hosts = HostLab::new(3, 3).expect("the lab of hosts");
-    for i in 0..3 {
-        hosts.start_nhamd(i, &nhamd).expect("nhamd");
-    }
-    let lab = nham_bench::lab::Lab::new(&[], vnf_bin()).expect("the chain's namespaces");
-    let dir = std::env::temp_dir().join(nham_netns::unique_name("nham-remote-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (addr, owner) = owner_nhamd(&mut hosts, &lab, &dir).expect("the owner's nhamd");
-    // Killed even when the test fails (its VNFs go with their hosts).
-    struct Owner(std::process::Child);
-    impl Drop for Owner {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _owner = Owner(owner);
-    let log = || std::fs::read_to_string(dir.join("nhamd.log")).unwrap_or_default();
-    eventually(Duration::from_secs(20), || {
-        let (listed, _) = list_hosts(&rt, &addr)?;
-        let alive = listed
-            .iter()
-            .filter(|h| h.1 == nham_control::api::HostState::Alive)
-            .count();
-        anyhow::ensure!(alive == 4, "{listed:?}");
-        Ok(())
-    })
-    .unwrap_or_else(|e| panic!("{e}: {}", log()));
-
-    let kinds = [Kind::Monitor, Kind::Monitor];
-    let state_file = |i: usize| dir.join(format!("v{i}.json"));
-    let vnf = |i: usize, host: &str| VnfSpec {
-        name: format!("v{i}"),
-        command: vec![
-            vnf_bin().display().to_string(),
-            "--kind".into(),
-            "monitor".into(),
-            "--iface".into(),
-            "{iface}".into(),
-            "--state".into(),
-            state_file(i).display().to_string(),
-        ],
-        host: host.into(),
-        mechanism: nham_control::api::Mechanism::None as i32,
-        ..Default::default()
-    };
-    let channel = rt
-        .block_on(nham_control::connect(&addr))
-        .expect("the owner's API");
-    let mut chains = ChainServiceClient::new(channel.clone());
-    let mut events = rt
-        .block_on(
-            EventServiceClient::new(channel).watch_events(WatchEventsRequest {
-                chain: "far".into(),
-            }),
-        )
-        .expect("events")
-        .into_inner();
-    rt.block_on(chains.create_chain(CreateChainRequest {
-        spec: Some(ChainSpec {
-            name: "far".into(),
-            spi: 77,
-            vnfs: vec![vnf(0, "h0"), vnf(1, "h1")],
-            rules: vec![ClassifierRule {
-                protocol: 17,
-                ..Default::default()
-            }],
-            ingress_interface: "in0".into(),
-            egress_interface: "out0".into(),
-        }),
-    }))
-    .unwrap_or_else(|e| panic!("CreateChain: {e}: {}", log()));
-    let get = |chains: &mut ChainServiceClient<_>| {
-        rt.block_on(chains.get_chain(GetChainRequest { name: "far".into() }))
-            .expect("GetChain")
-            .into_inner()
-            .chain
-            .expect("the chain")
-            .vnfs
-    };
-    let placed = get(&mut chains);
+    let mut far = FarChain::new(&["h0", "h1"]);
+    let placed = far.vnfs();
     let where_: Vec<&str> = placed.iter().map(|v| v.host.as_str()).collect();
     assert_eq!(where_, ["h0", "h1"], "{placed:?}");
 
-    // Every frame once, in order, as `expected` says.
-    let exact = |frames: Vec<Vec<u8>>, expected: &[Vec<u8>]| {
-        let trial = lab
-            .trial_through(frames, Some(5000.0), expected, None)
-            .expect("trial");
-        let v = trial.verdict;
-        assert_eq!(
-            (v.lost, v.duplicated, v.reordered, v.digest_equal),
-            (0, 0, 0, true),
-            "{v:?}: {}",
-            log()
-        );
-    };
     // Failure-free: exact, through both tunnels.
+    let kinds = [Kind::Monitor, Kind::Monitor];
     let first = spec(2000).frames();
     let (expected, _) = nham_vnf::reference(&kinds, &first);
-    exact(first.clone(), &expected);
+    far.exact(first.clone(), &expected);
 
     // h0 fails: its VNF is placed again on h2.
     let failed = Instant::now();
-    hosts.fail_host(0).expect("h0 fails");
-    let (detection_ms, recovery_ms) = rt
-        .block_on(async {
-            let mut detection = None;
-            loop {
-                let e = tokio::time::timeout(Duration::from_secs(15), events.message())
-                    .await??
-                    .ok_or_else(|| anyhow::anyhow!("the event stream ended"))?;
-                match e.event {
-                    Some(E::FailureDetected(f)) if e.vnf == "v0" => {
-                        detection = Some(f.detection_ms)
-                    }
-                    Some(E::RecoveryFinished(r)) if e.vnf == "v0" => {
-                        return Ok::<_, anyhow::Error>((detection, r.recovery_ms))
-                    }
-                    Some(E::RecoveryFailed(r)) => anyhow::bail!("recovery failed: {}", r.reason),
-                    _ => {}
-                }
-            }
-        })
-        .unwrap_or_else(|e| panic!("{e}: {}", log()));
+    far.hosts.fail_host(0).expect("h0 fails");
+    let (detection_ms, recovery_ms) = far.recovered("v0");
     eprintln!(
         "h0 lost: detection {detection_ms:?} ms, VNF placed again {recovery_ms:.1} ms after it was last heard ({:?} after the kill)",
         failed.elapsed()
     );
-    let placed = get(&mut chains);
+    let placed = far.vnfs();
     assert_eq!(placed[0].host, "h2", "{placed:?}");
     assert_eq!(placed[0].state, VnfState::Running as i32, "{placed:?}");
     assert_eq!(placed[0].failures, 1, "{placed:?}");
@@ -788,19 +845,85 @@ fn vnfs_run_on_other_hosts_and_a_lost_host_s_vnf_is_placed_again() {
     // After the recovery: exact again, the new incarnation from scratch.
     let second = spec(2000).frames();
     let (expected, _) = nham_vnf::reference(&kinds, &second);
+    far.exact(second.clone(), &expected);
     let (_, after) = nham_vnf::reference(&kinds[..1], &second);
-    exact(second.clone(), &expected);
     let all: Vec<Vec<u8>> = first.into_iter().chain(second).collect();
     let (_, before) = nham_vnf::reference(&kinds, &all);
     assert_eq!(
-        vnf_state(placed[0].pid, &state_file(0)).expect("v0's state"),
+        far.vnf_state(0, placed[0].pid).expect("v0's state"),
         after[0],
         "the VNF placed again saw the second traffic only"
     );
     assert_eq!(
-        vnf_state(placed[1].pid, &state_file(1)).expect("v1's state"),
+        far.vnf_state(1, placed[1].pid).expect("v1's state"),
         before[1],
         "the VNF on h1 saw everything"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A partitioned VNF host (issue 14, item 7, for VNFs without a
+/// mechanism): h0 is cut off while its VNF, frozen, has input queued that
+/// it has not answered. "sff" judges h0 down and places the VNF again on
+/// h2; the chain is exact again. When h0 is back its old incarnation,
+/// thawed, may answer what it had before "sff" reaches h0 and stops it:
+/// valid NSH of the chain, through its own tunnel, from an incarnation
+/// that is no longer the hop's: none of it is accepted (what arrives is
+/// fenced, as `a_vnf_on_a_host_cut_off_fails_over_to_another_host_and_is_fenced`
+/// counts), and the old incarnation is gone within seconds.
+#[test]
+fn a_partitioned_host_s_old_incarnation_is_fenced_and_stopped_once_it_is_back() {
+    use nham_vnf::Kind;
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let _serial = serial();
+    let mut far = FarChain::new(&["h0", "h1"]);
+    let kinds = [Kind::Monitor, Kind::Monitor];
+    let first = spec(1000).frames();
+    let (expected, _) = nham_vnf::reference(&kinds, &first);
+    far.exact(first.clone(), &expected);
+    let old = Pid::from_raw(far.vnfs()[0].pid as i32);
+
+    // Frozen, it gets input it does not answer; then h0 is cut off.
+    kill(old, Signal::SIGSTOP).expect("freezing the VNF on h0");
+    let queued = spec(200).frames();
+    let _ = far.lab.trial_through(queued, Some(5000.0), &[], None);
+    far.hosts.cut_off(0).expect("h0 cut off");
+    far.recovered("v0");
+    assert_eq!(far.vnfs()[0].host, "h2");
+    let second = spec(1000).frames();
+    let (expected, _) = nham_vnf::reference(&kinds, &second);
+    far.exact(second, &expected);
+    let during = far.stats();
+    assert_eq!(
+        during.fenced, 0,
+        "nothing from h0 while cut off: {during:?}"
+    );
+
+    // h0 back, its old incarnation thawed: what it sends is fenced, and
+    // it is stopped.
+    far.hosts.reconnect(0).expect("h0 back");
+    // Thawed at once: it answers what it had as soon as h0's link
+    // carries, while "sff" stops it as soon as it reaches h0 (whichever
+    // comes first: a race any real partition has too).
+    let _ = kill(old, Signal::SIGCONT);
+    let gone = eventually(Duration::from_secs(10), || {
+        anyhow::ensure!(
+            kill(old, None).is_err()
+                || nham_netns::process_state(old.as_raw() as u32).is_some_and(|(s, _)| s == 'Z'),
+            "the old incarnation on h0 still runs"
+        );
+        Ok(())
+    });
+    let after = far.stats();
+    eprintln!(
+        "h0 partitioned: fenced {} of its old incarnation's answers; stopped: {}",
+        after.fenced,
+        gone.is_ok()
+    );
+    gone.unwrap_or_else(|e| panic!("{e}: {}", far.log()));
+    assert_eq!(
+        (after.egress, after.duplicates_suppressed),
+        (during.egress, during.duplicates_suppressed),
+        "nothing of the old incarnation accepted: {after:?}"
+    );
 }

@@ -208,12 +208,18 @@ pub fn host_state(l: crate::cluster::membership::Liveness) -> api::HostState {
 }
 
 /// What `ListHosts` answers.
-pub fn hosts(v: crate::cluster::HostsView) -> api::ListHostsResponse {
+/// The hosts as `v` shows them, with where this daemon's chains run
+/// (`placed`: host name to `chain/vnf`s).
+pub fn hosts(
+    v: crate::cluster::HostsView,
+    mut placed: std::collections::BTreeMap<String, Vec<String>>,
+) -> api::ListHostsResponse {
     api::ListHostsResponse {
         hosts: v
             .hosts
             .into_iter()
             .map(|h| api::Host {
+                vnfs: placed.remove(&h.record.name).unwrap_or_default(),
                 name: h.record.name,
                 api: h.record.api,
                 heartbeat: h.record.heartbeat.to_string(),

@@ -74,7 +74,8 @@ impl host_service_server::HostService for HostSvc {
         &self,
         _: Request<api::ListHostsRequest>,
     ) -> Answer<api::ListHostsResponse> {
-        Ok(Response::new(api::encode::hosts(self.0.hosts())))
+        let placed = self.0.placement().await;
+        Ok(Response::new(api::encode::hosts(self.0.hosts(), placed)))
     }
 }
 

@@ -319,8 +319,8 @@ async fn main() -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             println!(
-                "{:<20} {:<8} {:>14} {:<28} HEARTBEAT",
-                "HOST", "STATE", "LAST HEARD", "API"
+                "{:<20} {:<8} {:>14} {:<28} {:<22} VNFS",
+                "HOST", "STATE", "LAST HEARD", "API", "HEARTBEAT"
             );
             for h in &r.hosts {
                 let state = api::HostState::try_from(h.state)
@@ -335,8 +335,14 @@ async fn main() -> anyhow::Result<()> {
                     h.name.clone()
                 };
                 println!(
-                    "{name:<20} {state:<8} {heard:>14} {:<28} {}",
-                    h.api, h.heartbeat
+                    "{name:<20} {state:<8} {heard:>14} {:<28} {:<22} {}",
+                    h.api,
+                    h.heartbeat,
+                    if h.vnfs.is_empty() {
+                        "-".to_string()
+                    } else {
+                        h.vnfs.join(",")
+                    }
                 );
             }
             if !r.etcd_reachable {

@@ -43,6 +43,9 @@ impl Daemon {
                         .saturating_sub(detection.as_nanos() as u64);
                     daemon.on_host_down(host, last_heard).await;
                 }
+                if let HostEvent::Back { host } = &e.event {
+                    daemon.on_host_back(host).await;
+                }
                 daemon.emit(VnfEvent {
                     time_unix_nanos: e.time_unix_nanos,
                     chain: String::new(),
@@ -59,6 +62,26 @@ impl Daemon {
         if let Some(c) = self.cluster.get() {
             c.leave(within).await;
         }
+    }
+
+    /// Where this daemon's chains run: host name (this one's for the VNFs
+    /// here) to `chain/vnf`s.
+    pub async fn placement(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let here = self.hosts().hosts.first().map(|h| h.record.name.clone());
+        let mut placed = std::collections::BTreeMap::<String, Vec<String>>::new();
+        let chains = self.chains.lock().await;
+        for (name, e) in chains.iter() {
+            for v in &e.runtime.vnfs {
+                let host = v.remote.as_ref().map(|r| r.host.clone()).or(here.clone());
+                if let Some(host) = host {
+                    placed
+                        .entry(host)
+                        .or_default()
+                        .push(format!("{name}/{}", v.plan.name));
+                }
+            }
+        }
+        placed
     }
 
     /// The hosts this daemon knows of, itself first.

@@ -110,6 +110,21 @@ impl Daemon {
         }
     }
 
+    /// Host `host` is heard again (a partition healed): the incarnations it
+    /// still runs that were replaced meanwhile are stopped there (until
+    /// now, what they sent was fenced).
+    pub(super) async fn on_host_back(self: &Arc<Self>, host: &str) {
+        let chains = self.chains.lock().await;
+        for e in chains.values() {
+            for v in &e.runtime.vnfs {
+                if let Some(old) = v.remote_previous.as_ref().filter(|r| r.host == host) {
+                    tracing::info!(key = %old.key, host, "stopping a replaced incarnation");
+                    old.stop_hosted();
+                }
+            }
+        }
+    }
+
     /// Incarnation `incarnation` of VNF `vnf` of `chain` (on another host)
     /// failed: announce it, and place it again.
     pub(super) async fn on_remote_failure(
