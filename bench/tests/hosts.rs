@@ -606,20 +606,46 @@ struct FarChain {
     hosts: HostLab,
 }
 
-/// A process killed and reaped on drop, even when a test fails.
-struct Owner(std::process::Child);
+/// The owner's `nhamd` (working in directory `.1`): stopped on drop as
+/// an operator stops it (SIGTERM: its chains and their SFFs go with it),
+/// killed if it does not stop within 10 s, and then any SFF of its left
+/// behind is killed too — even when a test fails.
+struct Owner(std::process::Child, std::path::PathBuf);
 
 impl Drop for Owner {
     fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
+        let dir = self.1.display().to_string();
+        for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let ours = String::from_utf8_lossy(&cmdline).contains(&dir);
+            if let (true, Some(pid)) = (ours, p.file_name().to_str().and_then(|n| n.parse().ok())) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
     }
 }
 
 impl FarChain {
     /// The cluster, the owner, and the chain with VNF `i` on host
-    /// `placement[i]`, created.
+    /// `placement[i]`, created, unprotected.
     fn new(placement: &[&str]) -> Self {
+        Self::protected(placement, nham_control::api::Mechanism::None)
+    }
+
+    /// [`FarChain::new`], every VNF under `mechanism` (checkpoints every
+    /// 200 ms).
+    fn protected(placement: &[&str], mechanism: nham_control::api::Mechanism) -> Self {
         use nham_control::api::{
             chain_service_client::ChainServiceClient, event_service_client::EventServiceClient,
             ChainSpec, ClassifierRule, CreateChainRequest, VnfSpec, WatchEventsRequest,
@@ -638,6 +664,7 @@ impl FarChain {
         let owner = Owner(
             nham_bench::ha::spawn_nhamd(lab.sff_netns(), &nhamd, argv, &dir.join("nhamd.log"))
                 .expect("the owner's nhamd"),
+            dir.clone(),
         );
         let addr = format!("unix:{}", dir.join("nhamd.sock").display());
         let log = || std::fs::read_to_string(dir.join("nhamd.log")).unwrap_or_default();
@@ -663,7 +690,8 @@ impl FarChain {
                 dir.join(format!("v{i}.json")).display().to_string(),
             ],
             host: host.into(),
-            mechanism: nham_control::api::Mechanism::None as i32,
+            mechanism: mechanism as i32,
+            checkpoint_interval_ms: 200,
             ..Default::default()
         };
         let channel = rt
@@ -780,6 +808,30 @@ impl FarChain {
         r.unwrap_or_else(|e| panic!("{e}: {}", self.log()))
     }
 
+    /// Waits until every VNF of `vnfs` has had a checkpoint committed.
+    fn checkpointed(&mut self, vnfs: &[&str]) {
+        use nham_control::api::watch_events_response::Event as E;
+        let events = &mut self.events;
+        let mut left: std::collections::BTreeSet<String> =
+            vnfs.iter().map(|v| v.to_string()).collect();
+        let r = self.rt.block_on(async {
+            while !left.is_empty() {
+                let e = tokio::time::timeout(Duration::from_secs(15), events.message())
+                    .await??
+                    .ok_or_else(|| anyhow::anyhow!("the event stream ended"))?;
+                match e.event {
+                    Some(E::CheckpointTaken(_)) => {
+                        left.remove(&e.vnf);
+                    }
+                    Some(E::CheckpointFailed(f)) => eprintln!("{}: {}", e.vnf, f.reason),
+                    _ => {}
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+        r.unwrap_or_else(|e| panic!("no checkpoint of {left:?}: {e}: {}", self.log()));
+    }
+
     /// VNF `i`'s state through its `--state` file (SIGUSR1 writes it).
     fn vnf_state(&self, i: usize, pid: u32) -> Result<nham_vnf::State> {
         anyhow::ensure!(pid > 1, "no pid");
@@ -798,6 +850,9 @@ impl FarChain {
 impl Drop for FarChain {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The working directories and logs its VNFs had on their hosts.
+        let hosted = std::path::Path::new(nham_control::cluster::hosting::HOSTED_DIR);
+        let _ = std::fs::remove_dir_all(hosted.join("sff/far"));
     }
 }
 
@@ -926,4 +981,88 @@ fn a_partitioned_host_s_old_incarnation_is_fenced_and_stopped_once_it_is_back() 
         (during.egress, during.duplicates_suppressed),
         "nothing of the old incarnation accepted: {after:?}"
     );
+}
+
+/// Injects a crash into VNF `vnf` of chain "far" through the `nhamd` at
+/// `addr`.
+fn crash(rt: &tokio::runtime::Runtime, addr: &str, vnf: &str) {
+    use nham_control::api::{vnf_service_client::VnfServiceClient, Fault, InjectFaultRequest};
+    rt.block_on(async {
+        let c = nham_control::connect(addr).await?;
+        VnfServiceClient::new(c)
+            .inject_fault(InjectFaultRequest {
+                chain: "far".into(),
+                vnf: vnf.into(),
+                fault: Fault::Crash as i32,
+                ..Default::default()
+            })
+            .await?;
+        Ok::<_, anyhow::Error>(())
+    })
+    .unwrap_or_else(|e| panic!("crashing {vnf}: {e}"));
+}
+
+/// A protected VNF on a lost host (issue 14, items 4, 5 and 7, for 0R):
+/// the chain's two monitors run on h0 and h1 under 0R, checkpointed every
+/// 200 ms through their hosts (CRIU dumps there, each image brought to
+/// "sff", stored, and copied to another host, before the packets it
+/// includes are released). Under traffic, v1's process crashes (restored
+/// on h1, from its checkpoint), then h0 fails as a powered-off host does: "sff" judges it down, sends the VNF's committed checkpoint to h2,
+/// where it is restored behind a new tunnel, and the SFF replays
+/// everything after it. Every frame arrives once, in order, and both VNFs
+/// end in the failure-free state.
+#[test]
+fn a_0r_vnf_on_a_lost_host_is_restored_on_another_from_its_checkpoint() {
+    use nham_control::api::Mechanism;
+    use nham_vnf::Kind;
+    let _serial = serial();
+    let mut far = FarChain::protected(&["h0", "h1"], Mechanism::Mechanism0r);
+    far.checkpointed(&["v0", "v1"]);
+    let kinds = [Kind::Monitor, Kind::Monitor];
+    let traffic = nham_traffic::TrafficSpec {
+        rate: Some(2000.0),
+        ..spec(8000)
+    };
+    let frames = traffic.frames();
+    let (expected, states) = nham_vnf::reference(&kinds, &frames);
+    let (lab, hosts, rt, addr) = (&far.lab, &mut far.hosts, &far.rt, &far.addr);
+    let trial = std::thread::scope(|s| {
+        let t = s.spawn(|| lab.trial_through(frames, traffic.rate, &expected, None));
+        // v1's process crashes on h1 (h1 lives): restored there.
+        std::thread::sleep(Duration::from_millis(800));
+        crash(rt, addr, "v1");
+        // h0 fails: v0 restored on h2.
+        std::thread::sleep(Duration::from_millis(1200));
+        hosts.fail_host(0).expect("h0 fails");
+        t.join().expect("trial thread")
+    })
+    .expect("trial");
+    let (detection_ms, recovery_ms) = far.recovered("v1");
+    eprintln!(
+        "0R, v1 crashed on h1 under traffic: detection {detection_ms:?} ms, restored {recovery_ms:.1} ms after it exited"
+    );
+    let (detection_ms, recovery_ms) = far.recovered("v0");
+    eprintln!(
+        "0R, h0 lost under traffic: detection {detection_ms:?} ms, restored on another host {recovery_ms:.1} ms after it was last heard"
+    );
+    let v = trial.verdict;
+    assert_eq!(
+        (v.lost, v.duplicated, v.reordered, v.digest_equal),
+        (0, 0, 0, true),
+        "{v:?}: {}",
+        far.log()
+    );
+    let placed = far.vnfs();
+    assert_eq!(
+        (placed[0].host.as_str(), placed[1].host.as_str()),
+        ("h2", "h1"),
+        "{placed:?}"
+    );
+    for (i, want) in states.iter().enumerate() {
+        assert_eq!(
+            &far.vnf_state(i, placed[i].pid).expect("state"),
+            want,
+            "v{i} in the failure-free state"
+        );
+    }
 }

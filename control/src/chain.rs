@@ -93,6 +93,9 @@ pub struct VnfRuntime {
     /// The incarnation before, on another host: its tunnel end is the
     /// hop's standby port until the next placement replaces it.
     pub remote_previous: Option<RemoteVnf>,
+    /// Where its agent reaches it on another host (its current
+    /// incarnation).
+    pub remote_target: Option<Arc<remote::RemoteTarget>>,
     /// The process, while it runs (started by us or restored as our child).
     pub process: Option<process::Process>,
     /// Its command line, placeholders replaced, as it is started.
@@ -635,7 +638,8 @@ impl ChainRuntime {
                         v.name
                     ))
                 })?;
-                let (remote, port) = remote::place(cluster, host, &plan.name, v)?;
+                let (remote, port) =
+                    remote::place(cluster, host, &plan.name, v, &remote::Start::Fresh)?;
                 let sff_iface = port.iface.clone();
                 hops.push(port);
                 standby.push(None);
@@ -645,6 +649,7 @@ impl ChainRuntime {
                 vnfs.push(VnfRuntime {
                     plan: v.clone(),
                     netns: None,
+                    remote_target: Some(remote::RemoteTarget::new(cluster.clone(), &remote)),
                     remote: Some(remote),
                     remote_previous: None,
                     process: None,
@@ -702,6 +707,7 @@ impl ChainRuntime {
                 netns: Some(netns),
                 remote: None,
                 remote_previous: None,
+                remote_target: None,
                 process: None,
                 argv,
                 log: logs.join(format!("{}.log", v.name)),
@@ -875,6 +881,29 @@ impl ChainRuntime {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .set_mechanism(mech)
                 .map_err(ControlError::from)?,
+            (Some(mech), None) if v.remote_target.is_some() => {
+                let target = v
+                    .remote_target
+                    .clone()
+                    .ok_or(ControlError::Panicked("target"))?;
+                if mech != Mechanism::NoReplica {
+                    return Err(ControlError::FailedPrecondition(format!(
+                        "VNF {:?} runs on another host: only 0R protects it there yet",
+                        v.plan.name
+                    )));
+                }
+                let slot = StoreSlot {
+                    store: state.store.clone(),
+                    chain: chain.clone(),
+                    vnf: v.plan.name.clone(),
+                    scratch: self.work.join(unique_name(&v.plan.name)),
+                    copies: state.copies.clone(),
+                };
+                let mut agent = ProtectedVnf::new_remote(hop, target, slot)?;
+                agent.watch_link(&v.sff_iface)?;
+                sff.set_protected(hop, true).map_err(ControlError::from)?;
+                v.agent = Some(Arc::new(Mutex::new(agent)));
+            }
             (Some(mech), None) => {
                 let agent = new_agent(v, pid, hop, mech, state, &chain, &self.work)?.build()?;
                 sff.set_protected(hop, true).map_err(ControlError::from)?;

@@ -132,7 +132,8 @@ fn hosting_code(e: &crate::cluster::hosting::HostingError) -> Code {
         H::Invalid(_) => Code::InvalidArgument,
         H::Exists(_) => Code::AlreadyExists,
         H::Missing(_) => Code::NotFound,
-        H::Netns { .. } => Code::Internal,
+        H::Netns { .. } | H::Checkpoint(_) => Code::Internal,
+        H::Restore(e) => sync_code(e),
         H::Runtime(r) => runtime_code(r),
         H::Peer { code, .. } => *code,
     }

@@ -233,3 +233,38 @@ pub fn hosts(
         etcd_error: v.etcd_error.unwrap_or_default(),
     }
 }
+
+/// Checkpoint `m` of host `origin` as a header (what precedes its file
+/// between hosts).
+pub fn checkpoint_header(
+    origin: &str,
+    m: &crate::vsm::database::CheckpointMeta,
+) -> api::CheckpointHeader {
+    api::CheckpointHeader {
+        origin: origin.to_string(),
+        chain: m.chain.clone(),
+        vnf: m.vnf.clone(),
+        id: m.id,
+        format: m.format,
+        created_unix_ms: m.created_unix_ms,
+        image_bytes: m.image_bytes,
+        stored_bytes: m.stored_bytes,
+        blake3: m.blake3.clone(),
+    }
+}
+
+/// A checkpoint's index entry from its header (its file not named: the
+/// receiver's store says where it goes).
+pub fn checkpoint_meta(h: api::CheckpointHeader) -> crate::vsm::database::CheckpointMeta {
+    crate::vsm::database::CheckpointMeta {
+        format: h.format,
+        chain: h.chain,
+        vnf: h.vnf,
+        id: h.id,
+        created_unix_ms: h.created_unix_ms,
+        image_bytes: h.image_bytes,
+        stored_bytes: h.stored_bytes,
+        blake3: h.blake3,
+        file: String::new(),
+    }
+}

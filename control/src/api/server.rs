@@ -280,6 +280,37 @@ pub struct PeerSvc {
     host: String,
 }
 
+/// The bytes of a checkpoint file of `stored_bytes` that follow a header
+/// on `stream` (`data` takes a message's bytes; `None`: not a data
+/// message, refused).
+async fn receive_file<M>(
+    stream: &mut tonic::Streaming<M>,
+    stored_bytes: u64,
+    data: impl Fn(M) -> Option<Vec<u8>>,
+) -> Result<Vec<u8>, Status> {
+    const MAX: u64 = 8 << 30;
+    if stored_bytes > MAX {
+        return Err(ControlError::InvalidArgument(format!(
+            "{stored_bytes} bytes is more than a checkpoint may be ({MAX})"
+        ))
+        .into());
+    }
+    let mut file = Vec::with_capacity(stored_bytes as usize);
+    while let Some(m) = stream.message().await? {
+        match data(m) {
+            Some(d) if (file.len() + d.len()) as u64 <= stored_bytes => file.extend_from_slice(&d),
+            Some(_) => {
+                return Err(ControlError::InvalidArgument(format!(
+                    "more than the {stored_bytes} bytes the header announced"
+                ))
+                .into())
+            }
+            None => return Err(ControlError::InvalidArgument("a second header".into()).into()),
+        }
+    }
+    Ok(file)
+}
+
 /// A hosted VNF's key from its message, checked.
 fn hosted_key(
     v: Option<api::HostedVnf>,
@@ -319,47 +350,14 @@ impl peer_service_server::PeerService for PeerSvc {
         validate::name("host", &h.origin)?;
         validate::name("chain", &h.chain)?;
         validate::name("vnf", &h.vnf)?;
-        const MAX: u64 = 8 << 30;
-        if h.stored_bytes > MAX {
-            return Err(ControlError::InvalidArgument(format!(
-                "StoreCheckpoint: {} bytes is more than a checkpoint may be ({MAX})",
-                h.stored_bytes
-            ))
-            .into());
-        }
-        let mut file = Vec::with_capacity(h.stored_bytes as usize);
-        while let Some(m) = stream.message().await? {
-            match m.part {
-                Some(Part::Data(d)) if (file.len() + d.len()) as u64 <= h.stored_bytes => {
-                    file.extend_from_slice(&d)
-                }
-                Some(Part::Data(_)) => {
-                    return Err(ControlError::InvalidArgument(format!(
-                        "StoreCheckpoint: more than the {} bytes its header announced",
-                        h.stored_bytes
-                    ))
-                    .into())
-                }
-                _ => {
-                    return Err(ControlError::InvalidArgument(
-                        "StoreCheckpoint: a second header".into(),
-                    )
-                    .into())
-                }
-            }
-        }
-        let meta = crate::vsm::database::CheckpointMeta {
-            format: h.format,
-            chain: h.chain,
-            vnf: h.vnf,
-            id: h.id,
-            created_unix_ms: h.created_unix_ms,
-            image_bytes: h.image_bytes,
-            stored_bytes: h.stored_bytes,
-            blake3: h.blake3,
-            file: String::new(),
-        };
-        self.keeper.keep(h.origin, meta, file).await?;
+        let file = receive_file(&mut stream, h.stored_bytes, |m| match m.part {
+            Some(Part::Data(d)) => Some(d),
+            _ => None,
+        })
+        .await?;
+        let origin = h.origin.clone();
+        let meta = super::encode::checkpoint_meta(h);
+        self.keeper.keep(origin, meta, file).await?;
         Ok(Response::new(api::StoreCheckpointResponse {
             host: self.host.clone(),
         }))
@@ -389,6 +387,7 @@ impl peer_service_server::PeerService for PeerSvc {
             pid: running.pid,
             mac: running.mac.to_vec(),
             netns: running.netns,
+            ifindex: running.ifindex,
         }))
     }
 
@@ -400,6 +399,124 @@ impl peer_service_server::PeerService for PeerSvc {
             .await
             .map_err(ControlError::from)?;
         Ok(Response::new(api::VnfExited { exited_unix_ns }))
+    }
+
+    async fn probe_vnf(&self, r: Request<api::HostedVnf>) -> Answer<api::VnfProbe> {
+        let key = hosted_key(Some(r.into_inner()))?;
+        let p = self.hosting.probe(&key).map_err(ControlError::from)?;
+        Ok(Response::new(api::VnfProbe {
+            rmem: p.rmem,
+            stopped: p.stopped,
+            input_dropped: p.input_dropped,
+        }))
+    }
+
+    async fn signal_vnf(
+        &self,
+        r: Request<api::SignalVnfRequest>,
+    ) -> Answer<api::SignalVnfResponse> {
+        use nix::sys::signal::Signal;
+        let r = r.into_inner();
+        let signal = match api::VnfSignal::try_from(r.signal) {
+            Ok(api::VnfSignal::Stop) => Signal::SIGSTOP,
+            Ok(api::VnfSignal::Cont) => Signal::SIGCONT,
+            Ok(api::VnfSignal::Kill) => Signal::SIGKILL,
+            _ => {
+                return Err(ControlError::InvalidArgument(format!(
+                    "signal {}: VNF_SIGNAL_STOP or VNF_SIGNAL_CONT",
+                    r.signal
+                ))
+                .into())
+            }
+        };
+        let key = hosted_key(r.vnf)?;
+        self.hosting
+            .signal(&key, signal)
+            .map_err(ControlError::from)?;
+        Ok(Response::new(api::SignalVnfResponse {}))
+    }
+
+    async fn dump_vnf(&self, r: Request<api::DumpVnfRequest>) -> Answer<api::DumpVnfResponse> {
+        let r = r.into_inner();
+        let key = hosted_key(r.vnf)?;
+        let hosting = self.hosting.clone();
+        let report = tokio::task::spawn_blocking(move || hosting.dump(&key, r.id))
+            .await
+            .map_err(ControlError::from)?
+            .map_err(ControlError::from)?;
+        Ok(Response::new(api::DumpVnfResponse {
+            image_bytes: report.size,
+            dump_ms: report.duration.as_secs_f64() * 1e3,
+        }))
+    }
+
+    type FetchImageStream =
+        Pin<Box<dyn Stream<Item = Result<api::StoreCheckpointRequest, Status>> + Send>>;
+
+    async fn fetch_image(&self, r: Request<api::DumpVnfRequest>) -> Answer<Self::FetchImageStream> {
+        use api::store_checkpoint_request::Part;
+        let r = r.into_inner();
+        let key = hosted_key(r.vnf)?;
+        let hosting = self.hosting.clone();
+        let image = tokio::task::spawn_blocking(move || hosting.fetch(&key, r.id))
+            .await
+            .map_err(ControlError::from)?
+            .map_err(ControlError::from)?;
+        let header = Part::Header(super::encode::checkpoint_header(&self.host, &image.meta));
+        let parts: Vec<Result<api::StoreCheckpointRequest, Status>> = std::iter::once(header)
+            .chain(image.file.chunks(1 << 20).map(|c| Part::Data(c.to_vec())))
+            .map(|p| Ok(api::StoreCheckpointRequest { part: Some(p) }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(parts))))
+    }
+
+    async fn restore_vnf(
+        &self,
+        r: Request<tonic::Streaming<api::RestoreVnfRequest>>,
+    ) -> Answer<api::RunVnfResponse> {
+        use api::restore_vnf_request::Part;
+        let mut stream = r.into_inner();
+        let Some(Part::Header(h)) = stream.message().await?.and_then(|m| m.part) else {
+            return Err(ControlError::InvalidArgument(
+                "RestoreVnf: the first message must be the header".into(),
+            )
+            .into());
+        };
+        let key = hosted_key(h.vnf)?;
+        let owner_underlay = h.owner_underlay.parse().map_err(|_| {
+            ControlError::InvalidArgument(format!(
+                "owner_underlay {:?}: an IPv4 address",
+                h.owner_underlay
+            ))
+        })?;
+        let c = h.checkpoint.ok_or_else(|| {
+            ControlError::InvalidArgument("RestoreVnf: no checkpoint header".into())
+        })?;
+        let file = receive_file(&mut stream, c.stored_bytes, |m| match m.part {
+            Some(Part::Data(d)) => Some(d),
+            _ => None,
+        })
+        .await?;
+        let request = crate::cluster::hosting::RestoreRequest {
+            key,
+            owner_underlay,
+            ifindex: h.ifindex,
+            image: crate::cluster::hosting::Image {
+                meta: super::encode::checkpoint_meta(c),
+                file,
+            },
+        };
+        let hosting = self.hosting.clone();
+        let running = tokio::task::spawn_blocking(move || hosting.restore(request))
+            .await
+            .map_err(ControlError::from)?
+            .map_err(ControlError::from)?;
+        Ok(Response::new(api::RunVnfResponse {
+            pid: running.pid,
+            mac: running.mac.to_vec(),
+            netns: running.netns,
+            ifindex: running.ifindex,
+        }))
     }
 
     async fn stop_vnf(&self, r: Request<api::HostedVnf>) -> Answer<api::StopVnfResponse> {

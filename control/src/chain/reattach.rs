@@ -67,6 +67,7 @@ impl ChainRuntime {
                 netns: Some(netns),
                 remote: None,
                 remote_previous: None,
+                remote_target: None,
                 process: None,
                 argv: r.argv.clone(),
                 log: r.log.clone(),

@@ -21,6 +21,92 @@ use crate::cluster::Cluster;
 use crate::error::ControlError;
 use crate::plan::VnfPlan;
 
+/// Where a VNF on another host is reached for its checkpoints: its
+/// current incarnation, moved on by each placement ([`RemoteTarget::set`]),
+/// so the agent that checkpoints it never talks to one replaced.
+#[derive(Debug)]
+pub struct RemoteTarget {
+    cluster: Arc<Cluster>,
+    at: std::sync::Mutex<(String, HostedKey)>,
+}
+
+impl RemoteTarget {
+    /// `vnf`, reached through `cluster`.
+    pub fn new(cluster: Arc<Cluster>, vnf: &RemoteVnf) -> Arc<Self> {
+        Arc::new(Self {
+            cluster,
+            at: std::sync::Mutex::new((vnf.host.clone(), vnf.key.clone())),
+        })
+    }
+
+    /// From now on, `vnf`.
+    pub fn set(&self, vnf: &RemoteVnf) {
+        *self.lock() = (vnf.host.clone(), vnf.key.clone());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (String, HostedKey)> {
+        self.at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn now(&self) -> (String, HostedKey) {
+        self.lock().clone()
+    }
+}
+
+fn sync_error(e: crate::cluster::hosting::HostingError) -> crate::vsm::SyncError {
+    crate::vsm::SyncError::Process(e.to_string())
+}
+
+impl crate::vsm::checkpointer::RemoteVnfOps for RemoteTarget {
+    fn probe(&self) -> Result<(u64, bool, u64), crate::vsm::SyncError> {
+        let (host, key) = self.now();
+        let p = self.cluster.probe_vnf(&host, &key).map_err(sync_error)?;
+        Ok((p.rmem, p.stopped, p.input_dropped))
+    }
+
+    fn signal(&self, stop: bool) -> Result<(), crate::vsm::SyncError> {
+        let (host, key) = self.now();
+        let signal = if stop {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        self.cluster
+            .signal_vnf(&host, &key, signal)
+            .map_err(sync_error)
+    }
+
+    fn dump(
+        &self,
+        id: nham_dataplane::hold::CheckpointId,
+    ) -> Result<crate::vsm::criu::DumpReport, crate::vsm::SyncError> {
+        let (host, key) = self.now();
+        self.cluster.dump_vnf(&host, &key, id).map_err(sync_error)
+    }
+
+    fn fetch(
+        &self,
+        id: nham_dataplane::hold::CheckpointId,
+        dir: &std::path::Path,
+    ) -> Result<(), crate::vsm::SyncError> {
+        let (host, key) = self.now();
+        let image = self
+            .cluster
+            .fetch_image(&host, &key, id)
+            .map_err(sync_error)?;
+        let m = &image.meta;
+        if (m.chain.as_str(), m.vnf.as_str(), m.id) != (key.chain.as_str(), key.vnf.as_str(), id) {
+            return Err(crate::vsm::SyncError::Process(format!(
+                "host {host} sent checkpoint {}/{} {} for {}/{} {id}",
+                m.chain, m.vnf, m.id, key.chain, key.vnf
+            )));
+        }
+        Ok(crate::vsm::database::unpack_file(m, &image.file, dir)?)
+    }
+}
+
 /// Tries at most this many VNIs in a row before giving up.
 const VNI_TRIES: usize = 8;
 
@@ -38,6 +124,24 @@ pub struct RemoteVnf {
     pub netns: String,
     /// This host's end of its tunnel (the SFF's port while it is current).
     pub device: String,
+    /// The interface index of its `eth0` (a restored incarnation keeps
+    /// the first one's: CRIU restores a packet socket bound by index).
+    pub ifindex: u32,
+}
+
+/// How a new incarnation starts.
+#[derive(Debug)]
+pub enum Start {
+    /// Its command, afresh.
+    Fresh,
+    /// Restored from a checkpoint, stopped (resumed once the SFF replays),
+    /// its `eth0` under index `ifindex`.
+    Restore {
+        /// The index.
+        ifindex: u32,
+        /// The checkpoint.
+        image: crate::cluster::hosting::Image,
+    },
 }
 
 impl Drop for RemoteVnf {
@@ -105,6 +209,7 @@ pub fn place(
     host: &str,
     chain: &str,
     v: &VnfPlan,
+    start: &Start,
 ) -> Result<(RemoteVnf, PortSpec), ControlError> {
     if host == cluster.name() {
         return Err(ControlError::InvalidArgument(format!(
@@ -133,13 +238,27 @@ pub fn place(
             vnf: v.name.clone(),
             vni,
         };
-        let request = RunRequest {
-            key: key.clone(),
-            owner_underlay: local,
-            command: v.command.clone(),
-            env: v.env.clone(),
+        let started = match start {
+            Start::Fresh => cluster.run_vnf(
+                host,
+                RunRequest {
+                    key: key.clone(),
+                    owner_underlay: local,
+                    command: v.command.clone(),
+                    env: v.env.clone(),
+                },
+            ),
+            Start::Restore { ifindex, image } => cluster.restore_vnf(
+                host,
+                crate::cluster::hosting::RestoreRequest {
+                    key: key.clone(),
+                    owner_underlay: local,
+                    ifindex: *ifindex,
+                    image: image.clone(),
+                },
+            ),
         };
-        match cluster.run_vnf(host, request) {
+        match started {
             Ok(running) => {
                 let port = PortSpec {
                     iface: device.clone(),
@@ -155,6 +274,7 @@ pub fn place(
                     pid: running.pid,
                     netns: running.netns,
                     device,
+                    ifindex: running.ifindex,
                 };
                 return Ok((remote, port));
             }

@@ -18,13 +18,17 @@
 //!   PID namespace of its own, in a cgroup, answered once it listens on a
 //!   packet socket). A thread per VNF waits on its pidfd and keeps the
 //!   moment it exited (this host's clock) for `WatchVnf`.
+//! - **Its working directory and log** are
+//!   `/run/nham/hosted/<owner>/<chain>/<vnf>` and `vnf.log` there: the same
+//!   paths on every host, for CRIU restores open files and the working
+//!   directory by path (the host that restores makes them first).
 //! - **A restart of this `nhamd`** kills what it hosted (its namespaces
 //!   carry this daemon's prefix and are swept at start): the owner sees
 //!   its `WatchVnf` fail, and the VNF as failed.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use nham_netns::tunnel::{tunnel_into, Tunnel};
@@ -61,6 +65,13 @@ pub enum HostingError {
     /// It could not be started.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// A checkpoint could not be restored (a corrupt one is never handed
+    /// to CRIU).
+    #[error("restoring a hosted VNF: {0}")]
+    Restore(#[source] crate::vsm::SyncError),
+    /// A step of the checkpoint protocol failed here.
+    #[error("checkpointing a hosted VNF: {0}")]
+    Checkpoint(String),
     /// The host asked to run it said no, or could not be asked.
     #[error("host {host}: {code:?}: {why}")]
     Peer {
@@ -126,16 +137,58 @@ pub struct Running {
     pub mac: [u8; 6],
     /// Its namespace's name here.
     pub netns: String,
+    /// The interface index of its `eth0`.
+    pub ifindex: u32,
+}
+
+/// A checkpoint file, with its index entry, as it goes between hosts.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// Its index entry (hash, sizes).
+    pub meta: crate::vsm::database::CheckpointMeta,
+    /// The file's bytes.
+    pub file: Vec<u8>,
+}
+
+/// What the owner asks to restore.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    /// The new incarnation.
+    pub key: HostedKey,
+    /// The owner's underlay address.
+    pub owner_underlay: Ipv4Addr,
+    /// The index its `eth0` had when dumped (CRIU restores a packet
+    /// socket bound by index).
+    pub ifindex: u32,
+    /// The checkpoint.
+    pub image: Image,
+}
+
+/// What the kernel says of a hosted VNF's sockets and state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    /// Bytes queued on its packet sockets.
+    pub rmem: u64,
+    /// Whether it is stopped.
+    pub stopped: bool,
+    /// Frames its receiving sockets dropped.
+    pub input_dropped: u64,
 }
 
 #[derive(Debug)]
 struct Hosted {
     netns: Netns,
     process: Process,
+    /// Where its dumps go here.
+    scratch: PathBuf,
     /// The moment it exited (Unix ns), once it has.
     exited: watch::Receiver<Option<u64>>,
     cgroup: Option<Cgroup>,
 }
+
+/// Where hosted VNFs' working directories and logs are, the same on
+/// every host.
+pub const HOSTED_DIR: &str = "/run/nham/hosted";
 
 /// The VNFs this host runs for others.
 #[derive(Debug)]
@@ -143,7 +196,7 @@ pub struct VnfHost {
     underlay: Ipv4Addr,
     /// The names of hosted VNFs' namespaces start so.
     prefix: String,
-    /// Their logs and working directories.
+    /// Scratch space for their dumps and restores.
     dir: PathBuf,
     /// Where their cgroups go (`None`: no cgroup2 hierarchy).
     cgroups: Option<PathBuf>,
@@ -152,7 +205,7 @@ pub struct VnfHost {
 
 impl VnfHost {
     /// Hosts VNFs on underlay address `underlay`, in namespaces named
-    /// `prefix…`, with logs and working directories under `dir`, cgroups
+    /// `prefix…`, with scratch space (dumps, restores) under `dir`, cgroups
     /// under `cgroups`. What a previous daemon hosted under `prefix` is
     /// killed and removed now (its owners have judged it failed).
     pub fn new(
@@ -193,15 +246,117 @@ impl VnfHost {
     /// says why it did not start: seconds, for some VNFs).
     pub fn run(&self, r: RunRequest) -> Result<Running, HostingError> {
         let key = r.key.clone();
+        if r.command.is_empty() {
+            return Err(HostingError::Invalid(format!("{key}: no command")));
+        }
+        let (id, netns, eth0) = self.place(&key, r.owner_underlay, None)?;
+        let (cwd, cgroup) = self.work_place(&key, &id)?;
+        let spawn = Spawn {
+            vnf: key.vnf.clone(),
+            command: r.command.clone(),
+            argv: crate::runtime::vnf_argv(&r.command, netns.name()),
+            env: r.env,
+            netns: netns.path(),
+            netns_name: netns.name().to_string(),
+            log: cwd.join("vnf.log"),
+            cwd,
+            cgroup: cgroup.as_ref().map(|c| c.path().to_path_buf()),
+        };
+        let pid = spawn.run()?;
+        self.adopt(key, pid, netns, eth0, cgroup)
+    }
+
+    /// Its working directory (and scratch) and cgroup, made.
+    fn work_place(
+        &self,
+        key: &HostedKey,
+        id: &str,
+    ) -> Result<(PathBuf, Option<Cgroup>), HostingError> {
+        let cwd = Path::new(HOSTED_DIR)
+            .join(&key.owner)
+            .join(&key.chain)
+            .join(&key.vnf);
+        std::fs::create_dir_all(&cwd).map_err(RuntimeError::io(cwd.display()))?;
+        // (There before a restore: CRIU reopens it by path.)
+        let log = cwd.join("vnf.log");
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(RuntimeError::io(log.display()))?;
+        let cgroup = self.cgroups.as_ref().and_then(|d| {
+            Cgroup::create(&d.join(id))
+                .map_err(|e| tracing::warn!(%key, "no cgroup: {e}"))
+                .ok()
+        });
+        Ok((cwd, cgroup))
+    }
+
+    /// Takes `pid` (started or restored in `netns`) as hosted VNF `key`,
+    /// watched until it exits.
+    fn adopt(
+        &self,
+        key: HostedKey,
+        pid: u32,
+        netns: Netns,
+        eth0: nham_netns::VethEnd,
+        cgroup: Option<Cgroup>,
+    ) -> Result<Running, HostingError> {
+        let process = Process::open(pid)?;
+        if let Some(cg) = &cgroup {
+            if let Err(e) = cg.add(pid) {
+                tracing::warn!(%key, "{e}");
+            }
+        }
+        let pidfd = process.watch_fd()?;
+        let (tx, exited) = watch::channel(None);
+        std::thread::Builder::new()
+            .name(format!("hosted-{}", key.vni))
+            .spawn(move || {
+                wait_readable(&pidfd);
+                let _ = tx.send(Some(unix_nanos()));
+                crate::runtime::reap(&pidfd);
+            })
+            .map_err(RuntimeError::io("starting a hosted VNF's exit watch"))?;
+        let running = Running {
+            pid,
+            mac: eth0.mac,
+            netns: netns.name().to_string(),
+            ifindex: eth0.ifindex,
+        };
+        let scratch = self
+            .dir
+            .join("scratch")
+            .join(format!("{}-{}", key.owner, key.vni));
+        tracing::info!(%key, pid, netns = running.netns, "hosting a VNF");
+        self.hosted().insert(
+            key,
+            Hosted {
+                netns,
+                process,
+                scratch,
+                exited,
+                cgroup,
+            },
+        );
+        Ok(running)
+    }
+
+    /// The namespace of a new incarnation `key` (checked free), with this
+    /// host's end of its tunnel as `eth0` (under index `ifindex` if
+    /// given).
+    fn place(
+        &self,
+        key: &HostedKey,
+        owner_underlay: Ipv4Addr,
+        ifindex: Option<u32>,
+    ) -> Result<(String, Netns, nham_netns::VethEnd), HostingError> {
         for (what, name) in [
             ("owner host", &key.owner),
             ("chain", &key.chain),
             ("vnf", &key.vnf),
         ] {
             crate::plan::name(what, name).map_err(|e| HostingError::Invalid(e.to_string()))?;
-        }
-        if r.command.is_empty() {
-            return Err(HostingError::Invalid(format!("{key}: no command")));
         }
         if let Some(other) = self.hosted().keys().find(|k| k.vni == key.vni) {
             return Err(HostingError::Exists(format!(
@@ -220,9 +375,9 @@ impl VnfHost {
         let tunnel = Tunnel {
             vni: key.vni,
             local: self.underlay,
-            remote: r.owner_underlay,
+            remote: owner_underlay,
         };
-        let eth0 = tunnel_into(tunnel, None, &netns, VNF_IFACE, None).map_err(|source| {
+        let eth0 = tunnel_into(tunnel, None, &netns, VNF_IFACE, ifindex).map_err(|source| {
             // A VNI that another device of this namespace has.
             if source.to_string().contains("File exists") {
                 HostingError::Exists(format!("VNI {} is taken here: {source}", key.vni))
@@ -233,52 +388,110 @@ impl VnfHost {
                 }
             }
         })?;
-        let cwd = self.dir.join(&key.owner).join(&key.chain).join(&key.vnf);
-        std::fs::create_dir_all(&cwd).map_err(RuntimeError::io(cwd.display()))?;
-        let cgroup = self.cgroups.as_ref().and_then(|d| {
-            Cgroup::create(&d.join(&id))
-                .map_err(|e| tracing::warn!(%key, "no cgroup: {e}"))
-                .ok()
-        });
-        let spawn = Spawn {
+        Ok((id, netns, eth0))
+    }
+
+    /// The hosted VNF `key`'s pid, namespace file and scratch directory.
+    fn target(&self, key: &HostedKey) -> Result<(u32, PathBuf, PathBuf), HostingError> {
+        let hosted = self.hosted();
+        let h = hosted
+            .get(key)
+            .ok_or_else(|| HostingError::Missing(key.to_string()))?;
+        Ok((h.process.pid(), h.netns.path(), h.scratch.clone()))
+    }
+
+    /// What its sockets hold and dropped, and whether it is stopped.
+    pub fn probe(&self, key: &HostedKey) -> Result<Probe, HostingError> {
+        let (pid, netns, _) = self.target(key)?;
+        let rmem = crate::vsm::checkpointer::packet_rmem(pid)
+            .map_err(|e| HostingError::Checkpoint(format!("{key}: {e}")))?;
+        let input_dropped = nham_netns::sockdiag::SockDiag::open(&netns)
+            .and_then(|mut d| d.packet_sockets())
+            .map(|s| nham_netns::sockdiag::VnfSockets::of_process(&s, pid).drops)
+            .unwrap_or(0);
+        Ok(Probe {
+            rmem,
+            stopped: crate::runtime::process::is_stopped(pid),
+            input_dropped,
+        })
+    }
+
+    /// Sends `signal` (SIGSTOP or SIGCONT) to it.
+    pub fn signal(
+        &self,
+        key: &HostedKey,
+        signal: nix::sys::signal::Signal,
+    ) -> Result<(), HostingError> {
+        let hosted = self.hosted();
+        let h = hosted
+            .get(key)
+            .ok_or_else(|| HostingError::Missing(key.to_string()))?;
+        Ok(h.process.signal(signal)?)
+    }
+
+    /// Dumps it (stopped by its owner) with CRIU into this host's scratch
+    /// as checkpoint `id`; returns CRIU's report.
+    pub fn dump(
+        &self,
+        key: &HostedKey,
+        id: u64,
+    ) -> Result<crate::vsm::criu::DumpReport, HostingError> {
+        let (pid, netns, scratch) = self.target(key)?;
+        let dir = scratch.join(format!("ckpt-{id}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        // (No receive ring positions are saved: a VNF reading through a
+        // ring is not checkpointed on another host yet.)
+        let report = crate::vsm::criu::dump(None, pid, &netns, &dir)
+            .map_err(|e| HostingError::Checkpoint(format!("{key}: dump {id}: {e}")));
+        if report.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        report
+    }
+
+    /// Checkpoint `id` of it as a checkpoint file (removed here once
+    /// packed).
+    pub fn fetch(&self, key: &HostedKey, id: u64) -> Result<Image, HostingError> {
+        let (_, _, scratch) = self.target(key)?;
+        let dir = scratch.join(format!("ckpt-{id}"));
+        let packed = crate::vsm::database::pack(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        let (file, image_bytes) =
+            packed.map_err(|e| HostingError::Checkpoint(format!("{key}: image {id}: {e}")))?;
+        let meta = crate::vsm::database::CheckpointMeta {
+            format: crate::vsm::database::FORMAT_VERSION,
+            chain: key.chain.clone(),
             vnf: key.vnf.clone(),
-            command: r.command.clone(),
-            argv: crate::runtime::vnf_argv(&r.command, netns.name()),
-            env: r.env,
-            netns: netns.path(),
-            netns_name: netns.name().to_string(),
-            log: cwd.join(format!("{}.log", key.vni)),
-            cwd,
-            cgroup: cgroup.as_ref().map(|c| c.path().to_path_buf()),
+            id,
+            created_unix_ms: unix_nanos() / 1_000_000,
+            image_bytes,
+            stored_bytes: file.len() as u64,
+            blake3: blake3::hash(&file[crate::vsm::database::HEADER..])
+                .to_hex()
+                .to_string(),
+            file: String::new(),
         };
-        let pid = spawn.run()?;
-        let process = Process::open(pid)?;
-        let pidfd = process.watch_fd()?;
-        let (tx, exited) = watch::channel(None);
-        std::thread::Builder::new()
-            .name(format!("hosted-{}", key.vni))
-            .spawn(move || {
-                wait_readable(&pidfd);
-                let _ = tx.send(Some(unix_nanos()));
-                crate::runtime::reap(&pidfd);
-            })
-            .map_err(RuntimeError::io("starting a hosted VNF's exit watch"))?;
-        let running = Running {
-            pid,
-            mac: eth0.mac,
-            netns: netns.name().to_string(),
-        };
-        tracing::info!(%key, pid, netns = running.netns, "hosting a VNF");
-        self.hosted().insert(
-            key,
-            Hosted {
-                netns,
-                process,
-                exited,
-                cgroup,
-            },
-        );
-        Ok(running)
+        Ok(Image { meta, file })
+    }
+
+    /// Restores a checkpoint as a new incarnation, stopped (its owner
+    /// resumes it once the SFF replays): checked, unpacked, restored by
+    /// CRIU in a new place whose `eth0` has the index it had.
+    pub fn restore(&self, r: RestoreRequest) -> Result<Running, HostingError> {
+        let (id, netns, eth0) = self.place(&r.key, r.owner_underlay, Some(r.ifindex))?;
+        let (_, cgroup) = self.work_place(&r.key, &id)?;
+        let dir = self
+            .dir
+            .join("scratch")
+            .join(format!("restore-{}-{}", r.key.owner, r.key.vni));
+        let restored = crate::vsm::database::unpack_file(&r.image.meta, &r.image.file, &dir)
+            .map_err(crate::vsm::SyncError::from)
+            .and_then(|()| {
+                crate::vsm::checkpointer::restore_stopped(None, &dir, &netns.path(), None)
+            });
+        let _ = std::fs::remove_dir_all(&dir);
+        let pid = restored.map_err(HostingError::Restore)?;
+        self.adopt(r.key, pid, netns, eth0, cgroup)
     }
 
     /// When the hosted VNF `key` exited (Unix ns), waiting until it has.

@@ -285,21 +285,12 @@ impl Cluster {
         meta: &crate::vsm::database::CheckpointMeta,
         bytes: &[u8],
     ) -> Result<String, String> {
-        use crate::api::{
-            store_checkpoint_request::Part, CheckpointHeader, StoreCheckpointRequest,
-        };
+        use crate::api::{store_checkpoint_request::Part, StoreCheckpointRequest};
         let client = self.peer(addr)?;
-        let header = Part::Header(CheckpointHeader {
-            origin: self.record.name.clone(),
-            chain: meta.chain.clone(),
-            vnf: meta.vnf.clone(),
-            id: meta.id,
-            format: meta.format,
-            created_unix_ms: meta.created_unix_ms,
-            image_bytes: meta.image_bytes,
-            stored_bytes: meta.stored_bytes,
-            blake3: meta.blake3.clone(),
-        });
+        let header = Part::Header(crate::api::encode::checkpoint_header(
+            &self.record.name,
+            meta,
+        ));
         let parts: Vec<StoreCheckpointRequest> = std::iter::once(header)
             .chain(bytes.chunks(1 << 20).map(|c| Part::Data(c.to_vec())))
             .map(|p| StoreCheckpointRequest { part: Some(p) })
@@ -812,30 +803,20 @@ impl Cluster {
         host: &str,
         r: hosting::RunRequest,
     ) -> Result<hosting::Running, hosting::HostingError> {
-        let mut client = self.client_of(host, true)?;
         let request = crate::api::RunVnfRequest {
             vnf: Some(hosted_api(&r.key)),
             owner_underlay: r.owner_underlay.to_string(),
             command: r.command,
             env: r.env.into_iter().collect(),
         };
-        let mut request = self
-            .authorized(request)
-            .map_err(|why| peer_error(host, why))?;
         // A VNF may take seconds to listen.
-        request.set_timeout(Duration::from_secs(30));
+        let (mut client, request) = self.prepare(host, true, request, Duration::from_secs(30))?;
         let answer = self
             .runtime
             .block_on(client.run_vnf(request))
             .map_err(|s| status_error(host, &s))?
             .into_inner();
-        let mac = <[u8; 6]>::try_from(answer.mac.as_slice())
-            .map_err(|_| peer_error(host, format!("a MAC of {} bytes", answer.mac.len())))?;
-        Ok(hosting::Running {
-            pid: answer.pid,
-            mac,
-            netns: answer.netns,
-        })
+        running(host, answer)
     }
 
     /// Waits until host `host` says VNF `key` exited; returns when it did
@@ -865,15 +846,30 @@ impl Cluster {
         key: &hosting::HostedKey,
     ) -> Result<(), hosting::HostingError> {
         // (Asked even if it is not alive now: it may be cut off only.)
-        let mut client = self.client_of(host, false)?;
-        let mut request = self
-            .authorized(hosted_api(key))
-            .map_err(|why| peer_error(host, why))?;
-        request.set_timeout(Duration::from_secs(5));
+        let (mut client, request) =
+            self.prepare(host, false, hosted_api(key), Duration::from_secs(5))?;
         self.runtime
             .block_on(client.stop_vnf(request))
             .map_err(|s| status_error(host, &s))?;
         Ok(())
+    }
+
+    /// A client of host `host`'s peer service (`live`: only while it is
+    /// alive) and `message` as a request to it, with the cluster's token
+    /// and `timeout`.
+    fn prepare<T>(
+        &self,
+        host: &str,
+        live: bool,
+        message: T,
+        timeout: Duration,
+    ) -> Result<(PeerClient, tonic::Request<T>), hosting::HostingError> {
+        let client = self.client_of(host, live)?;
+        let mut request = self
+            .authorized(message)
+            .map_err(|why| peer_error(host, why))?;
+        request.set_timeout(timeout);
+        Ok((client, request))
     }
 
     /// A client of host `host`'s peer service (`live`: only while it is
@@ -891,6 +887,161 @@ impl Cluster {
             .peer
             .ok_or_else(|| peer_error(host, "it has no peer listener".into()))?;
         self.peer(addr).map_err(|why| peer_error(host, why))
+    }
+
+    /// Host `host`'s view of hosted VNF `key`: its sockets and state;
+    /// blocking, 1 s at most.
+    pub fn probe_vnf(
+        &self,
+        host: &str,
+        key: &hosting::HostedKey,
+    ) -> Result<hosting::Probe, hosting::HostingError> {
+        let (mut client, request) =
+            self.prepare(host, false, hosted_api(key), Duration::from_secs(1))?;
+        let p = self
+            .runtime
+            .block_on(client.probe_vnf(request))
+            .map_err(|s| status_error(host, &s))?
+            .into_inner();
+        Ok(hosting::Probe {
+            rmem: p.rmem,
+            stopped: p.stopped,
+            input_dropped: p.input_dropped,
+        })
+    }
+
+    /// Sends SIGSTOP, SIGCONT or SIGKILL (an injected crash) to hosted
+    /// VNF `key` on host `host`; blocking, 1 s at most.
+    pub fn signal_vnf(
+        &self,
+        host: &str,
+        key: &hosting::HostedKey,
+        signal: nix::sys::signal::Signal,
+    ) -> Result<(), hosting::HostingError> {
+        use nix::sys::signal::Signal;
+        let signal = match signal {
+            Signal::SIGSTOP => crate::api::VnfSignal::Stop,
+            Signal::SIGCONT => crate::api::VnfSignal::Cont,
+            Signal::SIGKILL => crate::api::VnfSignal::Kill,
+            s => return Err(peer_error(host, format!("{s} is not sent to hosted VNFs"))),
+        };
+        let (mut client, request) = self.prepare(
+            host,
+            false,
+            crate::api::SignalVnfRequest {
+                vnf: Some(hosted_api(key)),
+                signal: signal as i32,
+            },
+            Duration::from_secs(1),
+        )?;
+        self.runtime
+            .block_on(client.signal_vnf(request))
+            .map_err(|s| status_error(host, &s))?;
+        Ok(())
+    }
+
+    /// Has host `host` dump hosted VNF `key` (stopped) as checkpoint `id`,
+    /// kept there; blocking, 10 s at most.
+    pub fn dump_vnf(
+        &self,
+        host: &str,
+        key: &hosting::HostedKey,
+        id: u64,
+    ) -> Result<crate::vsm::criu::DumpReport, hosting::HostingError> {
+        let (mut client, request) = self.prepare(
+            host,
+            false,
+            crate::api::DumpVnfRequest {
+                vnf: Some(hosted_api(key)),
+                id,
+            },
+            Duration::from_secs(10),
+        )?;
+        let r = self
+            .runtime
+            .block_on(client.dump_vnf(request))
+            .map_err(|s| status_error(host, &s))?
+            .into_inner();
+        Ok(crate::vsm::criu::DumpReport {
+            duration: Duration::from_secs_f64(r.dump_ms / 1e3),
+            size: r.image_bytes,
+        })
+    }
+
+    /// Checkpoint `id` of hosted VNF `key`, from host `host`, as a
+    /// checkpoint file (unchecked: see `vsm::database::unpack_file`);
+    /// blocking, 30 s at most.
+    pub fn fetch_image(
+        &self,
+        host: &str,
+        key: &hosting::HostedKey,
+        id: u64,
+    ) -> Result<hosting::Image, hosting::HostingError> {
+        use crate::api::store_checkpoint_request::Part;
+        let (mut client, request) = self.prepare(
+            host,
+            false,
+            crate::api::DumpVnfRequest {
+                vnf: Some(hosted_api(key)),
+                id,
+            },
+            Duration::from_secs(30),
+        )?;
+        let err = |s: tonic::Status| status_error(host, &s);
+        self.runtime.block_on(async {
+            let mut stream = client.fetch_image(request).await.map_err(err)?.into_inner();
+            let Some(Part::Header(h)) = stream.message().await.map_err(err)?.and_then(|m| m.part)
+            else {
+                return Err(peer_error(host, "an image without a header".into()));
+            };
+            let mut file = Vec::with_capacity(h.stored_bytes.min(1 << 30) as usize);
+            while let Some(m) = stream.message().await.map_err(err)? {
+                match m.part {
+                    Some(Part::Data(d)) if (file.len() + d.len()) as u64 <= h.stored_bytes => {
+                        file.extend_from_slice(&d)
+                    }
+                    _ => return Err(peer_error(host, "an image longer than its header".into())),
+                }
+            }
+            Ok(hosting::Image {
+                meta: crate::api::encode::checkpoint_meta(h),
+                file,
+            })
+        })
+    }
+
+    /// Has host `host` restore `r` (stopped); blocking, 30 s at most.
+    pub fn restore_vnf(
+        &self,
+        host: &str,
+        r: hosting::RestoreRequest,
+    ) -> Result<hosting::Running, hosting::HostingError> {
+        use crate::api::restore_vnf_request::Part;
+        let header = Part::Header(crate::api::RestoreHeader {
+            vnf: Some(hosted_api(&r.key)),
+            owner_underlay: r.owner_underlay.to_string(),
+            ifindex: r.ifindex,
+            checkpoint: Some(crate::api::encode::checkpoint_header(
+                &self.record.name,
+                &r.image.meta,
+            )),
+        });
+        let parts: Vec<crate::api::RestoreVnfRequest> = std::iter::once(header)
+            .chain(r.image.file.chunks(1 << 20).map(|c| Part::Data(c.to_vec())))
+            .map(|p| crate::api::RestoreVnfRequest { part: Some(p) })
+            .collect();
+        let (mut client, request) = self.prepare(
+            host,
+            true,
+            tokio_stream::iter(parts),
+            Duration::from_secs(30),
+        )?;
+        let answer = self
+            .runtime
+            .block_on(client.restore_vnf(request))
+            .map_err(|s| status_error(host, &s))?
+            .into_inner();
+        running(host, answer)
     }
 
     /// Host `host`'s underlay address, while it is a live member.
@@ -918,6 +1069,21 @@ impl Cluster {
         let n = self.vnis.fetch_add(1, Ordering::Relaxed);
         (start.wrapping_add(n) % SPACE) as u32 + 1
     }
+}
+
+/// A hosted VNF that runs, as host `host` answered.
+fn running(
+    host: &str,
+    answer: crate::api::RunVnfResponse,
+) -> Result<hosting::Running, hosting::HostingError> {
+    let mac = <[u8; 6]>::try_from(answer.mac.as_slice())
+        .map_err(|_| peer_error(host, format!("a MAC of {} bytes", answer.mac.len())))?;
+    Ok(hosting::Running {
+        pid: answer.pid,
+        mac,
+        netns: answer.netns,
+        ifindex: answer.ifindex,
+    })
 }
 
 fn hosted_api(k: &hosting::HostedKey) -> crate::api::HostedVnf {

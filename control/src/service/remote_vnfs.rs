@@ -166,6 +166,11 @@ impl Daemon {
             return;
         };
         let (plan, sff) = (e.runtime.vnfs[hop].plan.clone(), e.runtime.sff.clone());
+        // A protected one (0R) comes back from its committed checkpoint,
+        // its eth0 under the index it had.
+        let protected = e.runtime.vnfs[hop].agent.is_some();
+        let ifindex = e.runtime.vnfs[hop].remote.as_ref().map_or(0, |r| r.ifindex);
+        let store = self.state.store.clone();
         // How many of the chain's VNFs each host runs.
         let mut load = BTreeMap::<String, usize>::new();
         for r in e.runtime.vnfs.iter().filter_map(|v| v.remote.as_ref()) {
@@ -193,7 +198,13 @@ impl Daemon {
             (Some(sff), Some(host)) => {
                 let chain_name = chain.to_string();
                 tokio::task::spawn_blocking(move || {
-                    let (remote, port) = remote::place(&cluster, &host, &chain_name, &plan)?;
+                    if protected {
+                        return restore_elsewhere(
+                            &cluster, &host, &chain_name, &plan, hop, ifindex, &sff, &store,
+                        );
+                    }
+                    let (remote, port) =
+                        remote::place(&cluster, &host, &chain_name, &plan, &remote::Start::Fresh)?;
                     let iface = port.iface.clone();
                     sff.attach_standby(hop, port)?;
                     // An unprotected hop's restore point is "whatever was
@@ -211,7 +222,7 @@ impl Daemon {
                         }
                         NotSwitched { why, .. } => return Err(not_switched(why)),
                     };
-                    Ok::<_, ControlError>((remote, iface, switched))
+                    Ok::<_, ControlError>((remote, iface, switched, None))
                 })
                 .await
                 .map_err(ControlError::from)
@@ -224,10 +235,27 @@ impl Daemon {
         };
         let counters = v.recovery.counters().clone();
         match placed {
-            Ok((remote, iface, switched)) => {
+            Ok((remote, iface, switched, checkpoint)) => {
                 let took = failed_at.elapsed();
                 let pid = remote.pid;
                 let host = remote.host.clone();
+                // Its agent checkpoints the new incarnation, through the
+                // new tunnel (taken without the agent, which a checkpoint
+                // of the lost one may hold until its calls time out).
+                if let Some(t) = &v.remote_target {
+                    t.set(&remote);
+                }
+                if let Some(agent) = v.agent.clone() {
+                    let iface = iface.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let mut a = agent
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if let Err(e) = a.watch_link(&iface) {
+                            tracing::warn!("watching {iface}: {e}");
+                        }
+                    });
+                }
                 // The one before stops (best effort: its host may be gone or
                 // cut off, then its frames are fenced); its tunnel end stays
                 // until the SFF lets go of it, as the standby port, at the
@@ -252,9 +280,9 @@ impl Daemon {
                     duration: took,
                     resumed_at: Some(Instant::now()),
                     replay: switched.replay,
-                    restored: false,
+                    restored: checkpoint.is_some(),
                     pid,
-                    checkpoint: None,
+                    checkpoint,
                     fallback_reason: None,
                     switched: true,
                 };
@@ -314,6 +342,64 @@ fn pick_host(
         .enumerate()
         .min_by_key(|(i, n)| (load.get(n).copied().unwrap_or(0), *i))
         .map(|(_, n)| n)
+}
+
+/// A protected (0R) VNF placed again on host `host`: the SFF stops the
+/// hop and names its restore point; that checkpoint goes from this host's
+/// store to `host`, checked there and restored (stopped) in a new place
+/// behind a new tunnel (its eth0 under `ifindex`); the SFF switches the hop
+/// to it and replays everything after the checkpoint; then it runs. No
+/// checkpoint yet: started afresh, and everything held replays.
+#[allow(clippy::too_many_arguments)]
+fn restore_elsewhere(
+    cluster: &Arc<Cluster>,
+    host: &str,
+    chain: &str,
+    plan: &crate::plan::VnfPlan,
+    hop: usize,
+    ifindex: u32,
+    sff: &nham_sff::remote::SffClient,
+    store: &crate::vsm::database::Store,
+) -> Result<
+    (
+        remote::RemoteVnf,
+        String,
+        nham_dataplane::hold::RecoveryReport,
+        Option<nham_dataplane::hold::CheckpointId>,
+    ),
+    ControlError,
+> {
+    use nham_sff::remote::FailOverOutcome::{NotSwitched, Switched};
+    // Delivery to the lost incarnation stops now.
+    let restore_point = sff.failure(hop)?.checkpoint;
+    let start = match restore_point {
+        Some(id) => {
+            let meta = store.get(chain, &plan.name, id)?.ok_or_else(|| {
+                crate::vsm::database::StoreError::Missing {
+                    chain: chain.to_string(),
+                    vnf: plan.name.clone(),
+                    id,
+                }
+            })?;
+            let file = store.read_file(&meta)?;
+            remote::Start::Restore {
+                ifindex,
+                image: crate::cluster::hosting::Image { meta, file },
+            }
+        }
+        None => remote::Start::Fresh,
+    };
+    let (remote, port) = remote::place(cluster, host, chain, plan, &start)?;
+    let iface = port.iface.clone();
+    sff.attach_standby(hop, port)?;
+    let switched = match sff.fail_over(hop, restore_point)? {
+        Switched(r) => r,
+        NotSwitched { why, .. } => return Err(not_switched(why)),
+    };
+    if restore_point.is_some() {
+        cluster.signal_vnf(&remote.host, &remote.key, nix::sys::signal::Signal::SIGCONT)?;
+    }
+    Ok((remote, iface, switched, restore_point))
 }
 
 fn not_switched(why: String) -> ControlError {

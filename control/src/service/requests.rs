@@ -65,6 +65,18 @@ impl Daemon {
     ) -> Result<VnfStatus, ControlError> {
         plan::replicas(mechanism, replicas).map_err(ControlError::InvalidArgument)?;
         plan::name("vnf", vnf)?;
+        self.with_chain(chain, |e| {
+            let v = e.runtime.vnf_mut(vnf)?;
+            match &v.remote {
+                Some(r) => Err(ControlError::FailedPrecondition(format!(
+                    "VNF {vnf:?} runs on host {}: its mechanism is the one it was created with \
+                     (changes at runtime are for VNFs on the chain's own host, for now)",
+                    r.host
+                ))),
+                None => Ok(()),
+            }
+        })
+        .await?;
         let members = match replicas {
             0 => {
                 self.with_chain(chain, |e| {
@@ -208,6 +220,26 @@ impl Daemon {
         }
         if member > 0 {
             return self.inject_member_fault(chain, vnf, fault, member).await;
+        }
+        // A VNF on another host: a crash there (its host kills it).
+        let remote = self
+            .with_chain(chain, |e| {
+                let v = e.runtime.vnf_mut(vnf)?;
+                Ok(v.remote
+                    .as_ref()
+                    .map(|r| (r.cluster().clone(), r.host.clone(), r.key.clone())))
+            })
+            .await?;
+        if let Some((cluster, host, key)) = remote {
+            if fault != Fault::Crash {
+                return Err(ControlError::FailedPrecondition(format!(
+                    "VNF {vnf:?} runs on host {host}: only FAULT_CRASH is injected there"
+                )));
+            }
+            return Ok(tokio::task::spawn_blocking(move || {
+                cluster.signal_vnf(&host, &key, Signal::SIGKILL)
+            })
+            .await??);
         }
         // A hang of a protected VNF waits for a checkpoint under way to
         // finish: the checkpoint stops and resumes the VNF itself, and would

@@ -85,6 +85,22 @@ pub trait OffHostCopy: Send + Sync + std::fmt::Debug {
     fn copy(&self, meta: &CheckpointMeta, file: &Path) -> Result<String, String>;
 }
 
+/// A VNF on another host, as its checkpoints reach it: the steps of the
+/// checkpoint protocol that happen where the VNF runs, done there by its
+/// host (`cluster::hosting`); the protocol itself stays with the SFF's
+/// owner. Blocking calls, each with a timeout.
+pub trait RemoteVnfOps: Send + Sync + std::fmt::Debug {
+    /// What its sockets hold, whether it is stopped, what its sockets
+    /// dropped.
+    fn probe(&self) -> Result<(u64, bool, u64), SyncError>;
+    /// SIGSTOP (`stop`) or SIGCONT.
+    fn signal(&self, stop: bool) -> Result<(), SyncError>;
+    /// A CRIU dump of it (stopped), kept there as checkpoint `id`.
+    fn dump(&self, id: CheckpointId) -> Result<criu::DumpReport, SyncError>;
+    /// Checkpoint `id`'s images, checked, unpacked into `dir` here.
+    fn fetch(&self, id: CheckpointId, dir: &Path) -> Result<(), SyncError>;
+}
+
 /// Where one VNF's checkpoints go in the store, and its scratch space.
 #[derive(Debug, Clone)]
 pub struct StoreSlot {
@@ -248,6 +264,8 @@ pub struct Checkpointer {
     /// The kernel's view of the VNF's sockets (opened at the first
     /// checkpoint): a checkpoint is refused once they dropped input.
     diag: Option<(PathBuf, nham_netns::sockdiag::SockDiag)>,
+    /// The VNF runs on another host: its steps are done there.
+    remote: Option<Arc<dyn RemoteVnfOps>>,
 }
 
 impl Checkpointer {
@@ -265,6 +283,29 @@ impl Checkpointer {
             link: None,
             retired: false,
             diag: None,
+            remote: None,
+        })
+    }
+
+    /// The checkpoints of the VNF at `hop` that runs on another host
+    /// (`remote` reaches it), into `slot` (its scratch directory made now).
+    pub fn new_remote(
+        hop: usize,
+        remote: Arc<dyn RemoteVnfOps>,
+        slot: StoreSlot,
+    ) -> Result<Self, SyncError> {
+        std::fs::create_dir_all(&slot.scratch)
+            .map_err(|e| SyncError::Process(format!("creating {}: {e}", slot.scratch.display())))?;
+        Ok(Self {
+            hop,
+            pid: 0,
+            dump_worker: None,
+            netns: PathBuf::new(),
+            slot,
+            link: None,
+            retired: false,
+            diag: None,
+            remote: Some(remote),
         })
     }
 
@@ -297,7 +338,7 @@ impl Checkpointer {
     /// The CRIU worker of the next dump, started ahead of time in the VNF's
     /// (possibly new) namespace.
     pub fn prepare(&mut self) {
-        if self.dump_worker.is_none() {
+        if self.dump_worker.is_none() && self.remote.is_none() {
             self.dump_worker = Swrk::spawn(&self.netns).ok();
         }
     }
@@ -350,6 +391,13 @@ impl Checkpointer {
     /// `Ok` if the VNF's receiving sockets dropped nothing (or the kernel
     /// cannot say: then the data-path probes are the only watch).
     fn input_intact(&mut self) -> Result<(), SyncError> {
+        if let Some(r) = &self.remote {
+            let (_, _, dropped) = r.probe()?;
+            if dropped > 0 {
+                return Err(SyncError::InputDropped { dropped });
+            }
+            return Ok(());
+        }
         let Some(s) = self.packet_sockets() else {
             return Ok(());
         };
@@ -383,6 +431,10 @@ impl Checkpointer {
     /// The VNF's `TPACKET_V3` receive rings, mapped for this checkpoint
     /// (not kept: the mapping holds the socket open).
     fn rings(&mut self) -> Result<Option<crate::vsm::ring::VnfRings>, SyncError> {
+        // (A VNF on another host is not read through a mapped ring.)
+        if self.remote.is_some() {
+            return Ok(None);
+        }
         let Some(sockets) = self.packet_sockets() else {
             return Ok(None);
         };
@@ -432,15 +484,28 @@ impl Checkpointer {
         let (frozen, resumed) = loop {
             match m.poll(Instant::now()) {
                 Step::Look => {
-                    let look = packet_rmem(pid).map(|rmem| Look {
-                        rmem,
-                        ring_unread: rings.as_ref().is_some_and(|r| r.unread()),
-                        stopped: is_stopped(pid),
-                    });
+                    let look = match &self.remote {
+                        Some(r) => r.probe().map(|(rmem, stopped, _)| Look {
+                            rmem,
+                            ring_unread: false,
+                            stopped,
+                        }),
+                        None => packet_rmem(pid).map(|rmem| Look {
+                            rmem,
+                            ring_unread: rings.as_ref().is_some_and(|r| r.unread()),
+                            stopped: is_stopped(pid),
+                        }),
+                    };
                     m.handle_look(Instant::now(), look);
                 }
                 Step::Sleep(d) => std::thread::sleep(d),
-                Step::Stop => m.handle_stop(Instant::now(), signal(pid, Signal::SIGSTOP)),
+                Step::Stop => {
+                    let stopped = match &self.remote {
+                        Some(r) => r.signal(true),
+                        None => signal(pid, Signal::SIGSTOP),
+                    };
+                    m.handle_stop(Instant::now(), stopped)
+                }
                 // Every frame delivered must have reached the VNF's state:
                 // one lost on its link (cut off) or dropped at its full
                 // socket would be counted as consumed. (Its sockets were
@@ -457,6 +522,13 @@ impl Checkpointer {
                     m.handle_mark(sff.quiesced(hop, id).map(drop).map_err(SyncError::Sff))
                 }
                 // With the worker started ahead of time.
+                Step::Dump if self.remote.is_some() => {
+                    let dumped = self
+                        .remote
+                        .as_ref()
+                        .map_or_else(|| Err(SyncError::Retired), |r| r.dump(id));
+                    m.handle_dump(Instant::now(), dumped.map(|r| report = Some(r)));
+                }
                 Step::Dump => {
                     clear_stale_proc_dir(pid);
                     // MR-AA: the others serve meanwhile: the dump is
@@ -477,7 +549,10 @@ impl Checkpointer {
                     m.handle_dump(Instant::now(), dumped.map(|r| report = Some(r)));
                 }
                 Step::Resume => {
-                    let _ = signal(pid, Signal::SIGCONT);
+                    let _ = match &self.remote {
+                        Some(r) => r.signal(false),
+                        None => signal(pid, Signal::SIGCONT),
+                    };
                 }
                 Step::Report => {
                     m.handle_report(
@@ -501,8 +576,18 @@ impl Checkpointer {
         };
         let report = report.ok_or_else(|| SyncError::Process("dumped without a report".into()))?;
         let pause = started.elapsed();
-        // The next dump's worker starts now, off the pause.
-        self.dump_worker = Swrk::spawn(&self.netns).ok();
+        match &self.remote {
+            // Its images come here, off the pause (the VNF runs again).
+            Some(r) => {
+                if let Err(e) = r.fetch(id, &dir) {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    let _ = sff.checkpoint_failed(hop, id);
+                    return Err(e);
+                }
+            }
+            // The next dump's worker starts now, off the pause.
+            None => self.dump_worker = Swrk::spawn(&self.netns).ok(),
+        }
         Ok(Dumped {
             id,
             hop,

@@ -33,7 +33,8 @@ use thiserror::Error;
 /// The version of the checkpoint file format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 const MAGIC: &[u8; 8] = b"NHAMCKPT";
-const HEADER: usize = 8 + 4 + 32;
+/// Bytes of a checkpoint file before its payload: magic, format, BLAKE3.
+pub const HEADER: usize = 8 + 4 + 32;
 /// zstd level: fast; CRIU images of the sample VNFs shrink 5-10x anyway.
 const ZSTD_LEVEL: i32 = 1;
 /// Refuse to unpack more than this (a corrupt length must not exhaust memory).
@@ -176,39 +177,11 @@ impl Store {
         id: u64,
         images: &Path,
     ) -> Result<CheckpointMeta, StoreError> {
-        let mut entries: Vec<_> = std::fs::read_dir(images)
-            .map_err(io(format!("listing {}", images.display())))?
-            .collect::<Result<_, _>>()
-            .map_err(io(format!("listing {}", images.display())))?;
-        entries.sort_by_key(|e| e.file_name());
-        let mut enc = zstd::Encoder::new(Vec::new(), ZSTD_LEVEL).map_err(io("starting zstd"))?;
-        let mut image_bytes = 0u64;
-        for e in entries {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            if !e.file_type().map(|t| t.is_file()).unwrap_or(false) {
-                continue;
-            }
-            let bytes = std::fs::read(e.path()).map_err(io(format!("reading {name}")))?;
-            image_bytes += bytes.len() as u64;
-            enc.write_all(&(name.len() as u16).to_le_bytes())
-                .and_then(|()| enc.write_all(name.as_bytes()))
-                .and_then(|()| enc.write_all(&(bytes.len() as u64).to_le_bytes()))
-                .and_then(|()| enc.write_all(&bytes))
-                .map_err(io("compressing"))?;
-        }
-        let payload = enc.finish().map_err(io("compressing"))?;
-        let hash = blake3::hash(&payload);
+        let (file, image_bytes) = pack(images)?;
+        let hash = blake3::Hash::from_bytes(file[12..HEADER].try_into().expect("32 bytes"));
+        let payload_len = file.len() - HEADER;
         let rel = format!("images/{chain}/{vnf}/{id}.ckpt");
-        self.write_durably(
-            &rel,
-            &[
-                MAGIC,
-                &FORMAT_VERSION.to_le_bytes(),
-                hash.as_bytes(),
-                &payload,
-            ],
-        )?;
+        self.write_durably(&rel, &[&file])?;
         let meta = CheckpointMeta {
             format: FORMAT_VERSION,
             chain: chain.into(),
@@ -218,7 +191,7 @@ impl Store {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
             image_bytes,
-            stored_bytes: (HEADER + payload.len()) as u64,
+            stored_bytes: (HEADER + payload_len) as u64,
             blake3: hash.to_hex().to_string(),
             file: rel,
         };
@@ -269,18 +242,18 @@ impl Store {
     /// Checks checkpoint `meta` and unpacks its CRIU images into `dest`
     /// (made empty first). Nothing is written unless every check passes.
     pub fn unpack(&self, meta: &CheckpointMeta, dest: &Path) -> Result<(), StoreError> {
-        let corrupt = |why: String| StoreError::Corrupt {
-            chain: meta.chain.clone(),
-            vnf: meta.vnf.clone(),
-            id: meta.id,
-            why,
-        };
+        unpack_file(meta, &self.read_file(meta)?, dest)
+    }
+
+    /// The bytes of checkpoint `meta`'s file (unchecked: see
+    /// [`unpack_file`]).
+    pub fn read_file(&self, meta: &CheckpointMeta) -> Result<Vec<u8>, StoreError> {
         let path = self.dir.join(&meta.file);
         // A file that is not there is a missing checkpoint (given up for
         // the one before); any other failure to read it may pass (EIO,
         // ENOMEM, EMFILE…) and says nothing of the image: the checkpoint
         // is kept, never taken for corrupt.
-        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+        std::fs::read(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => StoreError::Missing {
                 chain: meta.chain.clone(),
                 vnf: meta.vnf.clone(),
@@ -290,43 +263,7 @@ impl Store {
                 what: format!("reading checkpoint {} ({})", meta.id, path.display()),
                 source: e,
             },
-        })?;
-        if bytes.len() < HEADER || &bytes[..8] != MAGIC {
-            return Err(corrupt("not a checkpoint file (bad magic)".into()));
-        }
-        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        if version != FORMAT_VERSION || meta.format != FORMAT_VERSION {
-            return Err(corrupt(format!(
-                "format version {version} (index: {}), this build reads {FORMAT_VERSION}",
-                meta.format
-            )));
-        }
-        let payload = &bytes[HEADER..];
-        let hash = blake3::hash(payload);
-        if hash.as_bytes() != &bytes[12..HEADER] {
-            return Err(corrupt(
-                "payload does not match the hash in its header".into(),
-            ));
-        }
-        if hash.to_hex().as_str() != meta.blake3 {
-            return Err(corrupt("hash differs from the index".into()));
-        }
-        let mut raw = Vec::new();
-        zstd::Decoder::new(payload)
-            .map_err(|e| corrupt(format!("zstd: {e}")))?
-            .take(MAX_IMAGE_BYTES)
-            .read_to_end(&mut raw)
-            .map_err(|e| corrupt(format!("zstd: {e}")))?;
-        let files = parse_archive(&raw).map_err(corrupt)?;
-        if files.iter().map(|(_, b)| b.len() as u64).sum::<u64>() != meta.image_bytes {
-            return Err(corrupt("image size differs from the index".into()));
-        }
-        let _ = std::fs::remove_dir_all(dest);
-        std::fs::create_dir_all(dest).map_err(io(format!("creating {}", dest.display())))?;
-        for (name, data) in files {
-            std::fs::write(dest.join(name), data).map_err(io(format!("writing {name}")))?;
-        }
-        Ok(())
+        })
     }
 
     /// Deletes every checkpoint of `chain`/`vnf` but those in `keep` (the
@@ -586,6 +523,90 @@ fn take<'a>(raw: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
 }
 
 /// Splits an unpacked payload into (name, bytes); never panics on bad input.
+/// The CRIU images in `dir` as one checkpoint file (magic, format
+/// version, BLAKE3 of the payload, the payload: a zstd-compressed archive
+/// of the files), and the images' size: what the store keeps, and what
+/// goes between hosts.
+pub fn pack(dir: &Path) -> Result<(Vec<u8>, u64), StoreError> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io(format!("listing {}", dir.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(io(format!("listing {}", dir.display())))?;
+    entries.sort_by_key(|e| e.file_name());
+    let mut enc = zstd::Encoder::new(Vec::new(), ZSTD_LEVEL).map_err(io("starting zstd"))?;
+    let mut image_bytes = 0u64;
+    for e in entries {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            continue;
+        }
+        let bytes = std::fs::read(e.path()).map_err(io(format!("reading {name}")))?;
+        image_bytes += bytes.len() as u64;
+        enc.write_all(&(name.len() as u16).to_le_bytes())
+            .and_then(|()| enc.write_all(name.as_bytes()))
+            .and_then(|()| enc.write_all(&(bytes.len() as u64).to_le_bytes()))
+            .and_then(|()| enc.write_all(&bytes))
+            .map_err(io("compressing"))?;
+    }
+    let payload = enc.finish().map_err(io("compressing"))?;
+    let hash = blake3::hash(&payload);
+    let mut file = Vec::with_capacity(HEADER + payload.len());
+    file.extend_from_slice(MAGIC);
+    file.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    file.extend_from_slice(hash.as_bytes());
+    file.extend_from_slice(&payload);
+    Ok((file, image_bytes))
+}
+
+/// Checks checkpoint file `bytes` against its index entry `meta` (magic,
+/// format, hash, image size) and unpacks its CRIU images into `dest`
+/// (made empty first). Nothing is written unless every check passes.
+pub fn unpack_file(meta: &CheckpointMeta, bytes: &[u8], dest: &Path) -> Result<(), StoreError> {
+    let corrupt = |why: String| StoreError::Corrupt {
+        chain: meta.chain.clone(),
+        vnf: meta.vnf.clone(),
+        id: meta.id,
+        why,
+    };
+    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+        return Err(corrupt("not a checkpoint file (bad magic)".into()));
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION || meta.format != FORMAT_VERSION {
+        return Err(corrupt(format!(
+            "format version {version} (index: {}), this build reads {FORMAT_VERSION}",
+            meta.format
+        )));
+    }
+    let payload = &bytes[HEADER..];
+    let hash = blake3::hash(payload);
+    if hash.as_bytes() != &bytes[12..HEADER] {
+        return Err(corrupt(
+            "payload does not match the hash in its header".into(),
+        ));
+    }
+    if hash.to_hex().as_str() != meta.blake3 {
+        return Err(corrupt("hash differs from the index".into()));
+    }
+    let mut raw = Vec::new();
+    zstd::Decoder::new(payload)
+        .map_err(|e| corrupt(format!("zstd: {e}")))?
+        .take(MAX_IMAGE_BYTES)
+        .read_to_end(&mut raw)
+        .map_err(|e| corrupt(format!("zstd: {e}")))?;
+    let files = parse_archive(&raw).map_err(corrupt)?;
+    if files.iter().map(|(_, b)| b.len() as u64).sum::<u64>() != meta.image_bytes {
+        return Err(corrupt("image size differs from the index".into()));
+    }
+    let _ = std::fs::remove_dir_all(dest);
+    std::fs::create_dir_all(dest).map_err(io(format!("creating {}", dest.display())))?;
+    for (name, data) in files {
+        std::fs::write(dest.join(name), data).map_err(io(format!("writing {name}")))?;
+    }
+    Ok(())
+}
+
 fn parse_archive(mut raw: &[u8]) -> Result<Vec<(&str, &[u8])>, String> {
     let mut out = Vec::new();
     while !raw.is_empty() {

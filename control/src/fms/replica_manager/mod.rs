@@ -28,6 +28,7 @@
 //! packets for; any other error keeps it, to be tried again.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nham_dataplane::hold::CheckpointId;
@@ -53,7 +54,9 @@ use active_standby::Standby;
 pub struct ProtectedVnf {
     /// How its command starts afresh (no checkpoint yet, or none
     /// protected): as it was first started, in the place given then.
-    start: Spawn,
+    /// How it is started afresh (`None`: it runs on another host, whose
+    /// placement is the daemon's).
+    start: Option<Spawn>,
     mechanism: Mechanism,
     standby: Standby,
     /// The 1R-AA replica's place, when the VNF has one.
@@ -153,7 +156,7 @@ impl ProtectedVnf {
         let sync = Checkpointer::new(hop, pid, start.netns.clone(), slot)?;
         let mut v = Self {
             sync,
-            start,
+            start: Some(start),
             mechanism: Mechanism::NoReplica,
             standby: Standby::default(),
             replica: None,
@@ -167,6 +170,25 @@ impl ProtectedVnf {
             v.set_mechanism(mechanism)?;
         }
         Ok(v)
+    }
+
+    /// A 0R agent of the VNF at `hop` that runs on another host (`remote`
+    /// reaches it there), checkpointed into `slot`. Its recovery is a new
+    /// placement (the daemon's): this agent checkpoints.
+    pub fn new_remote(
+        hop: usize,
+        remote: Arc<dyn crate::vsm::checkpointer::RemoteVnfOps>,
+        slot: StoreSlot,
+    ) -> Result<Self, SyncError> {
+        Ok(Self {
+            sync: Checkpointer::new_remote(hop, remote, slot)?,
+            start: None,
+            mechanism: Mechanism::NoReplica,
+            standby: Standby::default(),
+            replica: None,
+            refreshing: None,
+            members: Vec::new(),
+        })
     }
 
     /// Its hop in the SFF's chain.
@@ -328,7 +350,13 @@ impl ProtectedVnf {
     /// first started (environment, log, cgroup), in working directory
     /// `cwd` (an MR-AA member's own) or the VNF's.
     fn start_fresh_in(&self, netns: &Path, cwd: Option<&Path>) -> Result<u32, SyncError> {
-        let mut start = self.start.clone().placed(netns);
+        let mut start = self
+            .start
+            .clone()
+            .ok_or(SyncError::Unready(
+                "a VNF on another host is started there, not by its agent",
+            ))?
+            .placed(netns);
         if let Some(dir) = cwd {
             start.cwd = dir.to_path_buf();
         }
