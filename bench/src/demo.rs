@@ -48,6 +48,8 @@ pub(crate) fn run() -> Result<()> {
             expedite_rcu: false,
             members: Vec::new(),
             walk: Vec::new(),
+            placement: Vec::new(),
+            host_failures: false,
         })?;
         rows.push(r);
     }

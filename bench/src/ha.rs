@@ -95,6 +95,15 @@ pub struct HaSpec {
     /// the default) the round's victims are moved to by `SetMechanism`,
     /// under traffic, before they fail.
     pub walk: Vec<(api::Mechanism, u32)>,
+    /// The cluster host each VNF runs on (`VnfSpec.host`; empty or
+    /// shorter: the chain's own host). Needs [`run_in_cluster`].
+    pub placement: Vec<String>,
+    /// Each round fails a whole host (its link down, every process of it
+    /// killed at once: `HostLab::fail_host`) — the one running the round's
+    /// first victim — instead of injecting `fault`; its VNFs are the round's
+    /// victims. Once they are back, the host is brought back (link up, a
+    /// new `nhamd`) for the rounds after. Needs [`run_in_cluster`].
+    pub host_failures: bool,
 }
 
 /// Median, 99th percentile and maximum of a sample, in ms.
@@ -681,13 +690,16 @@ pub fn run_in_cluster(spec: &HaSpec, hosts: &mut HostLab, name: &str) -> Result<
     run_in(spec, Some((hosts, name)))
 }
 
-fn run_in(spec: &HaSpec, hosts: Option<(&mut HostLab, &str)>) -> Result<HaReport> {
+fn run_in(spec: &HaSpec, mut hosts: Option<(&mut HostLab, &str)>) -> Result<HaReport> {
+    if hosts.is_none() && (spec.host_failures || !spec.placement.is_empty()) {
+        bail!("VNFs on other hosts and host failures need a cluster (run_in_cluster)");
+    }
     let n = spec.kinds.len() + spec.foreign_vnfs.len();
     if n == 0 || n > 8 {
         bail!("a chain has 1 to 8 VNFs, not {n}");
     }
     let mut lab = Lab::new(&[], &spec.vnf_bin).context("building the lab's namespaces")?;
-    let cluster = match hosts {
+    let cluster = match &mut hosts {
         Some((hosts, name)) => {
             let addr = hosts.attach(lab.sff_netns())?;
             hosts.cluster_args(name, addr)?
@@ -746,7 +758,8 @@ fn run_in(spec: &HaSpec, hosts: Option<(&mut HostLab, &str)>) -> Result<HaReport
             spec.expedite_rcu,
             &cluster,
         )?;
-        let r = trial(spec, &lab, &mut daemon, &reaper, &dir, n);
+        let lab_hosts = hosts.map(|(h, _)| h);
+        let r = trial(spec, &lab, &mut daemon, &reaper, &dir, n, lab_hosts);
         if r.as_ref().map_or(true, |r| !r.is_exact()) {
             eprintln!("nhamd log: {}", daemon.log_tail());
         }
@@ -809,6 +822,7 @@ fn trial(
     reaper: &Reaper,
     dir: &Path,
     n: usize,
+    mut hosts: Option<&mut HostLab>,
 ) -> Result<HaReport> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -826,6 +840,7 @@ fn trial(
         command,
         mechanism: spec.mechanism as i32,
         checkpoint_interval_ms: spec.checkpoint_interval_ms,
+        host: spec.placement.get(i).cloned().unwrap_or_default(),
         ..Default::default()
     };
     let mut vnf_specs: Vec<api::VnfSpec> = spec
@@ -944,7 +959,10 @@ fn trial(
         })
         // A mechanism change: a checkpoint, members restored, traffic
         // under the new mechanism before the fault.
-        + Duration::from_millis(if spec.walk.is_empty() { 0 } else { 1500 });
+        + Duration::from_millis(if spec.walk.is_empty() { 0 } else { 1500 })
+        // A host failure: judged down (50 ms), its VNFs placed again, the
+        // host back with a new nhamd before the next round.
+        + Duration::from_millis(if spec.host_failures { 1500 } else { 0 });
     let duration = per_round * spec.rounds.len() as u32
         + Duration::from_millis(1500)
         + Duration::from_millis(1000) * spec.restarts.len() as u32;
@@ -1008,6 +1026,7 @@ fn trial(
                 std::thread::sleep(Duration::from_millis(600));
             }
             let t0 = Instant::now();
+            let mut failed_host = None;
             if restart {
                 // Per VNF, the pid of each member crashed (member 0: the
                 // VNF's own process).
@@ -1042,6 +1061,38 @@ fn trial(
                 std::thread::sleep(Duration::from_millis(200));
                 daemon.restart_start(lab)?;
                 (chains, vnfs, events) = clients(&rt, &daemon.addr, &log)?;
+            } else if spec.host_failures {
+                // The host running the round's first victim fails; every
+                // VNF on it is a victim.
+                let placed = rt
+                    .block_on(chains.get_chain(api::GetChainRequest { name: "ha".into() }))?
+                    .into_inner()
+                    .chain
+                    .context("GetChain answered no chain")?
+                    .vnfs;
+                let host = placed
+                    .get(victims[0])
+                    .map(|v| v.host.clone())
+                    .filter(|h| !h.is_empty())
+                    .with_context(|| {
+                        format!(
+                            "round {r}: {} runs on the chain's own host",
+                            vnf_name(victims[0])
+                        )
+                    })?;
+                victims = (placed.iter().enumerate())
+                    .filter(|(_, v)| v.host == host)
+                    .map(|(i, _)| i)
+                    .collect();
+                let i: usize = host
+                    .strip_prefix('h')
+                    .and_then(|i| i.parse().ok())
+                    .with_context(|| format!("host {host} is not one of the lab's"))?;
+                hosts
+                    .as_deref_mut()
+                    .context("host failures need the lab's hosts")?
+                    .fail_host(i)?;
+                failed_host = Some(i);
             } else {
                 if spec.corrupt_newest {
                     for &v in &victims {
@@ -1210,6 +1261,33 @@ fn trial(
                 std::thread::sleep(Duration::from_millis(1));
             };
             rounds_at.push((t0, back));
+            // The failed host back, empty, with a new nhamd, and heard by
+            // the chain's before the next round.
+            if let (Some(i), Some(h)) = (failed_host, hosts.as_deref_mut()) {
+                h.reconnect(i)?;
+                h.start_nhamd(i, &spec.nhamd)?;
+                let name = format!("h{i}");
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    let listed = rt.block_on(async {
+                        let c = nham_control::connect(&daemon.addr).await?;
+                        let r = api::host_service_client::HostServiceClient::new(c)
+                            .list_hosts(api::ListHostsRequest {})
+                            .await?;
+                        Ok::<_, anyhow::Error>(r.into_inner().hosts)
+                    })?;
+                    let alive = listed
+                        .iter()
+                        .any(|h| h.name == name && h.state == api::HostState::Alive as i32);
+                    if alive {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        bail!("round {r}: {name} came back, but the chain's nhamd never heard it: {listed:?}");
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
         }
         t.join()
             .map_err(|_| anyhow::anyhow!("traffic thread panicked"))?

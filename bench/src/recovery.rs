@@ -89,6 +89,15 @@ pub(crate) struct RecoveryArgs {
     /// `checkpoint pause` with a run without it.
     #[arg(long)]
     copies: bool,
+    /// Host failures: nhamd is the chain's owner (its SFF) in a lab
+    /// cluster of three more hosts (h0 to h2, etcd on each); the VNFs run
+    /// on h0 and h1 in turn, h2 spare; each round fails the host running
+    /// the round's VNF (its link down, every process of it killed at once)
+    /// and its VNFs are recovered on the others by their mechanism (0r or
+    /// 1r-aa on other hosts, for now); then the host comes back empty.
+    /// Each checkpoint is kept on a second host too.
+    #[arg(long)]
+    hosts: bool,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -126,7 +135,33 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
         expedite_rcu: args.expedite_rcu,
         ..HaSpec::default()
     };
-    let r = if args.copies {
+    if args.hosts {
+        if !matches!(args.mechanism, MechanismArg::ZeroR | MechanismArg::OneRAa) {
+            bail!(
+                "--hosts: VNFs on other hosts are protected by 0r or 1r-aa for now, not {:?}",
+                args.mechanism
+            );
+        }
+        if args.simultaneous != 1 {
+            bail!("--hosts: each round fails one host (with every VNF on it): leave --simultaneous at 1");
+        }
+    }
+    let spec = HaSpec {
+        placement: if args.hosts {
+            (0..args.vnfs).map(|i| format!("h{}", i % 2)).collect()
+        } else {
+            Vec::new()
+        },
+        host_failures: args.hosts,
+        ..spec
+    };
+    let r = if args.hosts {
+        let mut hosts = nham_bench::hosts::HostLab::new(3, 3)?;
+        for i in 0..3 {
+            hosts.start_nhamd(i, &spec.nhamd)?;
+        }
+        ha::run_in_cluster(&spec, &mut hosts, "sff")?
+    } else if args.copies {
         let mut hosts = nham_bench::hosts::HostLab::new(3, 3)?;
         for i in 0..2 {
             hosts.start_nhamd(i, &spec.nhamd)?;
@@ -157,7 +192,7 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
     row("  of which draining", &r.checkpoint_drain_ms);
     row("  of which frozen", &r.checkpoint_frozen_ms);
     row("    of which dump", &r.checkpoint_dump_ms);
-    if args.copies {
+    if args.copies || args.hosts {
         row("checkpoint copy", &r.checkpoint_copy_ms);
     }
     println!(

@@ -182,6 +182,8 @@ fn segment_spec(
         second_failure: false,
         members: Vec::new(),
         walk: Vec::new(),
+        placement: Vec::new(),
+        host_failures: false,
     };
     let victim = rng.below(n);
     // Rounds of one VNF, and (one in three) two at once.

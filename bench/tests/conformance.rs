@@ -92,6 +92,8 @@ fn spec(mechanism: Mechanism, fault: Fault, rounds: Vec<usize>) -> HaSpec {
         expedite_rcu: false,
         members: Vec::new(),
         walk: Vec::new(),
+        placement: Vec::new(),
+        host_failures: false,
     }
 }
 

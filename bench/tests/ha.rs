@@ -43,6 +43,8 @@ fn spec(mechanism: Mechanism, kinds: Vec<Kind>, rounds: Vec<usize>) -> HaSpec {
         expedite_rcu: false,
         members: Vec::new(),
         walk: Vec::new(),
+        placement: Vec::new(),
+        host_failures: false,
     }
 }
 

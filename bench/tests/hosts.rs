@@ -1066,3 +1066,62 @@ fn a_0r_vnf_on_a_lost_host_is_restored_on_another_from_its_checkpoint() {
         );
     }
 }
+
+/// 1R-AA across hosts (issue 14, items 3, 5 and 7): the chain's two
+/// monitors run on h0 and h1 under 1R-AA; after each committed checkpoint
+/// each gets a replica (a stopped copy restored from it) on a live host
+/// other than its own, behind the hop's standby port. Under traffic h0
+/// fails as a powered-off host does: "sff" judges it down, the SFF fails
+/// v0's hop over to its replica and replays, and the replica runs. Every
+/// frame arrives once, in order, both VNFs end in the failure-free state,
+/// and v0 has a replica again afterwards, away from its new host.
+#[test]
+fn a_1r_aa_vnf_on_a_lost_host_fails_over_to_its_replica_on_another() {
+    use nham_control::api::Mechanism;
+    use nham_vnf::Kind;
+    let _serial = serial();
+    let mut far = FarChain::protected(&["h0", "h1"], Mechanism::Mechanism1rAa);
+    far.checkpointed(&["v0", "v1"]);
+    // A replica is restored after each checkpoint: let one be.
+    far.checkpointed(&["v0", "v1"]);
+    let kinds = [Kind::Monitor, Kind::Monitor];
+    let traffic = nham_traffic::TrafficSpec {
+        rate: Some(2000.0),
+        ..spec(6000)
+    };
+    let frames = traffic.frames();
+    let (expected, states) = nham_vnf::reference(&kinds, &frames);
+    let (lab, hosts) = (&far.lab, &mut far.hosts);
+    let trial = std::thread::scope(|s| {
+        let t = s.spawn(|| lab.trial_through(frames, traffic.rate, &expected, None));
+        std::thread::sleep(Duration::from_millis(1500));
+        hosts.fail_host(0).expect("h0 fails");
+        t.join().expect("trial thread")
+    })
+    .expect("trial");
+    let (detection_ms, recovery_ms) = far.recovered("v0");
+    eprintln!(
+        "1R-AA, h0 lost under traffic: detection {detection_ms:?} ms, running on its replica {recovery_ms:.1} ms after it was last heard"
+    );
+    let v = trial.verdict;
+    assert_eq!(
+        (v.lost, v.duplicated, v.reordered, v.digest_equal),
+        (0, 0, 0, true),
+        "{v:?}: {}",
+        far.log()
+    );
+    let placed = far.vnfs();
+    assert_ne!(placed[0].host, "h0", "{placed:?}");
+    for (i, want) in states.iter().enumerate() {
+        assert_eq!(
+            &far.vnf_state(i, placed[i].pid).expect("state"),
+            want,
+            "v{i} in the failure-free state"
+        );
+    }
+    let log = far.log();
+    assert!(
+        log.contains("failed over to its replica"),
+        "the replica took over: {log}"
+    );
+}

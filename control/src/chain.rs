@@ -96,6 +96,11 @@ pub struct VnfRuntime {
     /// Where its agent reaches it on another host (its current
     /// incarnation).
     pub remote_target: Option<Arc<remote::RemoteTarget>>,
+    /// 1R-AA on another host: its replica, a stopped copy restored from
+    /// each committed checkpoint on a host other than its own, behind the
+    /// hop's standby port (`None` until the first checkpoint, and after a
+    /// failover until the next).
+    pub remote_replica: Option<(RemoteVnf, nham_dataplane::hold::CheckpointId)>,
     /// The process, while it runs (started by us or restored as our child).
     pub process: Option<process::Process>,
     /// Its command line, placeholders replaced, as it is started.
@@ -650,6 +655,7 @@ impl ChainRuntime {
                     plan: v.clone(),
                     netns: None,
                     remote_target: Some(remote::RemoteTarget::new(cluster.clone(), &remote)),
+                    remote_replica: None,
                     remote: Some(remote),
                     remote_previous: None,
                     process: None,
@@ -708,6 +714,7 @@ impl ChainRuntime {
                 remote: None,
                 remote_previous: None,
                 remote_target: None,
+                remote_replica: None,
                 process: None,
                 argv,
                 log: logs.join(format!("{}.log", v.name)),
@@ -843,13 +850,14 @@ impl ChainRuntime {
         pid: Option<u32>,
     ) -> Result<(), ControlError> {
         let has_members = !self.vnfs[hop].members.is_empty();
+        let remote = self.vnfs[hop].remote_target.is_some();
         if (wanted == Some(Mechanism::MultiActive)) != has_members {
             return Err(ControlError::FailedPrecondition(format!(
                 "VNF {:?}: MR-AA needs its members' places and SFF ports, and only MR-AA has them",
                 self.vnfs[hop].plan.name
             )));
         }
-        if wanted == Some(Mechanism::ActiveActive) && self.vnfs[hop].replica.is_none() {
+        if wanted == Some(Mechanism::ActiveActive) && self.vnfs[hop].replica.is_none() && !remote {
             return Err(ControlError::FailedPrecondition(format!(
                 "VNF {:?} has no replica namespace and standby port, which 1R-AA needs",
                 self.vnfs[hop].plan.name
@@ -886,9 +894,11 @@ impl ChainRuntime {
                     .remote_target
                     .clone()
                     .ok_or(ControlError::Panicked("target"))?;
-                if mech != Mechanism::NoReplica {
+                // (1R-AA there: this agent checkpoints; the daemon keeps
+                // the replica on another host, `service::remote_vnfs`.)
+                if mech != Mechanism::NoReplica && mech != Mechanism::ActiveActive {
                     return Err(ControlError::FailedPrecondition(format!(
-                        "VNF {:?} runs on another host: only 0R protects it there yet",
+                        "VNF {:?} runs on another host: only 0R and 1R-AA protect it there yet",
                         v.plan.name
                     )));
                 }

@@ -68,6 +68,7 @@ impl ChainRuntime {
                 remote: None,
                 remote_previous: None,
                 remote_target: None,
+                remote_replica: None,
                 process: None,
                 argv: r.argv.clone(),
                 log: r.log.clone(),

@@ -43,7 +43,7 @@ impl Daemon {
                         .saturating_sub(detection.as_nanos() as u64);
                     daemon.on_host_down(host, last_heard).await;
                 }
-                if let HostEvent::Back { host } = &e.event {
+                if let HostEvent::Back { host } | HostEvent::Up { host } = &e.event {
                     daemon.on_host_back(host).await;
                 }
                 daemon.emit(VnfEvent {

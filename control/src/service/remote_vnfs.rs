@@ -26,6 +26,9 @@ pub(super) enum RemoteFailure {
         /// When it was last heard, Unix ns.
         last_heard_unix_ns: u64,
     },
+    /// Its placement failed for want of a live host, and a host is up
+    /// now: placed again.
+    Retry,
 }
 
 /// `unix_ns` as an `Instant` of this host's clock.
@@ -84,10 +87,23 @@ impl Daemon {
             .then(|| (r.cluster().clone(), r.host.clone(), r.key.clone()))
     }
 
-    /// Host `host` was judged down: every VNF that ran there fails.
+    /// Host `host` was judged down: every VNF that ran there fails, and
+    /// every 1R-AA replica there is given up (the next checkpoint of its
+    /// VNF makes one on a live host).
     pub(super) async fn on_host_down(self: &Arc<Self>, host: &str, last_heard_unix_ns: u64) {
         let failed: Vec<(String, String, u64)> = {
-            let chains = self.chains.lock().await;
+            let mut chains = self.chains.lock().await;
+            for e in chains.values_mut() {
+                for v in &mut e.runtime.vnfs {
+                    if v.remote_replica
+                        .as_ref()
+                        .is_some_and(|(r, _)| r.host == host)
+                    {
+                        let lost = v.remote_replica.take();
+                        std::thread::spawn(move || drop(lost));
+                    }
+                }
+            }
             chains
                 .iter()
                 .flat_map(|(name, e)| {
@@ -110,18 +126,125 @@ impl Daemon {
         }
     }
 
-    /// Host `host` is heard again (a partition healed): the incarnations it
-    /// still runs that were replaced meanwhile are stopped there (until
-    /// now, what they sent was fenced).
+    /// 1R-AA on another host: after checkpoint `id` of VNF `vnf` of
+    /// `chain` is committed, a copy of it is restored (stopped) on a live
+    /// host other than the VNF's, behind a new tunnel that becomes the
+    /// hop's standby port; the copy before goes. (The VNF's next
+    /// checkpoint waits for this: the replica is never more than one
+    /// checkpoint behind, and the SFF keeps the packets since the one
+    /// before the restore point.)
+    pub(super) async fn refresh_remote_replica(
+        &self,
+        chain: &str,
+        vnf: &str,
+        id: nham_dataplane::hold::CheckpointId,
+    ) {
+        let found = {
+            let chains = self.chains.lock().await;
+            chains.get(chain).and_then(|e| {
+                let hop = e.runtime.vnf_index(vnf).ok()?;
+                let v = &e.runtime.vnfs[hop];
+                let r = v.remote.as_ref()?;
+                let wanted = v.plan.mechanism == Some(crate::plan::Mechanism::ActiveActive)
+                    && v.phase() == Phase::Running;
+                let mut load = BTreeMap::<String, usize>::new();
+                for r in e.runtime.vnfs.iter().filter_map(|v| v.remote.as_ref()) {
+                    *load.entry(r.host.clone()).or_default() += 1;
+                }
+                wanted.then(|| {
+                    (
+                        r.cluster().clone(),
+                        r.host.clone(),
+                        v.plan.clone(),
+                        hop,
+                        r.ifindex,
+                        v.recovery.incarnation(),
+                        e.runtime.sff.clone(),
+                        load,
+                    )
+                })
+            })
+        };
+        let Some((cluster, primary, plan, hop, ifindex, incarnation, Some(sff), load)) = found
+        else {
+            return;
+        };
+        let store = self.state.store.clone();
+        let chain_name = chain.to_string();
+        let placed = tokio::task::spawn_blocking(move || {
+            let host = pick_host(&cluster, &primary, false, &load).ok_or_else(|| {
+                ControlError::FailedPrecondition(format!(
+                    "no live host other than {primary} for the 1R-AA replica"
+                ))
+            })?;
+            let meta = store.get(&chain_name, &plan.name, id)?.ok_or_else(|| {
+                crate::vsm::database::StoreError::Missing {
+                    chain: chain_name.clone(),
+                    vnf: plan.name.clone(),
+                    id,
+                }
+            })?;
+            let file = store.read_file(&meta)?;
+            let image = crate::cluster::hosting::Image { meta, file };
+            let start = remote::Start::Restore { ifindex, image };
+            remote::place(&cluster, &host, &chain_name, &plan, &start)
+        })
+        .await
+        .map_err(ControlError::from)
+        .and_then(|r| r);
+        let (copy, port) = match placed {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(chain, vnf, "no 1R-AA replica of checkpoint {id}: {e}");
+                return;
+            }
+        };
+        let mut chains = self.chains.lock().await;
+        let Some(v) = vnf_in(&mut chains, chain, vnf) else {
+            return;
+        };
+        // A failure meanwhile: this copy is of the incarnation lost.
+        if v.recovery.incarnation() != incarnation || v.phase() != Phase::Running {
+            return;
+        }
+        if let Err(e) = sff.attach_standby(hop, port) {
+            tracing::warn!(chain, vnf, "attaching the 1R-AA replica: {e}");
+            return;
+        }
+        // The SFF let go of the standby port before: the copy (or the
+        // incarnation) behind it goes.
+        let before = (
+            v.remote_replica.replace((copy, id)),
+            v.remote_previous.take(),
+        );
+        std::thread::spawn(move || drop(before));
+    }
+
+    /// Host `host` is heard (again: a partition healed, or it restarted):
+    /// the incarnations it still runs that were replaced meanwhile are
+    /// stopped there (until now, what they sent was fenced), and VNFs whose
+    /// placement failed for want of a live host are placed again.
     pub(super) async fn on_host_back(self: &Arc<Self>, host: &str) {
+        let mut waiting = Vec::new();
         let chains = self.chains.lock().await;
-        for e in chains.values() {
+        for (name, e) in chains.iter() {
             for v in &e.runtime.vnfs {
                 if let Some(old) = v.remote_previous.as_ref().filter(|r| r.host == host) {
                     tracing::info!(key = %old.key, host, "stopping a replaced incarnation");
                     old.stop_hosted();
                 }
+                if v.remote.is_some() && v.phase() == Phase::Failed {
+                    waiting.push((name.clone(), v.plan.name.clone(), v.recovery.incarnation()));
+                }
             }
+        }
+        drop(chains);
+        for (chain, vnf, incarnation) in waiting {
+            let d = self.clone();
+            tokio::spawn(async move {
+                d.on_remote_failure(&chain, &vnf, incarnation, RemoteFailure::Retry)
+                    .await;
+            });
         }
     }
 
@@ -140,7 +263,11 @@ impl Daemon {
             return;
         };
         let Some(r) = v.remote.as_ref() else { return };
-        if v.recovery.incarnation() != incarnation || v.phase() != Phase::Running {
+        let retry = matches!(why, RemoteFailure::Retry);
+        let phase = v.phase();
+        if v.recovery.incarnation() != incarnation
+            || !(phase == Phase::Running || (retry && phase == Phase::Failed))
+        {
             return; // an old incarnation, already replaced
         }
         let (cluster, old_host) = (r.cluster().clone(), r.host.clone());
@@ -149,16 +276,20 @@ impl Daemon {
             RemoteFailure::HostDown { last_heard_unix_ns } => {
                 ("its host was judged down", instant_of(last_heard_unix_ns))
             }
+            RemoteFailure::Retry => ("a host to place it on is up", Instant::now()),
         };
         let counters = v.recovery.counters().clone();
         v.recovery = FailureRecovery::found(
             Phase::Recovering,
             incarnation,
             Counters {
-                failures: counters.failures + 1,
+                failures: counters.failures + u64::from(!retry),
                 ..counters
             },
         );
+        // 1R-AA: its replica takes over, if it has one ready.
+        let replica = v.remote_replica.take();
+        let replica_key = replica.as_ref().map(|(r, _)| r.key.clone());
         let hop = chains
             .get(chain)
             .and_then(|e| e.runtime.vnf_index(vnf).ok());
@@ -177,14 +308,16 @@ impl Daemon {
             *load.entry(r.host.clone()).or_default() += 1;
         }
         drop(chains);
-        self.emit(failure_detected(
-            chain,
-            vnf,
-            format!("{cause} (on host {old_host})"),
-            None,
-            failed_at,
-            noticed,
-        ));
+        if !retry {
+            self.emit(failure_detected(
+                chain,
+                vnf,
+                format!("{cause} (on host {old_host})"),
+                None,
+                failed_at,
+                noticed,
+            ));
+        }
         self.emit(event(chain, vnf, Event::RecoveryStarted));
         let host_alive =
             matches!(why, RemoteFailure::Exited { .. }) && cluster.underlay_of(&old_host).is_ok();
@@ -198,6 +331,16 @@ impl Daemon {
             (Some(sff), Some(host)) => {
                 let chain_name = chain.to_string();
                 tokio::task::spawn_blocking(move || {
+                    if let Some((copy, id)) = replica {
+                        match fail_over_to(&cluster, &sff, hop, copy, id) {
+                            Ok(done) => return Ok(done),
+                            Err(e) => tracing::warn!(
+                                chain = chain_name,
+                                vnf = plan.name,
+                                "the replica did not take over ({e}): restoring it elsewhere"
+                            ),
+                        }
+                    }
                     if protected {
                         return restore_elsewhere(
                             &cluster, &host, &chain_name, &plan, hop, ifindex, &sff, &store,
@@ -236,6 +379,7 @@ impl Daemon {
         let counters = v.recovery.counters().clone();
         match placed {
             Ok((remote, iface, switched, checkpoint)) => {
+                let switched_to_replica = replica_key.as_ref() == Some(&remote.key);
                 let took = failed_at.elapsed();
                 let pid = remote.pid;
                 let host = remote.host.clone();
@@ -286,7 +430,11 @@ impl Daemon {
                     fallback_reason: None,
                     switched: true,
                 };
-                tracing::info!(chain, vnf, host, ?took, "VNF placed again");
+                if switched_to_replica {
+                    tracing::info!(chain, vnf, host, ?took, "failed over to its replica");
+                } else {
+                    tracing::info!(chain, vnf, host, ?took, "VNF placed again");
+                }
                 if let Some(e) = chains.get(chain) {
                     let _ = self.records.put(&e.runtime, false);
                 }
@@ -344,6 +492,36 @@ fn pick_host(
         .map(|(_, n)| n)
 }
 
+/// What a placement brought: the new incarnation, the SFF's end of its
+/// tunnel, the SFF's replay, the checkpoint restored.
+type Placed = (
+    remote::RemoteVnf,
+    String,
+    nham_dataplane::hold::RecoveryReport,
+    Option<nham_dataplane::hold::CheckpointId>,
+);
+
+/// 1R-AA on another host: the SFF fails the hop over to the replica (a
+/// copy restored, stopped, from checkpoint `id`, behind the standby port)
+/// and replays in one exchange; then the copy runs.
+fn fail_over_to(
+    cluster: &Arc<Cluster>,
+    sff: &nham_sff::remote::SffClient,
+    hop: usize,
+    copy: remote::RemoteVnf,
+    id: nham_dataplane::hold::CheckpointId,
+) -> Result<Placed, ControlError> {
+    use nham_sff::remote::FailOverOutcome::{NotSwitched, Switched};
+    match sff.fail_over(hop, Some(id))? {
+        Switched(r) => {
+            cluster.signal_vnf(&copy.host, &copy.key, nix::sys::signal::Signal::SIGCONT)?;
+            let iface = copy.device.clone();
+            Ok((copy, iface, r, Some(id)))
+        }
+        NotSwitched { why, .. } => Err(not_switched(why)),
+    }
+}
+
 /// A protected (0R) VNF placed again on host `host`: the SFF stops the
 /// hop and names its restore point; that checkpoint goes from this host's
 /// store to `host`, checked there and restored (stopped) in a new place
@@ -360,15 +538,7 @@ fn restore_elsewhere(
     ifindex: u32,
     sff: &nham_sff::remote::SffClient,
     store: &crate::vsm::database::Store,
-) -> Result<
-    (
-        remote::RemoteVnf,
-        String,
-        nham_dataplane::hold::RecoveryReport,
-        Option<nham_dataplane::hold::CheckpointId>,
-    ),
-    ControlError,
-> {
+) -> Result<Placed, ControlError> {
     use nham_sff::remote::FailOverOutcome::{NotSwitched, Switched};
     // Delivery to the lost incarnation stops now.
     let restore_point = sff.failure(hop)?.checkpoint;

@@ -90,6 +90,7 @@ impl Daemon {
                     v.checkpoints += 1;
                 }
                 self.emit(event(chain, vnf, Event::CheckpointTaken(c)));
+                self.refresh_remote_replica(chain, vnf, c.id).await;
                 Ok(c)
             }
             Err(e) => {
@@ -111,7 +112,26 @@ impl Daemon {
                     }
                     _ => None,
                 };
-                if let Some(verdict) = verdict {
+                // A VNF on another host judged so is killed there: its
+                // exit places it again (restored and replayed).
+                let remote = match verdict {
+                    Some(_) => self
+                        .chains
+                        .lock()
+                        .await
+                        .get_mut(chain)
+                        .and_then(|e| e.runtime.vnf_mut(vnf).ok())
+                        .and_then(|v| v.remote.as_ref())
+                        .map(|r| (r.cluster().clone(), r.host.clone(), r.key.clone())),
+                    None => None,
+                };
+                if let Some((cluster, host, key)) = remote {
+                    tracing::warn!(chain, vnf, "{e}: killing it on {host}, to be restored");
+                    let _ = tokio::task::spawn_blocking(move || {
+                        cluster.signal_vnf(&host, &key, nix::sys::signal::Signal::SIGKILL)
+                    })
+                    .await;
+                } else if let Some(verdict) = verdict {
                     let inc = self
                         .chains
                         .lock()

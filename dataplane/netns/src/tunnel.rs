@@ -70,7 +70,12 @@ impl Tunnel {
         ))
     }
 
-    fn device(self, name: &str, index: Option<u32>) -> rtnetlink::packet_route::link::LinkMessage {
+    fn device(
+        self,
+        name: &str,
+        index: Option<u32>,
+        into: Option<std::os::fd::RawFd>,
+    ) -> rtnetlink::packet_route::link::LinkMessage {
         // Every frame goes to the one remote end (no learning, no
         // flooding elsewhere), checksummed on the underlay.
         let mut b = LinkVxlan::new(name, self.vni)
@@ -83,6 +88,9 @@ impl Tunnel {
         if let Some(i) = index {
             b = b.index(i);
         }
+        if let Some(fd) = into {
+            b = b.setns_by_fd(fd);
+        }
         b.build()
     }
 }
@@ -91,7 +99,7 @@ impl Tunnel {
 /// namespace, MTU [`MTU`], up.
 pub fn tunnel_here(name: &str, tunnel: Tunnel) -> Result<VethEnd, NetnsError> {
     check_vni(tunnel.vni)?;
-    let msg = tunnel.device(name, None);
+    let msg = tunnel.device(name, None, None);
     with_netlink(|h| async move { h.link().add(msg).execute().await.map_err(netlink) })
         .map_err(|e| tunnel.error(name, e))?;
     set_up(name)?;
@@ -114,24 +122,17 @@ pub fn tunnel_into(
     if name.len() > 15 {
         return Err(NetnsError::NameTooLong(name.to_string()));
     }
-    // Made under a temporary name (`name` may exist there) and renamed
-    // once moved.
+    // Made straight into `into` (IFLA_NET_NS_FD) from `from`, whose
+    // namespace the VXLAN socket keeps (the kernel's `src_net`): the index
+    // need only be free in `into`. Under a temporary name, renamed there.
     let tmp = format!("nht{}", tunnel.vni);
-    let msg = tunnel.device(&tmp, index);
     let path = into.path();
     let make = {
         let tmp = tmp.clone();
         move || {
-            with_netlink(|h| async move {
-                h.link().add(msg).execute().await.map_err(netlink)?;
-                let index = crate::link_by_name(&h, &tmp).await?.header.index;
-                let target =
-                    File::open(&path).map_err(sys(format!("opening {}", path.display())))?;
-                let moved = LinkUnspec::new_with_index(index)
-                    .setns_by_fd(target.as_raw_fd())
-                    .build();
-                h.link().set(moved).execute().await.map_err(netlink)
-            })
+            let target = File::open(&path).map_err(sys(format!("opening {}", path.display())))?;
+            let msg = tunnel.device(&tmp, index, Some(target.as_raw_fd()));
+            with_netlink(|h| async move { h.link().add(msg).execute().await.map_err(netlink) })
         }
     };
     crate::run_in_or_here(from, make).map_err(|e| tunnel.error(&tmp, e))?;
