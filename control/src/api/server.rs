@@ -295,7 +295,8 @@ async fn receive_file<M>(
         ))
         .into());
     }
-    let mut file = Vec::with_capacity(stored_bytes as usize);
+    // (Grown as it comes: a header alone does not make this host allocate.)
+    let mut file = Vec::with_capacity(stored_bytes.min(64 << 20) as usize);
     while let Some(m) = stream.message().await? {
         match data(m) {
             Some(d) if (file.len() + d.len()) as u64 <= stored_bytes => file.extend_from_slice(&d),
@@ -423,7 +424,7 @@ impl peer_service_server::PeerService for PeerSvc {
             Ok(api::VnfSignal::Kill) => Signal::SIGKILL,
             _ => {
                 return Err(ControlError::InvalidArgument(format!(
-                    "signal {}: VNF_SIGNAL_STOP or VNF_SIGNAL_CONT",
+                    "signal {}: VNF_SIGNAL_STOP, VNF_SIGNAL_CONT or VNF_SIGNAL_KILL",
                     r.signal
                 ))
                 .into())

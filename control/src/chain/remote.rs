@@ -284,6 +284,12 @@ pub fn place(
                     taken.push(vni);
                     continue;
                 }
+                // It may have started there anyway (an answer lost, a
+                // timeout): its host is asked to stop it, off this thread.
+                let (cluster, host) = (cluster.clone(), host.to_string());
+                std::thread::spawn(move || {
+                    let _ = cluster.stop_vnf(&host, &key);
+                });
                 return Err(e.into());
             }
         }

@@ -302,13 +302,19 @@ impl VnfHost {
         eth0: nham_netns::VethEnd,
         cgroup: Option<Cgroup>,
     ) -> Result<Running, HostingError> {
-        let process = Process::open(pid)?;
+        // Not adopted (it went already, or no pidfd): it does not run on
+        // unwatched.
+        let process = Process::open(pid).inspect_err(|_| {
+            crate::runtime::process::kill_and_reap(pid);
+        })?;
         if let Some(cg) = &cgroup {
             if let Err(e) = cg.add(pid) {
                 tracing::warn!(%key, "{e}");
             }
         }
-        let pidfd = process.watch_fd()?;
+        let pidfd = process
+            .watch_fd()
+            .inspect_err(|_| process.kill_and_reap())?;
         let (tx, exited) = watch::channel(None);
         std::thread::Builder::new()
             .name(format!("hosted-{}", key.vni))
@@ -521,6 +527,8 @@ impl VnfHost {
 
     fn remove(key: &HostedKey, mut h: Hosted) {
         h.process.kill_and_reap();
+        // Dumps never fetched (the owner gave the checkpoint up).
+        let _ = std::fs::remove_dir_all(&h.scratch);
         // Anything it forked.
         nham_netns::kill_processes_in(&h.netns.path());
         if let Some(c) = h.cgroup.as_mut() {

@@ -317,6 +317,10 @@ impl Cluster {
             .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
+            // A peer gone silently ends the calls waiting on it (WatchVnf).
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true)
             .connect_lazy();
         let c = PeerClient::new(channel).max_decoding_message_size(4 << 20);
         peers.insert(addr, c.clone());
@@ -873,7 +877,8 @@ impl Cluster {
     }
 
     /// A client of host `host`'s peer service (`live`: only while it is
-    /// alive).
+    /// alive). A host that is not a member (or not alive) is the caller's
+    /// to fix: `FAILED_PRECONDITION`, not worth a retry as such.
     fn client_of(&self, host: &str, live: bool) -> Result<PeerClient, hosting::HostingError> {
         let record = if live {
             self.live_member(host)
@@ -882,7 +887,11 @@ impl Cluster {
                 .map(|m| m.record.clone())
                 .ok_or_else(|| format!("host {host} is not a member of the cluster"))
         }
-        .map_err(|why| peer_error(host, why))?;
+        .map_err(|why| hosting::HostingError::Peer {
+            host: host.to_string(),
+            code: tonic::Code::FailedPrecondition,
+            why,
+        })?;
         let addr = record
             .peer
             .ok_or_else(|| peer_error(host, "it has no peer listener".into()))?;
@@ -994,7 +1003,7 @@ impl Cluster {
             else {
                 return Err(peer_error(host, "an image without a header".into()));
             };
-            let mut file = Vec::with_capacity(h.stored_bytes.min(1 << 30) as usize);
+            let mut file = Vec::with_capacity(h.stored_bytes.min(64 << 20) as usize);
             while let Some(m) = stream.message().await.map_err(err)? {
                 match m.part {
                     Some(Part::Data(d)) if (file.len() + d.len()) as u64 <= h.stored_bytes => {

@@ -63,6 +63,20 @@ impl Daemon {
                         }
                         return;
                     }
+                    // Its host no longer has it (its nhamd restarted):
+                    // gone.
+                    Err(crate::cluster::hosting::HostingError::Peer {
+                        code: tonic::Code::NotFound,
+                        ..
+                    }) => {
+                        if let Some(d) = daemon.upgrade() {
+                            let why = RemoteFailure::Exited {
+                                at_unix_ns: now_nanos(),
+                            };
+                            d.on_remote_failure(&chain, &vnf, incarnation, why).await;
+                        }
+                        return;
+                    }
                     Err(e) => {
                         tracing::debug!(%key, "watching it on {host}: {e}");
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -200,16 +214,21 @@ impl Daemon {
             }
         };
         let mut chains = self.chains.lock().await;
+        // (A copy given up goes off the registry: its host is asked to stop
+        // it, which may wait.)
+        let give_up = |copy: remote::RemoteVnf| {
+            std::thread::spawn(move || drop(copy));
+        };
         let Some(v) = vnf_in(&mut chains, chain, vnf) else {
-            return;
+            return give_up(copy);
         };
         // A failure meanwhile: this copy is of the incarnation lost.
         if v.recovery.incarnation() != incarnation || v.phase() != Phase::Running {
-            return;
+            return give_up(copy);
         }
         if let Err(e) = sff.attach_standby(hop, port) {
             tracing::warn!(chain, vnf, "attaching the 1R-AA replica: {e}");
-            return;
+            return give_up(copy);
         }
         // The SFF let go of the standby port before: the copy (or the
         // incarnation) behind it goes.
@@ -300,6 +319,7 @@ impl Daemon {
         // A protected one (0R) comes back from its committed checkpoint,
         // its eth0 under the index it had.
         let protected = e.runtime.vnfs[hop].agent.is_some();
+        let target = e.runtime.vnfs[hop].remote_target.clone();
         let ifindex = e.runtime.vnfs[hop].remote.as_ref().map_or(0, |r| r.ifindex);
         let store = self.state.store.clone();
         // How many of the chain's VNFs each host runs.
@@ -332,7 +352,7 @@ impl Daemon {
                 let chain_name = chain.to_string();
                 tokio::task::spawn_blocking(move || {
                     if let Some((copy, id)) = replica {
-                        match fail_over_to(&cluster, &sff, hop, copy, id) {
+                        match fail_over_to(&cluster, &sff, hop, copy, id, target.as_deref()) {
                             Ok(done) => return Ok(done),
                             Err(e) => tracing::warn!(
                                 chain = chain_name,
@@ -343,7 +363,15 @@ impl Daemon {
                     }
                     if protected {
                         return restore_elsewhere(
-                            &cluster, &host, &chain_name, &plan, hop, ifindex, &sff, &store,
+                            &cluster,
+                            &host,
+                            &chain_name,
+                            &plan,
+                            hop,
+                            ifindex,
+                            &sff,
+                            &store,
+                            target.as_deref(),
                         );
                     }
                     let (remote, port) =
@@ -374,6 +402,9 @@ impl Daemon {
         };
         let mut chains = self.chains.lock().await;
         let Some(v) = vnf_in(&mut chains, chain, vnf) else {
+            // The chain went meanwhile: what was placed goes, off the
+            // registry.
+            std::thread::spawn(move || drop(placed));
             return;
         };
         let counters = v.recovery.counters().clone();
@@ -510,8 +541,14 @@ fn fail_over_to(
     hop: usize,
     copy: remote::RemoteVnf,
     id: nham_dataplane::hold::CheckpointId,
+    target: Option<&remote::RemoteTarget>,
 ) -> Result<Placed, ControlError> {
     use nham_sff::remote::FailOverOutcome::{NotSwitched, Switched};
+    // The agent checkpoints the copy from the moment the SFF may take it
+    // for the hop's (the hop recovers meanwhile: no checkpoint begins).
+    if let Some(t) = target {
+        t.set(&copy);
+    }
     match sff.fail_over(hop, Some(id))? {
         Switched(r) => {
             cluster.signal_vnf(&copy.host, &copy.key, nix::sys::signal::Signal::SIGCONT)?;
@@ -538,6 +575,7 @@ fn restore_elsewhere(
     ifindex: u32,
     sff: &nham_sff::remote::SffClient,
     store: &crate::vsm::database::Store,
+    target: Option<&remote::RemoteTarget>,
 ) -> Result<Placed, ControlError> {
     use nham_sff::remote::FailOverOutcome::{NotSwitched, Switched};
     // Delivery to the lost incarnation stops now.
@@ -562,6 +600,9 @@ fn restore_elsewhere(
     let (remote, port) = remote::place(cluster, host, chain, plan, &start)?;
     let iface = port.iface.clone();
     sff.attach_standby(hop, port)?;
+    if let Some(t) = target {
+        t.set(&remote);
+    }
     let switched = match sff.fail_over(hop, restore_point)? {
         Switched(r) => r,
         NotSwitched { why, .. } => return Err(not_switched(why)),

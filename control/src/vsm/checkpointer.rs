@@ -548,12 +548,12 @@ impl Checkpointer {
                         .and_then(|r| Ok(crate::vsm::ring::save(&dir, &positions).map(|()| r)?));
                     m.handle_dump(Instant::now(), dumped.map(|r| report = Some(r)));
                 }
-                Step::Resume => {
-                    let _ = match &self.remote {
-                        Some(r) => r.signal(false),
-                        None => signal(pid, Signal::SIGCONT),
-                    };
-                }
+                Step::Resume => match &self.remote {
+                    Some(r) => resume_remote(r.as_ref()),
+                    None => {
+                        let _ = signal(pid, Signal::SIGCONT);
+                    }
+                },
                 Step::Report => {
                     m.handle_report(
                         sff.checkpoint_dumped(hop, id)
@@ -563,6 +563,11 @@ impl Checkpointer {
                 }
                 Step::Done { frozen, resumed } => break (frozen, resumed),
                 Step::Fail(why) => {
+                    // A stop sent to a VNF on another host may have landed
+                    // though its answer was lost: it is resumed in any case.
+                    if let Some(r) = &self.remote {
+                        resume_remote(r.as_ref());
+                    }
                     let _ = std::fs::remove_dir_all(&dir);
                     let _ = sff.checkpoint_failed(hop, id);
                     return Err(match why {
@@ -701,6 +706,17 @@ pub fn restore_stopped(
         }
     }
     Ok(pid)
+}
+
+/// Resumes a VNF on another host, trying three times (a lost answer must
+/// not leave it stopped for good; a resumed VNF ignores another SIGCONT).
+fn resume_remote(r: &dyn RemoteVnfOps) {
+    for _ in 0..3 {
+        match r.signal(false) {
+            Ok(()) => return,
+            Err(e) => tracing::warn!("resuming a VNF on another host: {e}"),
+        }
+    }
 }
 
 /// Removes what a dump cut short may have left in process `pid`'s working
