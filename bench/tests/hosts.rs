@@ -1172,3 +1172,48 @@ fn a_chain_loses_one_host_and_then_another() {
         assert_eq!(r.failures, 4, "two VNFs on each host lost");
     }
 }
+
+/// No host to go to (issue 14, item 5): the chain's only VNF runs on h0;
+/// h1 and h2 are stopped cleanly (they leave), then h0 fails. "sff" judges
+/// h0 down and has nowhere to place the VNF: the hop stops (what comes for
+/// it waits) and the VNF is failed, saying why. Once h1 is back, the VNF is
+/// placed there, and the chain is exact again.
+#[test]
+fn a_vnf_with_no_live_host_left_is_placed_once_one_is_up() {
+    use nham_control::api::VnfState;
+    use nham_vnf::Kind;
+    let _serial = serial();
+    let nhamd = nham_bench::ha::sibling_binary("nhamd", "NHAM_NHAMD").expect("nhamd");
+    let mut far = FarChain::new(&["h0"]);
+    far.hosts.stop_nhamd(1);
+    far.hosts.stop_nhamd(2);
+    far.hosts.fail_host(0).expect("h0 fails");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = far.vnfs();
+        if v[0].state == VnfState::Failed as i32 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not failed: {v:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    far.hosts.start_nhamd(1, &nhamd).expect("h1 back");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let placed = loop {
+        let v = far.vnfs();
+        if v[0].state == VnfState::Running as i32 && v[0].host == "h1" {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not placed on h1: {v:?}: {}",
+            far.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("placed once h1 was up: {placed:?}");
+    let kinds = [Kind::Monitor];
+    let frames = spec(1000).frames();
+    let (expected, _) = nham_vnf::reference(&kinds, &frames);
+    far.exact(frames, &expected);
+}

@@ -345,9 +345,20 @@ impl Daemon {
             (None, _) => Err(ControlError::FailedPrecondition(
                 "the chain's SFF is gone".into(),
             )),
-            (_, None) => Err(ControlError::FailedPrecondition(format!(
-                "no live host to run it on ({old_host} failed; the chain's own host keeps only the SFF)"
-            ))),
+            (Some(sff), None) => {
+                // Nothing goes to the lost incarnation meanwhile: the hop
+                // stops (what arrives for it waits in its buffer, then
+                // backs up into the kernel's ingress ring, counted) until
+                // a host is up.
+                let stopped = tokio::task::spawn_blocking(move || sff.failure(hop)).await;
+                if let Ok(Err(e)) = stopped {
+                    tracing::warn!(chain, vnf, "stopping the hop: {e}");
+                }
+                Err(ControlError::FailedPrecondition(format!(
+                    "no live host to run it on ({old_host} failed; the chain's own host keeps only \
+                     the SFF): placed once one is up"
+                )))
+            }
             (Some(sff), Some(host)) => {
                 let chain_name = chain.to_string();
                 tokio::task::spawn_blocking(move || {
