@@ -312,6 +312,16 @@ async fn receive_file<M>(
     Ok(file)
 }
 
+/// A hosted VNF that runs, as its owner hears of it.
+fn running_api(r: crate::cluster::hosting::Running) -> api::RunVnfResponse {
+    api::RunVnfResponse {
+        pid: r.pid,
+        mac: r.mac.to_vec(),
+        netns: r.netns,
+        ifindex: r.ifindex,
+    }
+}
+
 /// A hosted VNF's key from its message, checked.
 fn hosted_key(
     v: Option<api::HostedVnf>,
@@ -384,12 +394,7 @@ impl peer_service_server::PeerService for PeerSvc {
             .await
             .map_err(ControlError::from)?
             .map_err(ControlError::from)?;
-        Ok(Response::new(api::RunVnfResponse {
-            pid: running.pid,
-            mac: running.mac.to_vec(),
-            netns: running.netns,
-            ifindex: running.ifindex,
-        }))
+        Ok(Response::new(running_api(running)))
     }
 
     async fn watch_vnf(&self, r: Request<api::HostedVnf>) -> Answer<api::VnfExited> {
@@ -512,12 +517,7 @@ impl peer_service_server::PeerService for PeerSvc {
             .await
             .map_err(ControlError::from)?
             .map_err(ControlError::from)?;
-        Ok(Response::new(api::RunVnfResponse {
-            pid: running.pid,
-            mac: running.mac.to_vec(),
-            netns: running.netns,
-            ifindex: running.ifindex,
-        }))
+        Ok(Response::new(running_api(running)))
     }
 
     async fn stop_vnf(&self, r: Request<api::HostedVnf>) -> Answer<api::StopVnfResponse> {

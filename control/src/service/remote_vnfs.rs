@@ -191,15 +191,7 @@ impl Daemon {
                     "no live host other than {primary} for the 1R-AA replica"
                 ))
             })?;
-            let meta = store.get(&chain_name, &plan.name, id)?.ok_or_else(|| {
-                crate::vsm::database::StoreError::Missing {
-                    chain: chain_name.clone(),
-                    vnf: plan.name.clone(),
-                    id,
-                }
-            })?;
-            let file = store.read_file(&meta)?;
-            let image = crate::cluster::hosting::Image { meta, file };
+            let image = stored_image(&store, &chain_name, &plan.name, id)?;
             let start = remote::Start::Restore { ifindex, image };
             remote::place(&cluster, &host, &chain_name, &plan, &start)
         })
@@ -592,20 +584,10 @@ fn restore_elsewhere(
     // Delivery to the lost incarnation stops now.
     let restore_point = sff.failure(hop)?.checkpoint;
     let start = match restore_point {
-        Some(id) => {
-            let meta = store.get(chain, &plan.name, id)?.ok_or_else(|| {
-                crate::vsm::database::StoreError::Missing {
-                    chain: chain.to_string(),
-                    vnf: plan.name.clone(),
-                    id,
-                }
-            })?;
-            let file = store.read_file(&meta)?;
-            remote::Start::Restore {
-                ifindex,
-                image: crate::cluster::hosting::Image { meta, file },
-            }
-        }
+        Some(id) => remote::Start::Restore {
+            ifindex,
+            image: stored_image(store, chain, &plan.name, id)?,
+        },
         None => remote::Start::Fresh,
     };
     let (remote, port) = remote::place(cluster, host, chain, plan, &start)?;
@@ -622,6 +604,26 @@ fn restore_elsewhere(
         cluster.signal_vnf(&remote.host, &remote.key, nix::sys::signal::Signal::SIGCONT)?;
     }
     Ok((remote, iface, switched, restore_point))
+}
+
+/// Checkpoint `id` of `chain`/`vnf` from this host's store, as it goes to
+/// another host (checked there).
+fn stored_image(
+    store: &crate::vsm::database::Store,
+    chain: &str,
+    vnf: &str,
+    id: nham_dataplane::hold::CheckpointId,
+) -> Result<crate::cluster::hosting::Image, ControlError> {
+    let meta =
+        store
+            .get(chain, vnf, id)?
+            .ok_or_else(|| crate::vsm::database::StoreError::Missing {
+                chain: chain.to_string(),
+                vnf: vnf.to_string(),
+                id,
+            })?;
+    let file = store.read_file(&meta)?;
+    Ok(crate::cluster::hosting::Image { meta, file })
 }
 
 fn not_switched(why: String) -> ControlError {
