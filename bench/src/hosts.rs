@@ -490,7 +490,7 @@ impl Drop for HostLab {
         // places of VNFs they ran, their own or for other hosts.
         for i in 0..self.hosts.len() {
             let tag = nham_control::chain::state_tag(&self.state_dir(i));
-            nham_netns::sweep_prefix(&format!("nhamd-{tag}-"), &Default::default());
+            nham_netns::sweep_prefix(&format!("nhamd-{tag}-"), |_| false);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         // The namespaces (and every link in them) go with their Netns values.

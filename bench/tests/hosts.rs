@@ -1206,8 +1206,10 @@ fn a_vnf_with_no_live_host_left_is_placed_once_one_is_up() {
         }
         assert!(
             Instant::now() < deadline,
-            "not placed on h1: {v:?}: {}",
-            far.log()
+            "not placed on h1: {v:?}: {}\nh1: {}\nvnf: {:?}",
+            far.log(),
+            far.hosts.nhamd_log(1),
+            std::fs::read_to_string("/run/nham/hosted/sff/far/v0/vnf.log")
         );
         std::thread::sleep(Duration::from_millis(50));
     };

@@ -572,6 +572,16 @@ impl StateOptions {
         format!("nhamd-{}-", state_tag(self.store.dir()))
     }
 
+    /// How the names of the namespaces this daemon makes for VNFs it runs
+    /// for other hosts begin (`cluster::hosting`): within
+    /// [`netns_prefix`](Self::netns_prefix) (a lab's `fail_host` finds a
+    /// host's everything so), but never a chain's own (those go on with a
+    /// hex chain id, never `x`). Sweeping this daemon's own chains leaves
+    /// them to the hosting side.
+    pub fn hosted_netns_prefix(&self) -> String {
+        format!("{}x", self.netns_prefix())
+    }
+
     /// Where this daemon's cgroups go (`None`: no cgroup2 hierarchy).
     pub fn cgroup_dir(&self) -> Option<PathBuf> {
         Some(

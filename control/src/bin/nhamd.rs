@@ -347,7 +347,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let hosting = nham_control::cluster::hosting::VnfHost::new(
             underlay,
-            format!("{}x", state.netns_prefix()),
+            state.hosted_netns_prefix(),
             state_dir.join("hosted"),
             state.cgroup_dir().map(|d| d.join("hosted")),
         );

@@ -214,7 +214,7 @@ impl VnfHost {
         dir: PathBuf,
         cgroups: Option<PathBuf>,
     ) -> Arc<Self> {
-        let swept = nham_netns::sweep_prefix(&prefix, &Default::default());
+        let swept = nham_netns::sweep_prefix(&prefix, |_| false);
         if swept > 0 {
             tracing::warn!(
                 swept,

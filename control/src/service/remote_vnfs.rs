@@ -333,7 +333,11 @@ impl Daemon {
         self.emit(event(chain, vnf, Event::RecoveryStarted));
         let host_alive =
             matches!(why, RemoteFailure::Exited { .. }) && cluster.underlay_of(&old_host).is_ok();
-        let placed = match (sff, pick_host(&cluster, &old_host, host_alive, &load)) {
+        let picked = pick_host(&cluster, &old_host, host_alive, &load);
+        // Tried on a host, and failed there: tried again later (a host
+        // that is up again asks at once).
+        let again_later = picked.is_some();
+        let placed = match (sff, picked) {
             (None, _) => Err(ControlError::FailedPrecondition(
                 "the chain's SFF is gone".into(),
             )),
@@ -488,11 +492,41 @@ impl Daemon {
                         ..counters
                     },
                 );
+                let backoff = retry_backoff(counters.recovery_failures);
                 drop(chains);
                 self.emit(event(chain, vnf, Event::RecoveryFailed { reason }));
+                if again_later {
+                    self.retry_later(chain, vnf, incarnation, backoff);
+                }
             }
         }
     }
+
+    /// Places incarnation `incarnation` of `vnf` of `chain` again after
+    /// `delay`, if it is still failed then.
+    fn retry_later(
+        self: &Arc<Self>,
+        chain: &str,
+        vnf: &str,
+        incarnation: u64,
+        delay: std::time::Duration,
+    ) {
+        let (d, chain, vnf) = (self.clone(), chain.to_string(), vnf.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            d.on_remote_failure(&chain, &vnf, incarnation, RemoteFailure::Retry)
+                .await;
+        });
+    }
+}
+
+/// How long a VNF whose placement failed on a live host waits before it
+/// is tried again, after `failures` such failures: 250 ms, doubling, at
+/// most 30 s (a host that keeps refusing is not hammered; one that failed
+/// once is not waited on long).
+fn retry_backoff(failures: u64) -> std::time::Duration {
+    let ms = 250u64.saturating_mul(1 << failures.min(7));
+    std::time::Duration::from_millis(ms.min(30_000))
 }
 
 /// Where a failed VNF of host `failed` goes: back there if it is alive
@@ -630,4 +664,19 @@ fn not_switched(why: String) -> ControlError {
     ControlError::FailedPrecondition(format!(
         "the SFF did not switch to the new incarnation: {why}"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn placement_retries_back_off_to_thirty_seconds() {
+        assert_eq!(retry_backoff(0), Duration::from_millis(250));
+        assert_eq!(retry_backoff(1), Duration::from_millis(500));
+        assert_eq!(retry_backoff(6), Duration::from_millis(16_000));
+        assert_eq!(retry_backoff(7), Duration::from_secs(30));
+        assert_eq!(retry_backoff(u64::MAX), Duration::from_secs(30));
+    }
 }

@@ -164,11 +164,16 @@ impl Daemon {
                 tokio::spawn(async move { d.on_lost(&chain, &vnf, k).await });
             }
         }
-        let prefix = self.state.netns_prefix();
-        report.swept =
-            tokio::task::spawn_blocking(move || nham_netns::sweep_prefix(&prefix, &keep))
-                .await
-                .unwrap_or(0);
+        // Not what this daemon hosts for other hosts: its peer service is
+        // up already, and a VNF placed here meanwhile must not be swept.
+        let (prefix, hosted) = (self.state.netns_prefix(), self.state.hosted_netns_prefix());
+        report.swept = tokio::task::spawn_blocking(move || {
+            nham_netns::sweep_prefix(&prefix, |name| {
+                keep.contains(name) || name.starts_with(&hosted)
+            })
+        })
+        .await
+        .unwrap_or(0);
         Ok(report)
     }
 

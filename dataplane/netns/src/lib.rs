@@ -141,17 +141,17 @@ fn unique_name_pid(name: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
-/// Deletes every namespace whose name starts with `prefix` and is not in
-/// `keep`, killing the processes still running in it first: what a daemon
+/// Deletes every namespace whose name starts with `prefix` and is not
+/// one to `keep`, killing the processes still running in it first: what a daemon
 /// that names its namespaces after its state (not its pid) left behind.
-pub fn sweep_prefix(prefix: &str, keep: &std::collections::BTreeSet<String>) -> usize {
+pub fn sweep_prefix(prefix: &str, keep: impl Fn(&str) -> bool) -> usize {
     let Ok(dir) = std::fs::read_dir("/run/netns") else {
         return 0;
     };
     let mut removed = 0;
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        if name.starts_with(prefix) && !keep.contains(&name) {
+        if name.starts_with(prefix) && !keep(&name) {
             kill_processes_in(&entry.path());
             drop(Netns { name, kept: false });
             removed += 1;
