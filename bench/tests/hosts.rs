@@ -1077,10 +1077,34 @@ fn a_0r_vnf_on_a_lost_host_is_restored_on_another_from_its_checkpoint() {
 /// and v0 has a replica again afterwards, away from its new host.
 #[test]
 fn a_1r_aa_vnf_on_a_lost_host_fails_over_to_its_replica_on_another() {
-    use nham_control::api::Mechanism;
-    use nham_vnf::Kind;
     let _serial = serial();
-    let mut far = FarChain::protected(&["h0", "h1"], Mechanism::Mechanism1rAa);
+    lost_host_with_a_copy_elsewhere(
+        nham_control::api::Mechanism::Mechanism1rAa,
+        "failed over to its replica",
+    );
+}
+
+/// 1R-AS across hosts (issue 14, items 3, 5 and 7): as 1R-AA above, but
+/// each VNF's standby on another host is the place of its next
+/// incarnation (namespace, tunnel, standby port) with the last committed
+/// checkpoint staged there, unpacked, and a `criu swrk` waiting; nothing
+/// runs until h0 fails. Then v0's standby is restored at once, the SFF
+/// fails the hop over to it and replays: exact, states equal.
+#[test]
+fn a_1r_as_vnf_on_a_lost_host_is_restored_on_its_standby_on_another() {
+    let _serial = serial();
+    lost_host_with_a_copy_elsewhere(
+        nham_control::api::Mechanism::Mechanism1rAs,
+        "its standby took over",
+    );
+}
+
+/// v0 on h0 and v1 on h1 under `mechanism` (1R-AA or 1R-AS); h0 fails
+/// under traffic; `took_over` must be in the owner's log.
+fn lost_host_with_a_copy_elsewhere(mechanism: nham_control::api::Mechanism, took_over: &str) {
+    use nham_vnf::Kind;
+    let what = mechanism.as_str_name();
+    let mut far = FarChain::protected(&["h0", "h1"], mechanism);
     far.checkpointed(&["v0", "v1"]);
     // A replica is restored after each checkpoint: let one be.
     far.checkpointed(&["v0", "v1"]);
@@ -1101,7 +1125,7 @@ fn a_1r_aa_vnf_on_a_lost_host_fails_over_to_its_replica_on_another() {
     .expect("trial");
     let (detection_ms, recovery_ms) = far.recovered("v0");
     eprintln!(
-        "1R-AA, h0 lost under traffic: detection {detection_ms:?} ms, running on its replica {recovery_ms:.1} ms after it was last heard"
+        "{what}, h0 lost under traffic: detection {detection_ms:?} ms, running on another host {recovery_ms:.1} ms after it was last heard"
     );
     let v = trial.verdict;
     assert_eq!(
@@ -1120,14 +1144,11 @@ fn a_1r_aa_vnf_on_a_lost_host_fails_over_to_its_replica_on_another() {
         );
     }
     let log = far.log();
-    assert!(
-        log.contains("failed over to its replica"),
-        "the replica took over: {log}"
-    );
+    assert!(log.contains(took_over), "{what}: {took_over}: {log}");
 }
 
 /// Hosts lost in turn (issue 14, item 7): the chain's four sample VNFs
-/// run on h0 and h1 (h2 spare), under 0R and then 1R-AA; h0 fails, its
+/// run on h0 and h1 (h2 spare), under 0R, 1R-AS and 1R-AA; h0 fails, its
 /// VNFs are recovered on the others, h0 comes back empty; then h1 fails
 /// likewise. Under traffic, through the HA harness: nothing lost,
 /// duplicated or reordered, every VNF in the failure-free state, every
@@ -1137,7 +1158,11 @@ fn a_chain_loses_one_host_and_then_another() {
     use nham_control::api::Mechanism;
     let _serial = serial();
     let nhamd = nham_bench::ha::sibling_binary("nhamd", "NHAM_NHAMD").expect("nhamd");
-    for mechanism in [Mechanism::Mechanism0r, Mechanism::Mechanism1rAa] {
+    for mechanism in [
+        Mechanism::Mechanism0r,
+        Mechanism::Mechanism1rAs,
+        Mechanism::Mechanism1rAa,
+    ] {
         let mut hosts = HostLab::new(3, 3).expect("the lab of hosts");
         for i in 0..3 {
             hosts.start_nhamd(i, &nhamd).expect("nhamd");

@@ -99,7 +99,9 @@ pub struct VnfRuntime {
     /// 1R-AA on another host: its replica, a stopped copy restored from
     /// each committed checkpoint on a host other than its own, behind the
     /// hop's standby port (`None` until the first checkpoint, and after a
-    /// failover until the next).
+    /// failover until the next). 1R-AS there: its standby, the place of its
+    /// next incarnation on such a host with the checkpoint staged, nothing
+    /// run (pid 0) until it fails.
     pub remote_replica: Option<(RemoteVnf, nham_dataplane::hold::CheckpointId)>,
     /// The process, while it runs (started by us or restored as our child).
     pub process: Option<process::Process>,
@@ -904,11 +906,12 @@ impl ChainRuntime {
                     .remote_target
                     .clone()
                     .ok_or(ControlError::Panicked("target"))?;
-                // (1R-AA there: this agent checkpoints; the daemon keeps
-                // the replica on another host, `service::remote_vnfs`.)
-                if mech != Mechanism::NoReplica && mech != Mechanism::ActiveActive {
+                // (1R-AA and 1R-AS there: this agent checkpoints; the
+                // daemon keeps the replica or standby on another host,
+                // `service::remote_vnfs`.)
+                if mech == Mechanism::MultiActive {
                     return Err(ControlError::FailedPrecondition(format!(
-                        "VNF {:?} runs on another host: only 0R and 1R-AA protect it there yet",
+                        "VNF {:?} runs on another host: only 0R, 1R-AS and 1R-AA protect it there yet",
                         v.plan.name
                     )));
                 }

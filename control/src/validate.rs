@@ -107,11 +107,11 @@ fn remote_host(
         return Ok(None);
     }
     name(&format!("spec.vnfs[{i}].host"), host)?;
-    if mechanism.is_some_and(|m| m != Mechanism::NoReplica && m != Mechanism::ActiveActive) {
-        // Standbys and members on other hosts are issue 14's next step.
+    if mechanism == Some(Mechanism::MultiActive) {
+        // Members on other hosts are issue 14's next step.
         return Err(ControlError::FailedPrecondition(format!(
-            "spec.vnfs[{i}] runs on host {host:?} under {mechanism:?}: a VNF on another host \
-             is protected by 0R or 1R-AA (or runs unprotected) for now"
+            "spec.vnfs[{i}] runs on host {host:?} under MR-AA: a VNF on another host \
+             is protected by 0R, 1R-AS or 1R-AA (or runs unprotected) for now"
         )));
     }
     Ok(Some(host.to_string()))

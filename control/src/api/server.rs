@@ -480,40 +480,36 @@ impl peer_service_server::PeerService for PeerSvc {
         &self,
         r: Request<tonic::Streaming<api::RestoreVnfRequest>>,
     ) -> Answer<api::RunVnfResponse> {
-        use api::restore_vnf_request::Part;
-        let mut stream = r.into_inner();
-        let Some(Part::Header(h)) = stream.message().await?.and_then(|m| m.part) else {
-            return Err(ControlError::InvalidArgument(
-                "RestoreVnf: the first message must be the header".into(),
-            )
-            .into());
-        };
-        let key = hosted_key(h.vnf)?;
-        let owner_underlay = h.owner_underlay.parse().map_err(|_| {
-            ControlError::InvalidArgument(format!(
-                "owner_underlay {:?}: an IPv4 address",
-                h.owner_underlay
-            ))
-        })?;
-        let c = h.checkpoint.ok_or_else(|| {
-            ControlError::InvalidArgument("RestoreVnf: no checkpoint header".into())
-        })?;
-        let file = receive_file(&mut stream, c.stored_bytes, |m| match m.part {
-            Some(Part::Data(d)) => Some(d),
-            _ => None,
-        })
-        .await?;
-        let request = crate::cluster::hosting::RestoreRequest {
-            key,
-            owner_underlay,
-            ifindex: h.ifindex,
-            image: crate::cluster::hosting::Image {
-                meta: super::encode::checkpoint_meta(c),
-                file,
-            },
-        };
+        let request = receive_restore("RestoreVnf", r.into_inner()).await?;
         let hosting = self.hosting.clone();
         let running = tokio::task::spawn_blocking(move || hosting.restore(request))
+            .await
+            .map_err(ControlError::from)?
+            .map_err(ControlError::from)?;
+        Ok(Response::new(running_api(running)))
+    }
+
+    async fn stage_standby(
+        &self,
+        r: Request<tonic::Streaming<api::RestoreVnfRequest>>,
+    ) -> Answer<api::RunVnfResponse> {
+        let request = receive_restore("StageStandby", r.into_inner()).await?;
+        let hosting = self.hosting.clone();
+        let running = tokio::task::spawn_blocking(move || hosting.stage(request))
+            .await
+            .map_err(ControlError::from)?
+            .map_err(ControlError::from)?;
+        Ok(Response::new(running_api(running)))
+    }
+
+    async fn activate_standby(
+        &self,
+        r: Request<api::DumpVnfRequest>,
+    ) -> Answer<api::RunVnfResponse> {
+        let r = r.into_inner();
+        let key = hosted_key(r.vnf)?;
+        let hosting = self.hosting.clone();
+        let running = tokio::task::spawn_blocking(move || hosting.activate(&key, r.id))
             .await
             .map_err(ControlError::from)?
             .map_err(ControlError::from)?;
@@ -529,4 +525,43 @@ impl peer_service_server::PeerService for PeerSvc {
             .map_err(ControlError::from)?;
         Ok(Response::new(api::StopVnfResponse {}))
     }
+}
+
+/// A checkpoint for a hosted VNF (`RestoreVnf`, `StageStandby`: `rpc`), as
+/// it comes: the header first, then the file's bytes.
+async fn receive_restore(
+    rpc: &str,
+    mut stream: tonic::Streaming<api::RestoreVnfRequest>,
+) -> Result<crate::cluster::hosting::RestoreRequest, Status> {
+    use api::restore_vnf_request::Part;
+    let Some(Part::Header(h)) = stream.message().await?.and_then(|m| m.part) else {
+        return Err(ControlError::InvalidArgument(format!(
+            "{rpc}: the first message must be the header"
+        ))
+        .into());
+    };
+    let key = hosted_key(h.vnf)?;
+    let owner_underlay = h.owner_underlay.parse().map_err(|_| {
+        ControlError::InvalidArgument(format!(
+            "owner_underlay {:?}: an IPv4 address",
+            h.owner_underlay
+        ))
+    })?;
+    let c = h
+        .checkpoint
+        .ok_or_else(|| ControlError::InvalidArgument(format!("{rpc}: no checkpoint header")))?;
+    let file = receive_file(&mut stream, c.stored_bytes, |m| match m.part {
+        Some(Part::Data(d)) => Some(d),
+        _ => None,
+    })
+    .await?;
+    Ok(crate::cluster::hosting::RestoreRequest {
+        key,
+        owner_underlay,
+        ifindex: h.ifindex,
+        image: crate::cluster::hosting::Image {
+            meta: super::encode::checkpoint_meta(c),
+            file,
+        },
+    })
 }

@@ -142,6 +142,14 @@ pub enum Start {
         /// The checkpoint.
         image: crate::cluster::hosting::Image,
     },
+    /// A standby (1R-AS): its place made and the checkpoint staged there,
+    /// nothing run (pid 0) until it is activated.
+    Standby {
+        /// The index its `eth0` gets.
+        ifindex: u32,
+        /// The checkpoint staged.
+        image: crate::cluster::hosting::Image,
+    },
 }
 
 impl Drop for RemoteVnf {
@@ -154,6 +162,16 @@ impl RemoteVnf {
     /// The cluster it was placed through.
     pub fn cluster(&self) -> &Arc<Cluster> {
         &self.cluster
+    }
+
+    /// A standby (1R-AS): restores it on its host from its staged
+    /// checkpoint `id`, stopped; from then on it is the incarnation.
+    /// Blocking.
+    pub fn activate(&mut self, id: nham_dataplane::hold::CheckpointId) -> Result<(), ControlError> {
+        let running = self.cluster.activate_standby(&self.host, &self.key, id)?;
+        self.pid = running.pid;
+        self.netns = running.netns;
+        Ok(())
     }
 
     /// Asks its host to stop it, on a thread left to finish by itself (its
@@ -188,6 +206,29 @@ impl RemoteVnf {
         })
         .join();
     }
+}
+
+/// 1R-AS: stages checkpoint `image` on standby `key` on host `host`
+/// (its `eth0` under `ifindex`), replacing the one staged before.
+/// Blocking.
+pub fn stage(
+    cluster: &Cluster,
+    host: &str,
+    key: &HostedKey,
+    ifindex: u32,
+    image: crate::cluster::hosting::Image,
+) -> Result<(), ControlError> {
+    let owner_underlay = ipv4(cluster.underlay(), "this host's")?;
+    cluster.stage_standby(
+        host,
+        crate::cluster::hosting::RestoreRequest {
+            key: key.clone(),
+            owner_underlay,
+            ifindex,
+            image,
+        },
+    )?;
+    Ok(())
 }
 
 fn ipv4(a: IpAddr, whose: &str) -> Result<Ipv4Addr, ControlError> {
@@ -248,15 +289,19 @@ pub fn place(
                     env: v.env.clone(),
                 },
             ),
-            Start::Restore { ifindex, image } => cluster.restore_vnf(
-                host,
-                crate::cluster::hosting::RestoreRequest {
+            Start::Restore { ifindex, image } | Start::Standby { ifindex, image } => {
+                let r = crate::cluster::hosting::RestoreRequest {
                     key: key.clone(),
                     owner_underlay: local,
                     ifindex: *ifindex,
                     image: image.clone(),
-                },
-            ),
+                };
+                if matches!(start, Start::Standby { .. }) {
+                    cluster.stage_standby(host, r)
+                } else {
+                    cluster.restore_vnf(host, r)
+                }
+            }
         };
         match started {
             Ok(running) => {

@@ -22,6 +22,13 @@
 //!   `/run/nham/hosted/<owner>/<chain>/<vnf>` and `vnf.log` there: the same
 //!   paths on every host, for CRIU restores open files and the working
 //!   directory by path (the host that restores makes them first).
+//! - **A standby** (1R-AS there): the place of the next incarnation made
+//!   ahead (its namespace and tunnel end, `eth0` under the index the VNF's
+//!   checkpoints need), with the latest committed checkpoint the owner
+//!   staged there unpacked and a `criu swrk` waiting in the namespace. On
+//!   the primary's failure the owner activates it: restored at once,
+//!   stopped, then run as any hosted VNF (nothing to transfer, unpack or
+//!   make then).
 //! - **A restart of this `nhamd`** kills what it hosted (its namespaces
 //!   carry this daemon's prefix and are swept at start): the owner sees
 //!   its `WatchVnf` fail, and the VNF as failed.
@@ -53,6 +60,16 @@ pub enum HostingError {
     /// No such hosted VNF.
     #[error("no hosted VNF {0}")]
     Missing(String),
+    /// A standby has not the checkpoint asked for staged.
+    #[error("standby {key}: checkpoint {wanted} asked for, {staged:?} staged")]
+    NotStaged {
+        /// Which standby.
+        key: String,
+        /// The checkpoint asked for.
+        wanted: u64,
+        /// The one staged there.
+        staged: Option<u64>,
+    },
     /// Its namespace or tunnel could not be made.
     #[error("hosting VNF {vnf}: {source}")]
     Netns {
@@ -150,7 +167,7 @@ pub struct Image {
     pub file: Vec<u8>,
 }
 
-/// What the owner asks to restore.
+/// What the owner asks to restore (or to stage on a standby).
 #[derive(Debug, Clone)]
 pub struct RestoreRequest {
     /// The new incarnation.
@@ -186,6 +203,28 @@ struct Hosted {
     cgroup: Option<Cgroup>,
 }
 
+/// A standby: the place of an incarnation not started yet, and the
+/// checkpoint staged for it.
+#[derive(Debug)]
+struct Standby {
+    netns: Netns,
+    eth0: nham_netns::VethEnd,
+    /// The staged checkpoint's id and where it is unpacked.
+    staged: Option<(u64, PathBuf)>,
+    /// A `criu swrk` waiting in its namespace.
+    swrk: Option<crate::vsm::criu::Swrk>,
+}
+
+impl Standby {
+    /// Removes its staged image; its worker, namespace and tunnel end go
+    /// with it.
+    fn discard(self) {
+        if let Some((_, dir)) = &self.staged {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// Where hosted VNFs' working directories and logs are, the same on
 /// every host.
 pub const HOSTED_DIR: &str = "/run/nham/hosted";
@@ -201,6 +240,7 @@ pub struct VnfHost {
     /// Where their cgroups go (`None`: no cgroup2 hierarchy).
     cgroups: Option<PathBuf>,
     hosted: Mutex<BTreeMap<HostedKey, Hosted>>,
+    standbys: Mutex<BTreeMap<HostedKey, Standby>>,
 }
 
 impl VnfHost {
@@ -230,7 +270,12 @@ impl VnfHost {
             dir,
             cgroups,
             hosted: Mutex::new(BTreeMap::new()),
+            standbys: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    fn standbys(&self) -> std::sync::MutexGuard<'_, BTreeMap<HostedKey, Standby>> {
+        self.standbys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn hosted(&self) -> std::sync::MutexGuard<'_, BTreeMap<HostedKey, Hosted>> {
@@ -364,14 +409,17 @@ impl VnfHost {
         ] {
             crate::plan::name(what, name).map_err(|e| HostingError::Invalid(e.to_string()))?;
         }
-        if let Some(other) = self.hosted().keys().find(|k| k.vni == key.vni) {
+        let taken = (self.hosted().keys())
+            .chain(self.standbys().keys())
+            .find(|k| k.vni == key.vni)
+            .cloned();
+        if let Some(other) = taken {
             return Err(HostingError::Exists(format!(
                 "VNI {} is taken here by {other}",
                 key.vni
             )));
         }
-        // One namespace per incarnation: a short, fixed-length name.
-        let id = blake3::hash(key.to_string().as_bytes()).to_hex()[..12].to_string();
+        let id = namespace_id(key);
         let netns = Netns::create(&format!("{}{id}", self.prefix)).map_err(|source| {
             HostingError::Netns {
                 vnf: key.to_string(),
@@ -500,6 +548,118 @@ impl VnfHost {
         self.adopt(r.key, pid, netns, eth0, cgroup)
     }
 
+    /// Stages checkpoint `r.image` on standby `r.key` (its place made
+    /// first, its `eth0` under `r.ifindex`, if it has none yet): checked
+    /// and unpacked there, replacing the one staged before, and a `criu
+    /// swrk` started in its namespace if none waits. Returns its place
+    /// (pid 0: nothing runs yet).
+    pub fn stage(&self, r: RestoreRequest) -> Result<Running, HostingError> {
+        let made = if self.standbys().contains_key(&r.key) {
+            None
+        } else {
+            let (_, netns, eth0) = self.place(&r.key, r.owner_underlay, Some(r.ifindex))?;
+            Some(Standby {
+                netns,
+                eth0,
+                staged: None,
+                swrk: None,
+            })
+        };
+        let (netns_path, dir) = {
+            let mut standbys = self.standbys();
+            let sb = match made {
+                Some(sb) => standbys.entry(r.key.clone()).or_insert(sb),
+                None => standbys
+                    .get_mut(&r.key)
+                    .ok_or_else(|| HostingError::Missing(r.key.to_string()))?,
+            };
+            let dir = self.dir.join("scratch").join(format!(
+                "standby-{}-{}-{}",
+                r.key.owner, r.key.vni, r.image.meta.id
+            ));
+            (sb.netns.path(), dir)
+        };
+        // Unpacked without the lock (seconds, for a large image).
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::vsm::database::unpack_file(&r.image.meta, &r.image.file, &dir)
+            .map_err(|e| HostingError::Restore(e.into()))?;
+        let swrk = if self
+            .standbys()
+            .get(&r.key)
+            .is_some_and(|s| s.swrk.is_none())
+        {
+            Some(
+                crate::vsm::criu::Swrk::spawn(&netns_path)
+                    .map_err(|e| HostingError::Restore(e.into()))?,
+            )
+        } else {
+            None
+        };
+        let mut standbys = self.standbys();
+        let Some(sb) = standbys.get_mut(&r.key) else {
+            // Stopped meanwhile.
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(HostingError::Missing(r.key.to_string()));
+        };
+        if let Some((_, before)) = sb.staged.replace((r.image.meta.id, dir)) {
+            let _ = std::fs::remove_dir_all(before);
+        }
+        if swrk.is_some() {
+            sb.swrk = swrk;
+        }
+        tracing::debug!(key = %r.key, id = r.image.meta.id, "checkpoint staged on a standby");
+        Ok(Running {
+            pid: 0,
+            mac: sb.eth0.mac,
+            netns: sb.netns.name().to_string(),
+            ifindex: sb.eth0.ifindex,
+        })
+    }
+
+    /// Restores standby `key` from its staged checkpoint `id`, stopped
+    /// (its owner resumes it once the SFF replays), and hosts it from now
+    /// on. A standby with another checkpoint staged (or none) is left as
+    /// it is: the owner restores elsewhere.
+    pub fn activate(&self, key: &HostedKey, id: u64) -> Result<Running, HostingError> {
+        let sb = {
+            let mut standbys = self.standbys();
+            let staged = standbys
+                .get(key)
+                .ok_or_else(|| HostingError::Missing(format!("standby {key}")))?
+                .staged
+                .as_ref()
+                .map(|(i, _)| *i);
+            if staged != Some(id) {
+                return Err(HostingError::NotStaged {
+                    key: key.to_string(),
+                    wanted: id,
+                    staged,
+                });
+            }
+            standbys
+                .remove(key)
+                .ok_or_else(|| HostingError::Missing(format!("standby {key}")))?
+        };
+        let Standby {
+            netns,
+            eth0,
+            staged,
+            swrk,
+        } = sb;
+        let dir = staged.map(|(_, d)| d).unwrap_or_default();
+        let restored = self
+            .work_place(key, &namespace_id(key))
+            .and_then(|(_, cgroup)| {
+                crate::vsm::checkpointer::restore_stopped(swrk, &dir, &netns.path(), None)
+                    .map(|pid| (pid, cgroup))
+                    .map_err(HostingError::Restore)
+            });
+        // The staged image goes; the place goes on as the hosted VNF's.
+        let _ = std::fs::remove_dir_all(&dir);
+        let (pid, cgroup) = restored?;
+        self.adopt(key.clone(), pid, netns, eth0, cgroup)
+    }
+
     /// When the hosted VNF `key` exited (Unix ns), waiting until it has.
     pub async fn exited(&self, key: &HostedKey) -> Result<u64, HostingError> {
         let mut rx = self
@@ -517,6 +677,12 @@ impl VnfHost {
 
     /// Kills the hosted VNF `key` and removes its place.
     pub fn stop(&self, key: &HostedKey) -> Result<(), HostingError> {
+        let standby = self.standbys().remove(key);
+        if let Some(sb) = standby {
+            tracing::info!(%key, "no longer keeping a standby");
+            sb.discard();
+            return Ok(());
+        }
         let h = self
             .hosted()
             .remove(key)
@@ -540,11 +706,19 @@ impl VnfHost {
 
     /// Kills everything hosted here (this daemon stops).
     pub fn stop_all(&self) {
+        let standbys = std::mem::take(&mut *self.standbys());
+        standbys.into_values().for_each(Standby::discard);
         let all = std::mem::take(&mut *self.hosted());
         for (key, h) in all {
             Self::remove(&key, h);
         }
     }
+}
+
+/// The id of incarnation `key`'s namespace and cgroup here: one per
+/// incarnation, a short, fixed-length name.
+fn namespace_id(key: &HostedKey) -> String {
+    blake3::hash(key.to_string().as_bytes()).to_hex()[..12].to_string()
 }
 
 /// Blocks until `fd` (a pidfd) is readable: its process exited.

@@ -1025,6 +1025,51 @@ impl Cluster {
         host: &str,
         r: hosting::RestoreRequest,
     ) -> Result<hosting::Running, hosting::HostingError> {
+        self.send_image(host, r, false)
+    }
+
+    /// Has host `host` stage `r` on standby `r.key` (its place made by
+    /// the first call); blocking, 30 s at most. The answer's pid is 0.
+    pub fn stage_standby(
+        &self,
+        host: &str,
+        r: hosting::RestoreRequest,
+    ) -> Result<hosting::Running, hosting::HostingError> {
+        self.send_image(host, r, true)
+    }
+
+    /// Has host `host` restore standby `key` from its staged checkpoint
+    /// `id` (stopped); blocking, 10 s at most.
+    pub fn activate_standby(
+        &self,
+        host: &str,
+        key: &hosting::HostedKey,
+        id: u64,
+    ) -> Result<hosting::Running, hosting::HostingError> {
+        let (mut client, request) = self.prepare(
+            host,
+            true,
+            crate::api::DumpVnfRequest {
+                vnf: Some(hosted_api(key)),
+                id,
+            },
+            Duration::from_secs(10),
+        )?;
+        let answer = self
+            .runtime
+            .block_on(client.activate_standby(request))
+            .map_err(|s| status_error(host, &s))?
+            .into_inner();
+        running(host, answer)
+    }
+
+    /// `RestoreVnf` (or `StageStandby`: `stage`) of `r` on host `host`.
+    fn send_image(
+        &self,
+        host: &str,
+        r: hosting::RestoreRequest,
+        stage: bool,
+    ) -> Result<hosting::Running, hosting::HostingError> {
         use crate::api::restore_vnf_request::Part;
         let header = Part::Header(crate::api::RestoreHeader {
             vnf: Some(hosted_api(&r.key)),
@@ -1047,7 +1092,13 @@ impl Cluster {
         )?;
         let answer = self
             .runtime
-            .block_on(client.restore_vnf(request))
+            .block_on(async {
+                if stage {
+                    client.stage_standby(request).await
+                } else {
+                    client.restore_vnf(request).await
+                }
+            })
             .map_err(|s| status_error(host, &s))?
             .into_inner();
         running(host, answer)

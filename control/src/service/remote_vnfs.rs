@@ -140,13 +140,15 @@ impl Daemon {
         }
     }
 
-    /// 1R-AA on another host: after checkpoint `id` of VNF `vnf` of
-    /// `chain` is committed, a copy of it is restored (stopped) on a live
-    /// host other than the VNF's, behind a new tunnel that becomes the
-    /// hop's standby port; the copy before goes. (The VNF's next
-    /// checkpoint waits for this: the replica is never more than one
-    /// checkpoint behind, and the SFF keeps the packets since the one
-    /// before the restore point.)
+    /// 1R-AA and 1R-AS on another host, after checkpoint `id` of VNF
+    /// `vnf` of `chain` is committed. 1R-AA: a copy of it is restored
+    /// (stopped) on a live host other than the VNF's, behind a new tunnel
+    /// that becomes the hop's standby port; the copy before goes. 1R-AS: it
+    /// is staged on the VNF's standby there (the place of its next
+    /// incarnation, made with the first one, behind the standby port),
+    /// restored only when the VNF fails. (The SFF keeps the packets since
+    /// the checkpoint before the restore point: a replica or standby one
+    /// checkpoint behind still recovers exactly.)
     pub(super) async fn refresh_remote_replica(
         &self,
         chain: &str,
@@ -159,8 +161,13 @@ impl Daemon {
                 let hop = e.runtime.vnf_index(vnf).ok()?;
                 let v = &e.runtime.vnfs[hop];
                 let r = v.remote.as_ref()?;
-                let wanted = v.plan.mechanism == Some(crate::plan::Mechanism::ActiveActive)
-                    && v.phase() == Phase::Running;
+                let wanted = matches!(
+                    v.plan.mechanism,
+                    Some(
+                        crate::plan::Mechanism::ActiveActive
+                            | crate::plan::Mechanism::ActiveStandby
+                    )
+                ) && v.phase() == Phase::Running;
                 let mut load = BTreeMap::<String, usize>::new();
                 for r in e.runtime.vnfs.iter().filter_map(|v| v.remote.as_ref()) {
                     *load.entry(r.host.clone()).or_default() += 1;
@@ -185,6 +192,12 @@ impl Daemon {
         };
         let store = self.state.store.clone();
         let chain_name = chain.to_string();
+        if plan.mechanism == Some(crate::plan::Mechanism::ActiveStandby)
+            && self.stage_on_standby(chain, vnf, incarnation, id).await
+        {
+            return;
+        }
+        let standby = plan.mechanism == Some(crate::plan::Mechanism::ActiveStandby);
         let placed = tokio::task::spawn_blocking(move || {
             let host = pick_host(&cluster, &primary, false, &load).ok_or_else(|| {
                 ControlError::FailedPrecondition(format!(
@@ -192,7 +205,11 @@ impl Daemon {
                 ))
             })?;
             let image = stored_image(&store, &chain_name, &plan.name, id)?;
-            let start = remote::Start::Restore { ifindex, image };
+            let start = if standby {
+                remote::Start::Standby { ifindex, image }
+            } else {
+                remote::Start::Restore { ifindex, image }
+            };
             remote::place(&cluster, &host, &chain_name, &plan, &start)
         })
         .await
@@ -201,7 +218,12 @@ impl Daemon {
         let (copy, port) = match placed {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(chain, vnf, "no 1R-AA replica of checkpoint {id}: {e}");
+                let what = if standby {
+                    "1R-AS standby"
+                } else {
+                    "1R-AA replica"
+                };
+                tracing::warn!(chain, vnf, "no {what} of checkpoint {id}: {e}");
                 return;
             }
         };
@@ -219,7 +241,7 @@ impl Daemon {
             return give_up(copy);
         }
         if let Err(e) = sff.attach_standby(hop, port) {
-            tracing::warn!(chain, vnf, "attaching the 1R-AA replica: {e}");
+            tracing::warn!(chain, vnf, "attaching the replica or standby: {e}");
             return give_up(copy);
         }
         // The SFF let go of the standby port before: the copy (or the
@@ -229,6 +251,76 @@ impl Daemon {
             v.remote_previous.take(),
         );
         std::thread::spawn(move || drop(before));
+    }
+
+    /// 1R-AS on another host: stages checkpoint `id` on the standby that
+    /// incarnation `incarnation` of `vnf` has on a live host (the standby
+    /// keeps the checkpoint before until this one is staged). Returns
+    /// whether it did; if not (no standby, its host not live, staging
+    /// failed), the caller makes a new one.
+    async fn stage_on_standby(
+        &self,
+        chain: &str,
+        vnf: &str,
+        incarnation: u64,
+        id: nham_dataplane::hold::CheckpointId,
+    ) -> bool {
+        // The standby stays in the registry while its image goes (a
+        // failure meanwhile activates it with the checkpoint before).
+        let target = {
+            let mut chains = self.chains.lock().await;
+            let Some(v) = vnf_in(&mut chains, chain, vnf) else {
+                return true;
+            };
+            let Some((sb, _)) = v.remote_replica.as_ref() else {
+                return false;
+            };
+            if sb.cluster().underlay_of(&sb.host).is_err() {
+                return false;
+            }
+            (
+                sb.cluster().clone(),
+                sb.host.clone(),
+                sb.key.clone(),
+                sb.ifindex,
+            )
+        };
+        let (cluster, host, key, ifindex) = target;
+        let store = self.state.store.clone();
+        let (chain_name, vnf_name) = (chain.to_string(), vnf.to_string());
+        let staged = tokio::task::spawn_blocking(move || {
+            let image = stored_image(&store, &chain_name, &vnf_name, id)?;
+            remote::stage(&cluster, &host, &key, ifindex, image)
+        })
+        .await
+        .map_err(ControlError::from)
+        .and_then(|r| r);
+        let mut chains = self.chains.lock().await;
+        let Some(v) = vnf_in(&mut chains, chain, vnf) else {
+            return true;
+        };
+        match staged {
+            Ok(_) if v.recovery.incarnation() == incarnation => {
+                if let Some((_, staged_id)) = v.remote_replica.as_mut() {
+                    *staged_id = id;
+                }
+                true
+            }
+            // A failure meanwhile: the next incarnation's first checkpoint
+            // makes its standby.
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(
+                    chain,
+                    vnf,
+                    "staging checkpoint {id} on the 1R-AS standby: {e}"
+                );
+                // (Made anew below, on a live host.)
+                let lost = v.remote_replica.take();
+                std::thread::spawn(move || drop(lost));
+                false
+            }
+        }
     }
 
     /// Host `host` is heard (again: a partition healed, or it restarted):
@@ -468,7 +560,10 @@ impl Daemon {
                     fallback_reason: None,
                     switched: true,
                 };
-                if switched_to_replica {
+                let standby = v.plan.mechanism == Some(crate::plan::Mechanism::ActiveStandby);
+                if switched_to_replica && standby {
+                    tracing::info!(chain, vnf, host, ?took, "its standby took over");
+                } else if switched_to_replica {
                     tracing::info!(chain, vnf, host, ?took, "failed over to its replica");
                 } else {
                     tracing::info!(chain, vnf, host, ?took, "VNF placed again");
@@ -569,18 +664,24 @@ type Placed = (
     Option<nham_dataplane::hold::CheckpointId>,
 );
 
-/// 1R-AA on another host: the SFF fails the hop over to the replica (a
-/// copy restored, stopped, from checkpoint `id`, behind the standby port)
-/// and replays in one exchange; then the copy runs.
+/// 1R-AA (and 1R-AS) on another host: the SFF fails the hop over to the
+/// replica (a copy restored, stopped, from checkpoint `id`, behind the
+/// standby port; a standby is restored now) and replays in one exchange;
+/// then the copy runs.
 fn fail_over_to(
     cluster: &Arc<Cluster>,
     sff: &nham_sff::remote::SffClient,
     hop: usize,
-    copy: remote::RemoteVnf,
+    mut copy: remote::RemoteVnf,
     id: nham_dataplane::hold::CheckpointId,
     target: Option<&remote::RemoteTarget>,
 ) -> Result<Placed, ControlError> {
     use nham_sff::remote::FailOverOutcome::{NotSwitched, Switched};
+    // 1R-AS: the standby is restored from its staged checkpoint first
+    // (stopped, behind the standby port already).
+    if copy.pid == 0 {
+        copy.activate(id)?;
+    }
     // The agent checkpoints the copy from the moment the SFF may take it
     // for the hop's (the hop recovers meanwhile: no checkpoint begins).
     if let Some(t) = target {
