@@ -136,11 +136,8 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
         ..HaSpec::default()
     };
     if args.hosts {
-        if !matches!(args.mechanism, MechanismArg::ZeroR | MechanismArg::OneRAa) {
-            bail!(
-                "--hosts: VNFs on other hosts are protected by 0r or 1r-aa for now, not {:?}",
-                args.mechanism
-            );
+        if matches!(args.mechanism, MechanismArg::MrAa) {
+            bail!("--hosts: VNFs on other hosts are protected by 0r, 1r-as or 1r-aa for now, not mr-aa");
         }
         if args.simultaneous != 1 {
             bail!("--hosts: each round fails one host (with every VNF on it): leave --simultaneous at 1");
