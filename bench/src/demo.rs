@@ -52,6 +52,8 @@ pub(crate) fn run() -> Result<()> {
             walk: Vec::new(),
             placement: Vec::new(),
             host_failures: false,
+            host_restarts: false,
+            tail: std::time::Duration::ZERO,
         })?;
         rows.push(r);
     }

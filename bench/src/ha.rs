@@ -104,6 +104,14 @@ pub struct HaSpec {
     /// victims. Once they are back, the host is brought back (link up, a
     /// new `nhamd`) for the rounds after. Needs [`run_in_cluster`].
     pub host_failures: bool,
+    /// With `host_failures`: each round restarts the host's `nhamd`
+    /// instead (SIGKILL, then a new one at once; its link stays up). The
+    /// new one sweeps what the old one hosted, so every VNF there is a
+    /// victim again.
+    pub host_restarts: bool,
+    /// Traffic after the last round (with no rounds: a failure-free trial
+    /// this long, plus the harness's 1.5 s).
+    pub tail: Duration,
 }
 
 /// Median, 99th percentile and maximum of a sample, in ms.
@@ -964,6 +972,7 @@ fn trial(
         // host back with a new nhamd before the next round.
         + Duration::from_millis(if spec.host_failures { 1500 } else { 0 });
     let duration = per_round * spec.rounds.len() as u32
+        + spec.tail
         + Duration::from_millis(1500)
         + Duration::from_millis(1000) * spec.restarts.len() as u32;
     let traffic = TrafficSpec {
@@ -1088,10 +1097,15 @@ fn trial(
                     .strip_prefix('h')
                     .and_then(|i| i.parse().ok())
                     .with_context(|| format!("host {host} is not one of the lab's"))?;
-                hosts
+                let h = hosts
                     .as_deref_mut()
-                    .context("host failures need the lab's hosts")?
-                    .fail_host(i)?;
+                    .context("host failures need the lab's hosts")?;
+                if spec.host_restarts {
+                    h.kill_nhamd(i);
+                    h.start_nhamd(i, &spec.nhamd)?;
+                } else {
+                    h.fail_host(i)?;
+                }
                 failed_host = Some(i);
             } else {
                 if spec.corrupt_newest {
@@ -1264,8 +1278,10 @@ fn trial(
             // The failed host back, empty, with a new nhamd, and heard by
             // the chain's before the next round.
             if let (Some(i), Some(h)) = (failed_host, hosts.as_deref_mut()) {
-                h.reconnect(i)?;
-                h.start_nhamd(i, &spec.nhamd)?;
+                if !spec.host_restarts {
+                    h.reconnect(i)?;
+                    h.start_nhamd(i, &spec.nhamd)?;
+                }
                 let name = format!("h{i}");
                 let deadline = Instant::now() + Duration::from_secs(20);
                 loop {

@@ -9,6 +9,9 @@
 //! - `nham-bench recovery`: a chain protected by `nhamd` (0R, 1R-AS) with
 //!   failures injected under traffic: detection, recovery, downtime,
 //!   checkpoint pauses, exactly-once and VNF states.
+//! - `nham-bench commits`: the highest rate a failure-free protected chain
+//!   carries exactly with local commits and with each checkpoint kept on a
+//!   second host first, interleaved, and their ratio.
 //! - `nham-bench soak`: failures of all nine kinds of the fault matrix,
 //!   across the four mechanisms, seeded, until N; stops at the first
 //!   violation of exactly-once and names the seed and the segment.
@@ -18,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod chain;
+mod commits;
 mod demo;
 mod model;
 mod recovery;
@@ -55,6 +59,10 @@ enum Command {
     /// Failures of every kind across every mechanism, seeded, checked for
     /// exactly-once (root, CRIU).
     Soak(soak_cmd::SoakArgs),
+    /// Throughput of a failure-free protected chain with local and with
+    /// off-host checkpoint commits, interleaved, and their ratio (root,
+    /// CRIU, etcd).
+    Commits(commits::CommitsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,5 +73,6 @@ fn main() -> anyhow::Result<()> {
         Command::Throughput(args) => throughput::run(&args),
         Command::Recovery(args) => recovery::run(&args),
         Command::Soak(args) => soak_cmd::run(&args),
+        Command::Commits(args) => commits::run(&args),
     }
 }

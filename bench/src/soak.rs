@@ -184,6 +184,8 @@ fn segment_spec(
         walk: Vec::new(),
         placement: Vec::new(),
         host_failures: false,
+        host_restarts: false,
+        tail: Duration::ZERO,
     };
     let victim = rng.below(n);
     // Rounds of one VNF, and (one in three) two at once.

@@ -94,6 +94,8 @@ fn spec(mechanism: Mechanism, fault: Fault, rounds: Vec<usize>) -> HaSpec {
         walk: Vec::new(),
         placement: Vec::new(),
         host_failures: false,
+        host_restarts: false,
+        tail: Duration::ZERO,
     }
 }
 

@@ -45,6 +45,8 @@ fn spec(mechanism: Mechanism, kinds: Vec<Kind>, rounds: Vec<usize>) -> HaSpec {
         walk: Vec::new(),
         placement: Vec::new(),
         host_failures: false,
+        host_restarts: false,
+        tail: Duration::ZERO,
     }
 }
 

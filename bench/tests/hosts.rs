@@ -1163,39 +1163,101 @@ fn a_chain_loses_one_host_and_then_another() {
         Mechanism::Mechanism1rAs,
         Mechanism::Mechanism1rAa,
     ] {
-        let mut hosts = HostLab::new(3, 3).expect("the lab of hosts");
-        for i in 0..3 {
-            hosts.start_nhamd(i, &nhamd).expect("nhamd");
-        }
-        let spec = nham_bench::ha::HaSpec {
-            mechanism,
-            kinds: nham_bench::ha::sample_chain(4),
-            rounds: vec![1, 1],
-            fault: nham_control::api::Fault::Crash,
-            rate: 2000.0,
-            gap: Duration::from_millis(500),
-            checkpoint_interval_ms: 400,
-            flows: 32,
-            nhamd: nhamd.clone(),
-            vnf_bin: vnf_bin().to_path_buf(),
-            placement: (0..4).map(|i| format!("h{}", i % 2)).collect(),
-            host_failures: true,
-            ..Default::default()
-        };
+        let (mut hosts, spec) = spread_over_two_hosts(mechanism, &nhamd);
         let r = nham_bench::ha::run_in_cluster(&spec, &mut hosts, "sff").expect("the trial");
-        eprintln!(
-            "{}: h0 then h1 lost: {} VNF failures, detection p50 {:.1} ms, recovery p50 {:.1} ms (from the host's last heartbeat), lost {} dup {} reordered {}",
-            mechanism.as_str_name(),
-            r.failures,
-            r.detection_ms.p50,
-            r.recovery_ms.p50,
-            r.lost,
-            r.duplicated,
-            r.reordered
-        );
-        assert!(r.is_exact(), "{}: {r:#?}", mechanism.as_str_name());
+        report(mechanism, "h0 then h1 lost", &r);
         assert_eq!(r.failures, 4, "two VNFs on each host lost");
     }
+}
+
+/// A lab of three hosts (etcd and `nhamd` on each) and an HA trial of the
+/// four sample VNFs under `mechanism` on h0 and h1 (h2 spare), two rounds
+/// of host failures (h0, then h1), 2,000 frames/s, 400 ms checkpoints.
+fn spread_over_two_hosts(
+    mechanism: nham_control::api::Mechanism,
+    nhamd: &std::path::Path,
+) -> (HostLab, nham_bench::ha::HaSpec) {
+    let mut hosts = HostLab::new(3, 3).expect("the lab of hosts");
+    for i in 0..3 {
+        hosts.start_nhamd(i, nhamd).expect("nhamd");
+    }
+    let spec = nham_bench::ha::HaSpec {
+        mechanism,
+        kinds: nham_bench::ha::sample_chain(4),
+        rounds: vec![1, 1],
+        fault: nham_control::api::Fault::Crash,
+        rate: 2000.0,
+        gap: Duration::from_millis(500),
+        checkpoint_interval_ms: 400,
+        flows: 32,
+        nhamd: nhamd.to_path_buf(),
+        vnf_bin: vnf_bin().to_path_buf(),
+        placement: (0..4).map(|i| format!("h{}", i % 2)).collect(),
+        host_failures: true,
+        ..Default::default()
+    };
+    (hosts, spec)
+}
+
+/// Prints trial `r` (`what` under `mechanism`) and asserts it exact.
+fn report(mechanism: nham_control::api::Mechanism, what: &str, r: &nham_bench::ha::HaReport) {
+    eprintln!(
+        "{}: {what}: {} VNF failures, detection p50 {:.1} ms, recovery p50 {:.1} ms, lost {} dup {} reordered {}, state mismatches {}",
+        mechanism.as_str_name(),
+        r.failures,
+        r.detection_ms.p50,
+        r.recovery_ms.p50,
+        r.lost,
+        r.duplicated,
+        r.reordered,
+        r.state_mismatches
+    );
+    assert!(r.is_exact(), "{}: {what}: {r:#?}", mechanism.as_str_name());
+}
+
+/// One etcd member dies under traffic (issue 14, item 7): etcd runs on
+/// h0, h1 and h2; a second into the trial the member on h2 is killed, and
+/// h0 and then h1 fail as in the test above (their members live on: the
+/// two left are a quorum). Membership, placement and recovery go on with
+/// two members: exact, states equal, all four VNFs recovered.
+#[test]
+fn one_etcd_member_dies_under_traffic_and_hosts_still_fail_over() {
+    use nham_control::api::Mechanism;
+    let _serial = serial();
+    let nhamd = nham_bench::ha::sibling_binary("nhamd", "NHAM_NHAMD").expect("nhamd");
+    let mechanism = Mechanism::Mechanism1rAa;
+    let (mut hosts, spec) = spread_over_two_hosts(mechanism, &nhamd);
+    let e2 = hosts.etcd_pids()[2];
+    let r = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_secs(1));
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(e2 as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        });
+        nham_bench::ha::run_in_cluster(&spec, &mut hosts, "sff").expect("the trial")
+    });
+    report(mechanism, "etcd e2 dead, h0 then h1 lost", &r);
+    assert_eq!(r.failures, 4, "two VNFs on each host lost");
+}
+
+/// A VNF host's `nhamd` restarts under traffic (issue 14, item 7): h0's,
+/// then h1's, is killed and started again at once. The new one sweeps
+/// what the old one ran for "sff" (those VNFs die); "sff" sees them gone
+/// (or the host silent meanwhile) and recovers each by its mechanism, on
+/// that host or another: exact, states equal.
+#[test]
+fn a_vnf_host_s_nhamd_restarts_under_traffic() {
+    use nham_control::api::Mechanism;
+    let _serial = serial();
+    let nhamd = nham_bench::ha::sibling_binary("nhamd", "NHAM_NHAMD").expect("nhamd");
+    let mechanism = Mechanism::Mechanism1rAs;
+    let (mut hosts, mut spec) = spread_over_two_hosts(mechanism, &nhamd);
+    spec.host_restarts = true;
+    let r = nham_bench::ha::run_in_cluster(&spec, &mut hosts, "sff").expect("the trial");
+    report(mechanism, "h0's nhamd restarted, then h1's", &r);
+    assert_eq!(r.failures, 4, "two VNFs on each host lost");
 }
 
 /// No host to go to (issue 14, item 5): the chain's only VNF runs on h0;

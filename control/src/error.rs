@@ -132,7 +132,7 @@ fn hosting_code(e: &crate::cluster::hosting::HostingError) -> Code {
         H::Invalid(_) => Code::InvalidArgument,
         H::Exists(_) => Code::AlreadyExists,
         H::Missing(_) => Code::NotFound,
-        H::NotStaged { .. } => Code::FailedPrecondition,
+        H::NotStaged { .. } | H::Stopped(_) => Code::FailedPrecondition,
         H::Netns { .. } | H::Checkpoint(_) => Code::Internal,
         H::Restore(e) => sync_code(e),
         H::Runtime(r) => runtime_code(r),

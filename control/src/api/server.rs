@@ -480,7 +480,7 @@ impl peer_service_server::PeerService for PeerSvc {
         &self,
         r: Request<tonic::Streaming<api::RestoreVnfRequest>>,
     ) -> Answer<api::RunVnfResponse> {
-        let request = receive_restore("RestoreVnf", r.into_inner()).await?;
+        let (request, _) = receive_restore("RestoreVnf", r.into_inner()).await?;
         let hosting = self.hosting.clone();
         let running = tokio::task::spawn_blocking(move || hosting.restore(request))
             .await
@@ -493,9 +493,9 @@ impl peer_service_server::PeerService for PeerSvc {
         &self,
         r: Request<tonic::Streaming<api::RestoreVnfRequest>>,
     ) -> Answer<api::RunVnfResponse> {
-        let request = receive_restore("StageStandby", r.into_inner()).await?;
+        let (request, create) = receive_restore("StageStandby", r.into_inner()).await?;
         let hosting = self.hosting.clone();
-        let running = tokio::task::spawn_blocking(move || hosting.stage(request))
+        let running = tokio::task::spawn_blocking(move || hosting.stage(request, create))
             .await
             .map_err(ControlError::from)?
             .map_err(ControlError::from)?;
@@ -528,11 +528,12 @@ impl peer_service_server::PeerService for PeerSvc {
 }
 
 /// A checkpoint for a hosted VNF (`RestoreVnf`, `StageStandby`: `rpc`), as
-/// it comes: the header first, then the file's bytes.
+/// it comes: the header first, then the file's bytes; and the header's
+/// `create`.
 async fn receive_restore(
     rpc: &str,
     mut stream: tonic::Streaming<api::RestoreVnfRequest>,
-) -> Result<crate::cluster::hosting::RestoreRequest, Status> {
+) -> Result<(crate::cluster::hosting::RestoreRequest, bool), Status> {
     use api::restore_vnf_request::Part;
     let Some(Part::Header(h)) = stream.message().await?.and_then(|m| m.part) else {
         return Err(ControlError::InvalidArgument(format!(
@@ -555,7 +556,7 @@ async fn receive_restore(
         _ => None,
     })
     .await?;
-    Ok(crate::cluster::hosting::RestoreRequest {
+    let request = crate::cluster::hosting::RestoreRequest {
         key,
         owner_underlay,
         ifindex: h.ifindex,
@@ -563,5 +564,6 @@ async fn receive_restore(
             meta: super::encode::checkpoint_meta(c),
             file,
         },
-    })
+    };
+    Ok((request, h.create))
 }

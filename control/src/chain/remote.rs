@@ -227,6 +227,7 @@ pub fn stage(
             ifindex,
             image,
         },
+        false,
     )?;
     Ok(())
 }
@@ -297,7 +298,7 @@ pub fn place(
                     image: image.clone(),
                 };
                 if matches!(start, Start::Standby { .. }) {
-                    cluster.stage_standby(host, r)
+                    cluster.stage_standby(host, r, true)
                 } else {
                     cluster.restore_vnf(host, r)
                 }

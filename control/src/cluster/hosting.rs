@@ -60,6 +60,9 @@ pub enum HostingError {
     /// No such hosted VNF.
     #[error("no hosted VNF {0}")]
     Missing(String),
+    /// That incarnation was stopped here already.
+    #[error("{0} was stopped here already")]
+    Stopped(String),
     /// A standby has not the checkpoint asked for staged.
     #[error("standby {key}: checkpoint {wanted} asked for, {staged:?} staged")]
     NotStaged {
@@ -209,8 +212,10 @@ struct Hosted {
 struct Standby {
     netns: Netns,
     eth0: nham_netns::VethEnd,
-    /// The staged checkpoint's id and where it is unpacked.
-    staged: Option<(u64, PathBuf)>,
+    /// The staged checkpoints (id, where unpacked), oldest first: the
+    /// newest and the one before (its owner may not know of the newest
+    /// yet when its VNF fails).
+    staged: Vec<(u64, PathBuf)>,
     /// A `criu swrk` waiting in its namespace.
     swrk: Option<crate::vsm::criu::Swrk>,
 }
@@ -219,7 +224,7 @@ impl Standby {
     /// Removes its staged image; its worker, namespace and tunnel end go
     /// with it.
     fn discard(self) {
-        if let Some((_, dir)) = &self.staged {
+        for (_, dir) in &self.staged {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
@@ -241,7 +246,15 @@ pub struct VnfHost {
     cgroups: Option<PathBuf>,
     hosted: Mutex<BTreeMap<HostedKey, Hosted>>,
     standbys: Mutex<BTreeMap<HostedKey, Standby>>,
+    /// Incarnations stopped here, newest last (at most [`STOPPED_KEPT`]):
+    /// a request to make one of them that arrives after its stop (a late
+    /// stream, an owner's call that timed out) is refused, not obeyed —
+    /// nobody would own what it made.
+    stopped: Mutex<std::collections::VecDeque<HostedKey>>,
 }
+
+/// How many stopped incarnations a host remembers.
+const STOPPED_KEPT: usize = 4096;
 
 impl VnfHost {
     /// Hosts VNFs on underlay address `underlay`, in namespaces named
@@ -264,6 +277,8 @@ impl VnfHost {
         if let Some(c) = &cgroups {
             crate::runtime::cgroup::remove_tree(c);
         }
+        // Their dumps and staged images.
+        let _ = std::fs::remove_dir_all(dir.join("scratch"));
         Arc::new(Self {
             underlay,
             prefix,
@@ -271,7 +286,17 @@ impl VnfHost {
             cgroups,
             hosted: Mutex::new(BTreeMap::new()),
             standbys: Mutex::new(BTreeMap::new()),
+            stopped: Mutex::new(std::collections::VecDeque::new()),
         })
+    }
+
+    fn stopped(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<HostedKey>> {
+        self.stopped.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether incarnation `key` was stopped here.
+    fn was_stopped(&self, key: &HostedKey) -> bool {
+        self.stopped().contains(key)
     }
 
     fn standbys(&self) -> std::sync::MutexGuard<'_, BTreeMap<HostedKey, Standby>> {
@@ -380,6 +405,7 @@ impl VnfHost {
             .join("scratch")
             .join(format!("{}-{}", key.owner, key.vni));
         tracing::info!(%key, pid, netns = running.netns, "hosting a VNF");
+        let stopped_key = key.clone();
         self.hosted().insert(
             key,
             Hosted {
@@ -390,6 +416,12 @@ impl VnfHost {
                 cgroup,
             },
         );
+        // Its stop came while it was started or restored (a stop is
+        // recorded before it looks for what to stop): it goes now.
+        if self.was_stopped(&stopped_key) {
+            let _ = self.stop(&stopped_key);
+            return Err(HostingError::Stopped(stopped_key.to_string()));
+        }
         Ok(running)
     }
 
@@ -408,6 +440,9 @@ impl VnfHost {
             ("vnf", &key.vnf),
         ] {
             crate::plan::name(what, name).map_err(|e| HostingError::Invalid(e.to_string()))?;
+        }
+        if self.was_stopped(key) {
+            return Err(HostingError::Stopped(key.to_string()));
         }
         let taken = (self.hosted().keys())
             .chain(self.standbys().keys())
@@ -548,66 +583,93 @@ impl VnfHost {
         self.adopt(r.key, pid, netns, eth0, cgroup)
     }
 
-    /// Stages checkpoint `r.image` on standby `r.key` (its place made
-    /// first, its `eth0` under `r.ifindex`, if it has none yet): checked
-    /// and unpacked there, replacing the one staged before, and a `criu
-    /// swrk` started in its namespace if none waits. Returns its place
+    /// Stages checkpoint `r.image` on standby `r.key`: checked and
+    /// unpacked there, and a `criu swrk` started in its namespace if none
+    /// waits. Its place (namespace, tunnel end, `eth0` under `r.ifindex`)
+    /// is made by the first stage (`create`); a later one for a standby
+    /// not here is NOT_FOUND (stopped meanwhile: not made again). The
+    /// checkpoint before stays staged too; older ones go, and an older
+    /// checkpoint than the newest staged is refused. Returns its place
     /// (pid 0: nothing runs yet).
-    pub fn stage(&self, r: RestoreRequest) -> Result<Running, HostingError> {
+    pub fn stage(&self, r: RestoreRequest, create: bool) -> Result<Running, HostingError> {
+        let id = r.image.meta.id;
         let made = if self.standbys().contains_key(&r.key) {
             None
-        } else {
+        } else if create {
             let (_, netns, eth0) = self.place(&r.key, r.owner_underlay, Some(r.ifindex))?;
             Some(Standby {
                 netns,
                 eth0,
-                staged: None,
+                staged: Vec::new(),
                 swrk: None,
             })
+        } else {
+            return Err(HostingError::Missing(format!("standby {}", r.key)));
         };
-        let (netns_path, dir) = {
+        let (netns_path, dir, wants_worker) = {
             let mut standbys = self.standbys();
             let sb = match made {
                 Some(sb) => standbys.entry(r.key.clone()).or_insert(sb),
                 None => standbys
                     .get_mut(&r.key)
-                    .ok_or_else(|| HostingError::Missing(r.key.to_string()))?,
+                    .ok_or_else(|| HostingError::Missing(format!("standby {}", r.key)))?,
             };
-            let dir = self.dir.join("scratch").join(format!(
-                "standby-{}-{}-{}",
-                r.key.owner, r.key.vni, r.image.meta.id
-            ));
-            (sb.netns.path(), dir)
+            if let Some(&(newest, _)) = sb.staged.last() {
+                if id <= newest {
+                    return Err(HostingError::NotStaged {
+                        key: format!("{} (staging)", r.key),
+                        wanted: id,
+                        staged: Some(newest),
+                    });
+                }
+            }
+            let dir = self
+                .dir
+                .join("scratch")
+                .join(format!("standby-{}-{}-{id}", r.key.owner, r.key.vni));
+            (sb.netns.path(), dir, sb.swrk.is_none())
         };
         // Unpacked without the lock (seconds, for a large image).
         let _ = std::fs::remove_dir_all(&dir);
-        crate::vsm::database::unpack_file(&r.image.meta, &r.image.file, &dir)
-            .map_err(|e| HostingError::Restore(e.into()))?;
-        let swrk = if self
-            .standbys()
-            .get(&r.key)
-            .is_some_and(|s| s.swrk.is_none())
-        {
-            Some(
-                crate::vsm::criu::Swrk::spawn(&netns_path)
-                    .map_err(|e| HostingError::Restore(e.into()))?,
-            )
-        } else {
-            None
+        let ready = crate::vsm::database::unpack_file(&r.image.meta, &r.image.file, &dir)
+            .map_err(|e| HostingError::Restore(e.into()))
+            .and_then(|()| {
+                wants_worker
+                    .then(|| crate::vsm::criu::Swrk::spawn(&netns_path))
+                    .transpose()
+                    .map_err(|e| HostingError::Restore(e.into()))
+            });
+        let swrk = match ready {
+            Ok(swrk) => swrk,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
         };
         let mut standbys = self.standbys();
         let Some(sb) = standbys.get_mut(&r.key) else {
             // Stopped meanwhile.
             let _ = std::fs::remove_dir_all(&dir);
-            return Err(HostingError::Missing(r.key.to_string()));
+            return Err(HostingError::Missing(format!("standby {}", r.key)));
         };
-        if let Some((_, before)) = sb.staged.replace((r.image.meta.id, dir)) {
-            let _ = std::fs::remove_dir_all(before);
+        if sb.staged.last().is_some_and(|&(newest, _)| id <= newest) {
+            // A newer one was staged meanwhile.
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(HostingError::NotStaged {
+                key: format!("{} (staging)", r.key),
+                wanted: id,
+                staged: sb.staged.last().map(|&(i, _)| i),
+            });
         }
-        if swrk.is_some() {
+        sb.staged.push((id, dir));
+        while sb.staged.len() > 2 {
+            let (_, old) = sb.staged.remove(0);
+            let _ = std::fs::remove_dir_all(old);
+        }
+        if sb.swrk.is_none() {
             sb.swrk = swrk;
         }
-        tracing::debug!(key = %r.key, id = r.image.meta.id, "checkpoint staged on a standby");
+        tracing::debug!(key = %r.key, id, "checkpoint staged on a standby");
         Ok(Running {
             pid: 0,
             mac: sb.eth0.mac,
@@ -618,22 +680,20 @@ impl VnfHost {
 
     /// Restores standby `key` from its staged checkpoint `id`, stopped
     /// (its owner resumes it once the SFF replays), and hosts it from now
-    /// on. A standby with another checkpoint staged (or none) is left as
-    /// it is: the owner restores elsewhere.
+    /// on. A standby without `id` staged is left as it is: the owner
+    /// restores elsewhere. A stop of `key` while it is restored kills it
+    /// once it is.
     pub fn activate(&self, key: &HostedKey, id: u64) -> Result<Running, HostingError> {
         let sb = {
             let mut standbys = self.standbys();
-            let staged = standbys
+            let sb = standbys
                 .get(key)
-                .ok_or_else(|| HostingError::Missing(format!("standby {key}")))?
-                .staged
-                .as_ref()
-                .map(|(i, _)| *i);
-            if staged != Some(id) {
+                .ok_or_else(|| HostingError::Missing(format!("standby {key}")))?;
+            if !sb.staged.iter().any(|&(i, _)| i == id) {
                 return Err(HostingError::NotStaged {
                     key: key.to_string(),
                     wanted: id,
-                    staged,
+                    staged: sb.staged.last().map(|&(i, _)| i),
                 });
             }
             standbys
@@ -646,7 +706,11 @@ impl VnfHost {
             staged,
             swrk,
         } = sb;
-        let dir = staged.map(|(_, d)| d).unwrap_or_default();
+        let dir = staged
+            .iter()
+            .find(|&&(i, _)| i == id)
+            .map(|(_, d)| d.clone())
+            .unwrap_or_default();
         let restored = self
             .work_place(key, &namespace_id(key))
             .and_then(|(_, cgroup)| {
@@ -654,8 +718,10 @@ impl VnfHost {
                     .map(|pid| (pid, cgroup))
                     .map_err(HostingError::Restore)
             });
-        // The staged image goes; the place goes on as the hosted VNF's.
-        let _ = std::fs::remove_dir_all(&dir);
+        // The staged images go; the place goes on as the hosted VNF's.
+        for (_, d) in &staged {
+            let _ = std::fs::remove_dir_all(d);
+        }
         let (pid, cgroup) = restored?;
         self.adopt(key.clone(), pid, netns, eth0, cgroup)
     }
@@ -677,6 +743,16 @@ impl VnfHost {
 
     /// Kills the hosted VNF `key` and removes its place.
     pub fn stop(&self, key: &HostedKey) -> Result<(), HostingError> {
+        // Recorded first: what is being made for it meanwhile sees it.
+        {
+            let mut stopped = self.stopped();
+            if !stopped.contains(key) {
+                stopped.push_back(key.clone());
+                if stopped.len() > STOPPED_KEPT {
+                    stopped.pop_front();
+                }
+            }
+        }
         let standby = self.standbys().remove(key);
         if let Some(sb) = standby {
             tracing::info!(%key, "no longer keeping a standby");
@@ -732,4 +808,81 @@ fn unix_nanos() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(vni: u32) -> HostedKey {
+        HostedKey {
+            owner: "sff".into(),
+            chain: "c".into(),
+            vnf: "v".into(),
+            vni,
+        }
+    }
+
+    /// A stop that arrives before what it stops (the owner's call timed
+    /// out, its stream came late) is remembered: the incarnation is never
+    /// made afterwards, by any request. (Refused before any namespace is
+    /// made.)
+    #[test]
+    fn an_incarnation_stopped_before_it_was_made_is_never_made() {
+        let dir = std::env::temp_dir().join(nham_netns::unique_name("nham-hosting-"));
+        let host = VnfHost::new(
+            Ipv4Addr::LOCALHOST,
+            nham_netns::unique_name("nhamt-"),
+            dir.clone(),
+            None,
+        );
+        assert!(matches!(host.stop(&key(7)), Err(HostingError::Missing(_))));
+        let run = host.run(RunRequest {
+            key: key(7),
+            owner_underlay: Ipv4Addr::LOCALHOST,
+            command: vec!["true".into()],
+            env: BTreeMap::new(),
+        });
+        assert!(matches!(run, Err(HostingError::Stopped(_))), "{run:?}");
+        let image = Image {
+            meta: crate::vsm::database::CheckpointMeta {
+                format: crate::vsm::database::FORMAT_VERSION,
+                chain: "c".into(),
+                vnf: "v".into(),
+                id: 1,
+                created_unix_ms: 0,
+                image_bytes: 0,
+                stored_bytes: 0,
+                blake3: String::new(),
+                file: String::new(),
+            },
+            file: Vec::new(),
+        };
+        let request = RestoreRequest {
+            key: key(7),
+            owner_underlay: Ipv4Addr::LOCALHOST,
+            ifindex: 2,
+            image,
+        };
+        let staged = host.stage(request.clone(), true);
+        assert!(
+            matches!(staged, Err(HostingError::Stopped(_))),
+            "{staged:?}"
+        );
+        // A later stage of a standby that is not here makes nothing.
+        let request = RestoreRequest {
+            key: key(8),
+            ..request
+        };
+        let staged = host.stage(request, false);
+        assert!(
+            matches!(staged, Err(HostingError::Missing(_))),
+            "{staged:?}"
+        );
+        assert!(matches!(
+            host.activate(&key(8), 1),
+            Err(HostingError::Missing(_))
+        ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -1025,17 +1025,19 @@ impl Cluster {
         host: &str,
         r: hosting::RestoreRequest,
     ) -> Result<hosting::Running, hosting::HostingError> {
-        self.send_image(host, r, false)
+        self.send_image(host, r, None)
     }
 
-    /// Has host `host` stage `r` on standby `r.key` (its place made by
-    /// the first call); blocking, 30 s at most. The answer's pid is 0.
+    /// Has host `host` stage `r` on standby `r.key` (its place made if
+    /// `create`: the first call); blocking, 30 s at most. The answer's pid
+    /// is 0.
     pub fn stage_standby(
         &self,
         host: &str,
         r: hosting::RestoreRequest,
+        create: bool,
     ) -> Result<hosting::Running, hosting::HostingError> {
-        self.send_image(host, r, true)
+        self.send_image(host, r, Some(create))
     }
 
     /// Has host `host` restore standby `key` from its staged checkpoint
@@ -1063,12 +1065,13 @@ impl Cluster {
         running(host, answer)
     }
 
-    /// `RestoreVnf` (or `StageStandby`: `stage`) of `r` on host `host`.
+    /// `RestoreVnf` (or `StageStandby`: `stage`, its `create`) of `r` on
+    /// host `host`.
     fn send_image(
         &self,
         host: &str,
         r: hosting::RestoreRequest,
-        stage: bool,
+        stage: Option<bool>,
     ) -> Result<hosting::Running, hosting::HostingError> {
         use crate::api::restore_vnf_request::Part;
         let header = Part::Header(crate::api::RestoreHeader {
@@ -1079,6 +1082,7 @@ impl Cluster {
                 &self.record.name,
                 &r.image.meta,
             )),
+            create: stage == Some(true),
         });
         let parts: Vec<crate::api::RestoreVnfRequest> = std::iter::once(header)
             .chain(r.image.file.chunks(1 << 20).map(|c| Part::Data(c.to_vec())))
@@ -1093,7 +1097,7 @@ impl Cluster {
         let answer = self
             .runtime
             .block_on(async {
-                if stage {
+                if stage.is_some() {
                     client.stage_standby(request).await
                 } else {
                     client.restore_vnf(request).await

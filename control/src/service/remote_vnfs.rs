@@ -287,10 +287,10 @@ impl Daemon {
         };
         let (cluster, host, key, ifindex) = target;
         let store = self.state.store.clone();
-        let (chain_name, vnf_name) = (chain.to_string(), vnf.to_string());
+        let (chain_name, vnf_name, staged_key) = (chain.to_string(), vnf.to_string(), key.clone());
         let staged = tokio::task::spawn_blocking(move || {
             let image = stored_image(&store, &chain_name, &vnf_name, id)?;
-            remote::stage(&cluster, &host, &key, ifindex, image)
+            remote::stage(&cluster, &host, &staged_key, ifindex, image)
         })
         .await
         .map_err(ControlError::from)
@@ -299,26 +299,39 @@ impl Daemon {
         let Some(v) = vnf_in(&mut chains, chain, vnf) else {
             return true;
         };
+        // Only the standby staged on, of the incarnation that committed
+        // `id`, is updated or given up (another refresh, or a failure,
+        // may have replaced it meanwhile).
+        let same = v.recovery.incarnation() == incarnation
+            && v.remote_replica
+                .as_ref()
+                .is_some_and(|(sb, _)| sb.key == key);
         match staged {
-            Ok(_) if v.recovery.incarnation() == incarnation => {
+            Ok(()) if same => {
                 if let Some((_, staged_id)) = v.remote_replica.as_mut() {
                     *staged_id = id;
                 }
                 true
             }
-            // A failure meanwhile: the next incarnation's first checkpoint
-            // makes its standby.
-            Ok(_) => true,
-            Err(e) => {
+            Ok(()) => true,
+            Err(e) if same => {
                 tracing::warn!(
                     chain,
                     vnf,
                     "staging checkpoint {id} on the 1R-AS standby: {e}"
                 );
-                // (Made anew below, on a live host.)
+                // (Made anew by the caller, on a live host.)
                 let lost = v.remote_replica.take();
                 std::thread::spawn(move || drop(lost));
                 false
+            }
+            Err(e) => {
+                tracing::debug!(
+                    chain,
+                    vnf,
+                    "staging checkpoint {id} on a replaced standby: {e}"
+                );
+                true
             }
         }
     }

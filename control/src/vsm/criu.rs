@@ -194,15 +194,30 @@ fn tail(path: &Path) -> String {
 /// A `criu swrk` process waiting for one request.
 #[derive(Debug)]
 pub struct Swrk {
-    child: Child,
+    /// (Taken by the one request it serves, or by its drop.)
+    child: Option<Child>,
     sock: OwnedFd,
+}
+
+impl Drop for Swrk {
+    /// One never asked: killed and reaped (off the caller's thread), not
+    /// left a zombie.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
+        }
+    }
 }
 
 impl Swrk {
     /// Runs the worker at nice value `nice` (MR-AA: its dumps are
     /// background work, the other members serve meanwhile).
     pub fn renice(&self, nice: i32) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+        let id = self.child.as_ref().map_or(0, Child::id);
+        if let Some(pid) = rustix::process::Pid::from_raw(id as i32) {
             let _ = rustix::process::setpriority_process(Some(pid), nice);
         }
     }
@@ -239,15 +254,23 @@ impl Swrk {
             cmd.spawn().map_err(CriuError::Spawn)
         })
         .map_err(|e| CriuError::Spawn(std::io::Error::other(e.to_string())))??;
-        Ok(Self { child, sock: ours })
+        Ok(Self {
+            child: Some(child),
+            sock: ours,
+        })
     }
 
     /// Sends `req` and returns CRIU's answer, unless `watch` gives up on
     /// it first (CRIU is then killed); the `criu swrk` process ends (it is
     /// reaped on a thread of its own, off the caller's path).
-    fn call(self, req: &rpc::CriuReq, watch: Watch) -> Result<rpc::CriuResp, CriuError> {
-        let Self { mut child, sock } = self;
-        let result = exchange(&sock, req, watch);
+    fn call(mut self, req: &rpc::CriuReq, watch: Watch) -> Result<rpc::CriuResp, CriuError> {
+        let Some(mut child) = self.child.take() else {
+            return Err(CriuError::Io {
+                what: "criu swrk".into(),
+                source: std::io::Error::other("asked twice"),
+            });
+        };
+        let result = exchange(&self.sock, req, watch);
         if matches!(
             result,
             Err(CriuError::TargetDied { .. } | CriuError::TimedOut { .. })
@@ -262,7 +285,7 @@ impl Swrk {
             );
             let _ = child.kill();
         }
-        drop(sock);
+        drop(self);
         std::thread::spawn(move || {
             let _ = child.wait();
         });
