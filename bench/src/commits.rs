@@ -13,8 +13,9 @@
 //! hold buffers fill when commits lag: that is where their cost shows).
 //! Its throughput is the highest rate of the ladder it carries; the ratio
 //! is off-host over local. The ladder stops at the first rate neither
-//! carries. A run in which local commits carry no rate fails: it measured
-//! nothing.
+//! carries, or that the generator could not offer (achieved below 95 % of
+//! it: the limit is then the generator's, and the run says so). A run in
+//! which local commits carry no rate fails: it measured nothing.
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -58,6 +59,8 @@ pub(crate) struct CommitsArgs {
 struct Outcome {
     off_host: bool,
     rate: f64,
+    /// What the generator achieved, frames/s.
+    offered_pps: f64,
     exact: bool,
     /// Why not (an error of the trial, or what was not exact).
     why: Option<String>,
@@ -82,6 +85,8 @@ struct Report {
     local_pause_p50_ms: f64,
     off_host_pause_p50_ms: f64,
     off_host_copy_p50_ms: f64,
+    /// The ladder stopped at a rate the generator could not offer.
+    generator_bound: bool,
     trials: Vec<Outcome>,
 }
 
@@ -93,6 +98,7 @@ fn outcome(off_host: bool, rate: f64, r: Result<HaReport>) -> Outcome {
             Outcome {
                 off_host,
                 rate,
+                offered_pps: r.offered_pps,
                 exact,
                 why: (!exact).then(|| {
                     format!(
@@ -109,6 +115,7 @@ fn outcome(off_host: bool, rate: f64, r: Result<HaReport>) -> Outcome {
         Err(e) => Outcome {
             off_host,
             rate,
+            offered_pps: 0.0,
             exact: false,
             why: Some(format!("{e:#}")),
             checkpoints: 0,
@@ -171,6 +178,7 @@ pub(crate) fn run(args: &CommitsArgs) -> Result<()> {
     );
     let mut trials = Vec::new();
     let (mut local_fps, mut off_host_fps) = (0.0, 0.0);
+    let mut generator_bound = false;
     for &rate in &args.rates {
         let spec = HaSpec {
             rate,
@@ -187,7 +195,8 @@ pub(crate) fn run(args: &CommitsArgs) -> Result<()> {
             for off_host in order {
                 let o = outcome(off_host, rate, trial(&spec, off_host));
                 println!(
-                    "  {rate:>7.0} fps {:<9} {} pause p50 {:>6.2} ms copy p50 {:>6.2} ms, {} checkpoints{}",
+                    "  {rate:>7.0} fps (offered {:>7.0}) {:<9} {} pause p50 {:>6.2} ms copy p50 {:>6.2} ms, {} checkpoints{}",
+                    o.offered_pps,
                     if off_host { "off-host" } else { "local" },
                     if o.exact { "exact  " } else { "NOT    " },
                     o.checkpoint_pause_p50_ms,
@@ -197,6 +206,16 @@ pub(crate) fn run(args: &CommitsArgs) -> Result<()> {
                 );
                 at_rate.push(o);
             }
+        }
+        // Offered as asked (errors aside: those are not carried).
+        let short = at_rate
+            .iter()
+            .any(|o| o.offered_pps > 0.0 && o.offered_pps < 0.95 * rate);
+        if short {
+            println!("  the generator could not offer {rate:.0} fps: the ladder stops (its limit, not the chain's)");
+            generator_bound = true;
+            trials.extend(at_rate);
+            break;
         }
         let carried = |off: bool| {
             at_rate
@@ -243,6 +262,7 @@ pub(crate) fn run(args: &CommitsArgs) -> Result<()> {
         local_pause_p50_ms: pick(false, |o| o.checkpoint_pause_p50_ms),
         off_host_pause_p50_ms: pick(true, |o| o.checkpoint_pause_p50_ms),
         off_host_copy_p50_ms: pick(true, |o| o.checkpoint_copy_p50_ms),
+        generator_bound,
         trials,
     };
     println!(
@@ -253,8 +273,10 @@ pub(crate) fn run(args: &CommitsArgs) -> Result<()> {
         "  checkpoint pause p50 (median of trials): local {:.2} ms, off-host {:.2} ms; the copy before each off-host commit p50 {:.2} ms",
         report.local_pause_p50_ms, report.off_host_pause_p50_ms, report.off_host_copy_p50_ms
     );
-    if report.local_fps == args.rates[args.rates.len() - 1] {
-        println!("  (local commits carried the ladder's top rate: the ratio is a lower bound of neither; raise --rates)");
+    if generator_bound && report.local_fps == report.off_host_fps {
+        println!("  (both carried every rate the generator could offer: the chain's limit was not reached; off-host commits cost no throughput up to there)");
+    } else if report.local_fps == args.rates[args.rates.len() - 1] {
+        println!("  (local commits carried the ladder's top rate: their limit was not found; raise --rates)");
     }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

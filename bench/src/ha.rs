@@ -238,6 +238,9 @@ pub struct HaReport {
     /// Frames the sink's own socket dropped because the sink (not NHAM)
     /// was too slow: a loss of the measurement, counted apart.
     pub sink_kernel_drops: u64,
+    /// The rate the generator achieved (frames/s): below `rate` when it
+    /// could not offer that much.
+    pub offered_pps: f64,
     /// SFF counters at the end.
     pub stats: SffCounters,
 }
@@ -1564,6 +1567,7 @@ fn trial(
         fallbacks,
         switched,
         sink_kernel_drops: trial.received.kernel_drops,
+        offered_pps: trial.offered_pps,
         stats: SffCounters {
             ingress: stats.ingress,
             delivered: stats.delivered,
