@@ -395,3 +395,75 @@ fn a_port_that_cannot_drain_is_reopened_and_nothing_is_lost() {
         "the stuck port was reopened (its ring discarded) before the answer, {took:?} after the request: {stats:?}"
     );
 }
+
+/// An MR-AA member comes back behind a new port (issue 14: members on
+/// other hosts come back behind a tunnel of their own): a one-hop chain
+/// whose monitor has a second member on a second monitor's link. Under
+/// traffic member 1 is killed; the SFF is told (`MemberFailed`), a third
+/// monitor's link (a fresh copy: the initial state) takes the failed
+/// member's place (`ReplaceMember`), and it catches up from the start
+/// (`MemberRestored` from no checkpoint: the hop holds everything). A
+/// live member's port is never replaced. The sink sees each frame once, in
+/// order, and the new member ends in the failure-free state.
+#[test]
+fn a_failed_member_comes_back_behind_a_new_port() {
+    let _serial = serial();
+    let lab = Lab::new(&[Kind::Monitor, Kind::Monitor, Kind::Monitor], vnf_bin())
+        .expect("building the lab");
+    let mut config = lab.sff_config(LabSff {
+        protect: true,
+        ..LabSff::default()
+    });
+    let replacement = config.hops.pop().expect("a third link");
+    let member = config.hops.pop().expect("a second link");
+    config.members = vec![vec![member]];
+    config.protect = vec![true];
+    let sff = nham_sff::spawn(Some(lab.sff_netns().path()), config).expect("starting the SFF");
+    let client = nham_sff::remote::SffClient::local(&sff).expect("client");
+    assert!(
+        client.replace_member(0, 1, replacement.clone()).is_err(),
+        "a live member's port stays"
+    );
+    let spec = spec(3000);
+    let frames = spec.frames();
+    let (expected, states) = nham_vnf::reference(&[Kind::Monitor], &frames);
+    let trial = std::thread::scope(|s| {
+        let t = s.spawn(|| lab.trial_frames(frames, spec.rate, &expected, &sff));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        nham_bench::lab::kill_and_wait(lab.vnf_pid(1));
+        client.member_failed(0, 1).expect("member 1 failed");
+        client
+            .replace_member(0, 1, replacement)
+            .expect("member 1 behind the third link");
+        let r = client.member_restored(0, 1, None).expect("restored");
+        assert!(r.replay > 0, "it catches up from the start: {r:?}");
+        t.join().expect("trial thread")
+    })
+    .expect("trial");
+    let v = trial.verdict;
+    assert_eq!(
+        (v.lost, v.duplicated, v.reordered, v.digest_equal),
+        (0, 0, 0, true),
+        "{v:?}"
+    );
+    // The new member caught up with the whole stream.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = client.status().expect("status");
+        if status.hops[0]
+            .members
+            .iter()
+            .all(|m| *m == nham_dataplane::hold::MemberState::Live)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "caught up: {status:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(lab.vnf_state(2).expect("new member's state"), states[0]);
+    assert_eq!(lab.vnf_state(0).expect("member 0's state"), states[0]);
+    sff.stop().expect("SFF ran");
+}

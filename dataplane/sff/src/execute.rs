@@ -93,14 +93,16 @@ impl Engine {
             | Request::AttachStandby { hop, .. }
             | Request::SetMembers { hop, .. }
             | Request::MemberFailed { hop, .. }
+            | Request::ReplaceMember { hop, .. }
             | Request::MemberRestored { hop, .. } => Some(*hop),
             Request::Hello { .. } | Request::Stats | Request::Status | Request::Shutdown => None,
         };
         if let Some(hop) = hop.filter(|&h| h >= hops) {
             return refused(format!("no hop {hop} (the chain has {hops})"));
         }
-        if let Request::MemberFailed { hop, member } | Request::MemberRestored { hop, member, .. } =
-            &request
+        if let Request::MemberFailed { hop, member }
+        | Request::MemberRestored { hop, member, .. }
+        | Request::ReplaceMember { hop, member, .. } = &request
         {
             if *member >= self.hops[*hop].len() {
                 return refused(format!("hop {hop} has no member {member}"));
@@ -165,6 +167,9 @@ impl Engine {
                 // reach the copy restored in its place.
                 self.flush_port(hop, member);
                 answer(r, Response::MemberFailure)
+            }
+            Request::ReplaceMember { hop, member, spec } => {
+                answer(self.replace_member(hop, member, spec), |()| Response::Ok)
             }
             Request::MemberRestored { hop, member, from } => {
                 // Outputs of the failed incarnation still on the ring

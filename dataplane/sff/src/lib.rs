@@ -955,6 +955,41 @@ impl Engine {
         Ok(())
     }
 
+    /// MR-AA member `k` of hop `hop`, failed, comes back behind `spec`
+    /// (see [`protocol::Request::ReplaceMember`]): the failed one's port
+    /// is closed (what was on its way to it was flushed when it failed),
+    /// `spec`'s opened in its place, and what the SFF knew of that socket
+    /// forgotten.
+    fn replace_member(
+        &mut self,
+        hop: usize,
+        k: usize,
+        spec: PortSpec,
+    ) -> Result<(), execute::Refusal> {
+        let chain = self
+            .chain
+            .as_ref()
+            .ok_or_else(|| execute::Refusal::Refused("the chain has no hops".into()))?;
+        let state = chain.hop(hop).member(k);
+        if state != Some(nham_dataplane::hold::MemberState::Failed) {
+            return Err(execute::Refusal::Refused(format!(
+                "hop {hop}'s member {k} is {state:?}, not failed: its port stays"
+            )));
+        }
+        let port = attach(&spec, self.config.port)?;
+        self.hops[hop][k] = PortSlot::Open(port);
+        match k {
+            0 => self.config.hops[hop] = spec,
+            _ => self.config.members[hop][k - 1] = spec,
+        }
+        let capacity = self.in_flight[hop][k].capacity();
+        self.in_flight[hop][k] = FlowWindow::new(capacity);
+        self.read_upto[hop][k] = 0;
+        self.heard[hop][k] = 0;
+        self.drops.2[hop][k] = 0;
+        Ok(())
+    }
+
     /// Carries out the control plane's commands (see [`execute`]); an
     /// answer that needs ports flushed first waits in `flushing` while the
     /// round goes on.

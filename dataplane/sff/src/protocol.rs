@@ -16,7 +16,7 @@ use crate::{HopStatus, SffStats};
 
 /// The version of this protocol. Raise it with any change to [`Request`]
 /// or [`Response`] that an SFF of the previous version would misread.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// What a client asks of the SFF. Hops are numbered from 0 in chain order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +95,16 @@ pub enum Request {
     MemberFailed {
         hop: usize,
         member: usize,
+    },
+    /// MR-AA member `member` (0: the hop's own port) of the hop, failed,
+    /// comes back behind a new port (a new incarnation on another host,
+    /// behind a tunnel of its own): the failed one's port is closed and
+    /// `spec` takes its place. Refused unless the member is failed (its
+    /// port may still be in use).
+    ReplaceMember {
+        hop: usize,
+        member: usize,
+        spec: crate::PortSpec,
     },
     /// An MR-AA member was restored from `from`.
     MemberRestored {

@@ -467,6 +467,20 @@ impl SffClient {
         }
     }
 
+    /// MR-AA member `member` of hop `hop`, failed, comes back behind
+    /// `spec` (a new port in the failed one's place).
+    pub fn replace_member(
+        &self,
+        hop: usize,
+        member: usize,
+        spec: crate::PortSpec,
+    ) -> Result<(), RemoteError> {
+        match self.request(Request::ReplaceMember { hop, member, spec })? {
+            Response::Ok => Ok(()),
+            r => self.unexpected(r),
+        }
+    }
+
     /// MR-AA member `member` of hop `hop` was restored from `from`
     /// (stopped); it catches up, or brings the failed hop back.
     pub fn member_restored(
