@@ -70,6 +70,8 @@ pub struct VnfStatus {
     pub member_pids: Vec<Option<u32>>,
     /// The host it runs on (`None`: this one).
     pub host: Option<String>,
+    /// On another host: the host of its 1R-AA replica or 1R-AS standby.
+    pub replica_host: Option<String>,
 }
 
 /// A chain as the daemon reports it.
@@ -274,6 +276,7 @@ impl VnfRuntime {
             checkpoints: self.checkpoints,
             member_pids: self.members.iter().map(MemberPlace::pid).collect(),
             host: self.remote.as_ref().map(|r| r.host.clone()),
+            replica_host: self.remote_replica.as_ref().map(|(r, _)| r.host.clone()),
         }
     }
 

@@ -108,6 +108,7 @@ impl From<VnfStatus> for api::VnfStatus {
             checkpoints: v.checkpoints,
             member_pids: v.member_pids.iter().map(|p| p.unwrap_or(0)).collect(),
             host: v.host.unwrap_or_default(),
+            replica_host: v.replica_host.unwrap_or_default(),
         }
     }
 }

@@ -197,6 +197,8 @@ pub struct Cluster {
     /// The lease of the last etcd session (0: none, or revoked): revoked
     /// at a clean stop that comes between sessions.
     last_lease: std::sync::atomic::AtomicI64,
+    /// Which of the etcd endpoints the next session talks to.
+    etcd_next: std::sync::atomic::AtomicUsize,
     /// Set once the etcd task has revoked the lease (or ended).
     left: tokio::sync::watch::Sender<bool>,
     /// Counters of the heartbeat path.
@@ -394,6 +396,7 @@ impl Cluster {
             revoke: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             last_lease: std::sync::atomic::AtomicI64::new(0),
+            etcd_next: std::sync::atomic::AtomicUsize::new(0),
             left: tokio::sync::watch::channel(false).0,
             counters: ClusterCounters::default(),
             runtime: tokio::runtime::Handle::current(),
@@ -606,18 +609,33 @@ impl Cluster {
     }
 
     /// Registers this host and follows the others', for as long as the
-    /// cluster runs; a broken session is started again after 500 ms.
+    /// cluster runs. A session talks to one etcd endpoint; a broken one is
+    /// started again with the next endpoint at once, and after 500 ms once
+    /// every endpoint failed in a row (a dead member, or one cut off from
+    /// the quorum, is left for the others: the etcd client given them all
+    /// kept sending to a member that refused connections).
     async fn etcd_loop(self: Arc<Self>) {
+        let mut failed_in_row = 0usize;
         loop {
             if self.revoke.load(Ordering::Relaxed) {
                 // A clean stop between sessions.
                 self.revoke_last_lease().await;
                 break;
             }
+            let began = std::time::Instant::now();
             match self.etcd_session().await {
                 // The session revoked its lease.
                 Ok(()) => break,
                 Err(e) => self.set_etcd_error(Some(e)),
+            }
+            // (A session that lasted was no failure to connect.)
+            if began.elapsed() > Duration::from_secs(3) {
+                failed_in_row = 0;
+            }
+            self.etcd_next.fetch_add(1, Ordering::Relaxed);
+            failed_in_row += 1;
+            if failed_in_row % self.options.etcd.len().max(1) != 0 {
+                continue;
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -651,7 +669,16 @@ impl Cluster {
         use etcd_client::{
             Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions,
         };
-        let e = |what: &'static str| move |err: etcd_client::Error| format!("{what}: {err}");
+        let endpoints = &self.options.etcd;
+        let endpoint = endpoints
+            .get(self.etcd_next.load(Ordering::Relaxed) % endpoints.len().max(1))
+            .cloned()
+            .ok_or_else(|| "no etcd endpoint".to_string())?;
+        let at = endpoint.clone();
+        let e = move |what: &'static str| {
+            let at = at.clone();
+            move |err: etcd_client::Error| format!("{at}: {what}: {err}")
+        };
         // HTTP/2 pings find a silently dead link; a member without a leader
         // (cut off from the quorum) refuses rather than answers stale.
         let options = ConnectOptions::new()
@@ -660,7 +687,7 @@ impl Cluster {
             .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
-        let mut client = Client::connect(&self.options.etcd, Some(options))
+        let mut client = Client::connect([endpoint.as_str()], Some(options))
             .await
             .map_err(e("connecting"))?;
         let ttl = self.options.lease_ttl.as_secs().max(2) as i64;

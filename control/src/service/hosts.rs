@@ -65,7 +65,8 @@ impl Daemon {
     }
 
     /// Where this daemon's chains run: host name (this one's for the VNFs
-    /// here) to `chain/vnf`s.
+    /// here) to `chain/vnf`s, and `chain/vnf (replica)` or `(standby)` for
+    /// the 1R-AA replicas and 1R-AS standbys of VNFs on other hosts.
     pub async fn placement(&self) -> std::collections::BTreeMap<String, Vec<String>> {
         let here = self.hosts().hosts.first().map(|h| h.record.name.clone());
         let mut placed = std::collections::BTreeMap::<String, Vec<String>>::new();
@@ -78,6 +79,13 @@ impl Daemon {
                         .entry(host)
                         .or_default()
                         .push(format!("{name}/{}", v.plan.name));
+                }
+                if let Some((r, _)) = &v.remote_replica {
+                    let what = if r.pid == 0 { "standby" } else { "replica" };
+                    placed
+                        .entry(r.host.clone())
+                        .or_default()
+                        .push(format!("{name}/{} ({what})", v.plan.name));
                 }
             }
         }
