@@ -46,6 +46,15 @@ impl Daemon {
         agent: Agent,
         sff: Arc<nham_sff::remote::SffClient>,
     ) -> Result<crate::vsm::checkpointer::CheckpointStats, ControlError> {
+        // A VNF on another host: the incarnation checkpointed (one that a
+        // failure replaces meanwhile is not the one to judge).
+        let incarnation = self
+            .chains
+            .lock()
+            .await
+            .get_mut(chain)
+            .and_then(|e| e.runtime.vnf_mut(vnf).ok())
+            .and_then(|v| v.remote.as_ref().map(|r| r.key.clone()));
         // Its turn (FIFO): the dumps of every chain share the host's
         // turns, so their CRIU work leaves the chains CPU.
         let turn = self
@@ -113,7 +122,9 @@ impl Daemon {
                     _ => None,
                 };
                 // A VNF on another host judged so is killed there: its
-                // exit places it again (restored and replayed).
+                // exit places it again (restored and replayed). Only the
+                // incarnation checkpointed: one that replaced it meanwhile
+                // lost nothing of this.
                 let remote = match verdict {
                     Some(_) => self
                         .chains
@@ -122,6 +133,7 @@ impl Daemon {
                         .get_mut(chain)
                         .and_then(|e| e.runtime.vnf_mut(vnf).ok())
                         .and_then(|v| v.remote.as_ref())
+                        .filter(|r| incarnation.as_ref() == Some(&r.key))
                         .map(|r| (r.cluster().clone(), r.host.clone(), r.key.clone())),
                     None => None,
                 };
@@ -131,6 +143,9 @@ impl Daemon {
                         cluster.signal_vnf(&host, &key, nix::sys::signal::Signal::SIGKILL)
                     })
                     .await;
+                } else if incarnation.is_some() {
+                    // (Replaced meanwhile, on another host: nothing here
+                    // to judge.)
                 } else if let Some(verdict) = verdict {
                     let inc = self
                         .chains
