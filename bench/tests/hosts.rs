@@ -1195,7 +1195,15 @@ fn spread_over_two_hosts(
     for i in 0..3 {
         hosts.start_nhamd(i, nhamd).expect("nhamd");
     }
-    let spec = nham_bench::ha::HaSpec {
+    (hosts, two_host_failures(mechanism, nhamd))
+}
+
+/// The trial of [`spread_over_two_hosts`], without its lab.
+fn two_host_failures(
+    mechanism: nham_control::api::Mechanism,
+    nhamd: &std::path::Path,
+) -> nham_bench::ha::HaSpec {
+    nham_bench::ha::HaSpec {
         mechanism,
         kinds: nham_bench::ha::sample_chain(4),
         rounds: vec![1, 1],
@@ -1209,8 +1217,7 @@ fn spread_over_two_hosts(
         placement: (0..4).map(|i| format!("h{}", i % 2)).collect(),
         host_failures: true,
         ..Default::default()
-    };
-    (hosts, spec)
+    }
 }
 
 /// Prints trial `r` (`what` under `mechanism`) and asserts it exact.
@@ -1244,12 +1251,11 @@ fn one_etcd_member_dies_under_traffic_and_hosts_still_fail_over() {
     let _serial = serial();
     let nhamd = nham_bench::ha::sibling_binary("nhamd", "NHAM_NHAMD").expect("nhamd");
     let mechanism = Mechanism::Mechanism1rAa;
-    let (_, spec) = spread_over_two_hosts(mechanism, &nhamd);
     let spec = nham_bench::ha::HaSpec {
         placement: (0..4)
             .map(|i| if i % 2 == 0 { "h0" } else { "h3" }.to_string())
             .collect(),
-        ..spec
+        ..two_host_failures(mechanism, &nhamd)
     };
     let mut hosts = HostLab::new(4, 3).expect("the lab of hosts");
     for i in 0..4 {

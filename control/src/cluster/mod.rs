@@ -516,6 +516,14 @@ impl Cluster {
         let _urgent = crate::runtime::process::Niceness::for_this_thread(
             crate::runtime::process::URGENT_NICE,
         );
+        if rustix::process::getpriority_process(None).ok()
+            != Some(crate::runtime::process::URGENT_NICE)
+        {
+            tracing::warn!(
+                "heartbeats at normal priority (nice {} refused): a loaded host may be judged down by the others",
+                crate::runtime::process::URGENT_NICE
+            );
+        }
         let interval = self.options.heartbeat_interval;
         let mut seq = 0u64;
         let mut next = Instant::now();
@@ -603,7 +611,13 @@ impl Cluster {
             .etcd_error
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if *e != error {
+        // (The endpoint each session names is left out: a round of
+        // sessions through every endpoint is one outage, said once.)
+        let cause = |x: &Option<String>| {
+            x.as_deref()
+                .map(|w| w.split_once(": ").map_or(w, |(_, rest)| rest).to_string())
+        };
+        if cause(&e) != cause(&error) {
             match &error {
                 Some(why) => {
                     tracing::warn!("etcd unreachable: {why}; chains go on, membership changes wait")
@@ -662,10 +676,17 @@ impl Cluster {
         let options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_millis(500))
             .with_timeout(Duration::from_millis(500));
+        // One endpoint at a time, from the last that worked.
+        let endpoints = &self.options.etcd;
+        let first = self.etcd_next.load(Ordering::Relaxed);
         let _ = tokio::time::timeout(Duration::from_millis(800), async {
-            if let Ok(mut c) = etcd_client::Client::connect(&self.options.etcd, Some(options)).await
-            {
-                let _ = c.lease_revoke(lease).await;
+            for k in 0..endpoints.len() {
+                let at = &endpoints[(first + k) % endpoints.len()];
+                if let Ok(mut c) = etcd_client::Client::connect([at], Some(options.clone())).await {
+                    if c.lease_revoke(lease).await.is_ok() {
+                        return;
+                    }
+                }
             }
         })
         .await;

@@ -46,15 +46,6 @@ impl Daemon {
         agent: Agent,
         sff: Arc<nham_sff::remote::SffClient>,
     ) -> Result<crate::vsm::checkpointer::CheckpointStats, ControlError> {
-        // A VNF on another host: the incarnation checkpointed (one that a
-        // failure replaces meanwhile is not the one to judge).
-        let incarnation = self
-            .chains
-            .lock()
-            .await
-            .get_mut(chain)
-            .and_then(|e| e.runtime.vnf_mut(vnf).ok())
-            .and_then(|v| v.remote.as_ref().map(|r| r.key.clone()));
         // Its turn (FIFO): the dumps of every chain share the host's
         // turns, so their CRIU work leaves the chains CPU.
         let turn = self
@@ -63,6 +54,16 @@ impl Daemon {
             .acquire_owned()
             .await
             .map_err(|_| ControlError::FailedPrecondition("the daemon is shutting down".into()))?;
+        // A VNF on another host: the incarnation checkpointed, as it is
+        // when the checkpoint begins (one that a failure places meanwhile
+        // is not the one to judge; one placed before it begins is).
+        let incarnation = self
+            .chains
+            .lock()
+            .await
+            .get_mut(chain)
+            .and_then(|e| e.runtime.vnf_mut(vnf).ok())
+            .and_then(|v| v.remote.as_ref().map(|r| r.key.clone()));
         let r = tokio::task::spawn_blocking(move || {
             let lock = || {
                 agent

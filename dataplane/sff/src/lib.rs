@@ -976,15 +976,43 @@ impl Engine {
                 "hop {hop}'s member {k} is {state:?}, not failed: its port stays"
             )));
         }
+        // What is done by interface name (flushes waiting, a reopen) must
+        // not land on the new port, nor end early for want of the old one.
+        let old = self.port_spec(hop, k).iface.clone();
+        let pending = self
+            .flushing
+            .iter()
+            .any(|f| f.ports.iter().any(|(h, i)| *h == hop && *i == old))
+            || self.to_flush.iter().any(|(h, i)| *h == hop && *i == old);
+        if pending || matches!(self.hops[hop][k], PortSlot::Reopening(_)) {
+            return Err(execute::Refusal::Busy(format!(
+                "hop {hop}'s member {k}: its port {old} is still being flushed or reopened"
+            )));
+        }
+        let taken = (self.config.hops.iter())
+            .chain(self.config.members.iter().flatten())
+            .chain(self.standby.iter().flatten().map(|(s, _)| s))
+            .any(|s| s.iface == spec.iface);
+        if taken {
+            return Err(execute::Refusal::Refused(format!(
+                "{} is a port of the chain already",
+                spec.iface
+            )));
+        }
         let port = attach(&spec, self.config.port)?;
+        // (Its ring goes with its socket: counted, as a reopen counts it.)
+        let left = self.hops[hop][k].port().map_or(0, |p| p.tx_outstanding());
+        SffCounters::add(&self.counters.tx_discarded, left as u64);
         self.hops[hop][k] = PortSlot::Open(port);
         match k {
             0 => self.config.hops[hop] = spec,
             _ => self.config.members[hop][k - 1] = spec,
         }
-        let capacity = self.in_flight[hop][k].capacity();
-        self.in_flight[hop][k] = FlowWindow::new(capacity);
-        self.read_upto[hop][k] = 0;
+        // The send count goes on (what the failure detector last read of
+        // the old socket must not count as read of the new one).
+        let mut window = FlowWindow::new(self.in_flight[hop][k].capacity());
+        window.carry_on(&self.in_flight[hop][k]);
+        self.in_flight[hop][k] = window;
         self.heard[hop][k] = 0;
         self.drops.2[hop][k] = 0;
         Ok(())

@@ -16,7 +16,7 @@ use crate::{HopStatus, SffStats};
 
 /// The version of this protocol. Raise it with any change to [`Request`]
 /// or [`Response`] that an SFF of the previous version would misread.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// What a client asks of the SFF. Hops are numbered from 0 in chain order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,7 +100,9 @@ pub enum Request {
     /// comes back behind a new port (a new incarnation on another host,
     /// behind a tunnel of its own): the failed one's port is closed and
     /// `spec` takes its place. Refused unless the member is failed (its
-    /// port may still be in use).
+    /// port may still be in use). (Added within version 3: an SFF from
+    /// before it refuses it as a request it cannot read, and a running
+    /// chain's SFF stays reachable by an upgraded `nhamd`.)
     ReplaceMember {
         hop: usize,
         member: usize,
