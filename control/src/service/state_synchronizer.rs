@@ -57,13 +57,10 @@ impl Daemon {
         // A VNF on another host: the incarnation checkpointed, as it is
         // when the checkpoint begins (one that a failure places meanwhile
         // is not the one to judge; one placed before it begins is).
-        let incarnation = self
-            .chains
-            .lock()
-            .await
-            .get_mut(chain)
-            .and_then(|e| e.runtime.vnf_mut(vnf).ok())
-            .and_then(|v| v.remote.as_ref().map(|r| r.key.clone()));
+        let incarnation = {
+            let mut chains = self.chains.lock().await;
+            vnf_in(&mut chains, chain, vnf).and_then(|v| v.remote.as_ref().map(|r| r.key.clone()))
+        };
         let r = tokio::task::spawn_blocking(move || {
             let lock = || {
                 agent
@@ -122,41 +119,34 @@ impl Daemon {
                     }
                     _ => None,
                 };
-                // A VNF on another host judged so is killed there: its
-                // exit places it again (restored and replayed). Only the
-                // incarnation checkpointed: one that replaced it meanwhile
-                // lost nothing of this.
-                let remote = match verdict {
-                    Some(_) => self
-                        .chains
-                        .lock()
-                        .await
-                        .get_mut(chain)
-                        .and_then(|e| e.runtime.vnf_mut(vnf).ok())
-                        .and_then(|v| v.remote.as_ref())
-                        .filter(|r| incarnation.as_ref() == Some(&r.key))
-                        .map(|r| (r.cluster().clone(), r.host.clone(), r.key.clone())),
-                    None => None,
-                };
-                if let Some((cluster, host, key)) = remote {
-                    tracing::warn!(chain, vnf, "{e}: killing it on {host}, to be restored");
-                    let _ = tokio::task::spawn_blocking(move || {
-                        cluster.signal_vnf(&host, &key, nix::sys::signal::Signal::SIGKILL)
-                    })
-                    .await;
-                } else if incarnation.is_some() {
-                    // (Replaced meanwhile, on another host: nothing here
-                    // to judge.)
-                } else if let Some(verdict) = verdict {
-                    let inc = self
-                        .chains
-                        .lock()
-                        .await
-                        .get_mut(chain)
-                        .and_then(|e| e.runtime.vnf_mut(vnf).ok())
-                        .map(|v| v.recovery.incarnation());
-                    if let Some(inc) = inc {
-                        self.judge(chain, vnf, 0, inc, verdict).await;
+                // A VNF on another host judged so is killed there (its
+                // exit places it again, restored and replayed), if it is
+                // still the incarnation checkpointed: one that replaced it
+                // meanwhile lost nothing of this. One here is judged.
+                if let Some(verdict) = verdict {
+                    let now = {
+                        let mut chains = self.chains.lock().await;
+                        vnf_in(&mut chains, chain, vnf).map(|v| {
+                            let remote = v
+                                .remote
+                                .as_ref()
+                                .map(|r| (r.cluster().clone(), r.host.clone(), r.key.clone()));
+                            (remote, v.recovery.incarnation())
+                        })
+                    };
+                    match (incarnation, now) {
+                        (Some(checkpointed), Some((Some((cluster, host, key)), _)))
+                            if key == checkpointed =>
+                        {
+                            tracing::warn!(chain, vnf, "{e}: killing it on {host}, to be restored");
+                            let _ = tokio::task::spawn_blocking(move || {
+                                cluster.signal_vnf(&host, &key, nix::sys::signal::Signal::SIGKILL)
+                            })
+                            .await;
+                        }
+                        (None, Some((None, inc))) => self.judge(chain, vnf, 0, inc, verdict).await,
+                        // Replaced meanwhile, or gone.
+                        _ => {}
                     }
                 }
                 Err(ControlError::FailedPrecondition(format!(
