@@ -530,7 +530,6 @@ impl Checkpointer {
                     m.handle_dump(Instant::now(), dumped.map(|r| report = Some(r)));
                 }
                 Step::Dump => {
-                    clear_stale_proc_dir(pid);
                     // MR-AA: the others serve meanwhile: the dump is
                     // background work and must not take the CPU from them.
                     let _background = background.then(|| {
@@ -715,23 +714,6 @@ fn resume_remote(r: &dyn RemoteVnfOps) {
         match r.signal(false) {
             Ok(()) => return,
             Err(e) => tracing::warn!("resuming a VNF on another host: {e}"),
-        }
-    }
-}
-
-/// Removes what a dump cut short may have left in process `pid`'s working
-/// directory: CRIU's parasite mounts a proc for the VNF's PID namespace on
-/// `<cwd>/proc.crtools` for the dump and removes it after; a left-over one
-/// makes every later dump fail ("Can't get proc fd").
-fn clear_stale_proc_dir(pid: u32) {
-    let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
-        return;
-    };
-    let stale = cwd.join("proc.crtools");
-    if stale.exists() {
-        let _ = nix::mount::umount2(&stale, nix::mount::MntFlags::MNT_DETACH);
-        if let Err(e) = std::fs::remove_dir(&stale) {
-            tracing::warn!("removing {}: {e}", stale.display());
         }
     }
 }

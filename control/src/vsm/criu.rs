@@ -405,6 +405,7 @@ pub fn dump(
     images: &Path,
 ) -> Result<DumpReport, CriuError> {
     std::fs::create_dir_all(images).map_err(io(format!("creating {}", images.display())))?;
+    clear_stale_proc_dir(pid);
     let started = Instant::now();
     let opts = rpc::CriuOpts {
         pid: Some(pid as i32),
@@ -449,10 +450,48 @@ pub fn restore(
     Ok((pid as u32, duration))
 }
 
+/// Removes what a dump cut short may have left in process `pid`'s working
+/// directory: CRIU's parasite mounts a proc for the VNF's PID namespace on
+/// `<cwd>/proc.crtools` for the dump and removes it after; a left-over one
+/// makes every later dump fail ("Can't get proc fd"): seen on a host
+/// whose dump was cut short by a failure, for every later incarnation of
+/// that VNF placed there (a hosted VNF's working directory is its
+/// chain's and name's, for its restores elsewhere).
+fn clear_stale_proc_dir(pid: u32) {
+    let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
+        return;
+    };
+    let stale = cwd.join("proc.crtools");
+    if stale.exists() {
+        let _ = nix::mount::umount2(&stale, nix::mount::MntFlags::MNT_DETACH);
+        if let Err(e) = std::fs::remove_dir(&stale) {
+            tracing::warn!("removing {}: {e}", stale.display());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use nham_netns::{unique_name, Netns};
+
+    #[test]
+    fn a_parasite_s_left_over_proc_dir_is_cleared_before_a_dump() {
+        let dir = std::env::temp_dir().join(unique_name("nham-cwd-"));
+        let stale = dir.join("proc.crtools");
+        std::fs::create_dir_all(&stale).unwrap();
+        let mut child = Command::new("sleep")
+            .arg("60")
+            .current_dir(&dir)
+            .spawn()
+            .unwrap();
+        clear_stale_proc_dir(child.id());
+        let gone = !stale.exists();
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(gone, "{} is left", stale.display());
+    }
 
     #[test]
     fn a_process_in_its_own_netns_dumps_and_restores_over_rpc() {
