@@ -54,6 +54,7 @@ pub(crate) fn run() -> Result<()> {
             host_failures: false,
             host_restarts: false,
             tail: std::time::Duration::ZERO,
+            replicas: 0,
         })?;
         rows.push(r);
     }

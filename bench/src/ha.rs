@@ -112,6 +112,8 @@ pub struct HaSpec {
     /// Traffic after the last round (with no rounds: a failure-free trial
     /// this long, plus the harness's 1.5 s).
     pub tail: Duration,
+    /// MR-AA: members per VNF, member 0 included (0: nhamd's default).
+    pub replicas: u32,
 }
 
 /// Median, 99th percentile and maximum of a sample, in ms.
@@ -852,6 +854,7 @@ fn trial(
         mechanism: spec.mechanism as i32,
         checkpoint_interval_ms: spec.checkpoint_interval_ms,
         host: spec.placement.get(i).cloned().unwrap_or_default(),
+        replicas: spec.replicas,
         ..Default::default()
     };
     let mut vnf_specs: Vec<api::VnfSpec> = spec
@@ -1039,6 +1042,8 @@ fn trial(
             }
             let t0 = Instant::now();
             let mut failed_host = None;
+            // Recoveries to wait for, per victim: one per member failed.
+            let mut recoveries = vec![members.len(); n];
             if restart {
                 // Per VNF, the pid of each member crashed (member 0: the
                 // VNF's own process).
@@ -1092,10 +1097,15 @@ fn trial(
                             vnf_name(victims[0])
                         )
                     })?;
-                victims = (placed.iter().enumerate())
-                    .filter(|(_, v)| v.host == host)
-                    .map(|(i, _)| i)
-                    .collect();
+                // (MR-AA on other hosts: every member there, member 0 or
+                // not, fails with it.)
+                for (i, v) in placed.iter().enumerate() {
+                    recoveries[i] = std::iter::once(&v.host)
+                        .chain(&v.member_hosts)
+                        .filter(|&h| *h == host)
+                        .count();
+                }
+                victims = (0..placed.len()).filter(|&i| recoveries[i] > 0).collect();
                 let i: usize = host
                     .strip_prefix('h')
                     .and_then(|i| i.parse().ok())
@@ -1161,7 +1171,11 @@ fn trial(
                     }
                 }
             }
-            failures += victims.len();
+            failures += if spec.host_failures {
+                victims.iter().map(|&v| recoveries[v]).sum()
+            } else {
+                victims.len()
+            };
             if spec.second_failure && !restart && n > 1 {
                 // Once the first victim's recovery has started, crash the
                 // next VNF.
@@ -1249,7 +1263,7 @@ fn trial(
                                     )
                             })
                             .map(|(at, _)| *at)
-                            .nth(members.len() - 1)
+                            .nth(recoveries[v].max(1) - 1)
                     })
                     .collect();
                 drop(events);

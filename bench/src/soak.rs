@@ -186,6 +186,7 @@ fn segment_spec(
         host_failures: false,
         host_restarts: false,
         tail: Duration::ZERO,
+        replicas: 0,
     };
     let victim = rng.below(n);
     // Rounds of one VNF, and (one in three) two at once.

@@ -96,6 +96,7 @@ fn spec(mechanism: Mechanism, fault: Fault, rounds: Vec<usize>) -> HaSpec {
         host_failures: false,
         host_restarts: false,
         tail: Duration::ZERO,
+        replicas: 0,
     }
 }
 

@@ -47,6 +47,7 @@ fn spec(mechanism: Mechanism, kinds: Vec<Kind>, rounds: Vec<usize>) -> HaSpec {
         host_failures: false,
         host_restarts: false,
         tail: Duration::ZERO,
+        replicas: 0,
     }
 }
 

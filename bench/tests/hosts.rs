@@ -1184,6 +1184,59 @@ fn a_chain_loses_one_host_and_then_another() {
     }
 }
 
+/// MR-AA across hosts (issue 14, items 3, 5 and 7): the chain's four
+/// sample VNFs under MR-AA with two members each, member 0 on h0 or h1
+/// and member 1 on another host (h2 spare at first). h0 fails (member 0 of
+/// v0 and v2 lost: restored on a live host from the restore point, behind
+/// a new tunnel in the failed member's port, caught up while member 1
+/// serves), h0 comes back empty, then h1 fails (member 0 of v1 and v3 and
+/// member 1 of v0 and v2). Under traffic: exact, and every member of every
+/// VNF in the failure-free state.
+#[test]
+fn an_mr_aa_chain_loses_one_host_and_then_another() {
+    use nham_control::api::Mechanism;
+    let _serial = serial();
+    let nhamd = nham_bench::ha::sibling_binary("nhamd", "NHAM_NHAMD").expect("nhamd");
+    let mechanism = Mechanism::MrAa;
+    let (mut hosts, spec) = spread_over_two_hosts(mechanism, &nhamd);
+    let spec = nham_bench::ha::HaSpec {
+        replicas: 2,
+        ..spec
+    };
+    let r = nham_bench::ha::run_in_cluster(&spec, &mut hosts, "sff").expect("the trial");
+    report(mechanism, "h0 then h1 lost", &r);
+    assert!(
+        r.failures >= 4,
+        "at least two members on each host lost: {}",
+        r.failures
+    );
+}
+
+/// MR-AA members on other hosts crash (issue 14, item 5): as above, but
+/// in each round member 1 of a VNF crashes (its host alive: restored there
+/// and caught up while member 0 serves), then member 0 of another
+/// (restored likewise while member 1 serves; its agent checkpoints the new
+/// one). Exact, every member in the failure-free state.
+#[test]
+fn mr_aa_members_on_other_hosts_crash_and_catch_up() {
+    use nham_control::api::Mechanism;
+    let _serial = serial();
+    let nhamd = nham_bench::ha::sibling_binary("nhamd", "NHAM_NHAMD").expect("nhamd");
+    let mechanism = Mechanism::MrAa;
+    for members in [vec![1], vec![0]] {
+        let (mut hosts, spec) = spread_over_two_hosts(mechanism, &nhamd);
+        let spec = nham_bench::ha::HaSpec {
+            replicas: 2,
+            host_failures: false,
+            members,
+            ..spec
+        };
+        let r = nham_bench::ha::run_in_cluster(&spec, &mut hosts, "sff").expect("the trial");
+        report(mechanism, &format!("members {:?} crash", spec.members), &r);
+        assert_eq!(r.failures, 2, "one VNF per round");
+    }
+}
+
 /// A lab of three hosts (etcd and `nhamd` on each) and an HA trial of the
 /// four sample VNFs under `mechanism` on h0 and h1 (h2 spare), two rounds
 /// of host failures (h0, then h1), 2,000 frames/s, 400 ms checkpoints.

@@ -72,6 +72,9 @@ pub struct VnfStatus {
     pub host: Option<String>,
     /// On another host: the host of its 1R-AA replica or 1R-AS standby.
     pub replica_host: Option<String>,
+    /// MR-AA on other hosts: the hosts of members 1 to M-1 (empty: they
+    /// run on this one).
+    pub member_hosts: Vec<String>,
 }
 
 /// A chain as the daemon reports it.
@@ -133,6 +136,24 @@ pub struct VnfRuntime {
     pub replica: Option<ReplicaPlace>,
     /// MR-AA members 1 to M-1 (member 0 is this VNF's process and place).
     pub members: Vec<MemberPlace>,
+    /// MR-AA on other hosts: members 1 to M-1 (member 0 is `remote`),
+    /// each on a host of its own where there are enough.
+    pub remote_members: Vec<RemoteMember>,
+    /// MR-AA on other hosts: held while a member is restored (one at a
+    /// time per VNF, as an agent restores local members one at a time).
+    pub member_turn: Arc<Mutex<()>>,
+}
+
+/// An MR-AA member (1 or more) of a VNF on another host.
+#[derive(Debug)]
+pub struct RemoteMember {
+    /// Its current incarnation (`None` while none runs).
+    pub remote: Option<RemoteVnf>,
+    /// The incarnation before (stopped once its host is heard again, if
+    /// it was cut off).
+    pub previous: Option<RemoteVnf>,
+    /// Its Failure Recovery.
+    pub recovery: FailureRecovery,
 }
 
 /// Where an MR-AA member other than member 0 runs, and its process.
@@ -274,9 +295,23 @@ impl VnfRuntime {
             failures: self.counted(|c| c.failures),
             recoveries: self.counted(|c| c.recoveries),
             checkpoints: self.checkpoints,
-            member_pids: self.members.iter().map(MemberPlace::pid).collect(),
+            member_pids: (self.members.iter().map(MemberPlace::pid))
+                .chain(self.remote_members.iter().map(|m| {
+                    (m.recovery.phase() == Phase::Running)
+                        .then(|| m.remote.as_ref().map(|r| r.pid))
+                        .flatten()
+                }))
+                .collect(),
             host: self.remote.as_ref().map(|r| r.host.clone()),
             replica_host: self.remote_replica.as_ref().map(|(r, _)| r.host.clone()),
+            member_hosts: (self.remote_members.iter())
+                .map(|m| {
+                    m.remote
+                        .as_ref()
+                        .map(|r| r.host.clone())
+                        .unwrap_or_default()
+                })
+                .collect(),
         }
     }
 
@@ -312,6 +347,11 @@ impl VnfRuntime {
         f(self.recovery.counters())
             + self
                 .members
+                .iter()
+                .map(|m| f(m.recovery.counters()))
+                .sum::<u64>()
+            + self
+                .remote_members
                 .iter()
                 .map(|m| f(m.recovery.counters()))
                 .sum::<u64>()
@@ -663,7 +703,26 @@ impl ChainRuntime {
                 let sff_iface = port.iface.clone();
                 hops.push(port);
                 standby.push(None);
-                members.push(Vec::new());
+                // MR-AA: members 1 to M-1 on other hosts than member 0's
+                // (as many different ones as there are), all afresh.
+                let mut remote_members = Vec::new();
+                let mut member_ports = Vec::new();
+                if v.mechanism == Some(Mechanism::MultiActive) {
+                    let wanted = (v.replicas as usize).saturating_sub(1);
+                    for h in remote::member_hosts(cluster, &[host.as_str()], wanted) {
+                        let (m, port) =
+                            remote::place(cluster, &h, &plan.name, v, &remote::Start::Fresh)?;
+                        member_ports.push(port);
+                        let mut recovery = FailureRecovery::new(0);
+                        recovery.handle_started();
+                        remote_members.push(RemoteMember {
+                            remote: Some(m),
+                            previous: None,
+                            recovery,
+                        });
+                    }
+                }
+                members.push(member_ports);
                 let mut recovery = FailureRecovery::new(0);
                 recovery.handle_started();
                 vnfs.push(VnfRuntime {
@@ -680,6 +739,8 @@ impl ChainRuntime {
                     cgroup: None,
                     replica: None,
                     members: Vec::new(),
+                    remote_members,
+                    member_turn: Arc::default(),
                     agent: None,
                     checkpoints: 0,
                     sff_iface,
@@ -737,6 +798,8 @@ impl ChainRuntime {
                 cgroup: state.vnf_cgroup(&plan.name, &v.name),
                 replica,
                 members: places,
+                remote_members: Vec::new(),
+                member_turn: Arc::default(),
                 agent: None,
                 checkpoints: 0,
                 sff_iface,
@@ -864,7 +927,8 @@ impl ChainRuntime {
         state: &StateOptions,
         pid: Option<u32>,
     ) -> Result<(), ControlError> {
-        let has_members = !self.vnfs[hop].members.is_empty();
+        let has_members =
+            !self.vnfs[hop].members.is_empty() || !self.vnfs[hop].remote_members.is_empty();
         let remote = self.vnfs[hop].remote_target.is_some();
         if (wanted == Some(Mechanism::MultiActive)) != has_members {
             return Err(ControlError::FailedPrecondition(format!(
@@ -904,20 +968,16 @@ impl ChainRuntime {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .set_mechanism(mech)
                 .map_err(ControlError::from)?,
-            (Some(mech), None) if v.remote_target.is_some() => {
+            (Some(_), None) if v.remote_target.is_some() => {
                 let target = v
                     .remote_target
                     .clone()
                     .ok_or(ControlError::Panicked("target"))?;
                 // (1R-AA and 1R-AS there: this agent checkpoints; the
                 // daemon keeps the replica or standby on another host,
-                // `service::remote_vnfs`.)
-                if mech == Mechanism::MultiActive {
-                    return Err(ControlError::FailedPrecondition(format!(
-                        "VNF {:?} runs on another host: only 0R, 1R-AS and 1R-AA protect it there yet",
-                        v.plan.name
-                    )));
-                }
+                // `service::remote_vnfs`. MR-AA: it checkpoints member
+                // 0, which the SFF alone pauses; the daemon restores a
+                // lost member from the restore point, on a live host.)
                 let slot = StoreSlot {
                     store: state.store.clone(),
                     chain: chain.clone(),

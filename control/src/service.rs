@@ -56,6 +56,7 @@ mod failure_detector;
 mod failure_recovery;
 mod hosts;
 mod mechanism;
+mod remote_members;
 mod remote_vnfs;
 mod requests;
 mod restart;
@@ -421,6 +422,7 @@ impl Daemon {
         }
         let mut runtime = runtime;
         self.watch_members(&mut runtime);
+        self.watch_remote_members(&runtime);
         self.schedule_all(&runtime);
         self.watch_data_path(name.clone());
         let chain = (runtime.current_plan(), runtime.status());

@@ -98,22 +98,11 @@ fn prefix(field: &str, value: &str) -> Result<Option<IpNet>, ControlError> {
 }
 
 /// VNF `i`'s host, as its spec names it (`None`: the owner's).
-fn remote_host(
-    i: usize,
-    host: &str,
-    mechanism: Option<Mechanism>,
-) -> Result<Option<String>, ControlError> {
+fn remote_host(i: usize, host: &str) -> Result<Option<String>, ControlError> {
     if host.is_empty() {
         return Ok(None);
     }
     name(&format!("spec.vnfs[{i}].host"), host)?;
-    if mechanism == Some(Mechanism::MultiActive) {
-        // Members on other hosts are issue 14's next step.
-        return Err(ControlError::FailedPrecondition(format!(
-            "spec.vnfs[{i}] runs on host {host:?} under MR-AA: a VNF on another host \
-             is protected by 0R, 1R-AS or 1R-AA (or runs unprotected) for now"
-        )));
-    }
     Ok(Some(host.to_string()))
 }
 
@@ -163,7 +152,7 @@ pub fn chain(spec: Option<&api::ChainSpec>) -> Result<ChainPlan, ControlError> {
             checkpoint_interval: (v.checkpoint_interval_ms != 0)
                 .then(|| std::time::Duration::from_millis(v.checkpoint_interval_ms.into())),
             replicas: replicas(mechanism, v.replicas).unwrap_or(1),
-            host: remote_host(i, &v.host, mechanism)?,
+            host: remote_host(i, &v.host)?,
         });
     }
     if spec.rules.is_empty() {

@@ -109,6 +109,7 @@ impl From<VnfStatus> for api::VnfStatus {
             member_pids: v.member_pids.iter().map(|p| p.unwrap_or(0)).collect(),
             host: v.host.unwrap_or_default(),
             replica_host: v.replica_host.unwrap_or_default(),
+            member_hosts: v.member_hosts,
         }
     }
 }

@@ -25,6 +25,12 @@ impl ChainRuntime {
         if record.vnfs.len() != plan.vnfs.len() {
             return Err(gone("the record does not match the spec".into()));
         }
+        if let Some(v) = plan.vnfs.iter().find(|v| v.host.is_some()) {
+            return Err(gone(format!(
+                "VNF {} ran on another host: it stopped with the nhamd that placed it",
+                v.name
+            )));
+        }
         if plan
             .vnfs
             .iter()
@@ -34,12 +40,6 @@ impl ChainRuntime {
             return Err(gone(
                 "an MR-AA VNF's members are not recorded (a record of an older nhamd)".into(),
             ));
-        }
-        if let Some(v) = plan.vnfs.iter().find(|v| v.host.is_some()) {
-            return Err(gone(format!(
-                "VNF {} ran on another host: it stopped with the nhamd that placed it",
-                v.name
-            )));
         }
         let client = SffClient::connect(&record.sff_socket)
             .map_err(|e| gone(format!("its SFF does not answer: {e}")))?;
@@ -107,6 +107,8 @@ impl ChainRuntime {
                         })
                     })
                     .collect::<Result<_, ControlError>>()?,
+                remote_members: Vec::new(),
+                member_turn: Arc::default(),
                 agent: None,
                 checkpoints: r.checkpoints,
                 sff_iface: r.sff_iface.clone(),

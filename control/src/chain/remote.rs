@@ -7,8 +7,9 @@
 //! this `nhamd`): a new incarnation is attached as the hop's standby port
 //! and the SFF fails the hop over to it, so what an old incarnation still
 //! sends arrives on a port that is no longer the hop's and is never
-//! accepted (fenced, counted). For now such a VNF runs unprotected: it
-//! comes back afresh (its state is not checkpointed yet).
+//! accepted (fenced, counted). Its agent checkpoints it through its host
+//! ([`RemoteTarget`]); the daemon recovers it by its mechanism
+//! (`service::remote_vnfs`, `service::remote_members`).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -105,6 +106,41 @@ impl crate::vsm::checkpointer::RemoteVnfOps for RemoteTarget {
         }
         Ok(crate::vsm::database::unpack_file(m, &image.file, dir)?)
     }
+}
+
+/// The live hosts of the cluster other than this one and those in
+/// `except`, in name order from the first after `except[0]` (so that what
+/// each host's failure moves spreads over the others).
+pub fn live_hosts(cluster: &Cluster, except: &[&str]) -> Vec<String> {
+    let mut live: Vec<String> = cluster
+        .hosts()
+        .hosts
+        .into_iter()
+        .filter(|h| !h.this_host && h.liveness == crate::cluster::membership::Liveness::Alive)
+        .map(|h| h.record.name)
+        .filter(|n| !except.contains(&n.as_str()))
+        .collect();
+    live.sort();
+    if let Some(first) = except.first() {
+        let after = live.iter().position(|n| n.as_str() > *first).unwrap_or(0);
+        live.rotate_left(after);
+    }
+    live
+}
+
+/// Hosts for `n` MR-AA members of a VNF whose other members run on
+/// `taken` (member 0's first): live hosts other than those, one each in
+/// turn while there are any (members on as many different hosts as there
+/// are); where there are fewer, again from the first, and where there are
+/// none, `taken`'s first (the members share a host rather than not run).
+pub fn member_hosts(cluster: &Cluster, taken: &[&str], n: usize) -> Vec<String> {
+    let free = live_hosts(cluster, taken);
+    if free.is_empty() {
+        return taken
+            .first()
+            .map_or_else(Vec::new, |h| vec![h.to_string(); n]);
+    }
+    free.iter().cycle().take(n).cloned().collect()
 }
 
 /// Tries at most this many VNIs in a row before giving up.

@@ -65,8 +65,9 @@ impl Daemon {
     }
 
     /// Where this daemon's chains run: host name (this one's for the VNFs
-    /// here) to `chain/vnf`s, and `chain/vnf (replica)` or `(standby)` for
-    /// the 1R-AA replicas and 1R-AS standbys of VNFs on other hosts.
+    /// here) to `chain/vnf`s, and `chain/vnf (replica)`, `(standby)` or
+    /// `(member k)` for the 1R-AA replicas, 1R-AS standbys and MR-AA
+    /// members of VNFs on other hosts.
     pub async fn placement(&self) -> std::collections::BTreeMap<String, Vec<String>> {
         let here = self.hosts().hosts.first().map(|h| h.record.name.clone());
         let mut placed = std::collections::BTreeMap::<String, Vec<String>>::new();
@@ -79,6 +80,15 @@ impl Daemon {
                         .entry(host)
                         .or_default()
                         .push(format!("{name}/{}", v.plan.name));
+                }
+                for (i, m) in v.remote_members.iter().enumerate() {
+                    if let Some(r) = &m.remote {
+                        placed.entry(r.host.clone()).or_default().push(format!(
+                            "{name}/{} (member {})",
+                            v.plan.name,
+                            i + 1
+                        ));
+                    }
                 }
                 if let Some((r, _)) = &v.remote_replica {
                     let what = if r.pid == 0 { "standby" } else { "replica" };

@@ -4,8 +4,10 @@
 //! the process died, else on another live host — as a new incarnation
 //! behind a new tunnel: attached as the hop's standby port, the SFF fails
 //! the hop over to it in one exchange (what the old incarnation still
-//! sends is fenced). Such a VNF runs unprotected for now: it comes back
-//! afresh, in its initial state.
+//! sends is fenced). By its mechanism: unprotected, afresh; 0R, restored
+//! from its committed checkpoint on the new host; 1R-AA and 1R-AS, its
+//! replica or standby on another host takes over; MR-AA, its members are
+//! restored one by one while the others serve (`remote_members`).
 
 #[allow(unused_imports)]
 use super::*;
@@ -32,7 +34,7 @@ pub(super) enum RemoteFailure {
 }
 
 /// `unix_ns` as an `Instant` of this host's clock.
-fn instant_of(unix_ns: u64) -> Instant {
+pub(super) fn instant_of(unix_ns: u64) -> Instant {
     let ago = now_nanos().saturating_sub(unix_ns);
     Instant::now()
         .checked_sub(Duration::from_nanos(ago))
@@ -130,12 +132,21 @@ impl Daemon {
                 })
                 .collect()
         };
-        // In parallel: each VNF's own placement.
+        // In parallel: each VNF's own placement, each MR-AA member's own
+        // restore.
         for (chain, vnf, incarnation) in failed {
             let d = self.clone();
             tokio::spawn(async move {
                 let why = RemoteFailure::HostDown { last_heard_unix_ns };
                 d.on_remote_failure(&chain, &vnf, incarnation, why).await;
+            });
+        }
+        for (chain, vnf, k, incarnation) in self.remote_members_on(host).await {
+            let d = self.clone();
+            tokio::spawn(async move {
+                let why = RemoteFailure::HostDown { last_heard_unix_ns };
+                d.on_remote_member_failure(&chain, &vnf, k, incarnation, why)
+                    .await;
             });
         }
     }
@@ -350,16 +361,38 @@ impl Daemon {
                     old.stop_hosted();
                 }
                 if v.remote.is_some() && v.phase() == Phase::Failed {
-                    waiting.push((name.clone(), v.plan.name.clone(), v.recovery.incarnation()));
+                    waiting.push((
+                        name.clone(),
+                        v.plan.name.clone(),
+                        0,
+                        v.recovery.incarnation(),
+                    ));
+                }
+                // (MR-AA: its members 1 to M-1 likewise.)
+                for (i, m) in v.remote_members.iter().enumerate() {
+                    if let Some(old) = m.previous.as_ref().filter(|r| r.host == host) {
+                        tracing::info!(key = %old.key, host, "stopping a replaced member");
+                        old.stop_hosted();
+                    }
+                    if m.recovery.phase() == Phase::Failed {
+                        let inc = m.recovery.incarnation();
+                        waiting.push((name.clone(), v.plan.name.clone(), i + 1, inc));
+                    }
                 }
             }
         }
         drop(chains);
-        for (chain, vnf, incarnation) in waiting {
+        for (chain, vnf, k, incarnation) in waiting {
             let d = self.clone();
             tokio::spawn(async move {
-                d.on_remote_failure(&chain, &vnf, incarnation, RemoteFailure::Retry)
-                    .await;
+                let why = RemoteFailure::Retry;
+                match k {
+                    0 => d.on_remote_failure(&chain, &vnf, incarnation, why).await,
+                    k => {
+                        d.on_remote_member_failure(&chain, &vnf, k, incarnation, why)
+                            .await
+                    }
+                }
             });
         }
     }
@@ -378,6 +411,13 @@ impl Daemon {
         let Some(v) = vnf_in(&mut chains, chain, vnf) else {
             return;
         };
+        // MR-AA: its own incarnation is member 0, restored as any member.
+        if !v.remote_members.is_empty() {
+            drop(chains);
+            return self
+                .on_remote_member_failure(chain, vnf, 0, incarnation, why)
+                .await;
+        }
         let Some(r) = v.remote.as_ref() else { return };
         let retry = matches!(why, RemoteFailure::Retry);
         let phase = v.phase();
@@ -632,7 +672,7 @@ impl Daemon {
 /// is tried again, after `failures` such failures: 250 ms, doubling, at
 /// most 30 s (a host that keeps refusing is not hammered; one that failed
 /// once is not waited on long).
-fn retry_backoff(failures: u64) -> std::time::Duration {
+pub(super) fn retry_backoff(failures: u64) -> std::time::Duration {
     let ms = 250u64.saturating_mul(1 << failures.min(7));
     std::time::Duration::from_millis(ms.min(30_000))
 }
@@ -650,17 +690,7 @@ fn pick_host(
     if failed_alive {
         return Some(failed.to_string());
     }
-    let mut live: Vec<String> = cluster
-        .hosts()
-        .hosts
-        .into_iter()
-        .filter(|h| !h.this_host && h.liveness == crate::cluster::membership::Liveness::Alive)
-        .map(|h| h.record.name)
-        .filter(|n| n != failed)
-        .collect();
-    live.sort();
-    let after = live.iter().position(|n| n.as_str() > failed).unwrap_or(0);
-    live.rotate_left(after);
+    let live = remote::live_hosts(cluster, &[failed]);
     // The first of the least loaded (a stable minimum keeps that order).
     live.into_iter()
         .enumerate()
@@ -756,7 +786,7 @@ fn restore_elsewhere(
 
 /// Checkpoint `id` of `chain`/`vnf` from this host's store, as it goes to
 /// another host (checked there).
-fn stored_image(
+pub(super) fn stored_image(
     store: &crate::vsm::database::Store,
     chain: &str,
     vnf: &str,

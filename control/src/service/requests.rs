@@ -11,7 +11,7 @@ use super::events::VnfEvent;
 use super::{Daemon, Outcome};
 use crate::chain::{ChainStatus, VnfStatus};
 use crate::error::ControlError;
-use crate::fms::recovery::Heal;
+use crate::fms::recovery::{Heal, Phase};
 use crate::plan::{self, ChainPlan, Fault, Mechanism};
 
 /// A chain's counters: its SFF's, and the frames its VNFs' sockets
@@ -218,18 +218,39 @@ impl Daemon {
             }
             return self.crash_during_checkpoint(chain, vnf).await;
         }
-        if member > 0 {
-            return self.inject_member_fault(chain, vnf, fault, member).await;
-        }
-        // A VNF on another host: a crash there (its host kills it).
+        // A VNF (or MR-AA member) on another host: a crash there (its
+        // host kills it).
         let remote = self
             .with_chain(chain, |e| {
                 let v = e.runtime.vnf_mut(vnf)?;
-                Ok(v.remote
-                    .as_ref()
-                    .map(|r| (r.cluster().clone(), r.host.clone(), r.key.clone())))
+                let r = match member {
+                    0 => v.remote.as_ref(),
+                    _ if v.remote_members.is_empty() => None,
+                    k => {
+                        let count = v.remote_members.len() + 1;
+                        let m = v.remote_members.get(k - 1).ok_or_else(|| {
+                            ControlError::InvalidArgument(format!(
+                                "VNF {vnf:?} has no MR-AA member {k} (it has {count})"
+                            ))
+                        })?;
+                        Some(
+                            m.remote
+                                .as_ref()
+                                .filter(|_| m.recovery.phase() == Phase::Running)
+                                .ok_or_else(|| {
+                                    ControlError::FailedPrecondition(format!(
+                                        "member {k} of VNF {vnf:?} is not running"
+                                    ))
+                                })?,
+                        )
+                    }
+                };
+                Ok(r.map(|r| (r.cluster().clone(), r.host.clone(), r.key.clone())))
             })
             .await?;
+        if member > 0 && remote.is_none() {
+            return self.inject_member_fault(chain, vnf, fault, member).await;
+        }
         if let Some((cluster, host, key)) = remote {
             if fault != Fault::Crash {
                 return Err(ControlError::FailedPrecondition(format!(

@@ -141,6 +141,7 @@ impl Daemon {
                     None => lost.push(v.plan.name.clone()),
                 }
             }
+            self.watch_remote_members(&runtime);
             self.schedule_all(&runtime);
             self.watch_data_path(name.clone());
             let _ = self.records.put(&runtime, false).recv();
