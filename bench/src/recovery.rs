@@ -93,11 +93,15 @@ pub(crate) struct RecoveryArgs {
     /// cluster of three more hosts (h0 to h2, etcd on each); the VNFs run
     /// on h0 and h1 in turn, h2 spare; each round fails the host running
     /// the round's VNF (its link down, every process of it killed at once)
-    /// and its VNFs are recovered on the others by their mechanism (0r or
-    /// 1r-aa on other hosts, for now); then the host comes back empty.
+    /// and its VNFs (mr-aa: its members) are recovered on the others by
+    /// their mechanism; then the host comes back empty.
     /// Each checkpoint is kept on a second host too.
     #[arg(long)]
     hosts: bool,
+    /// mr-aa: members per VNF, member 0 included (2 to 8; 0: nhamd's
+    /// default, 3).
+    #[arg(long, default_value_t = 0)]
+    replicas: u32,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -133,15 +137,13 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
         nhamd: ha::sibling_binary("nhamd", "NHAM_NHAMD")?,
         vnf_bin: ha::sibling_binary("nham-vnf", "NHAM_VNF")?,
         expedite_rcu: args.expedite_rcu,
+        replicas: args.replicas,
         ..HaSpec::default()
     };
-    if args.hosts {
-        if matches!(args.mechanism, MechanismArg::MrAa) {
-            bail!("--hosts: VNFs on other hosts are protected by 0r, 1r-as or 1r-aa for now, not mr-aa");
-        }
-        if args.simultaneous != 1 {
-            bail!("--hosts: each round fails one host (with every VNF on it): leave --simultaneous at 1");
-        }
+    if args.hosts && args.simultaneous != 1 {
+        bail!(
+            "--hosts: each round fails one host (with every VNF on it): leave --simultaneous at 1"
+        );
     }
     let spec = HaSpec {
         placement: if args.hosts {

@@ -29,6 +29,8 @@ use crate::plan::VnfPlan;
 pub struct RemoteTarget {
     cluster: Arc<Cluster>,
     at: std::sync::Mutex<(String, HostedKey)>,
+    /// This host's end of its tunnel (the link its agent watches).
+    device: std::sync::Mutex<String>,
 }
 
 impl RemoteTarget {
@@ -37,12 +39,25 @@ impl RemoteTarget {
         Arc::new(Self {
             cluster,
             at: std::sync::Mutex::new((vnf.host.clone(), vnf.key.clone())),
+            device: std::sync::Mutex::new(vnf.device.clone()),
         })
     }
 
     /// From now on, `vnf`.
     pub fn set(&self, vnf: &RemoteVnf) {
         *self.lock() = (vnf.host.clone(), vnf.key.clone());
+        *self
+            .device
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = vnf.device.clone();
+    }
+
+    /// The SFF's end of the current incarnation's tunnel.
+    pub fn device(&self) -> String {
+        self.device
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (String, HostedKey)> {
@@ -85,6 +100,14 @@ impl crate::vsm::checkpointer::RemoteVnfOps for RemoteTarget {
     ) -> Result<crate::vsm::criu::DumpReport, crate::vsm::SyncError> {
         let (host, key) = self.now();
         self.cluster.dump_vnf(&host, &key, id).map_err(sync_error)
+    }
+
+    fn pin(&self) -> Arc<dyn crate::vsm::checkpointer::RemoteVnfOps> {
+        Arc::new(Self {
+            cluster: self.cluster.clone(),
+            at: std::sync::Mutex::new(self.now()),
+            device: std::sync::Mutex::new(self.device()),
+        })
     }
 
     fn fetch(

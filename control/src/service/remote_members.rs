@@ -10,12 +10,13 @@
 //! mark. Only the last member's failure fails the hop; it recovers with
 //! the first member restored (replay).
 
-use super::remote_vnfs::{instant_of, retry_backoff, stored_image, RemoteFailure};
+use super::remote_vnfs::{instant_of, retry_backoff, stored_image, watch_once, RemoteFailure};
 #[allow(unused_imports)]
 use super::*;
 use crate::chain::{remote, RemoteVnf, VnfRuntime};
 use crate::cluster::Cluster;
 use crate::fms::recovery::{Counters, FailureRecovery, Phase};
+use crate::runtime::process::{Niceness, BACKGROUND_NICE};
 use nham_dataplane::hold::{CheckpointId, MemberFailure, MemberState};
 
 /// Member `k` of `v` (0: the VNF's own incarnation): its Failure Recovery
@@ -63,26 +64,14 @@ impl Daemon {
                     return;
                 };
                 drop(d);
-                let gone = match cluster.watch_vnf(&host, &key).await {
-                    Ok(at_unix_ns) => Some(at_unix_ns),
-                    Err(crate::cluster::hosting::HostingError::Peer {
-                        code: tonic::Code::NotFound,
-                        ..
-                    }) => Some(now_nanos()),
-                    Err(e) => {
-                        tracing::debug!(%key, "watching it on {host}: {e}");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        None
-                    }
+                let Some(why) = watch_once(&cluster, &host, &key).await else {
+                    continue;
                 };
-                if let Some(at_unix_ns) = gone {
-                    if let Some(d) = daemon.upgrade() {
-                        let why = RemoteFailure::Exited { at_unix_ns };
-                        d.on_remote_member_failure(&chain, &vnf, k, incarnation, why)
-                            .await;
-                    }
-                    return;
+                if let Some(d) = daemon.upgrade() {
+                    d.on_remote_member_failure(&chain, &vnf, k, incarnation, why)
+                        .await;
                 }
+                return;
             }
         });
     }
@@ -177,10 +166,11 @@ impl Daemon {
             })
             .collect();
         let ifindex = v.remote.as_ref().map_or(0, |r| r.ifindex);
-        let (plan, target, turn) = (
+        let (plan, target, turn, agent) = (
             v.plan.clone(),
             v.remote_target.clone(),
             v.member_turn.clone(),
+            v.agent.clone(),
         );
         let Some((fr, remote)) = member_of(v, k) else {
             return;
@@ -225,11 +215,11 @@ impl Daemon {
         // Back where it was if only its process died; else, first, a
         // live host running none of its other members (the least loaded),
         // and where there is none, one that does.
-        let host = if matches!(why, RemoteFailure::Exited { .. })
-            && cluster.underlay_of(&old_host).is_ok()
-        {
-            Some(old_host.clone())
-        } else {
+        let same_host = matches!(why, RemoteFailure::Exited { .. });
+        let pick = move |cluster: &Cluster| {
+            if same_host && cluster.underlay_of(&old_host).is_ok() {
+                return Some(old_host.clone());
+            }
             let least = |hosts: Vec<String>| {
                 hosts
                     .into_iter()
@@ -239,10 +229,10 @@ impl Daemon {
             };
             let mut except: Vec<&str> = vec![old_host.as_str()];
             except.extend(others.iter().map(String::as_str));
-            least(remote::live_hosts(&cluster, &except))
-                .or_else(|| least(remote::live_hosts(&cluster, &[old_host.as_str()])))
+            least(remote::live_hosts(cluster, &except))
+                .or_else(|| least(remote::live_hosts(cluster, &[old_host.as_str()])))
         };
-        let again_later = host.is_some();
+        let again_later = pick(&cluster).is_some();
         let store = self.state.store.clone();
         let chain_name = chain.to_string();
         let whom = who.clone();
@@ -251,9 +241,6 @@ impl Daemon {
                 "the chain's SFF is gone".into(),
             )),
             Some(sff) => tokio::task::spawn_blocking(move || {
-                let _turn = turn
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let restore = MemberRestore {
                     cluster: &cluster,
                     sff: &sff,
@@ -264,13 +251,39 @@ impl Daemon {
                     ifindex,
                     store: &store,
                 };
-                let (mut checkpoint, fallback) = restore.fail()?;
-                let host = host.ok_or_else(|| {
-                    ControlError::FailedPrecondition(format!(
-                        "no live host to restore it on ({old_host} failed; the chain's own host \
-                         keeps only the SFF): restored once one is up"
-                    ))
+                // The SFF stops sending to it at once, whatever waits
+                // below (a member lost with others of its VNF must not be
+                // sent to while they are restored in turn).
+                let told = restore.fail()?;
+                // While others serve, its restore is background work.
+                let _background = told
+                    .is_none()
+                    .then(|| Niceness::for_this_thread(BACKGROUND_NICE));
+                // One member of a VNF restored at a time.
+                let _turn = turn
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                // Members 1 to M-1: no checkpoint of member 0 begins while
+                // one is restored (as a local member's restore holds its
+                // agent), so the restore point it is restored from stays
+                // one the SFF keeps (it keeps the one before too, for a
+                // checkpoint already under way). Not waited on for long: a
+                // checkpoint of a lost member 0 may hold the agent until
+                // its calls time out; then a moved restore point is
+                // restored again.
+                let _agent = agent
+                    .as_ref()
+                    .filter(|_| k > 0)
+                    .and_then(|a| lock_within(a, AGENT_WAIT));
+                // (Chosen again if its host went down meanwhile.)
+                let host = pick(&cluster).ok_or_else(|| {
+                    ControlError::FailedPrecondition(
+                        "no live host to restore it on (the chain's own host keeps only the \
+                         SFF): restored once one is up"
+                            .into(),
+                    )
                 })?;
+                let (mut checkpoint, mut fallback) = restore.source(told)?;
                 let mut tries = 0;
                 loop {
                     tries += 1;
@@ -281,7 +294,7 @@ impl Daemon {
                                 vnf = plan.name,
                                 "{whom}restored again: {e}"
                             );
-                            checkpoint = restore.restore_point()?;
+                            (checkpoint, fallback) = restore.source(None)?;
                         }
                         Err(Moved(e)) => return Err(e),
                         Ok(done) => return Ok(done),
@@ -301,9 +314,14 @@ impl Daemon {
             std::thread::spawn(move || drop(restored));
             return;
         };
+        // (A chain made anew under its name meanwhile: not its member.)
+        if fr.incarnation() != incarnation || fr.phase() != Phase::Recovering {
+            std::thread::spawn(move || drop(restored));
+            return;
+        }
         let counters = fr.counters().clone();
         match restored {
-            Ok((member, iface, report, from)) => {
+            Ok((member, iface, report, from, fallback_reason)) => {
                 let took = failed_at.elapsed();
                 let (pid, host) = (member.pid, member.host.clone());
                 *fr = FailureRecovery::found(
@@ -328,19 +346,7 @@ impl Daemon {
                 std::thread::spawn(move || drop(older));
                 if k == 0 {
                     v.sff_iface = iface.clone();
-                    // Its agent watches the new link (taken without the
-                    // agent, which a checkpoint of the lost one may hold
-                    // until its calls time out).
-                    if let Some(agent) = v.agent.clone() {
-                        tokio::task::spawn_blocking(move || {
-                            let mut a = agent
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner);
-                            if let Err(e) = a.watch_link(&iface) {
-                                tracing::warn!("watching {iface}: {e}");
-                            }
-                        });
-                    }
+                    super::remote_vnfs::rewatch_link(v.agent.clone(), v.remote_target.clone());
                 }
                 tracing::info!(chain, vnf, host, ?took, "{who}MR-AA member restored");
                 if let Some(e) = chains.get(chain) {
@@ -354,7 +360,7 @@ impl Daemon {
                     restored: from.is_some(),
                     pid,
                     checkpoint: from,
-                    fallback_reason: None,
+                    fallback_reason,
                     switched: false,
                 };
                 self.emit(recovery_finished(chain, vnf, stats, took));
@@ -435,46 +441,90 @@ struct MemberRestore<'a> {
 }
 
 /// A restored member: the incarnation, the SFF's end of its tunnel, the
-/// SFF's report, the checkpoint restored (`None`: started afresh).
+/// SFF's report, the checkpoint restored (`None`: started afresh), why
+/// the one before it was restored (its newer one unreadable).
 type Restored = (
     RemoteVnf,
     String,
     nham_dataplane::hold::RecoveryReport,
     Option<CheckpointId>,
+    Option<String>,
 );
 
-impl MemberRestore<'_> {
-    /// Tells the SFF the member failed (once: a retry finds it failed
-    /// there already) and returns what to restore it from, and the
-    /// fallback if the hop failed with it.
-    fn fail(&self) -> Result<(Option<CheckpointId>, Option<CheckpointId>), ControlError> {
-        let (hop, k) = (self.hop, self.k);
-        let st = self.sff.status()?;
-        let h = st
-            .hops
-            .get(hop)
-            .ok_or_else(|| ControlError::FailedPrecondition(format!("the SFF has no hop {hop}")))?;
-        if h.members.get(k) == Some(&MemberState::Failed) {
-            return Ok((h.committed.filter(|&id| id != 0), None));
+/// What the hop's failure said to restore from: the checkpoint and its
+/// fallback.
+type HopRestorePoint = (Option<CheckpointId>, Option<CheckpointId>);
+
+/// How long a member's restore waits for its VNF's agent (see
+/// [`Daemon::on_remote_member_failure`]).
+const AGENT_WAIT: Duration = Duration::from_secs(1);
+
+/// `agent`, if it is free within `within`.
+fn lock_within(
+    agent: &crate::chain::Agent,
+    within: Duration,
+) -> Option<std::sync::MutexGuard<'_, crate::fms::replica_manager::ProtectedVnf>> {
+    let deadline = Instant::now() + within;
+    loop {
+        match agent.try_lock() {
+            Ok(a) => return Some(a),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return None,
         }
-        match self.sff.member_failed(hop, k)? {
-            MemberFailure::Continues => Ok((self.restore_point()?, None)),
-            MemberFailure::HopFailed(plan) => Ok((plan.checkpoint, plan.fallback)),
+    }
+}
+
+impl MemberRestore<'_> {
+    fn hop_status(&self) -> Result<nham_sff::HopStatus, ControlError> {
+        let mut st = self.sff.status()?;
+        if self.hop >= st.hops.len() {
+            return Err(ControlError::FailedPrecondition(format!(
+                "the SFF has no hop {}",
+                self.hop
+            )));
+        }
+        Ok(st.hops.swap_remove(self.hop))
+    }
+
+    /// Tells the SFF the member failed (a retry finds it failed there
+    /// already). Returns the hop's restore point if the hop failed with it
+    /// (it was the last member serving).
+    fn fail(&self) -> Result<Option<HopRestorePoint>, ControlError> {
+        let h = self.hop_status()?;
+        if h.members.get(self.k) == Some(&MemberState::Failed) {
+            return Ok(None);
+        }
+        match self.sff.member_failed(self.hop, self.k)? {
+            MemberFailure::Continues => Ok(None),
+            MemberFailure::HopFailed(plan) => Ok(Some((plan.checkpoint, plan.fallback))),
         }
     }
 
-    /// The hop's restore point now.
-    fn restore_point(&self) -> Result<Option<CheckpointId>, ControlError> {
-        let st = self.sff.status()?;
-        let h = st.hops.get(self.hop).ok_or_else(|| {
-            ControlError::FailedPrecondition(format!("the SFF has no hop {}", self.hop))
-        })?;
-        Ok(h.committed.filter(|&id| id != 0))
+    /// What to restore the member from now: the hop's restore point (and
+    /// fallback) if the hop failed (`told`, or asked again), else the
+    /// committed checkpoint (`None`: nothing committed yet, afresh).
+    fn source(&self, told: Option<HopRestorePoint>) -> Result<HopRestorePoint, ControlError> {
+        let h = self.hop_status()?;
+        if h.recovering {
+            return match told {
+                Some(point) => Ok(point),
+                None => {
+                    let plan = self.sff.failure(self.hop)?;
+                    Ok((plan.checkpoint, plan.fallback))
+                }
+            };
+        }
+        Ok((h.committed.filter(|&id| id != 0), None))
     }
 
     /// Restores the member on `host` from `checkpoint` (its fallback if
-    /// the image is not in the store), behind a new tunnel that takes the
-    /// failed one's member port; the SFF has it catch up; then it runs.
+    /// that image cannot be read from the store), behind a new tunnel that
+    /// takes the failed one's member port; the SFF has it catch up; then
+    /// it runs. `Ok(Err(Moved))`: the SFF did not take it, the restore
+    /// point having moved on meanwhile.
     fn on(
         &self,
         host: &str,
@@ -484,30 +534,27 @@ impl MemberRestore<'_> {
     ) -> Result<Result<Restored, Moved>, ControlError> {
         let (hop, k) = (self.hop, self.k);
         let image = |id| stored_image(self.store, self.chain, &self.plan.name, id);
+        let restore = |image| remote::Start::Restore {
+            ifindex: self.ifindex,
+            image,
+        };
+        let mut fallback_reason = None;
         let (start, from) = match checkpoint {
             None => (remote::Start::Fresh, None),
+            // The restore point of a hop that was not protected: no image,
+            // afresh (as a local member).
+            Some(0) => (remote::Start::Fresh, Some(0)),
             Some(id) => match (image(id), fallback) {
-                (Ok(image), _) => (
-                    remote::Start::Restore {
-                        ifindex: self.ifindex,
-                        image,
-                    },
-                    Some(id),
-                ),
+                (Ok(image), _) => (restore(image), Some(id)),
                 (Err(e), Some(fb)) => {
+                    let why = format!("checkpoint {id}: {e}");
                     tracing::warn!(
                         chain = self.chain,
                         vnf = self.plan.name,
-                        "checkpoint {id}: {e}: restoring {fb}"
+                        "{why}: restoring {fb}"
                     );
-                    let image = image(fb)?;
-                    (
-                        remote::Start::Restore {
-                            ifindex: self.ifindex,
-                            image,
-                        },
-                        Some(fb),
-                    )
+                    fallback_reason = Some(why);
+                    (restore(image(fb)?), Some(fb))
                 }
                 (Err(e), None) => return Err(e),
             },
@@ -531,19 +578,34 @@ impl MemberRestore<'_> {
                 t.set(&member);
             }
         }
-        // Refused when a checkpoint committed meanwhile released what it
-        // would catch up from (the restore point moved on).
         let report = match self.sff.member_restored(hop, k, from) {
             Ok(r) => r,
-            Err(e) => return Ok(Err(Moved(e.into()))),
+            Err(e) => {
+                // Taken though the answer was lost: it is the member.
+                let h = self.hop_status()?;
+                if h.members.get(k).is_some_and(|m| *m != MemberState::Failed) {
+                    nham_dataplane::hold::RecoveryReport {
+                        replay: 0,
+                        duration: Duration::ZERO,
+                    }
+                } else if h.committed != from && !h.recovering {
+                    return Ok(Err(Moved(e.into())));
+                } else {
+                    return Err(e.into());
+                }
+            }
         };
-        if from.is_some() {
-            self.cluster.signal_vnf(
+        // (Started afresh, it runs already.)
+        if from.is_some_and(|id| id != 0) {
+            if let Err(e) = self.cluster.signal_vnf(
                 &member.host,
                 &member.key,
                 nix::sys::signal::Signal::SIGCONT,
-            )?;
+            ) {
+                // The SFF has it: kept, and its watch judges it.
+                tracing::warn!(key = %member.key, "resuming it: {e}");
+            }
         }
-        Ok(Ok((member, iface, report, from)))
+        Ok(Ok((member, iface, report, from, fallback_reason)))
     }
 }

@@ -33,6 +33,41 @@ pub(super) enum RemoteFailure {
     Retry,
 }
 
+/// Waits for hosted VNF `key` on `host` to exit: why it failed, or `None`
+/// to be asked again (after a pause). A host that no longer has it (its
+/// `nhamd` restarted) says so; one judged down meanwhile (the
+/// incarnation was placed there as it went down, after the host's VNFs
+/// were failed) cannot be asked any more: either way it is failed.
+pub(super) async fn watch_once(
+    cluster: &Cluster,
+    host: &str,
+    key: &crate::cluster::hosting::HostedKey,
+) -> Option<RemoteFailure> {
+    match cluster.watch_vnf(host, key).await {
+        Ok(at_unix_ns) => Some(RemoteFailure::Exited { at_unix_ns }),
+        Err(crate::cluster::hosting::HostingError::Peer {
+            code: tonic::Code::NotFound,
+            ..
+        }) => Some(RemoteFailure::Exited {
+            at_unix_ns: now_nanos(),
+        }),
+        Err(_) if cluster.underlay_of(host).is_err() => {
+            let ago = (cluster.hosts().hosts.into_iter())
+                .find(|h| h.record.name == host)
+                .and_then(|h| h.last_heard_ago)
+                .unwrap_or_default();
+            Some(RemoteFailure::HostDown {
+                last_heard_unix_ns: now_nanos().saturating_sub(ago.as_nanos() as u64),
+            })
+        }
+        Err(e) => {
+            tracing::debug!(%key, "watching it on {host}: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            None
+        }
+    }
+}
+
 /// `unix_ns` as an `Instant` of this host's clock.
 pub(super) fn instant_of(unix_ns: u64) -> Instant {
     let ago = now_nanos().saturating_sub(unix_ns);
@@ -46,7 +81,7 @@ impl Daemon {
     /// on another host: once its host says it exited, it is failed and
     /// placed again. A host that cannot be asked is asked again (its
     /// failure is the membership's to judge), as long as this incarnation
-    /// is current.
+    /// is current, unless it is judged down already (see [`watch_once`]).
     pub(super) fn watch_remote(self: &Arc<Self>, chain: String, vnf: String, incarnation: u64) {
         let daemon = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -57,33 +92,13 @@ impl Daemon {
                     return;
                 };
                 drop(d);
-                match cluster.watch_vnf(&host, &key).await {
-                    Ok(at_unix_ns) => {
-                        if let Some(d) = daemon.upgrade() {
-                            let why = RemoteFailure::Exited { at_unix_ns };
-                            d.on_remote_failure(&chain, &vnf, incarnation, why).await;
-                        }
-                        return;
-                    }
-                    // Its host no longer has it (its nhamd restarted):
-                    // gone.
-                    Err(crate::cluster::hosting::HostingError::Peer {
-                        code: tonic::Code::NotFound,
-                        ..
-                    }) => {
-                        if let Some(d) = daemon.upgrade() {
-                            let why = RemoteFailure::Exited {
-                                at_unix_ns: now_nanos(),
-                            };
-                            d.on_remote_failure(&chain, &vnf, incarnation, why).await;
-                        }
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::debug!(%key, "watching it on {host}: {e}");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+                let Some(why) = watch_once(&cluster, &host, &key).await else {
+                    continue;
+                };
+                if let Some(d) = daemon.upgrade() {
+                    d.on_remote_failure(&chain, &vnf, incarnation, why).await;
                 }
+                return;
             }
         });
     }
@@ -572,17 +587,7 @@ impl Daemon {
                 if let Some(t) = &v.remote_target {
                     t.set(&remote);
                 }
-                if let Some(agent) = v.agent.clone() {
-                    let iface = iface.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let mut a = agent
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        if let Err(e) = a.watch_link(&iface) {
-                            tracing::warn!("watching {iface}: {e}");
-                        }
-                    });
-                }
+                rewatch_link(v.agent.clone(), v.remote_target.clone());
                 // The one before stops (best effort: its host may be gone or
                 // cut off, then its frames are fenced); its tunnel end stays
                 // until the SFF lets go of it, as the standby port, at the
@@ -666,6 +671,26 @@ impl Daemon {
                 .await;
         });
     }
+}
+
+/// Has `agent` watch the link of `target`'s current incarnation (taken
+/// without the registry, and without waiting here for the agent, which a
+/// checkpoint of a lost incarnation may hold until its calls time out).
+/// The link is read once the agent is held: of two placements in a row,
+/// the last one's is watched, whichever task runs last.
+pub(super) fn rewatch_link(agent: Option<Agent>, target: Option<Arc<remote::RemoteTarget>>) {
+    let (Some(agent), Some(target)) = (agent, target) else {
+        return;
+    };
+    tokio::task::spawn_blocking(move || {
+        let mut a = agent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let iface = target.device();
+        if let Err(e) = a.watch_link(&iface) {
+            tracing::warn!("watching {iface}: {e}");
+        }
+    });
 }
 
 /// How long a VNF whose placement failed on a live host waits before it

@@ -99,6 +99,9 @@ pub trait RemoteVnfOps: Send + Sync + std::fmt::Debug {
     fn dump(&self, id: CheckpointId) -> Result<criu::DumpReport, SyncError>;
     /// Checkpoint `id`'s images, checked, unpacked into `dir` here.
     fn fetch(&self, id: CheckpointId, dir: &Path) -> Result<(), SyncError>;
+    /// The incarnation reached now, from now on (this one may be moved on
+    /// to the next placement; the one returned is not).
+    fn pin(&self) -> Arc<dyn RemoteVnfOps>;
 }
 
 /// Where one VNF's checkpoints go in the store, and its scratch space.
@@ -452,14 +455,34 @@ impl Checkpointer {
     /// `background`: the VNF's other MR-AA members serve meanwhile, so the
     /// dump must not take the CPU from them.
     pub fn dump(&mut self, sff: &SffClient, background: bool) -> Result<Dumped, SyncError> {
-        use crate::vsm::synchronizer::{Checkpointing, Failure, Look, Step};
-        use nix::sys::signal::Signal;
         if self.retired {
             return Err(SyncError::Retired);
         }
         let started = Instant::now();
+        let id = sff.begin_checkpoint(self.hop).map_err(SyncError::Sff)?;
+        // A VNF on another host: the incarnation current as the checkpoint
+        // begins is the one stopped, dumped and resumed throughout, though
+        // a new one is placed meanwhile (MR-AA member 0 restored: the SFF
+        // voided this checkpoint when the old one failed, and only the new
+        // one is current once the SFF may begin another).
+        let moving = self.remote.clone();
+        self.remote = moving.as_ref().map(|r| r.pin());
+        let dumped = self.dump_begun(sff, background, id, started);
+        self.remote = moving;
+        dumped
+    }
+
+    /// [`dump`](Self::dump) once checkpoint `id` has begun.
+    fn dump_begun(
+        &mut self,
+        sff: &SffClient,
+        background: bool,
+        id: CheckpointId,
+        started: Instant,
+    ) -> Result<Dumped, SyncError> {
+        use crate::vsm::synchronizer::{Checkpointing, Failure, Look, Step};
+        use nix::sys::signal::Signal;
         let (hop, pid) = (self.hop, self.pid);
-        let id = sff.begin_checkpoint(hop).map_err(SyncError::Sff)?;
         let dir = self.slot.scratch.join(format!("ckpt-{id}"));
         // The protocol's decisions are the machine's; this loop does what
         // it says. (MR-AA: member 0 is the one dumped, and the SFF pauses
