@@ -172,10 +172,15 @@ pub struct HaReport {
     /// Frames each VNF's sockets dropped, as `VnfInputDropped` events said
     /// (each one a failure NHAM recovered).
     pub input_dropped_by_vnf: std::collections::BTreeMap<String, u64>,
-    /// Fault injected to failure detected.
+    /// Fault injected (a host failure: the host failed) to failure
+    /// detected.
     pub detection_ms: Summary,
     /// Failure detected to the VNF running again (replay started).
     pub recovery_ms: Summary,
+    /// Fault injected (or host failed) to the VNF (MR-AA: member) running
+    /// again, as the harness received the events: detection and recovery
+    /// together, as an operator sees them.
+    pub failure_to_running_ms: Summary,
     /// Longest sink silence around each round.
     pub downtime_ms: Summary,
     /// The same measure with no failure: per round, the longest silence in
@@ -990,6 +995,8 @@ fn trial(
     let frames = traffic.frames();
     let (expected, states) = nham_vnf::reference(&spec.kinds, &frames);
     let mut rounds_at: Vec<(Instant, Instant)> = Vec::new();
+    // Per round: each victim and the member failures it had.
+    let mut round_victims: Vec<Vec<(usize, usize)>> = Vec::new();
     let members: &[u32] = if spec.members.is_empty() {
         &[0]
     } else {
@@ -1239,6 +1246,7 @@ fn trial(
                     std::thread::sleep(Duration::from_millis(1));
                 };
                 rounds_at.push((t0, back));
+                round_victims.push(victims.iter().map(|&v| (v, recoveries[v])).collect());
                 continue;
             }
             let back = loop {
@@ -1292,6 +1300,7 @@ fn trial(
                 std::thread::sleep(Duration::from_millis(1));
             };
             rounds_at.push((t0, back));
+            round_victims.push(victims.iter().map(|&v| (v, recoveries[v])).collect());
             // The failed host back, empty, with a new nhamd, and heard by
             // the chain's before the next round.
             if let (Some(i), Some(h)) = (failed_host, hosts.as_deref_mut()) {
@@ -1456,6 +1465,30 @@ fn trial(
         std::collections::BTreeMap::new();
     let mut last_failure: std::collections::BTreeMap<String, String> =
         std::collections::BTreeMap::new();
+    // From each round's fault (injected, or its host failed) to each
+    // failure detected and each member running again, as this harness
+    // received the events: what an operator sees.
+    let mut failed_to_detected = Vec::new();
+    let mut failure_to_running = Vec::new();
+    for (&(t0, _), victims) in rounds_at.iter().zip(&round_victims) {
+        for &(v, count) in victims {
+            let since = |want: fn(&api::watch_events_response::Event) -> bool| {
+                events
+                    .iter()
+                    .filter(move |(at, e)| {
+                        *at >= t0 && e.vnf == vnf_name(v) && e.event.as_ref().is_some_and(want)
+                    })
+                    .take(count.max(1))
+                    .map(move |(at, _)| (*at - t0).as_secs_f64() * 1e3)
+            };
+            failed_to_detected.extend(since(|e| {
+                matches!(e, api::watch_events_response::Event::FailureDetected(_))
+            }));
+            failure_to_running.extend(since(|e| {
+                matches!(e, api::watch_events_response::Event::RecoveryFinished(_))
+            }));
+        }
+    }
     let mechanism = spec.mechanism.as_str_name();
     for (at, e) in &events {
         let ms = at.saturating_duration_since(trial.base).as_secs_f64() * 1e3;
@@ -1551,8 +1584,16 @@ fn trial(
         failure_causes,
         failures_by_vnf,
         input_dropped_by_vnf,
-        detection_ms: Summary::of(&detection),
+        // (A host failure: from the moment the host failed. The daemon's
+        // own measure starts at the host's last heartbeat heard, up to a
+        // heartbeat interval before it failed.)
+        detection_ms: Summary::of(if spec.host_failures {
+            &failed_to_detected
+        } else {
+            &detection
+        }),
         recovery_ms: Summary::of(&recovery),
+        failure_to_running_ms: Summary::of(&failure_to_running),
         downtime_ms: Summary::of(&downtime),
         downtime_baseline_ms: Summary::of(&baseline),
         latency_ms: Summary::of(&latency),

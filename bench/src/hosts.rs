@@ -492,7 +492,12 @@ impl Drop for HostLab {
             let tag = nham_control::chain::state_tag(&self.state_dir(i));
             nham_netns::sweep_prefix(&format!("nhamd-{tag}-"), |_| false);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // NHAM_HA_KEEP keeps the hosts' directories (logs, state) too.
+        if std::env::var_os("NHAM_HA_KEEP").is_some() {
+            eprintln!("kept {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
         // The namespaces (and every link in them) go with their Netns values.
     }
 }

@@ -184,6 +184,7 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
     }
     row("detection", &r.detection_ms);
     row("recovery", &r.recovery_ms);
+    row("failure to running", &r.failure_to_running_ms);
     row("downtime", &r.downtime_ms);
     row("  same, no failure", &r.downtime_baseline_ms);
     row("latency (every frame)", &r.latency_ms);

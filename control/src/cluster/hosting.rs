@@ -567,19 +567,30 @@ impl VnfHost {
     /// resumes it once the SFF replays): checked, unpacked, restored by
     /// CRIU in a new place whose `eth0` has the index it had.
     pub fn restore(&self, r: RestoreRequest) -> Result<Running, HostingError> {
+        let t0 = std::time::Instant::now();
         let (id, netns, eth0) = self.place(&r.key, r.owner_underlay, Some(r.ifindex))?;
         let (_, cgroup) = self.work_place(&r.key, &id)?;
+        let placed = t0.elapsed();
         let dir = self
             .dir
             .join("scratch")
             .join(format!("restore-{}-{}", r.key.owner, r.key.vni));
+        let mut unpacked = None;
         let restored = crate::vsm::database::unpack_file(&r.image.meta, &r.image.file, &dir)
             .map_err(crate::vsm::SyncError::from)
             .and_then(|()| {
+                unpacked = Some(t0.elapsed());
                 crate::vsm::checkpointer::restore_stopped(None, &dir, &netns.path(), None)
             });
         let _ = std::fs::remove_dir_all(&dir);
         let pid = restored.map_err(HostingError::Restore)?;
+        tracing::debug!(
+            key = %r.key,
+            ?placed,
+            ?unpacked,
+            restored = ?t0.elapsed(),
+            "restored (times from the request)"
+        );
         self.adopt(r.key, pid, netns, eth0, cgroup)
     }
 

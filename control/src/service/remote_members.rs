@@ -322,7 +322,10 @@ impl Daemon {
         let counters = fr.counters().clone();
         match restored {
             Ok((member, iface, report, from, fallback_reason)) => {
-                let took = failed_at.elapsed();
+                // Detection to running again (as for a VNF here); its log
+                // line says how long after it was last heard, too.
+                let took = noticed.elapsed();
+                let since_failed = failed_at.elapsed();
                 let (pid, host) = (member.pid, member.host.clone());
                 *fr = FailureRecovery::found(
                     Phase::Running,
@@ -348,7 +351,14 @@ impl Daemon {
                     v.sff_iface = iface.clone();
                     super::remote_vnfs::rewatch_link(v.agent.clone(), v.remote_target.clone());
                 }
-                tracing::info!(chain, vnf, host, ?took, "{who}MR-AA member restored");
+                tracing::info!(
+                    chain,
+                    vnf,
+                    host,
+                    ?took,
+                    ?since_failed,
+                    "{who}MR-AA member restored"
+                );
                 if let Some(e) = chains.get(chain) {
                     let _ = self.records.put(&e.runtime, false);
                 }

@@ -174,7 +174,11 @@ impl Daemon {
     /// incarnation, made with the first one, behind the standby port),
     /// restored only when the VNF fails. (The SFF keeps the packets since
     /// the checkpoint before the restore point: a replica or standby one
-    /// checkpoint behind still recovers exactly.)
+    /// checkpoint behind still recovers exactly.) 0R: a standby too, made
+    /// once (with this checkpoint) and not staged on again: when the VNF
+    /// fails its restore point is staged there and restored (its place,
+    /// tunnel, SFF port and CRIU worker ready: no replica's state copied on
+    /// each commit, as 1R-AS does).
     pub(super) async fn refresh_remote_replica(
         &self,
         chain: &str,
@@ -187,13 +191,16 @@ impl Daemon {
                 let hop = e.runtime.vnf_index(vnf).ok()?;
                 let v = &e.runtime.vnfs[hop];
                 let r = v.remote.as_ref()?;
-                let wanted = matches!(
-                    v.plan.mechanism,
+                // (0R: a standby place once, its checkpoint staged only
+                // when it fails.)
+                let wanted = match v.plan.mechanism {
                     Some(
                         crate::plan::Mechanism::ActiveActive
-                            | crate::plan::Mechanism::ActiveStandby
-                    )
-                ) && v.phase() == Phase::Running;
+                        | crate::plan::Mechanism::ActiveStandby,
+                    ) => true,
+                    Some(crate::plan::Mechanism::NoReplica) => v.remote_replica.is_none(),
+                    _ => false,
+                } && v.phase() == Phase::Running;
                 let mut load = BTreeMap::<String, usize>::new();
                 for r in e.runtime.vnfs.iter().filter_map(|v| v.remote.as_ref()) {
                     *load.entry(r.host.clone()).or_default() += 1;
@@ -223,7 +230,7 @@ impl Daemon {
         {
             return;
         }
-        let standby = plan.mechanism == Some(crate::plan::Mechanism::ActiveStandby);
+        let standby = plan.mechanism != Some(crate::plan::Mechanism::ActiveActive);
         let placed = tokio::task::spawn_blocking(move || {
             let host = pick_host(&cluster, &primary, false, &load).ok_or_else(|| {
                 ControlError::FailedPrecondition(format!(
@@ -519,7 +526,20 @@ impl Daemon {
                 let chain_name = chain.to_string();
                 tokio::task::spawn_blocking(move || {
                     if let Some((copy, id)) = replica {
-                        match fail_over_to(&cluster, &sff, hop, copy, id, target.as_deref()) {
+                        let done = if plan.mechanism == Some(crate::plan::Mechanism::NoReplica) {
+                            let standby = Standby {
+                                cluster: &cluster,
+                                sff: &sff,
+                                hop,
+                                store: &store,
+                                chain: &chain_name,
+                                vnf: &plan.name,
+                            };
+                            standby.restore(copy, id, target.as_deref())
+                        } else {
+                            fail_over_to(&cluster, &sff, hop, copy, id, target.as_deref())
+                        };
+                        match done {
                             Ok(done) => return Ok(done),
                             Err(e) => tracing::warn!(
                                 chain = chain_name,
@@ -578,7 +598,10 @@ impl Daemon {
         match placed {
             Ok((remote, iface, switched, checkpoint)) => {
                 let switched_to_replica = replica_key.as_ref() == Some(&remote.key);
-                let took = failed_at.elapsed();
+                // Detection to running again (as for a VNF here); its log
+                // line says how long after it was last heard, too.
+                let took = noticed.elapsed();
+                let since_failed = failed_at.elapsed();
                 let pid = remote.pid;
                 let host = remote.host.clone();
                 // Its agent checkpoints the new incarnation, through the
@@ -619,12 +642,36 @@ impl Daemon {
                     switched: true,
                 };
                 let standby = v.plan.mechanism == Some(crate::plan::Mechanism::ActiveStandby);
-                if switched_to_replica && standby {
-                    tracing::info!(chain, vnf, host, ?took, "its standby took over");
+                let zero = v.plan.mechanism == Some(crate::plan::Mechanism::NoReplica);
+                if switched_to_replica && zero {
+                    tracing::info!(
+                        chain,
+                        vnf,
+                        host,
+                        ?took,
+                        ?since_failed,
+                        "restored on its standby place"
+                    );
+                } else if switched_to_replica && standby {
+                    tracing::info!(
+                        chain,
+                        vnf,
+                        host,
+                        ?took,
+                        ?since_failed,
+                        "its standby took over"
+                    );
                 } else if switched_to_replica {
-                    tracing::info!(chain, vnf, host, ?took, "failed over to its replica");
+                    tracing::info!(
+                        chain,
+                        vnf,
+                        host,
+                        ?took,
+                        ?since_failed,
+                        "failed over to its replica"
+                    );
                 } else {
-                    tracing::info!(chain, vnf, host, ?took, "VNF placed again");
+                    tracing::info!(chain, vnf, host, ?took, ?since_failed, "VNF placed again");
                 }
                 if let Some(e) = chains.get(chain) {
                     let _ = self.records.put(&e.runtime, false);
@@ -765,6 +812,66 @@ fn fail_over_to(
     }
 }
 
+/// 0R on another host: the standby place its VNF has on a live host
+/// (namespace, tunnel, SFF standby port, a CRIU worker waiting; the
+/// checkpoint staged when it was made).
+struct Standby<'a> {
+    cluster: &'a Arc<Cluster>,
+    sff: &'a nham_sff::remote::SffClient,
+    hop: usize,
+    store: &'a crate::vsm::database::Store,
+    chain: &'a str,
+    vnf: &'a str,
+}
+
+impl Standby<'_> {
+    /// The SFF stops the hop and names its restore point; that checkpoint
+    /// is staged on `copy` (unless it is `staged` already), restored there
+    /// (stopped), the SFF fails the hop over to it and replays; then it
+    /// runs. No checkpoint to restore: an error (placed afresh elsewhere).
+    fn restore(
+        &self,
+        mut copy: remote::RemoteVnf,
+        staged: nham_dataplane::hold::CheckpointId,
+        target: Option<&remote::RemoteTarget>,
+    ) -> Result<Placed, ControlError> {
+        use nham_sff::remote::FailOverOutcome::{NotSwitched, Switched};
+        let t0 = Instant::now();
+        let id = (self.sff.failure(self.hop)?.checkpoint)
+            .filter(|&id| id != 0)
+            .ok_or_else(|| {
+                ControlError::FailedPrecondition("no checkpoint to restore on its standby".into())
+            })?;
+        if id != staged {
+            let image = stored_image(self.store, self.chain, self.vnf, id)?;
+            remote::stage(self.cluster, &copy.host, &copy.key, copy.ifindex, image)?;
+        }
+        let ready = t0.elapsed();
+        copy.activate(id)?;
+        let activated = t0.elapsed();
+        if let Some(t) = target {
+            t.set(&copy);
+        }
+        let switched = match self.sff.fail_over(self.hop, Some(id))? {
+            Switched(r) => r,
+            NotSwitched { why, .. } => return Err(not_switched(why)),
+        };
+        self.cluster
+            .signal_vnf(&copy.host, &copy.key, nix::sys::signal::Signal::SIGCONT)?;
+        tracing::debug!(
+            chain = self.chain,
+            vnf = self.vnf,
+            ?ready,
+            ?activated,
+            resumed = ?t0.elapsed(),
+            "restored on its standby place on {} (times from the hop's failure)",
+            copy.host
+        );
+        let iface = copy.device.clone();
+        Ok((copy, iface, switched, Some(id)))
+    }
+}
+
 /// A protected (0R) VNF placed again on host `host`: the SFF stops the
 /// hop and names its restore point; that checkpoint goes from this host's
 /// store to `host`, checked there and restored (stopped) in a new place
@@ -784,6 +891,7 @@ fn restore_elsewhere(
     target: Option<&remote::RemoteTarget>,
 ) -> Result<Placed, ControlError> {
     use nham_sff::remote::FailOverOutcome::{NotSwitched, Switched};
+    let t0 = Instant::now();
     // Delivery to the lost incarnation stops now.
     let restore_point = sff.failure(hop)?.checkpoint;
     let start = match restore_point {
@@ -793,9 +901,12 @@ fn restore_elsewhere(
         },
         None => remote::Start::Fresh,
     };
+    let read = t0.elapsed();
     let (remote, port) = remote::place(cluster, host, chain, plan, &start)?;
+    let placed = t0.elapsed();
     let iface = port.iface.clone();
     sff.attach_standby(hop, port)?;
+    let attached = t0.elapsed();
     if let Some(t) = target {
         t.set(&remote);
     }
@@ -803,9 +914,20 @@ fn restore_elsewhere(
         Switched(r) => r,
         NotSwitched { why, .. } => return Err(not_switched(why)),
     };
+    let failed_over = t0.elapsed();
     if restore_point.is_some() {
         cluster.signal_vnf(&remote.host, &remote.key, nix::sys::signal::Signal::SIGCONT)?;
     }
+    tracing::debug!(
+        chain,
+        vnf = plan.name,
+        ?read,
+        ?placed,
+        ?attached,
+        ?failed_over,
+        resumed = ?t0.elapsed(),
+        "restored on {host} (times from the hop's failure)"
+    );
     Ok((remote, iface, switched, restore_point))
 }
 
