@@ -116,6 +116,13 @@ pub struct HaSpec {
     pub replicas: u32,
 }
 
+/// Now, Unix ns.
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// Median, 99th percentile and maximum of a sample, in ms.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Summary {
@@ -178,7 +185,7 @@ pub struct HaReport {
     /// Failure detected to the VNF running again (replay started).
     pub recovery_ms: Summary,
     /// Fault injected (or host failed) to the VNF (MR-AA: member) running
-    /// again, as the harness received the events: detection and recovery
+    /// again, by the daemon's event times: detection and recovery
     /// together, as an operator sees them.
     pub failure_to_running_ms: Summary,
     /// Longest sink silence around each round.
@@ -995,8 +1002,10 @@ fn trial(
     let frames = traffic.frames();
     let (expected, states) = nham_vnf::reference(&spec.kinds, &frames);
     let mut rounds_at: Vec<(Instant, Instant)> = Vec::new();
-    // Per round: each victim and the member failures it had.
+    // Per round: each victim and the member failures it had, and when
+    // the round's fault was, by the host's clock (Unix ns).
     let mut round_victims: Vec<Vec<(usize, usize)>> = Vec::new();
+    let mut round_unix_ns: Vec<u64> = Vec::new();
     let members: &[u32] = if spec.members.is_empty() {
         &[0]
     } else {
@@ -1048,6 +1057,7 @@ fn trial(
                 std::thread::sleep(Duration::from_millis(600));
             }
             let t0 = Instant::now();
+            round_unix_ns.push(unix_ns());
             let mut failed_host = None;
             // Recoveries to wait for, per victim: one per member failed.
             let mut recoveries = vec![members.len(); n];
@@ -1466,11 +1476,12 @@ fn trial(
     let mut last_failure: std::collections::BTreeMap<String, String> =
         std::collections::BTreeMap::new();
     // From each round's fault (injected, or its host failed) to each
-    // failure detected and each member running again, as this harness
-    // received the events: what an operator sees.
+    // failure detected and each member running again, by the events' own
+    // times (the daemon's; one clock on this machine: not how late this
+    // harness, busy with the traffic, read them): what an operator sees.
     let mut failed_to_detected = Vec::new();
     let mut failure_to_running = Vec::new();
-    for (&(t0, _), victims) in rounds_at.iter().zip(&round_victims) {
+    for ((&(t0, _), victims), &t0_ns) in rounds_at.iter().zip(&round_victims).zip(&round_unix_ns) {
         for &(v, count) in victims {
             let since = |want: fn(&api::watch_events_response::Event) -> bool| {
                 events
@@ -1479,7 +1490,7 @@ fn trial(
                         *at >= t0 && e.vnf == vnf_name(v) && e.event.as_ref().is_some_and(want)
                     })
                     .take(count.max(1))
-                    .map(move |(at, _)| (*at - t0).as_secs_f64() * 1e3)
+                    .map(move |(_, e)| e.time_unix_nanos.saturating_sub(t0_ns) as f64 / 1e6)
             };
             failed_to_detected.extend(since(|e| {
                 matches!(e, api::watch_events_response::Event::FailureDetected(_))

@@ -142,6 +142,10 @@ pub struct VnfRuntime {
     /// MR-AA on other hosts: held while a member is restored (one at a
     /// time per VNF, as an agent restores local members one at a time).
     pub member_turn: Arc<Mutex<()>>,
+    /// On another host: held while the hop's standby port changes (a new
+    /// replica or standby attached) and while the VNF recovers (which
+    /// fails over to it), so the two never cross.
+    pub standby_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// An MR-AA member (1 or more) of a VNF on another host.
@@ -741,6 +745,7 @@ impl ChainRuntime {
                     members: Vec::new(),
                     remote_members,
                     member_turn: Arc::default(),
+                    standby_turn: Arc::default(),
                     agent: None,
                     checkpoints: 0,
                     sff_iface,
@@ -800,6 +805,7 @@ impl ChainRuntime {
                 members: places,
                 remote_members: Vec::new(),
                 member_turn: Arc::default(),
+                standby_turn: Arc::default(),
                 agent: None,
                 checkpoints: 0,
                 sff_iface,

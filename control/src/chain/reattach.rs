@@ -109,6 +109,7 @@ impl ChainRuntime {
                     .collect::<Result<_, ControlError>>()?,
                 remote_members: Vec::new(),
                 member_turn: Arc::default(),
+                standby_turn: Arc::default(),
                 agent: None,
                 checkpoints: r.checkpoints,
                 sff_iface: r.sff_iface.clone(),

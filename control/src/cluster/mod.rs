@@ -573,9 +573,18 @@ impl Cluster {
                     next = Instant::now() + interval;
                 }
             }
-            let events = self.membership().poll(self.now());
+            let (events, judge_at) = {
+                let mut m = self.membership();
+                (m.poll(self.now()), m.poll_at())
+            };
             self.publish(events);
-            let wait = next.saturating_duration_since(Instant::now());
+            // Awake for the next beat to send, or the moment a silent host
+            // is to be judged down, whichever comes first (not up to a beat
+            // late).
+            let judge_in = judge_at.map(|t| t.saturating_sub(self.now()));
+            let wait = next
+                .saturating_duration_since(Instant::now())
+                .min(judge_in.unwrap_or(Duration::MAX));
             let _ = socket.set_read_timeout(Some(wait.max(Duration::from_micros(100))));
             if let Ok((n, from)) = socket.recv_from(&mut buf) {
                 match Heartbeat::from_bytes(&buf[..n]) {

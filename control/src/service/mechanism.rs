@@ -182,6 +182,13 @@ impl Daemon {
         let (from, replica_place) = self
             .with_chain(chain, |e| {
                 let v = e.runtime.vnf_mut(vnf)?;
+                if let Some(r) = &v.remote {
+                    return Err(ControlError::FailedPrecondition(format!(
+                        "VNF {vnf:?} runs on host {}: its mechanism is the one its chain was \
+                         created with (changed at runtime only for a VNF on the chain's own host)",
+                        r.host
+                    )));
+                }
                 if v.phase() != Phase::Running || v.process.is_none() {
                     return Err(ControlError::FailedPrecondition(format!(
                         "VNF {vnf:?} is not running (it is {:?}): its mechanism changes once it runs again",

@@ -260,23 +260,45 @@ impl Daemon {
                 return;
             }
         };
-        let mut chains = self.chains.lock().await;
         // (A copy given up goes off the registry: its host is asked to stop
         // it, which may wait.)
         let give_up = |copy: remote::RemoteVnf| {
             std::thread::spawn(move || drop(copy));
         };
-        let Some(v) = vnf_in(&mut chains, chain, vnf) else {
-            return give_up(copy);
+        // The hop's standby port changes under the VNF's standby turn,
+        // which its failure takes before it takes the copy: the port a
+        // failover switches to is always the copy it took. The SFF's
+        // attach (tens of ms) goes on without the registry.
+        let turn = {
+            let mut chains = self.chains.lock().await;
+            let Some(v) = vnf_in(&mut chains, chain, vnf) else {
+                return give_up(copy);
+            };
+            v.standby_turn.clone()
         };
-        // A failure meanwhile: this copy is of the incarnation lost.
-        if v.recovery.incarnation() != incarnation || v.phase() != Phase::Running {
-            return give_up(copy);
+        let _turn = turn.lock().await;
+        let current = |v: &crate::chain::VnfRuntime| {
+            v.recovery.incarnation() == incarnation && v.phase() == Phase::Running
+        };
+        {
+            let mut chains = self.chains.lock().await;
+            // A failure meanwhile: this copy is of the incarnation lost.
+            if !vnf_in(&mut chains, chain, vnf).is_some_and(|v| current(v)) {
+                return give_up(copy);
+            }
         }
-        if let Err(e) = sff.attach_standby(hop, port) {
+        let attached = tokio::task::spawn_blocking(move || sff.attach_standby(hop, port)).await;
+        if let Err(e) = attached
+            .map_err(ControlError::from)
+            .and_then(|r| r.map_err(ControlError::from))
+        {
             tracing::warn!(chain, vnf, "attaching the replica or standby: {e}");
             return give_up(copy);
         }
+        let mut chains = self.chains.lock().await;
+        let Some(v) = vnf_in(&mut chains, chain, vnf).filter(|v| current(v)) else {
+            return give_up(copy);
+        };
         // The SFF let go of the standby port before: the copy (or the
         // incarnation) behind it goes.
         let before = (
@@ -440,6 +462,16 @@ impl Daemon {
                 .on_remote_member_failure(chain, vnf, 0, incarnation, why)
                 .await;
         }
+        // Its standby port stays as it is until this recovery is done (see
+        // `refresh_remote_replica`).
+        let turn = v.standby_turn.clone();
+        drop(chains);
+        let _turn = turn.lock_owned().await;
+        tracing::debug!(chain, vnf, waited = ?noticed.elapsed(), "its standby turn");
+        let mut chains = self.chains.lock().await;
+        let Some(v) = vnf_in(&mut chains, chain, vnf) else {
+            return;
+        };
         let Some(r) = v.remote.as_ref() else { return };
         let retry = matches!(why, RemoteFailure::Retry);
         let phase = v.phase();

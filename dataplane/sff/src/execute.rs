@@ -9,7 +9,7 @@ use nham_dataplane::hold::{CheckpointId, CheckpointPhase, HoldError, HopState, R
 use nham_dataplane::window::VnfCapacity;
 
 use crate::protocol::{FailOverOutcome, Request, Response, SffStatus};
-use crate::{attach, frozen_window, Engine, HopStatus, PhaseStatus, PortSlot, SffError};
+use crate::{frozen_window, Engine, HopStatus, PhaseStatus, PortSlot, SffError};
 
 fn refused(e: impl std::fmt::Display) -> Response {
     Response::Refused(e.to_string())
@@ -146,7 +146,7 @@ impl Engine {
             }
             Request::AttachStandby { hop, spec } => {
                 self.standby[hop] = None;
-                answer(attach(&spec, self.config.port), |a| {
+                answer(self.open_port(&spec), |a| {
                     self.standby[hop] = Some((spec, PortSlot::Open(a)));
                     Response::Ok
                 })

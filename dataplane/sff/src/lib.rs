@@ -436,6 +436,9 @@ pub struct SffHandle {
     counters: Arc<SffCounters>,
     thread: Option<JoinHandle<Result<(), SffError>>>,
     commands: Option<mpsc::Sender<Command>>,
+    /// Ports' sizing, when the SFF thread runs in its spawner's namespace:
+    /// a new port is opened by the asking thread (see [`LocalSff::ask`]).
+    prepare: Option<PortConfig>,
 }
 
 /// A request for the SFF thread (see [`protocol`]) and the channel its
@@ -447,6 +450,29 @@ pub struct Command {
     pub request: Request,
     /// Where the answer goes.
     pub reply: mpsc::Sender<Response>,
+    /// The new port a request names (`AttachStandby`, `ReplaceMember`),
+    /// opened already by the asking thread.
+    prepared: Option<Prepared>,
+}
+
+/// A port opened off the SFF thread: its XDP program loaded and attached
+/// and its AF_XDP socket made take tens of ms (20-37 ms seen), which the
+/// SFF thread would spend not forwarding and not answering (a failover of
+/// another hop queued behind it). Opened in the SFF's namespace.
+struct Prepared {
+    /// The port's interface.
+    iface: String,
+    /// The port, or why it could not be opened.
+    attached: Result<Attached, SffError>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("iface", &self.iface)
+            .field("ok", &self.attached.is_ok())
+            .finish()
+    }
 }
 
 /// Where a hop's checkpoint protocol stands, as a control plane that
@@ -501,14 +527,31 @@ pub struct HopStatus {
 pub struct LocalSff {
     commands: mpsc::Sender<Command>,
     counters: Arc<SffCounters>,
+    prepare: Option<PortConfig>,
 }
 
 impl LocalSff {
-    /// Asks the SFF thread `request` and waits for its answer.
+    /// Asks the SFF thread `request` and waits for its answer. A new port
+    /// the request names is opened here first, where the SFF thread runs
+    /// in this thread's namespace (see [`Prepared`]).
     pub fn ask(&self, request: Request) -> Result<Response, SffError> {
         let (reply, answer) = mpsc::channel();
+        let prepared = match (&request, self.prepare) {
+            (
+                Request::AttachStandby { spec, .. } | Request::ReplaceMember { spec, .. },
+                Some(config),
+            ) => Some(Prepared {
+                iface: spec.iface.clone(),
+                attached: attach(spec, config),
+            }),
+            _ => None,
+        };
         self.commands
-            .send(Command { request, reply })
+            .send(Command {
+                request,
+                reply,
+                prepared,
+            })
             .map_err(|_| SffError::Stopped)?;
         answer.recv().map_err(|_| SffError::Stopped)
     }
@@ -536,6 +579,7 @@ impl SffHandle {
         Ok(LocalSff {
             commands: self.commands.clone().ok_or(SffError::NoCommands)?,
             counters: self.counters.clone(),
+            prepare: self.prepare,
         })
     }
 
@@ -586,6 +630,22 @@ struct Attached {
     _xdp: XdpRedirect,
 }
 
+impl Engine {
+    /// A port for `spec`: the one opened by the asking thread if it is
+    /// for `spec`, else opened now (also when opening it there failed: a
+    /// port on that interface, which the request replaces, may have been
+    /// open then).
+    fn open_port(&mut self, spec: &PortSpec) -> Result<Attached, SffError> {
+        match self.prepared.take() {
+            Some(Prepared {
+                iface,
+                attached: Ok(a),
+            }) if iface == spec.iface => Ok(a),
+            _ => attach(spec, self.config.port),
+        }
+    }
+}
+
 fn attach(spec: &PortSpec, config: PortConfig) -> Result<Attached, SffError> {
     let xdp = XdpRedirect::attach(spec.ifindex)?;
     let port = Port::open(&spec.iface, 0, config)?;
@@ -608,6 +668,7 @@ fn await_ready(
             counters,
             thread: Some(thread),
             commands,
+            prepare: None,
         }),
         _ => match thread.join() {
             Ok(Err(e)) => Err(e),
@@ -624,6 +685,7 @@ pub fn spawn(netns: Option<PathBuf>, config: SffConfig) -> Result<SffHandle, Sff
     let counters = Arc::new(SffCounters::default());
     let (ready_tx, ready_rx) = mpsc::channel();
     let (command_tx, command_rx) = mpsc::channel();
+    let prepare = netns.is_none().then_some(config.port);
     let thread = {
         let stop = stop.clone();
         let counters = counters.clone();
@@ -654,7 +716,9 @@ pub fn spawn(netns: Option<PathBuf>, config: SffConfig) -> Result<SffHandle, Sff
             })
             .map_err(|_| SffError::StartFailed)?
     };
-    await_ready(&ready_rx, stop, counters, thread, Some(command_tx))
+    let mut handle = await_ready(&ready_rx, stop, counters, thread, Some(command_tx))?;
+    handle.prepare = prepare;
+    Ok(handle)
 }
 
 /// How long the tx ring of a failed VNF's port gets to drain before the
@@ -662,6 +726,8 @@ pub fn spawn(netns: Option<PathBuf>, config: SffConfig) -> Result<SffHandle, Sff
 const FLUSH_TIMEOUT: Duration = Duration::from_millis(200);
 
 struct Engine {
+    /// The port the command being executed brought (see [`Prepared`]).
+    prepared: Option<Prepared>,
     config: SffConfig,
     counters: Arc<SffCounters>,
     ingress: Attached,
@@ -819,6 +885,7 @@ impl Engine {
             .collect();
         Ok(Self {
             pool: Pool::new(config.pool_slots),
+            prepared: None,
             config,
             counters,
             ingress,
@@ -999,7 +1066,7 @@ impl Engine {
                 spec.iface
             )));
         }
-        let port = attach(&spec, self.config.port)?;
+        let port = self.open_port(&spec)?;
         // (Its ring goes with its socket: counted, as a reopen counts it.)
         let left = self.hops[hop][k].port().map_or(0, |p| p.tx_outstanding());
         SffCounters::add(&self.counters.tx_discarded, left as u64);
@@ -1023,9 +1090,17 @@ impl Engine {
     /// round goes on.
     fn commands_step(&mut self, now: Instant) -> usize {
         let mut n = 0;
-        while let Ok(Command { request, reply }) = self.commands.try_recv() {
+        while let Ok(Command {
+            request,
+            reply,
+            prepared,
+        }) = self.commands.try_recv()
+        {
             n += 1;
+            self.prepared = prepared;
             let response = self.execute(request, now);
+            // (One not taken closes here.)
+            self.prepared = None;
             let ports = std::mem::take(&mut self.to_flush);
             if ports.is_empty() {
                 let _ = reply.send(response);
