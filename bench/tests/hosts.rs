@@ -1073,6 +1073,59 @@ fn a_0r_vnf_on_a_lost_host_is_restored_on_another_from_its_checkpoint() {
             "v{i} in the failure-free state"
         );
     }
+    published_and_routed(&mut far);
+}
+
+/// Item 1: the chain's placement and checkpoints are in etcd as its owner
+/// publishes them (read through h1's etcd member: h0 failed), matching
+/// `GetChain`, each VNF's last committed checkpoint kept on the owner and
+/// on another host; and another host's `nhamd`, asked for the chain, names
+/// its owner.
+fn published_and_routed(far: &mut FarChain) {
+    use nham_control::cluster::chains::ChainView;
+    let view = eventually(Duration::from_secs(10), || {
+        let placed = far.vnfs();
+        let json = far
+            .hosts
+            .etcd_get(1, "/nham/v1/chains/far")?
+            .ok_or_else(|| anyhow::anyhow!("no record of chain far"))?;
+        let view: ChainView = serde_json::from_str(&json)?;
+        for (v, p) in view.vnfs.iter().zip(&placed) {
+            anyhow::ensure!(
+                (&v.name, &v.host, v.replica_host.as_deref().unwrap_or(""))
+                    == (&p.name, &p.host, p.replica_host.as_str()),
+                "{view:?} against {placed:?}"
+            );
+            anyhow::ensure!(v.committed.is_some() && v.kept_on.len() == 2, "{view:?}");
+        }
+        Ok(view)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(view.owner, "sff", "{view:?}");
+    assert!(
+        view.vnfs
+            .iter()
+            .all(|v| v.kept_on[0] == "sff" && v.kept_on[1] != "sff"),
+        "{view:?}"
+    );
+    let other = far.hosts.nhamd_addr(1);
+    let status = far
+        .rt
+        .block_on(async {
+            let c = nham_control::connect(&other).await?;
+            let r = nham_control::api::chain_service_client::ChainServiceClient::new(c)
+                .get_chain(nham_control::api::GetChainRequest { name: "far".into() })
+                .await;
+            Ok::<_, anyhow::Error>(r)
+        })
+        .expect("h1's API")
+        .expect_err("h1 does not own chain far");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("owned by host \"sff\"")
+            || status.message().contains("owned by host sff"),
+        "{status:?}"
+    );
 }
 
 /// 1R-AA across hosts (issue 14, items 3, 5 and 7): the chain's two

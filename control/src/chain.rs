@@ -124,6 +124,8 @@ pub struct VnfRuntime {
     pub agent: Option<Agent>,
     /// Checkpoints taken.
     pub checkpoints: u64,
+    /// The last checkpoint committed (its restore point), if any.
+    pub last_committed: Option<nham_dataplane::hold::CheckpointId>,
     /// The SFF's end of its veth (in the daemon's namespace).
     pub sff_iface: String,
     /// Its Failure Recovery: phase, incarnation, counters.
@@ -748,6 +750,7 @@ impl ChainRuntime {
                     standby_turn: Arc::default(),
                     agent: None,
                     checkpoints: 0,
+                    last_committed: None,
                     sff_iface,
                     recovery,
                 });
@@ -808,6 +811,7 @@ impl ChainRuntime {
                 standby_turn: Arc::default(),
                 agent: None,
                 checkpoints: 0,
+                last_committed: None,
                 sff_iface,
                 recovery: FailureRecovery::new(0),
             });

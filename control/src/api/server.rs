@@ -81,6 +81,16 @@ impl host_service_server::HostService for HostSvc {
 
 type Answer<T> = Result<Response<T>, Status>;
 
+/// `r`, the daemon's answer about chain `chain`: a chain this host does not
+/// have but another host owns is named with its owner (see
+/// [`Daemon::or_owner`]).
+async fn routed<T>(daemon: &Daemon, chain: &str, r: Result<T, ControlError>) -> Result<T, Status> {
+    match r {
+        Ok(t) => Ok(t),
+        Err(e) => Err(daemon.or_owner(chain, e).await.into()),
+    }
+}
+
 /// `ChainService` over a [`Daemon`].
 #[derive(Debug, Clone)]
 pub struct ChainSvc(pub Arc<Daemon>);
@@ -97,7 +107,9 @@ impl chain_service_server::ChainService for ChainSvc {
     }
 
     async fn get_chain(&self, r: Request<api::GetChainRequest>) -> Answer<api::GetChainResponse> {
-        let chain = Some(self.0.get_chain(&r.into_inner().name).await?.into_api());
+        let name = r.into_inner().name;
+        let chain = routed(&self.0, &name, self.0.get_chain(&name).await).await?;
+        let chain = Some(chain.into_api());
         Ok(Response::new(api::GetChainResponse { chain }))
     }
 
@@ -115,7 +127,8 @@ impl chain_service_server::ChainService for ChainSvc {
         &self,
         r: Request<api::DeleteChainRequest>,
     ) -> Answer<api::DeleteChainResponse> {
-        self.0.delete(&r.into_inner().name).await?;
+        let name = r.into_inner().name;
+        routed(&self.0, &name, self.0.delete(&name).await).await?;
         Ok(Response::new(api::DeleteChainResponse {}))
     }
 }
@@ -136,7 +149,8 @@ impl vnf_service_server::VnfService for VnfSvc {
         let vnf = self
             .0
             .set_mechanism(&r.chain, &r.vnf, mechanism, r.replicas)
-            .await?;
+            .await;
+        let vnf = routed(&self.0, &r.chain, vnf).await?;
         Ok(Response::new(api::SetMechanismResponse {
             vnf: Some(vnf.into()),
         }))
@@ -147,7 +161,7 @@ impl vnf_service_server::VnfService for VnfSvc {
         r: Request<api::CheckpointRequest>,
     ) -> Answer<api::CheckpointResponse> {
         let r = r.into_inner();
-        let c = self.0.checkpoint(&r.chain, &r.vnf).await?;
+        let c = routed(&self.0, &r.chain, self.0.checkpoint(&r.chain, &r.vnf).await).await?;
         Ok(Response::new(api::CheckpointResponse {
             checkpoint_id: c.id,
             size_bytes: c.size,
@@ -163,7 +177,7 @@ impl vnf_service_server::VnfService for VnfSvc {
             )
             .into());
         }
-        let healed = self.0.heal(&r.chain, &r.vnf).await?;
+        let healed = routed(&self.0, &r.chain, self.0.heal(&r.chain, &r.vnf).await).await?;
         Ok(Response::new(api::HealVnfResponse {
             vnf: Some(healed.vnf.into()),
             recovery_ms: healed.took.as_secs_f64() * 1e3,
@@ -176,7 +190,8 @@ impl vnf_service_server::VnfService for VnfSvc {
     ) -> Answer<api::InjectFaultResponse> {
         let r = r.into_inner();
         let fault = validate::fault(r.fault)?;
-        self.0
+        let injected = self
+            .0
             .inject_fault(
                 &r.chain,
                 &r.vnf,
@@ -184,7 +199,8 @@ impl vnf_service_server::VnfService for VnfSvc {
                 r.member as usize,
                 r.during_checkpoint,
             )
-            .await?;
+            .await;
+        routed(&self.0, &r.chain, injected).await?;
         Ok(Response::new(api::InjectFaultResponse {}))
     }
 }
@@ -217,7 +233,8 @@ impl event_service_server::EventService for EventSvc {
     }
 
     async fn get_stats(&self, r: Request<api::GetStatsRequest>) -> Answer<api::GetStatsResponse> {
-        let s = self.0.stats(&r.into_inner().chain).await?;
+        let chain = r.into_inner().chain;
+        let s = routed(&self.0, &chain, self.0.stats(&chain).await).await?;
         Ok(Response::new(super::encode::stats(s)))
     }
 }

@@ -112,6 +112,7 @@ impl ChainRuntime {
                 standby_turn: Arc::default(),
                 agent: None,
                 checkpoints: r.checkpoints,
+                last_committed: None,
                 sff_iface: r.sff_iface.clone(),
                 recovery: FailureRecovery::found(
                     Phase::Failed,

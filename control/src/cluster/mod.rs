@@ -21,6 +21,7 @@
 //! the [`Membership`] machine (never held across I/O), and a broadcast of
 //! [`HostEvent`]s.
 
+pub mod chains;
 pub mod heartbeat;
 pub mod hosting;
 pub mod membership;
@@ -209,9 +210,27 @@ pub struct Cluster {
     peers: Mutex<std::collections::BTreeMap<SocketAddr, PeerClient>>,
     /// VNIs handed out by [`Cluster::next_vni`].
     vnis: AtomicU64,
+    /// What this host's chains show in etcd (see [`chains`]): by chain,
+    /// the JSON of its [`ChainView`](chains::ChainView).
+    chains_wanted: Mutex<std::collections::BTreeMap<String, String>>,
+    /// The etcd client of the current session (lookups share it).
+    etcd: Mutex<Option<EtcdClient>>,
+    /// Per chain and VNF, the last checkpoint copied to another host, and
+    /// that host.
+    copies_of: Mutex<std::collections::BTreeMap<(String, String), (u64, String)>>,
 }
 
 type PeerClient = crate::api::peer_service_client::PeerServiceClient<tonic::transport::Channel>;
+
+/// An etcd client (which says nothing of itself).
+#[derive(Clone)]
+struct EtcdClient(etcd_client::Client);
+
+impl std::fmt::Debug for EtcdClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EtcdClient")
+    }
+}
 
 /// Checkpoint copies go to another member alive now: the next after this
 /// host in name order (a ring, so copies spread over the hosts), then the
@@ -272,7 +291,16 @@ impl crate::vsm::checkpointer::OffHostCopy for Cluster {
         let mut errors = Vec::new();
         for (name, addr) in targets {
             match self.runtime.block_on(self.send_copy(addr, meta, &bytes)) {
-                Ok(host) => return Ok(host),
+                Ok(host) => {
+                    self.copies_of
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(
+                            (meta.chain.clone(), meta.vnf.clone()),
+                            (meta.id, host.clone()),
+                        );
+                    return Ok(host);
+                }
                 Err(e) => errors.push(format!("{name} ({addr}): {e}")),
             }
         }
@@ -402,6 +430,9 @@ impl Cluster {
             runtime: tokio::runtime::Handle::current(),
             peers: Mutex::new(std::collections::BTreeMap::new()),
             vnis: AtomicU64::new(0),
+            chains_wanted: Mutex::new(std::collections::BTreeMap::new()),
+            etcd: Mutex::new(None),
+            copies_of: Mutex::new(std::collections::BTreeMap::new()),
         });
         let c = cluster.clone();
         std::thread::Builder::new()
@@ -410,6 +441,95 @@ impl Cluster {
             .map_err(ClusterError::Thread)?;
         tokio::spawn(cluster.clone().etcd_loop());
         Ok(cluster)
+    }
+
+    /// This host's chains as etcd is to show them (all of them: a chain
+    /// not named goes). Written by the etcd task, when it reaches etcd;
+    /// nothing waits for it.
+    pub fn publish_chains(&self, chains: std::collections::BTreeMap<String, chains::ChainView>) {
+        let wanted: std::collections::BTreeMap<String, String> = chains
+            .into_iter()
+            .filter_map(|(name, view)| Some((name, serde_json::to_string(&view).ok()?)))
+            .collect();
+        let mut w = self
+            .chains_wanted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *w != wanted {
+            *w = wanted;
+            drop(w);
+            self.wake.notify_one();
+        }
+    }
+
+    /// The last checkpoint of `chain`/`vnf` copied to another host, and
+    /// that host.
+    pub fn copy_of(&self, chain: &str, vnf: &str) -> Option<(u64, String)> {
+        self.copies_of
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(chain.to_string(), vnf.to_string()))
+            .cloned()
+    }
+
+    /// Chain `chain` as its owner published it in etcd (`None`: no
+    /// record). Waits at most a second.
+    pub async fn chain_view(&self, chain: &str) -> Result<Option<chains::ChainView>, String> {
+        let client = self
+            .etcd
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let EtcdClient(mut client) = client.ok_or_else(|| "etcd is not reached".to_string())?;
+        let key = format!("{}{chain}", chains::CHAINS_PREFIX);
+        let got = tokio::time::timeout(Duration::from_secs(1), client.get(key, None))
+            .await
+            .map_err(|_| "etcd did not answer within 1 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(got
+            .kvs()
+            .first()
+            .and_then(|kv| serde_json::from_slice(kv.value()).ok()))
+    }
+
+    /// Puts the chain records wanted that etcd does not have as wanted
+    /// (`synced`: what this session put), under `lease`; deletes the ones
+    /// no longer wanted.
+    async fn sync_chains(
+        &self,
+        client: &mut etcd_client::Client,
+        lease: i64,
+        synced: &mut std::collections::BTreeMap<String, String>,
+    ) -> Result<(), String> {
+        let wanted = self
+            .chains_wanted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for (name, json) in &wanted {
+            if synced.get(name) != Some(json) {
+                let key = format!("{}{name}", chains::CHAINS_PREFIX);
+                let options = etcd_client::PutOptions::new().with_lease(lease);
+                client
+                    .put(key, json.clone(), Some(options))
+                    .await
+                    .map_err(|e| format!("publishing chain {name}: {e}"))?;
+                synced.insert(name.clone(), json.clone());
+            }
+        }
+        let gone: Vec<String> = (synced.keys())
+            .filter(|n| !wanted.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            let key = format!("{}{name}", chains::CHAINS_PREFIX);
+            client
+                .delete(key, None)
+                .await
+                .map_err(|e| format!("withdrawing chain {name}: {e}"))?;
+            synced.remove(&name);
+        }
+        Ok(())
     }
 
     /// The cluster's token.
@@ -783,6 +903,11 @@ impl Cluster {
             .await
             .map_err(e("watching hosts"))?;
         self.set_etcd_error(None);
+        *self.etcd.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(EtcdClient(client.clone()));
+        // This host's chains, under this session's lease.
+        let mut synced = std::collections::BTreeMap::new();
+        self.sync_chains(&mut client, lease, &mut synced).await?;
         let mut tick = tokio::time::interval(self.options.lease_ttl / 3);
         loop {
             if self.revoke.load(Ordering::Relaxed) {
@@ -793,7 +918,11 @@ impl Cluster {
                 return Ok(());
             }
             tokio::select! {
-                _ = self.wake.notified() => {}
+                _ = self.wake.notified() => {
+                    if !self.revoke.load(Ordering::Relaxed) {
+                        self.sync_chains(&mut client, lease, &mut synced).await?;
+                    }
+                }
                 _ = tick.tick() => {
                     // A reply within a third of the TTL, or the session is
                     // given up (streams have no deadline of their own).

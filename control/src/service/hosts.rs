@@ -9,6 +9,10 @@ use super::events::{Event, VnfEvent};
 use super::Daemon;
 use crate::cluster::membership::{HostEvent, HostRecord, Liveness};
 use crate::cluster::{Cluster, HostView, HostsView};
+use crate::error::ControlError;
+
+/// How often a daemon's chains are published to etcd (when they changed).
+const CHAINS_PUBLISHED_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Daemon {
     /// Takes part in `cluster` from now on: its host events go out on the
@@ -19,6 +23,20 @@ impl Daemon {
             tracing::warn!("this daemon is in a cluster already");
             return;
         }
+        // Its chains in etcd, as they are now (see `cluster::chains`).
+        let publisher = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CHAINS_PUBLISHED_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(d) = publisher.upgrade() else { return };
+                let views = d.chain_views().await;
+                if let Some(c) = d.cluster.get() {
+                    c.publish_chains(views);
+                }
+            }
+        });
         let daemon = Arc::downgrade(self);
         tokio::spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
@@ -54,6 +72,73 @@ impl Daemon {
                 });
             }
         });
+    }
+
+    /// This daemon's chains as etcd is to show them (see
+    /// [`crate::cluster::chains`]).
+    async fn chain_views(
+        &self,
+    ) -> std::collections::BTreeMap<String, crate::cluster::chains::ChainView> {
+        use crate::cluster::chains::{ChainView, VnfView};
+        let Some(c) = self.cluster.get() else {
+            return Default::default();
+        };
+        let (owner, api) = (c.name().to_string(), c.record().api.clone());
+        let chains = self.chains.lock().await;
+        chains
+            .iter()
+            .map(|(name, e)| {
+                let vnfs = (e.runtime.vnfs.iter())
+                    .map(|v| {
+                        let status = v.status();
+                        let committed = v.last_committed;
+                        let copy = c
+                            .copy_of(name, &v.plan.name)
+                            .filter(|(id, _)| Some(*id) == committed);
+                        VnfView {
+                            name: v.plan.name.clone(),
+                            mechanism: v.plan.mechanism.map_or("none", |m| m.name()).to_string(),
+                            host: status.host.unwrap_or_else(|| owner.clone()),
+                            replica_host: status.replica_host,
+                            member_hosts: status.member_hosts,
+                            committed,
+                            kept_on: committed
+                                .map(|_| std::iter::once(owner.clone()).chain(copy.map(|(_, h)| h)))
+                                .into_iter()
+                                .flatten()
+                                .collect(),
+                        }
+                    })
+                    .collect();
+                let view = ChainView {
+                    owner: owner.clone(),
+                    api: api.clone(),
+                    spi: e.runtime.plan.spi,
+                    vnfs,
+                };
+                (name.clone(), view)
+            })
+            .collect()
+    }
+
+    /// `e` for a request about chain `chain`; where it is "no such chain"
+    /// and another host owns a chain of that name (its record in etcd),
+    /// the answer says which host and where its API is
+    /// (`FAILED_PRECONDITION`: ask the owner).
+    pub async fn or_owner(&self, chain: &str, e: ControlError) -> ControlError {
+        let ControlError::NotFound(_) = &e else {
+            return e;
+        };
+        let Some(c) = self.cluster.get() else {
+            return e;
+        };
+        match c.chain_view(chain).await {
+            Ok(Some(view)) if view.owner != c.name() => ControlError::FailedPrecondition(format!(
+                "chain {chain:?} is owned by host {}: ask its nhamd at {}",
+                view.owner, view.api
+            )),
+            _ => e,
+        }
     }
 
     /// Leaves the cluster on purpose, if in one (see

@@ -607,14 +607,7 @@ impl MemberRestore<'_> {
         };
         // (Started afresh, it runs already.)
         if from.is_some_and(|id| id != 0) {
-            if let Err(e) = self.cluster.signal_vnf(
-                &member.host,
-                &member.key,
-                nix::sys::signal::Signal::SIGCONT,
-            ) {
-                // The SFF has it: kept, and its watch judges it.
-                tracing::warn!(key = %member.key, "resuming it: {e}");
-            }
+            super::remote_vnfs::resume(self.cluster, &member);
         }
         Ok(Ok((member, iface, report, from, fallback_reason)))
     }

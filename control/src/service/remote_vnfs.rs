@@ -198,7 +198,11 @@ impl Daemon {
                         crate::plan::Mechanism::ActiveActive
                         | crate::plan::Mechanism::ActiveStandby,
                     ) => true,
-                    Some(crate::plan::Mechanism::NoReplica) => v.remote_replica.is_none(),
+                    // (Again if its host is no longer live.)
+                    Some(crate::plan::Mechanism::NoReplica) => v
+                        .remote_replica
+                        .as_ref()
+                        .is_none_or(|(sb, _)| sb.cluster().underlay_of(&sb.host).is_err()),
                     _ => false,
                 } && v.phase() == Phase::Running;
                 let mut load = BTreeMap::<String, usize>::new();
@@ -231,10 +235,11 @@ impl Daemon {
             return;
         }
         let standby = plan.mechanism != Some(crate::plan::Mechanism::ActiveActive);
+        let mechanism = plan.mechanism;
         let placed = tokio::task::spawn_blocking(move || {
             let host = pick_host(&cluster, &primary, false, &load).ok_or_else(|| {
                 ControlError::FailedPrecondition(format!(
-                    "no live host other than {primary} for the 1R-AA replica"
+                    "no live host other than {primary} for it"
                 ))
             })?;
             let image = stored_image(&store, &chain_name, &plan.name, id)?;
@@ -251,12 +256,17 @@ impl Daemon {
         let (copy, port) = match placed {
             Ok(p) => p,
             Err(e) => {
-                let what = if standby {
-                    "1R-AS standby"
-                } else {
-                    "1R-AA replica"
+                let what = match mechanism {
+                    Some(crate::plan::Mechanism::ActiveActive) => "1R-AA replica",
+                    Some(crate::plan::Mechanism::ActiveStandby) => "1R-AS standby",
+                    _ => "0R standby place",
                 };
-                tracing::warn!(chain, vnf, "no {what} of checkpoint {id}: {e}");
+                // (0R goes without one: it is restored elsewhere.)
+                if mechanism == Some(crate::plan::Mechanism::NoReplica) {
+                    tracing::debug!(chain, vnf, "no {what} of checkpoint {id}: {e}");
+                } else {
+                    tracing::warn!(chain, vnf, "no {what} of checkpoint {id}: {e}");
+                }
                 return;
             }
         };
@@ -293,12 +303,24 @@ impl Daemon {
             .and_then(|r| r.map_err(ControlError::from))
         {
             tracing::warn!(chain, vnf, "attaching the replica or standby: {e}");
+            // The SFF let go of the standby port before it failed: the
+            // copy behind it is of no use any more either.
+            let mut chains = self.chains.lock().await;
+            if let Some(v) = vnf_in(&mut chains, chain, vnf) {
+                let lost = v.remote_replica.take();
+                std::thread::spawn(move || drop(lost));
+            }
             return give_up(copy);
         }
         let mut chains = self.chains.lock().await;
         let Some(v) = vnf_in(&mut chains, chain, vnf).filter(|v| current(v)) else {
             return give_up(copy);
         };
+        // Its host judged down meanwhile (its failure found no copy to
+        // drop yet): of no use.
+        if copy.cluster().underlay_of(&copy.host).is_err() {
+            return give_up(copy);
+        }
         // The SFF let go of the standby port before: the copy (or the
         // incarnation) behind it goes.
         let before = (
@@ -824,6 +846,8 @@ fn fail_over_to(
     target: Option<&remote::RemoteTarget>,
 ) -> Result<Placed, ControlError> {
     use nham_sff::remote::FailOverOutcome::{NotSwitched, Switched};
+    // (Its host down too: restored elsewhere at once.)
+    cluster.underlay_of(&copy.host)?;
     // 1R-AS: the standby is restored from its staged checkpoint first
     // (stopped, behind the standby port already).
     if copy.pid == 0 {
@@ -836,7 +860,7 @@ fn fail_over_to(
     }
     match sff.fail_over(hop, Some(id))? {
         Switched(r) => {
-            cluster.signal_vnf(&copy.host, &copy.key, nix::sys::signal::Signal::SIGCONT)?;
+            resume(cluster, &copy);
             let iface = copy.device.clone();
             Ok((copy, iface, r, Some(id)))
         }
@@ -869,6 +893,8 @@ impl Standby<'_> {
     ) -> Result<Placed, ControlError> {
         use nham_sff::remote::FailOverOutcome::{NotSwitched, Switched};
         let t0 = Instant::now();
+        // (Its host down too: restored elsewhere at once.)
+        self.cluster.underlay_of(&copy.host)?;
         let id = (self.sff.failure(self.hop)?.checkpoint)
             .filter(|&id| id != 0)
             .ok_or_else(|| {
@@ -888,8 +914,7 @@ impl Standby<'_> {
             Switched(r) => r,
             NotSwitched { why, .. } => return Err(not_switched(why)),
         };
-        self.cluster
-            .signal_vnf(&copy.host, &copy.key, nix::sys::signal::Signal::SIGCONT)?;
+        resume(self.cluster, &copy);
         tracing::debug!(
             chain = self.chain,
             vnf = self.vnf,
@@ -961,6 +986,24 @@ fn restore_elsewhere(
         "restored on {host} (times from the hop's failure)"
     );
     Ok((remote, iface, switched, restore_point))
+}
+
+/// Resumes `copy` (restored stopped) once the SFF has switched to it: the
+/// SFF has it, so it is kept even if its host cannot be asked (three
+/// tries); a host gone is judged down and its watch fails it then.
+pub(super) fn resume(cluster: &Cluster, copy: &remote::RemoteVnf) {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match cluster.signal_vnf(&copy.host, &copy.key, nix::sys::signal::Signal::SIGCONT) {
+            Ok(()) => return,
+            Err(e) if tries >= 3 => {
+                tracing::warn!(key = %copy.key, "resuming it: {e}");
+                return;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
 }
 
 /// Checkpoint `id` of `chain`/`vnf` from this host's store, as it goes to

@@ -95,6 +95,7 @@ impl Daemon {
                     .and_then(|e| e.runtime.vnf_mut(vnf).ok())
                 {
                     v.checkpoints += 1;
+                    v.last_committed = Some(c.id);
                 }
                 self.emit(event(chain, vnf, Event::CheckpointTaken(c)));
                 self.refresh_remote_replica(chain, vnf, c.id).await;

@@ -450,8 +450,8 @@ pub struct Command {
     pub request: Request,
     /// Where the answer goes.
     pub reply: mpsc::Sender<Response>,
-    /// The new port a request names (`AttachStandby`, `ReplaceMember`),
-    /// opened already by the asking thread.
+    /// The new port an `AttachStandby` names, opened already by the
+    /// asking thread.
     prepared: Option<Prepared>,
 }
 
@@ -536,11 +536,10 @@ impl LocalSff {
     /// in this thread's namespace (see [`Prepared`]).
     pub fn ask(&self, request: Request) -> Result<Response, SffError> {
         let (reply, answer) = mpsc::channel();
+        // (Not a ReplaceMember's: one refused as busy is asked again at
+        // once, and the socket dropped here would still hold its queue.)
         let prepared = match (&request, self.prepare) {
-            (
-                Request::AttachStandby { spec, .. } | Request::ReplaceMember { spec, .. },
-                Some(config),
-            ) => Some(Prepared {
+            (Request::AttachStandby { spec, .. }, Some(config)) => Some(Prepared {
                 iface: spec.iface.clone(),
                 attached: attach(spec, config),
             }),
