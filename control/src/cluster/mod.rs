@@ -475,21 +475,51 @@ impl Cluster {
     /// Chain `chain` as its owner published it in etcd (`None`: no
     /// record). Waits at most a second.
     pub async fn chain_view(&self, chain: &str) -> Result<Option<chains::ChainView>, String> {
-        let client = self
+        let key = format!("{}{chain}", chains::CHAINS_PREFIX);
+        let get = |mut client: etcd_client::Client, key: String, wait: Duration| async move {
+            let got = tokio::time::timeout(wait, client.get(key, None))
+                .await
+                .map_err(|_| format!("no answer within {wait:?}"))?
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(
+                got.kvs()
+                    .first()
+                    .and_then(|kv| serde_json::from_slice(kv.value()).ok()),
+            )
+        };
+        // The session's client, else (its endpoint lost meanwhile) each
+        // endpoint in turn.
+        let session = self
             .etcd
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let EtcdClient(mut client) = client.ok_or_else(|| "etcd is not reached".to_string())?;
-        let key = format!("{}{chain}", chains::CHAINS_PREFIX);
-        let got = tokio::time::timeout(Duration::from_secs(1), client.get(key, None))
-            .await
-            .map_err(|_| "etcd did not answer within 1 s".to_string())?
-            .map_err(|e| e.to_string())?;
-        Ok(got
-            .kvs()
-            .first()
-            .and_then(|kv| serde_json::from_slice(kv.value()).ok()))
+        let mut why = "etcd is not reached".to_string();
+        if let Some(EtcdClient(client)) = session {
+            match get(client, key.clone(), Duration::from_millis(500)).await {
+                Ok(view) => return Ok(view),
+                Err(e) => why = e,
+            }
+        }
+        for endpoint in &self.options.etcd {
+            let options = etcd_client::ConnectOptions::new()
+                .with_connect_timeout(Duration::from_millis(300))
+                .with_timeout(Duration::from_millis(500))
+                .with_require_leader(true);
+            let client =
+                match etcd_client::Client::connect([endpoint.as_str()], Some(options)).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        why = format!("{endpoint}: {e}");
+                        continue;
+                    }
+                };
+            match get(client, key.clone(), Duration::from_millis(500)).await {
+                Ok(view) => return Ok(view),
+                Err(e) => why = format!("{endpoint}: {e}"),
+            }
+        }
+        Err(why)
     }
 
     /// Puts the chain records wanted that etcd does not have as wanted

@@ -137,7 +137,10 @@ impl Daemon {
                 "chain {chain:?} is owned by host {}: ask its nhamd at {}",
                 view.owner, view.api
             )),
-            _ => e,
+            Ok(_) => e,
+            Err(why) => ControlError::NotFound(format!(
+                "no chain {chain:?} here, and etcd could not say which host owns one: {why}"
+            )),
         }
     }
 

@@ -10,7 +10,7 @@
 //! mark. Only the last member's failure fails the hop; it recovers with
 //! the first member restored (replay).
 
-use super::remote_vnfs::{instant_of, retry_backoff, stored_image, watch_once, RemoteFailure};
+use super::remote_vnfs::{recovering, recovery_failed, stored_image, watch_once, RemoteFailure};
 #[allow(unused_imports)]
 use super::*;
 use crate::chain::{remote, RemoteVnf, VnfRuntime};
@@ -176,29 +176,10 @@ impl Daemon {
             return;
         };
         let Some(old) = remote.as_ref() else { return };
-        let phase = fr.phase();
-        if fr.incarnation() != incarnation
-            || !(phase == Phase::Running || (retry && phase == Phase::Failed))
-        {
-            return; // an old incarnation, already replaced
-        }
         let (cluster, old_host) = (old.cluster().clone(), old.host.clone());
-        let (cause, failed_at) = match why {
-            RemoteFailure::Exited { at_unix_ns } => ("exited", instant_of(at_unix_ns)),
-            RemoteFailure::HostDown { last_heard_unix_ns } => {
-                ("its host was judged down", instant_of(last_heard_unix_ns))
-            }
-            RemoteFailure::Retry => ("a host to restore it on is up", Instant::now()),
+        let Some((cause, failed_at)) = recovering(fr, incarnation, &why) else {
+            return; // an old incarnation, already replaced
         };
-        let counters = fr.counters().clone();
-        *fr = FailureRecovery::found(
-            Phase::Recovering,
-            incarnation,
-            Counters {
-                failures: counters.failures + u64::from(!retry),
-                ..counters
-            },
-        );
         drop(chains);
         let who = super::failure_recovery::who(k);
         if !retry {
@@ -387,16 +368,7 @@ impl Daemon {
             Err(e) => {
                 let reason = e.to_string();
                 tracing::error!(chain, vnf, "{who}restoring it: {reason}");
-                *fr = FailureRecovery::found(
-                    Phase::Failed,
-                    incarnation,
-                    Counters {
-                        recovery_failures: counters.recovery_failures + 1,
-                        last_error: Some(reason.clone()),
-                        ..counters
-                    },
-                );
-                let backoff = retry_backoff(counters.recovery_failures);
+                let backoff = recovery_failed(fr, incarnation, &reason);
                 drop(chains);
                 self.emit(event(
                     chain,

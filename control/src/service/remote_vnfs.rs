@@ -68,6 +68,64 @@ pub(super) async fn watch_once(
     }
 }
 
+/// Marks incarnation `incarnation` (of a VNF or an MR-AA member on another
+/// host, its Failure Recovery `fr`) recovering for `why`, a failure counted
+/// unless it is a retry. Returns the cause to announce and when it failed;
+/// `None` (nothing changed) for an old incarnation, already replaced, or a
+/// retry of one no longer failed.
+pub(super) fn recovering(
+    fr: &mut FailureRecovery,
+    incarnation: u64,
+    why: &RemoteFailure,
+) -> Option<(&'static str, Instant)> {
+    let retry = matches!(why, RemoteFailure::Retry);
+    let phase = fr.phase();
+    if fr.incarnation() != incarnation
+        || !(phase == Phase::Running || (retry && phase == Phase::Failed))
+    {
+        return None;
+    }
+    let (cause, failed_at) = match *why {
+        RemoteFailure::Exited { at_unix_ns } => ("process exited", instant_of(at_unix_ns)),
+        RemoteFailure::HostDown { last_heard_unix_ns } => {
+            ("its host was judged down", instant_of(last_heard_unix_ns))
+        }
+        RemoteFailure::Retry => ("a host to place it on is up", Instant::now()),
+    };
+    let counters = fr.counters().clone();
+    *fr = FailureRecovery::found(
+        Phase::Recovering,
+        incarnation,
+        Counters {
+            failures: counters.failures + u64::from(!retry),
+            ..counters
+        },
+    );
+    Some((cause, failed_at))
+}
+
+/// Marks incarnation `incarnation` (its Failure Recovery `fr`) failed
+/// again, its recovery having failed for `reason`; returns how long to wait
+/// before it is tried again.
+pub(super) fn recovery_failed(
+    fr: &mut FailureRecovery,
+    incarnation: u64,
+    reason: &str,
+) -> std::time::Duration {
+    let counters = fr.counters().clone();
+    let backoff = retry_backoff(counters.recovery_failures);
+    *fr = FailureRecovery::found(
+        Phase::Failed,
+        incarnation,
+        Counters {
+            recovery_failures: counters.recovery_failures + 1,
+            last_error: Some(reason.to_string()),
+            ..counters
+        },
+    );
+    backoff
+}
+
 /// `unix_ns` as an `Instant` of this host's clock.
 pub(super) fn instant_of(unix_ns: u64) -> Instant {
     let ago = now_nanos().saturating_sub(unix_ns);
@@ -496,29 +554,10 @@ impl Daemon {
         };
         let Some(r) = v.remote.as_ref() else { return };
         let retry = matches!(why, RemoteFailure::Retry);
-        let phase = v.phase();
-        if v.recovery.incarnation() != incarnation
-            || !(phase == Phase::Running || (retry && phase == Phase::Failed))
-        {
-            return; // an old incarnation, already replaced
-        }
         let (cluster, old_host) = (r.cluster().clone(), r.host.clone());
-        let (cause, failed_at) = match why {
-            RemoteFailure::Exited { at_unix_ns } => ("process exited", instant_of(at_unix_ns)),
-            RemoteFailure::HostDown { last_heard_unix_ns } => {
-                ("its host was judged down", instant_of(last_heard_unix_ns))
-            }
-            RemoteFailure::Retry => ("a host to place it on is up", Instant::now()),
+        let Some((cause, failed_at)) = recovering(&mut v.recovery, incarnation, &why) else {
+            return; // an old incarnation, already replaced
         };
-        let counters = v.recovery.counters().clone();
-        v.recovery = FailureRecovery::found(
-            Phase::Recovering,
-            incarnation,
-            Counters {
-                failures: counters.failures + u64::from(!retry),
-                ..counters
-            },
-        );
         // 1R-AA: its replica takes over, if it has one ready.
         let replica = v.remote_replica.take();
         let replica_key = replica.as_ref().map(|(r, _)| r.key.clone());
@@ -695,38 +734,14 @@ impl Daemon {
                     fallback_reason: None,
                     switched: true,
                 };
-                let standby = v.plan.mechanism == Some(crate::plan::Mechanism::ActiveStandby);
-                let zero = v.plan.mechanism == Some(crate::plan::Mechanism::NoReplica);
-                if switched_to_replica && zero {
-                    tracing::info!(
-                        chain,
-                        vnf,
-                        host,
-                        ?took,
-                        ?since_failed,
-                        "restored on its standby place"
-                    );
-                } else if switched_to_replica && standby {
-                    tracing::info!(
-                        chain,
-                        vnf,
-                        host,
-                        ?took,
-                        ?since_failed,
-                        "its standby took over"
-                    );
-                } else if switched_to_replica {
-                    tracing::info!(
-                        chain,
-                        vnf,
-                        host,
-                        ?took,
-                        ?since_failed,
-                        "failed over to its replica"
-                    );
-                } else {
-                    tracing::info!(chain, vnf, host, ?took, ?since_failed, "VNF placed again");
-                }
+                use crate::plan::Mechanism::{ActiveStandby, NoReplica};
+                let what = match (switched_to_replica, v.plan.mechanism) {
+                    (true, Some(NoReplica)) => "restored on its standby place",
+                    (true, Some(ActiveStandby)) => "its standby took over",
+                    (true, _) => "failed over to its replica",
+                    (false, _) => "VNF placed again",
+                };
+                tracing::info!(chain, vnf, host, ?took, ?since_failed, "{what}");
                 if let Some(e) = chains.get(chain) {
                     let _ = self.records.put(&e.runtime, false);
                 }
@@ -737,16 +752,7 @@ impl Daemon {
             Err(e) => {
                 let reason = e.to_string();
                 tracing::error!(chain, vnf, "placing it again: {reason}");
-                v.recovery = FailureRecovery::found(
-                    Phase::Failed,
-                    incarnation,
-                    Counters {
-                        recovery_failures: counters.recovery_failures + 1,
-                        last_error: Some(reason.clone()),
-                        ..counters
-                    },
-                );
-                let backoff = retry_backoff(counters.recovery_failures);
+                let backoff = recovery_failed(&mut v.recovery, incarnation, &reason);
                 drop(chains);
                 self.emit(event(chain, vnf, Event::RecoveryFailed { reason }));
                 if again_later {
