@@ -44,9 +44,11 @@ const RESTORE_TRIES: usize = 3;
 const REPLACE_BUSY: Duration = Duration::from_secs(2);
 
 impl Daemon {
-    /// Watches MR-AA member `k` (1 or more) of VNF `vnf` of `chain`,
-    /// incarnation `incarnation`, on its host: once it exits it is failed
-    /// and restored (see [`on_remote_member_failure`](Self::on_remote_member_failure)).
+    /// Watches MR-AA member `k` of VNF `vnf` of `chain` (0: the VNF's own
+    /// incarnation, any mechanism), incarnation `incarnation`, on its host:
+    /// once it exits, or its host is judged down, it is failed and
+    /// recovered ([`on_remote_failure`](Self::on_remote_failure) for 0,
+    /// [`on_remote_member_failure`](Self::on_remote_member_failure) else).
     pub(super) fn watch_remote_member(
         self: &Arc<Self>,
         chain: String,
@@ -68,8 +70,13 @@ impl Daemon {
                     continue;
                 };
                 if let Some(d) = daemon.upgrade() {
-                    d.on_remote_member_failure(&chain, &vnf, k, incarnation, why)
-                        .await;
+                    match k {
+                        0 => d.on_remote_failure(&chain, &vnf, incarnation, why).await,
+                        k => {
+                            d.on_remote_member_failure(&chain, &vnf, k, incarnation, why)
+                                .await
+                        }
+                    }
                 }
                 return;
             }

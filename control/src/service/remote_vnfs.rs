@@ -141,39 +141,7 @@ impl Daemon {
     /// failure is the membership's to judge), as long as this incarnation
     /// is current, unless it is judged down already (see [`watch_once`]).
     pub(super) fn watch_remote(self: &Arc<Self>, chain: String, vnf: String, incarnation: u64) {
-        let daemon = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let Some(d) = daemon.upgrade() else { return };
-                let Some((cluster, host, key)) = d.remote_of(&chain, &vnf, incarnation).await
-                else {
-                    return;
-                };
-                drop(d);
-                let Some(why) = watch_once(&cluster, &host, &key).await else {
-                    continue;
-                };
-                if let Some(d) = daemon.upgrade() {
-                    d.on_remote_failure(&chain, &vnf, incarnation, why).await;
-                }
-                return;
-            }
-        });
-    }
-
-    /// The cluster, host and key of incarnation `incarnation` of VNF `vnf`
-    /// of `chain`, while it is current and running.
-    async fn remote_of(
-        &self,
-        chain: &str,
-        vnf: &str,
-        incarnation: u64,
-    ) -> Option<(Arc<Cluster>, String, crate::cluster::hosting::HostedKey)> {
-        let mut chains = self.chains.lock().await;
-        let v = vnf_in(&mut chains, chain, vnf)?;
-        let r = v.remote.as_ref()?;
-        (v.recovery.incarnation() == incarnation && v.phase() == Phase::Running)
-            .then(|| (r.cluster().clone(), r.host.clone(), r.key.clone()))
+        self.watch_remote_member(chain, vnf, 0, incarnation);
     }
 
     /// Host `host` was judged down: every VNF that ran there fails, and
