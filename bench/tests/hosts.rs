@@ -1130,6 +1130,62 @@ fn published_and_routed(far: &mut FarChain) {
     })
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(status.message().contains("owned by host sff"), "{status:?}");
+    // The refusal says where to ask (metadata), and nhamctl asks there.
+    let owner_api = nham_control::error::owner_api(&status).expect("a redirect");
+    assert_eq!(owner_api, far.addr, "{status:?}");
+    let nhamctl = nham_bench::ha::sibling_binary("nhamctl", "NHAM_NHAMCTL").unwrap();
+    let out = std::process::Command::new(nhamctl)
+        .args(["--addr", &other, "get", "far"])
+        .output()
+        .expect("nhamctl");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("name: \"far\"") && stderr.contains("asking there"),
+        "{stdout}\n{stderr}"
+    );
+    // Events of the chain are its owner's to send; its name is taken.
+    rt.block_on(async {
+        let c = nham_control::connect(&other).await.unwrap();
+        let watch = nham_control::api::event_service_client::EventServiceClient::new(c.clone())
+            .watch_events(nham_control::api::WatchEventsRequest {
+                chain: "far".into(),
+            })
+            .await
+            .map(|_| ())
+            .expect_err("h1 sends no events of chain far");
+        assert_eq!(
+            nham_control::error::owner_api(&watch).as_deref(),
+            Some(owner_api.as_str()),
+            "{watch:?}"
+        );
+        let spec = nham_control::api::ChainSpec {
+            name: "far".into(),
+            spi: 77,
+            vnfs: vec![nham_control::api::VnfSpec {
+                name: "v".into(),
+                command: vec!["true".into()],
+                mechanism: nham_control::api::Mechanism::None as i32,
+                ..Default::default()
+            }],
+            rules: vec![nham_control::api::ClassifierRule::default()],
+            ingress_interface: "in0".into(),
+            egress_interface: "out0".into(),
+        };
+        let created = nham_control::api::chain_service_client::ChainServiceClient::new(c)
+            .create_chain(nham_control::api::CreateChainRequest { spec: Some(spec) })
+            .await
+            .map(|_| ())
+            .expect_err("chain far exists on sff");
+        assert_eq!(created.code(), tonic::Code::AlreadyExists, "{created:?}");
+        assert!(
+            created.message().contains("host sff owns it"),
+            "{created:?}"
+        );
+    });
 }
 
 /// 1R-AA across hosts (issue 14, items 3, 5 and 7): the chain's two

@@ -148,6 +148,11 @@ pub struct VnfRuntime {
     /// replica or standby attached) and while the VNF recovers (which
     /// fails over to it), so the two never cross.
     pub standby_turn: Arc<tokio::sync::Mutex<()>>,
+    /// On another host: the incarnation whose failure was announced
+    /// (`FailureDetected`, at once) and whose recovery waits for the
+    /// standby turn; a second report of the same failure (its watch and
+    /// its host judged down) is not announced again.
+    pub failure_announced: Option<u64>,
 }
 
 /// An MR-AA member (1 or more) of a VNF on another host.
@@ -748,6 +753,7 @@ impl ChainRuntime {
                     remote_members,
                     member_turn: Arc::default(),
                     standby_turn: Arc::default(),
+                    failure_announced: None,
                     agent: None,
                     checkpoints: 0,
                     last_committed: None,
@@ -809,6 +815,7 @@ impl ChainRuntime {
                 remote_members: Vec::new(),
                 member_turn: Arc::default(),
                 standby_turn: Arc::default(),
+                failure_announced: None,
                 agent: None,
                 checkpoints: 0,
                 last_committed: None,

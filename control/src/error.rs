@@ -81,6 +81,36 @@ pub enum ControlError {
     /// Hosting a VNF for another host, or on another host.
     #[error(transparent)]
     Hosting(#[from] crate::cluster::hosting::HostingError),
+    /// A request about a chain another host of the cluster owns: ask its
+    /// `nhamd` (`FAILED_PRECONDITION`, with the owner in the status's
+    /// metadata: [`OWNER_API_KEY`], [`OWNER_KEY`]).
+    #[error("chain {chain:?} is owned by host {owner}: ask its nhamd at {api}")]
+    OwnedElsewhere {
+        /// The chain.
+        chain: String,
+        /// Its owner host.
+        owner: String,
+        /// Where the owner's API listens.
+        api: String,
+    },
+}
+
+/// The metadata key of a redirect (`FAILED_PRECONDITION`): where the API
+/// of the host that owns the chain asked about listens (a client asks it
+/// again there, with its own credentials: see [`owner_api`]).
+pub const OWNER_API_KEY: &str = "nham-owner-api";
+/// The metadata key of a redirect: the name of the host that owns the
+/// chain.
+pub const OWNER_KEY: &str = "nham-owner";
+
+/// Where to ask again, if `status` is a redirect to a chain's owner: the
+/// owner's API address.
+pub fn owner_api(status: &tonic::Status) -> Option<String> {
+    if status.code() != Code::FailedPrecondition {
+        return None;
+    }
+    let api = status.metadata().get(OWNER_API_KEY)?.to_str().ok()?;
+    (!api.is_empty()).then(|| api.to_string())
 }
 
 impl ControlError {
@@ -97,7 +127,7 @@ impl ControlError {
             Self::NotFound(_) => Code::NotFound,
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::Unimplemented(_) => Code::Unimplemented,
-            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::FailedPrecondition(_) | Self::OwnedElsewhere { .. } => Code::FailedPrecondition,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::EventsLagged(_) => Code::DataLoss,
             Self::Unauthenticated(_) => Code::Unauthenticated,
@@ -137,6 +167,7 @@ fn hosting_code(e: &crate::cluster::hosting::HostingError) -> Code {
         H::Restore(e) => sync_code(e),
         H::Runtime(r) => runtime_code(r),
         H::Peer { code, .. } => *code,
+        H::HostDown(_) => Code::Unavailable,
     }
 }
 
@@ -178,6 +209,7 @@ fn sync_code(e: &SyncError) -> Code {
         | SyncError::InputDropped { .. }
         | SyncError::Retired
         | SyncError::Stopped(_)
+        | SyncError::HostDown(_)
         | SyncError::Unready(_) => Code::FailedPrecondition,
         // No other host could take the copy now: try again.
         SyncError::NotCopied { .. } => Code::Unavailable,
@@ -193,7 +225,19 @@ impl From<tokio::task::JoinError> for ControlError {
 
 impl From<ControlError> for tonic::Status {
     fn from(e: ControlError) -> Self {
-        tonic::Status::new(e.code(), e.to_string())
+        let mut status = tonic::Status::new(e.code(), e.to_string());
+        if let ControlError::OwnedElsewhere { owner, api, .. } = &e {
+            // (A value that is no valid header is left out: the message
+            // still names it.)
+            let metadata = status.metadata_mut();
+            if let Ok(v) = api.parse() {
+                metadata.insert(OWNER_API_KEY, v);
+            }
+            if let Ok(v) = owner.parse() {
+                metadata.insert(OWNER_KEY, v);
+            }
+        }
+        status
     }
 }
 
@@ -230,6 +274,19 @@ mod tests {
         let s = tonic::Status::from(recovery);
         assert_eq!(s.code(), Code::FailedPrecondition);
         assert!(s.message().contains("no checkpoint 4 of c/v"), "{s:?}");
+        let elsewhere = tonic::Status::from(ControlError::OwnedElsewhere {
+            chain: "c".into(),
+            owner: "h2".into(),
+            api: "https://10.0.0.2:50051".into(),
+        });
+        assert_eq!(elsewhere.code(), Code::FailedPrecondition);
+        assert_eq!(
+            owner_api(&elsewhere).as_deref(),
+            Some("https://10.0.0.2:50051")
+        );
+        assert_eq!(elsewhere.metadata().get(OWNER_KEY).unwrap(), "h2");
+        assert!(elsewhere.message().contains("owned by host h2"));
+        assert_eq!(owner_api(&tonic::Status::failed_precondition("x")), None);
         let refused = ControlError::Remote(RemoteError::Refused("no hop 9".into()));
         assert_eq!(
             tonic::Status::from(refused).code(),

@@ -102,6 +102,16 @@ impl chain_service_server::ChainService for ChainSvc {
         r: Request<api::CreateChainRequest>,
     ) -> Answer<api::CreateChainResponse> {
         let plan = validate::chain(r.into_inner().spec.as_ref())?;
+        // A chain's name is the cluster's: not taken again on another host.
+        let missing = ControlError::NotFound(String::new());
+        if let ControlError::OwnedElsewhere { chain, owner, .. } =
+            self.0.or_owner(&plan.name, missing).await
+        {
+            return Err(ControlError::AlreadyExists(format!(
+                "chain {chain:?} exists: host {owner} owns it"
+            ))
+            .into());
+        }
         let chain = Some(self.0.create(plan).await?.into_api());
         Ok(Response::new(api::CreateChainResponse { chain }))
     }
@@ -221,6 +231,15 @@ impl event_service_server::EventService for EventSvc {
     ) -> Answer<Self::WatchEventsStream> {
         let chain = r.into_inner().chain;
         let rx = self.0.subscribe(&chain)?;
+        // A chain another host owns: its events are that host's to send.
+        if !chain.is_empty() {
+            if let Err(e) = self.0.get_chain(&chain).await {
+                let e = self.0.or_owner(&chain, e).await;
+                if matches!(e, ControlError::OwnedElsewhere { .. }) {
+                    return Err(e.into());
+                }
+            }
+        }
         let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |e| {
             use tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged;
             match e {

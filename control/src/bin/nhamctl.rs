@@ -31,7 +31,7 @@ struct Args {
     command: Cmd,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 enum Cmd {
     /// Create a chain.
     Create {
@@ -161,14 +161,41 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
-    let channel = nham_control::connect_with(&args.addr, tls)
-        .await
-        .with_context(|| format!("connecting to nhamd at {}", args.addr))?;
+    // A chain another host owns: that host's nhamd is asked again, once,
+    // with the same credentials (its address comes with the refusal).
+    let mut addr = args.addr.clone();
+    for redirected in [false, true] {
+        let channel = nham_control::connect_with(&addr, tls.clone())
+            .await
+            .with_context(|| format!("connecting to nhamd at {addr}"))?;
+        match run(channel, args.command.clone()).await {
+            Err(e) if !redirected => {
+                let Some(owner) = e
+                    .downcast_ref::<tonic::Status>()
+                    .and_then(nham_control::error::owner_api)
+                else {
+                    return Err(e);
+                };
+                eprintln!(
+                    "{}: asking there",
+                    e.downcast_ref::<tonic::Status>()
+                        .map_or("", |s| s.message())
+                );
+                addr = owner;
+            }
+            r => return r,
+        }
+    }
+    Ok(())
+}
+
+/// Runs `command` against the daemon at `channel`.
+async fn run(channel: tonic::transport::Channel, command: Cmd) -> anyhow::Result<()> {
     let mut chains = ChainServiceClient::new(channel.clone());
     let mut vnfs = VnfServiceClient::new(channel.clone());
     let mut events = EventServiceClient::new(channel.clone());
     let health_channel = channel;
-    match args.command {
+    match command {
         Cmd::Create {
             name,
             spi,

@@ -110,6 +110,7 @@ impl ChainRuntime {
                 remote_members: Vec::new(),
                 member_turn: Arc::default(),
                 standby_turn: Arc::default(),
+                failure_announced: None,
                 agent: None,
                 checkpoints: r.checkpoints,
                 last_committed: None,

@@ -72,7 +72,12 @@ impl RemoteTarget {
 }
 
 fn sync_error(e: crate::cluster::hosting::HostingError) -> crate::vsm::SyncError {
-    crate::vsm::SyncError::Process(e.to_string())
+    match e {
+        crate::cluster::hosting::HostingError::HostDown(host) => {
+            crate::vsm::SyncError::HostDown(host)
+        }
+        e => crate::vsm::SyncError::Process(e.to_string()),
+    }
 }
 
 impl crate::vsm::checkpointer::RemoteVnfOps for RemoteTarget {

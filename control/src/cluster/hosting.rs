@@ -63,6 +63,10 @@ pub enum HostingError {
     /// That incarnation was stopped here already.
     #[error("{0} was stopped here already")]
     Stopped(String),
+    /// The host asked was judged down (before or while it was asked):
+    /// what it was asked is lost with it.
+    #[error("host {0} was judged down")]
+    HostDown(String),
     /// A standby has not the checkpoint asked for staged.
     #[error("standby {key}: checkpoint {wanted} asked for, {staged:?} staged")]
     NotStaged {

@@ -674,6 +674,10 @@ impl Cluster {
                 crate::runtime::process::URGENT_NICE
             );
         }
+        // (Read only when poll(2) says a datagram waits.)
+        if let Err(e) = socket.set_nonblocking(true) {
+            tracing::warn!("heartbeat socket: {e}");
+        }
         let interval = self.options.heartbeat_interval;
         let mut seq = 0u64;
         let mut next = Instant::now();
@@ -735,7 +739,22 @@ impl Cluster {
             let wait = next
                 .saturating_duration_since(Instant::now())
                 .min(judge_in.unwrap_or(Duration::MAX));
-            let _ = socket.set_read_timeout(Some(wait.max(Duration::from_micros(100))));
+            // (poll(2) sleeps on a high-resolution timer. A socket's receive
+            // timeout counts whole jiffies, 4 ms at HZ=250: this thread woke
+            // up to 8 ms late, judged silent hosts late and sent beats
+            // late.)
+            let wait = rustix::event::Timespec::try_from(wait.max(Duration::from_micros(100)))
+                .unwrap_or(rustix::event::Timespec {
+                    tv_sec: 1,
+                    tv_nsec: 0,
+                });
+            let mut fds = [rustix::event::PollFd::new(
+                &socket,
+                rustix::event::PollFlags::IN,
+            )];
+            if !rustix::event::poll(&mut fds, Some(&wait)).is_ok_and(|n| n > 0) {
+                continue;
+            }
             if let Ok((n, from)) = socket.recv_from(&mut buf) {
                 match Heartbeat::from_bytes(&buf[..n]) {
                     Ok(hb) => {
@@ -1022,6 +1041,66 @@ fn unix_nanos() -> u64 {
 /// The owner's side of VNFs on other hosts: each call goes to the peer
 /// service of the host named (a live member), with the cluster's token.
 impl Cluster {
+    /// Waits (blocking, on the cluster's runtime) for peer call `call` to
+    /// host `host`; see [`Cluster::peer_task`].
+    fn peer_call<T>(
+        &self,
+        host: &str,
+        only_alive: bool,
+        call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T, hosting::HostingError> {
+        self.peer_task(host, only_alive, async {
+            call.await.map_err(|s| status_error(host, &s))
+        })
+    }
+
+    /// Waits (blocking, on the cluster's runtime) for `task`, work with
+    /// host `host`, given up (`UNAVAILABLE`) once the host is judged down
+    /// meanwhile: what it was asked is lost with it, and whoever waits (a
+    /// checkpoint of a VNF there, its recovery) goes on at once rather than
+    /// after the call's timeout (seconds) or the host's return. With
+    /// `only_alive`, refused at once if it is judged down already (a
+    /// stop, sent to a host down or cut off for when it is back, is not).
+    fn peer_task<T>(
+        &self,
+        host: &str,
+        only_alive: bool,
+        task: impl std::future::Future<Output = Result<T, hosting::HostingError>>,
+    ) -> Result<T, hosting::HostingError> {
+        // (Subscribed before the check: a judgement in between is heard.)
+        let mut events = self.events.subscribe();
+        let down = || {
+            self.membership()
+                .member(host)
+                .is_some_and(|m| matches!(m.liveness, Liveness::Down { .. }))
+        };
+        let lost = || hosting::HostingError::HostDown(host.to_string());
+        if only_alive && down() {
+            return Err(lost());
+        }
+        self.runtime.block_on(async {
+            let judged = async {
+                loop {
+                    match events.recv().await {
+                        Ok(ClusterEvent {
+                            event: HostEvent::Down { host: h, .. },
+                            ..
+                        }) if h == host => return,
+                        Err(broadcast::error::RecvError::Lagged(_)) if down() => return,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                        _ => {}
+                    }
+                }
+            };
+            tokio::select! {
+                r = task => r,
+                () = judged => Err(lost()),
+            }
+        })
+    }
+
     /// Runs `r` on host `host` (see [`hosting`]); blocking (call it off
     /// the async threads).
     pub fn run_vnf(
@@ -1038,9 +1117,7 @@ impl Cluster {
         // A VNF may take seconds to listen.
         let (mut client, request) = self.prepare(host, true, request, Duration::from_secs(30))?;
         let answer = self
-            .runtime
-            .block_on(client.run_vnf(request))
-            .map_err(|s| status_error(host, &s))?
+            .peer_call(host, false, async { client.run_vnf(request).await })?
             .into_inner();
         running(host, answer)
     }
@@ -1074,9 +1151,7 @@ impl Cluster {
         // (Asked even if it is not alive now: it may be cut off only.)
         let (mut client, request) =
             self.prepare(host, false, hosted_api(key), Duration::from_secs(5))?;
-        self.runtime
-            .block_on(client.stop_vnf(request))
-            .map_err(|s| status_error(host, &s))?;
+        self.peer_call(host, false, async { client.stop_vnf(request).await })?;
         Ok(())
     }
 
@@ -1130,9 +1205,7 @@ impl Cluster {
         let (mut client, request) =
             self.prepare(host, false, hosted_api(key), Duration::from_secs(1))?;
         let p = self
-            .runtime
-            .block_on(client.probe_vnf(request))
-            .map_err(|s| status_error(host, &s))?
+            .peer_call(host, true, async { client.probe_vnf(request).await })?
             .into_inner();
         Ok(hosting::Probe {
             rmem: p.rmem,
@@ -1165,9 +1238,7 @@ impl Cluster {
             },
             Duration::from_secs(1),
         )?;
-        self.runtime
-            .block_on(client.signal_vnf(request))
-            .map_err(|s| status_error(host, &s))?;
+        self.peer_call(host, true, async { client.signal_vnf(request).await })?;
         Ok(())
     }
 
@@ -1189,9 +1260,7 @@ impl Cluster {
             Duration::from_secs(10),
         )?;
         let r = self
-            .runtime
-            .block_on(client.dump_vnf(request))
-            .map_err(|s| status_error(host, &s))?
+            .peer_call(host, true, async { client.dump_vnf(request).await })?
             .into_inner();
         Ok(crate::vsm::criu::DumpReport {
             duration: Duration::from_secs_f64(r.dump_ms / 1e3),
@@ -1219,7 +1288,7 @@ impl Cluster {
             Duration::from_secs(30),
         )?;
         let err = |s: tonic::Status| status_error(host, &s);
-        self.runtime.block_on(async {
+        self.peer_task(host, true, async {
             let mut stream = client.fetch_image(request).await.map_err(err)?.into_inner();
             let Some(Part::Header(h)) = stream.message().await.map_err(err)?.and_then(|m| m.part)
             else {
@@ -1280,9 +1349,9 @@ impl Cluster {
             Duration::from_secs(10),
         )?;
         let answer = self
-            .runtime
-            .block_on(client.activate_standby(request))
-            .map_err(|s| status_error(host, &s))?
+            .peer_call(host, false, async {
+                client.activate_standby(request).await
+            })?
             .into_inner();
         running(host, answer)
     }
@@ -1317,15 +1386,13 @@ impl Cluster {
             Duration::from_secs(30),
         )?;
         let answer = self
-            .runtime
-            .block_on(async {
+            .peer_call(host, false, async {
                 if stage.is_some() {
                     client.stage_standby(request).await
                 } else {
                     client.restore_vnf(request).await
                 }
-            })
-            .map_err(|s| status_error(host, &s))?
+            })?
             .into_inner();
         running(host, answer)
     }

@@ -133,10 +133,11 @@ impl Daemon {
             return e;
         };
         match c.chain_view(chain).await {
-            Ok(Some(view)) if view.owner != c.name() => ControlError::FailedPrecondition(format!(
-                "chain {chain:?} is owned by host {}: ask its nhamd at {}",
-                view.owner, view.api
-            )),
+            Ok(Some(view)) if view.owner != c.name() => ControlError::OwnedElsewhere {
+                chain: chain.to_string(),
+                owner: view.owner,
+                api: view.api,
+            },
             Ok(_) => e,
             Err(why) => ControlError::NotFound(format!(
                 "no chain {chain:?} here, and etcd could not say which host owns one: {why}"

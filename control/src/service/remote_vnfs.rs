@@ -85,13 +85,7 @@ pub(super) fn recovering(
     {
         return None;
     }
-    let (cause, failed_at) = match *why {
-        RemoteFailure::Exited { at_unix_ns } => ("process exited", instant_of(at_unix_ns)),
-        RemoteFailure::HostDown { last_heard_unix_ns } => {
-            ("its host was judged down", instant_of(last_heard_unix_ns))
-        }
-        RemoteFailure::Retry => ("a host to place it on is up", Instant::now()),
-    };
+    let (cause, failed_at) = cause_of(why);
     let counters = fr.counters().clone();
     *fr = FailureRecovery::found(
         Phase::Recovering,
@@ -102,6 +96,18 @@ pub(super) fn recovering(
         },
     );
     Some((cause, failed_at))
+}
+
+/// What `why` says to announce, and when the failure happened (at the
+/// latest).
+fn cause_of(why: &RemoteFailure) -> (&'static str, Instant) {
+    match *why {
+        RemoteFailure::Exited { at_unix_ns } => ("process exited", instant_of(at_unix_ns)),
+        RemoteFailure::HostDown { last_heard_unix_ns } => {
+            ("its host was judged down", instant_of(last_heard_unix_ns))
+        }
+        RemoteFailure::Retry => ("a host to place it on is up", Instant::now()),
+    }
 }
 
 /// Marks incarnation `incarnation` (its Failure Recovery `fr`) failed
@@ -303,8 +309,17 @@ impl Daemon {
         };
         // The hop's standby port changes under the VNF's standby turn,
         // which its failure takes before it takes the copy: the port a
-        // failover switches to is always the copy it took. The SFF's
-        // attach (tens of ms) goes on without the registry.
+        // failover switches to is always the copy it took. The SFF opens
+        // the port first (tens of ms), outside the turn: under it, the
+        // attach only swaps it in, and a failure meanwhile waits for no
+        // more (nor does the attach hold the registry).
+        let ahead = {
+            let (sff, port) = (sff.clone(), port.clone());
+            tokio::task::spawn_blocking(move || sff.prepare_standby(hop, port)).await
+        };
+        if let Ok(Err(e)) = ahead {
+            tracing::debug!(chain, vnf, "the standby port not opened ahead: {e}");
+        }
         let turn = {
             let mut chains = self.chains.lock().await;
             let Some(v) = vnf_in(&mut chains, chain, vnf) else {
@@ -510,8 +525,35 @@ impl Daemon {
                 .on_remote_member_failure(chain, vnf, 0, incarnation, why)
                 .await;
         }
-        // Its standby port stays as it is until this recovery is done (see
-        // `refresh_remote_replica`).
+        // The failure is announced at once; its recovery waits for the
+        // standby turn (a new replica or standby being attached keeps it
+        // for tens of ms), and the hop's standby port stays as it is until
+        // the recovery is done (see `refresh_remote_replica`).
+        let retry = matches!(why, RemoteFailure::Retry);
+        if !retry {
+            if v.failure_announced == Some(incarnation) {
+                return; // reported twice (its watch, its host): one recovers
+            }
+            let current = v.recovery.incarnation() == incarnation && v.phase() == Phase::Running;
+            let Some(host) = v
+                .remote
+                .as_ref()
+                .map(|r| r.host.clone())
+                .filter(|_| current)
+            else {
+                return; // an old incarnation, already replaced
+            };
+            v.failure_announced = Some(incarnation);
+            let (cause, failed_at) = cause_of(&why);
+            self.emit(failure_detected(
+                chain,
+                vnf,
+                format!("{cause} (on host {host})"),
+                None,
+                failed_at,
+                noticed,
+            ));
+        }
         let turn = v.standby_turn.clone();
         drop(chains);
         let _turn = turn.lock_owned().await;
@@ -521,9 +563,8 @@ impl Daemon {
             return;
         };
         let Some(r) = v.remote.as_ref() else { return };
-        let retry = matches!(why, RemoteFailure::Retry);
         let (cluster, old_host) = (r.cluster().clone(), r.host.clone());
-        let Some((cause, failed_at)) = recovering(&mut v.recovery, incarnation, &why) else {
+        let Some((_, failed_at)) = recovering(&mut v.recovery, incarnation, &why) else {
             return; // an old incarnation, already replaced
         };
         // 1R-AA: its replica takes over, if it has one ready.
@@ -548,16 +589,6 @@ impl Daemon {
             *load.entry(r.host.clone()).or_default() += 1;
         }
         drop(chains);
-        if !retry {
-            self.emit(failure_detected(
-                chain,
-                vnf,
-                format!("{cause} (on host {old_host})"),
-                None,
-                failed_at,
-                noticed,
-            ));
-        }
         self.emit(event(chain, vnf, Event::RecoveryStarted));
         let host_alive =
             matches!(why, RemoteFailure::Exited { .. }) && cluster.underlay_of(&old_host).is_ok();

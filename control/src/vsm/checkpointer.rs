@@ -736,6 +736,10 @@ fn resume_remote(r: &dyn RemoteVnfOps) {
     for _ in 0..3 {
         match r.signal(false) {
             Ok(()) => return,
+            // (Its recovery elsewhere is under way.)
+            Err(e @ SyncError::HostDown(_)) => {
+                return tracing::debug!("not resuming a VNF on another host: {e}")
+            }
             Err(e) => tracing::warn!("resuming a VNF on another host: {e}"),
         }
     }

@@ -37,6 +37,10 @@ pub enum SyncError {
     /// Something else about the process failed.
     #[error("process: {0}")]
     Process(String),
+    /// The VNF's host (another) was judged down: nothing more is asked of
+    /// it there.
+    #[error("its host {0} was judged down")]
+    HostDown(String),
     /// No other host took a copy of the checkpoint: it is not committed
     /// (nothing released).
     #[error("checkpoint {id} not copied to another host: {why}")]

@@ -90,6 +90,7 @@ impl Engine {
             | Request::SetCapacity { hop, .. }
             | Request::SetProtected { hop, .. }
             | Request::FailOver { hop, .. }
+            | Request::PrepareStandby { hop, .. }
             | Request::AttachStandby { hop, .. }
             | Request::SetMembers { hop, .. }
             | Request::MemberFailed { hop, .. }
@@ -144,6 +145,9 @@ impl Engine {
             Request::SetMembers { hop, keep, add } => {
                 answer(self.set_members(hop, keep, add), |()| Response::Ok)
             }
+            // (Done by the asking thread, where the SFF runs in its
+            // namespace; else the attach opens the port.)
+            Request::PrepareStandby { .. } => Response::Ok,
             Request::AttachStandby { hop, spec } => {
                 self.standby[hop] = None;
                 answer(self.open_port(&spec), |a| {

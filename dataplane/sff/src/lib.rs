@@ -44,11 +44,12 @@ pub mod remote;
 
 pub use nham_afxdp::PortConfig;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -439,6 +440,8 @@ pub struct SffHandle {
     /// Ports' sizing, when the SFF thread runs in its spawner's namespace:
     /// a new port is opened by the asking thread (see [`LocalSff::ask`]).
     prepare: Option<PortConfig>,
+    /// Standby ports opened ahead (see [`Request::PrepareStandby`]).
+    ahead: Ahead,
 }
 
 /// A request for the SFF thread (see [`protocol`]) and the channel its
@@ -528,7 +531,13 @@ pub struct LocalSff {
     commands: mpsc::Sender<Command>,
     counters: Arc<SffCounters>,
     prepare: Option<PortConfig>,
+    ahead: Ahead,
 }
+
+/// Per hop, the standby port a `PrepareStandby` opened, until its
+/// `AttachStandby` takes it (or another `PrepareStandby` of the hop
+/// closes it).
+type Ahead = Arc<Mutex<BTreeMap<usize, Prepared>>>;
 
 impl LocalSff {
     /// Asks the SFF thread `request` and waits for its answer. A new port
@@ -538,11 +547,31 @@ impl LocalSff {
         let (reply, answer) = mpsc::channel();
         // (Not a ReplaceMember's: one refused as busy is asked again at
         // once, and the socket dropped here would still hold its queue.)
+        let ahead = || self.ahead.lock().unwrap_or_else(PoisonError::into_inner);
         let prepared = match (&request, self.prepare) {
-            (Request::AttachStandby { spec, .. }, Some(config)) => Some(Prepared {
-                iface: spec.iface.clone(),
-                attached: attach(spec, config),
-            }),
+            (Request::PrepareStandby { hop, spec }, Some(config)) => {
+                let port = Prepared {
+                    iface: spec.iface.clone(),
+                    attached: attach(spec, config),
+                };
+                let answer = match &port.attached {
+                    Ok(_) => Response::Ok,
+                    Err(e) => Response::Refused(format!("opening {}: {e}", spec.iface)),
+                };
+                // (One closed here, not attached, is dropped after the
+                // lock.)
+                let before = ahead().insert(*hop, port);
+                drop(before);
+                return Ok(answer);
+            }
+            (Request::PrepareStandby { .. }, None) => return Ok(Response::Ok),
+            (Request::AttachStandby { hop, spec }, Some(config)) => {
+                let opened = ahead().remove(hop).filter(|p| p.iface == spec.iface);
+                Some(opened.unwrap_or_else(|| Prepared {
+                    iface: spec.iface.clone(),
+                    attached: attach(spec, config),
+                }))
+            }
             _ => None,
         };
         self.commands
@@ -579,6 +608,7 @@ impl SffHandle {
             commands: self.commands.clone().ok_or(SffError::NoCommands)?,
             counters: self.counters.clone(),
             prepare: self.prepare,
+            ahead: self.ahead.clone(),
         })
     }
 
@@ -668,6 +698,7 @@ fn await_ready(
             thread: Some(thread),
             commands,
             prepare: None,
+            ahead: Ahead::default(),
         }),
         _ => match thread.join() {
             Ok(Err(e)) => Err(e),

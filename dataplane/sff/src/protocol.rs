@@ -79,6 +79,16 @@ pub enum Request {
         hop: usize,
         to: Option<CheckpointId>,
     },
+    /// Open the port `spec` ahead, for an `AttachStandby` of the hop to
+    /// come (it then only swaps it in): opening it takes tens of ms that
+    /// the attach, and what waits for it, no longer spend. A port prepared
+    /// before for the hop and not attached is closed. (Added within
+    /// version 3, as `ReplaceMember`: an SFF from before it refuses it,
+    /// and the attach opens the port itself.)
+    PrepareStandby {
+        hop: usize,
+        spec: crate::PortSpec,
+    },
     /// Open a standby port for the hop.
     AttachStandby {
         hop: usize,

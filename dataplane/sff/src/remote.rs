@@ -436,6 +436,15 @@ impl SffClient {
         }
     }
 
+    /// Opens `spec` ahead of its `attach_standby` as hop `hop`'s standby
+    /// port (see [`Request::PrepareStandby`]).
+    pub fn prepare_standby(&self, hop: usize, spec: crate::PortSpec) -> Result<(), RemoteError> {
+        match self.request(Request::PrepareStandby { hop, spec })? {
+            Response::Ok => Ok(()),
+            r => self.unexpected(r),
+        }
+    }
+
     /// Opens `spec` as hop `hop`'s standby port.
     pub fn attach_standby(&self, hop: usize, spec: crate::PortSpec) -> Result<(), RemoteError> {
         match self.request(Request::AttachStandby { hop, spec })? {
