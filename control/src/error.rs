@@ -78,6 +78,9 @@ pub enum ControlError {
     /// A peer's request without the cluster's token.
     #[error("{0}")]
     Unauthenticated(String),
+    /// A client's role does not allow the call.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// Hosting a VNF for another host, or on another host.
     #[error(transparent)]
     Hosting(#[from] crate::cluster::hosting::HostingError),
@@ -131,6 +134,7 @@ impl ControlError {
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::EventsLagged(_) => Code::DataLoss,
             Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Remote(e) => remote_code(e),
             Self::Sync(e) => sync_code(e),
             Self::Store(e) => store_code(e),

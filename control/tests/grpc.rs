@@ -68,7 +68,7 @@ impl Harness {
                 let sock = std::env::temp_dir().join(unique_name("nhamd-") + ".sock");
                 let listener = tokio::net::UnixListener::bind(&sock).unwrap();
                 addr_tx.send(format!("unix:{}", sock.display())).unwrap();
-                nham_control::api::server::router(daemon.clone(), None)
+                nham_control::api::server::router(daemon.clone(), None, None)
                     .await
                     .unwrap()
                     .serve_with_incoming_shutdown(
@@ -764,6 +764,9 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
 /// With a certificate and key, the API is served over TLS only: a client
 /// that trusts the CA gets answers, a plain-text one does not; with a
 /// client CA, a client without a certificate is turned away (mutual TLS).
+/// With roles, an operator's certificate may create a chain, a viewer's
+/// may list but not create (`PERMISSION_DENIED`), and one with no role
+/// may not even list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_when_configured() {
     let dir = std::env::temp_dir().join(unique_name("nham-tls-"));
@@ -801,6 +804,8 @@ async fn tls_when_configured() {
     for (name, ext) in [
         ("server", "subjectAltName=DNS:localhost"),
         ("client", "extendedKeyUsage=clientAuth"),
+        ("viewer", "extendedKeyUsage=clientAuth"),
+        ("stranger", "extendedKeyUsage=clientAuth"),
     ] {
         openssl(&[
             "req",
@@ -853,7 +858,11 @@ async fn tls_when_configured() {
         probe_threshold: 3,
     };
     let daemon = Daemon::new(SffOptions::default(), state);
-    let router = nham_control::api::server::router(daemon, Some(tls))
+    let roles = nham_control::api::auth::Roles {
+        operators: ["client".to_string()].into(),
+        viewers: ["viewer".to_string()].into(),
+    };
+    let router = nham_control::api::server::router(daemon, Some(tls), Some(roles))
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -865,19 +874,22 @@ async fn tls_when_configured() {
             let _ = stop_rx.await;
         },
     ));
-    let client_tls = |with_cert: bool| {
+    let client_as = |name: Option<&str>| {
         let t = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(ca.clone())
             .domain_name("localhost");
-        if with_cert {
-            t.identity(
-                nham_control::tls_identity(&dir.join("client.pem"), &dir.join("client.key"))
-                    .unwrap(),
-            )
-        } else {
-            t
+        match name {
+            Some(name) => t.identity(
+                nham_control::tls_identity(
+                    &dir.join(format!("{name}.pem")),
+                    &dir.join(format!("{name}.key")),
+                )
+                .unwrap(),
+            ),
+            None => t,
         }
     };
+    let client_tls = |with_cert: bool| client_as(with_cert.then_some("client"));
     let ok =
         nham_control::connect_with(&format!("https://localhost:{port}"), Some(client_tls(true)))
             .await
@@ -906,6 +918,52 @@ async fn tls_when_configured() {
             .await
             .is_err());
     }
+    // Roles: the operator passes (its empty spec is refused as such), the
+    // viewer reads and is refused a create, the stranger is refused all.
+    let create = |channel: tonic::transport::Channel| async move {
+        ChainServiceClient::new(channel)
+            .create_chain(api::CreateChainRequest { spec: None })
+            .await
+            .unwrap_err()
+    };
+    assert_eq!(
+        create(ok.clone()).await.code(),
+        tonic::Code::InvalidArgument
+    );
+    let as_who = |name: &'static str| {
+        let tls = client_as(Some(name));
+        async move {
+            nham_control::connect_with(&format!("https://localhost:{port}"), Some(tls))
+                .await
+                .unwrap()
+        }
+    };
+    let viewer = as_who("viewer").await;
+    assert!(ChainServiceClient::new(viewer.clone())
+        .list_chains(api::ListChainsRequest {})
+        .await
+        .is_ok());
+    let denied = create(viewer).await;
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied
+            .message()
+            .contains("CreateChain needs the operator role; client viewer is a viewer"),
+        "{denied:?}"
+    );
+    let stranger = ChainServiceClient::new(as_who("stranger").await)
+        .list_chains(api::ListChainsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        stranger.code(),
+        tonic::Code::PermissionDenied,
+        "{stranger:?}"
+    );
+    assert!(
+        stranger.message().contains("client stranger has no role"),
+        "{stranger:?}"
+    );
     drop(ok);
     let _ = stop_tx.send(());
     let _ = server.await;
@@ -1217,4 +1275,99 @@ fn traffic_into(
         })
         .expect("entering the peers' namespace");
     })
+}
+
+/// Secure by default (issue 15, item 1): `nhamd` given no address listens
+/// on its Unix socket only (`/run/nham/nhamd.sock`, mode 0660) and on no
+/// TCP port; a TCP address without mutual TLS is refused at start, saying
+/// what to give, unless `--insecure-tcp` (then it serves, and warns).
+#[test]
+fn nhamd_is_secure_by_default() {
+    use std::os::unix::fs::PermissionsExt;
+    let nhamd = nham_control::sibling_binary("nhamd").expect("nhamd (cargo build -p nham-control)");
+    let dir = std::env::temp_dir().join(unique_name("nham-secure-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let nhamd_with = |extra: &[&str]| {
+        let mut c = std::process::Command::new(&nhamd);
+        c.arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--scratch-dir")
+            .arg(dir.join("scratch"))
+            .args(extra);
+        c
+    };
+    // Stopped (SIGTERM) and reaped even when an assertion fails.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = self.0.wait();
+        }
+    }
+    let wait_for = |what: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !what() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nhamd did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let lists = |addr: &str| {
+        rt.block_on(async {
+            let c = nham_control::connect(addr).await.ok()?;
+            ChainServiceClient::new(c)
+                .list_chains(api::ListChainsRequest {})
+                .await
+                .ok()
+        })
+        .is_some()
+    };
+
+    // Plain-text TCP: refused at start, with the way out.
+    let refused = nhamd_with(&["--listen", "127.0.0.1:0"]).output().unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("without mutual TLS") && said.contains("--insecure-tcp"),
+        "{said}"
+    );
+
+    // No address: the Unix socket, 0660, answering; no TCP.
+    let sock = std::path::Path::new("/run/nham/nhamd.sock");
+    assert!(
+        !lists("unix:/run/nham/nhamd.sock"),
+        "a nhamd already serves /run/nham/nhamd.sock on this machine"
+    );
+    let log = std::fs::File::create(dir.join("default.log")).unwrap();
+    let daemon = Running(nhamd_with(&[]).stderr(log).spawn().unwrap());
+    wait_for(&|| lists("unix:/run/nham/nhamd.sock"));
+    let mode = std::fs::metadata(sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "{mode:o}");
+    assert!(std::net::TcpStream::connect("127.0.0.1:50051").is_err());
+    drop(daemon);
+
+    // --insecure-tcp: served, with a warning.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log_path = dir.join("insecure.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let daemon = Running(
+        nhamd_with(&["--listen", &addr, "--insecure-tcp"])
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&|| lists(&format!("http://{addr}")));
+    let said = std::fs::read_to_string(&log_path).unwrap();
+    assert!(said.contains("--insecure-tcp: the API"), "{said}");
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
 }

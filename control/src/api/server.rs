@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use super::auth::AuthorizeLayer;
 use super::{
     chain_service_server, event_service_server, host_service_server, peer_service_server,
     vnf_service_server,
@@ -18,13 +19,20 @@ use crate::error::ControlError;
 use crate::service::Daemon;
 use crate::validate;
 
+/// The API's router: its services behind [`AuthorizeLayer`].
+pub type ApiRouter = tonic::transport::server::Router<
+    tower::layer::util::Stack<AuthorizeLayer, tower::layer::util::Identity>,
+>;
+
 /// Every service `nhamd` serves over `daemon`: `nham.v1` (chains, VNFs,
 /// events), `grpc.health.v1` and server reflection (v1); with `tls`, only
-/// over TLS.
+/// over TLS; with `roles` (mutual TLS), each call checked against its
+/// client certificate's role (see [`super::auth`]).
 pub async fn router(
     daemon: Arc<Daemon>,
     tls: Option<tonic::transport::ServerTlsConfig>,
-) -> Result<tonic::transport::server::Router, ControlError> {
+    roles: Option<super::auth::Roles>,
+) -> Result<ApiRouter, ControlError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<chain_service_server::ChainServiceServer<ChainSvc>>()
@@ -50,6 +58,7 @@ pub async fn router(
             .map_err(|e| ControlError::InvalidArgument(format!("TLS configuration: {e}")))?;
     }
     Ok(server
+        .layer(AuthorizeLayer(roles.map(Arc::new)))
         .add_service(health)
         .add_service(reflection)
         .add_service(chain_service_server::ChainServiceServer::new(ChainSvc(

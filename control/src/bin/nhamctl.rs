@@ -11,8 +11,9 @@ use nham_control::api::{
 #[derive(Parser, Debug)]
 #[command(name = "nhamctl", version, about = "Command line for the NHAM daemon")]
 struct Args {
-    /// Daemon address: `http://host:port` or `unix:/path`.
-    #[arg(long, default_value = "http://127.0.0.1:50051", env = "NHAM_ADDR")]
+    /// Daemon address: `unix:/path` (nhamd's default socket), or
+    /// `https://host:port` (with --tls-ca, --tls-cert, --tls-key).
+    #[arg(long, default_value = "unix:/run/nham/nhamd.sock", env = "NHAM_ADDR")]
     addr: String,
     /// Verify the daemon's TLS certificate against this CA (PEM); use an
     /// `https://` address.
@@ -144,7 +145,7 @@ fn vnf_spec(s: &str) -> anyhow::Result<api::VnfSpec> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let tls = match &args.tls_ca {
+    let mut tls = match &args.tls_ca {
         Some(ca) => {
             let mut tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
                 tonic::transport::Certificate::from_pem(
@@ -154,18 +155,22 @@ async fn main() -> anyhow::Result<()> {
             if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
                 tls = tls.identity(nham_control::tls_identity(cert, key)?);
             }
-            if let Some(d) = &args.tls_domain {
-                tls = tls.domain_name(d.clone());
-            }
             Some(tls)
         }
         None => None,
     };
+    // (The name given is the first daemon's, not an owner's it redirects
+    // to.)
+    let first_tls = match (&tls, &args.tls_domain) {
+        (Some(t), Some(d)) => Some(t.clone().domain_name(d.clone())),
+        _ => tls.clone(),
+    };
     // A chain another host owns: that host's nhamd is asked again, once,
     // with the same credentials (its address comes with the refusal).
     let mut addr = args.addr.clone();
+    let mut tls_now = first_tls;
     for redirected in [false, true] {
-        let channel = nham_control::connect_with(&addr, tls.clone())
+        let channel = nham_control::connect_with(&addr, tls_now.take())
             .await
             .with_context(|| format!("connecting to nhamd at {addr}"))?;
         match run(channel, args.command.clone()).await {
@@ -173,9 +178,11 @@ async fn main() -> anyhow::Result<()> {
                 let Some(owner) = e
                     .downcast_ref::<tonic::Status>()
                     .and_then(nham_control::error::owner_api)
+                    .filter(|owner| reachable_from(&addr, owner))
                 else {
                     return Err(e);
                 };
+                tls_now = tls.take();
                 eprintln!(
                     "{}: asking there",
                     e.downcast_ref::<tonic::Status>()
@@ -187,6 +194,17 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether a daemon at `owner`, named by the one at `asked`, can be asked
+/// from here: a Unix socket only by a client of another Unix socket (the
+/// same machine, as in a lab of hosts), a TCP address only if it names
+/// one host (not `0.0.0.0` or `[::]`).
+fn reachable_from(asked: &str, owner: &str) -> bool {
+    match owner.strip_prefix("unix:") {
+        Some(_) => asked.starts_with("unix:"),
+        None => !(owner.contains("//0.0.0.0") || owner.contains("//[::]")),
+    }
 }
 
 /// Runs `command` against the daemon at `channel`.

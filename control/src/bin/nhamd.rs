@@ -1,5 +1,9 @@
 //! `nhamd`: the NHAM daemon. Serves the `nham.v1` gRPC API (plus
-//! `grpc.health.v1` and reflection) on localhost or a Unix socket.
+//! `grpc.health.v1` and reflection) on a Unix socket (by default
+//! `/run/nham/nhamd.sock`, mode 0660: root and one group), or on TCP with
+//! mutual TLS (roles per client certificate); plain-text TCP only with
+//! `--insecure-tcp`. Creating a chain runs commands as root: nothing
+//! reaches that without authentication.
 //!
 //! Configuration: a TOML file (`--config`, unknown keys refused) whose
 //! values the command-line flags override.
@@ -25,12 +29,24 @@ struct Args {
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// TCP address to listen on (default 127.0.0.1:50051).
-    #[arg(long)]
+    /// Listen on TCP at this address instead of the Unix socket; needs
+    /// mutual TLS (--tls-cert, --tls-key, --tls-client-ca) unless
+    /// --insecure-tcp.
+    #[arg(long, conflicts_with = "unix")]
     listen: Option<SocketAddr>,
-    /// Listen on this Unix socket instead of TCP.
+    /// The Unix socket to listen on (default /run/nham/nhamd.sock), mode
+    /// 0660: root and --socket-group may call.
     #[arg(long)]
     unix: Option<PathBuf>,
+    /// The group (name or number) that may use the Unix socket (default:
+    /// root's group only).
+    #[arg(long)]
+    socket_group: Option<String>,
+    /// Serve TCP without mutual TLS (plain text, or TLS without client
+    /// certificates): whoever reaches the port may run commands as root.
+    /// Logged as a warning at start; for a lab on loopback only.
+    #[arg(long)]
+    insecure_tcp: bool,
     /// Pin SFF threads to this core.
     #[arg(long)]
     sff_core: Option<usize>,
@@ -156,6 +172,10 @@ enum OnExit {
 struct Config {
     listen: Option<SocketAddr>,
     unix: Option<PathBuf>,
+    socket_group: Option<String>,
+    insecure_tcp: Option<bool>,
+    /// Client certificate names per role (mutual TLS).
+    roles: Option<nham_control::api::auth::Roles>,
     sff_core: Option<usize>,
     hold_packets: Option<usize>,
     sff_nice: Option<i32>,
@@ -195,11 +215,47 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("parsing {}", path.display()))?,
         None => Config::default(),
     };
-    let listen = args
-        .listen
-        .or(config.listen)
-        .unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid address"));
-    let unix = args.unix.or(config.unix);
+    // Where the API listens: a Unix socket unless a TCP address is given
+    // (and then only with mutual TLS, unless said otherwise).
+    let listen = args.listen.or(config.listen);
+    let unix = match (args.unix.or(config.unix), listen) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!("listen on a Unix socket (unix) or TCP (listen), not both")
+        }
+        (Some(path), None) => Some(path),
+        (None, Some(_)) => None,
+        (None, None) => Some(PathBuf::from(DEFAULT_SOCKET)),
+    };
+    let tls_cert = args.tls_cert.or(config.tls_cert);
+    let tls_key = args.tls_key.or(config.tls_key);
+    let tls_client_ca = args.tls_client_ca.or(config.tls_client_ca);
+    let insecure_tcp = args.insecure_tcp || config.insecure_tcp.unwrap_or(false);
+    let roles = config.roles;
+    if let Some(addr) = listen {
+        let mutual = tls_cert.is_some() && tls_key.is_some() && tls_client_ca.is_some();
+        if !mutual && !insecure_tcp {
+            anyhow::bail!(
+                "TCP ({addr}) without mutual TLS would let whoever reaches the port run commands \
+                 as root: give tls_cert, tls_key and tls_client_ca, listen on the Unix socket \
+                 (the default, {DEFAULT_SOCKET}), or pass --insecure-tcp"
+            );
+        }
+        if !mutual {
+            tracing::warn!(
+                "--insecure-tcp: the API on {addr} is open to whoever reaches it, and creating a \
+                 chain runs commands as root"
+            );
+        }
+    }
+    match (&roles, &tls_client_ca) {
+        (Some(_), None) => anyhow::bail!(
+            "[roles] needs mutual TLS (tls_client_ca): they are client certificate names"
+        ),
+        (None, Some(_)) => tracing::warn!(
+            "no [roles]: every client whose certificate the client CA signed is an operator"
+        ),
+        _ => {}
+    }
     let sff = SffOptions {
         core: args.sff_core.or(config.sff_core),
         binary: args.sff_bin.or(config.sff_bin),
@@ -279,9 +335,10 @@ async fn main() -> anyhow::Result<()> {
         let api = args
             .advertise_api
             .or(cluster.advertise_api)
-            .unwrap_or_else(|| match &unix {
-                Some(path) => format!("unix:{}", path.display()),
-                None => format!("http://{listen}"),
+            .unwrap_or_else(|| match (&unix, listen) {
+                (None, Some(listen)) if tls_cert.is_some() => format!("https://{listen}"),
+                (None, Some(listen)) => format!("http://{listen}"),
+                _ => format!("unix:{}", path_or_default(&unix)),
             });
         let peer = args.peer_listen.or(cluster.peer_listen);
         let token_file = args.cluster_token_file.or(cluster.token_file).context(
@@ -383,10 +440,7 @@ async fn main() -> anyhow::Result<()> {
     if restored != Default::default() {
         eprintln!("nhamd: recorded chains: {restored:?}");
     }
-    let tls = match (
-        args.tls_cert.or(config.tls_cert),
-        args.tls_key.or(config.tls_key),
-    ) {
+    let tls = match (tls_cert, tls_key) {
         (Some(cert), Some(key)) => {
             anyhow::ensure!(
                 unix.is_none(),
@@ -396,7 +450,7 @@ async fn main() -> anyhow::Result<()> {
                 .identity(nham_control::tls_identity(&cert, &key).with_context(|| {
                     format!("reading {} and {}", cert.display(), key.display())
                 })?);
-            if let Some(ca) = args.tls_client_ca.or(config.tls_client_ca) {
+            if let Some(ca) = tls_client_ca {
                 tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(
                     std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?,
                 ));
@@ -406,7 +460,7 @@ async fn main() -> anyhow::Result<()> {
         (None, None) => None,
         _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
     };
-    let router = nham_control::api::server::router(daemon.clone(), tls).await?;
+    let router = nham_control::api::server::router(daemon.clone(), tls, roles).await?;
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
@@ -415,11 +469,9 @@ async fn main() -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
     };
-    match unix {
-        Some(path) => {
-            let _ = std::fs::remove_file(&path);
-            let listener = tokio::net::UnixListener::bind(&path)
-                .with_context(|| format!("binding {}", path.display()))?;
+    match (unix, listen) {
+        (Some(path), _) => {
+            let listener = bind_unix(&path, args.socket_group.or(config.socket_group))?;
             tracing::info!("nhamd listening on unix:{}", path.display());
             eprintln!("nhamd listening on unix:{}", path.display());
             router
@@ -429,7 +481,8 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .await?;
         }
-        None => {
+        (None, None) => unreachable!("a Unix socket by default"),
+        (None, Some(listen)) => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
@@ -469,6 +522,49 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Sets `/sys/kernel/rcu_expedited`; returns what it was.
+/// Where the API listens when no address is given.
+const DEFAULT_SOCKET: &str = "/run/nham/nhamd.sock";
+
+fn path_or_default(unix: &Option<PathBuf>) -> String {
+    unix.as_deref()
+        .map_or(DEFAULT_SOCKET.to_string(), |p| p.display().to_string())
+}
+
+/// Listens on Unix socket `path` (its directory made if missing, a stale
+/// socket replaced), mode 0660: root and `group` (a name or a number;
+/// root's group if `None`) may connect, nobody else.
+fn bind_unix(
+    path: &std::path::Path,
+    group: Option<String>,
+) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let gid = match group.as_deref() {
+        None => None,
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(n) => nix::unistd::Gid::from_raw(n),
+            Err(_) => {
+                nix::unistd::Group::from_name(g)
+                    .with_context(|| format!("looking up group {g}"))?
+                    .with_context(|| format!("socket_group {g}: no such group"))?
+                    .gid
+            }
+        }),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod 0660 {}", path.display()))?;
+    if let Some(gid) = gid {
+        nix::unistd::chown(path, None, Some(gid))
+            .with_context(|| format!("chgrp {gid} {}", path.display()))?;
+    }
+    Ok(listener)
+}
+
 fn expedite_rcu(on: bool) -> anyhow::Result<bool> {
     const KNOB: &str = "/sys/kernel/rcu_expedited";
     let before = std::fs::read_to_string(KNOB)

@@ -1046,25 +1046,25 @@ impl Cluster {
     fn peer_call<T>(
         &self,
         host: &str,
-        only_alive: bool,
         call: impl std::future::Future<Output = Result<T, tonic::Status>>,
     ) -> Result<T, hosting::HostingError> {
-        self.peer_task(host, only_alive, async {
+        self.peer_task(host, async {
             call.await.map_err(|s| status_error(host, &s))
         })
     }
 
-    /// Waits (blocking, on the cluster's runtime) for `task`, work with
-    /// host `host`, given up (`UNAVAILABLE`) once the host is judged down
-    /// meanwhile: what it was asked is lost with it, and whoever waits (a
-    /// checkpoint of a VNF there, its recovery) goes on at once rather than
-    /// after the call's timeout (seconds) or the host's return. With
-    /// `only_alive`, refused at once if it is judged down already (a
-    /// stop, sent to a host down or cut off for when it is back, is not).
+    /// Waits (blocking, on the cluster's runtime) for `task`, work on an
+    /// incarnation that runs on host `host` (probe, signal, dump, fetch:
+    /// a checkpoint's steps), refused (`HostDown`) if the host is judged
+    /// down, and given up once it is judged down meanwhile: the incarnation
+    /// is lost with it, and the checkpoint that waits (holding the VNF's
+    /// agent, while held packets pile up) ends at once rather than after
+    /// the call's timeout (seconds) or the host's return. (Calls that
+    /// start or stop an incarnation there are never given up half-way: a
+    /// host judged down may still be running and do it.)
     fn peer_task<T>(
         &self,
         host: &str,
-        only_alive: bool,
         task: impl std::future::Future<Output = Result<T, hosting::HostingError>>,
     ) -> Result<T, hosting::HostingError> {
         // (Subscribed before the check: a judgement in between is heard.)
@@ -1075,7 +1075,7 @@ impl Cluster {
                 .is_some_and(|m| matches!(m.liveness, Liveness::Down { .. }))
         };
         let lost = || hosting::HostingError::HostDown(host.to_string());
-        if only_alive && down() {
+        if down() {
             return Err(lost());
         }
         self.runtime.block_on(async {
@@ -1117,7 +1117,9 @@ impl Cluster {
         // A VNF may take seconds to listen.
         let (mut client, request) = self.prepare(host, true, request, Duration::from_secs(30))?;
         let answer = self
-            .peer_call(host, false, async { client.run_vnf(request).await })?
+            .runtime
+            .block_on(client.run_vnf(request))
+            .map_err(|s| status_error(host, &s))?
             .into_inner();
         running(host, answer)
     }
@@ -1151,7 +1153,9 @@ impl Cluster {
         // (Asked even if it is not alive now: it may be cut off only.)
         let (mut client, request) =
             self.prepare(host, false, hosted_api(key), Duration::from_secs(5))?;
-        self.peer_call(host, false, async { client.stop_vnf(request).await })?;
+        self.runtime
+            .block_on(client.stop_vnf(request))
+            .map_err(|s| status_error(host, &s))?;
         Ok(())
     }
 
@@ -1205,7 +1209,7 @@ impl Cluster {
         let (mut client, request) =
             self.prepare(host, false, hosted_api(key), Duration::from_secs(1))?;
         let p = self
-            .peer_call(host, true, async { client.probe_vnf(request).await })?
+            .peer_call(host, async { client.probe_vnf(request).await })?
             .into_inner();
         Ok(hosting::Probe {
             rmem: p.rmem,
@@ -1238,7 +1242,7 @@ impl Cluster {
             },
             Duration::from_secs(1),
         )?;
-        self.peer_call(host, true, async { client.signal_vnf(request).await })?;
+        self.peer_call(host, async { client.signal_vnf(request).await })?;
         Ok(())
     }
 
@@ -1260,7 +1264,7 @@ impl Cluster {
             Duration::from_secs(10),
         )?;
         let r = self
-            .peer_call(host, true, async { client.dump_vnf(request).await })?
+            .peer_call(host, async { client.dump_vnf(request).await })?
             .into_inner();
         Ok(crate::vsm::criu::DumpReport {
             duration: Duration::from_secs_f64(r.dump_ms / 1e3),
@@ -1288,7 +1292,7 @@ impl Cluster {
             Duration::from_secs(30),
         )?;
         let err = |s: tonic::Status| status_error(host, &s);
-        self.peer_task(host, true, async {
+        self.peer_task(host, async {
             let mut stream = client.fetch_image(request).await.map_err(err)?.into_inner();
             let Some(Part::Header(h)) = stream.message().await.map_err(err)?.and_then(|m| m.part)
             else {
@@ -1349,9 +1353,9 @@ impl Cluster {
             Duration::from_secs(10),
         )?;
         let answer = self
-            .peer_call(host, false, async {
-                client.activate_standby(request).await
-            })?
+            .runtime
+            .block_on(client.activate_standby(request))
+            .map_err(|s| status_error(host, &s))?
             .into_inner();
         running(host, answer)
     }
@@ -1386,13 +1390,15 @@ impl Cluster {
             Duration::from_secs(30),
         )?;
         let answer = self
-            .peer_call(host, false, async {
+            .runtime
+            .block_on(async {
                 if stage.is_some() {
                     client.stage_standby(request).await
                 } else {
                     client.restore_vnf(request).await
                 }
-            })?
+            })
+            .map_err(|s| status_error(host, &s))?
             .into_inner();
         running(host, answer)
     }

@@ -534,10 +534,15 @@ pub struct LocalSff {
     ahead: Ahead,
 }
 
-/// Per hop, the standby port a `PrepareStandby` opened, until its
-/// `AttachStandby` takes it (or another `PrepareStandby` of the hop
-/// closes it).
-type Ahead = Arc<Mutex<BTreeMap<usize, Prepared>>>;
+/// Per hop, the standby port a `PrepareStandby` opened (for that spec,
+/// at that time), until its `AttachStandby` takes it, another
+/// `PrepareStandby` of the hop replaces it, or it is [`AHEAD_FOR`] old
+/// (the attach never came: its asker gave the copy up).
+type Ahead = Arc<Mutex<BTreeMap<usize, (PortSpec, Instant, Prepared)>>>;
+
+/// How long a standby port opened ahead waits for its attach (which comes
+/// within milliseconds when it comes).
+const AHEAD_FOR: Duration = Duration::from_secs(5);
 
 impl LocalSff {
     /// Asks the SFF thread `request` and waits for its answer. A new port
@@ -548,6 +553,16 @@ impl LocalSff {
         // (Not a ReplaceMember's: one refused as busy is asked again at
         // once, and the socket dropped here would still hold its queue.)
         let ahead = || self.ahead.lock().unwrap_or_else(PoisonError::into_inner);
+        // (Ports whose attach never came are closed after the lock.)
+        let stale: Vec<_> = {
+            let mut ports = ahead();
+            let old: Vec<usize> = (ports.iter())
+                .filter(|(_, (_, at, _))| at.elapsed() > AHEAD_FOR)
+                .map(|(&hop, _)| hop)
+                .collect();
+            old.iter().filter_map(|hop| ports.remove(hop)).collect()
+        };
+        drop(stale);
         let prepared = match (&request, self.prepare) {
             (Request::PrepareStandby { hop, spec }, Some(config)) => {
                 let port = Prepared {
@@ -560,13 +575,17 @@ impl LocalSff {
                 };
                 // (One closed here, not attached, is dropped after the
                 // lock.)
-                let before = ahead().insert(*hop, port);
+                let before = ahead().insert(*hop, (spec.clone(), Instant::now(), port));
                 drop(before);
                 return Ok(answer);
             }
             (Request::PrepareStandby { .. }, None) => return Ok(Response::Ok),
             (Request::AttachStandby { hop, spec }, Some(config)) => {
-                let opened = ahead().remove(hop).filter(|p| p.iface == spec.iface);
+                // (Only the port opened for this very spec: an interface
+                // of that name may have been made again since.)
+                let opened = (ahead().remove(hop))
+                    .filter(|(ahead, _, _)| ahead == spec)
+                    .map(|(_, _, port)| port);
                 Some(opened.unwrap_or_else(|| Prepared {
                     iface: spec.iface.clone(),
                     attached: attach(spec, config),
