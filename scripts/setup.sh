@@ -23,11 +23,12 @@ CRIU_MIN="4.2"
 
 # Packages the project itself needs (build of the eBPF program and AF_XDP
 # crates, gRPC code generation, namespaces, tshark for the dissection test,
-# gdb for the stacks the HA harness prints when a recovery stalls, and
-# etcd-server for the lab of hosts' etcd cluster).
+# gdb for the stacks the HA harness prints when a recovery stalls,
+# etcd-server for the lab of hosts' etcd cluster, and prometheus for promtool,
+# which checks the metrics a scrape returns and the alert rules).
 PROJECT_PKGS=(clang llvm libbpf-dev libelf-dev zlib1g-dev m4 make pkg-config
   protobuf-compiler iproute2 tshark python3 xz-utils ca-certificates openssl gdb
-  etcd-server)
+  etcd-server prometheus)
 # What building CRIU from source needs.
 CRIU_BUILD_PKGS=(gcc make pkg-config libprotobuf-c-dev protobuf-c-compiler
   libprotobuf-dev protobuf-compiler libnl-3-dev libnet1-dev libcap-dev libaio-dev

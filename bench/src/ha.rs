@@ -1056,7 +1056,7 @@ fn trial(
                 // 1R-AA replica to be restored from) before the fault.
                 std::thread::sleep(Duration::from_millis(600));
             }
-            let t0 = Instant::now();
+            let mut t0 = Instant::now();
             round_unix_ns.push(unix_ns());
             let mut failed_host = None;
             // Recoveries to wait for, per victim: one per member failed.
@@ -1130,6 +1130,13 @@ fn trial(
                 let h = hosts
                     .as_deref_mut()
                     .context("host failures need the lab's hosts")?;
+                // The round's fault is the host's failure itself, not the
+                // question of where the victim runs (a GetChain round trip
+                // to a busy daemon, which took milliseconds of it).
+                t0 = Instant::now();
+                if let Some(at) = round_unix_ns.last_mut() {
+                    *at = unix_ns();
+                }
                 if spec.host_restarts {
                     h.kill_nhamd(i);
                     h.start_nhamd(i, &spec.nhamd)?;

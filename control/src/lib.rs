@@ -38,6 +38,7 @@ pub mod chain;
 pub mod cluster;
 pub mod error;
 pub mod fms;
+pub mod metrics;
 pub mod plan;
 pub mod runtime;
 pub mod service;

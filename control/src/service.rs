@@ -56,6 +56,7 @@ mod failure_detector;
 mod failure_recovery;
 mod hosts;
 mod mechanism;
+mod metrics_snapshot;
 mod remote_members;
 mod remote_vnfs;
 mod requests;

@@ -1371,3 +1371,206 @@ fn nhamd_is_secure_by_default() {
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Metrics (issue 15, item 2): `/metrics` answers a scrape in Prometheus'
+/// text format with the daemon's state (`nham_up`, build info) and what
+/// events added (a failure by cause and mechanism, its detection time),
+/// and `promtool check metrics` (Debian's `prometheus` package, installed
+/// by scripts/setup.sh) finds nothing wrong with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_and_promtool_accepts_them() {
+    use nham_control::service::events::{Event, VnfEvent};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = std::env::temp_dir().join(unique_name("nham-metrics-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = StateOptions {
+        store: Arc::new(Store::open(&dir.join("state")).unwrap()),
+        logs: dir.join("logs"),
+        scratch: dir.join("scratch"),
+        checkpoint_concurrency: 1,
+        copies: None,
+        cluster: None,
+        checkpoint_interval: Duration::from_millis(500),
+        probe_interval: Duration::from_millis(50),
+        probe_threshold: 3,
+    };
+    let daemon = Daemon::new(SffOptions::default(), state);
+    let metrics = Arc::new(nham_control::metrics::Metrics::new());
+    nham_control::api::metrics_http::follow(&daemon, metrics.clone());
+    let event = |event| VnfEvent {
+        time_unix_nanos: 1,
+        chain: "web".into(),
+        vnf: "fw".into(),
+        event,
+    };
+    metrics.observe(
+        &event(Event::FailureDetected {
+            cause: "process exited".into(),
+            detection_ms: 0.8,
+        }),
+        Some("1r-aa"),
+    );
+    metrics.observe(
+        &event(Event::VnfInputDropped {
+            member: 0,
+            frames: 4,
+            budget_bytes: 0,
+        }),
+        Some("1r-aa"),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(nham_control::api::metrics_http::serve(
+        listener,
+        daemon.clone(),
+        metrics,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    for want in [
+        "nham_up 1",
+        "nham_build_info{version=",
+        r#"nham_vnf_failures_total{chain="web",vnf="fw",mechanism="1r-aa",cause="process exited"} 1"#,
+        r#"nham_failure_detection_seconds_count{chain="web",vnf="fw",mechanism="1r-aa"} 1"#,
+        r#"nham_vnf_input_dropped_frames_total{chain="web",vnf="fw"} 4"#,
+    ] {
+        assert!(body.contains(want), "{want} not in\n{body}");
+    }
+    // Asked for OpenMetrics (as Prometheus asks), OpenMetrics.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"GET /metrics HTTP/1.0\r\nAccept: application/openmetrics-text;version=1.0.0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut open = String::new();
+    s.read_to_string(&mut open).await.unwrap();
+    assert!(open.contains("application/openmetrics-text"), "{open}");
+    assert!(open.trim_end().ends_with("# EOF"), "{open}");
+    let file = dir.join("scrape.txt");
+    std::fs::write(&file, body).unwrap();
+    let checked = std::process::Command::new("promtool")
+        .arg("check")
+        .arg("metrics")
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .expect("promtool (scripts/setup.sh installs Debian's prometheus package)");
+    assert!(
+        checked.status.success(),
+        "promtool check metrics:\n{}{}\n{body}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The alert rules shipped for Alertmanager (`packaging/alerts.yml`) are
+/// accepted by `promtool check rules`.
+#[test]
+fn the_alert_rules_pass_promtool() {
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/alerts.yml");
+    let checked = std::process::Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(&rules)
+        .output()
+        .expect("promtool (scripts/setup.sh installs Debian's prometheus package)");
+    assert!(
+        checked.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+/// Health says what is so (issue 15, item 2): SERVING while the state
+/// directory is there, NOT_SERVING within seconds of it going (and
+/// SERVING again once it is back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_state_directory() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let dir = std::env::temp_dir().join(unique_name("nham-health-"));
+    let state_dir = dir.join("state");
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = StateOptions {
+        store: Arc::new(Store::open(&state_dir).unwrap()),
+        logs: dir.join("logs"),
+        scratch: dir.join("scratch"),
+        checkpoint_concurrency: 1,
+        copies: None,
+        cluster: None,
+        checkpoint_interval: Duration::from_millis(500),
+        probe_interval: Duration::from_millis(50),
+        probe_threshold: 3,
+    };
+    let daemon = Daemon::new(SffOptions::default(), state);
+    let router = nham_control::api::server::router(daemon, None, None)
+        .await
+        .unwrap();
+    let sock = dir.join("nhamd.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+        tokio_stream::wrappers::UnixListenerStream::new(listener),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let channel = nham_control::connect(&format!("unix:{}", sock.display()))
+        .await
+        .unwrap();
+    let health = || {
+        let channel = channel.clone();
+        async move {
+            tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "nham.v1.ChainService".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+        }
+    };
+    let becomes = |want: ServingStatus| {
+        let health = health.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                if health().await == want as i32 {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "health never {want:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    becomes(ServingStatus::Serving).await;
+    let moved = dir.join("state.away");
+    std::fs::rename(&state_dir, &moved).unwrap();
+    becomes(ServingStatus::NotServing).await;
+    std::fs::rename(&moved, &state_dir).unwrap();
+    becomes(ServingStatus::Serving).await;
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -46,6 +46,30 @@ pub async fn router(
     health_reporter
         .set_serving::<host_service_server::HostServiceServer<HostSvc>>()
         .await;
+    // The health service says what is so: NOT_SERVING while the state
+    // database or a chain's SFF does not answer (read each second).
+    {
+        let reporter = health_reporter.clone();
+        let daemon = Arc::downgrade(&daemon);
+        tokio::spawn(async move {
+            let mut was = true;
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let Some(d) = daemon.upgrade() else { return };
+                let serving = d.metrics_snapshot().await.serving;
+                drop(d);
+                if serving != was {
+                    set_health(&reporter, serving).await;
+                    if serving {
+                        tracing::info!("health: SERVING again");
+                    } else {
+                        tracing::warn!("health: NOT_SERVING (the state database or a chain's SFF does not answer)");
+                    }
+                    was = serving;
+                }
+            }
+        });
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -71,6 +95,21 @@ pub async fn router(
             daemon.clone(),
         )))
         .add_service(host_service_server::HostServiceServer::new(HostSvc(daemon))))
+}
+
+/// Sets every service's health (and the server's, `""`).
+async fn set_health(reporter: &tonic_health::server::HealthReporter, serving: bool) {
+    use tonic_health::ServingStatus::{NotServing, Serving};
+    let status = if serving { Serving } else { NotServing };
+    for name in [
+        "",
+        "nham.v1.ChainService",
+        "nham.v1.VnfService",
+        "nham.v1.EventService",
+        "nham.v1.HostService",
+    ] {
+        reporter.set_service_status(name, status).await;
+    }
 }
 
 /// `HostService` over a [`Daemon`].

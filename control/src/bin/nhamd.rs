@@ -47,6 +47,10 @@ struct Args {
     /// Logged as a warning at start; for a lab on loopback only.
     #[arg(long)]
     insecure_tcp: bool,
+    /// Serve Prometheus metrics on `http://ADDR/metrics` (default: off).
+    /// Plain HTTP, read-only: keep it on loopback or a management network.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Pin SFF threads to this core.
     #[arg(long)]
     sff_core: Option<usize>,
@@ -174,6 +178,7 @@ struct Config {
     unix: Option<PathBuf>,
     socket_group: Option<String>,
     insecure_tcp: Option<bool>,
+    metrics_listen: Option<SocketAddr>,
     /// Client certificate names per role (mutual TLS).
     roles: Option<nham_control::api::auth::Roles>,
     sff_core: Option<usize>,
@@ -460,6 +465,25 @@ async fn main() -> anyhow::Result<()> {
         (None, None) => None,
         _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
     };
+    if let Some(addr) = args.metrics_listen.or(config.metrics_listen) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics listener {addr}"))?;
+        tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
+        let metrics = std::sync::Arc::new(nham_control::metrics::Metrics::new());
+        nham_control::api::metrics_http::follow(&daemon, metrics.clone());
+        let served = nham_control::api::metrics_http::serve(
+            listener,
+            daemon.clone(),
+            metrics,
+            std::future::pending(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = served.await {
+                tracing::error!("metrics listener: {e}");
+            }
+        });
+    }
     let router = nham_control::api::server::router(daemon.clone(), tls, roles).await?;
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

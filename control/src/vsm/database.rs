@@ -168,6 +168,12 @@ impl Store {
         &self.dir
     }
 
+    /// Whether the database answers a read and the state directory is
+    /// there (what the health service and `nham_up` report).
+    pub fn healthy(&self) -> bool {
+        self.chains().is_ok() && self.dir.is_dir()
+    }
+
     /// Stores the CRIU image directory `images` as checkpoint `id` of
     /// `chain`/`vnf`: compressed, hashed, synced, then indexed.
     pub fn put(
