@@ -1548,20 +1548,17 @@ async fn health_follows_the_state_directory() {
                 .status
         }
     };
-    let becomes = |want: ServingStatus| {
-        let health = health.clone();
-        async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            loop {
-                if health().await == want as i32 {
-                    return;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "health never {want:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    let becomes = |want: ServingStatus| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if health().await == want as i32 {
+                return;
             }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "health never {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
     becomes(ServingStatus::Serving).await;
