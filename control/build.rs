@@ -6,6 +6,13 @@ fn main() {
     let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("nham_v1_descriptor.bin"))
+        // (nhamctl prints answers and events as JSON and YAML, keyed by
+        // the proto's field names; a oneof by its field's name.)
+        .type_attribute(".nham.v1", "#[derive(serde::Serialize)]")
+        .type_attribute(
+            ".nham.v1.WatchEventsResponse.event",
+            "#[serde(rename_all = \"snake_case\")]",
+        )
         .compile_protos(&["../proto/nham/v1/nham.proto"], &["../proto"])
         .unwrap_or_else(|e| {
             panic!("compiling nham.proto: {e} (is protobuf-compiler installed? scripts/setup.sh)")

@@ -829,7 +829,10 @@ fn clients(
     let vnfs = VnfClient::new(channel.clone());
     let mut events = EventClient::new(channel);
     let mut stream = rt
-        .block_on(events.watch_events(api::WatchEventsRequest { chain: "ha".into() }))?
+        .block_on(events.watch_events(api::WatchEventsRequest {
+            chain: "ha".into(),
+            since_id: None,
+        }))?
         .into_inner();
     let sink = log.clone();
     rt.spawn(async move {

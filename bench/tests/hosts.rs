@@ -284,6 +284,7 @@ async fn host_changes(
     let mut stream = EventServiceClient::new(channel)
         .watch_events(WatchEventsRequest {
             chain: String::new(),
+            since_id: None,
         })
         .await?
         .into_inner();
@@ -702,6 +703,7 @@ impl FarChain {
             .block_on(
                 EventServiceClient::new(channel).watch_events(WatchEventsRequest {
                     chain: "far".into(),
+                    since_id: None,
                 }),
             )
             .expect("events")
@@ -1153,6 +1155,7 @@ fn published_and_routed(far: &mut FarChain) {
         let watch = nham_control::api::event_service_client::EventServiceClient::new(c.clone())
             .watch_events(nham_control::api::WatchEventsRequest {
                 chain: "far".into(),
+                since_id: None,
             })
             .await
             .map(|_| ())

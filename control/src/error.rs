@@ -69,9 +69,9 @@ pub enum ControlError {
     /// Something did not happen in time.
     #[error("{0}")]
     DeadlineExceeded(String),
-    /// A client read events too slowly and some were dropped.
-    #[error("event stream lagged: {0} events were dropped")]
-    EventsLagged(u64),
+    /// Asked for what is no longer kept (events to resume from).
+    #[error("{0}")]
+    OutOfRange(String),
     /// A VNF process could not be started or signalled.
     #[error("VNF process: {0}")]
     Process(String),
@@ -132,7 +132,7 @@ impl ControlError {
             Self::Unimplemented(_) => Code::Unimplemented,
             Self::FailedPrecondition(_) | Self::OwnedElsewhere { .. } => Code::FailedPrecondition,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            Self::EventsLagged(_) => Code::DataLoss,
+            Self::OutOfRange(_) => Code::OutOfRange,
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Remote(e) => remote_code(e),

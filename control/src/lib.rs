@@ -122,6 +122,52 @@ pub async fn list_services(
     Ok(out)
 }
 
+/// How `nhamd` and its SFF processes write their logs (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of text per event.
+    #[default]
+    Text,
+    /// One JSON object per event (for log collectors).
+    Json,
+}
+
+impl LogFormat {
+    /// The environment variable that carries it to the SFF processes.
+    pub const ENV: &'static str = "NHAM_LOG_FORMAT";
+
+    /// As `NHAM_LOG_FORMAT` says (text unless it says `json`).
+    pub fn from_env() -> Self {
+        match std::env::var(Self::ENV).as_deref() {
+            Ok("json") => Self::Json,
+            _ => Self::Text,
+        }
+    }
+
+    /// Its name, as `NHAM_LOG_FORMAT` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+}
+
+/// Logs to stderr in `format`, filtered as `RUST_LOG` says (`info` when
+/// unset).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
 /// The executable `name` installed beside the running one: in the same
 /// directory, or one up when the running one is a test binary in
 /// `target/*/deps`.

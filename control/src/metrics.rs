@@ -559,6 +559,7 @@ mod tests {
 
     fn event(vnf: &str, event: Event) -> VnfEvent {
         VnfEvent {
+            id: 0,
             time_unix_nanos: 1_000_000_000,
             chain: "web".into(),
             vnf: vnf.into(),

@@ -25,6 +25,7 @@ use thiserror::Error;
 
 pub mod cgroup;
 pub mod exits;
+pub mod logs;
 pub mod process;
 mod sff;
 pub mod spawn;

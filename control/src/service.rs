@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{broadcast, Mutex};
@@ -102,7 +102,13 @@ pub struct Daemon {
     outcomes: std::sync::Mutex<BTreeMap<VnfId, tokio::sync::watch::Sender<Outcome>>>,
     /// The cluster of hosts this daemon takes part in, if any.
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// The last events sent, for watchers that resume ([`EVENT_LOG`]).
+    event_log: std::sync::Mutex<std::collections::VecDeque<VnfEvent>>,
 }
+
+/// How many events the daemon keeps for watchers that resume after a
+/// disconnect (`WatchEvents.since_id`).
+pub const EVENT_LOG: usize = 4096;
 
 /// How a VNF's last recovery ended: what a `HealVnf` waits on (never a
 /// sleep loop).
@@ -265,6 +271,7 @@ fn recovery_finished(chain: &str, vnf: &str, r: RecoveryStats, took: Duration) -
 
 fn event(chain: &str, vnf: &str, event: Event) -> VnfEvent {
     VnfEvent {
+        id: 0,
         time_unix_nanos: now_nanos(),
         chain: chain.to_string(),
         vnf: vnf.to_string(),
@@ -291,6 +298,7 @@ impl Daemon {
             outcomes: std::sync::Mutex::default(),
             changing: std::sync::Mutex::default(),
             cluster: std::sync::OnceLock::new(),
+            event_log: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(EVENT_LOG)),
         })
     }
 
@@ -327,8 +335,44 @@ impl Daemon {
         }
     }
 
-    fn emit(&self, e: VnfEvent) {
+    /// Sends event `e` to its watchers, numbered, and keeps it in the
+    /// event log (the last [`EVENT_LOG`]) for watchers that resume.
+    fn emit(&self, mut e: VnfEvent) {
+        // (Numbered and sent under the log's lock: ids leave in order.)
+        let mut log = self
+            .event_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        e.id = log.back().map_or(1, |last| last.id + 1);
+        if log.len() == EVENT_LOG {
+            log.pop_front();
+        }
+        log.push_back(e.clone());
         let _ = self.events.send(e);
+    }
+
+    /// The events kept after `since` (by id), and whether every event
+    /// after it is still kept (`false`: some fell out of the log).
+    pub fn events_since(&self, since: u64) -> (Vec<VnfEvent>, bool) {
+        let log = self
+            .event_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let complete = log.front().is_none_or(|first| first.id <= since + 1);
+        (
+            log.iter().filter(|e| e.id > since).cloned().collect(),
+            complete,
+        )
+    }
+
+    /// The id of the last event sent (0: none yet).
+    pub fn last_event_id(&self) -> u64 {
+        (self
+            .event_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))
+        .back()
+        .map_or(0, |e| e.id)
     }
 
     /// Creates a chain.

@@ -272,6 +272,7 @@ async fn a_crash_is_detected_through_the_pidfd_and_the_vnf_restarted() {
     let mut stream = events
         .watch_events(api::WatchEventsRequest {
             chain: "web".into(),
+            since_id: None,
         })
         .await
         .unwrap()
@@ -553,7 +554,10 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
     let mut chains = ChainServiceClient::new(channel.clone());
     let mut vnfs = VnfServiceClient::new(channel.clone());
     let mut events = EventServiceClient::new(channel.clone())
-        .watch_events(api::WatchEventsRequest { chain: "rt".into() })
+        .watch_events(api::WatchEventsRequest {
+            chain: "rt".into(),
+            since_id: None,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -1058,7 +1062,10 @@ async fn a_slow_chain_holds_up_no_other() {
     let mut vnfs = VnfServiceClient::new(connect().await.unwrap());
     let mut events = EventServiceClient::new(connect().await.unwrap());
     let mut stream = events
-        .watch_events(api::WatchEventsRequest { chain: "a".into() })
+        .watch_events(api::WatchEventsRequest {
+            chain: "a".into(),
+            since_id: None,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -1193,7 +1200,10 @@ async fn a_slow_chain_holds_up_no_other() {
     // B's VNF under traffic: it reads none of it (a hang, as the detector
     // sees it), is judged, killed, and started again: 5 s.
     let mut b_events = events
-        .watch_events(api::WatchEventsRequest { chain: "b".into() })
+        .watch_events(api::WatchEventsRequest {
+            chain: "b".into(),
+            since_id: None,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -1398,6 +1408,7 @@ async fn metrics_are_served_and_promtool_accepts_them() {
     let metrics = Arc::new(nham_control::metrics::Metrics::new());
     nham_control::api::metrics_http::follow(&daemon, metrics.clone());
     let event = |event| VnfEvent {
+        id: 0,
         time_unix_nanos: 1,
         chain: "web".into(),
         vnf: "fw".into(),
@@ -1570,4 +1581,170 @@ async fn health_follows_the_state_directory() {
     let _ = stop_tx.send(());
     let _ = server.await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `nhamctl` for people and scripts (issue 15, item 6): `create -f` takes a
+/// whole spec (rules with prefixes and port ranges, env, a quoted command
+/// line), `-o json` prints stable views (names, not enum numbers), tables
+/// by default, `--help` lists allowed values, and the exit code says the
+/// error's class (3 not found, 4 invalid argument, 5 refused in this
+/// state, 2 a bad command line).
+#[test]
+fn nhamctl_scripts_well() {
+    let h = Harness::start();
+    let nhamctl =
+        nham_control::sibling_binary("nhamctl").expect("nhamctl (cargo build -p nham-control)");
+    let dir = std::env::temp_dir().join(unique_name("nhamctl-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&nhamctl)
+            .arg("--addr")
+            .arg(&h.addr)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let file = dir.join("chain.toml");
+    std::fs::write(
+        &file,
+        r#"
+name = "web"
+spi = 9
+ingress = "in0"
+egress = "out0"
+checkpoint_interval_ms = 500
+
+[[rules]]
+protocol = 17
+dst_prefix = "10.0.0.0/8"
+dst_port = "1000-2000"
+
+[[vnfs]]
+name = "fw"
+mechanism = "0r"
+command = "python3 -c 'import socket, time; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); time.sleep(600)'"
+env = { MODE = "strict" }
+"#,
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    let (code, out, err) = run(&["-o", "json", "create", "-f", &file]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let chain: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(chain["name"], "web");
+    assert_eq!(chain["state"], "running");
+    assert_eq!(chain["vnfs"][0]["mechanism"], "0r");
+    assert_eq!(chain["vnfs"][0]["state"], "running");
+    let (code, out, err) = run(&["list"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.starts_with("CHAIN") && out.contains("web") && out.contains("0r"),
+        "{out}"
+    );
+    // Errors by class.
+    for (args, want) in [
+        (vec!["get", "nothing"], 3),
+        (vec!["checkpoint", "web", "nothing"], 3),
+        (
+            vec!["set-mechanism", "web", "fw", "mr-aa", "--replicas", "99"],
+            4,
+        ),
+        (vec!["set-mechanism", "web", "fw", "sideways"], 2),
+    ] {
+        let (code, out, err) = run(&args);
+        assert_eq!(code, Some(want), "{args:?}: {out}{err}");
+    }
+    let (_, help, _) = run(&["set-mechanism", "--help"]);
+    assert!(help.contains("1r-aa") && help.contains("mr-aa"), "{help}");
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(h);
+}
+
+/// Events for orchestrators (issue 15, item 7): each has an id, one more
+/// than the one before; a watcher that resumes with `since_id` first gets
+/// the events after it that the daemon kept, in order, then new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_have_ids_and_a_watcher_resumes_after_the_last_it_saw() {
+    let h = tokio::task::spawn_blocking(Harness::start).await.unwrap();
+    let channel = nham_control::connect(&h.addr).await.unwrap();
+    let mut chains = ChainServiceClient::new(channel.clone());
+    chains
+        .create_chain(api::CreateChainRequest {
+            spec: Some(spec("ids", 11, &["fw"], api::Mechanism::None)),
+        })
+        .await
+        .unwrap();
+    let watch = |since_id| {
+        let channel = channel.clone();
+        async move {
+            EventServiceClient::new(channel)
+                .watch_events(api::WatchEventsRequest {
+                    chain: "ids".into(),
+                    since_id,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    // From the start: the chain's creation comes back, numbered.
+    let mut from_start = watch(Some(0)).await;
+    let first = tokio::time::timeout(Duration::from_secs(5), from_start.message())
+        .await
+        .expect("the kept events")
+        .unwrap()
+        .unwrap();
+    assert!(first.id >= 1, "{first:?}");
+    assert!(
+        matches!(
+            first.event,
+            Some(api::watch_events_response::Event::ChainCreated(_))
+        ),
+        "{first:?}"
+    );
+    // New events after it: ids go up by one per event the daemon sent.
+    chains
+        .delete_chain(api::DeleteChainRequest { name: "ids".into() })
+        .await
+        .unwrap();
+    let deleted = loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), from_start.message())
+            .await
+            .expect("ChainDeleted")
+            .unwrap()
+            .unwrap();
+        assert!(e.id > first.id, "{e:?}");
+        if matches!(
+            e.event,
+            Some(api::watch_events_response::Event::ChainDeleted(_))
+        ) {
+            break e;
+        }
+    };
+    // Resuming after the creation: what came after it, the deletion last.
+    let mut resumed = watch(Some(first.id)).await;
+    let again = loop {
+        let e = tokio::time::timeout(Duration::from_secs(5), resumed.message())
+            .await
+            .expect("the kept events after the first")
+            .unwrap()
+            .unwrap();
+        assert!(e.id > first.id, "{e:?}");
+        if e.id == deleted.id {
+            break e;
+        }
+    };
+    assert!(matches!(
+        again.event,
+        Some(api::watch_events_response::Event::ChainDeleted(_))
+    ));
+    // (The daemon's graceful stop waits for open streams: close them
+    // first.)
+    drop((from_start, resumed, chains, channel));
+    drop(h);
 }

@@ -62,18 +62,23 @@ fn main() {
                 // The main job: nhamd protects a live 4-VNF chain with each
                 // mechanism while VNFs crash (needs the nhamd and nham-vnf
                 // binaries next to nham-bench).
+                eprintln!(
+                    "xtask demo: building nhamd, nham-sff, nhamctl, nham-vnf and nham-bench \
+                     (release: the demo runs real chains at speed; a first build takes about five \
+                     minutes on two cores, cargo shows its progress)"
+                );
                 run(
                     "cargo",
                     &[
                         "build",
                         "--release",
-                        "--quiet",
                         "-p",
                         "nham-bench",
                         "-p",
                         "nham-control",
                     ],
                 );
+                eprintln!("xtask demo: built; running the demo");
                 let bench = repo_root().join("target/release/nham-bench");
                 run(&bench.display().to_string(), &["demo"]);
                 // Larger failure patterns (8 VNFs, all at once) on the

@@ -4,7 +4,7 @@
 //! does not allow is `PERMISSION_DENIED`, naming the call and the client.
 //!
 //! - `viewer`: reads only (`GetChain`, `ListChains`, `WatchEvents`,
-//!   `GetStats`, `ListHosts`, health, reflection).
+//!   `GetStats`, `ListHosts`, `GetVersion`, health, reflection).
 //! - `operator`: everything (creating a chain runs its VNFs' commands as
 //!   root).
 //!
@@ -40,6 +40,7 @@ const VIEWER_CALLS: &[&str] = &[
     "/nham.v1.EventService/WatchEvents",
     "/nham.v1.EventService/GetStats",
     "/nham.v1.HostService/ListHosts",
+    "/nham.v1.HostService/GetVersion",
     "/grpc.health.v1.Health/",
     "/grpc.reflection.v1.ServerReflection/",
 ];

@@ -77,6 +77,7 @@ impl From<VnfEvent> for api::WatchEventsResponse {
             }),
         };
         Self {
+            id: e.id,
             time_unix_nanos: e.time_unix_nanos,
             chain: e.chain,
             vnf: e.vnf,

@@ -6,7 +6,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::auth::AuthorizeLayer;
@@ -16,6 +16,7 @@ use super::{
 };
 use crate::api;
 use crate::error::ControlError;
+use crate::service::events::VnfEvent;
 use crate::service::Daemon;
 use crate::validate;
 
@@ -124,6 +125,17 @@ impl host_service_server::HostService for HostSvc {
     ) -> Answer<api::ListHostsResponse> {
         let placed = self.0.placement().await;
         Ok(Response::new(api::encode::hosts(self.0.hosts(), placed)))
+    }
+
+    async fn get_version(
+        &self,
+        _: Request<api::GetVersionRequest>,
+    ) -> Answer<api::GetVersionResponse> {
+        Ok(Response::new(api::GetVersionResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            api: "nham.v1".to_string(),
+            sff_protocol: nham_sff::protocol::PROTOCOL_VERSION,
+        }))
     }
 }
 
@@ -277,8 +289,9 @@ impl event_service_server::EventService for EventSvc {
         &self,
         r: Request<api::WatchEventsRequest>,
     ) -> Answer<Self::WatchEventsStream> {
-        let chain = r.into_inner().chain;
-        let rx = self.0.subscribe(&chain)?;
+        let r = r.into_inner();
+        let (chain, since) = (r.chain, r.since_id);
+        let mut rx = self.0.subscribe(&chain)?;
         // A chain another host owns: its events are that host's to send.
         if !chain.is_empty() {
             if let Err(e) = self.0.get_chain(&chain).await {
@@ -288,15 +301,60 @@ impl event_service_server::EventService for EventSvc {
                 }
             }
         }
-        let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |e| {
-            use tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged;
-            match e {
-                Ok(e) if chain.is_empty() || e.chain == chain => Some(Ok(e.into())),
-                Ok(_) => None,
-                Err(Lagged(n)) => Some(Err(ControlError::EventsLagged(n).into())),
+        // From `since` (what the log still keeps), then as they come; a
+        // reader that falls behind gets what it missed from the log, or
+        // OUT_OF_RANGE once the log no longer has it.
+        let daemon = self.0.clone();
+        let missed = move |after: u64| -> Result<Vec<VnfEvent>, Status> {
+            match daemon.events_since(after) {
+                (events, true) => Ok(events),
+                (_, false) => Err(ControlError::OutOfRange(format!(
+                    "events after {after} are no longer kept (the daemon keeps its last {}): read \
+                     the state (GetChain), then watch again",
+                    crate::service::EVENT_LOG
+                ))
+                .into()),
+            }
+        };
+        let mut sent = match since {
+            Some(after) => after,
+            None => self.0.last_event_id(),
+        };
+        let backlog = match since {
+            Some(after) => missed(after)?,
+            None => Vec::new(),
+        };
+        let (tx, out) = tokio::sync::mpsc::channel::<Result<api::WatchEventsResponse, Status>>(256);
+        let wanted = move |e: &VnfEvent| chain.is_empty() || e.chain == chain;
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            let mut pending = backlog;
+            loop {
+                for e in pending.drain(..) {
+                    if e.id <= sent {
+                        continue;
+                    }
+                    sent = e.id;
+                    if wanted(&e) && tx.send(Ok(e.into())).await.is_err() {
+                        return; // the watcher went
+                    }
+                }
+                match rx.recv().await {
+                    Ok(e) => pending.push(e),
+                    Err(RecvError::Lagged(_)) => match missed(sent) {
+                        Ok(events) => pending = events,
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                    },
+                    Err(RecvError::Closed) => return,
+                }
             }
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
     }
 
     async fn get_stats(&self, r: Request<api::GetStatsRequest>) -> Answer<api::GetStatsResponse> {

@@ -37,6 +37,9 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // As nhamd logs (RUST_LOG, NHAM_LOG_FORMAT), to the file nhamd gave
+    // as stderr.
+    nham_control::init_logging(nham_control::LogFormat::from_env());
     // Before any thread is started: they inherit it.
     if args.nice != 0 {
         rustix::process::setpriority_process(None, args.nice)
@@ -63,14 +66,14 @@ fn main() -> anyhow::Result<()> {
         writeln!(out, "ready {}", std::process::id())?;
         out.flush()?;
     }
-    eprintln!(
-        "nham-sff {}: serving on {}",
-        std::process::id(),
+    tracing::info!(
+        pid = std::process::id(),
+        "serving on {}",
         args.socket.display()
     );
     let result = nham_sff::remote::serve(sff, listener, stop);
     let _ = std::fs::remove_file(&args.socket);
     let stats = result.context("forwarding")?;
-    eprintln!("nham-sff {}: stopped; {stats:?}", std::process::id());
+    tracing::info!(pid = std::process::id(), "stopped; {stats:?}");
     Ok(())
 }

@@ -47,6 +47,15 @@ struct Args {
     /// Logged as a warning at start; for a lab on loopback only.
     #[arg(long)]
     insecure_tcp: bool,
+    /// Log format on stderr, nhamd's and its SFF processes' (default
+    /// text); RUST_LOG filters.
+    #[arg(long, value_enum)]
+    log_format: Option<nham_control::LogFormat>,
+    /// Cap on each VNF's and SFF's log file, bytes (default 16 MiB): a
+    /// file over it is copied to `<name>.1` and emptied (checked every
+    /// 10 s).
+    #[arg(long)]
+    log_max_bytes: Option<u64>,
     /// Serve Prometheus metrics on `http://ADDR/metrics` (default: off).
     /// Plain HTTP, read-only: keep it on loopback or a management network.
     #[arg(long)]
@@ -179,6 +188,8 @@ struct Config {
     socket_group: Option<String>,
     insecure_tcp: Option<bool>,
     metrics_listen: Option<SocketAddr>,
+    log_format: Option<nham_control::LogFormat>,
+    log_max_bytes: Option<u64>,
     /// Client certificate names per role (mutual TLS).
     roles: Option<nham_control::api::auth::Roles>,
     sff_core: Option<usize>,
@@ -203,14 +214,6 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // RUST_LOG (`info` when unset), as operators expect.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
     let config: Config = match &args.config {
         Some(path) => toml::from_str(
@@ -220,6 +223,9 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("parsing {}", path.display()))?,
         None => Config::default(),
     };
+    // RUST_LOG (`info` when unset), as operators expect; text or JSON.
+    let log_format = args.log_format.or(config.log_format).unwrap_or_default();
+    nham_control::init_logging(log_format);
     // Where the API listens: a Unix socket unless a TCP address is given
     // (and then only with mutual TLS, unless said otherwise).
     let listen = args.listen.or(config.listen);
@@ -279,6 +285,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or(nham_sff::PollPolicy::default().spin),
             ..nham_sff::PollPolicy::default()
         },
+        log_format,
     };
     let on_exit = args.on_exit.or(config.on_exit).unwrap_or(OnExit::Keep);
     let state_dir = args
@@ -481,6 +488,36 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(async move {
             if let Err(e) = served.await {
                 tracing::error!("metrics listener: {e}");
+            }
+        });
+    }
+    // VNF and SFF logs stay under their cap.
+    {
+        let max = args
+            .log_max_bytes
+            .or(config.log_max_bytes)
+            .unwrap_or(nham_control::runtime::logs::DEFAULT_MAX_BYTES);
+        let dirs = [
+            state_dir.join("logs"),
+            std::path::PathBuf::from(nham_control::cluster::hosting::HOSTED_DIR),
+        ];
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                let dirs = dirs.clone();
+                let capped = tokio::task::spawn_blocking(move || {
+                    dirs.iter()
+                        .map(|d| nham_control::runtime::logs::cap(d, max))
+                        .sum::<std::io::Result<usize>>()
+                })
+                .await;
+                match capped {
+                    Ok(Ok(0)) | Err(_) => {}
+                    Ok(Ok(n)) => {
+                        tracing::info!("{n} log files over {max} bytes kept as .1 and emptied")
+                    }
+                    Ok(Err(e)) => tracing::warn!("capping logs: {e}"),
+                }
             }
         });
     }

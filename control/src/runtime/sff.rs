@@ -74,6 +74,8 @@ pub struct SffOptions {
     /// The `nham-sff` executable (default: next to this program's, then
     /// `PATH`).
     pub binary: Option<PathBuf>,
+    /// How the SFF processes log (as the daemon does).
+    pub log_format: crate::LogFormat,
 }
 
 impl Default for SffOptions {
@@ -84,6 +86,7 @@ impl Default for SffOptions {
             nice: DEFAULT_SFF_NICE,
             poll: PollPolicy::default(),
             binary: None,
+            log_format: crate::LogFormat::Text,
         }
     }
 }
@@ -205,6 +208,7 @@ pub fn spawn_sff(
         .arg("--socket")
         .arg(socket)
         .arg(format!("--nice={}", opts.nice))
+        .env(crate::LogFormat::ENV, opts.log_format.name())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(out)

@@ -8,6 +8,9 @@ use crate::vsm::checkpointer::CheckpointStats;
 /// An event of chain `chain` (and VNF `vnf`, empty for the chain's own).
 #[derive(Debug, Clone)]
 pub struct VnfEvent {
+    /// Its number: 1, 2, ... in the order the daemon sent them (0 until
+    /// it is sent), for a watcher to resume after a disconnect.
+    pub id: u64,
     /// When, in nanoseconds since the Unix epoch.
     pub time_unix_nanos: u64,
     /// The chain.

@@ -65,6 +65,7 @@ impl Daemon {
                     daemon.on_host_back(host).await;
                 }
                 daemon.emit(VnfEvent {
+                    id: 0,
                     time_unix_nanos: e.time_unix_nanos,
                     chain: String::new(),
                     vnf: String::new(),

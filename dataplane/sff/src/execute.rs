@@ -284,8 +284,9 @@ impl Engine {
             }
         }
         if left == 0 {
-            eprintln!(
-                "nham-sff: hop {hop}: its port still had frames after 4,096 bursts drained on Restored"
+            tracing::warn!(
+                hop,
+                "its port still had frames after 4,096 bursts drained on Restored"
             );
         }
         self.in_flight[hop].iter_mut().for_each(|q| q.clear());

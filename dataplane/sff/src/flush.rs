@@ -94,7 +94,7 @@ impl Engine {
                     }
                     Ok(false) => {}
                     Err(e) => {
-                        eprintln!("nham-sff: reopening a port of hop {i} failed for good: {e}");
+                        tracing::error!(hop = i, "reopening a port failed for good: {e}");
                         self.fatal = Some(e);
                     }
                 }
@@ -214,9 +214,10 @@ impl Engine {
         let left = self
             .port_named(hop, iface)
             .map_or(0, |p| p.tx_outstanding());
-        eprintln!(
-            "nham-sff: {left} frames for the failed VNF stuck in {}'s tx ring: reopening the port",
-            spec.iface
+        tracing::warn!(
+            hop,
+            port = spec.iface,
+            "{left} frames for the failed VNF stuck in its tx ring: reopening the port"
         );
         let (tx, rx) = mpsc::channel();
         let Some(slot) = self.port_slot_named(hop, iface) else {

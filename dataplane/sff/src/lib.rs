@@ -989,8 +989,10 @@ impl Engine {
                 };
                 let d = delta(&mut self.drops.2[i][k], port.kernel_rx_drops());
                 if d > 0 {
-                    eprintln!(
-                        "nham-sff: the kernel dropped {d} outputs of hop {i}'s VNF (member {k}): exactly-once is broken for this hop"
+                    tracing::error!(
+                        hop = i,
+                        member = k,
+                        "the kernel dropped {d} outputs of the VNF: exactly-once is broken for this hop"
                     );
                 }
                 SffCounters::add(&self.counters.vnf_output_kernel_drops, d);
