@@ -1390,63 +1390,89 @@ fn trial(
     for (i, name, pid) in processes {
         let status = &chain.vnfs[i];
         let path = dir.join(format!("{}.json", vnf_name(i)));
-        let _ = std::fs::remove_file(&path);
         if pid == 0 {
             // (kill(0, …) would signal our own process group.)
             mismatch_detail.push(format!("{name} is not running: {status:?}"));
             continue;
         }
-        // Ask again every half second: a signal that lands while CRIU has
-        // the VNF seized for a checkpoint can be lost (the daemon keeps
-        // checkpointing while we ask).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut asked = Instant::now() - Duration::from_secs(1);
-        let bytes = loop {
-            if asked.elapsed() >= Duration::from_millis(500) {
-                nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGUSR1,
-                )
-                .with_context(|| format!("SIGUSR1 to {name} (pid {pid})"))?;
-                asked = Instant::now();
+        // Its state now (SIGUSR1 writes it). Asked again every half second:
+        // a signal that lands while CRIU has the VNF seized for a
+        // checkpoint can be lost (the daemon keeps checkpointing while we
+        // ask).
+        let read_state = || -> Result<Vec<u8>> {
+            let _ = std::fs::remove_file(&path);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut asked = Instant::now() - Duration::from_secs(1);
+            loop {
+                if asked.elapsed() >= Duration::from_millis(500) {
+                    nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGUSR1,
+                    )
+                    .with_context(|| format!("SIGUSR1 to {name} (pid {pid})"))?;
+                    asked = Instant::now();
+                }
+                if let Ok(b) = std::fs::read(&path) {
+                    return Ok(b);
+                }
+                if Instant::now() > deadline {
+                    bail!("{name} did not write its state");
+                }
+                std::thread::sleep(Duration::from_millis(5));
             }
-            if let Ok(b) = std::fs::read(&path) {
-                break b;
-            }
-            if Instant::now() > deadline {
-                bail!("{name} did not write its state");
-            }
-            std::thread::sleep(Duration::from_millis(5));
         };
-        match spec.kinds.get(i) {
-            // A non-deterministic VNF, and every VNF after it, sees traffic
-            // no reference run can predict.
-            Some(_) if spec.kinds[..=i].iter().any(|k| !k.is_deterministic()) => {}
-            Some(kind) => {
-                let got: nham_vnf::State = serde_json::from_slice(&bytes)?;
-                if got != states[i] {
+        // What it says against the failure-free run (`None`: equal, or not
+        // comparable).
+        let differs = |bytes: &[u8]| -> Result<Option<String>> {
+            Ok(match spec.kinds.get(i) {
+                // A non-deterministic VNF, and every VNF after it, sees
+                // traffic no reference run can predict.
+                Some(_) if spec.kinds[..=i].iter().any(|k| !k.is_deterministic()) => None,
+                Some(kind) => {
+                    let got: nham_vnf::State = serde_json::from_slice(bytes)?;
                     let packets =
                         |s: &nham_vnf::State| -> u64 { s.flows.values().map(|c| c.packets).sum() };
-                    mismatch_detail.push(format!(
-                        "{name} ({kind:?}): {} flows / {} packets / {} invalid, want {} / {} / {}",
-                        got.flows.len(),
-                        packets(&got),
-                        got.invalid,
-                        states[i].flows.len(),
-                        packets(&states[i]),
-                        states[i].invalid
-                    ));
+                    (got != states[i]).then(|| {
+                        format!(
+                            "{name} ({kind:?}): {} flows / {} packets / {} invalid, want {} / {} / {}",
+                            got.flows.len(),
+                            packets(&got),
+                            got.invalid,
+                            states[i].flows.len(),
+                            packets(&states[i]),
+                            states[i].invalid
+                        )
+                    })
                 }
-            }
-            None => {
-                let got: serde_json::Value = serde_json::from_slice(&bytes)?;
-                let want = foreign_reference(&expected, trial.received.crc);
-                if got != want {
+                None => {
+                    let got: serde_json::Value = serde_json::from_slice(bytes)?;
+                    let want = foreign_reference(&expected, trial.received.crc);
                     let command = spec.foreign_vnfs[i - spec.kinds.len()].join(" ");
-                    mismatch_detail.push(format!("{name} ({command}): {got} want {want}"));
+                    (got != want).then(|| format!("{name} ({command}): {got} want {want}"))
                 }
+            })
+        };
+        // An MR-AA member restored late may still be catching up when the
+        // sink has everything (the others served): its state is final once
+        // it has caught up, so it is asked again for up to 10 s, and a
+        // state that only came late is said (a member that never reaches
+        // it is a mismatch).
+        let since = Instant::now();
+        let mut found = differs(&read_state()?)?;
+        while found.is_some()
+            && !status.member_pids.is_empty()
+            && since.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(500));
+            found = differs(&read_state()?)?;
+            if found.is_none() {
+                eprintln!(
+                    "{name} reached the failure-free state {:.1} s after the sink had everything (caught up late)",
+                    since.elapsed().as_secs_f64()
+                );
             }
         }
+        mismatch_detail.extend(found);
     }
     rt.block_on(chains.delete_chain(api::DeleteChainRequest { name: "ha".into() }))
         .context("DeleteChain")?;
