@@ -1146,7 +1146,7 @@ fn published_and_routed(far: &mut FarChain) {
     );
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("name: \"far\"") && stderr.contains("asking there"),
+        stdout.contains("chain far (SPI") && stderr.contains("asking there"),
         "{stdout}\n{stderr}"
     );
     // Events of the chain are its owner's to send; its name is taken.

@@ -104,11 +104,19 @@ pub struct Daemon {
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     /// The last events sent, for watchers that resume ([`EVENT_LOG`]).
     event_log: std::sync::Mutex<std::collections::VecDeque<VnfEvent>>,
+    /// The first event's id: the daemon's start, in µs since the Unix
+    /// epoch, so that a restarted daemon's ids are above any of the one
+    /// before (a watcher resuming across a restart is told it missed some).
+    event_base: u64,
 }
 
 /// How many events the daemon keeps for watchers that resume after a
 /// disconnect (`WatchEvents.since_id`).
-pub const EVENT_LOG: usize = 4096;
+pub const EVENT_LOG: usize = 16384;
+
+/// How many events a watcher may fall behind before it reads what it
+/// missed from the log (a quarter of it).
+const EVENT_CHANNEL: usize = EVENT_LOG / 4;
 
 /// How a VNF's last recovery ended: what a `HealVnf` waits on (never a
 /// sleep loop).
@@ -282,7 +290,7 @@ fn event(chain: &str, vnf: &str, event: Event) -> VnfEvent {
 impl Daemon {
     /// A daemon with no chains.
     pub fn new(sff: SffOptions, state: StateOptions) -> Arc<Self> {
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(EVENT_CHANNEL);
         Arc::new(Self {
             chains: Mutex::new(BTreeMap::new()),
             events,
@@ -299,6 +307,9 @@ impl Daemon {
             changing: std::sync::Mutex::default(),
             cluster: std::sync::OnceLock::new(),
             event_log: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(EVENT_LOG)),
+            event_base: (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH))
+                .map_or(1, |d| d.as_micros() as u64)
+                .max(1),
         })
     }
 
@@ -343,7 +354,7 @@ impl Daemon {
             .event_log
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        e.id = log.back().map_or(1, |last| last.id + 1);
+        e.id = log.back().map_or(self.event_base, |last| last.id + 1);
         if log.len() == EVENT_LOG {
             log.pop_front();
         }
@@ -351,28 +362,37 @@ impl Daemon {
         let _ = self.events.send(e);
     }
 
-    /// The events kept after `since` (by id), and whether every event
-    /// after it is still kept (`false`: some fell out of the log).
+    /// The events kept after `since` (by id; 0: every one kept), and
+    /// whether they are every event this daemon sent after it (`false`:
+    /// some fell out of the log, or `since` is no id of this daemon's: one
+    /// from before it restarted, or another host's).
     pub fn events_since(&self, since: u64) -> (Vec<VnfEvent>, bool) {
         let log = self
             .event_log
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let complete = log.front().is_none_or(|first| first.id <= since + 1);
+        let first = log.front().map_or(self.event_base, |e| e.id);
+        let next = log.back().map_or(self.event_base, |e| e.id + 1);
+        let complete = if since == 0 {
+            first == self.event_base
+        } else {
+            since.saturating_add(1) >= first && since < next
+        };
         (
             log.iter().filter(|e| e.id > since).cloned().collect(),
             complete,
         )
     }
 
-    /// The id of the last event sent (0: none yet).
+    /// The id of the last event sent (the one before the first: none
+    /// yet).
     pub fn last_event_id(&self) -> u64 {
         (self
             .event_log
             .lock()
             .unwrap_or_else(PoisonError::into_inner))
         .back()
-        .map_or(0, |e| e.id)
+        .map_or(self.event_base - 1, |e| e.id)
     }
 
     /// Creates a chain.

@@ -309,8 +309,9 @@ impl event_service_server::EventService for EventSvc {
             match daemon.events_since(after) {
                 (events, true) => Ok(events),
                 (_, false) => Err(ControlError::OutOfRange(format!(
-                    "events after {after} are no longer kept (the daemon keeps its last {}): read \
-                     the state (GetChain), then watch again",
+                    "events after {after} are no longer kept (the daemon keeps its last {}, and \
+                     its ids start again above the last one's when it restarts): read the state \
+                     (GetChain), then watch again",
                     crate::service::EVENT_LOG
                 ))
                 .into()),
@@ -339,7 +340,12 @@ impl event_service_server::EventService for EventSvc {
                         return; // the watcher went
                     }
                 }
-                match rx.recv().await {
+                // (A watcher of a quiet chain that goes is noticed too.)
+                let next = tokio::select! {
+                    () = tx.closed() => return,
+                    next = rx.recv() => next,
+                };
+                match next {
                     Ok(e) => pending.push(e),
                     Err(RecvError::Lagged(_)) => match missed(sent) {
                         Ok(events) => pending = events,

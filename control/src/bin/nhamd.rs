@@ -497,9 +497,13 @@ async fn main() -> anyhow::Result<()> {
             .log_max_bytes
             .or(config.log_max_bytes)
             .unwrap_or(nham_control::runtime::logs::DEFAULT_MAX_BYTES);
+        // (In VNFs' working directories, only the log NHAM gave them.)
         let dirs = [
-            state_dir.join("logs"),
-            std::path::PathBuf::from(nham_control::cluster::hosting::HOSTED_DIR),
+            (state_dir.join("logs"), None),
+            (
+                std::path::PathBuf::from(nham_control::cluster::hosting::HOSTED_DIR),
+                Some("vnf.log"),
+            ),
         ];
         tokio::spawn(async move {
             loop {
@@ -507,16 +511,17 @@ async fn main() -> anyhow::Result<()> {
                 let dirs = dirs.clone();
                 let capped = tokio::task::spawn_blocking(move || {
                     dirs.iter()
-                        .map(|d| nham_control::runtime::logs::cap(d, max))
-                        .sum::<std::io::Result<usize>>()
+                        .map(|(d, only)| nham_control::runtime::logs::cap(d, max, *only))
+                        .fold((0, None), |(n, e), (m, f)| (n + m, e.or(f)))
                 })
                 .await;
-                match capped {
-                    Ok(Ok(0)) | Err(_) => {}
-                    Ok(Ok(n)) => {
-                        tracing::info!("{n} log files over {max} bytes kept as .1 and emptied")
+                if let Ok((n, error)) = capped {
+                    if n > 0 {
+                        tracing::info!("{n} log files over {max} bytes kept as .1 and emptied");
                     }
-                    Ok(Err(e)) => tracing::warn!("capping logs: {e}"),
+                    if let Some(e) = error {
+                        tracing::warn!("capping logs: {e}");
+                    }
                 }
             }
         });

@@ -67,6 +67,8 @@ impl Daemon {
                             ("pool_exhausted", s.pool_exhausted),
                         ];
                     }
+                    // (A chain deleted meanwhile is no failure.)
+                    Err(_) if !self.chains.lock().await.contains_key(&c.name) => continue,
                     Err(e) => {
                         tracing::warn!(chain = c.name, "metrics: its SFF does not answer: {e}");
                         serving = false;

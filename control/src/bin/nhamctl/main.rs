@@ -5,7 +5,8 @@
 //! 3 not found; 4 invalid argument; 5 refused in the current state
 //! (failed precondition, already exists, aborted); 6 nhamd unreachable or
 //! unavailable; 7 not allowed (unauthenticated, permission denied);
-//! 8 timed out (`--timeout`); 9 data loss (a corrupt checkpoint).
+//! 8 timed out (`--timeout`); 9 data loss (a corrupt checkpoint);
+//! 10 out of range (`watch --since-id`: events no longer kept; resync).
 #![forbid(unsafe_code)]
 
 mod view;
@@ -57,7 +58,7 @@ enum Cmd {
         /// dst_prefix, src_port = "min-max", dst_port), [[vnfs]] (name,
         /// mechanism, command, env, replicas, host,
         /// checkpoint_interval_ms). See docs/nhamctl.md.
-        #[arg(short = 'f', long = "file", conflicts_with_all = ["name", "spi", "vnfs", "ingress", "egress"])]
+        #[arg(short = 'f', long = "file", conflicts_with_all = ["name", "spi", "vnfs", "ingress", "egress", "protocol", "checkpoint_interval_ms"])]
         file: Option<std::path::PathBuf>,
         /// Chain name.
         #[arg(long, required_unless_present = "file")]
@@ -392,7 +393,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     }
     match e.downcast_ref::<tonic::Status>().map(tonic::Status::code) {
         Some(Code::NotFound) => 3,
-        Some(Code::InvalidArgument | Code::OutOfRange) => 4,
+        Some(Code::InvalidArgument) => 4,
+        Some(Code::OutOfRange) => 10,
         Some(Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted) => 5,
         Some(Code::Unavailable) => 6,
         Some(Code::Unauthenticated | Code::PermissionDenied) => 7,
