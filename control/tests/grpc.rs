@@ -51,17 +51,7 @@ impl Harness {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let state = StateOptions {
-                    store: Arc::new(Store::open(&dir).unwrap()),
-                    logs: dir.join("logs"),
-                    scratch: dir.join("scratch"),
-                    checkpoint_concurrency: 1,
-                    copies: None,
-                    cluster: None,
-                    checkpoint_interval: Duration::from_millis(500),
-                    probe_interval: Duration::from_millis(50),
-                    probe_threshold: 3,
-                };
+                let state = test_state(&dir, &dir);
                 let daemon: Arc<Daemon> = Daemon::new(SffOptions::default(), state);
                 // A Unix socket: reachable from the test's namespace, unlike
                 // the daemon namespace's loopback.
@@ -120,6 +110,23 @@ impl Drop for Harness {
             let _ = t.join();
         }
         let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+/// A daemon's state as these tests give it: its database in `store`, its
+/// logs and scratch space under `dir`, one checkpoint at a time every
+/// 500 ms, probes every 50 ms.
+fn test_state(store: &std::path::Path, dir: &std::path::Path) -> StateOptions {
+    StateOptions {
+        store: Arc::new(Store::open(store).unwrap()),
+        logs: dir.join("logs"),
+        scratch: dir.join("scratch"),
+        checkpoint_concurrency: 1,
+        copies: None,
+        cluster: None,
+        checkpoint_interval: Duration::from_millis(500),
+        probe_interval: Duration::from_millis(50),
+        probe_threshold: 3,
     }
 }
 
@@ -850,17 +857,7 @@ async fn tls_when_configured() {
             nham_control::tls_identity(&dir.join("server.pem"), &dir.join("server.key")).unwrap(),
         )
         .client_ca_root(ca.clone());
-    let state = StateOptions {
-        store: Arc::new(Store::open(&dir.join("state")).unwrap()),
-        logs: dir.join("logs"),
-        scratch: dir.join("scratch"),
-        checkpoint_concurrency: 1,
-        copies: None,
-        cluster: None,
-        checkpoint_interval: Duration::from_millis(500),
-        probe_interval: Duration::from_millis(50),
-        probe_threshold: 3,
-    };
+    let state = test_state(&dir.join("state"), &dir);
     let daemon = Daemon::new(SffOptions::default(), state);
     let roles = nham_control::api::auth::Roles {
         operators: ["client".to_string()].into(),
@@ -1393,17 +1390,7 @@ async fn metrics_are_served_and_promtool_accepts_them() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = std::env::temp_dir().join(unique_name("nham-metrics-"));
     std::fs::create_dir_all(&dir).unwrap();
-    let state = StateOptions {
-        store: Arc::new(Store::open(&dir.join("state")).unwrap()),
-        logs: dir.join("logs"),
-        scratch: dir.join("scratch"),
-        checkpoint_concurrency: 1,
-        copies: None,
-        cluster: None,
-        checkpoint_interval: Duration::from_millis(500),
-        probe_interval: Duration::from_millis(50),
-        probe_threshold: 3,
-    };
+    let state = test_state(&dir.join("state"), &dir);
     let daemon = Daemon::new(SffOptions::default(), state);
     let metrics = Arc::new(nham_control::metrics::Metrics::new());
     nham_control::api::metrics_http::follow(&daemon, metrics.clone());
@@ -1519,17 +1506,7 @@ async fn health_follows_the_state_directory() {
     let dir = std::env::temp_dir().join(unique_name("nham-health-"));
     let state_dir = dir.join("state");
     std::fs::create_dir_all(&dir).unwrap();
-    let state = StateOptions {
-        store: Arc::new(Store::open(&state_dir).unwrap()),
-        logs: dir.join("logs"),
-        scratch: dir.join("scratch"),
-        checkpoint_concurrency: 1,
-        copies: None,
-        cluster: None,
-        checkpoint_interval: Duration::from_millis(500),
-        probe_interval: Duration::from_millis(50),
-        probe_threshold: 3,
-    };
+    let state = test_state(&state_dir, &dir);
     let daemon = Daemon::new(SffOptions::default(), state);
     let router = nham_control::api::server::router(daemon, None, None)
         .await
