@@ -31,6 +31,8 @@ pub(crate) fn run() -> Result<()> {
     ] {
         eprintln!("running {} ...", mechanism.as_str_name());
         let r = ha::run(&HaSpec {
+            unit_stop: false,
+            progress: false,
             mechanism,
             kinds: Kind::ALL.to_vec(),
             foreign_vnfs: Vec::new(),

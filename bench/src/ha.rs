@@ -114,6 +114,16 @@ pub struct HaSpec {
     pub tail: Duration,
     /// MR-AA: members per VNF, member 0 included (0: nhamd's default).
     pub replicas: u32,
+    /// `nhamd` runs as systemd runs `packaging/nhamd.service`: in a cgroup
+    /// of its own (the unit's), `--on-exit keep`; a restart round (see
+    /// [`restarts`](Self::restarts)) stops it as systemd stops the unit
+    /// (`KillMode=mixed`): SIGTERM, and once it has gone every process
+    /// left in its group killed at once (`cgroup.kill`); the next `nhamd`
+    /// starts in the same group. The chains must forward on meanwhile.
+    pub unit_stop: bool,
+    /// A progress bar of the rounds on stderr when it is a terminal (long
+    /// benchmark runs; not with `--json`).
+    pub progress: bool,
 }
 
 /// Now, Unix ns.
@@ -360,15 +370,27 @@ pub fn spawn_nhamd(
 /// `nhamd` running in the lab's SFF namespace.
 struct Nhamd {
     child: Child,
+    /// The cgroup it runs in, standing for its systemd unit's (see
+    /// [`HaSpec::unit_stop`]); `None`: the test's own.
+    unit: Option<PathBuf>,
+    /// Replaced by the next `nhamd` of a restart round (its chains are
+    /// that one's now).
+    replaced: bool,
     addr: String,
     log: PathBuf,
     bin: PathBuf,
     dir: PathBuf,
+    tuning: Tuning,
+    /// More flags (a cluster host's).
+    extra: Vec<String>,
+}
+
+/// How a trial's `nhamd` is tuned.
+#[derive(Debug, Clone, Copy)]
+struct Tuning {
     interval_ms: u32,
     hold_packets: usize,
     expedite_rcu: bool,
-    /// More flags (a cluster host's).
-    extra: Vec<String>,
 }
 
 impl Nhamd {
@@ -376,11 +398,15 @@ impl Nhamd {
         lab: &Lab,
         bin: &Path,
         dir: &Path,
-        interval_ms: u32,
-        hold_packets: usize,
-        expedite_rcu: bool,
+        tuning: Tuning,
         cluster: &[String],
+        unit: Option<&Path>,
     ) -> Result<Self> {
+        let Tuning {
+            interval_ms,
+            hold_packets,
+            expedite_rcu,
+        } = tuning;
         let sock = dir.join("nhamd.sock");
         let _ = std::fs::remove_file(&sock);
         let log = dir.join("nhamd.log");
@@ -396,9 +422,11 @@ impl Nhamd {
             "--hold-packets".into(),
             hold_packets.to_string(),
             // Stopped (SIGTERM, at the end or on error), it deletes the
-            // chain; killed (SIGKILL, a restart round), it leaves it.
+            // chain; killed (SIGKILL, a restart round), it leaves it. As a
+            // unit's, SIGTERM is a restart round's stop too: it leaves the
+            // chain (the end sweeps it, see Drop).
             "--on-exit".into(),
-            "stop".into(),
+            if unit.is_some() { "keep" } else { "stop" }.into(),
         ];
         let argv: Vec<String> = argv
             .into_iter()
@@ -415,16 +443,32 @@ impl Nhamd {
             .chain(extra)
             .chain(cluster.iter().cloned())
             .collect();
-        let child = spawn_nhamd(lab.sff_netns(), bin, argv, &log)?;
+        let child = match unit {
+            // In the unit's group from its first instruction on (the
+            // shell joins it, then execs nhamd in place).
+            Some(group) => {
+                let wrapped = [
+                    "-c".to_string(),
+                    r#"echo $$ > "$0" && exec "$@""#.into(),
+                    group.join("cgroup.procs").display().to_string(),
+                    bin.display().to_string(),
+                ]
+                .into_iter()
+                .chain(argv)
+                .collect();
+                spawn_nhamd(lab.sff_netns(), Path::new("sh"), wrapped, &log)?
+            }
+            None => spawn_nhamd(lab.sff_netns(), bin, argv, &log)?,
+        };
         let mut d = Self {
             child,
+            unit: unit.map(Path::to_path_buf),
+            replaced: false,
             addr: format!("unix:{}", sock.display()),
             log,
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
-            interval_ms,
-            hold_packets,
-            expedite_rcu,
+            tuning,
             extra: cluster.to_vec(),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -449,17 +493,62 @@ impl Nhamd {
         let _ = self.child.wait();
     }
 
-    /// Starts a new daemon on the same state directory.
+    /// Stops the daemon as systemd stops its unit (`KillMode=mixed`,
+    /// `TimeoutStopSec=30s`): SIGTERM; once it has gone (or 30 s later,
+    /// SIGKILL), every process left in the unit's group killed at once.
+    /// Returns how many were left there.
+    fn unit_stop(&mut self, reaper: &Reaper) -> Result<usize> {
+        let group = self.unit.clone().context("not run as a unit")?;
+        let pid = self.child.id();
+        // What it started is ours to reap once it has gone.
+        reaper.adopt(children_of(pid));
+        let p = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let procs = std::fs::read_to_string(group.join("cgroup.procs"))?;
+        let left: Vec<u32> = procs.lines().filter_map(|l| l.parse().ok()).collect();
+        let names: Vec<String> = left
+            .iter()
+            .map(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            })
+            .collect();
+        eprintln!("left in the unit's group: {names:?}");
+        reaper.adopt(left.iter().copied());
+        std::fs::write(group.join("cgroup.kill"), "1").context("cgroup.kill")?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(group.join("cgroup.events"))?.contains("populated 1") {
+            if Instant::now() > deadline {
+                bail!("the unit's group still has processes 5 s after cgroup.kill");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(left.len())
+    }
+
+    /// Starts a new daemon on the same state directory (in the same unit
+    /// group, if any).
     fn restart_start(&mut self, lab: &Lab) -> Result<()> {
-        *self = Self::start(
+        let next = Self::start(
             lab,
             &self.bin,
             &self.dir,
-            self.interval_ms,
-            self.hold_packets,
-            self.expedite_rcu,
+            self.tuning,
             &self.extra.clone(),
+            self.unit.as_deref(),
         )?;
+        std::mem::replace(self, next).replaced = true;
         Ok(())
     }
 
@@ -546,6 +635,10 @@ impl Nhamd {
 
 impl Drop for Nhamd {
     fn drop(&mut self) {
+        if self.unit.is_some() && !self.replaced {
+            self.stop_unit_for_good();
+            return;
+        }
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return; // gone (and reaped: its pid may be someone else's now)
         }
@@ -560,6 +653,29 @@ impl Drop for Nhamd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Nhamd {
+    /// The end of a unit's trial: nhamd stopped (it keeps its chains, as
+    /// its unit's would), then what it left swept: its chains' cgroups
+    /// (every SFF and VNF process killed) and namespaces.
+    fn stop_unit_for_good(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !matches!(self.child.try_wait(), Ok(Some(_))) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let tag = nham_control::chain::state_tag(&self.dir.join("state"));
+        if let Some(root) = nham_control::runtime::cgroup::cgroup2_root() {
+            nham_control::runtime::cgroup::kill_tree(&root.join(format!("nham-{tag}")));
+        }
+        nham_netns::sweep_prefix(&format!("nhamd-{tag}-"), |_| false);
     }
 }
 
@@ -774,14 +890,27 @@ fn run_in(spec: &HaSpec, mut hosts: Option<(&mut HostLab, &str)>) -> Result<HaRe
         let hold_packets = ((8.0 * spec.rate * hold_period.as_secs_f64()
             + 2.5 * spec.rate * outage.as_secs_f64()) as usize)
             .max(nham_control::runtime::DEFAULT_HOLD_PACKETS);
+        // The unit's group (removed, with whatever is left in it, last).
+        let unit = if spec.unit_stop {
+            let root = nham_control::runtime::cgroup::cgroup2_root()
+                .context("a unit's stop needs a cgroup2 hierarchy")?;
+            Some(nham_control::runtime::cgroup::Cgroup::create(
+                &root.join(nham_netns::unique_name("nham-unit-")),
+            )?)
+        } else {
+            None
+        };
         let mut daemon = Nhamd::start(
             &lab,
             &spec.nhamd,
             &dir,
-            spec.checkpoint_interval_ms,
-            hold_packets,
-            spec.expedite_rcu,
+            Tuning {
+                interval_ms: spec.checkpoint_interval_ms,
+                hold_packets,
+                expedite_rcu: spec.expedite_rcu,
+            },
             &cluster,
+            unit.as_ref().map(|g| g.path()),
         )?;
         let lab_hosts = hosts.map(|(h, _)| h);
         let r = trial(spec, &lab, &mut daemon, &reaper, &dir, n, lab_hosts);
@@ -911,6 +1040,7 @@ fn trial(
         egress_interface: "out0".into(),
     };
     rt.block_on(chains.create_chain(api::CreateChainRequest {
+        request_id: String::new(),
         spec: Some(chain_spec),
     }))
     .context("CreateChain")?;
@@ -995,7 +1125,10 @@ fn trial(
     let duration = per_round * spec.rounds.len() as u32
         + spec.tail
         + Duration::from_millis(1500)
-        + Duration::from_millis(1000) * spec.restarts.len() as u32;
+        + Duration::from_millis(1000) * spec.restarts.len() as u32
+        // A unit's stop: nhamd's own clean exit first (it detaches from
+        // every chain), then the next one's start.
+        + Duration::from_millis(if spec.unit_stop { 3000 } else { 0 }) * spec.restarts.len() as u32;
     let traffic = TrafficSpec {
         size: FrameSize::Fixed(64),
         flows: spec.flows,
@@ -1019,7 +1152,20 @@ fn trial(
         let traffic_start = Instant::now();
         let t = s.spawn(|| lab.trial_through(frames, traffic.rate, &expected, None));
         std::thread::sleep(Duration::from_millis(300));
+        let bar = if spec.progress && !spec.rounds.is_empty() {
+            let b = indicatif::ProgressBar::new(spec.rounds.len() as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} rounds, {elapsed_precise} (~{eta} left)",
+            ) {
+                b.set_style(style);
+            }
+            b.set_prefix(format!("{} on {n} VNFs", spec.mechanism.as_str_name()));
+            b
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         for (r, &k) in spec.rounds.iter().enumerate() {
+            bar.set_position(r as u64);
             std::thread::sleep(spec.gap);
             if traffic_start.elapsed() + Duration::from_millis(500) > duration {
                 bail!(
@@ -1041,6 +1187,7 @@ fn trial(
                 for &v in &victims {
                     let changed = rt
                         .block_on(vnfs.set_mechanism(api::SetMechanismRequest {
+                            request_id: String::new(),
                             chain: "ha".into(),
                             vnf: vnf_name(v),
                             mechanism: mechanism as i32,
@@ -1084,7 +1231,16 @@ fn trial(
                             .collect()
                     })
                     .collect();
-                daemon.restart_kill(reaper);
+                if spec.unit_stop {
+                    let stop = Instant::now();
+                    let left = daemon.unit_stop(reaper)?;
+                    eprintln!(
+                        "round {r}: nhamd's unit stopped in {:.0} ms; {left} processes left in its group killed",
+                        stop.elapsed().as_secs_f64() * 1e3
+                    );
+                } else {
+                    daemon.restart_kill(reaper);
+                }
                 // While no daemon watches: the SFF goes on forwarding and
                 // holding; the victims die unseen.
                 for &v in &victims {
@@ -1096,8 +1252,15 @@ fn trial(
                     }
                 }
                 std::thread::sleep(Duration::from_millis(200));
+                let start = Instant::now();
                 daemon.restart_start(lab)?;
                 (chains, vnfs, events) = clients(&rt, &daemon.addr, &log)?;
+                if spec.unit_stop {
+                    eprintln!(
+                        "round {r}: the next nhamd answers {:.0} ms after its start",
+                        start.elapsed().as_secs_f64() * 1e3
+                    );
+                }
             } else if spec.host_failures {
                 // The host running the round's first victim fails; every
                 // VNF on it is a victim.
@@ -1155,6 +1318,7 @@ fn trial(
                         let mut tries = 0;
                         let c = loop {
                             let r = rt.block_on(vnfs.checkpoint(api::CheckpointRequest {
+                                request_id: String::new(),
                                 chain: "ha".into(),
                                 vnf: vnf_name(v),
                             }));
@@ -1186,6 +1350,7 @@ fn trial(
                 for &v in &victims {
                     for &member in members {
                         rt.block_on(vnfs.inject_fault(api::InjectFaultRequest {
+                            request_id: String::new(),
                             chain: "ha".into(),
                             vnf: vnf_name(v),
                             fault: spec.fault as i32,
@@ -1231,6 +1396,7 @@ fn trial(
                 let second = (first + 1) % n;
                 if !victims.contains(&second) {
                     rt.block_on(vnfs.inject_fault(api::InjectFaultRequest {
+                        request_id: String::new(),
                         chain: "ha".into(),
                         vnf: vnf_name(second),
                         fault: api::Fault::Crash as i32,
@@ -1351,6 +1517,7 @@ fn trial(
                 }
             }
         }
+        bar.finish_and_clear();
         t.join()
             .map_err(|_| anyhow::anyhow!("traffic thread panicked"))?
     })?;
@@ -1474,8 +1641,11 @@ fn trial(
         }
         mismatch_detail.extend(found);
     }
-    rt.block_on(chains.delete_chain(api::DeleteChainRequest { name: "ha".into() }))
-        .context("DeleteChain")?;
+    rt.block_on(chains.delete_chain(api::DeleteChainRequest {
+        request_id: String::new(),
+        name: "ha".into(),
+    }))
+    .context("DeleteChain")?;
     // Metrics from the events.
     let rcu_expedited = std::fs::read_to_string(RCU_EXPEDITED).is_ok_and(|v| v.trim() == "1");
     let events = log.lock().expect("event log").clone();

@@ -291,6 +291,8 @@ impl Lab {
                 cwd: self.state_dir.clone(),
                 log: self.state_dir.join(format!("vnf{i}.log")),
                 cgroup: None,
+                cgroup_v1: Vec::new(),
+                identity: Default::default(),
             }
             .run()
             .with_context(|| format!("starting VNF {i}"))?;
@@ -348,7 +350,7 @@ impl Lab {
         let sock = socket.clone();
         let process = self
             .sff
-            .run(move || nham_control::runtime::spawn_sff(&options, &config, &sock, &log))?
+            .run(move || nham_control::runtime::spawn_sff(&options, &config, &sock, &log, None))?
             .context("starting nham-sff (built with `cargo build -p nham-control`)")?;
         let client = nham_sff::remote::SffClient::connect(&socket)?;
         Ok(LabSffProcess { process, client })

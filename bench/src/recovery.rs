@@ -138,6 +138,7 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
         vnf_bin: ha::sibling_binary("nham-vnf", "NHAM_VNF")?,
         expedite_rcu: args.expedite_rcu,
         replicas: args.replicas,
+        progress: !args.json,
         ..HaSpec::default()
     };
     if args.hosts && args.simultaneous != 1 {

@@ -183,6 +183,8 @@ fn segment_spec(
         members: Vec::new(),
         walk: Vec::new(),
         placement: Vec::new(),
+        unit_stop: false,
+        progress: false,
         host_failures: false,
         host_restarts: false,
         tail: Duration::ZERO,

@@ -59,9 +59,23 @@ pub(crate) fn run(args: &SoakArgs) -> Result<()> {
         nhamd: ha::sibling_binary("nhamd", "NHAM_NHAMD")?,
         vnf_bin: ha::sibling_binary("nham-vnf", "NHAM_VNF")?,
     };
+    // A bar of failures done on a terminal (not with --json); each
+    // segment's line printed above it.
+    let bar = if args.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(args.failures as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "soak [{bar:30}] {pos}/{len} failures, {elapsed_precise} (~{eta} left)",
+        ) {
+            b.set_style(style);
+        }
+        b
+    };
     let report = soak::run(&spec, |s| {
         let r = &s.report;
-        eprintln!(
+        bar.set_position((s.failures_before + r.failures) as u64);
+        bar.suspend(|| eprintln!(
             "segment {:>3} {:<16} {:<22} {:>3} failures (total {:>5}): recovery p50 {:>6.1} ms, lost {} dup {} reordered {}, states {}, nondeterministic {}, input dropped {}, {:.0} s{}",
             s.index,
             s.mechanism,
@@ -77,8 +91,9 @@ pub(crate) fn run(args: &SoakArgs) -> Result<()> {
             r.stats.vnf_input_dropped,
             s.seconds,
             if s.is_clean() { "" } else { "  <-- VIOLATION" }
-        );
+        ));
     })?;
+    bar.finish_and_clear();
     // Per kind: failures and recovery times.
     let mut by_kind: BTreeMap<String, (usize, Vec<f64>)> = BTreeMap::new();
     for s in &report.segments {

@@ -68,6 +68,8 @@ fn conformance_vnfs() -> Vec<Vec<String>> {
 
 fn spec(mechanism: Mechanism, fault: Fault, rounds: Vec<usize>) -> HaSpec {
     HaSpec {
+        unit_stop: false,
+        progress: false,
         mechanism,
         kinds: Vec::new(),
         foreign_vnfs: match std::env::var("NHAM_CONFORMANCE_ONLY") {

@@ -710,6 +710,7 @@ impl FarChain {
             .into_inner();
         rt.block_on(
             chains.create_chain(CreateChainRequest {
+                request_id: String::new(),
                 spec: Some(ChainSpec {
                     name: "far".into(),
                     spi: 77,
@@ -1179,7 +1180,10 @@ fn published_and_routed(far: &mut FarChain) {
             egress_interface: "out0".into(),
         };
         let created = nham_control::api::chain_service_client::ChainServiceClient::new(c)
-            .create_chain(nham_control::api::CreateChainRequest { spec: Some(spec) })
+            .create_chain(nham_control::api::CreateChainRequest {
+                request_id: String::new(),
+                spec: Some(spec),
+            })
             .await
             .map(|_| ())
             .expect_err("chain far exists on sff");

@@ -431,6 +431,12 @@ impl VnfRuntime {
             cwd: cwd.to_path_buf(),
             log: self.log.clone(),
             cgroup: self.cgroup.as_ref().map(|c| c.path().to_path_buf()),
+            cgroup_v1: self
+                .cgroup
+                .as_ref()
+                .map(|c| c.v1_groups().to_vec())
+                .unwrap_or_default(),
+            identity: self.plan.identity.clone(),
         }
     }
 
@@ -646,13 +652,46 @@ impl StateOptions {
         )
     }
 
+    /// Chain `chain`'s SFF's cgroup (`None`: no cgroup2 hierarchy): `_sff`
+    /// beside its VNFs' groups (no VNF is named so: names have no `_`).
+    /// The SFF is out of `nhamd`'s own group, so that stopping `nhamd`'s
+    /// unit (systemd kills what is left in the unit's group) leaves it
+    /// forwarding and holding for the next `nhamd`.
+    pub fn sff_cgroup(&self, chain: &str) -> Option<PathBuf> {
+        Some(self.cgroup_dir()?.join(chain).join("_sff"))
+    }
+
     /// VNF `vnf` of chain `chain`'s cgroup, made if need be; `None` (with a
     /// warning) where there is no cgroup2 hierarchy or it cannot be made.
-    fn vnf_cgroup(&self, chain: &str, vnf: &str) -> Option<Cgroup> {
-        let path = self.cgroup_dir()?.join(chain).join(vnf);
-        Cgroup::create(&path)
-            .map_err(|e| tracing::warn!(chain, vnf, "no cgroup: {e}"))
-            .ok()
+    fn vnf_cgroup(
+        &self,
+        chain: &str,
+        vnf: &str,
+        limits: &crate::runtime::cgroup::Limits,
+    ) -> Result<Option<Cgroup>, ControlError> {
+        let Some(root) = crate::runtime::cgroup::cgroup2_root() else {
+            if !limits.is_none() {
+                return Err(ControlError::FailedPrecondition(format!(
+                    "VNF {chain}/{vnf} has limits, and this host has no cgroup2 hierarchy"
+                )));
+            }
+            return Ok(None);
+        };
+        let rel = PathBuf::from(format!("nham-{}", state_tag(self.store.dir())))
+            .join(chain)
+            .join(vnf);
+        match Cgroup::create_limited(&root, &rel, limits) {
+            Ok(g) => Ok(Some(g)),
+            // Without limits, a VNF outside a group of its own still runs
+            // (as on a host without cgroup2); with them, it does not.
+            Err(e) if limits.is_none() => {
+                tracing::warn!(chain, vnf, "no cgroup: {e}");
+                Ok(None)
+            }
+            Err(e) => Err(ControlError::FailedPrecondition(format!(
+                "VNF {chain}/{vnf}: its limits cannot be set: {e}"
+            ))),
+        }
     }
 
     /// VNF `vnf` of chain `chain`'s working directory, made if need be.
@@ -809,7 +848,7 @@ impl ChainRuntime {
                 argv,
                 log: logs.join(format!("{}.log", v.name)),
                 cwd: state.vnf_cwd(&plan.name, &v.name)?,
-                cgroup: state.vnf_cgroup(&plan.name, &v.name),
+                cgroup: state.vnf_cgroup(&plan.name, &v.name, &v.limits)?,
                 replica,
                 members: places,
                 remote_members: Vec::new(),
@@ -863,7 +902,13 @@ impl ChainRuntime {
         let (rules, spi) = (runtime.plan.rules.clone(), runtime.plan.spi);
         let config = sff_config(ports, rules, spi, protect, sff);
         let socket = state.sff_socket(id);
-        let process = spawn_sff(sff, &config, &socket, &logs.join("sff.log"))?;
+        let process = spawn_sff(
+            sff,
+            &config,
+            &socket,
+            &logs.join("sff.log"),
+            state.sff_cgroup(&runtime.plan.name).as_deref(),
+        )?;
         runtime.sff_process = Some(process);
         runtime.sff = Some(Arc::new(
             SffClient::connect(&socket).map_err(ControlError::from)?,

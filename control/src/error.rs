@@ -227,9 +227,82 @@ impl From<tokio::task::JoinError> for ControlError {
     }
 }
 
+/// The domain of NHAM's `google.rpc.ErrorInfo` reasons.
+pub const ERROR_DOMAIN: &str = "nham.v1";
+
+impl ControlError {
+    /// Why, for a program (`google.rpc.ErrorInfo.reason`, in
+    /// [`ERROR_DOMAIN`]): finer than the code where a client acts
+    /// differently (a corrupt checkpoint, a host down, a chain owned
+    /// elsewhere).
+    pub fn reason(&self) -> &'static str {
+        use crate::cluster::hosting::HostingError as H;
+        match self {
+            Self::OwnedElsewhere { .. } => "OWNED_ELSEWHERE",
+            Self::OutOfRange(_) => "EVENTS_NO_LONGER_KEPT",
+            Self::NotRecovered(e) => e.reason(),
+            Self::Store(StoreError::Corrupt { .. })
+            | Self::Sync(SyncError::Store(StoreError::Corrupt { .. })) => "CHECKPOINT_CORRUPT",
+            Self::Sync(SyncError::FallbackFailed { .. }) => "CHECKPOINTS_UNUSABLE",
+            Self::Store(StoreError::Missing { .. })
+            | Self::Sync(SyncError::Store(StoreError::Missing { .. })) => "CHECKPOINT_MISSING",
+            Self::Runtime(RuntimeError::NotStarted { .. })
+            | Self::Sync(SyncError::Runtime(RuntimeError::NotStarted { .. })) => "VNF_NOT_STARTED",
+            Self::Runtime(RuntimeError::Interface { .. }) => "INTERFACE_UNUSABLE",
+            Self::Remote(RemoteError::Busy(_)) => "SFF_BUSY",
+            Self::Sync(SyncError::HostDown(_)) | Self::Hosting(H::HostDown(_)) => "HOST_DOWN",
+            Self::Sync(SyncError::NotCopied { .. }) => "NO_CHECKPOINT_COPY",
+            e => match e.code() {
+                Code::InvalidArgument => "INVALID_ARGUMENT",
+                Code::NotFound => "NOT_FOUND",
+                Code::AlreadyExists => "ALREADY_EXISTS",
+                Code::Unimplemented => "UNIMPLEMENTED",
+                Code::FailedPrecondition => "FAILED_PRECONDITION",
+                Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+                Code::Unauthenticated => "UNAUTHENTICATED",
+                Code::PermissionDenied => "PERMISSION_DENIED",
+                Code::Unavailable => "UNAVAILABLE",
+                Code::DataLoss => "DATA_LOSS",
+                _ => "INTERNAL",
+            },
+        }
+    }
+}
+
+/// The request field an invalid-argument message is about: its first
+/// word when that is a field path (`spec.vnfs[0].name ...`, `mechanism
+/// ...`), for `google.rpc.BadRequest`.
+fn field_of(message: &str) -> Option<&str> {
+    let first = message.split([' ', ':']).next()?;
+    let path = first
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._[]".contains(c));
+    (path && !first.is_empty() && first.chars().next().is_some_and(|c| c.is_ascii_lowercase()))
+        .then_some(first)
+}
+
 impl From<ControlError> for tonic::Status {
+    /// The one conversion of the daemon's errors to gRPC: the code, the
+    /// message, and `google.rpc` details (`tonic-types`): an `ErrorInfo`
+    /// with [`ControlError::reason`], and for an invalid argument a
+    /// `BadRequest` naming the field.
     fn from(e: ControlError) -> Self {
-        let mut status = tonic::Status::new(e.code(), e.to_string());
+        use tonic_types::StatusExt;
+        let message = e.to_string();
+        let mut metadata = std::collections::HashMap::new();
+        if let ControlError::OwnedElsewhere { owner, api, chain } = &e {
+            metadata.insert("owner".to_string(), owner.clone());
+            metadata.insert("owner_api".to_string(), api.clone());
+            metadata.insert("chain".to_string(), chain.clone());
+        }
+        let mut details =
+            tonic_types::ErrorDetails::with_error_info(e.reason(), ERROR_DOMAIN, metadata);
+        if e.code() == Code::InvalidArgument {
+            if let Some(field) = field_of(&message) {
+                details.add_bad_request_violation(field, message.clone());
+            }
+        }
+        let mut status = tonic::Status::with_error_details(e.code(), message, details);
         if let ControlError::OwnedElsewhere { owner, api, .. } = &e {
             // (A value that is no valid header is left out: the message
             // still names it.)
@@ -254,6 +327,41 @@ impl From<Arc<ControlError>> for ControlError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_carry_a_reason_and_the_field_they_are_about() {
+        use tonic_types::StatusExt;
+        let s = tonic::Status::from(ControlError::InvalidArgument(
+            "spec.vnfs[1].name \"A\" is not a valid name".into(),
+        ));
+        let info = s.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("INVALID_ARGUMENT", ERROR_DOMAIN)
+        );
+        let bad = s.get_details_bad_request().expect("BadRequest");
+        assert_eq!(bad.field_violations[0].field, "spec.vnfs[1].name");
+        let s = tonic::Status::from(ControlError::InvalidArgument("spec is required".into()));
+        assert_eq!(
+            s.get_details_bad_request().unwrap().field_violations[0].field,
+            "spec"
+        );
+        let s = tonic::Status::from(ControlError::InvalidArgument("A chain has 9 VNFs".into()));
+        assert!(s.get_details_bad_request().is_none());
+        let corrupt = StoreError::Corrupt {
+            chain: "c".into(),
+            vnf: "v".into(),
+            id: 3,
+            why: "checksum".into(),
+        };
+        let s = tonic::Status::from(ControlError::NotRecovered(Arc::new(ControlError::Store(
+            corrupt,
+        ))));
+        assert_eq!(
+            s.get_details_error_info().unwrap().reason,
+            "CHECKPOINT_CORRUPT"
+        );
+    }
 
     #[test]
     fn a_corrupt_checkpoint_is_data_loss_and_a_missing_one_a_precondition() {

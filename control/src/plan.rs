@@ -85,6 +85,13 @@ pub struct VnfPlan {
     /// The cluster host it runs on (`None`: the chain's owner, this host).
     #[serde(default)]
     pub host: Option<String>,
+    /// Who it runs as and its only capabilities (a record of an older
+    /// nhamd: root, net_raw).
+    #[serde(default)]
+    pub identity: crate::runtime::identity::Identity,
+    /// Its cgroup's limits.
+    #[serde(default)]
+    pub limits: crate::runtime::cgroup::Limits,
 }
 
 /// MR-AA members when the spec does not say.

@@ -25,14 +25,15 @@ use thiserror::Error;
 
 pub mod cgroup;
 pub mod exits;
+pub mod identity;
 pub mod logs;
 pub mod process;
 mod sff;
 pub mod spawn;
 
 pub use sff::{
-    port_spec, sff_config, spawn_sff, ChainPorts, SffOptions, SffProcess, DEFAULT_HOLD_PACKETS,
-    DEFAULT_SFF_NICE,
+    join_cgroup, port_spec, sff_config, spawn_sff, ChainPorts, SffOptions, SffProcess,
+    DEFAULT_HOLD_PACKETS, DEFAULT_SFF_NICE,
 };
 pub use spawn::{own_pid_namespace_for_children, wait_for_packet_socket, Spawn, START_TIMEOUT};
 

@@ -108,6 +108,8 @@ pub struct Daemon {
     /// epoch, so that a restarted daemon's ids are above any of the one
     /// before (a watcher resuming across a restart is told it missed some).
     event_base: u64,
+    /// Answers of mutating calls with a `request_id`, for their retries.
+    pub retries: Arc<crate::api::idempotency::Retries>,
 }
 
 /// How many events the daemon keeps for watchers that resume after a
@@ -310,6 +312,7 @@ impl Daemon {
             event_base: (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH))
                 .map_or(1, |d| d.as_micros() as u64)
                 .max(1),
+            retries: Arc::default(),
         })
     }
 

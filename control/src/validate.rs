@@ -106,6 +106,59 @@ fn remote_host(i: usize, host: &str) -> Result<Option<String>, ControlError> {
     Ok(Some(host.to_string()))
 }
 
+/// Whether a VNF running as `identity` can be protected on this host:
+/// CRIU checkpoints another user's process only with `CAP_SYS_RESOURCE`.
+pub fn checkpointable(
+    what: &str,
+    identity: &crate::runtime::identity::Identity,
+) -> Result<(), ControlError> {
+    if !identity.checkpointable() {
+        return Err(ControlError::FailedPrecondition(format!(
+            "{what} keeps only the capabilities {:?}: a checkpoint of it needs {} too (CRIU's \
+             code runs in the VNF and mounts a /proc of its PID namespace); add it, or leave \
+             the VNF unprotected",
+            identity.capabilities,
+            crate::runtime::identity::CHECKPOINT_CAPABILITY
+        )));
+    }
+    if identity.is_root() || crate::runtime::identity::can_checkpoint_other_users() {
+        return Ok(());
+    }
+    Err(ControlError::FailedPrecondition(format!(
+        "{what} runs as uid {:?} gid {:?}: CRIU can checkpoint another user's process only \
+         with CAP_SYS_RESOURCE, which nhamd's root does not have on this host (a sandbox?); \
+         run it as root with only the capabilities it needs, or unprotected",
+        identity.uid, identity.gid
+    )))
+}
+
+/// A VNF's limits, checked (`None` fields: no limit).
+fn limits(
+    i: usize,
+    l: Option<&api::ResourceLimits>,
+) -> Result<crate::runtime::cgroup::Limits, ControlError> {
+    let Some(l) = l else {
+        return Ok(Default::default());
+    };
+    if l.memory_max_bytes != 0 && l.memory_max_bytes < 1 << 20 {
+        return Err(invalid(format!(
+            "spec.vnfs[{i}].limits.memory_max_bytes {} must be 0 (none) or at least 1 MiB",
+            l.memory_max_bytes
+        )));
+    }
+    if l.cpu_max_millicpus != 0 && !(10..=64_000).contains(&l.cpu_max_millicpus) {
+        return Err(invalid(format!(
+            "spec.vnfs[{i}].limits.cpu_max_millicpus {} must be 0 (none) or 10 to 64000",
+            l.cpu_max_millicpus
+        )));
+    }
+    Ok(crate::runtime::cgroup::Limits {
+        memory_max: (l.memory_max_bytes != 0).then_some(l.memory_max_bytes),
+        cpu_max_millicpus: (l.cpu_max_millicpus != 0).then_some(l.cpu_max_millicpus),
+        pids_max: (l.pids_max != 0).then_some(l.pids_max),
+    })
+}
+
 /// Validates a chain specification.
 pub fn chain(spec: Option<&api::ChainSpec>) -> Result<ChainPlan, ControlError> {
     let spec = spec.ok_or_else(|| invalid("spec is required"))?;
@@ -144,6 +197,19 @@ pub fn chain(spec: Option<&api::ChainSpec>) -> Result<ChainPlan, ControlError> {
                 v.checkpoint_interval_ms
             )));
         }
+        let identity =
+            crate::runtime::identity::Identity::resolve(&v.user, &v.group, &v.capabilities)
+                .map_err(|e| invalid(format!("spec.vnfs[{i}]: {e}")))?;
+        let limits = limits(i, v.limits.as_ref())?;
+        if !v.host.is_empty() && (!identity.is_root() || !limits.is_none()) {
+            return Err(invalid(format!(
+                "spec.vnfs[{i}]: a VNF on another host runs as root with net_raw and no limits \
+                 (user, group and limits are for VNFs on the chain's own host, for now)"
+            )));
+        }
+        if mechanism.is_some() {
+            checkpointable(&format!("spec.vnfs[{i}]"), &identity)?;
+        }
         vnfs.push(VnfPlan {
             name: v.name.clone(),
             command: v.command.clone(),
@@ -153,6 +219,8 @@ pub fn chain(spec: Option<&api::ChainSpec>) -> Result<ChainPlan, ControlError> {
                 .then(|| std::time::Duration::from_millis(v.checkpoint_interval_ms.into())),
             replicas: replicas(mechanism, v.replicas).unwrap_or(1),
             host: remote_host(i, &v.host)?,
+            identity,
+            limits,
         });
     }
     if spec.rules.is_empty() {

@@ -185,6 +185,7 @@ async fn invalid_requests_get_invalid_argument_and_unknown_names_not_found() {
     for s in bad {
         let e = chains
             .create_chain(api::CreateChainRequest {
+                request_id: String::new(),
                 spec: Some(s.clone()),
             })
             .await
@@ -193,7 +194,10 @@ async fn invalid_requests_get_invalid_argument_and_unknown_names_not_found() {
         assert!(!e.message().is_empty(), "the reason is given");
     }
     let e = chains
-        .create_chain(api::CreateChainRequest { spec: None })
+        .create_chain(api::CreateChainRequest {
+            request_id: String::new(),
+            spec: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(
@@ -210,6 +214,7 @@ async fn invalid_requests_get_invalid_argument_and_unknown_names_not_found() {
     assert_eq!(e.code(), Code::NotFound);
     let e = chains
         .delete_chain(api::DeleteChainRequest {
+            request_id: String::new(),
             name: "nope".into(),
         })
         .await
@@ -237,6 +242,7 @@ async fn invalid_requests_get_invalid_argument_and_unknown_names_not_found() {
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = vnfs
         .inject_fault(api::InjectFaultRequest {
+            request_id: String::new(),
             chain: "nope".into(),
             vnf: "a".into(),
             fault: api::Fault::Hang as i32,
@@ -252,7 +258,10 @@ async fn invalid_requests_get_invalid_argument_and_unknown_names_not_found() {
     let mut bad = spec("c", 1, &["a"], api::Mechanism::MrAa);
     bad.vnfs[0].replicas = 9;
     let e = chains
-        .create_chain(api::CreateChainRequest { spec: Some(bad) })
+        .create_chain(api::CreateChainRequest {
+            request_id: String::new(),
+            spec: Some(bad),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
@@ -260,7 +269,10 @@ async fn invalid_requests_get_invalid_argument_and_unknown_names_not_found() {
     let mut bad = spec("c", 1, &["a"], api::Mechanism::Mechanism0r);
     bad.vnfs[0].checkpoint_interval_ms = 1;
     let e = chains
-        .create_chain(api::CreateChainRequest { spec: Some(bad) })
+        .create_chain(api::CreateChainRequest {
+            request_id: String::new(),
+            spec: Some(bad),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
@@ -287,6 +299,7 @@ async fn a_crash_is_detected_through_the_pidfd_and_the_vnf_restarted() {
 
     let created = chains
         .create_chain(api::CreateChainRequest {
+            request_id: String::new(),
             spec: Some(spec("web", 7, &["fw", "nat"], api::Mechanism::None)),
         })
         .await
@@ -305,6 +318,7 @@ async fn a_crash_is_detected_through_the_pidfd_and_the_vnf_restarted() {
     );
     let e = chains
         .create_chain(api::CreateChainRequest {
+            request_id: String::new(),
             spec: Some(spec("web", 8, &["fw"], api::Mechanism::None)),
         })
         .await
@@ -394,7 +408,10 @@ async fn a_crash_is_detected_through_the_pidfd_and_the_vnf_restarted() {
     assert_eq!(a.state, api::VnfState::Running as i32);
 
     chains
-        .delete_chain(api::DeleteChainRequest { name: "web".into() })
+        .delete_chain(api::DeleteChainRequest {
+            request_id: String::new(),
+            name: "web".into(),
+        })
         .await
         .unwrap();
     let e = chains
@@ -570,6 +587,7 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
         .into_inner();
     chains
         .create_chain(api::CreateChainRequest {
+            request_id: String::new(),
             // No scheduled checkpoint in between: the checkpoints this test
             // takes and corrupts are the newest and the one before.
             spec: Some({
@@ -581,12 +599,14 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
         .await
         .unwrap();
     let req = || api::CheckpointRequest {
+        request_id: String::new(),
         chain: "rt".into(),
         vnf: "mon".into(),
     };
     let e = vnfs.checkpoint(req()).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     let set = |m: api::Mechanism| api::SetMechanismRequest {
+        request_id: String::new(),
         chain: "rt".into(),
         vnf: "mon".into(),
         mechanism: m as i32,
@@ -765,7 +785,10 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
     assert_eq!(e.code(), Code::DataLoss, "{e:?}");
     assert!(e.message().contains("corrupt"), "{e:?}");
     chains
-        .delete_chain(api::DeleteChainRequest { name: "rt".into() })
+        .delete_chain(api::DeleteChainRequest {
+            request_id: String::new(),
+            name: "rt".into(),
+        })
         .await
         .unwrap();
     drop((chains, vnfs, channel, events));
@@ -923,7 +946,10 @@ async fn tls_when_configured() {
     // viewer reads and is refused a create, the stranger is refused all.
     let create = |channel: tonic::transport::Channel| async move {
         ChainServiceClient::new(channel)
-            .create_chain(api::CreateChainRequest { spec: None })
+            .create_chain(api::CreateChainRequest {
+                request_id: String::new(),
+                spec: None,
+            })
             .await
             .unwrap_err()
     };
@@ -998,7 +1024,10 @@ async fn a_vnf_that_does_not_start_or_a_missing_or_busy_interface_fails_with_the
         s.vnfs[0].command = command.clone();
         let started = std::time::Instant::now();
         let e = chains
-            .create_chain(api::CreateChainRequest { spec: Some(s) })
+            .create_chain(api::CreateChainRequest {
+                request_id: String::new(),
+                spec: Some(s),
+            })
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{command:?}: {e:?}");
@@ -1022,7 +1051,10 @@ async fn a_vnf_that_does_not_start_or_a_missing_or_busy_interface_fails_with_the
     let mut s = spec("noin", 12, &["fw"], api::Mechanism::None);
     s.ingress_interface = "nope0".into();
     let e = chains
-        .create_chain(api::CreateChainRequest { spec: Some(s) })
+        .create_chain(api::CreateChainRequest {
+            request_id: String::new(),
+            spec: Some(s),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
@@ -1031,12 +1063,14 @@ async fn a_vnf_that_does_not_start_or_a_missing_or_busy_interface_fails_with_the
 
     chains
         .create_chain(api::CreateChainRequest {
+            request_id: String::new(),
             spec: Some(spec("first", 13, &["fw"], api::Mechanism::None)),
         })
         .await
         .unwrap();
     let e = chains
         .create_chain(api::CreateChainRequest {
+            request_id: String::new(),
             spec: Some(spec("second", 14, &["fw"], api::Mechanism::None)),
         })
         .await
@@ -1068,6 +1102,7 @@ async fn a_slow_chain_holds_up_no_other() {
         .into_inner();
     chains
         .create_chain(api::CreateChainRequest {
+            request_id: String::new(),
             spec: Some(spec("a", 21, &["mon"], api::Mechanism::None)),
         })
         .await
@@ -1144,7 +1179,10 @@ async fn a_slow_chain_holds_up_no_other() {
         let mut chains = chains.clone();
         tokio::spawn(async move {
             chains
-                .create_chain(api::CreateChainRequest { spec: Some(b) })
+                .create_chain(api::CreateChainRequest {
+                    request_id: String::new(),
+                    spec: Some(b),
+                })
                 .await
         })
     };
@@ -1376,6 +1414,416 @@ fn nhamd_is_secure_by_default() {
     let said = std::fs::read_to_string(&log_path).unwrap();
     assert!(said.contains("--insecure-tcp: the API"), "{said}");
     drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Orchestrator semantics (issue 15, item 7): a mutating call retried
+/// with its `request_id` is answered, not run again (a second CreateChain
+/// gets the same chain, not ALREADY_EXISTS; two at once, one chain; a
+/// second DeleteChain succeeds, not NOT_FOUND), and the same id with
+/// another request is INVALID_ARGUMENT. Errors carry `google.rpc` details:
+/// an ErrorInfo reason, and for an invalid argument the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_answered_once_and_errors_name_their_field() {
+    use tonic_types::StatusExt;
+    let h = tokio::task::spawn_blocking(Harness::start).await.unwrap();
+    let channel = nham_control::connect(&h.addr).await.unwrap();
+    let mut chains = ChainServiceClient::new(channel.clone());
+    let create = |name: &str, spi: u32, id: &str| api::CreateChainRequest {
+        spec: Some(spec(name, spi, &["a"], api::Mechanism::None)),
+        request_id: id.into(),
+    };
+    let pid = |r: Result<tonic::Response<api::CreateChainResponse>, tonic::Status>| {
+        r.unwrap().into_inner().chain.unwrap().vnfs[0].pid
+    };
+    let first = pid(chains.create_chain(create("once", 21, "op-1")).await);
+    let again = pid(chains.create_chain(create("once", 21, "op-1")).await);
+    assert_eq!(first, again, "the retry is answered with the first chain");
+    let e = chains
+        .create_chain(create("once", 21, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    let e = chains
+        .create_chain(create("once", 22, "op-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("request_id \"op-1\""), "{e:?}");
+    let delete = |name: &str, id: &str| api::DeleteChainRequest {
+        name: name.into(),
+        request_id: id.into(),
+    };
+    chains.delete_chain(delete("once", "op-3")).await.unwrap();
+    chains.delete_chain(delete("once", "op-3")).await.unwrap();
+    let e = chains.delete_chain(delete("once", "")).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let info = e.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("NOT_FOUND", "nham.v1")
+    );
+    // Two at once: one runs, the other waits for its answer.
+    let mut other = ChainServiceClient::new(channel.clone());
+    let (a, b) = tokio::join!(
+        chains.create_chain(create("twice", 23, "op-4")),
+        other.create_chain(create("twice", 23, "op-4")),
+    );
+    assert_eq!(pid(a), pid(b));
+    chains.delete_chain(delete("twice", "op-5")).await.unwrap();
+
+    let mut bad = spec("bad", 24, &["a"], api::Mechanism::None);
+    bad.vnfs[0].name = "Not A Name".into();
+    let e = chains
+        .create_chain(api::CreateChainRequest {
+            spec: Some(bad),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_eq!(
+        e.get_details_error_info().unwrap().reason,
+        "INVALID_ARGUMENT"
+    );
+    let violation = &e
+        .get_details_bad_request()
+        .expect("BadRequest")
+        .field_violations[0];
+    assert_eq!(violation.field, "spec.vnfs[0].name", "{violation:?}");
+    drop((chains, other));
+    drop(h);
+}
+
+/// A VNF's limit file: the cgroup v2 one where its group has the
+/// controller, else the cgroup v1 one of the controller's hierarchy.
+fn limit_of(pid: u32, controller: &str, v2: &str, v1: &str) -> String {
+    let groups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let v2_root = nham_control::runtime::cgroup::cgroup2_root().unwrap();
+    let v2_file = v2_root
+        .join(cgroup_of(pid).trim_start_matches('/'))
+        .join(v2);
+    if let Ok(v) = std::fs::read_to_string(&v2_file) {
+        return v.trim().to_string();
+    }
+    let rel = groups
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            ctrls
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_string())
+        })
+        .unwrap_or_else(|| panic!("no {controller} group: {groups}"));
+    let mount = nham_control::runtime::cgroup::cgroup1_root(controller).unwrap();
+    std::fs::read_to_string(mount.join(rel.trim_start_matches('/')).join(v1))
+        .unwrap_or_else(|e| panic!("{controller} {v1} of {pid} ({rel}): {e}"))
+        .trim()
+        .to_string()
+}
+
+/// A status line of process `pid` (`Uid`, `CapEff`, ...).
+fn status_of(pid: u32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{key}:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// Secure by default, per VNF (issue 15, item 1): a VNF has only the
+/// capabilities its spec lists (net_raw alone by default, even as root),
+/// runs as the user it names, and within its cgroup limits (v2, or v1 on a
+/// hybrid host such as CI's); a checkpointed VNF that crashes is restored
+/// by CRIU with the same capabilities and in the same limited group.
+/// Unknown users and capabilities are INVALID_ARGUMENT; a protected VNF
+/// as another user is FAILED_PRECONDITION where nhamd's root cannot
+/// checkpoint other users' processes (no CAP_SYS_RESOURCE: CI's sandbox),
+/// and checkpointed and restored with its uid where it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vnfs_run_as_their_user_with_only_their_capabilities_within_their_limits() {
+    const NET_RAW: u64 = 1 << 13;
+    const NET_ADMIN: u64 = 1 << 12;
+    const SYS_ADMIN: u64 = 1 << 21;
+    let caps = |pid: u32, set: &str| u64::from_str_radix(&status_of(pid, set), 16).unwrap();
+    let h = tokio::task::spawn_blocking(Harness::start).await.unwrap();
+    let channel = nham_control::connect(&h.addr).await.unwrap();
+    let mut chains = ChainServiceClient::new(channel.clone());
+    let mut vnfs = VnfServiceClient::new(channel.clone());
+    let mut events = EventServiceClient::new(channel.clone())
+        .watch_events(api::WatchEventsRequest {
+            chain: "lim".into(),
+            since_id: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut s = spec("lim", 11, &["fw", "mon"], api::Mechanism::Mechanism0r);
+    s.vnfs[0].limits = Some(api::ResourceLimits {
+        memory_max_bytes: 256 << 20,
+        cpu_max_millicpus: 500,
+        pids_max: 64,
+    });
+    s.vnfs[1].mechanism = api::Mechanism::None as i32;
+    s.vnfs[1].user = "nobody".into();
+    s.vnfs[1].capabilities = vec!["net_raw".into(), "CAP_NET_ADMIN".into()];
+    let c = chains
+        .create_chain(api::CreateChainRequest {
+            request_id: String::new(),
+            spec: Some(s),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .chain
+        .unwrap();
+    let (fw, mon) = (c.vnfs[0].pid, c.vnfs[1].pid);
+    // Root, with the default net_raw and sys_admin (what its checkpoints
+    // take) alone: in every set.
+    assert_eq!(status_of(fw, "Uid").split_whitespace().next(), Some("0"));
+    for set in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+        assert_eq!(caps(fw, set), NET_RAW | SYS_ADMIN, "fw {set}");
+    }
+    // nobody, with net_raw and net_admin.
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    assert_eq!(
+        status_of(mon, "Uid").split_whitespace().next(),
+        Some(nobody.uid.to_string().as_str())
+    );
+    assert_eq!(caps(mon, "CapEff"), NET_RAW | NET_ADMIN);
+    assert_eq!(caps(mon, "CapBnd"), NET_RAW | NET_ADMIN);
+    let limits = |pid| {
+        (
+            limit_of(pid, "memory", "memory.max", "memory.limit_in_bytes"),
+            limit_of(pid, "cpu", "cpu.max", "cpu.cfs_quota_us"),
+            limit_of(pid, "pids", "pids.max", "pids.max"),
+        )
+    };
+    let (memory, cpu, pids) = limits(fw);
+    assert_eq!(memory, (256u64 << 20).to_string());
+    assert!(cpu == "50000 100000" || cpu == "50000", "{cpu}");
+    assert_eq!(pids, "64");
+    // Checkpointed, crashed, restored by CRIU: the same capabilities and
+    // limits.
+    let ck = vnfs
+        .checkpoint(api::CheckpointRequest {
+            request_id: String::new(),
+            chain: "lim".into(),
+            vnf: "fw".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ck.size_bytes > 0, "{ck:?}");
+    vnfs.inject_fault(api::InjectFaultRequest {
+        chain: "lim".into(),
+        vnf: "fw".into(),
+        fault: api::Fault::Crash as i32,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let done = recovery_finished(&mut events).await;
+    assert!(done.restored, "restored from its checkpoint: {done:?}");
+    let restored = chains
+        .get_chain(api::GetChainRequest { name: "lim".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .chain
+        .unwrap()
+        .vnfs[0]
+        .pid;
+    for set in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+        assert_eq!(
+            caps(restored, set),
+            NET_RAW | SYS_ADMIN,
+            "restored fw {set}"
+        );
+    }
+    assert_eq!(limits(restored), (memory, cpu, pids));
+
+    // Refusals, with the field and the reason.
+    let refused = |f: fn(&mut api::VnfSpec)| {
+        let mut s = spec("bad", 12, &["a"], api::Mechanism::None);
+        f(&mut s.vnfs[0]);
+        s
+    };
+    for (bad, what) in [
+        (
+            refused(|v| v.capabilities = vec!["net_rawr".into()]),
+            "net_rawr",
+        ),
+        (
+            refused(|v| v.user = "no-such-user-here".into()),
+            "no-such-user-here",
+        ),
+        (
+            refused(|v| {
+                v.limits = Some(api::ResourceLimits {
+                    memory_max_bytes: 4096,
+                    ..Default::default()
+                })
+            }),
+            "memory_max_bytes",
+        ),
+    ] {
+        let e = chains
+            .create_chain(api::CreateChainRequest {
+                request_id: String::new(),
+                spec: Some(bad),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(what), "{e:?}");
+    }
+    // Protected, without what a checkpoint takes.
+    let e = chains
+        .create_chain(api::CreateChainRequest {
+            spec: Some(refused(|v| {
+                v.capabilities = vec!["net_raw".into()];
+                v.mechanism = api::Mechanism::Mechanism0r as i32;
+            })),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("sys_admin"), "{e:?}");
+    let as_nobody = refused(|v| {
+        v.user = "nobody".into();
+        v.mechanism = api::Mechanism::Mechanism0r as i32;
+    });
+    if nham_control::runtime::identity::can_checkpoint_other_users() {
+        chains
+            .create_chain(api::CreateChainRequest {
+                request_id: String::new(),
+                spec: Some(as_nobody),
+            })
+            .await
+            .unwrap();
+        let ck = vnfs
+            .checkpoint(api::CheckpointRequest {
+                request_id: String::new(),
+                chain: "bad".into(),
+                vnf: "a".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(ck.size_bytes > 0, "{ck:?}");
+    } else {
+        let e = chains
+            .create_chain(api::CreateChainRequest {
+                request_id: String::new(),
+                spec: Some(as_nobody),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("CAP_SYS_RESOURCE"), "{e:?}");
+        eprintln!(
+            "this host's root has no CAP_SYS_RESOURCE: a protected VNF as another user is \
+             refused ({})",
+            e.message()
+        );
+    }
+    drop((chains, vnfs, events));
+    drop(h);
+}
+
+/// nhamd as `packaging/nhamd.service` runs it (`Type=notify`,
+/// `WatchdogSec=`): it says READY=1 (with a STATUS line) once its API
+/// answers, WATCHDOG=1 four times per watchdog period while it answers,
+/// and STOPPING=1 when it is stopped; the socket file goes with it. The
+/// test stands for systemd: a datagram socket in `NOTIFY_SOCKET`.
+#[test]
+fn nhamd_tells_its_service_manager_it_is_ready_alive_and_stopping() {
+    use std::time::Instant;
+    let nhamd = nham_control::sibling_binary("nhamd").expect("nhamd (cargo build -p nham-control)");
+    let dir = std::env::temp_dir().join(unique_name("nham-notify-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manager = std::os::unix::net::UnixDatagram::bind(dir.join("notify")).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let said = || {
+        let mut buf = [0u8; 4096];
+        let n = manager.recv(&mut buf).expect("a notification within 20 s");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let sock = dir.join("nhamd.sock");
+    let log = std::fs::File::create(dir.join("nhamd.log")).unwrap();
+    // As systemd does: WATCHDOG_PID is nhamd's pid (the shell execs it in
+    // place).
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"WATCHDOG_PID=$$ exec "$@""#)
+        .arg("nhamd")
+        .arg(&nhamd)
+        .arg("--unix")
+        .arg(&sock)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--scratch-dir")
+        .arg(dir.join("scratch"))
+        .env("NOTIFY_SOCKET", dir.join("notify"))
+        // A 400 ms watchdog: a ping each 100 ms.
+        .env("WATCHDOG_USEC", "400000")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let ready = loop {
+            let m = said();
+            if m.contains("READY=1") {
+                break m;
+            }
+        };
+        assert!(
+            std::os::unix::net::UnixStream::connect(&sock).is_ok(),
+            "READY=1 before the API answers"
+        );
+        assert!(ready.contains("STATUS=0 chains; API on unix:"), "{ready}");
+        let t0 = Instant::now();
+        let mut pings = 0;
+        while t0.elapsed() < Duration::from_secs(1) {
+            if said().contains("WATCHDOG=1") {
+                pings += 1;
+            }
+        }
+        assert!(
+            (6..=14).contains(&pings),
+            "{pings} pings in 1 s, not about 10"
+        );
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let stopping = loop {
+            let m = said();
+            if m.contains("STOPPING=1") {
+                break m;
+            }
+        };
+        assert!(stopping.contains("STATUS=stopping"), "{stopping}");
+        assert!(child.wait().unwrap().success());
+        assert!(!sock.exists(), "the socket file is left behind");
+    }));
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
+    if let Err(e) = result {
+        eprintln!(
+            "nhamd log: {}",
+            std::fs::read_to_string(dir.join("nhamd.log")).unwrap_or_default()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        std::panic::resume_unwind(e);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1652,6 +2100,7 @@ async fn events_have_ids_and_a_watcher_resumes_after_the_last_it_saw() {
     let mut chains = ChainServiceClient::new(channel.clone());
     chains
         .create_chain(api::CreateChainRequest {
+            request_id: String::new(),
             spec: Some(spec("ids", 11, &["fw"], api::Mechanism::None)),
         })
         .await
@@ -1686,7 +2135,10 @@ async fn events_have_ids_and_a_watcher_resumes_after_the_last_it_saw() {
     );
     // New events after it: ids go up by one per event the daemon sent.
     chains
-        .delete_chain(api::DeleteChainRequest { name: "ids".into() })
+        .delete_chain(api::DeleteChainRequest {
+            request_id: String::new(),
+            name: "ids".into(),
+        })
         .await
         .unwrap();
     let deleted = loop {

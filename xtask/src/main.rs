@@ -8,6 +8,10 @@
 //!   runs: `cargo fmt --check`, `cargo clippy -D warnings`, `cargo test`.
 //!
 //! `cargo xtask setup` runs only the installation (`scripts/setup.sh`).
+//! `cargo xtask package` builds the Debian package
+//! (`target/packaging/nham_<version>_<arch>.deb`, with `cargo-deb`, which
+//! it installs from crates.io if missing); `cargo xtask test` builds it too
+//! and checks it installed (see [`check_package`]).
 //! Every step prints what it runs; the first failure stops the task with its
 //! exit code.
 #![forbid(unsafe_code)]
@@ -40,6 +44,154 @@ fn run(program: &str, args: &[&str]) {
 
 fn setup() {
     run("bash", &["scripts/setup.sh"]);
+}
+
+/// What `program args` prints, or the task stops.
+fn output(program: &Path, args: &[&str]) -> Vec<u8> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            eprintln!("xtask: cannot start {}: {e}", program.display());
+            exit(127)
+        });
+    if !out.status.success() {
+        eprintln!(
+            "xtask: {} {} failed: {}\n{}",
+            program.display(),
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        exit(out.status.code().unwrap_or(1));
+    }
+    out.stdout
+}
+
+fn fail(why: String) -> ! {
+    eprintln!("xtask: {why}");
+    exit(1)
+}
+
+/// Builds the .deb: the release binaries, then their man pages and shell
+/// completions (each binary writes its own: `nhamd --man`, `nhamctl
+/// man`, ...), then `cargo deb --no-build`. Returns the package's path.
+fn package() -> PathBuf {
+    let has_deb = Command::new("cargo")
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_deb {
+        eprintln!("xtask package: installing cargo-deb from crates.io (once, a few minutes)");
+        run("cargo", &["install", "cargo-deb", "--locked"]);
+    }
+    eprintln!("xtask package: building nhamd, nhamctl and nham-sff (release)");
+    run("cargo", &["build", "--release", "-p", "nham-control"]);
+    let root = repo_root();
+    let out = root.join("target/packaging");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap_or_else(|e| fail(format!("{}: {e}", out.display())));
+    let write = |name: String, bytes: Vec<u8>| {
+        let path = out.join(name);
+        std::fs::write(&path, bytes).unwrap_or_else(|e| fail(format!("{}: {e}", path.display())));
+        path
+    };
+    for (bin, section, man, completions) in [
+        ("nhamd", 8, &["--man"][..], &["--completions"][..]),
+        ("nhamctl", 1, &["man"], &["completion"]),
+    ] {
+        let exe = root.join("target/release").join(bin);
+        let page = write(format!("{bin}.{section}"), output(&exe, man));
+        run("gzip", &["-9nf", &page.display().to_string()]);
+        for shell in ["bash", "zsh", "fish"] {
+            write(
+                format!("{bin}.{shell}"),
+                output(&exe, &[completions, &[shell]].concat()),
+            );
+        }
+    }
+    run(
+        "cargo",
+        &[
+            "deb",
+            "-p",
+            "nham-control",
+            "--no-build",
+            "--strip",
+            "--output",
+            &out.display().to_string(),
+        ],
+    );
+    let deb = std::fs::read_dir(&out)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .unwrap_or_else(|| fail(format!("cargo deb left no .deb in {}", out.display())));
+    eprintln!("xtask package: {}", deb.display());
+    deb
+}
+
+/// Installs the package on this machine (`dpkg -i`), checks it as an
+/// operator would meet it, and removes it again (`dpkg --purge`): `nhamd
+/// --version` and `nhamctl --version` run; the binaries are stripped; the
+/// unit passes `systemd-analyze verify` with nothing to say; the example
+/// configuration is a conffile; the man pages and completions are in place.
+fn check_package(deb: &Path) {
+    run("dpkg", &["-i", &deb.display().to_string()]);
+    let contents = String::from_utf8_lossy(&output(Path::new("dpkg"), &["-L", "nham"])).to_string();
+    eprintln!("xtask package: nham installs\n{contents}");
+    for bin in ["nhamd", "nhamctl"] {
+        let exe = Path::new("/usr/bin").join(bin);
+        let v = output(&exe, &["--version"]);
+        eprintln!(
+            "+ {} --version: {}",
+            exe.display(),
+            String::from_utf8_lossy(&v).trim()
+        );
+    }
+    for bin in ["nhamd", "nhamctl", "nham-sff"] {
+        let sections = output(Path::new("readelf"), &["-S", &format!("/usr/bin/{bin}")]);
+        if String::from_utf8_lossy(&sections).contains(".debug_info") {
+            fail(format!("/usr/bin/{bin} is not stripped"));
+        }
+    }
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "/lib/systemd/system/nhamd.service"])
+        .output()
+        .unwrap_or_else(|e| fail(format!("systemd-analyze: {e}")));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    if !verify.status.success() || !said.trim().is_empty() {
+        fail(format!(
+            "systemd-analyze verify nhamd.service: {}\n{said}",
+            verify.status
+        ));
+    }
+    eprintln!("+ systemd-analyze verify /lib/systemd/system/nhamd.service: clean");
+    let conffiles = output(Path::new("dpkg-query"), &["-W", "-f=${Conffiles}", "nham"]);
+    if !String::from_utf8_lossy(&conffiles).contains("/etc/nham/nhamd.toml") {
+        fail("/etc/nham/nhamd.toml is not a conffile of nham".into());
+    }
+    for path in [
+        "/usr/share/man/man8/nhamd.8.gz",
+        "/usr/share/man/man1/nhamctl.1.gz",
+        "/usr/share/bash-completion/completions/nhamctl",
+        "/usr/share/zsh/vendor-completions/_nhamctl",
+        "/usr/share/fish/vendor_completions.d/nhamctl.fish",
+        "/usr/share/nham/alerts.yml",
+    ] {
+        if !contents.lines().any(|l| l == path) {
+            fail(format!("the package has no {path}"));
+        }
+    }
+    run("dpkg", &["--purge", "nham"]);
+    eprintln!("xtask package: installed, checked and removed");
 }
 
 fn main() {
@@ -110,13 +262,22 @@ fn main() {
             let mut cmd = vec!["test", "--workspace"];
             cmd.extend(rest);
             run("cargo", &cmd);
+            check_package(&package());
+        }
+        Some("package") => {
+            let deb = package();
+            // `--check`: install it here, check it, remove it (as CI does).
+            if rest.contains(&"--check") {
+                check_package(&deb);
+            }
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo|test|setup> [ARGS]\n\
-                 \n  demo   install what is missing, then run the main job\
-                 \n  test   install what is missing, then fmt, clippy and every test\
-                 \n  setup  install what is missing (root)"
+                "usage: cargo xtask <demo|test|setup|package> [ARGS]\n\
+                 \n  demo     install what is missing, then run the main job\
+                 \n  test     install what is missing, then fmt, clippy, every test and the package\
+                 \n  package  build the Debian package (target/packaging/); --check: install, check, remove\
+                 \n  setup    install what is missing (root)"
             );
             exit(2);
         }

@@ -156,6 +156,15 @@ pub fn spec(plan: &ChainPlan) -> api::ChainSpec {
                     .checkpoint_interval
                     .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
                 host: v.host.clone().unwrap_or_default(),
+                // Resolved: numbers, as this host knows them.
+                user: v.identity.uid.map(|u| u.to_string()).unwrap_or_default(),
+                group: v.identity.gid.map(|g| g.to_string()).unwrap_or_default(),
+                capabilities: v.identity.capabilities.clone(),
+                limits: (!v.limits.is_none()).then(|| api::ResourceLimits {
+                    memory_max_bytes: v.limits.memory_max.unwrap_or(0),
+                    cpu_max_millicpus: v.limits.cpu_max_millicpus.unwrap_or(0),
+                    pids_max: v.limits.pids_max.unwrap_or(0),
+                }),
             })
             .collect(),
         rules: (plan.rules.iter())

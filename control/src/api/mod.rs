@@ -16,5 +16,6 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("nham
 
 pub mod auth;
 pub mod encode;
+pub mod idempotency;
 pub mod metrics_http;
 pub mod server;

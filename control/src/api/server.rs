@@ -141,6 +141,26 @@ impl host_service_server::HostService for HostSvc {
 
 type Answer<T> = Result<Response<T>, Status>;
 
+/// `run`, the call `call` of `request`, once per its `request_id` (see
+/// [`super::idempotency`]): a retry gets the first call's answer.
+async fn retried<T>(
+    daemon: &Daemon,
+    call: &'static str,
+    request: &impl prost::Message,
+    request_id: &str,
+    run: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
+) -> Answer<T>
+where
+    T: prost::Message + Default,
+{
+    let digest = super::idempotency::digest(request);
+    daemon
+        .retries
+        .once(call, request_id, digest, run)
+        .await
+        .map(Response::new)
+}
+
 /// `r`, the daemon's answer about chain `chain`: a chain this host does not
 /// have but another host owns is named with its owner (see
 /// [`Daemon::or_owner`]).
@@ -161,19 +181,25 @@ impl chain_service_server::ChainService for ChainSvc {
         &self,
         r: Request<api::CreateChainRequest>,
     ) -> Answer<api::CreateChainResponse> {
-        let plan = validate::chain(r.into_inner().spec.as_ref())?;
-        // A chain's name is the cluster's: not taken again on another host.
-        let missing = ControlError::NotFound(String::new());
-        if let ControlError::OwnedElsewhere { chain, owner, .. } =
-            self.0.or_owner(&plan.name, missing).await
-        {
-            return Err(ControlError::AlreadyExists(format!(
-                "chain {chain:?} exists: host {owner} owns it"
-            ))
-            .into());
-        }
-        let chain = Some(self.0.create(plan).await?.into_api());
-        Ok(Response::new(api::CreateChainResponse { chain }))
+        let request = r.into_inner();
+        let (r, daemon) = (request.clone(), self.0.clone());
+        let run = async move {
+            let plan = validate::chain(r.spec.as_ref())?;
+            // A chain's name is the cluster's: not taken again on another
+            // host.
+            let missing = ControlError::NotFound(String::new());
+            if let ControlError::OwnedElsewhere { chain, owner, .. } =
+                daemon.or_owner(&plan.name, missing).await
+            {
+                return Err(ControlError::AlreadyExists(format!(
+                    "chain {chain:?} exists: host {owner} owns it"
+                ))
+                .into());
+            }
+            let chain = Some(daemon.create(plan).await?.into_api());
+            Ok(api::CreateChainResponse { chain })
+        };
+        retried(&self.0, "CreateChain", &request, &request.request_id, run).await
     }
 
     async fn get_chain(&self, r: Request<api::GetChainRequest>) -> Answer<api::GetChainResponse> {
@@ -197,9 +223,13 @@ impl chain_service_server::ChainService for ChainSvc {
         &self,
         r: Request<api::DeleteChainRequest>,
     ) -> Answer<api::DeleteChainResponse> {
-        let name = r.into_inner().name;
-        routed(&self.0, &name, self.0.delete(&name).await).await?;
-        Ok(Response::new(api::DeleteChainResponse {}))
+        let request = r.into_inner();
+        let (name, daemon) = (request.name.clone(), self.0.clone());
+        let run = async move {
+            routed(&daemon, &name, daemon.delete(&name).await).await?;
+            Ok(api::DeleteChainResponse {})
+        };
+        retried(&self.0, "DeleteChain", &request, &request.request_id, run).await
     }
 }
 
@@ -213,65 +243,80 @@ impl vnf_service_server::VnfService for VnfSvc {
         &self,
         r: Request<api::SetMechanismRequest>,
     ) -> Answer<api::SetMechanismResponse> {
-        let r = r.into_inner();
-        let mechanism = validate::mechanism(r.mechanism)
-            .map_err(|why| ControlError::InvalidArgument(format!("mechanism {why}")))?;
-        let vnf = self
-            .0
-            .set_mechanism(&r.chain, &r.vnf, mechanism, r.replicas)
-            .await;
-        let vnf = routed(&self.0, &r.chain, vnf).await?;
-        Ok(Response::new(api::SetMechanismResponse {
-            vnf: Some(vnf.into()),
-        }))
+        let request = r.into_inner();
+        let (r, daemon) = (request.clone(), self.0.clone());
+        let run = async move {
+            let mechanism = validate::mechanism(r.mechanism)
+                .map_err(|why| ControlError::InvalidArgument(format!("mechanism {why}")))?;
+            let vnf = daemon
+                .set_mechanism(&r.chain, &r.vnf, mechanism, r.replicas)
+                .await;
+            let vnf = routed(&daemon, &r.chain, vnf).await?;
+            Ok(api::SetMechanismResponse {
+                vnf: Some(vnf.into()),
+            })
+        };
+        retried(&self.0, "SetMechanism", &request, &request.request_id, run).await
     }
 
     async fn checkpoint(
         &self,
         r: Request<api::CheckpointRequest>,
     ) -> Answer<api::CheckpointResponse> {
-        let r = r.into_inner();
-        let c = routed(&self.0, &r.chain, self.0.checkpoint(&r.chain, &r.vnf).await).await?;
-        Ok(Response::new(api::CheckpointResponse {
-            checkpoint_id: c.id,
-            size_bytes: c.size,
-            pause_ms: c.pause.as_secs_f64() * 1e3,
-        }))
+        let request = r.into_inner();
+        let (r, daemon) = (request.clone(), self.0.clone());
+        let run = async move {
+            let c = routed(&daemon, &r.chain, daemon.checkpoint(&r.chain, &r.vnf).await).await?;
+            Ok(api::CheckpointResponse {
+                checkpoint_id: c.id,
+                size_bytes: c.size,
+                pause_ms: c.pause.as_secs_f64() * 1e3,
+            })
+        };
+        retried(&self.0, "Checkpoint", &request, &request.request_id, run).await
     }
 
     async fn heal_vnf(&self, r: Request<api::HealVnfRequest>) -> Answer<api::HealVnfResponse> {
-        let r = r.into_inner();
-        if api::HealCause::try_from(r.cause).map_or(true, |c| c == api::HealCause::Unspecified) {
-            return Err(ControlError::InvalidArgument(
-                "cause must be HEAL_CAUSE_FAILURE or HEAL_CAUSE_MAINTENANCE".into(),
-            )
-            .into());
-        }
-        let healed = routed(&self.0, &r.chain, self.0.heal(&r.chain, &r.vnf).await).await?;
-        Ok(Response::new(api::HealVnfResponse {
-            vnf: Some(healed.vnf.into()),
-            recovery_ms: healed.took.as_secs_f64() * 1e3,
-        }))
+        let request = r.into_inner();
+        let (r, daemon) = (request.clone(), self.0.clone());
+        let run = async move {
+            if api::HealCause::try_from(r.cause).map_or(true, |c| c == api::HealCause::Unspecified)
+            {
+                return Err(ControlError::InvalidArgument(
+                    "cause must be HEAL_CAUSE_FAILURE or HEAL_CAUSE_MAINTENANCE".into(),
+                )
+                .into());
+            }
+            let healed = routed(&daemon, &r.chain, daemon.heal(&r.chain, &r.vnf).await).await?;
+            Ok(api::HealVnfResponse {
+                vnf: Some(healed.vnf.into()),
+                recovery_ms: healed.took.as_secs_f64() * 1e3,
+            })
+        };
+        retried(&self.0, "HealVnf", &request, &request.request_id, run).await
     }
 
     async fn inject_fault(
         &self,
         r: Request<api::InjectFaultRequest>,
     ) -> Answer<api::InjectFaultResponse> {
-        let r = r.into_inner();
-        let fault = validate::fault(r.fault)?;
-        let injected = self
-            .0
-            .inject_fault(
-                &r.chain,
-                &r.vnf,
-                fault,
-                r.member as usize,
-                r.during_checkpoint,
-            )
-            .await;
-        routed(&self.0, &r.chain, injected).await?;
-        Ok(Response::new(api::InjectFaultResponse {}))
+        let request = r.into_inner();
+        let (r, daemon) = (request.clone(), self.0.clone());
+        let run = async move {
+            let fault = validate::fault(r.fault)?;
+            let injected = daemon
+                .inject_fault(
+                    &r.chain,
+                    &r.vnf,
+                    fault,
+                    r.member as usize,
+                    r.during_checkpoint,
+                )
+                .await;
+            routed(&daemon, &r.chain, injected).await?;
+            Ok(api::InjectFaultResponse {})
+        };
+        retried(&self.0, "InjectFault", &request, &request.request_id, run).await
     }
 }
 

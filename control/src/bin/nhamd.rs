@@ -150,6 +150,12 @@ struct Args {
     /// characters): peers' calls carry it; a call without it is refused.
     #[arg(long)]
     cluster_token_file: Option<PathBuf>,
+    /// Print nhamd's man page (roff) and exit.
+    #[arg(long, hide = true)]
+    man: bool,
+    /// Print shell completions for nhamd and exit.
+    #[arg(long, hide = true, value_enum, value_name = "SHELL")]
+    completions: Option<clap_complete::Shell>,
 }
 
 /// The `[cluster]` table: this host's part in a cluster of hosts.
@@ -215,6 +221,17 @@ struct Config {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.man {
+        clap_mangen::Man::new(<Args as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+            .context("writing the man page")?;
+        return Ok(());
+    }
+    if let Some(shell) = args.completions {
+        let mut cmd = <Args as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut cmd, "nhamd", &mut std::io::stdout());
+        return Ok(());
+    }
     let config: Config = match &args.config {
         Some(path) => toml::from_str(
             &std::fs::read_to_string(path)
@@ -400,6 +417,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|c| c.clone() as std::sync::Arc<dyn nham_control::vsm::checkpointer::OffHostCopy>),
         cluster: joined_cluster.clone(),
     };
+    let cgroup_dir = state.cgroup_dir();
     let mut hosted = None;
     if let (Some(c), Some(addr)) = (
         &joined_cluster,
@@ -418,7 +436,7 @@ async fn main() -> anyhow::Result<()> {
             underlay,
             state.hosted_netns_prefix(),
             state_dir.join("hosted"),
-            state.cgroup_dir().map(|d| d.join("hosted")),
+            state.cgroup_dir().map(|d| d.join("_hosted")),
         );
         hosted = Some(hosting.clone());
         let router = nham_control::api::server::peer_router(
@@ -527,25 +545,36 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let router = nham_control::api::server::router(daemon.clone(), tls, roles).await?;
-    let shutdown = async {
+    let (stop_tx, stopped) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        let _ = stop_tx.send(true);
+    };
+    let socket_file = unix.clone();
+    watchdog(&daemon);
+    let chains = daemon.alive().await;
+    let ready = |at: String| {
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&format!("{chains} chains; API on {at}")),
+        ])
     };
     match (unix, listen) {
         (Some(path), _) => {
             let listener = bind_unix(&path, args.socket_group.or(config.socket_group))?;
             tracing::info!("nhamd listening on unix:{}", path.display());
             eprintln!("nhamd listening on unix:{}", path.display());
-            router
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::UnixListenerStream::new(listener),
-                    shutdown,
-                )
-                .await?;
+            ready(format!("unix:{}", path.display()));
+            let serve = router.serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                shutdown,
+            );
+            serve_until_stopped(serve, stopped).await?;
         }
         (None, None) => unreachable!("a Unix socket by default"),
         (None, Some(listen)) => {
@@ -554,14 +583,21 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("binding {listen}"))?;
             let addr = listener.local_addr()?;
             eprintln!("nhamd listening on {addr}");
-            router
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    shutdown,
-                )
-                .await?;
+            ready(addr.to_string());
+            let serve = router.serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown,
+            );
+            serve_until_stopped(serve, stopped).await?;
         }
     }
+    notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status(match on_exit {
+            OnExit::Keep => "stopping; chains left running for the next nhamd",
+            OnExit::Stop => "stopping; deleting the chains",
+        }),
+    ]);
     // The other hosts are told this host leaves on purpose (not judged
     // down), and its registration goes.
     daemon
@@ -581,10 +617,92 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(daemon);
     let _ = std::fs::remove_dir_all(&scratch);
+    if let Some(path) = socket_file {
+        let _ = std::fs::remove_file(path);
+    }
+    // The groups left empty (those of VNFs left running for the next
+    // nhamd stay, with them).
+    if let Some(dir) = cgroup_dir {
+        nham_control::runtime::cgroup::remove_tree(&dir);
+    }
     if let Some(before) = rcu_before {
         let _ = expedite_rcu(before);
     }
-    Ok(())
+    // Done: exit now. Returning would drop the runtime, which waits for
+    // every blocking task still parked (VNF exit watchers, SFF reads),
+    // and a stop would hang until the service manager's SIGKILL.
+    tracing::info!("nhamd: stopped");
+    std::process::exit(0)
+}
+
+/// How long calls still open when nhamd is told to stop may go on: an
+/// event watcher's stream never ends by itself, and the graceful shutdown
+/// would wait for it until the service manager's stop timeout (30 s, then
+/// SIGKILL, with nothing detached cleanly).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Serves the API until the stop signal (`stopped` turns true), then lets
+/// open calls finish for [`STOP_GRACE`] and closes what is left.
+async fn serve_until_stopped(
+    serve: impl std::future::Future<Output = Result<(), tonic::transport::Error>>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    tokio::pin!(serve);
+    tokio::select! {
+        r = &mut serve => return Ok(r?),
+        _ = stopped.wait_for(|s| *s) => {}
+    }
+    match tokio::time::timeout(STOP_GRACE, serve).await {
+        Ok(r) => Ok(r?),
+        Err(_) => {
+            tracing::info!(
+                "calls still open {STOP_GRACE:?} after the stop signal (event watchers): closed"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Tells the service manager (systemd, `Type=notify`: `NOTIFY_SOCKET` set)
+/// how nhamd is: READY=1 once its API listens (chains already
+/// re-attached), STOPPING=1 when it stops, WATCHDOG=1 while it answers.
+/// Without `NOTIFY_SOCKET`, nothing.
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(false, states) {
+            tracing::warn!("telling the service manager: {e}");
+        }
+    }
+}
+
+/// With a watchdog asked for (`WatchdogSec=`: `WATCHDOG_USEC` set), pings
+/// it four times per period, each time the daemon answers
+/// ([`Daemon::alive`]) within a quarter period. A daemon stuck on its
+/// chains' lock stops pinging, and the service manager restarts it; the
+/// chains forward on meanwhile (their processes are out of nhamd's cgroup)
+/// and the next nhamd re-attaches to them.
+fn watchdog(daemon: &std::sync::Arc<Daemon>) {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let period = std::time::Duration::from_micros(usec);
+    let tick = period / 4;
+    tracing::info!("watchdog: a ping every {tick:?} (period {period:?})");
+    let daemon = std::sync::Arc::downgrade(daemon);
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(tick);
+        loop {
+            t.tick().await;
+            let Some(d) = daemon.upgrade() else { return };
+            match tokio::time::timeout(tick, d.alive()).await {
+                Ok(_) => notify(&[sd_notify::NotifyState::Watchdog]),
+                Err(_) => tracing::error!(
+                    "watchdog: the daemon did not answer within {tick:?}; no ping (restarted after {period:?} without one)"
+                ),
+            }
+        }
+    });
 }
 
 /// Sets `/sys/kernel/rcu_expedited`; returns what it was.
@@ -619,6 +737,14 @@ fn bind_unix(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    // A socket file someone answers on is another nhamd's: never taken
+    // over. One nobody answers on is a stopped daemon's, and replaced.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        anyhow::bail!(
+            "{}: another nhamd is listening there (stop it, or give this one --unix)",
+            path.display()
+        );
+    }
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)
         .with_context(|| format!("binding {}", path.display()))?;
@@ -641,4 +767,35 @@ fn expedite_rcu(on: bool) -> anyhow::Result<bool> {
         .with_context(|| format!("writing {KNOB} (root needed)"))?;
     tracing::info!("{KNOB}: {} (was {})", u8::from(on), u8::from(before));
     Ok(before)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `packaging/nhamd.toml` (installed as `/etc/nham/nhamd.toml`) shows
+    /// every key nhamd knows: with its `#key = …` and `#[table]` lines
+    /// uncommented it parses (unknown keys are refused) and leaves no key
+    /// unset.
+    #[test]
+    fn the_example_configuration_shows_every_key() {
+        let text = include_str!("../../../packaging/nhamd.toml");
+        let active: Vec<&str> = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => {
+                    rest
+                }
+                _ => l,
+            })
+            .collect();
+        let config: Config = toml::from_str(&active.join("\n")).expect("the example parses");
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("None"),
+            "keys the example leaves out (None): {shown}"
+        );
+        let roles = config.roles.expect("[roles]");
+        assert!(!roles.operators.is_empty() && !roles.viewers.is_empty());
+    }
 }

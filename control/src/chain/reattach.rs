@@ -55,6 +55,11 @@ impl ChainRuntime {
             )));
         }
         let sff = Arc::new(client);
+        // An SFF an older nhamd left in its own group moves out of it now
+        // (one already in its group stays: the write is a no-op).
+        if let Some(dir) = state.sff_cgroup(&plan.name) {
+            crate::runtime::join_cgroup(&dir, record.sff_pid);
+        }
         let work = state.scratch.join(&plan.name);
         std::fs::create_dir_all(&work).map_err(ControlError::io(work.display()))?;
         let mut vnfs = Vec::new();
@@ -73,11 +78,13 @@ impl ChainRuntime {
                 argv: r.argv.clone(),
                 log: r.log.clone(),
                 cwd: state.vnf_cwd(&plan.name, &v.name)?,
-                cgroup: state.vnf_cgroup(&plan.name, &v.name).map(|mut c| {
-                    // Until this runtime is complete, as the namespace.
-                    c.keep();
-                    c
-                }),
+                cgroup: state
+                    .vnf_cgroup(&plan.name, &v.name, &v.limits)?
+                    .map(|mut c| {
+                        // Until this runtime is complete, as the namespace.
+                        c.keep();
+                        c
+                    }),
                 replica: match (&r.replica_netns, &r.replica_sff_iface) {
                     (Some(n), Some(iface)) => Some(ReplicaPlace {
                         netns: Netns::adopt(n).map(|mut ns| {

@@ -335,6 +335,8 @@ impl VnfHost {
             log: cwd.join("vnf.log"),
             cwd,
             cgroup: cgroup.as_ref().map(|c| c.path().to_path_buf()),
+            cgroup_v1: Vec::new(),
+            identity: Default::default(),
         };
         let pid = spawn.run()?;
         self.adopt(key, pid, netns, eth0, cgroup)

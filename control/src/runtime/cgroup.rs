@@ -1,7 +1,14 @@
 //! A cgroup (v2) per VNF: every process of the VNF, forks included, in one
 //! group the daemon can account and kill as a whole.
 //!
-//! Layout: `<cgroup2 mount>/nham-<state tag>/<chain>/<vnf>`. The cgroup2
+//! Layout: `<cgroup2 mount>/nham-<state tag>/<chain>/<vnf>` for a chain's
+//! VNFs, `…/<chain>/_sff` for its SFF and `…/_hosted/<id>` for VNFs run
+//! for other hosts (`_` is in no chain's or VNF's name). None of it is
+//! under `nhamd`'s own group: a service manager that stops `nhamd` and
+//! kills whatever is left in its group (systemd's `KillMode=mixed`, the
+//! unit in `packaging/`) leaves the chains forwarding and holding, for the
+//! next `nhamd` to re-attach to (as Docker's cgroupfs driver keeps
+//! containers out of `dockerd`'s unit). The cgroup2
 //! hierarchy is found in `/proc/self/mountinfo` (`/sys/fs/cgroup` on a
 //! unified host, `/sys/fs/cgroup/unified` on a hybrid one like this
 //! project's CI machine). A VNF process is moved in right after it starts,
@@ -50,10 +57,92 @@ pub fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
-/// One VNF's cgroup.
+/// Where the cgroup v1 hierarchy of `controller` is mounted, if one is
+/// (a hybrid host's memory, cpu and pids controllers are there).
+pub fn cgroup1_root(controller: &str) -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut r = right.split_whitespace();
+        if r.next()? != "cgroup" {
+            return None;
+        }
+        let options = r.nth(1)?;
+        if !options.split(',').any(|o| o == controller) {
+            return None;
+        }
+        left.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+/// A VNF's resource limits (`VnfSpec.limits`; `None`: no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    /// Memory, bytes (`memory.max`).
+    pub memory_max: Option<u64>,
+    /// CPU, thousandths of a CPU per 100 ms period (`cpu.max`).
+    pub cpu_max_millicpus: Option<u32>,
+    /// Processes and threads (`pids.max`).
+    pub pids_max: Option<u32>,
+}
+
+/// A controller, its cgroup v2 file and value, its cgroup v1 files and
+/// values.
+type LimitFiles = (
+    &'static str,
+    (&'static str, String),
+    Vec<(&'static str, String)>,
+);
+
+/// The CPU period limits are set over, µs (the kernel's default).
+const CPU_PERIOD_US: u64 = 100_000;
+
+impl Limits {
+    /// Whether it limits nothing.
+    pub fn is_none(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Per controller, the files that set the limits and their values:
+    /// cgroup v2's, and cgroup v1's for a controller v2 does not have here.
+    fn files(&self) -> Vec<LimitFiles> {
+        let mut out = Vec::new();
+        if let Some(m) = self.memory_max {
+            out.push((
+                "memory",
+                ("memory.max", m.to_string()),
+                vec![("memory.limit_in_bytes", m.to_string())],
+            ));
+        }
+        if let Some(c) = self.cpu_max_millicpus {
+            let quota = u64::from(c) * CPU_PERIOD_US / 1000;
+            out.push((
+                "cpu",
+                ("cpu.max", format!("{quota} {CPU_PERIOD_US}")),
+                vec![
+                    ("cpu.cfs_period_us", CPU_PERIOD_US.to_string()),
+                    ("cpu.cfs_quota_us", quota.to_string()),
+                ],
+            ));
+        }
+        if let Some(p) = self.pids_max {
+            out.push((
+                "pids",
+                ("pids.max", p.to_string()),
+                vec![("pids.max", p.to_string())],
+            ));
+        }
+        out
+    }
+}
+
+/// One VNF's cgroup: its cgroup2 group, and the cgroup v1 groups that
+/// carry its limits on a hybrid host.
 #[derive(Debug)]
 pub struct Cgroup {
     path: PathBuf,
+    /// v1 groups (same relative path, one per controller it limits).
+    v1: Vec<PathBuf>,
     kept: bool,
 }
 
@@ -63,8 +152,53 @@ impl Cgroup {
         std::fs::create_dir_all(path).map_err(io(path))?;
         Ok(Self {
             path: path.to_path_buf(),
+            v1: Vec::new(),
             kept: false,
         })
+    }
+
+    /// Creates (or takes) the group `rel` under the cgroup2 hierarchy at
+    /// `root`, with `limits`: in cgroup v2 where the hierarchy has the
+    /// controller (enabled on the way down from `root`), else in the
+    /// controller's v1 hierarchy at the same relative path. A limit that
+    /// can be set nowhere is an error (a VNF never runs unbounded when its
+    /// spec bounds it).
+    pub fn create_limited(root: &Path, rel: &Path, limits: &Limits) -> Result<Self, CgroupError> {
+        let mut g = Self::create(&root.join(rel))?;
+        let available = std::fs::read_to_string(root.join("cgroup.subtree_control"))
+            .or_else(|_| std::fs::read_to_string(root.join("cgroup.controllers")))
+            .unwrap_or_default();
+        for (controller, v2, v1) in limits.files() {
+            if available.split_whitespace().any(|c| c == controller) {
+                // "+memory" in each ancestor's subtree_control, from the
+                // top group down to the VNF's parent.
+                let mut dir = root.to_path_buf();
+                let parts: Vec<_> = rel.components().collect();
+                for part in &parts[..parts.len().saturating_sub(1)] {
+                    dir.push(part);
+                    let control = dir.join("cgroup.subtree_control");
+                    std::fs::write(&control, format!("+{controller}")).map_err(io(&control))?;
+                }
+                let f = g.path.join(v2.0);
+                std::fs::write(&f, v2.1).map_err(io(&f))?;
+            } else {
+                let mount = cgroup1_root(controller).ok_or_else(|| CgroupError::Io {
+                    path: format!("{controller} controller"),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::Unsupported,
+                        "neither cgroup2 nor a cgroup v1 hierarchy has it on this host",
+                    ),
+                })?;
+                let dir = mount.join(rel);
+                std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+                g.v1.push(dir.clone());
+                for (file, value) in v1 {
+                    let f = dir.join(file);
+                    std::fs::write(&f, value).map_err(io(&f))?;
+                }
+            }
+        }
+        Ok(g)
     }
 
     /// Its directory.
@@ -72,10 +206,19 @@ impl Cgroup {
         &self.path
     }
 
-    /// Moves process `pid` (with all its threads) into the group.
+    /// The cgroup v1 groups that carry its limits (on a hybrid host).
+    pub fn v1_groups(&self) -> &[PathBuf] {
+        &self.v1
+    }
+
+    /// Moves process `pid` (with all its threads) into the group (and its
+    /// v1 groups).
     pub fn add(&self, pid: u32) -> Result<(), CgroupError> {
-        let procs = self.path.join("cgroup.procs");
-        std::fs::write(&procs, pid.to_string()).map_err(io(&procs))
+        for dir in std::iter::once(&self.path).chain(&self.v1) {
+            let procs = dir.join("cgroup.procs");
+            std::fs::write(&procs, pid.to_string()).map_err(io(&procs))?;
+        }
+        Ok(())
     }
 
     /// The processes in the group.
@@ -110,6 +253,18 @@ impl Cgroup {
             }
         }
         let deadline = Instant::now() + Duration::from_secs(1);
+        // The v1 groups (empty once the processes have gone), and their
+        // parents left empty (a chain's, the daemon's).
+        for dir in std::mem::take(&mut self.v1) {
+            while std::fs::remove_dir(&dir).is_err_and(|e| e.kind() != std::io::ErrorKind::NotFound)
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            for parent in dir.ancestors().skip(1).take(2) {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
         loop {
             match std::fs::remove_dir(&self.path) {
                 Ok(()) => return Ok(()),
@@ -140,7 +295,33 @@ pub fn remove_tree(dir: &Path) {
             }
         }
     }
-    let _ = std::fs::remove_dir(dir);
+    // A group whose last process just died may be busy for a moment.
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while let Err(e) = std::fs::remove_dir(dir) {
+        if e.raw_os_error() != Some(nix::libc::EBUSY) || Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Kills every process in the tree of groups at `dir` (`cgroup.kill` kills
+/// the descendants' too), waits up to a second for them to leave, and
+/// removes the tree: what a test lab does with a host whose `nhamd` was
+/// killed and could not clean up after itself.
+pub fn kill_tree(dir: &Path) {
+    let kill = dir.join("cgroup.kill");
+    if kill.exists() {
+        let _ = std::fs::write(&kill, "1");
+        let events = dir.join("cgroup.events");
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline
+            && std::fs::read_to_string(&events).is_ok_and(|e| e.contains("populated 1"))
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    remove_tree(dir);
 }
 
 #[cfg(test)]

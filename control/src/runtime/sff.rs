@@ -183,13 +183,31 @@ pub fn port_spec(iface: &str, role: &'static str) -> Result<PortSpec, RuntimeErr
     })
 }
 
-/// Starts `nham-sff` on `config`, listening on `socket`, logging to `log`;
-/// returns once it says it is ready.
+/// Moves process `pid` into the cgroup at `dir` (made if need be), which
+/// stays when this returns; a failure is logged, not fatal (the SFF then
+/// stays in the daemon's group, as on a host without cgroup2).
+pub fn join_cgroup(dir: &Path, pid: u32) {
+    match super::cgroup::Cgroup::create(dir) {
+        Ok(mut g) => {
+            g.keep();
+            if let Err(e) = g.add(pid) {
+                tracing::warn!(pid, "SFF left in nhamd's cgroup: {e}");
+            }
+        }
+        Err(e) => tracing::warn!(pid, "SFF left in nhamd's cgroup: {e}"),
+    }
+}
+
+/// Starts `nham-sff` on `config`, listening on `socket`, logging to `log`,
+/// in cgroup `cgroup` if given (made if need be; left in place when the
+/// process is: the chain's teardown removes it); returns once it says it
+/// is ready.
 pub fn spawn_sff(
     opts: &SffOptions,
     config: &SffConfig,
     socket: &Path,
     log: &Path,
+    cgroup: Option<&Path>,
 ) -> Result<SffProcess, RuntimeError> {
     let err = RuntimeError::Sff;
     if let Some(dir) = socket.parent() {
@@ -214,6 +232,9 @@ pub fn spawn_sff(
         .stderr(out)
         .spawn()
         .map_err(|e| err(format!("setsid {}: {e}", bin.display())))?;
+    if let Some(dir) = cgroup {
+        join_cgroup(dir, child.id());
+    }
     let json = serde_json::to_vec(config).map_err(|e| err(e.to_string()))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin

@@ -34,6 +34,23 @@ pub struct Spawn {
     pub log: PathBuf,
     /// Its cgroup, if any.
     pub cgroup: Option<PathBuf>,
+    /// Its cgroup v1 groups (limits on a hybrid host).
+    pub cgroup_v1: Vec<PathBuf>,
+    /// Who it runs as, with what capabilities.
+    pub identity: super::identity::Identity,
+}
+
+/// Whether `program` names an executable file (itself, or in `PATH`).
+fn executable(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exe = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return is_exe(Path::new(program));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| is_exe(&d.join(program))))
 }
 
 impl Spawn {
@@ -60,6 +77,22 @@ impl Spawn {
             .open(&self.log)
             .map_err(log_err)?;
         let err = out.try_clone().map_err(log_err)?;
+        if !executable(&self.argv[0]) {
+            return Err(RuntimeError::NotStarted {
+                what: format!("VNF {}", self.vnf),
+                why: format!(
+                    "{:?}: {}: no such executable file (itself or in PATH)",
+                    self.command, self.argv[0]
+                ),
+            });
+        }
+        // Its working directory is its user's.
+        if let Some(uid) = self.identity.uid {
+            let gid = self.identity.gid.map(nix::unistd::Gid::from_raw);
+            nix::unistd::chown(&self.cwd, Some(nix::unistd::Uid::from_raw(uid)), gid)
+                .map_err(|e| RuntimeError::io(self.cwd.display())(e.into()))?;
+        }
+        let setpriv = self.identity.setpriv_args();
         let (argv, env, ns, cwd) = (
             self.argv.clone(),
             self.env.clone(),
@@ -73,8 +106,11 @@ impl Spawn {
             // Pid 1 of a PID namespace of its own (see
             // [`own_pid_namespace_for_children`]).
             own_pid_namespace_for_children()?;
-            Command::new(&argv[0])
-                .args(&argv[1..])
+            // setpriv sets the ids and capabilities, then execs the VNF in
+            // place (see `identity`).
+            Command::new("setpriv")
+                .args(setpriv)
+                .args(&argv)
                 .envs(env)
                 .env("NHAM_IFACE", VNF_IFACE)
                 .env("NHAM_NETNS", &ns)
@@ -89,8 +125,8 @@ impl Spawn {
             why: format!("{:?}: {e}", self.command),
         })?;
         let pid = child.id();
-        // In its group at once, before it can fork much.
-        if let Some(cg) = &self.cgroup {
+        // In its groups at once, before it can fork much.
+        for cg in self.cgroup.iter().chain(&self.cgroup_v1) {
             let procs = cg.join("cgroup.procs");
             if let Err(e) = std::fs::write(&procs, pid.to_string()) {
                 tracing::warn!(vnf = self.vnf, "{}: {e}", procs.display());

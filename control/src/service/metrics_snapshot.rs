@@ -6,6 +6,15 @@ use super::*;
 use crate::metrics::{ChainSnapshot, Snapshot, VnfSnapshot};
 
 impl Daemon {
+    /// Whether the daemon answers at all (a service manager's watchdog):
+    /// its chains' lock and the blocking pool both serve; the number of
+    /// chains.
+    pub async fn alive(&self) -> usize {
+        let n = self.chains.lock().await.len();
+        let _ = tokio::task::spawn_blocking(|| ()).await;
+        n
+    }
+
     /// The chains as a scrape shows them; `serving` is false when the
     /// state database or a chain's SFF does not answer.
     pub async fn metrics_snapshot(&self) -> Snapshot {

@@ -67,6 +67,9 @@ impl Daemon {
         plan::name("vnf", vnf)?;
         self.with_chain(chain, |e| {
             let v = e.runtime.vnf_mut(vnf)?;
+            if mechanism.is_some() {
+                crate::validate::checkpointable(&format!("VNF {vnf:?}"), &v.plan.identity)?;
+            }
             match &v.remote {
                 Some(r) => Err(ControlError::FailedPrecondition(format!(
                     "VNF {vnf:?} runs on host {}: its mechanism is the one it was created with \

@@ -197,7 +197,7 @@ impl Port {
             )));
         }
         let burst = config.ring_size as usize;
-        Ok(Self {
+        let port = Self {
             iface: iface.to_string(),
             queue,
             umem,
@@ -212,7 +212,18 @@ impl Port {
             stats: PortStats::default(),
             stall_check: (0, None, None),
         }
-        .with_scratch(burst))
+        .with_scratch(burst);
+        // libxdp opens the socket without close-on-exec: a process started
+        // meanwhile by this one (a VNF, CRIU) would inherit it, and CRIU
+        // cannot dump a process holding an AF_XDP socket.
+        rustix::io::fcntl_setfd(port.fd(), rustix::io::FdFlags::CLOEXEC).map_err(|e| {
+            AfXdpError::Socket {
+                iface: iface.to_string(),
+                queue,
+                reason: format!("close-on-exec: {e}"),
+            }
+        })?;
+        Ok(port)
     }
 
     fn with_scratch(mut self, n: usize) -> Self {

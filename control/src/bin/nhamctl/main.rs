@@ -12,7 +12,7 @@
 mod view;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use nham_control::api::{
     self, chain_service_client::ChainServiceClient, event_service_client::EventServiceClient,
     vnf_service_client::VnfServiceClient,
@@ -149,6 +149,16 @@ enum Cmd {
         #[arg(default_value = "")]
         service: String,
     },
+    /// Shell completions for nhamctl on standard output (for example
+    /// `nhamctl completion bash > /etc/bash_completion.d/nhamctl`); asks
+    /// no daemon.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// nhamctl's man page (roff) on standard output; asks no daemon.
+    #[command(hide = true)]
+    Man,
 }
 
 /// A VNF's mechanism.
@@ -308,6 +318,28 @@ struct VnfFile {
     host: String,
     #[serde(default)]
     checkpoint_interval_ms: Option<u32>,
+    /// Who it runs as (default root).
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    group: String,
+    /// Its only capabilities (default net_raw).
+    #[serde(default)]
+    capabilities: Vec<String>,
+    #[serde(default)]
+    limits: Option<LimitsFile>,
+}
+
+/// A VNF's `[vnfs.limits]`.
+#[derive(serde::Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    #[serde(default)]
+    memory_max_bytes: u64,
+    #[serde(default)]
+    cpu_max_millicpus: u32,
+    #[serde(default)]
+    pids_max: u32,
 }
 
 #[derive(serde::Deserialize, Debug)]
@@ -354,6 +386,14 @@ impl ChainFile {
                     replicas: v.replicas,
                     checkpoint_interval_ms: v.checkpoint_interval_ms.unwrap_or(every),
                     host: v.host,
+                    user: v.user,
+                    group: v.group,
+                    capabilities: v.capabilities,
+                    limits: v.limits.map(|l| api::ResourceLimits {
+                        memory_max_bytes: l.memory_max_bytes,
+                        cpu_max_millicpus: l.cpu_max_millicpus,
+                        pids_max: l.pids_max,
+                    }),
                 })
             })
             .collect::<anyhow::Result<_>>()?;
@@ -371,6 +411,27 @@ impl ChainFile {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    match &args.command {
+        Cmd::Completion { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Args::command(),
+                "nhamctl",
+                &mut std::io::stdout(),
+            );
+            return std::process::ExitCode::SUCCESS;
+        }
+        Cmd::Man => {
+            return match clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout()) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("nhamctl: writing the man page: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     match ask(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -516,6 +577,8 @@ async fn run(
         Ok(())
     };
     match command {
+        // Answered in main, without a daemon.
+        Cmd::Completion { .. } | Cmd::Man => {}
         Cmd::Create {
             file,
             name,
@@ -555,7 +618,10 @@ async fn run(
                 },
             };
             let r = chains
-                .create_chain(api::CreateChainRequest { spec: Some(spec) })
+                .create_chain(api::CreateChainRequest {
+                    request_id: String::new(),
+                    spec: Some(spec),
+                })
                 .await?;
             show_chain(r.into_inner().chain)?;
         }
@@ -579,7 +645,10 @@ async fn run(
         }
         Cmd::Delete { name } => {
             chains
-                .delete_chain(api::DeleteChainRequest { name: name.clone() })
+                .delete_chain(api::DeleteChainRequest {
+                    request_id: String::new(),
+                    name: name.clone(),
+                })
                 .await?;
             if !print_doc(output, &serde_json::json!({ "deleted": name }))? {
                 println!("chain {name} deleted");
@@ -598,6 +667,7 @@ async fn run(
                 FaultArg::CutOff => api::Fault::CutOff,
             };
             vnfs.inject_fault(api::InjectFaultRequest {
+                request_id: String::new(),
                 chain,
                 vnf,
                 fault: fault as i32,
@@ -639,6 +709,7 @@ async fn run(
         } => {
             let r = vnfs
                 .set_mechanism(api::SetMechanismRequest {
+                    request_id: String::new(),
                     chain,
                     vnf,
                     mechanism: m.api() as i32,
@@ -649,7 +720,11 @@ async fn run(
         }
         Cmd::Checkpoint { chain, vnf } => {
             let r = vnfs
-                .checkpoint(api::CheckpointRequest { chain, vnf })
+                .checkpoint(api::CheckpointRequest {
+                    request_id: String::new(),
+                    chain,
+                    vnf,
+                })
                 .await?
                 .into_inner();
             if !print_doc(
