@@ -9,6 +9,9 @@ fn main() {
         // (nhamctl prints answers and events as JSON and YAML, keyed by
         // the proto's field names; a oneof by its field's name.)
         .type_attribute(".nham.v1", "#[derive(serde::Serialize)]")
+        // Maps in key order: a request encodes to the same bytes each time
+        // (a retry's digest must equal the first call's: api::idempotency).
+        .btree_map(".")
         .type_attribute(
             ".nham.v1.WatchEventsResponse.event",
             "#[serde(rename_all = \"snake_case\")]",

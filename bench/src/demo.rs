@@ -57,6 +57,8 @@ pub(crate) fn run() -> Result<()> {
             host_restarts: false,
             tail: std::time::Duration::ZERO,
             replicas: 0,
+            // The 0R run's nhamd is scraped as Prometheus would.
+            metrics: mechanism == Mechanism::Mechanism0r,
         })?;
         rows.push(r);
     }
@@ -97,6 +99,28 @@ pub(crate) fn run() -> Result<()> {
          member restored and catching up, while the other two serve); downtime = longest\n\
          silence at the sink around a failure; states = every VNF's final state against a failure-free run."
     );
+    if let Some(r) = rows.iter().find(|r| !r.metrics.is_empty()) {
+        println!(
+            "\nnhamd's /metrics at the end of the {} run, as Prometheus scrapes it (excerpt):",
+            r.mechanism.trim_start_matches("MECHANISM_")
+        );
+        let shown = [
+            "nham_up",
+            "nham_vnf_failures_total",
+            "nham_vnf_recoveries_total",
+            "nham_recovery_seconds_count",
+            "nham_checkpoints_total",
+            "nham_checkpoint_age_seconds",
+            "nham_hold_packets",
+        ];
+        for line in r.metrics.lines().filter(|l| {
+            shown
+                .iter()
+                .any(|m| l.starts_with(&format!("{m}{{")) || l.starts_with(&format!("{m} ")))
+        }) {
+            println!("  {line}");
+        }
+    }
     if rows.iter().any(|r| !r.is_exact()) {
         bail!("exactly-once violated: {rows:?}");
     }

@@ -124,7 +124,14 @@ pub struct HaSpec {
     /// A progress bar of the rounds on stderr when it is a terminal (long
     /// benchmark runs; not with `--json`).
     pub progress: bool,
+    /// `nhamd` serves Prometheus metrics (`--metrics-listen` on
+    /// 127.0.0.1:[`METRICS_PORT`] of its namespace), scraped at the end of
+    /// the trial into [`HaReport::metrics`].
+    pub metrics: bool,
 }
+
+/// Where a trial's `nhamd` serves `/metrics` (in its own namespace).
+pub const METRICS_PORT: u16 = 9477;
 
 /// Now, Unix ns.
 fn unix_ns() -> u64 {
@@ -267,6 +274,10 @@ pub struct HaReport {
     pub offered_pps: f64,
     /// SFF counters at the end.
     pub stats: SffCounters,
+    /// With [`HaSpec::metrics`]: `nhamd`'s `/metrics` at the end, as a
+    /// Prometheus scrape gets it.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub metrics: String,
 }
 
 /// The SFF's counters, as `GetStats` gives them.
@@ -391,6 +402,7 @@ struct Tuning {
     interval_ms: u32,
     hold_packets: usize,
     expedite_rcu: bool,
+    metrics: bool,
 }
 
 impl Nhamd {
@@ -406,6 +418,7 @@ impl Nhamd {
             interval_ms,
             hold_packets,
             expedite_rcu,
+            metrics,
         } = tuning;
         let sock = dir.join("nhamd.sock");
         let _ = std::fs::remove_file(&sock);
@@ -431,6 +444,8 @@ impl Nhamd {
         let argv: Vec<String> = argv
             .into_iter()
             .chain(expedite_rcu.then(|| "--expedite-rcu".to_string()))
+            .chain(metrics.then(|| "--metrics-listen".to_string()))
+            .chain(metrics.then(|| format!("127.0.0.1:{METRICS_PORT}")))
             .collect();
         // NHAM_HA_NHAMD_ARGS: more nhamd flags (tuning experiments).
         let extra: Vec<String> = std::env::var("NHAM_HA_NHAMD_ARGS")
@@ -679,6 +694,26 @@ impl Nhamd {
     }
 }
 
+/// `nhamd`'s `/metrics` as a Prometheus scrape gets it, from the lab's SFF
+/// namespace (where it listens).
+fn scrape_metrics(lab: &Lab) -> Result<String> {
+    use std::io::{Read, Write};
+    let text = lab.sff_netns().run(|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", METRICS_PORT))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: nhamd\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })??;
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
+            Ok(body.to_string())
+        }
+        _ => bail!("not a 200 answer: {}", text.lines().next().unwrap_or("")),
+    }
+}
+
 /// Pids of the children of process `parent`.
 fn children_of(parent: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -908,6 +943,7 @@ fn run_in(spec: &HaSpec, mut hosts: Option<(&mut HostLab, &str)>) -> Result<HaRe
                 interval_ms: spec.checkpoint_interval_ms,
                 hold_packets,
                 expedite_rcu: spec.expedite_rcu,
+                metrics: spec.metrics,
             },
             &cluster,
             unit.as_ref().map(|g| g.path()),
@@ -1641,6 +1677,12 @@ fn trial(
         }
         mismatch_detail.extend(found);
     }
+    // Scraped while the chain still runs (its gauges go with it).
+    let metrics = if spec.metrics {
+        scrape_metrics(lab).context("scraping nhamd's /metrics")?
+    } else {
+        String::new()
+    };
     rt.block_on(chains.delete_chain(api::DeleteChainRequest {
         request_id: String::new(),
         name: "ha".into(),
@@ -1793,6 +1835,7 @@ fn trial(
         eprintln!("{story}");
     }
     Ok(HaReport {
+        metrics,
         mechanism: spec.mechanism.as_str_name().to_string(),
         vnfs: n,
         rounds: spec.rounds.len(),

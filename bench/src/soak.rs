@@ -185,6 +185,7 @@ fn segment_spec(
         placement: Vec::new(),
         unit_stop: false,
         progress: false,
+        metrics: false,
         host_failures: false,
         host_restarts: false,
         tail: Duration::ZERO,

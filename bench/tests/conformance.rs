@@ -70,6 +70,7 @@ fn spec(mechanism: Mechanism, fault: Fault, rounds: Vec<usize>) -> HaSpec {
     HaSpec {
         unit_stop: false,
         progress: false,
+        metrics: false,
         mechanism,
         kinds: Vec::new(),
         foreign_vnfs: match std::env::var("NHAM_CONFORMANCE_ONLY") {

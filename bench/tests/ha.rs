@@ -50,6 +50,7 @@ fn spec(mechanism: Mechanism, kinds: Vec<Kind>, rounds: Vec<usize>) -> HaSpec {
         replicas: 0,
         unit_stop: false,
         progress: false,
+        metrics: false,
     }
 }
 

@@ -398,7 +398,7 @@ impl VnfRuntime {
         let p = process::Process::open(pid)?;
         let pidfd = p.watch_fd()?;
         if let Some(cg) = &self.cgroup {
-            if let Err(e) = cg.add(pid) {
+            if let Err(e) = cg.add_tree(pid) {
                 tracing::warn!(vnf = self.plan.name, "{e}");
             }
         }
@@ -459,7 +459,7 @@ impl VnfRuntime {
         let p = process::Process::open(pid)?;
         let pidfd = p.watch_fd()?;
         if let Some(cg) = &self.cgroup {
-            if let Err(e) = cg.add(pid) {
+            if let Err(e) = cg.add_tree(pid) {
                 tracing::warn!(vnf = self.plan.name, "{e}");
             }
         }

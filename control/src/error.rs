@@ -273,12 +273,25 @@ impl ControlError {
 /// word when that is a field path (`spec.vnfs[0].name ...`, `mechanism
 /// ...`), for `google.rpc.BadRequest`.
 fn field_of(message: &str) -> Option<&str> {
+    /// Top-level fields a message may begin with on their own.
+    const FIELDS: &[&str] = &[
+        "spec",
+        "name",
+        "chain",
+        "vnf",
+        "mechanism",
+        "cause",
+        "fault",
+        "member",
+        "replicas",
+        "request_id",
+    ];
     let first = message.split([' ', ':']).next()?;
     let path = first
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._[]".contains(c));
-    (path && !first.is_empty() && first.chars().next().is_some_and(|c| c.is_ascii_lowercase()))
-        .then_some(first)
+    let named = first.contains(['.', '[']) || FIELDS.contains(&first);
+    (path && named && first.starts_with(|c: char| c.is_ascii_lowercase())).then_some(first)
 }
 
 impl From<ControlError> for tonic::Status {

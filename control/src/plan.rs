@@ -86,7 +86,7 @@ pub struct VnfPlan {
     #[serde(default)]
     pub host: Option<String>,
     /// Who it runs as and its only capabilities (a record of an older
-    /// nhamd: root, net_raw).
+    /// nhamd: root, with the default net_raw and sys_admin).
     #[serde(default)]
     pub identity: crate::runtime::identity::Identity,
     /// Its cgroup's limits.

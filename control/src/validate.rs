@@ -201,10 +201,13 @@ pub fn chain(spec: Option<&api::ChainSpec>) -> Result<ChainPlan, ControlError> {
             crate::runtime::identity::Identity::resolve(&v.user, &v.group, &v.capabilities)
                 .map_err(|e| invalid(format!("spec.vnfs[{i}]: {e}")))?;
         let limits = limits(i, v.limits.as_ref())?;
-        if !v.host.is_empty() && (!identity.is_root() || !limits.is_none()) {
+        if !v.host.is_empty()
+            && (!identity.is_root() || !limits.is_none() || !v.capabilities.is_empty())
+        {
             return Err(invalid(format!(
-                "spec.vnfs[{i}]: a VNF on another host runs as root with net_raw and no limits \
-                 (user, group and limits are for VNFs on the chain's own host, for now)"
+                "spec.vnfs[{i}]: a VNF on another host runs as root with net_raw and sys_admin and \
+                 no limits (user, group, capabilities and limits are for VNFs on the chain's own \
+                 host, for now)"
             )));
         }
         if mechanism.is_some() {

@@ -1429,8 +1429,14 @@ async fn retries_are_answered_once_and_errors_name_their_field() {
     let h = tokio::task::spawn_blocking(Harness::start).await.unwrap();
     let channel = nham_control::connect(&h.addr).await.unwrap();
     let mut chains = ChainServiceClient::new(channel.clone());
+    // With a map in the request (env): a retry must encode to the same
+    // bytes (maps in key order) to be known as the same request.
     let create = |name: &str, spi: u32, id: &str| api::CreateChainRequest {
-        spec: Some(spec(name, spi, &["a"], api::Mechanism::None)),
+        spec: Some({
+            let mut s = spec(name, spi, &["a"], api::Mechanism::None);
+            s.vnfs[0].env = (0..8).map(|i| (format!("K{i}"), format!("v{i}"))).collect();
+            s
+        }),
         request_id: id.into(),
     };
     let pid = |r: Result<tonic::Response<api::CreateChainResponse>, tonic::Status>| {

@@ -134,64 +134,92 @@ fn package() -> PathBuf {
     deb
 }
 
+/// What `program args` prints, or why it did not run well.
+fn try_output(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!(
+            "{program} {}: {}\n{text}",
+            args.join(" "),
+            out.status
+        ))
+    }
+}
+
 /// Installs the package on this machine (`dpkg -i`), checks it as an
-/// operator would meet it, and removes it again (`dpkg --purge`): `nhamd
-/// --version` and `nhamctl --version` run; the binaries are stripped; the
-/// unit passes `systemd-analyze verify` with nothing to say; the example
-/// configuration is a conffile; the man pages and completions are in place.
+/// operator would meet it, and removes it again (`dpkg --purge`, also when
+/// a check failed): `nhamd --version` and `nhamctl --version` run; the
+/// binaries are stripped; the unit passes `systemd-analyze verify` with
+/// nothing to say; the example configuration is a conffile; the man pages
+/// and completions are in place. A machine where `nham` is installed
+/// already is refused (its configuration would be purged).
 fn check_package(deb: &Path) {
-    run("dpkg", &["-i", &deb.display().to_string()]);
-    let contents = String::from_utf8_lossy(&output(Path::new("dpkg"), &["-L", "nham"])).to_string();
-    eprintln!("xtask package: nham installs\n{contents}");
-    for bin in ["nhamd", "nhamctl"] {
-        let exe = Path::new("/usr/bin").join(bin);
-        let v = output(&exe, &["--version"]);
-        eprintln!(
-            "+ {} --version: {}",
-            exe.display(),
-            String::from_utf8_lossy(&v).trim()
+    if try_output("dpkg-query", &["-W", "-f=${Status}", "nham"])
+        .is_ok_and(|s| s.contains("installed"))
+    {
+        fail(
+            "the package `nham` is installed on this machine: the package check installs and \
+             purges it, which would remove its configuration; remove it first (dpkg --purge nham)"
+                .into(),
         );
     }
-    for bin in ["nhamd", "nhamctl", "nham-sff"] {
-        let sections = output(Path::new("readelf"), &["-S", &format!("/usr/bin/{bin}")]);
-        if String::from_utf8_lossy(&sections).contains(".debug_info") {
-            fail(format!("/usr/bin/{bin} is not stripped"));
+    run("dpkg", &["-i", &deb.display().to_string()]);
+    let checked = (|| -> Result<(), String> {
+        let contents = try_output("dpkg", &["-L", "nham"])?;
+        eprintln!("xtask package: nham installs\n{contents}");
+        for bin in ["nhamd", "nhamctl"] {
+            let v = try_output(&format!("/usr/bin/{bin}"), &["--version"])?;
+            eprintln!("+ /usr/bin/{bin} --version: {}", v.trim());
         }
-    }
-    let verify = Command::new("systemd-analyze")
-        .args(["verify", "/lib/systemd/system/nhamd.service"])
-        .output()
-        .unwrap_or_else(|e| fail(format!("systemd-analyze: {e}")));
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
-    if !verify.status.success() || !said.trim().is_empty() {
-        fail(format!(
-            "systemd-analyze verify nhamd.service: {}\n{said}",
-            verify.status
-        ));
-    }
-    eprintln!("+ systemd-analyze verify /lib/systemd/system/nhamd.service: clean");
-    let conffiles = output(Path::new("dpkg-query"), &["-W", "-f=${Conffiles}", "nham"]);
-    if !String::from_utf8_lossy(&conffiles).contains("/etc/nham/nhamd.toml") {
-        fail("/etc/nham/nhamd.toml is not a conffile of nham".into());
-    }
-    for path in [
-        "/usr/share/man/man8/nhamd.8.gz",
-        "/usr/share/man/man1/nhamctl.1.gz",
-        "/usr/share/bash-completion/completions/nhamctl",
-        "/usr/share/zsh/vendor-completions/_nhamctl",
-        "/usr/share/fish/vendor_completions.d/nhamctl.fish",
-        "/usr/share/nham/alerts.yml",
-    ] {
-        if !contents.lines().any(|l| l == path) {
-            fail(format!("the package has no {path}"));
+        for bin in ["nhamd", "nhamctl", "nham-sff"] {
+            if try_output("readelf", &["-S", &format!("/usr/bin/{bin}")])?.contains(".debug_info") {
+                return Err(format!("/usr/bin/{bin} is not stripped"));
+            }
         }
-    }
+        let said = try_output(
+            "systemd-analyze",
+            &["verify", "/lib/systemd/system/nhamd.service"],
+        )?;
+        if !said.trim().is_empty() {
+            return Err(format!("systemd-analyze verify nhamd.service:\n{said}"));
+        }
+        eprintln!("+ systemd-analyze verify /lib/systemd/system/nhamd.service: clean");
+        if !try_output("dpkg-query", &["-W", "-f=${Conffiles}", "nham"])?
+            .contains("/etc/nham/nhamd.toml")
+        {
+            return Err("/etc/nham/nhamd.toml is not a conffile of nham".into());
+        }
+        for path in [
+            "/usr/share/man/man8/nhamd.8.gz",
+            "/usr/share/man/man1/nhamctl.1.gz",
+            "/usr/share/bash-completion/completions/nhamctl",
+            "/usr/share/zsh/vendor-completions/_nhamctl",
+            "/usr/share/fish/vendor_completions.d/nhamctl.fish",
+            "/usr/share/nham/alerts.yml",
+        ] {
+            if !contents.lines().any(|l| l == path) {
+                return Err(format!("the package has no {path}"));
+            }
+        }
+        Ok(())
+    })();
     run("dpkg", &["--purge", "nham"]);
-    eprintln!("xtask package: installed, checked and removed");
+    match checked {
+        Ok(()) => eprintln!("xtask package: installed, checked and removed"),
+        Err(why) => fail(format!(
+            "the package check failed (package removed again): {why}"
+        )),
+    }
 }
 
 fn main() {

@@ -6,7 +6,10 @@
 //! This module decides; the API layer ([`super::server`]) does the I/O:
 //! it asks [`Idempotency::handle_begin`] before running a call, runs it
 //! (to its end, even if the caller goes away) when told [`Begin::Run`],
-//! and gives the answer to [`Idempotency::handle_done`]. Keys are (call,
+//! and gives a success to [`Idempotency::handle_done`]; a failure (or a
+//! call that panicked) to [`Idempotency::handle_forget`], so that its
+//! retry runs again (a failed call changed nothing to keep; an error such
+//! as `UNAVAILABLE` says "try again"). Keys are (call,
 //! `request_id`); a key is bound to a digest of the whole request, so the
 //! same id with another request is refused, not answered with the wrong
 //! result. Answers are kept for [`Idempotency::ttl`] and at most
@@ -15,6 +18,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
+
+use crate::error::ControlError;
 
 /// A call and its `request_id`.
 pub type Key = (&'static str, String);
@@ -97,6 +102,14 @@ impl<R: Clone> Idempotency<R> {
         self.poll_expire(now);
     }
 
+    /// The call with `key` (told [`Begin::Run`]) failed: forgotten, so
+    /// that a retry runs it again (and a retry waiting on it runs it).
+    pub fn handle_forget(&mut self, key: &Key) {
+        if let Some(Entry::Running { .. }) = self.entries.get(key) {
+            self.entries.remove(key);
+        }
+    }
+
     /// Forgets answers older than the TTL, and the oldest beyond the
     /// capacity.
     pub fn poll_expire(&mut self, now: Instant) {
@@ -128,11 +141,44 @@ pub const RETRY_CAPACITY: usize = 4096;
 /// The longest `request_id`.
 pub const MAX_REQUEST_ID: usize = 128;
 
-/// The driver: a daemon's answers to mutating calls with a `request_id`.
+/// The driver: a daemon's answers to mutating calls with a `request_id`
+/// (successes only, encoded).
 #[derive(Debug)]
 pub struct Retries {
-    cache: std::sync::Mutex<Idempotency<Result<Vec<u8>, tonic::Status>>>,
+    cache: std::sync::Mutex<Idempotency<Vec<u8>>>,
     answered: tokio::sync::Notify,
+}
+
+/// Settles a running key however its task ends: answered, failed, or
+/// panicked (dropped while still set: forgotten, so no retry waits on it
+/// for ever).
+struct Settle {
+    retries: std::sync::Arc<Retries>,
+    key: Option<Key>,
+}
+
+impl Settle {
+    fn done(mut self, answer: &Result<Vec<u8>, tonic::Status>) {
+        if let Some(key) = self.key.take() {
+            match answer {
+                Ok(bytes) => self
+                    .retries
+                    .cache()
+                    .handle_done(&key, bytes.clone(), Instant::now()),
+                Err(_) => self.retries.cache().handle_forget(&key),
+            }
+            self.retries.answered.notify_waiters();
+        }
+    }
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.retries.cache().handle_forget(&key);
+            self.retries.answered.notify_waiters();
+        }
+    }
 }
 
 impl Default for Retries {
@@ -150,7 +196,7 @@ pub fn digest(request: &impl prost::Message) -> [u8; 32] {
 }
 
 impl Retries {
-    fn cache(&self) -> std::sync::MutexGuard<'_, Idempotency<Result<Vec<u8>, tonic::Status>>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, Idempotency<Vec<u8>>> {
         self.cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -159,8 +205,8 @@ impl Retries {
     /// Runs `run` (call `call` of a request with `digest`) once per
     /// `request_id`: a retry gets the first call's answer, waiting for it if
     /// it still runs. The call runs to its end in a task of its own, even
-    /// if its caller goes away (a retry then gets its answer). Without a
-    /// `request_id`, `run` simply runs.
+    /// if its caller goes away (a retry then gets its answer); so does one
+    /// without a `request_id`.
     pub async fn once<T, F>(
         self: &std::sync::Arc<Self>,
         call: &'static str,
@@ -169,22 +215,28 @@ impl Retries {
         run: F,
     ) -> Result<T, tonic::Status>
     where
-        T: prost::Message + Default,
+        T: prost::Message + Default + 'static,
         F: std::future::Future<Output = Result<T, tonic::Status>> + Send + 'static,
     {
         if request_id.is_empty() {
-            return run.await;
+            // To its end even if the caller goes (a chain half started by
+            // a dropped call would have processes and no record).
+            return tokio::spawn(run)
+                .await
+                .unwrap_or_else(|_| Err(ControlError::Panicked("a mutating call").into()));
         }
         if request_id.len() > MAX_REQUEST_ID {
-            return Err(tonic::Status::invalid_argument(format!(
+            return Err(ControlError::InvalidArgument(format!(
                 "request_id is {} bytes long; at most {MAX_REQUEST_ID}",
                 request_id.len()
-            )));
+            ))
+            .into());
         }
-        let decode = |answer: Result<Vec<u8>, tonic::Status>| {
-            answer.and_then(|bytes| {
-                T::decode(&bytes[..])
-                    .map_err(|e| tonic::Status::internal(format!("the kept answer of {call}: {e}")))
+        let decode = |bytes: Vec<u8>| {
+            T::decode(&bytes[..]).map_err(|e| {
+                tonic::Status::from(ControlError::Process(format!(
+                    "the kept answer of {call}: {e}"
+                )))
             })
         };
         let key: Key = (call, request_id.to_string());
@@ -198,34 +250,30 @@ impl Retries {
             match begin {
                 Begin::Run => {
                     let Some(run) = run.take() else {
-                        return Err(tonic::Status::internal("a retried call ran twice"));
+                        return Err(ControlError::Process("a retried call ran twice".into()).into());
                     };
-                    let this = self.clone();
-                    let k = key.clone();
+                    let settle = Settle {
+                        retries: self.clone(),
+                        key: Some(key.clone()),
+                    };
                     let task = tokio::spawn(async move {
                         let answer = run.await.map(|t| t.encode_to_vec());
-                        this.cache().handle_done(&k, answer.clone(), Instant::now());
-                        this.answered.notify_waiters();
+                        settle.done(&answer);
                         answer
                     });
-                    let answer = match task.await {
-                        Ok(a) => a,
-                        Err(_) => {
-                            let a = Err(tonic::Status::internal(format!("{call} panicked")));
-                            self.cache().handle_done(&key, a.clone(), Instant::now());
-                            self.answered.notify_waiters();
-                            a
-                        }
+                    return match task.await {
+                        Ok(answer) => answer.and_then(decode),
+                        Err(_) => Err(ControlError::Panicked("a call with a request_id").into()),
                     };
-                    return decode(answer);
                 }
                 Begin::Running => answered.await,
                 Begin::Answer(answer) => return decode(answer),
                 Begin::Reused => {
-                    return Err(tonic::Status::invalid_argument(format!(
+                    return Err(ControlError::InvalidArgument(format!(
                         "request_id {request_id:?} was used for another {call} request: a retry \
                          repeats its request exactly; a new request takes a new id"
-                    )))
+                    ))
+                    .into())
                 }
             }
         }
@@ -241,6 +289,7 @@ mod tests {
     enum Op {
         Begin { id: u8, body: u8 },
         Done { id: u8, answer: u16 },
+        Forget { id: u8 },
         Wait { ms: u16 },
     }
 
@@ -248,13 +297,15 @@ mod tests {
         prop_oneof![
             (0u8..6, 0u8..2).prop_map(|(id, body)| Op::Begin { id, body }),
             (0u8..6, any::<u16>()).prop_map(|(id, answer)| Op::Done { id, answer }),
+            (0u8..6).prop_map(|id| Op::Forget { id }),
             (0u16..400).prop_map(|ms| Op::Wait { ms }),
         ]
     }
 
     proptest! {
         /// Against a reference: a key's first request runs; while it runs
-        /// the same request waits and another is refused; once answered,
+        /// the same request waits and another is refused; a failed one is
+        /// forgotten (its retry runs again); once answered,
         /// the same request gets that answer until the TTL or the capacity
         /// drops it, after which it runs again; a running call is never
         /// dropped.
@@ -298,6 +349,12 @@ mod tests {
                             Some((_, Some((a, _)))) => Begin::Answer(*a),
                         };
                         prop_assert_eq!(got, want);
+                    }
+                    Op::Forget { id } => {
+                        sut.handle_forget(&("Create", id.to_string()));
+                        if let Some((_, None)) = model.get(&id) {
+                            model.remove(&id);
+                        }
                     }
                     Op::Done { id, answer } => {
                         let key = ("Create", id.to_string());

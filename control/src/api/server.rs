@@ -151,7 +151,7 @@ async fn retried<T>(
     run: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
 ) -> Answer<T>
 where
-    T: prost::Message + Default,
+    T: prost::Message + Default + 'static,
 {
     let digest = super::idempotency::digest(request);
     daemon

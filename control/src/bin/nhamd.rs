@@ -458,6 +458,16 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    // Refused before any chain is taken over (a failure after that would
+    // drop the daemon and tear down the chains it had re-attached).
+    if let Some(path) = &unix {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "{}: another nhamd is listening there (stop it, or give this one --unix)",
+                path.display()
+            );
+        }
+    }
     nham_netns::sweep_stale();
     let daemon = Daemon::new(sff, state);
     if let Some(c) = joined_cluster {
@@ -598,6 +608,14 @@ async fn main() -> anyhow::Result<()> {
             OnExit::Stop => "stopping; deleting the chains",
         }),
     ]);
+    // Chains still being started finish first (their processes would
+    // otherwise be left with no record); 20 s at most.
+    let still = daemon
+        .settle_starts(std::time::Duration::from_secs(20))
+        .await;
+    if !still.is_empty() {
+        tracing::warn!("stopping while chains {still:?} are still starting");
+    }
     // The other hosts are told this host leaves on purpose (not judged
     // down), and its registration goes.
     daemon

@@ -78,13 +78,20 @@ impl ChainRuntime {
                 argv: r.argv.clone(),
                 log: r.log.clone(),
                 cwd: state.vnf_cwd(&plan.name, &v.name)?,
-                cgroup: state
-                    .vnf_cgroup(&plan.name, &v.name, &v.limits)?
-                    .map(|mut c| {
-                        // Until this runtime is complete, as the namespace.
-                        c.keep();
-                        c
-                    }),
+                // Its limits failing now does not fail the re-attach of a
+                // live VNF: it stays in its group, said.
+                cgroup: match state.vnf_cgroup(&plan.name, &v.name, &v.limits) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        tracing::warn!(chain = plan.name, vnf = v.name, "{e}");
+                        state.vnf_cgroup(&plan.name, &v.name, &Default::default())?
+                    }
+                }
+                .map(|mut c| {
+                    // Until this runtime is complete, as the namespace.
+                    c.keep();
+                    c
+                }),
                 replica: match (&r.replica_netns, &r.replica_sff_iface) {
                     (Some(n), Some(iface)) => Some(ReplicaPlace {
                         netns: Netns::adopt(n).map(|mut ns| {

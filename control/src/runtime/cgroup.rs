@@ -165,18 +165,25 @@ impl Cgroup {
     /// spec bounds it).
     pub fn create_limited(root: &Path, rel: &Path, limits: &Limits) -> Result<Self, CgroupError> {
         let mut g = Self::create(&root.join(rel))?;
-        let available = std::fs::read_to_string(root.join("cgroup.subtree_control"))
-            .or_else(|_| std::fs::read_to_string(root.join("cgroup.controllers")))
-            .unwrap_or_default();
+        // Kept until its limits are set: on an error the group must not be
+        // killed (it may hold a live VNF being re-attached).
+        g.keep();
+        let available =
+            std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
         for (controller, v2, v1) in limits.files() {
             if available.split_whitespace().any(|c| c == controller) {
-                // "+memory" in each ancestor's subtree_control, from the
-                // top group down to the VNF's parent.
+                // "+memory" in each subtree_control from the root (a no-op
+                // where the service manager enabled it) down to the VNF's
+                // parent.
                 let mut dir = root.to_path_buf();
                 let parts: Vec<_> = rel.components().collect();
+                let mut below = vec![dir.clone()];
                 for part in &parts[..parts.len().saturating_sub(1)] {
                     dir.push(part);
-                    let control = dir.join("cgroup.subtree_control");
+                    below.push(dir.clone());
+                }
+                for d in below {
+                    let control = d.join("cgroup.subtree_control");
                     std::fs::write(&control, format!("+{controller}")).map_err(io(&control))?;
                 }
                 let f = g.path.join(v2.0);
@@ -198,6 +205,7 @@ impl Cgroup {
                 }
             }
         }
+        g.unkeep();
         Ok(g)
     }
 
@@ -217,6 +225,27 @@ impl Cgroup {
         for dir in std::iter::once(&self.path).chain(&self.v1) {
             let procs = dir.join("cgroup.procs");
             std::fs::write(&procs, pid.to_string()).map_err(io(&procs))?;
+        }
+        Ok(())
+    }
+
+    /// Moves process `pid` and every descendant of it into the group (a
+    /// VNF CRIU restored: its whole tree starts in the restorer's group).
+    pub fn add_tree(&self, pid: u32) -> Result<(), CgroupError> {
+        let mut todo = vec![pid];
+        while let Some(p) = todo.pop() {
+            self.add(p)?;
+            if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+                for t in tasks.flatten() {
+                    let children =
+                        std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                    todo.extend(
+                        children
+                            .split_whitespace()
+                            .filter_map(|c| c.parse::<u32>().ok()),
+                    );
+                }
+            }
         }
         Ok(())
     }

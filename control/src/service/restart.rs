@@ -193,6 +193,26 @@ impl Daemon {
         }
     }
 
+    /// Waits, at most `limit`, until no chain is being started (one whose
+    /// start is under way has processes but no record yet: stopping now
+    /// would leave them to no one); returns those still starting.
+    pub async fn settle_starts(&self, limit: std::time::Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let starting: Vec<String> = self
+                .starting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .keys()
+                .cloned()
+                .collect();
+            if starting.is_empty() || std::time::Instant::now() >= deadline {
+                return starting;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Deletes every chain (as `DeleteChain` does).
     pub async fn delete_all(&self) {
         let names: Vec<String> = self.chains.lock().await.keys().cloned().collect();

@@ -45,6 +45,11 @@ struct Args {
     /// Give up after this many seconds (0: never; `watch` never does).
     #[arg(long, default_value_t = 60, global = true)]
     timeout: u64,
+    /// The mutating call's request id: run it again with the same id and
+    /// the same arguments, and a call that succeeded is answered, not done
+    /// twice (kept 10 minutes).
+    #[arg(long, global = true, default_value = "")]
+    request_id: String,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -311,7 +316,7 @@ struct VnfFile {
     /// A command line (split as a shell would) or its words.
     command: Command,
     #[serde(default)]
-    env: std::collections::HashMap<String, String>,
+    env: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     replicas: u32,
     #[serde(default)]
@@ -323,7 +328,7 @@ struct VnfFile {
     user: String,
     #[serde(default)]
     group: String,
-    /// Its only capabilities (default net_raw).
+    /// Its only capabilities (default net_raw and sys_admin).
     #[serde(default)]
     capabilities: Vec<String>,
     #[serde(default)]
@@ -501,7 +506,7 @@ async fn ask(args: Args) -> anyhow::Result<()> {
             let channel = nham_control::connect_with(&addr, tls_now.take())
                 .await
                 .with_context(|| format!("connecting to nhamd at {addr}"))?;
-            run(channel, args.command.clone(), args.output).await
+            run(channel, args.command.clone(), args.output, &args.request_id).await
         };
         let result = match limit {
             Some(limit) => tokio::time::timeout(limit, attempt)
@@ -549,6 +554,7 @@ async fn run(
     channel: tonic::transport::Channel,
     command: Cmd,
     output: Output,
+    request_id: &str,
 ) -> anyhow::Result<()> {
     use view::{print_doc, ChainView, HostView, VnfView};
     let mut chains = ChainServiceClient::new(channel.clone());
@@ -619,7 +625,7 @@ async fn run(
             };
             let r = chains
                 .create_chain(api::CreateChainRequest {
-                    request_id: String::new(),
+                    request_id: request_id.to_string(),
                     spec: Some(spec),
                 })
                 .await?;
@@ -646,7 +652,7 @@ async fn run(
         Cmd::Delete { name } => {
             chains
                 .delete_chain(api::DeleteChainRequest {
-                    request_id: String::new(),
+                    request_id: request_id.to_string(),
                     name: name.clone(),
                 })
                 .await?;
@@ -667,7 +673,7 @@ async fn run(
                 FaultArg::CutOff => api::Fault::CutOff,
             };
             vnfs.inject_fault(api::InjectFaultRequest {
-                request_id: String::new(),
+                request_id: request_id.to_string(),
                 chain,
                 vnf,
                 fault: fault as i32,
@@ -686,6 +692,7 @@ async fn run(
                     chain,
                     vnf,
                     cause: cause as i32,
+                    request_id: request_id.to_string(),
                     ..Default::default()
                 })
                 .await?
@@ -709,7 +716,7 @@ async fn run(
         } => {
             let r = vnfs
                 .set_mechanism(api::SetMechanismRequest {
-                    request_id: String::new(),
+                    request_id: request_id.to_string(),
                     chain,
                     vnf,
                     mechanism: m.api() as i32,
@@ -721,7 +728,7 @@ async fn run(
         Cmd::Checkpoint { chain, vnf } => {
             let r = vnfs
                 .checkpoint(api::CheckpointRequest {
-                    request_id: String::new(),
+                    request_id: request_id.to_string(),
                     chain,
                     vnf,
                 })
