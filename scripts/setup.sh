@@ -24,11 +24,15 @@ CRIU_MIN="4.2"
 # Packages the project itself needs (build of the eBPF program and AF_XDP
 # crates, gRPC code generation, namespaces, tshark for the dissection test,
 # gdb for the stacks the HA harness prints when a recovery stalls,
-# etcd-server for the lab of hosts' etcd cluster, and prometheus for promtool,
-# which checks the metrics a scrape returns and the alert rules).
+# etcd-server for the lab of hosts' etcd cluster, prometheus for promtool,
+# which checks the metrics a scrape returns and the alert rules; util-linux
+# for setpriv, which starts VNFs with their user and capabilities; and for
+# the package check: dpkg-dev (cargo-deb's dependency scan), binutils
+# (readelf), systemd (systemd-analyze verify; not started) and man-db (which
+# verify uses for the unit's Documentation= pages).
 PROJECT_PKGS=(clang llvm libbpf-dev libelf-dev zlib1g-dev m4 make pkg-config
   protobuf-compiler iproute2 tshark python3 xz-utils ca-certificates openssl gdb
-  etcd-server prometheus)
+  etcd-server prometheus util-linux dpkg-dev binutils systemd man-db)
 # What building CRIU from source needs.
 CRIU_BUILD_PKGS=(gcc make pkg-config libprotobuf-c-dev protobuf-c-compiler
   libprotobuf-dev protobuf-compiler libnl-3-dev libnet1-dev libcap-dev libaio-dev
