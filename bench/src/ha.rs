@@ -686,11 +686,7 @@ impl Nhamd {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        let tag = nham_control::chain::state_tag(&self.dir.join("state"));
-        if let Some(root) = nham_control::runtime::cgroup::cgroup2_root() {
-            nham_control::runtime::cgroup::kill_tree(&root.join(format!("nham-{tag}")));
-        }
-        nham_netns::sweep_prefix(&format!("nhamd-{tag}-"), |_| false);
+        nham_control::chain::sweep_daemon(&self.dir.join("state"));
     }
 }
 

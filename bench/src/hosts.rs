@@ -489,13 +489,8 @@ impl Drop for HostLab {
         // What the hosts' nhamds made and could not remove (killed): the
         // places of VNFs they ran, their own or for other hosts.
         for i in 0..self.hosts.len() {
-            let tag = nham_control::chain::state_tag(&self.state_dir(i));
-            nham_netns::sweep_prefix(&format!("nhamd-{tag}-"), |_| false);
-            // And their cgroups (`nham-<tag>/…`), which outlive a killed
-            // nhamd.
-            if let Some(root) = nham_control::runtime::cgroup::cgroup2_root() {
-                nham_control::runtime::cgroup::kill_tree(&root.join(format!("nham-{tag}")));
-            }
+            // (Their cgroups too, which outlive a killed nhamd.)
+            nham_control::chain::sweep_daemon(&self.state_dir(i));
         }
         // NHAM_HA_KEEP keeps the hosts' directories (logs, state) too.
         if std::env::var_os("NHAM_HA_KEEP").is_some() {

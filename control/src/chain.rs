@@ -646,10 +646,7 @@ impl StateOptions {
 
     /// Where this daemon's cgroups go (`None`: no cgroup2 hierarchy).
     pub fn cgroup_dir(&self) -> Option<PathBuf> {
-        Some(
-            crate::runtime::cgroup::cgroup2_root()?
-                .join(format!("nham-{}", state_tag(self.store.dir()))),
-        )
+        Some(crate::runtime::cgroup::cgroup2_root()?.join(cgroup_name(self.store.dir())))
     }
 
     /// Chain `chain`'s SFF's cgroup (`None`: no cgroup2 hierarchy): `_sff`
@@ -677,7 +674,7 @@ impl StateOptions {
             }
             return Ok(None);
         };
-        let rel = PathBuf::from(format!("nham-{}", state_tag(self.store.dir())))
+        let rel = PathBuf::from(cgroup_name(self.store.dir()))
             .join(chain)
             .join(vnf);
         match Cgroup::create_limited(&root, &rel, limits) {
@@ -712,6 +709,22 @@ impl StateOptions {
 pub fn state_tag(dir: &Path) -> String {
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     blake3::hash(dir.as_os_str().as_encoded_bytes()).to_hex()[..8].to_string()
+}
+
+/// The name of the cgroup (under the cgroup2 root) of the daemon whose
+/// state database is in `dir`: `nham-<state tag>`.
+pub fn cgroup_name(dir: &Path) -> String {
+    format!("nham-{}", state_tag(dir))
+}
+
+/// Sweeps what a daemon on the state directory `dir` left behind (killed,
+/// or stopped keeping its chains): every process in its cgroups killed,
+/// the groups removed, and its namespaces deleted. For test labs that end.
+pub fn sweep_daemon(dir: &Path) {
+    if let Some(root) = crate::runtime::cgroup::cgroup2_root() {
+        crate::runtime::cgroup::kill_tree(&root.join(cgroup_name(dir)));
+    }
+    nham_netns::sweep_prefix(&format!("nhamd-{}-", state_tag(dir)), |_| false);
 }
 
 impl ChainRuntime {

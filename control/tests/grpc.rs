@@ -532,6 +532,32 @@ async fn reflection_lists_the_services_and_health_says_serving() {
 /// request, healed (restored from that checkpoint: same state, new
 /// process), switched to 1R-AS and back to none; mechanisms not built yet
 /// and checkpoints of unprotected VNFs are refused with the reason.
+/// Chain and VNF clients of the harness's daemon, and a watch of `chain`'s
+/// events (opened before the test acts, so none is missed).
+async fn clients_watching(
+    h: &Harness,
+    chain: &str,
+) -> (
+    ChainServiceClient<tonic::transport::Channel>,
+    VnfServiceClient<tonic::transport::Channel>,
+    tonic::Streaming<api::WatchEventsResponse>,
+) {
+    let channel = nham_control::connect(&h.addr).await.unwrap();
+    let events = EventServiceClient::new(channel.clone())
+        .watch_events(api::WatchEventsRequest {
+            chain: chain.into(),
+            since_id: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (
+        ChainServiceClient::new(channel.clone()),
+        VnfServiceClient::new(channel),
+        events,
+    )
+}
+
 /// The next `RecoveryFinished` on `events` (within 10 s).
 async fn recovery_finished(
     events: &mut tonic::Streaming<api::WatchEventsResponse>,
@@ -574,17 +600,7 @@ async fn changed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
     let h = tokio::task::spawn_blocking(Harness::start).await.unwrap();
-    let channel = nham_control::connect(&h.addr).await.unwrap();
-    let mut chains = ChainServiceClient::new(channel.clone());
-    let mut vnfs = VnfServiceClient::new(channel.clone());
-    let mut events = EventServiceClient::new(channel.clone())
-        .watch_events(api::WatchEventsRequest {
-            chain: "rt".into(),
-            since_id: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (mut chains, mut vnfs, mut events) = clients_watching(&h, "rt").await;
     chains
         .create_chain(api::CreateChainRequest {
             request_id: String::new(),
@@ -791,7 +807,7 @@ async fn mechanisms_change_at_runtime_and_checkpoints_restore() {
         })
         .await
         .unwrap();
-    drop((chains, vnfs, channel, events));
+    drop((chains, vnfs, events));
     drop(h);
 }
 
@@ -1558,17 +1574,7 @@ async fn vnfs_run_as_their_user_with_only_their_capabilities_within_their_limits
     const SYS_ADMIN: u64 = 1 << 21;
     let caps = |pid: u32, set: &str| u64::from_str_radix(&status_of(pid, set), 16).unwrap();
     let h = tokio::task::spawn_blocking(Harness::start).await.unwrap();
-    let channel = nham_control::connect(&h.addr).await.unwrap();
-    let mut chains = ChainServiceClient::new(channel.clone());
-    let mut vnfs = VnfServiceClient::new(channel.clone());
-    let mut events = EventServiceClient::new(channel.clone())
-        .watch_events(api::WatchEventsRequest {
-            chain: "lim".into(),
-            since_id: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (mut chains, mut vnfs, mut events) = clients_watching(&h, "lim").await;
     let mut s = spec("lim", 11, &["fw", "mon"], api::Mechanism::Mechanism0r);
     s.vnfs[0].limits = Some(api::ResourceLimits {
         memory_max_bytes: 256 << 20,

@@ -12,8 +12,8 @@
 //! as `UNAVAILABLE` says "try again"). Keys are (call,
 //! `request_id`); a key is bound to a digest of the whole request, so the
 //! same id with another request is refused, not answered with the wrong
-//! result. Answers are kept for [`Idempotency::ttl`] and at most
-//! [`Idempotency::capacity`] of them (the oldest go first); a call still
+//! result. Answers are kept for a TTL and at most a capacity of them
+//! ([`RETRY_TTL`], [`RETRY_CAPACITY`] in a daemon; the oldest go first); a call still
 //! running is never forgotten.
 
 use std::collections::{HashMap, VecDeque};
@@ -62,16 +62,6 @@ impl<R: Clone> Idempotency<R> {
             ttl,
             capacity: capacity.max(1),
         }
-    }
-
-    /// How long answers are kept.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    /// How many answers are kept at most.
-    pub fn capacity(&self) -> usize {
-        self.capacity
     }
 
     /// A call with `key` and request `digest` arrives at `now`.

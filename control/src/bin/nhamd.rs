@@ -458,8 +458,9 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    // Refused before any chain is taken over (a failure after that would
-    // drop the daemon and tear down the chains it had re-attached).
+    // A socket file someone answers on is another nhamd's: never taken
+    // over. Refused before any chain is taken back (a failure after that
+    // would drop the daemon and tear down the chains it had re-attached).
     if let Some(path) = &unix {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!(
@@ -755,14 +756,8 @@ fn bind_unix(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    // A socket file someone answers on is another nhamd's: never taken
-    // over. One nobody answers on is a stopped daemon's, and replaced.
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        anyhow::bail!(
-            "{}: another nhamd is listening there (stop it, or give this one --unix)",
-            path.display()
-        );
-    }
+    // (A socket another nhamd answers on was refused before the chains
+    // were taken back; one nobody answers on is a stopped daemon's.)
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)
         .with_context(|| format!("binding {}", path.display()))?;

@@ -232,20 +232,8 @@ impl Cgroup {
     /// Moves process `pid` and every descendant of it into the group (a
     /// VNF CRIU restored: its whole tree starts in the restorer's group).
     pub fn add_tree(&self, pid: u32) -> Result<(), CgroupError> {
-        let mut todo = vec![pid];
-        while let Some(p) = todo.pop() {
+        for p in nham_netns::process_tree(pid) {
             self.add(p)?;
-            if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
-                for t in tasks.flatten() {
-                    let children =
-                        std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-                    todo.extend(
-                        children
-                            .split_whitespace()
-                            .filter_map(|c| c.parse::<u32>().ok()),
-                    );
-                }
-            }
         }
         Ok(())
     }

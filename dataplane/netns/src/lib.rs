@@ -184,6 +184,33 @@ pub fn process_state(pid: u32) -> Option<(char, u32)> {
     Some((state, ppid))
 }
 
+/// Process `pid` and its descendants, parents first, from
+/// `/proc/<pid>/task/*/children` down the tree (at most 4096: a runaway
+/// fork tree is not walked for ever). A process gone meanwhile is skipped.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut tree = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        if !seen.insert(p) || seen.len() > 4096 {
+            continue;
+        }
+        tree.push(p);
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                let children =
+                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                todo.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    tree
+}
+
 /// SIGKILLs every process whose network namespace is the one bound at `ns`.
 pub fn kill_processes_in(ns: &std::path::Path) {
     use std::os::unix::fs::MetadataExt;

@@ -301,12 +301,7 @@ pub fn socket_owners(inode: u32) -> Vec<(u32, String)> {
 /// restore is making for a replica, say) are not the VNF's.
 pub fn socket_inodes_of(pid: u32) -> std::collections::BTreeSet<u32> {
     let mut inodes = std::collections::BTreeSet::new();
-    let mut todo = vec![pid];
-    let mut seen = std::collections::BTreeSet::new();
-    while let Some(p) = todo.pop() {
-        if !seen.insert(p) || seen.len() > 4096 {
-            continue;
-        }
+    for p in crate::process_tree(pid) {
         if let Ok(fds) = std::fs::read_dir(format!("/proc/{p}/fd")) {
             for fd in fds.flatten() {
                 let Ok(link) = std::fs::read_link(fd.path()) else {
@@ -320,17 +315,6 @@ pub fn socket_inodes_of(pid: u32) -> std::collections::BTreeSet<u32> {
                 if let Some(i) = inode {
                     inodes.insert(i);
                 }
-            }
-        }
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
-            for t in tasks.flatten() {
-                let children =
-                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-                todo.extend(
-                    children
-                        .split_whitespace()
-                        .filter_map(|c| c.parse::<u32>().ok()),
-                );
             }
         }
     }
