@@ -32,7 +32,8 @@ CRIU_MIN="4.2"
 # verify uses for the unit's Documentation= pages).
 PROJECT_PKGS=(clang llvm libbpf-dev libelf-dev zlib1g-dev m4 make pkg-config
   protobuf-compiler iproute2 tshark python3 xz-utils ca-certificates openssl gdb
-  etcd-server prometheus util-linux dpkg-dev binutils systemd man-db)
+  etcd-server prometheus util-linux dpkg-dev binutils systemd man-db
+  fonts-dejavu-core)
 # What building CRIU from source needs.
 CRIU_BUILD_PKGS=(gcc make pkg-config libprotobuf-c-dev protobuf-c-compiler
   libprotobuf-dev protobuf-compiler libnl-3-dev libnet1-dev libcap-dev libaio-dev

@@ -59,6 +59,7 @@ pub(crate) fn run() -> Result<()> {
             replicas: 0,
             // The 0R run's nhamd is scraped as Prometheus would.
             metrics: mechanism == Mechanism::Mechanism0r,
+            ..HaSpec::default()
         })?;
         rows.push(r);
     }

@@ -128,6 +128,97 @@ pub struct HaSpec {
     /// 127.0.0.1:[`METRICS_PORT`] of its namespace), scraped at the end of
     /// the trial into [`HaReport::metrics`].
     pub metrics: bool,
+    /// Per round, the traffic before it (when not empty, instead of
+    /// [`gap`](Self::gap)): drawn gaps, as a failure process.
+    pub gaps: Vec<Duration>,
+    /// The harness's allowance per round beyond its gap (the recovery and
+    /// the wait for it), instead of the one it plans from the mechanism
+    /// and the fault.
+    pub allowance: Option<Duration>,
+    /// The whole traffic's length, instead of the one planned from the
+    /// rounds (with [`skip_late_rounds`](Self::skip_late_rounds): a run of
+    /// a given length, failures as they fit).
+    pub traffic: Option<Duration>,
+    /// A round that would start after the traffic ends is skipped (counted
+    /// in [`HaReport::rounds_skipped`]), not the trial's error.
+    pub skip_late_rounds: bool,
+}
+
+/// A trial's raw samples, one per round, per checkpoint and per frame at
+/// the sink (not in its JSON: `nham-bench paper` writes them out).
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    /// Per round run.
+    pub rounds: Vec<RoundSample>,
+    /// Per checkpoint taken.
+    pub checkpoints: Vec<CheckpointSample>,
+    /// Every frame's arrival at the sink, µs since the traffic started.
+    pub arrival_us: Vec<u64>,
+    /// The traffic's length, s (first frame sent to the last one's planned
+    /// time).
+    pub traffic_s: f64,
+    /// CPU time the whole host spent busy during the traffic, s (all
+    /// cores; from `/proc/stat`).
+    pub host_cpu_busy_s: f64,
+}
+
+/// One round of failures.
+#[derive(Debug, Clone, Default)]
+pub struct RoundSample {
+    /// When its fault was, ms since the traffic started.
+    pub at_ms: f64,
+    /// Processes failed in it (VNFs, or MR-AA members).
+    pub failures: usize,
+    /// From the fault to its last failure detected, by the daemon's event
+    /// times (`None`: not seen).
+    pub detection_ms: Option<f64>,
+    /// From the fault to its last victim running again (the daemon's
+    /// `RecoveryFinished` times; a restart round: the harness's clock).
+    pub failure_to_running_ms: Option<f64>,
+    /// The longest gap at the sink across it (see [`HaReport::downtime_ms`];
+    /// `None`: nothing arrived after it).
+    pub downtime_ms: Option<f64>,
+}
+
+/// One checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointSample {
+    /// Its VNF.
+    pub vnf: String,
+    /// Delivery to the VNF stopped, ms.
+    pub pause_ms: f64,
+    /// CRIU's dump, ms.
+    pub dump_ms: f64,
+    /// The CRIU image, bytes.
+    pub size_bytes: u64,
+    /// In the state database (compressed), bytes.
+    pub stored_bytes: u64,
+}
+
+/// The host's busy CPU time since boot, s (every core; `/proc/stat`'s
+/// first line less idle and iowait).
+pub fn host_cpu_busy_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = stat.lines().next() else {
+        return 0.0;
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest counted in user).
+    let busy: u64 = v
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|&(i, _)| i != 3 && i != 4)
+        .map(|(_, x)| x)
+        .sum();
+    // USER_HZ is 100 on Linux.
+    busy as f64 / 100.0
 }
 
 /// Where a trial's `nhamd` serves `/metrics` (in its own namespace).
@@ -278,6 +369,12 @@ pub struct HaReport {
     /// Prometheus scrape gets it.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub metrics: String,
+    /// Rounds not run: they would have started after the traffic (with
+    /// [`HaSpec::skip_late_rounds`]).
+    pub rounds_skipped: usize,
+    /// The raw samples.
+    #[serde(skip)]
+    pub samples: Samples,
 }
 
 /// The SFF's counters, as `GetStats` gives them.
@@ -1133,8 +1230,7 @@ fn trial(
     // build). A round that would start after the traffic is over fails the
     // trial as the harness's fault, not NHAM's.
     let judged = spec.fault != api::Fault::Crash;
-    let per_round = spec.gap
-        + Duration::from_millis(300)
+    let planned_allowance = Duration::from_millis(300)
         + Duration::from_millis(if judged { 500 } else { 0 })
         // MR-AA restores a member in the background while the others
         // serve: slower the more member processes share the host.
@@ -1154,13 +1250,20 @@ fn trial(
         // A host failure: judged down (50 ms), its VNFs placed again, the
         // host back with a new nhamd before the next round.
         + Duration::from_millis(if spec.host_failures { 1500 } else { 0 });
-    let duration = per_round * spec.rounds.len() as u32
+    let allowance = spec.allowance.unwrap_or(planned_allowance);
+    let gap_of = |r: usize| spec.gaps.get(r).copied().unwrap_or(spec.gap);
+    let per_round = spec.gap + allowance;
+    let planned = (0..spec.rounds.len())
+        .map(|r| gap_of(r) + allowance)
+        .sum::<Duration>()
         + spec.tail
         + Duration::from_millis(1500)
         + Duration::from_millis(1000) * spec.restarts.len() as u32
         // A unit's stop: nhamd's own clean exit first (it detaches from
         // every chain), then the next one's start.
         + Duration::from_millis(if spec.unit_stop { 3000 } else { 0 }) * spec.restarts.len() as u32;
+    let duration = spec.traffic.unwrap_or(planned);
+    let mut rounds_skipped = 0;
     let traffic = TrafficSpec {
         size: FrameSize::Fixed(64),
         flows: spec.flows,
@@ -1180,8 +1283,10 @@ fn trial(
         &spec.members
     };
     let mut failures = 0;
+    let (mut cpu_before, mut cpu_busy) = (0.0, 0.0);
     let trial = std::thread::scope(|s| -> Result<crate::lab::Trial> {
         let traffic_start = Instant::now();
+        cpu_before = host_cpu_busy_s();
         let t = s.spawn(|| lab.trial_through(frames, traffic.rate, &expected, None));
         std::thread::sleep(Duration::from_millis(300));
         let bar = if spec.progress && !spec.rounds.is_empty() {
@@ -1198,8 +1303,12 @@ fn trial(
         };
         for (r, &k) in spec.rounds.iter().enumerate() {
             bar.set_position(r as u64);
-            std::thread::sleep(spec.gap);
+            std::thread::sleep(gap_of(r));
             if traffic_start.elapsed() + Duration::from_millis(500) > duration {
+                if spec.skip_late_rounds {
+                    rounds_skipped = spec.rounds.len() - r;
+                    break;
+                }
                 bail!(
                     "harness: the traffic ({:.1} s) ends before round {r} of {}: rounds took longer than the {:.1} s per round planned",
                     duration.as_secs_f64(),
@@ -1550,8 +1659,11 @@ fn trial(
             }
         }
         bar.finish_and_clear();
-        t.join()
-            .map_err(|_| anyhow::anyhow!("traffic thread panicked"))?
+        let trial = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("traffic thread panicked"))?;
+        cpu_busy = host_cpu_busy_s() - cpu_before;
+        trial
     })?;
     // Let replays of VNFs restored at the end settle before reading states.
     let mut last = u64::MAX;
@@ -1708,6 +1820,7 @@ fn trial(
     let mut pauses = Vec::new();
     let (mut drains, mut frozen, mut dumps) = (Vec::new(), Vec::new(), Vec::new());
     let mut copies = Vec::new();
+    let mut checkpoint_samples = Vec::new();
     let mut restored = 0;
     let mut recovery_failure_reasons = Vec::new();
     let mut nondeterminism_events = Vec::new();
@@ -1725,7 +1838,17 @@ fn trial(
     // harness, busy with the traffic, read them): what an operator sees.
     let mut failed_to_detected = Vec::new();
     let mut failure_to_running = Vec::new();
-    for ((&(t0, _), victims), &t0_ns) in rounds_at.iter().zip(&round_victims).zip(&round_unix_ns) {
+    let round_downtime = downtime_per_round(&trial.received.arrival_us, trial.base, &rounds_at);
+    let mut round_samples = Vec::new();
+    for (((&(t0, back), victims), &t0_ns), downtime_ms) in rounds_at
+        .iter()
+        .zip(&round_victims)
+        .zip(&round_unix_ns)
+        .zip(round_downtime)
+    {
+        let (detected_before, running_before) =
+            (failed_to_detected.len(), failure_to_running.len());
+        let wanted: usize = victims.iter().map(|&(_, c)| c.max(1)).sum();
         for &(v, count) in victims {
             let since = |want: fn(&api::watch_events_response::Event) -> bool| {
                 events
@@ -1743,6 +1866,25 @@ fn trial(
                 matches!(e, api::watch_events_response::Event::RecoveryFinished(_))
             }));
         }
+        // A round's figure is its last victim's (all of them seen), or
+        // none.
+        let last = |v: &[f64]| -> Option<f64> {
+            (v.len() == wanted).then(|| v.iter().copied().fold(0.0, f64::max))
+        };
+        let restart = spec.restarts.contains(&round_samples.len());
+        round_samples.push(RoundSample {
+            at_ms: t0.saturating_duration_since(trial.base).as_secs_f64() * 1e3,
+            failures: wanted,
+            detection_ms: last(&failed_to_detected[detected_before..]),
+            // A restart round has no events of its recoveries: the
+            // harness saw the chain running again.
+            failure_to_running_ms: if restart {
+                Some(back.saturating_duration_since(t0).as_secs_f64() * 1e3)
+            } else {
+                last(&failure_to_running[running_before..])
+            },
+            downtime_ms,
+        });
     }
     let mechanism = spec.mechanism.as_str_name();
     for (at, e) in &events {
@@ -1806,11 +1948,18 @@ fn trial(
                 frozen.push(c.frozen_ms);
                 dumps.push(c.dump_ms);
                 copies.push(c.copy_ms);
+                checkpoint_samples.push(CheckpointSample {
+                    vnf: e.vnf.clone(),
+                    pause_ms: c.pause_ms,
+                    dump_ms: c.dump_ms,
+                    size_bytes: c.size_bytes,
+                    stored_bytes: c.stored_bytes,
+                });
             }
             _ => {}
         }
     }
-    let downtime = downtimes(&trial.received.arrival_us, trial.base, &rounds_at);
+    let downtime: Vec<f64> = round_samples.iter().filter_map(|r| r.downtime_ms).collect();
     let before: Vec<(Instant, Instant)> = rounds_at
         .iter()
         .filter_map(|&(fail, back)| {
@@ -1831,6 +1980,14 @@ fn trial(
         eprintln!("{story}");
     }
     Ok(HaReport {
+        rounds_skipped,
+        samples: Samples {
+            rounds: round_samples,
+            checkpoints: checkpoint_samples,
+            traffic_s: duration.as_secs_f64(),
+            arrival_us: trial.received.arrival_us.clone(),
+            host_cpu_busy_s: cpu_busy,
+        },
         metrics,
         mechanism: spec.mechanism.as_str_name().to_string(),
         vnfs: n,
@@ -1895,10 +2052,22 @@ fn trial(
 /// Per round: the longest gap between consecutive sink arrivals from the
 /// last arrival before the failure to the first after the recovery, ms.
 fn downtimes(arrival_us: &[u64], base: Instant, rounds: &[(Instant, Instant)]) -> Vec<f64> {
+    downtime_per_round(arrival_us, base, rounds)
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// [`downtimes`], one per round (`None`: nothing arrived after it).
+fn downtime_per_round(
+    arrival_us: &[u64],
+    base: Instant,
+    rounds: &[(Instant, Instant)],
+) -> Vec<Option<f64>> {
     let us = |t: Instant| t.saturating_duration_since(base).as_micros() as u64;
     rounds
         .iter()
-        .filter_map(|&(fail, back)| {
+        .map(|&(fail, back)| {
             let (fail, back) = (us(fail), us(back));
             let first = arrival_us.partition_point(|&a| a <= fail).checked_sub(1)?;
             let after = arrival_us.partition_point(|&a| a <= back);

@@ -15,6 +15,8 @@
 //! - `nham-bench soak`: failures of all nine kinds of the fault matrix,
 //!   across the four mechanisms, seeded, until N; stops at the first
 //!   violation of exactly-once and names the seed and the segment.
+//! - `nham-bench paper`: the paper's evaluation reproduced (figures,
+//!   tables, a 10,000-fault soak) into CSVs, PNG/SVG figures and REPORT.md.
 //! - `nham-bench model`: the in-memory chain model (Hold/Release core and
 //!   VNF models) with crashes injected; no network, no processes, no CRIU,
 //!   and it says so in its output.
@@ -24,6 +26,7 @@ mod chain;
 mod commits;
 mod demo;
 mod model;
+mod paper;
 mod recovery;
 mod soak_cmd;
 mod throughput;
@@ -63,6 +66,10 @@ enum Command {
     /// off-host checkpoint commits, interleaved, and their ratio (root,
     /// CRIU, etcd).
     Commits(commits::CommitsArgs),
+    /// The paper's evaluation (Fig. 5a, 5b, 6a, 6b, Table 1) and a
+    /// fault-matrix soak, through nhamd: CSVs, figures (PNG, SVG) and
+    /// REPORT.md set against the paper's numbers (root, CRIU).
+    Paper(paper::PaperArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,5 +81,6 @@ fn main() -> anyhow::Result<()> {
         Command::Recovery(args) => recovery::run(&args),
         Command::Soak(args) => soak_cmd::run(&args),
         Command::Commits(args) => commits::run(&args),
+        Command::Paper(args) => paper::run(&args),
     }
 }

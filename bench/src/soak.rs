@@ -91,6 +91,33 @@ pub struct SoakSpec {
     pub nhamd: std::path::PathBuf,
     /// See [`HaSpec::vnf_bin`].
     pub vnf_bin: std::path::PathBuf,
+    /// Traffic between rounds (the CI soak's: 300 ms).
+    pub gap: Duration,
+    /// Rounds planned tight (an allowance per round for its recovery by
+    /// fault kind, not the harness's generous one), and a round that no
+    /// longer fits in the segment's traffic skipped, not an error: many
+    /// more failures per hour (`nham-bench paper --only soak`).
+    pub tight: bool,
+}
+
+impl SoakSpec {
+    /// The allowance per round of a tight plan for `kind` under
+    /// `mechanism` on `vnfs` VNFs.
+    fn tight_allowance(kind: FaultKind, mechanism: api::Mechanism, vnfs: usize) -> Duration {
+        let base = match kind {
+            FaultKind::Hang | FaultKind::CutOff => 700,
+            FaultKind::NhamdRestart => 1500,
+            FaultKind::CorruptCheckpoint | FaultKind::CrashDuringCheckpoint => 600,
+            FaultKind::SecondFailure | FaultKind::AllAtOnce => 500,
+            FaultKind::Crash | FaultKind::SameVnf => 350,
+        };
+        let members = if mechanism == api::Mechanism::MrAa {
+            100 * vnfs as u64
+        } else {
+            0
+        };
+        Duration::from_millis(base + members)
+    }
 }
 
 /// One segment's outcome.
@@ -170,7 +197,7 @@ fn segment_spec(
         rounds: Vec::new(),
         fault: api::Fault::Crash,
         rate: spec.rate,
-        gap: Duration::from_millis(300),
+        gap: spec.gap,
         checkpoint_interval_ms: 200,
         flows: 32,
         nhamd: spec.nhamd.clone(),
@@ -190,6 +217,12 @@ fn segment_spec(
         host_restarts: false,
         tail: Duration::ZERO,
         replicas: 0,
+        gaps: Vec::new(),
+        allowance: spec
+            .tight
+            .then(|| SoakSpec::tight_allowance(kind, mechanism, n)),
+        traffic: None,
+        skip_late_rounds: spec.tight,
     };
     let victim = rng.below(n);
     // Rounds of one VNF, and (one in three) two at once.

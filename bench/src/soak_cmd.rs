@@ -28,6 +28,13 @@ pub(crate) struct SoakArgs {
     /// Offered rate, frames/s.
     #[arg(long, default_value_t = 3000.0)]
     rate: f64,
+    /// Traffic between rounds, ms.
+    #[arg(long, default_value_t = 300)]
+    gap_ms: u64,
+    /// Rounds planned tight, a round that no longer fits its segment's
+    /// traffic skipped: more failures per hour.
+    #[arg(long)]
+    tight: bool,
     /// Only this mechanism (repeat for several; default: all four).
     #[arg(long, value_enum)]
     mechanism: Vec<MechanismArg>,
@@ -58,6 +65,8 @@ pub(crate) fn run(args: &SoakArgs) -> Result<()> {
         mechanisms: args.mechanism.iter().map(|m| m.api()).collect(),
         nhamd: ha::sibling_binary("nhamd", "NHAM_NHAMD")?,
         vnf_bin: ha::sibling_binary("nham-vnf", "NHAM_VNF")?,
+        gap: std::time::Duration::from_millis(args.gap_ms),
+        tight: args.tight,
     };
     // A bar of failures done on a terminal (not with --json); each
     // segment's line printed above it.

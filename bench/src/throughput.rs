@@ -43,9 +43,54 @@ pub(crate) struct ThroughputArgs {
     /// sink and VNFs share the others).
     #[arg(long)]
     core: Option<usize>,
+    /// Measure a chain protected by `nhamd` under this mechanism against
+    /// the same chain unprotected (`none`: the unprotected chain alone),
+    /// instead of the SFF against a plain forwarder: the zero-loss rate of
+    /// each, trials interleaved, the median over `--trials` and the
+    /// throughput lost; what its checkpoints cost (CPU time and bytes per
+    /// checkpoint). Needs `--vnfs` 1 to 8 (default then 4).
+    #[arg(long, value_enum)]
+    mechanism: Option<ProtectionArg>,
+    /// With `--mechanism`: the checkpoint period, ms.
+    #[arg(long, default_value_t = 500)]
+    checkpoint_interval_ms: u32,
+    /// With `--mechanism`: repetitions of the search (at least 5).
+    #[arg(long, default_value_t = 5)]
+    trials: usize,
+    /// With `--mechanism`: the ladder of offered rates, frames/s.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "2000,4000,6000,8000,10000,12000,16000,20000"
+    )]
+    rates: Vec<f64>,
+    /// With `--mechanism`: then a time series (100 ms bins of the rate
+    /// delivered at the sink) of `--duration` seconds at 80 % of the
+    /// protected chain's rate, a VNF crashed every this many seconds.
+    #[arg(long)]
+    fail_every_s: Option<f64>,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
+}
+
+/// `--mechanism`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ProtectionArg {
+    /// Unprotected (no holding, no checkpoints).
+    None,
+    /// 0R.
+    #[value(name = "0r")]
+    ZeroR,
+    /// 1R-AS.
+    #[value(name = "1r-as")]
+    OneRAs,
+    /// 1R-AA.
+    #[value(name = "1r-aa")]
+    OneRAa,
+    /// MR-AA.
+    #[value(name = "mr-aa")]
+    MrAa,
 }
 
 #[derive(Serialize, Clone, Copy, Default)]
@@ -214,6 +259,9 @@ fn latency(t: &Option<Trial>) -> Latency {
 
 /// Runs the measurement and prints the report.
 pub(crate) fn run(args: &ThroughputArgs) -> Result<()> {
+    if let Some(m) = args.mechanism {
+        return protected(args, m);
+    }
     if args.vnfs > 8 {
         bail!("--vnfs must be 0 to 8, got {}", args.vnfs);
     }
@@ -282,6 +330,152 @@ pub(crate) fn run(args: &ThroughputArgs) -> Result<()> {
     }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+/// `--mechanism`: see [`crate::paper::throughput`].
+fn protected(args: &ThroughputArgs, m: ProtectionArg) -> Result<()> {
+    use crate::paper::throughput::{compare, Config, Setup};
+    use nham_control::api::Mechanism;
+    let vnfs = if args.vnfs == 0 { 4 } else { args.vnfs };
+    if vnfs > 8 {
+        bail!("--vnfs must be 1 to 8 with --mechanism, got {vnfs}");
+    }
+    if args.trials < 5 {
+        bail!(
+            "--trials must be at least 5 (a median of fewer says little), got {}",
+            args.trials
+        );
+    }
+    if args.rates.is_empty() || args.rates.windows(2).any(|w| w[0] >= w[1]) {
+        bail!("--rates must be ascending, got {:?}", args.rates);
+    }
+    let config = match m {
+        ProtectionArg::None => Config::None,
+        ProtectionArg::ZeroR => Config::Protected(Mechanism::Mechanism0r),
+        ProtectionArg::OneRAs => Config::Protected(Mechanism::Mechanism1rAs),
+        ProtectionArg::OneRAa => Config::Protected(Mechanism::Mechanism1rAa),
+        ProtectionArg::MrAa => Config::Protected(Mechanism::MrAa),
+    };
+    let configs: Vec<Config> = if config == Config::None {
+        vec![Config::None]
+    } else {
+        vec![Config::None, config]
+    };
+    let setup = Setup {
+        vnfs,
+        checkpoint_interval_ms: args.checkpoint_interval_ms,
+        ladder: args.rates.clone(),
+        trials: args.trials,
+        trial_s: (args.trial_ms as f64 / 1e3).max(2.0),
+        nhamd: nham_bench::ha::sibling_binary("nhamd", "NHAM_NHAMD")?,
+        vnf_bin: nham_bench::ha::sibling_binary("nham-vnf", "NHAM_VNF")?,
+    };
+    let c = compare(&setup, &configs)?;
+    let base = c.summary(Config::None);
+    let mine = c.summary(config);
+    let lost_pct = if base.p50 > 0.0 {
+        100.0 * (1.0 - mine.p50 / base.p50)
+    } else {
+        f64::NAN
+    };
+    let cost = c.checkpoint_cost(config);
+    println!(
+        "nham-bench throughput: {vnfs} VNFs under nhamd, {} against unprotected, checkpoints every {} ms, {} repetitions interleaved",
+        config.name(),
+        args.checkpoint_interval_ms,
+        args.trials
+    );
+    println!(
+        "  unprotected: {:.0} frames/s median [{:.0}, {:.0}]",
+        base.p50, base.min, base.max
+    );
+    println!(
+        "  {}: {:.0} frames/s median [{:.0}, {:.0}]; throughput lost {lost_pct:.1} %",
+        config.name(),
+        mine.p50,
+        mine.min,
+        mine.max
+    );
+    if let Some(cpu) = cost.cpu_s_per_checkpoint {
+        println!(
+            "  per checkpoint: {:.1} ms of CPU, image {:.0} KiB, stored {:.0} KiB",
+            cpu * 1e3,
+            cost.image_bytes.unwrap_or(0.0) / 1024.0,
+            cost.stored_bytes.unwrap_or(0.0) / 1024.0
+        );
+    }
+    if c.generator_bound {
+        println!("  the ladder stopped at a rate the generator could not offer: rates are the generator's limit");
+    }
+    let mut series = Vec::new();
+    if let Some(every) = args.fail_every_s {
+        let rate = 0.8 * mine.p50;
+        if rate <= 0.0 {
+            bail!("no rate carried: no time series");
+        }
+        let rounds = ((args.duration / every).floor() as usize).max(1);
+        let spec = nham_bench::ha::HaSpec {
+            mechanism: match config {
+                Config::None => Mechanism::None,
+                Config::Protected(m) => m,
+            },
+            kinds: nham_bench::ha::sample_chain(vnfs),
+            fault: nham_control::api::Fault::Crash,
+            rate,
+            gap: Duration::from_secs_f64(every),
+            checkpoint_interval_ms: args.checkpoint_interval_ms,
+            flows: args.flows,
+            nhamd: setup.nhamd.clone(),
+            vnf_bin: setup.vnf_bin.clone(),
+            rounds: if config == Config::None {
+                Vec::new()
+            } else {
+                vec![1; rounds]
+            },
+            traffic: Some(Duration::from_secs_f64(args.duration)),
+            tail: Duration::from_secs_f64(args.duration),
+            skip_late_rounds: true,
+            ..Default::default()
+        };
+        let r = nham_bench::ha::run(&spec)?;
+        let n = (r.samples.traffic_s * 10.0).ceil() as usize;
+        series = vec![0.0f64; n];
+        for &a in &r.samples.arrival_us {
+            if let Some(x) = series.get_mut((a / 100_000) as usize) {
+                *x += 10.0;
+            }
+        }
+        println!("  time series at {rate:.0} frames/s offered, a failure every {every} s ({} failures, exact {}): delivered frames/s per 100 ms:", r.samples.rounds.len(), r.is_exact());
+        for (i, v) in series.iter().enumerate() {
+            println!("    {:>6.1} s {v:>8.0}", i as f64 / 10.0);
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "vnfs": vnfs,
+                "mechanism": config.name(),
+                "checkpoint_interval_ms": args.checkpoint_interval_ms,
+                "unprotected_fps": base.p50,
+                "unprotected_min_fps": base.min,
+                "unprotected_max_fps": base.max,
+                "protected_fps": mine.p50,
+                "protected_min_fps": mine.min,
+                "protected_max_fps": mine.max,
+                "throughput_lost_pct": lost_pct,
+                "cpu_ms_per_checkpoint": cost.cpu_s_per_checkpoint.map(|c| c * 1e3),
+                "image_bytes_per_checkpoint": cost.image_bytes,
+                "stored_bytes_per_checkpoint": cost.stored_bytes,
+                "generator_bound": c.generator_bound,
+                "series_fps_100ms": series,
+            })
+        );
+    }
+    if base.p50 <= 0.0 {
+        bail!("the unprotected chain carried no rate of the ladder: nothing measured");
     }
     Ok(())
 }

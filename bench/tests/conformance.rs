@@ -100,6 +100,7 @@ fn spec(mechanism: Mechanism, fault: Fault, rounds: Vec<usize>) -> HaSpec {
         host_restarts: false,
         tail: Duration::ZERO,
         replicas: 0,
+        ..HaSpec::default()
     }
 }
 

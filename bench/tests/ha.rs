@@ -51,6 +51,7 @@ fn spec(mechanism: Mechanism, kinds: Vec<Kind>, rounds: Vec<usize>) -> HaSpec {
         unit_stop: false,
         progress: false,
         metrics: false,
+        ..HaSpec::default()
     }
 }
 

@@ -21,6 +21,8 @@ fn three_hundred_failures_of_every_kind_under_every_mechanism_exactly_once() {
         mechanisms: Vec::new(),
         nhamd: ha::sibling_binary("nhamd", "NHAM_NHAMD").expect("nhamd binary"),
         vnf_bin: PathBuf::from(env!("CARGO_BIN_EXE_nham-vnf")),
+        gap: std::time::Duration::from_millis(300),
+        tight: false,
     };
     let started = std::time::Instant::now();
     let report = soak::run(&spec, |s| {
