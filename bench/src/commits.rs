@@ -94,18 +94,13 @@ fn outcome(off_host: bool, rate: f64, r: Result<HaReport>) -> Outcome {
     match r {
         Ok(r) => {
             let dropped = r.stats.ingress_overflow;
-            let exact = r.is_exact() && dropped == 0;
+            let why = r.violation();
             Outcome {
                 off_host,
                 rate,
                 offered_pps: r.offered_pps,
-                exact,
-                why: (!exact).then(|| {
-                    format!(
-                        "lost {} dup {} reordered {} digest equal {} state mismatches {} ingress dropped {dropped}",
-                        r.lost, r.duplicated, r.reordered, r.digest_equal, r.state_mismatches
-                    )
-                }),
+                exact: why.is_none(),
+                why,
                 checkpoints: r.checkpoints,
                 checkpoint_pause_p50_ms: r.checkpoint_pause_ms.p50,
                 checkpoint_copy_p50_ms: r.checkpoint_copy_ms.p50,

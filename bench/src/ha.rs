@@ -412,6 +412,30 @@ impl HaReport {
             && self.state_mismatches == 0
             && self.recovery_failures == 0
     }
+
+    /// What kept the trial from an exactly-once verdict (`None`: exact,
+    /// nothing dropped at the chain's ingress). An ingress overflow comes
+    /// first: with frames dropped there, the sink's counts follow from it.
+    pub fn violation(&self) -> Option<String> {
+        let dropped = self.stats.ingress_overflow;
+        if dropped > 0 {
+            return Some(format!(
+                "overloaded, no exactly-once verdict: the kernel dropped {dropped} frames at the chain's ingress (hold buffers full); the sink then counts lost {} duplicated {}",
+                self.lost, self.duplicated
+            ));
+        }
+        (!self.is_exact()).then(|| {
+            format!(
+                "not exactly-once: lost {} duplicated {} reordered {} digest equal {} state mismatches {:?} recovery failures {:?}",
+                self.lost,
+                self.duplicated,
+                self.reordered,
+                self.digest_equal,
+                self.mismatch_detail,
+                self.recovery_failure_reasons
+            )
+        })
+    }
 }
 
 /// A chain of `n` sample VNFs: monitor, firewall, NAT, emitter, then

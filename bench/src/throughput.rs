@@ -375,11 +375,7 @@ fn protected(args: &ThroughputArgs, m: ProtectionArg) -> Result<()> {
     let c = compare(&setup, &configs)?;
     let base = c.summary(Config::None);
     let mine = c.summary(config);
-    let lost_pct = if base.p50 > 0.0 {
-        100.0 * (1.0 - mine.p50 / base.p50)
-    } else {
-        f64::NAN
-    };
+    let lost_pct = c.lost_pct(config);
     let cost = c.checkpoint_cost(config);
     println!(
         "nham-bench throughput: {vnfs} VNFs under nhamd, {} against unprotected, checkpoints every {} ms, {} repetitions interleaved",
@@ -440,13 +436,7 @@ fn protected(args: &ThroughputArgs, m: ProtectionArg) -> Result<()> {
             ..Default::default()
         };
         let r = nham_bench::ha::run(&spec)?;
-        let n = (r.samples.traffic_s * 10.0).ceil() as usize;
-        series = vec![0.0f64; n];
-        for &a in &r.samples.arrival_us {
-            if let Some(x) = series.get_mut((a / 100_000) as usize) {
-                *x += 10.0;
-            }
-        }
+        series = crate::paper::bins(&r.samples.arrival_us, r.samples.traffic_s);
         println!("  time series at {rate:.0} frames/s offered, a failure every {every} s ({} failures, exact {}): delivered frames/s per 100 ms:", r.samples.rounds.len(), r.is_exact());
         for (i, v) in series.iter().enumerate() {
             println!("    {:>6.1} s {v:>8.0}", i as f64 / 10.0);

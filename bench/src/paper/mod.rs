@@ -261,24 +261,8 @@ impl Ctx {
         eprintln!("paper: {what} ...");
         match ha::run(spec) {
             Ok(r) => {
-                if r.stats.ingress_overflow > 0 {
-                    let p = format!(
-                        "{what}: overloaded, no exactly-once verdict: the kernel dropped {} frames at the chain's ingress (hold buffers full: failures came faster than checkpoints committed); the sink then counts lost {} duplicated {}",
-                        r.stats.ingress_overflow, r.lost, r.duplicated
-                    );
-                    eprintln!("paper: {p}");
-                    self.problems.push(p);
-                } else if !r.is_exact() {
-                    let p = format!(
-                        "{what}: not exactly-once: lost {} duplicated {} reordered {} digest equal {} state mismatches {:?} recovery failures {:?} ingress dropped {}",
-                        r.lost,
-                        r.duplicated,
-                        r.reordered,
-                        r.digest_equal,
-                        r.mismatch_detail,
-                        r.recovery_failure_reasons,
-                        r.stats.ingress_overflow
-                    );
+                if let Some(v) = r.violation() {
+                    let p = format!("{what}: {v}");
                     eprintln!("paper: {p}");
                     self.problems.push(p);
                 }
@@ -318,6 +302,12 @@ fn recovery_metric(m: usize, r: &ha::RoundSample) -> Option<f64> {
 
 const RECOVERY_NOTE: &str = "Recovery is measured from the moment the fault was injected (the process killed) to the VNF running again (the daemon's `RecoveryFinished` event time), for 0R, 1R-AS and 1R-AA; for MR-AA, whose member failures stop nothing, it is the sink's downtime across the failure (the longest gap between frames arriving, from the last before the fault to the first after the member is back). Every failure is a SIGKILL under traffic.";
 
+/// The traffic before each round of `k` simultaneous failures in Fig.
+/// 5a/5b: 0.4 s, and 0.3 s more per VNF failed beyond the first.
+fn spacing(k: usize) -> Duration {
+    Duration::from_millis(400 + 300 * k.saturating_sub(1) as u64)
+}
+
 /// Fig. 5a and 5b: rounds of `k` simultaneous failures on `vnfs` VNFs.
 fn recovery_experiment(ctx: &mut Ctx, b: bool) -> Result<()> {
     let name = if b { "fig5b" } else { "fig5a" };
@@ -355,6 +345,14 @@ fn recovery_experiment(ctx: &mut Ctx, b: bool) -> Result<()> {
             };
             let mut spec = ctx.spec(mechanism(m), vnfs);
             spec.rounds = vec![k; p.reps];
+            // The paper's repetitions are independent experiments: each
+            // round starts from a steady chain, the checkpoints that
+            // release what the last recoveries held caught up (1R-AA's
+            // each restore its replica too). Back to back, six or more of
+            // eight VNFs failing every 2 s outran them on this 2-core host
+            // and the hold buffers overflowed at the ingress (counted):
+            // that regime is Table 1's, not this figure's.
+            spec.gap = spacing(k);
             let members = if m == 3 { 200 * vnfs as u64 } else { 0 };
             spec.allowance = Some(Duration::from_millis(300 + 250 * k as u64 + members));
             let what = format!(
@@ -447,9 +445,10 @@ fn recovery_experiment(ctx: &mut Ctx, b: bool) -> Result<()> {
     )?;
     // The table.
     let mut t = format!(
-        "## {title}\n\n![{name}]({name}.png) ([SVG]({name}.svg), samples: [{name}.csv]({name}.csv))\n\n{RECOVERY_NOTE} {} repetitions per point at {} frames/s, checkpoints every 200 ms.\n\n| mechanism | {} | paper | NHAM mean ± 95 % CI | p50 | p99 | max | n | NHAM / paper |\n|---|---|---|---|---|---|---|---|---|\n",
+        "## {title}\n\n![{name}]({name}.png) ([SVG]({name}.svg), samples: [{name}.csv]({name}.csv))\n\n{RECOVERY_NOTE} {} repetitions per point at {} frames/s, checkpoints every 200 ms; {:.1} s of traffic before each round of one failure, 0.3 s more per further VNF failed at once (each repetition starts from a steady chain, as the paper's independent runs).\n\n| mechanism | {} | paper | NHAM mean ± 95 % CI | p50 | p99 | max | n | NHAM / paper |\n|---|---|---|---|---|---|---|---|---|\n",
         p.reps,
         ctx.rate,
+        spacing(1).as_secs_f64(),
         if b { "failed at once" } else { "VNFs" }
     );
     let mut empty = true;
@@ -541,11 +540,7 @@ fn fig6a(ctx: &mut Ctx) -> Result<()> {
     for (m, (_, paper_name)) in MECHANISMS.iter().enumerate() {
         let c = throughput::ALL[m + 1];
         let s = result.summary(c);
-        let lost = if base.p50 > 0.0 {
-            100.0 * (1.0 - s.p50 / base.p50)
-        } else {
-            f64::NAN
-        };
+        let lost = result.lost_pct(c);
         let cost = result.checkpoint_cost(c);
         series[0].points.push((m as f64, lost, 0.0));
         series[1]
@@ -587,7 +582,7 @@ fn fig6a(ctx: &mut Ctx) -> Result<()> {
 }
 
 /// Delivered frames per 100 ms bin, as frames/s, over `[0, len_s)`.
-fn bins(arrival_us: &[u64], len_s: f64) -> Vec<f64> {
+pub(crate) fn bins(arrival_us: &[u64], len_s: f64) -> Vec<f64> {
     let n = (len_s * 10.0).ceil() as usize;
     let mut b = vec![0.0; n];
     for &a in arrival_us {

@@ -193,13 +193,7 @@ impl Figure {
                 .y_label_formatter(&|v| format!("{v:e}"))
                 .draw()
                 .map_err(e)?;
-            self.series_on(&mut chart, y0, y1).map_err(e)?;
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .position(SeriesLabelPosition::UpperRight)
-                .draw()
+            self.series_on(&mut chart, y0, y1, SeriesLabelPosition::UpperRight)
                 .map_err(e)?;
         } else {
             let mut chart = b.build_cartesian_2d(x0..x1, y0..y1).map_err(e)?;
@@ -209,13 +203,7 @@ impl Figure {
                 .y_desc(self.y_label.as_str())
                 .draw()
                 .map_err(e)?;
-            self.series_on(&mut chart, y0, y1).map_err(e)?;
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .position(SeriesLabelPosition::LowerRight)
-                .draw()
+            self.series_on(&mut chart, y0, y1, SeriesLabelPosition::LowerRight)
                 .map_err(e)?;
         }
         Ok(())
@@ -226,6 +214,7 @@ impl Figure {
         chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
         y0: f64,
         y1: f64,
+        legend: SeriesLabelPosition,
     ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
     where
         DB: DrawingBackend + 'a,
@@ -290,6 +279,11 @@ impl Figure {
                 }
             }
         }
-        Ok(())
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(legend)
+            .draw()
     }
 }

@@ -157,15 +157,9 @@ impl Outcome {
         };
         match r {
             Ok(r) => {
-                let dropped = r.stats.ingress_overflow;
-                o.exact = r.is_exact() && dropped == 0;
+                o.why = r.violation();
+                o.exact = o.why.is_none();
                 o.offered_pps = r.offered_pps;
-                o.why = (!o.exact).then(|| {
-                    format!(
-                        "lost {} dup {} reordered {} digest equal {} state mismatches {} ingress dropped {dropped}",
-                        r.lost, r.duplicated, r.reordered, r.digest_equal, r.state_mismatches
-                    )
-                });
                 o.checkpoints = r.checkpoints;
                 let c = &r.samples.checkpoints;
                 if !c.is_empty() {
@@ -225,6 +219,17 @@ impl Comparison {
     /// Median, min and max of [`carried`](Self::carried).
     pub(crate) fn summary(&self, c: Config) -> Stats {
         Stats::of(&self.carried(c))
+    }
+
+    /// The throughput `c` lost against the unprotected chain, % of the
+    /// latter's median (NaN when that carried nothing).
+    pub(crate) fn lost_pct(&self, c: Config) -> f64 {
+        let base = self.summary(Config::None).p50;
+        if base > 0.0 {
+            100.0 * (1.0 - self.summary(c).p50 / base)
+        } else {
+            f64::NAN
+        }
     }
 
     /// See [`Cost`].
