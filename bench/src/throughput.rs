@@ -61,7 +61,7 @@ pub(crate) struct ThroughputArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "2000,4000,6000,8000,10000,12000,16000,20000"
+        default_value = "2000,4000,8000,12000,16000,20000,25000,30000,40000,50000"
     )]
     rates: Vec<f64>,
     /// With `--mechanism`: then a time series (100 ms bins of the rate
@@ -402,6 +402,11 @@ fn protected(args: &ThroughputArgs, m: ProtectionArg) -> Result<()> {
             cost.stored_bytes.unwrap_or(0.0) / 1024.0
         );
     }
+    if c.topped(Config::None) || c.topped(config) {
+        println!(
+            "  the top of --rates was carried: a lower bound, not the limit (give higher --rates)"
+        );
+    }
     if c.generator_bound {
         println!("  the ladder stopped at a rate the generator could not offer: rates are the generator's limit");
     }
@@ -460,6 +465,7 @@ fn protected(args: &ThroughputArgs, m: ProtectionArg) -> Result<()> {
                 "image_bytes_per_checkpoint": cost.image_bytes,
                 "stored_bytes_per_checkpoint": cost.stored_bytes,
                 "generator_bound": c.generator_bound,
+                "top_of_ladder_carried": c.topped(Config::None) || c.topped(config),
                 "series_fps_100ms": series,
             })
         );

@@ -216,6 +216,15 @@ impl Comparison {
             .collect()
     }
 
+    /// Some repetition of `c` carried the ladder's top rate: its
+    /// throughput is at least that, not measured.
+    pub(crate) fn topped(&self, c: Config) -> bool {
+        let top = self.trials.iter().map(|o| o.rate).fold(0.0, f64::max);
+        self.trials
+            .iter()
+            .any(|o| o.config == c && o.exact && o.rate >= top)
+    }
+
     /// Median, min and max of [`carried`](Self::carried).
     pub(crate) fn summary(&self, c: Config) -> Stats {
         Stats::of(&self.carried(c))
