@@ -156,6 +156,10 @@ pub struct SoakReport {
     pub segments: Vec<Segment>,
     /// The first violating segment's index, if any.
     pub first_violation: Option<usize>,
+    /// A trial that could not be run or judged (the harness's error, with
+    /// the seed, segment and failures before it): the soak stops there,
+    /// and what ran before it is kept.
+    pub error: Option<String>,
 }
 
 /// splitmix64: a small seeded generator, enough for schedules (shared with
@@ -291,7 +295,8 @@ fn segment_spec(
 }
 
 /// Runs the soak; `progress` hears each segment as it ends. Stops at the
-/// first violation.
+/// first violation or the first trial that errs ([`SoakReport::error`]);
+/// either way the segments run before it are returned.
 pub fn run(spec: &SoakSpec, mut progress: impl FnMut(&Segment)) -> Result<SoakReport> {
     let mut rng = Rng(spec.seed);
     let mut report = SoakReport {
@@ -299,6 +304,7 @@ pub fn run(spec: &SoakSpec, mut progress: impl FnMut(&Segment)) -> Result<SoakRe
         failures: 0,
         segments: Vec::new(),
         first_violation: None,
+        error: None,
     };
     let combos: Vec<(FaultKind, api::Mechanism)> = FaultKind::ALL
         .iter()
@@ -338,14 +344,18 @@ pub fn run(spec: &SoakSpec, mut progress: impl FnMut(&Segment)) -> Result<SoakRe
             .min(spec.failures.saturating_sub(report.failures).max(1));
         let (trial, _) = segment_spec(spec, kind, mechanism, target, &mut rng);
         let started = Instant::now();
-        let r = ha::run(&trial).map_err(|e| {
-            e.context(format!(
-                "soak seed {} segment {index} ({kind:?} under {}), after {} failures",
-                spec.seed,
-                mechanism.as_str_name(),
-                report.failures
-            ))
-        })?;
+        let r = match ha::run(&trial) {
+            Ok(r) => r,
+            Err(e) => {
+                report.error = Some(format!(
+                    "soak seed {} segment {index} ({kind:?} under {}), after {} failures: {e:#}",
+                    spec.seed,
+                    mechanism.as_str_name(),
+                    report.failures
+                ));
+                break;
+            }
+        };
         let segment = Segment {
             index,
             mechanism: mechanism.as_str_name().to_string(),

@@ -121,6 +121,9 @@ pub(crate) fn run(args: &SoakArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }
+    if let Some(e) = &report.error {
+        bail!("{e}");
+    }
     match report.first_violation {
         Some(i) => {
             let s = &report.segments[i];

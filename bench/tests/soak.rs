@@ -44,6 +44,9 @@ fn three_hundred_failures_of_every_kind_under_every_mechanism_exactly_once() {
         report.segments.len(),
         started.elapsed().as_secs_f64()
     );
+    if let Some(e) = &report.error {
+        panic!("{e}");
+    }
     if let Some(i) = report.first_violation {
         let s = &report.segments[i];
         panic!(

@@ -1004,6 +1004,10 @@ fn soak(ctx: &mut Ctx) -> Result<()> {
             return Ok(());
         }
     };
+    if let Some(e) = &report.error {
+        // The segments before it are still written and summarised below.
+        ctx.problems.push(e.clone());
+    }
     let mut by_kind: BTreeMap<String, (usize, Vec<f64>, Vec<f64>)> = BTreeMap::new();
     let (mut lost, mut dup, mut reord, mut wrong) = (0, 0, 0, 0);
     for s in &report.segments {
@@ -1073,6 +1077,12 @@ fn soak(ctx: &mut Ctx) -> Result<()> {
             t,
             "| {kind} | {n} | {:.1} / {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms |",
             a.p50, a.p99, a.max, b.p50, b.p99, b.max
+        );
+    }
+    if let Some(e) = &report.error {
+        let _ = writeln!(
+            t,
+            "\n**Stopped by an error** (the segments above ran before it): {e}"
         );
     }
     ctx.report.push_str(&t);
