@@ -29,11 +29,12 @@ CRIU_MIN="4.2"
 # for setpriv, which starts VNFs with their user and capabilities; and for
 # the package check: dpkg-dev (cargo-deb's dependency scan), binutils
 # (readelf), systemd (systemd-analyze verify; not started) and man-db (which
-# verify uses for the unit's Documentation= pages).
+# verify uses for the unit's Documentation= pages); iputils-ping for the
+# test that ARP and ping reach the host through a chain's ingress.
 PROJECT_PKGS=(clang llvm libbpf-dev libelf-dev zlib1g-dev m4 make pkg-config
   protobuf-compiler iproute2 tshark python3 xz-utils ca-certificates openssl gdb
   etcd-server prometheus util-linux dpkg-dev binutils systemd man-db
-  fonts-dejavu-core)
+  fonts-dejavu-core iputils-ping)
 # What building CRIU from source needs.
 CRIU_BUILD_PKGS=(gcc make pkg-config libprotobuf-c-dev protobuf-c-compiler
   libprotobuf-dev protobuf-compiler libnl-3-dev libnet1-dev libcap-dev libaio-dev

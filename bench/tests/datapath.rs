@@ -136,17 +136,23 @@ fn classifier_miss_and_malformed_ingress_are_counted() {
     for (i, f) in udp.iter().enumerate() {
         frames.push(f.clone());
         if i % 5 == 0 {
-            // TCP: no rule for it (the lab's chain takes UDP).
+            // TCP: no rule for it (the lab's chain takes UDP); the XDP
+            // program leaves it to the kernel.
             let b = etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
                 .ipv4([10, 0, 0, 1], [192, 0, 2, 1], 64)
                 .tcp(1000, 80, 1, 1000);
             let mut t = Vec::new();
             b.write(&mut t, &[0; 10]).unwrap();
             frames.push(t);
-            // Not IP at all.
+            // Not IP at all: the kernel's too.
             let mut junk = vec![0u8; 60];
             junk[12..14].copy_from_slice(&0x88B5u16.to_be_bytes());
             frames.push(junk);
+            // UDP, so it may be the chain's, but its IPv4 header claims
+            // 1000 bytes of a 60-byte frame: the SFF's, malformed.
+            let mut bad = f.clone();
+            bad[16..18].copy_from_slice(&1000u16.to_be_bytes());
+            frames.push(bad);
         }
     }
     let (expected, _) = nham_vnf::reference(&kinds, &udp);
@@ -155,8 +161,12 @@ fn classifier_miss_and_malformed_ingress_are_counted() {
         .expect("trial");
     let stats = sff.stop().expect("SFF ran");
     assert_eq!(
-        (stats.classifier_miss, stats.malformed_ingress),
-        (100, 100),
+        (
+            stats.passed_to_kernel,
+            stats.classifier_miss,
+            stats.malformed_ingress
+        ),
+        (200, 0, 100),
         "{stats:?}"
     );
     let v = trial.verdict;
@@ -164,6 +174,63 @@ fn classifier_miss_and_malformed_ingress_are_counted() {
         (v.lost, v.duplicated, v.reordered, v.digest_equal),
         (0, 0, 0, true)
     );
+}
+
+#[test]
+fn arp_and_ping_reach_the_host_through_a_chains_ingress() {
+    // A NIC that carries a chain's traffic carries the host's too: what
+    // no rule of the chain matches (here ARP and ICMP; the chain takes
+    // UDP) goes on to the kernel, while the chain runs.
+    let _serial = serial();
+    let kinds = [Kind::Monitor, Kind::Firewall];
+    let lab = Lab::new(&kinds, vnf_bin()).expect("building the lab");
+    let sff = lab.start_sff(LabSff::default()).expect("starting the SFF");
+    let (host, peer): (std::net::IpAddr, std::net::IpAddr) =
+        ([198, 51, 100, 1].into(), [198, 51, 100, 2].into());
+    lab.sff_netns()
+        .run(move || nham_netns::add_address("in0", host, 24))
+        .expect("entering the SFF's namespace")
+        .expect("an address on in0");
+    lab.src_netns()
+        .run(move || nham_netns::add_address("gen0", peer, 24))
+        .expect("entering the source namespace")
+        .expect("an address on gen0");
+    let spec = TrafficSpec {
+        count: 15_000,
+        ..spec(0)
+    };
+    let (expected, states) = nham_vnf::reference(&kinds, &spec.frames());
+    // Pings while the trial's 3 s of traffic cross the same interface.
+    let ping = lab
+        .src_netns()
+        .run(move || {
+            std::process::Command::new("ping")
+                .args(["-c", "5", "-i", "0.3", "-W", "2", &host.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+        })
+        .expect("entering the source namespace")
+        .expect("starting ping (iputils-ping: scripts/setup.sh)");
+    let trial = lab.trial(&spec, &expected, &sff).expect("trial");
+    let ping = ping.wait_with_output().expect("ping's output");
+    let stats = sff.stop().expect("SFF ran");
+    assert!(
+        ping.status.success(),
+        "ping through in0 while the chain ran: {}{}",
+        String::from_utf8_lossy(&ping.stdout),
+        String::from_utf8_lossy(&ping.stderr)
+    );
+    // At least an ARP request and five echo requests left to the kernel.
+    assert!(stats.passed_to_kernel >= 6, "{stats:?}");
+    assert_eq!(stats.classifier_miss, 0, "{stats:?}");
+    let v = trial.verdict;
+    assert_eq!(
+        (v.lost, v.duplicated, v.reordered, v.digest_equal),
+        (0, 0, 0, true),
+        "{stats:?}"
+    );
+    assert_eq!(lab.vnf_states().expect("VNF states"), states);
 }
 
 #[test]

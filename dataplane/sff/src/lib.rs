@@ -58,7 +58,7 @@ use nham_dataplane::classifier::{Classifier, ClassifyError, Rule};
 use nham_dataplane::hold::{Chain, CheckpointId, HoldError, HopConfig, MemberState};
 use nham_dataplane::nsh::{self, NhamMetadata, NshPacket, TtlVerdict};
 use nham_dataplane::window::FlowWindow;
-use nham_ebpf::{EbpfError, XdpRedirect};
+use nham_ebpf::{EbpfError, XdpRedirect, XdpRule};
 use thiserror::Error;
 
 use flush::PortSlot;
@@ -349,6 +349,10 @@ pub struct SffCounters {
     /// port's ring full). Must stay 0: a lost output breaks exactly-once
     /// for its hop. Sampled.
     pub vnf_output_kernel_drops: AtomicU64,
+    /// Frames on the ingress and egress interfaces that matched no rule
+    /// of the chain's classifier (ARP, ICMP, management traffic), left to
+    /// the kernel by the XDP program. Sampled.
+    pub passed_to_kernel: AtomicU64,
     /// VNF outputs read with no pool buffer for them (never: each burst
     /// takes its buffers before it reads; counted, not a panic, should it
     /// ever happen).
@@ -386,6 +390,7 @@ impl SffCounters {
             tx_discarded: g(&self.tx_discarded),
             ingress_kernel_drops: g(&self.ingress_kernel_drops),
             vnf_output_kernel_drops: g(&self.vnf_output_kernel_drops),
+            passed_to_kernel: g(&self.passed_to_kernel),
             pool_exhausted: g(&self.pool_exhausted),
         }
     }
@@ -428,6 +433,9 @@ pub struct SffStats {
     /// See [`SffCounters::pool_exhausted`].
     #[serde(default)]
     pub pool_exhausted: u64,
+    /// See [`SffCounters::passed_to_kernel`].
+    #[serde(default)]
+    pub passed_to_kernel: u64,
 }
 
 /// A running SFF thread.
@@ -675,7 +683,7 @@ fn enter_netns(path: &PathBuf) -> Result<(), SffError> {
 /// An AF_XDP port with the XDP program steering its interface to it.
 struct Attached {
     port: Port,
-    _xdp: XdpRedirect,
+    xdp: XdpRedirect,
 }
 
 impl Engine {
@@ -694,11 +702,70 @@ impl Engine {
     }
 }
 
+/// A port on `spec` that every frame arriving there is steered to (a
+/// VNF's port).
 fn attach(spec: &PortSpec, config: PortConfig) -> Result<Attached, SffError> {
     let xdp = XdpRedirect::attach(spec.ifindex)?;
     let port = Port::open(&spec.iface, 0, config)?;
     xdp.register_socket(0, port.fd())?;
-    Ok(Attached { port, _xdp: xdp })
+    Ok(Attached { port, xdp })
+}
+
+/// A port on `spec` that only the frames that may match one of `rules`
+/// are steered to; the rest (ARP, ICMP, a host's management traffic) go
+/// on to the kernel as if the SFF were not there. The chain's ingress
+/// (its classifier's rules) and egress (none: it only sends).
+fn attach_filtered(
+    spec: &PortSpec,
+    config: PortConfig,
+    rules: &[XdpRule],
+) -> Result<Attached, SffError> {
+    let xdp = XdpRedirect::attach_filtered(spec.ifindex, rules)?;
+    let port = Port::open(&spec.iface, 0, config)?;
+    xdp.register_socket(0, port.fd())?;
+    Ok(Attached { port, xdp })
+}
+
+/// The classifier's rules as the XDP program matches them.
+fn xdp_rules(rules: &[Rule]) -> Vec<XdpRule> {
+    use ipnet::IpNet;
+    // (network, mask) as 16 bytes each, IPv4 in the first four.
+    let prefix = |n: &Option<IpNet>| -> ([u8; 16], [u8; 16]) {
+        let mut net = [0u8; 16];
+        let mut mask = [0u8; 16];
+        match n {
+            None => {}
+            Some(IpNet::V4(n)) => {
+                net[..4].copy_from_slice(&n.network().octets());
+                mask[..4].copy_from_slice(&n.netmask().octets());
+            }
+            Some(IpNet::V6(n)) => {
+                net.copy_from_slice(&n.network().octets());
+                mask.copy_from_slice(&n.netmask().octets());
+            }
+        }
+        (net, mask)
+    };
+    let family = |n: &Option<IpNet>| match n {
+        None => None,
+        Some(IpNet::V4(_)) => Some(4),
+        Some(IpNet::V6(_)) => Some(6),
+    };
+    rules
+        .iter()
+        .map(|r| XdpRule {
+            family: match (family(&r.src), family(&r.dst)) {
+                (None, f) | (f, None) => f,
+                (Some(a), Some(b)) if a == b => Some(a),
+                _ => Some(0),
+            },
+            src: prefix(&r.src),
+            dst: prefix(&r.dst),
+            proto: r.proto,
+            src_ports: r.src_ports.as_ref().map(|p| (*p.start(), *p.end())),
+            dst_ports: r.dst_ports.as_ref().map(|p| (*p.start(), *p.end())),
+        })
+        .collect()
 }
 
 /// Waits for a forwarder thread to report that its ports are open, and
@@ -885,8 +952,8 @@ impl Engine {
         } else {
             Some(Chain::new(config.spi, config.hops.len(), config.hop)?)
         };
-        let ingress = attach(&config.ingress, config.port)?;
-        let egress = attach(&config.egress, config.port)?;
+        let ingress = attach_filtered(&config.ingress, config.port, &xdp_rules(&config.rules))?;
+        let egress = attach_filtered(&config.egress, config.port, &[])?;
         let hops = config
             .hops
             .iter()
@@ -971,6 +1038,7 @@ impl Engine {
             return;
         }
         self.drops.0 = now;
+        self.sample_passed();
         let delta = |last: &mut u64, current: u64| {
             let d = if current >= *last {
                 current - *last
@@ -1000,6 +1068,18 @@ impl Engine {
         }
     }
 
+    /// What the XDP programs of ingress and egress left to the kernel.
+    fn sample_passed(&self) {
+        let passed = [&self.ingress, &self.egress]
+            .iter()
+            .filter_map(|a| a.xdp.counters().ok())
+            .map(|c| c.passed)
+            .sum();
+        self.counters
+            .passed_to_kernel
+            .store(passed, Ordering::Relaxed);
+    }
+
     fn run(&mut self, stop: &AtomicBool) {
         let mut idle = 0u32;
         while !stop.load(Ordering::Relaxed) && self.fatal.is_none() {
@@ -1019,6 +1099,7 @@ impl Engine {
                 }
             }
         }
+        self.sample_passed();
     }
 
     /// [`Command::SetMembers`]: opens the ports of members added (nothing
