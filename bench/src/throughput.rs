@@ -2,13 +2,21 @@
 //! plain AF_XDP L2 forwarder (the baseline) and for the SFF with N sample
 //! VNFs, on the same topology in one invocation, and their ratio.
 //!
-//! Each forwarder gets half of `--duration`. A first trial offers as much
-//! as the generator can send; then a binary search over the offered rate
-//! (trials of about `--trial-ms` each) finds the highest rate at which the
-//! sink gets exactly the expected output (no loss, no duplicate, no
-//! reordering, equal digest). Every trial starts from fresh VNF processes,
-//! so expected outputs and states are those of a failure-free reference run
-//! of exactly that trial's frames.
+//! The search: probes as fast as the generator goes say roughly where
+//! each forwarder's limit is; then `--trials` (at least 5) repetitions,
+//! in each of which both forwarders walk one grid of rates 2 % apart
+//! (their trials taking turns, so both see the same moments of a noisy
+//! host), up until a rate is not carried. A rate is carried when the sink
+//! gets exactly the expected output (no loss, no duplicate, no reordering,
+//! equal digest) at the rate it was offered (not late, from buffers that
+//! absorbed an overload). Reported: the median and spread of each
+//! forwarder's rates and of the per-repetition ratio, and the latency at
+//! 80 % of the median. A forwarder that carries nothing, a repetition that
+//! does not converge, or a run over `--duration` fails (non-zero exit);
+//! a rate the generator could not offer is named as its limit. Every
+//! trial starts from fresh VNF processes, so expected outputs and states
+//! are those of a failure-free reference run of exactly that trial's
+//! frames.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -30,9 +38,11 @@ pub(crate) struct ThroughputArgs {
     /// Frame size on the wire (64 to 1518) or `imix`.
     #[arg(long, default_value = "64")]
     frame_size: FrameSize,
-    /// Total measuring time in seconds (split between baseline and SFF).
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
+    /// The most measuring may take, in seconds: a search not converged by
+    /// then fails (default 300). With `--mechanism --fail-every-s`: the
+    /// time series' length (default 10).
+    #[arg(long)]
+    duration: Option<f64>,
     /// Length of one search trial, in milliseconds.
     #[arg(long, default_value_t = 700)]
     trial_ms: u64,
@@ -54,7 +64,8 @@ pub(crate) struct ThroughputArgs {
     /// With `--mechanism`: the checkpoint period, ms.
     #[arg(long, default_value_t = 500)]
     checkpoint_interval_ms: u32,
-    /// With `--mechanism`: repetitions of the search (at least 5).
+    /// Repetitions of the search (at least 5): baseline and SFF (or
+    /// unprotected and protected) interleaved in each.
     #[arg(long, default_value_t = 5)]
     trials: usize,
     /// With `--mechanism`: the ladder of offered rates, frames/s.
@@ -100,32 +111,58 @@ struct Latency {
     p999: f64,
 }
 
+/// Median and spread of one forwarder's zero-loss rates over the
+/// repetitions.
+#[derive(Serialize, Clone, Copy, Default)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(v: &[f64]) -> Self {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        match (v.first(), v.last()) {
+            (Some(&min), Some(&max)) => Self {
+                median: v[v.len() / 2],
+                min,
+                max,
+            },
+            _ => Self::default(),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Report {
     vnfs: usize,
     frame_size: String,
+    /// Median of the repetitions' zero-loss rates.
     sff_pps: f64,
     baseline_pps: f64,
+    /// Median of the repetitions' ratios (each repetition's two searches
+    /// ran interleaved, over the same grid of rates).
     ratio: f64,
+    sff: Spread,
+    baseline: Spread,
+    ratios: Spread,
+    repetitions: usize,
     offered_pps: f64,
     lost: u64,
     duplicated: u64,
     reordered: u64,
+    /// Latency at 80 % of the median zero-loss rate.
     latency_us: Latency,
     baseline_latency_us: Latency,
+    latency_at_pps: f64,
     sff_trials: usize,
     baseline_trials: usize,
     /// The forwarder carried everything the generator could offer: the rate
     /// is a lower bound set by the generator, not the forwarder's limit.
     sff_generator_limited: bool,
     baseline_generator_limited: bool,
-}
-
-struct Best {
-    rate: f64,
-    trial: Option<Trial>,
-    trials: usize,
-    generator_limited: bool,
 }
 
 fn vnf_binary() -> Result<PathBuf> {
@@ -145,6 +182,14 @@ fn exact(t: &Trial) -> bool {
     v.lost == 0 && v.duplicated == 0 && v.reordered == 0 && v.digest_equal
 }
 
+/// Whether a trial asked for `asked` frames/s carried it: exactly the
+/// expected output, at the rate it was offered (buffers that absorbed an
+/// overload for the length of a trial delivered everything, late: a
+/// slower delivery is a fail).
+fn carried(t: &Trial, asked: f64) -> bool {
+    exact(t) && t.delivered_pps >= 0.97 * t.offered_pps.min(asked)
+}
+
 /// Runs one trial on a fresh lab (fresh VNF state).
 fn one_trial(kinds: &[Kind], baseline: bool, spec: &TrafficSpec, sff: LabSff) -> Result<Trial> {
     let mut lab = Lab::new(kinds, &vnf_binary()?)?;
@@ -152,20 +197,180 @@ fn one_trial(kinds: &[Kind], baseline: bool, spec: &TrafficSpec, sff: LabSff) ->
     let frames = spec.frames();
     if baseline {
         let fwd = lab.start_baseline(sff)?;
-        let trial = lab.trial(spec, &frames, &fwd)?;
+        let expected = frames.clone();
+        let trial = lab.trial_frames(frames, spec.rate, &expected, &fwd)?;
         fwd.stop()?;
         return Ok(trial);
     }
     // The SFF as nhamd runs it: the nham-sff process.
     let fwd = lab.start_sff_process(sff)?;
     let expected = nham_vnf::reference(kinds, &frames).0;
-    let trial = lab.trial(spec, &expected, &fwd)?;
+    let trial = lab.trial_frames(frames, spec.rate, &expected, &fwd)?;
     fwd.stop()?;
     Ok(trial)
 }
 
-fn search(kinds: &[Kind], baseline: bool, args: &ThroughputArgs, budget: Duration) -> Result<Best> {
+/// The rates both forwarders are tried at: a grid 2 % apart from 1000
+/// frames/s up, the same for both, so that their trials are at equal
+/// rates wherever their limits are near.
+const GRID_BASE: f64 = 1000.0;
+const GRID_STEP: f64 = 1.02;
+
+fn grid(k: i32) -> f64 {
+    GRID_BASE * GRID_STEP.powi(k)
+}
+
+/// The grid point at or below `rate` (0 below the grid).
+fn grid_below(rate: f64) -> i32 {
+    ((rate.max(GRID_BASE) / GRID_BASE).ln() / GRID_STEP.ln()).floor() as i32
+}
+
+/// Trials a repetition may take before it counts as not converged.
+const MAX_STEPS: usize = 30;
+
+/// One forwarder's search in one repetition, over the grid: up in strides
+/// that double while rates are carried, down in strides that double while
+/// none has been, then bisection between the best rate carried and the
+/// lowest not carried above it; done when those are neighbours on the
+/// grid, or at the generator's limit, or when not even the grid's lowest
+/// rate is carried.
+#[derive(Debug)]
+struct Walk {
+    k: i32,
+    best: Option<(i32, f64)>,
+    /// The lowest grid point above `best` not carried.
+    failed_at: Option<i32>,
+    stride: i32,
+    generator_limited: bool,
+    steps: usize,
+}
+
+#[derive(Debug, PartialEq)]
+enum Step {
+    /// Try rate `grid(k)` next.
+    Try(i32),
+    /// Converged (or carried nothing: `best` is `None`).
+    Done,
+    /// More than [`MAX_STEPS`].
+    NotConverged,
+}
+
+impl Walk {
+    fn new(start: i32) -> Self {
+        Self {
+            k: start.max(0),
+            best: None,
+            failed_at: None,
+            stride: 0,
+            generator_limited: false,
+            steps: 0,
+        }
+    }
+
+    fn next(&self) -> Step {
+        if self.generator_limited {
+            return Step::Done;
+        }
+        match (self.best, self.failed_at) {
+            (Some((b, _)), Some(f)) if f == b + 1 => Step::Done,
+            (None, Some(0)) => Step::Done,
+            _ if self.steps >= MAX_STEPS => Step::NotConverged,
+            _ => Step::Try(self.k),
+        }
+    }
+
+    /// The trial at `grid(k)`: `carried` whether it carried the rate,
+    /// `achieved` the rate the generator managed to offer. Whether it is
+    /// the best so far.
+    fn handle(&mut self, k: i32, carried: bool, achieved: f64) -> bool {
+        self.steps += 1;
+        let asked = grid(k);
+        if carried {
+            let better = self.best.is_none_or(|(b, _)| k > b);
+            if better {
+                self.best = Some((k, achieved.min(asked)));
+            }
+            // The generator could not offer the rate: what it offered is
+            // the most this run can show.
+            if achieved < 0.97 * asked {
+                self.generator_limited = true;
+            }
+            if self.failed_at.is_some_and(|f| f <= k) {
+                self.failed_at = None;
+            }
+            let b = self.best.map_or(k, |(b, _)| b);
+            self.k = match self.failed_at {
+                Some(f) => b + (f - b) / 2,
+                None => {
+                    self.stride = (self.stride * 2).max(1);
+                    b + self.stride
+                }
+            };
+            better
+        } else {
+            let f = self.failed_at.map_or(k, |f| f.min(k));
+            self.failed_at = Some(f);
+            self.k = match self.best {
+                Some((b, _)) => b + (f - b) / 2,
+                None => {
+                    self.stride = (self.stride * 2).min(-5);
+                    (k + self.stride).max(0)
+                }
+            };
+            false
+        }
+    }
+}
+
+/// Which forwarder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Baseline,
+    Sff,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline (plain AF_XDP forwarder)",
+            Self::Sff => "SFF",
+        }
+    }
+}
+
+fn latency(t: Option<&Trial>) -> Latency {
+    t.map(|t| {
+        let h = &t.received.latency_us;
+        Latency {
+            p50: h.value_at_quantile(0.5) as f64,
+            p99: h.value_at_quantile(0.99) as f64,
+            p999: h.value_at_quantile(0.999) as f64,
+        }
+    })
+    .unwrap_or_default()
+}
+
+/// Runs the measurement and prints the report.
+pub(crate) fn run(args: &ThroughputArgs) -> Result<()> {
+    if let Some(m) = args.mechanism {
+        return protected(args, m);
+    }
+    if args.vnfs > 8 {
+        bail!("--vnfs must be 0 to 8, got {}", args.vnfs);
+    }
+    let duration = args.duration.unwrap_or(300.0);
+    if duration <= 0.0 {
+        bail!("--duration must be positive");
+    }
+    if args.trials < 5 {
+        bail!(
+            "--trials must be at least 5 (a median of fewer says little), got {}",
+            args.trials
+        );
+    }
     let started = Instant::now();
+    let budget = Duration::from_secs_f64(duration);
+    let kinds: Vec<Kind> = (0..args.vnfs).map(|i| Kind::ALL[i % 4]).collect();
     // The forwarder gets the last core to itself by default; generator,
     // sink and VNFs share the others.
     let core = args.core.or_else(|| {
@@ -181,142 +386,204 @@ fn search(kinds: &[Kind], baseline: bool, args: &ThroughputArgs, budget: Duratio
         protect: false,
     };
     let trial_secs = args.trial_ms as f64 / 1000.0;
-    // Capacity probes: as fast as the generator goes. If the forwarder
-    // keeps up with all of them, the generator is the limit: report the
-    // median of three probes and say so.
-    let probe_count = if kinds.is_empty() { 400_000 } else { 40_000 };
-    let probe_spec = TrafficSpec {
+    let spec = |count: u64, rate: Option<f64>| TrafficSpec {
         size: args.frame_size,
         flows: args.flows,
-        count: probe_count,
-        rate: None,
+        count,
+        rate,
     };
-    let mut probes = vec![one_trial(kinds, baseline, &probe_spec, sff)?];
-    while probes.iter().all(exact) && probes.len() < 3 && started.elapsed() < budget {
-        probes.push(one_trial(kinds, baseline, &probe_spec, sff)?);
-    }
-    let mut best = Best {
-        rate: 0.0,
-        trial: None,
-        trials: probes.len(),
-        generator_limited: false,
+    let mean_wire = match args.frame_size {
+        FrameSize::Fixed(n) => n as f64,
+        FrameSize::Imix => (7.0 * 64.0 + 4.0 * 570.0 + 1518.0) / 12.0,
     };
-    if probes.iter().all(exact) {
-        probes.sort_by(|a, b| a.offered_pps.total_cmp(&b.offered_pps));
-        let median = probes.swap_remove(probes.len() / 2);
-        best.rate = median.offered_pps;
-        best.trial = Some(median);
-        best.generator_limited = true;
-        return Ok(best);
-    }
-    let probe = probes.pop().expect("at least one probe");
-    let mut hi = probe.offered_pps.max(probe.delivered_pps);
-    let mut lo = 0.0;
-    let mut rate = probe.delivered_pps * 0.95;
-    while started.elapsed() < budget && hi - lo > hi * 0.02 {
-        let count = ((rate * trial_secs) as u64).max(1000);
-        let t = one_trial(
-            kinds,
-            baseline,
-            &TrafficSpec {
-                size: args.frame_size,
-                flows: args.flows,
-                count,
-                rate: Some(rate),
-            },
-            sff,
-        )?;
-        best.trials += 1;
-        if exact(&t) {
-            // The generator may fall short of the asked rate: count what it
-            // achieved.
-            let achieved = t.offered_pps.min(rate);
-            if achieved > best.rate {
-                best.rate = achieved;
-                best.trial = Some(t);
+    let sides = [Side::Baseline, Side::Sff];
+    let mut trials = [0usize; 2];
+    // Where each forwarder's limit is, roughly: probes as fast as the
+    // generator goes, interleaved (about 60 MB of frames each, fewer
+    // through VNFs, which are slower).
+    let probe_count =
+        ((if kinds.is_empty() { 60e6 } else { 6e6 } / mean_wire) as u64).clamp(5_000, 400_000);
+    let mut estimate = [0.0f64; 2];
+    let mut all_carried = [true; 2];
+    let mut probe_offered: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..3 {
+        for (i, &side) in sides.iter().enumerate() {
+            if !all_carried[i] {
+                continue;
             }
-            lo = rate;
-        } else {
-            hi = rate;
+            let t = one_trial(
+                &kinds,
+                side == Side::Baseline,
+                &spec(probe_count, None),
+                sff,
+            )
+            .with_context(|| format!("{}: probe", side.name()))?;
+            trials[i] += 1;
+            let ok = carried(&t, f64::INFINITY);
+            probe_offered[i].push(t.offered_pps);
+            if !ok {
+                all_carried[i] = false;
+                estimate[i] = t.delivered_pps.min(t.offered_pps);
+            }
         }
-        rate = (lo + hi) / 2.0;
     }
-    Ok(best)
-}
-
-fn latency(t: &Option<Trial>) -> Latency {
-    t.as_ref()
-        .map(|t| {
-            let h = &t.received.latency_us;
-            Latency {
-                p50: h.value_at_quantile(0.5) as f64,
-                p99: h.value_at_quantile(0.99) as f64,
-                p999: h.value_at_quantile(0.999) as f64,
+    for i in 0..2 {
+        if all_carried[i] {
+            // Never overloaded: its limit is above the generator's.
+            estimate[i] = Spread::of(&probe_offered[i]).median;
+        }
+    }
+    // The repetitions: each forwarder's walk over the grid, their trials
+    // taking turns.
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut best: [Vec<Option<Trial>>; 2] = [Vec::new(), Vec::new()];
+    let mut generator_limited = [false; 2];
+    let mut start = estimate.map(|e| grid_below(0.9 * e));
+    for rep in 0..args.trials {
+        let mut walks = start.map(Walk::new);
+        let mut best_trial: [Option<Trial>; 2] = [None, None];
+        let order: [usize; 2] = if rep % 2 == 0 { [0, 1] } else { [1, 0] };
+        loop {
+            let mut any = false;
+            for &i in &order {
+                match walks[i].next() {
+                    Step::Try(k) => {
+                        if started.elapsed() > budget {
+                            bail!(
+                                "{}: not converged within --duration {} s ({rep} of {} repetitions done, {} trials): give it longer",
+                                sides[i].name(),
+                                duration,
+                                args.trials,
+                                trials[0] + trials[1]
+                            );
+                        }
+                        let rate = grid(k);
+                        let count = ((rate * trial_secs) as u64).max(1000);
+                        let t = one_trial(
+                            &kinds,
+                            sides[i] == Side::Baseline,
+                            &spec(count, Some(rate)),
+                            sff,
+                        )
+                        .with_context(|| format!("{} at {rate:.0} frames/s", sides[i].name()))?;
+                        trials[i] += 1;
+                        let ok = carried(&t, rate);
+                        let achieved = t.offered_pps;
+                        if walks[i].handle(k, ok, achieved) {
+                            best_trial[i] = Some(t);
+                        }
+                        any = true;
+                    }
+                    Step::Done => {}
+                    Step::NotConverged => bail!(
+                        "{}: repetition {rep} did not converge in {MAX_STEPS} trials (results swinging; a noisy host?)",
+                        sides[i].name()
+                    ),
+                }
             }
-        })
-        .unwrap_or_default()
-}
-
-/// Runs the measurement and prints the report.
-pub(crate) fn run(args: &ThroughputArgs) -> Result<()> {
-    if let Some(m) = args.mechanism {
-        return protected(args, m);
+            if !any {
+                break;
+            }
+        }
+        for i in 0..2 {
+            let w = std::mem::replace(&mut walks[i], Walk::new(0));
+            let Some((k, rate)) = w.best else {
+                bail!(
+                    "{}: carried no rate at all (not even {GRID_BASE} frames/s) in repetition {rep}: nothing measured",
+                    sides[i].name()
+                );
+            };
+            generator_limited[i] |= w.generator_limited;
+            rates[i].push(rate);
+            best[i].push(best_trial[i].take());
+            // The next repetition starts a little below this one's.
+            start[i] = k - 3;
+        }
     }
-    if args.vnfs > 8 {
-        bail!("--vnfs must be 0 to 8, got {}", args.vnfs);
+    let spread = [Spread::of(&rates[0]), Spread::of(&rates[1])];
+    let ratios: Vec<f64> = rates[1].iter().zip(&rates[0]).map(|(s, b)| s / b).collect();
+    let ratios = Spread::of(&ratios);
+    // Latency at 80 % of each median, interleaved.
+    let mut at80: [Option<Trial>; 2] = [None, None];
+    for (i, &side) in sides.iter().enumerate() {
+        let rate = 0.8 * spread[i].median;
+        let count = ((rate * trial_secs.max(2.0)) as u64).max(1000);
+        let t = one_trial(
+            &kinds,
+            side == Side::Baseline,
+            &spec(count, Some(rate)),
+            sff,
+        )
+        .with_context(|| format!("{}: latency at {rate:.0} frames/s", side.name()))?;
+        trials[i] += 1;
+        at80[i] = Some(t);
     }
-    if args.duration <= 0.0 {
-        bail!("--duration must be positive");
-    }
-    let kinds: Vec<Kind> = (0..args.vnfs).map(|i| Kind::ALL[i % 4]).collect();
-    let half = Duration::from_secs_f64(args.duration / 2.0);
-    let base = search(&kinds, true, args, half).context("baseline (plain AF_XDP forwarder)")?;
-    let sff = search(&kinds, false, args, half).context("SFF")?;
-    let v = sff.trial.as_ref().map(|t| t.verdict).unwrap_or_default();
+    // The SFF's trial at the median repetition's rate, for its counts.
+    let median_rep = rates[1]
+        .iter()
+        .position(|&r| r == spread[1].median)
+        .unwrap_or(0);
+    let sff_best = best[1].get(median_rep).and_then(Option::as_ref);
+    let v = sff_best.map(|t| t.verdict).unwrap_or_default();
     let report = Report {
         vnfs: args.vnfs,
         frame_size: match args.frame_size {
             FrameSize::Fixed(n) => n.to_string(),
             FrameSize::Imix => "imix".into(),
         },
-        sff_pps: sff.rate,
-        baseline_pps: base.rate,
-        ratio: if base.rate > 0.0 {
-            sff.rate / base.rate
-        } else {
-            0.0
-        },
-        offered_pps: sff.trial.as_ref().map_or(0.0, |t| t.offered_pps),
+        sff_pps: spread[1].median,
+        baseline_pps: spread[0].median,
+        ratio: ratios.median,
+        sff: spread[1],
+        baseline: spread[0],
+        ratios,
+        repetitions: args.trials,
+        offered_pps: sff_best.map_or(0.0, |t| t.offered_pps),
         lost: v.lost,
         duplicated: v.duplicated,
         reordered: v.reordered,
-        latency_us: latency(&sff.trial),
-        baseline_latency_us: latency(&base.trial),
-        sff_trials: sff.trials,
-        baseline_trials: base.trials,
-        sff_generator_limited: sff.generator_limited,
-        baseline_generator_limited: base.generator_limited,
+        latency_us: latency(at80[1].as_ref()),
+        baseline_latency_us: latency(at80[0].as_ref()),
+        latency_at_pps: 0.8 * spread[1].median,
+        sff_trials: trials[1],
+        baseline_trials: trials[0],
+        sff_generator_limited: generator_limited[1] || all_carried[1],
+        baseline_generator_limited: generator_limited[0] || all_carried[0],
     };
     println!(
-        "chain of {} VNF(s) {:?}, frames {}",
-        args.vnfs, kinds, report.frame_size
+        "chain of {} VNF(s) {:?}, frames {}, {} repetitions interleaved over one grid of rates 2 % apart ({:.0} s)",
+        args.vnfs,
+        kinds,
+        report.frame_size,
+        args.trials,
+        started.elapsed().as_secs_f64()
     );
+    for (name, s, lat, n) in [
+        (
+            "baseline (plain AF_XDP L2 forwarder)",
+            report.baseline,
+            report.baseline_latency_us,
+            report.baseline_trials,
+        ),
+        (
+            if args.vnfs > 0 {
+                "SFF (classify, NSH, Hold/Release, VNFs)"
+            } else {
+                "SFF (classify, NSH, Hold/Release)"
+            },
+            report.sff,
+            report.latency_us,
+            report.sff_trials,
+        ),
+    ] {
+        println!(
+            "  {name}: {:>10.0} pps zero-loss, median [{:.0}, {:.0}] ({n} trials); at 80 % of it latency p50 {} us p99 {} us p99.9 {} us",
+            s.median, s.min, s.max, lat.p50, lat.p99, lat.p999
+        );
+    }
     println!(
-        "  baseline (plain AF_XDP L2 forwarder): {:>10.0} pps zero-loss ({} trials), latency p50 {} us p99 {} us",
-        report.baseline_pps, report.baseline_trials, report.baseline_latency_us.p50, report.baseline_latency_us.p99
-    );
-    println!(
-        "  SFF (classify, NSH, Hold/Release{}): {:>10.0} pps zero-loss ({} trials), latency p50 {} us p99 {} us p99.9 {} us",
-        if args.vnfs > 0 { ", VNFs" } else { "" },
-        report.sff_pps,
-        report.sff_trials,
-        report.latency_us.p50,
-        report.latency_us.p99,
-        report.latency_us.p999
-    );
-    println!(
-        "  ratio SFF / baseline: {:.3}; at the reported rate lost {}, duplicated {}, reordered {}",
-        report.ratio, report.lost, report.duplicated, report.reordered
+        "  ratio SFF / baseline: {:.3} median [{:.3}, {:.3}]; at the reported rate lost {}, duplicated {}, reordered {}",
+        report.ratios.median, report.ratios.min, report.ratios.max, report.lost, report.duplicated, report.reordered
     );
     if report.sff_generator_limited || report.baseline_generator_limited {
         println!(
@@ -416,7 +683,8 @@ fn protected(args: &ThroughputArgs, m: ProtectionArg) -> Result<()> {
         if rate <= 0.0 {
             bail!("no rate carried: no time series");
         }
-        let rounds = ((args.duration / every).floor() as usize).max(1);
+        let length = args.duration.unwrap_or(10.0);
+        let rounds = ((length / every).floor() as usize).max(1);
         let spec = nham_bench::ha::HaSpec {
             mechanism: match config {
                 Config::None => Mechanism::None,
@@ -435,8 +703,8 @@ fn protected(args: &ThroughputArgs, m: ProtectionArg) -> Result<()> {
             } else {
                 vec![1; rounds]
             },
-            traffic: Some(Duration::from_secs_f64(args.duration)),
-            tail: Duration::from_secs_f64(args.duration),
+            traffic: Some(Duration::from_secs_f64(length)),
+            tail: Duration::from_secs_f64(length),
             skip_late_rounds: true,
             ..Default::default()
         };
@@ -474,4 +742,75 @@ fn protected(args: &ThroughputArgs, m: ProtectionArg) -> Result<()> {
         bail!("the unprotected chain carried no rate of the ladder: nothing measured");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Walks against a forwarder that carries every rate up to `limit`,
+    /// fed by a generator that offers at most `gen`; what it ends with.
+    fn walk(start: i32, limit: f64, gen: f64) -> (Step, Walk) {
+        let mut w = Walk::new(start);
+        loop {
+            match w.next() {
+                Step::Try(k) => {
+                    let achieved = grid(k).min(gen);
+                    w.handle(k, achieved <= limit, achieved);
+                }
+                s => return (s, w),
+            }
+        }
+    }
+
+    proptest! {
+        /// The reference: the highest grid rate at or below the limit, or
+        /// the generator's rate when the forwarder is faster than the
+        /// generator; nothing below the grid.
+        #[test]
+        fn a_walk_ends_at_the_limit_or_the_generator(
+            limit in 200.0f64..2e6,
+            gen_over_limit in 0.3f64..3.0,
+            from in -30i32..60,
+        ) {
+            let gen = limit * gen_over_limit;
+            let (step, w) = walk(grid_below(limit) + from, limit, gen);
+            prop_assert_eq!(&step, &Step::Done);
+            if gen <= limit {
+                // The generator is the limit: named, and its rate reported.
+                prop_assert!(w.generator_limited);
+                prop_assert_eq!(w.best.map(|(_, r)| r), Some(gen));
+            } else if limit < GRID_BASE {
+                prop_assert!(w.best.is_none());
+            } else {
+                let (k, rate) = w.best.expect("carried something");
+                prop_assert!(!w.generator_limited);
+                prop_assert!(grid(k) <= limit && limit < grid(k + 1), "{} {}", k, limit);
+                prop_assert_eq!(rate, grid(k));
+            }
+        }
+    }
+
+    #[test]
+    fn a_forwarder_that_carries_every_rate_gets_no_number() {
+        // And a generator that offers every rate: nothing bounds it.
+        let (step, w) = walk(100, f64::INFINITY, f64::INFINITY);
+        assert_eq!(step, Step::NotConverged);
+        assert_eq!(w.steps, MAX_STEPS);
+    }
+
+    #[test]
+    fn a_forwarder_that_carries_nothing_ends_with_nothing() {
+        let (step, w) = walk(300, 10.0, 1e9);
+        assert_eq!(step, Step::Done);
+        assert!(w.best.is_none());
+    }
+
+    #[test]
+    fn spread_is_median_min_max() {
+        let s = Spread::of(&[3.0, 1.0, 2.0, 5.0, 4.0]);
+        assert_eq!((s.median, s.min, s.max), (3.0, 1.0, 5.0));
+        assert_eq!(Spread::of(&[]).median, 0.0);
+    }
 }

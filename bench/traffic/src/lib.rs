@@ -117,18 +117,17 @@ pub fn read_stamp(frame: &[u8]) -> Option<(u64, u64)> {
     ))
 }
 
-/// A digest of a frame with its timestamp left out.
+/// A digest of a frame with its timestamp left out: its length and the
+/// CRC-32 of its bytes with the timestamp zeroed. (`crc32fast` works a
+/// word at a time; a byte-wise FNV made the sink, which shares a core with
+/// the generator, the bottleneck for 1518-byte frames.)
 pub fn frame_digest(frame: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (i, &b) in frame.iter().enumerate() {
-        let b = if (TS_AT..TS_AT + 8).contains(&i) {
-            0
-        } else {
-            b
-        };
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    let ts = TS_AT.min(frame.len())..(TS_AT + 8).min(frame.len());
+    let mut h = crc32fast::Hasher::new();
+    h.update(&frame[..ts.start]);
+    h.update(&[0u8; 8][..ts.len()]);
+    h.update(&frame[ts.end..]);
+    u64::from(h.finalize()) | (frame.len() as u64) << 32
 }
 
 /// What the generator sends.
