@@ -138,10 +138,24 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// Exactly-once held, and no deterministic VNF was reported
-    /// non-deterministic.
+    /// Exactly-once held, nothing was dropped at the chain's ingress, and
+    /// no deterministic VNF was reported non-deterministic.
     pub fn is_clean(&self) -> bool {
-        self.report.is_exact() && self.report.nondeterministic_outputs == 0
+        self.violation().is_none()
+    }
+
+    /// What kept the segment from a clean verdict: an overload (frames
+    /// dropped at full holds, counted: no exactly-once verdict), a
+    /// violation of exactly-once, or outputs taken for non-deterministic.
+    pub fn violation(&self) -> Option<String> {
+        self.report.violation().or_else(|| {
+            (self.report.nondeterministic_outputs > 0).then(|| {
+                format!(
+                    "{} outputs of deterministic VNFs reported non-deterministic",
+                    self.report.nondeterministic_outputs
+                )
+            })
+        })
     }
 }
 

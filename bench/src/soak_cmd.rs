@@ -99,7 +99,7 @@ pub(crate) fn run(args: &SoakArgs) -> Result<()> {
             r.nondeterministic_outputs,
             r.stats.vnf_input_dropped,
             s.seconds,
-            if s.is_clean() { "" } else { "  <-- VIOLATION" }
+            s.violation().map(|v| format!("  <-- {v}")).unwrap_or_default()
         ));
     })?;
     bar.finish_and_clear();

@@ -269,12 +269,17 @@ fn failure_detected(
 /// The event of a finished recovery: `r` done, `took` from detection to
 /// the chain (or member) running again.
 fn recovery_finished(chain: &str, vnf: &str, r: RecoveryStats, took: Duration) -> VnfEvent {
+    // The wall clock of the moment it resumed: now, less the time since.
+    let running_unix_nanos = r.resumed_at.map_or(0, |t| {
+        now_nanos().saturating_sub(t.elapsed().as_nanos() as u64)
+    });
     event(
         chain,
         vnf,
         Event::RecoveryFinished {
             stats: r,
             recovery_ms: took.as_secs_f64() * 1e3,
+            running_unix_nanos,
         },
     )
 }

@@ -496,8 +496,8 @@ pub enum OutputDisposition {
     Divergent,
 }
 
-/// Frames a catching-up MR-AA member is sent in one turn (see
-/// [`Hop::catch_up_turns`]).
+/// Frames a catching-up MR-AA member may be sent in one turn at least
+/// (see [`Hop::catch_up_turns`]).
 pub const CATCH_UP_TURN: usize = 8;
 
 /// Where one MR-AA member stands.
@@ -848,22 +848,23 @@ impl<P> Hop<P> {
 
     /// Which catching-up members get a turn this round, and how many
     /// frames each may be sent (`(member, max)` for
-    /// [`poll_catch_up`](Self::poll_catch_up)). Catch-up is background
-    /// work: the live members, and the CPU they need, come first, so a
-    /// catching-up member gets a turn only in a round where the live
-    /// members were given nothing new (`live_delivered == 0`), and then at
-    /// most [`CATCH_UP_TURN`] frames.
+    /// [`poll_catch_up`](Self::poll_catch_up)). Every round, and more than
+    /// the live members were given (`live_delivered`): twice that, at
+    /// least [`CATCH_UP_TURN`]. Release never passes a member still
+    /// catching up, so one that only got the rounds the live members left
+    /// idle fell further behind under steady load until the hold was full
+    /// and the ingress dropped; at twice the live rate it reaches them in
+    /// about the time it was behind.
     pub fn catch_up_turns(
         &self,
         live_delivered: usize,
     ) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let max = live_delivered.saturating_mul(2).max(CATCH_UP_TURN);
         self.members
             .iter()
             .enumerate()
-            .filter(move |(_, m)| {
-                live_delivered == 0 && matches!(m.state, MemberState::CatchingUp { .. })
-            })
-            .map(|(k, _)| (k, CATCH_UP_TURN))
+            .filter(|(_, m)| matches!(m.state, MemberState::CatchingUp { .. }))
+            .map(move |(k, _)| (k, max))
     }
 
     /// Sends catching-up member `k` up to `max` of the packets it missed,

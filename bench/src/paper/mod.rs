@@ -1067,7 +1067,7 @@ fn soak(ctx: &mut Ctx) -> Result<()> {
         report.segments.len(),
         started.elapsed().as_secs_f64() / 60.0,
         match report.first_violation {
-            Some(i) => format!("; **first violation in segment {i}** (seed {}, after {} faults)", report.seed, report.segments[i].failures_before),
+            Some(i) => format!("; **segment {i} stopped the soak** (seed {}, after {} faults): {}", report.seed, report.segments[i].failures_before, report.segments[i].violation().unwrap_or_default()),
             None => String::new(),
         }
     );
@@ -1088,9 +1088,14 @@ fn soak(ctx: &mut Ctx) -> Result<()> {
     ctx.report.push_str(&t);
     ctx.report.push('\n');
     if let Some(i) = report.first_violation {
+        let s = &report.segments[i];
         ctx.problems.push(format!(
-            "soak: first violation, seed {} segment {i} after {} faults",
-            report.seed, report.segments[i].failures_before
+            "soak: segment {i} ({:?} under {}, seed {}, after {} faults): {}",
+            s.kind,
+            s.mechanism,
+            report.seed,
+            s.failures_before,
+            s.violation().unwrap_or_default()
         ));
     }
     if lost + dup + reord > 0 || wrong > 0 {

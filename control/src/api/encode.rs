@@ -23,16 +23,19 @@ impl From<VnfEvent> for api::WatchEventsResponse {
                 detection_ms,
             }),
             Event::RecoveryStarted => E::RecoveryStarted(api::RecoveryStarted {}),
-            Event::RecoveryFinished { stats, recovery_ms } => {
-                E::RecoveryFinished(api::RecoveryFinished {
-                    recovery_ms,
-                    replayed: stats.replay,
-                    restored: stats.restored,
-                    checkpoint_id: stats.checkpoint.unwrap_or(0),
-                    fallback_reason: stats.fallback_reason.unwrap_or_default(),
-                    switched: stats.switched,
-                })
-            }
+            Event::RecoveryFinished {
+                stats,
+                recovery_ms,
+                running_unix_nanos,
+            } => E::RecoveryFinished(api::RecoveryFinished {
+                recovery_ms,
+                running_unix_nanos,
+                replayed: stats.replay,
+                restored: stats.restored,
+                checkpoint_id: stats.checkpoint.unwrap_or(0),
+                fallback_reason: stats.fallback_reason.unwrap_or_default(),
+                switched: stats.switched,
+            }),
             Event::RecoveryFailed { reason } => E::RecoveryFailed(api::RecoveryFailed { reason }),
             Event::CheckpointTaken(c) => E::CheckpointTaken(api::CheckpointTaken {
                 checkpoint_id: c.id,

@@ -45,6 +45,8 @@ pub enum Event {
         stats: RecoveryStats,
         /// From the failure to the VNF running again.
         recovery_ms: f64,
+        /// When it ran again (ns since the Unix epoch; 0: not known).
+        running_unix_nanos: u64,
     },
     /// A recovery failed.
     RecoveryFailed {

@@ -1,8 +1,8 @@
 //! The State Synchronizer's schedule (driver): a checkpoint task per
 //! protected VNF runs the checkpoint protocol (`vsm::checkpointer`, through
 //! its `fms::replica_manager` agent) every interval,
-//! taking turns host-wide; the image is stored without the agent lock, so a
-//! failure meanwhile is recovered at once.
+//! its dump taking turns host-wide; the image is stored without the agent
+//! lock (and without the turn), so a failure meanwhile is recovered at once.
 
 #[allow(unused_imports)]
 use super::*;
@@ -47,7 +47,9 @@ impl Daemon {
         sff: Arc<nham_sff::remote::SffClient>,
     ) -> Result<crate::vsm::checkpointer::CheckpointStats, ControlError> {
         // Its turn (FIFO): the dumps of every chain share the host's
-        // turns, so their CRIU work leaves the chains CPU.
+        // turns, so their CRIU work leaves the chains CPU. A turn is held
+        // for the dump only (not across a recovery's hold of the agent,
+        // nor the store and commit after it).
         let turn = self
             .checkpoint_turns
             .clone()
@@ -61,18 +63,42 @@ impl Daemon {
             let mut chains = self.chains.lock().await;
             vnf_in(&mut chains, chain, vnf).and_then(|v| v.remote.as_ref().map(|r| r.key.clone()))
         };
+        let turns = self.checkpoint_turns.clone();
+        let handle = tokio::runtime::Handle::current();
         let r = tokio::task::spawn_blocking(move || {
             let lock = || {
                 agent
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
             };
-            let dumped = lock().dump(&sff)?;
+            // The agent, with the turn held: if a recovery of this VNF has
+            // it (a restore can take seconds), the turn is given back while
+            // it waits, not held, which would stop the checkpoints of every
+            // other VNF on the host; then it queues for a turn again.
+            let mut turn = turn;
+            let dumped = loop {
+                match agent.try_lock() {
+                    Ok(mut a) => break a.dump(&sff),
+                    Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner().dump(&sff),
+                    Err(std::sync::TryLockError::WouldBlock) => {
+                        drop(turn);
+                        drop(lock());
+                        turn = handle
+                            .block_on(turns.clone().acquire_owned())
+                            .map_err(|_| {
+                                crate::vsm::SyncError::Process("the daemon is shutting down".into())
+                            })?;
+                    }
+                }
+            };
+            // The turn is for the dump (CRIU's freeze and its CPU): the
+            // next VNF's begins while this one's image is stored.
+            drop(turn);
+            let dumped = dumped?;
             // Compressed and stored without the agent: a failure of the VNF
             // meanwhile is recovered at once (and this checkpoint aborted).
             let stored = dumped.store(&sff)?;
             let stats = lock().commit(&sff, stored)?;
-            drop(turn);
             // The 1R-AA replica is restored from it in the background; the
             // next checkpoint of this VNF waits for that, so the replica is
             // never more than one checkpoint behind (the SFF keeps the
