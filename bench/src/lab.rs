@@ -319,7 +319,7 @@ impl Lab {
             ..Rule::any(SPI)
         }];
         let options = SffOptions {
-            core: s.core,
+            cores: s.core.into_iter().collect(),
             poll: s.poll,
             ..SffOptions::default()
         };

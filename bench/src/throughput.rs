@@ -190,9 +190,16 @@ fn carried(t: &Trial, asked: f64) -> bool {
     exact(t) && t.delivered_pps >= 0.97 * t.offered_pps.min(asked)
 }
 
-/// Runs one trial on a fresh lab (fresh VNF state).
-fn one_trial(kinds: &[Kind], baseline: bool, spec: &TrafficSpec, sff: LabSff) -> Result<Trial> {
-    let mut lab = Lab::new(kinds, &vnf_binary()?)?;
+/// Runs one trial on a fresh lab (fresh VNF state), its VNFs with
+/// `vnf_args`.
+fn one_trial(
+    kinds: &[Kind],
+    vnf_args: &[&str],
+    baseline: bool,
+    spec: &TrafficSpec,
+    sff: LabSff,
+) -> Result<Trial> {
+    let mut lab = Lab::with_vnf_args(kinds, &vnf_binary()?, vnf_args)?;
     lab.set_traffic_core(sff.traffic_core);
     let frames = spec.frames();
     if baseline {
@@ -371,6 +378,8 @@ pub(crate) fn run(args: &ThroughputArgs) -> Result<()> {
     let started = Instant::now();
     let budget = Duration::from_secs_f64(duration);
     let kinds: Vec<Kind> = (0..args.vnfs).map(|i| Kind::ALL[i % 4]).collect();
+    // The sample VNFs as they are (`nham-vnf` with no options).
+    let vnf_args: Vec<&str> = Vec::new();
     // The forwarder gets the last core to itself by default; generator,
     // sink and VNFs share the others.
     let core = args.core.or_else(|| {
@@ -413,6 +422,7 @@ pub(crate) fn run(args: &ThroughputArgs) -> Result<()> {
             }
             let t = one_trial(
                 &kinds,
+                &vnf_args,
                 side == Side::Baseline,
                 &spec(probe_count, None),
                 sff,
@@ -461,6 +471,7 @@ pub(crate) fn run(args: &ThroughputArgs) -> Result<()> {
                         let count = ((rate * trial_secs) as u64).max(1000);
                         let t = one_trial(
                             &kinds,
+                            &vnf_args,
                             sides[i] == Side::Baseline,
                             &spec(count, Some(rate)),
                             sff,
@@ -510,6 +521,7 @@ pub(crate) fn run(args: &ThroughputArgs) -> Result<()> {
         let count = ((rate * trial_secs.max(2.0)) as u64).max(1000);
         let t = one_trial(
             &kinds,
+            &vnf_args,
             side == Side::Baseline,
             &spec(count, Some(rate)),
             sff,

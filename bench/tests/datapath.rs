@@ -169,6 +169,13 @@ fn classifier_miss_and_malformed_ingress_are_counted() {
         (200, 0, 100),
         "{stats:?}"
     );
+    // veth has no zero-copy AF_XDP: each port (ingress, egress, the hop)
+    // tried it and fell back to copy mode.
+    assert_eq!(
+        (stats.zero_copy_ports, stats.copy_ports),
+        (0, 3),
+        "{stats:?}"
+    );
     let v = trial.verdict;
     assert_eq!(
         (v.lost, v.duplicated, v.reordered, v.digest_equal),

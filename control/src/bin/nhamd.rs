@@ -60,8 +60,12 @@ struct Args {
     /// Plain HTTP, read-only: keep it on loopback or a management network.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
-    /// Pin SFF threads to this core.
-    #[arg(long)]
+    /// Pin chains' SFFs to these cores (a list: `1,2,3`), one core per
+    /// chain, the chains spread over them.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    sff_cores: Option<Vec<usize>>,
+    /// Pin every chain's SFF to this core (as `--sff-cores N`).
+    #[arg(long, conflicts_with = "sff_cores")]
     sff_core: Option<usize>,
     /// Packets each hop of a chain may hold until checkpoints include them
     /// (default 8192): at least two checkpoint intervals at the chain's
@@ -199,6 +203,7 @@ struct Config {
     /// Client certificate names per role (mutual TLS).
     roles: Option<nham_control::api::auth::Roles>,
     sff_core: Option<usize>,
+    sff_cores: Option<Vec<usize>>,
     hold_packets: Option<usize>,
     sff_nice: Option<i32>,
     sff_spin: Option<u32>,
@@ -285,7 +290,12 @@ async fn main() -> anyhow::Result<()> {
         _ => {}
     }
     let sff = SffOptions {
-        core: args.sff_core.or(config.sff_core),
+        cores: args
+            .sff_cores
+            .or(args.sff_core.map(|c| vec![c]))
+            .or(config.sff_cores)
+            .or(config.sff_core.map(|c| vec![c]))
+            .unwrap_or_default(),
         binary: args.sff_bin.or(config.sff_bin),
         hold_packets: args
             .hold_packets

@@ -60,8 +60,9 @@ impl SffProcess {
 /// How the daemon runs SFFs.
 #[derive(Debug, Clone)]
 pub struct SffOptions {
-    /// Core to pin SFF threads to.
-    pub core: Option<usize>,
+    /// Cores to pin chains' SFFs to, one core per chain, the chains spread
+    /// over them by SPI (empty: not pinned).
+    pub cores: Vec<usize>,
     /// Packets each hop may hold (`buffer_rx`): at least two checkpoint
     /// intervals at the chain's rate, since packets are released only once
     /// the checkpoint before the newest includes them. When full, the
@@ -81,7 +82,7 @@ pub struct SffOptions {
 impl Default for SffOptions {
     fn default() -> Self {
         Self {
-            core: None,
+            cores: Vec::new(),
             hold_packets: DEFAULT_HOLD_PACKETS,
             nice: DEFAULT_SFF_NICE,
             poll: PollPolicy::default(),
@@ -144,7 +145,7 @@ pub fn sff_config(
     config.standby = ports.standby;
     config.members = ports.members;
     config.poll = options.poll;
-    config.core = options.core;
+    config.core = options.core_for(spi);
     // Every packet the hops may hold has a buffer: outputs never wait on a
     // full ring (see SffConfig::pool_slots_needed).
     config.pool_slots = config.pool_slots_needed();
@@ -158,6 +159,13 @@ pub const DEFAULT_HOLD_PACKETS: usize = 8192;
 pub const DEFAULT_SFF_NICE: i32 = -10;
 
 impl SffOptions {
+    /// The core of the SFF of the chain with `spi`: the chains spread over
+    /// [`cores`](Self::cores) (SPIs are given out in order, so chains
+    /// take the cores in turn), the same one whenever it is started again.
+    pub fn core_for(&self, spi: u32) -> Option<usize> {
+        (!self.cores.is_empty()).then(|| self.cores[spi as usize % self.cores.len()])
+    }
+
     /// The `nham-sff` executable to run.
     pub fn binary(&self) -> PathBuf {
         if let Some(b) = &self.binary {
@@ -282,5 +290,26 @@ pub fn spawn_sff(
                 tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_take_the_sff_cores_in_turn_and_keep_theirs() {
+        let none = SffOptions::default();
+        assert_eq!(none.core_for(7), None);
+        let spread = SffOptions {
+            cores: vec![1, 2, 3],
+            ..SffOptions::default()
+        };
+        let picked: Vec<_> = (1..=6).map(|spi| spread.core_for(spi)).collect();
+        assert_eq!(
+            picked,
+            [Some(2), Some(3), Some(1), Some(2), Some(3), Some(1)]
+        );
+        assert_eq!(spread.core_for(4), spread.core_for(4));
     }
 }

@@ -353,6 +353,11 @@ pub struct SffCounters {
     /// of the chain's classifier (ARP, ICMP, management traffic), left to
     /// the kernel by the XDP program. Sampled.
     pub passed_to_kernel: AtomicU64,
+    /// The SFF's AF_XDP ports bound in zero-copy mode (the driver offers
+    /// it), and in copy mode (veth; drivers without it). Sampled.
+    pub zero_copy_ports: AtomicU64,
+    /// See [`SffCounters::zero_copy_ports`].
+    pub copy_ports: AtomicU64,
     /// VNF outputs read with no pool buffer for them (never: each burst
     /// takes its buffers before it reads; counted, not a panic, should it
     /// ever happen).
@@ -391,6 +396,8 @@ impl SffCounters {
             ingress_kernel_drops: g(&self.ingress_kernel_drops),
             vnf_output_kernel_drops: g(&self.vnf_output_kernel_drops),
             passed_to_kernel: g(&self.passed_to_kernel),
+            zero_copy_ports: g(&self.zero_copy_ports),
+            copy_ports: g(&self.copy_ports),
             pool_exhausted: g(&self.pool_exhausted),
         }
     }
@@ -436,6 +443,12 @@ pub struct SffStats {
     /// See [`SffCounters::passed_to_kernel`].
     #[serde(default)]
     pub passed_to_kernel: u64,
+    /// See [`SffCounters::zero_copy_ports`].
+    #[serde(default)]
+    pub zero_copy_ports: u64,
+    /// See [`SffCounters::copy_ports`].
+    #[serde(default)]
+    pub copy_ports: u64,
 }
 
 /// A running SFF thread.
@@ -706,7 +719,7 @@ impl Engine {
 /// VNF's port).
 fn attach(spec: &PortSpec, config: PortConfig) -> Result<Attached, SffError> {
     let xdp = XdpRedirect::attach(spec.ifindex)?;
-    let port = Port::open(&spec.iface, 0, config)?;
+    let port = open(spec, config)?;
     xdp.register_socket(0, port.fd())?;
     Ok(Attached { port, xdp })
 }
@@ -721,9 +734,24 @@ fn attach_filtered(
     rules: &[XdpRule],
 ) -> Result<Attached, SffError> {
     let xdp = XdpRedirect::attach_filtered(spec.ifindex, rules)?;
-    let port = Port::open(&spec.iface, 0, config)?;
+    let port = open(spec, config)?;
     xdp.register_socket(0, port.fd())?;
     Ok(Attached { port, xdp })
+}
+
+/// An AF_XDP port on `spec`'s interface, its mode logged.
+fn open(spec: &PortSpec, config: PortConfig) -> Result<Port, SffError> {
+    let port = Port::open(&spec.iface, 0, config)?;
+    tracing::debug!(
+        iface = spec.iface,
+        "AF_XDP port in {} mode",
+        if port.zero_copy() {
+            "zero-copy"
+        } else {
+            "copy"
+        }
+    );
+    Ok(port)
 }
 
 /// The classifier's rules as the XDP program matches them.
@@ -1068,7 +1096,8 @@ impl Engine {
         }
     }
 
-    /// What the XDP programs of ingress and egress left to the kernel.
+    /// What the XDP programs of ingress and egress left to the kernel, and
+    /// the ports' AF_XDP modes.
     fn sample_passed(&self) {
         let passed = [&self.ingress, &self.egress]
             .iter()
@@ -1078,6 +1107,19 @@ impl Engine {
         self.counters
             .passed_to_kernel
             .store(passed, Ordering::Relaxed);
+        let ports = [&self.ingress.port, &self.egress.port]
+            .into_iter()
+            .chain(self.hops.iter().flatten().filter_map(|p| p.port_ref()));
+        let (mut zero, mut copy) = (0, 0);
+        for p in ports {
+            if p.zero_copy() {
+                zero += 1;
+            } else {
+                copy += 1;
+            }
+        }
+        self.counters.zero_copy_ports.store(zero, Ordering::Relaxed);
+        self.counters.copy_ports.store(copy, Ordering::Relaxed);
     }
 
     fn run(&mut self, stop: &AtomicBool) {
