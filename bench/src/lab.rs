@@ -66,6 +66,9 @@ pub struct Lab {
     traffic_core: Option<usize>,
     traffic_nice: i32,
     sink_quiet: Duration,
+    /// Receive (and transmit) queues of the ingress link; the generator
+    /// sends each flow on one of them.
+    ingress_queues: u32,
 }
 
 fn spec(sff_side: &VethEnd, other: &VethEnd) -> PortSpec {
@@ -177,7 +180,14 @@ impl Lab {
 
     /// [`Lab::new`], passing `extra` to every `nham-vnf` (fault injection).
     pub fn with_vnf_args(kinds: &[Kind], vnf_bin: &Path, extra: &[&str]) -> Result<Self> {
-        Self::build(kinds, vnf_bin, extra, None)
+        Self::build(kinds, vnf_bin, extra, None, 1)
+    }
+
+    /// [`Lab::new`] with `queues` queues on the ingress link (a multi-queue
+    /// NIC's stand-in): the generator sends each flow on the queue its
+    /// addresses and ports hash to, as RSS would.
+    pub fn with_ingress_queues(kinds: &[Kind], vnf_bin: &Path, queues: u32) -> Result<Self> {
+        Self::build(kinds, vnf_bin, &[], None, queues)
     }
 
     /// [`Lab::new`] with VNF `i` on host `place[i]` of `hosts`: the SFF's
@@ -198,7 +208,7 @@ impl Lab {
                 kinds.len()
             );
         }
-        Self::build(kinds, vnf_bin, &[], Some((hosts, place)))
+        Self::build(kinds, vnf_bin, &[], Some((hosts, place)), 1)
     }
 
     fn build(
@@ -206,6 +216,7 @@ impl Lab {
         vnf_bin: &Path,
         extra: &[&str],
         mut hosts: Option<(&mut HostLab, &[usize])>,
+        ingress_queues: u32,
     ) -> Result<Self> {
         // Namespaces of earlier runs that were killed before they could
         // clean up.
@@ -213,7 +224,8 @@ impl Lab {
         let sff = Netns::create(&unique_name("nhsff"))?;
         let src = Netns::create(&unique_name("nhsrc"))?;
         let sink = Netns::create(&unique_name("nhsnk"))?;
-        let (in0, gen0) = veth_pair(&sff, "in0", &src, "gen0")?;
+        let (in0, gen0) =
+            nham_netns::veth_pair_queues(Some(&sff), "in0", &src, "gen0", None, ingress_queues)?;
         let (out0, sink0) = veth_pair(&sff, "out0", &sink, "sink0")?;
         let sff_addr = match &mut hosts {
             Some((lab, _)) => Some(lab.attach(&sff)?),
@@ -259,6 +271,7 @@ impl Lab {
             traffic_core: None,
             traffic_nice: 0,
             sink_quiet: Duration::from_secs(2),
+            ingress_queues: ingress_queues.max(1),
         };
         lab.start_vnfs(vnf_bin, extra)?;
         Ok(lab)
@@ -442,6 +455,7 @@ impl Lab {
             }
         };
         let quiet = self.sink_quiet;
+        let queues = self.ingress_queues;
         let sink = std::thread::spawn(move || -> Result<Received> {
             enter(&sink_path)?;
             prioritise();
@@ -481,6 +495,14 @@ impl Lab {
             prioritise();
             if let Some(id) = pin {
                 core_affinity::set_for_current(core_affinity::CoreId { id });
+            }
+            if queues > 1 {
+                let mut ports = (0..queues)
+                    .map(|q| Port::open("gen0", q, PortConfig::default()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                return Ok(nham_traffic::generate_queues(
+                    &mut ports, &frames, rate, base,
+                ));
             }
             let mut port = Port::open("gen0", 0, PortConfig::default())?;
             Ok(nham_traffic::generate(&mut port, &frames, rate, base, 32))

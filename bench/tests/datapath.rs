@@ -541,3 +541,52 @@ fn a_failed_member_comes_back_behind_a_new_port() {
     assert_eq!(lab.vnf_state(0).expect("member 0's state"), states[0]);
     sff.stop().expect("SFF ran");
 }
+
+#[test]
+fn every_receive_queue_of_the_ingress_reaches_the_chain() {
+    // A multi-queue ingress (RSS spreads flows over the queues): one
+    // AF_XDP socket per queue, so no queue's traffic bypasses the chain.
+    let _serial = serial();
+    let kinds = [Kind::Monitor];
+    let queues = 4;
+    let lab = Lab::with_ingress_queues(&kinds, vnf_bin(), queues).expect("building the lab");
+    let sff = lab.start_sff(LabSff::default()).expect("starting the SFF");
+    let spec = TrafficSpec {
+        flows: 64,
+        count: 4000,
+        ..spec(0)
+    };
+    let frames = spec.frames();
+    let used: std::collections::BTreeSet<usize> = frames
+        .iter()
+        .map(|f| nham_traffic::queue_of(f, queues as usize))
+        .collect();
+    assert_eq!(used.len(), queues as usize, "the flows cover every queue");
+    let (expected, _) = nham_vnf::reference(&kinds, &frames);
+    let trial = lab
+        .trial_frames(frames, Some(5_000.0), &expected, &sff)
+        .expect("trial");
+    let stats = sff.stop().expect("SFF ran");
+    assert_eq!(
+        (
+            stats.classified,
+            stats.passed_to_kernel,
+            stats.ingress_kernel_drops
+        ),
+        (4000, 0, 0),
+        "{stats:?}"
+    );
+    // Ingress queues 0 to 3, egress, the hop.
+    assert_eq!(stats.copy_ports, u64::from(queues) + 2, "{stats:?}");
+    let v = trial.verdict;
+    assert_eq!((v.lost, v.duplicated), (0, 0), "{v:?}");
+    // Each flow in order (flows on different queues may interleave
+    // differently from the sending order: a NIC keeps order per queue).
+    let mut last = std::collections::HashMap::new();
+    for &seq in &trial.received.seqs {
+        let flow = seq % 64;
+        if let Some(prev) = last.insert(flow, seq) {
+            assert!(prev < seq, "flow {flow}: {seq} after {prev}");
+        }
+    }
+}

@@ -249,6 +249,65 @@ pub fn generate(
     }
 }
 
+/// The queue of `n` a frame goes out on: a hash of its IPv4 addresses and
+/// ports (bytes 26 to 37), as a NIC's RSS picks one, so that each flow
+/// keeps to one queue (and its order).
+pub fn queue_of(frame: &[u8], n: usize) -> usize {
+    let key = frame.get(26..38).unwrap_or(&[]);
+    (crc32fast::hash(key) as usize) % n.max(1)
+}
+
+/// [`generate`] over several transmit queues, one port each (queue `q` of
+/// the interface is `ports[q]`): each frame on the queue [`queue_of`]
+/// names, in order, one at a time.
+pub fn generate_queues(
+    ports: &mut [nham_afxdp::Port],
+    frames: &[Vec<u8>],
+    rate: Option<f64>,
+    base: Instant,
+) -> Sent {
+    let start = Instant::now();
+    let n = ports.len();
+    let mut next = 0usize;
+    while next < frames.len() {
+        let allowed = match rate {
+            Some(r) => ((start.elapsed().as_secs_f64() * r) as usize + 1).min(frames.len()),
+            None => frames.len(),
+        };
+        if allowed <= next {
+            std::thread::sleep(Duration::from_micros(20));
+            continue;
+        }
+        let f = &frames[next];
+        let port = &mut ports[queue_of(f, n)];
+        port.reclaim();
+        let ts = base.elapsed().as_nanos() as u64;
+        let sent = port.send_burst(1, |_, out| {
+            out[..f.len()].copy_from_slice(f);
+            out[TS_AT..TS_AT + 8].copy_from_slice(&ts.to_be_bytes());
+            f.len()
+        });
+        if sent == 0 {
+            port.kick_tx();
+            std::thread::sleep(Duration::from_micros(20));
+            continue;
+        }
+        next += 1;
+    }
+    let elapsed = start.elapsed();
+    // As `generate`: what the rings still hold leaves, or was not sent.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut left: usize = ports.iter_mut().map(|p| p.kick_tx()).sum();
+    while left > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(200));
+        left = ports.iter_mut().map(|p| p.kick_tx()).sum();
+    }
+    Sent {
+        frames: next.saturating_sub(left) as u64,
+        elapsed,
+    }
+}
+
 /// What the sink saw.
 #[derive(Debug, Clone)]
 pub struct Received {

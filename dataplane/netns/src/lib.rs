@@ -472,6 +472,21 @@ pub fn has_carrier(name: &str) -> Result<bool, NetnsError> {
         .any(|a| matches!(a, LinkAttribute::Carrier(c) if *c != 0)))
 }
 
+/// Receive queues of interface `name` of the calling thread's namespace
+/// (1 when the kernel does not say). Not callable from inside a tokio
+/// runtime.
+pub fn rx_queues(name: &str) -> Result<u32, NetnsError> {
+    Ok(get_link(name)?
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::NumRxQueues(n) => Some(*n),
+            _ => None,
+        })
+        .unwrap_or(1)
+        .max(1))
+}
+
 /// Whether interface `name` of the calling thread's namespace is
 /// operationally up (the kernel's link watcher has seen its carrier: only
 /// then does it transmit again after a carrier loss). Not callable from
@@ -588,6 +603,20 @@ pub fn veth_pair_in(
     b_name: &str,
     b_index: Option<u32>,
 ) -> Result<(VethEnd, VethEnd), NetnsError> {
+    veth_pair_queues(a, a_name, b, b_name, b_index, 1)
+}
+
+/// [`veth_pair_in`] with `queues` receive and transmit queues on each end
+/// (a multi-queue NIC's stand-in: a frame sent on one end's transmit queue
+/// q arrives on the other's receive queue q).
+pub fn veth_pair_queues(
+    a: Option<&Netns>,
+    a_name: &str,
+    b: &Netns,
+    b_name: &str,
+    b_index: Option<u32>,
+    queues: u32,
+) -> Result<(VethEnd, VethEnd), NetnsError> {
     for n in [a_name, b_name] {
         if n.len() > 15 {
             return Err(NetnsError::NameTooLong(n.to_string()));
@@ -611,7 +640,10 @@ pub fn veth_pair_in(
             let (an, bn) = (an_async, bn);
             let (conn, handle, _) = rtnetlink::new_connection().map_err(sys("netlink socket"))?;
             tokio::spawn(conn);
-            let queues = [LinkAttribute::NumRxQueues(1), LinkAttribute::NumTxQueues(1)];
+            let queues = [
+                LinkAttribute::NumRxQueues(queues.max(1)),
+                LinkAttribute::NumTxQueues(queues.max(1)),
+            ];
             // The kernel takes the peer's index only when the device's own
             // is given too: one far above those the kernel hands out, and
             // another if that one is taken (several peers with the same

@@ -9,7 +9,8 @@
 use super::*;
 
 impl Engine {
-    /// One burst from the ingress port; returns frames read.
+    /// One burst from the ingress port (its receive queues in turn);
+    /// returns frames read.
     pub(crate) fn ingress_step(&mut self) -> usize {
         let burst = self.config.burst;
         let room = match &self.chain {
@@ -47,7 +48,7 @@ impl Engine {
             next_seq,
             ..
         } = self;
-        ingress.port.recv_burst(max, |frame| {
+        let mut on_frame = |frame: &[u8]| {
             SffCounters::add(&counters.ingress, 1);
             match classifier.classify(frame) {
                 Err(_) => SffCounters::add(&counters.malformed_ingress, 1),
@@ -95,6 +96,15 @@ impl Engine {
                 }
                 Ok(_) => SffCounters::add(&counters.classifier_miss, 1),
             }
-        })
+        };
+        // Queue 0, then the others (a multi-queue NIC), the burst shared.
+        let mut read = ingress.port.recv_burst(max, &mut on_frame);
+        for port in &mut ingress.queues {
+            if read >= max {
+                break;
+            }
+            read += port.recv_burst(max - read, &mut on_frame);
+        }
+        read
     }
 }

@@ -697,6 +697,10 @@ fn enter_netns(path: &PathBuf) -> Result<(), SffError> {
 struct Attached {
     port: Port,
     xdp: XdpRedirect,
+    /// A chain's ingress: the sockets of its receive queues 1 to n-1 (the
+    /// XDP program steers each queue's frames to its own socket; `port`
+    /// is queue 0's).
+    queues: Vec<Port>,
 }
 
 impl Engine {
@@ -721,7 +725,11 @@ fn attach(spec: &PortSpec, config: PortConfig) -> Result<Attached, SffError> {
     let xdp = XdpRedirect::attach(spec.ifindex)?;
     let port = open(spec, config)?;
     xdp.register_socket(0, port.fd())?;
-    Ok(Attached { port, xdp })
+    Ok(Attached {
+        port,
+        xdp,
+        queues: Vec::new(),
+    })
 }
 
 /// A port on `spec` that only the frames that may match one of `rules`
@@ -736,7 +744,37 @@ fn attach_filtered(
     let xdp = XdpRedirect::attach_filtered(spec.ifindex, rules)?;
     let port = open(spec, config)?;
     xdp.register_socket(0, port.fd())?;
-    Ok(Attached { port, xdp })
+    Ok(Attached {
+        port,
+        xdp,
+        queues: Vec::new(),
+    })
+}
+
+/// The chain's ingress: [`attach_filtered`], with a socket on every
+/// receive queue of the interface (a NIC's RSS spreads flows over its
+/// queues; a queue without a socket would pass its frames to the kernel,
+/// past the chain). Each queue keeps its flows' order.
+fn attach_ingress(
+    spec: &PortSpec,
+    config: PortConfig,
+    rules: &[XdpRule],
+) -> Result<Attached, SffError> {
+    let mut a = attach_filtered(spec, config, rules)?;
+    let n = nham_netns::rx_queues(&spec.iface).unwrap_or(1);
+    for q in 1..n {
+        let port = Port::open(&spec.iface, q, config)?;
+        a.xdp.register_socket(q, port.fd())?;
+        a.queues.push(port);
+    }
+    if n > 1 {
+        tracing::info!(
+            iface = spec.iface,
+            queues = n,
+            "one AF_XDP socket per receive queue"
+        );
+    }
+    Ok(a)
 }
 
 /// An AF_XDP port on `spec`'s interface, its mode logged.
@@ -980,7 +1018,7 @@ impl Engine {
         } else {
             Some(Chain::new(config.spi, config.hops.len(), config.hop)?)
         };
-        let ingress = attach_filtered(&config.ingress, config.port, &xdp_rules(&config.rules))?;
+        let ingress = attach_ingress(&config.ingress, config.port, &xdp_rules(&config.rules))?;
         let egress = attach_filtered(&config.egress, config.port, &[])?;
         let hops = config
             .hops
@@ -1076,7 +1114,11 @@ impl Engine {
             *last = current;
             d
         };
-        let ingress = delta(&mut self.drops.1, self.ingress.port.kernel_rx_drops());
+        let all: u64 = std::iter::once(&self.ingress.port)
+            .chain(&self.ingress.queues)
+            .map(Port::kernel_rx_drops)
+            .sum();
+        let ingress = delta(&mut self.drops.1, all);
         SffCounters::add(&self.counters.ingress_kernel_drops, ingress);
         for (i, ports) in self.hops.iter().enumerate() {
             for (k, member) in ports.iter().enumerate() {
@@ -1109,6 +1151,7 @@ impl Engine {
             .store(passed, Ordering::Relaxed);
         let ports = [&self.ingress.port, &self.egress.port]
             .into_iter()
+            .chain(&self.ingress.queues)
             .chain(self.hops.iter().flatten().filter_map(|p| p.port_ref()));
         let (mut zero, mut copy) = (0, 0);
         for p in ports {
