@@ -1507,7 +1507,10 @@ fn trial(
                     && !spec.during_checkpoint
                     && spec.placement.is_empty();
                 let pids = if direct {
-                    member_pids(&rt, &mut chains, members)?
+                    let pids = member_pids(&rt, &mut chains, members)?;
+                    every_victim_runs(&victims, &pids, members)
+                        .with_context(|| format!("round {r}"))?;
+                    pids
                 } else {
                     Vec::new()
                 };
@@ -2124,6 +2127,23 @@ fn kill_victims(victims: &[usize], pids: &[Vec<u32>]) {
             );
         }
     }
+}
+
+/// That every victim has a running process for each member to crash (a
+/// round without its fault would only time out).
+fn every_victim_runs(victims: &[usize], pids: &[Vec<u32>], members: &[u32]) -> Result<()> {
+    for &v in victims {
+        let running = pids
+            .get(v)
+            .map_or(0, |p| p.iter().filter(|&&p| p != 0).count());
+        anyhow::ensure!(
+            running == members.len(),
+            "{} has {running} of its {} processes to crash running",
+            vnf_name(v),
+            members.len()
+        );
+    }
+    Ok(())
 }
 
 /// An event's moment: for a `RecoveryFinished`, when the VNF ran again

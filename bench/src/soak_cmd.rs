@@ -128,10 +128,11 @@ pub(crate) fn run(args: &SoakArgs) -> Result<()> {
         Some(i) => {
             let s = &report.segments[i];
             bail!(
-                "first violation: seed {seed}, segment {i} ({:?} under {}), after {} failures: {:?}",
+                "stopped: seed {seed}, segment {i} ({:?} under {}), after {} failures: {}; {:?}",
                 s.kind,
                 s.mechanism,
                 s.failures_before,
+                s.violation().unwrap_or_default(),
                 s.report
             )
         }

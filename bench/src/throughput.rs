@@ -298,8 +298,9 @@ impl Walk {
                 self.best = Some((k, achieved.min(asked)));
             }
             // The generator could not offer the rate: what it offered is
-            // the most this run can show.
-            if achieved < 0.97 * asked {
+            // the most this run can show (unless a higher rate already
+            // failed: then the forwarder's limit is below, bisect on).
+            if achieved < 0.97 * asked && self.failed_at.is_none() {
                 self.generator_limited = true;
             }
             if self.failed_at.is_some_and(|f| f <= k) {

@@ -608,11 +608,13 @@ pub struct StateOptions {
     pub scratch: PathBuf,
     /// Checkpoint period for VNFs that do not set one.
     pub checkpoint_interval: Duration,
-    /// Checkpoints (CRIU dump, store, commit) under way at once on this
+    /// Checkpoint dumps (CRIU's freeze and dump) under way at once on this
     /// host; others wait their turn, so checkpoint work never takes every
-    /// core from the chains (see [`default_checkpoint_concurrency`]). With
-    /// N protected VNFs a VNF's checkpoints come every interval or every
-    /// N / concurrency dumps, whichever is longer: size the hold for that.
+    /// core from the chains (see [`default_checkpoint_concurrency`]). The
+    /// store and commit after a dump go on outside the turns (one
+    /// checkpoint per VNF at a time). With N protected VNFs a VNF's
+    /// checkpoints come every interval or every N / concurrency dumps,
+    /// whichever is longer: size the hold for that.
     pub checkpoint_concurrency: usize,
     /// Where each checkpoint's second copy goes, when this host is in a
     /// cluster (`None`: this host only).

@@ -89,8 +89,12 @@ pub struct Daemon {
     sff: SffOptions,
     state: StateOptions,
     records: RecordWriter,
-    /// Turns for checkpoints ([`StateOptions::checkpoint_concurrency`]).
+    /// Turns for checkpoints' dumps ([`StateOptions::checkpoint_concurrency`]).
     checkpoint_turns: Arc<tokio::sync::Semaphore>,
+    /// Per VNF (`chain/vnf`), one checkpoint at a time: a scheduled one,
+    /// an operator's and a mechanism change's queue here, from the dump to
+    /// the commit.
+    checkpointing: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The kernel's word of a VNF's exit, before its pidfd's.
     early: crate::runtime::exits::EarlyExits,
     /// Chains being started, not in the registry yet: name, ingress,
@@ -307,6 +311,7 @@ impl Daemon {
             checkpoint_turns: Arc::new(tokio::sync::Semaphore::new(
                 state.checkpoint_concurrency.max(1),
             )),
+            checkpointing: std::sync::Mutex::default(),
             state,
             early: crate::runtime::exits::EarlyExits::start(),
             starting: std::sync::Mutex::default(),

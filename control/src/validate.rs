@@ -231,6 +231,13 @@ pub fn chain(spec: Option<&api::ChainSpec>) -> Result<ChainPlan, ControlError> {
             "spec.rules is empty: at least one classifier rule selects the chain's traffic",
         ));
     }
+    if spec.rules.len() > nham_ebpf::MAX_RULES {
+        return Err(invalid(format!(
+            "spec.rules has {} rules: the ingress's XDP filter holds at most {}",
+            spec.rules.len(),
+            nham_ebpf::MAX_RULES
+        )));
+    }
     let mut rules = Vec::new();
     for (i, r) in spec.rules.iter().enumerate() {
         if r.protocol > 255 {
@@ -276,6 +283,15 @@ pub fn chain(spec: Option<&api::ChainSpec>) -> Result<ChainPlan, ControlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn more_rules_than_the_xdp_filter_holds_are_refused() {
+        let mut spec = good();
+        let rule = spec.rules.first().cloned().unwrap_or_default();
+        spec.rules = vec![rule; nham_ebpf::MAX_RULES + 1];
+        let e = format!("{:?}", chain(Some(&spec)).unwrap_err());
+        assert!(e.contains("at most 64"), "{e}");
+    }
 
     fn good() -> api::ChainSpec {
         api::ChainSpec {

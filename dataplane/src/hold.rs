@@ -853,8 +853,9 @@ impl<P> Hop<P> {
     /// least [`CATCH_UP_TURN`]. Release never passes a member still
     /// catching up, so one that only got the rounds the live members left
     /// idle fell further behind under steady load until the hold was full
-    /// and the ingress dropped; at twice the live rate it reaches them in
-    /// about the time it was behind.
+    /// and the ingress dropped. Offered up to twice the live rate, it gains
+    /// on them as far as its flow window and the CPU let it (live members
+    /// held back by their own windows leave it room).
     pub fn catch_up_turns(
         &self,
         live_delivered: usize,

@@ -138,10 +138,9 @@ impl XdpRule {
 /// What a filtered program did with the frames it saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct XdpCounters {
-    /// Redirected to the AF_XDP socket of their queue (or, with none
-    /// registered, passed on).
+    /// Redirected to the AF_XDP socket of their queue.
     pub redirected: u64,
-    /// Matched no rule: passed to the kernel.
+    /// Passed to the kernel: no rule matched, or no socket on their queue.
     pub passed: u64,
 }
 

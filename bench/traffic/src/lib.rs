@@ -207,10 +207,7 @@ pub fn generate(
     let start = Instant::now();
     let mut next = 0usize;
     while next < frames.len() {
-        let allowed = match rate {
-            Some(r) => ((start.elapsed().as_secs_f64() * r) as usize + 1).min(frames.len()),
-            None => frames.len(),
-        };
+        let allowed = paced(start, rate, frames.len());
         if allowed <= next {
             std::thread::sleep(Duration::from_micros(20));
             continue;
@@ -233,20 +230,34 @@ pub fn generate(
         }
     }
     let elapsed = start.elapsed();
-    // Every frame queued leaves: in copy mode the kernel sends what the tx
-    // ring holds only when woken, and a veth whose peer is full leaves
-    // frames there (see `Port::kick_if_stalled`). What never left within
-    // two seconds was not sent.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut left = port.kick_tx();
-    while left > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_micros(200));
-        left = port.kick_tx();
-    }
+    let left = drain(std::slice::from_mut(port));
     Sent {
         frames: next.saturating_sub(left) as u64,
         elapsed,
     }
+}
+
+/// Frames the generator may have sent `start.elapsed()` into a run of
+/// `total` at `rate` (all of them without one).
+fn paced(start: Instant, rate: Option<f64>, total: usize) -> usize {
+    match rate {
+        Some(r) => ((start.elapsed().as_secs_f64() * r) as usize + 1).min(total),
+        None => total,
+    }
+}
+
+/// Every frame queued leaves: in copy mode the kernel sends what the tx
+/// ring holds only when woken, and a veth whose peer is full leaves frames
+/// there (see `Port::kick_if_stalled`). What never left within two
+/// seconds was not sent: returns how many.
+fn drain(ports: &mut [nham_afxdp::Port]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut left: usize = ports.iter_mut().map(|p| p.kick_tx()).sum();
+    while left > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(200));
+        left = ports.iter_mut().map(|p| p.kick_tx()).sum();
+    }
+    left
 }
 
 /// The queue of `n` a frame goes out on: a hash of its IPv4 addresses and
@@ -270,10 +281,7 @@ pub fn generate_queues(
     let n = ports.len();
     let mut next = 0usize;
     while next < frames.len() {
-        let allowed = match rate {
-            Some(r) => ((start.elapsed().as_secs_f64() * r) as usize + 1).min(frames.len()),
-            None => frames.len(),
-        };
+        let allowed = paced(start, rate, frames.len());
         if allowed <= next {
             std::thread::sleep(Duration::from_micros(20));
             continue;
@@ -295,13 +303,7 @@ pub fn generate_queues(
         next += 1;
     }
     let elapsed = start.elapsed();
-    // As `generate`: what the rings still hold leaves, or was not sent.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut left: usize = ports.iter_mut().map(|p| p.kick_tx()).sum();
-    while left > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_micros(200));
-        left = ports.iter_mut().map(|p| p.kick_tx()).sum();
-    }
+    let left = drain(ports);
     Sent {
         frames: next.saturating_sub(left) as u64,
         elapsed,

@@ -99,9 +99,10 @@ struct Args {
     /// Checkpoint period of VNFs that do not set one, ms (default 1000).
     #[arg(long)]
     checkpoint_interval_ms: Option<u64>,
-    /// Checkpoints under way at once on this host (default: one per two
-    /// cores); the others wait their turn, so checkpoint work leaves the
-    /// chains CPU. A VNF is checkpointed at most once per interval.
+    /// Checkpoint dumps under way at once on this host (default: one per
+    /// two cores); the others wait their turn, so checkpoint work leaves
+    /// the chains CPU (the store and commit after a dump do not wait). A
+    /// VNF is checkpointed at most once per interval, one at a time.
     #[arg(long)]
     checkpoint_concurrency: Option<usize>,
     /// How often the Failure Detector probes VNFs for hangs and cut-offs,
@@ -289,7 +290,11 @@ async fn main() -> anyhow::Result<()> {
         ),
         _ => {}
     }
+    if config.sff_core.is_some() && config.sff_cores.is_some() {
+        anyhow::bail!("the config sets both sff_core and sff_cores: keep one");
+    }
     let sff = SffOptions {
+        cores_given: Default::default(),
         cores: args
             .sff_cores
             .or(args.sff_core.map(|c| vec![c]))

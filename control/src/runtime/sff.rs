@@ -60,9 +60,12 @@ impl SffProcess {
 /// How the daemon runs SFFs.
 #[derive(Debug, Clone)]
 pub struct SffOptions {
-    /// Cores to pin chains' SFFs to, one core per chain, the chains spread
-    /// over them by SPI (empty: not pinned).
+    /// Cores to pin chains' SFFs to, one core per chain, each SFF started
+    /// taking the next (empty: not pinned).
     pub cores: Vec<usize>,
+    /// How many SFFs were given a core (see [`SffOptions::next_core`]),
+    /// shared by the clones.
+    pub cores_given: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Packets each hop may hold (`buffer_rx`): at least two checkpoint
     /// intervals at the chain's rate, since packets are released only once
     /// the checkpoint before the newest includes them. When full, the
@@ -83,6 +86,7 @@ impl Default for SffOptions {
     fn default() -> Self {
         Self {
             cores: Vec::new(),
+            cores_given: Default::default(),
             hold_packets: DEFAULT_HOLD_PACKETS,
             nice: DEFAULT_SFF_NICE,
             poll: PollPolicy::default(),
@@ -145,7 +149,7 @@ pub fn sff_config(
     config.standby = ports.standby;
     config.members = ports.members;
     config.poll = options.poll;
-    config.core = options.core_for(spi);
+    config.core = options.next_core();
     // Every packet the hops may hold has a buffer: outputs never wait on a
     // full ring (see SffConfig::pool_slots_needed).
     config.pool_slots = config.pool_slots_needed();
@@ -159,11 +163,16 @@ pub const DEFAULT_HOLD_PACKETS: usize = 8192;
 pub const DEFAULT_SFF_NICE: i32 = -10;
 
 impl SffOptions {
-    /// The core of the SFF of the chain with `spi`: the chains spread over
-    /// [`cores`](Self::cores) (SPIs are given out in order, so chains
-    /// take the cores in turn), the same one whenever it is started again.
-    pub fn core_for(&self, spi: u32) -> Option<usize> {
-        (!self.cores.is_empty()).then(|| self.cores[spi as usize % self.cores.len()])
+    /// The core of the next SFF started: [`cores`](Self::cores) in turn.
+    /// (An SFF keeps its core while it runs; one `nhamd` restarts after a
+    /// failure takes the next.)
+    pub fn next_core(&self) -> Option<usize> {
+        (!self.cores.is_empty()).then(|| {
+            let i = self
+                .cores_given
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.cores[i % self.cores.len()]
+        })
     }
 
     /// The `nham-sff` executable to run.
@@ -298,18 +307,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chains_take_the_sff_cores_in_turn_and_keep_theirs() {
+    fn chains_take_the_sff_cores_in_turn() {
         let none = SffOptions::default();
-        assert_eq!(none.core_for(7), None);
+        assert_eq!(none.next_core(), None);
         let spread = SffOptions {
             cores: vec![1, 2, 3],
             ..SffOptions::default()
         };
-        let picked: Vec<_> = (1..=6).map(|spi| spread.core_for(spi)).collect();
-        assert_eq!(
-            picked,
-            [Some(2), Some(3), Some(1), Some(2), Some(3), Some(1)]
-        );
-        assert_eq!(spread.core_for(4), spread.core_for(4));
+        // Clones (one per chain) share the turn.
+        let other = spread.clone();
+        let picked = [
+            spread.next_core(),
+            other.next_core(),
+            spread.next_core(),
+            other.next_core(),
+        ];
+        assert_eq!(picked, [Some(1), Some(2), Some(3), Some(1)]);
     }
 }

@@ -46,6 +46,16 @@ impl Daemon {
         agent: Agent,
         sff: Arc<nham_sff::remote::SffClient>,
     ) -> Result<crate::vsm::checkpointer::CheckpointStats, ControlError> {
+        // One checkpoint of this VNF at a time, dump to commit (the turn
+        // below covers the dump only).
+        let one = self
+            .checkpointing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(format!("{chain}/{vnf}"))
+            .or_default()
+            .clone();
+        let _one_at_a_time = one.lock_owned().await;
         // Its turn (FIFO): the dumps of every chain share the host's
         // turns, so their CRIU work leaves the chains CPU. A turn is held
         // for the dump only (not across a recovery's hold of the agent,

@@ -142,35 +142,12 @@ fn queue_size(n: u32) -> Result<QueueSize, AfXdpError> {
 
 impl Port {
     /// Creates the UMEM and binds a socket to `iface` queue `queue` (in the
-    /// calling thread's network namespace): in zero-copy mode if the
-    /// driver offers it, else in copy mode ([`Port::zero_copy`] says
-    /// which; an interface that refused zero-copy is not asked again by
-    /// this process). The XDP program is not loaded: register
-    /// [`Port::fd`] in an XSKMAP.
+    /// calling thread's network namespace). The bind names no mode, so the
+    /// kernel tries zero-copy first and falls back to copy mode where the
+    /// driver has no zero-copy support (veth); [`Port::zero_copy`] says
+    /// which it got (`XDP_OPTIONS`). The XDP program is not loaded:
+    /// register [`Port::fd`] in an XSKMAP.
     pub fn open(iface: &str, queue: u32, config: PortConfig) -> Result<Self, AfXdpError> {
-        static REFUSED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-        let refused = || {
-            REFUSED
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        };
-        if !refused().iter().any(|i| i == iface) {
-            match Self::open_in(iface, queue, config, true) {
-                Ok(p) => return Ok(p),
-                // (veth, and drivers without AF_XDP support of their own.)
-                Err(AfXdpError::Socket { .. }) => refused().push(iface.to_string()),
-                Err(e) => return Err(e),
-            }
-        }
-        Self::open_in(iface, queue, config, false)
-    }
-
-    fn open_in(
-        iface: &str,
-        queue: u32,
-        config: PortConfig,
-        zero_copy: bool,
-    ) -> Result<Self, AfXdpError> {
         let frames = config.rx_frames + config.tx_frames;
         // The fill ring must be larger than the frames given to it, or
         // produce() sometimes returns 0 (measured).
@@ -191,14 +168,7 @@ impl Port {
             .rx_queue_size(queue_size(config.ring_size)?)
             .tx_queue_size(queue_size(config.ring_size)?)
             .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
-            .bind_flags(
-                BindFlags::XDP_USE_NEED_WAKEUP
-                    | if zero_copy {
-                        BindFlags::XDP_ZEROCOPY
-                    } else {
-                        BindFlags::XDP_COPY
-                    },
-            )
+            .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
             .build();
         let name: Interface = iface
             .parse()
@@ -246,7 +216,7 @@ impl Port {
             scratch: descs,
             frame_size: config.frame_size as usize,
             stats: PortStats::default(),
-            zero_copy,
+            zero_copy: false,
             stall_check: (0, None, None),
         }
         .with_scratch(burst);
@@ -260,6 +230,14 @@ impl Port {
                 reason: format!("close-on-exec: {e}"),
             }
         })?;
+        let mut port = port;
+        port.zero_copy = rustix::net::sockopt::xdp_options(port.fd())
+            .map_err(|e| AfXdpError::Socket {
+                iface: iface.to_string(),
+                queue,
+                reason: format!("XDP_OPTIONS: {e}"),
+            })?
+            .contains(rustix::net::xdp::XdpOptionsFlags::XDP_OPTIONS_ZEROCOPY);
         Ok(port)
     }
 

@@ -40,6 +40,7 @@ impl Engine {
         );
         let Self {
             ingress,
+            ingress_turn,
             classifier,
             chain,
             pool,
@@ -97,12 +98,20 @@ impl Engine {
                 Ok(_) => SffCounters::add(&counters.classifier_miss, 1),
             }
         };
-        // Queue 0, then the others (a multi-queue NIC), the burst shared.
-        let mut read = ingress.port.recv_burst(max, &mut on_frame);
-        for port in &mut ingress.queues {
+        // A multi-queue NIC's queues share the burst, a different one
+        // first each round, so that a busy queue starves none of the others.
+        let queues = 1 + ingress.queues.len();
+        let first = *ingress_turn % queues;
+        *ingress_turn = ingress_turn.wrapping_add(1);
+        let mut read = 0;
+        for i in (0..queues).map(|i| (first + i) % queues) {
             if read >= max {
                 break;
             }
+            let port = match i {
+                0 => &mut ingress.port,
+                i => &mut ingress.queues[i - 1],
+            };
             read += port.recv_burst(max - read, &mut on_frame);
         }
         read

@@ -90,6 +90,14 @@ pub enum SffError {
         /// Why.
         reason: String,
     },
+    /// An interface's receive queues could not be read.
+    #[error("the receive queues of {iface}: {reason}")]
+    Queues {
+        /// The interface.
+        iface: String,
+        /// Why.
+        reason: String,
+    },
     /// The SFF thread panicked.
     #[error("the SFF thread panicked")]
     Panicked,
@@ -722,7 +730,15 @@ impl Engine {
 /// A port on `spec` that every frame arriving there is steered to (a
 /// VNF's port).
 fn attach(spec: &PortSpec, config: PortConfig) -> Result<Attached, SffError> {
-    let xdp = XdpRedirect::attach(spec.ifindex)?;
+    with_socket(XdpRedirect::attach(spec.ifindex)?, spec, config)
+}
+
+/// `xdp` (attached to `spec`'s interface) and a socket for its queue 0.
+fn with_socket(
+    xdp: XdpRedirect,
+    spec: &PortSpec,
+    config: PortConfig,
+) -> Result<Attached, SffError> {
     let port = open(spec, config)?;
     xdp.register_socket(0, port.fd())?;
     Ok(Attached {
@@ -741,14 +757,11 @@ fn attach_filtered(
     config: PortConfig,
     rules: &[XdpRule],
 ) -> Result<Attached, SffError> {
-    let xdp = XdpRedirect::attach_filtered(spec.ifindex, rules)?;
-    let port = open(spec, config)?;
-    xdp.register_socket(0, port.fd())?;
-    Ok(Attached {
-        port,
-        xdp,
-        queues: Vec::new(),
-    })
+    with_socket(
+        XdpRedirect::attach_filtered(spec.ifindex, rules)?,
+        spec,
+        config,
+    )
 }
 
 /// The chain's ingress: [`attach_filtered`], with a socket on every
@@ -761,16 +774,33 @@ fn attach_ingress(
     rules: &[XdpRule],
 ) -> Result<Attached, SffError> {
     let mut a = attach_filtered(spec, config, rules)?;
-    let n = nham_netns::rx_queues(&spec.iface).unwrap_or(1);
+    // The queues the device has; fewer may be in use (`ethtool -L`), and
+    // binding to one that is not fails: the sockets stop there. (The XDP
+    // program passes a queue's frames without a socket to the kernel,
+    // counted in `passed_to_kernel`.)
+    let n = nham_netns::rx_queues(&spec.iface).map_err(|e| SffError::Queues {
+        iface: spec.iface.clone(),
+        reason: e.to_string(),
+    })?;
     for q in 1..n {
-        let port = Port::open(&spec.iface, q, config)?;
-        a.xdp.register_socket(q, port.fd())?;
-        a.queues.push(port);
+        match Port::open(&spec.iface, q, config) {
+            Ok(port) => {
+                a.xdp.register_socket(q, port.fd())?;
+                a.queues.push(port);
+            }
+            Err(e) => {
+                tracing::info!(
+                    iface = spec.iface,
+                    "{q} of its {n} receive queues in use (queue {q}: {e})"
+                );
+                break;
+            }
+        }
     }
-    if n > 1 {
+    if !a.queues.is_empty() {
         tracing::info!(
             iface = spec.iface,
-            queues = n,
+            queues = a.queues.len() + 1,
             "one AF_XDP socket per receive queue"
         );
     }
@@ -913,6 +943,8 @@ struct Engine {
     config: SffConfig,
     counters: Arc<SffCounters>,
     ingress: Attached,
+    /// Which ingress queue reads first in the next round.
+    ingress_turn: usize,
     egress: Attached,
     /// Per hop, its member ports (one for an ordinary hop).
     hops: Vec<Vec<PortSlot>>,
@@ -1071,6 +1103,7 @@ impl Engine {
             config,
             counters,
             ingress,
+            ingress_turn: 0,
             egress,
             hops,
             standby,

@@ -66,7 +66,8 @@ struct {
 	__type(value, struct nham_rule);
 } rules SEC(".maps");
 
-// 0: frames redirected; 1: frames passed to the kernel (filtered only).
+// 0: frames redirected; 1: frames passed to the kernel (no rule matched,
+// or no socket on their queue).
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 2);
@@ -87,6 +88,17 @@ struct flow {
 	__u16 sport, dport;
 };
 
+// parse()'s answer for a frame it cannot read far enough but the
+// classifier might still match: redirect, the classifier decides.
+#define MAYBE 2
+
+static __always_inline int is_tag(__u16 type)
+{
+	return type == bpf_htons(ETH_P_8021Q) || type == bpf_htons(ETH_P_8021AD) ||
+	       type == bpf_htons(0x9100);
+}
+
+// 1: `f` filled; 0: not IP (the kernel's); MAYBE: the classifier's call.
 static __always_inline int parse(void *data, void *end, struct flow *f)
 {
 	struct ethhdr *eth = data;
@@ -94,13 +106,21 @@ static __always_inline int parse(void *data, void *end, struct flow *f)
 		return 0;
 	__u16 type = eth->h_proto;
 	void *l3 = eth + 1;
-	if (type == bpf_htons(ETH_P_8021Q) || type == bpf_htons(ETH_P_8021AD)) {
+	// The classifier (etherparse) reads through up to three VLAN tags
+	// (802.1Q, 802.1ad, 0x9100) and an unencrypted MACsec header: so
+	// does this, and what it cannot follow it leaves to the classifier.
+#pragma unroll
+	for (int i = 0; i < 3; i++) {
+		if (!is_tag(type))
+			break;
 		__be16 *vlan = l3;
 		if ((void *)(vlan + 2) > end)
 			return 0;
 		type = vlan[1];
 		l3 = vlan + 2;
 	}
+	if (is_tag(type) || type == bpf_htons(0x88E5))
+		return MAYBE;
 	void *l4 = 0;
 	if (type == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = l3;
@@ -197,8 +217,9 @@ static __always_inline void count(__u32 which)
 static __always_inline int may_match(struct xdp_md *ctx, __u32 n)
 {
 	struct flow f = {};
-	if (!parse((void *)(long)ctx->data, (void *)(long)ctx->data_end, &f))
-		return 0;
+	int parsed = parse((void *)(long)ctx->data, (void *)(long)ctx->data_end, &f);
+	if (parsed != 1)
+		return parsed == MAYBE;
 	for (__u32 i = 0; i < MAX_RULES; i++) {
 		if (i >= n)
 			break;
@@ -221,8 +242,15 @@ int nham_redirect(struct xdp_md *ctx)
 		count(1);
 		return XDP_PASS;
 	}
+	// No socket on this queue (yet): the frame goes on to the kernel, and
+	// is counted so.
+	__u32 q = ctx->rx_queue_index;
+	if (!bpf_map_lookup_elem(&xsks, &q)) {
+		count(1);
+		return XDP_PASS;
+	}
 	count(0);
-	return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+	return bpf_redirect_map(&xsks, q, XDP_PASS);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
