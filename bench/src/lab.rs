@@ -501,7 +501,7 @@ impl Lab {
                     .map(|q| Port::open("gen0", q, PortConfig::default()))
                     .collect::<Result<Vec<_>, _>>()?;
                 return Ok(nham_traffic::generate_queues(
-                    &mut ports, &frames, rate, base,
+                    &mut ports, &frames, rate, base, 32,
                 ));
             }
             let mut port = Port::open("gen0", 0, PortConfig::default())?;

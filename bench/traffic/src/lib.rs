@@ -196,7 +196,7 @@ pub struct Sent {
 }
 
 /// Sends `frames` through `port` at `rate` (frames/s), stamping each with
-/// the time since `base`.
+/// the time since `base`, in bursts of up to `burst`.
 pub fn generate(
     port: &mut nham_afxdp::Port,
     frames: &[Vec<u8>],
@@ -204,7 +204,22 @@ pub fn generate(
     base: Instant,
     burst: usize,
 ) -> Sent {
+    generate_queues(std::slice::from_mut(port), frames, rate, base, burst)
+}
+
+/// [`generate`] over several transmit queues, one port each (queue `q` of
+/// the interface is `ports[q]`): each frame on the queue [`queue_of`]
+/// names, in order; a burst is a run of frames for the same queue.
+pub fn generate_queues(
+    ports: &mut [nham_afxdp::Port],
+    frames: &[Vec<u8>],
+    rate: Option<f64>,
+    base: Instant,
+    burst: usize,
+) -> Sent {
     let start = Instant::now();
+    let n = ports.len();
+    let queue = |i: usize| if n > 1 { queue_of(&frames[i], n) } else { 0 };
     let mut next = 0usize;
     while next < frames.len() {
         let allowed = paced(start, rate, frames.len());
@@ -212,10 +227,14 @@ pub fn generate(
             std::thread::sleep(Duration::from_micros(20));
             continue;
         }
+        let q = queue(next);
+        let run = (next..allowed.min(next + burst.max(1)))
+            .take_while(|&i| queue(i) == q)
+            .count();
+        let port = &mut ports[q];
         port.reclaim();
-        let n = burst.min(allowed - next);
         let ts = base.elapsed().as_nanos() as u64;
-        let sent = port.send_burst(n, |i, out| {
+        let sent = port.send_burst(run, |i, out| {
             let f = &frames[next + i];
             out[..f.len()].copy_from_slice(f);
             out[TS_AT..TS_AT + 8].copy_from_slice(&ts.to_be_bytes());
@@ -224,13 +243,13 @@ pub fn generate(
         next += sent;
         if sent == 0 {
             // Every frame is out and the kernel may have left them in the
-            // ring (see below): only a wakeup frees them.
+            // ring (see `drain`): only a wakeup frees them.
             port.kick_tx();
             std::thread::sleep(Duration::from_micros(20));
         }
     }
     let elapsed = start.elapsed();
-    let left = drain(std::slice::from_mut(port));
+    let left = drain(ports);
     Sent {
         frames: next.saturating_sub(left) as u64,
         elapsed,
@@ -266,48 +285,6 @@ fn drain(ports: &mut [nham_afxdp::Port]) -> usize {
 pub fn queue_of(frame: &[u8], n: usize) -> usize {
     let key = frame.get(26..38).unwrap_or(&[]);
     (crc32fast::hash(key) as usize) % n.max(1)
-}
-
-/// [`generate`] over several transmit queues, one port each (queue `q` of
-/// the interface is `ports[q]`): each frame on the queue [`queue_of`]
-/// names, in order, one at a time.
-pub fn generate_queues(
-    ports: &mut [nham_afxdp::Port],
-    frames: &[Vec<u8>],
-    rate: Option<f64>,
-    base: Instant,
-) -> Sent {
-    let start = Instant::now();
-    let n = ports.len();
-    let mut next = 0usize;
-    while next < frames.len() {
-        let allowed = paced(start, rate, frames.len());
-        if allowed <= next {
-            std::thread::sleep(Duration::from_micros(20));
-            continue;
-        }
-        let f = &frames[next];
-        let port = &mut ports[queue_of(f, n)];
-        port.reclaim();
-        let ts = base.elapsed().as_nanos() as u64;
-        let sent = port.send_burst(1, |_, out| {
-            out[..f.len()].copy_from_slice(f);
-            out[TS_AT..TS_AT + 8].copy_from_slice(&ts.to_be_bytes());
-            f.len()
-        });
-        if sent == 0 {
-            port.kick_tx();
-            std::thread::sleep(Duration::from_micros(20));
-            continue;
-        }
-        next += 1;
-    }
-    let elapsed = start.elapsed();
-    let left = drain(ports);
-    Sent {
-        frames: next.saturating_sub(left) as u64,
-        elapsed,
-    }
 }
 
 /// What the sink saw.
