@@ -399,6 +399,9 @@ pub struct SffCounters {
     /// Frames the kernel dropped at VNFs' full sockets, each drop repaired
     /// by a recovery of that VNF.
     pub vnf_input_dropped: u64,
+    /// Checkpoint marks put off: frames for the VNF still in the SFF's tx
+    /// ring (the VNF drained again).
+    pub marks_in_transit: u64,
 }
 
 impl HaReport {
@@ -2078,6 +2081,7 @@ fn trial(
             ingress_overflow: stats.ingress_overflow,
             vnf_outputs_lost: stats.vnf_outputs_lost,
             vnf_input_dropped: stats.vnf_input_dropped,
+            marks_in_transit: stats.marks_in_transit,
         },
     })
 }

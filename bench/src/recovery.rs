@@ -211,13 +211,14 @@ pub(crate) fn run(args: &RecoveryArgs) -> Result<()> {
         r.duplicates_suppressed
     );
     println!(
-        "  SFF: {} in, {} out, {} delivered to VNFs, {} stale discarded, {} malformed, {} VNF outputs lost; sink socket drops {}",
+        "  SFF: {} in, {} out, {} delivered to VNFs, {} stale discarded, {} malformed, {} VNF outputs lost, {} checkpoint marks put off (frames still leaving); sink socket drops {}",
         r.stats.ingress,
         r.stats.egress,
         r.stats.delivered,
         r.stats.stale_discarded,
         r.stats.malformed,
         r.stats.vnf_outputs_lost,
+        r.stats.marks_in_transit,
         r.sink_kernel_drops
     );
     if r.stats.ingress_overflow > 0 {

@@ -216,7 +216,9 @@ fn sync_code(e: &SyncError) -> Code {
         | SyncError::HostDown(_)
         | SyncError::Unready(_) => Code::FailedPrecondition,
         // No other host could take the copy now: try again.
-        SyncError::NotCopied { .. } => Code::Unavailable,
+        SyncError::NotCopied { .. }
+        | SyncError::LandedDuringDump { .. }
+        | SyncError::InTransit { .. } => Code::Unavailable,
         SyncError::Criu(_) | SyncError::Process(_) | SyncError::Ring(_) => Code::Internal,
     }
 }

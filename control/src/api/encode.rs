@@ -203,6 +203,7 @@ pub fn stats(c: ChainStats) -> api::GetStatsResponse {
         stale_discarded: s.stale,
         fenced: s.fenced,
         tx_kicks: s.tx_kicks,
+        marks_in_transit: s.mark_in_transit,
         malformed: s.malformed_ingress + s.malformed_from_vnf + s.si_mismatch + s.ttl_expired,
         nondeterministic_outputs: s.divergent,
         ingress_overflow: s.ingress_kernel_drops,

@@ -24,9 +24,14 @@
 //!    both sides of the mark agree, because the image holds the half-done
 //!    work and the VNF will emit those outputs next, whether it resumes or
 //!    is restored.
+//!    The SFF refuses the mark for now if frames delivered before the
+//!    checkpoint began are still in the VNF's port's tx ring (it sends
+//!    them then, into the stopped VNF's socket): resume, back to step 2.
 //! 5. CRIU dump (`leave_running`) through a `criu swrk` worker started
-//!    ahead of time, then SIGCONT and `CheckpointDumped`: delivery resumes.
-//!    The delivery pause ends here.
+//!    ahead of time; one more look, the VNF still stopped: a frame that
+//!    landed in its socket after the mark is in no image though the mark
+//!    counts it, and fails the checkpoint. Then SIGCONT and
+//!    `CheckpointDumped`: delivery resumes. The delivery pause ends here.
 //! 6. The image is compressed, hashed and synced into the [`Store`], then
 //!    `CheckpointDone`: held packets before the mark are released. Any error
 //!    on the way: `CheckpointFailed`, SIGCONT; nothing is released.
@@ -541,16 +546,20 @@ impl Checkpointer {
                         .and_then(|()| self.input_intact());
                     m.handle_intact(intact);
                 }
-                Step::Mark => {
-                    m.handle_mark(sff.quiesced(hop, id).map(drop).map_err(SyncError::Sff))
-                }
+                Step::Mark => match sff.quiesced(hop, id) {
+                    Err(nham_sff::remote::RemoteError::Busy(why)) => {
+                        tracing::debug!(hop, pid, "mark refused for now: {why}");
+                        m.handle_mark_in_transit(Instant::now());
+                    }
+                    r => m.handle_mark(r.map(drop).map_err(SyncError::Sff)),
+                },
                 // With the worker started ahead of time.
                 Step::Dump if self.remote.is_some() => {
                     let dumped = self
                         .remote
                         .as_ref()
                         .map_or_else(|| Err(SyncError::Retired), |r| r.dump(id));
-                    m.handle_dump(Instant::now(), dumped.map(|r| report = Some(r)));
+                    m.handle_dump(dumped.map(|r| report = Some(r)));
                 }
                 Step::Dump => {
                     // MR-AA: the others serve meanwhile: the dump is
@@ -564,11 +573,17 @@ impl Checkpointer {
                     let _ = std::fs::remove_dir_all(&dir);
                     // Where the kernel is in each ring (the restore puts it
                     // back there); the mapping goes before the dump.
+                    let had_rings = rings.is_some();
                     let positions = rings.take().map(|r| r.positions()).unwrap_or_default();
                     let dumped = criu::dump(self.dump_worker.take(), pid, &self.netns, &dir)
                         .map_err(SyncError::from)
                         .and_then(|r| Ok(crate::vsm::ring::save(&dir, &positions).map(|()| r)?));
-                    m.handle_dump(Instant::now(), dumped.map(|r| report = Some(r)));
+                    // Mapped again for the look after the dump: a frame
+                    // that landed in a ring meanwhile is not in rmem.
+                    if had_rings && dumped.is_ok() {
+                        rings = self.rings().ok().flatten();
+                    }
+                    m.handle_dump(dumped.map(|r| report = Some(r)));
                 }
                 Step::Resume => match &self.remote {
                     Some(r) => resume_remote(r.as_ref()),
@@ -594,6 +609,10 @@ impl Checkpointer {
                     let _ = sff.checkpoint_failed(hop, id);
                     return Err(match why {
                         Failure::NotDrained { rmem } => SyncError::NotDrained { pid, rmem },
+                        Failure::InTransit => SyncError::InTransit { pid },
+                        Failure::LandedDuringDump { rmem } => {
+                            SyncError::LandedDuringDump { pid, rmem }
+                        }
                         Failure::Stopped => SyncError::Stopped(pid),
                         Failure::Step(e) => e,
                         Failure::Ended => SyncError::Process("checkpoint protocol ended".into()),

@@ -31,6 +31,22 @@ pub enum SyncError {
         /// Bytes queued.
         rmem: u64,
     },
+    /// Frames for the VNF were still leaving the SFF's tx ring at every
+    /// mark until the drain timeout.
+    #[error("VNF {pid}: frames for it were still leaving the SFF after {DRAIN_TIMEOUT:?}")]
+    InTransit {
+        /// Process.
+        pid: u32,
+    },
+    /// A frame reached the VNF's socket after the mark, while it was
+    /// stopped for the dump: no image holds it, so the checkpoint failed.
+    #[error("VNF {pid}: {rmem} bytes reached its socket during the dump, after the mark: checkpoint not kept")]
+    LandedDuringDump {
+        /// Process.
+        pid: u32,
+        /// Bytes queued after the dump.
+        rmem: u64,
+    },
     /// Signalling or starting the process failed.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),

@@ -6,10 +6,10 @@
 //! every moment is passed in.
 //!
 //! ```text
-//! Draining ──empty──▶ Stop ──▶ Settling ──still empty──▶ Frozen ──intact──▶ Mark ──▶ Dump ──▶ Resume ──▶ Report ──▶ Done
-//!    ▲  │ not empty,            │ not empty                  any error after Stop: Resume, then Fail
-//!    │  │ wait                  ▼
-//!    └──┴──────────────────── Resume
+//! Draining ──empty──▶ Stop ──▶ Settling ──still empty──▶ Frozen ──intact──▶ Mark ──▶ Dump ──▶ Verifying ──still empty──▶ Resume ──▶ Report ──▶ Done
+//!    ▲  │ not empty,            │ not empty                   │ in transit         any error after Stop, or
+//!    │  │ wait                  ▼                             ▼                    not empty after the dump:
+//!    └──┴──────────────────── Resume ◀──────────────────────────                   Resume, then Fail
 //! ```
 //!
 //! Invariants (checked against a reference model below):
@@ -17,6 +17,14 @@
 //!   at least `settle` after the stop, found its socket (and ring) empty: a
 //!   frame still on its way at the first look would otherwise be left in a
 //!   socket queue, which is not in the image;
+//! - the SFF may refuse the mark for now, frames for the VNF still on their
+//!   way out of its tx ring ([`Checkpointing::handle_mark_in_transit`]):
+//!   the VNF is resumed and drains again (they land after the stop, where
+//!   no look is sure to see them before the dump);
+//! - the image is reported (delivery resumes) only after a look taken once
+//!   the dump is over, the VNF still stopped, found its socket empty: a
+//!   frame that landed after the mark is in no image, yet the mark counts
+//!   it consumed, so the checkpoint fails instead;
 //! - a VNF stopped by someone else is never resumed by us (it may be the
 //!   hang the Failure Detector is about to judge), and is not checkpointed;
 //! - every stop of ours is followed by exactly one resume before the end:
@@ -34,7 +42,9 @@ pub struct Look {
     pub rmem: u64,
     /// Frames wait unread in its receive ring.
     pub ring_unread: bool,
-    /// Someone else has it stopped.
+    /// It is stopped now: by someone else while we have not stopped it
+    /// (while draining), by us after the dump (or not, if someone resumed
+    /// it meanwhile).
     pub stopped: bool,
 }
 
@@ -85,6 +95,15 @@ pub enum Failure<E> {
         /// Bytes queued at the last look.
         rmem: u64,
     },
+    /// Frames for it were still leaving the SFF at the drain timeout (the
+    /// mark refused for that at every try).
+    InTransit,
+    /// A frame landed in its socket after the mark, while it was stopped
+    /// for the dump: the image lacks it though the mark counts it.
+    LandedDuringDump {
+        /// Bytes queued at the look after the dump.
+        rmem: u64,
+    },
     /// Someone else stopped it: not checkpointed (nor resumed).
     Stopped,
     /// Polled after the protocol had ended.
@@ -97,11 +116,26 @@ pub enum Failure<E> {
 enum State {
     Draining,
     Stopping,
-    Settling { frozen: Instant },
-    Frozen { frozen: Instant },
-    Marking { frozen: Instant },
-    Dumping { frozen: Instant },
-    Reporting { frozen: Instant, resumed: Instant },
+    Settling {
+        frozen: Instant,
+    },
+    Frozen {
+        frozen: Instant,
+    },
+    Marking {
+        frozen: Instant,
+    },
+    Dumping {
+        frozen: Instant,
+    },
+    /// Dumped, still stopped: one look more.
+    Verifying {
+        frozen: Instant,
+    },
+    Reporting {
+        frozen: Instant,
+        resumed: Instant,
+    },
     Over,
 }
 
@@ -162,7 +196,7 @@ impl<E> Checkpointing<E> {
             return then;
         }
         match self.state {
-            State::Draining | State::Settling { .. } => Step::Look,
+            State::Draining | State::Settling { .. } | State::Verifying { .. } => Step::Look,
             State::Stopping => Step::Stop,
             State::Frozen { .. } => Step::CheckIntact,
             State::Marking { .. } => Step::Mark,
@@ -211,6 +245,19 @@ impl<E> Checkpointing<E> {
                     self.then = Some(Step::Look);
                 }
             }
+            // (A VNF not stopped any more, resumed by someone else,
+            // proves nothing by an empty socket.)
+            State::Verifying { frozen } => {
+                if look.empty() && look.stopped {
+                    self.state = State::Reporting {
+                        frozen,
+                        resumed: now,
+                    };
+                    self.then = Some(Step::Report);
+                } else {
+                    self.fail(Failure::LandedDuringDump { rmem: look.rmem });
+                }
+            }
             _ => {}
         }
     }
@@ -251,17 +298,29 @@ impl<E> Checkpointing<E> {
         }
     }
 
-    /// Whether the dump succeeded; `now` is when it ended (the VNF is
-    /// resumed next either way).
-    pub fn handle_dump(&mut self, now: Instant, r: Result<(), E>) {
+    /// The SFF refused the mark for now: frames for the VNF were still in
+    /// its tx ring, sent only now, into the stopped VNF's socket. It is
+    /// resumed (the next poll) to read them, and drains again; past the
+    /// drain timeout the checkpoint fails.
+    pub fn handle_mark_in_transit(&mut self, now: Instant) {
+        if let State::Marking { .. } = self.state {
+            if now.saturating_duration_since(self.started) > self.timeout {
+                self.fail(Failure::InTransit);
+            } else {
+                self.state = State::Draining;
+                self.then = Some(Step::Look);
+            }
+        }
+    }
+
+    /// Whether the dump succeeded. The VNF, still stopped, is looked at
+    /// once more (that look says whether it stopped by us still: its
+    /// `stopped` is true), then resumed.
+    pub fn handle_dump(&mut self, r: Result<(), E>) {
         if let State::Dumping { frozen } = self.state {
             match r {
                 Ok(()) => {
-                    self.state = State::Reporting {
-                        frozen,
-                        resumed: now,
-                    };
-                    self.then = Some(Step::Report);
+                    self.state = State::Verifying { frozen };
                 }
                 Err(e) => self.fail(Failure::Step(e)),
             }
@@ -451,6 +510,10 @@ mod tests {
         looks: Vec<(u64, bool, bool, bool)>,
         fails: Vec<u8>,
         step_ms: Vec<u64>,
+        /// Per mark: the SFF still had frames for the VNF in its tx ring.
+        in_transit: Vec<bool>,
+        /// Per look after a dump: a frame had landed meanwhile.
+        landed: Vec<bool>,
     }
 
     fn world() -> impl Strategy<Value = World> {
@@ -466,11 +529,15 @@ mod tests {
             ),
             prop::collection::vec(0u8..20, 8),
             prop::collection::vec(0u64..40, 1..80),
+            prop::collection::vec(prop::bool::weighted(0.3), 1..8),
+            prop::collection::vec(prop::bool::weighted(0.15), 1..8),
         )
-            .prop_map(|(looks, fails, step_ms)| World {
+            .prop_map(|(looks, fails, step_ms, in_transit, landed)| World {
                 looks,
                 fails,
                 step_ms,
+                in_transit,
+                landed,
             })
     }
 
@@ -487,9 +554,14 @@ mod tests {
             let mut empty_since_stop_settled = false;
             let mut marked = false;
             let mut dumped = false;
+            let mut empty_after_dump = false;
             let mut resumes_after_dump = 0;
             let mut stopped_by_other = false;
             let mut looks = w.looks.iter().cycle();
+            let mut in_transit = w.in_transit.iter().cycle();
+            let mut landed = w.landed.iter().cycle();
+            // Told of frames in transit: not marked again before a resume.
+            let mut must_resume = false;
             let mut steps = w.step_ms.iter().cycle();
             let fail = |i: usize| w.fails[i] == 0;
             let mut ended = None;
@@ -510,11 +582,18 @@ mod tests {
                         // stopped it ourselves.
                         let other = other && !stopped_by_us;
                         stopped_by_other |= other;
-                        let look = Look { rmem, ring_unread: unread && rmem == 0, stopped: other };
+                        let mut look = Look { rmem, ring_unread: unread && rmem == 0, stopped: other || stopped_by_us };
+                        if dumped && stopped_by_us {
+                            look.rmem = u64::from(*landed.next().unwrap()) * 64;
+                            look.ring_unread = false;
+                        }
                         if stopped_by_us {
                             let settled = stopped_at.is_some_and(|s| now >= s + SETTLE);
                             prop_assert!(settled, "looked before the outputs settled");
                             empty_since_stop_settled = look.empty();
+                            if dumped {
+                                empty_after_dump = look.empty();
+                            }
                         }
                         c.handle_look(now, Ok(look));
                     }
@@ -536,6 +615,7 @@ mod tests {
                     }
                     Step::Resume => {
                         prop_assert!(stopped_by_us, "resumed a VNF we had not stopped");
+                        must_resume = false;
                         stopped_by_us = false;
                         stopped_at = None;
                         if dumped {
@@ -550,16 +630,25 @@ mod tests {
                         // The invariant: stopped by us, and empty at a look
                         // taken after the outputs settled.
                         prop_assert!(stopped_by_us && empty_since_stop_settled, "marked while not frozen and empty");
-                        marked = !fail(2);
-                        c.handle_mark(if marked { Ok(()) } else { Err("mark") });
+                        prop_assert!(!must_resume, "marked again without letting it read what was in transit");
+                        if *in_transit.next().unwrap() {
+                            // They land now, in the stopped VNF's socket.
+                            must_resume = true;
+                            empty_since_stop_settled = false;
+                            c.handle_mark_in_transit(now);
+                        } else {
+                            marked = !fail(2);
+                            c.handle_mark(if marked { Ok(()) } else { Err("mark") });
+                        }
                     }
                     Step::Dump => {
                         prop_assert!(marked && stopped_by_us);
                         dumped = true;
-                        c.handle_dump(now, if fail(3) { Err("dump") } else { Ok(()) });
+                        c.handle_dump(if fail(3) { Err("dump") } else { Ok(()) });
                     }
                     Step::Report => {
                         prop_assert!(dumped && !stopped_by_us && resumes_after_dump == 1);
+                        prop_assert!(empty_after_dump, "reported an image a frame landed beside");
                         c.handle_report(if fail(4) { Err("report") } else { Ok(()) });
                     }
                     Step::Done { frozen, resumed } => {
@@ -570,6 +659,12 @@ mod tests {
                     Step::Fail(why) => {
                         if let Failure::NotDrained { .. } = why {
                             prop_assert!(now.saturating_duration_since(t0) > TIMEOUT);
+                        }
+                        if let Failure::InTransit = why {
+                            prop_assert!(now.saturating_duration_since(t0) > TIMEOUT);
+                        }
+                        if let Failure::LandedDuringDump { .. } = why {
+                            prop_assert!(dumped && !empty_after_dump);
                         }
                         if let Failure::Stopped = why {
                             prop_assert!(stopped_by_other);
@@ -609,6 +704,53 @@ mod tests {
         assert_eq!(c.poll(t1), Step::Look);
         c.handle_look(t1, Ok(empty));
         assert_eq!(c.poll(t1), Step::Stop);
+    }
+
+    #[test]
+    fn frames_still_in_transit_at_the_mark_resume_it_and_a_frame_landing_during_the_dump_fails_it()
+    {
+        let t0 = Instant::now();
+        let mut c: Checkpointing<()> = Checkpointing::new(t0, SETTLE, TIMEOUT, EVERY);
+        let empty = Look {
+            rmem: 0,
+            ring_unread: false,
+            stopped: false,
+        };
+        let freeze = |c: &mut Checkpointing<()>, t: Instant| {
+            assert_eq!(c.poll(t), Step::Look);
+            c.handle_look(t, Ok(empty));
+            assert_eq!(c.poll(t), Step::Stop);
+            c.handle_stop(t, Ok(()));
+            let t = t + SETTLE;
+            assert_eq!(c.poll(t), Step::Look);
+            c.handle_look(t, Ok(empty));
+            assert_eq!(c.poll(t), Step::CheckIntact);
+            c.handle_intact(Ok(()));
+            assert_eq!(c.poll(t), Step::Mark);
+            t
+        };
+        let t1 = freeze(&mut c, t0);
+        c.handle_mark_in_transit(t1);
+        assert_eq!(c.poll(t1), Step::Resume);
+        let t2 = freeze(&mut c, t1);
+        c.handle_mark(Ok(()));
+        assert_eq!(c.poll(t2), Step::Dump);
+        c.handle_dump(Ok(()));
+        // Still stopped: looked at before the resume.
+        assert_eq!(c.poll(t2), Step::Look);
+        c.handle_look(
+            t2,
+            Ok(Look {
+                rmem: 64,
+                stopped: true,
+                ..empty
+            }),
+        );
+        assert_eq!(c.poll(t2), Step::Resume);
+        assert_eq!(
+            c.poll(t2),
+            Step::Fail(Failure::LandedDuringDump { rmem: 64 })
+        );
     }
 
     /// How the world answers a commit: store, copy, the SFF.

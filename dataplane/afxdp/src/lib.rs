@@ -441,7 +441,21 @@ impl Port {
             self.stats.tx_full += 1;
         }
         if queued > 0 && self.tx.needs_wakeup() {
-            let _ = self.tx.wakeup();
+            // In copy mode the kernel sends one batch (32 frames) per
+            // wakeup and leaves the rest in the ring: enough wakeups for
+            // this burst, and one for what an earlier one left. (Frames
+            // left behind wait for the next burst on this port, or for
+            // `kick_if_stalled`: a paused VNF would get them only after
+            // its checkpoint's last look.)
+            let wakeups = if self.zero_copy {
+                1
+            } else {
+                let waiting = self.tx_total - self.free_tx.len();
+                waiting.div_ceil(32).min(queued.div_ceil(32) + 1)
+            };
+            for _ in 0..wakeups {
+                let _ = self.tx.wakeup();
+            }
         }
         self.stats.tx_frames += queued as u64;
         queued

@@ -9,7 +9,7 @@ use nham_dataplane::hold::{CheckpointId, CheckpointPhase, HoldError, HopState, R
 use nham_dataplane::window::VnfCapacity;
 
 use crate::protocol::{FailOverOutcome, Request, Response, SffStatus};
-use crate::{frozen_window, Engine, HopStatus, PhaseStatus, PortSlot, SffError};
+use crate::{frozen_window, Engine, HopStatus, PhaseStatus, PortSlot, SffCounters, SffError};
 
 fn refused(e: impl std::fmt::Display) -> Response {
     Response::Refused(e.to_string())
@@ -200,10 +200,24 @@ impl Engine {
                     return refused("the chain has no hops");
                 };
                 match request {
-                    Request::BeginCheckpoint { hop } => answer(
-                        chain.hop_mut(hop).begin_checkpoint(now),
-                        Response::Checkpoint,
-                    ),
+                    Request::BeginCheckpoint { hop } => {
+                        let r = chain.hop_mut(hop).begin_checkpoint(now);
+                        // Nothing more goes to the VNF (member 0): what its
+                        // port's tx ring still holds is sent now, while it
+                        // runs and reads, not after its stop (see
+                        // `quiesced`).
+                        if r.is_ok() {
+                            let port = self.hops.get_mut(hop).and_then(|p| p.first_mut()?.port());
+                            if let Some(port) = port {
+                                for _ in 0..64 {
+                                    if port.kick_tx() == 0 {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        answer(r, Response::Checkpoint)
+                    }
                     Request::CheckpointDumped { hop, id } => {
                         answer(chain.hop_mut(hop).handle_dumped(id), Response::Mark)
                     }
@@ -244,7 +258,38 @@ impl Engine {
     /// is counted before the mark: what waits in the port's ring is taken
     /// first. Otherwise a restore would renumber those outputs' successors
     /// as duplicates of them.
+    ///
+    /// Frames delivered before the checkpoint began but still in the
+    /// port's tx ring (the kernel sends at most 32 per wakeup in copy
+    /// mode; a busy peer leaves the rest for the next one) reach the VNF
+    /// only now, into the socket of a stopped process, which is not part
+    /// of the image: the mark would count them as consumed. They are sent
+    /// now and the mark refused for now (`Busy`): the checkpointer resumes
+    /// the VNF, lets it read them, and drains again.
     fn quiesced(&mut self, hop: usize, id: CheckpointId, now: Instant) -> Response {
+        // (Only for the checkpoint under way: a void one is refused below.)
+        let draining = self.chain.as_ref().is_some_and(|c| {
+            hop < c.len()
+                && matches!(c.hop(hop).checkpoint_phase(), CheckpointPhase::Draining { id: d, .. } if d == id)
+        });
+        let port = self.hops.get_mut(hop).and_then(|p| p.first_mut()?.port());
+        if let Some(port) = port.filter(|_| draining) {
+            let outstanding = port.tx_outstanding();
+            if outstanding > 0 {
+                let mut left = outstanding;
+                for _ in 0..64 {
+                    left = port.kick_tx();
+                    if left == 0 {
+                        break;
+                    }
+                }
+                SffCounters::add(&self.counters.mark_in_transit, 1);
+                return Response::Busy(format!(
+                    "hop {hop}: {outstanding} frames to the VNF were still in the SFF's tx ring \
+                     ({left} still are): sent now, after the stop; let it read them and drain again"
+                ));
+            }
+        }
         while self.vnf_output_step(hop, now) > 0 {}
         let Some(chain) = self.chain.as_mut() else {
             return refused("the chain has no hops");

@@ -349,6 +349,10 @@ pub struct SffCounters {
     /// Wakeups for frames the kernel left in a port's tx ring (a veth whose
     /// peer was full): see `Port::kick_if_stalled`.
     pub tx_kicks: AtomicU64,
+    /// Checkpoint marks refused because frames delivered to the VNF
+    /// before the checkpoint began were still in its port's tx ring (sent
+    /// then; the VNF drains again): see `Engine::quiesced`.
+    pub mark_in_transit: AtomicU64,
     /// Frames the kernel dropped before the SFF read them on ingress (its
     /// ring full: the chain was overloaded and backpressure reached the
     /// wire). Sampled.
@@ -400,6 +404,7 @@ impl SffCounters {
             egress: g(&self.egress),
             tx_refused: g(&self.tx_refused),
             tx_kicks: g(&self.tx_kicks),
+            mark_in_transit: g(&self.mark_in_transit),
             tx_discarded: g(&self.tx_discarded),
             ingress_kernel_drops: g(&self.ingress_kernel_drops),
             vnf_output_kernel_drops: g(&self.vnf_output_kernel_drops),
@@ -437,6 +442,9 @@ pub struct SffStats {
     /// See [`SffCounters::tx_kicks`].
     #[serde(default)]
     pub tx_kicks: u64,
+    /// See [`SffCounters::mark_in_transit`].
+    #[serde(default)]
+    pub mark_in_transit: u64,
     /// See [`SffCounters::tx_discarded`].
     pub tx_discarded: u64,
     /// See [`SffCounters::ingress_kernel_drops`].
