@@ -42,9 +42,8 @@ pub struct Look {
     pub rmem: u64,
     /// Frames wait unread in its receive ring.
     pub ring_unread: bool,
-    /// It is stopped now: by someone else while we have not stopped it
-    /// (while draining), by us after the dump (or not, if someone resumed
-    /// it meanwhile).
+    /// Someone else has it stopped (looked at only while draining, before
+    /// our own stop).
     pub stopped: bool,
 }
 
@@ -245,10 +244,10 @@ impl<E> Checkpointing<E> {
                     self.then = Some(Step::Look);
                 }
             }
-            // (A VNF not stopped any more, resumed by someone else,
-            // proves nothing by an empty socket.)
+            // (Its `stopped` says nothing here: CRIU, leaving it running,
+            // detaches and stops it again, and a look may fall between.)
             State::Verifying { frozen } => {
-                if look.empty() && look.stopped {
+                if look.empty() {
                     self.state = State::Reporting {
                         frozen,
                         resumed: now,
@@ -314,8 +313,7 @@ impl<E> Checkpointing<E> {
     }
 
     /// Whether the dump succeeded. The VNF, still stopped, is looked at
-    /// once more (that look says whether it stopped by us still: its
-    /// `stopped` is true), then resumed.
+    /// once more, then resumed.
     pub fn handle_dump(&mut self, r: Result<(), E>) {
         if let State::Dumping { frozen } = self.state {
             match r {
