@@ -9,10 +9,13 @@
 //! not its length, and drops what comes once the charge reaches the buffer
 //! (`packet_rcv`: `if (atomic_read(&sk->sk_rmem_alloc) >= sk->sk_rcvbuf)
 //! goto drop_n_acct;`). A socket bound to `ETH_P_ALL` is also charged a
-//! copy of every frame the VNF sends, until the VNF reads it. So the window
+//! copy of every frame the VNF sends through *another* socket (never one
+//! sent through itself: `dev_queue_xmit_nit` skips the frame's own socket),
+//! until the VNF reads it; the control plane tells which VNFs may
+//! (`nham_netns::sockdiag::VnfSockets::of_namespace`). So the window
 //! is counted in those bytes: [`VnfCapacity::frame_cost`] is a frame's
-//! charge (twice for a socket that sees its own outputs), and the frames in
-//! flight never cost more than [`VnfCapacity::budget`].
+//! charge (twice for a socket that sees the VNF's outputs), and the frames
+//! in flight never cost more than [`VnfCapacity::budget`].
 //!
 //! Why that suffices for `ETH_P_ALL`: an output copy not yet read sits
 //! behind inputs that were queued when it was sent, so at most one window

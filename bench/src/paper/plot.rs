@@ -264,11 +264,14 @@ impl Figure {
                     chart.draw_series(
                         s.points
                             .iter()
-                            .filter(|&&(_, y, e)| e > 0.0 && (!self.log_y || y - e > 0.0))
+                            .filter(|&&(_, y, e)| e > 0.0 && (!self.log_y || y > 0.0))
                             .map(|&(x, y, e)| {
+                                // (On a log axis an interval reaching zero
+                                // or below ends at the axis, not far under
+                                // it.)
                                 ErrorBar::new_vertical(
                                     x,
-                                    y - e,
+                                    if self.log_y { (y - e).max(y0) } else { y - e },
                                     y,
                                     y + e,
                                     colour.stroke_width(1),

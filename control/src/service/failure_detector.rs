@@ -86,7 +86,7 @@ impl Daemon {
                                                 member = k,
                                                 "its socket holds {} bytes{}{}: at most {} bytes of kernel charge in flight to it",
                                                 c.bytes,
-                                                if c.outgoing_copies { " (ETH_P_ALL: its own outputs charged too)" } else { "" },
+                                                if c.outgoing_copies { " (ETH_P_ALL beside another sender: its outputs charged too)" } else { "" },
                                                 if c.ring { " (a ring)" } else { "" },
                                                 c.budget()
                                             );

@@ -96,8 +96,13 @@ impl PacketSocket {
         self.protocol != 0
     }
 
-    /// Whether it also receives the namespace's own outgoing frames (bound
-    /// to `ETH_P_ALL`): what the VNF sends is charged to it until read.
+    /// Whether it may receive the namespace's outgoing frames (bound to
+    /// `ETH_P_ALL`): those sent through *another* socket are charged to it
+    /// until read. Never its own: "Never send packets back to the socket
+    /// they originated from" (`dev_queue_xmit_nit`, net/core/dev.c, which
+    /// skips the hook whose `af_packet_priv` is the frame's `skb->sk`; a
+    /// packet socket's frames are allocated with `sock_alloc_send_pskb` on
+    /// it). See [`VnfSockets::of_namespace`].
     pub fn sees_outgoing(&self) -> bool {
         self.protocol == ETH_P_ALL
     }
@@ -321,6 +326,30 @@ pub fn socket_inodes_of(pid: u32) -> std::collections::BTreeSet<u32> {
     inodes
 }
 
+/// Sockets of families other than packet in process `pid`'s network
+/// namespace (`/proc/<pid>/net/{tcp,tcp6,udp,udp6,udplite,udplite6,raw,raw6,icmp,icmp6}`,
+/// their entries past the header): each may send through the VNF's link.
+/// `None` if one that exists could not be read.
+pub fn inet_sockets(pid: u32) -> Option<usize> {
+    let mut n = 0;
+    for table in [
+        "tcp", "tcp6", "udp", "udp6", "udplite", "udplite6", "raw", "raw6", "icmp", "icmp6",
+    ] {
+        match std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+            Ok(text) => {
+                n += text
+                    .lines()
+                    .skip(1)
+                    .filter(|l| !l.trim().is_empty())
+                    .count()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => return None,
+        }
+    }
+    Some(n)
+}
+
 /// What a VNF's receiving packet sockets add up to, for flow control and
 /// loss detection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -339,7 +368,9 @@ pub struct VnfSockets {
     /// handed to the VNF, by timeout, holding a single frame), a quarter
     /// when bound to `ETH_P_ALL` (its outputs' copies take blocks too).
     pub max_frames: Option<usize>,
-    /// Whether any of them also receives the VNF's own outgoing frames.
+    /// Whether any of them also receives the VNF's own outgoing frames:
+    /// bound to `ETH_P_ALL` while some *other* socket may send (see
+    /// [`VnfSockets::of_namespace`]).
     pub sees_outgoing: bool,
     /// Frames dropped at a full buffer, summed over them.
     pub drops: u64,
@@ -351,6 +382,10 @@ impl VnfSockets {
     /// Sums up the receiving sockets among `sockets` that process `pid`
     /// (or a descendant) holds; all of them if none is found held (the
     /// process's fds could not be read).
+    /// Whether its receiving sockets see its outputs is decided as
+    /// [`of_namespace`](Self::of_namespace) says, with the namespace's
+    /// other sockets read from `/proc/<pid>/net` (all of them senders
+    /// when unreadable).
     pub fn of_process(sockets: &[PacketSocket], pid: u32) -> Self {
         let held = socket_inodes_of(pid);
         let mine: Vec<PacketSocket> = sockets
@@ -358,15 +393,35 @@ impl VnfSockets {
             .filter(|s| held.contains(&s.inode))
             .copied()
             .collect();
-        if mine.is_empty() {
-            Self::of(sockets)
-        } else {
-            Self::of(&mine)
-        }
+        let others_send = mine.is_empty() || inet_sockets(pid).is_none_or(|n| n > 0);
+        Self::of_namespace(
+            if mine.is_empty() { sockets } else { &mine },
+            sockets.len(),
+            others_send,
+        )
     }
 
-    /// Sums up the receiving sockets among `sockets`.
+    /// Sums up the receiving sockets among `sockets`, as if any other
+    /// socket might send (the most a socket bound to `ETH_P_ALL` can be
+    /// charged).
     pub fn of(sockets: &[PacketSocket]) -> Self {
+        Self::of_namespace(sockets, usize::MAX, true)
+    }
+
+    /// Sums up the receiving sockets among `sockets` (the VNF's), in a
+    /// namespace with `in_namespace` packet sockets in all and, if
+    /// `inet_send`, sockets of other families (UDP, TCP, raw IP) that may
+    /// send. A socket bound to `ETH_P_ALL` is charged the VNF's outputs
+    /// only if they may leave through another socket: the namespace has
+    /// more than one packet socket (a second one, whatever its protocol,
+    /// may send; members of one fanout group, sockets with
+    /// `PACKET_IGNORE_OUTGOING` and senders bypassing the qdisc are not
+    /// told apart by `sock_diag`, so they count as senders: the safe
+    /// side), or `inet_send`. A VNF reading and writing through its one
+    /// packet socket, as the sample and conformance VNFs do, is never
+    /// charged its own outputs, and gets the whole window.
+    pub fn of_namespace(sockets: &[PacketSocket], in_namespace: usize, inet_send: bool) -> Self {
+        let others_send = in_namespace > 1 || inet_send;
         let mut v = Self::default();
         for s in sockets.iter().filter(|s| s.receives()) {
             let (cap, ring) = match s.rx_ring {
@@ -374,7 +429,13 @@ impl VnfSockets {
                     // With ETH_P_ALL the VNF's output copies take blocks
                     // too: half as many inputs.
                     let frames = if s.version >= 2 {
-                        (r.block_nr / if s.sees_outgoing() { 4 } else { 2 }).max(1)
+                        (r.block_nr
+                            / if s.sees_outgoing() && others_send {
+                                4
+                            } else {
+                                2
+                            })
+                        .max(1)
                     } else {
                         r.frame_nr.max(1)
                     } as usize;
@@ -388,7 +449,7 @@ impl VnfSockets {
                 v.ring = ring;
             }
             v.sockets += 1;
-            v.sees_outgoing |= s.sees_outgoing();
+            v.sees_outgoing |= s.sees_outgoing() && others_send;
             v.drops += u64::from(s.drops);
             v.rmem += u64::from(s.rmem);
         }
@@ -453,6 +514,12 @@ mod tests {
         );
         let v = VnfSockets::of(&sockets);
         assert_eq!((v.capacity, v.drops, v.sees_outgoing), (212_992, 308, true));
+        // Alone in its namespace, it sends through itself: no copies.
+        let v = VnfSockets::of_namespace(&sockets, 1, false);
+        assert_eq!((v.capacity, v.sees_outgoing), (212_992, false));
+        // Another packet socket, or a UDP socket, may send: copies.
+        assert!(VnfSockets::of_namespace(&sockets, 2, false).sees_outgoing);
+        assert!(VnfSockets::of_namespace(&sockets, 1, true).sees_outgoing);
     }
 
     #[test]
