@@ -501,6 +501,12 @@ mod tests {
     const SETTLE: Duration = Duration::from_millis(3);
     const TIMEOUT: Duration = Duration::from_millis(500);
     const EVERY: Duration = Duration::from_micros(200);
+    /// A look at a VNF that holds nothing and runs.
+    const EMPTY: Look = Look {
+        rmem: 0,
+        ring_unread: false,
+        stopped: false,
+    };
 
     /// What the world answers, drawn in advance.
     #[derive(Debug, Clone)]
@@ -685,11 +691,7 @@ mod tests {
     fn a_frame_landing_after_the_stop_resumes_it_and_starts_over() {
         let t0 = Instant::now();
         let mut c: Checkpointing<()> = Checkpointing::new(t0, SETTLE, TIMEOUT, EVERY);
-        let empty = Look {
-            rmem: 0,
-            ring_unread: false,
-            stopped: false,
-        };
+        let empty = EMPTY;
         assert_eq!(c.poll(t0), Step::Look);
         c.handle_look(t0, Ok(empty));
         assert_eq!(c.poll(t0), Step::Stop);
@@ -709,11 +711,7 @@ mod tests {
     {
         let t0 = Instant::now();
         let mut c: Checkpointing<()> = Checkpointing::new(t0, SETTLE, TIMEOUT, EVERY);
-        let empty = Look {
-            rmem: 0,
-            ring_unread: false,
-            stopped: false,
-        };
+        let empty = EMPTY;
         let freeze = |c: &mut Checkpointing<()>, t: Instant| {
             assert_eq!(c.poll(t), Step::Look);
             c.handle_look(t, Ok(empty));
